@@ -1,0 +1,327 @@
+/*
+ * crdt.h — mailmesh's replicated mailbox state: the one data model every other part
+ * (wire encoding, sync sessions, Maildir store, simulator) works on.
+ *
+ * Pure code: no I/O, no clock, no randomness.  Every timestamp comes in from the caller
+ * (node/ reads the wall clock, sim/ its virtual one).  BLAKE2b comes from libsodium,
+ * which is computation only.
+ *
+ * Model (docs/design.md has the why):
+ *   state  = map user name ("domain/user") -> user state
+ *   user   = map 16-byte key -> record, plus a Merkle summary of all its records
+ *   record = one of
+ *     MESSAGE   one message instance in one folder: body id (BLAKE2b-256 of the exact
+ *               bytes), folder, size, INTERNALDATE, creation stamp, one LWW register per
+ *               system flag and per keyword, and a UID register (IMAP identity).
+ *               Key = BLAKE2b-128("msg" || creation stamp), unique per delivery/copy:
+ *               the same bytes delivered twice, or moved out and back, are two instances.
+ *     EXPUNGED  tombstone of a MESSAGE key.  Expunge is permanent: a tombstone beats any
+ *               MESSAGE record under its key, whatever the stamps.
+ *     FOLDER    a folder by name (key = BLAKE2b-128("folder" || name)): LWW "exists"
+ *               register and LWW "subscribed" register.
+ *     HORIZON   one per user (key = BLAKE2b-128("horizon")): the tombstone GC horizon;
+ *               merge takes the max and drops tombstones stamped before it.
+ *
+ * Registers are last-writer-wins by (stamp.t, stamp.node): concurrent changes of
+ * *different* flags all survive; set vs clear of the *same* flag: the later hybrid
+ * logical clock stamp wins, ties broken by the larger node id.  Merge of two records
+ * with the same key is register-wise and is commutative, associative and idempotent
+ * (with the GC horizon caveat documented in docs/design.md).
+ *
+ * Merkle summary: every record has a leaf hash (BLAKE2b-256 of its canonical
+ * encoding, see mm_rec_hash()); the hash of a node of the tree is the XOR of the leaf
+ * hashes below it.  The tree is the 16-ary trie over the record keys' nibbles (keys
+ * are uniformly distributed hashes), so any prefix of any depth has a hash regardless
+ * of how much of the tree an implementation caches, and two replicas compare by
+ * descending from the root.  Equal roots <=> equal states (up to hash collisions).
+ * The state's users are summarised the same way: leaf = BLAKE2b-256(name || user root),
+ * position = BLAKE2b-128(name).
+ *
+ * Conventions: functions return 0 or a negative errno value (-ENOMEM, -EINVAL, ...);
+ * the library never prints.  Pointers inside a `struct mm_rec` handed out by the
+ * library are borrowed and stay valid until the next change to that user.  Records
+ * handed *to* the library are copied; the caller keeps ownership.
+ */
+#ifndef MM_CRDT_H
+#define MM_CRDT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#define MM_ID_LEN 32   /* message body id: BLAKE2b-256 of the message bytes */
+#define MM_KEY_LEN 16  /* record key */
+#define MM_HASH_LEN 32 /* Merkle node hash */
+#define MM_FANOUT 16   /* Merkle tree fanout: one nibble of the key per level */
+#define MM_MAX_DEPTH 32 /* nibbles in a key */
+#define MM_NAME_MAX 255 /* longest user, folder or keyword name in bytes */
+
+/* ---- hybrid logical clock ----------------------------------------------------- */
+
+/* A stamp: t = (wall milliseconds << 16) | logical counter; node breaks ties.
+ * The zero stamp {0,0} means "never written" and loses to every other stamp. */
+typedef struct mm_hlc {
+	uint64_t t;
+	uint64_t node;
+} mm_hlc;
+
+#define MM_HLC_LOGICAL_BITS 16
+#define MM_HLC_MS(stamp) ((stamp).t >> MM_HLC_LOGICAL_BITS)
+
+struct mm_clock {
+	uint64_t node; /* this node's id (from its public key) */
+	uint64_t last; /* last t issued or observed */
+};
+
+/* Total order: <0, 0, >0 as a is before, equal to, after b (t first, then node). */
+int mm_hlc_cmp(mm_hlc a, mm_hlc b);
+
+/* Starts a clock for `node`, never issuing t <= last (restored from the state db). */
+void mm_clock_init(struct mm_clock *c, uint64_t node, uint64_t last);
+
+/* A fresh stamp for a local event at wall time `wall_ms`; strictly greater than every
+ * stamp this clock issued or observed before, even if the wall clock went back. */
+mm_hlc mm_clock_tick(struct mm_clock *c, uint64_t wall_ms);
+
+/* Takes a remote stamp into account so later local stamps follow it.  A stamp more
+ * than max_skew_ms ahead of wall_ms is not followed (returns -ERANGE; the data it came
+ * with is still merged), so one node's broken clock cannot drag the cluster forward. */
+int mm_clock_observe(struct mm_clock *c, mm_hlc remote, uint64_t wall_ms, uint64_t max_skew_ms);
+
+/* ---- records ---------------------------------------------------------------- */
+
+enum mm_flag {
+	MM_FLAG_DRAFT = 0, /* D */
+	MM_FLAG_FLAGGED,   /* F */
+	MM_FLAG_PASSED,    /* P */
+	MM_FLAG_REPLIED,   /* R */
+	MM_FLAG_SEEN,      /* S */
+	MM_FLAG_TRASHED,   /* T */
+	MM_FLAG_COUNT
+};
+
+/* Maildir suffix letter of a flag ("DFPRST"[flag]). */
+extern const char mm_flag_letters[MM_FLAG_COUNT + 1];
+
+enum mm_rec_type {
+	MM_REC_MESSAGE = 1,
+	MM_REC_EXPUNGED = 2,
+	MM_REC_FOLDER = 3,
+	MM_REC_HORIZON = 4,
+};
+
+/* One last-writer-wins register.  stamp {0,0} = never written (value must be 0). */
+struct mm_reg {
+	uint8_t value;
+	mm_hlc stamp;
+};
+
+struct mm_kwreg {
+	const char *name; /* keyword, 1..MM_NAME_MAX bytes, no spaces or control chars */
+	struct mm_reg reg;
+};
+
+struct mm_rec {
+	enum mm_rec_type type;
+	uint8_t key[MM_KEY_LEN];
+	union {
+		struct {
+			uint8_t body[MM_ID_LEN];
+			const char *folder;      /* "INBOX" or Maildir++ name without the dot */
+			uint64_t size;           /* bytes */
+			int64_t internaldate;    /* unix seconds: the file's mtime */
+			mm_hlc created;          /* stamp of the delivery/copy; key derives from it */
+			struct mm_reg flags[MM_FLAG_COUNT];
+			size_t n_keywords;       /* sorted by name, no duplicates */
+			const struct mm_kwreg *keywords;
+			struct mm_reg uid;       /* value unused: see uid_value */
+			uint32_t uid_value;      /* IMAP UID (0 = none yet), LWW by uid.stamp */
+		} msg;
+		struct {
+			mm_hlc stamp; /* when expunged; merge keeps the max */
+		} tomb;
+		struct {
+			const char *name;
+			struct mm_reg exists;
+			struct mm_reg subscribed;
+			uint32_t uidvalidity;    /* derived from the winning `exists` stamp; see
+			                          * mm_folder_uidvalidity() */
+		} folder;
+		struct {
+			mm_hlc stamp; /* tombstones stamped before this are dropped */
+		} horizon;
+	};
+};
+
+/* Keys: derived, never random, so every node computes the same key. */
+void mm_key_message(const mm_hlc *created, uint8_t key_r[MM_KEY_LEN]);
+void mm_key_folder(const char *name, uint8_t key_r[MM_KEY_LEN]);
+void mm_key_horizon(uint8_t key_r[MM_KEY_LEN]);
+
+/* Body id of message bytes: BLAKE2b-256. */
+void mm_body_id(const void *bytes, size_t len, uint8_t id_r[MM_ID_LEN]);
+
+/* Leaf hash of a record: BLAKE2b-256 over its canonical encoding (type, key and every
+ * field in a fixed order, keywords sorted).  Two records hash equal iff they are equal. */
+void mm_rec_hash(const struct mm_rec *r, uint8_t hash_r[MM_HASH_LEN]);
+
+/* Checks a record from outside (wire, disk) before it is merged: names valid UTF-8-free
+ * bytes of 1..MM_NAME_MAX without '/', NUL or control characters, keywords sorted and
+ * unique, key consistent with its type (message key derived from `created`, folder key
+ * from the name).  Returns 0 or -EINVAL. */
+int mm_rec_validate(const struct mm_rec *r);
+
+/* UIDVALIDITY of a folder, from its exists stamp: same on every node. Never 0. */
+uint32_t mm_folder_uidvalidity(mm_hlc exists_stamp);
+
+/* ---- effects of a merge ------------------------------------------------------- */
+
+/* What a merge or a local change did to a user's visible state, so node/ can mirror
+ * it into Maildir and sim/ into its in-memory store.  `rec` is the record after the
+ * change (for MSG_EXPUNGED the MESSAGE record as it was before), borrowed for the
+ * duration of the call. */
+enum mm_effect {
+	MM_EFF_MSG_NEW = 1,    /* a MESSAGE record appeared (body may still be missing) */
+	MM_EFF_MSG_FLAGS,      /* a flag or keyword register changed value */
+	MM_EFF_MSG_UID,        /* the UID register changed */
+	MM_EFF_MSG_EXPUNGED,   /* a MESSAGE became a tombstone */
+	MM_EFF_TOMB_NEW,       /* a tombstone arrived for a key never seen as a message */
+	MM_EFF_FOLDER,         /* a folder register changed (exists/subscribed) */
+	MM_EFF_GC,             /* a tombstone was dropped by the GC horizon */
+};
+
+typedef void mm_effect_fn(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec);
+
+/* ---- user state -------------------------------------------------------------- */
+
+struct mm_user;
+
+/* New empty user state (name copied).  NULL on allocation failure. */
+struct mm_user *mm_user_new(const char *name);
+void mm_user_free(struct mm_user **up); /* NULLs *up; NULL-safe */
+const char *mm_user_name(const struct mm_user *u);
+
+/* Merges one record.  Calls `eff` (may be NULL) for each visible change.
+ * Returns 1 if the state changed, 0 if the record added nothing (duplicate or
+ * older), -EINVAL for an invalid record (state unchanged), -ENOMEM. */
+int mm_user_merge(struct mm_user *u, const struct mm_rec *r, mm_effect_fn *eff, void *arg);
+
+/* The record under `key`, or NULL.  Borrowed. */
+const struct mm_rec *mm_user_get(const struct mm_user *u, const uint8_t key[MM_KEY_LEN]);
+
+/* Number of records (messages, tombstones, folders, horizon). */
+size_t mm_user_count(const struct mm_user *u);
+
+/* Calls cb for every record whose key starts with the `depth` nibbles of `prefix`
+ * (high nibble of prefix[0] first; depth 0 = every record), in key order.  Stops and
+ * returns cb's value when cb returns non-zero; 0 otherwise. */
+int mm_user_foreach(const struct mm_user *u, const uint8_t *prefix, unsigned depth,
+                    int (*cb)(void *arg, const struct mm_rec *r), void *arg);
+
+/* Merkle root (XOR of every leaf hash; all-zero for an empty user). */
+void mm_user_root(const struct mm_user *u, uint8_t root_r[MM_HASH_LEN]);
+
+/* The 16 children of the tree node at (prefix, depth): child i covers keys whose
+ * next nibble is i.  hashes_r[i] is its hash, counts_r[i] its number of records
+ * (either output may be NULL).  depth < MM_MAX_DEPTH. */
+void mm_user_children(const struct mm_user *u, const uint8_t *prefix, unsigned depth,
+                      uint8_t hashes_r[MM_FANOUT][MM_HASH_LEN], uint32_t counts_r[MM_FANOUT]);
+
+/* Hash and record count of the tree node at (prefix, depth). */
+void mm_user_node(const struct mm_user *u, const uint8_t *prefix, unsigned depth,
+                  uint8_t hash_r[MM_HASH_LEN], uint32_t *count_r);
+
+/* ---- local changes ------------------------------------------------------------
+ * Each applies a change made on this node with the stamp the caller's clock issued,
+ * calls `eff` like a merge would, and, when `out` is not NULL, appends the records
+ * that changed (the delta to ship to peers) to `out`. */
+
+struct mm_delta;
+
+/* A message instance appears in `folder` (created if unknown).  flags is a bitmask
+ * of (1 << enum mm_flag); keywords an array of names.  key_r (may be NULL) gets the
+ * new record's key. */
+int mm_user_deliver(struct mm_user *u, const char *folder, const uint8_t body[MM_ID_LEN],
+                    uint64_t size, int64_t internaldate, unsigned flags,
+                    const char *const *keywords, size_t n_keywords, uint32_t uid,
+                    mm_hlc stamp, uint8_t key_r[MM_KEY_LEN],
+                    mm_effect_fn *eff, void *arg, struct mm_delta *out);
+
+/* Sets (value 1) or clears (0) a system flag / a keyword of a live message.
+ * -ENOENT if the key is not a live message. */
+int mm_user_set_flag(struct mm_user *u, const uint8_t key[MM_KEY_LEN], enum mm_flag flag,
+                     bool value, mm_hlc stamp, mm_effect_fn *eff, void *arg, struct mm_delta *out);
+int mm_user_set_keyword(struct mm_user *u, const uint8_t key[MM_KEY_LEN], const char *kw,
+                        bool value, mm_hlc stamp, mm_effect_fn *eff, void *arg, struct mm_delta *out);
+
+/* Sets the IMAP UID of a live message (LWW). */
+int mm_user_set_uid(struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint32_t uid,
+                    mm_hlc stamp, mm_effect_fn *eff, void *arg, struct mm_delta *out);
+
+/* Expunges a message for good.  -ENOENT if the key is unknown; 0 if already expunged. */
+int mm_user_expunge(struct mm_user *u, const uint8_t key[MM_KEY_LEN], mm_hlc stamp,
+                    mm_effect_fn *eff, void *arg, struct mm_delta *out);
+
+/* Creates or deletes a folder; deleting expunges every live message the folder holds
+ * here (a message delivered into it concurrently elsewhere survives and keeps the
+ * folder visible: see mm_user_folder_visible()). */
+int mm_user_folder_create(struct mm_user *u, const char *name, mm_hlc stamp,
+                          mm_effect_fn *eff, void *arg, struct mm_delta *out);
+int mm_user_folder_delete(struct mm_user *u, const char *name, mm_hlc stamp,
+                          mm_effect_fn *eff, void *arg, struct mm_delta *out);
+int mm_user_folder_subscribe(struct mm_user *u, const char *name, bool value, mm_hlc stamp,
+                             mm_effect_fn *eff, void *arg, struct mm_delta *out);
+
+/* A folder is visible when its exists register is set or it holds a live message. */
+bool mm_user_folder_visible(const struct mm_user *u, const char *name);
+
+/* Raises the GC horizon to `horizon` (no-op if not higher) and drops every tombstone
+ * stamped before it.  Returns the number of tombstones dropped, or -ENOMEM.
+ * Appends the HORIZON record to out when it changed. */
+int mm_user_gc(struct mm_user *u, mm_hlc horizon, mm_effect_fn *eff, void *arg, struct mm_delta *out);
+
+/* ---- whole state: all users -------------------------------------------------- */
+
+struct mm_state;
+
+struct mm_state *mm_state_new(void);
+void mm_state_free(struct mm_state **sp);
+
+/* The user's state, created empty when `create` and unknown (NULL if not, or ENOMEM). */
+struct mm_user *mm_state_user(struct mm_state *s, const char *name, bool create);
+size_t mm_state_user_count(const struct mm_state *s);
+
+/* Calls cb for each user in order of position (BLAKE2b-128 of the name) restricted to
+ * positions starting with prefix/depth, as mm_user_foreach. */
+int mm_state_foreach(const struct mm_state *s, const uint8_t *prefix, unsigned depth,
+                     int (*cb)(void *arg, struct mm_user *u), void *arg);
+
+/* Root over users and the same tree queries as for a user, over user leaves. */
+void mm_state_root(const struct mm_state *s, uint8_t root_r[MM_HASH_LEN]);
+void mm_state_children(const struct mm_state *s, const uint8_t *prefix, unsigned depth,
+                       uint8_t hashes_r[MM_FANOUT][MM_HASH_LEN], uint32_t counts_r[MM_FANOUT]);
+void mm_state_node(const struct mm_state *s, const uint8_t *prefix, unsigned depth,
+                   uint8_t hash_r[MM_HASH_LEN], uint32_t *count_r);
+/* Position of a user in the users tree: BLAKE2b-128(name). */
+void mm_user_position(const char *name, uint8_t pos_r[MM_KEY_LEN]);
+
+/* Merges a record into user `user` (created if needed).  Same returns as mm_user_merge. */
+int mm_state_merge(struct mm_state *s, const char *user, const struct mm_rec *r,
+                   mm_effect_fn *eff, void *arg);
+
+/* ---- deltas: records to ship ------------------------------------------------- */
+
+struct mm_delta *mm_delta_new(void);
+void mm_delta_free(struct mm_delta **dp);
+void mm_delta_clear(struct mm_delta *d);
+/* Appends a deep copy of r for `user`; a later record with the same (user, key)
+ * replaces the earlier one. -ENOMEM. */
+int mm_delta_add(struct mm_delta *d, const char *user, const struct mm_rec *r);
+size_t mm_delta_count(const struct mm_delta *d);
+/* The i-th entry (0 <= i < count): user name and record, borrowed until the next add/clear. */
+const struct mm_rec *mm_delta_get(const struct mm_delta *d, size_t i, const char **user_r);
+/* Merges every record of d into s; returns the number of records that changed s, or
+ * a negative errno (records before the failing one stay merged). */
+int mm_delta_apply(const struct mm_delta *d, struct mm_state *s, mm_effect_fn *eff, void *arg);
+
+#endif

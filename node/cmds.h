@@ -1,0 +1,17 @@
+/*
+ * cmds.h — the `mailmesh` subcommands.  node/main.c only dispatches; each command
+ * lives in the file named beside it.  Each takes the arguments after the command
+ * name (argv[0] is the command) and returns the process exit status:
+ * 0 success, 1 runtime failure, 2 usage or configuration error.
+ */
+#ifndef MM_CMDS_H
+#define MM_CMDS_H
+
+int mm_cmd_genkey(int argc, char **argv);       /* node/cmd_keys.c */
+int mm_cmd_pubkey(int argc, char **argv);       /* node/cmd_keys.c */
+int mm_cmd_check_config(int argc, char **argv); /* node/cmd_config.c */
+int mm_cmd_testnet(int argc, char **argv);      /* node/cmd_testnet.c */
+int mm_cmd_run(int argc, char **argv);          /* node/daemon.c */
+int mm_cmd_status(int argc, char **argv);       /* node/control.c */
+
+#endif

@@ -1,0 +1,62 @@
+#!/bin/sh
+# Runs the whole test suite: every cmocka unit test binary given as argument, then
+# every integration script tests/it_*.sh and tests/it_*.py (in name order).  Prints a
+# line per program and the closing `N passed, N failed`, counting individual cmocka
+# tests and the `N passed, N failed` line a script may print itself; a program that
+# exits non-zero without reporting a failure counts as one failure.
+# TESTS_ONLY=pattern runs only the programs whose name contains pattern.
+set -u
+BUILD=${BUILD:-build}
+export BUILD
+TOP=$(cd "$(dirname "$0")/.." && pwd)
+export MAILMESH_TOP="$TOP"
+export MAILMESH="$TOP/$BUILD/mailmesh"
+LOGDIR="$TOP/$BUILD/test-logs"
+mkdir -p "$LOGDIR"
+passed=0
+failed=0
+failures=""
+
+run_one() {
+	name=$1; shift
+	case "$name" in *"${TESTS_ONLY:-}"*) ;; *) return ;; esac
+	log="$LOGDIR/$name.log"
+	start=$(date +%s)
+	"$@" >"$log" 2>&1
+	rc=$?
+	secs=$(( $(date +%s) - start ))
+	p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+	f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+	line=$(grep -E '^([A-Za-z_-]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+	if [ -n "$line" ]; then
+		p=$(( p + $(echo "$line" | sed -E 's/^([A-Za-z_-]+: )?([0-9]+) passed.*/\2/') ))
+		f=$(( f + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/') ))
+	fi
+	if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
+		if [ $rc -eq 0 ]; then p=1; else f=1; fi
+	elif [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then
+		f=1
+	fi
+	passed=$((passed + p)); failed=$((failed + f))
+	if [ "$f" -eq 0 ]; then
+		printf 'ok    %-32s %4d passed  (%ds)\n' "$name" "$p" "$secs"
+	else
+		printf 'FAIL  %-32s %4d passed, %d failed (exit %d, %ds) log: %s\n' "$name" "$p" "$f" "$rc" "$secs" "$log"
+		tail -n 30 "$log" | sed 's/^/      | /'
+		failures="$failures $name"
+	fi
+}
+
+for t in "$@"; do
+	run_one "$(basename "$t")" "$t"
+done
+for s in "$TOP"/tests/it_*.sh "$TOP"/tests/it_*.py; do
+	[ -e "$s" ] || continue
+	case "$s" in
+	*.py) run_one "$(basename "$s")" /usr/bin/python3 "$s" ;;
+	*) run_one "$(basename "$s")" sh "$s" ;;
+	esac
+done
+[ -n "$failures" ] && echo "failed:$failures"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
