@@ -1,0 +1,103 @@
+/*
+ * config.h — the daemon's configuration: the `key = value` file (`#` comments; parsed
+ * with inih), plus what it points to: the private key, the optional cluster pre-shared
+ * key and the peers file.  docs/configuration.md describes every key.
+ *
+ * mm_config_load() does all of it and checks that it fits together, so the daemon and
+ * `mailmesh check-config` see exactly the same thing.  Relative paths in the file are
+ * taken relative to the directory of the config file; every path in a loaded
+ * struct mm_config is absolute.
+ */
+#ifndef MM_CONFIG_H
+#define MM_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "node/log.h"
+#include "proto/peers.h"
+
+#define MM_CONFIG_ERR_MAX 512 /* a good size for the err buffer of mm_config_load() */
+
+/* Defaults of the optional keys. */
+#define MM_DEFAULT_MAIL_LOCATION "/var/mail/vhosts/%d/%n"
+#define MM_DEFAULT_STATE_DIR "/var/lib/mailmesh"
+#define MM_DEFAULT_GOSSIP_INTERVAL_MS 200
+#define MM_DEFAULT_GC_GRACE_MS (30ULL * 24 * 3600 * 1000)
+#define MM_DEFAULT_MAX_SKEW_MS (60ULL * 1000)
+
+struct mm_config {
+	char *path;            /* the config file, absolute */
+
+	/* keys of the config file */
+	char *name;            /* this node's name (as in the peers file) */
+	char *listen_host;     /* address to bind, TCP and UDP (IPv6 without brackets) */
+	uint16_t listen_port;
+	char *private_key_path;
+	char *peers_path;
+	char *mail_location;   /* absolute template with %d %n %u (and %%); "maildir:" cut */
+	char *state_dir;
+	uint32_t gossip_interval_ms;
+	enum mm_log_level log_level;
+	char *control_socket;  /* default <state_dir>/control.sock */
+	char *user;            /* NULL = don't change user */
+	char *group;           /* NULL = the user's primary group (or don't change) */
+	bool drop_privileges;  /* true if `user` or `group` was given */
+	uid_t uid;             /* resolved `user` (valid if user != NULL) */
+	gid_t gid;             /* resolved `group`, else the user's primary group */
+	char *cluster_psk_path; /* NULL = no pre-shared key */
+	uint32_t push_fanout;  /* 0 = push to all peers */
+	uint64_t gc_grace_ms;  /* tombstone grace period */
+	uint64_t max_skew_ms;  /* clock skew tolerated in remote stamps */
+
+	/* loaded from the files above */
+	uint8_t private_key[32];
+	uint8_t public_key[32];
+	uint64_t node_id;      /* mm_node_id(public_key) */
+	bool has_psk;
+	uint8_t psk[32];
+	struct mm_peers *peers;     /* every line of the peers file, own line included */
+	const struct mm_peer *self; /* the peers entry with our public key, or NULL */
+};
+
+/* Loads the config file at `path`, then its private key (with the permission check),
+ * the cluster PSK if any, and the peers file; resolves user/group; checks that this
+ * node's line in the peers file, if any, has our name and key (and that no other line
+ * uses our name).  On success returns 0 and fills *cfg_r (which the caller owns and
+ * must release with mm_config_free()).  On failure returns a negative errno, leaves
+ * *cfg_r zeroed (nothing to free; freeing is harmless) and writes into err (errlen
+ * bytes; MM_CONFIG_ERR_MAX is enough) one line:
+ *   "FILE:LINE: what is wrong and what to do"  for a bad line of the config or peers file
+ *   "FILE: what is wrong and what to do"       for a missing key, unreadable file, bad key file
+ * -EINVAL for content errors, -EPERM for a key file readable by others, -ENOENT etc. for
+ * files that cannot be read, -ENOMEM. */
+int mm_config_load(const char *path, struct mm_config *cfg_r, char *err, size_t errlen);
+
+/* Parses a config held in memory as if it were the file `path` (which names the file
+ * in errors and anchors relative paths; nothing is read from it).  Sets only the
+ * config-file keys and defaults: no key, PSK or peers file is read and user/group are
+ * not resolved (uid/gid stay 0).  Same return and error conventions as
+ * mm_config_load().  For tests and for tools that only need the settings. */
+int mm_config_parse(const char *path, const char *text, size_t len, struct mm_config *cfg_r,
+                    char *err, size_t errlen);
+
+/* Frees everything a loaded or parsed config owns, wipes the secrets and zeroes *cfg.
+ * NULL-safe; safe on a zeroed struct and to call twice. */
+void mm_config_free(struct mm_config *cfg);
+
+/* Parses a duration: a decimal number with an optional suffix ms, s, m, h or d
+ * (no suffix = `default_unit_ms` milliseconds per unit).  Returns 0 and sets *ms_r,
+ * or -EINVAL (syntax) / -ERANGE (overflow of uint64 milliseconds). */
+int mm_duration_parse(const char *s, uint64_t default_unit_ms, uint64_t *ms_r);
+
+/* Expands the mail_location template for one user: %d -> domain, %n -> local part,
+ * %u -> "local@domain" (or the local part when domain is empty), %% -> %.  Returns the
+ * length written (excluding the NUL) into out_r (outlen bytes), or -ENAMETOOLONG if it
+ * does not fit, -EINVAL for an unknown % sequence or a name containing '/' or being
+ * "." or "..". */
+int mm_mail_location_expand(const char *tmpl, const char *domain, const char *local,
+                            char *out_r, size_t outlen);
+
+#endif
