@@ -1,0 +1,153 @@
+/*
+ * wire.h — encoding and decoding of every replication message (msgpack).
+ *
+ * Every message is one msgpack array [version, type, ...fields] (docs/protocol.md,
+ * "Wire messages and sync", lists them).  Encoders append to a msgpack_sbuffer with
+ * msgpack-c's packer.  The decoder does not use msgpack-c's allocating unpacker: it
+ * walks the bytes with bounds-checked (cursor, end) helpers, checks every type and
+ * length, caps every count by the bytes left, and never allocates from a length read
+ * off the wire.  Decoded strings/arrays live in a caller-provided arena; byte fields
+ * (hashes, bodies, blobs) point into the input buffer (zero copy), so the input must
+ * outlive the decoded message.  Records travel as their crdt canonical encoding
+ * (mm_rec_encode) in a msgpack bin and are validated (mm_rec_decode runs
+ * mm_rec_validate) before anyone merges them.
+ */
+#ifndef MM_PROTO_WIRE_H
+#define MM_PROTO_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <sys/types.h>
+#include <msgpack.h>
+
+#include "crdt/crdt.h"
+
+#define MM_WIRE_VERSION 1
+#define MM_WIRE_MAX 65000          /* largest message: fits one Noise message (65535) */
+#define MM_WIRE_NONCE_LEN 16       /* round salt */
+#define MM_WIRE_MAX_ELEMS 65536    /* DESCENT elements per message */
+#define MM_WIRE_MAX_RECS 4096      /* records per RECORDS message */
+
+enum mm_msg_type {
+	MM_MSG_DIGEST = 1,    /* datagram: [v, t, seq, reply, root(bin32), n_users] */
+	MM_MSG_START = 2,     /* [v, t, round, nonce(bin16), summary(bin)] */
+	MM_MSG_DESCENT = 3,   /* [v, t, round, [elem...]] elem = uint16 bitmap | bin */
+	MM_MSG_END = 4,       /* [v, t, round] */
+	MM_MSG_ABORT = 5,     /* [v, t, round, reason(int, negative errno)] */
+	MM_MSG_RECORDS = 6,   /* [v, t, flags, user(str), [[rec(bin), body(bin|nil)]...]] */
+	MM_MSG_GET_BODY = 7,  /* [v, t, req, user(str), id(bin32), offset] */
+	MM_MSG_BODY = 8,      /* [v, t, req, offset, total, data(bin)] */
+	MM_MSG_BODY_ERR = 9,  /* [v, t, req, reason(int, negative errno)] */
+};
+#define MM_MSG_TYPE_MAX 9
+
+#define MM_RECORDS_PUSH 1u   /* RECORDS flag: live push (relay it if new) */
+
+/* One element of a DESCENT message: a 16-bit bitmap or a byte blob (summaries and
+ * wanted-leaf bitmaps; their meaning depends on the round's context, proto/sync.c). */
+struct mm_wire_elem {
+	bool is_bin;
+	uint16_t bitmap;          /* when !is_bin */
+	const uint8_t *bin;       /* when is_bin: points into the input */
+	size_t bin_len;
+};
+
+struct mm_wire_rec {
+	struct mm_rec rec;        /* strings in the arena */
+	const uint8_t *body;      /* inline body (points into the input) or NULL */
+	size_t body_len;
+};
+
+struct mm_wire_msg {
+	unsigned version;
+	enum mm_msg_type type;
+	union {
+		struct {
+			uint64_t seq;
+			bool reply;
+			const uint8_t *root; /* MM_HASH_LEN bytes */
+			uint64_t n_users;
+		} digest;
+		struct {
+			uint64_t round;
+			const uint8_t *nonce; /* MM_WIRE_NONCE_LEN bytes */
+			const uint8_t *summary;
+			size_t summary_len;
+		} start;
+		struct {
+			uint64_t round;
+			size_t n;
+			struct mm_wire_elem *elems; /* in the arena */
+		} descent;
+		struct {
+			uint64_t round;
+			int reason;
+		} end; /* END (reason 0) and ABORT */
+		struct {
+			uint32_t flags;
+			const char *user; /* NUL-terminated, in the arena, 1..MM_NAME_MAX bytes */
+			size_t n;
+			struct mm_wire_rec *recs; /* in the arena */
+		} records;
+		struct {
+			uint64_t req;
+			const char *user;
+			const uint8_t *id; /* MM_ID_LEN bytes */
+			uint64_t offset;
+		} get_body;
+		struct {
+			uint64_t req;
+			uint64_t offset;
+			uint64_t total;
+			const uint8_t *data;
+			size_t len;
+		} body;
+		struct {
+			uint64_t req;
+			int reason;
+		} body_err;
+	};
+};
+
+/* Decodes one whole message of len bytes (trailing bytes are an error).  Returns 0,
+ * -EPROTONOSUPPORT if the version is not MM_WIRE_VERSION (msg_r->version set),
+ * -EBADMSG for anything malformed (wrong types, lengths, counts, invalid record,
+ * unknown type), -ENOMEM if the arena cannot allocate.  On error *msg_r is undefined
+ * except version. */
+int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *msg_r, struct mm_arena *a);
+
+/* Encoders: append one whole message to sb (which the caller may reuse after clearing
+ * sb->size).  Return 0, -EINVAL (bad argument: name too long, bad record), -ENOMEM.
+ * They do not check MM_WIRE_MAX; callers size their batches (mm_wire_rec_size). */
+int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
+                       const uint8_t root[MM_HASH_LEN], uint64_t n_users);
+int mm_wire_enc_start(msgpack_sbuffer *sb, uint64_t round, const uint8_t nonce[MM_WIRE_NONCE_LEN],
+                      const uint8_t *summary, size_t summary_len);
+/* DESCENT is built incrementally: begin (n elements announced), then exactly n
+ * elem_bitmap/elem_bin calls. */
+int mm_wire_enc_descent_begin(msgpack_sbuffer *sb, uint64_t round, size_t n);
+int mm_wire_enc_elem_bitmap(msgpack_sbuffer *sb, uint16_t bitmap);
+int mm_wire_enc_elem_bin(msgpack_sbuffer *sb, const uint8_t *bin, size_t len);
+int mm_wire_enc_end(msgpack_sbuffer *sb, uint64_t round);
+int mm_wire_enc_abort(msgpack_sbuffer *sb, uint64_t round, int reason);
+/* RECORDS likewise: begin with the count, then n mm_wire_enc_rec calls. */
+int mm_wire_enc_records_begin(msgpack_sbuffer *sb, uint32_t flags, const char *user, size_t n);
+int mm_wire_enc_rec(msgpack_sbuffer *sb, const struct mm_rec *r, const uint8_t *body, size_t body_len);
+int mm_wire_enc_get_body(msgpack_sbuffer *sb, uint64_t req, const char *user,
+                         const uint8_t id[MM_ID_LEN], uint64_t offset);
+int mm_wire_enc_body(msgpack_sbuffer *sb, uint64_t req, uint64_t offset, uint64_t total,
+                     const uint8_t *data, size_t len);
+int mm_wire_enc_body_err(msgpack_sbuffer *sb, uint64_t req, int reason);
+
+/* Upper bound of the bytes mm_wire_enc_rec adds for r with a body of body_len bytes
+ * (negative errno if r cannot be encoded); the RECORDS header takes at most
+ * MM_WIRE_RECORDS_HDR + strlen(user) bytes. */
+ssize_t mm_wire_rec_size(const struct mm_rec *r, size_t body_len);
+#define MM_WIRE_RECORDS_HDR 32
+
+/* Peeks the type of an encoded message without decoding it (for counters): the type,
+ * or -EBADMSG / -EPROTONOSUPPORT. */
+int mm_wire_peek_type(const uint8_t *buf, size_t len);
+
+#endif
