@@ -1,0 +1,839 @@
+/*
+ * maildir.c — Maildir primitives (see maildir.h): names, letters, dovecot-keywords,
+ * dovecot-uidlist, atomic delivery, renames, folders and subscriptions.  Every write
+ * that replaces a file goes through a temp file, fsync and rename so a crash leaves
+ * either the old or the new content, never a half-written one.
+ */
+#include "node/maildir.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PATHBUF 4096
+
+static int path2(char *buf, size_t len, const char *a, const char *b)
+{
+	int n = snprintf(buf, len, "%s/%s", a, b);
+	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : n;
+}
+
+static int path3(char *buf, size_t len, const char *a, const char *b, const char *c)
+{
+	int n = snprintf(buf, len, "%s/%s/%s", a, b, c);
+	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : n;
+}
+
+/* ---- names ------------------------------------------------------------------ */
+
+static int parse_num(const char *p, const char *end, uint64_t *v_r)
+{
+	uint64_t v = 0;
+	const char *s = p;
+	while (p < end && *p >= '0' && *p <= '9') {
+		if (v > (UINT64_MAX - 9) / 10)
+			return -1;
+		v = v * 10 + (uint64_t)(*p - '0');
+		p++;
+	}
+	if (p == s)
+		return -1;
+	*v_r = v;
+	return (int)(p - s);
+}
+
+int mm_md_name_parse(const char *name, struct mm_md_name *n_r)
+{
+	memset(n_r, 0, sizeof(*n_r));
+	size_t len = strlen(name);
+	if (len == 0 || len > MM_MD_NAME_MAX || name[0] == '.' || strchr(name, '/'))
+		return -EINVAL;
+	const char *colon = strchr(name, ':');
+	const char *bend = colon ? colon : name + len;
+	if (bend == name)
+		return -EINVAL;
+	n_r->base = name;
+	n_r->base_len = (size_t)(bend - name);
+	/* ,S= and ,W= fields: anywhere after a comma in the base; the first of each wins */
+	for (const char *p = name; p < bend; p++) {
+		if (*p != ',' || p + 3 > bend || p[2] != '=')
+			continue;
+		uint64_t v;
+		if (p[1] == 'S' && !n_r->has_size && parse_num(p + 3, bend, &v) > 0) {
+			n_r->has_size = true;
+			n_r->size = v;
+		} else if (p[1] == 'W' && !n_r->has_vsize && parse_num(p + 3, bend, &v) > 0) {
+			n_r->has_vsize = true;
+			n_r->vsize = v;
+		}
+	}
+	if (colon) {
+		if (colon[1] != '2' || colon[2] != ',')
+			return -EINVAL;
+		n_r->has_info = true;
+		for (const char *p = colon + 3; *p; p++) {
+			if (*p >= 'A' && *p <= 'Z')
+				n_r->letters |= MM_MD_UPPER(*p);
+			else if (*p >= 'a' && *p <= 'z')
+				n_r->letters |= MM_MD_LOWER(*p);
+			else
+				return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+int mm_md_name_format(char *buf, size_t buflen, const char *base, size_t base_len,
+                      uint64_t letters, bool with_info)
+{
+	size_t need = base_len + 1;
+	if (letters || with_info)
+		need += 3 + (size_t)__builtin_popcountll(letters);
+	if (need > buflen || need - 1 > MM_MD_NAME_MAX)
+		return -ENAMETOOLONG;
+	memcpy(buf, base, base_len);
+	size_t o = base_len;
+	if (letters || with_info) {
+		memcpy(buf + o, ":2,", 3);
+		o += 3;
+		for (int i = 0; i < 52; i++)
+			if (letters & (UINT64_C(1) << i))
+				buf[o++] = (char)(i < 26 ? 'A' + i : 'a' + (i - 26));
+	}
+	buf[o] = 0;
+	return (int)o;
+}
+
+static const char sysflags[] = "DFPRST";
+
+uint64_t mm_md_flags_to_letters(unsigned flags)
+{
+	uint64_t l = 0;
+	for (int i = 0; i < 6; i++)
+		if (flags & (1u << i))
+			l |= MM_MD_UPPER(sysflags[i]);
+	return l;
+}
+
+unsigned mm_md_letters_to_flags(uint64_t letters)
+{
+	unsigned f = 0;
+	for (int i = 0; i < 6; i++)
+		if (letters & MM_MD_UPPER(sysflags[i]))
+			f |= 1u << i;
+	return f;
+}
+
+int mm_md_unescape(const char *in, size_t len, char *buf, size_t buflen)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = in[i];
+		if (c == '\\' && i + 4 <= len &&
+		    (memcmp(in + i + 1, "057", 3) == 0 || memcmp(in + i + 1, "072", 3) == 0)) {
+			c = in[i + 2] == '5' ? '/' : ':';
+			i += 3;
+		}
+		if (o + 1 >= buflen)
+			return -ENAMETOOLONG;
+		buf[o++] = c;
+	}
+	if (buflen == 0)
+		return -ENAMETOOLONG;
+	buf[o] = 0;
+	return (int)o;
+}
+
+/* ---- small file helpers ------------------------------------------------------- */
+
+static int read_all(const char *path, char **data_r, size_t *len_r)
+{
+	*data_r = NULL;
+	*len_r = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	size_t cap = 4096, len = 0;
+	char *d = malloc(cap + 1);
+	if (!d) {
+		close(fd);
+		return -ENOMEM;
+	}
+	for (;;) {
+		if (len == cap) {
+			if (cap > (64u << 20)) { /* a control file this big is not one */
+				free(d);
+				close(fd);
+				return -EFBIG;
+			}
+			char *nd = realloc(d, cap * 2 + 1);
+			if (!nd) {
+				free(d);
+				close(fd);
+				return -ENOMEM;
+			}
+			d = nd;
+			cap *= 2;
+		}
+		ssize_t r = read(fd, d + len, cap - len);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			int e = -errno;
+			free(d);
+			close(fd);
+			return e;
+		}
+		if (r == 0)
+			break;
+		len += (size_t)r;
+	}
+	close(fd);
+	d[len] = 0;
+	*data_r = d;
+	*len_r = len;
+	return 0;
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+	const char *p = data;
+	while (len) {
+		ssize_t w = write(fd, p, len);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = fsync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return r;
+}
+
+static void apply_owner(int fd, const struct mm_md_owner *o, bool dir)
+{
+	if (!o)
+		return;
+	if (o->uid != (uid_t)-1 || o->gid != (gid_t)-1)
+		if (fchown(fd, o->uid, o->gid) < 0) {
+			/* not root: keep the creator's owner; the mode still applies */
+		}
+	(void)!fchmod(fd, dir ? o->dir_mode : o->file_mode);
+}
+
+/* Writes `data` to <dir>/<tmpname> (O_EXCL), fsyncs, renames it over <dir>/<name>. */
+static int replace_file(const char *dir, const char *tmpname, const char *name,
+                        const void *data, size_t len, const struct mm_md_owner *o)
+{
+	char tp[PATHBUF], fp[PATHBUF];
+	if (path2(tp, sizeof tp, dir, tmpname) < 0 || path2(fp, sizeof fp, dir, name) < 0)
+		return -ENAMETOOLONG;
+	int fd = open(tp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, o ? o->file_mode : 0600);
+	if (fd < 0)
+		return -errno;
+	apply_owner(fd, o, false);
+	int r = write_all(fd, data, len);
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r == 0 && rename(tp, fp) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlink(tp);
+		return r;
+	}
+	fsync_dir(dir);
+	return 0;
+}
+
+/* ---- dovecot-keywords ----------------------------------------------------------- */
+
+void mm_md_keywords_clear(struct mm_md_keywords *kw)
+{
+	for (int i = 0; i < MM_MD_KEYWORDS_MAX; i++) {
+		free(kw->names[i]);
+		kw->names[i] = NULL;
+	}
+}
+
+static bool kw_name_ok(const char *s, size_t len)
+{
+	if (len == 0 || len > 255)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c <= ' ' || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw)
+{
+	char p[PATHBUF];
+	memset(kw, 0, sizeof(*kw));
+	if (path2(p, sizeof p, folder_dir, "dovecot-keywords") < 0)
+		return -ENAMETOOLONG;
+	char *d;
+	size_t len;
+	int r = read_all(p, &d, &len);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return r;
+	char *save = NULL;
+	for (char *line = strtok_r(d, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *sp = strchr(line, ' ');
+		if (!sp)
+			continue;
+		char *end;
+		errno = 0;
+		long idx = strtol(line, &end, 10);
+		if (end != sp || end == line || errno || idx < 0 || idx >= MM_MD_KEYWORDS_MAX)
+			continue;
+		const char *name = sp + 1;
+		size_t nl = strlen(name);
+		if (nl && name[nl - 1] == '\r')
+			nl--;
+		if (!kw_name_ok(name, nl) || kw->names[idx])
+			continue;
+		kw->names[idx] = strndup(name, nl);
+		if (!kw->names[idx]) {
+			free(d);
+			return -ENOMEM;
+		}
+	}
+	free(d);
+	return 0;
+}
+
+int mm_md_keywords_find(const struct mm_md_keywords *kw, const char *name)
+{
+	for (int i = 0; i < MM_MD_KEYWORDS_MAX; i++)
+		if (kw->names[i] && strcmp(kw->names[i], name) == 0)
+			return i;
+	return -1;
+}
+
+int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const char *name)
+{
+	if (!kw_name_ok(name, strlen(name)))
+		return -EINVAL;
+	int i = mm_md_keywords_find(kw, name);
+	if (i >= 0)
+		return i;
+	int r = mm_md_uidlist_lock(folder_dir, 5000);
+	if (r < 0)
+		return r;
+	struct mm_md_keywords fresh;
+	r = mm_md_keywords_read(folder_dir, &fresh);
+	if (r < 0) {
+		mm_md_keywords_clear(&fresh);
+		goto out;
+	}
+	mm_md_keywords_clear(kw);
+	*kw = fresh;
+	i = mm_md_keywords_find(kw, name);
+	if (i >= 0) {
+		r = i;
+		goto out;
+	}
+	for (i = 0; i < MM_MD_KEYWORDS_MAX && kw->names[i]; i++)
+		;
+	if (i == MM_MD_KEYWORDS_MAX) {
+		r = -ENOSPC;
+		goto out;
+	}
+	kw->names[i] = strdup(name);
+	if (!kw->names[i]) {
+		r = -ENOMEM;
+		goto out;
+	}
+	/* the new content: every known index, in order */
+	size_t cap = 64;
+	for (int j = 0; j < MM_MD_KEYWORDS_MAX; j++)
+		if (kw->names[j])
+			cap += strlen(kw->names[j]) + 8;
+	char *buf = malloc(cap);
+	if (!buf) {
+		r = -ENOMEM;
+		goto out;
+	}
+	size_t len = 0;
+	for (int j = 0; j < MM_MD_KEYWORDS_MAX; j++)
+		if (kw->names[j])
+			len += (size_t)snprintf(buf + len, cap - len, "%d %s\n", j, kw->names[j]);
+	struct mm_md_owner o;
+	int ro = mm_md_owner_of(folder_dir, &o);
+	char lockp[PATHBUF];
+	if (path2(lockp, sizeof lockp, folder_dir, "dovecot-keywords.lock") >= 0) {
+		struct stat st;
+		/* a keywords dotlock left by a crash of ours (we hold the uidlist lock, so
+		 * nobody following the rule is writing it now) */
+		if (stat(lockp, &st) == 0 && time(NULL) - st.st_mtime > 120)
+			unlink(lockp);
+	}
+	r = replace_file(folder_dir, "dovecot-keywords.lock", "dovecot-keywords", buf, len,
+	                 ro == 0 ? &o : NULL);
+	free(buf);
+	if (r == 0)
+		r = i;
+	else {
+		free(kw->names[i]);
+		kw->names[i] = NULL;
+	}
+out:
+	mm_md_uidlist_unlock(folder_dir);
+	return r;
+}
+
+/* ---- dovecot-uidlist ------------------------------------------------------------ */
+
+int mm_md_uidlist_read(const char *folder_dir,
+                       int (*cb)(void *arg, uint32_t uid, const char *base, size_t base_len),
+                       void *arg)
+{
+	char p[PATHBUF];
+	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist") < 0)
+		return -ENAMETOOLONG;
+	char *d;
+	size_t len;
+	int r = read_all(p, &d, &len);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return r;
+	char *save = NULL;
+	bool first = true;
+	r = 0;
+	for (char *line = strtok_r(d, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		if (first) { /* header: "3 V<uidvalidity> N<next> G<guid>" */
+			first = false;
+			continue;
+		}
+		char *end;
+		errno = 0;
+		unsigned long uid = strtoul(line, &end, 10);
+		if (end == line || errno || uid == 0 || uid > UINT32_MAX)
+			continue;
+		char *fn = strstr(end, " :");
+		if (!fn)
+			continue;
+		fn += 2;
+		size_t bl = strcspn(fn, ":\r");
+		if (bl == 0)
+			continue;
+		r = cb(arg, (uint32_t)uid, fn, bl);
+		if (r)
+			break;
+	}
+	free(d);
+	return r;
+}
+
+int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
+{
+	char p[PATHBUF];
+	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist.lock") < 0)
+		return -ENAMETOOLONG;
+	unsigned waited = 0;
+	for (;;) {
+		int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			char pid[32];
+			int n = snprintf(pid, sizeof pid, "%ld:mailmesh\n", (long)getpid());
+			(void)!write(fd, pid, (size_t)n);
+			close(fd);
+			return 0;
+		}
+		if (errno != EEXIST)
+			return -errno;
+		struct stat st;
+		if (stat(p, &st) == 0 && time(NULL) - st.st_mtime > 120) {
+			unlink(p); /* stale: the holder died */
+			continue;
+		}
+		if (waited >= timeout_ms)
+			return -EAGAIN;
+		struct timespec ts = {0, 10 * 1000000L};
+		nanosleep(&ts, NULL);
+		waited += 10;
+	}
+}
+
+void mm_md_uidlist_unlock(const char *folder_dir)
+{
+	char p[PATHBUF];
+	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist.lock") >= 0)
+		unlink(p);
+}
+
+/* ---- files ----------------------------------------------------------------------- */
+
+int mm_md_owner_of(const char *dir, struct mm_md_owner *o_r)
+{
+	struct stat st;
+	if (stat(dir, &st) < 0)
+		return -errno;
+	o_r->uid = st.st_uid;
+	o_r->gid = st.st_gid;
+	o_r->dir_mode = st.st_mode & 07777;
+	o_r->file_mode = st.st_mode & 0666;
+	return 0;
+}
+
+int mm_md_tmp_open(const char *folder_dir, const char *base, const struct mm_md_owner *o)
+{
+	char p[PATHBUF];
+	if (path3(p, sizeof p, folder_dir, "tmp", base) < 0)
+		return -ENAMETOOLONG;
+	int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, o ? o->file_mode : 0600);
+	if (fd < 0)
+		return -errno;
+	apply_owner(fd, o, false);
+	return fd;
+}
+
+int mm_md_tmp_finish(const char *folder_dir, const char *base, int fd, int64_t mtime,
+                     const char *sub, const char *name)
+{
+	char tp[PATHBUF], dp[PATHBUF], sd[PATHBUF];
+	int r = 0;
+	if (path3(tp, sizeof tp, folder_dir, "tmp", base) < 0 ||
+	    path3(dp, sizeof dp, folder_dir, sub, name) < 0 || path2(sd, sizeof sd, folder_dir, sub) < 0)
+		r = -ENAMETOOLONG;
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (r == 0) {
+		struct timespec ts[2] = {{(time_t)mtime, 0}, {(time_t)mtime, 0}};
+		if (futimens(fd, ts) < 0)
+			r = -errno;
+	}
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	/* link + unlink rather than rename: never replace a file that holds that name */
+	if (r == 0 && link(tp, dp) < 0)
+		r = -errno;
+	unlink(tp);
+	if (r == 0)
+		fsync_dir(sd);
+	return r;
+}
+
+int mm_md_deliver(const char *folder_dir, const char *base, const void *data, size_t len,
+                  int64_t mtime, const char *sub, const char *name, const struct mm_md_owner *o)
+{
+	int fd = mm_md_tmp_open(folder_dir, base, o);
+	if (fd < 0)
+		return fd;
+	int r = write_all(fd, data, len);
+	if (r < 0) {
+		char tp[PATHBUF];
+		close(fd);
+		if (path3(tp, sizeof tp, folder_dir, "tmp", base) >= 0)
+			unlink(tp);
+		return r;
+	}
+	return mm_md_tmp_finish(folder_dir, base, fd, mtime, sub, name);
+}
+
+int mm_md_rename(const char *folder_dir, const char *from_sub, const char *from,
+                 const char *to_sub, const char *to)
+{
+	char a[PATHBUF], b[PATHBUF];
+	if (path3(a, sizeof a, folder_dir, from_sub, from) < 0 ||
+	    path3(b, sizeof b, folder_dir, to_sub, to) < 0)
+		return -ENAMETOOLONG;
+	int lk = mm_md_uidlist_lock(folder_dir, 2000);
+	int r = rename(a, b) < 0 ? -errno : 0;
+	if (lk == 0)
+		mm_md_uidlist_unlock(folder_dir);
+	return r;
+}
+
+int mm_md_unlink(const char *folder_dir, const char *sub, const char *name)
+{
+	char a[PATHBUF];
+	if (path3(a, sizeof a, folder_dir, sub, name) < 0)
+		return -ENAMETOOLONG;
+	int lk = mm_md_uidlist_lock(folder_dir, 2000);
+	int r = unlink(a) < 0 ? -errno : 0;
+	if (lk == 0)
+		mm_md_uidlist_unlock(folder_dir);
+	return r;
+}
+
+/* ---- folders --------------------------------------------------------------------- */
+
+int mm_md_folder_path(char *buf, size_t buflen, const char *maildir, const char *folder)
+{
+	int n;
+	if (strcmp(folder, "INBOX") == 0) {
+		n = snprintf(buf, buflen, "%s", maildir);
+	} else {
+		if (!folder[0] || folder[0] == '.' || strchr(folder, '/'))
+			return -EINVAL;
+		n = snprintf(buf, buflen, "%s/.%s", maildir, folder);
+	}
+	return (n < 0 || (size_t)n >= buflen) ? -ENAMETOOLONG : n;
+}
+
+bool mm_md_is_maildir(const char *dir)
+{
+	char p[PATHBUF];
+	struct stat st;
+	if (path2(p, sizeof p, dir, "cur") >= 0 && stat(p, &st) == 0 && S_ISDIR(st.st_mode))
+		return true;
+	if (path2(p, sizeof p, dir, "new") >= 0 && stat(p, &st) == 0 && S_ISDIR(st.st_mode))
+		return true;
+	return false;
+}
+
+static int mkdir_owned(const char *p, const struct mm_md_owner *o)
+{
+	if (mkdir(p, o ? o->dir_mode : 0700) < 0) {
+		if (errno == EEXIST) {
+			struct stat st;
+			if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
+				return 0;
+			return -ENOTDIR;
+		}
+		return -errno;
+	}
+	int fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		apply_owner(fd, o, true);
+		close(fd);
+	}
+	return 1;
+}
+
+static int mkdir_parents(const char *path, const struct mm_md_owner *o)
+{
+	char p[PATHBUF];
+	if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p)
+		return -ENAMETOOLONG;
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = 0;
+		int r = mkdir_owned(p, o);
+		*s = '/';
+		if (r < 0)
+			return r;
+	}
+	int r = mkdir_owned(p, o);
+	return r < 0 ? r : 0;
+}
+
+int mm_md_folder_create(const char *maildir, const char *folder, const struct mm_md_owner *o)
+{
+	char fd_[PATHBUF], p[PATHBUF];
+	int r = mm_md_folder_path(fd_, sizeof fd_, maildir, folder);
+	if (r < 0)
+		return r;
+	if ((r = mkdir_parents(maildir, o)) < 0)
+		return r;
+	if (strcmp(folder, "INBOX") != 0 && (r = mkdir_owned(fd_, o)) < 0)
+		return r;
+	static const char *const subs[] = {"tmp", "new", "cur"};
+	for (int i = 0; i < 3; i++) {
+		if (path2(p, sizeof p, fd_, subs[i]) < 0)
+			return -ENAMETOOLONG;
+		if ((r = mkdir_owned(p, o)) < 0)
+			return r;
+	}
+	if (strcmp(folder, "INBOX") != 0) {
+		if (path2(p, sizeof p, fd_, "maildirfolder") < 0)
+			return -ENAMETOOLONG;
+		int f = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, o ? o->file_mode : 0600);
+		if (f < 0)
+			return -errno;
+		apply_owner(f, o, false);
+		close(f);
+	}
+	fsync_dir(maildir);
+	return 0;
+}
+
+static int dir_is_empty(const char *p)
+{
+	DIR *d = opendir(p);
+	if (!d)
+		return errno == ENOENT ? 1 : -errno;
+	struct dirent *e;
+	int empty = 1;
+	while ((e = readdir(d))) {
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+			empty = 0;
+			break;
+		}
+	}
+	closedir(d);
+	return empty;
+}
+
+int mm_md_folder_remove(const char *maildir, const char *folder)
+{
+	if (strcmp(folder, "INBOX") == 0)
+		return -EINVAL;
+	char fdir[PATHBUF], p[PATHBUF];
+	int r = mm_md_folder_path(fdir, sizeof fdir, maildir, folder);
+	if (r < 0)
+		return r;
+	struct stat st;
+	if (stat(fdir, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	static const char *const subs[] = {"new", "cur", "tmp"};
+	for (int i = 0; i < 3; i++) {
+		if (path2(p, sizeof p, fdir, subs[i]) < 0)
+			return -ENAMETOOLONG;
+		r = dir_is_empty(p);
+		if (r < 0)
+			return r;
+		if (r == 0)
+			return -ENOTEMPTY;
+	}
+	/* only Dovecot's own files may remain besides the three directories */
+	DIR *d = opendir(fdir);
+	if (!d)
+		return -errno;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		const char *n = e->d_name;
+		if (!strcmp(n, ".") || !strcmp(n, "..") || !strcmp(n, "new") || !strcmp(n, "cur") ||
+		    !strcmp(n, "tmp") || !strcmp(n, "maildirfolder") || !strncmp(n, "dovecot", 7))
+			continue;
+		closedir(d);
+		return -ENOTEMPTY;
+	}
+	rewinddir(d);
+	while ((e = readdir(d))) {
+		const char *n = e->d_name;
+		if (!strcmp(n, "maildirfolder") || !strncmp(n, "dovecot", 7))
+			if (path2(p, sizeof p, fdir, n) >= 0)
+				unlink(p);
+	}
+	closedir(d);
+	for (int i = 0; i < 3; i++)
+		if (path2(p, sizeof p, fdir, subs[i]) >= 0 && rmdir(p) < 0 && errno != ENOENT)
+			return -errno;
+	if (rmdir(fdir) < 0 && errno != ENOENT)
+		return -errno;
+	fsync_dir(maildir);
+	return 0;
+}
+
+int mm_md_folder_list(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg)
+{
+	DIR *d = opendir(maildir);
+	if (!d)
+		return -errno;
+	int r = 0;
+	if (mm_md_is_maildir(maildir))
+		r = cb(arg, "INBOX");
+	struct dirent *e;
+	char p[PATHBUF];
+	while (!r && (e = readdir(d))) {
+		const char *n = e->d_name;
+		if (n[0] != '.' || !n[1] || !strcmp(n, ".."))
+			continue;
+		if (e->d_type != DT_DIR && e->d_type != DT_UNKNOWN)
+			continue;
+		if (path2(p, sizeof p, maildir, n) < 0 || !mm_md_is_maildir(p))
+			continue;
+		r = cb(arg, n + 1);
+	}
+	closedir(d);
+	return r;
+}
+
+/* ---- subscriptions -------------------------------------------------------------- */
+
+int mm_md_subs_read(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg)
+{
+	char p[PATHBUF];
+	if (path2(p, sizeof p, maildir, "subscriptions") < 0)
+		return -ENAMETOOLONG;
+	char *d;
+	size_t len;
+	int r = read_all(p, &d, &len);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return r;
+	char *save = NULL;
+	bool first = true, v2 = false;
+	r = 0;
+	for (char *line = strtok_r(d, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		if (first) {
+			first = false;
+			if (strncmp(line, "V\t", 2) == 0) {
+				v2 = true;
+				continue;
+			}
+		}
+		size_t l = strlen(line);
+		if (l && line[l - 1] == '\r')
+			line[--l] = 0;
+		if (!l)
+			continue;
+		if (v2)
+			for (char *c = line; *c; c++)
+				if (*c == '\t')
+					*c = '.';
+		r = cb(arg, line);
+		if (r)
+			break;
+	}
+	free(d);
+	return r;
+}
+
+int mm_md_subs_write(const char *maildir, const char *const *names, size_t n,
+                     const struct mm_md_owner *o)
+{
+	size_t cap = 16;
+	for (size_t i = 0; i < n; i++)
+		cap += strlen(names[i]) + 1;
+	char *buf = malloc(cap);
+	if (!buf)
+		return -ENOMEM;
+	size_t len = (size_t)snprintf(buf, cap, "V\t2\n\n");
+	for (size_t i = 0; i < n; i++) {
+		size_t l = strlen(names[i]);
+		memcpy(buf + len, names[i], l);
+		for (size_t j = 0; j < l; j++)
+			if (buf[len + j] == '.')
+				buf[len + j] = '\t';
+		len += l;
+		buf[len++] = '\n';
+	}
+	char tmpname[64];
+	snprintf(tmpname, sizeof tmpname, "subscriptions.mm%ld.tmp", (long)getpid());
+	char tp[PATHBUF];
+	if (path2(tp, sizeof tp, maildir, tmpname) >= 0)
+		unlink(tp); /* our own leftover from a crash */
+	int r = replace_file(maildir, tmpname, "subscriptions", buf, len, o);
+	free(buf);
+	return r;
+}

@@ -1,0 +1,183 @@
+/*
+ * maildir.h — Maildir primitives, as Dovecot writes and reads them: message file names
+ * (base, `,S=`/`,W=`, `:2,<letters>`), flag and keyword letters, dovecot-keywords
+ * (read, and add a name under Dovecot's lock-and-rename rule), dovecot-uidlist (read),
+ * atomic delivery (tmp/ -> fsync -> rename -> directory fsync, mtime = INTERNALDATE),
+ * flag renames and unlinks under the uidlist lock, Maildir++ folder directories and the
+ * subscriptions file.  Plain POSIX, no crdt/ dependency, no printing: errors are
+ * returned as negative errno values and callers log them.
+ *
+ * Letters: a file's info letters are kept as one 64-bit mask: bit (c - 'A') for an
+ * uppercase letter A..Z, bit 26 + (c - 'a') for a lowercase letter a..z.  The system
+ * flags D F P R S T are uppercase letters; keywords are lowercase letters whose names
+ * dovecot-keywords gives (a = index 0).  Unknown uppercase letters are kept as they are
+ * so a rename never drops something another program put there.
+ */
+#ifndef MM_MAILDIR_H
+#define MM_MAILDIR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MM_MD_KEYWORDS_MAX 26 /* letters a..z */
+#define MM_MD_NAME_MAX 255    /* longest file name component */
+
+#define MM_MD_UPPER(c) (UINT64_C(1) << ((c) - 'A'))
+#define MM_MD_LOWER(c) (UINT64_C(1) << (26 + ((c) - 'a')))
+#define MM_MD_KWBIT(i) (UINT64_C(1) << (26 + (i)))
+#define MM_MD_KW_MASK (((UINT64_C(1) << 26) - 1) << 26)
+
+/* A parsed message file name; pointers point into the parsed string. */
+struct mm_md_name {
+	const char *base;  /* unique part (up to the first ':'), not NUL-terminated */
+	size_t base_len;
+	bool has_size;     /* ",S=<size>" present in the base */
+	uint64_t size;
+	bool has_vsize;    /* ",W=<vsize>" present in the base */
+	uint64_t vsize;
+	bool has_info;     /* ":2," present */
+	uint64_t letters;  /* letters after ":2," (see above) */
+};
+
+/* Parses a file name found in new/ or cur/.  Returns 0, or -EINVAL for a name that is
+ * not a message file: empty, starting with '.', containing '/', longer than
+ * MM_MD_NAME_MAX, an info part other than "2,<letters>", or letters outside [A-Za-z]. */
+int mm_md_name_parse(const char *name, struct mm_md_name *n_r);
+
+/* Writes `base` + (letters ? ":2," + letters in ASCII order : "") into buf (NUL
+ * terminated).  `with_info` forces ":2," even with no letters (files in cur/).
+ * Returns the length, or -ENAMETOOLONG if it does not fit in buflen or MM_MD_NAME_MAX. */
+int mm_md_name_format(char *buf, size_t buflen, const char *base, size_t base_len,
+                      uint64_t letters, bool with_info);
+
+/* System flag bitmask (1 << i for "DFPRST"[i]) <-> letter mask. */
+uint64_t mm_md_flags_to_letters(unsigned flags);
+unsigned mm_md_letters_to_flags(uint64_t letters);
+
+/* Removes backslash escapes \057 ('/') and \072 (':') that Dovecot puts in hostnames of
+ * a base; writes at most buflen-1 bytes + NUL.  Returns the length or -ENAMETOOLONG. */
+int mm_md_unescape(const char *in, size_t len, char *buf, size_t buflen);
+
+/* ---- dovecot-keywords ------------------------------------------------------------ */
+
+/* A folder's keyword table: names[i] is the keyword of letter 'a' + i, or NULL. */
+struct mm_md_keywords {
+	char *names[MM_MD_KEYWORDS_MAX];
+};
+
+/* Reads <folder_dir>/dovecot-keywords ("<index> <name>" lines).  A missing file gives
+ * an empty table (0).  Lines with a bad index or name are skipped.  Returns 0, -ENOMEM,
+ * or another negative errno when the file exists but cannot be read.  The table must
+ * be released with mm_md_keywords_clear() (also after an error). */
+int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw);
+void mm_md_keywords_clear(struct mm_md_keywords *kw);
+
+/* Index (0..25) of `name` in the table, or -1. */
+int mm_md_keywords_find(const struct mm_md_keywords *kw, const char *name);
+
+/* Makes sure `name` has a letter in <folder_dir>/dovecot-keywords, following Dovecot:
+ * with dovecot-uidlist.lock held, re-read the file, take the first free index, write
+ * dovecot-keywords.lock (O_EXCL), fsync, rename it over dovecot-keywords.  `kw` is
+ * refreshed from disk.  New files get the mode/owner of folder_dir (minus x bits).
+ * Returns the index (0..25), -ENOSPC when all 26 letters are taken, -EINVAL for a
+ * name Dovecot could not store (empty, space, control character), -EAGAIN when the
+ * lock stays busy, or another negative errno. */
+int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const char *name);
+
+/* ---- dovecot-uidlist ----------------------------------------------------------- */
+
+/* Reads <folder_dir>/dovecot-uidlist and calls cb(arg, uid, base, base_len) for each
+ * listed file (base = file name up to its ':' info part).  Returns 0 (also when the
+ * file does not exist), cb's non-zero value if it stopped, or a negative errno. */
+int mm_md_uidlist_read(const char *folder_dir,
+                       int (*cb)(void *arg, uint32_t uid, const char *base, size_t base_len),
+                       void *arg);
+
+/* dovecot-uidlist.lock: Dovecot's dotlock (O_EXCL create), waiting up to
+ * timeout_ms and breaking a lock older than 120 s (Dovecot's own stale limit).
+ * Returns 0 or -EAGAIN (timeout) or another negative errno. */
+int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms);
+void mm_md_uidlist_unlock(const char *folder_dir);
+
+/* ---- files ---------------------------------------------------------------------- */
+
+/* Ownership and mode to give created files and directories; uid/gid (uid_t)-1 = keep
+ * the creator's. */
+struct mm_md_owner {
+	uid_t uid;
+	gid_t gid;
+	mode_t dir_mode;  /* e.g. 0700 */
+	mode_t file_mode; /* e.g. 0600 */
+};
+
+/* Owner of an existing directory: its uid/gid, its mode for dirs, and that mode without
+ * execute bits for files. 0 or negative errno. */
+int mm_md_owner_of(const char *dir, struct mm_md_owner *o_r);
+
+/* Creates <folder_dir>/tmp/<base> (O_EXCL, owner/mode applied) for writing.  Returns
+ * the fd (>= 0) or a negative errno (-EEXIST if that name exists). */
+int mm_md_tmp_open(const char *folder_dir, const char *base, const struct mm_md_owner *o);
+
+/* Finishes a file opened by mm_md_tmp_open: fsync, mtime (and atime) = mtime, close,
+ * rename tmp/<base> to <sub>/<name> (sub "new" or "cur"), fsync of <sub>/.  Never
+ * replaces an existing file (link + unlink: -EEXIST if the name is taken).  On any
+ * failure the tmp file is removed and fd closed.  0 or negative errno. */
+int mm_md_tmp_finish(const char *folder_dir, const char *base, int fd, int64_t mtime,
+                     const char *sub, const char *name);
+
+/* Convenience: delivers `len` bytes as <sub>/<name> through tmp/<base>. */
+int mm_md_deliver(const char *folder_dir, const char *base, const void *data, size_t len,
+                  int64_t mtime, const char *sub, const char *name, const struct mm_md_owner *o);
+
+/* Renames <from_sub>/<from> to <to_sub>/<to> in the folder under the uidlist lock
+ * (best effort: if the lock cannot be taken within 2 s the rename is done anyway,
+ * as Dovecot recovers from it).  0 or negative errno (-ENOENT if the file is gone). */
+int mm_md_rename(const char *folder_dir, const char *from_sub, const char *from,
+                 const char *to_sub, const char *to);
+
+/* Unlinks <sub>/<name> under the uidlist lock (best effort as above).  0, -ENOENT,
+ * or negative errno. */
+int mm_md_unlink(const char *folder_dir, const char *sub, const char *name);
+
+/* ---- folders -------------------------------------------------------------------- */
+
+/* Directory of `folder` inside a user's Maildir: the Maildir itself for "INBOX",
+ * <maildir>/.<folder> otherwise.  Returns the length or -ENAMETOOLONG / -EINVAL for
+ * a folder name that is empty, ".", "..", starts with '.', or contains '/'. */
+int mm_md_folder_path(char *buf, size_t buflen, const char *maildir, const char *folder);
+
+/* True when dir holds a cur/ or new/ directory. */
+bool mm_md_is_maildir(const char *dir);
+
+/* Creates the folder with cur/ new/ tmp/ (and the empty `maildirfolder` marker for
+ * Maildir++ subfolders), parents of the Maildir too, all with owner o.  Existing
+ * parts are kept.  0 or negative errno. */
+int mm_md_folder_create(const char *maildir, const char *folder, const struct mm_md_owner *o);
+
+/* Removes a Maildir++ folder if it holds no message (new/, cur/ and tmp/ empty): its
+ * Dovecot files (dovecot*, maildirfolder) then the directories.  Returns 0 when
+ * removed or already gone, -ENOTEMPTY when it still holds files (nothing removed),
+ * -EINVAL for INBOX, or negative errno. */
+int mm_md_folder_remove(const char *maildir, const char *folder);
+
+/* Lists the folders of a Maildir: "INBOX" when the Maildir itself is one, then every
+ * `.Name` sub-directory that is a Maildir, as cb(arg, "Name").  Returns 0, cb's
+ * non-zero value, or negative errno if the Maildir cannot be read. */
+int mm_md_folder_list(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg);
+
+/* ---- subscriptions ------------------------------------------------------------- */
+
+/* Reads <maildir>/subscriptions (Dovecot 2.3 "V\t2" format with tab-separated
+ * hierarchy, or the old one-name-a-line format) and calls cb for each folder name
+ * (hierarchy joined with '.').  Missing file: 0 with no call.  0, cb's value, or
+ * negative errno. */
+int mm_md_subs_read(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg);
+
+/* Writes the subscriptions file (Dovecot 2.3 format) atomically (temp + fsync + rename)
+ * with the `n` names given, owner o.  0 or negative errno. */
+int mm_md_subs_write(const char *maildir, const char *const *names, size_t n,
+                     const struct mm_md_owner *o);
+
+#endif

@@ -1,0 +1,506 @@
+/*
+ * test_maildir.c — Maildir primitives (node/maildir.c) and mail_location templates
+ * (node/mailloc.c) on real files in a temporary directory.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "node/maildir.h"
+#include "node/mailloc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st; (void)flag; (void)f;
+	return remove(p);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	snprintf(tmpdir, sizeof tmpdir, "/tmp/mm-test-maildir-XXXXXX");
+	assert_non_null(mkdtemp(tmpdir));
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	return 0;
+}
+
+static void write_file(const char *path, const char *content)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(content, f);
+	fclose(f);
+}
+
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	static char buf[8192];
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	buf[n] = 0;
+	fclose(f);
+	return buf;
+}
+
+static void test_name_parse(void **state)
+{
+	(void)state;
+	struct mm_md_name n;
+	assert_int_equal(mm_md_name_parse("1035478339.27041_118.foo.org,S=1000,W=1030:2,S", &n), 0);
+	assert_int_equal(n.base_len, strlen("1035478339.27041_118.foo.org,S=1000,W=1030"));
+	assert_true(n.has_size);
+	assert_int_equal(n.size, 1000);
+	assert_true(n.has_vsize);
+	assert_int_equal(n.vsize, 1030);
+	assert_true(n.has_info);
+	assert_int_equal(n.letters, MM_MD_UPPER('S'));
+	assert_int_equal(mm_md_letters_to_flags(n.letters), 1u << 4);
+
+	/* no info, no size: a file in new/ */
+	assert_int_equal(mm_md_name_parse("1700000000.M1P2.host", &n), 0);
+	assert_false(n.has_info);
+	assert_false(n.has_size);
+	assert_false(n.has_vsize);
+	assert_int_equal(n.base_len, strlen("1700000000.M1P2.host"));
+
+	/* escaped hostname: the ':' inside is \072, so the first real ':' is the info */
+	const char *esc = "1700000000.M1P2.my\\057host\\072x,S=12:2,FRab";
+	assert_int_equal(mm_md_name_parse(esc, &n), 0);
+	assert_int_equal(n.size, 12);
+	assert_int_equal(n.letters, MM_MD_UPPER('F') | MM_MD_UPPER('R') | MM_MD_LOWER('a') | MM_MD_LOWER('b'));
+	char un[256];
+	assert_int_equal(mm_md_unescape(n.base, n.base_len, un, sizeof un),
+	                 (int)strlen("1700000000.M1P2.my/host:x,S=12"));
+	assert_string_equal(un, "1700000000.M1P2.my/host:x,S=12");
+
+	/* empty info ":2," */
+	assert_int_equal(mm_md_name_parse("abc:2,", &n), 0);
+	assert_true(n.has_info);
+	assert_int_equal(n.letters, 0);
+
+	/* S= not a number: ignored, W= still read */
+	assert_int_equal(mm_md_name_parse("abc,S=x,W=5", &n), 0);
+	assert_false(n.has_size);
+	assert_true(n.has_vsize);
+	assert_int_equal(n.vsize, 5);
+}
+
+static void test_name_odd(void **state)
+{
+	(void)state;
+	struct mm_md_name n;
+	assert_int_equal(mm_md_name_parse("", &n), -EINVAL);
+	assert_int_equal(mm_md_name_parse(".hidden", &n), -EINVAL);
+	assert_int_equal(mm_md_name_parse("a/b", &n), -EINVAL);
+	assert_int_equal(mm_md_name_parse(":2,S", &n), -EINVAL);
+	assert_int_equal(mm_md_name_parse("abc:1,S", &n), -EINVAL);
+	assert_int_equal(mm_md_name_parse("abc:2,S1", &n), -EINVAL);
+	assert_int_equal(mm_md_name_parse("abc:2,S:", &n), -EINVAL);
+	char big[400];
+	memset(big, 'x', sizeof big - 1);
+	big[sizeof big - 1] = 0;
+	assert_int_equal(mm_md_name_parse(big, &n), -EINVAL);
+	/* a huge S= value saturates to a parse failure, not an overflow */
+	assert_int_equal(mm_md_name_parse("a,S=99999999999999999999999", &n), 0);
+	assert_false(n.has_size);
+}
+
+static void test_name_format_order(void **state)
+{
+	(void)state;
+	char buf[300];
+	/* flags given in any order come out in ASCII order: uppercase, then keywords */
+	uint64_t l = MM_MD_UPPER('T') | MM_MD_UPPER('D') | MM_MD_UPPER('S') | MM_MD_LOWER('c') |
+	             MM_MD_LOWER('a') | MM_MD_UPPER('F');
+	assert_int_equal(mm_md_name_format(buf, sizeof buf, "base,S=3", 8, l, false),
+	                 (int)strlen("base,S=3:2,DFSTac"));
+	assert_string_equal(buf, "base,S=3:2,DFSTac");
+	assert_int_equal(mm_md_name_format(buf, sizeof buf, "b", 1, 0, false), 1);
+	assert_string_equal(buf, "b");
+	assert_int_equal(mm_md_name_format(buf, sizeof buf, "b", 1, 0, true), 4);
+	assert_string_equal(buf, "b:2,");
+	assert_int_equal(mm_md_name_format(buf, 4, "b", 1, 0, true), -ENAMETOOLONG);
+	/* round trip of every system flag combination */
+	for (unsigned f = 0; f < 64; f++) {
+		uint64_t lt = mm_md_flags_to_letters(f);
+		assert_true(mm_md_name_format(buf, sizeof buf, "x", 1, lt, true) > 0);
+		struct mm_md_name n;
+		assert_int_equal(mm_md_name_parse(buf, &n), 0);
+		assert_int_equal(mm_md_letters_to_flags(n.letters), f);
+	}
+	assert_int_equal(mm_md_flags_to_letters(1u << 0 | 1u << 5), MM_MD_UPPER('D') | MM_MD_UPPER('T'));
+}
+
+static void test_keywords(void **state)
+{
+	(void)state;
+	char p[512];
+	struct mm_md_keywords kw;
+	/* missing file: empty table */
+	assert_int_equal(mm_md_keywords_read(tmpdir, &kw), 0);
+	for (int i = 0; i < MM_MD_KEYWORDS_MAX; i++)
+		assert_null(kw.names[i]);
+	/* Dovecot's format, with junk lines that must be skipped */
+	snprintf(p, sizeof p, "%s/dovecot-keywords", tmpdir);
+	write_file(p, "0 $Junk\n2 work\nx bad\n30 toolarge\n1\n3 two words\n");
+	assert_int_equal(mm_md_keywords_read(tmpdir, &kw), 0);
+	assert_string_equal(kw.names[0], "$Junk");
+	assert_null(kw.names[1]);
+	assert_string_equal(kw.names[2], "work");
+	assert_null(kw.names[3]); /* a name with a space is not one */
+	assert_int_equal(mm_md_keywords_find(&kw, "work"), 2);
+	assert_int_equal(mm_md_keywords_find(&kw, "none"), -1);
+	/* adding takes the first free index, writes the file, keeps the others */
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "home"), 1);
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "home"), 1);
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "bad name"), -EINVAL);
+	mm_md_keywords_clear(&kw);
+	assert_int_equal(mm_md_keywords_read(tmpdir, &kw), 0);
+	assert_string_equal(kw.names[1], "home");
+	assert_string_equal(kw.names[2], "work");
+	/* no lock files left behind */
+	snprintf(p, sizeof p, "%s/dovecot-uidlist.lock", tmpdir);
+	assert_int_equal(access(p, F_OK), -1);
+	snprintf(p, sizeof p, "%s/dovecot-keywords.lock", tmpdir);
+	assert_int_equal(access(p, F_OK), -1);
+	/* another writer added one behind our back: add re-reads under the lock */
+	snprintf(p, sizeof p, "%s/dovecot-keywords", tmpdir);
+	write_file(p, "0 $Junk\n1 home\n2 work\n4 other\n");
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "new"), 3);
+	assert_string_equal(kw.names[4], "other");
+	/* fill all 26 letters, then the 27th does not fit */
+	char name[16];
+	for (int i = 0; i < 30; i++) {
+		snprintf(name, sizeof name, "k%d", i);
+		int r = mm_md_keywords_add(tmpdir, &kw, name);
+		if (i < 21)
+			assert_true(r >= 5 && r < 26);
+		else
+			assert_int_equal(r, -ENOSPC);
+	}
+	/* a held uidlist lock makes add wait then give up */
+	assert_int_equal(mm_md_uidlist_lock(tmpdir, 0), 0);
+	assert_int_equal(mm_md_uidlist_lock(tmpdir, 20), -EAGAIN);
+	mm_md_uidlist_unlock(tmpdir);
+	mm_md_keywords_clear(&kw);
+}
+
+struct uidl {
+	int n;
+	uint32_t uids[8];
+	char bases[8][64];
+};
+
+static int uid_cb(void *arg, uint32_t uid, const char *base, size_t len)
+{
+	struct uidl *u = arg;
+	u->uids[u->n] = uid;
+	snprintf(u->bases[u->n], 64, "%.*s", (int)len, base);
+	u->n++;
+	return 0;
+}
+
+static void test_uidlist(void **state)
+{
+	(void)state;
+	char p[512];
+	struct uidl u = {0};
+	assert_int_equal(mm_md_uidlist_read(tmpdir, uid_cb, &u), 0);
+	assert_int_equal(u.n, 0);
+	snprintf(p, sizeof p, "%s/dovecot-uidlist", tmpdir);
+	write_file(p, "3 V1700000000 N5 G0123456789abcdef\n"
+	              "1 :1700000000.M1P2.host,S=10\n"
+	              "2 W120 :1700000001.M1P2.host,S=110:2,S\n"
+	              "junk line\n"
+	              "0 :zero\n"
+	              "4 W5 S4 :1700000002.x\n");
+	assert_int_equal(mm_md_uidlist_read(tmpdir, uid_cb, &u), 0);
+	assert_int_equal(u.n, 3);
+	assert_int_equal(u.uids[0], 1);
+	assert_string_equal(u.bases[0], "1700000000.M1P2.host,S=10");
+	assert_int_equal(u.uids[1], 2);
+	assert_string_equal(u.bases[1], "1700000001.M1P2.host,S=110");
+	assert_int_equal(u.uids[2], 4);
+	assert_string_equal(u.bases[2], "1700000002.x");
+}
+
+static void test_deliver_mtime(void **state)
+{
+	(void)state;
+	char p[512];
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(tmpdir, "INBOX", &o), 0);
+	assert_true(mm_md_is_maildir(tmpdir));
+	const char *body = "Subject: hi\r\n\r\nhello\r\n";
+	assert_int_equal(mm_md_deliver(tmpdir, "1600000000.M5P6.h,S=22", body, strlen(body),
+	                               1600000000, "cur", "1600000000.M5P6.h,S=22:2,S", &o), 0);
+	snprintf(p, sizeof p, "%s/cur/1600000000.M5P6.h,S=22:2,S", tmpdir);
+	struct stat st;
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mtime, 1600000000);
+	assert_int_equal(st.st_size, (off_t)strlen(body));
+	assert_int_equal(st.st_mode & 0777, 0600);
+	assert_string_equal(slurp(p), body);
+	/* tmp/ is empty again */
+	snprintf(p, sizeof p, "%s/tmp/1600000000.M5P6.h,S=22", tmpdir);
+	assert_int_equal(access(p, F_OK), -1);
+	/* never replaces an existing name */
+	assert_int_equal(mm_md_deliver(tmpdir, "other", "x", 1, 1, "cur",
+	                               "1600000000.M5P6.h,S=22:2,S", &o), -EEXIST);
+	snprintf(p, sizeof p, "%s/cur/1600000000.M5P6.h,S=22:2,S", tmpdir);
+	assert_string_equal(slurp(p), body);
+	snprintf(p, sizeof p, "%s/tmp/other", tmpdir);
+	assert_int_equal(access(p, F_OK), -1);
+	/* rename for a flag change, then unlink */
+	assert_int_equal(mm_md_rename(tmpdir, "cur", "1600000000.M5P6.h,S=22:2,S", "cur",
+	                              "1600000000.M5P6.h,S=22:2,FS"), 0);
+	snprintf(p, sizeof p, "%s/cur/1600000000.M5P6.h,S=22:2,FS", tmpdir);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mtime, 1600000000); /* rename keeps INTERNALDATE */
+	assert_int_equal(mm_md_rename(tmpdir, "cur", "gone", "cur", "x"), -ENOENT);
+	assert_int_equal(mm_md_unlink(tmpdir, "cur", "1600000000.M5P6.h,S=22:2,FS"), 0);
+	assert_int_equal(mm_md_unlink(tmpdir, "cur", "1600000000.M5P6.h,S=22:2,FS"), -ENOENT);
+}
+
+struct names {
+	int n;
+	char v[8][64];
+};
+
+static int name_cb(void *arg, const char *folder)
+{
+	struct names *nm = arg;
+	if (nm->n < 8)
+		snprintf(nm->v[nm->n++], 64, "%s", folder);
+	return 0;
+}
+
+static bool has_name(const struct names *nm, const char *s)
+{
+	for (int i = 0; i < nm->n; i++)
+		if (!strcmp(nm->v[i], s))
+			return true;
+	return false;
+}
+
+static void test_folders(void **state)
+{
+	(void)state;
+	char md[512], p[600];
+	snprintf(md, sizeof md, "%s/dom/user", tmpdir);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0750, 0640};
+	assert_int_equal(mm_md_folder_create(md, "Archive.2024", &o), 0);
+	assert_int_equal(mm_md_folder_create(md, "INBOX", &o), 0);
+	assert_int_equal(mm_md_folder_create(md, "Sent", &o), 0);
+	assert_int_equal(mm_md_folder_create(md, "Sent", &o), 0); /* idempotent */
+	assert_int_equal(mm_md_folder_create(md, "../x", &o), -EINVAL);
+	assert_int_equal(mm_md_folder_create(md, ".x", &o), -EINVAL);
+	snprintf(p, sizeof p, "%s/.Archive.2024/maildirfolder", md);
+	assert_int_equal(access(p, F_OK), 0);
+	struct stat st;
+	snprintf(p, sizeof p, "%s/.Sent/cur", md);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0750);
+	/* a dot-directory that is not a Maildir is not a folder */
+	snprintf(p, sizeof p, "%s/.notes", md);
+	assert_int_equal(mkdir(p, 0700), 0);
+	struct names nm = {0};
+	assert_int_equal(mm_md_folder_list(md, name_cb, &nm), 0);
+	assert_int_equal(nm.n, 3);
+	assert_true(has_name(&nm, "INBOX"));
+	assert_true(has_name(&nm, "Sent"));
+	assert_true(has_name(&nm, "Archive.2024"));
+	/* removal: refused while a message is there, done when only Dovecot files remain */
+	struct mm_md_owner o2 = o;
+	assert_int_equal(mm_md_deliver(p, "b", "x", 1, 5, "new", "b", &o2), -ENOENT);
+	snprintf(p, sizeof p, "%s/.Sent", md);
+	assert_int_equal(mm_md_deliver(p, "b", "x", 1, 5, "new", "b", &o2), 0);
+	assert_int_equal(mm_md_folder_remove(md, "Sent"), -ENOTEMPTY);
+	assert_int_equal(access(p, F_OK), 0);
+	assert_int_equal(mm_md_unlink(p, "new", "b"), 0);
+	snprintf(p, sizeof p, "%s/.Sent/dovecot.index.log", md);
+	write_file(p, "x");
+	snprintf(p, sizeof p, "%s/.Sent/notes.txt", md);
+	write_file(p, "user data");
+	assert_int_equal(mm_md_folder_remove(md, "Sent"), -ENOTEMPTY);
+	assert_int_equal(unlink(p), 0);
+	assert_int_equal(mm_md_folder_remove(md, "Sent"), 0);
+	snprintf(p, sizeof p, "%s/.Sent", md);
+	assert_int_equal(access(p, F_OK), -1);
+	assert_int_equal(mm_md_folder_remove(md, "Sent"), 0);
+	assert_int_equal(mm_md_folder_remove(md, "INBOX"), -EINVAL);
+}
+
+static void test_subscriptions(void **state)
+{
+	(void)state;
+	char p[512];
+	struct names nm = {0};
+	assert_int_equal(mm_md_subs_read(tmpdir, name_cb, &nm), 0);
+	assert_int_equal(nm.n, 0);
+	const char *names[] = {"INBOX", "Archive.2024", "Sent"};
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_subs_write(tmpdir, names, 3, &o), 0);
+	snprintf(p, sizeof p, "%s/subscriptions", tmpdir);
+	assert_string_equal(slurp(p), "V\t2\n\nINBOX\nArchive\t2024\nSent\n");
+	assert_int_equal(mm_md_subs_read(tmpdir, name_cb, &nm), 0);
+	assert_int_equal(nm.n, 3);
+	assert_string_equal(nm.v[1], "Archive.2024");
+	/* the old one-a-line format */
+	write_file(p, "Sent\nDrafts\n");
+	nm.n = 0;
+	assert_int_equal(mm_md_subs_read(tmpdir, name_cb, &nm), 0);
+	assert_int_equal(nm.n, 2);
+	assert_string_equal(nm.v[1], "Drafts");
+}
+
+/* ---- mail_location ----------------------------------------------------------------- */
+
+struct users {
+	int n, dirs, odd;
+	char v[8][256];
+	char paths[8][512];
+};
+
+static int user_cb(void *arg, const char *user, const char *path)
+{
+	struct users *u = arg;
+	snprintf(u->v[u->n], 256, "%s", user);
+	snprintf(u->paths[u->n], 512, "%s", path);
+	u->n++;
+	return 0;
+}
+
+static int dir_cb(void *arg, const char *path)
+{
+	(void)path;
+	((struct users *)arg)->dirs++;
+	return 0;
+}
+
+static int odd_cb(void *arg, const char *path)
+{
+	(void)path;
+	((struct users *)arg)->odd++;
+	return 0;
+}
+
+static int find_user(const struct users *u, const char *name)
+{
+	for (int i = 0; i < u->n; i++)
+		if (!strcmp(u->v[i], name))
+			return i;
+	return -1;
+}
+
+static void test_mailloc(void **state)
+{
+	(void)state;
+	char err[256], t[512], buf[512], exp[512];
+	struct mm_mailloc *loc;
+	assert_int_equal(mm_mailloc_new(&loc, "maildir:relative/%n", err, sizeof err), -EINVAL);
+	assert_non_null(strstr(err, "absolute"));
+	assert_int_equal(mm_mailloc_new(&loc, "maildir:/var/mail/%d", err, sizeof err), -EINVAL);
+	assert_int_equal(mm_mailloc_new(&loc, "mbox:/var/mail/%n", err, sizeof err), -EINVAL);
+	assert_int_equal(mm_mailloc_new(&loc, "maildir:/var/%x/%n", err, sizeof err), -EINVAL);
+
+	snprintf(t, sizeof t, "maildir:%s/vhosts/%%d/%%n:LAYOUT=maildir++", tmpdir);
+	assert_int_equal(mm_mailloc_new(&loc, t, err, sizeof err), 0);
+	assert_true(mm_mailloc_expand(loc, "example.com/alice", buf, sizeof buf) > 0);
+	snprintf(exp, sizeof exp, "%s/vhosts/example.com/alice", tmpdir);
+	assert_string_equal(buf, exp);
+	assert_int_equal(mm_mailloc_expand(loc, "alice", buf, sizeof buf), -EINVAL);
+	assert_int_equal(mm_mailloc_expand(loc, "../alice", buf, sizeof buf), -EINVAL);
+	assert_int_equal(mm_mailloc_expand(loc, "ex/a/b", buf, sizeof buf), -EINVAL);
+	assert_int_equal(mm_mailloc_expand(loc, "ex/..", buf, sizeof buf), -EINVAL);
+	assert_int_equal(mm_mailloc_expand(loc, "ex/alice", buf, 10), -ENAMETOOLONG);
+
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	snprintf(buf, sizeof buf, "%s/vhosts/example.com/alice", tmpdir);
+	assert_int_equal(mm_md_folder_create(buf, "INBOX", &o), 0);
+	snprintf(buf, sizeof buf, "%s/vhosts/example.com/bob", tmpdir);
+	assert_int_equal(mm_md_folder_create(buf, "INBOX", &o), 0);
+	snprintf(buf, sizeof buf, "%s/vhosts/example.org/carol", tmpdir);
+	assert_int_equal(mm_md_folder_create(buf, "INBOX", &o), 0);
+	snprintf(buf, sizeof buf, "%s/vhosts/example.org/notamaildir", tmpdir);
+	assert_int_equal(mkdir(buf, 0700), 0);
+	snprintf(buf, sizeof buf, "%s/vhosts/example.org/file", tmpdir);
+	write_file(buf, "x");
+	struct users u = {0};
+	assert_int_equal(mm_mailloc_walk(loc, user_cb, dir_cb, odd_cb, &u), 0);
+	assert_int_equal(u.n, 3);
+	int i = find_user(&u, "example.com/alice");
+	assert_true(i >= 0);
+	snprintf(exp, sizeof exp, "%s/vhosts/example.com/alice", tmpdir);
+	assert_string_equal(u.paths[i], exp);
+	assert_true(find_user(&u, "example.com/bob") >= 0);
+	assert_true(find_user(&u, "example.org/carol") >= 0);
+	assert_int_equal(u.dirs, 3); /* vhosts, example.com, example.org */
+	assert_int_equal(u.odd, 1);
+	mm_mailloc_free(&loc);
+	assert_null(loc);
+
+	/* %u: user@domain in one component, with a fixed suffix */
+	snprintf(t, sizeof t, "%s/u/%%u/Maildir", tmpdir);
+	assert_int_equal(mm_mailloc_new(&loc, t, err, sizeof err), 0);
+	assert_true(mm_mailloc_expand(loc, "ex.net/dave", buf, sizeof buf) > 0);
+	snprintf(exp, sizeof exp, "%s/u/dave@ex.net/Maildir", tmpdir);
+	assert_string_equal(buf, exp);
+	assert_int_equal(mm_md_folder_create(buf, "INBOX", &o), 0);
+	assert_true(mm_mailloc_expand(loc, "erin", buf, sizeof buf) > 0);
+	assert_int_equal(mm_md_folder_create(buf, "INBOX", &o), 0);
+	memset(&u, 0, sizeof u);
+	assert_int_equal(mm_mailloc_walk(loc, user_cb, NULL, NULL, &u), 0);
+	assert_int_equal(u.n, 2);
+	assert_true(find_user(&u, "ex.net/dave") >= 0);
+	assert_true(find_user(&u, "erin") >= 0);
+	mm_mailloc_free(&loc);
+
+	/* %n.%d in one component with a literal between: backtracking */
+	snprintf(t, sizeof t, "%s/m/%%n-at-%%d", tmpdir);
+	assert_int_equal(mm_mailloc_new(&loc, t, err, sizeof err), 0);
+	snprintf(buf, sizeof buf, "%s/m/a-at-b-at-c", tmpdir);
+	assert_int_equal(mm_md_folder_create(buf, "INBOX", &o), 0);
+	memset(&u, 0, sizeof u);
+	assert_int_equal(mm_mailloc_walk(loc, user_cb, NULL, NULL, &u), 0);
+	assert_int_equal(u.n, 1);
+	assert_true(find_user(&u, "b-at-c/a") >= 0 || find_user(&u, "c/a-at-b") >= 0);
+	mm_mailloc_free(&loc);
+	mm_mailloc_free(&loc); /* NULL-safe */
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_name_parse),
+		cmocka_unit_test(test_name_odd),
+		cmocka_unit_test(test_name_format_order),
+		cmocka_unit_test_setup_teardown(test_keywords, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_uidlist, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deliver_mtime, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_folders, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_subscriptions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_mailloc, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
