@@ -37,7 +37,8 @@ struct mm_config {
 	uint16_t listen_port;
 	char *private_key_path;
 	char *peers_path;
-	char *mail_location;   /* absolute template with %d %n %u (and %%); "maildir:" cut */
+	char *mail_location;   /* template as written ([maildir:]PATH[:OPTIONS], %d %n %u %%),
+	                        * a relative PATH made absolute: give it to mm_mailloc_new() */
 	char *state_dir;
 	uint32_t gossip_interval_ms;
 	enum mm_log_level log_level;
@@ -91,13 +92,5 @@ void mm_config_free(struct mm_config *cfg);
  * (no suffix = `default_unit_ms` milliseconds per unit).  Returns 0 and sets *ms_r,
  * or -EINVAL (syntax) / -ERANGE (overflow of uint64 milliseconds). */
 int mm_duration_parse(const char *s, uint64_t default_unit_ms, uint64_t *ms_r);
-
-/* Expands the mail_location template for one user: %d -> domain, %n -> local part,
- * %u -> "local@domain" (or the local part when domain is empty), %% -> %.  Returns the
- * length written (excluding the NUL) into out_r (outlen bytes), or -ENAMETOOLONG if it
- * does not fit, -EINVAL for an unknown % sequence or a name containing '/' or being
- * "." or "..". */
-int mm_mail_location_expand(const char *tmpl, const char *domain, const char *local,
-                            char *out_r, size_t outlen);
 
 #endif
