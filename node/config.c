@@ -177,9 +177,10 @@ int mm_duration_parse(const char *s, uint64_t default_unit_ms, uint64_t *ms_r)
 	if (s == NULL || ms_r == NULL || *s < '0' || *s > '9')
 		return -EINVAL;
 	for (; *p >= '0' && *p <= '9'; p++) {
-		if (v > (UINT64_MAX - 9) / 10)
+		uint64_t d = (uint64_t)(*p - '0');
+		if (v > UINT64_MAX / 10 || (v == UINT64_MAX / 10 && d > UINT64_MAX % 10))
 			return -ERANGE;
-		v = v * 10 + (uint64_t)(*p - '0');
+		v = v * 10 + d;
 	}
 	if (*p == '\0')
 		unit = default_unit_ms;
