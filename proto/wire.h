@@ -32,11 +32,11 @@
 enum mm_msg_type {
 	MM_MSG_DIGEST = 1,    /* datagram: [v, t, seq, reply, root(bin32), n_users] */
 	MM_MSG_START = 2,     /* [v, t, round, nonce(bin16), summary(bin)] */
-	MM_MSG_DESCENT = 3,   /* [v, t, round, [elem...]] elem = uint16 bitmap | bin */
+	MM_MSG_DESCENT = 3,   /* [v, t, round, more(bool), [elem...]] elem = uint16 | bin */
 	MM_MSG_END = 4,       /* [v, t, round] */
 	MM_MSG_ABORT = 5,     /* [v, t, round, reason(int, negative errno)] */
 	MM_MSG_RECORDS = 6,   /* [v, t, flags, user(str), [[rec(bin), body(bin|nil)]...]] */
-	MM_MSG_GET_BODY = 7,  /* [v, t, req, user(str), id(bin32), offset] */
+	MM_MSG_GET_BODY = 7,  /* [v, t, req, user(str), id(bin32), offset, size] */
 	MM_MSG_BODY = 8,      /* [v, t, req, offset, total, data(bin)] */
 	MM_MSG_BODY_ERR = 9,  /* [v, t, req, reason(int, negative errno)] */
 };
@@ -77,6 +77,7 @@ struct mm_wire_msg {
 		} start;
 		struct {
 			uint64_t round;
+			bool more;   /* more parts of the same DESCENT follow */
 			size_t n;
 			struct mm_wire_elem *elems; /* in the arena */
 		} descent;
@@ -95,6 +96,7 @@ struct mm_wire_msg {
 			const char *user;
 			const uint8_t *id; /* MM_ID_LEN bytes */
 			uint64_t offset;
+			uint64_t size;     /* whole body size the asker expects */
 		} get_body;
 		struct {
 			uint64_t req;
@@ -125,8 +127,9 @@ int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
 int mm_wire_enc_start(msgpack_sbuffer *sb, uint64_t round, const uint8_t nonce[MM_WIRE_NONCE_LEN],
                       const uint8_t *summary, size_t summary_len);
 /* DESCENT is built incrementally: begin (n elements announced), then exactly n
- * elem_bitmap/elem_bin calls. */
-int mm_wire_enc_descent_begin(msgpack_sbuffer *sb, uint64_t round, size_t n);
+ * elem_bitmap/elem_bin calls.  A long DESCENT is split into parts: more = true on
+ * every part but the last. */
+int mm_wire_enc_descent_begin(msgpack_sbuffer *sb, uint64_t round, bool more, size_t n);
 int mm_wire_enc_elem_bitmap(msgpack_sbuffer *sb, uint16_t bitmap);
 int mm_wire_enc_elem_bin(msgpack_sbuffer *sb, const uint8_t *bin, size_t len);
 int mm_wire_enc_end(msgpack_sbuffer *sb, uint64_t round);
@@ -135,7 +138,7 @@ int mm_wire_enc_abort(msgpack_sbuffer *sb, uint64_t round, int reason);
 int mm_wire_enc_records_begin(msgpack_sbuffer *sb, uint32_t flags, const char *user, size_t n);
 int mm_wire_enc_rec(msgpack_sbuffer *sb, const struct mm_rec *r, const uint8_t *body, size_t body_len);
 int mm_wire_enc_get_body(msgpack_sbuffer *sb, uint64_t req, const char *user,
-                         const uint8_t id[MM_ID_LEN], uint64_t offset);
+                         const uint8_t id[MM_ID_LEN], uint64_t offset, uint64_t size);
 int mm_wire_enc_body(msgpack_sbuffer *sb, uint64_t req, uint64_t offset, uint64_t total,
                      const uint8_t *data, size_t len);
 int mm_wire_enc_body_err(msgpack_sbuffer *sb, uint64_t req, int reason);
