@@ -52,7 +52,9 @@ uint64_t mm_node_id(const uint8_t pub[32]);
  * psk2 with the cluster's pre-shared key (32 zero bytes when none is configured) so
  * one protocol name serves both setups, and a configured psk adds a second factor: a
  * stolen node key alone cannot join, and it hedges against a future break of X25519
- * (as WireGuard).  Message 1 payload: version byte 1 + TAI64N timestamp (12 bytes: 8
+ * (as WireGuard).  psk2 is mixed in at the end of message 2, so a psk mismatch is seen
+ * by the initiator when it reads message 2 (the responder cannot tell at message 1).
+ * Message 1 payload: version byte 1 + TAI64N timestamp (12 bytes: 8
  * bytes 2^62 + unix seconds, 4 bytes nanoseconds, big-endian) made from the caller's
  * clock in milliseconds; message 2 payload: version byte 1.
  *
