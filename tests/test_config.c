@@ -521,6 +521,58 @@ static void test_log(void **state)
 	assert_string_equal(nl + 1, "");
 }
 
+/* ---- the shipped examples ---------------------------------------------------------- */
+
+static char *slurp(const char *rel, size_t *len_r)
+{
+	const char *top = getenv("MAILMESH_TOP");
+	char path[1024];
+	snprintf(path, sizeof path, "%s/%s", top ? top : ".", rel);
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		print_error("cannot open %s (run from the top of the tree or set MAILMESH_TOP)\n", path);
+	assert_non_null(f);
+	char *buf = malloc(65536);
+	assert_non_null(buf);
+	*len_r = fread(buf, 1, 65535, f);
+	buf[*len_r] = '\0';
+	fclose(f);
+	return buf;
+}
+
+static void test_examples_parse(void **state)
+{
+	(void)state;
+	struct mm_config cfg;
+	struct mm_peers *p = NULL;
+	char err[MM_CONFIG_ERR_MAX];
+	size_t len;
+	char *text = slurp("etc/mailmesh.conf.example", &len);
+	int rc = mm_config_parse("/etc/mailmesh/mailmesh.conf", text, len, &cfg, err, sizeof err);
+	if (rc != 0)
+		print_error("%s\n", err);
+	assert_int_equal(rc, 0);
+	assert_string_equal(cfg.name, "mx1");
+	assert_string_equal(cfg.private_key_path, "/etc/mailmesh/private.key");
+	assert_string_equal(cfg.mail_location, MM_DEFAULT_MAIL_LOCATION);
+	assert_int_equal(cfg.gossip_interval_ms, MM_DEFAULT_GOSSIP_INTERVAL_MS);
+	assert_true(cfg.gc_grace_ms == MM_DEFAULT_GC_GRACE_MS);
+	assert_true(cfg.max_skew_ms == MM_DEFAULT_MAX_SKEW_MS);
+	mm_config_free(&cfg);
+	free(text);
+
+	text = slurp("etc/peers.example", &len);
+	rc = mm_peers_parse(text, len, "peers.example", &p, err, sizeof err);
+	if (rc != 0)
+		print_error("%s\n", err);
+	assert_int_equal(rc, 0);
+	assert_int_equal(p->n, 3);
+	assert_string_equal(p->v[1].host, "2001:db8::20");
+	assert_string_equal(p->v[2].host, "mx3.example.org");
+	mm_peers_free(&p);
+	free(text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -533,6 +585,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_load_errors, setup_tmp, teardown_tmp),
 		cmocka_unit_test_setup_teardown(test_keyfile, setup_tmp, teardown_tmp),
 		cmocka_unit_test(test_log),
+		cmocka_unit_test(test_examples_parse),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
