@@ -328,8 +328,8 @@ static int parse_tokens(const char *s, size_t len, uint8_t *toks, size_t max, si
  * message N).  Returns the number of psk tokens or a negative errno. */
 static int load_pattern(struct mm_noise_hs *hs, const char *name, const struct pattern **pat_r)
 {
-	size_t len = strlen(name), slen = strlen(SUITE);
-	if (len < 6 + slen || memcmp(name, "Noise_", 6) != 0)
+	size_t len = strlen(name);
+	if (len < 7 || memcmp(name, "Noise_", 6) != 0)
 		return -EINVAL;
 	const char *p = name + 6;
 	const char *us = memchr(p, '_', len - 6);
