@@ -1,0 +1,194 @@
+/*
+ * statedb.c — LMDB behind the small batch API of statedb.h.  One environment file
+ * (MDB_NOSUBDIR: state.mdb + state.mdb-lock), four named databases, one write
+ * transaction per batch.  LMDB's copy-on-write B-tree with its default sync makes a
+ * committed batch durable and an interrupted one invisible.
+ */
+#include "node/statedb.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *const table_names[MM_DB_TABLES] = {"recs", "files", "folders", "meta"};
+
+struct mm_statedb {
+	MDB_env *env;
+	MDB_dbi dbi[MM_DB_TABLES];
+	MDB_txn *txn; /* open write batch, or NULL */
+};
+
+static int lmdb_err(int rc)
+{
+	if (rc == 0)
+		return 0;
+	if (rc == MDB_MAP_FULL || rc == ENOSPC)
+		return -ENOSPC;
+	if (rc == MDB_NOTFOUND)
+		return -ENOENT;
+	if (rc > 0)
+		return -rc; /* LMDB passes errno values through */
+	return -EIO;
+}
+
+int mm_statedb_open(struct mm_statedb **db_r, const char *state_dir, uint64_t map_bytes,
+                    char *err, size_t errlen)
+{
+	*db_r = NULL;
+	char path[4096];
+	if (snprintf(path, sizeof path, "%s/state.mdb", state_dir) >= (int)sizeof path) {
+		snprintf(err, errlen, "state_dir \"%s\": path too long", state_dir);
+		return -ENAMETOOLONG;
+	}
+	if (mkdir(state_dir, 0700) < 0 && errno != EEXIST) {
+		int e = errno;
+		snprintf(err, errlen, "cannot create state_dir %s: %s (create it, writable by mailmesh)",
+		         state_dir, strerror(e));
+		return -e;
+	}
+	struct mm_statedb *db = calloc(1, sizeof(*db));
+	if (!db)
+		return -ENOMEM;
+	int rc = mdb_env_create(&db->env);
+	if (rc == 0)
+		rc = mdb_env_set_maxdbs(db->env, MM_DB_TABLES);
+	if (rc == 0)
+		rc = mdb_env_set_mapsize(db->env, map_bytes ? (size_t)map_bytes : ((size_t)16 << 30));
+	if (rc == 0)
+		rc = mdb_env_open(db->env, path, MDB_NOSUBDIR | MDB_NOTLS, 0600);
+	if (rc) {
+		snprintf(err, errlen, "cannot open state database %s: %s (check the path, its "
+		         "permissions and free disk space)", path, mdb_strerror(rc));
+		if (db->env)
+			mdb_env_close(db->env);
+		free(db);
+		return lmdb_err(rc) ? lmdb_err(rc) : -EIO;
+	}
+	MDB_txn *txn;
+	rc = mdb_txn_begin(db->env, NULL, 0, &txn);
+	for (int i = 0; rc == 0 && i < MM_DB_TABLES; i++)
+		rc = mdb_dbi_open(txn, table_names[i], MDB_CREATE, &db->dbi[i]);
+	if (rc == 0)
+		rc = mdb_txn_commit(txn);
+	else
+		mdb_txn_abort(txn);
+	if (rc) {
+		snprintf(err, errlen, "state database %s: %s (is it a mailmesh state file? move it "
+		         "aside to start over)", path, mdb_strerror(rc));
+		mdb_env_close(db->env);
+		free(db);
+		return lmdb_err(rc) ? lmdb_err(rc) : -EIO;
+	}
+	*db_r = db;
+	return 0;
+}
+
+void mm_statedb_free(struct mm_statedb **dbp)
+{
+	if (!dbp || !*dbp)
+		return;
+	struct mm_statedb *db = *dbp;
+	if (db->txn)
+		mdb_txn_abort(db->txn);
+	mdb_env_close(db->env);
+	free(db);
+	*dbp = NULL;
+}
+
+int mm_statedb_foreach(struct mm_statedb *db, enum mm_statedb_table t,
+                       int (*cb)(void *arg, const void *k, size_t kl, const void *v, size_t vl),
+                       void *arg)
+{
+	if (t >= MM_DB_TABLES)
+		return -EINVAL;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	int rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn);
+	if (rc)
+		return lmdb_err(rc);
+	rc = mdb_cursor_open(txn, db->dbi[t], &cur);
+	if (rc) {
+		mdb_txn_abort(txn);
+		return lmdb_err(rc);
+	}
+	MDB_val k, v;
+	int r = 0;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		r = cb(arg, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
+		if (r)
+			break;
+	}
+	if (!r && rc != MDB_NOTFOUND)
+		r = lmdb_err(rc);
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	return r;
+}
+
+int mm_statedb_get(struct mm_statedb *db, enum mm_statedb_table t, const void *k, size_t kl,
+                   void *buf, size_t buflen)
+{
+	if (t >= MM_DB_TABLES || kl == 0 || kl > MM_STATEDB_KEY_MAX)
+		return -EINVAL;
+	MDB_txn *txn = db->txn;
+	int rc = 0;
+	if (!txn && (rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn)))
+		return lmdb_err(rc);
+	MDB_val key = {kl, (void *)k}, val;
+	rc = mdb_get(txn, db->dbi[t], &key, &val);
+	int r;
+	if (rc == 0) {
+		memcpy(buf, val.mv_data, val.mv_size < buflen ? val.mv_size : buflen);
+		r = val.mv_size > INT32_MAX ? -EFBIG : (int)val.mv_size;
+	} else {
+		r = lmdb_err(rc);
+	}
+	if (txn != db->txn)
+		mdb_txn_abort(txn);
+	return r;
+}
+
+int mm_statedb_begin(struct mm_statedb *db)
+{
+	if (db->txn)
+		return -EBUSY;
+	return lmdb_err(mdb_txn_begin(db->env, NULL, 0, &db->txn));
+}
+
+int mm_statedb_put(struct mm_statedb *db, enum mm_statedb_table t, const void *k, size_t kl,
+                   const void *v, size_t vl)
+{
+	if (!db->txn || t >= MM_DB_TABLES || kl == 0 || kl > MM_STATEDB_KEY_MAX)
+		return -EINVAL;
+	MDB_val key = {kl, (void *)k}, val = {vl, (void *)v};
+	return lmdb_err(mdb_put(db->txn, db->dbi[t], &key, &val, 0));
+}
+
+int mm_statedb_del(struct mm_statedb *db, enum mm_statedb_table t, const void *k, size_t kl)
+{
+	if (!db->txn || t >= MM_DB_TABLES || kl == 0 || kl > MM_STATEDB_KEY_MAX)
+		return -EINVAL;
+	MDB_val key = {kl, (void *)k};
+	int rc = mdb_del(db->txn, db->dbi[t], &key, NULL);
+	return rc == MDB_NOTFOUND ? 0 : lmdb_err(rc);
+}
+
+int mm_statedb_commit(struct mm_statedb *db)
+{
+	if (!db->txn)
+		return -EINVAL;
+	int rc = mdb_txn_commit(db->txn); /* frees the txn even on failure */
+	db->txn = NULL;
+	return lmdb_err(rc);
+}
+
+void mm_statedb_abort(struct mm_statedb *db)
+{
+	if (db->txn)
+		mdb_txn_abort(db->txn);
+	db->txn = NULL;
+}

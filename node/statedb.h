@@ -1,0 +1,59 @@
+/*
+ * statedb.h — the node's durable state in LMDB (state_dir/state.mdb): CRDT records,
+ * the file index, the folder index and small meta values (the clock).  A thin,
+ * generic layer: keys and values are bytes chosen by node/store.c; this file only
+ * guarantees that a batch of puts/deletes becomes durable all at once (one LMDB write
+ * transaction, synced on commit with LMDB's default durability), so a kill -9 leaves
+ * either the old or the new batch, never a mix.
+ *
+ * Keys are at most MM_STATEDB_KEY_MAX bytes (LMDB's limit is 511); values any size.
+ * Not thread-safe: one caller at a time (the store serialises its calls).
+ */
+#ifndef MM_STATEDB_H
+#define MM_STATEDB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MM_STATEDB_KEY_MAX 480
+
+enum mm_statedb_table {
+	MM_DB_RECS = 0,   /* CRDT records */
+	MM_DB_FILES,      /* message file index */
+	MM_DB_FOLDERS,    /* folder index (on disk / subscribed as last seen) */
+	MM_DB_META,       /* "clock", "version" */
+	MM_DB_TABLES
+};
+
+struct mm_statedb;
+
+/* Opens or creates <state_dir>/state.mdb (state_dir is created with mode 0700 if
+ * missing).  map_bytes is the most the database may grow to (0 = 16 GiB; the file is
+ * sparse).  Returns 0, or a negative errno with a message in err that names the path
+ * and what to do. */
+int mm_statedb_open(struct mm_statedb **db_r, const char *state_dir, uint64_t map_bytes,
+                    char *err, size_t errlen);
+void mm_statedb_free(struct mm_statedb **dbp); /* NULLs *dbp; aborts an open batch */
+
+/* Calls cb for every entry of a table in key order (data valid during the call).
+ * Stops and returns cb's non-zero value; 0 at the end; negative errno on a read error. */
+int mm_statedb_foreach(struct mm_statedb *db, enum mm_statedb_table t,
+                       int (*cb)(void *arg, const void *k, size_t kl, const void *v, size_t vl),
+                       void *arg);
+
+/* One value into buf: returns its length (copying min(len, buflen) bytes), -ENOENT
+ * if absent, or negative errno. */
+int mm_statedb_get(struct mm_statedb *db, enum mm_statedb_table t, const void *k, size_t kl,
+                   void *buf, size_t buflen);
+
+/* A batch: begin, any number of put/del, then commit (durable, all or nothing) or
+ * abort.  put replaces; del of an absent key is not an error.  Each returns 0 or a
+ * negative errno (-ENOSPC when the map or disk is full: abort and retry later). */
+int mm_statedb_begin(struct mm_statedb *db);
+int mm_statedb_put(struct mm_statedb *db, enum mm_statedb_table t, const void *k, size_t kl,
+                   const void *v, size_t vl);
+int mm_statedb_del(struct mm_statedb *db, enum mm_statedb_table t, const void *k, size_t kl);
+int mm_statedb_commit(struct mm_statedb *db);
+void mm_statedb_abort(struct mm_statedb *db);
+
+#endif

@@ -1,0 +1,2199 @@
+/*
+ * store.c — Maildir <-> CRDT glue (see store.h for the contract).
+ *
+ * In memory: users, folders and message files, indexed by small chained hash maps
+ * with byte-string keys ("user\0folder\0base", "user\0<16-byte key>", ...).  The
+ * file index and folder index mirror what was last seen on disk; comparing a fresh
+ * readdir with them yields the local changes.  Dirty sets say what the next commit
+ * writes to LMDB.  Remote effects change files at once (rename/unlink/mkdir) but
+ * defer what needs the record durable first (body copies) or needs to read the
+ * user's state (folder visibility, subscriptions) to commit time, because effect
+ * callbacks run inside a merge and must not look at the user being changed.
+ */
+#include "node/store.h"
+#include "node/maildir.h"
+#include "node/mailloc.h"
+#include "node/statedb.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define PATHBUF 4096
+#define KBUF 1024 /* composite map keys: user(255) + folder(255) + base(255) + seps */
+
+/* ---- a small hash map with byte-string keys ------------------------------------- */
+
+struct hent {
+	struct hent *next;
+	uint64_t h;
+	void *val;
+	size_t kl;
+	unsigned char k[];
+};
+
+struct hmap {
+	struct hent **b;
+	size_t nb, n;
+};
+
+static uint64_t hm_hash(const void *k, size_t kl)
+{
+	const unsigned char *p = k;
+	uint64_t h = 1469598103934665603ULL;
+	for (size_t i = 0; i < kl; i++)
+		h = (h ^ p[i]) * 1099511628211ULL;
+	return h ^ (h >> 29);
+}
+
+static void *hm_get(const struct hmap *m, const void *k, size_t kl)
+{
+	if (!m->nb)
+		return NULL;
+	uint64_t h = hm_hash(k, kl);
+	for (struct hent *e = m->b[h & (m->nb - 1)]; e; e = e->next)
+		if (e->h == h && e->kl == kl && memcmp(e->k, k, kl) == 0)
+			return e->val;
+	return NULL;
+}
+
+static int hm_put(struct hmap *m, const void *k, size_t kl, void *val)
+{
+	if (m->n + 1 > m->nb) {
+		size_t nb = m->nb ? m->nb * 2 : 64;
+		struct hent **b = calloc(nb, sizeof(*b));
+		if (!b)
+			return -ENOMEM;
+		for (size_t i = 0; i < m->nb; i++)
+			for (struct hent *e = m->b[i], *nx; e; e = nx) {
+				nx = e->next;
+				e->next = b[e->h & (nb - 1)];
+				b[e->h & (nb - 1)] = e;
+			}
+		free(m->b);
+		m->b = b;
+		m->nb = nb;
+	}
+	uint64_t h = hm_hash(k, kl);
+	for (struct hent *e = m->b[h & (m->nb - 1)]; e; e = e->next)
+		if (e->h == h && e->kl == kl && memcmp(e->k, k, kl) == 0) {
+			e->val = val;
+			return 0;
+		}
+	struct hent *e = malloc(sizeof(*e) + kl);
+	if (!e)
+		return -ENOMEM;
+	e->h = h;
+	e->kl = kl;
+	e->val = val;
+	memcpy(e->k, k, kl);
+	e->next = m->b[h & (m->nb - 1)];
+	m->b[h & (m->nb - 1)] = e;
+	m->n++;
+	return 0;
+}
+
+static void *hm_del(struct hmap *m, const void *k, size_t kl)
+{
+	if (!m->nb)
+		return NULL;
+	uint64_t h = hm_hash(k, kl);
+	for (struct hent **pp = &m->b[h & (m->nb - 1)]; *pp; pp = &(*pp)->next) {
+		struct hent *e = *pp;
+		if (e->h == h && e->kl == kl && memcmp(e->k, k, kl) == 0) {
+			void *v = e->val;
+			*pp = e->next;
+			free(e);
+			m->n--;
+			return v;
+		}
+	}
+	return NULL;
+}
+
+static void hm_clear(struct hmap *m)
+{
+	for (size_t i = 0; i < m->nb; i++)
+		for (struct hent *e = m->b[i], *nx; e; e = nx) {
+			nx = e->next;
+			free(e);
+		}
+	free(m->b);
+	memset(m, 0, sizeof(*m));
+}
+
+/* Snapshot of a map's keys (so callers may change the map while walking it). */
+struct keylist {
+	size_t n;
+	struct hent **v; /* copies: next unused, val kept */
+};
+
+static int hm_keys(const struct hmap *m, struct keylist *kl_r)
+{
+	kl_r->n = 0;
+	kl_r->v = calloc(m->n ? m->n : 1, sizeof(struct hent *));
+	if (!kl_r->v)
+		return -ENOMEM;
+	for (size_t i = 0; i < m->nb; i++)
+		for (struct hent *e = m->b[i]; e; e = e->next) {
+			struct hent *c = malloc(sizeof(*c) + e->kl);
+			if (!c)
+				return -ENOMEM; /* caller frees what was copied */
+			memcpy(c, e, sizeof(*c) + e->kl);
+			kl_r->v[kl_r->n++] = c;
+		}
+	return 0;
+}
+
+static void keylist_free(struct keylist *kl)
+{
+	for (size_t i = 0; i < kl->n; i++)
+		free(kl->v[i]);
+	free(kl->v);
+	kl->v = NULL;
+	kl->n = 0;
+}
+
+/* ---- model ----------------------------------------------------------------------- */
+
+struct user;
+struct folder;
+
+struct fent { /* one message file on disk */
+	struct fent *fnext, *fprev; /* in its folder */
+	struct fent *bnext;         /* same (user, body) chain */
+	struct folder *fo;
+	uint8_t key[MM_KEY_LEN];
+	uint8_t body[MM_ID_LEN];
+	uint64_t size;
+	int64_t mtime;
+	uint64_t letters;
+	bool in_cur;
+	bool seen;
+	char *base;
+	char *name;
+};
+
+struct folder {
+	struct folder *unext; /* in its user */
+	struct user *u;
+	char *name;
+	char dir[PATHBUF - 512];
+	struct fent *files;
+	bool on_disk;    /* the directory existed when last looked at */
+	bool subscribed; /* listed in the subscriptions file when last looked at */
+	bool check;      /* re-check visibility at commit */
+	struct mm_md_keywords kw;
+};
+
+struct user {
+	struct user *next;
+	char *name;
+	char path[PATHBUF - 1024];
+	struct folder *folders;
+	struct mm_md_owner owner;
+	bool owner_known;
+	bool subs_dirty; /* rewrite the subscriptions file at commit */
+	bool gone_logged;
+};
+
+struct pending { /* a remote message to give a body from a local copy at commit */
+	struct pending *next;
+	char *user;
+	uint8_t key[MM_KEY_LEN];
+};
+
+struct mm_store {
+	struct mm_statedb *db;
+	struct mm_mailloc *loc;
+	struct mm_state *state;
+	struct mm_clock *clock;
+	void (*log)(void *, int, const char *, ...);
+	void *log_arg;
+	struct user *users;
+	struct hmap users_by_name;  /* name -> user */
+	struct hmap folders;        /* user\0folder -> folder */
+	struct hmap by_base;        /* user\0folder\0base -> fent */
+	struct hmap by_key;         /* user\0key -> fent */
+	struct hmap by_body;        /* user\0body -> fent chain */
+	struct hmap missing;        /* user\0key -> (void*)1 */
+	struct hmap dirty_recs;     /* user\0key */
+	struct hmap dirty_files;    /* user\0folder\0base */
+	struct hmap dirty_folders;  /* user\0folder */
+	struct hmap logged;         /* messages already logged */
+	struct pending *pending;
+	uint64_t hashed;
+	uint64_t now_ms;
+	struct mm_delta *out;
+	int changes;
+	bool in_commit;
+};
+
+struct mm_body_writer {
+	struct mm_store *s;
+	char *user;
+	uint8_t key[MM_KEY_LEN];
+	struct folder *fo;
+	char base[160];
+	int fd;
+	int err;
+	uint64_t n;
+	crypto_generichash_state h;
+};
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+static void logmsg(struct mm_store *s, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void logmsg(struct mm_store *s, int level, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	size_t ml = strlen(msg);
+	if (hm_get(&s->logged, msg, ml))
+		return;
+	if (s->logged.n < 100000)
+		hm_put(&s->logged, msg, ml, (void *)1);
+	if (s->log)
+		s->log(s->log_arg, level, "%s", msg);
+}
+
+static size_t k_uf(char *buf, const char *user, const char *folder)
+{
+	size_t ul = strlen(user), fl = strlen(folder);
+	memcpy(buf, user, ul + 1);
+	memcpy(buf + ul + 1, folder, fl);
+	return ul + 1 + fl;
+}
+
+static size_t k_ufb(char *buf, const char *user, const char *folder, const char *base)
+{
+	size_t n = k_uf(buf, user, folder);
+	size_t bl = strlen(base);
+	buf[n] = 0;
+	memcpy(buf + n + 1, base, bl);
+	return n + 1 + bl;
+}
+
+static size_t k_ub(char *buf, const char *user, const uint8_t *bytes, size_t bl)
+{
+	size_t ul = strlen(user);
+	memcpy(buf, user, ul + 1);
+	memcpy(buf + ul + 1, bytes, bl);
+	return ul + 1 + bl;
+}
+
+static bool name_ok(const char *n)
+{
+	return n && n[0] && strlen(n) <= MM_NAME_MAX;
+}
+
+static mm_hlc tick(struct mm_store *s)
+{
+	return mm_clock_tick(s->clock, s->now_ms);
+}
+
+static void mark_rec(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
+	if (hm_put(&s->dirty_recs, k, kl, (void *)1) < 0)
+		logmsg(s, MM_STORE_LOG_ERR, "out of memory marking a record of %s", user);
+}
+
+static void mark_file(struct mm_store *s, struct folder *fo, const char *base)
+{
+	char k[KBUF];
+	size_t kl = k_ufb(k, fo->u->name, fo->name, base);
+	hm_put(&s->dirty_files, k, kl, (void *)1);
+}
+
+static void mark_folder(struct mm_store *s, struct folder *fo)
+{
+	char k[KBUF];
+	size_t kl = k_uf(k, fo->u->name, fo->name);
+	hm_put(&s->dirty_folders, k, kl, (void *)1);
+}
+
+static void set_missing(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], bool on)
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
+	if (on)
+		hm_put(&s->missing, k, kl, (void *)1);
+	else
+		hm_del(&s->missing, k, kl);
+}
+
+/* ---- users and folders ------------------------------------------------------------- */
+
+static struct user *user_get(struct mm_store *s, const char *name, bool create)
+{
+	struct user *u = hm_get(&s->users_by_name, name, strlen(name));
+	if (u || !create)
+		return u;
+	if (!name_ok(name))
+		return NULL;
+	u = calloc(1, sizeof(*u));
+	if (!u || !(u->name = strdup(name))) {
+		free(u);
+		return NULL;
+	}
+	if (mm_mailloc_expand(s->loc, name, u->path, sizeof u->path) < 0 ||
+	    hm_put(&s->users_by_name, name, strlen(name), u) < 0) {
+		logmsg(s, MM_STORE_LOG_WARNING, "user %s cannot be stored under the mail_location template", name);
+		free(u->name);
+		free(u);
+		return NULL;
+	}
+	u->next = s->users;
+	s->users = u;
+	if (mm_md_owner_of(u->path, &u->owner) == 0)
+		u->owner_known = true;
+	return u;
+}
+
+static struct folder *folder_get(struct mm_store *s, struct user *u, const char *name, bool create)
+{
+	char k[KBUF];
+	size_t kl = k_uf(k, u->name, name);
+	struct folder *fo = hm_get(&s->folders, k, kl);
+	if (fo || !create)
+		return fo;
+	if (!name_ok(name))
+		return NULL;
+	fo = calloc(1, sizeof(*fo));
+	if (!fo || !(fo->name = strdup(name))) {
+		free(fo);
+		return NULL;
+	}
+	fo->u = u;
+	if (mm_md_folder_path(fo->dir, sizeof fo->dir, u->path, name) < 0 ||
+	    hm_put(&s->folders, k, kl, fo) < 0) {
+		logmsg(s, MM_STORE_LOG_WARNING, "folder \"%s\" of %s cannot be a Maildir++ folder", name, u->name);
+		free(fo->name);
+		free(fo);
+		return NULL;
+	}
+	fo->unext = u->folders;
+	u->folders = fo;
+	return fo;
+}
+
+/* Ownership for a user's new files: its Maildir's, else a sibling's (same domain
+ * first), else the nearest existing parent directory's. */
+static void user_owner(struct mm_store *s, struct user *u)
+{
+	if (u->owner_known)
+		return;
+	if (mm_md_owner_of(u->path, &u->owner) == 0) {
+		u->owner_known = true;
+		return;
+	}
+	const char *slash = strchr(u->name, '/');
+	size_t dl = slash ? (size_t)(slash - u->name) : 0;
+	struct user *best = NULL;
+	for (struct user *o = s->users; o; o = o->next) {
+		if (o == u || !o->owner_known)
+			continue;
+		if (!best || (dl && strncmp(o->name, u->name, dl + 1) == 0))
+			best = o;
+	}
+	if (best) {
+		u->owner = best->owner;
+		return;
+	}
+	char p[PATHBUF];
+	snprintf(p, sizeof p, "%s", u->path);
+	for (;;) {
+		char *sl = strrchr(p, '/');
+		if (!sl || sl == p)
+			break;
+		*sl = 0;
+		if (mm_md_owner_of(p, &u->owner) == 0) {
+			u->owner.dir_mode = 0700;
+			u->owner.file_mode = 0600;
+			return;
+		}
+	}
+	u->owner = (struct mm_md_owner){(uid_t)-1, (gid_t)-1, 0700, 0600};
+}
+
+/* Makes sure the folder directory exists (and the user's Maildir). */
+static int folder_ensure(struct mm_store *s, struct folder *fo)
+{
+	struct user *u = fo->u;
+	bool new_user = !mm_md_is_maildir(u->path);
+	user_owner(s, u);
+	int r;
+	if (new_user && (r = mm_md_folder_create(u->path, "INBOX", &u->owner)) < 0) {
+		logmsg(s, MM_STORE_LOG_ERR, "cannot create Maildir %s: %s", u->path, strerror(-r));
+		return r;
+	}
+	if (new_user) {
+		struct folder *inbox = folder_get(s, u, "INBOX", true);
+		if (inbox && !inbox->on_disk) {
+			inbox->on_disk = true;
+			mark_folder(s, inbox);
+		}
+		logmsg(s, MM_STORE_LOG_INFO, "created Maildir %s for %s", u->path, u->name);
+	}
+	if (!fo->on_disk || !mm_md_is_maildir(fo->dir)) {
+		if ((r = mm_md_folder_create(u->path, fo->name, &u->owner)) < 0) {
+			logmsg(s, MM_STORE_LOG_ERR, "cannot create folder %s: %s", fo->dir, strerror(-r));
+			return r;
+		}
+		if (!fo->on_disk) {
+			fo->on_disk = true;
+			mark_folder(s, fo);
+		}
+	}
+	return 0;
+}
+
+/* ---- file entries ------------------------------------------------------------------- */
+
+static void body_link(struct mm_store *s, struct fent *fe)
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, fe->fo->u->name, fe->body, MM_ID_LEN);
+	fe->bnext = hm_get(&s->by_body, k, kl);
+	hm_put(&s->by_body, k, kl, fe);
+}
+
+static void body_unlink(struct mm_store *s, struct fent *fe)
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, fe->fo->u->name, fe->body, MM_ID_LEN);
+	struct fent *h = hm_get(&s->by_body, k, kl);
+	if (h == fe) {
+		if (fe->bnext)
+			hm_put(&s->by_body, k, kl, fe->bnext);
+		else
+			hm_del(&s->by_body, k, kl);
+		return;
+	}
+	for (; h; h = h->bnext)
+		if (h->bnext == fe) {
+			h->bnext = fe->bnext;
+			return;
+		}
+}
+
+static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *base,
+                             const char *name, bool in_cur, const uint8_t key[MM_KEY_LEN],
+                             const uint8_t body[MM_ID_LEN], uint64_t size, int64_t mtime,
+                             uint64_t letters)
+{
+	struct fent *fe = calloc(1, sizeof(*fe));
+	if (!fe || !(fe->base = strdup(base)) || !(fe->name = strdup(name))) {
+		if (fe)
+			free(fe->base);
+		free(fe);
+		return NULL;
+	}
+	fe->fo = fo;
+	memcpy(fe->key, key, MM_KEY_LEN);
+	memcpy(fe->body, body, MM_ID_LEN);
+	fe->size = size;
+	fe->mtime = mtime;
+	fe->letters = letters;
+	fe->in_cur = in_cur;
+	fe->seen = true;
+	char k[KBUF];
+	size_t kl = k_ufb(k, fo->u->name, fo->name, base);
+	if (hm_put(&s->by_base, k, kl, fe) < 0)
+		goto fail;
+	kl = k_ub(k, fo->u->name, key, MM_KEY_LEN);
+	if (hm_put(&s->by_key, k, kl, fe) < 0) {
+		kl = k_ufb(k, fo->u->name, fo->name, base);
+		hm_del(&s->by_base, k, kl);
+		goto fail;
+	}
+	body_link(s, fe);
+	fe->fnext = fo->files;
+	if (fo->files)
+		fo->files->fprev = fe;
+	fo->files = fe;
+	mark_file(s, fo, base);
+	return fe;
+fail:
+	free(fe->base);
+	free(fe->name);
+	free(fe);
+	return NULL;
+}
+
+static void fent_remove(struct mm_store *s, struct fent *fe)
+{
+	struct folder *fo = fe->fo;
+	char k[KBUF];
+	size_t kl = k_ufb(k, fo->u->name, fo->name, fe->base);
+	hm_del(&s->by_base, k, kl);
+	kl = k_ub(k, fo->u->name, fe->key, MM_KEY_LEN);
+	if (hm_get(&s->by_key, k, kl) == fe)
+		hm_del(&s->by_key, k, kl);
+	body_unlink(s, fe);
+	if (fe->fprev)
+		fe->fprev->fnext = fe->fnext;
+	else
+		fo->files = fe->fnext;
+	if (fe->fnext)
+		fe->fnext->fprev = fe->fprev;
+	mark_file(s, fo, fe->base);
+	free(fe->base);
+	free(fe->name);
+	free(fe);
+}
+
+static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
+	return hm_get(&s->by_key, k, kl);
+}
+
+static int fent_path(const struct fent *fe, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s/%s/%s", fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
+	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
+}
+
+/* The file was not where the index says (renamed by someone else): look for its base
+ * in new/ and cur/ and update the entry.  0 when found. */
+static int fent_relocate(struct mm_store *s, struct fent *fe)
+{
+	static const char *const subs[2] = {"new", "cur"};
+	size_t bl = strlen(fe->base);
+	for (int i = 1; i >= 0; i--) {
+		char p[PATHBUF];
+		snprintf(p, sizeof p, "%s/%s", fe->fo->dir, subs[i]);
+		DIR *d = opendir(p);
+		if (!d)
+			continue;
+		struct dirent *e;
+		while ((e = readdir(d))) {
+			if (strncmp(e->d_name, fe->base, bl) || (e->d_name[bl] && e->d_name[bl] != ':'))
+				continue;
+			struct mm_md_name n;
+			if (mm_md_name_parse(e->d_name, &n) < 0)
+				continue;
+			char *nn = strdup(e->d_name);
+			if (!nn)
+				break;
+			free(fe->name);
+			fe->name = nn;
+			fe->in_cur = i == 1;
+			/* fe->letters stays what we last knew: the next scan sees the change */
+			closedir(d);
+			mark_file(s, fe->fo, fe->base);
+			return 0;
+		}
+		closedir(d);
+	}
+	return -ENOENT;
+}
+
+/* ---- letters <-> CRDT flags ---------------------------------------------------------- */
+
+static bool is_sys_upper(int i)
+{
+	return i == 'D' - 'A' || i == 'F' - 'A' || i == 'P' - 'A' || i == 'R' - 'A' ||
+	       i == 'S' - 'A' || i == 'T' - 'A';
+}
+
+/* Letters a file should carry for record r: system flags and keyword letters from the
+ * CRDT, plus whatever `keep` has that the CRDT does not speak about (unknown
+ * uppercase letters, lowercase letters without a name).  Keywords that need a letter
+ * get one in dovecot-keywords; beyond 26 they stay in the CRDT only. */
+static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const struct mm_rec *r,
+                               uint64_t keep)
+{
+	mm_md_keywords_clear(&fo->kw);
+	int rr = mm_md_keywords_read(fo->dir, &fo->kw);
+	if (rr < 0)
+		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-keywords: %s", fo->dir, strerror(-rr));
+	uint64_t l = 0;
+	for (int i = 0; i < 26; i++)
+		if ((keep & MM_MD_UPPER('A' + i)) && !is_sys_upper(i))
+			l |= MM_MD_UPPER('A' + i);
+	for (int i = 0; i < 26; i++) {
+		if (!(keep & MM_MD_KWBIT(i)))
+			continue;
+		bool known = false;
+		if (fo->kw.names[i])
+			for (size_t j = 0; j < r->msg.n_keywords; j++)
+				if (!strcmp(r->msg.keywords[j].name, fo->kw.names[i]))
+					known = true;
+		if (!known)
+			l |= MM_MD_KWBIT(i);
+	}
+	for (int f = 0; f < MM_FLAG_COUNT; f++)
+		if (r->msg.flags[f].value)
+			l |= MM_MD_UPPER(mm_flag_letters[f]);
+	for (size_t j = 0; j < r->msg.n_keywords; j++) {
+		const struct mm_kwreg *kw = &r->msg.keywords[j];
+		int idx = mm_md_keywords_find(&fo->kw, kw->name);
+		if (!kw->reg.value) {
+			if (idx >= 0)
+				l &= ~MM_MD_KWBIT(idx);
+			continue;
+		}
+		if (idx < 0)
+			idx = mm_md_keywords_add(fo->dir, &fo->kw, kw->name);
+		if (idx >= 0)
+			l |= MM_MD_KWBIT(idx);
+		else if (idx == -ENOSPC)
+			logmsg(s, MM_STORE_LOG_WARNING, "%s: more than 26 keywords, \"%s\" stays in mailmesh only",
+			       fo->dir, kw->name);
+		else
+			logmsg(s, MM_STORE_LOG_WARNING, "%s/dovecot-keywords: cannot add \"%s\": %s", fo->dir,
+			       kw->name, strerror(-idx));
+	}
+	return l;
+}
+
+/* Renames fe's file to carry the letters record r asks for. */
+static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm_rec *r)
+{
+	uint64_t want = wanted_letters(s, fe->fo, r, fe->letters);
+	bool to_cur = fe->in_cur || want;
+	if (want == fe->letters && to_cur == fe->in_cur)
+		return;
+	char nn[MM_MD_NAME_MAX + 1];
+	if (mm_md_name_format(nn, sizeof nn, fe->base, strlen(fe->base), want, to_cur) < 0) {
+		logmsg(s, MM_STORE_LOG_WARNING, "%s/cur/%s: name too long for its flags", fe->fo->dir, fe->base);
+		return;
+	}
+	for (int attempt = 0; attempt < 2; attempt++) {
+		int rr = mm_md_rename(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name,
+		                      to_cur ? "cur" : "new", nn);
+		if (rr == 0) {
+			char *dup = strdup(nn);
+			if (dup) {
+				free(fe->name);
+				fe->name = dup;
+			}
+			fe->in_cur = to_cur;
+			fe->letters = want;
+			mark_file(s, fe->fo, fe->base);
+			return;
+		}
+		if (rr != -ENOENT || attempt || fent_relocate(s, fe) < 0) {
+			char p[PATHBUF];
+			fent_path(fe, p, sizeof p);
+			logmsg(s, MM_STORE_LOG_WARNING, "cannot rename %s for new flags: %s", p, strerror(-rr));
+			return;
+		}
+	}
+}
+
+/* ---- effects --------------------------------------------------------------------------- */
+
+/* Effects of our own local changes: only bookkeeping (the disk already shows them). */
+static void local_effect(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec)
+{
+	struct mm_store *s = arg;
+	mark_rec(s, user, rec->key);
+	if (eff == MM_EFF_MSG_EXPUNGED || eff == MM_EFF_TOMB_NEW || eff == MM_EFF_GC) {
+		set_missing(s, user, rec->key, false);
+		struct fent *fe = fent_by_key(s, user, rec->key);
+		if (fe)
+			fent_remove(s, fe); /* its file is gone already (that is the change) */
+	}
+}
+
+void mm_store_effect(void *store, const char *user, enum mm_effect eff, const struct mm_rec *rec)
+{
+	struct mm_store *s = store;
+	mark_rec(s, user, rec->key);
+	struct user *u = user_get(s, user, true);
+	if (!u)
+		return;
+	struct fent *fe;
+	struct folder *fo;
+	switch (eff) {
+	case MM_EFF_MSG_NEW:
+		fo = folder_get(s, u, rec->msg.folder, true);
+		if (!fo)
+			return;
+		folder_ensure(s, fo);
+		fe = fent_by_key(s, user, rec->key);
+		if (fe) {
+			sync_file_flags(s, fe, rec);
+			return;
+		}
+		set_missing(s, user, rec->key, true);
+		struct pending *p = calloc(1, sizeof(*p));
+		if (p && (p->user = strdup(user))) {
+			memcpy(p->key, rec->key, MM_KEY_LEN);
+			p->next = s->pending;
+			s->pending = p;
+		} else {
+			free(p);
+		}
+		return;
+	case MM_EFF_MSG_FLAGS:
+		fe = fent_by_key(s, user, rec->key);
+		if (fe)
+			sync_file_flags(s, fe, rec);
+		return;
+	case MM_EFF_MSG_EXPUNGED:
+		set_missing(s, user, rec->key, false);
+		fe = fent_by_key(s, user, rec->key);
+		if (fe) {
+			int r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
+			if (r == -ENOENT && fent_relocate(s, fe) == 0)
+				r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
+			if (r < 0 && r != -ENOENT) {
+				char pth[PATHBUF];
+				fent_path(fe, pth, sizeof pth);
+				logmsg(s, MM_STORE_LOG_WARNING, "cannot unlink expunged %s: %s", pth, strerror(-r));
+			}
+			fo = fe->fo;
+			fent_remove(s, fe);
+			fo->check = true;
+		}
+		fo = folder_get(s, u, rec->msg.folder, false);
+		if (fo)
+			fo->check = true;
+		return;
+	case MM_EFF_TOMB_NEW:
+	case MM_EFF_GC:
+		set_missing(s, user, rec->key, false);
+		return;
+	case MM_EFF_FOLDER:
+		fo = folder_get(s, u, rec->folder.name, true);
+		if (!fo)
+			return;
+		if (rec->folder.exists.value)
+			folder_ensure(s, fo);
+		else
+			fo->check = true;
+		if ((bool)rec->folder.subscribed.value != fo->subscribed)
+			u->subs_dirty = true;
+		return;
+	case MM_EFF_MSG_UID:
+		return; /* UIDs: issue 7 */
+	}
+}
+
+int mm_store_merge(struct mm_store *s, const char *user, const struct mm_rec *rec)
+{
+	int r = mm_state_merge(s->state, user, rec, mm_store_effect, s);
+	if (r > 0)
+		mark_rec(s, user, rec->key);
+	return r;
+}
+
+int mm_store_merge_delta(struct mm_store *s, const struct mm_delta *d)
+{
+	int changed = 0;
+	for (size_t i = 0; i < mm_delta_count(d); i++) {
+		const char *user;
+		const struct mm_rec *r = mm_delta_get(d, i, &user);
+		int rr = mm_store_merge(s, user, r);
+		if (rr < 0)
+			return rr;
+		changed += rr;
+	}
+	return changed;
+}
+
+int mm_store_mark(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
+	return hm_put(&s->dirty_recs, k, kl, (void *)1);
+}
+
+/* ---- scanning ------------------------------------------------------------------------------ */
+
+struct dentry {
+	char *name;
+	bool in_cur;
+};
+
+struct dlist {
+	struct dentry *v;
+	size_t n, cap;
+};
+
+static void dlist_free(struct dlist *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i].name);
+	free(l->v);
+	memset(l, 0, sizeof(*l));
+}
+
+/* Reads new/ then cur/ (that order: a file moving new -> cur meanwhile is seen at
+ * least once).  Returns 0, -ENOENT when the folder is gone, other errno when it
+ * cannot be read (then nothing may be concluded about missing files). */
+static int read_folder(const char *dir, struct dlist *l)
+{
+	static const char *const subs[2] = {"new", "cur"};
+	int gone = 0;
+	for (int i = 0; i < 2; i++) {
+		char p[PATHBUF];
+		snprintf(p, sizeof p, "%s/%s", dir, subs[i]);
+		DIR *d = opendir(p);
+		if (!d) {
+			if (errno == ENOENT) {
+				gone++;
+				continue;
+			}
+			return -errno;
+		}
+		struct dirent *e;
+		while ((e = readdir(d))) {
+			if (e->d_name[0] == '.')
+				continue;
+			if (e->d_type != DT_REG && e->d_type != DT_UNKNOWN)
+				continue;
+			if (l->n == l->cap) {
+				size_t nc = l->cap ? l->cap * 2 : 64;
+				struct dentry *nv = realloc(l->v, nc * sizeof(*nv));
+				if (!nv) {
+					closedir(d);
+					return -ENOMEM;
+				}
+				l->v = nv;
+				l->cap = nc;
+			}
+			if (!(l->v[l->n].name = strdup(e->d_name))) {
+				closedir(d);
+				return -ENOMEM;
+			}
+			l->v[l->n++].in_cur = i == 1;
+		}
+		closedir(d);
+	}
+	return gone == 2 ? -ENOENT : 0;
+}
+
+/* Hashes a file: body id, size, mtime.  0 or negative errno. */
+static int hash_file(struct mm_store *s, const char *path, uint8_t body[MM_ID_LEN],
+                     uint64_t *size_r, int64_t *mtime_r)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		int e = S_ISREG(st.st_mode) ? -errno : -EINVAL;
+		close(fd);
+		return e;
+	}
+	crypto_generichash_state h;
+	crypto_generichash_init(&h, NULL, 0, MM_ID_LEN);
+	static __thread unsigned char buf[65536];
+	uint64_t n = 0;
+	for (;;) {
+		ssize_t r = read(fd, buf, sizeof buf);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			int e = -errno;
+			close(fd);
+			return e;
+		}
+		if (r == 0)
+			break;
+		crypto_generichash_update(&h, buf, (size_t)r);
+		n += (uint64_t)r;
+	}
+	close(fd);
+	crypto_generichash_final(&h, body, MM_ID_LEN);
+	*size_r = n;
+	*mtime_r = (int64_t)st.st_mtime;
+	s->hashed++;
+	return 0;
+}
+
+/* "mm_<32 hex>" in a base: the record key of a file this store wrote. */
+static bool base_key(const char *base, uint8_t key[MM_KEY_LEN])
+{
+	const char *p = strstr(base, ".mm_");
+	if (!p)
+		return false;
+	p += 4;
+	for (int i = 0; i < MM_KEY_LEN; i++) {
+		unsigned v = 0;
+		for (int j = 0; j < 2; j++) {
+			char c = p[2 * i + j];
+			v <<= 4;
+			if (c >= '0' && c <= '9')
+				v |= (unsigned)(c - '0');
+			else if (c >= 'a' && c <= 'f')
+				v |= (unsigned)(c - 'a' + 10);
+			else
+				return false;
+		}
+		key[i] = (uint8_t)v;
+	}
+	return p[32] == ',' || p[32] == 0 || p[32] == ':';
+}
+
+struct uidmap {
+	struct hmap m; /* base -> uid */
+	bool loaded;
+};
+
+static int uid_cb(void *arg, uint32_t uid, const char *base, size_t len)
+{
+	struct uidmap *um = arg;
+	hm_put(&um->m, base, len, (void *)(uintptr_t)uid);
+	return 0;
+}
+
+/* Applies a local letter change of a known file to the CRDT. */
+static void local_letters(struct mm_store *s, struct mm_user *mu, struct fent *fe,
+                          uint64_t oldl, uint64_t newl, bool *kw_loaded)
+{
+	const struct mm_rec *r = mm_user_get(mu, fe->key);
+	if (!r || r->type != MM_REC_MESSAGE)
+		return;
+	uint64_t diff = oldl ^ newl;
+	for (int f = 0; f < MM_FLAG_COUNT; f++) {
+		uint64_t bit = MM_MD_UPPER(mm_flag_letters[f]);
+		if (!(diff & bit))
+			continue;
+		int rr = mm_user_set_flag(mu, fe->key, (enum mm_flag)f, (newl & bit) != 0, tick(s),
+		                          local_effect, s, s->out);
+		if (rr > 0)
+			s->changes++;
+	}
+	if (!(diff & MM_MD_KW_MASK))
+		return;
+	if (!*kw_loaded) {
+		mm_md_keywords_clear(&fe->fo->kw);
+		mm_md_keywords_read(fe->fo->dir, &fe->fo->kw);
+		*kw_loaded = true;
+	}
+	for (int i = 0; i < 26; i++) {
+		uint64_t bit = MM_MD_KWBIT(i);
+		if (!(diff & bit))
+			continue;
+		const char *name = fe->fo->kw.names[i];
+		if (!name) {
+			logmsg(s, MM_STORE_LOG_WARNING, "%s: keyword letter '%c' has no name in dovecot-keywords",
+			       fe->fo->dir, 'a' + i);
+			continue;
+		}
+		int rr = mm_user_set_keyword(mu, fe->key, name, (newl & bit) != 0, tick(s), local_effect,
+		                             s, s->out);
+		if (rr > 0)
+			s->changes++;
+	}
+}
+
+static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
+{
+	struct dlist l = {0};
+	int r = read_folder(fo->dir, &l);
+	if (r < 0) {
+		dlist_free(&l);
+		if (r != -ENOENT)
+			logmsg(s, MM_STORE_LOG_WARNING, "cannot read folder %s: %s", fo->dir, strerror(-r));
+		return r;
+	}
+	for (struct fent *fe = fo->files; fe; fe = fe->fnext)
+		fe->seen = false;
+	bool kw_loaded = false;
+	struct uidmap um = {{0}, false};
+	char k[KBUF], path[PATHBUF];
+	for (size_t i = 0; i < l.n; i++) {
+		const char *name = l.v[i].name;
+		bool in_cur = l.v[i].in_cur;
+		snprintf(path, sizeof path, "%s/%s/%s", fo->dir, in_cur ? "cur" : "new", name);
+		struct mm_md_name n;
+		if (mm_md_name_parse(name, &n) < 0) {
+			logmsg(s, MM_STORE_LOG_WARNING, "skipping %s: not a Maildir message name", path);
+			continue;
+		}
+		char base[MM_MD_NAME_MAX + 1];
+		memcpy(base, n.base, n.base_len);
+		base[n.base_len] = 0;
+		size_t kl = k_ufb(k, fo->u->name, fo->name, base);
+		struct fent *fe = hm_get(&s->by_base, k, kl);
+		if (fe) {
+			fe->seen = true;
+			if (strcmp(fe->name, name) || fe->in_cur != in_cur) {
+				uint64_t oldl = fe->letters;
+				char *dup = strdup(name);
+				if (!dup)
+					continue;
+				free(fe->name);
+				fe->name = dup;
+				fe->in_cur = in_cur;
+				fe->letters = n.letters;
+				mark_file(s, fo, base);
+				local_letters(s, mu, fe, oldl, n.letters, &kw_loaded);
+			}
+			continue;
+		}
+		/* a file this store wrote, whose index entry a crash lost? */
+		uint8_t key[MM_KEY_LEN];
+		if (base_key(base, key) && !fent_by_key(s, fo->u->name, key)) {
+			const struct mm_rec *rec = mm_user_get(mu, key);
+			if (rec && rec->type == MM_REC_MESSAGE && !strcmp(rec->msg.folder, fo->name)) {
+				struct stat st;
+				if (stat(path, &st) < 0)
+					continue;
+				fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, rec->msg.size,
+				              (int64_t)st.st_mtime, n.letters);
+				if (fe) {
+					set_missing(s, fo->u->name, key, false);
+					sync_file_flags(s, fe, rec);
+				}
+				continue;
+			}
+			if (rec && rec->type == MM_REC_EXPUNGED) {
+				/* ours, for a message expunged before the crash: finish the expunge */
+				mm_md_unlink(fo->dir, in_cur ? "cur" : "new", name);
+				logmsg(s, MM_STORE_LOG_INFO, "removed %s: its message was expunged", path);
+				continue;
+			}
+		}
+		/* a new local delivery */
+		uint8_t body[MM_ID_LEN];
+		uint64_t size = 0;
+		int64_t mtime = 0;
+		r = hash_file(s, path, body, &size, &mtime);
+		if (r < 0) {
+			if (r != -ENOENT) /* vanished meanwhile: the next scan settles it */
+				logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s: %s (will retry)", path, strerror(-r));
+			continue;
+		}
+		const char *kws[26];
+		size_t nkw = 0;
+		if (n.letters & MM_MD_KW_MASK) {
+			if (!kw_loaded) {
+				mm_md_keywords_clear(&fo->kw);
+				mm_md_keywords_read(fo->dir, &fo->kw);
+				kw_loaded = true;
+			}
+			for (int j = 0; j < 26; j++)
+				if ((n.letters & MM_MD_KWBIT(j)) && fo->kw.names[j]) {
+					/* sorted insert: the CRDT wants keywords sorted and unique */
+					size_t at = nkw;
+					while (at > 0 && strcmp(kws[at - 1], fo->kw.names[j]) > 0) {
+						kws[at] = kws[at - 1];
+						at--;
+					}
+					kws[at] = fo->kw.names[j];
+					nkw++;
+				}
+		}
+		if (!um.loaded) {
+			um.loaded = true;
+			mm_md_uidlist_read(fo->dir, uid_cb, &um);
+		}
+		uint32_t uid = (uint32_t)(uintptr_t)hm_get(&um.m, base, strlen(base));
+		uint8_t nkey[MM_KEY_LEN];
+		r = mm_user_deliver(mu, fo->name, body, size, mtime, mm_md_letters_to_flags(n.letters),
+		                    kws, nkw, uid, tick(s), nkey, local_effect, s, s->out);
+		if (r < 0) {
+			logmsg(s, MM_STORE_LOG_ERR, "cannot record delivery of %s: %s", path, strerror(-r));
+			continue;
+		}
+		s->changes++;
+		if (!fent_add(s, fo, base, name, in_cur, nkey, body, size, mtime, n.letters)) {
+			dlist_free(&l);
+			hm_clear(&um.m);
+			return -ENOMEM;
+		}
+	}
+	hm_clear(&um.m);
+	/* files we knew that were not listed: check again (a rename during readdir can
+	 * hide a file from it) before taking them as expunged */
+	bool any = false;
+	for (struct fent *fe = fo->files; fe; fe = fe->fnext)
+		if (!fe->seen)
+			any = true;
+	if (any) {
+		struct dlist l2 = {0};
+		r = read_folder(fo->dir, &l2);
+		if (r < 0) {
+			dlist_free(&l2);
+			dlist_free(&l);
+			return r == -ENOENT ? r : 0;
+		}
+		for (size_t i = 0; i < l2.n; i++) {
+			struct mm_md_name n;
+			if (mm_md_name_parse(l2.v[i].name, &n) < 0)
+				continue;
+			char base[MM_MD_NAME_MAX + 1];
+			memcpy(base, n.base, n.base_len);
+			base[n.base_len] = 0;
+			size_t kl = k_ufb(k, fo->u->name, fo->name, base);
+			struct fent *fe = hm_get(&s->by_base, k, kl);
+			if (fe)
+				fe->seen = true; /* moved meanwhile: the next scan reads its flags */
+		}
+		dlist_free(&l2);
+		for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
+			nx = fe->fnext;
+			if (fe->seen)
+				continue;
+			uint8_t key[MM_KEY_LEN];
+			memcpy(key, fe->key, MM_KEY_LEN);
+			fent_remove(s, fe);
+			int rr = mm_user_expunge(mu, key, tick(s), local_effect, s, s->out);
+			if (rr > 0)
+				s->changes++;
+		}
+	}
+	dlist_free(&l);
+	return 0;
+}
+
+/* One folder of a user: creation, removal, files.  `listed` = the directory exists. */
+static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *mu, const char *name,
+                           bool listed)
+{
+	struct folder *fo = folder_get(s, u, name, listed);
+	if (!fo)
+		return listed ? -ENOMEM : 0;
+	if (listed) {
+		if (!fo->on_disk) {
+			fo->on_disk = true;
+			mark_folder(s, fo);
+		}
+		if (!mm_user_folder_visible(mu, name)) {
+			int r = mm_user_folder_create(mu, name, tick(s), local_effect, s, s->out);
+			if (r > 0)
+				s->changes++;
+		}
+		int r = scan_files(s, fo, mu);
+		if (r != -ENOENT)
+			return r == -ENOMEM ? r : 0;
+		/* vanished between listing and reading: fall through to removal */
+	}
+	if (!fo->on_disk || mm_md_is_maildir(fo->dir) || !strcmp(name, "INBOX"))
+		return 0;
+	/* the folder's directory is gone: a local delete */
+	for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
+		nx = fe->fnext;
+		uint8_t key[MM_KEY_LEN];
+		memcpy(key, fe->key, MM_KEY_LEN);
+		fent_remove(s, fe);
+		if (mm_user_expunge(mu, key, tick(s), local_effect, s, s->out) > 0)
+			s->changes++;
+	}
+	fo->on_disk = false;
+	mark_folder(s, fo);
+	if (mm_user_folder_delete(mu, name, tick(s), local_effect, s, s->out) > 0)
+		s->changes++;
+	return 0;
+}
+
+struct namelist {
+	char **v;
+	size_t n, cap;
+};
+
+static int namelist_add(void *arg, const char *name)
+{
+	struct namelist *l = arg;
+	if (!name_ok(name))
+		return 0;
+	if (l->n == l->cap) {
+		size_t nc = l->cap ? l->cap * 2 : 16;
+		char **nv = realloc(l->v, nc * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		l->v = nv;
+		l->cap = nc;
+	}
+	if (!(l->v[l->n] = strdup(name)))
+		return -ENOMEM;
+	l->n++;
+	return 0;
+}
+
+static void namelist_free(struct namelist *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	memset(l, 0, sizeof(*l));
+}
+
+static bool namelist_has(const struct namelist *l, const char *name)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (!strcmp(l->v[i], name))
+			return true;
+	return false;
+}
+
+static void scan_subscriptions(struct mm_store *s, struct user *u, struct mm_user *mu)
+{
+	struct namelist subs = {0};
+	int r = mm_md_subs_read(u->path, namelist_add, &subs);
+	if (r < 0) {
+		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/subscriptions: %s", u->path, strerror(-r));
+		namelist_free(&subs);
+		return;
+	}
+	for (size_t i = 0; i < subs.n; i++) {
+		struct folder *fo = folder_get(s, u, subs.v[i], true);
+		if (fo && !fo->subscribed) {
+			fo->subscribed = true;
+			mark_folder(s, fo);
+			if (mm_user_folder_subscribe(mu, fo->name, true, tick(s), local_effect, s, s->out) > 0)
+				s->changes++;
+		}
+	}
+	for (struct folder *fo = u->folders; fo; fo = fo->unext)
+		if (fo->subscribed && !namelist_has(&subs, fo->name)) {
+			fo->subscribed = false;
+			mark_folder(s, fo);
+			if (mm_user_folder_subscribe(mu, fo->name, false, tick(s), local_effect, s, s->out) > 0)
+				s->changes++;
+		}
+	namelist_free(&subs);
+}
+
+static int scan_user(struct mm_store *s, struct user *u)
+{
+	struct mm_user *mu = mm_state_user(s->state, u->name, true);
+	if (!mu)
+		return -ENOMEM;
+	if (!u->owner_known && mm_md_owner_of(u->path, &u->owner) == 0)
+		u->owner_known = true;
+	struct namelist disk = {0};
+	int r = mm_md_folder_list(u->path, namelist_add, &disk);
+	if (r < 0) {
+		namelist_free(&disk);
+		if (!u->gone_logged)
+			logmsg(s, MM_STORE_LOG_WARNING, "Maildir %s of %s cannot be read (%s): left alone",
+			       u->path, u->name, strerror(-r));
+		u->gone_logged = true;
+		return r == -ENOMEM ? r : 0;
+	}
+	u->gone_logged = false;
+	for (size_t i = 0; i < disk.n && r >= 0; i++)
+		r = scan_one_folder(s, u, mu, disk.v[i], true);
+	/* folders we saw before that are not listed now */
+	struct namelist gone = {0};
+	for (struct folder *fo = u->folders; fo; fo = fo->unext)
+		if (fo->on_disk && !namelist_has(&disk, fo->name))
+			namelist_add(&gone, fo->name);
+	for (size_t i = 0; i < gone.n && r >= 0; i++)
+		r = scan_one_folder(s, u, mu, gone.v[i], false);
+	namelist_free(&gone);
+	namelist_free(&disk);
+	if (r >= 0)
+		scan_subscriptions(s, u, mu);
+	return r < 0 ? r : 0;
+}
+
+static int walk_user_cb(void *arg, const char *name, const char *path)
+{
+	struct mm_store *s = arg;
+	(void)path;
+	struct user *u = user_get(s, name, true);
+	if (!u)
+		return 0;
+	int r = scan_user(s, u);
+	return r == -ENOMEM ? r : 0;
+}
+
+static int walk_odd_cb(void *arg, const char *path)
+{
+	logmsg(arg, MM_STORE_LOG_WARNING, "%s matches mail_location but is not a readable Maildir: skipped", path);
+	return 0;
+}
+
+int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out)
+{
+	s->now_ms = now_ms;
+	s->out = out;
+	s->changes = 0;
+	int r = mm_mailloc_walk(s->loc, walk_user_cb, NULL, walk_odd_cb, s);
+	s->out = NULL;
+	return r < 0 ? r : s->changes;
+}
+
+int mm_store_scan_folder(struct mm_store *s, const char *user, const char *folder,
+                         uint64_t now_ms, struct mm_delta *out)
+{
+	struct user *u = user_get(s, user, true);
+	if (!u || !name_ok(folder))
+		return -EINVAL;
+	struct mm_user *mu = mm_state_user(s->state, user, true);
+	if (!mu)
+		return -ENOMEM;
+	char dir[PATHBUF];
+	if (mm_md_folder_path(dir, sizeof dir, u->path, folder) < 0)
+		return -EINVAL;
+	s->now_ms = now_ms;
+	s->out = out;
+	s->changes = 0;
+	int r = scan_one_folder(s, u, mu, folder, mm_md_is_maildir(dir));
+	s->out = NULL;
+	return r < 0 ? r : s->changes;
+}
+
+/* ---- watch list ------------------------------------------------------------------------------ */
+
+struct watch_ctx {
+	int (*cb)(void *, const char *, const char *, const char *);
+	void *arg;
+};
+
+static int watch_dir_cb(void *arg, const char *path)
+{
+	struct watch_ctx *w = arg;
+	return w->cb(w->arg, path, NULL, NULL);
+}
+
+int mm_store_watch_dirs(struct mm_store *s,
+                        int (*cb)(void *arg, const char *path, const char *user, const char *folder),
+                        void *arg)
+{
+	struct watch_ctx w = {cb, arg};
+	int r = mm_mailloc_walk(s->loc, NULL, watch_dir_cb, NULL, &w);
+	if (r)
+		return r;
+	char p[PATHBUF];
+	for (struct user *u = s->users; u; u = u->next) {
+		if (!mm_md_is_maildir(u->path))
+			continue;
+		if ((r = cb(arg, u->path, u->name, NULL)))
+			return r;
+		for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+			if (!fo->on_disk)
+				continue;
+			snprintf(p, sizeof p, "%s/new", fo->dir);
+			if ((r = cb(arg, p, u->name, fo->name)))
+				return r;
+			snprintf(p, sizeof p, "%s/cur", fo->dir);
+			if ((r = cb(arg, p, u->name, fo->name)))
+				return r;
+		}
+	}
+	return 0;
+}
+
+/* ---- bodies ------------------------------------------------------------------------------------- */
+
+int mm_store_body_open(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
+                       int *fd_r, uint64_t *size_r)
+{
+	struct fent *fe = fent_by_key(s, user, key);
+	if (!fe)
+		return -ENOENT;
+	char p[PATHBUF];
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (fent_path(fe, p, sizeof p) < 0)
+			return -ENAMETOOLONG;
+		int fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			struct stat st;
+			if (fstat(fd, &st) < 0) {
+				int e = -errno;
+				close(fd);
+				return e;
+			}
+			*fd_r = fd;
+			*size_r = (uint64_t)st.st_size;
+			return 0;
+		}
+		if (errno != ENOENT || attempt || fent_relocate(s, fe) < 0)
+			return -errno ? -errno : -ENOENT;
+	}
+	return -ENOENT;
+}
+
+static void make_base(char *buf, size_t len, const struct mm_rec *r)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	char hex[2 * MM_KEY_LEN + 1];
+	sodium_bin2hex(hex, sizeof hex, r->key, MM_KEY_LEN);
+	snprintf(buf, len, "%lld.M%ldP%ld.mm_%s,S=%llu", (long long)r->msg.internaldate,
+	         (long)tv.tv_usec, (long)getpid(), hex, (unsigned long long)r->msg.size);
+}
+
+int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
+                        struct mm_body_writer **w_r)
+{
+	*w_r = NULL;
+	struct mm_user *mu = mm_state_user(s->state, user, false);
+	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
+	if (!r || r->type != MM_REC_MESSAGE)
+		return -ENOENT;
+	if (fent_by_key(s, user, key))
+		return -EEXIST;
+	struct user *u = user_get(s, user, true);
+	if (!u)
+		return -EINVAL;
+	struct folder *fo = folder_get(s, u, r->msg.folder, true);
+	if (!fo)
+		return -EINVAL;
+	int rr = folder_ensure(s, fo);
+	if (rr < 0)
+		return rr;
+	struct mm_body_writer *w = calloc(1, sizeof(*w));
+	if (!w || !(w->user = strdup(user))) {
+		free(w);
+		return -ENOMEM;
+	}
+	w->s = s;
+	w->fo = fo;
+	memcpy(w->key, key, MM_KEY_LEN);
+	make_base(w->base, sizeof w->base, r);
+	w->fd = mm_md_tmp_open(fo->dir, w->base, &u->owner);
+	if (w->fd < 0) {
+		rr = w->fd;
+		logmsg(s, MM_STORE_LOG_ERR, "cannot create %s/tmp/%s: %s", fo->dir, w->base, strerror(-rr));
+		free(w->user);
+		free(w);
+		return rr;
+	}
+	crypto_generichash_init(&w->h, NULL, 0, MM_ID_LEN);
+	*w_r = w;
+	return 0;
+}
+
+int mm_store_body_write(struct mm_body_writer *w, const void *data, size_t len)
+{
+	if (w->err)
+		return w->err;
+	const char *p = data;
+	crypto_generichash_update(&w->h, data, len);
+	w->n += len;
+	while (len) {
+		ssize_t n = write(w->fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			w->err = -errno;
+			logmsg(w->s, MM_STORE_LOG_ERR, "writing %s/tmp/%s: %s (will retry)", w->fo->dir, w->base,
+			       strerror(errno));
+			return w->err;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static void writer_free(struct mm_body_writer **wp, bool unlink_tmp)
+{
+	struct mm_body_writer *w = *wp;
+	if (w->fd >= 0)
+		close(w->fd);
+	if (unlink_tmp) {
+		char p[PATHBUF];
+		snprintf(p, sizeof p, "%s/tmp/%s", w->fo->dir, w->base);
+		unlink(p);
+	}
+	free(w->user);
+	sodium_memzero(&w->h, sizeof w->h);
+	free(w);
+	*wp = NULL;
+}
+
+void mm_store_body_abort(struct mm_body_writer **wp)
+{
+	if (wp && *wp)
+		writer_free(wp, true);
+}
+
+static bool rec_dirty(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
+	return hm_get(&s->dirty_recs, k, kl) != NULL;
+}
+
+int mm_store_body_commit(struct mm_body_writer **wp)
+{
+	struct mm_body_writer *w = *wp;
+	struct mm_store *s = w->s;
+	if (w->err) {
+		int e = w->err;
+		writer_free(wp, true);
+		return e;
+	}
+	struct mm_user *mu = mm_state_user(s->state, w->user, false);
+	const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
+	if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key)) {
+		writer_free(wp, true); /* expunged (or written) meanwhile: nothing to do */
+		return 0;
+	}
+	uint8_t id[MM_ID_LEN];
+	crypto_generichash_final(&w->h, id, MM_ID_LEN);
+	if (w->n != r->msg.size || sodium_memcmp(id, r->msg.body, MM_ID_LEN) != 0) {
+		logmsg(s, MM_STORE_LOG_WARNING, "body received for %s in %s does not match its id: dropped",
+		       w->user, w->fo->dir);
+		writer_free(wp, true);
+		return -EBADMSG;
+	}
+	/* the record must be durable before a file carrying its key appears */
+	if (rec_dirty(s, w->user, w->key) && !s->in_commit) {
+		int rr = mm_store_commit(s);
+		if (rr < 0) {
+			writer_free(wp, true);
+			return rr;
+		}
+		r = mm_user_get(mu, w->key);
+		if (!r || r->type != MM_REC_MESSAGE) {
+			writer_free(wp, true);
+			return 0;
+		}
+	}
+	uint64_t letters = wanted_letters(s, w->fo, r, 0);
+	char name[MM_MD_NAME_MAX + 1];
+	int rr = mm_md_name_format(name, sizeof name, w->base, strlen(w->base), letters, letters != 0);
+	if (rr < 0) {
+		writer_free(wp, true);
+		return rr;
+	}
+	int64_t idate = r->msg.internaldate;
+	uint8_t body[MM_ID_LEN];
+	memcpy(body, r->msg.body, MM_ID_LEN);
+	uint64_t size = r->msg.size;
+	rr = mm_md_tmp_finish(w->fo->dir, w->base, w->fd, idate, letters ? "cur" : "new", name);
+	w->fd = -1;
+	if (rr < 0) {
+		logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", w->fo->dir,
+		       letters ? "cur" : "new", name, strerror(-rr));
+		writer_free(wp, false);
+		return rr;
+	}
+	set_missing(s, w->user, w->key, false);
+	struct fent *fe = fent_add(s, w->fo, w->base, name, letters != 0, w->key, body, size, idate, letters);
+	writer_free(wp, false);
+	return fe ? 1 : -ENOMEM;
+}
+
+/* A body present locally under another key: copy it for a remote record (no network).
+ * Hard link when the INTERNALDATE matches (they share the inode's mtime), else copy. */
+static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	struct mm_user *mu = mm_state_user(s->state, user, false);
+	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
+	if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, user, key))
+		return 0;
+	char k[KBUF];
+	size_t kl = k_ub(k, user, r->msg.body, MM_ID_LEN);
+	struct fent *src = hm_get(&s->by_body, k, kl);
+	if (!src)
+		return 0;
+	char sp[PATHBUF];
+	if (fent_path(src, sp, sizeof sp) < 0)
+		return 0;
+	struct mm_body_writer *w;
+	int rr = mm_store_body_begin(s, user, key, &w);
+	if (rr < 0)
+		return rr;
+	int fd = open(sp, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		mm_store_body_abort(&w);
+		return 0; /* it moved: the network will bring it */
+	}
+	char buf[65536];
+	ssize_t n;
+	while ((n = read(fd, buf, sizeof buf)) > 0)
+		if ((rr = mm_store_body_write(w, buf, (size_t)n)) < 0)
+			break;
+	close(fd);
+	if (n < 0 || rr < 0) {
+		mm_store_body_abort(&w);
+		return rr < 0 ? rr : -EIO;
+	}
+	return mm_store_body_commit(&w);
+}
+
+int mm_store_missing(struct mm_store *s,
+                     int (*cb)(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
+                               const uint8_t body[MM_ID_LEN], uint64_t size),
+                     void *arg)
+{
+	struct keylist kl;
+	int r = hm_keys(&s->missing, &kl);
+	for (size_t i = 0; r == 0 && i < kl.n; i++) {
+		const char *user = (const char *)kl.v[i]->k;
+		size_t ul = strlen(user);
+		if (ul + 1 + MM_KEY_LEN != kl.v[i]->kl)
+			continue;
+		const uint8_t *key = kl.v[i]->k + ul + 1;
+		struct mm_user *mu = mm_state_user(s->state, user, false);
+		const struct mm_rec *rec = mu ? mm_user_get(mu, key) : NULL;
+		if (!rec || rec->type != MM_REC_MESSAGE) {
+			hm_del(&s->missing, kl.v[i]->k, kl.v[i]->kl);
+			continue;
+		}
+		uint8_t body[MM_ID_LEN];
+		memcpy(body, rec->msg.body, MM_ID_LEN);
+		r = cb(arg, user, key, body, rec->msg.size);
+	}
+	keylist_free(&kl);
+	return r;
+}
+
+size_t mm_store_missing_count(const struct mm_store *s)
+{
+	return s->missing.n;
+}
+
+uint64_t mm_store_files_hashed(const struct mm_store *s)
+{
+	return s->hashed;
+}
+
+/* ---- persistence ------------------------------------------------------------------------------------- */
+
+/* LMDB keys: a 16-byte BLAKE2b of the logical key (user/folder/base can exceed LMDB's
+ * key limit); the logical key is repeated in the value. */
+static void dbkey(uint8_t out[16], char tag, const void *k, size_t kl)
+{
+	crypto_generichash_state h;
+	crypto_generichash_init(&h, NULL, 0, 16);
+	crypto_generichash_update(&h, (const unsigned char *)&tag, 1);
+	crypto_generichash_update(&h, k, kl);
+	crypto_generichash_final(&h, out, 16);
+}
+
+struct wbuf {
+	uint8_t *p;
+	size_t n, cap;
+	bool oom;
+};
+
+static void wb_put(struct wbuf *b, const void *d, size_t n)
+{
+	if (b->oom)
+		return;
+	if (b->n + n > b->cap) {
+		size_t nc = b->cap ? b->cap : 256;
+		while (nc < b->n + n)
+			nc *= 2;
+		uint8_t *np = realloc(b->p, nc);
+		if (!np) {
+			b->oom = true;
+			return;
+		}
+		b->p = np;
+		b->cap = nc;
+	}
+	memcpy(b->p + b->n, d, n);
+	b->n += n;
+}
+
+static void wb_u64(struct wbuf *b, uint64_t v)
+{
+	uint8_t x[8];
+	for (int i = 0; i < 8; i++)
+		x[i] = (uint8_t)(v >> (56 - 8 * i));
+	wb_put(b, x, 8);
+}
+
+static void wb_str(struct wbuf *b, const char *s)
+{
+	size_t l = strlen(s);
+	uint8_t x[2] = {(uint8_t)(l >> 8), (uint8_t)l};
+	wb_put(b, x, 2);
+	wb_put(b, s, l);
+}
+
+struct rbuf {
+	const uint8_t *p, *end;
+	bool bad;
+};
+
+static void rb_get(struct rbuf *b, void *d, size_t n)
+{
+	if (b->bad || (size_t)(b->end - b->p) < n) {
+		b->bad = true;
+		memset(d, 0, n);
+		return;
+	}
+	memcpy(d, b->p, n);
+	b->p += n;
+}
+
+static uint64_t rb_u64(struct rbuf *b)
+{
+	uint8_t x[8];
+	rb_get(b, x, 8);
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | x[i];
+	return v;
+}
+
+/* A length-prefixed string into buf (NUL-terminated); false when malformed. */
+static bool rb_str(struct rbuf *b, char *buf, size_t buflen)
+{
+	uint8_t x[2];
+	rb_get(b, x, 2);
+	size_t l = (size_t)x[0] << 8 | x[1];
+	if (b->bad || l >= buflen || (size_t)(b->end - b->p) < l) {
+		b->bad = true;
+		return false;
+	}
+	memcpy(buf, b->p, l);
+	buf[l] = 0;
+	b->p += l;
+	return memchr(buf, 0, l) == NULL;
+}
+
+static int put_rec(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], struct wbuf *wb)
+{
+	uint8_t k[32];
+	uint8_t pos[MM_KEY_LEN];
+	mm_user_position(user, pos);
+	memcpy(k, pos, MM_KEY_LEN);
+	memcpy(k + MM_KEY_LEN, key, MM_KEY_LEN);
+	struct mm_user *mu = mm_state_user(s->state, user, false);
+	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
+	if (!r)
+		return mm_statedb_del(s->db, MM_DB_RECS, k, sizeof k);
+	wb->n = 0;
+	wb_str(wb, user);
+	size_t at = wb->n;
+	ssize_t need = mm_rec_encode(r, NULL, 0);
+	if (need == -ENOSPC || need <= 0)
+		need = 512;
+	for (;;) {
+		if (at + (size_t)need > wb->cap) {
+			size_t nc = at + (size_t)need;
+			uint8_t *np = realloc(wb->p, nc);
+			if (!np)
+				return -ENOMEM;
+			wb->p = np;
+			wb->cap = nc;
+		}
+		ssize_t n = mm_rec_encode(r, wb->p + at, wb->cap - at);
+		if (n == -ENOSPC) {
+			need = (ssize_t)(wb->cap - at) * 2;
+			continue;
+		}
+		if (n < 0)
+			return (int)n;
+		if ((size_t)n > wb->cap - at) {
+			need = n;
+			continue;
+		}
+		wb->n = at + (size_t)n;
+		break;
+	}
+	return mm_statedb_put(s->db, MM_DB_RECS, k, sizeof k, wb->p, wb->n);
+}
+
+static int put_file(struct mm_store *s, const void *lk, size_t lkl, struct wbuf *wb)
+{
+	uint8_t k[16];
+	dbkey(k, 'f', lk, lkl);
+	struct fent *fe = hm_get(&s->by_base, lk, lkl);
+	if (!fe)
+		return mm_statedb_del(s->db, MM_DB_FILES, k, sizeof k);
+	wb->n = 0;
+	wb_put(wb, fe->key, MM_KEY_LEN);
+	wb_put(wb, fe->body, MM_ID_LEN);
+	wb_u64(wb, fe->size);
+	wb_u64(wb, (uint64_t)fe->mtime);
+	wb_u64(wb, fe->letters);
+	uint8_t c = fe->in_cur;
+	wb_put(wb, &c, 1);
+	wb_str(wb, fe->fo->u->name);
+	wb_str(wb, fe->fo->name);
+	wb_str(wb, fe->base);
+	wb_str(wb, fe->name);
+	if (wb->oom)
+		return -ENOMEM;
+	return mm_statedb_put(s->db, MM_DB_FILES, k, sizeof k, wb->p, wb->n);
+}
+
+static int put_folder(struct mm_store *s, const void *lk, size_t lkl, struct wbuf *wb)
+{
+	uint8_t k[16];
+	dbkey(k, 'd', lk, lkl);
+	struct folder *fo = hm_get(&s->folders, lk, lkl);
+	if (!fo || (!fo->on_disk && !fo->subscribed))
+		return mm_statedb_del(s->db, MM_DB_FOLDERS, k, sizeof k);
+	wb->n = 0;
+	uint8_t f = (uint8_t)(fo->on_disk | fo->subscribed << 1);
+	wb_put(wb, &f, 1);
+	wb_str(wb, fo->u->name);
+	wb_str(wb, fo->name);
+	if (wb->oom)
+		return -ENOMEM;
+	return mm_statedb_put(s->db, MM_DB_FOLDERS, k, sizeof k, wb->p, wb->n);
+}
+
+/* Writes the dirty sets in one transaction; clears them only when it committed. */
+static int commit_batch(struct mm_store *s)
+{
+	struct keylist recs = {0}, files = {0}, folders = {0};
+	int r = hm_keys(&s->dirty_recs, &recs);
+	if (r == 0)
+		r = hm_keys(&s->dirty_files, &files);
+	if (r == 0)
+		r = hm_keys(&s->dirty_folders, &folders);
+	if (r == 0)
+		r = mm_statedb_begin(s->db);
+	if (r < 0)
+		goto out;
+	struct wbuf wb = {0};
+	for (size_t i = 0; r == 0 && i < recs.n; i++) {
+		const char *user = (const char *)recs.v[i]->k;
+		size_t ul = strlen(user);
+		if (ul + 1 + MM_KEY_LEN == recs.v[i]->kl)
+			r = put_rec(s, user, recs.v[i]->k + ul + 1, &wb);
+	}
+	for (size_t i = 0; r == 0 && i < files.n; i++)
+		r = put_file(s, files.v[i]->k, files.v[i]->kl, &wb);
+	for (size_t i = 0; r == 0 && i < folders.n; i++)
+		r = put_folder(s, folders.v[i]->k, folders.v[i]->kl, &wb);
+	if (r == 0) {
+		uint8_t c[8];
+		for (int i = 0; i < 8; i++)
+			c[i] = (uint8_t)(s->clock->last >> (56 - 8 * i));
+		r = mm_statedb_put(s->db, MM_DB_META, "clock", 5, c, 8);
+	}
+	free(wb.p);
+	if (r == 0)
+		r = mm_statedb_commit(s->db);
+	else
+		mm_statedb_abort(s->db);
+	if (r == 0) {
+		/* only what was written: effects may not add during a commit, but be exact */
+		for (size_t i = 0; i < recs.n; i++)
+			hm_del(&s->dirty_recs, recs.v[i]->k, recs.v[i]->kl);
+		for (size_t i = 0; i < files.n; i++)
+			hm_del(&s->dirty_files, files.v[i]->k, files.v[i]->kl);
+		for (size_t i = 0; i < folders.n; i++)
+			hm_del(&s->dirty_folders, folders.v[i]->k, folders.v[i]->kl);
+	} else {
+		logmsg(s, MM_STORE_LOG_ERR, "cannot commit the state database: %s (will retry)", strerror(-r));
+	}
+out:
+	keylist_free(&recs);
+	keylist_free(&files);
+	keylist_free(&folders);
+	return r;
+}
+
+struct subs_ctx {
+	struct namelist names;
+	struct user *u;
+	struct mm_store *s;
+};
+
+static int subs_rec_cb(void *arg, const struct mm_rec *r)
+{
+	struct subs_ctx *c = arg;
+	if (r->type == MM_REC_FOLDER && r->folder.subscribed.value)
+		return namelist_add(&c->names, r->folder.name);
+	return 0;
+}
+
+/* Deferred mirror work that reads users' states (not allowed inside effects). */
+static void mirror_deferred(struct mm_store *s)
+{
+	for (struct user *u = s->users; u; u = u->next) {
+		struct mm_user *mu = mm_state_user(s->state, u->name, false);
+		if (!mu)
+			continue;
+		for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+			if (!fo->check)
+				continue;
+			fo->check = false;
+			if (!fo->on_disk || !strcmp(fo->name, "INBOX") || mm_user_folder_visible(mu, fo->name))
+				continue;
+			int r = mm_md_folder_remove(u->path, fo->name);
+			if (r == 0) {
+				fo->on_disk = false;
+				mark_folder(s, fo);
+			} else {
+				logmsg(s, MM_STORE_LOG_WARNING, "folder %s was deleted elsewhere but is kept here: %s",
+				       fo->dir, strerror(-r));
+			}
+		}
+		if (!u->subs_dirty)
+			continue;
+		u->subs_dirty = false;
+		struct subs_ctx c = {{0}, u, s};
+		if (mm_user_foreach(mu, NULL, 0, subs_rec_cb, &c) == 0 && mm_md_is_maildir(u->path)) {
+			user_owner(s, u);
+			int r = mm_md_subs_write(u->path, (const char *const *)c.names.v, c.names.n, &u->owner);
+			if (r < 0) {
+				logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/subscriptions: %s", u->path, strerror(-r));
+				u->subs_dirty = true;
+			} else {
+				for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+					bool sub = namelist_has(&c.names, fo->name);
+					if (sub != fo->subscribed) {
+						fo->subscribed = sub;
+						mark_folder(s, fo);
+					}
+				}
+				for (size_t i = 0; i < c.names.n; i++) {
+					struct folder *fo = folder_get(s, u, c.names.v[i], true);
+					if (fo && !fo->subscribed) {
+						fo->subscribed = true;
+						mark_folder(s, fo);
+					}
+				}
+			}
+		}
+		namelist_free(&c.names);
+	}
+}
+
+int mm_store_commit(struct mm_store *s)
+{
+	if (s->in_commit)
+		return 0;
+	s->in_commit = true;
+	mirror_deferred(s);
+	int r = commit_batch(s);
+	if (r == 0 && s->pending) {
+		/* the records are durable now: local copies may carry their keys */
+		struct pending *p = s->pending;
+		s->pending = NULL;
+		while (p) {
+			struct pending *nx = p->next;
+			int cr = copy_local(s, p->user, p->key);
+			if (cr < 0 && cr != -EEXIST && cr != -ENOENT)
+				logmsg(s, MM_STORE_LOG_WARNING, "local copy of a message for %s failed: %s",
+				       p->user, strerror(-cr));
+			free(p->user);
+			free(p);
+			p = nx;
+		}
+		if (s->dirty_files.n || s->dirty_folders.n || s->dirty_recs.n)
+			r = commit_batch(s);
+	}
+	s->in_commit = false;
+	return r;
+}
+
+/* ---- open / free ---------------------------------------------------------------------------------------- */
+
+struct load_ctx {
+	struct mm_store *s;
+	struct mm_arena arena;
+	int bad;
+};
+
+static int load_rec_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct load_ctx *c = arg;
+	(void)k;
+	(void)kl;
+	struct rbuf b = {v, (const uint8_t *)v + vl, false};
+	char user[MM_NAME_MAX * 2 + 2];
+	if (!rb_str(&b, user, sizeof user)) {
+		c->bad++;
+		return 0;
+	}
+	struct mm_rec r;
+	mm_arena_reset(&c->arena);
+	if (mm_rec_decode(b.p, (size_t)(b.end - b.p), &r, &c->arena) < 0) {
+		c->bad++;
+		return 0;
+	}
+	int rr = mm_state_merge(c->s->state, user, &r, NULL, NULL);
+	return rr == -ENOMEM ? rr : 0;
+}
+
+static int load_file_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct load_ctx *c = arg;
+	(void)k;
+	(void)kl;
+	struct rbuf b = {v, (const uint8_t *)v + vl, false};
+	uint8_t key[MM_KEY_LEN], body[MM_ID_LEN], in_cur;
+	rb_get(&b, key, sizeof key);
+	rb_get(&b, body, sizeof body);
+	uint64_t size = rb_u64(&b);
+	int64_t mtime = (int64_t)rb_u64(&b);
+	uint64_t letters = rb_u64(&b);
+	rb_get(&b, &in_cur, 1);
+	char user[MM_NAME_MAX * 2 + 2], folder[MM_NAME_MAX + 1], base[MM_MD_NAME_MAX + 1],
+	    name[MM_MD_NAME_MAX + 1];
+	if (!rb_str(&b, user, sizeof user) || !rb_str(&b, folder, sizeof folder) ||
+	    !rb_str(&b, base, sizeof base) || !rb_str(&b, name, sizeof name) || b.bad) {
+		c->bad++;
+		return 0;
+	}
+	struct user *u = user_get(c->s, user, true);
+	struct folder *fo = u ? folder_get(c->s, u, folder, true) : NULL;
+	if (!fo) {
+		c->bad++;
+		return 0;
+	}
+	struct fent *fe = fent_add(c->s, fo, base, name, in_cur != 0, key, body, size, mtime, letters);
+	if (!fe)
+		return -ENOMEM;
+	return 0;
+}
+
+static int load_folder_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct load_ctx *c = arg;
+	(void)k;
+	(void)kl;
+	struct rbuf b = {v, (const uint8_t *)v + vl, false};
+	uint8_t f;
+	rb_get(&b, &f, 1);
+	char user[MM_NAME_MAX * 2 + 2], folder[MM_NAME_MAX + 1];
+	if (!rb_str(&b, user, sizeof user) || !rb_str(&b, folder, sizeof folder) || b.bad) {
+		c->bad++;
+		return 0;
+	}
+	struct user *u = user_get(c->s, user, true);
+	struct folder *fo = u ? folder_get(c->s, u, folder, true) : NULL;
+	if (!fo) {
+		c->bad++;
+		return 0;
+	}
+	fo->on_disk = f & 1;
+	fo->subscribed = (f & 2) != 0;
+	return 0;
+}
+
+struct miss_ctx {
+	struct mm_store *s;
+	const char *user;
+};
+
+static int miss_rec_cb(void *arg, const struct mm_rec *r)
+{
+	struct miss_ctx *c = arg;
+	if (r->type == MM_REC_MESSAGE && !fent_by_key(c->s, c->user, r->key))
+		set_missing(c->s, c->user, r->key, true);
+	return 0;
+}
+
+static int miss_user_cb(void *arg, struct mm_user *u)
+{
+	struct miss_ctx c = {arg, mm_user_name(u)};
+	return mm_user_foreach(u, NULL, 0, miss_rec_cb, &c);
+}
+
+int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
+                  struct mm_state *state, struct mm_clock *clock, char *err, size_t errlen)
+{
+	*sp = NULL;
+	if (sodium_init() < 0) {
+		snprintf(err, errlen, "libsodium failed to initialise");
+		return -EIO;
+	}
+	struct mm_store *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->state = state;
+	s->clock = clock;
+	int r = mm_mailloc_new(&s->loc, cfg->mail_location, err, errlen);
+	if (r == 0)
+		r = mm_statedb_open(&s->db, cfg->state_dir, 0, err, errlen);
+	if (r < 0) {
+		mm_store_free(&s);
+		return r;
+	}
+	struct load_ctx c = {s, {0}, 0};
+	mm_arena_init(&c.arena);
+	r = mm_statedb_foreach(s->db, MM_DB_RECS, load_rec_cb, &c);
+	mm_arena_free(&c.arena);
+	if (r == 0)
+		r = mm_statedb_foreach(s->db, MM_DB_FILES, load_file_cb, &c);
+	if (r == 0)
+		r = mm_statedb_foreach(s->db, MM_DB_FOLDERS, load_folder_cb, &c);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot load %s/state.mdb: %s", cfg->state_dir, strerror(-r));
+		mm_store_free(&s);
+		return r;
+	}
+	if (c.bad)
+		logmsg(s, MM_STORE_LOG_WARNING, "%s/state.mdb: %d unreadable entries skipped", cfg->state_dir, c.bad);
+	/* loading marked every file entry dirty: they are on disk already */
+	hm_clear(&s->dirty_files);
+	hm_clear(&s->dirty_folders);
+	uint8_t cb[8];
+	uint64_t last = 0;
+	if (mm_statedb_get(s->db, MM_DB_META, "clock", 5, cb, 8) == 8)
+		for (int i = 0; i < 8; i++)
+			last = last << 8 | cb[i];
+	mm_clock_init(clock, clock->node, last > clock->last ? last : clock->last);
+	r = mm_state_foreach(state, NULL, 0, miss_user_cb, s);
+	if (r < 0) {
+		snprintf(err, errlen, "out of memory loading %s/state.mdb", cfg->state_dir);
+		mm_store_free(&s);
+		return r;
+	}
+	*sp = s;
+	return 0;
+}
+
+void mm_store_set_log(struct mm_store *s, void (*fn)(void *arg, int level, const char *fmt, ...),
+                      void *arg)
+{
+	s->log = fn;
+	s->log_arg = arg;
+}
+
+void mm_store_free(struct mm_store **sp)
+{
+	if (!sp || !*sp)
+		return;
+	struct mm_store *s = *sp;
+	for (struct user *u = s->users, *un; u; u = un) {
+		un = u->next;
+		for (struct folder *fo = u->folders, *fn; fo; fo = fn) {
+			fn = fo->unext;
+			for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
+				nx = fe->fnext;
+				free(fe->base);
+				free(fe->name);
+				free(fe);
+			}
+			mm_md_keywords_clear(&fo->kw);
+			free(fo->name);
+			free(fo);
+		}
+		free(u->name);
+		free(u);
+	}
+	for (struct pending *p = s->pending, *nx; p; p = nx) {
+		nx = p->next;
+		free(p->user);
+		free(p);
+	}
+	hm_clear(&s->users_by_name);
+	hm_clear(&s->folders);
+	hm_clear(&s->by_base);
+	hm_clear(&s->by_key);
+	hm_clear(&s->by_body);
+	hm_clear(&s->missing);
+	hm_clear(&s->dirty_recs);
+	hm_clear(&s->dirty_files);
+	hm_clear(&s->dirty_folders);
+	hm_clear(&s->logged);
+	mm_statedb_free(&s->db);
+	mm_mailloc_free(&s->loc);
+	free(s);
+	*sp = NULL;
+}

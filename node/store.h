@@ -1,0 +1,145 @@
+/*
+ * store.h — the glue between real Maildirs (as Dovecot writes them) and the CRDT
+ * state: local changes on disk become CRDT changes (scan), merged remote records
+ * become file operations (effect), message bodies travel in and out (body_*), and
+ * everything is persisted in one LMDB transaction per commit (statedb.h).
+ *
+ * Plain POSIX, no libuv: the daemon calls these from its loop or a worker thread,
+ * one call at a time per store (not thread-safe), and watches mm_store_watch_dirs().
+ *
+ * Identity of files: a file is known by (user, folder, base name) in a persisted file
+ * index holding its record key, body id, size, mtime and flag letters, so a restart
+ * never re-reads unchanged files.  Files the store writes are self-describing:
+ * "<internaldate>.M<usec>P<pid>.mm_<32 hex record key>,S=<size>[:2,<letters>]", so a
+ * rescan after a crash between the file's rename and the next commit links the file
+ * to its record instead of taking it for a new local delivery.  The store commits a
+ * record before the first file carrying its key appears (body_commit does so itself),
+ * so such a file always finds its record after a crash.  Base names embed the record
+ * key, and an expunged key never comes back, so a base name is never reused.
+ *
+ * Safety: the store never deletes or alters a user file except to mirror a CRDT
+ * change (flag rename, expunge unlink, removal of an empty folder).  A user whose
+ * whole Maildir disappears is left alone (logged): an unmounted disk must not
+ * expunge everything.  Unreadable or odd files are logged once and skipped.
+ */
+#ifndef MM_STORE_H
+#define MM_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crdt/crdt.h"
+
+/* log levels for the logging callback (syslog numbers) */
+#define MM_STORE_LOG_ERR 3
+#define MM_STORE_LOG_WARNING 4
+#define MM_STORE_LOG_INFO 6
+
+struct mm_store_config {
+	const char *mail_location; /* e.g. "maildir:/var/mail/vhosts/%d/%n" (mailloc.h) */
+	const char *state_dir;     /* holds state.mdb */
+};
+
+struct mm_store;
+struct mm_body_writer;
+
+/* Opens/creates <state_dir>/state.mdb, merges every persisted record into `state`
+ * (without effects), restores the clock so it never issues a stamp <= the persisted
+ * one (clock->node must be set; clock is re-initialised with it), loads the file
+ * index and works out which messages still miss their body.  `state` and `clock` are
+ * borrowed and must outlive the store.  Returns 0, or a negative errno with a message
+ * in err naming the path and what to do. */
+int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
+                  struct mm_state *state, struct mm_clock *clock, char *err, size_t errlen);
+
+/* Closes the database (uncommitted changes are lost, as after a crash).  NULL-safe. */
+void mm_store_free(struct mm_store **sp);
+
+/* Logging callback for errors and notable events; each distinct problem (message
+ * with its path) is logged once.  Without one, nothing is logged. */
+void mm_store_set_log(struct mm_store *s, void (*fn)(void *arg, int level, const char *fmt, ...),
+                      void *arg);
+
+/* Brings the CRDT up to date with disk for every user found via mail_location:
+ * folders created/removed, new files (read and hashed: deliver), renames (flags and
+ * keywords), deleted files (expunge), subscriptions.  Each change is stamped by the
+ * clock at now_ms and its records appended to out (may be NULL).  Returns the number
+ * of CRDT changes made (>= 0) or a negative errno (-ENOMEM). */
+int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out);
+
+/* The same for one folder of one user ("INBOX" or Maildir++ name); a folder that
+ * vanished is deleted, an unknown one created.  Returns the number of changes,
+ * -EINVAL for a name the template/folder rules reject, or negative errno. */
+int mm_store_scan_folder(struct mm_store *s, const char *user, const char *folder,
+                         uint64_t now_ms, struct mm_delta *out);
+
+/* Calls cb for every directory to watch: each known folder's new/ and cur/ (user and
+ * folder set), each user's Maildir (user set, folder NULL: folders appear there), and
+ * the template directories above the users (user and folder NULL: users appear
+ * there).  Stops with cb's non-zero value; returns 0 otherwise. */
+int mm_store_watch_dirs(struct mm_store *s,
+                        int (*cb)(void *arg, const char *path, const char *user, const char *folder),
+                        void *arg);
+
+/* An mm_effect_fn (arg = the store) to pass to merges of remote records: mirrors
+ * the change into the Maildir.  MSG_NEW: folder directory created; the body is noted
+ * missing (a body already present for the user is copied at the next commit, no
+ * network needed).  MSG_FLAGS: rename.  MSG_EXPUNGED: unlink.  FOLDER: create now;
+ * removal (only when no longer visible and empty) and the subscriptions file at the
+ * next commit.  Users known only from peers get a Maildir with the ownership of a
+ * sibling.  Every touched record is marked for the next commit.  Never fails: errors
+ * are logged once with the path. */
+void mm_store_effect(void *store, const char *user, enum mm_effect eff, const struct mm_rec *rec);
+
+/* Merges one remote record (mm_state_merge with mm_store_effect) and marks it for the
+ * next commit even when the change had no visible effect.  Same returns as
+ * mm_state_merge.  mm_store_merge_delta does it for every record of d and returns the
+ * number of changed records or the first error. */
+int mm_store_merge(struct mm_store *s, const char *user, const struct mm_rec *rec);
+int mm_store_merge_delta(struct mm_store *s, const struct mm_delta *d);
+
+/* Marks (user, key) for the next commit (for callers that merge by other means). */
+int mm_store_mark(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN]);
+
+/* Opens the file holding the body of message `key` for reading: *fd_r (caller
+ * closes) and *size_r.  -ENOENT if this node has no file for it. */
+int mm_store_body_open(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
+                       int *fd_r, uint64_t *size_r);
+
+/* Writing a body received from a peer: begin (the record must be a live MESSAGE
+ * without a local file: else -ENOENT / -EEXIST), write the bytes in order, then
+ * commit or abort.  write returns 0 or negative errno (-ENOSPC: abort and retry later;
+ * -EFBIG: more bytes than the record's size).  commit checks size and BLAKE2b
+ * against the record (-EBADMSG, nothing left behind), commits the record first if it
+ * is not yet durable, then tmp/ -> fsync -> mtime = INTERNALDATE -> rename into new/
+ * (no flags) or cur/ (flags as in the CRDT now), owner/mode of the Maildir; the file
+ * index is updated so the write is never seen as a local change.  Returns 1 when
+ * written, 0 when the message was expunged (or got a file) meanwhile and nothing was
+ * written, negative errno otherwise.  commit and abort free the writer and NULL *wp. */
+int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
+                        struct mm_body_writer **w_r);
+int mm_store_body_write(struct mm_body_writer *w, const void *data, size_t len);
+int mm_store_body_commit(struct mm_body_writer **wp);
+void mm_store_body_abort(struct mm_body_writer **wp);
+
+/* Calls cb for every live message whose body this node lacks.  Stops with cb's
+ * non-zero value; 0 otherwise. */
+int mm_store_missing(struct mm_store *s,
+                     int (*cb)(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
+                               const uint8_t body[MM_ID_LEN], uint64_t size),
+                     void *arg);
+size_t mm_store_missing_count(const struct mm_store *s);
+
+/* Persists every record changed since the last commit (local and merged), the file
+ * and folder index and the clock in one durable LMDB transaction; then does the
+ * deferred mirror work (local body copies, removal of folders no longer visible,
+ * subscriptions files) and persists what that changed the same way.  The daemon
+ * commits before it ships deltas to peers.  0, or negative errno (-ENOSPC: nothing
+ * was lost, retry later). */
+int mm_store_commit(struct mm_store *s);
+
+/* Number of message files read and hashed since open (tests check that a restart
+ * does not re-hash). */
+uint64_t mm_store_files_hashed(const struct mm_store *s);
+
+#endif
