@@ -324,4 +324,75 @@ const struct mm_rec *mm_delta_get(const struct mm_delta *d, size_t i, const char
  * a negative errno (records before the failing one stay merged). */
 int mm_delta_apply(const struct mm_delta *d, struct mm_state *s, mm_effect_fn *eff, void *arg);
 
+
+/* ---- additions (crdt engineer): canonical codec, arena, helpers ----------------
+ *
+ * Return values of the local changes above (mm_user_deliver ... folder_subscribe):
+ * 1 if the state changed, 0 if the call changed nothing (e.g. setting a flag to the
+ * value it already has, expunging a tombstone), negative errno on failure (-EINVAL
+ * for a bad name/flag, -ENOENT as documented, -EEXIST if deliver's stamp was already
+ * used for a message, -ENOMEM).  A local change that writes nothing adds nothing to
+ * `out`.
+ *
+ * Effects, precisely: MSG_NEW is also the signal that the message's folder is in use
+ * (the store creates the folder directory if needed).  After MSG_EXPUNGED the folder
+ * may have become invisible: check mm_user_folder_visible().  FOLDER is called when
+ * `exists` or `subscribed` changes value, and when `exists` stays 1 but its stamp
+ * changes (the folder's UIDVALIDITY changed: concurrent creations on two nodes).  If
+ * a MESSAGE arrives whose immutable fields (body, folder, size, internaldate) differ
+ * from the stored instance under the same key (only possible after a bug or a forged
+ * record), the larger encoding wins on every replica; that is reported as
+ * MSG_EXPUNGED (old) followed by MSG_NEW (new).
+ * Callbacks must not modify the user they are called for.
+ *
+ * Records returned by mm_user_get() are materialised into memory owned by the user
+ * and released at its next change (or mm_user_free); the record passed to a foreach
+ * callback or an effect callback is valid for the duration of that call only. */
+
+#include <sys/types.h> /* ssize_t */
+
+/* Bump allocator for decoded records: many small allocations, freed all at once. */
+struct mm_arena_chunk;
+struct mm_arena {
+	struct mm_arena_chunk *head;
+};
+void mm_arena_init(struct mm_arena *a);
+/* n bytes aligned to 16, valid until reset/free; NULL on allocation failure. */
+void *mm_arena_alloc(struct mm_arena *a, size_t n);
+/* Releases every allocation (keeps one chunk for reuse). */
+void mm_arena_reset(struct mm_arena *a);
+/* Releases everything; the arena may be initialised again. */
+void mm_arena_free(struct mm_arena *a);
+
+/* Canonical binary encoding of one record (what mm_rec_hash hashes, what node/
+ * persists).  Big-endian fixed-width integers; registers never written are left out
+ * (a bitmask says which are present); keywords in name order.  FOLDER's uidvalidity
+ * is derived, so it is not encoded.  Returns the number of bytes the encoding takes
+ * (writing them when it fits in cap), -ENOSPC if cap is too small (buf NULL / cap 0
+ * to learn the size), -EINVAL if r cannot be encoded (bad type, name longer than
+ * MM_NAME_MAX, more than 65535 keywords). */
+ssize_t mm_rec_encode(const struct mm_rec *r, uint8_t *buf, size_t cap);
+
+/* Decodes exactly len bytes into *r_r.  Strings and the keyword array are allocated
+ * in arena a (valid until it is reset).  The input is untrusted: every length is
+ * bounds-checked, trailing bytes and non-canonical encodings are rejected, and the
+ * result must pass mm_rec_validate.  Returns 0 or -EBADMSG (-ENOMEM if the arena
+ * cannot allocate).  Property: encode(decode(x)) == x for every accepted x. */
+int mm_rec_decode(const uint8_t *buf, size_t len, struct mm_rec *r_r, struct mm_arena *a);
+
+/* True when a and b are the same record (same canonical encoding). */
+bool mm_rec_equal(const struct mm_rec *a, const struct mm_rec *b);
+
+/* Deterministic merge rules, exposed for tests and tools: the register that wins
+ * between a and b (later stamp, then larger node, then larger value). */
+struct mm_reg mm_reg_join(struct mm_reg a, struct mm_reg b);
+
+/* Approximate heap bytes used by a user's state (records, index, Merkle cache,
+ * interned names), for memory measurements. */
+size_t mm_user_mem(const struct mm_user *u);
+
+/* A counter that increases with every change to the user's records (for caches
+ * keyed on "has this user changed since"). */
+uint64_t mm_user_version(const struct mm_user *u);
+
 #endif
