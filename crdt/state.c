@@ -104,7 +104,9 @@ static bool pos_match(const uint8_t *pos, const uint8_t *prefix, unsigned depth)
 {
 	if (depth > MM_MAX_DEPTH)
 		depth = MM_MAX_DEPTH;
-	if (depth && !prefix)
+	if (!depth)
+		return true;
+	if (!prefix)
 		return false;
 	if (memcmp(pos, prefix, depth / 2))
 		return false;

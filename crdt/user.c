@@ -211,6 +211,8 @@ static void prefix_key(const uint8_t *prefix, unsigned depth, uint8_t pk[MM_KEY_
 	memset(pk, 0, MM_KEY_LEN);
 	if (depth > MM_MAX_DEPTH)
 		depth = MM_MAX_DEPTH;
+	if (!prefix || !depth)
+		return;
 	memcpy(pk, prefix, depth / 2);
 	if (depth & 1)
 		pk[depth / 2] = prefix[depth / 2] & 0xf0;
