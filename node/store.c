@@ -225,7 +225,8 @@ struct mm_store {
 	struct hmap by_base;        /* user\0folder\0base -> fent */
 	struct hmap by_key;         /* user\0key -> fent */
 	struct hmap by_body;        /* user\0body -> fent chain */
-	struct hmap missing;        /* user\0key -> (void*)1 */
+	struct hmap missing;        /* user\0key -> struct miss */
+	struct hmap missing_body;   /* user\0body -> struct miss chain */
 	struct hmap dirty_recs;     /* user\0key */
 	struct hmap dirty_files;    /* user\0folder\0base */
 	struct hmap dirty_folders;  /* user\0folder */
@@ -236,6 +237,7 @@ struct mm_store {
 	struct mm_delta *out;
 	int changes;
 	bool in_commit;
+	uint64_t max_skew_ms;
 };
 
 struct mm_body_writer {
@@ -328,14 +330,56 @@ static void mark_folder(struct mm_store *s, struct folder *fo)
 	hm_put(&s->dirty_folders, k, kl, (void *)1);
 }
 
-static void set_missing(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], bool on)
+/* A message whose body this node lacks; also chained by (user, body) so a body that
+ * arrives once serves every instance that needs it. */
+struct miss {
+	struct miss *bnext;
+	uint8_t key[MM_KEY_LEN];
+	uint8_t body[MM_ID_LEN];
+};
+
+static void set_missing(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
+                        const uint8_t *body, bool on)
 {
-	char k[KBUF];
+	char k[KBUF], kb[KBUF];
 	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
-	if (on)
-		hm_put(&s->missing, k, kl, (void *)1);
-	else
-		hm_del(&s->missing, k, kl);
+	struct miss *m = hm_get(&s->missing, k, kl);
+	if (on) {
+		if (m || !body)
+			return;
+		m = calloc(1, sizeof(*m));
+		if (!m)
+			return;
+		memcpy(m->key, key, MM_KEY_LEN);
+		memcpy(m->body, body, MM_ID_LEN);
+		size_t bl = k_ub(kb, user, body, MM_ID_LEN);
+		m->bnext = hm_get(&s->missing_body, kb, bl);
+		if (hm_put(&s->missing, k, kl, m) < 0 || hm_put(&s->missing_body, kb, bl, m) < 0) {
+			hm_del(&s->missing, k, kl);
+			if (m->bnext)
+				hm_put(&s->missing_body, kb, bl, m->bnext);
+			free(m);
+		}
+		return;
+	}
+	if (!m)
+		return;
+	hm_del(&s->missing, k, kl);
+	size_t bl = k_ub(kb, user, m->body, MM_ID_LEN);
+	struct miss *h = hm_get(&s->missing_body, kb, bl);
+	if (h == m) {
+		if (m->bnext)
+			hm_put(&s->missing_body, kb, bl, m->bnext);
+		else
+			hm_del(&s->missing_body, kb, bl);
+	} else {
+		for (; h; h = h->bnext)
+			if (h->bnext == m) {
+				h->bnext = m->bnext;
+				break;
+			}
+	}
+	free(m);
 }
 
 /* ---- users and folders ------------------------------------------------------------- */
@@ -701,6 +745,18 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 	}
 }
 
+static void add_pending(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	struct pending *p = calloc(1, sizeof(*p));
+	if (p && (p->user = strdup(user))) {
+		memcpy(p->key, key, MM_KEY_LEN);
+		p->next = s->pending;
+		s->pending = p;
+	} else {
+		free(p);
+	}
+}
+
 /* ---- effects --------------------------------------------------------------------------- */
 
 /* Effects of our own local changes: only bookkeeping (the disk already shows them). */
@@ -709,7 +765,7 @@ static void local_effect(void *arg, const char *user, enum mm_effect eff, const 
 	struct mm_store *s = arg;
 	mark_rec(s, user, rec->key);
 	if (eff == MM_EFF_MSG_EXPUNGED || eff == MM_EFF_TOMB_NEW || eff == MM_EFF_GC) {
-		set_missing(s, user, rec->key, false);
+		set_missing(s, user, rec->key, NULL, false);
 		struct fent *fe = fent_by_key(s, user, rec->key);
 		if (fe)
 			fent_remove(s, fe); /* its file is gone already (that is the change) */
@@ -736,15 +792,8 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 			sync_file_flags(s, fe, rec);
 			return;
 		}
-		set_missing(s, user, rec->key, true);
-		struct pending *p = calloc(1, sizeof(*p));
-		if (p && (p->user = strdup(user))) {
-			memcpy(p->key, rec->key, MM_KEY_LEN);
-			p->next = s->pending;
-			s->pending = p;
-		} else {
-			free(p);
-		}
+		set_missing(s, user, rec->key, rec->msg.body, true);
+		add_pending(s, user, rec->key);
 		return;
 	case MM_EFF_MSG_FLAGS:
 		fe = fent_by_key(s, user, rec->key);
@@ -752,7 +801,7 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 			sync_file_flags(s, fe, rec);
 		return;
 	case MM_EFF_MSG_EXPUNGED:
-		set_missing(s, user, rec->key, false);
+		set_missing(s, user, rec->key, NULL, false);
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
 			int r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
@@ -773,7 +822,7 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		return;
 	case MM_EFF_TOMB_NEW:
 	case MM_EFF_GC:
-		set_missing(s, user, rec->key, false);
+		set_missing(s, user, rec->key, NULL, false);
 		return;
 	case MM_EFF_FOLDER:
 		fo = folder_get(s, u, rec->folder.name, true);
@@ -791,8 +840,46 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 	}
 }
 
+/* Local stamps must follow every stamp merged, or a local change made after a remote
+ * one (e.g. deleting a folder a peer just created) would lose to it. */
+static void observe(struct mm_store *s, mm_hlc st)
+{
+	if (!st.t)
+		return;
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	uint64_t wall = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+	if (s->now_ms > wall)
+		wall = s->now_ms;
+	mm_clock_observe(s->clock, st, wall, s->max_skew_ms);
+}
+
+static void observe_rec(struct mm_store *s, const struct mm_rec *r)
+{
+	switch (r->type) {
+	case MM_REC_MESSAGE:
+		observe(s, r->msg.created);
+		for (int f = 0; f < MM_FLAG_COUNT; f++)
+			observe(s, r->msg.flags[f].stamp);
+		for (size_t i = 0; i < r->msg.n_keywords; i++)
+			observe(s, r->msg.keywords[i].reg.stamp);
+		observe(s, r->msg.uid.stamp);
+		break;
+	case MM_REC_EXPUNGED:
+		observe(s, r->tomb.stamp);
+		break;
+	case MM_REC_FOLDER:
+		observe(s, r->folder.exists.stamp);
+		observe(s, r->folder.subscribed.stamp);
+		break;
+	case MM_REC_HORIZON:
+		break;
+	}
+}
+
 int mm_store_merge(struct mm_store *s, const char *user, const struct mm_rec *rec)
 {
+	observe_rec(s, rec);
 	int r = mm_state_merge(s->state, user, rec, mm_store_effect, s);
 	if (r > 0)
 		mark_rec(s, user, rec->key);
@@ -811,6 +898,11 @@ int mm_store_merge_delta(struct mm_store *s, const struct mm_delta *d)
 		changed += rr;
 	}
 	return changed;
+}
+
+void mm_store_set_max_skew(struct mm_store *s, uint64_t max_skew_ms)
+{
+	s->max_skew_ms = max_skew_ms;
 }
 
 int mm_store_mark(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
@@ -1057,7 +1149,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, rec->msg.size,
 				              (int64_t)st.st_mtime, n.letters);
 				if (fe) {
-					set_missing(s, fo->u->name, key, false);
+					set_missing(s, fo->u->name, key, NULL, false);
 					sync_file_flags(s, fe, rec);
 				}
 				continue;
@@ -1422,6 +1514,48 @@ int mm_store_body_open(struct mm_store *s, const char *user, const uint8_t key[M
 	return -ENOENT;
 }
 
+int mm_store_body_have_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN])
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, user, id, MM_ID_LEN);
+	return hm_get(&s->by_body, k, kl) != NULL;
+}
+
+int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
+                          int *fd_r, uint64_t *size_r)
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, user, id, MM_ID_LEN);
+	struct fent *fe = hm_get(&s->by_body, k, kl);
+	if (!fe)
+		return -ENOENT;
+	uint8_t key[MM_KEY_LEN];
+	memcpy(key, fe->key, MM_KEY_LEN);
+	return mm_store_body_open(s, user, key, fd_r, size_r);
+}
+
+int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
+                           uint64_t size, struct mm_body_writer **w_r)
+{
+	*w_r = NULL;
+	if (mm_store_body_have_id(s, user, id))
+		return -EEXIST;
+	char k[KBUF];
+	size_t kl = k_ub(k, user, id, MM_ID_LEN);
+	struct mm_user *mu = mm_state_user(s->state, user, false);
+	for (struct miss *m = hm_get(&s->missing_body, k, kl); m && mu; m = m->bnext) {
+		const struct mm_rec *r = mm_user_get(mu, m->key);
+		if (!r || r->type != MM_REC_MESSAGE)
+			continue;
+		if (r->msg.size != size)
+			return -EINVAL;
+		uint8_t key[MM_KEY_LEN];
+		memcpy(key, m->key, MM_KEY_LEN);
+		return mm_store_body_begin(s, user, key, w_r);
+	}
+	return -ENOENT;
+}
+
 static void make_base(char *buf, size_t len, const struct mm_rec *r)
 {
 	struct timeval tv;
@@ -1580,8 +1714,13 @@ int mm_store_body_commit(struct mm_body_writer **wp)
 		writer_free(wp, false);
 		return rr;
 	}
-	set_missing(s, w->user, w->key, false);
+	set_missing(s, w->user, w->key, NULL, false);
 	struct fent *fe = fent_add(s, w->fo, w->base, name, letters != 0, w->key, body, size, idate, letters);
+	/* other instances waiting for the same bytes get a local copy at the next commit */
+	char kb[KBUF];
+	size_t bl = k_ub(kb, w->user, body, MM_ID_LEN);
+	for (struct miss *m = hm_get(&s->missing_body, kb, bl); m; m = m->bnext)
+		add_pending(s, w->user, m->key);
 	writer_free(wp, false);
 	return fe ? 1 : -ENOMEM;
 }
@@ -1640,7 +1779,7 @@ int mm_store_missing(struct mm_store *s,
 		struct mm_user *mu = mm_state_user(s->state, user, false);
 		const struct mm_rec *rec = mu ? mm_user_get(mu, key) : NULL;
 		if (!rec || rec->type != MM_REC_MESSAGE) {
-			hm_del(&s->missing, kl.v[i]->k, kl.v[i]->kl);
+			set_missing(s, user, key, NULL, false);
 			continue;
 		}
 		uint8_t body[MM_ID_LEN];
@@ -1909,6 +2048,11 @@ static int subs_rec_cb(void *arg, const struct mm_rec *r)
 	return 0;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* Deferred mirror work that reads users' states (not allowed inside effects). */
 static void mirror_deferred(struct mm_store *s)
 {
@@ -1937,6 +2081,7 @@ static void mirror_deferred(struct mm_store *s)
 		struct subs_ctx c = {{0}, u, s};
 		if (mm_user_foreach(mu, NULL, 0, subs_rec_cb, &c) == 0 && mm_md_is_maildir(u->path)) {
 			user_owner(s, u);
+			qsort(c.names.v, c.names.n, sizeof(char *), cmp_str); /* stable file content */
 			int r = mm_md_subs_write(u->path, (const char *const *)c.names.v, c.names.n, &u->owner);
 			if (r < 0) {
 				logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/subscriptions: %s", u->path, strerror(-r));
@@ -2084,7 +2229,7 @@ static int miss_rec_cb(void *arg, const struct mm_rec *r)
 {
 	struct miss_ctx *c = arg;
 	if (r->type == MM_REC_MESSAGE && !fent_by_key(c->s, c->user, r->key))
-		set_missing(c->s, c->user, r->key, true);
+		set_missing(c->s, c->user, r->key, r->msg.body, true);
 	return 0;
 }
 
@@ -2107,6 +2252,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		return -ENOMEM;
 	s->state = state;
 	s->clock = clock;
+	s->max_skew_ms = 10 * 60 * 1000;
 	int r = mm_mailloc_new(&s->loc, cfg->mail_location, err, errlen);
 	if (r == 0)
 		r = mm_statedb_open(&s->db, cfg->state_dir, 0, err, errlen);
@@ -2187,7 +2333,13 @@ void mm_store_free(struct mm_store **sp)
 	hm_clear(&s->by_base);
 	hm_clear(&s->by_key);
 	hm_clear(&s->by_body);
+	struct keylist ml;
+	if (hm_keys(&s->missing, &ml) == 0)
+		for (size_t i = 0; i < ml.n; i++)
+			free(ml.v[i]->val);
+	keylist_free(&ml);
 	hm_clear(&s->missing);
+	hm_clear(&s->missing_body);
 	hm_clear(&s->dirty_recs);
 	hm_clear(&s->dirty_files);
 	hm_clear(&s->dirty_folders);

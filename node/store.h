@@ -92,11 +92,15 @@ int mm_store_watch_dirs(struct mm_store *s,
 void mm_store_effect(void *store, const char *user, enum mm_effect eff, const struct mm_rec *rec);
 
 /* Merges one remote record (mm_state_merge with mm_store_effect) and marks it for the
- * next commit even when the change had no visible effect.  Same returns as
+ * next commit even when the change had no visible effect.  The clock observes the
+ * record's stamps first (mm_clock_observe against the wall clock, bound set by
+ * mm_store_set_max_skew: default 10 minutes),
+ * so later local changes follow it.  Same returns as
  * mm_state_merge.  mm_store_merge_delta does it for every record of d and returns the
  * number of changed records or the first error. */
 int mm_store_merge(struct mm_store *s, const char *user, const struct mm_rec *rec);
 int mm_store_merge_delta(struct mm_store *s, const struct mm_delta *d);
+void mm_store_set_max_skew(struct mm_store *s, uint64_t max_skew_ms);
 
 /* Marks (user, key) for the next commit (for callers that merge by other means). */
 int mm_store_mark(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN]);
@@ -121,6 +125,19 @@ int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[
 int mm_store_body_write(struct mm_body_writer *w, const void *data, size_t len);
 int mm_store_body_commit(struct mm_body_writer **wp);
 void mm_store_body_abort(struct mm_body_writer **wp);
+
+/* The same by body id, for sync sessions that name bodies by content:
+ * have_id: 1 if a file with these bytes exists for the user, else 0.
+ * open_id: opens one such file (-ENOENT if none).
+ * begin_id: starts writing the body for a live message that lacks it and has this
+ *   id (-EEXIST if the user already has these bytes, -ENOENT if no message needs
+ *   them, -EINVAL if `size` is not the record's size).  Other messages waiting for
+ *   the same bytes get a local copy at the next mm_store_commit. */
+int mm_store_body_have_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN]);
+int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
+                          int *fd_r, uint64_t *size_r);
+int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
+                           uint64_t size, struct mm_body_writer **w_r);
 
 /* Calls cb for every live message whose body this node lacks.  Stops with cb's
  * non-zero value; 0 otherwise. */

@@ -1,0 +1,609 @@
+/*
+ * test_store.c — node/store.c on real Maildirs in temporary directories: local
+ * changes seen exactly once, remote effects mirrored, body transfer checked, no echo,
+ * restart without re-hashing, crash between a body's rename and the commit, and two
+ * stores converging by exchanging deltas and bodies in memory.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "crdt/crdt.h"
+#include "node/maildir.h"
+#include "node/store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char top[256];
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st; (void)flag; (void)f;
+	return remove(p);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	snprintf(top, sizeof top, "/tmp/mm-test-store-XXXXXX");
+	assert_non_null(mkdtemp(top));
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	nftw(top, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	return 0;
+}
+
+/* One node: its state, clock, store, and Maildir root. */
+struct node {
+	char root[300], sdir[300], loc[320];
+	struct mm_state *st;
+	struct mm_clock clock;
+	struct mm_store *s;
+	uint64_t now;
+};
+
+static void node_open(struct node *n, const char *name, uint64_t id)
+{
+	snprintf(n->root, sizeof n->root, "%s/%s/mail", top, name);
+	snprintf(n->sdir, sizeof n->sdir, "%s/%s/state", top, name);
+	snprintf(n->loc, sizeof n->loc, "maildir:%s/%%d/%%n", n->root);
+	mkdir(n->root, 0700) == 0 || errno == EEXIST ? (void)0 : (void)0;
+	char p[300];
+	snprintf(p, sizeof p, "%s/%s", top, name);
+	mkdir(p, 0700);
+	mkdir(n->root, 0700);
+	n->st = mm_state_new();
+	assert_non_null(n->st);
+	mm_clock_init(&n->clock, id, 0);
+	struct mm_store_config cfg = {n->loc, n->sdir};
+	char err[512];
+	int r = mm_store_open(&n->s, &cfg, n->st, &n->clock, err, sizeof err);
+	if (r)
+		fprintf(stderr, "open: %s\n", err);
+	assert_int_equal(r, 0);
+	if (!n->now)
+		n->now = 1700000000000ULL;
+}
+
+static void node_close(struct node *n)
+{
+	mm_store_free(&n->s);
+	assert_null(n->s);
+	mm_state_free(&n->st);
+}
+
+static int scan(struct node *n, struct mm_delta *out)
+{
+	n->now += 1000;
+	int r = mm_store_scan(n->s, n->now, out);
+	assert_true(r >= 0);
+	assert_int_equal(mm_store_commit(n->s), 0);
+	return r;
+}
+
+static void udir(const struct node *n, const char *folder, char *buf, size_t len)
+{
+	if (!strcmp(folder, "INBOX"))
+		snprintf(buf, len, "%s/ex.org/alice", n->root);
+	else
+		snprintf(buf, len, "%s/ex.org/alice/.%s", n->root, folder);
+}
+
+/* A delivery the way Dovecot/LMTP does it: tmp/, then new/. */
+static void deliver(struct node *n, const char *folder, const char *base, const char *body,
+                    int64_t mtime)
+{
+	char d[600];
+	udir(n, folder, d, sizeof d);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	char md[600];
+	snprintf(md, sizeof md, "%s/ex.org/alice", n->root);
+	assert_int_equal(mm_md_folder_create(md, folder, &o), 0);
+	assert_int_equal(mm_md_deliver(d, base, body, strlen(body), mtime, "new", base, &o), 0);
+}
+
+/* Path of the one file whose base starts with `prefix` (in new/ or cur/), or NULL. */
+static const char *find(const struct node *n, const char *folder, const char *prefix)
+{
+	static char out[1200];
+	char d[600], p[700];
+	udir(n, folder, d, sizeof d);
+	const char *subs[] = {"new", "cur"};
+	for (int i = 0; i < 2; i++) {
+		snprintf(p, sizeof p, "%s/%s", d, subs[i]);
+		DIR *dd = opendir(p);
+		if (!dd)
+			continue;
+		struct dirent *e;
+		while ((e = readdir(dd)))
+			if (!strncmp(e->d_name, prefix, strlen(prefix))) {
+				snprintf(out, sizeof out, "%s/%s", p, e->d_name);
+				closedir(dd);
+				return out;
+			}
+		closedir(dd);
+	}
+	return NULL;
+}
+
+static int count_files(const struct node *n, const char *folder, const char *sub)
+{
+	char d[600], p[700];
+	udir(n, folder, d, sizeof d);
+	snprintf(p, sizeof p, "%s/%s", d, sub);
+	DIR *dd = opendir(p);
+	if (!dd)
+		return -1;
+	int c = 0;
+	struct dirent *e;
+	while ((e = readdir(dd)))
+		if (e->d_name[0] != '.')
+			c++;
+	closedir(dd);
+	return c;
+}
+
+static void rename_to(const char *from, const char *suffix_letters)
+{
+	char to[1000];
+	snprintf(to, sizeof to, "%s", from);
+	char *colon = strrchr(to, ':');
+	char *slash = strrchr(to, '/');
+	if (colon && colon > slash)
+		*colon = 0;
+	/* new/ -> cur/ when needed */
+	char *nw = strstr(to, "/new/");
+	if (nw)
+		memcpy(nw, "/cur/", 5);
+	strcat(to, ":2,");
+	strcat(to, suffix_letters);
+	assert_int_equal(rename(from, to), 0);
+}
+
+static const struct mm_rec *msg_of(struct node *n, const struct mm_delta *d, size_t *idx)
+{
+	(void)n;
+	for (size_t i = 0; i < mm_delta_count(d); i++) {
+		const char *u;
+		const struct mm_rec *r = mm_delta_get(d, i, &u);
+		if (r->type == MM_REC_MESSAGE) {
+			if (idx)
+				*idx = i;
+			return r;
+		}
+	}
+	return NULL;
+}
+
+static void test_scan_local_changes(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	struct mm_delta *d = mm_delta_new();
+	assert_int_equal(scan(&a, d), 0);
+
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: one\r\n\r\nbody one\r\n", 1600000000);
+	mm_delta_clear(d);
+	int c = scan(&a, d);
+	assert_true(c >= 1);
+	const struct mm_rec *m = msg_of(&a, d, NULL);
+	assert_non_null(m);
+	assert_string_equal(m->msg.folder, "INBOX");
+	assert_int_equal(m->msg.internaldate, 1600000000);
+	assert_int_equal(m->msg.size, strlen("Subject: one\r\n\r\nbody one\r\n"));
+	uint8_t id[MM_ID_LEN];
+	mm_body_id("Subject: one\r\n\r\nbody one\r\n", m->msg.size, id);
+	assert_memory_equal(id, m->msg.body, MM_ID_LEN);
+	uint8_t key[MM_KEY_LEN];
+	memcpy(key, m->key, MM_KEY_LEN);
+	assert_int_equal(mm_store_files_hashed(a.s), 1);
+	/* exactly once */
+	assert_int_equal(scan(&a, NULL), 0);
+
+	/* new -> cur with \Seen and \Flagged; then keyword $Junk (letter a) */
+	rename_to(find(&a, "INBOX", "1700000000.M1P1.mx"), "FS");
+	mm_delta_clear(d);
+	assert_int_equal(scan(&a, d), 2);
+	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
+	assert_non_null(u);
+	const struct mm_rec *r = mm_user_get(u, key);
+	assert_int_equal(r->msg.flags[MM_FLAG_SEEN].value, 1);
+	assert_int_equal(r->msg.flags[MM_FLAG_FLAGGED].value, 1);
+	assert_int_equal(r->msg.flags[MM_FLAG_REPLIED].value, 0);
+	assert_int_equal(scan(&a, NULL), 0);
+	char kwp[700], d0[600];
+	udir(&a, "INBOX", d0, sizeof d0);
+	snprintf(kwp, sizeof kwp, "%s/dovecot-keywords", d0);
+	FILE *f = fopen(kwp, "w");
+	fputs("0 $Junk\n", f);
+	fclose(f);
+	rename_to(find(&a, "INBOX", "1700000000.M1P1.mx"), "Sa");
+	assert_int_equal(scan(&a, NULL), 2); /* F cleared, $Junk set */
+	r = mm_user_get(u, key);
+	assert_int_equal(r->msg.flags[MM_FLAG_FLAGGED].value, 0);
+	assert_int_equal(r->msg.n_keywords, 1);
+	assert_string_equal(r->msg.keywords[0].name, "$Junk");
+	assert_int_equal(r->msg.keywords[0].reg.value, 1);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 1); /* renames never re-hash */
+
+	/* a folder appears with a message; odd files are skipped, tmp/ ignored */
+	deliver(&a, "Archive.2024", "1700000001.M2P1.mx", "Subject: two\r\n\r\n2\r\n", 1600000100);
+	char p[700];
+	udir(&a, "Archive.2024", d0, sizeof d0);
+	snprintf(p, sizeof p, "%s/tmp/halfwritten", d0);
+	f = fopen(p, "w");
+	fputs("Subj", f);
+	fclose(f);
+	snprintf(p, sizeof p, "%s/cur/bad:1,X", d0);
+	f = fopen(p, "w");
+	fputs("x", f);
+	fclose(f);
+	c = scan(&a, NULL);
+	assert_int_equal(c, 2); /* folder create + deliver */
+	assert_true(mm_user_folder_visible(u, "Archive.2024"));
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(unlink(p), 0);
+
+	/* expunge */
+	assert_int_equal(unlink(find(&a, "INBOX", "1700000000.M1P1.mx")), 0);
+	assert_int_equal(scan(&a, NULL), 1);
+	r = mm_user_get(u, key);
+	assert_int_equal(r->type, MM_REC_EXPUNGED);
+	assert_int_equal(scan(&a, NULL), 0);
+
+	/* folder removed (with its message) */
+	char cmd[800];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", d0);
+	assert_int_equal(system(cmd), 0);
+	c = scan(&a, NULL);
+	assert_true(c >= 2);
+	assert_false(mm_user_folder_visible(u, "Archive.2024"));
+	assert_int_equal(scan(&a, NULL), 0);
+
+	/* subscriptions */
+	udir(&a, "INBOX", d0, sizeof d0);
+	const char *subs[] = {"INBOX"};
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_subs_write(d0, subs, 1, &o), 0);
+	assert_int_equal(scan(&a, NULL), 1);
+	assert_int_equal(scan(&a, NULL), 0);
+
+	/* restart: nothing re-read, nothing changes, same state */
+	uint8_t root1[MM_HASH_LEN], root2[MM_HASH_LEN];
+	mm_state_root(a.st, root1);
+	uint64_t last = a.clock.last;
+	deliver(&a, "INBOX", "1700000002.M3P1.mx", "Subject: three\r\n\r\n3\r\n", 1600000200);
+	assert_int_equal(scan(&a, NULL), 1);
+	mm_state_root(a.st, root1);
+	last = a.clock.last;
+	node_close(&a);
+	node_open(&a, "a", 1);
+	assert_true(a.clock.last >= last);
+	mm_state_root(a.st, root2);
+	assert_memory_equal(root1, root2, MM_HASH_LEN);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	mm_delta_free(&d);
+	node_close(&a);
+}
+
+/* ---- two nodes ------------------------------------------------------------------- */
+
+struct xfer {
+	struct node *from, *to;
+	int n, bad;
+};
+
+static int fetch_cb(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
+                    const uint8_t body[MM_ID_LEN], uint64_t size)
+{
+	(void)body;
+	struct xfer *x = arg;
+	int fd;
+	uint64_t sz;
+	if (mm_store_body_open(x->from->s, user, key, &fd, &sz) < 0)
+		return 0;
+	assert_int_equal(sz, size);
+	struct mm_body_writer *w;
+	assert_int_equal(mm_store_body_begin(x->to->s, user, key, &w), 0);
+	char buf[7]; /* small chunks on purpose */
+	ssize_t r;
+	while ((r = read(fd, buf, sizeof buf)) > 0)
+		assert_int_equal(mm_store_body_write(w, buf, (size_t)r), 0);
+	close(fd);
+	if (x->bad)
+		assert_int_equal(mm_store_body_write(w, "X", 1), 0);
+	int c = mm_store_body_commit(&w);
+	assert_null(w);
+	if (x->bad) {
+		assert_int_equal(c, -EBADMSG);
+	} else {
+		assert_int_equal(c, 1);
+		x->n++;
+	}
+	return 0;
+}
+
+/* Ships a delta from -> to, then the bodies `to` misses. */
+static void sync_to(struct node *from, struct node *to, struct mm_delta *d)
+{
+	assert_true(mm_store_merge_delta(to->s, d) >= 0);
+	assert_int_equal(mm_store_commit(to->s), 0);
+	struct xfer x = {from, to, 0, 0};
+	assert_int_equal(mm_store_missing(to->s, fetch_cb, &x), 0);
+	assert_int_equal(mm_store_commit(to->s), 0);
+}
+
+static int full_cb(void *arg, const struct mm_rec *r)
+{
+	return mm_delta_add(arg, "ex.org/alice", r) < 0;
+}
+
+static struct mm_delta *full_delta(struct node *n)
+{
+	struct mm_delta *d = mm_delta_new();
+	struct mm_user *u = mm_state_user(n->st, "ex.org/alice", false);
+	if (u)
+		assert_int_equal(mm_user_foreach(u, NULL, 0, full_cb, d), 0);
+	return d;
+}
+
+/* Listing of a Maildir: folder, flags letters and content of each message, sorted. */
+static void listing(const struct node *n, char *out, size_t len)
+{
+	char cmd[1200];
+	snprintf(cmd, sizeof cmd,
+	         "cd '%s/ex.org/alice' && for f in $(find . -path '*/new/*' -o -path '*/cur/*' | sort); do "
+	         "d=$(dirname $(dirname $f)); fl=$(echo $f | sed -n 's/.*:2,//p'); "
+	         "echo \"$d $fl $(stat -c %%Y $f) $(md5sum < $f | cut -c1-32)\"; done | sort; "
+	         "cat subscriptions 2>/dev/null; ls -a | grep '^\\.[A-Za-z]' | sort",
+	         n->root);
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	size_t k = fread(out, 1, len - 1, p);
+	out[k] = 0;
+	pclose(p);
+}
+
+static void test_two_nodes(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: one\r\n\r\nbody one\r\n", 1600000000);
+	deliver(&a, "Sent", "1700000001.M1P1.mx", "Subject: sent\r\n\r\nsent body\r\n", 1600000050);
+	assert_true(scan(&a, d) >= 3);
+	/* B has no Maildir for alice at all: it is created */
+	sync_to(&a, &b, d);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	const char *f = find(&b, "INBOX", "1600000000.");
+	assert_non_null(f);
+	assert_non_null(strstr(f, "/new/"));
+	struct stat st;
+	assert_int_equal(stat(f, &st), 0);
+	assert_int_equal(st.st_mtime, 1600000000);
+	assert_non_null(find(&b, "Sent", "1600000050."));
+	/* no echo: B's own writes are not local changes */
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(b.s), 0);
+
+	/* a bad body is refused and leaves nothing behind */
+	deliver(&a, "INBOX", "1700000003.M1P1.mx", "Subject: three\r\n\r\n3\r\n", 1600000300);
+	mm_delta_clear(d);
+	assert_int_equal(scan(&a, d), 1);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	struct xfer x = {&a, &b, 0, 1};
+	assert_int_equal(mm_store_missing(b.s, fetch_cb, &x), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 1);
+	assert_null(find(&b, "INBOX", "1600000300."));
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	x.bad = 0;
+	assert_int_equal(mm_store_missing(b.s, fetch_cb, &x), 0);
+	assert_int_equal(x.n, 1);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+
+	/* flags on B (Dovecot-style rename) reach A as a rename */
+	rename_to(find(&b, "INBOX", "1600000000."), "RS");
+	mm_delta_clear(d);
+	assert_int_equal(scan(&b, d), 2);
+	sync_to(&b, &a, d);
+	const char *fa = find(&a, "INBOX", "1700000000.M1P1.mx");
+	assert_non_null(fa);
+	assert_non_null(strstr(fa, "/cur/1700000000.M1P1.mx:2,RS"));
+	assert_int_equal(scan(&a, NULL), 0); /* no echo of the rename */
+
+	/* a keyword set remotely gets a letter in A's dovecot-keywords */
+	struct mm_user *ub = mm_state_user(b.st, "ex.org/alice", false);
+	uint8_t key[MM_KEY_LEN];
+	{
+		struct mm_delta *fd = full_delta(&a);
+		size_t i;
+		const struct mm_rec *m = NULL;
+		for (i = 0; i < mm_delta_count(fd); i++) {
+			const char *un;
+			const struct mm_rec *r = mm_delta_get(fd, i, &un);
+			if (r->type == MM_REC_MESSAGE && r->msg.internaldate == 1600000000)
+				m = r;
+		}
+		assert_non_null(m);
+		memcpy(key, m->key, MM_KEY_LEN);
+		mm_delta_free(&fd);
+	}
+	mm_delta_clear(d);
+	b.now += 1000;
+	assert_int_equal(mm_user_set_keyword(ub, key, "work", true, mm_clock_tick(&b.clock, b.now),
+	                                     mm_store_effect, b.s, d), 1);
+	assert_non_null(strstr(find(&b, "INBOX", "1600000000."), ":2,RSa"));
+	assert_int_equal(scan(&b, NULL), 0);
+	sync_to(&b, &a, d);
+	fa = find(&a, "INBOX", "1700000000.M1P1.mx");
+	assert_non_null(strstr(fa, ":2,RSa"));
+	char kwp[700], d0[600];
+	udir(&a, "INBOX", d0, sizeof d0);
+	snprintf(kwp, sizeof kwp, "%s/dovecot-keywords", d0);
+	FILE *kf = fopen(kwp, "r");
+	assert_non_null(kf);
+	char line[64] = {0};
+	assert_non_null(fgets(line, sizeof line, kf));
+	fclose(kf);
+	assert_string_equal(line, "0 work\n");
+	assert_int_equal(scan(&a, NULL), 0);
+
+	/* a copy into another folder on A: B links its local copy, no network */
+	char fromp[900];
+	snprintf(fromp, sizeof fromp, "%s", find(&a, "INBOX", "1700000003.M1P1.mx"));
+	char dst[900];
+	udir(&a, "Sent", d0, sizeof d0);
+	snprintf(dst, sizeof dst, "%s/cur/1700000009.M9P9.mx:2,S", d0);
+	assert_int_equal(link(fromp, dst), 0);
+	mm_delta_clear(d);
+	assert_int_equal(scan(&a, d), 1);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_non_null(find(&b, "Sent", "1600000300."));
+
+	/* expunge on A, folder created and subscribed on A */
+	assert_int_equal(unlink(find(&a, "Sent", "1700000001.M1P1.mx")), 0);
+	char md[600];
+	snprintf(md, sizeof md, "%s/ex.org/alice", a.root);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(md, "Lists.dev", &o), 0);
+	const char *subs[] = {"INBOX", "Lists.dev"};
+	assert_int_equal(mm_md_subs_write(md, subs, 2, &o), 0);
+	mm_delta_clear(d);
+	assert_true(scan(&a, d) >= 4);
+	sync_to(&a, &b, d);
+	assert_null(find(&b, "Sent", "1600000050."));
+	char bl[8192], al[8192];
+	listing(&a, al, sizeof al);
+	listing(&b, bl, sizeof bl);
+	assert_string_equal(al, bl);
+	assert_non_null(strstr(al, "Lists\tdev"));
+
+	/* the folder deleted on B goes away on A */
+	snprintf(md, sizeof md, "%s/ex.org/alice", b.root);
+	assert_int_equal(mm_md_folder_remove(md, "Lists.dev"), 0);
+	mm_delta_clear(d);
+	assert_true(scan(&b, d) >= 1);
+	sync_to(&b, &a, d);
+	udir(&a, "Lists.dev", d0, sizeof d0);
+	assert_int_equal(access(d0, F_OK), -1);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(scan(&b, NULL), 0);
+
+	/* full state both ways: identical roots and Maildirs */
+	struct mm_delta *fd = full_delta(&a);
+	sync_to(&a, &b, fd);
+	mm_delta_free(&fd);
+	fd = full_delta(&b);
+	sync_to(&b, &a, fd);
+	mm_delta_free(&fd);
+	uint8_t ra[MM_HASH_LEN], rb[MM_HASH_LEN];
+	mm_state_root(a.st, ra);
+	mm_state_root(b.st, rb);
+	assert_memory_equal(ra, rb, MM_HASH_LEN);
+	listing(&a, al, sizeof al);
+	listing(&b, bl, sizeof bl);
+	assert_string_equal(al, bl);
+
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_crash_between_rename_and_commit(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: one\r\n\r\nbody one\r\n", 1600000000);
+	assert_true(scan(&a, d) >= 1);
+	/* B merges without committing; body_commit must make the record durable itself */
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	struct xfer x = {&a, &b, 0, 0};
+	assert_int_equal(mm_store_missing(b.s, fetch_cb, &x), 0);
+	assert_int_equal(x.n, 1);
+	/* "kill -9": no commit after the rename */
+	uint8_t r1[MM_HASH_LEN], r2[MM_HASH_LEN];
+	mm_state_root(b.st, r1);
+	node_close(&b);
+	node_open(&b, "b", 2);
+	mm_state_root(b.st, r2);
+	assert_memory_equal(r1, r2, MM_HASH_LEN); /* the record survived */
+	assert_int_equal(mm_store_missing_count(b.s), 1); /* index entry was lost... */
+	assert_int_equal(scan(&b, NULL), 0);              /* ...the rescan links the file */
+	assert_int_equal(mm_store_files_hashed(b.s), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	mm_state_root(b.st, r2);
+	assert_memory_equal(r1, r2, MM_HASH_LEN);
+	/* and a state change that was not committed is simply redone by the scan */
+	rename_to(find(&b, "INBOX", "1600000000."), "S");
+	b.now += 1000;
+	assert_int_equal(mm_store_scan(b.s, b.now, NULL), 1);
+	node_close(&b); /* no commit */
+	node_open(&b, "b", 2);
+	assert_int_equal(scan(&b, NULL), 1);
+	assert_int_equal(scan(&b, NULL), 0);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_open_errors(void **state)
+{
+	(void)state;
+	struct mm_state *st = mm_state_new();
+	struct mm_clock c;
+	mm_clock_init(&c, 1, 0);
+	struct mm_store *s;
+	char err[512], sd[300];
+	snprintf(sd, sizeof sd, "%s/state", top);
+	struct mm_store_config cfg = {"maildir:relative/%n", sd};
+	assert_int_equal(mm_store_open(&s, &cfg, st, &c, err, sizeof err), -EINVAL);
+	assert_null(s);
+	assert_non_null(strstr(err, "relative/%n"));
+	char f[300];
+	snprintf(f, sizeof f, "%s/file", top);
+	FILE *fp = fopen(f, "w");
+	fclose(fp);
+	snprintf(sd, sizeof sd, "%s/file/state", top);
+	cfg.mail_location = "maildir:/nonexistent/%d/%n";
+	cfg.state_dir = sd;
+	assert_true(mm_store_open(&s, &cfg, st, &c, err, sizeof err) < 0);
+	assert_non_null(strstr(err, sd));
+	mm_store_free(&s);
+	mm_state_free(&st);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_scan_local_changes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_two_nodes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_between_rename_and_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
