@@ -1,0 +1,799 @@
+/*
+ * test_sync.c — proto/sync, fetch and gossip driven through an in-memory network:
+ * 2 and 3 nodes with random local changes converge (equal roots, equal records, every
+ * body present and verified) under datagram loss and duplication, stream resets and
+ * back-pressure; a corrupted body is rejected and fetched from another peer; a push
+ * delivers a new message and its body in one stream message; the reconciliation cost
+ * for n = 100,000 records and d = 1, 10, 100 differences is printed and checked
+ * against the goal (descent bytes <= 4*d*32 + 1024, round trips <= log16(n) + 2).
+ * Randomness from a seeded splitmix64 (MM_SEED=... reproduces a run).
+ */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "crdt/crdt.h"
+#include "proto/fetch.h"
+#include "proto/gossip.h"
+#include "proto/sync.h"
+#include "proto/wire.h"
+
+#define MAXN 3
+
+static uint64_t rng_state;
+
+static uint64_t rnd(void)
+{
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static unsigned rn(unsigned n)
+{
+	return (unsigned)(rnd() % n);
+}
+
+/* ---- in-memory body store ------------------------------------------------------ */
+
+struct body {
+	struct body *next;
+	char user[MM_NAME_MAX + 1];
+	uint8_t id[MM_ID_LEN];
+	uint8_t *data;
+	size_t len;
+};
+
+struct net;
+
+struct node {
+	struct net *net;
+	int idx;
+	struct mm_state *st;
+	struct mm_clock clk;
+	struct mm_fetch *fetch;
+	struct mm_gossip *g;
+	struct mm_sync *sess[MAXN];
+	struct body *bodies;
+	bool corrupt_serve;   /* serve bodies with one byte flipped */
+	bool all_present;     /* pretend every body is here (cost test) */
+	uint8_t (*keys)[MM_KEY_LEN]; /* messages delivered here, for flag changes */
+	char (*key_users)[32];
+	size_t n_keys, cap_keys;
+	struct mm_delta *delta;
+};
+
+struct link {
+	struct net *net;
+	int from, to;
+	bool blocked;
+};
+
+struct msg {
+	struct msg *next;
+	int from, to;
+	enum mm_chan ch;
+	uint32_t epoch;
+	uint8_t *p;
+	size_t len;
+};
+
+struct net {
+	int n;
+	struct node nodes[MAXN];
+	struct link links[MAXN][MAXN];
+	uint32_t epoch[MAXN][MAXN];
+	struct msg *head, *tail;
+	size_t queued;
+	uint64_t now;
+	unsigned loss_pct, dup_pct, reset_permille, block_queue;
+	uint64_t bytes_by_type[MM_MSG_TYPE_MAX + 1];
+	uint64_t msgs_by_type[MM_MSG_TYPE_MAX + 1];
+	uint64_t resets;
+};
+
+static struct body *body_find(struct node *nd, const char *user, const uint8_t *id)
+{
+	for (struct body *b = nd->bodies; b; b = b->next)
+		if (!memcmp(b->id, id, MM_ID_LEN) && !strcmp(b->user, user))
+			return b;
+	return NULL;
+}
+
+static void body_put(struct node *nd, const char *user, const uint8_t *id, const uint8_t *data, size_t len)
+{
+	if (body_find(nd, user, id))
+		return;
+	struct body *b = calloc(1, sizeof *b);
+	assert_non_null(b);
+	snprintf(b->user, sizeof b->user, "%s", user);
+	memcpy(b->id, id, MM_ID_LEN);
+	b->data = malloc(len ? len : 1);
+	memcpy(b->data, data, len);
+	b->len = len;
+	b->next = nd->bodies;
+	nd->bodies = b;
+}
+
+static ssize_t b_read(void *arg, const char *user, const uint8_t id[MM_ID_LEN], uint64_t off,
+                      uint8_t *buf, size_t cap)
+{
+	struct node *nd = arg;
+	struct body *b = body_find(nd, user, id);
+	if (!b)
+		return -ENOENT;
+	if (off >= b->len)
+		return 0;
+	size_t n = b->len - off < cap ? b->len - off : cap;
+	memcpy(buf, b->data + off, n);
+	if (nd->corrupt_serve && n)
+		buf[0] ^= 0x55;
+	return (ssize_t)n;
+}
+
+struct wr {
+	struct node *nd;
+	char user[MM_NAME_MAX + 1];
+	uint8_t id[MM_ID_LEN];
+	uint64_t size;
+	uint8_t *buf;
+	size_t len;
+};
+
+static int b_begin(void *arg, const char *user, const uint8_t id[MM_ID_LEN], uint64_t size, void **h_r)
+{
+	struct wr *w = calloc(1, sizeof *w);
+	if (!w)
+		return -ENOMEM;
+	w->nd = arg;
+	snprintf(w->user, sizeof w->user, "%s", user);
+	memcpy(w->id, id, MM_ID_LEN);
+	w->size = size;
+	w->buf = malloc(size ? size : 1);
+	*h_r = w;
+	return 0;
+}
+
+static int b_write(void *h, const uint8_t *data, size_t len)
+{
+	struct wr *w = h;
+	if (w->len + len > w->size)
+		return -EFBIG;
+	memcpy(w->buf + w->len, data, len);
+	w->len += len;
+	return 0;
+}
+
+static int b_commit(void *h)
+{
+	struct wr *w = h;
+	int rc = 0;
+	uint8_t id[MM_ID_LEN];
+	mm_body_id(w->buf, w->len, id);
+	if (w->len != w->size || memcmp(id, w->id, MM_ID_LEN))
+		rc = -EBADMSG; /* the session must never commit a bad body */
+	else
+		body_put(w->nd, w->user, w->id, w->buf, w->len);
+	free(w->buf);
+	free(w);
+	assert_int_equal(rc, 0);
+	return rc;
+}
+
+static void b_abort(void *h)
+{
+	struct wr *w = h;
+	free(w->buf);
+	free(w);
+}
+
+static int b_have(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
+{
+	struct node *nd = arg;
+	return nd->all_present || body_find(nd, user, id) ? 1 : 0;
+}
+
+/* ---- network ------------------------------------------------------------------ */
+
+static int net_send(void *arg, enum mm_chan ch, const uint8_t *p, size_t len)
+{
+	struct link *l = arg;
+	struct net *net = l->net;
+	assert_true(len <= MM_WIRE_MAX);
+	int t = mm_wire_peek_type(p, len);
+	assert_true(t > 0);
+	net->bytes_by_type[t] += len;
+	net->msgs_by_type[t]++;
+	if (ch == MM_CHAN_DATAGRAM) {
+		assert_int_equal(t, MM_MSG_DIGEST);
+		if (rn(100) < net->loss_pct)
+			return 0;
+	}
+	int copies = ch == MM_CHAN_DATAGRAM && rn(100) < net->dup_pct ? 2 : 1;
+	for (int c = 0; c < copies; c++) {
+		struct msg *m = calloc(1, sizeof *m);
+		m->from = l->from;
+		m->to = l->to;
+		m->ch = ch;
+		m->epoch = net->epoch[l->from][l->to];
+		m->p = malloc(len);
+		memcpy(m->p, p, len);
+		m->len = len;
+		if (net->tail)
+			net->tail->next = m;
+		else
+			net->head = m;
+		net->tail = m;
+		net->queued++;
+	}
+	if (ch == MM_CHAN_STREAM && net->block_queue && net->queued > net->block_queue) {
+		l->blocked = true;
+		return 1;
+	}
+	return 0;
+}
+
+static void reset_link(struct net *net, int a, int b)
+{
+	net->epoch[a][b]++;
+	net->epoch[b][a]++;
+	net->resets++;
+	mm_sync_reset(net->nodes[a].sess[b], net->now);
+	mm_sync_reset(net->nodes[b].sess[a], net->now);
+	mm_sync_connected(net->nodes[a].sess[b], net->now);
+	mm_sync_connected(net->nodes[b].sess[a], net->now);
+}
+
+/* Delivers queued messages until none is left. */
+static void net_run(struct net *net)
+{
+	for (;;) {
+		while (net->head) {
+			struct msg *m = net->head;
+			net->head = m->next;
+			if (!net->head)
+				net->tail = NULL;
+			net->queued--;
+			struct node *to = &net->nodes[m->to];
+			bool stale = m->ch == MM_CHAN_STREAM && m->epoch != net->epoch[m->from][m->to];
+			if (!stale) {
+				int rc = mm_sync_recv(to->sess[m->from], m->ch, m->p, m->len, net->now);
+				assert_int_equal(rc, 0);
+				if (m->ch == MM_CHAN_STREAM && rn(1000) < net->reset_permille)
+					reset_link(net, m->from, m->to);
+			}
+			free(m->p);
+			free(m);
+		}
+		bool any = false;
+		for (int i = 0; i < net->n; i++)
+			for (int j = 0; j < net->n; j++)
+				if (i != j && net->links[i][j].blocked) {
+					net->links[i][j].blocked = false;
+					mm_sync_writable(net->nodes[i].sess[j], net->now);
+					any = true;
+				}
+		if (!any && !net->head)
+			return;
+	}
+}
+
+static void net_init(struct net *net, int n, unsigned inline_max)
+{
+	memset(net, 0, sizeof *net);
+	net->n = n;
+	net->now = 1000000;
+	for (int i = 0; i < n; i++) {
+		struct node *nd = &net->nodes[i];
+		nd->net = net;
+		nd->idx = i;
+		nd->st = mm_state_new();
+		assert_non_null(nd->st);
+		mm_clock_init(&nd->clk, (uint64_t)i + 1, 0);
+		assert_int_equal(mm_fetch_new(NULL, &nd->fetch), 0);
+		struct mm_gossip_config gc = { .seed = rnd() };
+		assert_int_equal(mm_gossip_new(&gc, &nd->g), 0);
+		nd->delta = mm_delta_new();
+	}
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < n; j++) {
+			if (i == j)
+				continue;
+			struct node *nd = &net->nodes[i];
+			net->links[i][j] = (struct link){ net, i, j, false };
+			struct mm_sync_config c = {
+				.state = nd->st,
+				.local_node = (uint64_t)i + 1,
+				.peer_node = (uint64_t)j + 1,
+				.io = { net_send, &net->links[i][j] },
+				.body = { b_read, b_begin, b_write, b_commit, b_abort, b_have, nd },
+				.fetch = nd->fetch,
+				.clock = &nd->clk,
+				.relay = mm_gossip_relay,
+				.relay_arg = nd->g,
+				.inline_max = inline_max,
+			};
+			assert_int_equal(mm_sync_new(&c, &nd->sess[j]), 0);
+			assert_int_equal(mm_gossip_add(nd->g, nd->sess[j]), 0);
+			mm_sync_connected(nd->sess[j], net->now);
+		}
+}
+
+static void net_free(struct net *net)
+{
+	while (net->head) {
+		struct msg *m = net->head;
+		net->head = m->next;
+		free(m->p);
+		free(m);
+	}
+	for (int i = 0; i < net->n; i++) {
+		struct node *nd = &net->nodes[i];
+		for (int j = 0; j < net->n; j++)
+			mm_sync_free(&nd->sess[j]);
+		mm_gossip_free(&nd->g);
+		mm_fetch_free(&nd->fetch);
+		mm_state_free(&nd->st);
+		mm_delta_free(&nd->delta);
+		while (nd->bodies) {
+			struct body *b = nd->bodies;
+			nd->bodies = b->next;
+			free(b->data);
+			free(b);
+		}
+		free(nd->keys);
+		free(nd->key_users);
+	}
+}
+
+/* ---- workload --------------------------------------------------------------------- */
+
+static const char *users[] = { "ex.com/alice", "ex.com/bob", "ex.org/carol" };
+static const char *folders[] = { "INBOX", "Archive", "Sent" };
+
+static void remember_key(struct node *nd, const char *user, const uint8_t *key)
+{
+	if (nd->n_keys == nd->cap_keys) {
+		nd->cap_keys = nd->cap_keys ? nd->cap_keys * 2 : 64;
+		nd->keys = realloc(nd->keys, nd->cap_keys * sizeof *nd->keys);
+		nd->key_users = realloc(nd->key_users, nd->cap_keys * sizeof *nd->key_users);
+	}
+	memcpy(nd->keys[nd->n_keys], key, MM_KEY_LEN);
+	snprintf(nd->key_users[nd->n_keys], sizeof nd->key_users[0], "%s", user);
+	nd->n_keys++;
+}
+
+static void deliver(struct node *nd, const char *user, size_t size, struct mm_delta *out)
+{
+	uint8_t *data = malloc(size ? size : 1);
+	for (size_t i = 0; i < size; i++)
+		data[i] = (uint8_t)rnd();
+	uint8_t id[MM_ID_LEN], key[MM_KEY_LEN];
+	mm_body_id(data, size, id);
+	body_put(nd, user, id, data, size);
+	free(data);
+	struct mm_user *u = mm_state_user(nd->st, user, true);
+	mm_hlc stamp = mm_clock_tick(&nd->clk, nd->net->now);
+	int rc = mm_user_deliver(u, folders[rn(3)], id, size, 1700000000 + (int64_t)rn(1000000),
+	                         rn(64), NULL, 0, 0, stamp, key, NULL, NULL, out);
+	assert_true(rc >= 0);
+	remember_key(nd, user, key);
+}
+
+/* One random local change; returns through `out` the records it changed. */
+static void random_change(struct node *nd, struct mm_delta *out)
+{
+	unsigned what = rn(10);
+	if (what < 5 || nd->n_keys == 0) {
+		size_t size = rn(10) == 0 ? 60000 + rn(80000) : 10 + rn(3000);
+		deliver(nd, users[rn(3)], size, out);
+		return;
+	}
+	size_t k = rn((unsigned)nd->n_keys);
+	struct mm_user *u = mm_state_user(nd->st, nd->key_users[k], true);
+	mm_hlc stamp = mm_clock_tick(&nd->clk, nd->net->now);
+	int rc;
+	if (what < 8)
+		rc = mm_user_set_flag(u, nd->keys[k], (enum mm_flag)rn(MM_FLAG_COUNT), rn(2), stamp,
+		                      NULL, NULL, out);
+	else if (what < 9)
+		rc = mm_user_set_keyword(u, nd->keys[k], rn(2) ? "$Junk" : "work", rn(2), stamp, NULL,
+		                         NULL, out);
+	else
+		rc = mm_user_expunge(u, nd->keys[k], stamp, NULL, NULL, out);
+	assert_true(rc >= 0 || rc == -ENOENT);
+}
+
+/* ---- checks ---------------------------------------------------------------------- */
+
+struct cmp_ctx {
+	struct node *other, *self;
+	const char *user;
+	size_t n;
+};
+
+static int cmp_cb(void *arg, const struct mm_rec *r)
+{
+	struct cmp_ctx *c = arg;
+	struct mm_user *ou = mm_state_user(c->other->st, c->user, false);
+	assert_non_null(ou);
+	const struct mm_rec *o = mm_user_get(ou, r->key);
+	assert_non_null(o);
+	assert_true(mm_rec_equal(r, o));
+	if (r->type == MM_REC_MESSAGE && !c->self->all_present) {
+		struct body *b = body_find(c->self, c->user, r->msg.body);
+		assert_non_null(b);
+		uint8_t id[MM_ID_LEN];
+		mm_body_id(b->data, b->len, id);
+		assert_memory_equal(id, r->msg.body, MM_ID_LEN);
+		assert_int_equal(b->len, r->msg.size);
+	}
+	c->n++;
+	return 0;
+}
+
+struct ucb_ctx {
+	struct node *self, *other;
+	size_t n;
+};
+
+static int user_cb(void *arg, struct mm_user *u)
+{
+	struct ucb_ctx *c = arg;
+	struct cmp_ctx cc = { c->other, c->self, mm_user_name(u), 0 };
+	mm_user_foreach(u, NULL, 0, cmp_cb, &cc);
+	c->n += cc.n;
+	return 0;
+}
+
+/* Every record of a equals b's and every body is present and verified on a. */
+static size_t check_same(struct node *a, struct node *b)
+{
+	struct ucb_ctx c = { a, b, 0 };
+	mm_state_foreach(a->st, NULL, 0, user_cb, &c);
+	assert_int_equal(mm_state_user_count(a->st), mm_state_user_count(b->st));
+	return c.n;
+}
+
+static bool converged(struct net *net)
+{
+	uint8_t r0[MM_HASH_LEN], r[MM_HASH_LEN];
+	mm_state_root(net->nodes[0].st, r0);
+	for (int i = 0; i < net->n; i++) {
+		struct node *nd = &net->nodes[i];
+		mm_state_root(nd->st, r);
+		if (memcmp(r, r0, MM_HASH_LEN))
+			return false;
+		struct mm_fetch_stats fs;
+		mm_fetch_get_stats(nd->fetch, &fs);
+		if (fs.wanted)
+			return false;
+		for (int j = 0; j < net->n; j++)
+			if (j != i && !mm_sync_idle(nd->sess[j]))
+				return false;
+	}
+	return true;
+}
+
+/* Gossip intervals until converged; returns how many it took (fails after max). */
+static int run_until_converged(struct net *net, int max)
+{
+	for (int it = 1; it <= max; it++) {
+		for (int i = 0; i < net->n; i++) {
+			uint8_t r[8];
+			for (int k = 0; k < 8; k++)
+				r[k] = (uint8_t)rnd();
+			mm_gossip_tick(net->nodes[i].g, net->now, r, sizeof r);
+			mm_fetch_tick(net->nodes[i].fetch, net->now);
+		}
+		net_run(net);
+		net->now += 200;
+		if (converged(net))
+			return it;
+	}
+	fail_msg("no convergence after %d intervals", max);
+	return -1;
+}
+
+static void seed(void)
+{
+	const char *s = getenv("MM_SEED");
+	rng_state = s ? strtoull(s, NULL, 0) : 0x5eed;
+}
+
+/* ---- tests ------------------------------------------------------------------------- */
+
+static void converge_n(int n, unsigned loss, unsigned dup, unsigned resets, unsigned block)
+{
+	struct net net;
+	seed();
+	net_init(&net, n, 0);
+	net.loss_pct = loss;
+	net.dup_pct = dup;
+	net.reset_permille = resets;
+	net.block_queue = block;
+	/* changes while disconnected from each other (no push): anti-entropy only */
+	for (int i = 0; i < n; i++)
+		for (int k = 0; k < 120; k++)
+			random_change(&net.nodes[i], NULL);
+	int rounds = run_until_converged(&net, 400);
+	/* more changes with live push, interleaved with gossip */
+	for (int k = 0; k < 60; k++) {
+		struct node *nd = &net.nodes[rn((unsigned)n)];
+		mm_delta_clear(nd->delta);
+		random_change(nd, nd->delta);
+		mm_gossip_push(nd->g, nd->delta, NULL, net.now);
+		if (k % 10 == 0)
+			net_run(&net);
+	}
+	int rounds2 = run_until_converged(&net, 400);
+	size_t recs = 0;
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < n; j++)
+			if (i != j)
+				recs = check_same(&net.nodes[i], &net.nodes[j]);
+	uint64_t bad = 0, done = 0;
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < n; j++)
+			if (i != j) {
+				bad += mm_sync_stats(net.nodes[i].sess[j])->proto_errors;
+				done += mm_sync_stats(net.nodes[i].sess[j])->rounds_done;
+			}
+	assert_int_equal(bad, 0);
+	assert_true(done > 0);
+	assert_true(recs > 0);
+	printf("  %d nodes, loss %u%%, dup %u%%, resets %u/1000 (%llu), block %u: %zu records, "
+	       "converged in %d + %d intervals, %llu rounds\n", n, loss, dup, resets,
+	       (unsigned long long)net.resets, block, recs, rounds, rounds2, (unsigned long long)done);
+	net_free(&net);
+}
+
+static void test_two_nodes(void **state)
+{
+	(void)state;
+	converge_n(2, 0, 0, 0, 0);
+}
+
+static void test_three_nodes_faults(void **state)
+{
+	(void)state;
+	converge_n(3, 20, 20, 3, 0);
+}
+
+static void test_three_nodes_backpressure(void **state)
+{
+	(void)state;
+	converge_n(3, 10, 10, 0, 4);
+}
+
+/* A corrupted body from one peer is rejected and fetched from another. */
+static void test_corrupt_body(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 3, 0);
+	struct node *a = &net.nodes[0], *b = &net.nodes[1], *c = &net.nodes[2];
+	/* a large message on b, copied with its body to c, then pushed by b to a */
+	mm_delta_clear(b->delta);
+	deliver(b, "ex.com/alice", 100000, b->delta);
+	assert_int_equal(mm_delta_apply(b->delta, c->st, NULL, NULL), 2); /* folder + message */
+	const char *u;
+	const struct mm_rec *r = NULL;
+	for (size_t i = 0; i < mm_delta_count(b->delta); i++) {
+		const struct mm_rec *x = mm_delta_get(b->delta, i, &u);
+		if (x->type == MM_REC_MESSAGE)
+			r = x;
+	}
+	assert_non_null(r);
+	struct body *bb = body_find(b, "ex.com/alice", r->msg.body);
+	body_put(c, "ex.com/alice", r->msg.body, bb->data, bb->len);
+	b->corrupt_serve = true;
+	assert_true(mm_sync_push(b->sess[0], b->delta, net.now) > 0);
+	net_run(&net);
+	assert_non_null(body_find(a, "ex.com/alice", r->msg.body));
+	const struct mm_sync_stats *sab = mm_sync_stats(a->sess[1]);
+	const struct mm_sync_stats *sac = mm_sync_stats(a->sess[2]);
+	assert_int_equal(sab->bodies_bad, 1);  /* from b: rejected */
+	assert_int_equal(sac->bodies_in, 1);   /* from c: accepted */
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(a->fetch, &fs);
+	assert_int_equal(fs.mismatches, 1);
+	assert_int_equal(fs.done, 1);
+	assert_int_equal(fs.wanted, 0);
+	check_same(a, c);
+	net_free(&net);
+}
+
+/* A push carries the record and its body in one stream message. */
+static void test_push_inline(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 2, 0);
+	struct node *a = &net.nodes[0], *b = &net.nodes[1];
+	mm_delta_clear(a->delta);
+	deliver(a, "ex.com/bob", 3000, a->delta);
+	assert_int_equal(mm_gossip_push(a->g, a->delta, NULL, net.now), 1);
+	assert_int_equal(net.queued, 1);
+	assert_int_equal(net.msgs_by_type[MM_MSG_RECORDS], 1);
+	/* deliver exactly that message */
+	struct msg *m = net.head;
+	net.head = net.tail = NULL;
+	net.queued = 0;
+	assert_int_equal(mm_sync_recv(b->sess[0], m->ch, m->p, m->len, net.now), 0);
+	free(m->p);
+	free(m);
+	assert_int_equal(net.queued, 0); /* nothing asked back: no fetch */
+	check_same(b, a);
+	check_same(a, b);
+	assert_int_equal(mm_sync_stats(b->sess[0])->bodies_in, 1);
+	net_free(&net);
+}
+
+/* A message of an unknown version is rejected with -EPROTONOSUPPORT and an event. */
+static int ev_version;
+static void on_event(void *arg, struct mm_sync *s, const struct mm_sync_event *ev)
+{
+	(void)arg;
+	(void)s;
+	if (ev->type == MM_SYNC_EV_PROTO_ERROR && ev->err == -EPROTONOSUPPORT)
+		ev_version++;
+}
+
+static void test_unknown_version(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 2, 0);
+	struct mm_state *st = mm_state_new();
+	struct mm_sync *s;
+	struct mm_sync_config c = {
+		.state = st, .local_node = 10, .peer_node = 11,
+		.io = { net_send, &net.links[0][1] },
+		.body = { b_read, b_begin, b_write, b_commit, b_abort, b_have, &net.nodes[0] },
+		.event = on_event,
+	};
+	assert_int_equal(mm_sync_new(&c, &s), 0);
+	mm_sync_connected(s, 0);
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	assert_int_equal(mm_wire_enc_end(&sb, 1), 0);
+	((uint8_t *)sb.data)[1] = 7;
+	ev_version = 0;
+	assert_int_equal(mm_sync_recv(s, MM_CHAN_STREAM, (uint8_t *)sb.data, sb.size, 0), -EPROTONOSUPPORT);
+	assert_int_equal(ev_version, 1);
+	/* a DESCENT for no round is ignored; garbage is -EBADMSG */
+	const uint8_t junk[] = { 0x93, 0x01, 0x03 };
+	assert_int_equal(mm_sync_recv(s, MM_CHAN_STREAM, junk, sizeof junk, 0), -EBADMSG);
+	assert_int_equal(mm_sync_stats(s)->proto_errors, 2);
+	msgpack_sbuffer_destroy(&sb);
+	mm_sync_free(&s);
+	mm_state_free(&st);
+	net_free(&net);
+}
+
+/* ---- reconciliation cost ---------------------------------------------------------- */
+
+static int copy_cb(void *arg, const struct mm_rec *r)
+{
+	struct mm_user *dst = arg;
+	assert_true(mm_user_merge(dst, r, NULL, NULL) >= 0);
+	return 0;
+}
+
+static void cost_once(size_t n, size_t d)
+{
+	struct net net;
+	net_init(&net, 2, 0);
+	struct node *a = &net.nodes[0], *b = &net.nodes[1];
+	a->all_present = b->all_present = true;
+	const char *user = "ex.com/big";
+	struct mm_user *ua = mm_state_user(a->st, user, true);
+	uint8_t id[MM_ID_LEN] = { 1 };
+	for (size_t i = 0; i < n; i++) {
+		mm_hlc stamp = { ((uint64_t)1700000000000 + i) << 16, 1 };
+		uint8_t key[MM_KEY_LEN];
+		id[1] = (uint8_t)i;
+		id[2] = (uint8_t)(i >> 8);
+		id[3] = (uint8_t)(i >> 16);
+		assert_true(mm_user_deliver(ua, "INBOX", id, 1000, 1700000000, 0, NULL, 0, 0, stamp, key,
+		                            NULL, NULL, NULL) >= 0);
+		if (i < d)
+			remember_key(b, user, key);
+	}
+	struct mm_user *ub = mm_state_user(b->st, user, true);
+	mm_user_foreach(ua, NULL, 0, copy_cb, ub);
+	/* d differences: new messages on a, flag changes on b */
+	for (size_t i = 0; i < d; i++) {
+		mm_hlc stamp = { ((uint64_t)1800000000000 + i) << 16, 2 };
+		if (i % 2 == 0) {
+			id[0] = 2;
+			id[1] = (uint8_t)i;
+			assert_true(mm_user_deliver(ua, "INBOX", id, 1000, 1700000000, 0, NULL, 0, 0,
+			                            (mm_hlc){ stamp.t, 1 }, NULL, NULL, NULL, NULL) >= 0);
+		} else {
+			assert_int_equal(mm_user_set_flag(ub, b->keys[i], MM_FLAG_SEEN, true, stamp, NULL,
+			                                  NULL, NULL), 1);
+		}
+	}
+	memset(net.bytes_by_type, 0, sizeof net.bytes_by_type);
+	/* one gossip exchange finds the difference, the round fixes it */
+	assert_int_equal(mm_sync_gossip(a->sess[1], net.now), 0);
+	net_run(&net);
+	uint8_t ra[MM_HASH_LEN], rb[MM_HASH_LEN];
+	mm_state_root(a->st, ra);
+	mm_state_root(b->st, rb);
+	assert_memory_equal(ra, rb, MM_HASH_LEN);
+	const struct mm_sync_stats *st = mm_sync_stats(a->sess[1]);
+	assert_int_equal(st->rounds_done, 1);
+	uint64_t find = net.bytes_by_type[MM_MSG_DIGEST] + net.bytes_by_type[MM_MSG_START] +
+	                net.bytes_by_type[MM_MSG_DESCENT] + net.bytes_by_type[MM_MSG_END];
+	uint64_t recs = net.bytes_by_type[MM_MSG_RECORDS];
+	uint64_t goal = 4 * d * 32 + 1024;
+	double rt_goal = log((double)n) / log(16.0) + 2;
+	printf("  n=%zu d=%zu: descent %llu B (goal %llu, bound d*32 = %zu), records %llu B, "
+	       "total %llu B, round trips %llu (goal %.2f), differences seen %llu\n", n, d,
+	       (unsigned long long)find, (unsigned long long)goal, d * 32, (unsigned long long)recs,
+	       (unsigned long long)(find + recs), (unsigned long long)st->last_round_trips, rt_goal,
+	       (unsigned long long)st->last_differences);
+	assert_true(find <= goal);
+	assert_true((double)st->last_round_trips <= rt_goal);
+	net_free(&net);
+}
+
+static void test_reconcile_cost(void **state)
+{
+	(void)state;
+	seed();
+	size_t n = 100000;
+	const char *e = getenv("MM_COST_N");
+	if (e)
+		n = strtoul(e, NULL, 0);
+	cost_once(n, 1);
+	cost_once(n, 10);
+	cost_once(n, 100);
+	if (getenv("MM_COST_D1000"))
+		cost_once(n, 1000);
+}
+
+/* A new, empty node catches up with everything (bodies inline or fetched). */
+static void test_empty_join(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 3, 0);
+	for (int k = 0; k < 300; k++)
+		random_change(&net.nodes[rn(2)], NULL);
+	run_until_converged(&net, 200);
+	size_t recs = check_same(&net.nodes[2], &net.nodes[0]);
+	check_same(&net.nodes[0], &net.nodes[2]);
+	assert_true(recs > 100);
+	net_free(&net);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_push_inline),
+		cmocka_unit_test(test_unknown_version),
+		cmocka_unit_test(test_corrupt_body),
+		cmocka_unit_test(test_two_nodes),
+		cmocka_unit_test(test_three_nodes_faults),
+		cmocka_unit_test(test_three_nodes_backpressure),
+		cmocka_unit_test(test_empty_join),
+		cmocka_unit_test(test_reconcile_cost),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
