@@ -4,9 +4,11 @@
  * and verified body transfer.
  *
  * Descent, in short (docs/protocol.md has the full picture).  A *summary* of a tree
- * node is either EXPAND ('E' + 16 salted, truncated child hashes) or LEAVES ('L' + for
- * each record/user under the node its 16-byte key/position and a salted, truncated
- * leaf hash); a side sends LEAVES when it holds at most LEAF_MAX entries there.  Each
+ * node is either EXPAND (16 salted, truncated child hashes: 32 bytes) or LEAVES (for
+ * each record/user under the node the first 8 bytes of its key/position and a salted,
+ * truncated leaf hash: 12 bytes each; told apart by length); a side sends LEAVES when
+ * it holds at most LEAF_MAX entries there.  Wanted/differing bitmaps over a LEAVES
+ * list are a uint16 element for up to 16 entries, else a bin.  Each
  * DESCENT message answers, in order, every summary of the peer's previous message:
  *   to EXPAND of node N:          bitmap of differing children, then my summary of each
  *   to LEAVES in a user tree:     bitmap of the listed keys I want (lack or differ);
@@ -31,7 +33,10 @@
 #define HT 2          /* bytes of a salted inner-node hash */
 #define LT 4          /* bytes of a salted leaf hash */
 #define LEAF_MAX 3    /* a side sends LEAVES when it holds at most this many entries */
-#define LEAF_ENTRY (MM_KEY_LEN + LT)
+#define KP 8          /* bytes of a key / user position in a LEAVES entry */
+#define LEAF_ENTRY (KP + LT)
+#define EXPAND_LEN (MM_FANOUT * HT)
+_Static_assert(EXPAND_LEN % LEAF_ENTRY != 0, "EXPAND and LEAVES told apart by length");
 #define PART_MAX 60000          /* split a DESCENT beyond this many element bytes */
 #define DESCENT_ACC_MAX (16u << 20) /* cap of a multi-part DESCENT, bytes */
 #define KEYS_JOB_MAX 256        /* above this many records, send a subtree by walking it */
@@ -711,6 +716,32 @@ static void user_leaf(const struct mm_sync *s, const struct mm_user *u, uint8_t 
 	salted(s, (const uint8_t *)name, strlen(name), root, sizeof root, out, LT);
 }
 
+/* A bitmap over m LEAVES entries: uint16 element up to 16 entries, else bin. */
+static int dout_bitmap(struct mm_sync *s, struct dout *o, const uint8_t *bm, size_t m)
+{
+	if (m <= 16)
+		return dout_elem(s, o, false, (uint16_t)(bm[0] | (m > 8 ? bm[1] << 8 : 0)), NULL, 0);
+	return dout_elem(s, o, true, 0, bm, (m + 7) / 8);
+}
+
+static int first_cb(void *arg, const struct mm_rec *r)
+{
+	memcpy(arg, r->key, MM_KEY_LEN); /* r itself is only valid during the call */
+	return 1;
+}
+
+/* The record whose key starts with these KP bytes (keys are uniform hashes: at most
+ * one in practice), or NULL. */
+static const struct mm_rec *rec_by_prefix(struct mm_user *u, const uint8_t *kp)
+{
+	uint8_t prefix[MM_KEY_LEN] = { 0 };
+	uint8_t key[MM_KEY_LEN];
+	memcpy(prefix, kp, KP);
+	if (!mm_user_foreach(u, prefix, 2 * KP, first_cb, key))
+		return NULL;
+	return mm_user_get(u, key);
+}
+
 /* Emits my summary of node (tree, user, prefix, depth) and records it as pending. */
 static int emit_summary(struct mm_sync *s, struct dout *o, enum tree tree, const char *user,
                         const uint8_t *prefix, unsigned depth)
@@ -736,37 +767,35 @@ static int emit_summary(struct mm_sync *s, struct dout *o, enum tree tree, const
 	size_t len;
 	if (count > LEAF_MAX && depth < MM_MAX_DEPTH - 1) {
 		uint8_t hs[MM_FANOUT][MM_HASH_LEN];
-		uint8_t e[1 + MM_FANOUT * HT];
+		uint8_t e[EXPAND_LEN];
 		if (tree == TREE_USERS)
 			mm_state_children(s->cfg.state, prefix, depth, hs, NULL);
 		else
 			mm_user_children(u, prefix, depth, hs, NULL);
-		e[0] = 'E';
 		for (unsigned i = 0; i < MM_FANOUT; i++)
-			salted(s, hs[i], MM_HASH_LEN, NULL, 0, e + 1 + i * HT, HT);
+			salted(s, hs[i], MM_HASH_LEN, NULL, 0, e + i * HT, HT);
 		p->kind = 'E';
 		rc = dout_elem(s, o, true, 0, e, sizeof e);
 	} else if (tree == TREE_USERS) {
 		struct ucollect c = { 0 };
 		mm_state_foreach(s->cfg.state, prefix, depth, ucollect_cb, &c);
 		rc = c.rc;
-		len = 1 + c.n * LEAF_ENTRY;
+		len = c.n * LEAF_ENTRY;
 		p->kind = 'L';
 		p->n = c.n;
-		if (rc == 0 && (!(buf = malloc(len)) ||
+		if (rc == 0 && (!(buf = malloc(len + 1)) ||
 		                !(p->keys = mm_arena_alloc(&s->r.q.a, c.n * MM_KEY_LEN + 1)) ||
 		                !(p->names = mm_arena_alloc(&s->r.q.a, (c.n + 1) * sizeof *p->names))))
 			rc = -ENOMEM;
 		for (size_t i = 0; rc == 0 && i < c.n; i++) {
 			const char *name = mm_user_name(c.v[i]);
 			mm_user_position(name, p->keys + i * MM_KEY_LEN);
-			memcpy(buf + 1 + i * LEAF_ENTRY, p->keys + i * MM_KEY_LEN, MM_KEY_LEN);
-			user_leaf(s, c.v[i], buf + 1 + i * LEAF_ENTRY + MM_KEY_LEN);
+			memcpy(buf + i * LEAF_ENTRY, p->keys + i * MM_KEY_LEN, KP);
+			user_leaf(s, c.v[i], buf + i * LEAF_ENTRY + KP);
 			if (!(p->names[i] = arena_strdup(&s->r.q.a, name)))
 				rc = -ENOMEM;
 		}
 		if (rc == 0) {
-			buf[0] = 'L';
 			rc = dout_elem(s, o, true, 0, buf, len);
 		}
 		free(c.v);
@@ -775,19 +804,18 @@ static int emit_summary(struct mm_sync *s, struct dout *o, enum tree tree, const
 		if (u)
 			mm_user_foreach(u, prefix, depth, rcollect_cb, &c);
 		rc = c.rc;
-		len = 1 + c.n * LEAF_ENTRY;
+		len = c.n * LEAF_ENTRY;
 		p->kind = 'L';
 		p->n = c.n;
-		if (rc == 0 && (!(buf = malloc(len)) ||
+		if (rc == 0 && (!(buf = malloc(len + 1)) ||
 		                !(p->keys = mm_arena_alloc(&s->r.q.a, c.n * MM_KEY_LEN + 1))))
 			rc = -ENOMEM;
 		for (size_t i = 0; rc == 0 && i < c.n; i++) {
 			memcpy(p->keys + i * MM_KEY_LEN, c.keys + i * MM_KEY_LEN, MM_KEY_LEN);
-			memcpy(buf + 1 + i * LEAF_ENTRY, c.keys + i * MM_KEY_LEN, MM_KEY_LEN);
-			memcpy(buf + 1 + i * LEAF_ENTRY + MM_KEY_LEN, c.hashes + i * LT, LT);
+			memcpy(buf + i * LEAF_ENTRY, c.keys + i * MM_KEY_LEN, KP);
+			memcpy(buf + i * LEAF_ENTRY + KP, c.hashes + i * LT, LT);
 		}
 		if (rc == 0) {
-			buf[0] = 'L';
 			rc = dout_elem(s, o, true, 0, buf, len);
 		}
 		free(c.keys);
@@ -801,14 +829,13 @@ static int emit_summary(struct mm_sync *s, struct dout *o, enum tree tree, const
 
 static int check_summary(const uint8_t *b, size_t len, unsigned depth, const uint8_t *prefix)
 {
-	if (len < 1)
+	if (len == EXPAND_LEN)
+		return depth < MM_MAX_DEPTH - 1 ? 0 : -EPROTO;
+	if (len % LEAF_ENTRY)
 		return -EPROTO;
-	if (b[0] == 'E')
-		return len == 1 + MM_FANOUT * HT && depth < MM_MAX_DEPTH - 1 ? 0 : -EPROTO;
-	if (b[0] != 'L' || (len - 1) % LEAF_ENTRY)
-		return -EPROTO;
-	for (size_t i = 0; i < (len - 1) / LEAF_ENTRY; i++)
-		if (!has_prefix(b + 1 + i * LEAF_ENTRY, prefix, depth))
+	unsigned d = depth < 2 * KP ? depth : 2 * KP; /* nibbles an entry carries */
+	for (size_t i = 0; i < len / LEAF_ENTRY; i++)
+		if (!has_prefix(b + i * LEAF_ENTRY, prefix, d))
 			return -EPROTO;
 	return 0;
 }
@@ -835,7 +862,7 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 	if (tree == TREE_USER && user)
 		u = mm_state_user(s->cfg.state, user, false);
 
-	if (b[0] == 'E') {
+	if (len == EXPAND_LEN) {
 		uint8_t hs[MM_FANOUT][MM_HASH_LEN];
 		if (tree == TREE_USERS)
 			mm_state_children(s->cfg.state, prefix, depth, hs, NULL);
@@ -847,7 +874,7 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 		for (unsigned i = 0; i < MM_FANOUT; i++) {
 			uint8_t t[HT];
 			salted(s, hs[i], MM_HASH_LEN, NULL, 0, t, HT);
-			if (memcmp(t, b + 1 + i * HT, HT))
+			if (memcmp(t, b + i * HT, HT))
 				bm |= (uint16_t)(1u << i);
 		}
 		if ((rc = dout_elem(s, o, false, bm, NULL, 0)) < 0)
@@ -863,12 +890,11 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 		return rc;
 	}
 
-	size_t m = (len - 1) / LEAF_ENTRY;
-	const uint8_t *ent = b + 1;
+	size_t m = len / LEAF_ENTRY;
+	const uint8_t *ent = b;
 	uint8_t *bm = calloc(1, m / 8 + 1);
 	if (!bm)
 		return -ENOMEM;
-	size_t bmlen = (m + 7) / 8;
 
 	if (tree == TREE_USERS) {
 		struct ucollect c = { 0 };
@@ -883,7 +909,7 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 			for (size_t i = 0; i < c.n; i++) {
 				uint8_t pos[MM_KEY_LEN];
 				mm_user_position(mm_user_name(c.v[i]), pos);
-				if (!memcmp(pos, ent + j * LEAF_ENTRY, MM_KEY_LEN)) {
+				if (!memcmp(pos, ent + j * LEAF_ENTRY, KP)) {
 					mine = c.v[i];
 					matched[i] = true;
 					break;
@@ -892,7 +918,7 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 			uint8_t lh[LT];
 			if (mine)
 				user_leaf(s, mine, lh);
-			if (!mine || memcmp(lh, ent + j * LEAF_ENTRY + MM_KEY_LEN, LT)) {
+			if (!mine || memcmp(lh, ent + j * LEAF_ENTRY + KP, LT)) {
 				set_bit(bm, j);
 				theirs[j] = mine;
 				s->r.diffs++;
@@ -904,7 +930,7 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 				s->r.diffs++;
 			}
 		if (rc == 0)
-			rc = dout_elem(s, o, true, 0, bm, bmlen);
+			rc = dout_bitmap(s, o, bm, m);
 		static const uint8_t zero[MM_KEY_LEN];
 		for (size_t j = 0; rc == 0 && j < m; j++)
 			if (get_bit(bm, j))
@@ -926,13 +952,13 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 		/* The peer holds at most a few records here and we hold many: send the
 		 * whole subtree (a few duplicates at most) and look up its few entries. */
 		for (size_t j = 0; j < m; j++) {
-			const struct mm_rec *r = mm_user_get(u, ent + j * LEAF_ENTRY);
+			const struct mm_rec *r = rec_by_prefix(u, ent + j * LEAF_ENTRY);
 			uint8_t full[MM_HASH_LEN], lh[LT];
 			if (r) {
 				mm_rec_hash(r, full);
 				salted(s, full, sizeof full, NULL, 0, lh, LT);
 			}
-			if (!r || memcmp(lh, ent + j * LEAF_ENTRY + MM_KEY_LEN, LT)) {
+			if (!r || memcmp(lh, ent + j * LEAF_ENTRY + KP, LT)) {
 				set_bit(bm, j);
 				s->r.diffs++;
 			}
@@ -951,8 +977,8 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 		for (size_t i = 0; rc == 0 && i < c.n; i++) {
 			bool same = false;
 			for (size_t j = 0; j < m; j++)
-				if (!memcmp(c.keys + i * MM_KEY_LEN, ent + j * LEAF_ENTRY, MM_KEY_LEN)) {
-					same = !memcmp(c.hashes + i * LT, ent + j * LEAF_ENTRY + MM_KEY_LEN, LT);
+				if (!memcmp(c.keys + i * MM_KEY_LEN, ent + j * LEAF_ENTRY, KP)) {
+					same = !memcmp(c.hashes + i * LT, ent + j * LEAF_ENTRY + KP, LT);
 					break;
 				}
 			if (!same)
@@ -961,8 +987,8 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 		for (size_t j = 0; rc == 0 && j < m; j++) {
 			bool same = false;
 			for (size_t i = 0; i < c.n; i++)
-				if (!memcmp(c.keys + i * MM_KEY_LEN, ent + j * LEAF_ENTRY, MM_KEY_LEN)) {
-					same = !memcmp(c.hashes + i * LT, ent + j * LEAF_ENTRY + MM_KEY_LEN, LT);
+				if (!memcmp(c.keys + i * MM_KEY_LEN, ent + j * LEAF_ENTRY, KP)) {
+					same = !memcmp(c.hashes + i * LT, ent + j * LEAF_ENTRY + KP, LT);
 					break;
 				}
 			if (!same) {
@@ -978,7 +1004,7 @@ static int answer_summary(struct mm_sync *s, struct dout *o, enum tree tree, con
 		free(c.hashes);
 	}
 	if (rc == 0)
-		rc = dout_elem(s, o, true, 0, bm, bmlen);
+		rc = dout_bitmap(s, o, bm, m);
 	free(bm);
 	return rc;
 }
@@ -1014,9 +1040,20 @@ static int take_answers(struct mm_sync *s, struct dout *o, const struct mm_wire_
 			continue;
 		}
 		/* my LEAVES: a wanted bitmap */
-		if (!e[k].is_bin || e[k].bin_len != (p->n + 7) / 8)
-			return -EPROTO;
-		const uint8_t *bm = e[k++].bin;
+		uint8_t small[2];
+		const uint8_t *bm;
+		if (p->n <= 16) {
+			if (e[k].is_bin || (p->n < 16 && e[k].bitmap >> p->n))
+				return -EPROTO;
+			small[0] = (uint8_t)e[k].bitmap;
+			small[1] = (uint8_t)(e[k].bitmap >> 8);
+			bm = small;
+			k++;
+		} else {
+			if (!e[k].is_bin || e[k].bin_len != (p->n + 7) / 8)
+				return -EPROTO;
+			bm = e[k++].bin;
+		}
 		if (p->tree == TREE_USER) {
 			uint8_t *want = malloc(p->n * MM_KEY_LEN + 1);
 			size_t nw = 0;
