@@ -1,0 +1,203 @@
+/*
+ * internal.h — the simulator's shared internal structures: the run (struct sim), its
+ * nodes and links, the event queue and the oracle.  Only the files of sim/ include it.
+ */
+#ifndef MM_SIM_INTERNAL_H
+#define MM_SIM_INTERNAL_H
+
+#include "sim/sim.h"
+
+#define SIM_MAX_USERS 16
+#define SIM_MAX_PARTS 4
+#define SIM_BW_BYTES_PER_MS 10000   /* 80 Mbit/s links */
+#define SIM_HWM (256 * 1024)        /* stream send buffer high-water mark */
+#define SIM_LWM (64 * 1024)         /* ... and low-water mark */
+#define SIM_RTO_MS 200              /* a lost stream segment costs one retransmit */
+#define SIM_RECONNECT_MIN_MS 500
+#define SIM_RECONNECT_MAX_MS 2500
+#define SIM_BODY_MAX (64u << 20)
+
+enum sim_ev_type {
+	EV_DGRAM = 1,      /* datagram arrives at node, from peers[slot] */
+	EV_STREAM,         /* stream message arrives (tag = link epoch) */
+	EV_WRITABLE,       /* node's stream to peers[slot] drained (tag = epoch) */
+	EV_TICK,           /* gossip interval of node (tag = node incarnation) */
+	EV_COMMIT,         /* periodic durable commit of node (tag = incarnation) */
+	EV_OP,             /* next workload operation */
+	EV_FAULT_RESET,    /* next random stream reset */
+	EV_FAULT_PART,     /* next random partition */
+	EV_FAULT_CRASH,    /* next random crash */
+	EV_PART_HEAL,      /* partition `slot` heals */
+	EV_RESTART,        /* node comes back (tag = incarnation that crashed) */
+	EV_RECONNECT,      /* link node/peers[slot] tries to connect (tag = epoch) */
+	EV_STREAM_TIMEOUT, /* a stalled stream gives up (tag = epoch) */
+	EV_HEAL,           /* end of the fault phase */
+	EV_CHECK,          /* convergence check */
+	EV_HOOK,           /* measurement callback */
+};
+
+struct sim_ev {
+	uint64_t t, seq;
+	uint8_t type, chan;
+	uint32_t node, slot, tag, len;
+	uint8_t *data;
+};
+
+struct sim_node;
+
+/* One end of a link: this node's session with peer `idx`. */
+struct sim_peer {
+	struct sim_node *owner;
+	uint32_t idx;          /* peer node */
+	uint32_t back;         /* our slot in the peer's peers[] */
+	struct mm_sync *sync;  /* NULL while the owner is down */
+	uint32_t epoch;        /* stream incarnation, equal on both ends */
+	bool up;               /* stream connected (equal on both ends) */
+	bool reconnecting;     /* an EV_RECONNECT is pending (both ends) */
+	bool want_writable;
+	uint64_t tx_free;      /* when the sender's link is free again (bandwidth) */
+	uint64_t stream_last;  /* last delivery time scheduled (keeps order) */
+	uint64_t inflight;     /* bytes sent, not yet delivered */
+};
+
+/* Mailbox view entry, maintained from the effect callbacks only. */
+enum { VIEW_LIVE = 1, VIEW_TOMB = 2, VIEW_FOLDER = 3 };
+struct sim_view {
+	uint8_t state;
+	uint8_t flags;         /* message: flag bits; folder: exists | subscribed << 1 */
+	uint64_t kwhash;       /* XOR of hashes of the set keywords */
+	uint64_t folder;       /* hash of the folder name */
+	uint8_t body[MM_ID_LEN];
+};
+
+struct sim_body {
+	uint8_t *bytes;
+	uint64_t len;
+};
+
+struct sim_node {
+	struct sim *sim;
+	uint32_t idx;
+	uint64_t id;
+	bool alive;
+	uint32_t gen;          /* incarnation: events of an older one are ignored */
+	int64_t skew;          /* ms added to the global clock */
+	unsigned slow;         /* 1 or cfg.slow_factor */
+	struct mm_state *state;
+	struct mm_clock clock;
+	struct mm_gossip *gossip;
+	struct mm_fetch *fetch;
+	struct sim_peer *peers;
+	uint32_t npeers, cap_peers;
+	/* durable snapshot (last commit) */
+	uint8_t *snap;
+	size_t snap_len, snap_cap;
+	uint64_t snap_clock;
+	bool has_snap;
+	struct sim_map bodies; /* [user idx][id] -> struct sim_body */
+	struct sim_map view;   /* [user idx][key] -> struct sim_view */
+	uint64_t writes_open;  /* body write handles open */
+};
+
+struct sim_part {
+	bool active, oneway;
+	uint64_t heal;
+	uint8_t *side;         /* side[i] = 1: node i is in group A */
+};
+
+/* Oracle register write: the latest write of one register by (t, node). */
+struct sim_oreg {
+	uint64_t t, node;
+	uint8_t value;
+};
+/* Oracle: a delivered message. */
+struct sim_odel {
+	uint8_t body[MM_ID_LEN];
+	uint32_t origin;
+};
+struct sim_dkey {
+	uint8_t user;
+	uint8_t key[MM_KEY_LEN];
+};
+
+struct sim {
+	struct sim_config cfg;
+	struct sim_result *res;
+	struct sim_rng rng;
+	uint64_t now, seq;
+	struct sim_ev *heap;
+	size_t nheap, capheap;
+	struct sim_node *nodes;
+	unsigned n;
+	char users[SIM_MAX_USERS][64];
+	unsigned nusers;
+	bool faults_on, workload_on, healed, stop;
+	struct sim_part parts[SIM_MAX_PARTS];
+	struct mm_delta *delta;    /* scratch for local changes */
+	/* oracle */
+	struct sim_map delivered;  /* [user][key] -> sim_odel */
+	struct sim_map expunged;   /* [user][key] -> uint8_t */
+	struct sim_map regs;       /* [user][key][regid u16] -> sim_oreg */
+	struct sim_dkey *dkeys;    /* delivered keys in order, to pick from */
+	size_t ndkeys, capdkeys;
+	uint64_t next_msg;
+	bool plain;                /* deliveries: INBOX, no flags, no keywords */
+	/* trace ring */
+	unsigned trace_head;
+	/* measurement hooks */
+	void (*on_new)(struct sim *s, struct sim_node *n, unsigned user, const uint8_t key[MM_KEY_LEN]);
+	void (*on_round)(struct sim *s, struct sim_node *n, const struct mm_sync_stats *st);
+	void (*on_hook)(struct sim *s);
+	void *hook_arg;
+};
+
+/* Regids of the oracle: 0..5 flags, 16 + i keyword i, 32 exists, 33 subscribed. */
+#define SIM_REG_KW 16
+#define SIM_REG_EXISTS 32
+#define SIM_REG_SUBSCRIBED 33
+
+extern const char *const sim_keywords[];
+extern const unsigned sim_nkeywords;
+extern const char *const sim_folders[];
+extern const unsigned sim_nfolders;
+
+/* net.c */
+void sim_ev_push(struct sim *s, const struct sim_ev *ev);
+bool sim_ev_pop(struct sim *s, struct sim_ev *ev_r);
+void sim_schedule(struct sim *s, uint64_t t, uint8_t type, uint32_t node, uint32_t slot, uint32_t tag);
+int sim_net_send(void *arg, enum mm_chan chan, const uint8_t *msg, size_t len);
+void sim_net_event(struct sim *s, struct sim_ev *ev);
+void sim_link_reset(struct sim *s, struct sim_node *a, uint32_t slot, const char *why);
+void sim_link_schedule_reconnect(struct sim *s, struct sim_node *a, uint32_t slot, uint64_t delay);
+bool sim_blocked(const struct sim *s, uint32_t from, uint32_t to);
+void sim_fault_event(struct sim *s, struct sim_ev *ev);
+void sim_heal_all(struct sim *s);
+
+/* node.c */
+uint64_t sim_node_now(const struct sim_node *n);
+int sim_node_start(struct sim *s, struct sim_node *n);
+void sim_node_crash(struct sim *s, struct sim_node *n);
+int sim_node_commit(struct sim_node *n);
+void sim_node_free(struct sim_node *n);
+void sim_node_eff(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec);
+int sim_user_index(const struct sim *s, const char *user);
+uint64_t sim_kwhash(const struct mm_rec *r);
+uint64_t sim_strhash(const char *str);
+int sim_node_store_body(struct sim_node *n, unsigned user, const uint8_t id[MM_ID_LEN],
+                        const uint8_t *bytes, size_t len);
+
+/* workload.c */
+void sim_workload_op(struct sim *s);
+/* Delivers one generated message at node n for user u (size 0 = random); key_r gets
+ * its key.  Returns 1, or a negative errno. */
+int sim_deliver(struct sim *s, struct sim_node *n, unsigned u, size_t size, uint8_t key_r[MM_KEY_LEN]);
+
+/* check.c */
+void sim_violation(struct sim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sim_trace(struct sim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool sim_converged(struct sim *s);
+void sim_check_final(struct sim *s);
+void sim_explain_divergence(struct sim *s);
+void sim_trace_finish(struct sim *s);
+
+#endif

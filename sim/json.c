@@ -1,0 +1,111 @@
+/*
+ * json.c — the simulator's output: a human summary and the --json object (nodes, seed,
+ * converged, rounds_to_converge, sim_time_ms, messages, bytes_sent, datagrams_sent,
+ * violations and more).  Only virtual quantities are printed, so the output of a seed
+ * is byte-identical on every run.
+ */
+#include <stdio.h>
+
+#include "sim/sim.h"
+
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			fprintf(f, "\\%c", c);
+		else if (c < 0x20)
+			fprintf(f, "\\u%04x", c);
+		else
+			fputc(c, f);
+	}
+	fputc('"', f);
+}
+
+void sim_print_json(FILE *f, const struct sim_config *c, const struct sim_result *r)
+{
+	fprintf(f, "{\"nodes\":%u,\"seed\":%llu,\"converged\":%s,\"rounds_to_converge\":%llu,"
+	           "\"sim_time_ms\":%llu,\"heal_ms\":%llu,\"converge_ms\":%llu,"
+	           "\"messages\":%llu,\"bytes_sent\":%llu,\"datagrams_sent\":%llu,\"stream_msgs\":%llu,"
+	           "\"dropped\":%llu,\"duplicated\":%llu,\"resets\":%llu,\"partitions\":%llu,"
+	           "\"crashes\":%llu,\"ops\":%llu,\"deliveries\":%llu,\"expunges\":%llu,"
+	           "\"flag_ops\":%llu,\"folder_ops\":%llu,\"conflicts\":%llu,\"rounds_done\":%llu,"
+	           "\"rounds_aborted\":%llu,\"bodies_fetched\":%llu,\"proto_errors\":%llu,",
+	        r->nodes, (unsigned long long)r->seed, r->converged ? "true" : "false",
+	        (unsigned long long)r->rounds_to_converge, (unsigned long long)r->sim_time_ms,
+	        (unsigned long long)r->heal_ms, (unsigned long long)r->converge_ms,
+	        (unsigned long long)r->messages, (unsigned long long)r->bytes_sent,
+	        (unsigned long long)r->datagrams_sent, (unsigned long long)r->stream_msgs,
+	        (unsigned long long)r->dropped, (unsigned long long)r->duplicated,
+	        (unsigned long long)r->resets, (unsigned long long)r->partitions,
+	        (unsigned long long)r->crashes, (unsigned long long)r->ops,
+	        (unsigned long long)r->deliveries, (unsigned long long)r->expunges,
+	        (unsigned long long)r->flag_ops, (unsigned long long)r->folder_ops,
+	        (unsigned long long)r->conflicts, (unsigned long long)r->rounds_done,
+	        (unsigned long long)r->rounds_aborted, (unsigned long long)r->bodies_fetched,
+	        (unsigned long long)r->proto_errors);
+	fprintf(f, "\"config\":{\"push\":%s,\"users\":%u,\"gossip_ms\":%u,\"phase_ms\":%llu,"
+	           "\"ops_per_s\":%g,\"loss\":%g,\"delay_ms\":[%u,%u],\"reorder\":%g,\"dup\":%g,"
+	           "\"resets_per_s\":%g,\"partitions_per_s\":%g,\"crashes_per_s\":%g,"
+	           "\"skew_ms\":%u,\"slow_p\":%g,\"bound_ms\":%llu},",
+	        c->push ? "true" : "false", c->users, c->gossip_ms, (unsigned long long)c->phase_ms,
+	        c->ops_per_s, c->loss, c->delay_min_ms, c->delay_max_ms, c->reorder, c->dup,
+	        c->resets_per_s, c->partitions_per_s, c->crashes_per_s, c->skew_ms, c->slow_p,
+	        (unsigned long long)c->bound_ms);
+	fputs("\"violations\":[", f);
+	for (unsigned i = 0; i < r->n_violations; i++) {
+		if (i)
+			fputc(',', f);
+		json_str(f, r->violations[i]);
+	}
+	fputs("],\"trace\":[", f);
+	if (r->n_violations || c->trace)
+		for (unsigned i = 0; i < r->n_trace; i++) {
+			if (i)
+				fputc(',', f);
+			json_str(f, r->trace[i]);
+		}
+	fputs("]}\n", f);
+}
+
+void sim_print_human(FILE *f, const struct sim_config *c, const struct sim_result *r)
+{
+	fprintf(f, "mailmesh-sim seed %llu, %u nodes, %u users, push %s: ", (unsigned long long)r->seed,
+	        r->nodes, c->users, c->push ? "on" : "off");
+	if (r->converged)
+		fprintf(f, "converged %llu ms after healing (%llu gossip rounds; healed at %llu ms)\n",
+		        (unsigned long long)(r->converge_ms - r->heal_ms),
+		        (unsigned long long)r->rounds_to_converge, (unsigned long long)r->heal_ms);
+	else
+		fprintf(f, "NOT converged\n");
+	fprintf(f, "  workload: %llu ops: %llu deliveries, %llu flag/keyword changes (%llu concurrent "
+	           "pairs), %llu expunges, %llu folder ops\n",
+	        (unsigned long long)r->ops, (unsigned long long)r->deliveries,
+	        (unsigned long long)r->flag_ops, (unsigned long long)r->conflicts,
+	        (unsigned long long)r->expunges, (unsigned long long)r->folder_ops);
+	fprintf(f, "  faults: loss %g, delay %u-%u ms, %llu crashes, %llu stream resets, %llu partitions, "
+	           "%llu datagrams dropped, %llu duplicated\n",
+	        c->loss, c->delay_min_ms, c->delay_max_ms, (unsigned long long)r->crashes,
+	        (unsigned long long)r->resets, (unsigned long long)r->partitions,
+	        (unsigned long long)r->dropped, (unsigned long long)r->duplicated);
+	fprintf(f, "  network: %llu messages (%llu datagrams, %llu stream), %llu bytes\n",
+	        (unsigned long long)r->messages, (unsigned long long)r->datagrams_sent,
+	        (unsigned long long)r->stream_msgs, (unsigned long long)r->bytes_sent);
+	fprintf(f, "  sync: %llu rounds done, %llu aborted, %llu bodies fetched, %llu rejected messages\n",
+	        (unsigned long long)r->rounds_done, (unsigned long long)r->rounds_aborted,
+	        (unsigned long long)r->bodies_fetched, (unsigned long long)r->proto_errors);
+	fprintf(f, "  simulated time: %llu ms\n", (unsigned long long)r->sim_time_ms);
+	if (!r->n_violations) {
+		fprintf(f, "  invariants: all held\n");
+	} else {
+		fprintf(f, "  VIOLATIONS (seed %llu):\n", (unsigned long long)r->seed);
+		for (unsigned i = 0; i < r->n_violations; i++)
+			fprintf(f, "    %s\n", r->violations[i]);
+	}
+	if (r->n_violations || c->trace) {
+		fprintf(f, "  trace (last %u events):\n", r->n_trace);
+		for (unsigned i = 0; i < r->n_trace; i++)
+			fprintf(f, "    %s\n", r->trace[i]);
+	}
+}
