@@ -98,6 +98,46 @@ bool sim_converged(struct sim *s)
 	return true;
 }
 
+struct dctx {
+	struct sim *s;
+	unsigned node, ref;
+	struct mm_user *other;
+	const char *user;
+	unsigned shown;
+};
+
+static const char *rec_kind(const struct mm_rec *r)
+{
+	if (!r)
+		return "absent";
+	switch (r->type) {
+	case MM_REC_MESSAGE: return "message";
+	case MM_REC_EXPUNGED: return "tombstone";
+	case MM_REC_FOLDER: return "folder";
+	case MM_REC_HORIZON: return "horizon";
+	}
+	return "?";
+}
+
+static int diff_rec(void *arg, const struct mm_rec *r)
+{
+	struct dctx *c = arg;
+	const struct mm_rec *o = c->other ? mm_user_get(c->other, r->key) : NULL;
+	if (o && mm_rec_equal(o, r))
+		return 0;
+	sim_violation(c->s, "  node %u has %s %02x%02x%02x%02x of %s, node %u %s", c->node, rec_kind(r),
+	              r->key[0], r->key[1], r->key[2], r->key[3], c->user, c->ref, rec_kind(o));
+	return ++c->shown >= 2;
+}
+
+static int diff_user(void *arg, struct mm_user *u)
+{
+	struct dctx *c = arg;
+	c->user = mm_user_name(u);
+	c->other = mm_state_user(c->s->nodes[c->ref].state, c->user, false);
+	return mm_user_foreach(u, NULL, 0, diff_rec, c);
+}
+
 void sim_explain_divergence(struct sim *s)
 {
 	uint8_t r0[MM_HASH_LEN], r[MM_HASH_LEN];
@@ -125,6 +165,17 @@ void sim_explain_divergence(struct sim *s)
 			              "%u/%u links up", i, r[0], r[1], r[2], r[3], d ? "differs from" : "equals",
 			              (unsigned long long)missing, up, n->npeers);
 			shown++;
+			if (d) {
+				if (mm_state_user_count(n->state) != mm_state_user_count(s->nodes[0].state))
+					sim_violation(s, "  node %u has %zu users, node 0 %zu", i,
+					              mm_state_user_count(n->state),
+					              mm_state_user_count(s->nodes[0].state));
+				/* which records differ, both ways */
+				struct dctx c = { .s = s, .node = i, .ref = 0 };
+				mm_state_foreach(n->state, NULL, 0, diff_user, &c);
+				struct dctx c0 = { .s = s, .node = 0, .ref = i };
+				mm_state_foreach(s->nodes[0].state, NULL, 0, diff_user, &c0);
+			}
 		}
 	}
 	sim_violation(s, "not converged %llu ms after healing: %u nodes differ from node 0, %u down, "

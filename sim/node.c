@@ -454,7 +454,24 @@ int sim_node_start(struct sim *s, struct sim_node *n)
 		if (rc < 0)
 			return rc;
 	}
-	/* bodies the durable state needs but the store lacks are fetched once connected */
+	/* bodies the durable state needs but the store lacks (their record was committed,
+	 * the body had not arrived yet): the scheduler fetches them once peers connect */
+	size_t pos = 0;
+	void *val;
+	const uint8_t *k;
+	while ((k = sim_map_next(&n->view, &pos, &val))) {
+		struct sim_view *v = val;
+		if (v->state != VIEW_LIVE || body_get(n, k[0], v->body))
+			continue;
+		struct mm_user *usr = mm_state_user(n->state, s->users[k[0]], false);
+		const struct mm_rec *r = usr ? mm_user_get(usr, k + 1) : NULL;
+		if (r && r->type == MM_REC_MESSAGE) {
+			rc = mm_fetch_want(n->fetch, s->users[k[0]], v->body, r->msg.size, NULL, sim_node_now(n));
+			if (rc < 0)
+				return rc;
+		}
+	}
+	/* links come up after a short delay */
 	for (uint32_t i = 0; i < n->npeers; i++) {
 		struct sim_node *b = &s->nodes[n->peers[i].idx];
 		if (b->alive)
