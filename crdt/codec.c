@@ -91,7 +91,8 @@ static bool stamp_zero(mm_hlc s)
 	return s.t == 0 && s.node == 0;
 }
 
-/* 1..MM_NAME_MAX bytes, no '/', no control characters; keywords also no space. */
+/* 1..MM_NAME_MAX bytes, no control characters; folder names no '/' (a path
+ * separator on disk), keywords no space (IMAP atoms; '/' is a valid atom char). */
 static bool name_ok(const char *s, bool keyword)
 {
 	if (!s)
@@ -99,7 +100,7 @@ static bool name_ok(const char *s, bool keyword)
 	size_t n = 0;
 	for (; s[n]; n++) {
 		unsigned char ch = (unsigned char)s[n];
-		if (n >= MM_NAME_MAX || ch < 0x20 || ch == 0x7f || ch == '/' || (keyword && ch == ' '))
+		if (n >= MM_NAME_MAX || ch < 0x20 || ch == 0x7f || (keyword ? ch == ' ' : ch == '/'))
 			return false;
 	}
 	return n > 0;
@@ -301,17 +302,19 @@ static int encode(const struct mm_rec *r, struct sink *s)
 
 ssize_t mm_rec_encode(const struct mm_rec *r, uint8_t *buf, size_t cap)
 {
-	struct sink s = { .buf = buf, .cap = buf ? cap : 0 };
+	if (!r)
+		return -EINVAL;
+	if (!buf)
+		cap = 0;
+	struct sink s = { .buf = buf, .cap = cap };
 	int rc = encode(r, &s);
 	if (rc)
 		return rc;
 	if (s.len > (size_t)SSIZE_MAX)
 		return -EINVAL;
-	if (buf && cap && s.len > cap)
+	if (cap && s.len > cap)
 		return -ENOSPC;
-	if ((!buf || !cap) && s.len)
-		return (ssize_t)s.len; /* size query */
-	return (ssize_t)s.len;
+	return (ssize_t)s.len; /* written, or the size when asked with cap 0 */
 }
 
 void mm_rec_hash(const struct mm_rec *r, uint8_t hash_r[MM_HASH_LEN])

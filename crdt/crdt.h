@@ -345,6 +345,12 @@ int mm_delta_apply(const struct mm_delta *d, struct mm_state *s, mm_effect_fn *e
  * MSG_EXPUNGED (old) followed by MSG_NEW (new).
  * Callbacks must not modify the user they are called for.
  *
+ * Names (mm_rec_validate): folder names exclude '/'; keyword names exclude space but
+ * may contain '/' (a valid IMAP atom character); neither may hold control characters.
+ *
+ * GC: pass mm_user_gc a horizon well behind every node's clock (now - grace period),
+ * so no node can still stamp a tombstone below it (docs/design.md).
+ *
  * Records returned by mm_user_get() are materialised into memory owned by the user
  * and released at its next change (or mm_user_free); the record passed to a foreach
  * callback or an effect callback is valid for the duration of that call only. */

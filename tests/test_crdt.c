@@ -356,6 +356,8 @@ static void test_concurrent_flags(void **state)
 	assert_int_equal(mm_user_set_flag(a, key, MM_FLAG_COUNT, true, H(300, 1), NULL, NULL, NULL), -EINVAL);
 	assert_int_equal(mm_user_set_keyword(a, key, "has space", true, H(300, 1), NULL, NULL, NULL), -EINVAL);
 	assert_int_equal(mm_user_set_keyword(a, key, "", true, H(300, 1), NULL, NULL, NULL), -EINVAL);
+	assert_int_equal(mm_user_set_keyword(a, key, "a/b", true, H(300, 1), NULL, NULL, NULL), 1);
+	assert_int_equal(mm_user_folder_create(a, "a/b", H(301, 1), NULL, NULL, NULL), -EINVAL);
 	mm_delta_free(&da);
 	mm_delta_free(&db);
 	mm_user_free(&a);
