@@ -36,7 +36,9 @@ static void usage(FILE *f)
 	      "          --partition-ms MS (10000) --oneway P (0.3) --crashes R/s (0.01)\n"
 	      "          --down-ms MS (5000) --skew-ms MS (500) --slow P (0.1) --slow-factor F (5)\n"
 	      "          --stream-timeout-ms MS (15000) --no-faults (all of them off)\n"
-	      "checks:   --bound-ms MS: convergence must happen this soon after healing (120000)\n",
+	      "checks:   --bound-ms MS: convergence must happen this soon after healing (120000)\n"
+	      "          --sabotage 1|2: corrupt a stored body / hide a flag effect, to prove\n"
+	      "          that the checker catches it (exit 1 expected)\n",
 	      f);
 }
 
@@ -56,7 +58,7 @@ enum {
 	O_PUSH, O_NOPUSH, O_FANOUT, O_OPS, O_LARGE, O_CONFLICT, O_PHASE, O_LOSS, O_DMIN, O_DMAX,
 	O_TAIL, O_TAILMS, O_REORDER, O_REORDERMS, O_DUP, O_RESETS, O_PARTS, O_PARTMS, O_ONEWAY,
 	O_CRASHES, O_DOWNMS, O_SKEW, O_SLOW, O_SLOWF, O_STREAMTO, O_NOFAULTS, O_BOUND, O_MAXNODES,
-	O_MEASURE, O_TRIALS, O_BASE, O_DIFF, O_HELP,
+	O_MEASURE, O_TRIALS, O_BASE, O_DIFF, O_SABOTAGE, O_HELP,
 };
 
 static const struct option opts[] = {
@@ -75,7 +77,8 @@ static const struct option opts[] = {
 	{ "stream-timeout-ms", 1, 0, O_STREAMTO }, { "no-faults", 0, 0, O_NOFAULTS },
 	{ "bound-ms", 1, 0, O_BOUND }, { "max-nodes", 1, 0, O_MAXNODES },
 	{ "measure", 1, 0, O_MEASURE }, { "trials", 1, 0, O_TRIALS }, { "base", 1, 0, O_BASE },
-	{ "diff", 1, 0, O_DIFF }, { "help", 0, 0, O_HELP }, { 0, 0, 0, 0 },
+	{ "diff", 1, 0, O_DIFF }, { "sabotage", 1, 0, O_SABOTAGE }, { "help", 0, 0, O_HELP },
+	{ 0, 0, 0, 0 },
 };
 
 static void no_faults(struct sim_config *c)
@@ -183,6 +186,7 @@ int main(int argc, char **argv)
 		case O_TRIALS: trials = (uint64_t)v; break;
 		case O_BASE: base = (uint64_t)v; break;
 		case O_DIFF: diff = (uint64_t)v; break;
+		case O_SABOTAGE: c.sabotage = (unsigned)v; break;
 		}
 	}
 	if (optind < argc) {

@@ -231,6 +231,36 @@ static uint64_t interval(struct sim *s, double per_s)
 	return 1 + sim_rng_below(&s->rng, 2 * mean_ms + 1);
 }
 
+/* --sabotage: break one node on purpose so the checker must notice (tests/it_sim.sh). */
+static void sabotage(struct sim *s)
+{
+	struct sim_node *n = &s->nodes[s->n - 1];
+	size_t pos = 0;
+	void *val;
+	const uint8_t *k;
+	if (s->cfg.sabotage == 1) {
+		while ((k = sim_map_next(&n->view, &pos, &val))) {
+			struct sim_view *v = val;
+			uint8_t bk[1 + MM_ID_LEN];
+			bk[0] = k[0];
+			memcpy(bk + 1, v->body, MM_ID_LEN);
+			struct sim_body *b = v->state == VIEW_LIVE ? sim_map_get(&n->bodies, bk) : NULL;
+			if (b && b->bytes && b->len) {
+				b->bytes[b->len / 2] ^= 1;
+				return;
+			}
+		}
+	} else if (s->cfg.sabotage == 2) {
+		while ((k = sim_map_next(&n->view, &pos, &val))) {
+			struct sim_view *v = val;
+			if (v->state == VIEW_LIVE) {
+				v->flags ^= 1u << MM_FLAG_SEEN;
+				return;
+			}
+		}
+	}
+}
+
 static void dispatch(struct sim *s, struct sim_ev *ev)
 {
 	struct sim_node *n = &s->nodes[ev->node];
@@ -279,6 +309,7 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 	case EV_HEAL:
 		s->workload_on = false;
 		sim_heal_all(s);
+		sabotage(s);
 		s->healed = true;
 		s->res->heal_ms = s->now;
 		sim_schedule(s, s->now + s->cfg.gossip_ms / 4, EV_CHECK, 0, 0, 0);

@@ -111,6 +111,8 @@ struct sim_config {
 	uint32_t stream_timeout_ms; /* a stalled (partitioned) stream resets after this */
 	uint64_t bound_ms;        /* convergence must happen within this after healing */
 	bool trace;               /* print the trace ring at the end even on success */
+	unsigned sabotage;        /* self-test of the checker: 1 corrupts a stored body,
+	                           * 2 hides a flag effect from a node's view (at healing) */
 };
 
 /* Defaults for every field (seed 1, 5 nodes, mild faults). */
