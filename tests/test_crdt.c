@@ -832,6 +832,106 @@ static void test_descent(void **state)
 	free(keys);
 }
 
+/* ---- effects and borrowed records ------------------------------------------------------------------ */
+
+static int count_nested(void *arg, const struct mm_rec *r)
+{
+	(void)r;
+	++*(int *)arg;
+	return 0;
+}
+
+struct nest_ctx {
+	const struct mm_user *u;
+	int outer, inner;
+};
+
+static int nested(void *arg, const struct mm_rec *r)
+{
+	struct nest_ctx *c = arg;
+	uint8_t key[MM_KEY_LEN];
+	memcpy(key, r->key, MM_KEY_LEN);
+	c->outer++;
+	assert_int_equal(mm_user_foreach(c->u, NULL, 0, count_nested, &c->inner), 0);
+	assert_memory_equal(key, r->key, MM_KEY_LEN); /* the outer record is intact */
+	return 0;
+}
+
+static void test_effects(void **state)
+{
+	(void)state;
+	struct mm_user *a = mm_user_new("d/u"), *b = mm_user_new("d/u");
+	struct mm_delta *da = mm_delta_new(), *db = mm_delta_new();
+	struct effs ea = { 0 }, eb = { 0 };
+	/* concurrent creation of one folder: the loser sees its UIDVALIDITY change */
+	assert_int_equal(mm_user_folder_create(a, "Proj", H(100, 1), NULL, NULL, da), 1);
+	assert_int_equal(mm_user_folder_create(b, "Proj", H(100, 2), NULL, NULL, db), 1);
+	assert_int_equal(mm_user_merge(a, mm_delta_get(db, 0, NULL), on_eff, &ea), 1);
+	assert_int_equal(mm_user_merge(b, mm_delta_get(da, 0, NULL), on_eff, &eb), 0);
+	assert_int_equal(ea.n[MM_EFF_FOLDER], 1);
+	assert_int_equal(eb.total, 0);
+	assert_users_equal(a, b);
+	/* a subscription arriving: FOLDER; a stamp-only change of a register: nothing */
+	mm_delta_clear(da);
+	assert_int_equal(mm_user_folder_subscribe(a, "Proj", true, H(110, 1), NULL, NULL, da), 1);
+	eb = (struct effs){ 0 };
+	assert_int_equal(mm_user_merge(b, mm_delta_get(da, 0, NULL), on_eff, &eb), 1);
+	assert_int_equal(eb.n[MM_EFF_FOLDER], 1);
+	struct mm_rec f = *mm_delta_get(da, 0, NULL);
+	f.folder.subscribed.stamp = H(120, 1); /* same value, later stamp */
+	eb = (struct effs){ 0 };
+	assert_int_equal(mm_user_merge(b, &f, on_eff, &eb), 1);
+	assert_int_equal(eb.total, 0);
+	assert_int_equal(mm_user_merge(a, &f, on_eff, &eb), 1);
+	assert_int_equal(eb.total, 0);
+	/* UID and flags effects */
+	uint8_t key[MM_KEY_LEN];
+	mm_delta_clear(da);
+	assert_int_equal(mm_user_deliver(a, "Proj", BODY, 5, 5, 0, NULL, 0, 0, H(130, 1), key, NULL, NULL, da), 1);
+	assert_int_equal(mm_delta_count(da), 1); /* folder exists already */
+	eb = (struct effs){ 0 };
+	assert_int_equal(mm_user_merge(b, mm_delta_get(da, 0, NULL), on_eff, &eb), 1);
+	assert_int_equal(eb.n[MM_EFF_MSG_NEW], 1);
+	mm_delta_clear(da);
+	assert_int_equal(mm_user_set_uid(a, key, 77, H(140, 1), NULL, NULL, da), 1);
+	assert_int_equal(mm_user_set_uid(a, key, 77, H(141, 1), NULL, NULL, da), 0);
+	eb = (struct effs){ 0 };
+	assert_int_equal(mm_user_merge(b, mm_delta_get(da, 0, NULL), on_eff, &eb), 1);
+	assert_int_equal(eb.n[MM_EFF_MSG_UID], 1);
+	assert_int_equal(eb.total, 1);
+	assert_int_equal(mm_user_get(b, key)->msg.uid_value, 77);
+	/* a record disagreeing on immutable fields: the larger wins everywhere, reported
+	 * as expunge + new */
+	struct mm_rec forged = *mm_user_get(a, key);
+	forged.msg.body[0] = 0xff;
+	forged.msg.n_keywords = 0;
+	eb = (struct effs){ 0 };
+	assert_int_equal(mm_user_merge(b, &forged, on_eff, &eb), 1);
+	assert_int_equal(eb.n[MM_EFF_MSG_EXPUNGED], 1);
+	assert_int_equal(eb.n[MM_EFF_MSG_NEW], 1);
+	assert_int_equal(mm_user_get(b, key)->msg.body[0], 0xff);
+	assert_int_equal(mm_user_get(b, key)->msg.uid_value, 77);
+	assert_int_equal(mm_user_merge(a, &forged, NULL, NULL), 1);
+	assert_users_equal(a, b);
+	/* records from mm_user_get stay valid across gets until the next change */
+	uint8_t fk[MM_KEY_LEN];
+	mm_key_folder("Proj", fk);
+	const struct mm_rec *r1 = mm_user_get(b, key), *r2 = mm_user_get(b, fk);
+	assert_int_equal(r1->type, MM_REC_MESSAGE);
+	assert_int_equal(r2->type, MM_REC_FOLDER);
+	assert_string_equal(r1->msg.folder, "Proj");
+	assert_string_equal(r2->folder.name, "Proj");
+	/* nested foreach on one user */
+	struct nest_ctx c = { b, 0, 0 };
+	assert_int_equal(mm_user_foreach(b, NULL, 0, nested, &c), 0);
+	assert_int_equal(c.outer, (int)mm_user_count(b));
+	assert_int_equal(c.inner, c.outer * c.outer);
+	mm_delta_free(&da);
+	mm_delta_free(&db);
+	mm_user_free(&a);
+	mm_user_free(&b);
+}
+
 /* ---- codec -------------------------------------------------------------------------------------------- */
 
 static void roundtrip(const struct mm_rec *r)
@@ -1068,6 +1168,7 @@ int main(void)
 		cmocka_unit_test(test_gc),
 		cmocka_unit_test(test_merkle),
 		cmocka_unit_test(test_descent),
+		cmocka_unit_test(test_effects),
 		cmocka_unit_test(test_codec),
 		cmocka_unit_test(test_state),
 		cmocka_unit_test(test_delta),
