@@ -352,8 +352,10 @@ int mm_delta_apply(const struct mm_delta *d, struct mm_state *s, mm_effect_fn *e
  * so no node can still stamp a tombstone below it (docs/design.md).
  *
  * Records returned by mm_user_get() are materialised into memory owned by the user
- * and released at its next change (or mm_user_free); the record passed to a foreach
- * callback or an effect callback is valid for the duration of that call only. */
+ * and released at the first mm_user_get() after the user's next change (or at
+ * mm_user_free), so such a record may itself be merged back into the same user; the
+ * record passed to a foreach callback or an effect callback is valid for the
+ * duration of that call only. */
 
 #include <sys/types.h> /* ssize_t */
 

@@ -85,6 +85,7 @@ struct scratch {
 	size_t cap;
 	unsigned fe_depth;
 	struct mm_arena view; /* records handed out by mm_user_get */
+	uint64_t view_ver;    /* user version when `view` was last emptied */
 };
 
 struct mm_user {
@@ -579,7 +580,6 @@ static int store(struct mm_user *u, const uint8_t *key, const struct mm_rec *old
 		u->lc[l][x] = (uint32_t)((int64_t)u->lc[l][x] + dc);
 	}
 	u->version++;
-	mm_arena_reset(&u->sc->view);
 	while (u->B < MAXB && u->count > ((size_t)GROW_AT << (4 * u->B))) {
 		unsigned before = u->B;
 		grow(u);
@@ -921,6 +921,13 @@ int mm_user_merge(struct mm_user *u, const struct mm_rec *r, mm_effect_fn *eff, 
 
 const struct mm_rec *mm_user_get(const struct mm_user *u, const uint8_t key[MM_KEY_LEN])
 {
+	/* Records handed out before the last change are released lazily, here, rather
+	 * than in the change itself: that keeps a record from mm_user_get usable as
+	 * the input of a merge into the same user. */
+	if (u->sc->view_ver != u->version) {
+		mm_arena_reset(&u->sc->view);
+		u->sc->view_ver = u->version;
+	}
 	const struct slot *s = find(u, key);
 	if (!s)
 		return NULL;
