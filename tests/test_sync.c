@@ -535,6 +535,23 @@ static void converge_n(int n, unsigned loss, unsigned dup, unsigned resets, unsi
 			net_run(&net);
 	}
 	int rounds2 = run_until_converged(&net, 400);
+	/* in sync, a gossip exchange is one small datagram each way and nothing else */
+	memset(net.msgs_by_type, 0, sizeof net.msgs_by_type);
+	memset(net.bytes_by_type, 0, sizeof net.bytes_by_type);
+	unsigned saved_loss = net.loss_pct, saved_dup = net.dup_pct;
+	net.loss_pct = net.dup_pct = 0;
+	assert_int_equal(mm_sync_gossip(net.nodes[0].sess[1], net.now), 0);
+	net_run(&net);
+	uint64_t others = 0;
+	for (int t = 0; t <= MM_MSG_TYPE_MAX; t++)
+		if (t != MM_MSG_DIGEST)
+			others += net.msgs_by_type[t];
+	assert_int_equal(net.msgs_by_type[MM_MSG_DIGEST], 2);
+	assert_int_equal(others, 0);
+	assert_true(net.bytes_by_type[MM_MSG_DIGEST] < 2 * 200);
+	assert_true(mm_sync_stats(net.nodes[0].sess[1])->roots_equal);
+	net.loss_pct = saved_loss;
+	net.dup_pct = saved_dup;
 	size_t recs = 0;
 	for (int i = 0; i < n; i++)
 		for (int j = 0; j < n; j++)
