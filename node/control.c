@@ -1,0 +1,418 @@
+/*
+ * control.c — the daemon's local control socket and `mailmesh status`.
+ *
+ * The socket (config `control_socket`, mode 0600, owned by the daemon's user, so only
+ * that user and root can reach it) takes one request line, "status" or "status json",
+ * and answers with a report, then closes.  The daemon renders both forms so the client
+ * stays a few lines of plain POSIX.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "node/cmds.h"
+#include "node/daemon.h"
+#include "node/log.h"
+#include "node/store.h"
+#include "proto/fetch.h"
+#include "proto/sync.h"
+
+#define MAX_USERS_LISTED 1000
+
+struct ctl_client {
+	uv_pipe_t h;
+	struct mm_daemon *d;
+	char line[64];
+	size_t len;
+	char *out;
+	size_t out_len, out_cap;
+	uv_write_t wr;
+};
+
+/* ---- a growable text buffer ------------------------------------------------------ */
+
+static void out_printf(struct ctl_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out_printf(struct ctl_client *c, const char *fmt, ...)
+{
+	va_list ap;
+	for (;;) {
+		va_start(ap, fmt);
+		int n = vsnprintf(c->out ? c->out + c->out_len : NULL, c->out ? c->out_cap - c->out_len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if (c->out && c->out_len + (size_t)n < c->out_cap) {
+			c->out_len += (size_t)n;
+			return;
+		}
+		size_t cap = (c->out_cap + (size_t)n + 1) * 2;
+		char *p = realloc(c->out, cap);
+		if (!p)
+			return;
+		c->out = p;
+		c->out_cap = cap;
+	}
+}
+
+static void hex(const uint8_t *b, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = digits[b[i] >> 4];
+		out[2 * i + 1] = digits[b[i] & 15];
+	}
+	out[2 * n] = 0;
+}
+
+static const char *peer_state_name(enum mm_peer_state s)
+{
+	switch (s) {
+	case MM_PEER_IDLE: return "disconnected";
+	case MM_PEER_RESOLVING: return "resolving";
+	case MM_PEER_CONNECTING: return "connecting";
+	case MM_PEER_HANDSHAKE: return "handshake";
+	case MM_PEER_ESTABLISHED: return "connected";
+	}
+	return "?";
+}
+
+/* JSON strings here are names checked by the config and crdt validators (no quotes,
+ * backslashes or control characters), but escape anyway: the report must parse. */
+static void out_json_str(struct ctl_client *c, const char *s)
+{
+	out_printf(c, "\"");
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			out_printf(c, "\\%c", ch);
+		else if (ch < 0x20)
+			out_printf(c, "\\u%04x", ch);
+		else
+			out_printf(c, "%c", ch);
+	}
+	out_printf(c, "\"");
+}
+
+struct user_walk {
+	struct ctl_client *c;
+	bool json;
+	size_t n;
+	uint64_t records;
+};
+
+static int user_cb(void *arg, struct mm_user *u)
+{
+	struct user_walk *w = arg;
+	w->records += mm_user_count(u);
+	if (w->n++ >= MAX_USERS_LISTED)
+		return 0;
+	uint8_t root[MM_HASH_LEN];
+	char rh[2 * MM_HASH_LEN + 1];
+	mm_user_root(u, root);
+	hex(root, 16, rh);
+	if (w->json) {
+		out_printf(w->c, "%s{\"user\":", w->n > 1 ? "," : "");
+		out_json_str(w->c, mm_user_name(u));
+		out_printf(w->c, ",\"records\":%zu,\"root\":\"%s\"}", mm_user_count(u), rh);
+	} else {
+		out_printf(w->c, "  %-40s records %-8zu root %s\n", mm_user_name(u), mm_user_count(u), rh);
+	}
+	return 0;
+}
+
+static void render(struct ctl_client *c, bool json)
+{
+	struct mm_daemon *d = c->d;
+	uint64_t now = mm_daemon_now();
+	uint8_t root[MM_HASH_LEN];
+	char rh[2 * MM_HASH_LEN + 1];
+	mm_state_root(d->state, root);
+	hex(root, MM_HASH_LEN, rh);
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(d->fetch, &fs);
+	size_t missing = mm_store_missing_count(d->store);
+
+	if (json) {
+		out_printf(c, "{\"name\":");
+		out_json_str(c, d->cfg.name);
+		out_printf(c, ",\"node_id\":\"%016llx\",\"listen\":", (unsigned long long)d->cfg.node_id);
+		out_json_str(c, d->cfg.listen_host);
+		out_printf(c, ",\"port\":%u,\"uptime_ms\":%llu,\"root\":\"%s\",\"users\":%zu,"
+		           "\"missing_bodies\":%zu,\"fetching\":%llu,\"fetching_bytes\":%llu,"
+		           "\"local_changes\":%llu,\"remote_changes\":%llu,\"peers\":[",
+		           d->cfg.listen_port, (unsigned long long)(now - d->started_ms), rh,
+		           mm_state_user_count(d->state), missing, (unsigned long long)fs.wanted,
+		           (unsigned long long)fs.inflight_bytes, (unsigned long long)d->local_changes,
+		           (unsigned long long)d->remote_changes);
+	} else {
+		out_printf(c, "node %s (id %016llx) listening on %s:%u, up %llus\n", d->cfg.name,
+		           (unsigned long long)d->cfg.node_id, d->cfg.listen_host, d->cfg.listen_port,
+		           (unsigned long long)((now - d->started_ms) / 1000));
+		out_printf(c, "root %s\nusers %zu, messages missing a body here %zu (fetching %llu, %llu bytes)\n",
+		           rh, mm_state_user_count(d->state), missing, (unsigned long long)fs.wanted,
+		           (unsigned long long)fs.inflight_bytes);
+		out_printf(c, "local changes %llu, remote changes %llu\npeers:\n",
+		           (unsigned long long)d->local_changes, (unsigned long long)d->remote_changes);
+	}
+	for (size_t i = 0; i < d->n_peers; i++) {
+		struct mm_dpeer *p = &d->peers[i];
+		const struct mm_sync_stats *st = mm_sync_stats(p->sync);
+		char ph[2 * MM_HASH_LEN + 1];
+		hex(st->peer_root, MM_HASH_LEN, ph);
+		long long ago = st->last_sync_ms ? (long long)(now - st->last_sync_ms) : -1;
+		bool in_sync = st->roots_equal && !memcmp(st->peer_root, root, MM_HASH_LEN);
+		if (json) {
+			out_printf(c, "%s{\"name\":", i ? "," : "");
+			out_json_str(c, p->conf->name);
+			out_printf(c, ",\"address\":");
+			out_json_str(c, p->conf->host);
+			out_printf(c, ",\"port\":%u,\"state\":\"%s\",\"connected\":%s,\"in_sync\":%s,"
+			           "\"last_sync_ms_ago\":%lld,\"peer_root\":\"%s\",\"last_differences\":%llu,"
+			           "\"records_in\":%llu,\"records_out\":%llu,\"bodies_in\":%llu,\"bodies_out\":%llu,"
+			           "\"bytes_in\":%llu,\"bytes_out\":%llu,\"rounds\":%llu,\"connects\":%llu}",
+			           p->conf->port, peer_state_name(p->state),
+			           p->state == MM_PEER_ESTABLISHED ? "true" : "false", in_sync ? "true" : "false",
+			           ago, ph, (unsigned long long)st->last_differences,
+			           (unsigned long long)st->records_in, (unsigned long long)st->records_out,
+			           (unsigned long long)st->bodies_in, (unsigned long long)st->bodies_out,
+			           (unsigned long long)st->bytes_in, (unsigned long long)st->bytes_out,
+			           (unsigned long long)st->rounds_done, (unsigned long long)p->connects);
+		} else {
+			char agos[32] = "never";
+			if (ago >= 0)
+				snprintf(agos, sizeof agos, "%lld ms ago", ago);
+			out_printf(c, "  %-16s %-13s %s, last sync %s, last round %llu differences, "
+			           "in %llu records/%llu bodies, out %llu records/%llu bodies\n",
+			           p->conf->name, peer_state_name(p->state), in_sync ? "in sync" : "differs",
+			           agos, (unsigned long long)st->last_differences,
+			           (unsigned long long)st->records_in, (unsigned long long)st->bodies_in,
+			           (unsigned long long)st->records_out, (unsigned long long)st->bodies_out);
+		}
+	}
+	struct user_walk w = {c, json, 0, 0};
+	if (json)
+		out_printf(c, "],\"user_roots\":[");
+	else
+		out_printf(c, "users:\n");
+	mm_state_foreach(d->state, NULL, 0, user_cb, &w);
+	if (json)
+		out_printf(c, "],\"records\":%llu,\"user_roots_truncated\":%s}\n", (unsigned long long)w.records,
+		           w.n > MAX_USERS_LISTED ? "true" : "false");
+	else if (w.n > MAX_USERS_LISTED)
+		out_printf(c, "  ... %zu more users\n", w.n - MAX_USERS_LISTED);
+}
+
+/* ---- server ------------------------------------------------------------------- */
+
+static void client_closed(uv_handle_t *h)
+{
+	struct ctl_client *c = h->data;
+	mm_daemon_handle_closed(h);
+	free(c->out);
+	free(c);
+}
+
+static void client_written(uv_write_t *req, int status)
+{
+	(void)status;
+	struct ctl_client *c = req->data;
+	uv_close((uv_handle_t *)&c->h, client_closed);
+}
+
+static void client_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	(void)hint;
+	struct ctl_client *c = h->data;
+	*buf = uv_buf_init(c->line + c->len, (unsigned)(sizeof c->line - 1 - c->len));
+}
+
+static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	(void)buf;
+	struct ctl_client *c = s->data;
+	if (n < 0 || (n == 0 && c->len >= sizeof c->line - 1)) {
+		uv_close((uv_handle_t *)&c->h, client_closed);
+		return;
+	}
+	c->len += (size_t)n;
+	c->line[c->len] = 0;
+	char *nl = strchr(c->line, '\n');
+	if (!nl) {
+		if (c->len >= sizeof c->line - 1)
+			uv_close((uv_handle_t *)&c->h, client_closed);
+		return;
+	}
+	*nl = 0;
+	uv_read_stop(s);
+	if (!strcmp(c->line, "status json"))
+		render(c, true);
+	else if (!strcmp(c->line, "status"))
+		render(c, false);
+	else
+		out_printf(c, "error: unknown request '%s' (expected 'status' or 'status json')\n", c->line);
+	if (!c->out) {
+		uv_close((uv_handle_t *)&c->h, client_closed);
+		return;
+	}
+	uv_buf_t b = uv_buf_init(c->out, (unsigned)c->out_len);
+	c->wr.data = c;
+	if (uv_write(&c->wr, s, &b, 1, client_written) < 0)
+		uv_close((uv_handle_t *)&c->h, client_closed);
+}
+
+static void on_control(uv_stream_t *server, int status)
+{
+	struct mm_daemon *d = server->data;
+	if (status < 0 || d->stopping)
+		return;
+	struct ctl_client *c = calloc(1, sizeof *c);
+	if (!c)
+		return;
+	c->d = d;
+	uv_pipe_init(&d->loop, &c->h, 0);
+	d->open_handles++;
+	c->h.data = c;
+	if (uv_accept(server, (uv_stream_t *)&c->h) < 0 ||
+	    uv_read_start((uv_stream_t *)&c->h, client_alloc, client_read) < 0)
+		uv_close((uv_handle_t *)&c->h, client_closed);
+}
+
+int mm_control_start(struct mm_daemon *d)
+{
+	const char *path = d->cfg.control_socket;
+	struct stat st;
+	/* A socket left by a daemon that died: connectable means one is running. */
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			mm_log(MM_LOG_ERROR, "%s: control_socket %s exists and is not a socket; remove it or "
+			       "choose another path", d->cfg.path, path);
+			return -EEXIST;
+		}
+		int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		struct sockaddr_un a = {.sun_family = AF_UNIX};
+		snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+			close(fd);
+			mm_log(MM_LOG_ERROR, "%s: another mailmesh daemon is running (control socket %s "
+			       "answers); stop it first", d->cfg.path, path);
+			return -EADDRINUSE;
+		}
+		if (fd >= 0)
+			close(fd);
+		unlink(path);
+	}
+	uv_pipe_init(&d->loop, &d->control, 0);
+	d->open_handles++;
+	d->control.data = d;
+	mode_t old = umask(0177);
+	int r = uv_pipe_bind(&d->control, path);
+	umask(old);
+	if (r < 0) {
+		mm_log(MM_LOG_ERROR, "%s: cannot create control_socket %s: %s", d->cfg.path, path, uv_strerror(r));
+		return r;
+	}
+	chmod(path, 0600);
+	if (d->cfg.drop_privileges && geteuid() == 0 && chown(path, d->cfg.uid, d->cfg.gid) < 0)
+		mm_log(MM_LOG_WARN, "cannot chown %s: %s", path, strerror(errno));
+	if ((r = uv_listen((uv_stream_t *)&d->control, 8, on_control)) < 0) {
+		mm_log(MM_LOG_ERROR, "cannot listen on %s: %s", path, uv_strerror(r));
+		return r;
+	}
+	return 0;
+}
+
+void mm_control_stop(struct mm_daemon *d)
+{
+	if (d->control.type == UV_NAMED_PIPE) {
+		uv_close((uv_handle_t *)&d->control, mm_daemon_handle_closed);
+		unlink(d->cfg.control_socket);
+	}
+}
+
+/* ---- client: mailmesh status -------------------------------------------------- */
+
+int mm_cmd_status(int argc, char **argv)
+{
+	const char *conf = NULL;
+	bool json = false;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+			conf = argv[++i];
+		else if (!strcmp(argv[i], "--json"))
+			json = true;
+		else {
+			fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
+			return 2;
+		}
+	}
+	if (!conf) {
+		fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
+		return 2;
+	}
+	FILE *f = fopen(conf, "r");
+	if (!f) {
+		fprintf(stderr, "mailmesh: cannot read %s: %s\n", conf, strerror(errno));
+		return 2;
+	}
+	char *text = NULL;
+	size_t cap = 0, len = 0;
+	for (;;) {
+		if (len + 4096 > cap) {
+			char *p = realloc(text, cap = len + 65536);
+			if (!p) {
+				free(text);
+				fclose(f);
+				return 1;
+			}
+			text = p;
+		}
+		size_t n = fread(text + len, 1, cap - len, f);
+		if (n == 0)
+			break;
+		len += n;
+	}
+	fclose(f);
+	struct mm_config cfg;
+	char err[MM_CONFIG_ERR_MAX];
+	int r = mm_config_parse(conf, text ? text : "", len, &cfg, err, sizeof err);
+	free(text);
+	if (r < 0) {
+		fprintf(stderr, "mailmesh: %s\n", err);
+		return 2;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	if (strlen(cfg.control_socket) >= sizeof a.sun_path) {
+		fprintf(stderr, "mailmesh: %s: control_socket path too long\n", conf);
+		mm_config_free(&cfg);
+		return 2;
+	}
+	strcpy(a.sun_path, cfg.control_socket);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+		fprintf(stderr, "mailmesh: the daemon is not running (cannot connect to %s: %s); start it "
+		        "with: mailmesh run -c %s\n", cfg.control_socket, strerror(errno), conf);
+		if (fd >= 0)
+			close(fd);
+		mm_config_free(&cfg);
+		return 1;
+	}
+	mm_config_free(&cfg);
+	const char *req = json ? "status json\n" : "status\n";
+	if (write(fd, req, strlen(req)) < 0) {
+		fprintf(stderr, "mailmesh: cannot talk to the daemon: %s\n", strerror(errno));
+		close(fd);
+		return 1;
+	}
+	char buf[65536];
+	ssize_t n;
+	while ((n = read(fd, buf, sizeof buf)) > 0)
+		fwrite(buf, 1, (size_t)n, stdout);
+	close(fd);
+	return n < 0 ? 1 : 0;
+}

@@ -1,0 +1,385 @@
+/*
+ * daemon.c — `mailmesh run`: starts the node and runs its event loop.
+ *
+ * Start-up order matters: sockets and the control socket are bound first (a port
+ * below 1024 needs root), then privileges are dropped to the configured mail user,
+ * and only then the state database is opened and the Maildirs are read, so every file
+ * the daemon creates belongs to the mail user.  Shutdown (SIGTERM/SIGINT) stops
+ * taking work, aborts bodies being received (nothing half-written becomes visible),
+ * commits the state, closes every handle and checks that none leaked.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <sodium.h>
+
+#include "node/cmds.h"
+#include "node/daemon.h"
+#include "node/log.h"
+#include "node/store.h"
+#include "proto/fetch.h"
+#include "proto/gossip.h"
+#include "proto/sync.h"
+
+#define COMMIT_DELAY_MS 20          /* merged remote changes are committed in batches */
+#define RESCAN_INTERVAL_MS 60000    /* full rescan: the safety net behind the watchers */
+#define GC_INTERVAL_MS 3600000      /* tombstone GC horizon check */
+#define GC_QUANTUM_MS 3600000ULL    /* horizons are whole hours so nodes agree on them */
+
+uint64_t mm_daemon_now(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+void mm_daemon_handle_closed(uv_handle_t *h)
+{
+	struct mm_daemon *d = h->loop->data;
+	d->open_handles--;
+}
+
+/* ---- effects, commits, pushes ---------------------------------------------------- */
+
+void mm_daemon_effect(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec)
+{
+	struct mm_daemon *d = arg;
+	mm_store_effect(d->store, user, eff, rec);
+	d->remote_changes++;
+	mm_daemon_commit_soon(d);
+}
+
+static void commit_cb(uv_timer_t *t)
+{
+	struct mm_daemon *d = t->data;
+	d->commit_pending = false;
+	int r = mm_store_commit(d->store);
+	if (r < 0) {
+		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s; retrying in 1 s",
+		       d->cfg.state_dir, strerror(-r));
+		d->commit_pending = true;
+		uv_timer_start(&d->commit_timer, commit_cb, 1000, 0);
+		return;
+	}
+	/* Remote changes may have created folders or users: watch them too. */
+	mm_watch_refresh(d);
+}
+
+void mm_daemon_commit_soon(struct mm_daemon *d)
+{
+	if (d->commit_pending || d->stopping)
+		return;
+	d->commit_pending = true;
+	uv_timer_start(&d->commit_timer, commit_cb, COMMIT_DELAY_MS, 0);
+}
+
+void mm_daemon_push(struct mm_daemon *d, const struct mm_delta *delta)
+{
+	if (mm_delta_count(delta) == 0)
+		return;
+	int r = mm_gossip_push(d->gossip, delta, NULL, mm_daemon_now());
+	if (r < 0)
+		mm_log(MM_LOG_WARN, "push failed: %s (anti-entropy will carry the change)", strerror(-r));
+}
+
+/* ---- timers -------------------------------------------------------------------- */
+
+static int want_missing(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
+                        const uint8_t body[MM_ID_LEN], uint64_t size)
+{
+	(void)key;
+	struct mm_daemon *d = arg;
+	if (mm_store_body_have_id(d->store, user, body) != 1)
+		mm_fetch_want(d->fetch, user, body, size, NULL, mm_daemon_now());
+	return 0;
+}
+
+static void gossip_cb(uv_timer_t *t)
+{
+	struct mm_daemon *d = t->data;
+	uint8_t rnd[16];
+	randombytes_buf(rnd, sizeof rnd);
+	uint64_t now = mm_daemon_now();
+	mm_gossip_tick(d->gossip, now, rnd, sizeof rnd);
+	/* A body the store expected to copy locally can lose its source to a concurrent
+	 * expunge; whatever is missing but not being fetched is handed to the scheduler. */
+	if (now - d->missing_check_ms >= 1000) {
+		struct mm_fetch_stats fs;
+		mm_fetch_get_stats(d->fetch, &fs);
+		d->missing_check_ms = now;
+		if (mm_store_missing_count(d->store) > fs.wanted)
+			mm_store_missing(d->store, want_missing, d);
+	}
+	mm_fetch_tick(d->fetch, now);
+	mm_peer_dial_all(d);
+}
+
+static void rescan_cb(uv_timer_t *t)
+{
+	struct mm_daemon *d = t->data;
+	mm_scan_request(d, NULL, NULL);
+}
+
+struct gc_walk {
+	struct mm_daemon *d;
+	mm_hlc horizon;
+	struct mm_delta *delta;
+	int dropped;
+};
+
+static int gc_user(void *arg, struct mm_user *u)
+{
+	struct gc_walk *w = arg;
+	int r = mm_user_gc(u, w->horizon, mm_daemon_effect, w->d, w->delta);
+	if (r > 0)
+		w->dropped += r;
+	return 0;
+}
+
+static void gc_cb(uv_timer_t *t)
+{
+	struct mm_daemon *d = t->data;
+	uint64_t now = mm_daemon_now();
+	if (now < d->cfg.gc_grace_ms)
+		return;
+	uint64_t h = (now - d->cfg.gc_grace_ms) / GC_QUANTUM_MS * GC_QUANTUM_MS;
+	struct gc_walk w = {d, {h << MM_HLC_LOGICAL_BITS, 0}, mm_delta_new(), 0};
+	if (!w.delta)
+		return;
+	mm_state_foreach(d->state, NULL, 0, gc_user, &w);
+	if (mm_delta_count(w.delta) > 0 && mm_store_commit(d->store) == 0) {
+		mm_log(MM_LOG_INFO, "tombstone gc horizon=%llu dropped=%d", (unsigned long long)h, w.dropped);
+		mm_daemon_push(d, w.delta);
+	}
+	mm_delta_free(&w.delta);
+}
+
+/* ---- shutdown ------------------------------------------------------------------- */
+
+static void close_if(uv_handle_t *h)
+{
+	if (h->type != UV_UNKNOWN_HANDLE && !uv_is_closing(h))
+		uv_close(h, mm_daemon_handle_closed);
+}
+
+static void daemon_stop(struct mm_daemon *d, int status)
+{
+	if (d->stopping)
+		return;
+	d->stopping = true;
+	d->exit_status = status;
+	mm_log(MM_LOG_INFO, "shutting down");
+	/* Bodies being written are aborted by the sessions (mm_sync_reset/free) before
+	 * the final commit, so nothing half-received becomes visible. */
+	mm_peers_stop(d);
+	for (size_t i = 0; i < d->n_peers; i++)
+		mm_sync_reset(d->peers[i].sync, mm_daemon_now());
+	if (d->store && mm_store_commit(d->store) < 0)
+		mm_log(MM_LOG_ERROR, "%s: final commit failed; changes since the last commit will be "
+		       "found again by the next start's rescan or from peers", d->cfg.state_dir);
+	mm_watch_stop(d);
+	mm_control_stop(d);
+	close_if((uv_handle_t *)&d->gossip_timer);
+	close_if((uv_handle_t *)&d->scan_timer);
+	close_if((uv_handle_t *)&d->rescan_timer);
+	close_if((uv_handle_t *)&d->commit_timer);
+	close_if((uv_handle_t *)&d->gc_timer);
+	close_if((uv_handle_t *)&d->sigterm);
+	close_if((uv_handle_t *)&d->sigint);
+}
+
+static void signal_cb(uv_signal_t *s, int signum)
+{
+	struct mm_daemon *d = s->data;
+	mm_log(MM_LOG_INFO, "signal %d received", signum);
+	daemon_stop(d, 0);
+}
+
+/* ---- privileges ---------------------------------------------------------------- */
+
+static int prepare_state_dir(struct mm_daemon *d)
+{
+	const char *dir = d->cfg.state_dir;
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		mm_log(MM_LOG_ERROR, "%s: cannot create state_dir %s: %s", d->cfg.path, dir, strerror(errno));
+		return -errno;
+	}
+	if (d->cfg.drop_privileges && geteuid() == 0 && chown(dir, d->cfg.uid, d->cfg.gid) < 0) {
+		mm_log(MM_LOG_ERROR, "cannot chown %s to uid %u: %s", dir, (unsigned)d->cfg.uid, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+static int drop_privileges(struct mm_daemon *d)
+{
+	if (!d->cfg.drop_privileges)
+		return 0;
+	if (geteuid() != 0) {
+		if (geteuid() == d->cfg.uid)
+			return 0;
+		mm_log(MM_LOG_ERROR, "%s: user = %s but the daemon runs as uid %u, not root: start it as "
+		       "root or as that user", d->cfg.path, d->cfg.user ? d->cfg.user : "?", (unsigned)geteuid());
+		return -EPERM;
+	}
+	if (setgroups(0, NULL) < 0 || setgid(d->cfg.gid) < 0 || setuid(d->cfg.uid) < 0) {
+		mm_log(MM_LOG_ERROR, "cannot drop privileges to uid %u gid %u: %s", (unsigned)d->cfg.uid,
+		       (unsigned)d->cfg.gid, strerror(errno));
+		return -errno;
+	}
+	if (setuid(0) == 0) {
+		mm_log(MM_LOG_ERROR, "privileges could be regained after dropping them; refusing to run");
+		return -EPERM;
+	}
+	mm_log(MM_LOG_INFO, "running as uid %u gid %u", (unsigned)d->cfg.uid, (unsigned)d->cfg.gid);
+	return 0;
+}
+
+static void store_log(void *arg, int level, const char *fmt, ...)
+{
+	(void)arg;
+	char line[MM_LOG_LINE_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	mm_log(level <= MM_STORE_LOG_ERR ? MM_LOG_ERROR : level <= MM_STORE_LOG_WARNING ? MM_LOG_WARN : MM_LOG_INFO,
+	       "store: %s", line);
+}
+
+/* ---- run ----------------------------------------------------------------------- */
+
+static int daemon_start(struct mm_daemon *d)
+{
+	int r;
+	char err[512];
+	uv_loop_init(&d->loop);
+	d->loop.data = d;
+	d->started_ms = mm_daemon_now();
+	mm_clock_init(&d->clock, d->cfg.node_id, 0);
+	if (!(d->state = mm_state_new()))
+		return -ENOMEM;
+	struct mm_gossip_config gc = {.fanout = d->cfg.push_fanout, .push_all_max = d->cfg.push_fanout ? 0 : 1024};
+	randombytes_buf(&gc.seed, sizeof gc.seed);
+	if ((r = mm_gossip_new(&gc, &d->gossip)) < 0 || (r = mm_fetch_new(NULL, &d->fetch)) < 0)
+		return r;
+
+	uv_timer_init(&d->loop, &d->gossip_timer);
+	uv_timer_init(&d->loop, &d->scan_timer);
+	uv_timer_init(&d->loop, &d->rescan_timer);
+	uv_timer_init(&d->loop, &d->commit_timer);
+	uv_timer_init(&d->loop, &d->gc_timer);
+	uv_signal_init(&d->loop, &d->sigterm);
+	uv_signal_init(&d->loop, &d->sigint);
+	d->open_handles += 7;
+	d->gossip_timer.data = d->scan_timer.data = d->rescan_timer.data = d;
+	d->commit_timer.data = d->gc_timer.data = d->sigterm.data = d->sigint.data = d;
+	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
+	uv_signal_start(&d->sigint, signal_cb, SIGINT);
+	signal(SIGPIPE, SIG_IGN);
+
+	if ((r = prepare_state_dir(d)) < 0)
+		return r;
+	if ((r = mm_peers_start(d)) < 0)
+		return r;
+	if ((r = mm_control_start(d)) < 0)
+		return r;
+	if ((r = drop_privileges(d)) < 0)
+		return r;
+
+	struct mm_store_config sc = {.mail_location = d->cfg.mail_location, .state_dir = d->cfg.state_dir};
+	if ((r = mm_store_open(&d->store, &sc, d->state, &d->clock, err, sizeof err)) < 0) {
+		mm_log(MM_LOG_ERROR, "%s", err);
+		return r;
+	}
+	mm_store_set_log(d->store, store_log, d);
+	uint64_t t0 = mm_daemon_now();
+	struct mm_delta *delta = mm_delta_new();
+	if (!delta)
+		return -ENOMEM;
+	r = mm_store_scan(d->store, mm_daemon_now(), delta);
+	if (r >= 0 && (r = mm_store_commit(d->store)) < 0)
+		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s", d->cfg.state_dir, strerror(-r));
+	mm_log(MM_LOG_INFO, "store ready users=%zu local_changes=%zu scan_ms=%llu", mm_state_user_count(d->state),
+	       mm_delta_count(delta), (unsigned long long)(mm_daemon_now() - t0));
+	mm_delta_free(&delta);
+	if (r < 0)
+		return r;
+	mm_store_missing(d->store, want_missing, d);
+	mm_watch_refresh(d);
+
+	uv_timer_start(&d->gossip_timer, gossip_cb, d->cfg.gossip_interval_ms, d->cfg.gossip_interval_ms);
+	uv_timer_start(&d->rescan_timer, rescan_cb, RESCAN_INTERVAL_MS, RESCAN_INTERVAL_MS);
+	uv_timer_start(&d->gc_timer, gc_cb, 1000, GC_INTERVAL_MS);
+	mm_log(MM_LOG_INFO, "mailmesh node %s (%016llx) started", d->cfg.name, (unsigned long long)d->cfg.node_id);
+	return 0;
+}
+
+static void daemon_free(struct mm_daemon *d)
+{
+	for (size_t i = 0; i < d->n_peers; i++) {
+		mm_gossip_remove(d->gossip, d->peers[i].sync);
+		mm_sync_free(&d->peers[i].sync);
+	}
+	free(d->peers);
+	mm_gossip_free(&d->gossip);
+	mm_fetch_free(&d->fetch);
+	mm_store_free(&d->store);
+	mm_state_free(&d->state);
+	mm_config_free(&d->cfg);
+}
+
+int mm_cmd_run(int argc, char **argv)
+{
+	const char *conf = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+			conf = argv[++i];
+		else {
+			fprintf(stderr, "usage: mailmesh run -c FILE\n");
+			return 2;
+		}
+	}
+	if (!conf) {
+		fprintf(stderr, "usage: mailmesh run -c FILE\n");
+		return 2;
+	}
+	if (sodium_init() < 0) {
+		fprintf(stderr, "mailmesh: libsodium failed to initialise\n");
+		return 1;
+	}
+	struct mm_daemon *d = calloc(1, sizeof *d);
+	if (!d)
+		return 1;
+	char err[MM_CONFIG_ERR_MAX];
+	if (mm_config_load(conf, &d->cfg, err, sizeof err) < 0) {
+		fprintf(stderr, "mailmesh: %s\n", err);
+		free(d);
+		return 2;
+	}
+	mm_log_set_level(d->cfg.log_level);
+	int r = daemon_start(d);
+	if (r < 0) {
+		mm_log(MM_LOG_ERROR, "start-up failed: %s", strerror(-r));
+		daemon_stop(d, 1);
+	}
+	uv_run(&d->loop, UV_RUN_DEFAULT);
+	int status = d->exit_status;
+	/* Everything was closed by daemon_stop; a handle still open is a leak. */
+	if (d->open_handles != 0 || uv_loop_close(&d->loop) != 0) {
+		mm_log(MM_LOG_ERROR, "internal error: %d libuv handles leaked at exit", d->open_handles);
+		status = 1;
+	}
+	daemon_free(d);
+	free(d);
+	mm_log(MM_LOG_INFO, "stopped");
+	return status;
+}

@@ -1,0 +1,116 @@
+/*
+ * daemon.h — the running node's objects, shared by the files that make up the daemon:
+ *   daemon.c   start-up, privilege drop, timers, signals, local changes -> push
+ *   peer.c     TCP connections, the Noise channel, datagrams, the sync io backend
+ *   watch.c    uv_fs_event watchers on the Maildirs and the rescans they trigger
+ *   bodies.c   the sync body vtable on top of the Maildir store
+ *   control.c  the control socket (`mailmesh status`)
+ * Only node/ sees this header; proto/ and crdt/ know nothing of libuv.
+ */
+#ifndef MM_DAEMON_H
+#define MM_DAEMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "crdt/crdt.h"
+#include "node/config.h"
+#include "proto/channel.h"
+
+struct mm_store;
+struct mm_sync;
+struct mm_gossip;
+struct mm_fetch;
+struct mm_conn;
+struct mm_watch;
+
+/* What a peer's connection slot expects next. */
+enum mm_peer_state {
+	MM_PEER_IDLE = 0,      /* no connection; waits for its retry timer or for the peer */
+	MM_PEER_RESOLVING,     /* dialer: resolving the host name */
+	MM_PEER_CONNECTING,    /* dialer: TCP connect in progress */
+	MM_PEER_HANDSHAKE,     /* TCP up, Noise handshake in progress */
+	MM_PEER_ESTABLISHED,   /* channel up, sync session connected */
+};
+
+struct mm_dpeer {
+	struct mm_daemon *d;
+	const struct mm_peer *conf;        /* line of the peers file (borrowed from cfg) */
+	struct mm_sync *sync;              /* one replication session for the daemon's life */
+	struct mm_conn *conn;              /* the connection carrying the channel, or NULL */
+	enum mm_peer_state state;
+	bool dialer;                       /* we connect to it (our key sorts lower) */
+	uv_timer_t retry;                  /* reconnect with backoff and jitter */
+	uint32_t backoff_ms;
+	uint8_t last_ts[MM_CH_TAI64N_LEN]; /* newest handshake timestamp accepted from it */
+	struct sockaddr_storage udp_addr;  /* where its datagrams go (resolved) */
+	bool udp_addr_ok;
+	uint64_t connected_since_ms;
+	uint64_t connects, disconnects;
+};
+
+struct mm_daemon {
+	uv_loop_t loop;
+	struct mm_config cfg;
+	struct mm_state *state;
+	struct mm_clock clock;
+	struct mm_store *store;
+	struct mm_gossip *gossip;
+	struct mm_fetch *fetch;
+	struct mm_dpeer *peers;            /* every peer of the peers file but us */
+	size_t n_peers;
+
+	uv_tcp_t listener;
+	uv_udp_t udp;
+	uv_pipe_t control;
+	uv_timer_t gossip_timer;           /* gossip_interval: digest, sync timers, fetches */
+	uv_timer_t scan_timer;             /* coalesces watcher events into rescans */
+	uv_timer_t rescan_timer;           /* periodic full rescan: the safety net */
+	uv_timer_t commit_timer;           /* commits merged remote changes in batches */
+	uv_timer_t gc_timer;               /* raises the tombstone GC horizon */
+	uv_signal_t sigterm, sigint;
+	int open_handles;                  /* handles not yet closed (leak check at exit) */
+
+	struct mm_watch *watches;          /* list of watched directories */
+	struct mm_dirty *dirty;            /* (user, folder) to rescan, NULL folder = all */
+	bool full_scan_wanted;
+	bool commit_pending;
+	bool stopping;
+	int exit_status;
+	struct mm_conn *conns;             /* every open connection (for shutdown) */
+	uint64_t started_ms;
+	uint64_t missing_check_ms;         /* last time missing bodies were re-wanted */
+	uint64_t local_changes, remote_changes;
+};
+
+/* Milliseconds since the unix epoch (the HLC's wall clock). */
+uint64_t mm_daemon_now(void);
+
+/* peer.c */
+int mm_peers_start(struct mm_daemon *d);       /* listener, UDP socket, sessions, dials */
+void mm_peers_stop(struct mm_daemon *d);       /* closes every connection and socket */
+void mm_peer_dial_all(struct mm_daemon *d);
+struct mm_dpeer *mm_peer_by_sync(struct mm_daemon *d, const struct mm_sync *s);
+
+/* watch.c */
+int mm_watch_refresh(struct mm_daemon *d);     /* watches every dir the store lists */
+void mm_watch_stop(struct mm_daemon *d);
+void mm_scan_request(struct mm_daemon *d, const char *user, const char *folder);
+void mm_scan_run(struct mm_daemon *d);         /* rescans what is dirty, commits, pushes */
+
+/* bodies.c */
+struct mm_body_ops;
+void mm_bodies_ops(struct mm_daemon *d, struct mm_body_ops *ops_r);
+
+/* control.c */
+int mm_control_start(struct mm_daemon *d);
+void mm_control_stop(struct mm_daemon *d);
+
+/* daemon.c */
+void mm_daemon_commit_soon(struct mm_daemon *d);
+void mm_daemon_push(struct mm_daemon *d, const struct mm_delta *delta);
+void mm_daemon_handle_closed(uv_handle_t *h);  /* counts closed handles; frees nothing */
+void mm_daemon_effect(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec);
+
+#endif

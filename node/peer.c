@@ -1,0 +1,729 @@
+/*
+ * peer.c — the daemon's network side: one TCP connection per peer carrying the Noise
+ * channel (proto/channel.h), the UDP socket for gossip datagrams, and the transport
+ * vtable through which each peer's sync session (proto/sync.h) sends.
+ *
+ * Who dials: of two peers, the one whose public key sorts lower connects and retries
+ * with backoff and jitter; the other only accepts.  So a pair never holds two
+ * connections, and a restarted dialer reconnects at once.  A new authenticated
+ * connection from a peer replaces an older one (the old one is usually dead).
+ *
+ * Datagrams: 8-byte big-endian sender node id, then the channel's sealed datagram
+ * (counter + ChaChaPoly).  The id only picks the session whose keys open it; nothing
+ * is trusted before the AEAD check and the replay window.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sodium.h>
+
+#include "node/daemon.h"
+#include "node/log.h"
+#include "node/store.h"
+#include "proto/gossip.h"
+#include "proto/sync.h"
+#include "proto/fetch.h"
+#include "proto/wire.h"
+
+#define WRITE_HWM (4u << 20)   /* above this many queued bytes the session pauses bulk */
+#define WRITE_LWM (1u << 20)   /* ... and resumes below this */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 10000
+#define READ_CHUNK (64 * 1024)
+
+struct mm_conn {
+	uv_tcp_t tcp;
+	struct mm_daemon *d;
+	struct mm_dpeer *peer;      /* dialer: from the start; acceptor: once message 1 passed */
+	struct mm_ch *ch;
+	bool attached;              /* peer->conn == this and the session is connected */
+	bool closing;
+	bool paused;                /* told the session the send buffer is full */
+	uint8_t *in;                /* stream bytes not yet consumed by the channel */
+	size_t in_len, in_cap;
+	uint8_t *msg;               /* application message being reassembled */
+	size_t msg_len;
+	struct mm_conn *next;
+	char what[80];              /* "peer NAME" or "incoming HOST:PORT" for logs */
+};
+
+struct wreq {
+	uv_write_t req;
+	struct mm_conn *c;
+	size_t len;
+	uint8_t data[];
+};
+
+static void conn_close(struct mm_conn *c, int err, const char *why);
+static void peer_schedule_retry(struct mm_dpeer *p);
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+static void addr_text(const struct sockaddr *sa, char *out, size_t cap)
+{
+	char host[64] = "?";
+	int port = 0;
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+		uv_ip4_name(a, host, sizeof host);
+		port = ntohs(a->sin_port);
+		snprintf(out, cap, "%s:%d", host, port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+		uv_ip6_name(a, host, sizeof host);
+		port = ntohs(a->sin6_port);
+		snprintf(out, cap, "[%s]:%d", host, port);
+	} else {
+		snprintf(out, cap, "?");
+	}
+}
+
+struct mm_dpeer *mm_peer_by_sync(struct mm_daemon *d, const struct mm_sync *s)
+{
+	for (size_t i = 0; i < d->n_peers; i++)
+		if (d->peers[i].sync == s)
+			return &d->peers[i];
+	return NULL;
+}
+
+static struct mm_dpeer *peer_by_key(struct mm_daemon *d, const uint8_t pub[32])
+{
+	for (size_t i = 0; i < d->n_peers; i++)
+		if (sodium_memcmp(d->peers[i].conf->pub, pub, 32) == 0)
+			return &d->peers[i];
+	return NULL;
+}
+
+static struct mm_dpeer *peer_by_node(struct mm_daemon *d, uint64_t node)
+{
+	for (size_t i = 0; i < d->n_peers; i++)
+		if (d->peers[i].conf->node_id == node)
+			return &d->peers[i];
+	return NULL;
+}
+
+/* ---- the channel's callbacks --------------------------------------------------- */
+
+static void write_cb(uv_write_t *req, int status)
+{
+	struct wreq *w = (struct wreq *)req;
+	struct mm_conn *c = w->c;
+	free(w);
+	if (c->closing)
+		return;
+	if (status < 0) {
+		conn_close(c, status, "write failed");
+		return;
+	}
+	if (c->paused && uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) < WRITE_LWM) {
+		c->paused = false;
+		if (c->attached)
+			mm_sync_writable(c->peer->sync, mm_daemon_now());
+	}
+}
+
+static int ch_emit(void *arg, const uint8_t *bytes, size_t len)
+{
+	struct mm_conn *c = arg;
+	if (c->closing)
+		return -ENOTCONN;
+	struct wreq *w = malloc(sizeof *w + len);
+	if (!w)
+		return -ENOMEM;
+	w->c = c;
+	w->len = len;
+	memcpy(w->data, bytes, len);
+	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)len);
+	int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
+	if (r < 0) {
+		free(w);
+		return r;
+	}
+	return 0;
+}
+
+/* The connection is authenticated and carries the channel: make it the peer's. */
+static void conn_attach(struct mm_conn *c)
+{
+	if (c->attached || c->closing || !c->peer)
+		return;
+	struct mm_dpeer *p = c->peer;
+	if (p->conn && p->conn != c) {
+		struct mm_conn *old = p->conn;
+		old->attached = false;
+		p->conn = NULL;
+		conn_close(old, 0, "replaced by a newer connection");
+	}
+	p->conn = c;
+	c->attached = true;
+	p->state = MM_PEER_ESTABLISHED;
+	p->backoff_ms = BACKOFF_MIN_MS;
+	p->connects++;
+	p->connected_since_ms = mm_daemon_now();
+	mm_log(MM_LOG_INFO, "connected peer=%s via=%s", p->conf->name, c->what);
+	mm_sync_reset(p->sync, p->connected_since_ms);
+	mm_sync_connected(p->sync, p->connected_since_ms);
+	/* A new connection is a good moment to compare states. */
+	mm_sync_gossip(p->sync, p->connected_since_ms);
+}
+
+static int ch_deliver(void *arg, const struct mm_ch_chunk *k)
+{
+	struct mm_conn *c = arg;
+	if (!c->peer)
+		return -EPROTO;
+	conn_attach(c);
+	if (k->total > MM_WIRE_MAX)
+		return -EMSGSIZE;
+	if (k->first)
+		c->msg_len = 0;
+	if (k->offset != c->msg_len || k->len > MM_WIRE_MAX - c->msg_len)
+		return -EPROTO;
+	if (k->first && k->last) {
+		int r = mm_sync_recv(c->peer->sync, MM_CHAN_STREAM, k->data, k->len, mm_daemon_now());
+		if (r < 0)
+			mm_log(MM_LOG_WARN, "rejected message peer=%s err=%s", c->peer->conf->name, strerror(-r));
+		return 0;
+	}
+	memcpy(c->msg + c->msg_len, k->data, k->len);
+	c->msg_len += k->len;
+	if (k->last) {
+		int r = mm_sync_recv(c->peer->sync, MM_CHAN_STREAM, c->msg, c->msg_len, mm_daemon_now());
+		if (r < 0)
+			mm_log(MM_LOG_WARN, "rejected message peer=%s err=%s", c->peer->conf->name, strerror(-r));
+		c->msg_len = 0;
+	}
+	return 0;
+}
+
+static int ch_lookup(void *arg, const uint8_t pub[32], uint8_t last_ts_r[MM_CH_TAI64N_LEN])
+{
+	struct mm_conn *c = arg;
+	struct mm_dpeer *p = peer_by_key(c->d, pub);
+	if (!p)
+		return -ENOENT;
+	memcpy(last_ts_r, p->last_ts, MM_CH_TAI64N_LEN);
+	return 0;
+}
+
+static void ch_accepted(void *arg, const uint8_t pub[32], const uint8_t ts[MM_CH_TAI64N_LEN])
+{
+	struct mm_conn *c = arg;
+	struct mm_dpeer *p = peer_by_key(c->d, pub);
+	if (!p)
+		return;
+	memcpy(p->last_ts, ts, MM_CH_TAI64N_LEN);
+	c->peer = p;
+	snprintf(c->what, sizeof c->what, "incoming from %s", p->conf->name);
+}
+
+/* ---- connections --------------------------------------------------------------- */
+
+static struct mm_conn *conn_new(struct mm_daemon *d)
+{
+	struct mm_conn *c = calloc(1, sizeof *c);
+	if (!c)
+		return NULL;
+	c->msg = malloc(MM_WIRE_MAX);
+	if (!c->msg || uv_tcp_init(&d->loop, &c->tcp) < 0) {
+		free(c->msg);
+		free(c);
+		return NULL;
+	}
+	d->open_handles++;
+	c->d = d;
+	c->tcp.data = c;
+	c->next = d->conns;
+	d->conns = c;
+	return c;
+}
+
+static void conn_closed_cb(uv_handle_t *h)
+{
+	struct mm_conn *c = h->data;
+	struct mm_daemon *d = c->d;
+	for (struct mm_conn **pp = &d->conns; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	mm_daemon_handle_closed(h);
+	mm_ch_free(&c->ch);
+	free(c->in);
+	free(c->msg);
+	free(c);
+}
+
+static void conn_close_ex(struct mm_conn *c, int err, const char *why, bool reset_sync);
+
+static void conn_close(struct mm_conn *c, int err, const char *why)
+{
+	conn_close_ex(c, err, why, true);
+}
+
+/* reset_sync false: the session is on the call stack (it is sending through us) and
+ * handles the failure itself; calling into it now would re-enter it. */
+static void conn_close_ex(struct mm_conn *c, int err, const char *why, bool reset_sync)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	struct mm_dpeer *p = c->peer;
+	if (p && p->conn == c) {
+		p->conn = NULL;
+		p->state = MM_PEER_IDLE;
+		p->disconnects++;
+		mm_log(err ? MM_LOG_WARN : MM_LOG_INFO, "disconnected peer=%s reason=\"%s%s%s\"",
+		       p->conf->name, why, err ? ": " : "", err ? uv_strerror(err) : "");
+		if (reset_sync)
+			mm_sync_reset(p->sync, mm_daemon_now());
+		if (!c->d->stopping)
+			peer_schedule_retry(p);
+	} else if (p && p->dialer && p->state != MM_PEER_ESTABLISHED && !p->conn) {
+		mm_log(MM_LOG_DEBUG, "connection failed peer=%s reason=\"%s%s%s\"", p->conf->name, why,
+		       err ? ": " : "", err ? uv_strerror(err) : "");
+		p->state = MM_PEER_IDLE;
+		if (!c->d->stopping)
+			peer_schedule_retry(p);
+	} else {
+		mm_log(MM_LOG_DEBUG, "closed %s reason=\"%s%s%s\"", c->what, why, err ? ": " : "",
+		       err ? uv_strerror(err) : "");
+	}
+	uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	(void)hint;
+	struct mm_conn *c = h->data;
+	if (c->in_cap - c->in_len < READ_CHUNK) {
+		size_t cap = c->in_len + READ_CHUNK;
+		uint8_t *n = realloc(c->in, cap);
+		if (!n) {
+			*buf = uv_buf_init(NULL, 0);
+			return;
+		}
+		c->in = n;
+		c->in_cap = cap;
+	}
+	*buf = uv_buf_init((char *)c->in + c->in_len, (unsigned)(c->in_cap - c->in_len));
+}
+
+static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	(void)buf;
+	struct mm_conn *c = s->data;
+	if (c->closing)
+		return;
+	if (n < 0) {
+		conn_close(c, n == UV_EOF ? 0 : (int)n, n == UV_EOF ? "closed by peer" : "read failed");
+		return;
+	}
+	if (n == 0)
+		return;
+	c->in_len += (size_t)n;
+	size_t used = 0;
+	int r = mm_ch_feed(c->ch, c->in, c->in_len, &used, mm_daemon_now());
+	if (r < 0) {
+		const char *why = r == -EACCES ? "unknown key refused"
+		                : r == -EALREADY ? "replayed or old handshake refused"
+		                : r == -EBADMSG ? "authentication failed"
+		                : "protocol error";
+		if (r == -EACCES || r == -EALREADY)
+			mm_log(MM_LOG_WARN, "refused %s reason=\"%s\"", c->what, why);
+		conn_close(c, 0, why);
+		return;
+	}
+	memmove(c->in, c->in + used, c->in_len - used);
+	c->in_len -= used;
+	/* Bound what an unauthenticated or misbehaving sender can make us hold. */
+	if (c->in_len > 2 * MM_CH_FRAME_MAX) {
+		conn_close(c, 0, "oversized frame");
+		return;
+	}
+	if (!c->attached && mm_ch_state(c->ch) == MM_CH_ESTABLISHED && c->peer)
+		conn_attach(c);
+}
+
+static int conn_start_channel(struct mm_conn *c, bool initiator)
+{
+	struct mm_daemon *d = c->d;
+	uint8_t eph[32];
+	randombytes_buf(eph, sizeof eph);
+	struct mm_ch_config cc = {
+		.initiator = initiator,
+		.local_priv = d->cfg.private_key,
+		.remote_pub = initiator ? c->peer->conf->pub : NULL,
+		.psk = d->cfg.has_psk ? d->cfg.psk : NULL,
+		.random32 = eph,
+		.now_ms = mm_daemon_now(),
+		.peers = {ch_lookup, ch_accepted, c},
+		.io = {ch_emit, ch_deliver, c},
+	};
+	int r = mm_ch_new(&c->ch, &cc);
+	sodium_memzero(eph, sizeof eph);
+	if (r < 0)
+		return r;
+	uv_tcp_nodelay(&c->tcp, 1);
+	uv_tcp_keepalive(&c->tcp, 1, 15);
+	r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+	if (r < 0)
+		return r;
+	if (initiator)
+		return mm_ch_start(c->ch);
+	return 0;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	struct mm_daemon *d = server->data;
+	if (status < 0 || d->stopping)
+		return;
+	struct mm_conn *c = conn_new(d);
+	if (!c)
+		return;
+	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+		conn_close(c, 0, "accept failed");
+		return;
+	}
+	struct sockaddr_storage ss;
+	int len = sizeof ss;
+	snprintf(c->what, sizeof c->what, "incoming");
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+		char a[64];
+		addr_text((struct sockaddr *)&ss, a, sizeof a);
+		snprintf(c->what, sizeof c->what, "incoming %s", a);
+	}
+	int r = conn_start_channel(c, false);
+	if (r < 0)
+		conn_close(c, 0, "channel setup failed");
+}
+
+/* ---- dialing ------------------------------------------------------------------ */
+
+struct dial {
+	uv_getaddrinfo_t gai;
+	uv_connect_t conn_req;
+	struct mm_dpeer *p;
+	struct mm_conn *c;
+};
+
+static void connect_cb(uv_connect_t *req, int status)
+{
+	struct dial *dl = req->data;
+	struct mm_conn *c = dl->c;
+	free(dl);
+	if (c->closing)
+		return;
+	if (status < 0) {
+		conn_close(c, status, "connect failed");
+		return;
+	}
+	c->peer->state = MM_PEER_HANDSHAKE;
+	int r = conn_start_channel(c, true);
+	if (r < 0)
+		conn_close(c, r < -4095 ? 0 : r, "handshake start failed");
+}
+
+static void resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct dial *dl = req->data;
+	struct mm_dpeer *p = dl->p;
+	struct mm_daemon *d = p->d;
+	if (status < 0 || !res || d->stopping) {
+		if (status < 0)
+			mm_log(MM_LOG_WARN, "cannot resolve peer=%s host=%s err=%s", p->conf->name,
+			       p->conf->host, uv_strerror(status));
+		if (res)
+			uv_freeaddrinfo(res);
+		free(dl);
+		p->state = MM_PEER_IDLE;
+		if (!d->stopping)
+			peer_schedule_retry(p);
+		return;
+	}
+	memcpy(&p->udp_addr, res->ai_addr, res->ai_addrlen);
+	p->udp_addr_ok = true;
+	uv_freeaddrinfo(res);
+	if (!p->dialer) {
+		free(dl);
+		return;
+	}
+	struct mm_conn *c = conn_new(d);
+	if (!c) {
+		free(dl);
+		peer_schedule_retry(p);
+		return;
+	}
+	c->peer = p;
+	snprintf(c->what, sizeof c->what, "outgoing to %s", p->conf->name);
+	dl->c = c;
+	dl->conn_req.data = dl;
+	p->state = MM_PEER_CONNECTING;
+	int r = uv_tcp_connect(&dl->conn_req, &c->tcp, (struct sockaddr *)&p->udp_addr, connect_cb);
+	if (r < 0) {
+		free(dl);
+		conn_close(c, r, "connect failed");
+	}
+}
+
+static int peer_resolve(struct mm_dpeer *p)
+{
+	struct dial *dl = calloc(1, sizeof *dl);
+	if (!dl)
+		return -ENOMEM;
+	dl->p = p;
+	dl->gai.data = dl;
+	char port[8];
+	snprintf(port, sizeof port, "%u", p->conf->port);
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	if (p->dialer)
+		p->state = MM_PEER_RESOLVING;
+	int r = uv_getaddrinfo(&p->d->loop, &dl->gai, resolve_cb, p->conf->host, port, &hints);
+	if (r < 0) {
+		free(dl);
+		p->state = MM_PEER_IDLE;
+	}
+	return r;
+}
+
+static void retry_cb(uv_timer_t *t)
+{
+	struct mm_dpeer *p = t->data;
+	if (p->d->stopping || p->conn || p->state != MM_PEER_IDLE)
+		return;
+	if (peer_resolve(p) < 0)
+		peer_schedule_retry(p);
+}
+
+static void peer_schedule_retry(struct mm_dpeer *p)
+{
+	if (!p->dialer && p->udp_addr_ok)
+		return;
+	/* Exponential backoff with +-25 % jitter, so restarted clusters don't stampede. */
+	uint32_t base = p->backoff_ms ? p->backoff_ms : BACKOFF_MIN_MS;
+	uint32_t jitter = base / 2 ? randombytes_uniform(base / 2) : 0;
+	uint64_t delay = base - base / 4 + jitter;
+	p->backoff_ms = base * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : base * 2;
+	uv_timer_start(&p->retry, retry_cb, delay, 0);
+}
+
+void mm_peer_dial_all(struct mm_daemon *d)
+{
+	for (size_t i = 0; i < d->n_peers; i++) {
+		struct mm_dpeer *p = &d->peers[i];
+		if (p->state == MM_PEER_IDLE && !p->conn && (p->dialer || !p->udp_addr_ok))
+			if (peer_resolve(p) < 0)
+				peer_schedule_retry(p);
+	}
+}
+
+/* ---- the sync session's transport --------------------------------------------- */
+
+static int sync_send(void *arg, enum mm_chan chan, const uint8_t *msg, size_t len)
+{
+	struct mm_dpeer *p = arg;
+	struct mm_conn *c = p->conn;
+	if (!c || c->closing || !c->ch || mm_ch_state(c->ch) != MM_CH_ESTABLISHED)
+		return chan == MM_CHAN_DATAGRAM ? 0 : -ENOTCONN;
+	if (chan == MM_CHAN_DATAGRAM) {
+		if (!p->udp_addr_ok || len > MM_CH_DGRAM_MAX_PLAIN - 8)
+			return 0;
+		uint8_t *pkt = malloc(8 + len + MM_CH_DGRAM_OVERHEAD);
+		if (!pkt)
+			return 0;
+		uint64_t id = p->d->cfg.node_id;
+		for (int i = 0; i < 8; i++)
+			pkt[i] = (uint8_t)(id >> (56 - 8 * i));
+		size_t out = 0;
+		if (mm_ch_dgram_seal(c->ch, msg, len, pkt + 8, len + MM_CH_DGRAM_OVERHEAD, &out) == 0) {
+			uv_buf_t b = uv_buf_init((char *)pkt, (unsigned)(8 + out));
+			/* Datagrams may be lost anyway; a full socket buffer is just loss. */
+			(void)uv_udp_try_send(&p->d->udp, &b, 1, (const struct sockaddr *)&p->udp_addr);
+		}
+		free(pkt);
+		return 0;
+	}
+	int r = mm_ch_send(c->ch, msg, len, mm_daemon_now());
+	if (r < 0) {
+		/* Closing now would re-enter the session (it is calling us): it treats the
+		 * error as a reset itself, and the close happens on the next loop turn. */
+		conn_close_ex(c, 0, "send failed", false);
+		return r;
+	}
+	if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WRITE_HWM) {
+		c->paused = true;
+		return 1;
+	}
+	return 0;
+}
+
+static void udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	(void)h;
+	(void)hint;
+	static uint8_t slab[65536];
+	*buf = uv_buf_init((char *)slab, sizeof slab);
+}
+
+static void udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct sockaddr *from,
+                     unsigned flags)
+{
+	(void)from;
+	struct mm_daemon *d = u->data;
+	if (n <= 8 || (flags & UV_UDP_PARTIAL) || d->stopping)
+		return;
+	const uint8_t *b = (const uint8_t *)buf->base;
+	uint64_t id = 0;
+	for (int i = 0; i < 8; i++)
+		id = id << 8 | b[i];
+	struct mm_dpeer *p = peer_by_node(d, id);
+	if (!p || !p->conn || !p->conn->ch || mm_ch_state(p->conn->ch) != MM_CH_ESTABLISHED)
+		return;
+	static uint8_t plain[65536];
+	size_t len = 0;
+	if (mm_ch_dgram_open(p->conn->ch, b + 8, (size_t)n - 8, plain, sizeof plain, &len) < 0)
+		return; /* counted by the channel */
+	int r = mm_sync_recv(p->sync, MM_CHAN_DATAGRAM, plain, len, mm_daemon_now());
+	if (r < 0)
+		mm_log(MM_LOG_DEBUG, "rejected datagram peer=%s err=%s", p->conf->name, strerror(-r));
+}
+
+/* ---- sync events (logs) ------------------------------------------------------- */
+
+static void sync_event(void *arg, struct mm_sync *s, const struct mm_sync_event *ev)
+{
+	struct mm_daemon *d = arg;
+	struct mm_dpeer *p = mm_peer_by_sync(d, s);
+	const char *name = p ? p->conf->name : "?";
+	const struct mm_sync_stats *st = mm_sync_stats(s);
+	switch (ev->type) {
+	case MM_SYNC_EV_ROUND_DONE:
+		mm_log(MM_LOG_INFO, "synced peer=%s differences=%llu descent_bytes=%llu record_bytes=%llu round_trips=%llu",
+		       name, (unsigned long long)st->last_differences,
+		       (unsigned long long)st->last_descent_bytes, (unsigned long long)st->last_record_bytes,
+		       (unsigned long long)st->last_round_trips);
+		break;
+	case MM_SYNC_EV_ROUND_ABORT:
+		if (ev->err != -ECANCELED)
+			mm_log(MM_LOG_WARN, "sync round abandoned peer=%s err=%s", name, strerror(-ev->err));
+		break;
+	case MM_SYNC_EV_PROTO_ERROR:
+		mm_log(MM_LOG_WARN, "protocol error peer=%s err=%s%s", name, strerror(-ev->err),
+		       ev->err == -EPROTONOSUPPORT ? " (peer runs an incompatible mailmesh version)" : "");
+		break;
+	case MM_SYNC_EV_BODY_BAD:
+		mm_log(MM_LOG_WARN, "body rejected peer=%s user=%s err=%s", name, ev->user ? ev->user : "?",
+		       strerror(-ev->err));
+		break;
+	case MM_SYNC_EV_RECORD_REJECTED:
+		mm_log(MM_LOG_WARN, "record rejected peer=%s user=%s err=%s", name, ev->user ? ev->user : "?",
+		       strerror(-ev->err));
+		break;
+	case MM_SYNC_EV_BODY_OK:
+		mm_daemon_commit_soon(d);
+		mm_log(MM_LOG_DEBUG, "body received peer=%s user=%s", name, ev->user ? ev->user : "?");
+		break;
+	default:
+		break;
+	}
+}
+
+/* ---- start and stop ----------------------------------------------------------- */
+
+static int bind_addr(struct mm_daemon *d, struct sockaddr_storage *ss)
+{
+	const char *h = d->cfg.listen_host;
+	if (uv_ip4_addr(h, d->cfg.listen_port, (struct sockaddr_in *)ss) == 0)
+		return 0;
+	if (uv_ip6_addr(h, d->cfg.listen_port, (struct sockaddr_in6 *)ss) == 0)
+		return 0;
+	return -EINVAL;
+}
+
+int mm_peers_start(struct mm_daemon *d)
+{
+	struct sockaddr_storage ss;
+	int r = bind_addr(d, &ss);
+	if (r < 0) {
+		mm_log(MM_LOG_ERROR, "%s: listen: '%s' is not an IP address; use a numeric address such as 0.0.0.0 or [::]",
+		       d->cfg.path, d->cfg.listen_host);
+		return r;
+	}
+	uv_tcp_init(&d->loop, &d->listener);
+	d->open_handles++;
+	d->listener.data = d;
+	if ((r = uv_tcp_bind(&d->listener, (struct sockaddr *)&ss, 0)) < 0 ||
+	    (r = uv_listen((uv_stream_t *)&d->listener, 128, on_connection)) < 0) {
+		mm_log(MM_LOG_ERROR, "%s: cannot listen on TCP %s:%u: %s (is another daemon running?)",
+		       d->cfg.path, d->cfg.listen_host, d->cfg.listen_port, uv_strerror(r));
+		return r;
+	}
+	uv_udp_init(&d->loop, &d->udp);
+	d->open_handles++;
+	d->udp.data = d;
+	if ((r = uv_udp_bind(&d->udp, (struct sockaddr *)&ss, 0)) < 0 ||
+	    (r = uv_udp_recv_start(&d->udp, udp_alloc, udp_recv)) < 0) {
+		mm_log(MM_LOG_ERROR, "%s: cannot bind UDP %s:%u: %s", d->cfg.path, d->cfg.listen_host,
+		       d->cfg.listen_port, uv_strerror(r));
+		return r;
+	}
+
+	size_t n = d->cfg.peers ? d->cfg.peers->n : 0;
+	d->peers = calloc(n ? n : 1, sizeof *d->peers);
+	if (!d->peers)
+		return -ENOMEM;
+	struct mm_body_ops bops;
+	mm_bodies_ops(d, &bops);
+	for (size_t i = 0; i < n; i++) {
+		const struct mm_peer *pc = &d->cfg.peers->v[i];
+		if (sodium_memcmp(pc->pub, d->cfg.public_key, 32) == 0)
+			continue; /* our own line of the shared peers file */
+		struct mm_dpeer *p = &d->peers[d->n_peers];
+		p->d = d;
+		p->conf = pc;
+		p->dialer = memcmp(d->cfg.public_key, pc->pub, 32) < 0;
+		p->backoff_ms = BACKOFF_MIN_MS;
+		uv_timer_init(&d->loop, &p->retry);
+		d->open_handles++;
+		p->retry.data = p;
+		struct mm_sync_config sc = {
+			.state = d->state,
+			.local_node = d->cfg.node_id,
+			.peer_node = pc->node_id,
+			.eff = mm_daemon_effect,
+			.eff_arg = d,
+			.io = {sync_send, p},
+			.body = bops,
+			.fetch = d->fetch,
+			.clock = &d->clock,
+			.max_skew_ms = d->cfg.max_skew_ms,
+			.event = sync_event,
+			.event_arg = d,
+			.relay = mm_gossip_relay,
+			.relay_arg = d->gossip,
+			.user_data = p,
+		};
+		if ((r = mm_sync_new(&sc, &p->sync)) < 0)
+			return r;
+		if ((r = mm_gossip_add(d->gossip, p->sync)) < 0)
+			return r;
+		d->n_peers++;
+	}
+	mm_log(MM_LOG_INFO, "listening on %s:%u (tcp+udp), %zu peers", d->cfg.listen_host,
+	       d->cfg.listen_port, d->n_peers);
+	mm_peer_dial_all(d);
+	return 0;
+}
+
+void mm_peers_stop(struct mm_daemon *d)
+{
+	for (struct mm_conn *c = d->conns; c; c = c->next)
+		conn_close(c, 0, "shutting down");
+	for (size_t i = 0; i < d->n_peers; i++)
+		uv_close((uv_handle_t *)&d->peers[i].retry, mm_daemon_handle_closed);
+	if (d->listener.type == UV_TCP)
+		uv_close((uv_handle_t *)&d->listener, mm_daemon_handle_closed);
+	if (d->udp.type == UV_UDP)
+		uv_close((uv_handle_t *)&d->udp, mm_daemon_handle_closed);
+}

@@ -1,0 +1,152 @@
+"""Real daemons on loopback (ports 22000-22049): 3 and 5 nodes under a random workload of
+deliveries, flag and keyword changes, expunges and folder operations on random nodes,
+including concurrent changes of different flags of one message on two nodes.  Every node
+must end with the same Maildir content (bodies, flags, keywords, mtimes), no expunged
+message anywhere, every other delivered message everywhere, and the same roots."""
+import hashlib
+import os
+import random
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mmtest  # noqa: E402
+
+USERS = ["example.org/alice", "example.org/bob", "example.net/carol"]
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()[:16]
+
+
+def workload(t, cl, rnd, ops):
+    delivered = {}   # sha -> (user, folder)
+    expunged = set()
+    folders = {u: ["INBOX"] for u in USERS}
+    n = len(cl.nodes)
+    for i in range(ops):
+        node = cl.nodes[rnd.randrange(n)]
+        user = rnd.choice(USERS)
+        r = rnd.random()
+        if r < 0.5 or not delivered:
+            folder = rnd.choice(folders[user])
+            body = mmtest.message(len(delivered) + 1000 * n, rnd=rnd)
+            node.deliver(user, body, folder, mtime=1700000000 + rnd.randrange(10 ** 7))
+            delivered[sha(body)] = (user, folder)
+        elif r < 0.75:
+            folder = rnd.choice(folders[user])
+            files = node.files(user, folder)
+            if files:
+                sub, name = rnd.choice(files)
+                letters = "".join(c for c in "DFPRST" if rnd.random() < 0.3)
+                if rnd.random() < 0.3:
+                    letters += node.add_keyword(user, folder, rnd.choice(["$Junk", "work", "$label1"]))
+                try:
+                    node.set_flags(user, folder, sub, name, letters)
+                except FileNotFoundError:
+                    pass  # the daemon moved it meanwhile (a remote flag change)
+        elif r < 0.9:
+            folder = rnd.choice(folders[user])
+            files = node.files(user, folder)
+            if files:
+                sub, name = rnd.choice(files)
+                path = os.path.join(node.maildir(user, folder), sub, name)
+                try:
+                    with open(path, "rb") as f:
+                        h = sha(f.read())
+                    node.expunge(user, folder, sub, name)
+                    expunged.add(h)
+                except FileNotFoundError:
+                    pass
+        elif r < 0.97:
+            name = "Archive.%d" % rnd.randrange(3)
+            if name not in folders[user]:
+                node.ensure_folder(user, name)
+                folders[user].append(name)
+        else:
+            extra = [f for f in folders[user] if f != "INBOX"]
+            if extra:
+                f = rnd.choice(extra)
+                # Deleting a folder: only once it is empty here, as an IMAP DELETE would.
+                if not node.files(user, f):
+                    shutil.rmtree(node.maildir(user, f), ignore_errors=True)
+                    folders[user].remove(f)
+        if i % 10 == 0:
+            time.sleep(0.02 * rnd.random())
+    return delivered, expunged
+
+
+def check_outcome(t, cl, delivered, expunged, label):
+    ok = cl.wait_converged(timeout=90)
+    if not t.check(ok, "%s: all nodes converge (same roots, same Maildir content)" % label):
+        cl.explain()
+        return
+    content = cl.nodes[0].content()
+    present = set()
+    dups = 0
+    for msgs in content.values():
+        hs = [m[0] for m in msgs]
+        dups += len(hs) - len(set(hs))
+        present.update(hs)
+    t.check(not (present & expunged), "%s: no expunged message is present anywhere" % label)
+    # A message can legitimately vanish only through an expunge or a folder delete.
+    lost = [h for h in delivered if h not in present and h not in expunged]
+    t.check(not lost, "%s: every delivered, unexpunged message is present (%d lost)" % (label, len(lost)))
+    t.check(dups == 0, "%s: no message is duplicated (%d)" % (label, dups))
+    roots = cl.roots()
+    t.check(len(set(roots)) == 1 and roots[0], "%s: identical roots %s" % (label, roots[0][:16] if roots[0] else None))
+
+
+def concurrent_flags(t, cl, label):
+    """\\Seen on one node and \\Flagged on another, at the same moment: both survive."""
+    a, b = cl.nodes[1], cl.nodes[2]
+    user = "example.org/alice"
+    body = mmtest.message(999999)
+    cl.nodes[0].deliver(user, body)
+    deadline = time.time() + 30 * mmtest.SLOW
+    fa = fb = None
+    while time.time() < deadline:
+        fa = [f for f in a.files(user) if f[1].find("node") < 0 or True]
+        fa = [f for f in a.files(user) if sha(open(os.path.join(a.maildir(user), f[0], f[1]), "rb").read()) == sha(body)]
+        fb = [f for f in b.files(user) if sha(open(os.path.join(b.maildir(user), f[0], f[1]), "rb").read()) == sha(body)]
+        if fa and fb:
+            break
+        time.sleep(0.05)
+    if not t.check(bool(fa and fb), "%s: message reached nodes 2 and 3" % label):
+        return
+    a.set_flags(user, "INBOX", fa[0][0], fa[0][1], "S")
+    b.set_flags(user, "INBOX", fb[0][0], fb[0][1], "F")
+    ok = cl.wait_converged(timeout=60)
+    t.check(ok, "%s: converged after concurrent flag changes" % label)
+    flags = [m[1] for m in cl.nodes[0].content()[(user, "INBOX")] if m[0] == sha(body)]
+    t.check(flags == ["FS"], "%s: both concurrent flags kept (got %s)" % (label, flags))
+
+
+def cluster_test(t, n, base_port, ops, seed):
+    label = "%d nodes" % n
+    rnd = random.Random(seed)
+    print("seed %d" % seed, flush=True)
+    cl = mmtest.Cluster(n, base_port, name="cluster%d" % n)
+    failed_before = t.failed
+    try:
+        cl.start()
+        delivered, expunged = workload(t, cl, rnd, ops)
+        check_outcome(t, cl, delivered, expunged, label)
+        concurrent_flags(t, cl, label)
+        codes = [node.stop() for node in cl.nodes]
+        t.check(codes == [0] * n, "%s: every daemon stops cleanly on SIGTERM with no leaked handle (%s)" % (label, codes))
+    finally:
+        cl.close(keep_on_failure=t.failed > failed_before and os.environ.get("KEEP") == "1")
+
+
+def main():
+    t = mmtest.Report("it_daemon_cluster")
+    seed = int(os.environ.get("MM_SEED", random.randrange(1 << 31)))
+    t.run(cluster_test, 3, 22000, 150, seed)
+    t.run(cluster_test, 5, 22010, 120, seed + 1)
+    t.finish()
+
+
+if __name__ == "__main__":
+    main()

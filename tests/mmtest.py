@@ -1,0 +1,321 @@
+"""mmtest — shared helpers for mailmesh's integration tests (run with /usr/bin/python3).
+
+A Cluster is a `mailmesh testnet` in a temporary directory with real daemon processes;
+it writes Maildir changes the way an MDA or Dovecot would (tmp/ -> new/, renames in cur/,
+unlink), reads back each node's Maildirs as comparable content (bodies by hash, flags,
+keywords by name, mtimes), and cleans up every process and directory it made, also when
+a test fails.  Tests report `N passed, N failed` through Report.
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+TOP = os.environ.get("MAILMESH_TOP") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("BUILD", "build")
+MAILMESH = os.environ.get("MAILMESH") or os.path.join(TOP, BUILD, "mailmesh")
+SANITIZE = os.environ.get("SANITIZE", "0") == "1"
+# Sanitized binaries are several times slower: scale waiting bounds, never assertions.
+SLOW = 4 if SANITIZE else 1
+
+FLAG_LETTERS = "DFPRST"
+
+
+class Report:
+    def __init__(self, name):
+        self.name = name
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, cond, what):
+        if cond:
+            self.passed += 1
+            print("ok   %s" % what, flush=True)
+        else:
+            self.failed += 1
+            print("FAIL %s" % what, flush=True)
+        return cond
+
+    def run(self, fn, *args):
+        """Runs one test function; an exception counts as a failure."""
+        try:
+            fn(self, *args)
+        except Exception:
+            self.failed += 1
+            print("FAIL %s raised:" % fn.__name__, flush=True)
+            traceback.print_exc()
+
+    def finish(self):
+        print("%s: %d passed, %d failed" % (self.name, self.passed, self.failed), flush=True)
+        sys.exit(1 if self.failed else 0)
+
+
+def run(args, **kw):
+    return subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+class Node:
+    def __init__(self, cluster, i):
+        self.cluster = cluster
+        self.i = i
+        self.dir = os.path.join(cluster.dir, "node%d" % i)
+        self.conf = os.path.join(self.dir, "mailmesh.conf")
+        self.mail = os.path.join(self.dir, "mail")
+        self.proc = None
+        self.log = os.path.join(cluster.dir, "node%d.log" % i)
+
+    def start(self):
+        assert self.proc is None
+        logf = open(self.log, "a")
+        self.proc = subprocess.Popen([MAILMESH, "run", "-c", self.conf], stdout=logf, stderr=logf)
+        logf.close()
+        deadline = time.time() + 20 * SLOW
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("node%d exited at start (%s); log:\n%s" % (self.i, self.proc.returncode, self.log_text()))
+            if self.status(quiet=True) is not None:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("node%d did not answer status in time; log:\n%s" % (self.i, self.log_text()))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Stops the daemon; returns its exit status (None if it was not running)."""
+        if self.proc is None:
+            return None
+        p = self.proc
+        self.proc = None
+        if p.poll() is None:
+            p.send_signal(sig)
+        try:
+            return p.wait(timeout=timeout * SLOW)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return "timeout"
+
+    def kill9(self):
+        return self.stop(signal.SIGKILL)
+
+    def log_text(self):
+        try:
+            with open(self.log) as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    def status(self, quiet=False):
+        r = run([MAILMESH, "status", "-c", self.conf, "--json"], timeout=10)
+        if r.returncode != 0:
+            if not quiet:
+                print(r.stderr, file=sys.stderr)
+            return None
+        try:
+            return json.loads(r.stdout)
+        except ValueError:
+            if not quiet:
+                print("bad status json: %r" % r.stdout[:500], file=sys.stderr)
+            return None
+
+    # ---- Maildir operations, as an MDA / Dovecot would do them ----
+
+    def maildir(self, user, folder="INBOX"):
+        dom, name = user.split("/")
+        root = os.path.join(self.mail, dom, name)
+        return root if folder == "INBOX" else os.path.join(root, "." + folder)
+
+    def ensure_folder(self, user, folder="INBOX"):
+        md = self.maildir(user, folder)
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(md, sub), exist_ok=True)
+        return md
+
+    def deliver(self, user, body, folder="INBOX", mtime=None):
+        md = self.ensure_folder(user, folder)
+        base = "%d.M%dP%d.node%d" % (time.time(), random.randrange(1 << 30), os.getpid(), self.i)
+        tmp = os.path.join(md, "tmp", base)
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
+        os.rename(tmp, os.path.join(md, "new", base))
+        return base
+
+    def files(self, user, folder="INBOX"):
+        """[(subdir, filename)] of the messages in a folder."""
+        md = self.maildir(user, folder)
+        out = []
+        for sub in ("new", "cur"):
+            try:
+                for n in sorted(os.listdir(os.path.join(md, sub))):
+                    if not n.startswith("."):
+                        out.append((sub, n))
+            except FileNotFoundError:
+                pass
+        return out
+
+    def set_flags(self, user, folder, sub, name, letters):
+        """Renames a message file to carry exactly `letters` (system flags + keyword letters)."""
+        md = self.maildir(user, folder)
+        base = name.split(":2,")[0]
+        new = base + ":2," + "".join(sorted(set(letters)))
+        os.rename(os.path.join(md, sub, name), os.path.join(md, "cur", new))
+        return new
+
+    def expunge(self, user, folder, sub, name):
+        os.unlink(os.path.join(self.maildir(user, folder), sub, name))
+
+    def keywords(self, user, folder):
+        """letter -> keyword name from dovecot-keywords."""
+        m = {}
+        try:
+            with open(os.path.join(self.maildir(user, folder), "dovecot-keywords")) as f:
+                for line in f:
+                    parts = line.split(None, 1)
+                    if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) < 26:
+                        m[chr(ord("a") + int(parts[0]))] = parts[1].strip()
+        except FileNotFoundError:
+            pass
+        return m
+
+    def add_keyword(self, user, folder, kw):
+        """Gives kw a letter in dovecot-keywords (as Dovecot does: temp file + rename)."""
+        md = self.ensure_folder(user, folder)
+        m = self.keywords(user, folder)
+        for letter, name in m.items():
+            if name == kw:
+                return letter
+        idx = len(m)
+        lines = ["%d %s\n" % (ord(l) - ord("a"), n) for l, n in sorted(m.items())] + ["%d %s\n" % (idx, kw)]
+        tmp = os.path.join(md, "dovecot-keywords.tmp%d" % os.getpid())
+        with open(tmp, "w") as f:
+            f.writelines(lines)
+        os.rename(tmp, os.path.join(md, "dovecot-keywords"))
+        return chr(ord("a") + idx)
+
+    def content(self):
+        """{(user, folder): sorted [(sha256, flags, keywords, mtime)]} of every Maildir."""
+        out = {}
+        if not os.path.isdir(self.mail):
+            return out
+        for dom in sorted(os.listdir(self.mail)):
+            dpath = os.path.join(self.mail, dom)
+            if not os.path.isdir(dpath):
+                continue
+            for name in sorted(os.listdir(dpath)):
+                user = dom + "/" + name
+                root = os.path.join(dpath, name)
+                folders = ["INBOX"] + sorted(n[1:] for n in os.listdir(root)
+                                             if n.startswith(".") and n not in (".", "..") and
+                                             os.path.isdir(os.path.join(root, n, "cur")))
+                for folder in folders:
+                    kw = self.keywords(user, folder)
+                    msgs = []
+                    for sub, fname in self.files(user, folder):
+                        path = os.path.join(self.maildir(user, folder), sub, fname)
+                        try:
+                            with open(path, "rb") as f:
+                                sha = hashlib.sha256(f.read()).hexdigest()[:16]
+                            mtime = int(os.stat(path).st_mtime)
+                        except FileNotFoundError:
+                            continue
+                        letters = fname.split(":2,")[1] if ":2," in fname else ""
+                        flags = "".join(sorted(c for c in letters if c in FLAG_LETTERS))
+                        kws = tuple(sorted(kw.get(c, "?" + c) for c in letters if "a" <= c <= "z"))
+                        msgs.append((sha, flags, kws, mtime))
+                    out[(user, folder)] = sorted(msgs)
+        return out
+
+
+class Cluster:
+    def __init__(self, n, base_port, name="mm"):
+        self.dir = tempfile.mkdtemp(prefix="mailmesh-%s-" % name)
+        self.base_port = base_port
+        r = run([MAILMESH, "testnet", "--nodes", str(n), "--dir", self.dir, "--base-port", str(base_port), "--force"])
+        if r.returncode != 0:
+            raise RuntimeError("testnet failed: %s%s" % (r.stdout, r.stderr))
+        self.nodes = [Node(self, i + 1) for i in range(n)]
+        for node in self.nodes:
+            self.set_conf(node, "log_level", "debug")
+
+    def set_conf(self, node, key, value):
+        with open(node.conf) as f:
+            lines = [l for l in f if not l.split("=")[0].strip() == key]
+        lines.append("%s = %s\n" % (key, value))
+        with open(node.conf, "w") as f:
+            f.writelines(lines)
+
+    def start(self):
+        for node in self.nodes:
+            node.start()
+
+    def close(self, keep_on_failure=False):
+        for node in self.nodes:
+            node.stop(signal.SIGKILL)
+        if keep_on_failure:
+            print("kept %s for inspection" % self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def roots(self, nodes=None):
+        out = []
+        for node in nodes or self.nodes:
+            st = node.status(quiet=True)
+            out.append(st["root"] if st else None)
+        return out
+
+    def converged(self, nodes=None):
+        """True when every node answers, all roots agree, no body is missing, and the
+        Maildir contents are identical."""
+        nodes = nodes or self.nodes
+        sts = [n.status(quiet=True) for n in nodes]
+        if any(s is None for s in sts):
+            return False
+        if len(set(s["root"] for s in sts)) != 1 or any(s["missing_bodies"] for s in sts):
+            return False
+        c0 = nodes[0].content()
+        return all(n.content() == c0 for n in nodes[1:])
+
+    def wait_converged(self, timeout=60, nodes=None):
+        deadline = time.time() + timeout * SLOW
+        while time.time() < deadline:
+            if self.converged(nodes):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def explain(self, nodes=None):
+        """Prints how the nodes differ (for a failed convergence)."""
+        nodes = nodes or self.nodes
+        for n in nodes:
+            st = n.status(quiet=True)
+            print("node%d root=%s missing=%s" % (n.i, st and st["root"][:16], st and st["missing_bodies"]))
+        c0 = nodes[0].content()
+        for n in nodes[1:]:
+            c = n.content()
+            for k in sorted(set(c0) | set(c)):
+                if c0.get(k) != c.get(k):
+                    a, b = set(c0.get(k, [])), set(c.get(k, []))
+                    print("node1 vs node%d %s: only node1 %s; only node%d %s" %
+                          (n.i, k, sorted(a - b)[:5], n.i, sorted(b - a)[:5]))
+        for n in nodes:
+            print("---- node%d log tail ----\n%s" % (n.i, n.log_text()[-2500:]))
+
+
+def message(i, size=None, rnd=random):
+    """A plausible RFC 5322 message, unique by i, of about `size` bytes."""
+    size = size or rnd.randrange(600, 4000)
+    head = ("From: sender%d@example.net\r\nTo: alice@example.org\r\nSubject: test message %d\r\n"
+            "Message-ID: <%d.%d@example.net>\r\nDate: Sun, 29 Nov 2026 05:00:00 +0000\r\n\r\n"
+            % (i, i, i, rnd.randrange(1 << 40)))
+    line = "The quick brown fox jumps over the lazy dog %d.\r\n" % i
+    body = (line * (max(1, size - len(head)) // len(line) + 1))[: max(1, size - len(head))]
+    return (head + body).encode()
