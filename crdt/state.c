@@ -161,7 +161,9 @@ void mm_state_node(const struct mm_state *s, const uint8_t *prefix, unsigned dep
 	uint8_t h[MM_HASH_LEN] = { 0 };
 	uint32_t c = 0;
 	for (size_t i = 0; i < s->n; i++) {
-		if (!pos_match(s->e[i].pos, prefix, depth))
+		/* A user without records is absent from the tree: it has nothing a peer
+		 * could send, so counting it would keep two equal states' roots apart. */
+		if (!pos_match(s->e[i].pos, prefix, depth) || mm_user_count(s->e[i].u) == 0)
 			continue;
 		xor_into(h, leaf(&s->e[i]));
 		c++;
@@ -185,7 +187,7 @@ void mm_state_children(const struct mm_state *s, const uint8_t *prefix, unsigned
 	memset(h, 0, sizeof h);
 	memset(c, 0, sizeof c);
 	for (size_t i = 0; depth < MM_MAX_DEPTH && i < s->n; i++) {
-		if (!pos_match(s->e[i].pos, prefix, depth))
+		if (!pos_match(s->e[i].pos, prefix, depth) || mm_user_count(s->e[i].u) == 0)
 			continue;
 		unsigned k = nib(s->e[i].pos, depth);
 		xor_into(h[k], leaf(&s->e[i]));

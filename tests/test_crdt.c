@@ -1112,6 +1112,34 @@ static void test_state(void **state)
 	mm_state_free(&t); /* NULL-safe */
 }
 
+/* A user that exists without records (looked up with create, never written) has
+ * nothing a peer could send, so it must not make two otherwise equal states differ:
+ * the simulator found states whose roots stayed apart forever that way. */
+static void test_empty_user(void **state)
+{
+	(void)state;
+	struct mm_state *s = mm_state_new(), *t = mm_state_new();
+	uint8_t r1[MM_HASH_LEN], r2[MM_HASH_LEN], zero[MM_HASH_LEN] = { 0 };
+	assert_non_null(mm_state_user(s, "a.org/ann", true));
+	mm_state_root(s, r1);
+	assert_memory_equal(r1, zero, MM_HASH_LEN);
+	uint32_t counts[MM_FANOUT], total = 0;
+	mm_state_children(s, NULL, 0, NULL, counts);
+	for (int i = 0; i < MM_FANOUT; i++)
+		total += counts[i];
+	assert_int_equal(total, 0);
+	/* with records on both sides, the empty user still changes nothing */
+	struct mm_user *us = mm_state_user(s, "b.net/bob", true), *ut = mm_state_user(t, "b.net/bob", true);
+	assert_int_equal(mm_user_folder_create(us, "X", H(5, 1), NULL, NULL, NULL), 1);
+	assert_int_equal(mm_user_folder_create(ut, "X", H(5, 1), NULL, NULL, NULL), 1);
+	mm_state_root(s, r1);
+	mm_state_root(t, r2);
+	assert_memory_equal(r1, r2, MM_HASH_LEN);
+	assert_memory_not_equal(r1, zero, MM_HASH_LEN);
+	mm_state_free(&s);
+	mm_state_free(&t);
+}
+
 static void test_delta(void **state)
 {
 	(void)state;
@@ -1171,6 +1199,7 @@ int main(void)
 		cmocka_unit_test(test_effects),
 		cmocka_unit_test(test_codec),
 		cmocka_unit_test(test_state),
+		cmocka_unit_test(test_empty_user),
 		cmocka_unit_test(test_delta),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
