@@ -70,11 +70,14 @@ class Node:
         self.mail = os.path.join(self.dir, "mail")
         self.proc = None
         self.log = os.path.join(cluster.dir, "node%d.log" % i)
+        self.prefix = []   # e.g. ["ip", "netns", "exec", NS]: the daemon's command runs after it
+        self.env = None    # environment of the daemon (None: inherit)
 
     def start(self):
         assert self.proc is None
         logf = open(self.log, "a")
-        self.proc = subprocess.Popen([MAILMESH, "run", "-c", self.conf], stdout=logf, stderr=logf)
+        self.proc = subprocess.Popen(self.prefix + [MAILMESH, "run", "-c", self.conf], stdout=logf, stderr=logf,
+                                     env=self.env)
         logf.close()
         deadline = time.time() + 20 * SLOW
         while time.time() < deadline:
@@ -102,6 +105,34 @@ class Node:
 
     def kill9(self):
         return self.stop(signal.SIGKILL)
+
+    def pid(self):
+        """The daemon's process id (the process after self.prefix, which execs), or None."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def vmrss_kb(self):
+        """The daemon's resident set size in KiB (from /proc), or None if not running."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def message_count(self):
+        """Number of message files in new/ and cur/ of every folder of every user (fast;
+        for watching a sync progress)."""
+        n = 0
+        for dirpath, dirnames, filenames in os.walk(self.mail):
+            if os.path.basename(dirpath) in ("new", "cur"):
+                n += sum(1 for f in filenames if not f.startswith("."))
+                dirnames[:] = []
+        return n
 
     def log_text(self):
         try:
