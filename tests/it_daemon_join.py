@@ -1,0 +1,131 @@
+"""it_daemon_join.py — a node started with an empty store joins a cluster holding thousands
+of messages and ends identical, streamed with bounded memory and from several peers.
+Real daemons on loopback, ports 22060-22069.
+
+Three nodes hold 5,000 messages between them (three users, several folders, flags and
+keywords, a few messages of several MB) and have converged.  A fourth node, empty, starts.
+While it pulls, its VmRSS is sampled from /proc; it must end with exactly the cluster's
+content (every body once, flags, keywords, mtimes), the same root, having received bodies
+from more than one peer, and its resident memory must stay far below the size of what it
+received (growth over its start-up size below MEM_BOUND_MB, default 64; both printed).
+Prints `N passed, N failed`."""
+import hashlib
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mmtest  # noqa: E402
+
+USERS = ["example.org/alice", "example.org/bob", "example.net/carol"]
+FOLDERS = ["INBOX", "Archive", "Lists.debian"]
+N_MSGS = int(os.environ.get("MM_JOIN_MSGS", "5000"))
+BIG = 4 * 1024 * 1024
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()[:16]
+
+
+def populate(node, rnd, n, first):
+    """n messages into node's Maildirs; returns the total size in bytes."""
+    total = 0
+    for i in range(first, first + n):
+        user = rnd.choice(USERS)
+        folder = rnd.choice(FOLDERS)
+        size = BIG + rnd.randrange(1000) if i % 1000 == 11 else rnd.randrange(800, 24000)
+        body = mmtest.message(i, size=size, rnd=rnd)
+        total += len(body)
+        name = node.deliver(user, body, folder, mtime=1600000000 + rnd.randrange(10 ** 8))
+        if rnd.random() < 0.2:
+            letters = rnd.choice(["S", "FS", "RS", "T"])
+            if rnd.random() < 0.3:
+                letters += node.add_keyword(user, folder, rnd.choice(["$Junk", "work"]))
+            node.set_flags(user, folder, "new", name, letters)
+    return total
+
+
+def join_test(t, seed):
+    rnd = random.Random(seed)
+    cl = mmtest.Cluster(4, 22060, name="join")
+    failed_before = t.failed
+    try:
+        old, new = cl.nodes[:3], cl.nodes[3]
+        if mmtest.SANITIZE:
+            # ASan keeps freed memory in quarantine (256 MB by default): keep it small so
+            # VmRSS still says something about the daemon's own footprint.
+            new.env = dict(os.environ)
+            new.env["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=16").lstrip(":")
+        per = [N_MSGS * 2 // 5, N_MSGS * 2 // 5]
+        per.append(N_MSGS - sum(per))
+        total = 0
+        first = 0
+        for node, n in zip(old, per):
+            total += populate(node, rnd, n, first)
+            first += n
+        for node in old:
+            node.start()
+        ok = cl.wait_converged(timeout=180, nodes=old)
+        if not t.check(ok, "the three nodes holding %d messages (%.1f MB) converge" % (N_MSGS, total / 1e6)):
+            cl.explain(old)
+            return
+        new.start()
+        rss0 = new.vmrss_kb()
+        peak = rss0 or 0
+        samples = 0
+        deadline = time.time() + 240 * mmtest.SLOW
+        joined = False
+        last_check = 0
+        while time.time() < deadline:
+            r = new.vmrss_kb()
+            if r is None:
+                break
+            peak = max(peak, r)
+            samples += 1
+            if time.time() - last_check > 0.5:
+                last_check = time.time()
+                if new.message_count() >= N_MSGS and cl.converged():
+                    joined = True
+                    break
+            time.sleep(0.01)
+        if not joined:
+            joined = cl.wait_converged(timeout=60)
+        if not t.check(joined, "the empty node joins and converges"):
+            cl.explain()
+        content = new.content()
+        n_msgs = sum(len(v) for v in content.values())
+        hashes = [m[0] for v in content.values() for m in v]
+        t.check(n_msgs == N_MSGS and len(set(hashes)) == N_MSGS,
+                "the new node holds each of the %d messages exactly once (%d files, %d distinct)" %
+                (N_MSGS, n_msgs, len(set(hashes))))
+        t.check(content == old[0].content(), "the new node's Maildirs equal node1's (bodies, flags, keywords, mtimes)")
+        roots = cl.roots()
+        t.check(len(set(roots)) == 1 and roots[0], "all four roots are identical")
+        st = new.status() or {}
+        sources = [p["name"] for p in st.get("peers", []) if p.get("bodies_in", 0) > 0]
+        print("info: bodies received from %s" % ", ".join("%s=%d" % (p["name"], p.get("bodies_in", 0))
+                                                          for p in st.get("peers", [])), flush=True)
+        t.check(len(sources) >= 2, "bodies came from several peers at once (%s)" % sources)
+        bound_mb = int(os.environ.get("MEM_BOUND_MB", "64"))
+        print("info: joining node VmRSS %d kB at start, %d kB peak over %d samples; received %.1f MB" %
+              (rss0 or 0, peak, samples, total / 1e6), flush=True)
+        t.check(samples > 0 and peak - (rss0 or 0) < bound_mb * 1024 and peak * 1024 < total,
+                "memory stays bounded while joining: peak VmRSS %d kB, %d kB above start (bound %d MB, "
+                "and below the %.0f MB received)" % (peak, peak - (rss0 or 0), bound_mb, total / 1e6))
+        codes = [node.stop() for node in cl.nodes]
+        t.check(codes == [0] * 4, "every daemon stops cleanly on SIGTERM (%s)" % codes)
+    finally:
+        cl.close(keep_on_failure=t.failed > failed_before and os.environ.get("KEEP") == "1")
+
+
+def main():
+    t = mmtest.Report("it_daemon_join")
+    seed = int(os.environ.get("MM_SEED", random.randrange(1 << 31)))
+    print("seed %d" % seed, flush=True)
+    t.run(join_test, seed)
+    t.finish()
+
+
+if __name__ == "__main__":
+    main()
