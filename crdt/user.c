@@ -1416,3 +1416,171 @@ int mm_user_gc(struct mm_user *u, mm_hlc horizon, mm_effect_fn *eff, void *arg, 
 		return rc;
 	return (int)dropped;
 }
+
+/* ---- IMAP UIDs: conflict rule (issue 7) -----------------------------------------
+ * A pass over the user's live messages: every group of two or more live messages of
+ * one folder holding the same UID value gives up that UID, all of them (as dsync
+ * does): a node that already showed one of them under that UID cannot show another
+ * message under it (Dovecot caches per UID and never re-uses a UID), so the only
+ * UID every replica can agree on for each of them is a new one.  New UIDs are
+ * allocated above max(highest live UID of the folder, floor - 1), in (created, key)
+ * order, and written with the stamp {T + 1, node 0} where T is the largest stamp
+ * time of the group's UID registers: two nodes resolving the same conflict write
+ * the same stamp, and when they knew different highest UIDs the larger value wins
+ * the register tie, so they converge without coordination. */
+
+struct uidm {
+	uint8_t key[MM_KEY_LEN];
+	mm_hlc created;
+	mm_hlc ustamp;
+	uint32_t folder;
+	uint32_t uid;
+	uint32_t newuid;
+};
+
+struct uidc {
+	const struct mm_user *u;
+	struct uidm *v;
+	size_t n, cap;
+	int err;
+};
+
+static int uid_coll(void *arg, const struct mm_rec *r)
+{
+	struct uidc *c = arg;
+	if (r->type != MM_REC_MESSAGE || !r->msg.uid_value)
+		return 0;
+	if (c->n == c->cap) {
+		size_t nc = c->cap ? c->cap * 2 : 64;
+		struct uidm *nv = realloc(c->v, nc * sizeof *nv);
+		if (!nv) {
+			c->err = -ENOMEM;
+			return 1;
+		}
+		c->v = nv;
+		c->cap = nc;
+	}
+	struct uidm *m = &c->v[c->n++];
+	memcpy(m->key, r->key, MM_KEY_LEN);
+	m->created = r->msg.created;
+	m->ustamp = r->msg.uid.stamp;
+	uint32_t id = 0;
+	intern_find(&c->u->folders, r->msg.folder, &id);
+	m->folder = id;
+	m->uid = r->msg.uid_value;
+	m->newuid = 0;
+	return 0;
+}
+
+static int uidm_by_uid(const void *a, const void *b)
+{
+	const struct uidm *x = a, *y = b;
+	if (x->folder != y->folder)
+		return x->folder < y->folder ? -1 : 1;
+	if (x->uid != y->uid)
+		return x->uid < y->uid ? -1 : 1;
+	int c = mm_hlc_cmp(x->created, y->created);
+	return c ? c : memcmp(x->key, y->key, MM_KEY_LEN);
+}
+
+static int uidm_by_created(const void *a, const void *b)
+{
+	const struct uidm *x = a, *y = b;
+	if (x->folder != y->folder)
+		return x->folder < y->folder ? -1 : 1;
+	int c = mm_hlc_cmp(x->created, y->created);
+	return c ? c : memcmp(x->key, y->key, MM_KEY_LEN);
+}
+
+uint32_t mm_user_uid_highest(const struct mm_user *u, const char *folder)
+{
+	struct uidc c = { u, NULL, 0, 0, 0 };
+	mm_user_foreach(u, NULL, 0, uid_coll, &c);
+	uint32_t id, hi = 0;
+	if (folder && intern_find(&u->folders, folder, &id) == 0)
+		for (size_t i = 0; i < c.n; i++)
+			if (c.v[i].folder == id && c.v[i].uid > hi)
+				hi = c.v[i].uid;
+	free(c.v);
+	return hi;
+}
+
+int mm_user_uid_resolve(struct mm_user *u, uint32_t (*floor_fn)(void *farg, const char *folder),
+                        void *farg, mm_effect_fn *eff, void *arg, struct mm_delta *out)
+{
+	if (!u)
+		return -EINVAL;
+	struct uidc c = { u, NULL, 0, 0, 0 };
+	mm_user_foreach(u, NULL, 0, uid_coll, &c);
+	if (c.err) {
+		free(c.v);
+		return c.err;
+	}
+	if (c.n < 2) {
+		free(c.v);
+		return 0;
+	}
+	qsort(c.v, c.n, sizeof *c.v, uidm_by_uid);
+	/* mark every member of a duplicate group (newuid = 1) with its group's stamp T */
+	size_t movers = 0;
+	for (size_t i = 0; i < c.n;) {
+		size_t j = i + 1;
+		uint64_t t = c.v[i].ustamp.t;
+		while (j < c.n && c.v[j].folder == c.v[i].folder && c.v[j].uid == c.v[i].uid) {
+			if (c.v[j].ustamp.t > t)
+				t = c.v[j].ustamp.t;
+			j++;
+		}
+		if (j - i > 1)
+			for (size_t k = i; k < j; k++) {
+				c.v[k].newuid = 1;
+				c.v[k].ustamp = (mm_hlc){ t + 1, 0 };
+				movers++;
+			}
+		i = j;
+	}
+	if (!movers) {
+		free(c.v);
+		return 0;
+	}
+	qsort(c.v, c.n, sizeof *c.v, uidm_by_created);
+	int changed = 0, rc = 0;
+	for (size_t i = 0; i < c.n && rc >= 0;) {
+		size_t j = i;
+		uint32_t hi = 0;
+		while (j < c.n && c.v[j].folder == c.v[i].folder) {
+			if (c.v[j].uid > hi)
+				hi = c.v[j].uid;
+			j++;
+		}
+		const char *fname = c.v[i].folder < u->folders.n ? u->folders.names[c.v[i].folder] : NULL;
+		uint32_t fl = floor_fn && fname ? floor_fn(farg, fname) : 0;
+		uint32_t next = hi + 1;
+		if (fl > next)
+			next = fl;
+		for (size_t k = i; k < j && rc >= 0; k++) {
+			if (!c.v[k].newuid)
+				continue;
+			if (next == 0) /* UID space exhausted: leave the conflict (cannot happen
+			                * before 4 billion deliveries into one folder) */
+				break;
+			rc = mm_user_set_uid(u, c.v[k].key, next++, c.v[k].ustamp, eff, arg, out);
+			if (rc > 0)
+				changed++;
+		}
+		i = j;
+	}
+	free(c.v);
+	return rc < 0 ? rc : changed;
+}
+
+int mm_user_folder_renew(struct mm_user *u, const char *name, mm_hlc stamp,
+                         mm_effect_fn *eff, void *arg, struct mm_delta *out)
+{
+	struct mm_rec r;
+	if (!u || !name_ok(name, false) || stamp_zero(stamp))
+		return -EINVAL;
+	folder_rec(&r, name);
+	r.folder.exists = (struct mm_reg){ 1, stamp };
+	return local(u, &r, eff, arg, out);
+}

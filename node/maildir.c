@@ -837,3 +837,215 @@ int mm_md_subs_write(const char *maildir, const char *const *names, size_t n,
 	free(buf);
 	return r;
 }
+
+/* ---- dovecot-uidlist writing -------------------------------------------------------- */
+
+void mm_md_uidlist_clear(struct mm_md_uidlist *ul)
+{
+	for (size_t i = 0; i < ul->n; i++) {
+		free(ul->v[i].ext);
+		free(ul->v[i].name);
+	}
+	free(ul->v);
+	free(ul->hdr_rest);
+	memset(ul, 0, sizeof(*ul));
+	ul->next_uid = 1;
+}
+
+static size_t name_base_len(const char *name)
+{
+	return strcspn(name, ":");
+}
+
+/* Appends a record without order checks (load) */
+static int uid_push(struct mm_md_uidlist *ul, uint32_t uid, const char *ext, size_t el,
+                    const char *name, size_t nl)
+{
+	if (ul->n == ul->cap) {
+		size_t nc = ul->cap ? ul->cap * 2 : 64;
+		struct mm_md_uident *nv = realloc(ul->v, nc * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		ul->v = nv;
+		ul->cap = nc;
+	}
+	struct mm_md_uident *e = &ul->v[ul->n];
+	e->uid = uid;
+	e->ext = strndup(ext, el);
+	e->name = strndup(name, nl);
+	if (!e->ext || !e->name) {
+		free(e->ext);
+		free(e->name);
+		return -ENOMEM;
+	}
+	e->base_len = name_base_len(e->name);
+	ul->n++;
+	return 0;
+}
+
+int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul)
+{
+	memset(ul, 0, sizeof(*ul));
+	ul->next_uid = 1;
+	char p[PATHBUF];
+	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist") < 0)
+		return -ENAMETOOLONG;
+	char *d;
+	size_t len;
+	int r = read_all(p, &d, &len);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return r;
+	ul->exists = true;
+	char *save = NULL;
+	char *line = strtok_r(d, "\n", &save);
+	bool bad = false;
+	if (!line || strncmp(line, "3 ", 2) != 0) {
+		bad = true;
+	} else {
+		/* header fields: V<uidvalidity> N<next> and others kept verbatim */
+		char rest[1024];
+		size_t rl = 0;
+		rest[0] = 0;
+		char *fs = NULL;
+		for (char *f = strtok_r(line + 2, " ", &fs); f; f = strtok_r(NULL, " ", &fs)) {
+			char *end;
+			errno = 0;
+			if (f[0] == 'V' || f[0] == 'N') {
+				unsigned long v = strtoul(f + 1, &end, 10);
+				if (end == f + 1 || *end || errno || v > UINT32_MAX) {
+					bad = true;
+					continue;
+				}
+				if (f[0] == 'V')
+					ul->uidvalidity = (uint32_t)v;
+				else
+					ul->next_uid = v ? (uint32_t)v : 1;
+				continue;
+			}
+			size_t fl = strlen(f);
+			if (rl + fl + 2 < sizeof rest) {
+				if (rl)
+					rest[rl++] = ' ';
+				memcpy(rest + rl, f, fl + 1);
+				rl += fl;
+			}
+		}
+		if (!(ul->hdr_rest = strdup(rest))) {
+			free(d);
+			return -ENOMEM;
+		}
+	}
+	uint32_t prev = 0;
+	for (line = bad ? NULL : strtok_r(NULL, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *end;
+		errno = 0;
+		unsigned long uid = strtoul(line, &end, 10);
+		char *fn = strstr(end, " :");
+		if (end == line || errno || uid == 0 || uid > UINT32_MAX || !fn || uid <= prev) {
+			bad = true;
+			continue;
+		}
+		prev = (uint32_t)uid;
+		const char *ext = end;
+		while (*ext == ' ')
+			ext++;
+		size_t el = fn > ext ? (size_t)(fn - ext) : 0;
+		size_t nl = strcspn(fn + 2, "\r");
+		if ((r = uid_push(ul, (uint32_t)uid, ext, el, fn + 2, nl)) < 0) {
+			free(d);
+			return r;
+		}
+		if (uid >= ul->next_uid)
+			ul->next_uid = (uint32_t)uid + 1 ? (uint32_t)uid + 1 : UINT32_MAX;
+	}
+	free(d);
+	return bad ? -EBADMSG : 0;
+}
+
+uint32_t mm_md_uidlist_find(const struct mm_md_uidlist *ul, const char *base, size_t base_len)
+{
+	for (size_t i = 0; i < ul->n; i++)
+		if (ul->v[i].base_len == base_len && memcmp(ul->v[i].name, base, base_len) == 0)
+			return ul->v[i].uid;
+	return 0;
+}
+
+ssize_t mm_md_uidlist_index(const struct mm_md_uidlist *ul, uint32_t uid)
+{
+	size_t lo = 0, hi = ul->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (ul->v[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < ul->n && ul->v[lo].uid == uid ? (ssize_t)lo : -1;
+}
+
+int mm_md_uidlist_add(struct mm_md_uidlist *ul, uint32_t uid, const char *name)
+{
+	if (!uid || !name[0] || strchr(name, '\n'))
+		return -EINVAL;
+	if (mm_md_uidlist_index(ul, uid) >= 0)
+		return -EEXIST;
+	size_t bl = name_base_len(name);
+	if (mm_md_uidlist_find(ul, name, bl))
+		return -EINVAL;
+	int r = uid_push(ul, uid, "", 0, name, strlen(name));
+	if (r < 0)
+		return r;
+	/* move it into place (records stay in ascending UID order) */
+	struct mm_md_uident e = ul->v[ul->n - 1];
+	size_t at = ul->n - 1;
+	while (at > 0 && ul->v[at - 1].uid > uid) {
+		ul->v[at] = ul->v[at - 1];
+		at--;
+	}
+	ul->v[at] = e;
+	if (uid >= ul->next_uid)
+		ul->next_uid = uid + 1 ? uid + 1 : UINT32_MAX;
+	return 0;
+}
+
+void mm_md_uidlist_remove(struct mm_md_uidlist *ul, uint32_t uid)
+{
+	ssize_t i = mm_md_uidlist_index(ul, uid);
+	if (i < 0)
+		return;
+	free(ul->v[i].ext);
+	free(ul->v[i].name);
+	memmove(&ul->v[i], &ul->v[i + 1], (ul->n - (size_t)i - 1) * sizeof(ul->v[0]));
+	ul->n--;
+}
+
+int mm_md_uidlist_save(const char *folder_dir, const struct mm_md_uidlist *ul)
+{
+	if (!ul->uidvalidity)
+		return -EINVAL;
+	size_t cap = 128 + (ul->hdr_rest ? strlen(ul->hdr_rest) : 0), len = 0;
+	for (size_t i = 0; i < ul->n; i++)
+		cap += 16 + strlen(ul->v[i].ext) + strlen(ul->v[i].name);
+	char *buf = malloc(cap);
+	if (!buf)
+		return -ENOMEM;
+	len += (size_t)snprintf(buf, cap, "3 V%u N%u%s%s\n", ul->uidvalidity, ul->next_uid,
+	                        ul->hdr_rest && ul->hdr_rest[0] ? " " : "", ul->hdr_rest ? ul->hdr_rest : "");
+	for (size_t i = 0; i < ul->n; i++)
+		len += (size_t)snprintf(buf + len, cap - len, "%u%s%s :%s\n", ul->v[i].uid,
+		                        ul->v[i].ext[0] ? " " : "", ul->v[i].ext, ul->v[i].name);
+	struct mm_md_owner o;
+	int r = mm_md_owner_of(folder_dir, &o);
+	r = replace_file(folder_dir, "dovecot-uidlist.mailmesh", "dovecot-uidlist", buf, len, r == 0 ? &o : NULL);
+	if (r == -EEXIST) { /* a temp file left by a crash of ours (we hold the lock) */
+		char tp[PATHBUF];
+		if (path2(tp, sizeof tp, folder_dir, "dovecot-uidlist.mailmesh") >= 0)
+			unlink(tp);
+		r = replace_file(folder_dir, "dovecot-uidlist.mailmesh", "dovecot-uidlist", buf, len,
+		                 mm_md_owner_of(folder_dir, &o) == 0 ? &o : NULL);
+	}
+	free(buf);
+	return r;
+}

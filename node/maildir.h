@@ -101,6 +101,56 @@ int mm_md_uidlist_read(const char *folder_dir,
 int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms);
 void mm_md_uidlist_unlock(const char *folder_dir);
 
+/* ---- dovecot-uidlist writing (issue 7: UIDs that agree across nodes) -------------
+ * The whole file in memory: header "3 V<uidvalidity> N<nextuid> G<guid> ..." (other
+ * header fields kept as they are) and the records in ascending UID order, each with
+ * the text Dovecot put between the UID and the file name (e.g. "W1234") kept.
+ * Every change goes through load -> edit -> save while the caller holds
+ * dovecot-uidlist.lock (mm_md_uidlist_lock), which is what Dovecot itself does. */
+struct mm_md_uident {
+	uint32_t uid;
+	char *ext;  /* fields between the UID and " :" (may be ""), owned */
+	char *name; /* file name as listed (base, maybe with ":2,..."), owned */
+	size_t base_len; /* length of the base part of name */
+};
+
+struct mm_md_uidlist {
+	bool exists;          /* the file was there when loaded */
+	uint32_t uidvalidity; /* 0 = none in the header */
+	uint32_t next_uid;    /* N: UIDs below it were handed out (>= 1) */
+	char *hdr_rest;       /* header fields other than V and N, e.g. "G<guid>" (owned) */
+	struct mm_md_uident *v;
+	size_t n, cap;
+};
+
+/* Loads <folder_dir>/dovecot-uidlist into ul (initialised here; release with
+ * mm_md_uidlist_clear, also after an error).  A missing file gives an empty list with
+ * exists = false, next_uid 1.  Returns 0, -EBADMSG when the header is not a version 3
+ * header or the records are not in ascending UID order (a damaged file; ul then
+ * holds what could be read), -ENOMEM, or another negative errno. */
+int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul);
+void mm_md_uidlist_clear(struct mm_md_uidlist *ul);
+
+/* UID listed for file base `base` (base_len bytes, no ":2," part), or 0. */
+uint32_t mm_md_uidlist_find(const struct mm_md_uidlist *ul, const char *base, size_t base_len);
+
+/* Index of the record with this UID, or -1. */
+ssize_t mm_md_uidlist_index(const struct mm_md_uidlist *ul, uint32_t uid);
+
+/* Adds record (uid, name) in UID order and raises next_uid to uid + 1 if below.
+ * Returns 0, -EEXIST if uid is listed already (nothing changed), -EINVAL for uid 0
+ * or a name with '\n' or a name whose base is listed already, -ENOMEM. */
+int mm_md_uidlist_add(struct mm_md_uidlist *ul, uint32_t uid, const char *name);
+
+/* Removes the record with this UID (no-op when absent).  next_uid is never lowered:
+ * Dovecot must never hand the UID out again. */
+void mm_md_uidlist_remove(struct mm_md_uidlist *ul, uint32_t uid);
+
+/* Writes ul as <folder_dir>/dovecot-uidlist (temp file, fsync, rename; the lock stays
+ * held by the caller), owner/mode of folder_dir minus x bits.  uidvalidity must be
+ * set (else -EINVAL).  0 or negative errno. */
+int mm_md_uidlist_save(const char *folder_dir, const struct mm_md_uidlist *ul);
+
 /* ---- files ---------------------------------------------------------------------- */
 
 /* Ownership and mode to give created files and directories; uid/gid (uid_t)-1 = keep

@@ -192,6 +192,9 @@ struct folder {
 	bool on_disk;    /* the directory existed when last looked at */
 	bool subscribed; /* listed in the subscriptions file when last looked at */
 	bool check;      /* re-check visibility at commit */
+	bool uid_check;  /* bring dovecot-uidlist in line with the CRDT's UIDs (uid_pass) */
+	bool uid_busy;   /* its lock was busy in this pass */
+	uint32_t uid_next; /* N of dovecot-uidlist when last read (floor for new UIDs) */
 	struct mm_md_keywords kw;
 };
 
@@ -828,15 +831,21 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		fo = folder_get(s, u, rec->folder.name, true);
 		if (!fo)
 			return;
-		if (rec->folder.exists.value)
+		if (rec->folder.exists.value) {
 			folder_ensure(s, fo);
-		else
+			fo->uid_check = true; /* UIDVALIDITY may have changed */
+		} else {
 			fo->check = true;
+		}
 		if ((bool)rec->folder.subscribed.value != fo->subscribed)
 			u->subs_dirty = true;
 		return;
 	case MM_EFF_MSG_UID:
-		return; /* UIDs: issue 7 */
+		/* the file is re-listed (or re-filed) under the new UID at the next commit */
+		fo = folder_get(s, u, rec->msg.folder, false);
+		if (fo)
+			fo->uid_check = true;
+		return;
 	}
 }
 
@@ -1196,6 +1205,8 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			mm_md_uidlist_read(fo->dir, uid_cb, &um);
 		}
 		uint32_t uid = (uint32_t)(uintptr_t)hm_get(&um.m, base, strlen(base));
+		if (!uid)
+			fo->uid_check = true; /* the store lists it in dovecot-uidlist (uid_pass) */
 		uint8_t nkey[MM_KEY_LEN];
 		r = mm_user_deliver(mu, fo->name, body, size, mtime, mm_md_letters_to_flags(n.letters),
 		                    kws, nkw, uid, tick(s), nkey, local_effect, s, s->out);
@@ -1413,12 +1424,16 @@ static int walk_odd_cb(void *arg, const char *path)
 	return 0;
 }
 
+static void uid_pass(struct mm_store *s);
+
 int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out)
 {
 	s->now_ms = now_ms;
 	s->out = out;
 	s->changes = 0;
 	int r = mm_mailloc_walk(s->loc, walk_user_cb, NULL, walk_odd_cb, s);
+	if (r >= 0)
+		uid_pass(s);
 	s->out = NULL;
 	return r < 0 ? r : s->changes;
 }
@@ -1439,6 +1454,8 @@ int mm_store_scan_folder(struct mm_store *s, const char *user, const char *folde
 	s->out = out;
 	s->changes = 0;
 	int r = scan_one_folder(s, u, mu, folder, mm_md_is_maildir(dir));
+	if (r >= 0)
+		uid_pass(s);
 	s->out = NULL;
 	return r < 0 ? r : s->changes;
 }
@@ -1659,6 +1676,9 @@ static bool rec_dirty(struct mm_store *s, const char *user, const uint8_t key[MM
 	return hm_get(&s->dirty_recs, k, kl) != NULL;
 }
 
+static bool uid_preinstall(struct mm_store *s, struct mm_user *mu, struct folder *fo, uint32_t uid,
+                           const char *name);
+
 int mm_store_body_commit(struct mm_body_writer **wp)
 {
 	struct mm_body_writer *w = *wp;
@@ -1706,7 +1726,15 @@ int mm_store_body_commit(struct mm_body_writer **wp)
 	uint8_t body[MM_ID_LEN];
 	memcpy(body, r->msg.body, MM_ID_LEN);
 	uint64_t size = r->msg.size;
+	/* its UID goes into dovecot-uidlist before the file becomes visible, under the lock */
+	uint32_t uid = r->msg.uid_value;
+	int lk = mm_md_uidlist_lock(w->fo->dir, 2000);
+	bool listed = lk == 0 && uid_preinstall(s, mu, w->fo, uid, name);
 	rr = mm_md_tmp_finish(w->fo->dir, w->base, w->fd, idate, letters ? "cur" : "new", name);
+	if (lk == 0)
+		mm_md_uidlist_unlock(w->fo->dir);
+	if (!listed || rr < 0)
+		w->fo->uid_check = true;
 	w->fd = -1;
 	if (rr < 0) {
 		logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", w->fo->dir,
@@ -1798,6 +1826,323 @@ size_t mm_store_missing_count(const struct mm_store *s)
 uint64_t mm_store_files_hashed(const struct mm_store *s)
 {
 	return s->hashed;
+}
+
+/* ---- IMAP UIDs: dovecot-uidlist <-> the CRDT's UID registers (issue 7) ---------------
+ *
+ * The UID register of a message is the truth; each node's dovecot-uidlist is made to
+ * list every message file under it, always with dovecot-uidlist.lock held and never
+ * below the file's N (Dovecot would take a UID under its NEXTUID that its index does
+ * not know as an expunged message "reappearing" and give it a new one).  Files with no
+ * UID yet get the folder's N (and the register is written: this node created the
+ * record or its Dovecot never listed it).  A message whose UID this node cannot show
+ * gets a new UID proposed with a fresh stamp; a message that must change UID here is
+ * re-filed: a hard link under a new base name listed at the new UID, then the old
+ * name unlinked, which Dovecot sees as an expunge plus a new message (it caches per
+ * UID, so one file name must never change its UID).  The folder's UIDVALIDITY is
+ * mm_folder_uidvalidity() of its FOLDER record and written into the header; N is kept
+ * above every UID the cluster handed out in the folder (replicated NEXTUID), so this
+ * node's Dovecot does not hand a UID the cluster already used to a new local mail. */
+
+static void uid_effect(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec)
+{
+	struct mm_store *s = arg;
+	mark_rec(s, user, rec->key);
+	if (eff == MM_EFF_MSG_UID) {
+		struct user *u = user_get(s, user, false);
+		struct folder *fo = u ? folder_get(s, u, rec->msg.folder, false) : NULL;
+		if (fo)
+			fo->uid_check = true;
+	}
+}
+
+static uint32_t uid_floor(void *arg, const char *folder)
+{
+	struct user *u = arg;
+	for (struct folder *fo = u->folders; fo; fo = fo->unext)
+		if (!strcmp(fo->name, folder))
+			return fo->uid_next;
+	return 0;
+}
+
+/* Mailbox GUID for a header mailmesh writes: the same on every node (derived from the
+ * user, the folder and its exists stamp), 32 hex digits as Dovecot writes it. */
+static void uid_guid(char hex[33], const char *user, const struct mm_rec *frec)
+{
+	uint8_t h[16], st[16];
+	for (int i = 0; i < 8; i++) {
+		st[i] = (uint8_t)(frec->folder.exists.stamp.t >> (56 - 8 * i));
+		st[8 + i] = (uint8_t)(frec->folder.exists.stamp.node >> (56 - 8 * i));
+	}
+	crypto_generichash_state g;
+	crypto_generichash_init(&g, NULL, 0, sizeof h);
+	crypto_generichash_update(&g, (const uint8_t *)user, strlen(user) + 1);
+	crypto_generichash_update(&g, (const uint8_t *)frec->folder.name, strlen(frec->folder.name) + 1);
+	crypto_generichash_update(&g, st, sizeof st);
+	crypto_generichash_final(&g, h, sizeof h);
+	sodium_bin2hex(hex, 33, h, sizeof h);
+}
+
+/* The folder's FOLDER record (NULL when unknown or not existing). */
+static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folder)
+{
+	uint8_t fk[MM_KEY_LEN];
+	mm_key_folder(folder, fk);
+	const struct mm_rec *fr = mm_user_get(mu, fk);
+	return fr && fr->type == MM_REC_FOLDER && fr->folder.exists.value ? fr : NULL;
+}
+
+/* Header of a list: UIDVALIDITY of the folder's record; a GUID when there is none. */
+static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct mm_rec *frec)
+{
+	bool changed = false;
+	if (ul->uidvalidity != frec->folder.uidvalidity) {
+		ul->uidvalidity = frec->folder.uidvalidity;
+		changed = true;
+	}
+	if (!ul->hdr_rest || !ul->hdr_rest[0]) {
+		char g[33];
+		uid_guid(g, user, frec);
+		char *h = malloc(34);
+		if (h) {
+			snprintf(h, 34, "G%s", g);
+			free(ul->hdr_rest);
+			ul->hdr_rest = h;
+			changed = true;
+		}
+	}
+	return changed;
+}
+
+struct refile {
+	struct fent *fe;
+	char base[160];
+	char name[MM_MD_NAME_MAX + 1];
+};
+
+/* Brings one folder's dovecot-uidlist in line with the CRDT.  Returns 0, or -EAGAIN
+ * when the lock stays busy (uid_check stays set: retried at the next pass). */
+static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *mu, struct folder *fo)
+{
+	if (!fo->on_disk || !mm_md_is_maildir(fo->dir))
+		return 0;
+	int r = mm_md_uidlist_lock(fo->dir, 2000);
+	if (r < 0) {
+		logmsg(s, MM_STORE_LOG_WARNING, "%s/dovecot-uidlist.lock stays busy: UIDs synced later", fo->dir);
+		return r;
+	}
+	struct mm_md_uidlist ul;
+	r = mm_md_uidlist_load(fo->dir, &ul);
+	bool dirty = false, renew = false;
+	if (r == -EBADMSG) {
+		/* damaged: the UIDs this node showed are unknown, so agreement for this folder
+		 * cannot be kept under the old UIDVALIDITY: change it on purpose everywhere */
+		logmsg(s, MM_STORE_LOG_WARNING, "%s/dovecot-uidlist is damaged: the folder gets a new UIDVALIDITY",
+		       fo->dir);
+		renew = true;
+		uint32_t keep_next = ul.next_uid;
+		mm_md_uidlist_clear(&ul);
+		ul.exists = true;
+		ul.next_uid = keep_next;
+		dirty = true;
+	} else if (r < 0) {
+		mm_md_uidlist_clear(&ul);
+		mm_md_uidlist_unlock(fo->dir);
+		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-uidlist: %s", fo->dir, strerror(-r));
+		return r;
+	}
+	if (renew) {
+		if (mm_user_folder_renew(mu, fo->name, tick(s), uid_effect, s, s->out) > 0)
+			s->changes++;
+	}
+	const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
+	if (!frec) { /* no UIDVALIDITY known yet (the FOLDER record comes later) */
+		mm_md_uidlist_clear(&ul);
+		mm_md_uidlist_unlock(fo->dir);
+		return 0;
+	}
+	if (uid_header(&ul, u->name, frec))
+		dirty = true;
+	uint32_t hi = mm_user_uid_highest(mu, fo->name);
+	if (hi && hi + 1 > ul.next_uid) { /* replicated NEXTUID */
+		ul.next_uid = hi + 1;
+		dirty = true;
+	}
+	/* UIDs in use by live messages of this folder (to know which L can be kept) */
+	struct hmap inuse = {0};
+	for (struct fent *fe = fo->files; fe; fe = fe->fnext) {
+		const struct mm_rec *rec = mm_user_get(mu, fe->key);
+		if (rec && rec->type == MM_REC_MESSAGE && rec->msg.uid_value)
+			hm_put(&inuse, &rec->msg.uid_value, sizeof(uint32_t), (void *)1);
+	}
+	size_t nref = 0, capref = 0;
+	struct refile *ref = NULL;
+	for (struct fent *fe = fo->files; fe; fe = fe->fnext) {
+		const struct mm_rec *rec = mm_user_get(mu, fe->key);
+		if (!rec || rec->type != MM_REC_MESSAGE)
+			continue;
+		uint32_t want = rec->msg.uid_value;
+		uint32_t have = mm_md_uidlist_find(&ul, fe->base, strlen(fe->base));
+		if (want == have)
+			continue;
+		uint32_t target = want;
+		bool propose = false;
+		if (!want) {
+			target = have ? have : ul.next_uid;
+			propose = true;
+		} else if (want < ul.next_uid || mm_md_uidlist_index(&ul, want) >= 0) {
+			/* this node's Dovecot used that number already: propose another */
+			propose = true;
+			if (have && !hm_get(&inuse, &have, sizeof have))
+				target = have;
+			else
+				target = ul.next_uid;
+		}
+		if (propose) {
+			int rr = mm_user_set_uid(mu, fe->key, target, tick(s), uid_effect, s, s->out);
+			if (rr > 0)
+				s->changes++;
+			hm_put(&inuse, &target, sizeof target, (void *)1);
+			rec = NULL; /* borrowed records are stale after a change */
+		}
+		if (target == have)
+			continue;
+		dirty = true;
+		if (!have) {
+			if (mm_md_uidlist_add(&ul, target, fe->name) < 0)
+				logmsg(s, MM_STORE_LOG_WARNING, "%s: cannot list %s under UID %u", fo->dir, fe->name, target);
+			continue;
+		}
+		/* listed under another UID: re-file under a new name */
+		if (nref == capref) {
+			size_t nc = capref ? capref * 2 : 8;
+			struct refile *nv = realloc(ref, nc * sizeof(*nv));
+			if (!nv)
+				break;
+			ref = nv;
+			capref = nc;
+		}
+		struct refile *rf = &ref[nref];
+		const struct mm_rec *cur = mm_user_get(mu, fe->key);
+		if (!cur)
+			continue;
+		do
+			make_base(rf->base, sizeof rf->base, cur);
+		while (!strcmp(rf->base, fe->base));
+		if (mm_md_name_format(rf->name, sizeof rf->name, rf->base, strlen(rf->base), fe->letters,
+		                      fe->in_cur) < 0)
+			continue;
+		mm_md_uidlist_remove(&ul, have);
+		if (mm_md_uidlist_add(&ul, target, rf->name) < 0)
+			continue;
+		rf->fe = fe;
+		nref++;
+	}
+	hm_clear(&inuse);
+	fo->uid_next = ul.next_uid;
+	if (dirty) {
+		r = mm_md_uidlist_save(fo->dir, &ul);
+		if (r < 0) {
+			logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", fo->dir, strerror(-r));
+			nref = 0;
+		}
+	}
+	/* re-filed messages: new name listed, now link it and drop the old one */
+	for (size_t i = 0; i < nref; i++) {
+		struct fent *fe = ref[i].fe;
+		const char *sub = fe->in_cur ? "cur" : "new";
+		char from[PATHBUF], to[PATHBUF];
+		snprintf(from, sizeof from, "%s/%s/%s", fo->dir, sub, fe->name);
+		snprintf(to, sizeof to, "%s/%s/%s", fo->dir, sub, ref[i].name);
+		if (link(from, to) < 0) {
+			logmsg(s, MM_STORE_LOG_WARNING, "cannot re-file %s under a new UID: %s", from, strerror(errno));
+			continue;
+		}
+		unlink(from);
+		uint8_t key[MM_KEY_LEN], body[MM_ID_LEN];
+		memcpy(key, fe->key, MM_KEY_LEN);
+		memcpy(body, fe->body, MM_ID_LEN);
+		uint64_t size = fe->size, letters = fe->letters;
+		int64_t mtime = fe->mtime;
+		bool in_cur = fe->in_cur;
+		fent_remove(s, fe);
+		if (!fent_add(s, fo, ref[i].base, ref[i].name, in_cur, key, body, size, mtime, letters))
+			logmsg(s, MM_STORE_LOG_ERR, "out of memory indexing %s", to);
+	}
+	free(ref);
+	mm_md_uidlist_clear(&ul);
+	mm_md_uidlist_unlock(fo->dir);
+	return r < 0 ? r : 0;
+}
+
+/* For a body about to be linked into the folder (lock held): lists `name` under the
+ * record's UID when this node can show it there.  True when listed. */
+static bool uid_preinstall(struct mm_store *s, struct mm_user *mu, struct folder *fo, uint32_t uid,
+                           const char *name)
+{
+	const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
+	if (!uid || !frec)
+		return false;
+	struct mm_md_uidlist ul;
+	int r = mm_md_uidlist_load(fo->dir, &ul);
+	bool ok = false;
+	if (r == 0 && (ul.uidvalidity == frec->folder.uidvalidity || !ul.exists)) {
+		uid_header(&ul, fo->u->name, frec);
+		if (uid >= ul.next_uid && mm_md_uidlist_index(&ul, uid) < 0 &&
+		    mm_md_uidlist_add(&ul, uid, name) == 0) {
+			r = mm_md_uidlist_save(fo->dir, &ul);
+			ok = r == 0;
+			if (r < 0)
+				logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", fo->dir, strerror(-r));
+		}
+	}
+	fo->uid_next = ul.next_uid;
+	mm_md_uidlist_clear(&ul);
+	return ok;
+}
+
+/* Every folder flagged since the last pass: conflicts resolved (the deterministic
+ * rule, crdt.h), then dovecot-uidlist synced. */
+static void uid_pass(struct mm_store *s)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	uint64_t wall = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+	if (wall > s->now_ms)
+		s->now_ms = wall;
+	for (struct user *u = s->users; u; u = u->next) {
+		bool any = false;
+		for (struct folder *fo = u->folders; fo; fo = fo->unext)
+			any |= fo->uid_check;
+		if (!any)
+			continue;
+		struct mm_user *mu = mm_state_user(s->state, u->name, false);
+		if (!mu)
+			continue;
+		/* a few rounds: a proposal or a re-file may expose a new conflict */
+		for (int round = 0; round < 4; round++) {
+			int rr = mm_user_uid_resolve(mu, uid_floor, u, uid_effect, s, s->out);
+			if (rr > 0)
+				s->changes += rr;
+			bool again = false;
+			for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+				if (!fo->uid_check)
+					continue;
+				fo->uid_check = false;
+				if (uid_sync_folder(s, u, mu, fo) == -EAGAIN)
+					fo->uid_busy = true;
+			}
+			for (struct folder *fo = u->folders; fo; fo = fo->unext)
+				again |= fo->uid_check;
+			if (!again)
+				break;
+		}
+		for (struct folder *fo = u->folders; fo; fo = fo->unext)
+			if (fo->uid_busy) { /* lock busy: next pass */
+				fo->uid_busy = false;
+				fo->uid_check = true;
+			}
+	}
 }
 
 /* ---- persistence ------------------------------------------------------------------------------------- */
@@ -2056,6 +2401,7 @@ static int cmp_str(const void *a, const void *b)
 /* Deferred mirror work that reads users' states (not allowed inside effects). */
 static void mirror_deferred(struct mm_store *s)
 {
+	uid_pass(s);
 	for (struct user *u = s->users; u; u = u->next) {
 		struct mm_user *mu = mm_state_user(s->state, u->name, false);
 		if (!mu)
@@ -2217,6 +2563,7 @@ static int load_folder_cb(void *arg, const void *k, size_t kl, const void *v, si
 	}
 	fo->on_disk = f & 1;
 	fo->subscribed = (f & 2) != 0;
+	fo->uid_check = fo->on_disk; /* first commit after a start checks every uidlist */
 	return 0;
 }
 
