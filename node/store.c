@@ -194,6 +194,7 @@ struct folder {
 	bool check;      /* re-check visibility at commit */
 	bool uid_check;  /* bring dovecot-uidlist in line with the CRDT's UIDs (uid_pass) */
 	bool uid_busy;   /* its lock was busy in this pass */
+	uint64_t uid_sig; /* dovecot-uidlist's (inode, size, mtime) when last synced */
 	uint32_t uid_next; /* N of dovecot-uidlist when last read (floor for new UIDs) */
 	struct mm_md_keywords kw;
 };
@@ -1102,6 +1103,65 @@ static void local_letters(struct mm_store *s, struct mm_user *mu, struct fent *f
 	}
 }
 
+static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folder);
+static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct mm_rec *frec);
+
+/* UIDs for new local files Dovecot has not listed: the folder's N, written into
+ * dovecot-uidlist (lock taken at the first such file, held until the end of the
+ * folder's scan, one write). */
+struct assign {
+	bool tried, usable, dirty;
+	struct mm_md_uidlist ul;
+};
+
+static uint32_t assign_uid(struct mm_store *s, struct mm_user *mu, struct folder *fo, struct assign *as,
+                           const char *base, const char *name)
+{
+	if (!as->tried) {
+		as->tried = true;
+		mm_md_uidlist_clear(&as->ul);
+		const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
+		if (frec && mm_md_uidlist_lock(fo->dir, 2000) == 0) {
+			if (mm_md_uidlist_load(fo->dir, &as->ul) == 0 &&
+			    (as->ul.uidvalidity == frec->folder.uidvalidity || !as->ul.exists)) {
+				as->usable = true;
+				as->dirty = uid_header(&as->ul, fo->u->name, frec);
+			} else {
+				mm_md_uidlist_unlock(fo->dir); /* the uid pass sorts it out */
+			}
+		}
+	}
+	if (!as->usable)
+		return 0;
+	uint32_t uid = mm_md_uidlist_find(&as->ul, base, strlen(base));
+	if (uid)
+		return uid;
+	uid = as->ul.next_uid;
+	if (!uid || mm_md_uidlist_add(&as->ul, uid, name) < 0)
+		return 0;
+	as->dirty = true;
+	(void)s;
+	return uid;
+}
+
+static void assign_done(struct mm_store *s, struct folder *fo, struct assign *as)
+{
+	if (as->usable) {
+		if (as->dirty) {
+			int r = mm_md_uidlist_save(fo->dir, &as->ul);
+			if (r < 0) {
+				logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", fo->dir, strerror(-r));
+				fo->uid_check = true;
+			}
+		}
+		fo->uid_next = as->ul.next_uid;
+		mm_md_uidlist_unlock(fo->dir);
+	}
+	if (as->tried)
+		mm_md_uidlist_clear(&as->ul);
+	memset(as, 0, sizeof(*as));
+}
+
 static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 {
 	struct dlist l = {0};
@@ -1116,6 +1176,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 		fe->seen = false;
 	bool kw_loaded = false;
 	struct uidmap um = {{0}, false};
+	struct assign as = {0};
 	char k[KBUF], path[PATHBUF];
 	for (size_t i = 0; i < l.n; i++) {
 		const char *name = l.v[i].name;
@@ -1205,8 +1266,10 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			mm_md_uidlist_read(fo->dir, uid_cb, &um);
 		}
 		uint32_t uid = (uint32_t)(uintptr_t)hm_get(&um.m, base, strlen(base));
+		if (!uid) /* not listed by Dovecot: this node (the record's creator) lists it */
+			uid = assign_uid(s, mu, fo, &as, base, name);
 		if (!uid)
-			fo->uid_check = true; /* the store lists it in dovecot-uidlist (uid_pass) */
+			fo->uid_check = true; /* listed by the next uid_pass */
 		uint8_t nkey[MM_KEY_LEN];
 		r = mm_user_deliver(mu, fo->name, body, size, mtime, mm_md_letters_to_flags(n.letters),
 		                    kws, nkw, uid, tick(s), nkey, local_effect, s, s->out);
@@ -1218,10 +1281,12 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 		if (!fent_add(s, fo, base, name, in_cur, nkey, body, size, mtime, n.letters)) {
 			dlist_free(&l);
 			hm_clear(&um.m);
+			assign_done(s, fo, &as);
 			return -ENOMEM;
 		}
 	}
 	hm_clear(&um.m);
+	assign_done(s, fo, &as);
 	/* files we knew that were not listed: check again (a rename during readdir can
 	 * hide a file from it) before taking them as expunged */
 	bool any = false;
@@ -1265,6 +1330,19 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 	return 0;
 }
 
+/* A signature of dovecot-uidlist (0 when missing): a change made by someone else
+ * (Dovecot, or a damaged or removed file) makes the next pass check the folder. */
+static uint64_t uidlist_sig(const struct folder *fo)
+{
+	char p[PATHBUF];
+	struct stat st;
+	snprintf(p, sizeof p, "%s/dovecot-uidlist", fo->dir);
+	if (stat(p, &st) < 0)
+		return 0;
+	return ((uint64_t)st.st_ino * 1000003u) ^ ((uint64_t)st.st_size << 20) ^ (uint64_t)st.st_mtim.tv_sec ^
+	       ((uint64_t)st.st_mtim.tv_nsec << 32);
+}
+
 /* One folder of a user: creation, removal, files.  `listed` = the directory exists. */
 static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *mu, const char *name,
                            bool listed)
@@ -1283,6 +1361,8 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 				s->changes++;
 		}
 		int r = scan_files(s, fo, mu);
+		if (r == 0 && uidlist_sig(fo) != fo->uid_sig)
+			fo->uid_check = true;
 		if (r != -ENOENT)
 			return r == -ENOMEM ? r : 0;
 		/* vanished between listing and reading: fall through to removal */
@@ -1791,6 +1871,17 @@ static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM
 	return mm_store_body_commit(&w);
 }
 
+struct miss_ord {
+	uint32_t uid;
+	struct hent *e;
+};
+
+static int miss_ord_cmp(const void *a, const void *b)
+{
+	const struct miss_ord *x = a, *y = b;
+	return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
 int mm_store_missing(struct mm_store *s,
                      int (*cb)(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
                                const uint8_t body[MM_ID_LEN], uint64_t size),
@@ -1798,6 +1889,26 @@ int mm_store_missing(struct mm_store *s,
 {
 	struct keylist kl;
 	int r = hm_keys(&s->missing, &kl);
+	/* in UID order: a replica can list a UID in dovecot-uidlist only above the UIDs
+	 * it already shows, so bodies fetched in UID order keep the origin's UIDs */
+	struct miss_ord *ord = r == 0 ? calloc(kl.n ? kl.n : 1, sizeof(*ord)) : NULL;
+	if (r == 0 && !ord)
+		r = -ENOMEM;
+	for (size_t i = 0; r == 0 && i < kl.n; i++) {
+		const char *user = (const char *)kl.v[i]->k;
+		size_t ul = strlen(user);
+		struct mm_user *mu = mm_state_user(s->state, user, false);
+		const struct mm_rec *rec = mu && ul + 1 + MM_KEY_LEN == kl.v[i]->kl ?
+		                           mm_user_get(mu, kl.v[i]->k + ul + 1) : NULL;
+		ord[i].uid = rec && rec->type == MM_REC_MESSAGE && rec->msg.uid_value ? rec->msg.uid_value : UINT32_MAX;
+		ord[i].e = kl.v[i];
+	}
+	if (r == 0) {
+		qsort(ord, kl.n, sizeof(*ord), miss_ord_cmp);
+		for (size_t i = 0; i < kl.n; i++)
+			kl.v[i] = ord[i].e;
+	}
+	free(ord);
 	for (size_t i = 0; r == 0 && i < kl.n; i++) {
 		const char *user = (const char *)kl.v[i]->k;
 		size_t ul = strlen(user);
@@ -1963,11 +2074,6 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	if (uid_header(&ul, u->name, frec))
 		dirty = true;
-	uint32_t hi = mm_user_uid_highest(mu, fo->name);
-	if (hi && hi + 1 > ul.next_uid) { /* replicated NEXTUID */
-		ul.next_uid = hi + 1;
-		dirty = true;
-	}
 	/* UIDs in use by live messages of this folder (to know which L can be kept) */
 	struct hmap inuse = {0};
 	for (struct fent *fe = fo->files; fe; fe = fe->fnext) {
@@ -1983,7 +2089,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 			continue;
 		uint32_t want = rec->msg.uid_value;
 		uint32_t have = mm_md_uidlist_find(&ul, fe->base, strlen(fe->base));
-		if (want == have)
+		if (want && want == have)
 			continue;
 		uint32_t target = want;
 		bool propose = false;
@@ -1991,12 +2097,14 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 			target = have ? have : ul.next_uid;
 			propose = true;
 		} else if (want < ul.next_uid || mm_md_uidlist_index(&ul, want) >= 0) {
-			/* this node's Dovecot used that number already: propose another */
+			/* this node's Dovecot used that number already: propose another, always
+			 * above the current one, so competing proposals only go up and settle
+			 * (the one listed here when it is higher and free, else this N) */
 			propose = true;
-			if (have && !hm_get(&inuse, &have, sizeof have))
+			if (have > want && !hm_get(&inuse, &have, sizeof have))
 				target = have;
 			else
-				target = ul.next_uid;
+				target = ul.next_uid > want ? ul.next_uid : want + 1;
 		}
 		if (propose) {
 			int rr = mm_user_set_uid(mu, fe->key, target, tick(s), uid_effect, s, s->out);
@@ -2071,6 +2179,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	free(ref);
 	mm_md_uidlist_clear(&ul);
+	fo->uid_sig = uidlist_sig(fo);
 	mm_md_uidlist_unlock(fo->dir);
 	return r < 0 ? r : 0;
 }

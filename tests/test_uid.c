@@ -1,0 +1,590 @@
+/*
+ * test_uid.c — IMAP identity across replicas (issue 7): the crdt UID conflict rule
+ * (every duplicate moves, deterministic stamps, replicas resolving apart converge,
+ * floors respected), folder renew (new UIDVALIDITY), dovecot-uidlist load/edit/save,
+ * and two real stores on temporary Maildirs: UIDs given at the origin are listed
+ * under the same numbers on the replica, UIDVALIDITY agrees, concurrent deliveries
+ * that took the same UID both move and both nodes end with one UID -> message map,
+ * a damaged uidlist changes UIDVALIDITY everywhere, a restart changes nothing.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "crdt/crdt.h"
+#include "node/maildir.h"
+#include "node/store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char top[256];
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st; (void)flag; (void)f;
+	return remove(p);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	snprintf(top, sizeof top, "/tmp/mm-test-uid-XXXXXX");
+	assert_non_null(mkdtemp(top));
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	nftw(top, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	return 0;
+}
+
+/* ---- crdt ------------------------------------------------------------------------ */
+
+static const uint8_t body0[MM_ID_LEN] = {1};
+
+static void deliver_uid(struct mm_user *u, const char *folder, uint64_t t, uint64_t node, uint32_t uid,
+                        uint8_t key[MM_KEY_LEN])
+{
+	int r = mm_user_deliver(u, folder, body0, 10, 1, 0, NULL, 0, uid, (mm_hlc){t, node}, key, NULL, NULL, NULL);
+	assert_int_equal(r, 1);
+}
+
+static uint32_t uid_of(struct mm_user *u, const uint8_t key[MM_KEY_LEN])
+{
+	const struct mm_rec *r = mm_user_get(u, key);
+	assert_non_null(r);
+	assert_int_equal(r->type, MM_REC_MESSAGE);
+	return r->msg.uid_value;
+}
+
+static int n_uid_eff;
+static void count_eff(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec)
+{
+	(void)arg; (void)user; (void)rec;
+	if (eff == MM_EFF_MSG_UID)
+		n_uid_eff++;
+}
+
+static uint32_t floor10(void *arg, const char *folder)
+{
+	(void)arg;
+	return strcmp(folder, "INBOX") ? 0 : 10;
+}
+
+static void test_resolve_rule(void **state)
+{
+	(void)state;
+	struct mm_user *u = mm_user_new("ex.org/alice");
+	uint8_t k1[MM_KEY_LEN], k2[MM_KEY_LEN], k3[MM_KEY_LEN], k4[MM_KEY_LEN];
+	deliver_uid(u, "INBOX", 100 << 16, 1, 1, k1);
+	deliver_uid(u, "INBOX", 200 << 16, 2, 2, k2); /* concurrent deliveries: both UID 2 */
+	deliver_uid(u, "INBOX", 150 << 16, 3, 2, k3);
+	deliver_uid(u, "Sent", 120 << 16, 1, 2, k4);   /* other folder: no conflict */
+	assert_int_equal(mm_user_uid_highest(u, "INBOX"), 2);
+	assert_int_equal(mm_user_uid_highest(u, "Nope"), 0);
+	n_uid_eff = 0;
+	struct mm_delta *d = mm_delta_new();
+	assert_int_equal(mm_user_uid_resolve(u, NULL, NULL, count_eff, NULL, d), 2);
+	assert_int_equal(n_uid_eff, 2);
+	assert_int_equal(mm_delta_count(d), 2);
+	assert_int_equal(uid_of(u, k1), 1);     /* untouched */
+	assert_int_equal(uid_of(u, k3), 3);     /* older creation first */
+	assert_int_equal(uid_of(u, k2), 4);
+	assert_int_equal(uid_of(u, k4), 2);
+	/* stamps are deterministic: T + 1 of the group, node 0 */
+	const struct mm_rec *r = mm_user_get(u, k2);
+	assert_int_equal(r->msg.uid.stamp.t, (200 << 16) + 1);
+	assert_int_equal(r->msg.uid.stamp.node, 0);
+	/* nothing left to do */
+	assert_int_equal(mm_user_uid_resolve(u, NULL, NULL, NULL, NULL, NULL), 0);
+	/* floors: a conflict in INBOX goes above 10 */
+	uint8_t k5[MM_KEY_LEN], k6[MM_KEY_LEN];
+	deliver_uid(u, "INBOX", 300 << 16, 1, 5, k5);
+	deliver_uid(u, "INBOX", 300 << 16, 2, 5, k6);
+	assert_int_equal(mm_user_uid_resolve(u, floor10, NULL, NULL, NULL, NULL), 2);
+	assert_int_equal(uid_of(u, k5), 10);
+	assert_int_equal(uid_of(u, k6), 11);
+	mm_delta_free(&d);
+	mm_user_free(&u);
+}
+
+static int copy_cb(void *arg, const struct mm_rec *r)
+{
+	return mm_user_merge(arg, r, NULL, NULL) < 0;
+}
+
+/* Two replicas resolve the same conflict apart, one knowing a higher UID: after they
+ * exchange states they agree, and no UID is held twice. */
+static void test_resolve_converges(void **state)
+{
+	(void)state;
+	struct mm_user *a = mm_user_new("ex.org/alice"), *b = mm_user_new("ex.org/alice");
+	uint8_t k1[MM_KEY_LEN], k2[MM_KEY_LEN], k3[MM_KEY_LEN];
+	deliver_uid(a, "INBOX", 100 << 16, 1, 7, k1);
+	deliver_uid(b, "INBOX", 101 << 16, 2, 7, k2);
+	assert_int_equal(mm_user_foreach(a, NULL, 0, copy_cb, b), 0);
+	assert_int_equal(mm_user_foreach(b, NULL, 0, copy_cb, a), 0);
+	/* b also knows a message at UID 9 that a has not heard of yet */
+	deliver_uid(b, "INBOX", 102 << 16, 2, 9, k3);
+	assert_int_equal(mm_user_uid_resolve(a, NULL, NULL, NULL, NULL, NULL), 2);
+	assert_int_equal(mm_user_uid_resolve(b, NULL, NULL, NULL, NULL, NULL), 2);
+	assert_int_equal(uid_of(a, k1), 8);
+	assert_int_equal(uid_of(b, k1), 10);
+	assert_int_equal(mm_user_foreach(a, NULL, 0, copy_cb, b), 0);
+	assert_int_equal(mm_user_foreach(b, NULL, 0, copy_cb, a), 0);
+	uint8_t ra[MM_HASH_LEN], rb[MM_HASH_LEN];
+	mm_user_root(a, ra);
+	mm_user_root(b, rb);
+	assert_memory_equal(ra, rb, MM_HASH_LEN);
+	/* the larger values won the equal-stamp tie */
+	assert_int_equal(uid_of(a, k1), 10);
+	assert_int_equal(uid_of(a, k2), 11);
+	assert_int_equal(uid_of(a, k3), 9);
+	assert_int_equal(mm_user_uid_resolve(a, NULL, NULL, NULL, NULL, NULL), 0);
+	mm_user_free(&a);
+	mm_user_free(&b);
+}
+
+static int n_folder_eff;
+static void folder_eff(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec)
+{
+	(void)arg; (void)user; (void)rec;
+	if (eff == MM_EFF_FOLDER)
+		n_folder_eff++;
+}
+
+static void test_folder_renew(void **state)
+{
+	(void)state;
+	struct mm_user *u = mm_user_new("ex.org/alice");
+	assert_int_equal(mm_user_folder_create(u, "Sent", (mm_hlc){1000ULL << 16, 1}, NULL, NULL, NULL), 1);
+	uint8_t fk[MM_KEY_LEN];
+	mm_key_folder("Sent", fk);
+	uint32_t v1 = mm_user_get(u, fk)->folder.uidvalidity;
+	n_folder_eff = 0;
+	assert_int_equal(mm_user_folder_renew(u, "Sent", (mm_hlc){5000000ULL << 16, 1}, folder_eff, NULL, NULL), 1);
+	assert_int_equal(n_folder_eff, 1);
+	uint32_t v2 = mm_user_get(u, fk)->folder.uidvalidity;
+	assert_int_not_equal(v1, v2);
+	assert_true(mm_user_get(u, fk)->folder.exists.value);
+	/* an older renew loses */
+	assert_int_equal(mm_user_folder_renew(u, "Sent", (mm_hlc){2000ULL << 16, 1}, NULL, NULL, NULL), 0);
+	assert_int_equal(mm_user_folder_renew(u, "bad/name", (mm_hlc){1, 1}, NULL, NULL, NULL), -EINVAL);
+	mm_user_free(&u);
+}
+
+/* ---- dovecot-uidlist ---------------------------------------------------------------- */
+
+static void write_file(const char *path, const char *s)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(s, f);
+	fclose(f);
+}
+
+static char *read_file(const char *path)
+{
+	static char buf[8192];
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	buf[n] = 0;
+	fclose(f);
+	return buf;
+}
+
+static void test_uidlist_edit(void **state)
+{
+	(void)state;
+	char d[300], p[400];
+	snprintf(d, sizeof d, "%s/ul", top);
+	mkdir(d, 0700);
+	struct mm_md_uidlist ul;
+	assert_int_equal(mm_md_uidlist_load(d, &ul), 0);
+	assert_false(ul.exists);
+	assert_int_equal(ul.next_uid, 1);
+	assert_int_equal(mm_md_uidlist_save(d, &ul), -EINVAL); /* no UIDVALIDITY */
+	mm_md_uidlist_clear(&ul);
+
+	snprintf(p, sizeof p, "%s/dovecot-uidlist", d);
+	write_file(p, "3 V1700000000 N5 G0123456789abcdef0123456789abcdef\n"
+	              "1 W120 :a.host,S=100:2,S\n"
+	              "3 :b.host,S=5\n");
+	assert_int_equal(mm_md_uidlist_load(d, &ul), 0);
+	assert_true(ul.exists);
+	assert_int_equal(ul.uidvalidity, 1700000000);
+	assert_int_equal(ul.next_uid, 5);
+	assert_int_equal(ul.n, 2);
+	assert_int_equal(mm_md_uidlist_find(&ul, "a.host,S=100", 12), 1);
+	assert_int_equal(mm_md_uidlist_find(&ul, "b.host,S=5", 10), 3);
+	assert_int_equal(mm_md_uidlist_find(&ul, "c", 1), 0);
+	assert_int_equal(mm_md_uidlist_add(&ul, 3, "c"), -EEXIST);
+	assert_int_equal(mm_md_uidlist_add(&ul, 9, "b.host,S=5:2,"), -EINVAL); /* base listed */
+	assert_int_equal(mm_md_uidlist_add(&ul, 0, "c"), -EINVAL);
+	assert_int_equal(mm_md_uidlist_add(&ul, 2, "c"), 0); /* in order, N unchanged */
+	assert_int_equal(ul.next_uid, 5);
+	assert_int_equal(mm_md_uidlist_add(&ul, 7, "d"), 0);
+	assert_int_equal(ul.next_uid, 8);
+	mm_md_uidlist_remove(&ul, 7);
+	assert_int_equal(ul.next_uid, 8); /* never lowered */
+	assert_int_equal(mm_md_uidlist_index(&ul, 2), 1);
+	assert_int_equal(mm_md_uidlist_save(d, &ul), 0);
+	mm_md_uidlist_clear(&ul);
+	assert_string_equal(read_file(p), "3 V1700000000 N8 G0123456789abcdef0123456789abcdef\n"
+	                                  "1 W120 :a.host,S=100:2,S\n"
+	                                  "2 :c\n"
+	                                  "3 :b.host,S=5\n");
+	/* the reader used when scanning agrees */
+	/* damaged files */
+	write_file(p, "garbage\n1 :a\n");
+	assert_int_equal(mm_md_uidlist_load(d, &ul), -EBADMSG);
+	mm_md_uidlist_clear(&ul);
+	write_file(p, "3 V1 N9\n4 :a\n2 :b\n");
+	assert_int_equal(mm_md_uidlist_load(d, &ul), -EBADMSG);
+	mm_md_uidlist_clear(&ul);
+}
+
+/* ---- two stores ------------------------------------------------------------------------- */
+
+struct node {
+	char root[300], sdir[300], loc[320];
+	struct mm_state *st;
+	struct mm_clock clock;
+	struct mm_store *s;
+	uint64_t now;
+};
+
+static void store_log(void *arg, int level, const char *fmt, ...)
+{
+	(void)arg;
+	if (level > MM_STORE_LOG_WARNING || !getenv("TEST_UID_LOG"))
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+static void node_open(struct node *n, const char *name, uint64_t id)
+{
+	snprintf(n->root, sizeof n->root, "%s/%s/mail", top, name);
+	snprintf(n->sdir, sizeof n->sdir, "%s/%s/state", top, name);
+	snprintf(n->loc, sizeof n->loc, "maildir:%s/%%d/%%n", n->root);
+	char p[300];
+	snprintf(p, sizeof p, "%s/%s", top, name);
+	mkdir(p, 0700);
+	mkdir(n->root, 0700);
+	n->st = mm_state_new();
+	assert_non_null(n->st);
+	mm_clock_init(&n->clock, id, 0);
+	struct mm_store_config cfg = {n->loc, n->sdir};
+	char err[512];
+	int r = mm_store_open(&n->s, &cfg, n->st, &n->clock, err, sizeof err);
+	if (r)
+		fprintf(stderr, "open: %s\n", err);
+	assert_int_equal(r, 0);
+	mm_store_set_log(n->s, store_log, NULL);
+	if (!n->now)
+		n->now = 1700000000000ULL;
+}
+
+static void node_close(struct node *n)
+{
+	mm_store_free(&n->s);
+	mm_state_free(&n->st);
+}
+
+static void scan(struct node *n, struct mm_delta *out)
+{
+	n->now += 1000;
+	assert_true(mm_store_scan(n->s, n->now, out) >= 0);
+	assert_int_equal(mm_store_commit(n->s), 0);
+}
+
+static void udir(const struct node *n, const char *folder, char *buf, size_t len)
+{
+	if (!strcmp(folder, "INBOX"))
+		snprintf(buf, len, "%s/ex.org/alice", n->root);
+	else
+		snprintf(buf, len, "%s/ex.org/alice/.%s", n->root, folder);
+}
+
+static void deliver(struct node *n, const char *folder, const char *base, const char *body)
+{
+	char d[600], md[600];
+	udir(n, folder, d, sizeof d);
+	snprintf(md, sizeof md, "%s/ex.org/alice", n->root);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(md, folder, &o), 0);
+	assert_int_equal(mm_md_deliver(d, base, body, strlen(body), 1600000000, "new", base, &o), 0);
+}
+
+struct xfer {
+	struct node *from, *to;
+};
+
+static int fetch_cb(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
+                    const uint8_t body[MM_ID_LEN], uint64_t size)
+{
+	(void)body;
+	(void)size;
+	struct xfer *x = arg;
+	int fd;
+	uint64_t sz;
+	if (mm_store_body_open(x->from->s, user, key, &fd, &sz) < 0)
+		return 0;
+	struct mm_body_writer *w;
+	if (mm_store_body_begin(x->to->s, user, key, &w) < 0) {
+		close(fd);
+		return 0;
+	}
+	char buf[4096];
+	ssize_t r;
+	while ((r = read(fd, buf, sizeof buf)) > 0)
+		assert_int_equal(mm_store_body_write(w, buf, (size_t)r), 0);
+	close(fd);
+	assert_int_equal(mm_store_body_commit(&w), 1);
+	return 0;
+}
+
+static int full_cb(void *arg, const struct mm_rec *r)
+{
+	return mm_delta_add(arg, "ex.org/alice", r) < 0;
+}
+
+/* Full state from -> to (as anti-entropy would), then the bodies `to` misses. */
+static void sync_to(struct node *from, struct node *to)
+{
+	struct mm_delta *d = mm_delta_new();
+	struct mm_user *u = mm_state_user(from->st, "ex.org/alice", false);
+	if (u)
+		assert_int_equal(mm_user_foreach(u, NULL, 0, full_cb, d), 0);
+	assert_true(mm_store_merge_delta(to->s, d) >= 0);
+	assert_int_equal(mm_store_commit(to->s), 0);
+	struct xfer x = {from, to};
+	assert_int_equal(mm_store_missing(to->s, fetch_cb, &x), 0);
+	assert_int_equal(mm_store_commit(to->s), 0);
+	mm_delta_free(&d);
+}
+
+/* Until both have the same state (a few anti-entropy rounds). */
+static struct mm_user *dbg_other;
+static int dbg_cb(void *arg, const struct mm_rec *r)
+{
+	(void)arg;
+	const struct mm_rec *o = mm_user_get(dbg_other, r->key);
+	if (!o || !mm_rec_equal(o, r))
+		fprintf(stderr, "diff type %d/%d uid %u/%u st %llx/%llx\n", r->type, o ? (int)o->type : -1,
+		        r->type == MM_REC_MESSAGE ? r->msg.uid_value : 0,
+		        o && o->type == MM_REC_MESSAGE ? o->msg.uid_value : 0,
+		        r->type == MM_REC_MESSAGE ? (unsigned long long)r->msg.uid.stamp.t : 0,
+		        o && o->type == MM_REC_MESSAGE ? (unsigned long long)o->msg.uid.stamp.t : 0);
+	return 0;
+}
+#define converge(a, b) converge_at(a, b, __LINE__)
+static void converge_at(struct node *a, struct node *b, int line)
+{
+	for (int i = 0; i < 6; i++) {
+		sync_to(a, b);
+		sync_to(b, a);
+		uint8_t ra[MM_HASH_LEN], rb[MM_HASH_LEN];
+		mm_state_root(a->st, ra);
+		mm_state_root(b->st, rb);
+		if (!memcmp(ra, rb, MM_HASH_LEN) && mm_store_missing_count(a->s) == 0 &&
+		    mm_store_missing_count(b->s) == 0)
+			return;
+	}
+	dbg_other = mm_state_user(b->st, "ex.org/alice", false);
+	mm_user_foreach(mm_state_user(a->st, "ex.org/alice", false), NULL, 0, dbg_cb, NULL);
+	fail_msg("stores did not converge (line %d, missing %zu %zu)", line, mm_store_missing_count(a->s),
+	         mm_store_missing_count(b->s));
+}
+
+/* "V<uidvalidity>" then "uid=content" per listed file, in UID order; checks that
+ * every listed file exists, every file is listed, no UID is >= N. */
+#define uid_map(n, f, o, l) (uid_map_line = __LINE__, uid_map_(n, f, o, l))
+static int uid_map_line;
+static void uid_map_(const struct node *n, const char *folder, char *out, size_t len)
+{
+	char d[600];
+	udir(n, folder, d, sizeof d);
+	struct mm_md_uidlist ul;
+	if (mm_md_uidlist_load(d, &ul) < 0)
+		fail_msg("%s/dovecot-uidlist cannot be loaded (line %d)", d, uid_map_line);
+	size_t o = (size_t)snprintf(out, len, "V%u", ul.uidvalidity);
+	size_t files = 0;
+	const char *subs[] = {"new", "cur"};
+	for (int i = 0; i < 2; i++) {
+		char p[700];
+		snprintf(p, sizeof p, "%s/%s", d, subs[i]);
+		DIR *dd = opendir(p);
+		assert_non_null(dd);
+		struct dirent *e;
+		while ((e = readdir(dd))) {
+			if (e->d_name[0] == '.')
+				continue;
+			files++;
+			size_t bl = strcspn(e->d_name, ":");
+			uint32_t uid = mm_md_uidlist_find(&ul, e->d_name, bl);
+			if (!uid)
+				fail_msg("%s/%s is not listed in dovecot-uidlist", p, e->d_name);
+			assert_true(uid < ul.next_uid);
+		}
+		closedir(dd);
+	}
+	assert_int_equal(files, ul.n);
+	for (size_t i = 0; i < ul.n; i++) {
+		char p[1200];
+		char *c = NULL;
+		for (int j = 0; j < 2 && !c; j++) {
+			snprintf(p, sizeof p, "%s/%s/%s", d, subs[j], ul.v[i].name);
+			c = read_file(p);
+			if (!c) { /* listed under an older name: same base, other flags */
+				DIR *dd;
+				snprintf(p, sizeof p, "%s/%s", d, subs[j]);
+				if ((dd = opendir(p))) {
+					struct dirent *e;
+					while ((e = readdir(dd)))
+						if (!strncmp(e->d_name, ul.v[i].name, ul.v[i].base_len) &&
+						    strcspn(e->d_name, ":") == ul.v[i].base_len) {
+							snprintf(p, sizeof p, "%s/%s/%s", d, subs[j], e->d_name);
+							c = read_file(p);
+							break;
+						}
+					closedir(dd);
+				}
+			}
+		}
+		assert_non_null(c);
+		o += (size_t)snprintf(out + o, len - o, " %u=%s", ul.v[i].uid, c);
+	}
+	mm_md_uidlist_clear(&ul);
+}
+
+static void test_stores_agree(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	char ma[4096], mb[4096];
+
+	/* deliveries on one node: the store lists them (no Dovecot here) */
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "one");
+	deliver(&a, "INBOX", "1700000000.M2P1.mx", "two");
+	scan(&a, NULL);
+	converge(&a, &b);
+	uid_map(&a, "INBOX", ma, sizeof ma);
+	uid_map(&b, "INBOX", mb, sizeof mb);
+	assert_string_equal(ma, mb);
+	if (!strstr(ma, " 1=one 2=two") && !strstr(ma, " 1=two 2=one"))
+		fail_msg("map %s", ma);
+	uint8_t fk[MM_KEY_LEN];
+	mm_key_folder("INBOX", fk);
+	char v[32];
+	snprintf(v, sizeof v, "V%u ", mm_user_get(mm_state_user(a.st, "ex.org/alice", false), fk)->folder.uidvalidity);
+	assert_memory_equal(ma, v, strlen(v));
+
+	/* a UID Dovecot gave (listed before the scan) is the one replicated */
+	char d[600], p[700];
+	udir(&a, "INBOX", d, sizeof d);
+	deliver(&a, "INBOX", "1700000001.M1P1.mx", "three");
+	assert_int_equal(mm_md_uidlist_lock(d, 1000), 0);
+	struct mm_md_uidlist ul;
+	assert_int_equal(mm_md_uidlist_load(d, &ul), 0);
+	assert_int_equal(mm_md_uidlist_add(&ul, 5, "1700000001.M1P1.mx"), 0);
+	assert_int_equal(mm_md_uidlist_save(d, &ul), 0);
+	mm_md_uidlist_clear(&ul);
+	mm_md_uidlist_unlock(d);
+	scan(&a, NULL);
+	converge(&a, &b);
+	uid_map(&a, "INBOX", ma, sizeof ma);
+	uid_map(&b, "INBOX", mb, sizeof mb);
+	assert_string_equal(ma, mb);
+	assert_non_null(strstr(ma, " 5=three"));
+
+	/* concurrent deliveries took the same UID (6) on both nodes: both move */
+	deliver(&a, "INBOX", "1700000002.M1P1.mx", "four-a");
+	deliver(&b, "INBOX", "1700000002.M1P2.mx", "four-b");
+	scan(&a, NULL);
+	scan(&b, NULL);
+	uid_map(&a, "INBOX", ma, sizeof ma);
+	uid_map(&b, "INBOX", mb, sizeof mb);
+	assert_non_null(strstr(ma, " 6=four-a"));
+	assert_non_null(strstr(mb, " 6=four-b"));
+	converge(&a, &b);
+	uid_map(&a, "INBOX", ma, sizeof ma);
+	uid_map(&b, "INBOX", mb, sizeof mb);
+	assert_string_equal(ma, mb);
+	assert_null(strstr(ma, " 6="));  /* retired for good */
+	/* both moved above every UID either node had used */
+	const char *fa = strstr(ma, "=four-a"), *fb = strstr(ma, "=four-b");
+	if (!fa || !fb)
+		fail_msg("map %s", ma);
+	while (fa[-1] != ' ')
+		fa--;
+	while (fb[-1] != ' ')
+		fb--;
+	assert_true(atoi(fa) > 6 && atoi(fb) > 6 && atoi(fa) != atoi(fb));
+
+	/* a folder created on one node: same UIDVALIDITY and UIDs on the other */
+	deliver(&b, "Work", "1700000003.M1P2.mx", "work");
+	scan(&b, NULL);
+	converge(&a, &b);
+	uid_map(&a, "Work", ma, sizeof ma);
+	uid_map(&b, "Work", mb, sizeof mb);
+	assert_string_equal(ma, mb);
+
+	/* restart: nothing changes */
+	uid_map(&b, "INBOX", mb, sizeof mb);
+	node_close(&b);
+	node_open(&b, "b", 2);
+	scan(&b, NULL);
+	char mb2[4096];
+	uid_map(&b, "INBOX", mb2, sizeof mb2);
+	assert_string_equal(mb, mb2);
+
+	/* a damaged uidlist on b: the folder gets a new UIDVALIDITY on both */
+	uid_map(&a, "Work", ma, sizeof ma);
+	char olda[64];
+	snprintf(olda, sizeof olda, "%.*s", (int)strcspn(ma, " "), ma);
+	udir(&b, "Work", d, sizeof d);
+	snprintf(p, sizeof p, "%s/dovecot-uidlist", d);
+	write_file(p, "this is not a uidlist\n");
+	b.now += 5000000; /* much later, so its new stamp's UIDVALIDITY differs */
+	scan(&b, NULL);
+	converge(&a, &b);
+	uid_map(&a, "Work", ma, sizeof ma);
+	uid_map(&b, "Work", mb, sizeof mb);
+	assert_string_equal(ma, mb);
+	assert_memory_not_equal(ma, olda, strlen(olda) + 1);
+
+	node_close(&a);
+	node_close(&b);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_resolve_rule),
+		cmocka_unit_test(test_resolve_converges),
+		cmocka_unit_test(test_folder_renew),
+		cmocka_unit_test_setup_teardown(test_uidlist_edit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stores_agree, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
