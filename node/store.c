@@ -1105,6 +1105,7 @@ static void local_letters(struct mm_store *s, struct mm_user *mu, struct fent *f
 
 static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folder);
 static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct mm_rec *frec);
+static void uid_keep_check(struct mm_store *s, struct folder *fo, struct mm_md_uidlist *ul);
 
 /* UIDs for new local files Dovecot has not listed: the folder's N, written into
  * dovecot-uidlist (lock taken at the first such file, held until the end of the
@@ -1123,7 +1124,8 @@ static uint32_t assign_uid(struct mm_store *s, struct mm_user *mu, struct folder
 		const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
 		if (frec && mm_md_uidlist_lock(fo->dir, 2000) == 0) {
 			if (mm_md_uidlist_load(fo->dir, &as->ul) == 0 &&
-			    (as->ul.uidvalidity == frec->folder.uidvalidity || !as->ul.exists)) {
+			    (as->ul.uidvalidity == frec->folder.uidvalidity || !as->ul.exists ||
+			     (uid_keep_check(s, fo, &as->ul), as->ul.keep_uidvalidity))) {
 				as->usable = true;
 				as->dirty = uid_header(&as->ul, fo->u->name, frec);
 			} else {
@@ -2003,11 +2005,28 @@ static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folde
 	return fr && fr->type == MM_REC_FOLDER && fr->folder.exists.value ? fr : NULL;
 }
 
+/* A folder whose Dovecot index already exists keeps the UIDVALIDITY its uidlist has:
+ * rewriting it would make Dovecot reset its index with a warning.  Known limit
+ * (docs/maildir.md): such a folder, created by Dovecot before mailmesh saw it, shows
+ * its own UIDVALIDITY on this node until its index is rebuilt. */
+static void uid_keep_check(struct mm_store *s, struct folder *fo, struct mm_md_uidlist *ul)
+{
+	char p[PATHBUF];
+	snprintf(p, sizeof p, "%s/dovecot.index.log", fo->dir);
+	bool idx = access(p, F_OK) == 0;
+	snprintf(p, sizeof p, "%s/dovecot.index", fo->dir);
+	idx = idx || access(p, F_OK) == 0;
+	ul->keep_uidvalidity = ul->uidvalidity && idx;
+	if (ul->keep_uidvalidity)
+		logmsg(s, MM_STORE_LOG_INFO, "%s: Dovecot indexed it under UIDVALIDITY %u already: kept", fo->dir,
+		       ul->uidvalidity);
+}
+
 /* Header of a list: UIDVALIDITY of the folder's record; a GUID when there is none. */
 static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct mm_rec *frec)
 {
 	bool changed = false;
-	if (ul->uidvalidity != frec->folder.uidvalidity) {
+	if (ul->uidvalidity != frec->folder.uidvalidity && !ul->keep_uidvalidity) {
 		ul->uidvalidity = frec->folder.uidvalidity;
 		changed = true;
 	}
@@ -2072,6 +2091,8 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		mm_md_uidlist_unlock(fo->dir);
 		return 0;
 	}
+	if (!renew)
+		uid_keep_check(s, fo, &ul);
 	if (uid_header(&ul, u->name, frec))
 		dirty = true;
 	/* UIDs in use by live messages of this folder (to know which L can be kept) */
