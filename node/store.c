@@ -726,27 +726,27 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/cur/%s: name too long for its flags", fe->fo->dir, fe->base);
 		return;
 	}
-	for (int attempt = 0; attempt < 2; attempt++) {
-		int rr = mm_md_rename(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name,
-		                      to_cur ? "cur" : "new", nn);
-		if (rr == 0) {
-			char *dup = strdup(nn);
-			if (dup) {
-				free(fe->name);
-				fe->name = dup;
-			}
-			fe->in_cur = to_cur;
-			fe->letters = want;
-			mark_file(s, fe->fo, fe->base);
-			return;
+	int rr = mm_md_rename(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name, to_cur ? "cur" : "new", nn);
+	if (rr == 0) {
+		char *dup = strdup(nn);
+		if (dup) {
+			free(fe->name);
+			fe->name = dup;
 		}
-		if (rr != -ENOENT || attempt || fent_relocate(s, fe) < 0) {
-			char p[PATHBUF];
-			fent_path(fe, p, sizeof p);
-			logmsg(s, MM_STORE_LOG_WARNING, "cannot rename %s for new flags: %s", p, strerror(-rr));
-			return;
-		}
+		fe->in_cur = to_cur;
+		fe->letters = want;
+		mark_file(s, fe->fo, fe->base);
+		return;
 	}
+	/* Renamed by someone else since the last scan: a local flag change not yet in the
+	 * CRDT.  Renaming now would overwrite it; the scan that rename triggers takes the
+	 * local change in and then brings the file in line with the merged record.  (The
+	 * rename's inotify event is still queued: the scan has not seen the new name.) */
+	if (rr == -ENOENT && fent_relocate(s, fe) == 0)
+		return;
+	char p[PATHBUF];
+	fent_path(fe, p, sizeof p);
+	logmsg(s, MM_STORE_LOG_WARNING, "cannot rename %s for new flags: %s", p, strerror(-rr));
 }
 
 static void add_pending(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
@@ -1196,7 +1196,9 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 		struct fent *fe = hm_get(&s->by_base, k, kl);
 		if (fe) {
 			fe->seen = true;
-			if (strcmp(fe->name, name) || fe->in_cur != in_cur) {
+			/* letters too: fent_relocate() may already know the new name of a file
+			 * renamed here, but not what the rename changed */
+			if (strcmp(fe->name, name) || fe->in_cur != in_cur || fe->letters != n.letters) {
 				uint64_t oldl = fe->letters;
 				char *dup = strdup(name);
 				if (!dup)
@@ -1207,6 +1209,11 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				fe->letters = n.letters;
 				mark_file(s, fo, base);
 				local_letters(s, mu, fe, oldl, n.letters, &kw_loaded);
+				/* Remote changes that arrived meanwhile were not written to this
+				 * file (see sync_file_flags): write the merged result now. */
+				const struct mm_rec *cur = mm_user_get(mu, fe->key);
+				if (cur && cur->type == MM_REC_MESSAGE)
+					sync_file_flags(s, fe, cur);
 			}
 			continue;
 		}
