@@ -501,12 +501,24 @@ int mm_md_owner_of(const char *dir, struct mm_md_owner *o_r)
 	return 0;
 }
 
+static int mkdir_owned(const char *p, const struct mm_md_owner *o);
+
 int mm_md_tmp_open(const char *folder_dir, const char *base, const struct mm_md_owner *o)
 {
 	char p[PATHBUF];
 	if (path3(p, sizeof p, folder_dir, "tmp", base) < 0)
 		return -ENAMETOOLONG;
 	int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, o ? o->file_mode : 0600);
+	if (fd < 0 && errno == ENOENT && mm_md_is_maildir(folder_dir)) {
+		/* A Maildir missing its tmp/ (a folder removed by hand while it was being
+		 * recreated, say): restore it, as any careful MDA would, and try again. */
+		char t[PATHBUF];
+		if (path2(t, sizeof t, folder_dir, "tmp") < 0)
+			return -ENAMETOOLONG;
+		if (mkdir_owned(t, o) < 0)
+			return -ENOENT;
+		fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, o ? o->file_mode : 0600);
+	}
 	if (fd < 0)
 		return -errno;
 	apply_owner(fd, o, false);
@@ -531,8 +543,14 @@ int mm_md_tmp_finish(const char *folder_dir, const char *base, int fd, int64_t m
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	/* link + unlink rather than rename: never replace a file that holds that name */
-	if (r == 0 && link(tp, dp) < 0)
+	if (r == 0 && link(tp, dp) < 0) {
 		r = -errno;
+		struct mm_md_owner o;
+		/* the target subdirectory vanished: restore it like the folder, retry */
+		if (r == -ENOENT && mm_md_is_maildir(folder_dir) && mm_md_owner_of(folder_dir, &o) == 0 &&
+		    mkdir_owned(sd, &o) >= 0)
+			r = link(tp, dp) < 0 ? -errno : 0;
+	}
 	unlink(tp);
 	if (r == 0)
 		fsync_dir(sd);

@@ -335,6 +335,16 @@ static void test_folders(void **state)
 	assert_int_equal(mm_md_deliver(p, "b", "x", 1, 5, "new", "b", &o2), -ENOENT);
 	snprintf(p, sizeof p, "%s/.Sent", md);
 	assert_int_equal(mm_md_deliver(p, "b", "x", 1, 5, "new", "b", &o2), 0);
+	/* a Maildir that lost tmp/ and cur/ (removed by hand mid-way): restored, not refused */
+	char sub[4096];
+	snprintf(sub, sizeof sub, "%s/tmp", p);
+	assert_int_equal(rmdir(sub), 0);
+	snprintf(sub, sizeof sub, "%s/cur", p);
+	assert_int_equal(rmdir(sub), 0);
+	assert_int_equal(mm_md_deliver(p, "c", "y", 1, 5, "cur", "c:2,S", &o2), 0);
+	snprintf(sub, sizeof sub, "%s/tmp", p);
+	assert_int_equal(access(sub, F_OK), 0);
+	assert_int_equal(mm_md_unlink(p, "cur", "c:2,S"), 0);
 	assert_int_equal(mm_md_folder_remove(md, "Sent"), -ENOTEMPTY);
 	assert_int_equal(access(p, F_OK), 0);
 	assert_int_equal(mm_md_unlink(p, "new", "b"), 0);
