@@ -1,0 +1,950 @@
+#!/usr/bin/python3
+"""bench.py — mailmesh's benchmarks beside their Dovecot anchors (issue 6), one run.
+
+Run by bench/run.sh (`make bench`); everything happens on loopback in one temporary
+directory: real mailmesh daemons (`mailmesh testnet`), private Dovecot 2.3 instances
+(Debian's packages, each with its own config, base_dir and ports 28100-28199, started
+here and stopped at the end, also on failure or Ctrl-C), synthetic Maildirs written by
+build/.../tests/bench_mkmail, and the in-process reconciliation tool bench_recon.
+
+Items (issue 6): 1 initial sync, 2 delivery-to-replica latency, 3 burst, 4 idle cost,
+5 reconciliation cost, 6 memory per message and restart time.  Each prints its figures
+as it goes; at the end one table of mailmesh beside its anchor and goal, as ratios, is
+printed and written with the machine description to bench/results/<date>.md (or the
+file named by BENCH_OUT).  BENCH_QUICK=1 runs the same items with small counts (a
+3-minute smoke run).  BENCH_ONLY=1,5 runs only the listed items.
+
+Ports: mailmesh clusters 28000-28099, Dovecot 28100-28199 (docs/testing.md).
+Exit status: 0 when every item ran (goals met or not), 1 when an item failed to run.
+"""
+import ctypes
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import smtplib
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+TOP = os.environ.get("MAILMESH_TOP") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("BUILD", "build")
+MM = os.path.join(TOP, BUILD, "mailmesh")
+MKMAIL = os.path.join(TOP, BUILD, "tests", "bench_mkmail")
+RECON = os.path.join(TOP, BUILD, "tests", "bench_recon")
+QUICK = os.environ.get("BENCH_QUICK", "0") == "1"
+ONLY = set(x for x in os.environ.get("BENCH_ONLY", "").split(",") if x)
+NOBODY = 65534
+USER = "alice@ex.org"
+UDIR = "ex.org/alice"
+
+SIZES = {
+    # item: (full, quick)
+    "initial_n": (5000, 1000),
+    "latency_n": (200, 40),
+    "burst_n": (1000, 200),
+    "idle_n": (100000, 10000),
+    "idle_s": (30, 10),
+    "recon_n": (1000000, 100000),
+    "size_n": (1000000, 50000),
+}
+
+
+def size(k):
+    return SIZES[k][1 if QUICK else 0]
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def run(args, **kw):
+    return subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+# ---- cleanup of everything we start ---------------------------------------------------
+
+PROCS = []       # Popen objects of daemons
+DOVECOTS = []    # Dovecot instances
+
+
+def cleanup():
+    for d in list(DOVECOTS):
+        d.stop()
+    for p in PROCS:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    PROCS.clear()
+
+
+# ---- inotify (for precise arrival times) ------------------------------------------------
+
+IN_CREATE, IN_MOVED_TO = 0x100, 0x80
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Watch:
+    """Watches the new/ and cur/ directories of Maildirs; records the first time each
+    file base name (the part before ':2,') appears in each watched tree."""
+
+    def __init__(self):
+        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.wd = {}          # wd -> tag
+        self.seen = {}        # tag -> {base: time}
+
+    def add(self, tag, maildir):
+        self.seen.setdefault(tag, {})
+        for sub in ("new", "cur"):
+            path = os.path.join(maildir, sub)
+            os.makedirs(path, exist_ok=True)
+            wd = _libc.inotify_add_watch(self.fd, path.encode(), IN_CREATE | IN_MOVED_TO)
+            if wd < 0:
+                raise OSError(ctypes.get_errno(), "inotify_add_watch " + path)
+            self.wd[wd] = tag
+
+    def poll(self, timeout):
+        """Reads events for at most `timeout` seconds (returns at the first batch)."""
+        import select
+        r, _, _ = select.select([self.fd], [], [], timeout)
+        if not r:
+            return 0
+        now = time.monotonic()
+        try:
+            buf = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return 0
+        i = n = 0
+        while i + 16 <= len(buf):
+            wd, mask, cookie, ln = struct.unpack_from("iIII", buf, i)
+            name = buf[i + 16:i + 16 + ln].split(b"\0", 1)[0].decode(errors="replace")
+            i += 16 + ln
+            tag = self.wd.get(wd)
+            if tag is None or not name or name.startswith("."):
+                continue
+            base = name.split(":", 1)[0]
+            self.seen[tag].setdefault(base, now)
+            n += 1
+        return n
+
+    def count(self, tag):
+        return len(self.seen[tag])
+
+    def close(self):
+        os.close(self.fd)
+
+
+# ---- mailmesh cluster -------------------------------------------------------------------
+
+class Node:
+    def __init__(self, top, i):
+        self.i = i
+        self.dir = os.path.join(top, "node%d" % i)
+        self.conf = os.path.join(self.dir, "mailmesh.conf")
+        self.mail = os.path.join(self.dir, "mail")
+        self.log = os.path.join(top, "node%d.log" % i)
+        self.proc = None
+
+    def maildir(self):
+        return os.path.join(self.mail, UDIR)
+
+    def start(self, wait=True, timeout=600):
+        logf = open(self.log, "a")
+        self.proc = subprocess.Popen([MM, "run", "-c", self.conf], stdout=logf, stderr=logf)
+        PROCS.append(self.proc)
+        logf.close()
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("node%d exited: %s" % (self.i, self.tail()))
+            if self.status() is not None:
+                return
+            time.sleep(0.02)
+        raise RuntimeError("node%d did not answer status" % self.i)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def status(self):
+        r = run([MM, "status", "-c", self.conf, "--json"], timeout=30)
+        if r.returncode != 0:
+            return None
+        try:
+            return json.loads(r.stdout)
+        except ValueError:
+            return None
+
+    def tail(self):
+        try:
+            with open(self.log) as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+    def cpu_ticks(self):
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])   # utime + stime (fields 14, 15)
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+class Cluster:
+    def __init__(self, top, n, base_port):
+        self.dir = os.path.join(top, "mm-%d" % base_port)
+        r = run([MM, "testnet", "--nodes", str(n), "--dir", self.dir, "--base-port", str(base_port)])
+        if r.returncode != 0:
+            raise RuntimeError("testnet: " + r.stdout + r.stderr)
+        self.nodes = [Node(self.dir, i + 1) for i in range(n)]
+
+    def start(self):
+        for nd in self.nodes:
+            nd.start()
+
+    def stop(self):
+        for nd in self.nodes:
+            nd.stop()
+
+    def in_sync(self, expect=None):
+        sts = [nd.status() for nd in self.nodes]
+        if any(s is None for s in sts):
+            return False
+        if len(set(s["root"] for s in sts)) != 1 or any(s["missing_bodies"] for s in sts):
+            return False
+        if expect is not None and any(count_files(nd.maildir()) != expect for nd in self.nodes):
+            return False
+        return True
+
+    def wait_sync(self, expect=None, timeout=600):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.in_sync(expect):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def count_files(maildir):
+    n = 0
+    for sub in ("new", "cur"):
+        try:
+            n += sum(1 for x in os.listdir(os.path.join(maildir, sub)) if not x.startswith("."))
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def mkmail(maildir, n, mn, mx, seed, owner=True):
+    args = [MKMAIL, maildir, str(n), str(mn), str(mx), str(seed)]
+    if owner:
+        args += [str(NOBODY), str(NOBODY)]
+    r = run(args)
+    if r.returncode != 0:
+        raise RuntimeError("bench_mkmail: " + r.stderr)
+    return r.stdout.strip()
+
+
+def fs_sync():
+    os.sync()
+
+
+# ---- Dovecot ----------------------------------------------------------------------------
+
+class Dovecot:
+    """A private Dovecot 2.3 instance: own config, base_dir, log, LMTP on loopback."""
+
+    def __init__(self, top, name, mail_root, lmtp_port, extra=""):
+        self.dir = os.path.join(top, "dovecot-" + name)
+        os.makedirs(self.dir)
+        os.chmod(self.dir, 0o755)
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        self.lmtp_port = lmtp_port
+        self.pidfile = os.path.join(self.dir, "run", "master.pid")
+        self.logfile = os.path.join(self.dir, "dovecot.log")
+        users = os.path.join(self.dir, "users")
+        with open(users, "w") as f:
+            f.write("%s:{PLAIN}pw:%d:%d::%s/home/alice::\n" % (USER, NOBODY, NOBODY, self.dir))
+        os.makedirs(os.path.join(self.dir, "home"))
+        os.chown(os.path.join(self.dir, "home"), NOBODY, NOBODY)
+        self.text = """
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+mail_location = maildir:{root}/%d/%n
+postmaster_address = postmaster@ex.org
+default_internal_user = dovecot
+default_login_user = dovenull
+passdb {{
+  driver = passwd-file
+  args = {users}
+}}
+userdb {{
+  driver = passwd-file
+  args = {users}
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = 0
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service submission-login {{
+  inet_listener submission {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {lmtp}
+  }}
+}}
+{extra}
+""".format(d=self.dir, root=mail_root, users=users, lmtp=lmtp_port, extra=extra)
+        with open(self.conf, "w") as f:
+            f.write(self.text)
+        self.running = False
+
+    def start(self):
+        with open(os.path.join(self.dir, "start.log"), "w") as lf:
+            p = subprocess.run(["dovecot", "-c", self.conf], stdout=lf, stderr=lf, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError("dovecot start failed: " + open(os.path.join(self.dir, "start.log")).read())
+        self.running = True
+        DOVECOTS.append(self)
+        if not wait_port(self.lmtp_port):
+            raise RuntimeError("dovecot LMTP did not listen; log: " + self.log_tail())
+
+    def stop(self):
+        if not self.running:
+            return
+        self.running = False
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(200):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        except (OSError, ValueError):
+            pass
+        if self in DOVECOTS:
+            DOVECOTS.remove(self)
+
+    def log_tail(self):
+        try:
+            with open(self.logfile) as f:
+                return f.read()[-3000:]
+        except OSError:
+            return ""
+
+    def errors(self):
+        try:
+            with open(self.logfile) as f:
+                return [l for l in f if " Error: " in l or "Panic" in l or "Fatal" in l]
+        except OSError:
+            return []
+
+    def doveadm(self, *args):
+        return run(["doveadm", "-c", self.conf, *args], timeout=600)
+
+
+def wait_port(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def lmtp_message(i, tag):
+    body = ("Line %d of a benchmark message for the replication latency test.\r\n" % i) * 40
+    return ("From: bob@ex.org\r\nTo: %s\r\nSubject: %s %d\r\nMessage-ID: <%s.%d.%d@ex.org>\r\n\r\n%s"
+            % (USER, tag, i, tag, i, time.time_ns(), body)).encode()
+
+
+# ---- results ------------------------------------------------------------------------------
+
+ROWS = []      # (item, what, mailmesh, anchor, ratio, goal, met)
+NOTES = []
+
+
+def row(item, what, mm, anchor="", ratio="", goal="", met=None):
+    ROWS.append((item, what, mm, anchor, ratio, goal, {True: "met", False: "MISSED", None: "-"}[met]))
+    log("  => %s | %s | %s | %s | %s | %s" % (what, mm, anchor, ratio, goal, ROWS[-1][6]))
+
+
+def fmt_s(x):
+    return "%.3f s" % x if x >= 1 else "%.1f ms" % (x * 1000)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100.0
+    f = int(k)
+    c = min(f + 1, len(xs) - 1)
+    return xs[f] + (xs[c] - xs[f]) * (k - f)
+
+
+# ---- item 1: initial sync -----------------------------------------------------------------
+
+def item_initial(top):
+    n = size("initial_n")
+    log("\n== 1. initial sync of a %d-message Maildir (2-64 KB) to an empty node" % n)
+    src = os.path.join(top, "src", UDIR)
+    log("  " + mkmail(src, n, 2048, 65536, 1))
+    total_bytes = sum(os.path.getsize(os.path.join(src, "cur", x)) for x in os.listdir(os.path.join(src, "cur")))
+    fs_sync()
+    # cp -a + sync: the disk's limit
+    dst = os.path.join(top, "cp", UDIR)
+    os.makedirs(os.path.dirname(dst))
+    t0 = time.monotonic()
+    r = run(["cp", "-a", src, dst])
+    os.sync()
+    t_cp = time.monotonic() - t0
+    if r.returncode != 0 or count_files(dst) != n:
+        raise RuntimeError("cp -a failed: " + r.stderr)
+    log("  cp -a + sync: %s" % fmt_s(t_cp))
+    shutil.rmtree(os.path.join(top, "cp"))
+    # doveadm sync between two local Maildirs (no server running); source is a copy so
+    # that Dovecot's index files do not end up in the other benchmarks' Maildir
+    dsrc = os.path.join(top, "dsrc", UDIR)
+    os.makedirs(os.path.dirname(dsrc))
+    run(["cp", "-a", src, dsrc])
+    ddst_root = os.path.join(top, "ddst")
+    os.makedirs(ddst_root)
+    os.chown(ddst_root, NOBODY, NOBODY)
+    dc = Dovecot(top, "dsync", ddst_root, 28199)
+    dc.start()   # doveadm -u needs the auth service for the userdb lookup
+    fs_sync()
+    t0 = time.monotonic()
+    # no hard links: a replica on another server cannot share inodes with its source
+    r = dc.doveadm("-o", "maildir_copy_with_hardlinks=no", "sync", "-u", USER, "maildir:" + dsrc)
+    os.sync()
+    t_ds = time.monotonic() - t0
+    got = count_files(os.path.join(ddst_root, UDIR))
+    if r.returncode != 0 or got != n:
+        raise RuntimeError("doveadm sync failed (rc %d, %d files): %s" % (r.returncode, got, r.stderr[-2000:]))
+    log("  doveadm sync (+ sync): %s" % fmt_s(t_ds))
+    shutil.rmtree(os.path.join(top, "dsrc"))
+    shutil.rmtree(ddst_root)
+    # mailmesh: node 1 holds the Maildir and is indexed; node 2 starts empty
+    cl = Cluster(top, 2, 28000)
+    n1, n2 = cl.nodes
+    os.makedirs(n1.mail, exist_ok=True)
+    run(["cp", "-a", os.path.join(top, "src", "ex.org"), n1.mail])
+    fs_sync()
+    n1.start()
+    fs_sync()
+    t0 = time.monotonic()
+    n2.start(wait=False)
+    deadline = t0 + (120 if QUICK else 600)
+    t_mm = None
+    while time.monotonic() < deadline:
+        if count_files(n2.maildir()) == n:
+            s1, s2 = n1.status(), n2.status()
+            if s1 and s2 and s2["missing_bodies"] == 0 and s2["root"] == s1["root"]:
+                t_mm = time.monotonic() - t0
+                break
+        time.sleep(0.01)
+    if t_mm is None:
+        raise RuntimeError("mailmesh node 2 did not get all %d messages; log: %s" % (n, n2.tail()))
+    rejected = sum(1 for l in open(n2.log) if "body rejected" in l)
+    s2 = n2.status()
+    p = s2["peers"][0]
+    log("  mailmesh empty node -> complete: %s (node2 bytes_in %d, %d 'body rejected' log lines)"
+        % (fmt_s(t_mm), p["bytes_in"], rejected))
+    NOTES.append("initial sync: %d messages, %.1f MB; node 2 received %.1f MB (payload %.1f MB), "
+                 "logged %d 'body rejected' lines" % (n, total_bytes / 1e6, p["bytes_in"] / 1e6,
+                                                       total_bytes / 1e6, rejected))
+    cl.stop()
+    dc.stop()
+    row("1", "initial sync %d msgs / %.0f MB vs doveadm sync" % (n, total_bytes / 1e6), fmt_s(t_mm),
+        fmt_s(t_ds), "%.2f x" % (t_mm / t_ds), "<= 0.25 x", t_mm <= 0.25 * t_ds)
+    row("1", "initial sync vs cp -a + sync", fmt_s(t_mm), fmt_s(t_cp), "%.2f x" % (t_mm / t_cp),
+        "<= 3 x", t_mm <= 3 * t_cp)
+    shutil.rmtree(cl.dir, ignore_errors=True)
+
+
+# ---- items 2 and 3: latency and burst ---------------------------------------------------
+
+def deliver_and_wait(lm, w, i, tag, tags, timeout=10.0):
+    """Delivers one message through the LMTP connection lm; returns {tag: time} of the
+    moment its file appeared in each watched tree (missing tags: not within timeout)."""
+    before = {t: set(w.seen[t]) for t in tags}
+    lm.sendmail("bob@ex.org", [USER], lmtp_message(i, tag))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        w.poll(0.05)
+        if all(len(w.seen[t]) > len(before[t]) for t in tags):
+            break
+    out = {}
+    for t in tags:
+        new = set(w.seen[t]) - before[t]
+        if new:
+            out[t] = min(w.seen[t][b] for b in new)
+    return out
+
+
+def lmtp(port):
+    return smtplib.LMTP("127.0.0.1", port)
+
+
+def latency_series(lm, w, n, src, dsts, tag):
+    lat = {d: [] for d in dsts}
+    lat_all = []
+    lost = 0
+    for i in range(n):
+        got = deliver_and_wait(lm, w, i, tag, [src] + dsts)
+        if src not in got or any(d not in got for d in dsts):
+            lost += 1
+            continue
+        for d in dsts:
+            lat[d].append(got[d] - got[src])
+        lat_all.append(max(got[d] for d in dsts) - got[src])
+    return lat, lat_all, lost
+
+
+def burst(lm, w, n, src, dsts, tag, timeout=120.0):
+    """n deliveries back to back; returns (send time, time after the last arrival on
+    src until every dst holds all n, per dst)."""
+    base = {t: len(w.seen[t]) for t in [src] + dsts}
+    t0 = time.monotonic()
+    for i in range(n):
+        lm.sendmail("bob@ex.org", [USER], lmtp_message(i, tag))
+        w.poll(0)
+    t_sent = time.monotonic() - t0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        w.poll(0.05)
+        if all(len(w.seen[t]) - base[t] >= n for t in [src] + dsts):
+            break
+    res = {}
+    last_src = max(sorted(w.seen[src].values())[-n:])
+    for d in dsts:
+        if len(w.seen[d]) - base[d] < n:
+            res[d] = None
+        else:
+            res[d] = max(sorted(w.seen[d].values())[-n:]) - last_src
+    return t_sent, res
+
+
+def item_latency_mailmesh(top, do_lat, do_burst):
+    cl = Cluster(top, 3, 28010)
+    for nd in cl.nodes:
+        os.makedirs(os.path.join(nd.mail, "ex.org"), exist_ok=True)
+        os.chown(nd.mail, NOBODY, NOBODY)
+    n1 = cl.nodes[0]
+    dc = Dovecot(top, "mm-lmtp", n1.mail, 28100)
+    dc.start()
+    cl.start()
+    lm = lmtp(28100)
+    # first delivery creates the Maildirs everywhere; wait for it before watching
+    lm.sendmail("bob@ex.org", [USER], lmtp_message(0, "warmup"))
+    if not cl.wait_sync(expect=1, timeout=60):
+        raise RuntimeError("mailmesh cluster did not replicate the first delivery")
+    w = Watch()
+    for nd in cl.nodes:
+        w.add("n%d" % nd.i, nd.maildir())
+    out = {}
+    if do_lat:
+        n = size("latency_n")
+        log("  mailmesh: %d LMTP deliveries on node 1, one at a time" % n)
+        lat, lat_all, lost = latency_series(lm, w, n, "n1", ["n2", "n3"], "lat")
+        out["lat"] = (lat["n2"], lat_all, lost)
+        log("  node2 p50 %s p99 %s; all 3 p50 %s p99 %s; lost %d" % (
+            fmt_s(pct(lat["n2"], 50)), fmt_s(pct(lat["n2"], 99)), fmt_s(pct(lat_all, 50)),
+            fmt_s(pct(lat_all, 99)), lost))
+    if do_burst:
+        n = size("burst_n")
+        t_sent, res = burst(lm, w, n, "n1", ["n2", "n3"], "burst")
+        out["burst"] = (t_sent, res)
+        log("  mailmesh burst of %d: sent in %s; after last delivery: node2 %s, node3 %s" % (
+            n, fmt_s(t_sent), res["n2"] is not None and fmt_s(res["n2"]),
+            res["n3"] is not None and fmt_s(res["n3"])))
+    lm.quit()
+    w.close()
+    errs = dc.errors()
+    if errs:
+        NOTES.append("Dovecot (mailmesh node 1) logged %d errors, first: %s" % (len(errs), errs[0].strip()))
+    cl.stop()
+    dc.stop()
+    return out
+
+
+def item_latency_replicator(top, timeout_s, do_lat, do_burst, port0):
+    """Dovecot 2.3's replicator: instance A (LMTP, replication plugin) -> instance B."""
+    ra, rb = os.path.join(top, "rep%d-a" % timeout_s), os.path.join(top, "rep%d-b" % timeout_s)
+    for r in (ra, rb):
+        os.makedirs(r)
+        os.chown(r, NOBODY, NOBODY)
+    common = """
+doveadm_password = benchsecret
+service doveadm {{
+  inet_listener {{
+    address = 127.0.0.1
+    port = {dport}
+  }}
+}}
+"""
+    repl = """
+mail_plugins = $mail_plugins notify replication
+replication_sync_timeout = {to}
+replication_max_conns = 10
+plugin {{
+  mail_replica = tcp:127.0.0.1:{bport}
+}}
+service replicator {{
+  process_min_avail = 1
+  unix_listener replicator-doveadm {{
+    mode = 0600
+  }}
+}}
+service aggregator {{
+  fifo_listener replication-notify-fifo {{
+    user = nobody
+    mode = 0666
+  }}
+  unix_listener replication-notify {{
+    user = nobody
+    mode = 0666
+  }}
+}}
+"""
+    A = Dovecot(top, "rep%d-a" % timeout_s, ra, port0,
+                common.format(dport=port0 + 1) + repl.format(to=timeout_s, bport=port0 + 11))
+    B = Dovecot(top, "rep%d-b" % timeout_s, rb, port0 + 10, common.format(dport=port0 + 11))
+    B.start()
+    A.start()
+    lm = lmtp(port0)
+    lm.sendmail("bob@ex.org", [USER], lmtp_message(0, "warmup"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and count_files(os.path.join(rb, UDIR)) < 1:
+        time.sleep(0.05)
+    if count_files(os.path.join(rb, UDIR)) < 1:
+        raise RuntimeError("replicator did not replicate the first delivery; A log: " + A.log_tail())
+    w = Watch()
+    w.add("a", os.path.join(ra, UDIR))
+    w.add("b", os.path.join(rb, UDIR))
+    out = {}
+    if do_lat:
+        n = size("latency_n")
+        log("  replicator (replication_sync_timeout = %d): %d deliveries" % (timeout_s, n))
+        lat, _, lost = latency_series(lm, w, n, "a", ["b"], "lat")
+        out["lat"] = (lat["b"], lost)
+        log("  replica p50 %s p99 %s; lost %d" % (fmt_s(pct(lat["b"], 50)), fmt_s(pct(lat["b"], 99)), lost))
+    if do_burst:
+        n = size("burst_n")
+        t_sent, res = burst(lm, w, n, "a", ["b"], "burst")
+        out["burst"] = (t_sent, res)
+        log("  replicator burst of %d: sent in %s; replica after last delivery: %s" % (
+            n, fmt_s(t_sent), res["b"] is not None and fmt_s(res["b"])))
+    lm.quit()
+    w.close()
+    A.stop()
+    B.stop()
+    return out
+
+
+def item_latency(top, do_lat, do_burst):
+    log("\n== 2/3. delivery to replica (LMTP on node 1 -> file in the other Maildirs)")
+    mm = item_latency_mailmesh(top, do_lat, do_burst)
+    r0 = item_latency_replicator(top, 0, do_lat, do_burst, 28110)
+    r2 = item_latency_replicator(top, 2, do_lat, False, 28130) if do_lat else {}
+    if do_lat:
+        l2, lall, lost = mm["lat"]
+        a0, lost0 = r0["lat"]
+        a2, lost2 = r2["lat"]
+        p50, p99 = pct(l2, 50), pct(l2, 99)
+        row("2", "latency to node 2, p50 (%d deliveries; lost %d) vs replicator timeout 0" % (len(l2) + lost, lost),
+            fmt_s(p50), fmt_s(pct(a0, 50)), "%.2f x" % (p50 / pct(a0, 50)), "<= 10 ms", p50 <= 0.010 and lost == 0)
+        row("2", "latency to node 2, p99 vs replicator timeout 0", fmt_s(p99), fmt_s(pct(a0, 99)),
+            "%.2f x" % (p99 / pct(a0, 99)), "<= 50 ms", p99 <= 0.050 and lost == 0)
+        row("2", "latency to node 2, p50 vs replicator timeout 2", fmt_s(p50), fmt_s(pct(a2, 50)),
+            "%.2f x" % (p50 / pct(a2, 50)), "<= 10 ms", p50 <= 0.010 and lost == 0)
+        row("2", "latency to node 2, p99 vs replicator timeout 2", fmt_s(p99), fmt_s(pct(a2, 99)),
+            "%.2f x" % (p99 / pct(a2, 99)), "<= 50 ms", p99 <= 0.050 and lost == 0)
+        row("2", "latency to all 3 nodes, p50 (replicator: pairs only)", fmt_s(pct(lall, 50)),
+            "n/a", "", "<= 10 ms", pct(lall, 50) <= 0.010 and lost == 0)
+        row("2", "latency to all 3 nodes, p99 (replicator: pairs only)", fmt_s(pct(lall, 99)),
+            "n/a", "", "<= 50 ms", pct(lall, 99) <= 0.050 and lost == 0)
+        if lost0 or lost2:
+            NOTES.append("replicator lost (not replicated within 10 s): %d at timeout 0, %d at timeout 2" % (lost0, lost2))
+    if do_burst:
+        t_sent, res = mm["burst"]
+        bt, bres = r0["burst"]
+        worst = None if any(v is None for v in res.values()) else max(res.values())
+        anchor = bres["b"]
+        n = size("burst_n")
+        row("3", "burst of %d: all 3 nodes complete after last delivery (sent in %s) vs replicator (sent in %s)"
+            % (n, fmt_s(t_sent), fmt_s(bt)),
+            fmt_s(worst) if worst is not None else "incomplete",
+            fmt_s(anchor) if anchor is not None else "incomplete",
+            "%.2f x" % (worst / anchor) if worst is not None and anchor else "",
+            "<= 50 ms", worst is not None and worst <= 0.050)
+
+
+# ---- item 4: idle ---------------------------------------------------------------------------
+
+def item_idle(top):
+    n = size("idle_n")
+    secs = size("idle_s")
+    log("\n== 4. idle: 3 in-sync nodes holding %d messages, %d s" % (n, secs))
+    cl = Cluster(top, 3, 28020)
+    t0 = time.monotonic()
+    for nd in cl.nodes:
+        mkmail(nd.maildir(), n, 300, 600, 4, owner=False)
+    fs_sync()
+    log("  wrote %d x %d messages in %s" % (len(cl.nodes), n, fmt_s(time.monotonic() - t0)))
+    t0 = time.monotonic()
+    cl.start()
+    if not cl.wait_sync(expect=n, timeout=900):
+        raise RuntimeError("idle cluster did not get in sync")
+    log("  started and in sync in %s" % fmt_s(time.monotonic() - t0))
+    time.sleep(2)   # let the last round's stragglers pass
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def sample():
+        out = []
+        for nd in cl.nodes:
+            s = nd.status()
+            out.append((nd.cpu_ticks(), sum(p["bytes_in"] + p["bytes_out"] for p in s["peers"])))
+        return out, time.monotonic()
+
+    a, ta = sample()
+    time.sleep(secs)
+    b, tb = sample()
+    dt = tb - ta
+    cpu = [(b[i][0] - a[i][0]) / hz / dt * 100 for i in range(3)]
+    bps = [(b[i][1] - a[i][1]) / dt for i in range(3)]
+    rss = [nd.rss_kb() for nd in cl.nodes]
+    log("  cpu %% per node: %s; bytes/s per node: %s; VmRSS kB: %s" % (
+        ", ".join("%.2f" % c for c in cpu), ", ".join("%.0f" % x for x in bps), rss))
+    still = cl.in_sync(expect=n)
+    cl.stop()
+    shutil.rmtree(cl.dir, ignore_errors=True)
+    row("4", "idle CPU per node (max of 3, %d msgs, %d s)" % (n, secs), "%.2f %% of a core" % max(cpu), "",
+        "", "<= 1 %", max(cpu) <= 1.0)
+    row("4", "idle traffic per node (max of 3, bytes in+out)", "%.0f B/s" % max(bps), "", "",
+        "<= 1 KB/s", max(bps) <= 1024 and still)
+
+
+# ---- item 5: reconciliation ------------------------------------------------------------------
+
+def item_recon(top):
+    n = size("recon_n")
+    log("\n== 5. reconciliation: n = %d messages, in-process (real crdt/ + proto/sync)" % n)
+    t0 = time.monotonic()
+    r = run([RECON, str(n), "1", "10", "100", "1000"], timeout=1800)
+    log("  (%s)" % fmt_s(time.monotonic() - t0))
+    if r.returncode != 0:
+        raise RuntimeError("bench_recon failed: " + r.stdout + r.stderr)
+    import math
+    rt_goal = math.log(n, 16) + 2
+    for line in r.stdout.splitlines():
+        log("  " + line)
+        kv = dict(x.split("=") for x in line.split()[1:])
+        d = int(kv["d"])
+        desc, recs, rts = int(kv["descent"]), int(kv["records"]), int(kv["round_trips"])
+        bound = 32 * d
+        goal = 4 * bound + 1024
+        row("5", "d = %d: descent bytes (records %d B) vs d x 32 B" % (d, recs), "%d B" % desc,
+            "%d B" % bound, "%.2f x" % (desc / bound), "<= %d B" % goal, desc <= goal)
+        row("5", "d = %d: round trips" % d, "%d" % rts, "", "", "<= %.2f" % rt_goal, rts <= rt_goal)
+
+
+# ---- item 6: size and restart -------------------------------------------------------------------
+
+def item_size(top):
+    n = size("size_n")
+    log("\n== 6. size: one node holding %d messages" % n)
+    cl = Cluster(top, 2, 28030)
+    nd = cl.nodes[0]
+    t0 = time.monotonic()
+    mkmail(nd.maildir(), n, 200, 400, 6, owner=False)
+    fs_sync()
+    log("  wrote %d messages in %s" % (n, fmt_s(time.monotonic() - t0)))
+    base_rss = None
+    # an empty daemon's RSS, for the per-message figure
+    nd2 = cl.nodes[1]
+    nd2.start()
+    time.sleep(1)
+    base_rss = nd2.rss_kb()
+    nd2.stop()
+    t0 = time.monotonic()
+    nd.start(timeout=3600)
+    t_first = time.monotonic() - t0
+    s = nd.status()
+    time.sleep(2)
+    rss1 = nd.rss_kb()
+    log("  first start (indexing %d files): %s; records %d; VmRSS %d kB (empty daemon %d kB)" % (
+        n, fmt_s(t_first), s["records"], rss1, base_rss))
+    nd.stop()
+    t0 = time.monotonic()
+    nd.start(timeout=3600)
+    t_restart = time.monotonic() - t0
+    time.sleep(2)
+    rss2 = nd.rss_kb()
+    s2 = nd.status()
+    log("  restart: %s; VmRSS %d kB; same root: %s" % (fmt_s(t_restart), rss2, s2["root"] == s["root"]))
+    nd.stop()
+    per1 = rss1 * 1024 / n
+    per2 = rss2 * 1024 / n
+    row("6", "VmRSS per message after first start (%d msgs; whole process %.0f MB)" % (n, rss1 / 1024),
+        "%.0f B" % per1, "", "", "<= 150 B", per1 <= 150)
+    row("6", "VmRSS per message after restart (whole process %.0f MB)" % (rss2 / 1024), "%.0f B" % per2,
+        "", "", "<= 150 B", per2 <= 150)
+    row("6", "restart time with %d messages (run -> status answers, store ready)" % n, fmt_s(t_restart),
+        "", "", "<= 3 s", t_restart <= 3.0 and s2["root"] == s["root"])
+    NOTES.append("size: first start (scan and hash of %d files) took %s" % (n, fmt_s(t_first)))
+    shutil.rmtree(cl.dir, ignore_errors=True)
+
+
+# ---- machine, table, results file ----------------------------------------------------------------
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "?"
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = "%.1f GiB" % (int(line.split()[1]) / 1048576)
+    dv = run(["dovecot", "--version"]).stdout.strip()
+    rev = run(["git", "-C", TOP, "rev-parse", "--short", "HEAD"]).stdout.strip()
+    return [("date (UTC)", datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M:%S")),
+            ("nproc", str(os.cpu_count())), ("CPU", cpu), ("memory", mem),
+            ("kernel", platform.release()), ("Dovecot", dv), ("mailmesh commit", rev),
+            ("mode", "BENCH_QUICK=1 (smoke counts)" if QUICK else "full")]
+
+
+def table_md():
+    out = ["| item | what | mailmesh | anchor | ratio | goal | goal met |", "|---|---|---|---|---|---|---|"]
+    for r in ROWS:
+        out.append("| %s |" % " | ".join(str(x) for x in r))
+    return "\n".join(out)
+
+
+def main():
+    for f in (MM, MKMAIL, RECON):
+        if not os.access(f, os.X_OK):
+            print("bench: %s is missing (bench/run.sh builds it)" % f, file=sys.stderr)
+            return 1
+    if os.geteuid() != 0:
+        print("bench: must run as root (it starts private Dovecot instances)", file=sys.stderr)
+        return 1
+    top = tempfile.mkdtemp(prefix="mailmesh-bench-")
+    os.chmod(top, 0o755)
+    failed = []
+    t_start = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
+    items = [("1", item_initial), ("2", None), ("4", item_idle), ("5", item_recon), ("6", item_size)]
+    try:
+        for key, fn in items:
+            if key == "2":
+                do_lat = not ONLY or "2" in ONLY
+                do_burst = not ONLY or "3" in ONLY
+                if not (do_lat or do_burst):
+                    continue
+                try:
+                    item_latency(top, do_lat, do_burst)
+                except Exception:
+                    traceback.print_exc()
+                    failed.append("2/3")
+                    cleanup()
+                continue
+            if ONLY and key not in ONLY:
+                continue
+            try:
+                fn(top)
+            except Exception:
+                traceback.print_exc()
+                failed.append(key)
+                cleanup()
+    finally:
+        cleanup()
+        if os.environ.get("BENCH_KEEP") == "1":
+            log("kept %s" % top)
+        else:
+            shutil.rmtree(top, ignore_errors=True)
+    total = time.monotonic() - t_start
+    mach = machine()
+    tbl = table_md()
+    met = sum(1 for r in ROWS if r[6] == "met")
+    missed = sum(1 for r in ROWS if r[6] == "MISSED")
+    summary = "%d goals met, %d missed%s; total run time %s" % (
+        met, missed, ("; items that failed to run: " + ", ".join(failed)) if failed else "", fmt_s(total))
+    log("\n" + tbl + "\n\n" + summary)
+    for n in NOTES:
+        log("note: " + n)
+    outdir = os.path.join(TOP, "bench", "results")
+    os.makedirs(outdir, exist_ok=True)
+    stamp = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H%M%SZ")
+    path = os.environ.get("BENCH_OUT") or os.path.join(outdir, "%s%s.md" % (stamp, "-quick" if QUICK else ""))
+    with open(path, "w") as f:
+        f.write("# mailmesh benchmark run %s\n\n" % stamp)
+        f.write("## Machine\n\n| | |\n|---|---|\n")
+        for k, v in mach:
+            f.write("| %s | %s |\n" % (k, v))
+        f.write("\n## Command\n\n`%s`\n\n" % os.environ.get("BENCH_CMD", "make bench"))
+        f.write("## Results\n\n%s\n\n%s\n\n" % (tbl, summary))
+        if NOTES:
+            f.write("## Notes\n\n" + "".join("- %s\n" % n for n in NOTES) + "\n")
+    log("results written to %s" % os.path.relpath(path, TOP))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

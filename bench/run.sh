@@ -1,0 +1,25 @@
+#!/bin/sh
+# bench/run.sh — `make bench`: mailmesh's benchmarks beside Dovecot (issue 6).
+# Builds the helper programs (tests/tool_bench_*.c -> $BUILD/tests/bench_*) with the
+# Makefile's own rules, then runs bench/bench.py, which sets everything up on loopback
+# (mailmesh testnets, private Dovecot instances), prints one table of mailmesh beside its
+# anchors and writes it with the machine description to bench/results/.
+# Environment: BUILD (build dir, default build), BENCH_QUICK=1 (3-minute smoke run with
+# small counts), BENCH_ONLY=1,2,3,4,5,6 (some items only), BENCH_KEEP=1 (keep the
+# temporary directory), BENCH_OUT=FILE (results file).  Needs root (Dovecot).
+# Ports 28000-28199.
+set -eu
+TOP=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-build}
+cd "$TOP"
+for pkg in dovecot-core dovecot-lmtpd; do
+	if ! dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
+		echo "bench: Debian package $pkg is missing: apt-get install dovecot-core dovecot-imapd dovecot-lmtpd" >&2
+		exit 1
+	fi
+done
+make --no-print-directory BUILD="$BUILD" "$BUILD/mailmesh" "$BUILD/tests/bench_mkmail" "$BUILD/tests/bench_recon"
+CMD="make bench"
+[ "${BENCH_QUICK:-0}" = 1 ] && CMD="BENCH_QUICK=1 make bench"
+[ -n "${BENCH_ONLY:-}" ] && CMD="BENCH_ONLY=$BENCH_ONLY $CMD"
+BENCH_CMD=${BENCH_CMD:-$CMD} MAILMESH_TOP="$TOP" BUILD="$BUILD" exec /usr/bin/python3 "$TOP/bench/bench.py"
