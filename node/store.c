@@ -2110,6 +2110,8 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 			hm_put(&inuse, &rec->msg.uid_value, sizeof(uint32_t), (void *)1);
 	}
 	size_t nref = 0, capref = 0;
+	uint32_t top = 0;       /* highest UID of the folder in the CRDT, then of proposals */
+	bool top_known = false;
 	struct refile *ref = NULL;
 	for (struct fent *fe = fo->files; fe; fe = fe->fnext) {
 		const struct mm_rec *rec = mm_user_get(mu, fe->key);
@@ -2133,6 +2135,17 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 				target = have;
 			else
 				target = ul.next_uid > want ? ul.next_uid : want + 1;
+			/* ... and above every UID the folder holds anywhere in the cluster: a
+			 * proposal at this node's N alone can still be below another replica's
+			 * N (bodies arrive in any order), which then proposes again, and so on
+			 * for a long time after a burst of concurrent deliveries. */
+			if (!top_known) {
+				top = mm_user_uid_highest(mu, fo->name);
+				top_known = true;
+			}
+			if (target <= top)
+				target = top + 1;
+			top = target;
 		}
 		if (propose) {
 			int rr = mm_user_set_uid(mu, fe->key, target, tick(s), uid_effect, s, s->out);
