@@ -459,6 +459,11 @@ int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 	for (;;) {
 		int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd >= 0) {
+			/* Dovecot, running as the mail user, watches the lock of another
+			 * holder with inotify: it must be able to read it. */
+			struct mm_md_owner o = {0};
+			if (mm_md_owner_of(folder_dir, &o) == 0)
+				apply_owner(fd, &o, false);
 			char pid[32];
 			int n = snprintf(pid, sizeof pid, "%ld:mailmesh\n", (long)getpid());
 			(void)!write(fd, pid, (size_t)n);

@@ -1063,12 +1063,15 @@ static int uid_cb(void *arg, uint32_t uid, const char *base, size_t len)
 }
 
 /* Applies a local letter change of a known file to the CRDT. */
-static void local_letters(struct mm_store *s, struct mm_user *mu, struct fent *fe,
-                          uint64_t oldl, uint64_t newl, bool *kw_loaded)
+/* Returns the letters it could not apply (keyword letters dovecot-keywords does not
+ * name yet): the caller keeps their old state so a later scan applies them. */
+static uint64_t local_letters(struct mm_store *s, struct mm_user *mu, struct fent *fe,
+                              uint64_t oldl, uint64_t newl, bool *kw_loaded)
 {
+	uint64_t unapplied = 0;
 	const struct mm_rec *r = mm_user_get(mu, fe->key);
 	if (!r || r->type != MM_REC_MESSAGE)
-		return;
+		return 0;
 	uint64_t diff = oldl ^ newl;
 	for (int f = 0; f < MM_FLAG_COUNT; f++) {
 		uint64_t bit = MM_MD_UPPER(mm_flag_letters[f]);
@@ -1080,7 +1083,7 @@ static void local_letters(struct mm_store *s, struct mm_user *mu, struct fent *f
 			s->changes++;
 	}
 	if (!(diff & MM_MD_KW_MASK))
-		return;
+		return 0;
 	if (!*kw_loaded) {
 		mm_md_keywords_clear(&fe->fo->kw);
 		mm_md_keywords_read(fe->fo->dir, &fe->fo->kw);
@@ -1092,8 +1095,9 @@ static void local_letters(struct mm_store *s, struct mm_user *mu, struct fent *f
 			continue;
 		const char *name = fe->fo->kw.names[i];
 		if (!name) {
-			logmsg(s, MM_STORE_LOG_WARNING, "%s: keyword letter '%c' has no name in dovecot-keywords",
-			       fe->fo->dir, 'a' + i);
+			/* Dovecot renames the file before it writes the letter's name into
+			 * dovecot-keywords: not an error, the name comes in a moment. */
+			unapplied |= bit;
 			continue;
 		}
 		int rr = mm_user_set_keyword(mu, fe->key, name, (newl & bit) != 0, tick(s), local_effect,
@@ -1101,6 +1105,7 @@ static void local_letters(struct mm_store *s, struct mm_user *mu, struct fent *f
 		if (rr > 0)
 			s->changes++;
 	}
+	return unapplied;
 }
 
 static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folder);
@@ -1208,11 +1213,12 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				fe->in_cur = in_cur;
 				fe->letters = n.letters;
 				mark_file(s, fo, base);
-				local_letters(s, mu, fe, oldl, n.letters, &kw_loaded);
+				uint64_t un = local_letters(s, mu, fe, oldl, n.letters, &kw_loaded);
+				fe->letters = (n.letters & ~un) | (oldl & un);
 				/* Remote changes that arrived meanwhile were not written to this
 				 * file (see sync_file_flags): write the merged result now. */
 				const struct mm_rec *cur = mm_user_get(mu, fe->key);
-				if (cur && cur->type == MM_REC_MESSAGE)
+				if (cur && cur->type == MM_REC_MESSAGE && !un)
 					sync_file_flags(s, fe, cur);
 			}
 			continue;
@@ -1252,13 +1258,16 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 		}
 		const char *kws[26];
 		size_t nkw = 0;
+		uint64_t unnamed = 0;
 		if (n.letters & MM_MD_KW_MASK) {
 			if (!kw_loaded) {
 				mm_md_keywords_clear(&fo->kw);
 				mm_md_keywords_read(fo->dir, &fo->kw);
 				kw_loaded = true;
 			}
-			for (int j = 0; j < 26; j++)
+			for (int j = 0; j < 26; j++) {
+				if ((n.letters & MM_MD_KWBIT(j)) && !fo->kw.names[j])
+					unnamed |= MM_MD_KWBIT(j); /* named in a moment: next scan */
 				if ((n.letters & MM_MD_KWBIT(j)) && fo->kw.names[j]) {
 					/* sorted insert: the CRDT wants keywords sorted and unique */
 					size_t at = nkw;
@@ -1269,6 +1278,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 					kws[at] = fo->kw.names[j];
 					nkw++;
 				}
+			}
 		}
 		if (!um.loaded) {
 			um.loaded = true;
@@ -1287,7 +1297,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			continue;
 		}
 		s->changes++;
-		if (!fent_add(s, fo, base, name, in_cur, nkey, body, size, mtime, n.letters)) {
+		if (!fent_add(s, fo, base, name, in_cur, nkey, body, size, mtime, n.letters & ~unnamed)) {
 			dlist_free(&l);
 			hm_clear(&um.m);
 			assign_done(s, fo, &as);

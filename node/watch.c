@@ -23,6 +23,7 @@ struct mm_watch {
 	char *path;
 	char *user;   /* NULL: a template directory (users appear there) */
 	char *folder; /* NULL: a user's Maildir or a template directory */
+	bool folder_root; /* a folder's own directory (.Name): only dovecot-keywords matters */
 	bool seen;
 	struct mm_watch *next;
 };
@@ -61,11 +62,22 @@ static void fs_event_cb(uv_fs_event_t *h, const char *filename, int events, int 
 		uv_timer_start(&d->scan_timer, scan_timer_cb, SCAN_DELAY_MS, 0);
 		return;
 	}
+	if (w->folder_root) {
+		/* Dovecot names a new keyword letter after renaming the file that uses it:
+		 * the folder's scan then takes in what the earlier scan had to leave. */
+		if (filename && !strcmp(filename, "dovecot-keywords"))
+			mm_scan_request(d, w->user, w->folder);
+		return;
+	}
 	if (w->folder) {
 		mm_scan_request(d, w->user, w->folder);
 		return;
 	}
 	if (w->user) {
+		if (filename && !strcmp(filename, "dovecot-keywords")) {
+			mm_scan_request(d, w->user, "INBOX");
+			return;
+		}
 		/* In a user's Maildir only folder directories (.Name) and the subscriptions
 		 * file matter; Dovecot's index, uidlist and keywords files change all the time. */
 		if (!filename || (filename[0] == '.' && strcmp(filename, ".") && strcmp(filename, "..")) ||
@@ -76,9 +88,29 @@ static void fs_event_cb(uv_fs_event_t *h, const char *filename, int events, int 
 	mm_scan_request(d, NULL, NULL);
 }
 
+static int add_watch_ex(struct mm_daemon *d, const char *path, const char *user, const char *folder,
+                        bool folder_root);
+
 static int add_watch(void *arg, const char *path, const char *user, const char *folder)
 {
 	struct mm_daemon *d = arg;
+	add_watch_ex(d, path, user, folder, false);
+	/* ".../.Name/cur": also the folder's directory, where dovecot-keywords lives
+	 * (INBOX's is the user's Maildir, watched already). */
+	size_t n = strlen(path);
+	if (user && folder && strcmp(folder, "INBOX") && n > 4 && !strcmp(path + n - 4, "/cur")) {
+		char *parent = strndup(path, n - 4);
+		if (parent) {
+			add_watch_ex(d, parent, user, folder, true);
+			free(parent);
+		}
+	}
+	return 0;
+}
+
+static int add_watch_ex(struct mm_daemon *d, const char *path, const char *user, const char *folder,
+                        bool folder_root)
+{
 	for (struct mm_watch *w = d->watches; w; w = w->next)
 		if (!strcmp(w->path, path)) {
 			w->seen = true;
@@ -102,12 +134,14 @@ static int add_watch(void *arg, const char *path, const char *user, const char *
 	d->open_handles++;
 	w->h.data = w;
 	w->seen = true;
+	w->folder_root = folder_root;
 	w->next = d->watches;
 	d->watches = w;
 	int r = uv_fs_event_start(&w->h, fs_event_cb, path, 0);
 	/* Whatever arrived between the scan that found this directory and now raised no
 	 * event: look at the directory once more. */
-	mm_scan_request(d, user, folder);
+	if (!folder_root)
+		mm_scan_request(d, user, folder);
 	if (r < 0)
 		mm_log(MM_LOG_WARN, "cannot watch %s: %s (changes there are seen by the periodic rescan; "
 		       "raise fs.inotify.max_user_watches if it is exhausted)", path, uv_strerror(r));
