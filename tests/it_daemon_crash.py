@@ -24,7 +24,8 @@ import mmtest  # noqa: E402
 
 USERS = ["example.org/alice", "example.net/bob"]
 FOLDERS = ["INBOX", "Archive"]
-N_MSGS = int(os.environ.get("MM_CRASH_MSGS", "3000"))
+# Fewer under ASan (several times slower), still hundreds per kill interval.
+N_MSGS = int(os.environ.get("MM_CRASH_MSGS", "1500" if mmtest.SANITIZE else "3000"))
 
 
 def sha(b):
@@ -205,6 +206,7 @@ def sender_dies(t, seed):
 
 def main():
     t = mmtest.Report("it_daemon_crash")
+    mmtest.exit_on_sigterm()
     seed = int(os.environ.get("MM_SEED", random.randrange(1 << 31)))
     print("seed %d" % seed, flush=True)
     t.run(receiver_dies, seed)

@@ -226,6 +226,7 @@ def raw_test(t, cl, pubs):
 
 def main():
     t = mmtest.Report("it_daemon_intruder")
+    mmtest.exit_on_sigterm()
     cl = mmtest.Cluster(3, BASE, name="intruder")
     ok = False
     try:

@@ -20,7 +20,8 @@ import mmtest  # noqa: E402
 
 USERS = ["example.org/alice", "example.org/bob", "example.net/carol"]
 FOLDERS = ["INBOX", "Archive", "Lists.debian"]
-N_MSGS = int(os.environ.get("MM_JOIN_MSGS", "5000"))
+# Fewer under ASan (several times slower): still thousands.
+N_MSGS = int(os.environ.get("MM_JOIN_MSGS", "2000" if mmtest.SANITIZE else "5000"))
 BIG = 4 * 1024 * 1024
 
 
@@ -121,6 +122,7 @@ def join_test(t, seed):
 
 def main():
     t = mmtest.Report("it_daemon_join")
+    mmtest.exit_on_sigterm()
     seed = int(os.environ.get("MM_SEED", random.randrange(1 << 31)))
     print("seed %d" % seed, flush=True)
     t.run(join_test, seed)

@@ -146,6 +146,7 @@ def privs_test(t, uid, gid, user):
 
 def main():
     t = mmtest.Report("it_daemon_privs")
+    mmtest.exit_on_sigterm()
     if os.geteuid() != 0:
         # Switching users needs root; say so instead of pretending to have checked it.
         t.check(False, "this test must run as root (it creates a user and starts the daemon as root)")

@@ -340,6 +340,7 @@ def dovecot_test(t, cl, dcs):
 
 def main():
     t = mmtest.Report("it_dovecot_cluster")
+    mmtest.exit_on_sigterm()
     cl = mmtest.Cluster(3, BASE, name="dovecot")
     dcs = []
     failed = True
