@@ -92,55 +92,106 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class Watch:
-    """Watches the new/ and cur/ directories of Maildirs; records the first time each
-    file base name (the part before ':2,') appears in each watched tree."""
+    """Watches the new/ and cur/ directories of Maildirs from a background thread that
+    blocks on the inotify descriptor, so each file's arrival is stamped as soon as the
+    kernel reports it (not when the benchmark loop next looks); records the first time
+    message (by its Subject, see _msg_key) appears in each watched tree."""
 
     def __init__(self):
-        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        import threading
+        self.fd = _libc.inotify_init1(os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         self.wd = {}          # wd -> tag
-        self.seen = {}        # tag -> {base: time}
+        self.dirs = {}        # wd -> directory
+        self.seen = {}        # tag -> {message key: time}
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.rpipe, self.wpipe = os.pipe()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
 
     def add(self, tag, maildir):
-        self.seen.setdefault(tag, {})
+        with self.lock:
+            self.seen.setdefault(tag, {})
         for sub in ("new", "cur"):
             path = os.path.join(maildir, sub)
             os.makedirs(path, exist_ok=True)
             wd = _libc.inotify_add_watch(self.fd, path.encode(), IN_CREATE | IN_MOVED_TO)
             if wd < 0:
                 raise OSError(ctypes.get_errno(), "inotify_add_watch " + path)
-            self.wd[wd] = tag
+            with self.lock:
+                self.wd[wd] = tag
+                self.dirs[wd] = path
 
-    def poll(self, timeout):
-        """Reads events for at most `timeout` seconds (returns at the first batch)."""
+    def _loop(self):
         import select
-        r, _, _ = select.select([self.fd], [], [], timeout)
-        if not r:
-            return 0
-        now = time.monotonic()
-        try:
+        while True:
+            r, _, _ = select.select([self.fd, self.rpipe], [], [])
+            if self.rpipe in r:
+                return
+            now = time.monotonic()
             buf = os.read(self.fd, 1 << 20)
-        except BlockingIOError:
-            return 0
-        i = n = 0
-        while i + 16 <= len(buf):
-            wd, mask, cookie, ln = struct.unpack_from("iIII", buf, i)
-            name = buf[i + 16:i + 16 + ln].split(b"\0", 1)[0].decode(errors="replace")
-            i += 16 + ln
-            tag = self.wd.get(wd)
-            if tag is None or not name or name.startswith("."):
-                continue
-            base = name.split(":", 1)[0]
-            self.seen[tag].setdefault(base, now)
-            n += 1
-        return n
+            i = 0
+            with self.lock:
+                while i + 16 <= len(buf):
+                    wd, mask, cookie, ln = struct.unpack_from("iIII", buf, i)
+                    name = buf[i + 16:i + 16 + ln].split(b"\0", 1)[0].decode(errors="replace")
+                    i += 16 + ln
+                    tag = self.wd.get(wd)
+                    if tag is None or not name or name.startswith("."):
+                        continue
+                    key = self._msg_key(self.dirs[wd], name)
+                    if key is not None:
+                        self.seen[tag].setdefault(key, now)
+                self.cond.notify_all()
 
-    def count(self, tag):
-        return len(self.seen[tag])
+    @staticmethod
+    def _msg_key(d, name):
+        """The message a file holds, by its Subject line ('<tag> <i>'), so that a file
+        renamed or rewritten under another name is not counted twice; None for files
+        that are not benchmark messages (or vanished before they could be read)."""
+        paths = [os.path.join(d, name)]
+        base = name.split(":", 1)[0]
+        md = os.path.dirname(d)
+        for sub in ("new", "cur"):
+            try:
+                paths += [os.path.join(md, sub, x) for x in os.listdir(os.path.join(md, sub))
+                          if x.split(":", 1)[0] == base]
+            except OSError:
+                pass
+        for p in paths:
+            try:
+                with open(p, "rb") as f:
+                    head = f.read(4096)
+            except OSError:
+                continue
+            for line in head.splitlines():
+                if line.startswith(b"Subject: "):
+                    return line[9:].decode(errors="replace")
+            return None
+        return None
+
+    def snapshot(self):
+        with self.lock:
+            return {t: dict(v) for t, v in self.seen.items()}
+
+    def wait(self, pred, timeout):
+        """Waits until pred(seen) is true (called under the lock) or timeout; returns it."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while not pred(self.seen):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return True
 
     def close(self):
-        os.close(self.fd)
+        os.write(self.wpipe, b"x")
+        self.thread.join()
+        for f in (self.fd, self.rpipe, self.wpipe):
+            os.close(f)
 
 
 # ---- mailmesh cluster -------------------------------------------------------------------
@@ -402,8 +453,8 @@ def wait_port(port, timeout=20):
 
 def lmtp_message(i, tag):
     body = ("Line %d of a benchmark message for the replication latency test.\r\n" % i) * 40
-    return ("From: bob@ex.org\r\nTo: %s\r\nSubject: %s %d\r\nMessage-ID: <%s.%d.%d@ex.org>\r\n\r\n%s"
-            % (USER, tag, i, tag, i, time.time_ns(), body)).encode()
+    return ("Subject: %s %d\r\nFrom: bob@ex.org\r\nTo: %s\r\nMessage-ID: <%s.%d.%d@ex.org>\r\n\r\n%s"
+            % (tag, i, USER, tag, i, time.time_ns(), body)).encode()
 
 
 # ---- results ------------------------------------------------------------------------------
@@ -514,21 +565,13 @@ def item_initial(top):
 # ---- items 2 and 3: latency and burst ---------------------------------------------------
 
 def deliver_and_wait(lm, w, i, tag, tags, timeout=10.0):
-    """Delivers one message through the LMTP connection lm; returns {tag: time} of the
-    moment its file appeared in each watched tree (missing tags: not within timeout)."""
-    before = {t: set(w.seen[t]) for t in tags}
+    """Delivers message '<tag> <i>' through the LMTP connection lm; returns {tree: time}
+    of the moment it appeared in each watched tree (missing: not within timeout)."""
+    key = "%s %d" % (tag, i)
     lm.sendmail("bob@ex.org", [USER], lmtp_message(i, tag))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        w.poll(0.05)
-        if all(len(w.seen[t]) > len(before[t]) for t in tags):
-            break
-    out = {}
-    for t in tags:
-        new = set(w.seen[t]) - before[t]
-        if new:
-            out[t] = min(w.seen[t][b] for b in new)
-    return out
+    w.wait(lambda seen: all(key in seen[t] for t in tags), timeout)
+    seen = w.snapshot()
+    return {t: seen[t][key] for t in tags if key in seen[t]}
 
 
 def lmtp(port):
@@ -551,26 +594,20 @@ def latency_series(lm, w, n, src, dsts, tag):
 
 
 def burst(lm, w, n, src, dsts, tag, timeout=120.0):
-    """n deliveries back to back; returns (send time, time after the last arrival on
-    src until every dst holds all n, per dst)."""
-    base = {t: len(w.seen[t]) for t in [src] + dsts}
+    """n deliveries back to back on one LMTP connection; returns (time to send them,
+    {dst: time from the last arrival on src until dst holds all n, or None})."""
+    keys = ["%s %d" % (tag, i) for i in range(n)]
     t0 = time.monotonic()
     for i in range(n):
         lm.sendmail("bob@ex.org", [USER], lmtp_message(i, tag))
-        w.poll(0)
     t_sent = time.monotonic() - t0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        w.poll(0.05)
-        if all(len(w.seen[t]) - base[t] >= n for t in [src] + dsts):
-            break
+    w.wait(lambda seen: all(k in seen[t] for t in [src] + dsts for k in keys), timeout)
+    seen = w.snapshot()
+    last_src = max(seen[src][k] for k in keys)
     res = {}
-    last_src = max(sorted(w.seen[src].values())[-n:])
     for d in dsts:
-        if len(w.seen[d]) - base[d] < n:
-            res[d] = None
-        else:
-            res[d] = max(sorted(w.seen[d].values())[-n:]) - last_src
+        have = [seen[d][k] for k in keys if k in seen[d]]
+        res[d] = max(have) - last_src if len(have) == n else None
     return t_sent, res
 
 
@@ -579,6 +616,7 @@ def item_latency_mailmesh(top, do_lat, do_burst):
     for nd in cl.nodes:
         os.makedirs(os.path.join(nd.mail, "ex.org"), exist_ok=True)
         os.chown(nd.mail, NOBODY, NOBODY)
+        os.chown(os.path.join(nd.mail, "ex.org"), NOBODY, NOBODY)
     n1 = cl.nodes[0]
     dc = Dovecot(top, "mm-lmtp", n1.mail, 28100)
     dc.start()
@@ -634,10 +672,10 @@ service doveadm {{
 """
     repl = """
 mail_plugins = $mail_plugins notify replication
-replication_sync_timeout = {to}
 replication_max_conns = 10
 plugin {{
   mail_replica = tcp:127.0.0.1:{bport}
+  replication_sync_timeout = {to}
 }}
 service replicator {{
   process_min_avail = 1
