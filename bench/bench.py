@@ -564,11 +564,17 @@ def item_initial(top):
 
 # ---- items 2 and 3: latency and burst ---------------------------------------------------
 
+LMTP_TIMES = []
+SERIES_NAME = [""]   # duration of each LMTP transaction of the current latency series
+
+
 def deliver_and_wait(lm, w, i, tag, tags, timeout=10.0):
     """Delivers message '<tag> <i>' through the LMTP connection lm; returns {tree: time}
     of the moment it appeared in each watched tree (missing: not within timeout)."""
     key = "%s %d" % (tag, i)
+    t0 = time.monotonic()
     lm.sendmail("bob@ex.org", [USER], lmtp_message(i, tag))
+    LMTP_TIMES.append(time.monotonic() - t0)
     w.wait(lambda seen: all(key in seen[t] for t in tags), timeout)
     seen = w.snapshot()
     return {t: seen[t][key] for t in tags if key in seen[t]}
@@ -582,6 +588,7 @@ def latency_series(lm, w, n, src, dsts, tag):
     lat = {d: [] for d in dsts}
     lat_all = []
     lost = 0
+    LMTP_TIMES.clear()
     for i in range(n):
         got = deliver_and_wait(lm, w, i, tag, [src] + dsts)
         if src not in got or any(d not in got for d in dsts):
@@ -590,6 +597,8 @@ def latency_series(lm, w, n, src, dsts, tag):
         for d in dsts:
             lat[d].append(got[d] - got[src])
         lat_all.append(max(got[d] for d in dsts) - got[src])
+    NOTES.append("%s: LMTP transaction time p50 %s, p99 %s (%s)" % (
+        tag, fmt_s(pct(LMTP_TIMES, 50)), fmt_s(pct(LMTP_TIMES, 99)), SERIES_NAME[0]))
     return lat, lat_all, lost
 
 
@@ -633,6 +642,7 @@ def item_latency_mailmesh(top, do_lat, do_burst):
     if do_lat:
         n = size("latency_n")
         log("  mailmesh: %d LMTP deliveries on node 1, one at a time" % n)
+        SERIES_NAME[0] = "mailmesh node 1's Dovecot"
         lat, lat_all, lost = latency_series(lm, w, n, "n1", ["n2", "n3"], "lat")
         out["lat"] = (lat["n2"], lat_all, lost)
         log("  node2 p50 %s p99 %s; all 3 p50 %s p99 %s; lost %d" % (
@@ -713,6 +723,7 @@ service aggregator {{
     if do_lat:
         n = size("latency_n")
         log("  replicator (replication_sync_timeout = %d): %d deliveries" % (timeout_s, n))
+        SERIES_NAME[0] = "replicator, replication_sync_timeout = %d" % timeout_s
         lat, _, lost = latency_series(lm, w, n, "a", ["b"], "lat")
         out["lat"] = (lat["b"], lost)
         log("  replica p50 %s p99 %s; lost %d" % (fmt_s(pct(lat["b"], 50)), fmt_s(pct(lat["b"], 99)), lost))
