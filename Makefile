@@ -55,6 +55,8 @@ BIN := $(BUILD)/mailmesh
 SIM := $(if $(SIM_SRC),$(BUILD)/mailmesh-sim)
 
 .PHONY: all deps test demo bench fuzz fuzz-run install clean check-deps
+# Keep objects of test programs between runs (make would delete them as intermediates).
+.SECONDARY:
 all: $(BIN) $(SIM)
 
 deps:

@@ -32,12 +32,23 @@ static ssize_t body_read(void *arg, const char *user, const uint8_t id[MM_ID_LEN
 	return n;
 }
 
+/* A body the store no longer needs (the user has these bytes already: the store
+ * copies them locally; or no live message wants them any more) is taken and dropped,
+ * so the session counts the transfer as done and the fetch scheduler stops asking. */
+static char discard_handle;
+
 static int body_begin(void *arg, const char *user, const uint8_t id[MM_ID_LEN], uint64_t size,
                       void **handle_r)
 {
 	struct mm_daemon *d = arg;
 	struct mm_body_writer *w = NULL;
 	int r = mm_store_body_begin_id(d->store, user, id, size, &w);
+	if (r == -EEXIST || r == -ENOENT) {
+		if (r == -EEXIST)
+			mm_daemon_commit_soon(d); /* the local copy happens at the commit */
+		*handle_r = &discard_handle;
+		return 0;
+	}
 	if (r < 0)
 		return r;
 	*handle_r = w;
@@ -46,11 +57,15 @@ static int body_begin(void *arg, const char *user, const uint8_t id[MM_ID_LEN], 
 
 static int body_write(void *handle, const uint8_t *data, size_t len)
 {
+	if (handle == &discard_handle)
+		return 0;
 	return mm_store_body_write(handle, data, len);
 }
 
 static int body_commit(void *handle)
 {
+	if (handle == &discard_handle)
+		return 0;
 	struct mm_body_writer *w = handle;
 	int r = mm_store_body_commit(&w);
 	return r < 0 ? r : 0;
@@ -58,6 +73,8 @@ static int body_commit(void *handle)
 
 static void body_abort(void *handle)
 {
+	if (handle == &discard_handle)
+		return;
 	struct mm_body_writer *w = handle;
 	mm_store_body_abort(&w);
 }

@@ -613,8 +613,11 @@ static void sync_event(void *arg, struct mm_sync *s, const struct mm_sync_event 
 		       ev->err == -EPROTONOSUPPORT ? " (peer runs an incompatible mailmesh version)" : "");
 		break;
 	case MM_SYNC_EV_BODY_BAD:
-		mm_log(MM_LOG_WARN, "body rejected peer=%s user=%s err=%s", name, ev->user ? ev->user : "?",
-		       strerror(-ev->err));
+		/* A hash mismatch is the peer's fault and worth a warning; a store that
+		 * cannot take a body now (disk full, ...) is an error of ours. */
+		mm_log(ev->err == -EBADMSG ? MM_LOG_WARN : MM_LOG_ERROR, "body rejected peer=%s user=%s err=%s%s",
+		       name, ev->user ? ev->user : "?", strerror(-ev->err),
+		       ev->err == -EBADMSG ? " (its bytes do not match its id; fetched elsewhere)" : "");
 		break;
 	case MM_SYNC_EV_RECORD_REJECTED:
 		mm_log(MM_LOG_WARN, "record rejected peer=%s user=%s err=%s", name, ev->user ? ev->user : "?",
