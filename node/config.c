@@ -32,13 +32,13 @@
 enum key_id {
 	K_NAME, K_LISTEN, K_PRIVATE_KEY, K_PEERS, K_MAIL_LOCATION, K_STATE_DIR,
 	K_GOSSIP_INTERVAL, K_LOG_LEVEL, K_CONTROL_SOCKET, K_USER, K_GROUP, K_CLUSTER_PSK,
-	K_PUSH_FANOUT, K_GC_GRACE, K_MAX_SKEW, K_COUNT
+	K_PUSH_FANOUT, K_GC_GRACE, K_MAX_SKEW, K_IMAP_UIDS, K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
 	"name", "listen", "private_key", "peers", "mail_location", "state_dir",
 	"gossip_interval", "log_level", "control_socket", "user", "group", "cluster_psk",
-	"push_fanout", "gc_grace", "max_skew",
+	"push_fanout", "gc_grace", "max_skew", "imap_uids",
 };
 
 struct parse_ctx {
@@ -303,7 +303,7 @@ static int handler(void *user, const char *section, const char *name, const char
 		line_err(c, -EINVAL,
 		         "unknown key '%s'; known keys: name, listen, private_key, peers, "
 		         "mail_location, state_dir, gossip_interval, log_level, control_socket, "
-		         "user, group, cluster_psk, push_fanout, gc_grace, max_skew "
+		         "user, group, cluster_psk, push_fanout, gc_grace, max_skew, imap_uids "
 		         "(see docs/configuration.md)", name);
 		return 0;
 	}
@@ -393,6 +393,14 @@ static int handler(void *user, const char *section, const char *name, const char
 		break;
 	case K_MAX_SKEW:
 		set_duration(c, name, value, 1000, 1, 365ULL * 24 * 3600 * 1000, &cfg->max_skew_ms);
+		break;
+	case K_IMAP_UIDS:
+		if (!strcmp(value, "yes") || !strcmp(value, "true") || !strcmp(value, "1"))
+			cfg->imap_uids = true;
+		else if (!strcmp(value, "no") || !strcmp(value, "false") || !strcmp(value, "0"))
+			cfg->imap_uids = false;
+		else
+			line_err(c, -EINVAL, "bad imap_uids '%s': give yes or no", value);
 		break;
 	case K_COUNT:
 		break;

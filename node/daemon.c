@@ -295,7 +295,8 @@ static int daemon_start(struct mm_daemon *d)
 	if ((r = drop_privileges(d)) < 0)
 		return r;
 
-	struct mm_store_config sc = {.mail_location = d->cfg.mail_location, .state_dir = d->cfg.state_dir};
+	struct mm_store_config sc = {.mail_location = d->cfg.mail_location, .state_dir = d->cfg.state_dir,
+	                             .imap_uids = d->cfg.imap_uids};
 	if ((r = mm_store_open(&d->store, &sc, d->state, &d->clock, err, sizeof err)) < 0) {
 		mm_log(MM_LOG_ERROR, "%s", err);
 		return r;

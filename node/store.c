@@ -217,6 +217,7 @@ struct pending { /* a remote message to give a body from a local copy at commit 
 };
 
 struct mm_store {
+	bool imap_uids;              /* cfg.imap_uids */
 	struct mm_statedb *db;
 	struct mm_mailloc *loc;
 	struct mm_state *state;
@@ -1280,15 +1281,18 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				}
 			}
 		}
-		if (!um.loaded) {
-			um.loaded = true;
-			mm_md_uidlist_read(fo->dir, uid_cb, &um);
+		uint32_t uid = 0;
+		if (s->imap_uids) {
+			if (!um.loaded) {
+				um.loaded = true;
+				mm_md_uidlist_read(fo->dir, uid_cb, &um);
+			}
+			uid = (uint32_t)(uintptr_t)hm_get(&um.m, base, strlen(base));
+			if (!uid) /* not listed by Dovecot: this node (the record's creator) lists it */
+				uid = assign_uid(s, mu, fo, &as, base, name);
+			if (!uid)
+				fo->uid_check = true; /* listed by the next uid_pass */
 		}
-		uint32_t uid = (uint32_t)(uintptr_t)hm_get(&um.m, base, strlen(base));
-		if (!uid) /* not listed by Dovecot: this node (the record's creator) lists it */
-			uid = assign_uid(s, mu, fo, &as, base, name);
-		if (!uid)
-			fo->uid_check = true; /* listed by the next uid_pass */
 		uint8_t nkey[MM_KEY_LEN];
 		r = mm_user_deliver(mu, fo->name, body, size, mtime, mm_md_letters_to_flags(n.letters),
 		                    kws, nkw, uid, tick(s), nkey, local_effect, s, s->out);
@@ -1654,10 +1658,15 @@ int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t i
                            uint64_t size, struct mm_body_writer **w_r)
 {
 	*w_r = NULL;
-	if (mm_store_body_have_id(s, user, id))
-		return -EEXIST;
 	char k[KBUF];
 	size_t kl = k_ub(k, user, id, MM_ID_LEN);
+	if (mm_store_body_have_id(s, user, id)) {
+		/* Messages still waiting for bytes the user has (their copy was never
+		 * queued, e.g. missing since before a restart): copy them at the commit. */
+		for (struct miss *m = hm_get(&s->missing_body, k, kl); m; m = m->bnext)
+			add_pending(s, user, m->key);
+		return -EEXIST;
+	}
 	struct mm_user *mu = mm_state_user(s->state, user, false);
 	for (struct miss *m = hm_get(&s->missing_body, k, kl); m && mu; m = m->bnext) {
 		const struct mm_rec *r = mm_user_get(mu, m->key);
@@ -1827,12 +1836,12 @@ int mm_store_body_commit(struct mm_body_writer **wp)
 	uint64_t size = r->msg.size;
 	/* its UID goes into dovecot-uidlist before the file becomes visible, under the lock */
 	uint32_t uid = r->msg.uid_value;
-	int lk = mm_md_uidlist_lock(w->fo->dir, 2000);
+	int lk = s->imap_uids ? mm_md_uidlist_lock(w->fo->dir, 2000) : -EPERM;
 	bool listed = lk == 0 && uid_preinstall(s, mu, w->fo, uid, name);
 	rr = mm_md_tmp_finish(w->fo->dir, w->base, w->fd, idate, letters ? "cur" : "new", name);
 	if (lk == 0)
 		mm_md_uidlist_unlock(w->fo->dir);
-	if (!listed || rr < 0)
+	if ((!listed || rr < 0) && s->imap_uids)
 		w->fo->uid_check = true;
 	w->fd = -1;
 	if (rr < 0) {
@@ -2191,6 +2200,14 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		if (mm_md_name_format(rf->name, sizeof rf->name, rf->base, strlen(rf->base), fe->letters,
 		                      fe->in_cur) < 0)
 			continue;
+		/* Renamed here since the last scan (a local flag change on its way): the
+		 * scan takes that in first, the next pass re-files with the right letters. */
+		char src[PATHBUF];
+		struct stat sst;
+		if (fent_path(fe, src, sizeof src) < 0 || stat(src, &sst) < 0) {
+			fo->uid_check = true;
+			continue;
+		}
 		mm_md_uidlist_remove(&ul, have);
 		if (mm_md_uidlist_add(&ul, target, rf->name) < 0)
 			continue;
@@ -2214,7 +2231,11 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		snprintf(from, sizeof from, "%s/%s/%s", fo->dir, sub, fe->name);
 		snprintf(to, sizeof to, "%s/%s/%s", fo->dir, sub, ref[i].name);
 		if (link(from, to) < 0) {
-			logmsg(s, MM_STORE_LOG_WARNING, "cannot re-file %s under a new UID: %s", from, strerror(errno));
+			/* renamed by a client between the check above and now: next pass */
+			if (errno != ENOENT)
+				logmsg(s, MM_STORE_LOG_WARNING, "cannot re-file %s under a new UID: %s", from,
+				       strerror(errno));
+			fo->uid_check = true;
 			continue;
 		}
 		unlink(from);
@@ -2225,8 +2246,15 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		int64_t mtime = fe->mtime;
 		bool in_cur = fe->in_cur;
 		fent_remove(s, fe);
-		if (!fent_add(s, fo, ref[i].base, ref[i].name, in_cur, key, body, size, mtime, letters))
+		struct fent *nf = fent_add(s, fo, ref[i].base, ref[i].name, in_cur, key, body, size, mtime, letters);
+		if (!nf) {
 			logmsg(s, MM_STORE_LOG_ERR, "out of memory indexing %s", to);
+			continue;
+		}
+		/* flags merged while the message waited for its new name */
+		const struct mm_rec *now = mm_user_get(mu, key);
+		if (now && now->type == MM_REC_MESSAGE)
+			sync_file_flags(s, nf, now);
 	}
 	free(ref);
 	mm_md_uidlist_clear(&ul);
@@ -2265,6 +2293,8 @@ static bool uid_preinstall(struct mm_store *s, struct mm_user *mu, struct folder
  * rule, crdt.h), then dovecot-uidlist synced. */
 static void uid_pass(struct mm_store *s)
 {
+	if (!s->imap_uids)
+		return;
 	struct timeval tv;
 	gettimeofday(&tv, NULL);
 	uint64_t wall = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
@@ -2759,6 +2789,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		return -ENOMEM;
 	s->state = state;
 	s->clock = clock;
+	s->imap_uids = cfg->imap_uids;
 	s->max_skew_ms = 10 * 60 * 1000;
 	int r = mm_mailloc_new(&s->loc, cfg->mail_location, err, errlen);
 	if (r == 0)
