@@ -743,8 +743,14 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 	 * CRDT.  Renaming now would overwrite it; the scan that rename triggers takes the
 	 * local change in and then brings the file in line with the merged record.  (The
 	 * rename's inotify event is still queued: the scan has not seen the new name.) */
-	if (rr == -ENOENT && fent_relocate(s, fe) == 0)
+	if (rr == -ENOENT && fent_relocate(s, fe) == 0) {
+		struct mm_md_name n;
+		if (mm_md_name_parse(fe->name, &n) == 0 && n.letters != fe->letters)
+			return;
+		/* only moved (new/ -> cur/, same letters): nothing to lose, rename now */
+		sync_file_flags(s, fe, r);
 		return;
+	}
 	char p[PATHBUF];
 	fent_path(fe, p, sizeof p);
 	logmsg(s, MM_STORE_LOG_WARNING, "cannot rename %s for new flags: %s", p, strerror(-rr));
