@@ -9,9 +9,7 @@ mailmesh 22100-22102, Dovecot of node i IMAP 22110+2(i-1), LMTP 22111+2(i-1).
 3. The second message expunged over IMAP on node 1.
 Then every node's IMAP shows the same single message with \\Seen, \\Flagged and $Work
 (both concurrent changes kept), the Maildirs and roots agree, and no Dovecot log holds an
-error, warning or panic.  Two known daemon bugs (FLAG_RACE, KW_LATE below) make the
-flag/keyword checks fail, often but not always: they are reported as XFAIL/XPASS through
-mmtest's Report.known_bug and counted only with MM_STRICT=1.  Dovecot and the daemons are stopped and the temp dir removed
+error, warning or panic.  Dovecot and the daemons are stopped and the temp dir removed
 always.  Prints `N passed, N failed`."""
 import imaplib
 import os
@@ -213,14 +211,6 @@ def wait_views(dcs, want, timeout=60, view=lambda v: v):
 
 
 # Known bugs (reported to the lead, each with a reproduction without Dovecot):
-FLAG_RACE = ("a local flag rename racing a remote flag change of the same message loses one "
-             "of the two changes (the store renames the file to the merged letters without "
-             "first folding in the unscanned local rename)")
-KW_LATE = ("Dovecot renames the file to carry a new keyword's letter before it names the "
-           "letter in dovecot-keywords; the store's scan skips the unnamed letter yet records "
-           "it as applied, so the keyword is never replicated (node/store.c local_letters)")
-
-
 def strip_kw(view):
     return {k: frozenset(f for f in v if f.startswith("\\")) for k, v in view.items()} if view else view
 
@@ -298,12 +288,11 @@ def dovecot_test(t, cl, dcs):
     flags_only = frozenset({"\\Seen", "\\Flagged"})
     views = wait_same(dcs, 2)
     t.check(views is not None, "every node's IMAP serves the same two messages with the same flags (%s)" % views)
-    t.known_bug(views and strip_kw(views[0]) == {"one": flags_only, "two": empty},
-                "both concurrent flag changes are kept: \\Seen from node 2 and \\Flagged from node 3 (%s)" %
-                (views and views[0]), FLAG_RACE)
-    t.known_bug(views and views[0] == {"one": both, "two": empty},
-                "the keyword $Work set with \\Seen on node 2 is on every node (%s)" % (views and views[0]),
-                KW_LATE + "; or " + FLAG_RACE)
+    t.check(views and strip_kw(views[0]) == {"one": flags_only, "two": empty},
+            "both concurrent flag changes are kept: \\Seen from node 2 and \\Flagged from node 3 (%s)" %
+            (views and views[0]))
+    t.check(views and views[0] == {"one": both, "two": empty},
+            "the keyword $Work set with \\Seen on node 2 is on every node (%s)" % (views and views[0]))
 
     # 3. expunge over IMAP on node 1
     m = d1.imap()
@@ -316,15 +305,14 @@ def dovecot_test(t, cl, dcs):
     views = wait_same(dcs, 1)
     t.check(views is not None and list(views[0]) == ["one"],
             "every node's IMAP serves the same single message, with the same flags (%s)" % views)
-    t.known_bug(views and views[0] == {"one": both},
-                "... with \\Seen \\Flagged $Work (%s)" % (views and views[0]), KW_LATE + "; or " + FLAG_RACE)
+    t.check(views and views[0] == {"one": both}, "... with \\Seen \\Flagged $Work (%s)" % (views and views[0]))
     # The daemons agree on the end state: same roots; Maildirs identical.
     ok = cl.wait_converged(timeout=60)
     roots = cl.roots()
     t.check(len(set(roots)) == 1 and roots[0], "the three nodes' roots are identical")
     c = [strip_content_kw(n.content()) for n in cl.nodes]
     t.check(c[0] == c[1] == c[2], "the three nodes' Maildirs are identical apart from keywords")
-    t.known_bug(ok, "the three nodes' Maildirs are identical, keywords included", KW_LATE)
+    t.check(ok, "the three nodes' Maildirs are identical, keywords included")
     # Dovecot sees the end state through a fresh session too (index rebuilt from the Maildir).
     for dc in dcs:
         problems = dc.log_problems()

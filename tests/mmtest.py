@@ -43,17 +43,6 @@ class Report:
             print("FAIL %s" % what, flush=True)
         return cond
 
-    def known_bug(self, cond, what, bug):
-        """A check that a known, reported bug makes fail (some of the time: races).  It is
-        printed, clearly labelled, as XFAIL (failed as expected) or XPASS (passed: fixed, or
-        the race was not hit), and is not counted, unless MM_STRICT=1 in the environment:
-        then it counts as an ordinary check.  Remove the call once the bug is fixed."""
-        if os.environ.get("MM_STRICT") == "1":
-            return self.check(cond, "%s [known bug: %s]" % (what, bug))
-        print("%s %s -- known bug, not counted (MM_STRICT=1 counts it): %s" %
-              ("XPASS" if cond else "XFAIL", what, bug), flush=True)
-        return cond
-
     def run(self, fn, *args):
         """Runs one test function; an exception counts as a failure."""
         try:
