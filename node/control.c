@@ -395,8 +395,12 @@ int mm_cmd_status(int argc, char **argv)
 	}
 	strcpy(a.sun_path, cfg.control_socket);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-		fprintf(stderr, "mailmesh: the daemon is not running (cannot connect to %s: %s); start it "
-		        "with: mailmesh run -c %s\n", cfg.control_socket, strerror(errno), conf);
+		if (errno == EACCES || errno == EPERM)
+			fprintf(stderr, "mailmesh: permission denied on %s: the control socket is for the "
+			        "daemon's user and root only; run this as one of them\n", cfg.control_socket);
+		else
+			fprintf(stderr, "mailmesh: the daemon is not running (cannot connect to %s: %s); start "
+			        "it with: mailmesh run -c %s\n", cfg.control_socket, strerror(errno), conf);
 		if (fd >= 0)
 			close(fd);
 		mm_config_free(&cfg);
