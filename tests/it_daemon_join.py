@@ -111,7 +111,10 @@ def join_test(t, seed):
         bound_mb = int(os.environ.get("MEM_BOUND_MB", "64"))
         print("info: joining node VmRSS %d kB at start, %d kB peak over %d samples; received %.1f MB" %
               (rss0 or 0, peak, samples, total / 1e6), flush=True)
-        t.check(samples > 0 and peak - (rss0 or 0) < bound_mb * 1024 and peak * 1024 < total,
+        # Under ASan, VmRSS includes shadow memory and allocator overhead: only the growth
+        # bound says something there; "below what was received" is for the real build.
+        below_received = peak * 1024 < total or mmtest.SANITIZE
+        t.check(samples > 0 and peak - (rss0 or 0) < bound_mb * 1024 and below_received,
                 "memory stays bounded while joining: peak VmRSS %d kB, %d kB above start (bound %d MB, "
                 "and below the %.0f MB received)" % (peak, peak - (rss0 or 0), bound_mb, total / 1e6))
         codes = [node.stop() for node in cl.nodes]
