@@ -22,4 +22,25 @@ make --no-print-directory BUILD="$BUILD" "$BUILD/mailmesh" "$BUILD/tests/bench_m
 CMD="make bench"
 [ "${BENCH_QUICK:-0}" = 1 ] && CMD="BENCH_QUICK=1 make bench"
 [ -n "${BENCH_ONLY:-}" ] && CMD="BENCH_ONLY=$BENCH_ONLY $CMD"
-BENCH_CMD=${BENCH_CMD:-$CMD} MAILMESH_TOP="$TOP" BUILD="$BUILD" exec /usr/bin/python3 "$TOP/bench/bench.py"
+# Everything runs in one temporary directory; whatever way the run ends, any Dovecot
+# master started there is stopped and the directory removed (the daemons die with
+# bench.py: PR_SET_PDEATHSIG).
+BENCH_DIR=$(mktemp -d /tmp/mailmesh-bench.XXXXXX)
+PY=""
+cleanup() {
+	[ -n "$PY" ] && kill "$PY" 2>/dev/null && wait "$PY" 2>/dev/null
+	for pidf in "$BENCH_DIR"/dovecot-*/run/master.pid; do
+		[ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null
+	done
+	sleep 1
+	if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $BENCH_DIR"; else rm -rf "$BENCH_DIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+export BENCH_DIR BENCH_CMD="${BENCH_CMD:-$CMD}" MAILMESH_TOP="$TOP" BUILD="$BUILD"
+/usr/bin/python3 "$TOP/bench/bench.py" &
+PY=$!
+wait "$PY"
+rc=$?
+PY=""
+exit $rc
