@@ -174,11 +174,14 @@ static void render(struct ctl_client *c, bool json)
 			out_json_str(c, p->conf->host);
 			out_printf(c, ",\"port\":%u,\"state\":\"%s\",\"connected\":%s,\"in_sync\":%s,"
 			           "\"last_sync_ms_ago\":%lld,\"peer_root\":\"%s\",\"last_differences\":%llu,"
+			           "\"behind_records\":%llu,\"behind_bytes\":%llu,"
 			           "\"records_in\":%llu,\"records_out\":%llu,\"bodies_in\":%llu,\"bodies_out\":%llu,"
 			           "\"bytes_in\":%llu,\"bytes_out\":%llu,\"rounds\":%llu,\"connects\":%llu}",
 			           p->conf->port, peer_state_name(p->state),
 			           p->state == MM_PEER_ESTABLISHED ? "true" : "false", in_sync ? "true" : "false",
 			           ago, ph, (unsigned long long)st->last_differences,
+			           (unsigned long long)(in_sync ? 0 : st->last_differences),
+			           (unsigned long long)(in_sync ? 0 : st->last_record_bytes),
 			           (unsigned long long)st->records_in, (unsigned long long)st->records_out,
 			           (unsigned long long)st->bodies_in, (unsigned long long)st->bodies_out,
 			           (unsigned long long)st->bytes_in, (unsigned long long)st->bytes_out,
@@ -187,10 +190,11 @@ static void render(struct ctl_client *c, bool json)
 			char agos[32] = "never";
 			if (ago >= 0)
 				snprintf(agos, sizeof agos, "%lld ms ago", ago);
-			out_printf(c, "  %-16s %-13s %s, last sync %s, last round %llu differences, "
+			out_printf(c, "  %-16s %-13s %s, last sync %s, last round %llu differences (%llu bytes), "
 			           "in %llu records/%llu bodies, out %llu records/%llu bodies\n",
 			           p->conf->name, peer_state_name(p->state), in_sync ? "in sync" : "differs",
 			           agos, (unsigned long long)st->last_differences,
+			           (unsigned long long)st->last_record_bytes,
 			           (unsigned long long)st->records_in, (unsigned long long)st->bodies_in,
 			           (unsigned long long)st->records_out, (unsigned long long)st->bodies_out);
 		}
