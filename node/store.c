@@ -718,9 +718,15 @@ static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const stru
 /* Renames fe's file to carry the letters record r asks for. */
 static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm_rec *r)
 {
-	uint64_t want = wanted_letters(s, fe->fo, r, fe->letters);
+	/* Start from the letters the file carries, not the index's: a keyword letter
+	 * Dovecot set before naming it in dovecot-keywords is on disk but deliberately not
+	 * in fe->letters yet (pending), and must survive this rename and stay pending. */
+	struct mm_md_name dn;
+	uint64_t disk = mm_md_name_parse(fe->name, &dn) == 0 ? dn.letters : fe->letters;
+	uint64_t pending = disk ^ fe->letters;
+	uint64_t want = wanted_letters(s, fe->fo, r, disk);
 	bool to_cur = fe->in_cur || want;
-	if (want == fe->letters && to_cur == fe->in_cur)
+	if (want == disk && to_cur == fe->in_cur)
 		return;
 	char nn[MM_MD_NAME_MAX + 1];
 	if (mm_md_name_format(nn, sizeof nn, fe->base, strlen(fe->base), want, to_cur) < 0) {
@@ -735,7 +741,7 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 			fe->name = dup;
 		}
 		fe->in_cur = to_cur;
-		fe->letters = want;
+		fe->letters = (want & ~pending) | (fe->letters & pending);
 		mark_file(s, fe->fo, fe->base);
 		return;
 	}
@@ -745,7 +751,7 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 	 * rename's inotify event is still queued: the scan has not seen the new name.) */
 	if (rr == -ENOENT && fent_relocate(s, fe) == 0) {
 		struct mm_md_name n;
-		if (mm_md_name_parse(fe->name, &n) == 0 && n.letters != fe->letters)
+		if (mm_md_name_parse(fe->name, &n) == 0 && (n.letters ^ fe->letters) & ~pending)
 			return;
 		/* only moved (new/ -> cur/, same letters): nothing to lose, rename now */
 		sync_file_flags(s, fe, r);
