@@ -571,6 +571,60 @@ static void test_crash_between_rename_and_commit(void **state)
 	node_close(&b);
 }
 
+/* Dovecot renames a file to carry a new keyword's letter before it names the letter in
+ * dovecot-keywords.  The letter must stay pending (not recorded as applied), survive a
+ * remote flag change that renames the file meanwhile, and be replicated once named. */
+static void test_keyword_named_late(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	deliver(&a, "INBOX", "kw1", "Subject: kw\r\n\r\nbody\r\n", 1700000000);
+	struct mm_delta *d = mm_delta_new();
+	assert_int_equal(scan(&a, d), 2); /* folder INBOX + the message */
+	const struct mm_rec *r0 = msg_of(&a, d, NULL);
+	assert_non_null(r0);
+	uint8_t key[MM_KEY_LEN];
+	memcpy(key, r0->key, MM_KEY_LEN);
+	mm_delta_clear(d);
+
+	/* \Seen and letter a, named nowhere yet */
+	rename_to(find(&a, "INBOX", "kw1"), "Sa");
+	scan(&a, d);
+	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
+	const struct mm_rec *r = mm_user_get(u, key);
+	assert_int_equal(r->msg.flags[MM_FLAG_SEEN].value, 1);
+	assert_int_equal(r->msg.n_keywords, 0);
+
+	/* a peer sets \Flagged meanwhile: the file is renamed, and keeps its letter a */
+	struct mm_rec remote = *r;
+	remote.msg.flags[MM_FLAG_FLAGGED].value = 1;
+	remote.msg.flags[MM_FLAG_FLAGGED].stamp = (mm_hlc){(a.now + 5000) << MM_HLC_LOGICAL_BITS, 99};
+	assert_int_equal(mm_store_merge(a.s, "ex.org/alice", &remote), 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	const char *f = find(&a, "INBOX", "kw1");
+	assert_non_null(f);
+	assert_non_null(strstr(f, ":2,FSa"));
+
+	/* Dovecot names the letter: the next scan replicates the keyword */
+	char kwf[700], dir[600];
+	udir(&a, "INBOX", dir, sizeof dir);
+	snprintf(kwf, sizeof kwf, "%s/dovecot-keywords", dir);
+	FILE *kf = fopen(kwf, "w");
+	assert_non_null(kf);
+	fputs("0 $Work\n", kf);
+	fclose(kf);
+	scan(&a, d);
+	r = mm_user_get(u, key);
+	assert_int_equal(r->msg.n_keywords, 1);
+	assert_string_equal(r->msg.keywords[0].name, "$Work");
+	assert_int_equal(r->msg.keywords[0].reg.value, 1);
+	assert_int_equal(r->msg.flags[MM_FLAG_FLAGGED].value, 1);
+	assert_int_equal(r->msg.flags[MM_FLAG_SEEN].value, 1);
+	mm_delta_free(&d);
+	node_close(&a);
+}
+
 static void test_open_errors(void **state)
 {
 	(void)state;
@@ -603,6 +657,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_scan_local_changes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_two_nodes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_rename_and_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keyword_named_late, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
