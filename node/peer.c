@@ -512,7 +512,10 @@ void mm_peer_dial_all(struct mm_daemon *d)
 {
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
-		if (p->state == MM_PEER_IDLE && !p->conn && (p->dialer || !p->udp_addr_ok))
+		/* A peer waiting out its backoff is left alone: this runs every gossip tick
+		 * only to catch a peer that somehow has neither a connection nor a timer. */
+		if (p->state == MM_PEER_IDLE && !p->conn && (p->dialer || !p->udp_addr_ok) &&
+		    !uv_is_active((uv_handle_t *)&p->retry))
 			if (peer_resolve(p) < 0)
 				peer_schedule_retry(p);
 	}
