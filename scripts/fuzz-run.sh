@@ -14,6 +14,8 @@ TOP=$(cd "$(dirname "$0")/.." && pwd)
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT INT TERM HUP
 bad=""
+nok=0
+nbad=0
 for fz in "$@"; do
 	name=$(basename "$fz")
 	if [ ! -x "$fz" ]; then
@@ -33,10 +35,13 @@ for fz in "$@"; do
 		echo "FAIL $name (exit $rc): finding"
 		tail -n 40 "$TMP/$name/log"
 		bad="$bad $name"
+		nbad=$((nbad + 1))
 	else
 		echo "ok   $name: ${runs:-?} runs in ${secs}s, no finding"
+		nok=$((nok + 1))
 	fi
 done
+echo "fuzz: $nok passed, $nbad failed"
 if [ -n "$bad" ]; then
 	echo "fuzz findings:$bad"
 	exit 1
