@@ -918,8 +918,8 @@ def item_size(top):
         t0 = time.monotonic()
         nd.start(timeout=3600)
         t_index = time.monotonic() - t0
+        time.sleep(2)   # UIDs and the uidlist are settled after the scan: read the root then
         s = nd.status()
-        time.sleep(2)
         rss1 = nd.rss_kb()
         log("  start indexing %d new files (%d in all): %s; records %d; VmRSS %d kB (empty daemon %d kB)"
             % (n - have, n, fmt_s(t_index), s["records"], rss1, base_rss))
