@@ -107,6 +107,7 @@ struct breq {
 };
 
 struct mm_sync {
+	bool merging_inline;    /* the record being merged brought its body inline */
 	struct mm_sync_config cfg;
 	bool connected;
 	bool blocked;
@@ -1302,6 +1303,19 @@ static int handle_get_body(struct mm_sync *s, const struct mm_wire_msg *m)
 }
 
 /* Writes an inline body (already checked against its id) unless present. */
+/* An inline body that could not be written: the merge did not ask for a fetch (the
+ * body was right there), so ask now, as for any missing body. */
+static void inline_failed(struct mm_sync *s, const char *user, const struct mm_wire_rec *w,
+                          struct mm_sync *hint)
+{
+	if (w->rec.type != MM_REC_MESSAGE)
+		return;
+	if (s->cfg.fetch)
+		mm_fetch_want(s->cfg.fetch, user, w->rec.msg.body, w->rec.msg.size, hint, s->now);
+	else
+		event(s, MM_SYNC_EV_BODY_MISSING, 0, user, w->rec.msg.body, 0);
+}
+
 static void store_inline(struct mm_sync *s, const char *user, const struct mm_wire_rec *w)
 {
 	const uint8_t *id = w->rec.msg.body;
@@ -1312,6 +1326,7 @@ static void store_inline(struct mm_sync *s, const char *user, const struct mm_wi
 	if (memcmp(got, id, MM_ID_LEN)) {
 		s->st.bodies_bad++;
 		event(s, MM_SYNC_EV_BODY_BAD, -EBADMSG, user, id, 0);
+		inline_failed(s, user, w, NULL); /* not from the peer that sent it wrong */
 		return;
 	}
 	void *h = NULL;
@@ -1322,11 +1337,13 @@ static void store_inline(struct mm_sync *s, const char *user, const struct mm_wi
 		if (h)
 			s->cfg.body.abort(h);
 		event(s, MM_SYNC_EV_BODY_BAD, rc, user, id, 0);
+		inline_failed(s, user, w, s);
 		return;
 	}
 	rc = s->cfg.body.commit(h);
 	if (rc < 0) {
 		event(s, MM_SYNC_EV_BODY_BAD, rc, user, id, 0);
+		inline_failed(s, user, w, s);
 		return;
 	}
 	s->st.bodies_in++;
@@ -1343,7 +1360,8 @@ static void eff_wrap(void *arg, const char *user, enum mm_effect eff, const stru
 	struct mm_sync *s = arg;
 	if (s->cfg.eff)
 		s->cfg.eff(s->cfg.eff_arg, user, eff, r);
-	if (eff == MM_EFF_MSG_NEW && s->cfg.body.have(s->cfg.body.arg, user, r->msg.body) != 1) {
+	if (eff == MM_EFF_MSG_NEW && !s->merging_inline &&
+	    s->cfg.body.have(s->cfg.body.arg, user, r->msg.body) != 1) {
 		if (s->cfg.fetch)
 			mm_fetch_want(s->cfg.fetch, user, r->msg.body, r->msg.size, s, s->now);
 		else
@@ -1385,20 +1403,25 @@ static int handle_records(struct mm_sync *s, const struct mm_wire_msg *m, size_t
 	for (size_t i = 0; i < m->records.n; i++) {
 		const struct mm_wire_rec *w = &m->records.recs[i];
 		s->st.records_in++;
-		if (w->body)
-			store_inline(s, user, w);
 		if (s->cfg.clock) {
 			mm_hlc st = max_stamp(&w->rec);
 			if (st.t)
 				mm_clock_observe(s->cfg.clock, st, s->now, s->cfg.max_skew_ms);
 		}
+		/* Merge first, then write the inline body: the driver's store keeps bodies
+		 * for messages it knows (it would refuse one for a record not merged yet),
+		 * and no fetch is started for a body that is right here. */
+		s->merging_inline = w->body != NULL;
 		int rc = mm_state_merge(s->cfg.state, user, &w->rec, eff_wrap, s);
+		s->merging_inline = false;
 		if (rc < 0) {
 			if (rc == -ENOMEM)
 				return rc;
 			event(s, MM_SYNC_EV_RECORD_REJECTED, rc, user, NULL, 0);
 			continue;
 		}
+		if (w->body)
+			store_inline(s, user, w);
 		if (rc > 0) {
 			s->st.records_changed++;
 			if (push && s->cfg.relay && mm_delta_add(s->relay_delta, user, &w->rec) < 0)
