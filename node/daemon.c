@@ -192,6 +192,7 @@ static void daemon_stop(struct mm_daemon *d, int status)
 	close_if((uv_handle_t *)&d->rescan_timer);
 	close_if((uv_handle_t *)&d->commit_timer);
 	close_if((uv_handle_t *)&d->gc_timer);
+	close_if((uv_handle_t *)&d->settle_timer);
 	close_if((uv_handle_t *)&d->sigterm);
 	close_if((uv_handle_t *)&d->sigint);
 }
@@ -277,9 +278,11 @@ static int daemon_start(struct mm_daemon *d)
 	uv_timer_init(&d->loop, &d->rescan_timer);
 	uv_timer_init(&d->loop, &d->commit_timer);
 	uv_timer_init(&d->loop, &d->gc_timer);
+	uv_timer_init(&d->loop, &d->settle_timer);
 	uv_signal_init(&d->loop, &d->sigterm);
 	uv_signal_init(&d->loop, &d->sigint);
-	d->open_handles += 7;
+	d->open_handles += 8;
+	d->settle_timer.data = d;
 	d->gossip_timer.data = d->scan_timer.data = d->rescan_timer.data = d;
 	d->commit_timer.data = d->gc_timer.data = d->sigterm.data = d->sigint.data = d;
 	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);

@@ -69,6 +69,8 @@ struct mm_daemon {
 	uv_timer_t rescan_timer;           /* periodic full rescan: the safety net */
 	uv_timer_t commit_timer;           /* commits merged remote changes in batches */
 	uv_timer_t gc_timer;               /* raises the tombstone GC horizon */
+	uv_timer_t settle_timer;           /* follow-up scans after a user or domain appears */
+	int settle_left;
 	uv_signal_t sigterm, sigint;
 	int open_handles;                  /* handles not yet closed (leak check at exit) */
 

@@ -49,6 +49,16 @@ static void scan_timer_cb(uv_timer_t *t)
 	mm_scan_run(t->data);
 }
 
+static void settle_cb(uv_timer_t *t)
+{
+	struct mm_daemon *d = t->data;
+	if (d->stopping)
+		return;
+	mm_scan_request(d, NULL, NULL);
+	if (--d->settle_left > 0)
+		uv_timer_start(&d->settle_timer, settle_cb, 400 << (2 * (2 - d->settle_left)), 0);
+}
+
 static void fs_event_cb(uv_fs_event_t *h, const char *filename, int events, int status)
 {
 	(void)events;
@@ -85,7 +95,12 @@ static void fs_event_cb(uv_fs_event_t *h, const char *filename, int events, int 
 			mm_scan_request(d, NULL, NULL);
 		return;
 	}
+	/* A user or domain directory appeared: its Maildir may still be half made
+	 * (mkdir of the user, then cur/ new/ tmp/), and a directory the store skipped as
+	 * "not a Maildir" is not watched, so look again a few times over two seconds. */
 	mm_scan_request(d, NULL, NULL);
+	d->settle_left = 3;
+	uv_timer_start(&d->settle_timer, settle_cb, 100, 0);
 }
 
 static int add_watch_ex(struct mm_daemon *d, const char *path, const char *user, const char *folder,

@@ -129,6 +129,24 @@ def concurrent_flags(t, cl, label):
     t.check(flags == ["FS"], "%s: both concurrent flags kept (got %s)" % (label, flags))
 
 
+def new_user_in_steps(t, cl, label):
+    """A user's Maildir created the way an MDA may do it while the daemons run: the user
+    directory first, its cur/ new/ tmp/ a moment later, then a delivery.  It must reach
+    the other nodes within seconds, not at the 60 s safety rescan."""
+    user = "example.com/late%d" % len(cl.nodes)
+    root = cl.nodes[0].maildir(user)
+    os.makedirs(root)
+    time.sleep(0.05)
+    body = mmtest.message(424242)
+    cl.nodes[0].deliver(user, body)
+    deadline = time.time() + 10 * mmtest.SLOW
+    seen = False
+    while time.time() < deadline and not seen:
+        seen = all(n.files(user) for n in cl.nodes[1:])
+        time.sleep(0.05)
+    t.check(seen, "%s: a user whose Maildir appears in steps is replicated within seconds" % label)
+
+
 def cluster_test(t, n, base_port, ops, seed):
     label = "%d nodes" % n
     rnd = random.Random(seed)
@@ -140,6 +158,7 @@ def cluster_test(t, n, base_port, ops, seed):
         delivered, expunged = workload(t, cl, rnd, ops)
         check_outcome(t, cl, delivered, expunged, label)
         concurrent_flags(t, cl, label)
+        new_user_in_steps(t, cl, label)
         codes = [node.stop() for node in cl.nodes]
         t.check(codes == [0] * n, "%s: every daemon stops cleanly on SIGTERM with no leaked handle (%s)" % (label, codes))
     finally:
