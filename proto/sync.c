@@ -1408,9 +1408,10 @@ static int handle_records(struct mm_sync *s, const struct mm_wire_msg *m, size_t
 			if (st.t)
 				mm_clock_observe(s->cfg.clock, st, s->now, s->cfg.max_skew_ms);
 		}
-		/* Merge first, then write the inline body: the driver's store keeps bodies
-		 * for messages it knows (it would refuse one for a record not merged yet),
-		 * and no fetch is started for a body that is right here. */
+		/* Merge first, write inline bodies after the whole message is merged: the
+		 * driver's store keeps bodies only for messages it knows, no fetch is
+		 * started for a body that is right here, and a store that makes records
+		 * durable before their files does so once for the batch, not per body. */
 		s->merging_inline = w->body != NULL;
 		int rc = mm_state_merge(s->cfg.state, user, &w->rec, eff_wrap, s);
 		s->merging_inline = false;
@@ -1420,14 +1421,15 @@ static int handle_records(struct mm_sync *s, const struct mm_wire_msg *m, size_t
 			event(s, MM_SYNC_EV_RECORD_REJECTED, rc, user, NULL, 0);
 			continue;
 		}
-		if (w->body)
-			store_inline(s, user, w);
 		if (rc > 0) {
 			s->st.records_changed++;
 			if (push && s->cfg.relay && mm_delta_add(s->relay_delta, user, &w->rec) < 0)
 				return -ENOMEM;
 		}
 	}
+	for (size_t i = 0; i < m->records.n; i++)
+		if (m->records.recs[i].body)
+			store_inline(s, user, &m->records.recs[i]);
 	if (push && s->cfg.relay && mm_delta_count(s->relay_delta))
 		s->cfg.relay(s->cfg.relay_arg, s, s->relay_delta, s->now);
 	return 0;
