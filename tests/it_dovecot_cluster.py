@@ -40,58 +40,6 @@ def lmtp_port(i):
     return 22111 + 2 * (i - 1)
 
 
-def dovecot_conf(t, i, mail):
-    return f"""
-base_dir = {t}/run
-state_dir = {t}/dstate
-log_path = {t}/dovecot.log
-instance_name = mm-it-node{i}
-protocols = imap lmtp
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-mail_location = maildir:{mail}/%d/%n
-postmaster_address = postmaster@example.org
-default_internal_user = dovecot
-default_login_user = dovenull
-passdb {{
-  driver = static
-  args = password=pw
-}}
-userdb {{
-  driver = static
-  args = uid={NOBODY} gid={NOBODY} home={t}/home/%d/%n
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {imap_port(i)}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = 0
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-service submission-login {{
-  inet_listener submission {{
-    port = 0
-  }}
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {lmtp_port(i)}
-  }}
-}}
-"""
 
 
 class Dovecot:
@@ -103,7 +51,7 @@ class Dovecot:
         os.chown(os.path.join(self.dir, "home"), NOBODY, NOBODY)
         self.conf = os.path.join(self.dir, "dovecot.conf")
         with open(self.conf, "w") as f:
-            f.write(dovecot_conf(self.dir, self.i, node.mail))
+            f.write(mmtest.dovecot_conf(self.dir, node.mail, imap_port(self.i), lmtp_port(self.i), NOBODY, "mm-it-node%d" % self.i))
         self.pidfile = os.path.join(self.dir, "run", "master.pid")
         self.log = os.path.join(self.dir, "dovecot.log")
 

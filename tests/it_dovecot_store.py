@@ -19,6 +19,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mmtest  # noqa: E402
+
 TOP = os.environ.get("MAILMESH_TOP", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("BUILD", "build")
 TOOL = os.path.join(TOP, BUILD, "tests", "store")
@@ -36,57 +39,6 @@ def check(name, cond, detail=""):
         print("FAIL ", name, detail)
 
 
-def conf(t):
-    return f"""
-base_dir = {t}/run
-state_dir = {t}/dstate
-log_path = {t}/dovecot.log
-protocols = imap lmtp
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-mail_location = maildir:{t}/a/%d/%n
-postmaster_address = postmaster@ex.org
-default_internal_user = dovecot
-default_login_user = dovenull
-passdb {{
-  driver = static
-  args = password=pw
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={t}/home/%d/%n
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {IMAP_PORT}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = 0
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {LMTP_PORT}
-  }}
-}}
-service submission-login {{
-  inet_listener submission {{
-    port = 0
-  }}
-}}
-"""
 
 
 def run_tool(*args):
@@ -126,7 +78,7 @@ def main():
     pidfile = os.path.join(t, "run", "master.pid")
     try:
         with open(conf_path, "w") as f:
-            f.write(conf(t))
+            f.write(mmtest.dovecot_conf(t, t + "/a", IMAP_PORT, LMTP_PORT))
         for d in ("a", "b", "home"):
             os.makedirs(os.path.join(t, d))
             os.chown(os.path.join(t, d), 65534, 65534)

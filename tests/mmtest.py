@@ -353,6 +353,63 @@ class Cluster:
             print("---- node%d log tail ----\n%s" % (n.i, n.log_text()[-2500:]))
 
 
+
+def dovecot_conf(base, mail_root, imap_port, lmtp_port, uid=65534, instance=None):
+    """A private Dovecot 2.3 for a test: its own base_dir, state and log under `base`,
+    Maildirs at mail_root/%d/%n served as `uid`, static passdb (password "pw"), IMAP and
+    LMTP on loopback at the given ports, every other listener off."""
+    name = "instance_name = %s\n" % instance if instance else ""
+    return f"""
+base_dir = {base}/run
+state_dir = {base}/dstate
+log_path = {base}/dovecot.log
+{name}protocols = imap lmtp
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+mail_location = maildir:{mail_root}/%d/%n
+postmaster_address = postmaster@example.org
+default_internal_user = dovecot
+default_login_user = dovenull
+passdb {{
+  driver = static
+  args = password=pw
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={uid} home={base}/home/%d/%n
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = 0
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service submission-login {{
+  inet_listener submission {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {lmtp_port}
+  }}
+}}
+"""
+
 def message(i, size=None, rnd=random):
     """A plausible RFC 5322 message, unique by i, of about `size` bytes."""
     size = size or rnd.randrange(600, 4000)
