@@ -202,6 +202,21 @@ static int read_all(const char *path, char **data_r, size_t *len_r)
 	return 0;
 }
 
+/* Reads dir/name whole: 1 and *data_r (caller frees) when read, 0 when the file does not
+ * exist (an absent Dovecot file means "empty"), or a negative errno. */
+static int read_file_in(const char *dir, const char *name, char **data_r, size_t *len_r)
+{
+	char p[PATHBUF];
+	*data_r = NULL;
+	*len_r = 0;
+	if (path2(p, sizeof p, dir, name) < 0)
+		return -ENAMETOOLONG;
+	int r = read_all(p, data_r, len_r);
+	if (r == -ENOENT)
+		return 0;
+	return r < 0 ? r : 1;
+}
+
 static int write_all(int fd, const void *data, size_t len)
 {
 	const char *p = data;
@@ -289,16 +304,11 @@ static bool kw_name_ok(const char *s, size_t len)
 
 int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw)
 {
-	char p[PATHBUF];
 	memset(kw, 0, sizeof(*kw));
-	if (path2(p, sizeof p, folder_dir, "dovecot-keywords") < 0)
-		return -ENAMETOOLONG;
 	char *d;
 	size_t len;
-	int r = read_all(p, &d, &len);
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
+	int r = read_file_in(folder_dir, "dovecot-keywords", &d, &len);
+	if (r <= 0)
 		return r;
 	char *save = NULL;
 	for (char *line = strtok_r(d, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -412,15 +422,10 @@ int mm_md_uidlist_read(const char *folder_dir,
                        int (*cb)(void *arg, uint32_t uid, const char *base, size_t base_len),
                        void *arg)
 {
-	char p[PATHBUF];
-	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist") < 0)
-		return -ENAMETOOLONG;
 	char *d;
 	size_t len;
-	int r = read_all(p, &d, &len);
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
+	int r = read_file_in(folder_dir, "dovecot-uidlist", &d, &len);
+	if (r <= 0)
 		return r;
 	char *save = NULL;
 	bool first = true;
@@ -794,15 +799,10 @@ int mm_md_folder_list(const char *maildir, int (*cb)(void *arg, const char *fold
 
 int mm_md_subs_read(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg)
 {
-	char p[PATHBUF];
-	if (path2(p, sizeof p, maildir, "subscriptions") < 0)
-		return -ENAMETOOLONG;
 	char *d;
 	size_t len;
-	int r = read_all(p, &d, &len);
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
+	int r = read_file_in(maildir, "subscriptions", &d, &len);
+	if (r <= 0)
 		return r;
 	char *save = NULL;
 	bool first = true, v2 = false;
@@ -910,15 +910,10 @@ int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul)
 {
 	memset(ul, 0, sizeof(*ul));
 	ul->next_uid = 1;
-	char p[PATHBUF];
-	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist") < 0)
-		return -ENAMETOOLONG;
 	char *d;
 	size_t len;
-	int r = read_all(p, &d, &len);
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
+	int r = read_file_in(folder_dir, "dovecot-uidlist", &d, &len);
+	if (r <= 0)
 		return r;
 	ul->exists = true;
 	char *save = NULL;
