@@ -34,6 +34,9 @@ import tempfile
 import time
 import traceback
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import mmtest  # noqa: E402  (the shared private-Dovecot config)
+
 TOP = os.environ.get("MAILMESH_TOP") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("BUILD", "build")
 MM = os.path.join(TOP, BUILD, "mailmesh")
@@ -350,55 +353,7 @@ class Dovecot:
             f.write("%s:{PLAIN}pw:%d:%d::%s/home/alice::\n" % (USER, NOBODY, NOBODY, self.dir))
         os.makedirs(os.path.join(self.dir, "home"))
         os.chown(os.path.join(self.dir, "home"), NOBODY, NOBODY)
-        self.text = """
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-protocols = lmtp
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-mail_location = maildir:{root}/%d/%n
-postmaster_address = postmaster@ex.org
-default_internal_user = dovecot
-default_login_user = dovenull
-passdb {{
-  driver = passwd-file
-  args = {users}
-}}
-userdb {{
-  driver = passwd-file
-  args = {users}
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = 0
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-service submission-login {{
-  inet_listener submission {{
-    port = 0
-  }}
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {lmtp}
-  }}
-}}
-{extra}
-""".format(d=self.dir, root=mail_root, users=users, lmtp=lmtp_port, extra=extra)
+        self.text = mmtest.dovecot_conf(self.dir, mail_root, 0, lmtp_port, users_file=users, extra=extra)
         with open(self.conf, "w") as f:
             f.write(self.text)
         self.running = False

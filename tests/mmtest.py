@@ -354,16 +354,26 @@ class Cluster:
 
 
 
-def dovecot_conf(base, mail_root, imap_port, lmtp_port, uid=65534, instance=None):
-    """A private Dovecot 2.3 for a test: its own base_dir, state and log under `base`,
-    Maildirs at mail_root/%d/%n served as `uid`, static passdb (password "pw"), IMAP and
-    LMTP on loopback at the given ports, every other listener off."""
+def dovecot_conf(base, mail_root, imap_port, lmtp_port, uid=65534, instance=None,
+                 users_file=None, extra=""):
+    """A private Dovecot 2.3 for a test or benchmark: its own base_dir, state and log
+    under `base`, Maildirs at mail_root/%d/%n, LMTP (and IMAP unless imap_port is 0) on
+    loopback, every other listener off.  Users: a static passdb (password "pw") and
+    userdb serving as `uid`, or, with users_file, a passwd-file for both (Dovecot's
+    replicator needs a userdb it can list).  `extra` is appended (plugins, services)."""
     name = "instance_name = %s\n" % instance if instance else ""
+    protocols = "imap lmtp" if imap_port else "lmtp"
+    if users_file:
+        auth = (f"passdb {{\n  driver = passwd-file\n  args = {users_file}\n}}\n"
+                f"userdb {{\n  driver = passwd-file\n  args = {users_file}\n}}")
+    else:
+        auth = (f"passdb {{\n  driver = static\n  args = password=pw\n}}\n"
+                f"userdb {{\n  driver = static\n  args = uid={uid} gid={uid} home={base}/home/%d/%n\n}}")
     return f"""
 base_dir = {base}/run
 state_dir = {base}/dstate
 log_path = {base}/dovecot.log
-{name}protocols = imap lmtp
+{name}protocols = {protocols}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -372,14 +382,7 @@ mail_location = maildir:{mail_root}/%d/%n
 postmaster_address = postmaster@example.org
 default_internal_user = dovecot
 default_login_user = dovenull
-passdb {{
-  driver = static
-  args = password=pw
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={uid} home={base}/home/%d/%n
-}}
+{auth}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -408,6 +411,7 @@ service lmtp {{
     port = {lmtp_port}
   }}
 }}
+{extra}
 """
 
 def message(i, size=None, rnd=random):
