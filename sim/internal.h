@@ -5,6 +5,7 @@
 #ifndef MM_SIM_INTERNAL_H
 #define MM_SIM_INTERNAL_H
 
+#include "proto/channel.h"
 #include "sim/sim.h"
 
 #define SIM_MAX_USERS 16
@@ -16,6 +17,8 @@
 #define SIM_RECONNECT_MIN_MS 500
 #define SIM_RECONNECT_MAX_MS 2500
 #define SIM_BODY_MAX (64u << 20)
+#define SIM_CAPTURE 64              /* datagrams the attacker remembers to replay */
+#define SIM_CAPTURE_HS 16           /* handshake messages 1 it remembers */
 
 enum sim_ev_type {
 	EV_DGRAM = 1,      /* datagram arrives at node, from peers[slot] */
@@ -34,6 +37,7 @@ enum sim_ev_type {
 	EV_HEAL,           /* end of the fault phase */
 	EV_CHECK,          /* convergence check */
 	EV_HOOK,           /* measurement callback */
+	EV_ATTACK,         /* next attacker action (forged / replayed bytes) */
 };
 
 struct sim_ev {
@@ -58,6 +62,16 @@ struct sim_peer {
 	uint64_t tx_free;      /* when the sender's link is free again (bandwidth) */
 	uint64_t stream_last;  /* last delivery time scheduled (keeps order) */
 	uint64_t inflight;     /* bytes sent, not yet delivered */
+	/* The Noise channel of the current connection (NULL while the link is down), as
+	 * node/peer.c keeps one per TCP connection; the session is connected only once
+	 * it is established (attached). */
+	struct mm_ch *ch;
+	bool attached;
+	uint8_t *msg;          /* application message being reassembled from chunks */
+	size_t msg_len, msg_cap;
+	/* responder memory (node/peer.c's mm_dpeer.last_ts): newest handshake timestamp
+	 * accepted from this peer; in memory only, so a crash forgets it */
+	uint8_t last_ts[MM_CH_TAI64N_LEN];
 };
 
 /* Mailbox view entry, maintained from the effect callbacks only. */
@@ -97,6 +111,7 @@ struct sim_node {
 	struct sim_map bodies; /* [user idx][id] -> struct sim_body */
 	struct sim_map view;   /* [user idx][key] -> struct sim_view */
 	uint64_t writes_open;  /* body write handles open */
+	uint8_t priv[32], pub[32]; /* static X25519 key pair (id = mm_node_id(pub)) */
 };
 
 struct sim_part {
@@ -142,6 +157,14 @@ struct sim {
 	size_t ndkeys, capdkeys;
 	uint64_t next_msg;
 	bool plain;                /* deliveries: INBOX, no flags, no keywords */
+	/* what an on-path attacker recorded: sealed datagrams (with their destination)
+	 * and handshake messages 1, to replay later (EV_ATTACK) */
+	struct sim_capture {
+		uint32_t to, len;
+		uint8_t *bytes;
+	} cap_dgram[SIM_CAPTURE], cap_hs[SIM_CAPTURE_HS];
+	unsigned ncap_dgram, ncap_hs;
+	uint8_t attacker_priv[32]; /* a key no node trusts */
 	/* trace ring */
 	unsigned trace_head;
 	/* measurement hooks */
@@ -172,6 +195,40 @@ void sim_link_schedule_reconnect(struct sim *s, struct sim_node *a, uint32_t slo
 bool sim_blocked(const struct sim *s, uint32_t from, uint32_t to);
 void sim_fault_event(struct sim *s, struct sim_ev *ev);
 void sim_heal_all(struct sim *s);
+/* Sends stream bytes (whole channel frames) from p's owner to its peer over the
+ * current connection: bandwidth, loss (retransmits), stalls.  Returns 0, or -ENOTCONN
+ * when the link is down or the peer is dead. */
+int sim_net_stream(struct sim_peer *p, const uint8_t *bytes, size_t len);
+/* Sends one datagram (already sealed, with its id header) from a to b: loss,
+ * duplication, reordering, partitions.  Returns 0 or -ENOMEM. */
+int sim_net_dgram(struct sim *s, struct sim_node *a, struct sim_node *b, const uint8_t *bytes,
+                  size_t len);
+
+/* chan.c: the real Noise channel (proto/channel.c) on every simulated connection */
+/* The link a <-> a->peers[slot] has just connected: gives both ends a new channel; the
+ * end whose public key sorts lower is the initiator and sends message 1 (as
+ * node/peer.c: the lower key dials).  Returns 0 or a negative errno. */
+int sim_chan_open(struct sim *s, struct sim_node *a, uint32_t slot);
+/* Frees p's channel (counting its rekeys) and forgets a partial message; the
+ * session is no longer attached.  NULL-channel safe. */
+void sim_chan_close(struct sim *s, struct sim_peer *p);
+/* Stream bytes of q's connection arrived at q's owner: feeds the channel (handshake,
+ * transport frames -> mm_sync_recv).  A channel error on a real link is a violation
+ * (the network never alters bytes) and resets the link. */
+void sim_chan_stream_recv(struct sim *s, struct sim_peer *q, const uint8_t *bytes, size_t len);
+/* Application stream message from p's session: 0, -ENOTCONN, or the channel's error. */
+int sim_chan_stream_send(struct sim_peer *p, const uint8_t *msg, size_t len);
+/* Datagram from p's session: sealed with p's channel behind the sender's node id,
+ * as node/peer.c.  Dropped (0) while the channel is not established. */
+int sim_chan_dgram_send(struct sim_peer *p, const uint8_t *msg, size_t len);
+/* A datagram arrived at node b: the id picks the session, the channel opens it
+ * (replay window, AEAD), mm_sync_recv gets it.  Rejections are counted. */
+void sim_chan_dgram_recv(struct sim *s, struct sim_node *b, const uint8_t *bytes, size_t len);
+/* One attacker action (EV_ATTACK): forged or replayed datagram, replayed handshake
+ * message 1, a handshake from an unknown key, or garbage on a new connection. */
+void sim_attack_event(struct sim *s);
+/* Frees what the attacker captured. */
+void sim_chan_free_captures(struct sim *s);
 
 /* node.c */
 uint64_t sim_node_now(const struct sim_node *n);

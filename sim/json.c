@@ -1,7 +1,7 @@
 /*
  * json.c — the simulator's output: a human summary and the --json object (nodes, seed,
  * converged, rounds_to_converge, sim_time_ms, messages, bytes_sent, datagrams_sent,
- * violations and more).  Only virtual quantities are printed, so the output of a seed
+ * the channel's handshakes, rekeys and rejections, violations and more).  Only virtual quantities are printed, so the output of a seed
  * is byte-identical on every run.
  */
 #include <stdio.h>
@@ -45,13 +45,23 @@ void sim_print_json(FILE *f, const struct sim_config *c, const struct sim_result
 	        (unsigned long long)r->conflicts, (unsigned long long)r->rounds_done,
 	        (unsigned long long)r->rounds_aborted, (unsigned long long)r->bodies_fetched,
 	        (unsigned long long)r->proto_errors);
+	fprintf(f, "\"handshakes\":%llu,\"rekeys\":%llu,\"datagrams_rejected\":%llu,"
+	           "\"dgram_replayed\":%llu,\"dgram_too_old\":%llu,\"dgram_forged\":%llu,"
+	           "\"handshakes_rejected\":%llu,\"hs_replays_accepted\":%llu,\"attacks\":%llu,",
+	        (unsigned long long)r->handshakes, (unsigned long long)r->rekeys,
+	        (unsigned long long)r->datagrams_rejected, (unsigned long long)r->dgram_replayed,
+	        (unsigned long long)r->dgram_too_old, (unsigned long long)r->dgram_forged,
+	        (unsigned long long)r->handshakes_rejected, (unsigned long long)r->hs_replays_accepted,
+	        (unsigned long long)r->attacks);
 	fprintf(f, "\"config\":{\"push\":%s,\"users\":%u,\"gossip_ms\":%u,\"phase_ms\":%llu,"
 	           "\"ops_per_s\":%g,\"loss\":%g,\"delay_ms\":[%u,%u],\"reorder\":%g,\"dup\":%g,"
 	           "\"resets_per_s\":%g,\"partitions_per_s\":%g,\"crashes_per_s\":%g,"
-	           "\"skew_ms\":%u,\"slow_p\":%g,\"bound_ms\":%llu},",
+	           "\"skew_ms\":%u,\"slow_p\":%g,\"rekey_bytes\":%llu,\"rekey_ms\":%llu,"
+	           "\"attacks_per_s\":%g,\"bound_ms\":%llu},",
 	        c->push ? "true" : "false", c->users, c->gossip_ms, (unsigned long long)c->phase_ms,
 	        c->ops_per_s, c->loss, c->delay_min_ms, c->delay_max_ms, c->reorder, c->dup,
 	        c->resets_per_s, c->partitions_per_s, c->crashes_per_s, c->skew_ms, c->slow_p,
+	        (unsigned long long)c->rekey_bytes, (unsigned long long)c->rekey_ms, c->attacks_per_s,
 	        (unsigned long long)c->bound_ms);
 	fputs("\"violations\":[", f);
 	for (unsigned i = 0; i < r->n_violations; i++) {
@@ -95,6 +105,14 @@ void sim_print_human(FILE *f, const struct sim_config *c, const struct sim_resul
 	fprintf(f, "  sync: %llu rounds done, %llu aborted, %llu bodies fetched, %llu rejected messages\n",
 	        (unsigned long long)r->rounds_done, (unsigned long long)r->rounds_aborted,
 	        (unsigned long long)r->bodies_fetched, (unsigned long long)r->proto_errors);
+	fprintf(f, "  channel: %llu handshakes, %llu rekeys, %llu datagrams rejected (%llu replayed, "
+	           "%llu too old, %llu forged or stale keys), %llu attacks: %llu connections refused, "
+	           "%llu replayed handshakes accepted\n",
+	        (unsigned long long)r->handshakes, (unsigned long long)r->rekeys,
+	        (unsigned long long)r->datagrams_rejected, (unsigned long long)r->dgram_replayed,
+	        (unsigned long long)r->dgram_too_old, (unsigned long long)r->dgram_forged,
+	        (unsigned long long)r->attacks, (unsigned long long)r->handshakes_rejected,
+	        (unsigned long long)r->hs_replays_accepted);
 	fprintf(f, "  simulated time: %llu ms\n", (unsigned long long)r->sim_time_ms);
 	if (!r->n_violations) {
 		fprintf(f, "  invariants: all held\n");

@@ -35,7 +35,11 @@ static void usage(FILE *f)
 	      "          --dup P (0.01) --resets R/s (0.02) --partitions R/s (0.01)\n"
 	      "          --partition-ms MS (10000) --oneway P (0.3) --crashes R/s (0.01)\n"
 	      "          --down-ms MS (5000) --skew-ms MS (500) --slow P (0.1) --slow-factor F (5)\n"
-	      "          --stream-timeout-ms MS (15000) --no-faults (all of them off)\n"
+	      "          --stream-timeout-ms MS (15000) --attacks R/s: forged and replayed\n"
+	      "          datagrams and handshakes, garbage connections (0.05)\n"
+	      "          --no-faults (all of them off)\n"
+	      "channel:  --rekey-bytes B (32768) --rekey-ms MS (5000): each Noise channel's\n"
+	      "          sender rekeys after this much (the daemon: 1 GiB / 120 s)\n"
 	      "checks:   --bound-ms MS: convergence must happen this soon after healing (120000)\n"
 	      "          --sabotage 1|2: corrupt a stored body / hide a flag effect, to prove\n"
 	      "          that the checker catches it (exit 1 expected)\n",
@@ -58,7 +62,7 @@ enum {
 	O_PUSH, O_NOPUSH, O_FANOUT, O_OPS, O_LARGE, O_CONFLICT, O_PHASE, O_LOSS, O_DMIN, O_DMAX,
 	O_TAIL, O_TAILMS, O_REORDER, O_REORDERMS, O_DUP, O_RESETS, O_PARTS, O_PARTMS, O_ONEWAY,
 	O_CRASHES, O_DOWNMS, O_SKEW, O_SLOW, O_SLOWF, O_STREAMTO, O_NOFAULTS, O_BOUND, O_MAXNODES,
-	O_MEASURE, O_TRIALS, O_BASE, O_DIFF, O_SABOTAGE, O_HELP,
+	O_MEASURE, O_TRIALS, O_BASE, O_DIFF, O_SABOTAGE, O_HELP, O_ATTACKS, O_REKEYB, O_REKEYMS,
 };
 
 static const struct option opts[] = {
@@ -78,6 +82,8 @@ static const struct option opts[] = {
 	{ "bound-ms", 1, 0, O_BOUND }, { "max-nodes", 1, 0, O_MAXNODES },
 	{ "measure", 1, 0, O_MEASURE }, { "trials", 1, 0, O_TRIALS }, { "base", 1, 0, O_BASE },
 	{ "diff", 1, 0, O_DIFF }, { "sabotage", 1, 0, O_SABOTAGE }, { "help", 0, 0, O_HELP },
+	{ "attacks", 1, 0, O_ATTACKS }, { "rekey-bytes", 1, 0, O_REKEYB },
+	{ "rekey-ms", 1, 0, O_REKEYMS },
 	{ 0, 0, 0, 0 },
 };
 
@@ -87,6 +93,7 @@ static void no_faults(struct sim_config *c)
 	c->resets_per_s = c->partitions_per_s = c->crashes_per_s = 0;
 	c->skew_ms = 0;
 	c->slow_p = 0;
+	c->attacks_per_s = 0;
 }
 
 static int sweep(const struct sim_config *base, uint64_t k, unsigned max_nodes, bool json)
@@ -187,6 +194,9 @@ int main(int argc, char **argv)
 		case O_BASE: base = (uint64_t)v; break;
 		case O_DIFF: diff = (uint64_t)v; break;
 		case O_SABOTAGE: c.sabotage = (unsigned)v; break;
+		case O_ATTACKS: c.attacks_per_s = v; break;
+		case O_REKEYB: c.rekey_bytes = (uint64_t)v; break;
+		case O_REKEYMS: c.rekey_ms = (uint64_t)v; break;
 		}
 	}
 	if (optind < argc) {

@@ -3,7 +3,8 @@
  *
  * The queue is a binary heap ordered by (time, sequence number): two events at the
  * same millisecond run in the order they were scheduled, so a run depends only on the
- * seed.  The network carries each node's mm_sync_io messages to the peer's session:
+ * seed.  The network carries the bytes of each node's Noise channels (chan.c: sealed
+ * datagrams, handshake and transport frames) to the peer:
  *   datagrams  lost (cfg.loss), duplicated, held back (reordering), dropped by a
  *              partition in their direction, delayed by the delay distribution;
  *   streams    reliable and in order within one connection (epoch); a lost segment
@@ -134,48 +135,44 @@ static uint64_t link_delay(struct sim *s, const struct sim_node *a, const struct
 	return d * f;
 }
 
-int sim_net_send(void *arg, enum mm_chan chan, const uint8_t *msg, size_t len)
+int sim_net_dgram(struct sim *s, struct sim_node *a, struct sim_node *b, const uint8_t *bytes,
+                  size_t len)
 {
-	struct sim_peer *p = arg;
+	struct sim_result *res = s->res;
+	res->bytes_sent += len;
+	if (sim_blocked(s, a->idx, b->idx) || (s->faults_on && sim_rng_chance(&s->rng, s->cfg.loss))) {
+		res->dropped++;
+		return 0;
+	}
+	int copies = 1;
+	if (s->faults_on && sim_rng_chance(&s->rng, s->cfg.dup)) {
+		copies = 2;
+		res->duplicated++;
+	}
+	for (int i = 0; i < copies; i++) {
+		uint64_t d = link_delay(s, a, b);
+		if (s->faults_on && sim_rng_chance(&s->rng, s->cfg.reorder))
+			d += sim_rng_below(&s->rng, (uint64_t)s->cfg.reorder_ms + 1);
+		struct sim_ev ev = { .t = s->now + d, .type = EV_DGRAM, .chan = MM_CHAN_DATAGRAM,
+		                     .node = b->idx, .len = (uint32_t)len };
+		ev.data = malloc(len ? len : 1);
+		if (!ev.data)
+			return -ENOMEM;
+		memcpy(ev.data, bytes, len);
+		sim_ev_push(s, &ev);
+	}
+	return 0;
+}
+
+int sim_net_stream(struct sim_peer *p, const uint8_t *bytes, size_t len)
+{
 	struct sim_node *a = p->owner;
 	struct sim *s = a->sim;
 	struct sim_node *b = &s->nodes[p->idx];
-	struct sim_result *res = s->res;
-
-	if (chan == MM_CHAN_DATAGRAM) {
-		res->messages++;
-		res->datagrams_sent++;
-		res->bytes_sent += len;
-		if (sim_blocked(s, a->idx, b->idx) ||
-		    (s->faults_on && sim_rng_chance(&s->rng, s->cfg.loss))) {
-			res->dropped++;
-			return 0;
-		}
-		int copies = 1;
-		if (s->faults_on && sim_rng_chance(&s->rng, s->cfg.dup)) {
-			copies = 2;
-			res->duplicated++;
-		}
-		for (int i = 0; i < copies; i++) {
-			uint64_t d = link_delay(s, a, b);
-			if (s->faults_on && sim_rng_chance(&s->rng, s->cfg.reorder))
-				d += sim_rng_below(&s->rng, (uint64_t)s->cfg.reorder_ms + 1);
-			struct sim_ev ev = { .t = s->now + d, .type = EV_DGRAM, .chan = MM_CHAN_DATAGRAM,
-			                     .node = b->idx, .slot = p->back, .len = (uint32_t)len };
-			ev.data = malloc(len ? len : 1);
-			if (!ev.data)
-				return -ENOMEM;
-			memcpy(ev.data, msg, len);
-			sim_ev_push(s, &ev);
-		}
-		return 0;
-	}
 
 	if (!p->up || !b->alive)
 		return -ENOTCONN;
-	res->messages++;
-	res->stream_msgs++;
-	res->bytes_sent += len;
+	s->res->bytes_sent += len;
 	unsigned f = a->slow > b->slow ? a->slow : b->slow;
 	uint64_t tx = len / (SIM_BW_BYTES_PER_MS / f);
 	uint64_t start = p->tx_free > s->now ? p->tx_free : s->now;
@@ -194,9 +191,27 @@ int sim_net_send(void *arg, enum mm_chan chan, const uint8_t *msg, size_t len)
 	ev.data = malloc(len ? len : 1);
 	if (!ev.data)
 		return -ENOMEM;
-	memcpy(ev.data, msg, len);
+	memcpy(ev.data, bytes, len);
 	sim_ev_push(s, &ev);
 	p->inflight += len;
+	return 0;
+}
+
+/* The sessions' transport (struct mm_sync_io): everything goes through the channel. */
+int sim_net_send(void *arg, enum mm_chan chan, const uint8_t *msg, size_t len)
+{
+	struct sim_peer *p = arg;
+	struct sim *s = p->owner->sim;
+
+	if (chan == MM_CHAN_DATAGRAM)
+		return sim_chan_dgram_send(p, msg, len);
+	if (!p->up || !s->nodes[p->idx].alive || !p->attached)
+		return -ENOTCONN;
+	s->res->messages++;
+	s->res->stream_msgs++;
+	int rc = sim_chan_stream_send(p, msg, len);
+	if (rc < 0)
+		return rc;
 	if (p->inflight > SIM_HWM) {
 		p->want_writable = true;
 		return 1;
@@ -222,13 +237,18 @@ void sim_link_reset(struct sim *s, struct sim_node *a, uint32_t slot, const char
 	struct sim_node *b = &s->nodes[p->idx];
 	struct sim_peer *q = &b->peers[p->back];
 	bool was_up = p->up;
+	bool pa = p->attached, qa = q->attached;
 	link_set(a, slot, b, false, p->epoch + 1);
+	/* the connection's channel state is gone on both ends */
+	sim_chan_close(s, p);
+	sim_chan_close(s, q);
 	if (was_up) {
 		s->res->resets++;
 		sim_trace(s, "t=%llu reset %u<->%u (%s)", (unsigned long long)s->now, a->idx, b->idx, why);
-		if (a->alive && p->sync)
+		/* only a session that was told it is connected is told of the reset */
+		if (a->alive && p->sync && pa)
 			mm_sync_reset(p->sync, sim_node_now(a));
-		if (b->alive && q->sync)
+		if (b->alive && q->sync && qa)
 			mm_sync_reset(q->sync, sim_node_now(b));
 	}
 	if (a->alive && b->alive)
@@ -262,8 +282,10 @@ static void link_reconnect(struct sim *s, struct sim_node *a, uint32_t slot, uin
 		return;
 	}
 	link_set(a, slot, b, true, p->epoch + 1);
-	mm_sync_connected(p->sync, sim_node_now(a));
-	mm_sync_connected(q->sync, sim_node_now(b));
+	/* connected, not yet usable: the sessions start once the handshake is done */
+	int rc = sim_chan_open(s, a, slot);
+	if (rc < 0)
+		sim_violation(s, "node %u: channel to %u could not start: %d", a->idx, b->idx, rc);
 }
 
 /* ---- delivery -------------------------------------------------------------------- */
@@ -274,16 +296,8 @@ void sim_net_event(struct sim *s, struct sim_ev *ev)
 	struct sim_peer *q = &b->peers[ev->slot];
 	switch (ev->type) {
 	case EV_DGRAM:
-		if (!b->alive || !q->sync)
-			return;
-		{
-			int rc = mm_sync_recv(q->sync, MM_CHAN_DATAGRAM, ev->data, ev->len, sim_node_now(b));
-			if (rc < 0) {
-				s->res->proto_errors++;
-				sim_trace(s, "t=%llu node %u rejected datagram from %u: %d",
-				          (unsigned long long)s->now, b->idx, q->idx, rc);
-			}
-		}
+		/* the receiver finds the session by the datagram's id, as the daemon */
+		sim_chan_dgram_recv(s, b, ev->data, ev->len);
 		return;
 	case EV_STREAM: {
 		if (!b->alive || !q->up || q->epoch != ev->tag)
@@ -295,16 +309,11 @@ void sim_net_event(struct sim *s, struct sim_ev *ev)
 			p->want_writable = false;
 			sim_schedule(s, s->now, EV_WRITABLE, a->idx, q->back, p->epoch);
 		}
-		int rc = mm_sync_recv(q->sync, MM_CHAN_STREAM, ev->data, ev->len, sim_node_now(b));
-		if (rc < 0) {
-			s->res->proto_errors++;
-			sim_trace(s, "t=%llu node %u rejected stream msg from %u: %d",
-			          (unsigned long long)s->now, b->idx, q->idx, rc);
-		}
+		sim_chan_stream_recv(s, q, ev->data, ev->len);
 		return;
 	}
 	case EV_WRITABLE:
-		if (b->alive && q->up && q->epoch == ev->tag && q->sync)
+		if (b->alive && q->up && q->epoch == ev->tag && q->sync && q->attached)
 			mm_sync_writable(q->sync, sim_node_now(b));
 		return;
 	case EV_RECONNECT:

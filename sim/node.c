@@ -4,6 +4,9 @@
  * a "mailbox view" that mirrors every effect the crdt reports (what node/ would write
  * into Maildir), so the checker can compare what the store shows with the state.
  *
+ * Every connection of a node carries the real Noise channel (chan.c); a crash loses
+ * the channels and the handshake timestamps it had accepted, as the daemon's memory.
+ *
  * Durability mirrors the daemon: the node commits (a snapshot of every record, in
  * their canonical encoding) periodically and after each local change, before pushing
  * it.  A crash loses everything since the last commit; a restart rebuilds the state
@@ -489,8 +492,10 @@ int sim_node_start(struct sim *s, struct sim_node *n)
 
 static void node_stop(struct sim_node *n)
 {
-	for (uint32_t i = 0; i < n->npeers; i++)
+	for (uint32_t i = 0; i < n->npeers; i++) {
+		sim_chan_close(n->sim, &n->peers[i]);
 		mm_sync_free(&n->peers[i].sync);
+	}
 	mm_gossip_free(&n->gossip);
 	mm_fetch_free(&n->fetch);
 	mm_state_free(&n->state);
@@ -502,8 +507,11 @@ void sim_node_crash(struct sim *s, struct sim_node *n)
 	s->res->crashes++;
 	sim_trace(s, "t=%llu node %u crashed", (unsigned long long)s->now, n->idx);
 	n->alive = false;
-	for (uint32_t i = 0; i < n->npeers; i++)
+	for (uint32_t i = 0; i < n->npeers; i++) {
 		sim_link_reset(s, n, i, "crash");
+		/* the daemon keeps handshake timestamps in memory only */
+		memset(n->peers[i].last_ts, 0, MM_CH_TAI64N_LEN);
+	}
 	node_stop(n);
 }
 
@@ -518,6 +526,8 @@ void sim_node_free(struct sim_node *n)
 	sim_map_free(&n->bodies);
 	sim_map_free(&n->view);
 	free(n->snap);
+	for (uint32_t i = 0; i < n->npeers; i++)
+		free(n->peers[i].msg);
 	free(n->peers);
 	n->snap = NULL;
 	n->peers = NULL;

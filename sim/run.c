@@ -45,6 +45,10 @@ void sim_config_defaults(struct sim_config *c)
 	c->slow_p = 0.1;
 	c->slow_factor = 5;
 	c->stream_timeout_ms = 15000;
+	/* far below the daemon's 1 GiB / 120 s, so that ordinary runs rekey often */
+	c->rekey_bytes = 32768;
+	c->rekey_ms = 5000;
+	c->attacks_per_s = 0.05;
 	c->bound_ms = 120000;
 }
 
@@ -81,6 +85,10 @@ void sim_config_random(struct sim_config *c, uint64_t seed, unsigned max_nodes)
 	c->skew_ms = sim_rng_chance(&r, 0.1) ? 120000 : (uint32_t)sim_rng_below(&r, 5000);
 	c->slow_p = (double)sim_rng_below(&r, 31) / 100;
 	c->slow_factor = 2 + (unsigned)sim_rng_below(&r, 9);
+	/* drawn last, so the parameters above stay those of the seed before the channel */
+	c->rekey_bytes = 1024ULL << sim_rng_below(&r, 10);   /* 1 KiB .. 512 KiB */
+	c->rekey_ms = 500 + sim_rng_below(&r, 20000);
+	c->attacks_per_s = (double)sim_rng_below(&r, 31) / 100;
 }
 
 /* ---- set-up and tear-down ------------------------------------------------------------ */
@@ -159,6 +167,7 @@ static void teardown(struct sim *s)
 	sim_map_free(&s->delivered);
 	sim_map_free(&s->expunged);
 	sim_map_free(&s->regs);
+	sim_chan_free_captures(s);
 	free(s->dkeys);
 	mm_delta_free(&s->delta);
 	sim_trace_finish(s);
@@ -203,9 +212,16 @@ static int setup(const struct sim_config *cfg, struct sim_result *res, struct si
 		struct sim_node *n = &s->nodes[i];
 		n->sim = s;
 		n->idx = i;
+		/* a static key pair from the seed; the id derives from it, as in the daemon */
 		bool fresh;
 		do {
-			n->id = sim_rng_next(&s->rng);
+			uint8_t rnd[32];
+			fresh = false;
+			sim_rng_bytes(&s->rng, rnd, sizeof rnd);
+			mm_key_generate(n->priv, rnd);
+			if (mm_key_public(n->priv, n->pub) < 0)
+				continue;
+			n->id = mm_node_id(n->pub);
 			sim_map_put(&ids, &n->id, &fresh);
 		} while (!fresh || n->id == 0);
 		n->skew = cfg->skew_ms ? (int64_t)sim_rng_below(&s->rng, 2ULL * cfg->skew_ms + 1) - cfg->skew_ms : 0;
@@ -214,6 +230,9 @@ static int setup(const struct sim_config *cfg, struct sim_result *res, struct si
 		sim_map_init(&n->view, 1 + MM_KEY_LEN, sizeof(struct sim_view));
 	}
 	sim_map_free(&ids);
+	uint8_t rnd[32];
+	sim_rng_bytes(&s->rng, rnd, sizeof rnd);
+	mm_key_generate(s->attacker_priv, rnd);
 	rc = build_graph(s);
 	for (unsigned i = 0; i < s->n && !rc; i++)
 		rc = sim_node_start(s, &s->nodes[i]);
@@ -335,6 +354,12 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 		if (s->on_hook)
 			s->on_hook(s);
 		return;
+	case EV_ATTACK:
+		if (!s->faults_on)
+			return;
+		sim_attack_event(s);
+		sim_schedule(s, s->now + interval(s, s->cfg.attacks_per_s), EV_ATTACK, 0, 0, 0);
+		return;
 	default:
 		return;
 	}
@@ -372,6 +397,8 @@ int sim_run(const struct sim_config *cfg, struct sim_result *res)
 		sim_schedule(s, interval(s, cfg->partitions_per_s), EV_FAULT_PART, 0, 0, 0);
 	if (cfg->crashes_per_s > 0)
 		sim_schedule(s, interval(s, cfg->crashes_per_s), EV_FAULT_CRASH, 0, 0, 0);
+	if (cfg->attacks_per_s > 0)
+		sim_schedule(s, interval(s, cfg->attacks_per_s), EV_ATTACK, 0, 0, 0);
 	sim_schedule(s, cfg->phase_ms, EV_HEAL, 0, 0, 0);
 	loop(s, 0);
 	if (!s->res->converged && !s->res->n_violations)

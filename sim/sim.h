@@ -109,6 +109,10 @@ struct sim_config {
 	double slow_p;            /* share of slow nodes */
 	unsigned slow_factor;     /* their delays x factor, bandwidth / factor */
 	uint32_t stream_timeout_ms; /* a stalled (partitioned) stream resets after this */
+	uint64_t rekey_bytes;     /* channel: a sender rekeys after this many bytes ... */
+	uint64_t rekey_ms;        /* ... or this long (low, so that runs rekey often) */
+	double attacks_per_s;     /* attacker actions (forged/replayed datagrams and
+	                           * handshakes, garbage streams), cluster-wide rate */
 	uint64_t bound_ms;        /* convergence must happen within this after healing */
 	bool trace;               /* print the trace ring at the end even on success */
 	unsigned sabotage;        /* self-test of the checker: 1 corrupts a stored body,
@@ -131,6 +135,15 @@ struct sim_result {
 	uint64_t resets, partitions, crashes;
 	uint64_t ops, deliveries, expunges, flag_ops, folder_ops, conflicts;
 	uint64_t rounds_done, rounds_aborted, bodies_fetched, records_rejected, proto_errors;
+	/* the Noise channel (proto/channel.c) under every message */
+	uint64_t handshakes;          /* channels established (both ends) */
+	uint64_t rekeys;              /* Rekey() frames sent, all channels */
+	uint64_t datagrams_rejected;  /* replayed, too old, truncated or not authentic */
+	uint64_t dgram_replayed, dgram_too_old, dgram_forged; /* ... by kind */
+	uint64_t handshakes_rejected; /* message 1 refused: replay, unknown key, garbage */
+	uint64_t attacks;             /* attacker actions */
+	uint64_t hs_replays_accepted; /* replayed message 1 accepted (the responder
+	                               * had restarted and forgotten the timestamp) */
 	unsigned n_violations;
 	char violations[SIM_MAX_VIOLATIONS][SIM_TRACE_LEN];
 	unsigned n_trace;
