@@ -101,6 +101,7 @@ struct mm_ch {
 	struct mm_ch_stats stats;
 	uint8_t *sbuf; /* send frame: 2 + MM_NOISE_MAX_MSG */
 	uint8_t *rbuf; /* received plaintext: MM_NOISE_MAX_MSG */
+	size_t rbuf_used; /* bytes of rbuf ever written (at most the largest frame fed) */
 };
 
 void mm_ch_tai64n(uint64_t now_ms, uint8_t out_r[MM_CH_TAI64N_LEN])
@@ -175,7 +176,9 @@ void mm_ch_free(struct mm_ch **chp)
 		return;
 	free(ch->sbuf);
 	if (ch->rbuf) {
-		sodium_memzero(ch->rbuf, MM_NOISE_MAX_MSG);
+		/* only what was written holds secrets: wiping (touching) all 64 KiB of a
+		 * channel that only saw small frames would cost a page fault per 4 KiB */
+		sodium_memzero(ch->rbuf, ch->rbuf_used);
 		free(ch->rbuf);
 	}
 	sodium_memzero(ch, sizeof *ch);
@@ -393,6 +396,9 @@ int mm_ch_feed(struct mm_ch *ch, const uint8_t *in, size_t len, size_t *consumed
 		if (len - pos - 2 < flen)
 			break;
 		const uint8_t *f = in + pos + 2;
+		/* a frame's plaintext (handshake payload or transport data) is shorter than it */
+		if (flen > ch->rbuf_used)
+			ch->rbuf_used = flen;
 		switch (ch->state) {
 		case MM_CH_AWAIT_HELLO:
 			rc = on_hello(ch, f, flen, now_ms);

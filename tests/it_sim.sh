@@ -4,7 +4,10 @@
 #   every seed that ever failed, as a regression test;
 #   determinism (the same seed twice gives byte-identical output);
 #   a 1000-node run;
-#   the checker itself: deliberately broken runs (--sabotage) must be caught.
+#   the checker itself: deliberately broken runs (--sabotage) must be caught;
+#   the Noise channel is really under the messages: handshakes and rekeys happen,
+#   crashes re-handshake, duplicated / replayed / forged datagrams and replayed or
+#   foreign handshakes are rejected and counted, and convergence is not disturbed.
 # Prints `N passed, N failed`.  Sizes are smaller under SANITIZE=1 (ASan is slower).
 set -u
 TOP=${MAILMESH_TOP:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -73,7 +76,8 @@ if "$SIM" --nodes 3 --seed 9 --json >"$TMP/out" 2>&1 &&
 import json, sys
 d = json.load(open(sys.argv[1]))
 for k in ("nodes", "seed", "converged", "rounds_to_converge", "sim_time_ms", "messages",
-          "bytes_sent", "datagrams_sent", "violations"):
+          "bytes_sent", "datagrams_sent", "violations", "handshakes", "rekeys",
+          "datagrams_rejected", "handshakes_rejected", "attacks"):
     assert k in d, k
 assert d["nodes"] == 3 and d["seed"] == 9 and d["converged"] is True and d["violations"] == []
 assert d["messages"] > 0 and d["bytes_sent"] > 0 and d["datagrams_sent"] > 0
@@ -83,7 +87,60 @@ else
 	bad "--json fields"
 fi
 
-# 5. a 1000-node cluster converges
+# 5. the channel (proto/channel.c) carries every message; these fail if it is bypassed
+#    a sweep: every run handshakes, and the low default budget makes senders rekey
+"$SIM" --sweep 30 --seed 1 --json >"$TMP/out" 2>&1
+if /usr/bin/python3 -c '
+import json, sys
+runs = json.load(open(sys.argv[1]))["sweep"]
+assert len(runs) == 30
+assert all(r["converged"] and r["handshakes"] > 0 for r in runs)
+assert sum(r["rekeys"] for r in runs) > 0
+assert sum(r["handshakes_rejected"] for r in runs) > 0
+' "$TMP/out"; then
+	ok "sweep: every run handshakes, channels rekey"
+else
+	bad "sweep: every run handshakes, channels rekey"
+fi
+#    no faults: one handshake per link (6 nodes: 15 links), nothing rejected
+if "$SIM" --nodes 6 --seed 1 --no-faults --json >"$TMP/out" 2>&1 &&
+   /usr/bin/python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["converged"] and d["violations"] == []
+assert d["handshakes"] == 15, d["handshakes"]
+assert d["rekeys"] > 0 and d["datagrams_rejected"] == 0 and d["handshakes_rejected"] == 0
+' "$TMP/out"; then
+	ok "no faults: one handshake per link, rekeys, nothing rejected"
+else
+	bad "no faults: one handshake per link, rekeys, nothing rejected"
+fi
+#    crashes: a restarted node has lost its channels and handshakes again
+if /usr/bin/python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["crashes"] > 0 and d["handshakes"] > 15, (d["crashes"], d["handshakes"])
+' "$TMP/first"; then
+	ok "crashes: channels re-handshake"
+else
+	bad "crashes: channels re-handshake"
+fi
+#    duplication and an attacker: replays and forgeries rejected, still converges
+if "$SIM" --nodes 4 --seed 7 --dup 0.2 --attacks 2 --json >"$TMP/out" 2>&1 &&
+   /usr/bin/python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["converged"] and d["violations"] == []
+assert d["attacks"] > 0 and d["dgram_replayed"] > 0 and d["dgram_forged"] > 0
+assert d["datagrams_rejected"] >= d["dgram_replayed"] + d["dgram_forged"]
+assert d["handshakes_rejected"] > 0
+' "$TMP/out"; then
+	ok "duplicates and an attacker: rejected and counted, converged"
+else
+	bad "duplicates and an attacker: rejected and counted, converged"
+fi
+
+# 6. a 1000-node cluster converges
 if "$SIM" --nodes 1000 --seed 5 --phase-ms "$BIG_PHASE" --ops 2 >"$TMP/out" 2>&1 &&
    grep -q "invariants: all held" "$TMP/out"; then
 	ok "1000 nodes converge ($(sed -n 's/.*converged \([0-9]* ms after healing\).*/\1/p' "$TMP/out"))"
@@ -91,7 +148,7 @@ else
 	bad "1000 nodes converge"
 fi
 
-# 6. the checker catches a broken node (exit 1, the seed and the violation printed)
+# 7. the checker catches a broken node (exit 1, the seed and the violation printed)
 "$SIM" --nodes 4 --seed 3 --sabotage 1 >"$TMP/out" 2>&1
 rc=$?
 if [ $rc -eq 1 ] && grep -q "VIOLATIONS (seed 3)" "$TMP/out" && grep -q "does not match its id" "$TMP/out"; then
