@@ -537,7 +537,14 @@ static void recon_hook(struct sim *s)
 				sim_violation(s, "delivery failed");
 		c->phase = 1;
 	} else if (c->phase == 1) {
-		if (!sim_converged(s)) {
+		/* converged is not enough: the round that shipped the base may still be
+		 * finishing (its END in flight), and would be counted as measured */
+		bool idle = true;
+		for (unsigned i = 0; i < s->n; i++)
+			for (uint32_t j = 0; j < s->nodes[i].npeers; j++)
+				if (s->nodes[i].peers[j].sync && !mm_sync_idle(s->nodes[i].peers[j].sync))
+					idle = false;
+		if (!sim_converged(s) || !idle) {
 			sim_schedule(s, s->now + 100, EV_HOOK, 0, 0, 0);
 			return;
 		}

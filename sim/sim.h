@@ -4,14 +4,17 @@
  * One process runs N nodes.  Each node is the real crdt/ state and the real proto/
  * replication sessions (mm_sync per peer, one mm_gossip, one mm_fetch), driven by a
  * virtual clock and a virtual network that carries the MM_CHAN_DATAGRAM and
- * MM_CHAN_STREAM messages of struct mm_sync_io with faults (loss, delay, reordering,
- * duplication, partitions, stream resets, crashes, clock skew, slow nodes).
+ * MM_CHAN_STREAM messages of struct mm_sync_io, sealed and framed by the real Noise
+ * channel (proto/channel.c), with faults (loss, delay, reordering, duplication,
+ * partitions, stream resets, crashes, clock skew, slow nodes, a replaying and forging
+ * attacker).
  * Everything random comes from one seeded PRNG owned by the run (struct sim_rng), the
  * event queue is ordered by (time, sequence number), and nothing reads the real clock,
  * so one seed gives byte-identical output.  docs/simulation.md explains the model.
  *
  * Files: rng.c (PRNG), map.c (deterministic hash table), net.c (event queue, links,
- * faults), node.c (one node: state, sessions, body store, mailbox view, durability),
+ * faults), chan.c (the Noise channel on every connection, the attacker), node.c (one
+ * node: state, sessions, body store, mailbox view, durability),
  * workload.c (operations and the oracle log), check.c (invariants), run.c (phases of
  * a run), json.c (output), main.c (CLI, sweep, measurements).
  */
