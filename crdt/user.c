@@ -763,7 +763,9 @@ static bool folder_visible_change(const struct mm_rec *o, const struct mm_rec *n
 	uint8_t oe = o ? o->folder.exists.value : 0, os = o ? o->folder.subscribed.value : 0;
 	if (oe != n->folder.exists.value || os != n->folder.subscribed.value)
 		return true;
-	return oe && !stamp_eq(o->folder.exists.stamp, n->folder.exists.stamp);
+	/* a new exists stamp is a new UIDVALIDITY, also for a deleted folder that
+	 * deliveries keep visible */
+	return o && !stamp_eq(o->folder.exists.stamp, n->folder.exists.stamp);
 }
 
 static bool horizon_get(const struct mm_user *u, mm_hlc *h)

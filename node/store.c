@@ -847,12 +847,11 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		fo = folder_get(s, u, rec->folder.name, true);
 		if (!fo)
 			return;
-		if (rec->folder.exists.value) {
+		if (rec->folder.exists.value)
 			folder_ensure(s, fo);
-			fo->uid_check = true; /* UIDVALIDITY may have changed */
-		} else {
+		else
 			fo->check = true;
-		}
+		fo->uid_check = true; /* UIDVALIDITY follows the exists stamp */
 		if ((bool)rec->folder.subscribed.value != fo->subscribed)
 			u->subs_dirty = true;
 		return;
@@ -1407,7 +1406,9 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 				s->changes++;
 		}
 		int r = scan_files(s, fo, mu);
-		if (r == 0 && uidlist_sig(fo) != fo->uid_sig)
+		/* a changed uidlist, or none yet (a new folder: its header must carry the
+		 * replicated UIDVALIDITY before Dovecot writes one from its clock) */
+		if (r == 0 && (uidlist_sig(fo) != fo->uid_sig || !fo->uid_sig))
 			fo->uid_check = true;
 		if (r != -ENOENT)
 			return r == -ENOMEM ? r : 0;
@@ -2035,13 +2036,16 @@ static void uid_guid(char hex[33], const char *user, const struct mm_rec *frec)
 	sodium_bin2hex(hex, 33, h, sizeof h);
 }
 
-/* The folder's FOLDER record (NULL when unknown or not existing). */
+/* The folder's FOLDER record (NULL when unknown, or deleted with no live message). */
 static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folder)
 {
 	uint8_t fk[MM_KEY_LEN];
 	mm_key_folder(folder, fk);
 	const struct mm_rec *fr = mm_user_get(mu, fk);
-	return fr && fr->type == MM_REC_FOLDER && fr->folder.exists.value ? fr : NULL;
+	/* a folder deleted on one node while mail went into it elsewhere stays visible
+	 * (crdt: delivery revives it); its record's stamp still names it everywhere */
+	return fr && fr->type == MM_REC_FOLDER && (fr->folder.exists.value || mm_user_folder_visible(mu, folder))
+	       ? fr : NULL;
 }
 
 /* A folder whose Dovecot index already exists keeps the UIDVALIDITY its uidlist has:
