@@ -7,8 +7,9 @@
  *   type u8 | key[16] | body by type:
  *   MESSAGE  body[32] | folder: len u8, bytes | size u64 | internaldate u64 |
  *            created: t u64, node u64 | mask u8 (bit f < 6: flag f written, bit 6:
- *            uid written) | per written flag, ascending: value u8, t, node |
- *            if uid written: uid u32, t, node | n u16 | n x (len u8, name, value u8, t, node)
+ *            uid written, bit 7: uid need present) | per written flag, ascending:
+ *            value u8, t, node | if uid written: uid u32, t, node | if need: need u32
+ *            (non-zero) | n u16 | n x (len u8, name, value u8, t, node)
  *   EXPUNGED t, node
  *   FOLDER   name: len u8, bytes | mask u8 (bit 0 exists, bit 1 subscribed) | regs
  *   HORIZON  t, node
@@ -252,6 +253,8 @@ static int encode(const struct mm_rec *r, struct sink *s)
 				mask |= (uint8_t)(1u << f);
 		if (!stamp_zero(r->msg.uid.stamp))
 			mask |= 1u << 6;
+		if (r->msg.uid_need)
+			mask |= 1u << 7;
 		put_u8(s, mask);
 		for (int f = 0; f < MM_FLAG_COUNT; f++) {
 			if (mask & (1u << f)) {
@@ -263,6 +266,8 @@ static int encode(const struct mm_rec *r, struct sink *s)
 			put_u32(s, r->msg.uid_value);
 			put_hlc(s, r->msg.uid.stamp);
 		}
+		if (mask & (1u << 7))
+			put_u32(s, r->msg.uid_need);
 		if (r->msg.n_keywords > 65535 || (r->msg.n_keywords && !r->msg.keywords))
 			return -EINVAL;
 		put_u16(s, (uint16_t)r->msg.n_keywords);
@@ -443,7 +448,7 @@ int mm_rec_decode(const uint8_t *buf, size_t len, struct mm_rec *r_r, struct mm_
 		if ((rc = get_name(&c, a, &r.msg.folder)))
 			return rc;
 		if (!get_u64(&c, &r.msg.size) || !get_u64(&c, &idate) || !get_hlc(&c, &r.msg.created) ||
-		    !get_u8(&c, &mask) || (mask & 0x80))
+		    !get_u8(&c, &mask))
 			return -EBADMSG;
 		r.msg.internaldate = (int64_t)idate;
 		for (int f = 0; f < MM_FLAG_COUNT; f++)
@@ -454,6 +459,8 @@ int mm_rec_decode(const uint8_t *buf, size_t len, struct mm_rec *r_r, struct mm_
 			    stamp_zero(r.msg.uid.stamp))
 				return -EBADMSG;
 		}
+		if ((mask & (1u << 7)) && (!get_u32(&c, &r.msg.uid_need) || !r.msg.uid_need))
+			return -EBADMSG;
 		if (!get_u16(&c, &nkw))
 			return -EBADMSG;
 		/* Each keyword takes at least 1 + 1 + 1 + 16 bytes: bound the count by

@@ -136,6 +136,9 @@ struct mm_rec {
 			const struct mm_kwreg *keywords;
 			struct mm_reg uid;       /* value unused: see uid_value */
 			uint32_t uid_value;      /* IMAP UID (0 = none yet), LWW by uid.stamp */
+			uint32_t uid_need;       /* max register: the lowest UID some replica can
+			                          * still show this message under (0 = no such
+			                          * request); only the UID authority acts on it */
 		} msg;
 		struct {
 			mm_hlc stamp; /* when expunged; merge keeps the max */
@@ -403,32 +406,7 @@ size_t mm_user_mem(const struct mm_user *u);
  * keyed on "has this user changed since"). */
 uint64_t mm_user_version(const struct mm_user *u);
 
-/* ---- additions (uid engineer): IMAP UIDs (issue 7, docs/design.md "IMAP UIDs") ----
- *
- * Who writes the UID register: the node whose store first sees a local delivery
- * writes the UID its Dovecot gave it (or that the store gave it in dovecot-uidlist)
- * with the delivery; replicas install that UID in their own dovecot-uidlist.  A node
- * that cannot show a message under its UID (its Dovecot already used that number)
- * proposes a new one with a fresh stamp.  Conflicts (two live messages of one folder
- * with one UID) are settled by mm_user_uid_resolve() on every node alike. */
-
-/* Highest UID of a live message in `folder` (0 if none or unknown folder). */
-uint32_t mm_user_uid_highest(const struct mm_user *u, const char *folder);
-
-/* The UID conflict rule.  Every live message that shares its UID value with another
- * live message of the same folder gets a new UID: all of them move (none keeps the
- * contested number, which some replica already showed for another message).  New
- * UIDs are max(highest live UID of the folder + 1, floor_fn(farg, folder)) onwards,
- * handed out in (created, key) order; each is written with the stamp
- * {T + 1, node 0}, T = the largest stamp time among the UID registers of its group,
- * so every node resolving the same conflict writes the same stamp and the register
- * converges (equal stamps: larger value wins).  floor_fn may be NULL (floor 0); it
- * gives a node's local lower bound (its Dovecot's NEXTUID) so a UID the node's
- * Dovecot already used is not proposed.  Calls eff with MSG_UID for each move and
- * appends the changed records to out.  Returns the number of messages moved (>= 0),
- * -EINVAL, or -ENOMEM.  Cost: O(n log n) in the user's live messages with a UID. */
-int mm_user_uid_resolve(struct mm_user *u, uint32_t (*floor_fn)(void *farg, const char *folder),
-                        void *farg, mm_effect_fn *eff, void *arg, struct mm_delta *out);
+/* ---- IMAP UIDs (issue 7, docs/design.md "IMAP UIDs"; the rule: crdt/uid.h) ---- */
 
 /* Writes the folder's exists register as 1 with `stamp` even when it is already 1:
  * the folder gets a new UIDVALIDITY (mm_folder_uidvalidity of the new stamp) on

@@ -20,6 +20,7 @@
  * exactly the rules remote records do.
  */
 #include "crdt/crdt.h"
+#include "crdt/uid.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -27,8 +28,9 @@
 
 #define MAXB 5          /* deepest bucket level: 16^5 buckets */
 #define GROW_AT 32      /* grow B when the average bucket holds more records */
-#define ID_UID 6        /* ext register ids: 0..5 flags, 6 uid, 7+ keywords */
-#define ID_KW0 7
+#define ID_UID 6        /* ext register ids: 0..5 flags, 6 uid, 7 uid need, 8+ keywords */
+#define ID_NEED 7       /* the need is a max register, kept in the entry's stamp.t */
+#define ID_KW0 8
 #define FAT_UID (1u << 6)
 
 struct ext_ent {
@@ -305,6 +307,8 @@ static void mat(const struct mm_user *u, const struct slot *s, struct mm_rec *r,
 				r->msg.flags[e->id] = reg;
 			else if (e->id == ID_UID)
 				r->msg.uid.stamp = e->stamp;
+			else if (e->id == ID_NEED)
+				r->msg.uid_need = (uint32_t)e->stamp.t;
 			else if (kw)
 				kw[nk++] = (struct mm_kwreg){ u->kws.names[e->id - ID_KW0], reg };
 		}
@@ -382,6 +386,8 @@ static int build_slot(struct mm_user *u, const struct mm_rec *r, struct slot *s)
 			else
 				e[ne++] = (struct ext_ent){ r->msg.uid.stamp, ID_UID, 0 };
 		}
+		if (r->msg.uid_need)
+			e[ne++] = (struct ext_ent){ { r->msg.uid_need, 0 }, ID_NEED, 0 };
 		size_t n = ne + r->msg.n_keywords;
 		if (n) {
 			if ((rc = ensure_kw(u, r->msg.n_keywords)))
@@ -678,13 +684,15 @@ static void emit(mm_effect_fn *eff, void *arg, const struct mm_user *u, enum mm_
 		eff(arg, u->name, e, r);
 }
 
-/* UID register: later stamp wins; same stamp (only after a bug) the larger UID. */
+/* UID register: later stamp wins; same stamp (only after a bug) the larger UID.
+ * The need beside it is a max register. */
 static void uid_join(struct mm_rec *m, const struct mm_rec *a, const struct mm_rec *b)
 {
 	int c = mm_hlc_cmp(a->msg.uid.stamp, b->msg.uid.stamp);
 	const struct mm_rec *w = c > 0 ? a : c < 0 ? b : (a->msg.uid_value >= b->msg.uid_value ? a : b);
 	m->msg.uid = w->msg.uid;
 	m->msg.uid_value = w->msg.uid_value;
+	m->msg.uid_need = a->msg.uid_need > b->msg.uid_need ? a->msg.uid_need : b->msg.uid_need;
 }
 
 /* Order of the immutable part of a message: decides, identically everywhere, which
@@ -755,7 +763,9 @@ static bool folder_visible_change(const struct mm_rec *o, const struct mm_rec *n
 	uint8_t oe = o ? o->folder.exists.value : 0, os = o ? o->folder.subscribed.value : 0;
 	if (oe != n->folder.exists.value || os != n->folder.subscribed.value)
 		return true;
-	return oe && !stamp_eq(o->folder.exists.stamp, n->folder.exists.stamp);
+	/* a new exists stamp is a new UIDVALIDITY, also for a deleted folder that
+	 * deliveries keep visible */
+	return o && !stamp_eq(o->folder.exists.stamp, n->folder.exists.stamp);
 }
 
 static bool horizon_get(const struct mm_user *u, mm_hlc *h)
@@ -894,7 +904,7 @@ static int merge_rec(struct mm_user *u, const struct mm_rec *in, mm_effect_fn *e
 		}
 		if (flags_differ(&old, &m))
 			emit(eff, arg, u, MM_EFF_MSG_FLAGS, &m);
-		if (old.msg.uid_value != m.msg.uid_value)
+		if (old.msg.uid_value != m.msg.uid_value || old.msg.uid_need != m.msg.uid_need)
 			emit(eff, arg, u, MM_EFF_MSG_UID, &m);
 		break;
 	case MM_REC_FOLDER:
@@ -1233,6 +1243,7 @@ static void msg_base(const struct mm_user *u, const struct slot *s, struct mm_re
 	memset(r->msg.flags, 0, sizeof r->msg.flags);
 	r->msg.uid = (struct mm_reg){ 0 };
 	r->msg.uid_value = 0;
+	r->msg.uid_need = 0;
 	r->msg.n_keywords = 0;
 	r->msg.keywords = NULL;
 }
@@ -1287,6 +1298,23 @@ int mm_user_set_uid(struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint32_t u
 	msg_base(u, s, &r);
 	r.msg.uid.stamp = stamp;
 	r.msg.uid_value = uid;
+	return local(u, &r, eff, arg, out);
+}
+
+int mm_user_uid_need(struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint32_t need,
+                     mm_effect_fn *eff, void *arg, struct mm_delta *out)
+{
+	if (!u || !need)
+		return -EINVAL;
+	const struct slot *s = live_msg(u, key);
+	if (!s)
+		return -ENOENT;
+	struct mm_rec r;
+	mat(u, s, &r, NULL);
+	if (r.msg.uid_need >= need)
+		return 0;
+	msg_base(u, s, &r);
+	r.msg.uid_need = need;
 	return local(u, &r, eff, arg, out);
 }
 
@@ -1417,161 +1445,29 @@ int mm_user_gc(struct mm_user *u, mm_hlc horizon, mm_effect_fn *eff, void *arg, 
 	return (int)dropped;
 }
 
-/* ---- IMAP UIDs: conflict rule (issue 7) -----------------------------------------
- * A pass over the user's live messages: every group of two or more live messages of
- * one folder holding the same UID value gives up that UID, all of them (as dsync
- * does): a node that already showed one of them under that UID cannot show another
- * message under it (Dovecot caches per UID and never re-uses a UID), so the only
- * UID every replica can agree on for each of them is a new one.  New UIDs are
- * allocated above max(highest live UID of the folder, floor - 1), in (created, key)
- * order, and written with the stamp {T + 1, node 0} where T is the largest stamp
- * time of the group's UID registers: two nodes resolving the same conflict write
- * the same stamp, and when they knew different highest UIDs the larger value wins
- * the register tie, so they converge without coordination. */
+/* ---- IMAP UIDs (issue 7): the folder's highest number ----------------------------
+ * The rule itself is crdt/uid.c; the state only keeps the registers. */
 
-struct uidm {
-	uint8_t key[MM_KEY_LEN];
-	mm_hlc created;
-	mm_hlc ustamp;
-	uint32_t folder;
-	uint32_t uid;
-	uint32_t newuid;
-};
-
-struct uidc {
-	const struct mm_user *u;
-	struct uidm *v;
-	size_t n, cap;
-	int err;
-};
-
-static int uid_coll(void *arg, const struct mm_rec *r)
+uint32_t mm_user_uid_top(const struct mm_user *u, const char *folder)
 {
-	struct uidc *c = arg;
-	if (r->type != MM_REC_MESSAGE || !r->msg.uid_value)
+	uint32_t id, top = 0;
+	if (!u || !folder || intern_find(&u->folders, folder, &id))
 		return 0;
-	if (c->n == c->cap) {
-		size_t nc = c->cap ? c->cap * 2 : 64;
-		struct uidm *nv = realloc(c->v, nc * sizeof *nv);
-		if (!nv) {
-			c->err = -ENOMEM;
-			return 1;
-		}
-		c->v = nv;
-		c->cap = nc;
-	}
-	struct uidm *m = &c->v[c->n++];
-	memcpy(m->key, r->key, MM_KEY_LEN);
-	m->created = r->msg.created;
-	m->ustamp = r->msg.uid.stamp;
-	uint32_t id = 0;
-	intern_find(&c->u->folders, r->msg.folder, &id);
-	m->folder = id;
-	m->uid = r->msg.uid_value;
-	m->newuid = 0;
-	return 0;
-}
-
-static int uidm_by_uid(const void *a, const void *b)
-{
-	const struct uidm *x = a, *y = b;
-	if (x->folder != y->folder)
-		return x->folder < y->folder ? -1 : 1;
-	if (x->uid != y->uid)
-		return x->uid < y->uid ? -1 : 1;
-	int c = mm_hlc_cmp(x->created, y->created);
-	return c ? c : memcmp(x->key, y->key, MM_KEY_LEN);
-}
-
-static int uidm_by_created(const void *a, const void *b)
-{
-	const struct uidm *x = a, *y = b;
-	if (x->folder != y->folder)
-		return x->folder < y->folder ? -1 : 1;
-	int c = mm_hlc_cmp(x->created, y->created);
-	return c ? c : memcmp(x->key, y->key, MM_KEY_LEN);
-}
-
-uint32_t mm_user_uid_highest(const struct mm_user *u, const char *folder)
-{
-	struct uidc c = { u, NULL, 0, 0, 0 };
-	mm_user_foreach(u, NULL, 0, uid_coll, &c);
-	uint32_t id, hi = 0;
-	if (folder && intern_find(&u->folders, folder, &id) == 0)
-		for (size_t i = 0; i < c.n; i++)
-			if (c.v[i].folder == id && c.v[i].uid > hi)
-				hi = c.v[i].uid;
-	free(c.v);
-	return hi;
-}
-
-int mm_user_uid_resolve(struct mm_user *u, uint32_t (*floor_fn)(void *farg, const char *folder),
-                        void *farg, mm_effect_fn *eff, void *arg, struct mm_delta *out)
-{
-	if (!u)
-		return -EINVAL;
-	struct uidc c = { u, NULL, 0, 0, 0 };
-	mm_user_foreach(u, NULL, 0, uid_coll, &c);
-	if (c.err) {
-		free(c.v);
-		return c.err;
-	}
-	if (c.n < 2) {
-		free(c.v);
-		return 0;
-	}
-	qsort(c.v, c.n, sizeof *c.v, uidm_by_uid);
-	/* mark every member of a duplicate group (newuid = 1) with its group's stamp T */
-	size_t movers = 0;
-	for (size_t i = 0; i < c.n;) {
-		size_t j = i + 1;
-		uint64_t t = c.v[i].ustamp.t;
-		while (j < c.n && c.v[j].folder == c.v[i].folder && c.v[j].uid == c.v[i].uid) {
-			if (c.v[j].ustamp.t > t)
-				t = c.v[j].ustamp.t;
-			j++;
-		}
-		if (j - i > 1)
-			for (size_t k = i; k < j; k++) {
-				c.v[k].newuid = 1;
-				c.v[k].ustamp = (mm_hlc){ t + 1, 0 };
-				movers++;
-			}
-		i = j;
-	}
-	if (!movers) {
-		free(c.v);
-		return 0;
-	}
-	qsort(c.v, c.n, sizeof *c.v, uidm_by_created);
-	int changed = 0, rc = 0;
-	for (size_t i = 0; i < c.n && rc >= 0;) {
-		size_t j = i;
-		uint32_t hi = 0;
-		while (j < c.n && c.v[j].folder == c.v[i].folder) {
-			if (c.v[j].uid > hi)
-				hi = c.v[j].uid;
-			j++;
-		}
-		const char *fname = c.v[i].folder < u->folders.n ? u->folders.names[c.v[i].folder] : NULL;
-		uint32_t fl = floor_fn && fname ? floor_fn(farg, fname) : 0;
-		uint32_t next = hi + 1;
-		if (fl > next)
-			next = fl;
-		for (size_t k = i; k < j && rc >= 0; k++) {
-			if (!c.v[k].newuid)
+	for (size_t bi = 0; bi < (size_t)1 << (4 * u->B); bi++) {
+		const struct bucket *b = &u->bk[bi];
+		for (uint32_t i = 0; i < b->n; i++) {
+			const struct slot *sl = &b->s[i];
+			if (sl->type != MM_REC_MESSAGE || sl->u.m.folder != id)
 				continue;
-			if (next == 0) /* UID space exhausted: leave the conflict (cannot happen
-			                * before 4 billion deliveries into one folder) */
-				break;
-			rc = mm_user_set_uid(u, c.v[k].key, next++, c.v[k].ustamp, eff, arg, out);
-			if (rc > 0)
-				changed++;
+			if (sl->u.m.uid > top)
+				top = sl->u.m.uid;
+			const struct ext *x = sl->u.m.ext;
+			for (uint32_t k = 0; x && k < x->n; k++)
+				if (x->e[k].id == ID_NEED && x->e[k].stamp.t > top)
+					top = (uint32_t)x->e[k].stamp.t;
 		}
-		i = j;
 	}
-	free(c.v);
-	return rc < 0 ? rc : changed;
+	return top;
 }
 
 int mm_user_folder_renew(struct mm_user *u, const char *name, mm_hlc stamp,

@@ -102,6 +102,33 @@ static int want_missing(void *arg, const char *user, const uint8_t key[MM_KEY_LE
 	return 0;
 }
 
+/* The UID authority (crdt/uid.h) is the live node with the lowest id: this node,
+ * unless a peer with a lower id is connected, or the daemon started less than
+ * UID_AUTHORITY_GRACE_MS ago and such a peer is configured (it may connect in a
+ * moment: a restarted node must not move UIDs before it has heard the others). */
+#define UID_AUTHORITY_GRACE_MS 5000
+
+static void uid_authority_update(struct mm_daemon *d, uint64_t now)
+{
+	if (!d->cfg.imap_uids)
+		return;
+	bool auth = true;
+	for (size_t i = 0; i < d->n_peers && auth; i++) {
+		const struct mm_dpeer *p = &d->peers[i];
+		if (p->conf->node_id >= d->cfg.node_id)
+			continue;
+		if (p->state == MM_PEER_ESTABLISHED || now - d->started_ms < UID_AUTHORITY_GRACE_MS)
+			auth = false;
+	}
+	if (auth != d->uid_authority) {
+		mm_log(MM_LOG_INFO, "%s the IMAP UID authority", auth ? "now" : "no longer");
+		d->uid_authority = auth;
+		mm_store_set_uid_authority(d->store, auth);
+		if (auth)
+			mm_daemon_commit_soon(d);
+	}
+}
+
 static void gossip_cb(uv_timer_t *t)
 {
 	struct mm_daemon *d = t->data;
@@ -120,6 +147,7 @@ static void gossip_cb(uv_timer_t *t)
 	}
 	mm_fetch_tick(d->fetch, now);
 	mm_peer_dial_all(d);
+	uid_authority_update(d, now);
 }
 
 static void rescan_cb(uv_timer_t *t)

@@ -77,6 +77,7 @@ struct mm_daemon {
 	struct mm_watch *watches;          /* list of watched directories */
 	struct mm_dirty *dirty;            /* (user, folder) to rescan, NULL folder = all */
 	bool full_scan_wanted;
+	bool uid_authority;                /* see uid_authority_update (daemon.c) */
 	bool commit_pending;
 	bool stopping;
 	int exit_status;

@@ -14,6 +14,7 @@
 #include "node/maildir.h"
 #include "node/mailloc.h"
 #include "node/statedb.h"
+#include "crdt/uid.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -218,6 +219,7 @@ struct pending { /* a remote message to give a body from a local copy at commit 
 
 struct mm_store {
 	bool imap_uids;              /* cfg.imap_uids */
+	bool uid_authority;          /* mm_store_set_uid_authority */
 	struct mm_statedb *db;
 	struct mm_mailloc *loc;
 	struct mm_state *state;
@@ -845,12 +847,11 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		fo = folder_get(s, u, rec->folder.name, true);
 		if (!fo)
 			return;
-		if (rec->folder.exists.value) {
+		if (rec->folder.exists.value)
 			folder_ensure(s, fo);
-			fo->uid_check = true; /* UIDVALIDITY may have changed */
-		} else {
+		else
 			fo->check = true;
-		}
+		fo->uid_check = true; /* UIDVALIDITY follows the exists stamp */
 		if ((bool)rec->folder.subscribed.value != fo->subscribed)
 			u->subs_dirty = true;
 		return;
@@ -926,6 +927,15 @@ int mm_store_merge_delta(struct mm_store *s, const struct mm_delta *d)
 void mm_store_set_max_skew(struct mm_store *s, uint64_t max_skew_ms)
 {
 	s->max_skew_ms = max_skew_ms;
+}
+
+void mm_store_set_uid_authority(struct mm_store *s, bool authority)
+{
+	if (authority && !s->uid_authority)
+		for (struct user *u = s->users; u; u = u->next)
+			for (struct folder *fo = u->folders; fo; fo = fo->unext)
+				fo->uid_check = true;
+	s->uid_authority = authority;
 }
 
 int mm_store_mark(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
@@ -1396,7 +1406,9 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 				s->changes++;
 		}
 		int r = scan_files(s, fo, mu);
-		if (r == 0 && uidlist_sig(fo) != fo->uid_sig)
+		/* a changed uidlist, or none yet (a new folder: its header must carry the
+		 * replicated UIDVALIDITY before Dovecot writes one from its clock) */
+		if (r == 0 && (uidlist_sig(fo) != fo->uid_sig || !fo->uid_sig))
 			fo->uid_check = true;
 		if (r != -ENOENT)
 			return r == -ENOMEM ? r : 0;
@@ -1987,13 +1999,12 @@ uint64_t mm_store_files_hashed(const struct mm_store *s)
  * not know as an expunged message "reappearing" and give it a new one).  Files with no
  * UID yet get the folder's N (and the register is written: this node created the
  * record or its Dovecot never listed it).  A message whose UID this node cannot show
- * gets a new UID proposed with a fresh stamp; a message that must change UID here is
+ * is listed provisionally and asks for a move (need); only the authority moves
+ * (crdt/uid.h has the whole rule).  A message that must change UID here is
  * re-filed: a hard link under a new base name listed at the new UID, then the old
  * name unlinked, which Dovecot sees as an expunge plus a new message (it caches per
  * UID, so one file name must never change its UID).  The folder's UIDVALIDITY is
- * mm_folder_uidvalidity() of its FOLDER record and written into the header; N is kept
- * above every UID the cluster handed out in the folder (replicated NEXTUID), so this
- * node's Dovecot does not hand a UID the cluster already used to a new local mail. */
+ * mm_folder_uidvalidity() of its FOLDER record and written into the header. */
 
 static void uid_effect(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec)
 {
@@ -2005,15 +2016,6 @@ static void uid_effect(void *arg, const char *user, enum mm_effect eff, const st
 		if (fo)
 			fo->uid_check = true;
 	}
-}
-
-static uint32_t uid_floor(void *arg, const char *folder)
-{
-	struct user *u = arg;
-	for (struct folder *fo = u->folders; fo; fo = fo->unext)
-		if (!strcmp(fo->name, folder))
-			return fo->uid_next;
-	return 0;
 }
 
 /* Mailbox GUID for a header mailmesh writes: the same on every node (derived from the
@@ -2034,13 +2036,16 @@ static void uid_guid(char hex[33], const char *user, const struct mm_rec *frec)
 	sodium_bin2hex(hex, 33, h, sizeof h);
 }
 
-/* The folder's FOLDER record (NULL when unknown or not existing). */
+/* The folder's FOLDER record (NULL when unknown, or deleted with no live message). */
 static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folder)
 {
 	uint8_t fk[MM_KEY_LEN];
 	mm_key_folder(folder, fk);
 	const struct mm_rec *fr = mm_user_get(mu, fk);
-	return fr && fr->type == MM_REC_FOLDER && fr->folder.exists.value ? fr : NULL;
+	/* a folder deleted on one node while mail went into it elsewhere stays visible
+	 * (crdt: delivery revives it); its record's stamp still names it everywhere */
+	return fr && fr->type == MM_REC_FOLDER && (fr->folder.exists.value || mm_user_folder_visible(mu, folder))
+	       ? fr : NULL;
 }
 
 /* A folder whose Dovecot index already exists keeps the UIDVALIDITY its uidlist has:
@@ -2133,58 +2138,42 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		uid_keep_check(s, fo, &ul);
 	if (uid_header(&ul, u->name, frec))
 		dirty = true;
-	/* UIDs in use by live messages of this folder (to know which L can be kept) */
-	struct hmap inuse = {0};
-	for (struct fent *fe = fo->files; fe; fe = fe->fnext) {
-		const struct mm_rec *rec = mm_user_get(mu, fe->key);
-		if (rec && rec->type == MM_REC_MESSAGE && rec->msg.uid_value)
-			hm_put(&inuse, &rec->msg.uid_value, sizeof(uint32_t), (void *)1);
-	}
-	size_t nref = 0, capref = 0;
-	uint32_t top = 0;       /* highest UID of the folder in the CRDT, then of proposals */
-	bool top_known = false;
-	struct refile *ref = NULL;
+	/* the plan (crdt/uid.h): which messages keep their UID, which are listed
+	 * provisionally and ask for a move, which this node moves as the authority */
+	size_t nit = 0, capit = 0;
+	struct mm_uid_item *it = NULL;
 	for (struct fent *fe = fo->files; fe; fe = fe->fnext) {
 		const struct mm_rec *rec = mm_user_get(mu, fe->key);
 		if (!rec || rec->type != MM_REC_MESSAGE)
 			continue;
-		uint32_t want = rec->msg.uid_value;
-		uint32_t have = mm_md_uidlist_find(&ul, fe->base, strlen(fe->base));
-		if (want && want == have)
-			continue;
-		uint32_t target = want;
-		bool propose = false;
-		if (!want) {
-			target = have ? have : ul.next_uid;
-			propose = true;
-		} else if (want < ul.next_uid || mm_md_uidlist_index(&ul, want) >= 0) {
-			/* this node's Dovecot used that number already: propose another, always
-			 * above the current one, so competing proposals only go up and settle
-			 * (the one listed here when it is higher and free, else this N) */
-			propose = true;
-			if (have > want && !hm_get(&inuse, &have, sizeof have))
-				target = have;
-			else
-				target = ul.next_uid > want ? ul.next_uid : want + 1;
-			/* ... and above every UID the folder holds anywhere in the cluster: a
-			 * proposal at this node's N alone can still be below another replica's
-			 * N (bodies arrive in any order), which then proposes again, and so on
-			 * for a long time after a burst of concurrent deliveries. */
-			if (!top_known) {
-				top = mm_user_uid_highest(mu, fo->name);
-				top_known = true;
-			}
-			if (target <= top)
-				target = top + 1;
-			top = target;
+		if (nit == capit) {
+			size_t nc = capit ? capit * 2 : 16;
+			struct mm_uid_item *nv = realloc(it, nc * sizeof(*nv));
+			if (!nv)
+				break;
+			it = nv;
+			capit = nc;
 		}
-		if (propose) {
-			int rr = mm_user_set_uid(mu, fe->key, target, tick(s), uid_effect, s, s->out);
-			if (rr > 0)
-				s->changes++;
-			hm_put(&inuse, &target, sizeof target, (void *)1);
-			rec = NULL; /* borrowed records are stale after a change */
-		}
+		struct mm_uid_item *x = &it[nit++];
+		memset(x, 0, sizeof(*x));
+		memcpy(x->key, fe->key, MM_KEY_LEN);
+		x->want = rec->msg.uid_value;
+		x->need = rec->msg.uid_need;
+		x->have = mm_md_uidlist_find(&ul, fe->base, strlen(fe->base));
+		x->arg = fe;
+	}
+	uint32_t next = ul.next_uid;
+	mm_uid_plan(it, nit, &next, mm_user_uid_top(mu, fo->name), s->uid_authority);
+	size_t nref = 0, capref = 0;
+	struct refile *ref = NULL;
+	for (size_t i = 0; i < nit; i++) {
+		struct fent *fe = it[i].arg;
+		uint32_t target = it[i].target, have = it[i].have;
+		if (it[i].set_uid &&
+		    mm_user_set_uid(mu, fe->key, it[i].set_uid, tick(s), uid_effect, s, s->out) > 0)
+			s->changes++;
+		if (it[i].set_need && mm_user_uid_need(mu, fe->key, it[i].set_need, uid_effect, s, s->out) > 0)
+			s->changes++;
 		if (target == have)
 			continue;
 		dirty = true;
@@ -2226,7 +2215,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		rf->fe = fe;
 		nref++;
 	}
-	hm_clear(&inuse);
+	free(it);
 	fo->uid_next = ul.next_uid;
 	if (dirty) {
 		r = mm_md_uidlist_save(fo->dir, &ul);
@@ -2321,11 +2310,8 @@ static void uid_pass(struct mm_store *s)
 		struct mm_user *mu = mm_state_user(s->state, u->name, false);
 		if (!mu)
 			continue;
-		/* a few rounds: a proposal or a re-file may expose a new conflict */
-		for (int round = 0; round < 4; round++) {
-			int rr = mm_user_uid_resolve(mu, uid_floor, u, uid_effect, s, s->out);
-			if (rr > 0)
-				s->changes += rr;
+		/* a second round when the first changed registers or re-filed */
+		for (int round = 0; round < 2; round++) {
 			bool again = false;
 			for (struct folder *fo = u->folders; fo; fo = fo->unext) {
 				if (!fo->uid_check)

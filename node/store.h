@@ -108,6 +108,12 @@ int mm_store_merge(struct mm_store *s, const char *user, const struct mm_rec *re
 int mm_store_merge_delta(struct mm_store *s, const struct mm_delta *d);
 void mm_store_set_max_skew(struct mm_store *s, uint64_t max_skew_ms);
 
+/* With imap_uids: whether this node is the UID authority of its folders (crdt/uid.h:
+ * the only node that moves a message to a new UID).  The daemon makes the live node
+ * with the lowest id the authority.  Becoming it re-checks every folder at the next
+ * commit.  Default false. */
+void mm_store_set_uid_authority(struct mm_store *s, bool authority);
+
 /* Marks (user, key) for the next commit (for callers that merge by other means). */
 int mm_store_mark(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN]);
 

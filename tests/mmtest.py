@@ -244,6 +244,42 @@ class Node:
         os.rename(tmp, os.path.join(md, "dovecot-keywords"))
         return chr(ord("a") + idx)
 
+    def uid_map(self, user, folder="INBOX"):
+        """(UIDVALIDITY, sorted [(uid, sha256 of the file)]) from the folder's
+        dovecot-uidlist, for the files the folder has: a file no entry lists shows as
+        (0, sha).  Entries whose file is gone (expunged; Dovecot drops them at its next
+        sync) are left out.  None when there is no uidlist."""
+        md = self.maildir(user, folder)
+        try:
+            with open(os.path.join(md, "dovecot-uidlist")) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return None
+        if not lines:
+            return None
+        uv = next((int(w[1:]) for w in lines[0].split()[1:] if w.startswith("V")), 0)
+        files = {}
+        for sub, fname in self.files(user, folder):
+            try:
+                with open(os.path.join(md, sub, fname), "rb") as f:
+                    files[fname.split(":")[0]] = hashlib.sha256(f.read()).hexdigest()[:16]
+            except FileNotFoundError:
+                pass
+        out = []
+        for line in lines[1:]:
+            if " :" not in line:
+                continue
+            uid = int(line.split()[0])
+            base = line.split(" :", 1)[1].split(":")[0]
+            if base in files:
+                out.append((uid, files.pop(base)))
+        out += [(0, h) for h in files.values()]
+        return uv, sorted(out, key=lambda e: (e[0], e[1] or ""))
+
+    def uid_maps(self):
+        """{(user, folder): uid_map} of every folder content() shows."""
+        return {k: self.uid_map(*k) for k in self.content()}
+
     def content(self):
         """{(user, folder): sorted [(sha256, flags, keywords, mtime)]} of every Maildir."""
         out = {}

@@ -1,0 +1,64 @@
+/*
+ * uid.h — how one replica brings its IMAP UID listing of a folder in line with the
+ * replicated state (issue 7, docs/design.md "IMAP UIDs").
+ *
+ * Each message has a UID register (LWW) and a need (max register).  The node whose
+ * Dovecot first listed a message writes the UID it got; every replica lists the
+ * message under that UID if it still can (the UID is at or above its NEXTUID: IMAP
+ * UIDs only ever grow in a folder).  A replica that cannot (another message took the
+ * number there, or its NEXTUID passed it) lists the message provisionally at its own
+ * NEXTUID and raises the need to that number.  Only one node, the folder's UID
+ * authority (the live node with the lowest id, decided by the caller), ever moves a
+ * message that already has a UID: when it cannot list it under that UID itself, or
+ * when the need is above the UID (a replica could not), to max(its need, the
+ * folder's highest UID or need + 1, its own NEXTUID).  So when two messages got one
+ * UID on two nodes, the one the authority showed keeps it only if no replica showed
+ * the other there; otherwise both move and the contested number is retired.  Needs only grow and moves only come from one place, so
+ * proposals stop competing and the folder settles once deliveries stop (two
+ * authorities during a partition may disagree; the one left after healing decides).
+ *
+ * Pure logic: the caller (node/store.c for dovecot-uidlist, sim/ for its model of it)
+ * reads the listing, calls mm_uid_plan, then writes what it says.
+ */
+#ifndef MM_CRDT_UID_H
+#define MM_CRDT_UID_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crdt/crdt.h"
+
+/* One message of a folder that this replica holds a file for. */
+struct mm_uid_item {
+	uint8_t key[MM_KEY_LEN];
+	uint32_t want;      /* in: the record's UID (0 = none yet) */
+	uint32_t need;      /* in: the record's need (0 = none) */
+	uint32_t have;      /* in: UID this replica lists it under (0 = not listed) */
+	uint32_t target;    /* out: UID to list it under (never 0) */
+	uint32_t set_uid;   /* out: non-zero: write this as the record's UID */
+	uint32_t set_need;  /* out: non-zero: raise the record's need to this */
+	void *arg;          /* caller's, untouched */
+};
+
+/* Plans one folder.  items: the folder's messages this replica has files for (any
+ * order; reordered by the call).  *next_uid_io: the folder's NEXTUID here (the
+ * lowest UID a new entry may take), updated to the NEXTUID after the plan.  top: the
+ * highest UID or need of any live message of the folder in the state (0 if none),
+ * files here or not.  authority: this node moves messages whose UID it cannot list.
+ * Every item gets a target; items whose target differs from `have` must be listed
+ * (have 0) or re-filed (have != 0) under target, in array order, which is ascending
+ * target order for the new entries.  Never fails. */
+void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uint32_t top,
+                 bool authority);
+
+/* Highest UID or need of a live message of `folder` in u (0 if none). */
+uint32_t mm_user_uid_top(const struct mm_user *u, const char *folder);
+
+/* Raises the need of a live message (max register; no stamp).  Returns 1 when it
+ * grew, 0 when it already was >= need, -ENOENT, -EINVAL (need 0), -ENOMEM.
+ * Effect: MSG_UID. */
+int mm_user_uid_need(struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint32_t need,
+                     mm_effect_fn *eff, void *arg, struct mm_delta *out);
+
+#endif
