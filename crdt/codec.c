@@ -11,7 +11,9 @@
  *            value u8, t, node | if uid written: uid u32, t, node | if need: need u32
  *            (non-zero) | n u16 | n x (len u8, name, value u8, t, node)
  *   EXPUNGED t, node
- *   FOLDER   name: len u8, bytes | mask u8 (bit 0 exists, bit 1 subscribed) | regs
+ *   FOLDER   name: len u8, bytes | mask u8 (bit 0 exists, bit 1 subscribed, bit 2
+ *            explicit UIDVALIDITY) | regs | if bit 2: uidvalidity u32 (non-zero, not the
+ *            one the exists stamp gives)
  *   HORIZON  t, node
  * A register is "written" when its stamp is not {0,0}; only written ones are encoded,
  * so one record has exactly one encoding.
@@ -285,8 +287,12 @@ static int encode(const struct mm_rec *r, struct sink *s)
 	case MM_REC_FOLDER: {
 		if (put_name(s, r->folder.name))
 			return -EINVAL;
+		/* an explicit UIDVALIDITY only when it is not the one the stamp gives, so a
+		 * record has one encoding whichever way it was built */
+		uint32_t uv = r->folder.uidvalidity;
+		bool uv_x = uv && !stamp_zero(r->folder.exists.stamp) && uv != mm_folder_uidvalidity(r->folder.exists.stamp);
 		uint8_t mask = (uint8_t)((stamp_zero(r->folder.exists.stamp) ? 0 : 1) |
-		                         (stamp_zero(r->folder.subscribed.stamp) ? 0 : 2));
+		                         (stamp_zero(r->folder.subscribed.stamp) ? 0 : 2) | (uv_x ? 4 : 0));
 		put_u8(s, mask);
 		if (mask & 1) {
 			put_u8(s, r->folder.exists.value);
@@ -296,6 +302,8 @@ static int encode(const struct mm_rec *r, struct sink *s)
 			put_u8(s, r->folder.subscribed.value);
 			put_hlc(s, r->folder.subscribed.stamp);
 		}
+		if (mask & 4)
+			put_u32(s, uv);
 		return 0;
 	}
 	case MM_REC_HORIZON:
@@ -489,13 +497,18 @@ int mm_rec_decode(const uint8_t *buf, size_t len, struct mm_rec *r_r, struct mm_
 	case MM_REC_FOLDER:
 		if ((rc = get_name(&c, a, &r.folder.name)))
 			return rc;
-		if (!get_u8(&c, &mask) || (mask & ~3u))
+		if (!get_u8(&c, &mask) || (mask & ~7u) || (mask & 5) == 4)
 			return -EBADMSG;
 		if ((mask & 1) && !get_reg(&c, &r.folder.exists))
 			return -EBADMSG;
 		if ((mask & 2) && !get_reg(&c, &r.folder.subscribed))
 			return -EBADMSG;
-		r.folder.uidvalidity = mm_folder_uidvalidity(r.folder.exists.stamp);
+		if (mask & 4) {
+			if (!get_u32(&c, &r.folder.uidvalidity) || !r.folder.uidvalidity)
+				return -EBADMSG;
+		} else {
+			r.folder.uidvalidity = mm_folder_uidvalidity(r.folder.exists.stamp);
+		}
 		break;
 	case MM_REC_HORIZON:
 		if (!get_hlc(&c, &r.horizon.stamp))

@@ -147,8 +147,11 @@ struct mm_rec {
 			const char *name;
 			struct mm_reg exists;
 			struct mm_reg subscribed;
-			uint32_t uidvalidity;    /* derived from the winning `exists` stamp; see
-			                          * mm_folder_uidvalidity() */
+			uint32_t uidvalidity;    /* travels with the winning `exists` register:
+			                          * explicit (a Dovecot-made folder's, adopted),
+			                          * or 0 in a record built for merging = the one
+			                          * mm_folder_uidvalidity() gives the stamp;
+			                          * records read from a state never hold 0 */
 		} folder;
 		struct {
 			mm_hlc stamp; /* tombstones stamped before this are dropped */
@@ -176,6 +179,7 @@ int mm_rec_validate(const struct mm_rec *r);
 
 /* UIDVALIDITY of a folder, from its exists stamp: same on every node. Never 0. */
 uint32_t mm_folder_uidvalidity(mm_hlc exists_stamp);
+
 
 /* ---- effects of a merge ------------------------------------------------------- */
 
@@ -409,12 +413,13 @@ uint64_t mm_user_version(const struct mm_user *u);
 /* ---- IMAP UIDs (issue 7, docs/design.md "IMAP UIDs"; the rule: crdt/uid.h) ---- */
 
 /* Writes the folder's exists register as 1 with `stamp` even when it is already 1:
- * the folder gets a new UIDVALIDITY (mm_folder_uidvalidity of the new stamp) on
- * every replica.  Used when a node can no longer keep the folder's UIDs in agreement
- * (damaged dovecot-uidlist): clients resynchronise instead of trusting wrong UIDs.
- * Returns 1 when the register changed, 0 if a later stamp already holds it,
- * -EINVAL, -ENOMEM.  Effect: FOLDER. */
-int mm_user_folder_renew(struct mm_user *u, const char *name, mm_hlc stamp,
+ * the folder gets a new UIDVALIDITY on every replica: `uidvalidity` if non-zero (the
+ * one a node's Dovecot already gave the folder, adopted by the node that created the
+ * record), else mm_folder_uidvalidity of the new stamp (used when a node can no longer
+ * keep the folder's UIDs in agreement, e.g. a damaged dovecot-uidlist: clients
+ * resynchronise instead of trusting wrong UIDs).  Returns 1 when the register
+ * changed, 0 if a later stamp already holds it, -EINVAL, -ENOMEM.  Effect: FOLDER. */
+int mm_user_folder_renew(struct mm_user *u, const char *name, mm_hlc stamp, uint32_t uidvalidity,
                          mm_effect_fn *eff, void *arg, struct mm_delta *out);
 
 #endif

@@ -59,6 +59,7 @@ struct slot {
 		struct {
 			mm_hlc sub;
 			uint32_t name;
+			uint32_t uv; /* explicit UIDVALIDITY, 0 = the one `st` gives */
 		} f;
 	} u;
 	uint8_t type;
@@ -325,7 +326,7 @@ static void mat(const struct mm_user *u, const struct slot *s, struct mm_rec *r,
 			r->folder.exists = (struct mm_reg){ s->val & 1, s->st };
 		if (!stamp_zero(s->u.f.sub))
 			r->folder.subscribed = (struct mm_reg){ (s->val >> 1) & 1, s->u.f.sub };
-		r->folder.uidvalidity = mm_folder_uidvalidity(s->st);
+		r->folder.uidvalidity = s->u.f.uv ? s->u.f.uv : mm_folder_uidvalidity(s->st);
 		break;
 	case MM_REC_HORIZON:
 		r->horizon.stamp = s->st;
@@ -431,6 +432,8 @@ static int build_slot(struct mm_user *u, const struct mm_rec *r, struct slot *s)
 			return rc;
 		s->st = r->folder.exists.stamp;
 		s->u.f.sub = r->folder.subscribed.stamp;
+		if (r->folder.uidvalidity && r->folder.uidvalidity != mm_folder_uidvalidity(s->st))
+			s->u.f.uv = r->folder.uidvalidity;
 		s->val = (uint8_t)(r->folder.exists.value | r->folder.subscribed.value << 1);
 		return 0;
 	case MM_REC_HORIZON:
@@ -804,6 +807,13 @@ static int drop_tombs(struct mm_user *u, mm_hlc h, mm_effect_fn *eff, void *arg)
 
 /* Effects of a record appearing where there was nothing (or something of a lower
  * type that was invisible). */
+/* The UIDVALIDITY a FOLDER record gives: an explicit one travels with the exists
+ * register that carried it; 0 means the one its stamp gives. */
+static uint32_t folder_uv(const struct mm_rec *r)
+{
+	return r->folder.uidvalidity ? r->folder.uidvalidity : mm_folder_uidvalidity(r->folder.exists.stamp);
+}
+
 static void effects_new(struct mm_user *u, const struct mm_rec *r, mm_effect_fn *eff, void *arg)
 {
 	if (r->type == MM_REC_MESSAGE)
@@ -832,7 +842,7 @@ static int merge_rec(struct mm_user *u, const struct mm_rec *in, mm_effect_fn *e
 			return 0; /* already collected here */
 		struct mm_rec nw = *in;
 		if (nw.type == MM_REC_FOLDER)
-			nw.folder.uidvalidity = mm_folder_uidvalidity(nw.folder.exists.stamp);
+			nw.folder.uidvalidity = folder_uv(&nw);
 		if ((rc = store(u, in->key, NULL, &nw)))
 			return rc;
 		effects_new(u, &nw, eff, arg);
@@ -859,7 +869,7 @@ static int merge_rec(struct mm_user *u, const struct mm_rec *in, mm_effect_fn *e
 		}
 		struct mm_rec nw = *in;
 		if (nw.type == MM_REC_FOLDER)
-			nw.folder.uidvalidity = mm_folder_uidvalidity(nw.folder.exists.stamp);
+			nw.folder.uidvalidity = folder_uv(&nw);
 		if ((rc = store(u, in->key, &old, &nw)))
 			return rc;
 		if (old.type == MM_REC_MESSAGE)
@@ -883,7 +893,11 @@ static int merge_rec(struct mm_user *u, const struct mm_rec *in, mm_effect_fn *e
 		m = old;
 		m.folder.exists = mm_reg_join(old.folder.exists, in->folder.exists);
 		m.folder.subscribed = mm_reg_join(old.folder.subscribed, in->folder.subscribed);
-		m.folder.uidvalidity = mm_folder_uidvalidity(m.folder.exists.stamp);
+		{
+			int c = mm_hlc_cmp(old.folder.exists.stamp, in->folder.exists.stamp);
+			uint32_t uo = folder_uv(&old), ui = folder_uv(in);
+			m.folder.uidvalidity = c > 0 ? uo : c < 0 ? ui : (uo > ui ? uo : ui);
+		}
 		break;
 	case MM_REC_HORIZON:
 		m = old;
@@ -1470,7 +1484,7 @@ uint32_t mm_user_uid_top(const struct mm_user *u, const char *folder)
 	return top;
 }
 
-int mm_user_folder_renew(struct mm_user *u, const char *name, mm_hlc stamp,
+int mm_user_folder_renew(struct mm_user *u, const char *name, mm_hlc stamp, uint32_t uidvalidity,
                          mm_effect_fn *eff, void *arg, struct mm_delta *out)
 {
 	struct mm_rec r;
@@ -1478,5 +1492,6 @@ int mm_user_folder_renew(struct mm_user *u, const char *name, mm_hlc stamp,
 		return -EINVAL;
 	folder_rec(&r, name);
 	r.folder.exists = (struct mm_reg){ 1, stamp };
+	r.folder.uidvalidity = uidvalidity;
 	return local(u, &r, eff, arg, out);
 }

@@ -116,7 +116,6 @@ struct mm_md_uident {
 
 struct mm_md_uidlist {
 	bool exists;          /* the file was there when loaded */
-	bool keep_uidvalidity; /* caller's flag: do not rewrite uidvalidity (not in the file) */
 	uint32_t uidvalidity; /* 0 = none in the header */
 	uint32_t next_uid;    /* N: UIDs below it were handed out (>= 1) */
 	char *hdr_rest;       /* header fields other than V and N, e.g. "G<guid>" (owned) */

@@ -1133,7 +1133,8 @@ static uint64_t local_letters(struct mm_store *s, struct mm_user *mu, struct fen
 
 static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folder);
 static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct mm_rec *frec);
-static void uid_keep_check(struct mm_store *s, struct folder *fo, struct mm_md_uidlist *ul);
+static const struct mm_rec *uid_adopt(struct mm_store *s, struct mm_user *mu, struct folder *fo,
+                                      const struct mm_md_uidlist *ul);
 
 /* UIDs for new local files Dovecot has not listed: the folder's N, written into
  * dovecot-uidlist (lock taken at the first such file, held until the end of the
@@ -1152,8 +1153,8 @@ static uint32_t assign_uid(struct mm_store *s, struct mm_user *mu, struct folder
 		const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
 		if (frec && mm_md_uidlist_lock(fo->dir, 2000) == 0) {
 			if (mm_md_uidlist_load(fo->dir, &as->ul) == 0 &&
-			    (as->ul.uidvalidity == frec->folder.uidvalidity || !as->ul.exists ||
-			     (uid_keep_check(s, fo, &as->ul), as->ul.keep_uidvalidity))) {
+			    (frec = uid_adopt(s, mu, fo, &as->ul)) != NULL &&
+			    (as->ul.uidvalidity == frec->folder.uidvalidity || !as->ul.exists)) {
 				as->usable = true;
 				as->dirty = uid_header(&as->ul, fo->u->name, frec);
 			} else {
@@ -1388,6 +1389,17 @@ static uint64_t uidlist_sig(const struct folder *fo)
 	       ((uint64_t)st.st_mtim.tv_nsec << 32);
 }
 
+/* The UIDVALIDITY Dovecot gave a folder (its dovecot-uidlist header), 0 if none. */
+static uint32_t dovecot_uidvalidity(const struct folder *fo)
+{
+	struct mm_md_uidlist ul;
+	uint32_t uv = 0;
+	if (mm_md_uidlist_load(fo->dir, &ul) == 0 && ul.exists)
+		uv = ul.uidvalidity;
+	mm_md_uidlist_clear(&ul);
+	return uv;
+}
+
 /* One folder of a user: creation, removal, files.  `listed` = the directory exists. */
 static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *mu, const char *name,
                            bool listed)
@@ -1401,7 +1413,11 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 			mark_folder(s, fo);
 		}
 		if (!mm_user_folder_visible(mu, name)) {
-			int r = mm_user_folder_create(mu, name, tick(s), local_effect, s, s->out);
+			/* a folder Dovecot made and numbered before we saw it: every replica
+			 * shows the UIDVALIDITY its clients here already know */
+			uint32_t uv = s->imap_uids ? dovecot_uidvalidity(fo) : 0;
+			int r = uv ? mm_user_folder_renew(mu, name, tick(s), uv, local_effect, s, s->out)
+			           : mm_user_folder_create(mu, name, tick(s), local_effect, s, s->out);
 			if (r > 0)
 				s->changes++;
 		}
@@ -2048,28 +2064,47 @@ static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folde
 	       ? fr : NULL;
 }
 
-/* A folder whose Dovecot index already exists keeps the UIDVALIDITY its uidlist has:
- * rewriting it would make Dovecot reset its index with a warning.  Known limit
- * (docs/maildir.md): such a folder, created by Dovecot before mailmesh saw it, shows
- * its own UIDVALIDITY on this node until its index is rebuilt. */
-static void uid_keep_check(struct mm_store *s, struct folder *fo, struct mm_md_uidlist *ul)
+/* The folder's record, when this node's dovecot-uidlist may disagree with it on the
+ * UIDVALIDITY.  A folder whose record this node wrote in the last minute and that its
+ * Dovecot has numbered already (an index exists: Dovecot won the race to the uidlist,
+ * e.g. the first LMTP delivery to a new user): the record adopts Dovecot's value, the
+ * one this node's clients know; replicas learn it before their Dovecot indexes the
+ * folder.  Otherwise the record's value wins: uid_header rewrites the header, and
+ * Dovecot logs "UIDVALIDITY changed" once and resets its index of the folder (its
+ * clients resynchronise): two nodes showing two UIDVALIDITYs would be worse. */
+#define UID_ADOPT_MS 60000
+
+static const struct mm_rec *uid_adopt(struct mm_store *s, struct mm_user *mu, struct folder *fo,
+                                      const struct mm_md_uidlist *ul)
 {
+	const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
+	if (!frec || !ul->exists || !ul->uidvalidity || ul->uidvalidity == frec->folder.uidvalidity)
+		return frec;
 	char p[PATHBUF];
 	snprintf(p, sizeof p, "%s/dovecot.index.log", fo->dir);
 	bool idx = access(p, F_OK) == 0;
 	snprintf(p, sizeof p, "%s/dovecot.index", fo->dir);
-	idx = idx || access(p, F_OK) == 0;
-	ul->keep_uidvalidity = ul->uidvalidity && idx;
-	if (ul->keep_uidvalidity)
-		logmsg(s, MM_STORE_LOG_INFO, "%s: Dovecot indexed it under UIDVALIDITY %u already: kept", fo->dir,
-		       ul->uidvalidity);
+	if (!idx && access(p, F_OK) != 0)
+		return frec;
+	mm_hlc st = frec->folder.exists.stamp;
+	if (st.node == s->clock->node && MM_HLC_MS(st) + UID_ADOPT_MS >= s->now_ms) {
+		uint32_t uv = ul->uidvalidity;
+		if (mm_user_folder_renew(mu, fo->name, tick(s), uv, uid_effect, s, s->out) > 0)
+			s->changes++;
+		logmsg(s, MM_STORE_LOG_INFO, "%s: UIDVALIDITY %u from Dovecot, for every replica", fo->dir, uv);
+		return uid_folder_rec(mu, fo->name);
+	}
+	logmsg(s, MM_STORE_LOG_WARNING,
+	       "%s: Dovecot numbered it under UIDVALIDITY %u, the cluster under %u: it follows the cluster "
+	       "(Dovecot resets its index of the folder once)", fo->dir, ul->uidvalidity, frec->folder.uidvalidity);
+	return frec;
 }
 
 /* Header of a list: UIDVALIDITY of the folder's record; a GUID when there is none. */
 static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct mm_rec *frec)
 {
 	bool changed = false;
-	if (ul->uidvalidity != frec->folder.uidvalidity && !ul->keep_uidvalidity) {
+	if (ul->uidvalidity != frec->folder.uidvalidity) {
 		ul->uidvalidity = frec->folder.uidvalidity;
 		changed = true;
 	}
@@ -2125,17 +2160,15 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		return r;
 	}
 	if (renew) {
-		if (mm_user_folder_renew(mu, fo->name, tick(s), uid_effect, s, s->out) > 0)
+		if (mm_user_folder_renew(mu, fo->name, tick(s), 0, uid_effect, s, s->out) > 0)
 			s->changes++;
 	}
-	const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
+	const struct mm_rec *frec = renew ? uid_folder_rec(mu, fo->name) : uid_adopt(s, mu, fo, &ul);
 	if (!frec) { /* no UIDVALIDITY known yet (the FOLDER record comes later) */
 		mm_md_uidlist_clear(&ul);
 		mm_md_uidlist_unlock(fo->dir);
 		return 0;
 	}
-	if (!renew)
-		uid_keep_check(s, fo, &ul);
 	if (uid_header(&ul, u->name, frec))
 		dirty = true;
 	/* the plan (crdt/uid.h): which messages keep their UID, which are listed

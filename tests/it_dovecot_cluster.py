@@ -14,11 +14,6 @@ always.  Prints `N passed, N failed`."""
 import imaplib
 import os
 import re
-import shutil
-import signal
-import smtplib
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -40,80 +35,6 @@ def lmtp_port(i):
     return 22111 + 2 * (i - 1)
 
 
-
-
-class Dovecot:
-    def __init__(self, node):
-        self.node = node
-        self.i = node.i
-        self.dir = os.path.join(node.dir, "dovecot")
-        os.makedirs(os.path.join(self.dir, "home"))
-        os.chown(os.path.join(self.dir, "home"), NOBODY, NOBODY)
-        self.conf = os.path.join(self.dir, "dovecot.conf")
-        with open(self.conf, "w") as f:
-            f.write(mmtest.dovecot_conf(self.dir, node.mail, imap_port(self.i), lmtp_port(self.i), NOBODY, "mm-it-node%d" % self.i))
-        self.pidfile = os.path.join(self.dir, "run", "master.pid")
-        self.log = os.path.join(self.dir, "dovecot.log")
-
-    def start(self):
-        # The master daemonizes: give it a file, not a pipe it would keep open.
-        with open(os.path.join(self.dir, "start.log"), "w") as lf:
-            p = subprocess.run(["dovecot", "-c", self.conf], stdout=lf, stderr=lf, timeout=60)
-        if p.returncode != 0:
-            raise RuntimeError("dovecot %d did not start: %s" % (self.i, open(os.path.join(self.dir, "start.log")).read()))
-        for port in (imap_port(self.i), lmtp_port(self.i)):
-            if not wait_port(port):
-                raise RuntimeError("dovecot %d does not listen on %d" % (self.i, port))
-
-    def stop(self):
-        try:
-            with open(self.pidfile) as f:
-                pid = int(f.read().strip())
-        except (OSError, ValueError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            return
-        for _ in range(200):
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                return
-            time.sleep(0.05)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-    def log_problems(self):
-        try:
-            with open(self.log) as f:
-                text = f.read()
-        except OSError:
-            return []
-        return [l for l in text.splitlines() if re.search(r"\b(Error|Panic|Fatal|Warning)\b", l)]
-
-    def imap(self):
-        m = imaplib.IMAP4("127.0.0.1", imap_port(self.i))
-        m.login(USER, "pw")
-        return m
-
-    def lmtp_deliver(self, subject, body):
-        msg = ("From: bob@example.net\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s.%d@example.net>\r\n\r\n%s\r\n"
-               % (USER, subject, subject, os.getpid(), body))
-        with smtplib.LMTP("127.0.0.1", lmtp_port(self.i)) as s:
-            s.sendmail("bob@example.net", [USER], msg.encode())
-
-
-def wait_port(port):
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def imap_view(dc):
@@ -285,7 +206,7 @@ def main():
         for node in cl.nodes:
             os.chmod(node.dir, 0o755)
             os.chown(node.mail, NOBODY, NOBODY)
-            dcs.append(Dovecot(node))
+            dcs.append(mmtest.Dovecot(node, imap_port(node.i), lmtp_port(node.i), USER))
         for dc in dcs:
             dc.start()
         cl.start()

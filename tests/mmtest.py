@@ -7,11 +7,15 @@ keywords by name, mtimes), and cleans up every process and directory it made, al
 a test fails.  Tests report `N passed, N failed` through Report.
 """
 import hashlib
+import imaplib
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -459,3 +463,84 @@ def message(i, size=None, rnd=random):
     line = "The quick brown fox jumps over the lazy dog %d.\r\n" % i
     body = (line * (max(1, size - len(head)) // len(line) + 1))[: max(1, size - len(head))]
     return (head + body).encode()
+
+
+NOBODY = 65534
+
+
+class Dovecot:
+    """A private Dovecot (IMAP + LMTP on loopback, own config/base_dir/log, mail user
+    nobody) serving `node`'s Maildirs; user is the login/recipient (password "pw")."""
+
+    def __init__(self, node, imap_port, lmtp_port, user):
+        self.node = node
+        self.imap_port, self.lmtp_port, self.user = imap_port, lmtp_port, user
+        self.i = node.i
+        self.dir = os.path.join(node.dir, "dovecot")
+        os.makedirs(os.path.join(self.dir, "home"))
+        os.chown(os.path.join(self.dir, "home"), NOBODY, NOBODY)
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        with open(self.conf, "w") as f:
+            f.write(dovecot_conf(self.dir, node.mail, imap_port, lmtp_port, NOBODY, "mm-it-%d-node%d" % (imap_port, self.i)))
+        self.pidfile = os.path.join(self.dir, "run", "master.pid")
+        self.log = os.path.join(self.dir, "dovecot.log")
+
+    def start(self):
+        # The master daemonizes: give it a file, not a pipe it would keep open.
+        with open(os.path.join(self.dir, "start.log"), "w") as lf:
+            p = subprocess.run(["dovecot", "-c", self.conf], stdout=lf, stderr=lf, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError("dovecot %d did not start: %s" % (self.i, open(os.path.join(self.dir, "start.log")).read()))
+        for port in (self.imap_port, self.lmtp_port):
+            if not wait_port(port):
+                raise RuntimeError("dovecot %d does not listen on %d" % (self.i, port))
+
+    def stop(self):
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            return
+        for _ in range(200):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.05)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def log_problems(self):
+        try:
+            with open(self.log) as f:
+                text = f.read()
+        except OSError:
+            return []
+        return [l for l in text.splitlines() if re.search(r"\b(Error|Panic|Fatal|Warning)\b", l)]
+
+    def imap(self):
+        m = imaplib.IMAP4("127.0.0.1", self.imap_port)
+        m.login(self.user, "pw")
+        return m
+
+    def lmtp_deliver(self, subject, body):
+        msg = ("From: bob@example.net\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s.%d@example.net>\r\n\r\n%s\r\n"
+               % (self.user, subject, subject, os.getpid(), body))
+        with smtplib.LMTP("127.0.0.1", self.lmtp_port) as s:
+            s.sendmail("bob@example.net", [self.user], msg.encode())
+
+
+def wait_port(port):
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False

@@ -398,14 +398,57 @@ static void test_folder_renew(void **state)
 	mm_key_folder("Sent", fk);
 	uint32_t v1 = mm_user_get(u, fk)->folder.uidvalidity;
 	n_folder_eff = 0;
-	assert_int_equal(mm_user_folder_renew(u, "Sent", (mm_hlc){5000000ULL << 16, 1}, folder_eff, NULL, NULL), 1);
+	assert_int_equal(mm_user_folder_renew(u, "Sent", (mm_hlc){5000000ULL << 16, 1}, 0, folder_eff, NULL, NULL), 1);
 	assert_int_equal(n_folder_eff, 1);
 	uint32_t v2 = mm_user_get(u, fk)->folder.uidvalidity;
 	assert_int_not_equal(v1, v2);
 	assert_true(mm_user_get(u, fk)->folder.exists.value);
 	/* an older renew loses */
-	assert_int_equal(mm_user_folder_renew(u, "Sent", (mm_hlc){2000ULL << 16, 1}, NULL, NULL, NULL), 0);
-	assert_int_equal(mm_user_folder_renew(u, "bad/name", (mm_hlc){1, 1}, NULL, NULL, NULL), -EINVAL);
+	assert_int_equal(mm_user_folder_renew(u, "Sent", (mm_hlc){2000ULL << 16, 1}, 0, NULL, NULL, NULL), 0);
+	assert_int_equal(mm_user_folder_renew(u, "bad/name", (mm_hlc){1, 1}, 0, NULL, NULL, NULL), -EINVAL);
+
+	/* an explicit UIDVALIDITY (Dovecot's, adopted) travels with its exists register:
+	 * through the codec, and whichever order replicas merge in */
+	assert_int_equal(mm_user_folder_renew(u, "Sent", (mm_hlc){6000000ULL << 16, 2}, 1234567, NULL, NULL, NULL), 1);
+	assert_int_equal(mm_user_get(u, fk)->folder.uidvalidity, 1234567);
+	struct mm_rec adopted = *mm_user_get(u, fk);
+	uint8_t buf[512];
+	ssize_t len = mm_rec_encode(&adopted, buf, sizeof buf);
+	assert_true(len > 0);
+	struct mm_arena ar;
+	mm_arena_init(&ar);
+	struct mm_rec back;
+	assert_int_equal(mm_rec_decode(buf, (size_t)len, &back, &ar), 0);
+	assert_int_equal(back.folder.uidvalidity, 1234567);
+	assert_true(mm_rec_equal(&adopted, &back));
+	struct mm_user *a = mm_user_new("ex.org/alice"), *b = mm_user_new("ex.org/alice");
+	struct mm_rec older;
+	memset(&older, 0, sizeof older);
+	older.type = MM_REC_FOLDER;
+	older.folder.name = "Sent";
+	memcpy(older.key, fk, MM_KEY_LEN);
+	older.folder.exists = (struct mm_reg){ 1, { 5500000ULL << 16, 3 } };
+	older.folder.uidvalidity = 7654321;
+	assert_int_equal(mm_user_merge(a, &back, NULL, NULL), 1);
+	assert_int_equal(mm_user_merge(a, &older, NULL, NULL), 0);
+	assert_int_equal(mm_user_merge(b, &older, NULL, NULL), 1);
+	assert_int_equal(mm_user_get(b, fk)->folder.uidvalidity, 7654321);
+	assert_int_equal(mm_user_merge(b, &back, NULL, NULL), 1);
+	assert_int_equal(mm_user_get(a, fk)->folder.uidvalidity, 1234567);
+	assert_int_equal(mm_user_get(b, fk)->folder.uidvalidity, 1234567);
+	uint8_t ra[MM_HASH_LEN], rb[MM_HASH_LEN];
+	mm_user_root(a, ra);
+	mm_user_root(b, rb);
+	assert_memory_equal(ra, rb, MM_HASH_LEN);
+	/* a record whose explicit value is the one its stamp gives encodes as derived */
+	struct mm_rec plain = older;
+	plain.folder.uidvalidity = mm_folder_uidvalidity(plain.folder.exists.stamp);
+	struct mm_rec zero = older;
+	zero.folder.uidvalidity = 0;
+	assert_true(mm_rec_equal(&plain, &zero));
+	mm_arena_free(&ar);
+	mm_user_free(&a);
+	mm_user_free(&b);
 	mm_user_free(&u);
 }
 

@@ -1,0 +1,221 @@
+"""it_dovecot_uids.py — issue 7 with real Dovecots: the same IMAP identity on every node.
+
+Four mailmesh daemons with `imap_uids = yes`, each with a private Dovecot (IMAP + LMTP);
+node 4 starts only at step 5.  Ports 23050-23069: mailmesh 23050-23053, Dovecot of node i
+IMAP 23060+2(i-1), LMTP 23061+2(i-1).  An IMAP client reads (UIDVALIDITY, UID -> Subject)
+of a folder on each node; the maps must agree:
+
+1. five deliveries through LMTP on node 1 (Dovecot creates the user's INBOX and numbers
+   it: every node must show node 1's UIDVALIDITY and UIDs);
+2. deliveries on nodes 1, 2 and 3 at the same moment (UID conflicts forced): maps agree
+   again, and the five messages of step 1 kept their UIDs;
+3. CREATE and COPY into a new folder over IMAP on node 2;
+4. node 3's daemon restarts; then a delivery on node 3;
+5. node 4 joins empty (daemon and Dovecot started now) and shows the same maps;
+and no Dovecot log holds an error, warning or panic (no uidlist or index complaint).
+Dovecot and the daemons are stopped and the temp dir removed always.  Prints
+`N passed, N failed`."""
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mmtest  # noqa: E402
+
+BASE = 23050
+USER = "alice@example.org"
+MMUSER = "example.org/alice"
+
+
+def imap_port(i):
+    return 23060 + 2 * (i - 1)
+
+
+def lmtp_port(i):
+    return 23061 + 2 * (i - 1)
+
+
+def uid_map(dc, folder="INBOX"):
+    """(UIDVALIDITY, {subject: uid}) of `folder` as this node's Dovecot serves it, or
+    None when the folder cannot be selected."""
+    try:
+        m = dc.imap()
+    except Exception:
+        return None
+    try:
+        typ, _ = m.select(folder, readonly=True)
+        if typ != "OK":
+            return None
+        uv = int(m.response("UIDVALIDITY")[1][0])
+        typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        out = {}
+        for item in data or []:
+            if not isinstance(item, tuple):
+                continue
+            head = item[0].decode()
+            uid = int(head.split("UID ")[1].split()[0].rstrip(")"))
+            subj = item[1].decode().split(":", 1)[1].strip() if b":" in item[1] else "?"
+            out[subj] = uid
+        return uv, out
+    except Exception:
+        return None
+    finally:
+        try:
+            m.logout()
+        except Exception:
+            pass
+
+
+def wait_maps(dcs, folder, n, timeout=60):
+    """Polls until every Dovecot serves the same (UIDVALIDITY, map) with n messages and
+    that stays so for 1.5 s; returns the maps, or the last ones seen when it never does."""
+    deadline = time.time() + timeout * mmtest.SLOW
+    last, since, maps = None, 0, None
+    while time.time() < deadline:
+        maps = [uid_map(dc, folder) for dc in dcs]
+        if all(m == maps[0] for m in maps) and maps[0] and len(maps[0][1]) == n:
+            if maps != last:
+                last, since = maps, time.time()
+            elif time.time() - since >= 1.5:
+                return maps, True
+        else:
+            last = None
+        time.sleep(0.25)
+    return maps, False
+
+
+def wait_listed(nodes, folder="INBOX", timeout=60):
+    """Waits until mailmesh wrote the folder's dovecot-uidlist on these nodes: a client
+    logging in before would make Dovecot create the user's INBOX itself, under its own
+    UIDVALIDITY (a race the cluster settles with one index reset; see docs/design.md)."""
+    deadline = time.time() + timeout * mmtest.SLOW
+    while time.time() < deadline:
+        if all(os.path.exists(os.path.join(n.maildir(MMUSER, folder), "dovecot-uidlist")) for n in nodes):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def show(maps):
+    return "; ".join("node%d %s" % (i + 1, m) for i, m in enumerate(maps or []))
+
+
+def uid_test(t, cl, dcs):
+    d1, d2, d3, d4 = dcs
+    live = [d1, d2, d3]
+    # 1. deliveries on node 1: Dovecot makes INBOX and numbers it
+    for k in range(5):
+        d1.lmtp_deliver("first-%d" % k, "body %d" % k)
+    t.check(wait_listed(cl.nodes[1:3]), "1. mailmesh creates alice's INBOX with its uidlist on nodes 2 and 3")
+    maps, ok = wait_maps(live, "INBOX", 5)
+    t.check(ok, "1. five deliveries on node 1: every node shows the same UIDVALIDITY and UID map (%s)" % show(maps))
+    first = maps[0] if ok else None
+    t.check(first and sorted(first[1].values()) == [1, 2, 3, 4, 5],
+            "1. ... the UIDs node 1's Dovecot gave them, 1-5 (%s)" % (first,))
+
+    # 2. concurrent deliveries on three nodes
+    barrier = threading.Barrier(3)
+    errors = []
+
+    def burst(dc):
+        try:
+            barrier.wait(timeout=30)
+            for k in range(3):
+                dc.lmtp_deliver("burst-%d-%d" % (dc.i, k), "concurrent body %d on node %d" % (k, dc.i))
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    th = [threading.Thread(target=burst, args=(dc,)) for dc in live]
+    for x in th:
+        x.start()
+    for x in th:
+        x.join(timeout=60)
+    t.check(not errors, "2. concurrent LMTP deliveries on nodes 1-3 succeed (%s)" % errors)
+    maps, ok = wait_maps(live, "INBOX", 14)
+    t.check(ok, "2. after concurrent deliveries every node shows the same UIDVALIDITY and UID map (%s)" % show(maps))
+    if ok and first:
+        t.check(maps[0][0] == first[0] and all(maps[0][1].get(s) == u for s, u in first[1].items()),
+                "2. ... and the messages of step 1 kept their UIDVALIDITY and UIDs")
+        uids = list(maps[0][1].values())
+        t.check(len(set(uids)) == len(uids), "2. ... no UID names two messages")
+
+    # 3. CREATE + COPY on node 2
+    m = d2.imap()
+    typ_c, _ = m.create("Work")
+    m.select("INBOX")
+    typ, data = m.uid("SEARCH", None, "SUBJECT", "first-")
+    want = data[0].split()[:3] if typ == "OK" and data and data[0] else []
+    typ_cp = m.uid("COPY", b",".join(want).decode() or "1", "Work")[0]
+    m.logout()
+    t.check(typ_c == "OK" and typ_cp == "OK" and len(want) == 3, "3. CREATE Work and COPY 3 messages on node 2 succeed")
+    maps, ok = wait_maps(live, "Work", 3)
+    t.check(ok, "3. the copies show under the same UIDVALIDITY and UIDs on every node (%s)" % show(maps))
+    work = maps[0] if ok else None
+
+    # 4. node 3's daemon restarts; a delivery on node 3 afterwards
+    before = uid_map(d1, "INBOX")
+    code = cl.nodes[2].stop()
+    cl.nodes[2].start()
+    t.check(code == 0, "4. node 3's daemon stops cleanly (%s)" % code)
+    maps, ok = wait_maps(live, "INBOX", 14)
+    t.check(ok and maps[0] == before, "4. after node 3 restarts, the maps are unchanged (%s)" % show(maps))
+    d3.lmtp_deliver("after-restart", "delivered on node 3 after its restart")
+    maps, ok = wait_maps(live, "INBOX", 15)
+    t.check(ok, "4. a delivery on node 3 after its restart has the same UID everywhere (%s)" % show(maps))
+
+    # 5. node 4 joins empty
+    os.makedirs(cl.nodes[3].mail, exist_ok=True)
+    os.chown(cl.nodes[3].mail, mmtest.NOBODY, mmtest.NOBODY)
+    d4.start()
+    cl.nodes[3].start()
+    t.check(wait_listed(cl.nodes[3:], timeout=90), "5. node 4 receives alice's INBOX")
+    maps, ok = wait_maps(dcs, "INBOX", 15, timeout=90)
+    t.check(ok, "5. node 4 joins empty and shows INBOX under the same UIDVALIDITY and UIDs (%s)" % show(maps))
+    maps, ok = wait_maps(dcs, "Work", 3)
+    t.check(ok and maps[0] == work, "5. ... and Work too (%s)" % show(maps))
+
+    for dc in dcs:
+        problems = dc.log_problems()
+        t.check(not problems, "Dovecot %d's log has no error, warning or panic (%s)" % (dc.i, problems[:5]))
+
+
+def main():
+    t = mmtest.Report("it_dovecot_uids")
+    mmtest.exit_on_sigterm()
+    cl = mmtest.Cluster(4, BASE, name="uids")
+    dcs = []
+    started = []
+    failed = True
+    try:
+        os.chmod(cl.dir, 0o755)
+        for node in cl.nodes:
+            cl.set_conf(node, "imap_uids", "yes")
+            os.chmod(node.dir, 0o755)
+            os.makedirs(node.mail, exist_ok=True)
+            os.chown(node.mail, mmtest.NOBODY, mmtest.NOBODY)
+            dcs.append(mmtest.Dovecot(node, imap_port(node.i), lmtp_port(node.i), USER))
+        for dc in dcs[:3]:
+            dc.start()
+        for node in cl.nodes[:3]:
+            node.start()
+        started = dcs
+        t.run(uid_test, cl, dcs)
+        codes = [node.stop() for node in cl.nodes]
+        t.check(codes == [0] * 4, "every daemon stops cleanly on SIGTERM (%s)" % codes)
+        failed = t.failed > 0
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        t.failed += 1
+    finally:
+        for dc in started or dcs:
+            dc.stop()
+        if failed and os.environ.get("KEEP") == "1":
+            print("kept %s" % cl.dir)
+        cl.close(keep_on_failure=failed and os.environ.get("KEEP") == "1")
+    t.finish()
+
+
+if __name__ == "__main__":
+    main()
