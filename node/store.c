@@ -2203,10 +2203,18 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		struct fent *fe = it[i].arg;
 		uint32_t target = it[i].target, have = it[i].have;
 		if (it[i].set_uid &&
-		    mm_user_set_uid(mu, fe->key, it[i].set_uid, tick(s), uid_effect, s, s->out) > 0)
+		    mm_user_set_uid(mu, fe->key, it[i].set_uid, tick(s), uid_effect, s, s->out) > 0) {
 			s->changes++;
-		if (it[i].set_need && mm_user_uid_need(mu, fe->key, it[i].set_need, uid_effect, s, s->out) > 0)
+			if (it[i].want)
+				logmsg(s, MM_STORE_LOG_INFO, "%s: %s moves from UID %u to %u (need %u, NEXTUID here %u)",
+				       fo->dir, fe->base, it[i].want, it[i].set_uid, it[i].need, ul.next_uid);
+		}
+		if (it[i].set_need && mm_user_uid_need(mu, fe->key, it[i].set_need, uid_effect, s, s->out) > 0) {
 			s->changes++;
+			logmsg(s, MM_STORE_LOG_INFO, "%s: %s cannot be shown under UID %u here (listed under %u, "
+			       "NEXTUID %u): asks for a move to %u or above", fo->dir, fe->base, it[i].want, have,
+			       ul.next_uid, it[i].set_need);
+		}
 		if (target == have)
 			continue;
 		dirty = true;
