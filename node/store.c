@@ -196,6 +196,7 @@ struct folder {
 	bool uid_busy;   /* its lock was busy in this pass */
 	uint64_t uid_sig; /* dovecot-uidlist's (inode, size, mtime) when last synced */
 	uint32_t uid_next; /* N of dovecot-uidlist when last read (floor for new UIDs) */
+	bool sync_new, sync_cur; /* a staged body was placed there: fsync that directory */
 	struct mm_md_keywords kw;
 };
 
@@ -236,6 +237,10 @@ struct mm_store {
 	struct hmap dirty_files;    /* user\0folder\0base */
 	struct hmap dirty_folders;  /* user\0folder */
 	struct hmap logged;         /* messages already logged */
+	struct hmap staged_keys;    /* user\0key -> staged body writer */
+	struct mm_body_writer *staged; /* bodies verified in tmp/, not yet placed (FIFO) */
+	struct mm_body_writer **staged_tail;
+	size_t n_staged;
 	struct pending *pending;
 	uint64_t hashed;
 	uint64_t now_ms;
@@ -247,12 +252,14 @@ struct mm_store {
 
 struct mm_body_writer {
 	struct mm_store *s;
+	struct mm_body_writer *snext; /* in the store's staged list */
 	char *user;
 	uint8_t key[MM_KEY_LEN];
 	struct folder *fo;
 	char base[160];
 	int fd;
 	int err;
+	bool tmp_gone; /* tmp/<base> was linked into place or removed */
 	uint64_t n;
 	crypto_generichash_state h;
 };
@@ -615,6 +622,14 @@ static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint
 	return hm_get(&s->by_key, k, kl);
 }
 
+/* The body staged for (user, key) (mm_store_body_stage), or NULL. */
+static struct mm_body_writer *staged_get(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
+	return hm_get(&s->staged_keys, k, kl);
+}
+
 static int fent_path(const struct fent *fe, char *buf, size_t len)
 {
 	int n = snprintf(buf, len, "%s/%s/%s", fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
@@ -671,10 +686,17 @@ static bool is_sys_upper(int i)
 static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const struct mm_rec *r,
                                uint64_t keep)
 {
-	mm_md_keywords_clear(&fo->kw);
-	int rr = mm_md_keywords_read(fo->dir, &fo->kw);
-	if (rr < 0)
-		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-keywords: %s", fo->dir, strerror(-rr));
+	uint64_t kwbits = 0;
+	for (int i = 0; i < 26; i++)
+		kwbits |= MM_MD_KWBIT(i);
+	/* the keyword names matter only to a message with keywords or keyword letters (a
+	 * body written per message must not cost a failed open of a file most folders lack) */
+	if (r->msg.n_keywords || (keep & kwbits)) {
+		mm_md_keywords_clear(&fo->kw);
+		int rr = mm_md_keywords_read(fo->dir, &fo->kw);
+		if (rr < 0)
+			logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-keywords: %s", fo->dir, strerror(-rr));
+	}
 	uint64_t l = 0;
 	for (int i = 0; i < 26; i++)
 		if ((keep & MM_MD_UPPER('A' + i)) && !is_sys_upper(i))
@@ -1682,7 +1704,7 @@ int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t i
 	struct mm_user *mu = mm_state_user(s->state, user, false);
 	for (struct miss *m = hm_get(&s->missing_body, k, kl); m && mu; m = m->bnext) {
 		const struct mm_rec *r = mm_user_get(mu, m->key);
-		if (!r || r->type != MM_REC_MESSAGE)
+		if (!r || r->type != MM_REC_MESSAGE || staged_get(s, user, m->key))
 			continue;
 		if (r->msg.size != size)
 			return -EINVAL;
@@ -1711,7 +1733,7 @@ int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[
 	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
 	if (!r || r->type != MM_REC_MESSAGE)
 		return -ENOENT;
-	if (fent_by_key(s, user, key))
+	if (fent_by_key(s, user, key) || staged_get(s, user, key))
 		return -EEXIST;
 	struct user *u = user_get(s, user, true);
 	if (!u)
@@ -1799,7 +1821,18 @@ static bool rec_dirty(struct mm_store *s, const char *user, const uint8_t key[MM
 static bool uid_preinstall(struct mm_store *s, struct mm_user *mu, struct folder *fo, uint32_t uid,
                            const char *name);
 
-int mm_store_body_commit(struct mm_body_writer **wp)
+/* Staged bodies: complete, verified files in tmp/ that wait for mm_store_flush (or the
+ * next commit) to be placed, so that a batch of bodies costs one LMDB commit, one
+ * fsync wait per file with their writeback started together, and one fsync per
+ * directory, instead of all three per body.  Each keeps its descriptor open until it
+ * is placed: the batch is bounded by the number of open files. */
+#define STAGE_MAX_FILES 128
+#define SYNCFS_MIN_FILES 8
+
+/* Checks a complete body against its record.  1: it matches and the message still
+ * wants it; 0: nothing to do (expunged or written meanwhile); negative errno.  On
+ * anything but 1 the writer is freed and its tmp file removed. */
+static int writer_check(struct mm_body_writer **wp)
 {
 	struct mm_body_writer *w = *wp;
 	struct mm_store *s = w->s;
@@ -1822,55 +1855,185 @@ int mm_store_body_commit(struct mm_body_writer **wp)
 		writer_free(wp, true);
 		return -EBADMSG;
 	}
+	return 1;
+}
+
+/* Places the checked bodies of `list`, whose records the caller made durable: every
+ * file's contents and mtime are made durable first (their writeback was started when
+ * they were staged), then each is linked into new/ or cur/, then each directory that
+ * got a name is synced once.  A body that cannot be placed stays missing (the daemon
+ * asks for it again).  Frees the writers.  Returns the number placed, or the first
+ * error when none was. */
+static int place_list(struct mm_store *s, struct mm_body_writer *list)
+{
+	int placed = 0, err = 0, live = 0, fs_fd = -1;
+	struct mm_body_writer *w, *nx;
+	for (w = list; w; w = w->snext) {
+		struct mm_user *mu = mm_state_user(s->state, w->user, false);
+		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
+		if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key))
+			w->err = -ECANCELED; /* expunged (or written) meanwhile */
+		else if (live++ == 0)
+			fs_fd = w->fd;
+	}
+	/* Many files: one syncfs writes them all back in one pass and flushes the disk
+	 * cache once, where an fdatasync each costs an inode write and a cache flush per
+	 * file.  (It also writes back whatever else is dirty on that filesystem: worth it
+	 * only for a batch.) */
+	bool one_sync = live >= SYNCFS_MIN_FILES && syncfs(fs_fd) == 0;
+	for (w = list; w; w = w->snext) {
+		if (w->err)
+			continue;
+		const struct mm_rec *r = mm_user_get(mm_state_user(s->state, w->user, false), w->key);
+		int rr = mm_md_tmp_seal(w->fd, r->msg.internaldate, !one_sync);
+		w->fd = -1;
+		if (rr < 0) {
+			logmsg(s, MM_STORE_LOG_ERR, "writing %s/tmp/%s: %s (will retry)", w->fo->dir, w->base,
+			       strerror(-rr));
+			w->err = err = rr;
+		}
+	}
+	for (w = list; w; w = w->snext) {
+		if (w->err)
+			continue;
+		struct mm_user *mu = mm_state_user(s->state, w->user, false);
+		const struct mm_rec *r = mm_user_get(mu, w->key);
+		uint64_t letters = wanted_letters(s, w->fo, r, 0);
+		char name[MM_MD_NAME_MAX + 1];
+		int rr = mm_md_name_format(name, sizeof name, w->base, strlen(w->base), letters, letters != 0);
+		if (rr < 0) {
+			w->err = err = rr;
+			continue;
+		}
+		int64_t idate = r->msg.internaldate;
+		uint8_t body[MM_ID_LEN];
+		memcpy(body, r->msg.body, MM_ID_LEN);
+		uint64_t size = r->msg.size;
+		/* its UID goes into dovecot-uidlist before the file becomes visible, under the lock */
+		uint32_t uid = r->msg.uid_value;
+		int lk = s->imap_uids ? mm_md_uidlist_lock(w->fo->dir, 2000) : -EPERM;
+		bool listed = lk == 0 && uid_preinstall(s, mu, w->fo, uid, name);
+		rr = mm_md_tmp_place(w->fo->dir, w->base, letters ? "cur" : "new", name);
+		if (lk == 0)
+			mm_md_uidlist_unlock(w->fo->dir);
+		if ((!listed || rr < 0) && s->imap_uids)
+			w->fo->uid_check = true;
+		w->tmp_gone = true; /* place removes tmp/<base> whatever happens */
+		if (rr < 0) {
+			logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", w->fo->dir,
+			       letters ? "cur" : "new", name, strerror(-rr));
+			w->err = err = rr;
+			continue;
+		}
+		set_missing(s, w->user, w->key, NULL, false);
+		if (!fent_add(s, w->fo, w->base, name, letters != 0, w->key, body, size, idate, letters))
+			err = -ENOMEM; /* the rescan will link the file by its key */
+		else
+			placed++;
+		*(letters ? &w->fo->sync_cur : &w->fo->sync_new) = true;
+		/* other instances waiting for the same bytes get a local copy at the next commit */
+		char kb[KBUF];
+		size_t bl = k_ub(kb, w->user, body, MM_ID_LEN);
+		for (struct miss *m = hm_get(&s->missing_body, kb, bl); m; m = m->bnext)
+			add_pending(s, w->user, m->key);
+	}
+	for (w = list; w; w = w->snext) {
+		if (w->fo->sync_new)
+			mm_md_sync_sub(w->fo->dir, "new");
+		if (w->fo->sync_cur)
+			mm_md_sync_sub(w->fo->dir, "cur");
+		w->fo->sync_new = w->fo->sync_cur = false;
+	}
+	for (w = list; w; w = nx) {
+		nx = w->snext;
+		writer_free(&w, !w->tmp_gone);
+	}
+	return placed ? placed : err;
+}
+
+/* Takes the whole staged list out of the store (the caller places or drops it). */
+static struct mm_body_writer *unstage_all(struct mm_store *s)
+{
+	struct mm_body_writer *list = s->staged;
+	for (struct mm_body_writer *w = list; w; w = w->snext) {
+		char k[KBUF];
+		size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+		hm_del(&s->staged_keys, k, kl);
+	}
+	s->staged = NULL;
+	s->staged_tail = &s->staged;
+	s->n_staged = 0;
+	return list;
+}
+
+static void drop_list(struct mm_body_writer *list)
+{
+	for (struct mm_body_writer *w = list, *nx; w; w = nx) {
+		nx = w->snext;
+		writer_free(&w, true);
+	}
+}
+
+int mm_store_body_stage(struct mm_body_writer **wp)
+{
+	struct mm_body_writer *w = *wp;
+	struct mm_store *s = w->s;
+	int r = writer_check(wp);
+	if (r <= 0)
+		return r;
+	/* start the writeback now: the fsync at placement then mostly waits for I/O that
+	 * is already under way, for all the files of the batch at once */
+	sync_file_range(w->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	char k[KBUF];
+	size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+	if (hm_put(&s->staged_keys, k, kl, w) < 0) {
+		writer_free(wp, true);
+		return -ENOMEM;
+	}
+	w->snext = NULL;
+	*s->staged_tail = w; /* in arrival order: bodies fetched in UID order keep it */
+	s->staged_tail = &w->snext;
+	s->n_staged++;
+	*wp = NULL;
+	if (s->n_staged >= STAGE_MAX_FILES)
+		mm_store_flush(s); /* a failure leaves the bodies missing: asked for again */
+	return 0;
+}
+
+size_t mm_store_staged_count(const struct mm_store *s)
+{
+	return s->n_staged;
+}
+
+int mm_store_flush(struct mm_store *s)
+{
+	if (!s->staged || s->in_commit)
+		return 0; /* in a commit: it places them when its transaction is durable */
+	for (struct mm_body_writer *w = s->staged; w; w = w->snext)
+		if (rec_dirty(s, w->user, w->key))
+			return mm_store_commit(s); /* the records first: it places the bodies */
+	int r = place_list(s, unstage_all(s));
+	return r < 0 ? r : 0;
+}
+
+int mm_store_body_commit(struct mm_body_writer **wp)
+{
+	struct mm_body_writer *w = *wp;
+	struct mm_store *s = w->s;
+	int r = writer_check(wp);
+	if (r <= 0)
+		return r;
+	*wp = NULL;
 	/* the record must be durable before a file carrying its key appears */
 	if (rec_dirty(s, w->user, w->key) && !s->in_commit) {
 		int rr = mm_store_commit(s);
 		if (rr < 0) {
-			writer_free(wp, true);
+			writer_free(&w, true);
 			return rr;
 		}
-		r = mm_user_get(mu, w->key);
-		if (!r || r->type != MM_REC_MESSAGE) {
-			writer_free(wp, true);
-			return 0;
-		}
 	}
-	uint64_t letters = wanted_letters(s, w->fo, r, 0);
-	char name[MM_MD_NAME_MAX + 1];
-	int rr = mm_md_name_format(name, sizeof name, w->base, strlen(w->base), letters, letters != 0);
-	if (rr < 0) {
-		writer_free(wp, true);
-		return rr;
-	}
-	int64_t idate = r->msg.internaldate;
-	uint8_t body[MM_ID_LEN];
-	memcpy(body, r->msg.body, MM_ID_LEN);
-	uint64_t size = r->msg.size;
-	/* its UID goes into dovecot-uidlist before the file becomes visible, under the lock */
-	uint32_t uid = r->msg.uid_value;
-	int lk = s->imap_uids ? mm_md_uidlist_lock(w->fo->dir, 2000) : -EPERM;
-	bool listed = lk == 0 && uid_preinstall(s, mu, w->fo, uid, name);
-	rr = mm_md_tmp_finish(w->fo->dir, w->base, w->fd, idate, letters ? "cur" : "new", name);
-	if (lk == 0)
-		mm_md_uidlist_unlock(w->fo->dir);
-	if ((!listed || rr < 0) && s->imap_uids)
-		w->fo->uid_check = true;
-	w->fd = -1;
-	if (rr < 0) {
-		logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", w->fo->dir,
-		       letters ? "cur" : "new", name, strerror(-rr));
-		writer_free(wp, false);
-		return rr;
-	}
-	set_missing(s, w->user, w->key, NULL, false);
-	struct fent *fe = fent_add(s, w->fo, w->base, name, letters != 0, w->key, body, size, idate, letters);
-	/* other instances waiting for the same bytes get a local copy at the next commit */
-	char kb[KBUF];
-	size_t bl = k_ub(kb, w->user, body, MM_ID_LEN);
-	for (struct miss *m = hm_get(&s->missing_body, kb, bl); m; m = m->bnext)
-		add_pending(s, w->user, m->key);
-	writer_free(wp, false);
-	return fe ? 1 : -ENOMEM;
+	w->snext = NULL;
+	return place_list(s, w);
 }
 
 /* A body present locally under another key: copy it for a remote record (no network).
@@ -1961,6 +2124,8 @@ int mm_store_missing(struct mm_store *s,
 			set_missing(s, user, key, NULL, false);
 			continue;
 		}
+		if (staged_get(s, user, key))
+			continue; /* received, placed at the next flush */
 		uint8_t body[MM_ID_LEN];
 		memcpy(body, rec->msg.body, MM_ID_LEN);
 		r = cb(arg, user, key, body, rec->msg.size);
@@ -2679,6 +2844,15 @@ int mm_store_commit(struct mm_store *s)
 		if (s->dirty_files.n || s->dirty_folders.n || s->dirty_recs.n)
 			r = commit_batch(s);
 	}
+	/* every staged body's record is durable now (or the commit failed: drop them, they
+	 * stay missing and are asked for again, rather than retry on every flush) */
+	if (s->staged) {
+		struct mm_body_writer *list = unstage_all(s);
+		if (r == 0)
+			place_list(s, list);
+		else
+			drop_list(list);
+	}
 	s->in_commit = false;
 	return r;
 }
@@ -2803,6 +2977,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->clock = clock;
 	s->imap_uids = cfg->imap_uids;
 	s->max_skew_ms = 10 * 60 * 1000;
+	s->staged_tail = &s->staged;
 	int r = mm_mailloc_new(&s->loc, cfg->mail_location, err, errlen);
 	if (r == 0)
 		r = mm_statedb_open(&s->db, cfg->state_dir, 0, err, errlen);
@@ -2856,6 +3031,7 @@ void mm_store_free(struct mm_store **sp)
 	if (!sp || !*sp)
 		return;
 	struct mm_store *s = *sp;
+	drop_list(unstage_all(s)); /* before the folders their writers point to */
 	for (struct user *u = s->users, *un; u; u = un) {
 		un = u->next;
 		for (struct folder *fo = u->folders, *fn; fo; fo = fn) {
@@ -2878,6 +3054,7 @@ void mm_store_free(struct mm_store **sp)
 		free(p->user);
 		free(p);
 	}
+	hm_clear(&s->staged_keys);
 	hm_clear(&s->users_by_name);
 	hm_clear(&s->folders);
 	hm_clear(&s->by_base);
