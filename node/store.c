@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PATHBUF 4096
@@ -197,6 +198,7 @@ struct folder {
 	uint64_t uid_sig; /* dovecot-uidlist's (inode, size, mtime) when last synced */
 	uint32_t uid_next; /* N of dovecot-uidlist when last read (floor for new UIDs) */
 	bool sync_new, sync_cur; /* a staged body was placed there: fsync that directory */
+	uint64_t dir_sig; /* new/ and cur/ (inode, mtime) when the index last matched them, 0 = unknown */
 	struct mm_md_keywords kw;
 };
 
@@ -247,6 +249,8 @@ struct mm_store {
 	struct mm_delta *out;
 	int changes;
 	bool in_commit;
+	bool loading;                /* mm_store_open is reading the database */
+	bool trust_dirs;             /* first scan after open: skip folders whose dir_sig held */
 	uint64_t max_skew_ms;
 };
 
@@ -330,6 +334,8 @@ static void mark_rec(struct mm_store *s, const char *user, const uint8_t key[MM_
 
 static void mark_file(struct mm_store *s, struct folder *fo, const char *base)
 {
+	if (s->loading)
+		return; /* entries read from the database are written there already */
 	char k[KBUF];
 	size_t kl = k_ufb(k, fo->u->name, fo->name, base);
 	hm_put(&s->dirty_files, k, kl, (void *)1);
@@ -1400,6 +1406,29 @@ static uint64_t uidlist_sig(const struct folder *fo)
 	       ((uint64_t)st.st_mtim.tv_nsec << 32);
 }
 
+/* What new/ and cur/ look like (inode and mtime of each), taken before they are read,
+ * so any change during or after the read makes a different value; 0 when unknown or
+ * not to be trusted: a directory changed in the last 2 s may change again within the
+ * same timestamp tick (the way Dovecot treats "dirty" maildir mtimes). */
+static uint64_t dir_sig(const struct folder *fo)
+{
+	static const char *const subs[2] = {"new", "cur"};
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	uint64_t sig = 1469598103934665603ULL;
+	for (int i = 0; i < 2; i++) {
+		char p[PATHBUF];
+		struct stat st;
+		snprintf(p, sizeof p, "%s/%s", fo->dir, subs[i]);
+		if (stat(p, &st) < 0 || st.st_mtim.tv_sec + 2 > now.tv_sec)
+			return 0;
+		uint64_t v[3] = {(uint64_t)st.st_ino, (uint64_t)st.st_mtim.tv_sec, (uint64_t)st.st_mtim.tv_nsec};
+		for (int j = 0; j < 3; j++)
+			sig = (sig ^ v[j]) * 1099511628211ULL;
+	}
+	return sig ? sig : 1;
+}
+
 /* One folder of a user: creation, removal, files.  `listed` = the directory exists. */
 static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *mu, const char *name,
                            bool listed)
@@ -1417,7 +1446,19 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 			if (r > 0)
 				s->changes++;
 		}
-		int r = scan_files(s, fo, mu);
+		/* At a start, a folder whose directories are as they were when the index last
+		 * matched them is not read again (a million file names); later scans read
+		 * everything, so what mtimes cannot show (a touched file) is caught by the
+		 * periodic rescan. */
+		uint64_t sig = dir_sig(fo);
+		int r = 0;
+		if (!(s->trust_dirs && sig && sig == fo->dir_sig)) {
+			r = scan_files(s, fo, mu);
+			if (r == 0 && sig != fo->dir_sig) {
+				fo->dir_sig = sig;
+				mark_folder(s, fo);
+			}
+		}
 		if (r == 0 && uidlist_sig(fo) != fo->uid_sig)
 			fo->uid_check = true;
 		if (r != -ENOENT)
@@ -1569,6 +1610,7 @@ int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out)
 	s->out = out;
 	s->changes = 0;
 	int r = mm_mailloc_walk(s->loc, walk_user_cb, NULL, walk_odd_cb, s);
+	s->trust_dirs = false; /* only the first scan after open */
 	if (r >= 0)
 		uid_pass(s);
 	s->out = NULL;
@@ -2688,6 +2730,7 @@ static int put_folder(struct mm_store *s, const void *lk, size_t lkl, struct wbu
 	wb_put(wb, &f, 1);
 	wb_str(wb, fo->u->name);
 	wb_str(wb, fo->name);
+	wb_u64(wb, fo->dir_sig); /* optional trailer: entries written before it lack it */
 	if (wb->oom)
 		return -ENOMEM;
 	return mm_statedb_put(s->db, MM_DB_FOLDERS, k, sizeof k, wb->p, wb->n);
@@ -2939,6 +2982,9 @@ static int load_folder_cb(void *arg, const void *k, size_t kl, const void *v, si
 	}
 	fo->on_disk = f & 1;
 	fo->subscribed = (f & 2) != 0;
+	fo->dir_sig = b.p < b.end ? rb_u64(&b) : 0;
+	if (b.bad)
+		fo->dir_sig = 0;
 	fo->uid_check = fo->on_disk; /* first commit after a start checks every uidlist */
 	return 0;
 }
@@ -2978,6 +3024,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->imap_uids = cfg->imap_uids;
 	s->max_skew_ms = 10 * 60 * 1000;
 	s->staged_tail = &s->staged;
+	s->trust_dirs = true;
 	int r = mm_mailloc_new(&s->loc, cfg->mail_location, err, errlen);
 	if (r == 0)
 		r = mm_statedb_open(&s->db, cfg->state_dir, 0, err, errlen);
@@ -2987,6 +3034,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	}
 	struct load_ctx c = {s, {0}, 0};
 	mm_arena_init(&c.arena);
+	s->loading = true;
 	r = mm_statedb_foreach(s->db, MM_DB_RECS, load_rec_cb, &c);
 	mm_arena_free(&c.arena);
 	if (r == 0)
@@ -2998,10 +3046,11 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		mm_store_free(&s);
 		return r;
 	}
+	s->loading = false;
+	mm_statedb_release_pages(s->db); /* the load touched every page; later reads are by key */
 	if (c.bad)
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/state.mdb: %d unreadable entries skipped", cfg->state_dir, c.bad);
-	/* loading marked every file entry dirty: they are on disk already */
-	hm_clear(&s->dirty_files);
+	/* loading may have marked folders dirty (created before their entry was read) */
 	hm_clear(&s->dirty_folders);
 	uint8_t cb[8];
 	uint64_t last = 0;

@@ -70,7 +70,11 @@ void mm_store_set_log(struct mm_store *s, void (*fn)(void *arg, int level, const
  * folders created/removed, new files (read and hashed: deliver), renames (flags and
  * keywords), deleted files (expunge), subscriptions.  Each change is stamped by the
  * clock at now_ms and its records appended to out (may be NULL).  Returns the number
- * of CRDT changes made (>= 0) or a negative errno (-ENOMEM). */
+ * of CRDT changes made (>= 0) or a negative errno (-ENOMEM).  The first scan after
+ * mm_store_open does not read a folder whose new/ and cur/ have the inode and mtime
+ * they had when the index last matched them (and were not changed in the 2 s before
+ * that), so a restart does not read every file name again; every later scan reads
+ * all folders. */
 int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out);
 
 /* The same for one folder of one user ("INBOX" or Maildir++ name); a folder that

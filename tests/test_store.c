@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static char top[256];
@@ -803,6 +804,64 @@ static void test_stage_then_expunge(void **state)
 	node_close(&b);
 }
 
+/* ---- restart: folders whose directories did not change are not read again -------- */
+
+static void set_dir_mtimes(const struct node *n, const char *folder, time_t t)
+{
+	char d[600], p[700];
+	udir(n, folder, d, sizeof d);
+	const char *subs[] = {"new", "cur"};
+	struct timespec ts[2] = {{t, 0}, {t, 0}};
+	for (int i = 0; i < 2; i++) {
+		snprintf(p, sizeof p, "%s/%s", d, subs[i]);
+		assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
+	}
+}
+
+/* The first scan after open trusts new/ and cur/ whose inode and mtime are what they
+ * were when the index last matched them: shown by a file slipped in with the
+ * directory's mtime put back, which only a later scan finds.  A directory changed
+ * normally while the store was closed is read at once. */
+static void test_restart_skips_unchanged_folders(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: one\r\n\r\nbody one\r\n", 1600000000);
+	deliver(&a, "INBOX", "1700000001.M1P1.mx", "Subject: two\r\n\r\nbody two\r\n", 1600000001);
+	time_t old = time(NULL) - 100;
+	set_dir_mtimes(&a, "INBOX", old);
+	assert_true(scan(&a, NULL) >= 2);
+	node_close(&a);
+
+	/* the forged change: a file appears but new/ keeps its mtime */
+	char d[600];
+	udir(&a, "INBOX", d, sizeof d);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	const char *b3 = "1700000002.M1P1.mx";
+	const char *m3 = "Subject: three\r\n\r\nbody three\r\n";
+	assert_int_equal(mm_md_deliver(d, b3, m3, strlen(m3), 1600000002, "new", b3, &o), 0);
+	set_dir_mtimes(&a, "INBOX", old);
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 0);           /* not read: trusted */
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	assert_int_equal(scan(&a, NULL), 1);           /* later scans read everything */
+	set_dir_mtimes(&a, "INBOX", old);
+	assert_int_equal(scan(&a, NULL), 0);           /* stores the signature again */
+	node_close(&a);
+
+	/* a normal change while closed: the directory's mtime moves, the folder is read */
+	deliver(&a, "INBOX", "1700000003.M1P1.mx", "Subject: four\r\n\r\nbody four\r\n", 1600000003);
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 1);
+	node_close(&a);
+	/* and a restart with nothing changed finds nothing, whether it reads or not */
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_missing_count(a.s), 0);
+	node_close(&a);
+}
+
 /* Dovecot renames a file to carry a new keyword's letter before it names the letter in
  * dovecot-keywords.  The letter must stay pending (not recorded as applied), survive a
  * remote flag change that renames the file meanwhile, and be replicated once named. */
@@ -892,6 +951,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stage_flush, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_folders, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_named_late, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
