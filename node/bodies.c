@@ -4,12 +4,15 @@
  * content-addressed; the store keeps files per record key, and its by-id functions
  * map between the two.  Reads open the file per chunk (no descriptor is held across
  * loop turns, so an expunge in between is harmless); writes go through the store's
- * atomic tmp/ -> fsync -> rename path, which verifies the bytes against the id again.
+ * atomic tmp/ -> fsync -> rename path, which verifies the bytes against the id again,
+ * batched: bodies are staged as they complete and placed together once per loop turn.
  */
 #include <errno.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "node/daemon.h"
+#include "node/log.h"
 #include "node/store.h"
 #include "proto/sync.h"
 
@@ -62,13 +65,15 @@ static int body_write(void *handle, const uint8_t *data, size_t len)
 	return mm_store_body_write(handle, data, len);
 }
 
+/* Bodies are staged, not placed one by one: mm_bodies_flush places the batch once per
+ * loop turn (after the turn's reads), so a stream of bodies costs one LMDB commit and
+ * one directory fsync per batch, and a single pushed message waits for no timer. */
 static int body_commit(void *handle)
 {
 	if (handle == &discard_handle)
 		return 0;
 	struct mm_body_writer *w = handle;
-	int r = mm_store_body_commit(&w);
-	return r < 0 ? r : 0;
+	return mm_store_body_stage(&w);
 }
 
 static void body_abort(void *handle)
@@ -83,6 +88,17 @@ static int body_have(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
 {
 	struct mm_daemon *d = arg;
 	return mm_store_body_have_id(d->store, user, id);
+}
+
+void mm_bodies_flush(struct mm_daemon *d)
+{
+	if (!d->store || !mm_store_staged_count(d->store))
+		return;
+	int r = mm_store_flush(d->store);
+	if (r < 0)
+		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)",
+		       strerror(-r));
+	mm_daemon_commit_soon(d); /* the placed files' index entries */
 }
 
 void mm_bodies_ops(struct mm_daemon *d, struct mm_body_ops *ops_r)

@@ -150,6 +150,11 @@ static void gossip_cb(uv_timer_t *t)
 	uid_authority_update(d, now);
 }
 
+static void body_flush_cb(uv_check_t *c)
+{
+	mm_bodies_flush(c->data);
+}
+
 static void rescan_cb(uv_timer_t *t)
 {
 	struct mm_daemon *d = t->data;
@@ -221,6 +226,7 @@ static void daemon_stop(struct mm_daemon *d, int status)
 	close_if((uv_handle_t *)&d->commit_timer);
 	close_if((uv_handle_t *)&d->gc_timer);
 	close_if((uv_handle_t *)&d->settle_timer);
+	close_if((uv_handle_t *)&d->body_flush);
 	close_if((uv_handle_t *)&d->sigterm);
 	close_if((uv_handle_t *)&d->sigint);
 }
@@ -309,7 +315,9 @@ static int daemon_start(struct mm_daemon *d)
 	uv_timer_init(&d->loop, &d->settle_timer);
 	uv_signal_init(&d->loop, &d->sigterm);
 	uv_signal_init(&d->loop, &d->sigint);
-	d->open_handles += 8;
+	uv_check_init(&d->loop, &d->body_flush);
+	d->open_handles += 9;
+	d->body_flush.data = d;
 	d->settle_timer.data = d;
 	d->gossip_timer.data = d->scan_timer.data = d->rescan_timer.data = d;
 	d->commit_timer.data = d->gc_timer.data = d->sigterm.data = d->sigint.data = d;
@@ -351,6 +359,7 @@ static int daemon_start(struct mm_daemon *d)
 	uv_timer_start(&d->gossip_timer, gossip_cb, d->cfg.gossip_interval_ms, d->cfg.gossip_interval_ms);
 	uv_timer_start(&d->rescan_timer, rescan_cb, RESCAN_INTERVAL_MS, RESCAN_INTERVAL_MS);
 	uv_timer_start(&d->gc_timer, gc_cb, 1000, GC_INTERVAL_MS);
+	uv_check_start(&d->body_flush, body_flush_cb);
 	mm_log(MM_LOG_INFO, "mailmesh node %s (%016llx) started", d->cfg.name, (unsigned long long)d->cfg.node_id);
 	return 0;
 }

@@ -70,6 +70,7 @@ struct mm_daemon {
 	uv_timer_t commit_timer;           /* commits merged remote changes in batches */
 	uv_timer_t gc_timer;               /* raises the tombstone GC horizon */
 	uv_timer_t settle_timer;           /* follow-up scans after a user or domain appears */
+	uv_check_t body_flush;             /* after each loop turn's I/O: place staged bodies */
 	int settle_left;
 	uv_signal_t sigterm, sigint;
 	int open_handles;                  /* handles not yet closed (leak check at exit) */
@@ -105,6 +106,7 @@ void mm_scan_run(struct mm_daemon *d);         /* rescans what is dirty, commits
 /* bodies.c */
 struct mm_body_ops;
 void mm_bodies_ops(struct mm_daemon *d, struct mm_body_ops *ops_r);
+void mm_bodies_flush(struct mm_daemon *d);     /* places staged bodies (each loop turn) */
 
 /* control.c */
 int mm_control_start(struct mm_daemon *d);

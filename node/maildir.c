@@ -535,23 +535,26 @@ int mm_md_tmp_open(const char *folder_dir, const char *base, const struct mm_md_
 	return fd;
 }
 
-int mm_md_tmp_finish(const char *folder_dir, const char *base, int fd, int64_t mtime,
-                     const char *sub, const char *name)
+int mm_md_tmp_seal(int fd, int64_t mtime, bool sync)
 {
-	char tp[PATHBUF], dp[PATHBUF], sd[PATHBUF];
-	int r = 0;
-	if (path3(tp, sizeof tp, folder_dir, "tmp", base) < 0 ||
-	    path3(dp, sizeof dp, folder_dir, sub, name) < 0 || path2(sd, sizeof sd, folder_dir, sub) < 0)
-		r = -ENAMETOOLONG;
-	if (r == 0 && fsync(fd) < 0)
+	/* mtime first, so that the one inode write of the fdatasync carries it too */
+	struct timespec ts[2] = {{(time_t)mtime, 0}, {(time_t)mtime, 0}};
+	int r = futimens(fd, ts) < 0 ? -errno : 0;
+	if (r == 0 && sync && fdatasync(fd) < 0)
 		r = -errno;
-	if (r == 0) {
-		struct timespec ts[2] = {{(time_t)mtime, 0}, {(time_t)mtime, 0}};
-		if (futimens(fd, ts) < 0)
-			r = -errno;
-	}
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
+	return r;
+}
+
+int mm_md_tmp_place(const char *folder_dir, const char *base, const char *sub, const char *name)
+{
+	char tp[PATHBUF], dp[PATHBUF], sd[PATHBUF];
+	if (path3(tp, sizeof tp, folder_dir, "tmp", base) < 0)
+		return -ENAMETOOLONG;
+	int r = 0;
+	if (path3(dp, sizeof dp, folder_dir, sub, name) < 0 || path2(sd, sizeof sd, folder_dir, sub) < 0)
+		r = -ENAMETOOLONG;
 	/* link + unlink rather than rename: never replace a file that holds that name */
 	if (r == 0 && link(tp, dp) < 0) {
 		r = -errno;
@@ -562,8 +565,30 @@ int mm_md_tmp_finish(const char *folder_dir, const char *base, int fd, int64_t m
 			r = link(tp, dp) < 0 ? -errno : 0;
 	}
 	unlink(tp);
+	return r;
+}
+
+int mm_md_sync_sub(const char *folder_dir, const char *sub)
+{
+	char sd[PATHBUF];
+	if (path2(sd, sizeof sd, folder_dir, sub) < 0)
+		return -ENAMETOOLONG;
+	return fsync_dir(sd);
+}
+
+int mm_md_tmp_finish(const char *folder_dir, const char *base, int fd, int64_t mtime,
+                     const char *sub, const char *name)
+{
+	int r = mm_md_tmp_seal(fd, mtime, true);
+	if (r < 0) {
+		char tp[PATHBUF];
+		if (path3(tp, sizeof tp, folder_dir, "tmp", base) >= 0)
+			unlink(tp);
+		return r;
+	}
+	r = mm_md_tmp_place(folder_dir, base, sub, name);
 	if (r == 0)
-		fsync_dir(sd);
+		mm_md_sync_sub(folder_dir, sub);
 	return r;
 }
 

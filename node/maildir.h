@@ -177,6 +177,19 @@ int mm_md_tmp_open(const char *folder_dir, const char *base, const struct mm_md_
 int mm_md_tmp_finish(const char *folder_dir, const char *base, int fd, int64_t mtime,
                      const char *sub, const char *name);
 
+/* The same in three steps, for callers that finish many files at once and sync each
+ * directory once (the store's batched body path):
+ *   seal:  mtime (and atime) = mtime, fdatasync if `sync` (contents and size durable;
+ *          a caller that passes false makes them durable by other means, e.g. one
+ *          syncfs for many files), close.  fd is closed in any case.
+ *   place: link tmp/<base> to <sub>/<name> (never replacing: -EEXIST), unlink tmp/<base>
+ *          (also on failure); <sub>/ is recreated if it vanished.  No directory fsync.
+ *   sync_sub: fsync of <folder_dir>/<sub>/, which makes the placed names durable.
+ * Each returns 0 or negative errno. */
+int mm_md_tmp_seal(int fd, int64_t mtime, bool sync);
+int mm_md_tmp_place(const char *folder_dir, const char *base, const char *sub, const char *name);
+int mm_md_sync_sub(const char *folder_dir, const char *sub);
+
 /* Convenience: delivers `len` bytes as <sub>/<name> through tmp/<base>. */
 int mm_md_deliver(const char *folder_dir, const char *base, const void *data, size_t len,
                   int64_t mtime, const char *sub, const char *name, const struct mm_md_owner *o);

@@ -8,10 +8,12 @@
 
 #include <errno.h>
 #include <lmdb.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 static const char *const table_names[MM_DB_TABLES] = {"recs", "files", "folders", "meta"};
 
@@ -96,6 +98,31 @@ void mm_statedb_free(struct mm_statedb **dbp)
 	mdb_env_close(db->env);
 	free(db);
 	*dbp = NULL;
+}
+
+void mm_statedb_release_pages(struct mm_statedb *db)
+{
+	/* LMDB does not tell where it mapped the file (me_mapaddr is set only with
+	 * MDB_FIXEDMAP): find the mapping of the file's inode in /proc/self/maps */
+	mdb_filehandle_t fd;
+	struct stat st;
+	if (mdb_env_get_fd(db->env, &fd) || fstat(fd, &st) < 0)
+		return;
+	FILE *f = fopen("/proc/self/maps", "re");
+	if (!f)
+		return;
+	char line[512];
+	while (fgets(line, sizeof line, f)) {
+		unsigned long lo, hi, ino;
+		unsigned maj, min;
+		char perms[8];
+		if (sscanf(line, "%lx-%lx %7s %*s %x:%x %lu", &lo, &hi, perms, &maj, &min, &ino) != 6 ||
+		    ino != st.st_ino || maj != major(st.st_dev) || min != minor(st.st_dev) || perms[1] == 'w')
+			continue;
+		/* a read-only shared file mapping (no MDB_WRITEMAP): nothing can be lost */
+		madvise((void *)lo, hi - lo, MADV_DONTNEED);
+	}
+	fclose(f);
 }
 
 int mm_statedb_foreach(struct mm_statedb *db, enum mm_statedb_table t,

@@ -41,6 +41,12 @@ int mm_statedb_foreach(struct mm_statedb *db, enum mm_statedb_table t,
                        int (*cb)(void *arg, const void *k, size_t kl, const void *v, size_t vl),
                        void *arg);
 
+/* Drops this process's mappings of the database pages it has read (after a full load,
+ * which touched every page): they stay in the kernel's page cache, and are mapped
+ * again on the next access.  Resident memory then counts only what is used later.
+ * Must not be called while data returned by a read is still in use. */
+void mm_statedb_release_pages(struct mm_statedb *db);
+
 /* One value into buf: returns its length (copying min(len, buflen) bytes), -ENOENT
  * if absent, or negative errno. */
 int mm_statedb_get(struct mm_statedb *db, enum mm_statedb_table t, const void *k, size_t kl,

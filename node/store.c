@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PATHBUF 4096
@@ -197,6 +198,8 @@ struct folder {
 	bool uid_busy;   /* its lock was busy in this pass */
 	uint64_t uid_sig; /* dovecot-uidlist's (inode, size, mtime) when last synced */
 	uint32_t uid_next; /* N of dovecot-uidlist when last read (floor for new UIDs) */
+	bool sync_new, sync_cur; /* a staged body was placed there: fsync that directory */
+	uint64_t dir_sig; /* new/ and cur/ (inode, mtime) when the index last matched them, 0 = unknown */
 	struct mm_md_keywords kw;
 };
 
@@ -238,23 +241,31 @@ struct mm_store {
 	struct hmap dirty_files;    /* user\0folder\0base */
 	struct hmap dirty_folders;  /* user\0folder */
 	struct hmap logged;         /* messages already logged */
+	struct hmap staged_keys;    /* user\0key -> staged body writer */
+	struct mm_body_writer *staged; /* bodies verified in tmp/, not yet placed (FIFO) */
+	struct mm_body_writer **staged_tail;
+	size_t n_staged;
 	struct pending *pending;
 	uint64_t hashed;
 	uint64_t now_ms;
 	struct mm_delta *out;
 	int changes;
 	bool in_commit;
+	bool loading;                /* mm_store_open is reading the database */
+	bool trust_dirs;             /* first scan after open: skip folders whose dir_sig held */
 	uint64_t max_skew_ms;
 };
 
 struct mm_body_writer {
 	struct mm_store *s;
+	struct mm_body_writer *snext; /* in the store's staged list */
 	char *user;
 	uint8_t key[MM_KEY_LEN];
 	struct folder *fo;
 	char base[160];
 	int fd;
 	int err;
+	bool tmp_gone; /* tmp/<base> was linked into place or removed */
 	uint64_t n;
 	crypto_generichash_state h;
 };
@@ -325,6 +336,8 @@ static void mark_rec(struct mm_store *s, const char *user, const uint8_t key[MM_
 
 static void mark_file(struct mm_store *s, struct folder *fo, const char *base)
 {
+	if (s->loading)
+		return; /* entries read from the database are written there already */
 	char k[KBUF];
 	size_t kl = k_ufb(k, fo->u->name, fo->name, base);
 	hm_put(&s->dirty_files, k, kl, (void *)1);
@@ -617,6 +630,14 @@ static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint
 	return hm_get(&s->by_key, k, kl);
 }
 
+/* The body staged for (user, key) (mm_store_body_stage), or NULL. */
+static struct mm_body_writer *staged_get(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	char k[KBUF];
+	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
+	return hm_get(&s->staged_keys, k, kl);
+}
+
 static int fent_path(const struct fent *fe, char *buf, size_t len)
 {
 	int n = snprintf(buf, len, "%s/%s/%s", fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
@@ -673,10 +694,17 @@ static bool is_sys_upper(int i)
 static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const struct mm_rec *r,
                                uint64_t keep)
 {
-	mm_md_keywords_clear(&fo->kw);
-	int rr = mm_md_keywords_read(fo->dir, &fo->kw);
-	if (rr < 0)
-		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-keywords: %s", fo->dir, strerror(-rr));
+	uint64_t kwbits = 0;
+	for (int i = 0; i < 26; i++)
+		kwbits |= MM_MD_KWBIT(i);
+	/* the keyword names matter only to a message with keywords or keyword letters (a
+	 * body written per message must not cost a failed open of a file most folders lack) */
+	if (r->msg.n_keywords || (keep & kwbits)) {
+		mm_md_keywords_clear(&fo->kw);
+		int rr = mm_md_keywords_read(fo->dir, &fo->kw);
+		if (rr < 0)
+			logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-keywords: %s", fo->dir, strerror(-rr));
+	}
 	uint64_t l = 0;
 	for (int i = 0; i < 26; i++)
 		if ((keep & MM_MD_UPPER('A' + i)) && !is_sys_upper(i))
@@ -1400,6 +1428,29 @@ static uint32_t dovecot_uidvalidity(const struct folder *fo)
 	return uv;
 }
 
+/* What new/ and cur/ look like (inode and mtime of each), taken before they are read,
+ * so any change during or after the read makes a different value; 0 when unknown or
+ * not to be trusted: a directory changed in the last 2 s may change again within the
+ * same timestamp tick (the way Dovecot treats "dirty" maildir mtimes). */
+static uint64_t dir_sig(const struct folder *fo)
+{
+	static const char *const subs[2] = {"new", "cur"};
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	uint64_t sig = 1469598103934665603ULL;
+	for (int i = 0; i < 2; i++) {
+		char p[PATHBUF];
+		struct stat st;
+		snprintf(p, sizeof p, "%s/%s", fo->dir, subs[i]);
+		if (stat(p, &st) < 0 || st.st_mtim.tv_sec + 2 > now.tv_sec)
+			return 0;
+		uint64_t v[3] = {(uint64_t)st.st_ino, (uint64_t)st.st_mtim.tv_sec, (uint64_t)st.st_mtim.tv_nsec};
+		for (int j = 0; j < 3; j++)
+			sig = (sig ^ v[j]) * 1099511628211ULL;
+	}
+	return sig ? sig : 1;
+}
+
 /* One folder of a user: creation, removal, files.  `listed` = the directory exists. */
 static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *mu, const char *name,
                            bool listed)
@@ -1421,7 +1472,19 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 			if (r > 0)
 				s->changes++;
 		}
-		int r = scan_files(s, fo, mu);
+		/* At a start, a folder whose directories are as they were when the index last
+		 * matched them is not read again (a million file names); later scans read
+		 * everything, so what mtimes cannot show (a touched file) is caught by the
+		 * periodic rescan. */
+		uint64_t sig = dir_sig(fo);
+		int r = 0;
+		if (!(s->trust_dirs && sig && sig == fo->dir_sig)) {
+			r = scan_files(s, fo, mu);
+			if (r == 0 && sig != fo->dir_sig) {
+				fo->dir_sig = sig;
+				mark_folder(s, fo);
+			}
+		}
 		/* a changed uidlist, or none yet (a new folder: its header must carry the
 		 * replicated UIDVALIDITY before Dovecot writes one from its clock) */
 		if (r == 0 && (uidlist_sig(fo) != fo->uid_sig || !fo->uid_sig))
@@ -1575,6 +1638,7 @@ int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out)
 	s->out = out;
 	s->changes = 0;
 	int r = mm_mailloc_walk(s->loc, walk_user_cb, NULL, walk_odd_cb, s);
+	s->trust_dirs = false; /* only the first scan after open */
 	if (r >= 0)
 		uid_pass(s);
 	s->out = NULL;
@@ -1710,7 +1774,7 @@ int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t i
 	struct mm_user *mu = mm_state_user(s->state, user, false);
 	for (struct miss *m = hm_get(&s->missing_body, k, kl); m && mu; m = m->bnext) {
 		const struct mm_rec *r = mm_user_get(mu, m->key);
-		if (!r || r->type != MM_REC_MESSAGE)
+		if (!r || r->type != MM_REC_MESSAGE || staged_get(s, user, m->key))
 			continue;
 		if (r->msg.size != size)
 			return -EINVAL;
@@ -1739,7 +1803,7 @@ int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[
 	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
 	if (!r || r->type != MM_REC_MESSAGE)
 		return -ENOENT;
-	if (fent_by_key(s, user, key))
+	if (fent_by_key(s, user, key) || staged_get(s, user, key))
 		return -EEXIST;
 	struct user *u = user_get(s, user, true);
 	if (!u)
@@ -1827,7 +1891,18 @@ static bool rec_dirty(struct mm_store *s, const char *user, const uint8_t key[MM
 static bool uid_preinstall(struct mm_store *s, struct mm_user *mu, struct folder *fo, uint32_t uid,
                            const char *name);
 
-int mm_store_body_commit(struct mm_body_writer **wp)
+/* Staged bodies: complete, verified files in tmp/ that wait for mm_store_flush (or the
+ * next commit) to be placed, so that a batch of bodies costs one LMDB commit, one
+ * fsync wait per file with their writeback started together, and one fsync per
+ * directory, instead of all three per body.  Each keeps its descriptor open until it
+ * is placed: the batch is bounded by the number of open files. */
+#define STAGE_MAX_FILES 128
+#define SYNCFS_MIN_FILES 8
+
+/* Checks a complete body against its record.  1: it matches and the message still
+ * wants it; 0: nothing to do (expunged or written meanwhile); negative errno.  On
+ * anything but 1 the writer is freed and its tmp file removed. */
+static int writer_check(struct mm_body_writer **wp)
 {
 	struct mm_body_writer *w = *wp;
 	struct mm_store *s = w->s;
@@ -1850,55 +1925,185 @@ int mm_store_body_commit(struct mm_body_writer **wp)
 		writer_free(wp, true);
 		return -EBADMSG;
 	}
+	return 1;
+}
+
+/* Places the checked bodies of `list`, whose records the caller made durable: every
+ * file's contents and mtime are made durable first (their writeback was started when
+ * they were staged), then each is linked into new/ or cur/, then each directory that
+ * got a name is synced once.  A body that cannot be placed stays missing (the daemon
+ * asks for it again).  Frees the writers.  Returns the number placed, or the first
+ * error when none was. */
+static int place_list(struct mm_store *s, struct mm_body_writer *list)
+{
+	int placed = 0, err = 0, live = 0, fs_fd = -1;
+	struct mm_body_writer *w, *nx;
+	for (w = list; w; w = w->snext) {
+		struct mm_user *mu = mm_state_user(s->state, w->user, false);
+		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
+		if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key))
+			w->err = -ECANCELED; /* expunged (or written) meanwhile */
+		else if (live++ == 0)
+			fs_fd = w->fd;
+	}
+	/* Many files: one syncfs writes them all back in one pass and flushes the disk
+	 * cache once, where an fdatasync each costs an inode write and a cache flush per
+	 * file.  (It also writes back whatever else is dirty on that filesystem: worth it
+	 * only for a batch.) */
+	bool one_sync = live >= SYNCFS_MIN_FILES && syncfs(fs_fd) == 0;
+	for (w = list; w; w = w->snext) {
+		if (w->err)
+			continue;
+		const struct mm_rec *r = mm_user_get(mm_state_user(s->state, w->user, false), w->key);
+		int rr = mm_md_tmp_seal(w->fd, r->msg.internaldate, !one_sync);
+		w->fd = -1;
+		if (rr < 0) {
+			logmsg(s, MM_STORE_LOG_ERR, "writing %s/tmp/%s: %s (will retry)", w->fo->dir, w->base,
+			       strerror(-rr));
+			w->err = err = rr;
+		}
+	}
+	for (w = list; w; w = w->snext) {
+		if (w->err)
+			continue;
+		struct mm_user *mu = mm_state_user(s->state, w->user, false);
+		const struct mm_rec *r = mm_user_get(mu, w->key);
+		uint64_t letters = wanted_letters(s, w->fo, r, 0);
+		char name[MM_MD_NAME_MAX + 1];
+		int rr = mm_md_name_format(name, sizeof name, w->base, strlen(w->base), letters, letters != 0);
+		if (rr < 0) {
+			w->err = err = rr;
+			continue;
+		}
+		int64_t idate = r->msg.internaldate;
+		uint8_t body[MM_ID_LEN];
+		memcpy(body, r->msg.body, MM_ID_LEN);
+		uint64_t size = r->msg.size;
+		/* its UID goes into dovecot-uidlist before the file becomes visible, under the lock */
+		uint32_t uid = r->msg.uid_value;
+		int lk = s->imap_uids ? mm_md_uidlist_lock(w->fo->dir, 2000) : -EPERM;
+		bool listed = lk == 0 && uid_preinstall(s, mu, w->fo, uid, name);
+		rr = mm_md_tmp_place(w->fo->dir, w->base, letters ? "cur" : "new", name);
+		if (lk == 0)
+			mm_md_uidlist_unlock(w->fo->dir);
+		if ((!listed || rr < 0) && s->imap_uids)
+			w->fo->uid_check = true;
+		w->tmp_gone = true; /* place removes tmp/<base> whatever happens */
+		if (rr < 0) {
+			logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", w->fo->dir,
+			       letters ? "cur" : "new", name, strerror(-rr));
+			w->err = err = rr;
+			continue;
+		}
+		set_missing(s, w->user, w->key, NULL, false);
+		if (!fent_add(s, w->fo, w->base, name, letters != 0, w->key, body, size, idate, letters))
+			err = -ENOMEM; /* the rescan will link the file by its key */
+		else
+			placed++;
+		*(letters ? &w->fo->sync_cur : &w->fo->sync_new) = true;
+		/* other instances waiting for the same bytes get a local copy at the next commit */
+		char kb[KBUF];
+		size_t bl = k_ub(kb, w->user, body, MM_ID_LEN);
+		for (struct miss *m = hm_get(&s->missing_body, kb, bl); m; m = m->bnext)
+			add_pending(s, w->user, m->key);
+	}
+	for (w = list; w; w = w->snext) {
+		if (w->fo->sync_new)
+			mm_md_sync_sub(w->fo->dir, "new");
+		if (w->fo->sync_cur)
+			mm_md_sync_sub(w->fo->dir, "cur");
+		w->fo->sync_new = w->fo->sync_cur = false;
+	}
+	for (w = list; w; w = nx) {
+		nx = w->snext;
+		writer_free(&w, !w->tmp_gone);
+	}
+	return placed ? placed : err;
+}
+
+/* Takes the whole staged list out of the store (the caller places or drops it). */
+static struct mm_body_writer *unstage_all(struct mm_store *s)
+{
+	struct mm_body_writer *list = s->staged;
+	for (struct mm_body_writer *w = list; w; w = w->snext) {
+		char k[KBUF];
+		size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+		hm_del(&s->staged_keys, k, kl);
+	}
+	s->staged = NULL;
+	s->staged_tail = &s->staged;
+	s->n_staged = 0;
+	return list;
+}
+
+static void drop_list(struct mm_body_writer *list)
+{
+	for (struct mm_body_writer *w = list, *nx; w; w = nx) {
+		nx = w->snext;
+		writer_free(&w, true);
+	}
+}
+
+int mm_store_body_stage(struct mm_body_writer **wp)
+{
+	struct mm_body_writer *w = *wp;
+	struct mm_store *s = w->s;
+	int r = writer_check(wp);
+	if (r <= 0)
+		return r;
+	/* start the writeback now: the fsync at placement then mostly waits for I/O that
+	 * is already under way, for all the files of the batch at once */
+	sync_file_range(w->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	char k[KBUF];
+	size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+	if (hm_put(&s->staged_keys, k, kl, w) < 0) {
+		writer_free(wp, true);
+		return -ENOMEM;
+	}
+	w->snext = NULL;
+	*s->staged_tail = w; /* in arrival order: bodies fetched in UID order keep it */
+	s->staged_tail = &w->snext;
+	s->n_staged++;
+	*wp = NULL;
+	if (s->n_staged >= STAGE_MAX_FILES)
+		mm_store_flush(s); /* a failure leaves the bodies missing: asked for again */
+	return 0;
+}
+
+size_t mm_store_staged_count(const struct mm_store *s)
+{
+	return s->n_staged;
+}
+
+int mm_store_flush(struct mm_store *s)
+{
+	if (!s->staged || s->in_commit)
+		return 0; /* in a commit: it places them when its transaction is durable */
+	for (struct mm_body_writer *w = s->staged; w; w = w->snext)
+		if (rec_dirty(s, w->user, w->key))
+			return mm_store_commit(s); /* the records first: it places the bodies */
+	int r = place_list(s, unstage_all(s));
+	return r < 0 ? r : 0;
+}
+
+int mm_store_body_commit(struct mm_body_writer **wp)
+{
+	struct mm_body_writer *w = *wp;
+	struct mm_store *s = w->s;
+	int r = writer_check(wp);
+	if (r <= 0)
+		return r;
+	*wp = NULL;
 	/* the record must be durable before a file carrying its key appears */
 	if (rec_dirty(s, w->user, w->key) && !s->in_commit) {
 		int rr = mm_store_commit(s);
 		if (rr < 0) {
-			writer_free(wp, true);
+			writer_free(&w, true);
 			return rr;
 		}
-		r = mm_user_get(mu, w->key);
-		if (!r || r->type != MM_REC_MESSAGE) {
-			writer_free(wp, true);
-			return 0;
-		}
 	}
-	uint64_t letters = wanted_letters(s, w->fo, r, 0);
-	char name[MM_MD_NAME_MAX + 1];
-	int rr = mm_md_name_format(name, sizeof name, w->base, strlen(w->base), letters, letters != 0);
-	if (rr < 0) {
-		writer_free(wp, true);
-		return rr;
-	}
-	int64_t idate = r->msg.internaldate;
-	uint8_t body[MM_ID_LEN];
-	memcpy(body, r->msg.body, MM_ID_LEN);
-	uint64_t size = r->msg.size;
-	/* its UID goes into dovecot-uidlist before the file becomes visible, under the lock */
-	uint32_t uid = r->msg.uid_value;
-	int lk = s->imap_uids ? mm_md_uidlist_lock(w->fo->dir, 2000) : -EPERM;
-	bool listed = lk == 0 && uid_preinstall(s, mu, w->fo, uid, name);
-	rr = mm_md_tmp_finish(w->fo->dir, w->base, w->fd, idate, letters ? "cur" : "new", name);
-	if (lk == 0)
-		mm_md_uidlist_unlock(w->fo->dir);
-	if ((!listed || rr < 0) && s->imap_uids)
-		w->fo->uid_check = true;
-	w->fd = -1;
-	if (rr < 0) {
-		logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", w->fo->dir,
-		       letters ? "cur" : "new", name, strerror(-rr));
-		writer_free(wp, false);
-		return rr;
-	}
-	set_missing(s, w->user, w->key, NULL, false);
-	struct fent *fe = fent_add(s, w->fo, w->base, name, letters != 0, w->key, body, size, idate, letters);
-	/* other instances waiting for the same bytes get a local copy at the next commit */
-	char kb[KBUF];
-	size_t bl = k_ub(kb, w->user, body, MM_ID_LEN);
-	for (struct miss *m = hm_get(&s->missing_body, kb, bl); m; m = m->bnext)
-		add_pending(s, w->user, m->key);
-	writer_free(wp, false);
-	return fe ? 1 : -ENOMEM;
+	w->snext = NULL;
+	return place_list(s, w);
 }
 
 /* A body present locally under another key: copy it for a remote record (no network).
@@ -1989,6 +2194,8 @@ int mm_store_missing(struct mm_store *s,
 			set_missing(s, user, key, NULL, false);
 			continue;
 		}
+		if (staged_get(s, user, key))
+			continue; /* received, placed at the next flush */
 		uint8_t body[MM_ID_LEN];
 		memcpy(body, rec->msg.body, MM_ID_LEN);
 		r = cb(arg, user, key, body, rec->msg.size);
@@ -2550,6 +2757,7 @@ static int put_folder(struct mm_store *s, const void *lk, size_t lkl, struct wbu
 	wb_put(wb, &f, 1);
 	wb_str(wb, fo->u->name);
 	wb_str(wb, fo->name);
+	wb_u64(wb, fo->dir_sig); /* optional trailer: entries written before it lack it */
 	if (wb->oom)
 		return -ENOMEM;
 	return mm_statedb_put(s->db, MM_DB_FOLDERS, k, sizeof k, wb->p, wb->n);
@@ -2706,6 +2914,15 @@ int mm_store_commit(struct mm_store *s)
 		if (s->dirty_files.n || s->dirty_folders.n || s->dirty_recs.n)
 			r = commit_batch(s);
 	}
+	/* every staged body's record is durable now (or the commit failed: drop them, they
+	 * stay missing and are asked for again, rather than retry on every flush) */
+	if (s->staged) {
+		struct mm_body_writer *list = unstage_all(s);
+		if (r == 0)
+			place_list(s, list);
+		else
+			drop_list(list);
+	}
 	s->in_commit = false;
 	return r;
 }
@@ -2792,6 +3009,9 @@ static int load_folder_cb(void *arg, const void *k, size_t kl, const void *v, si
 	}
 	fo->on_disk = f & 1;
 	fo->subscribed = (f & 2) != 0;
+	fo->dir_sig = b.p < b.end ? rb_u64(&b) : 0;
+	if (b.bad)
+		fo->dir_sig = 0;
 	fo->uid_check = fo->on_disk; /* first commit after a start checks every uidlist */
 	return 0;
 }
@@ -2830,6 +3050,8 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->clock = clock;
 	s->imap_uids = cfg->imap_uids;
 	s->max_skew_ms = 10 * 60 * 1000;
+	s->staged_tail = &s->staged;
+	s->trust_dirs = true;
 	int r = mm_mailloc_new(&s->loc, cfg->mail_location, err, errlen);
 	if (r == 0)
 		r = mm_statedb_open(&s->db, cfg->state_dir, 0, err, errlen);
@@ -2839,6 +3061,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	}
 	struct load_ctx c = {s, {0}, 0};
 	mm_arena_init(&c.arena);
+	s->loading = true;
 	r = mm_statedb_foreach(s->db, MM_DB_RECS, load_rec_cb, &c);
 	mm_arena_free(&c.arena);
 	if (r == 0)
@@ -2850,10 +3073,11 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		mm_store_free(&s);
 		return r;
 	}
+	s->loading = false;
+	mm_statedb_release_pages(s->db); /* the load touched every page; later reads are by key */
 	if (c.bad)
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/state.mdb: %d unreadable entries skipped", cfg->state_dir, c.bad);
-	/* loading marked every file entry dirty: they are on disk already */
-	hm_clear(&s->dirty_files);
+	/* loading may have marked folders dirty (created before their entry was read) */
 	hm_clear(&s->dirty_folders);
 	uint8_t cb[8];
 	uint64_t last = 0;
@@ -2883,6 +3107,7 @@ void mm_store_free(struct mm_store **sp)
 	if (!sp || !*sp)
 		return;
 	struct mm_store *s = *sp;
+	drop_list(unstage_all(s)); /* before the folders their writers point to */
 	for (struct user *u = s->users, *un; u; u = un) {
 		un = u->next;
 		for (struct folder *fo = u->folders, *fn; fo; fo = fn) {
@@ -2905,6 +3130,7 @@ void mm_store_free(struct mm_store **sp)
 		free(p->user);
 		free(p);
 	}
+	hm_clear(&s->staged_keys);
 	hm_clear(&s->users_by_name);
 	hm_clear(&s->folders);
 	hm_clear(&s->by_base);

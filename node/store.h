@@ -70,7 +70,11 @@ void mm_store_set_log(struct mm_store *s, void (*fn)(void *arg, int level, const
  * folders created/removed, new files (read and hashed: deliver), renames (flags and
  * keywords), deleted files (expunge), subscriptions.  Each change is stamped by the
  * clock at now_ms and its records appended to out (may be NULL).  Returns the number
- * of CRDT changes made (>= 0) or a negative errno (-ENOMEM). */
+ * of CRDT changes made (>= 0) or a negative errno (-ENOMEM).  The first scan after
+ * mm_store_open does not read a folder whose new/ and cur/ have the inode and mtime
+ * they had when the index last matched them (and were not changed in the 2 s before
+ * that), so a restart does not read every file name again; every later scan reads
+ * all folders. */
 int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out);
 
 /* The same for one folder of one user ("INBOX" or Maildir++ name); a folder that
@@ -138,6 +142,30 @@ int mm_store_body_write(struct mm_body_writer *w, const void *data, size_t len);
 int mm_store_body_commit(struct mm_body_writer **wp);
 void mm_store_body_abort(struct mm_body_writer **wp);
 
+/* Batched variant of commit, for a stream of bodies (sync sessions): checks size and
+ * BLAKE2b like commit (-EBADMSG, nothing left behind; 0 and nothing kept if the
+ * message was expunged or got its file meanwhile), starts the file's writeback and
+ * keeps the file in tmp/ (its descriptor open) until mm_store_flush or the next
+ * mm_store_commit places it.  Returns 0 (*wp is NULLed and the store owns the body).
+ * A staged message is not missing for mm_store_missing, and begin/begin_id refuse it
+ * (-EEXIST / -ENOENT).  After STAGE_MAX_FILES (128) staged bodies it flushes itself.
+ * If the body cannot be placed later, the message stays missing (the caller's missing
+ * check asks for it again); a store freed or a process killed before the placement
+ * leaves at most tmp/ files, which are never read as messages. */
+int mm_store_body_stage(struct mm_body_writer **wp);
+
+/* Places every staged body: commits first if any of their records is not durable
+ * yet (one LMDB transaction for the batch: a record is durable before a file carrying
+ * its key appears), fsyncs each file, links each into new/ or cur/, fsyncs each
+ * touched directory once.  The placed files' index entries are written by the next
+ * mm_store_commit (a crash before it is repaired by the rescan, by key).  0, or the
+ * commit's negative errno (then the staged bodies are dropped and stay missing);
+ * a body that cannot be placed is logged and stays missing. */
+int mm_store_flush(struct mm_store *s);
+
+/* Number of staged bodies (mm_store_body_stage) waiting for mm_store_flush. */
+size_t mm_store_staged_count(const struct mm_store *s);
+
 /* The same by body id, for sync sessions that name bodies by content:
  * have_id: 1 if a file with these bytes exists for the user, else 0.
  * open_id: opens one such file (-ENOENT if none).
@@ -162,9 +190,10 @@ size_t mm_store_missing_count(const struct mm_store *s);
 /* Persists every record changed since the last commit (local and merged), the file
  * and folder index and the clock in one durable LMDB transaction; then does the
  * deferred mirror work (local body copies, removal of folders no longer visible,
- * subscriptions files) and persists what that changed the same way.  The daemon
+ * subscriptions files) and persists what that changed the same way; then places the
+ * staged bodies (mm_store_body_stage), whose records are durable now.  The daemon
  * commits before it ships deltas to peers.  0, or negative errno (-ENOSPC: nothing
- * was lost, retry later). */
+ * was lost, retry later; staged bodies are dropped and stay missing). */
 int mm_store_commit(struct mm_store *s);
 
 /* Number of message files read and hashed since open (tests check that a restart

@@ -1,8 +1,9 @@
 /*
  * test_store.c — node/store.c on real Maildirs in temporary directories: local
  * changes seen exactly once, remote effects mirrored, body transfer checked, no echo,
- * restart without re-hashing, crash between a body's rename and the commit, and two
- * stores converging by exchanging deltas and bodies in memory.
+ * restart without re-hashing, crash between a body's rename and the commit, batched
+ * bodies (staged, flushed, crashes between the batch's LMDB commit and its renames),
+ * and two stores converging by exchanging deltas and bodies in memory.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static char top[256];
@@ -571,6 +574,294 @@ static void test_crash_between_rename_and_commit(void **state)
 	node_close(&b);
 }
 
+/* ---- batched bodies: stage, flush, crashes in between -------------------------------- */
+
+/* Like fetch_cb, but the body is staged (mm_store_body_stage), as sync sessions do. */
+static int stage_cb(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
+                    const uint8_t body[MM_ID_LEN], uint64_t size)
+{
+	(void)body;
+	struct xfer *x = arg;
+	int fd;
+	uint64_t sz;
+	if (mm_store_body_open(x->from->s, user, key, &fd, &sz) < 0)
+		return 0;
+	if (sz != size) {
+		close(fd);
+		return -EIO;
+	}
+	struct mm_body_writer *w;
+	int r = mm_store_body_begin(x->to->s, user, key, &w);
+	char buf[4096];
+	ssize_t n;
+	while (r == 0 && (n = read(fd, buf, sizeof buf)) > 0)
+		r = mm_store_body_write(w, buf, (size_t)n);
+	close(fd);
+	if (r < 0) {
+		mm_store_body_abort(&w);
+		return r;
+	}
+	r = mm_store_body_stage(&w);
+	if (r < 0 || w)
+		return r < 0 ? r : -EINVAL;
+	x->n++;
+	return 0;
+}
+
+static int count_cb(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
+                    const uint8_t body[MM_ID_LEN], uint64_t size)
+{
+	(void)user; (void)key; (void)body; (void)size;
+	(*(int *)arg)++;
+	return 0;
+}
+
+static int first_key_cb(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
+                        const uint8_t body[MM_ID_LEN], uint64_t size)
+{
+	(void)user; (void)size;
+	uint8_t *out = arg;
+	memcpy(out, key, MM_KEY_LEN);
+	memcpy(out + MM_KEY_LEN, body, MM_ID_LEN);
+	return 1;
+}
+
+static void three_messages(struct node *a, struct mm_delta *d)
+{
+	deliver(a, "INBOX", "1700000000.M1P1.mx", "Subject: one\r\n\r\nbody one\r\n", 1600000000);
+	deliver(a, "INBOX", "1700000001.M1P1.mx", "Subject: two\r\n\r\nbody two\r\n", 1600000001);
+	deliver(a, "INBOX", "1700000002.M1P1.mx", "Subject: three\r\n\r\nbody three\r\n", 1600000002);
+	assert_true(scan(a, d) >= 3); /* and the folder */
+}
+
+/* Staged bodies are invisible and not missing until the flush, which commits their
+ * records first (they were merged, not committed) and places them all; a kill -9
+ * after the flush but before the file index is committed loses nothing and
+ * duplicates nothing: the rescan links the files by their keys. */
+static void test_stage_flush(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	three_messages(&a, d);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0); /* not committed */
+	uint8_t kb[MM_KEY_LEN + MM_ID_LEN];
+	assert_int_equal(mm_store_missing(b.s, first_key_cb, kb), 1);
+	struct xfer x = {&a, &b, 0, 0};
+	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
+	assert_int_equal(x.n, 3);
+	assert_int_equal(mm_store_staged_count(b.s), 3);
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 0);
+	/* received already: not offered to the fetcher, not written twice */
+	int c = 0;
+	assert_int_equal(mm_store_missing(b.s, count_cb, &c), 0);
+	assert_int_equal(c, 0);
+	struct mm_body_writer *w = NULL;
+	assert_int_equal(mm_store_body_begin(b.s, "ex.org/alice", kb, &w), -EEXIST);
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", kb + MM_KEY_LEN, 100, &w), -ENOENT);
+	assert_null(w);
+
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_staged_count(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_int_equal(mm_store_flush(b.s), 0); /* nothing left: a no-op */
+
+	/* "kill -9" now: records durable (the flush committed them), index not */
+	uint8_t r1[MM_HASH_LEN], r2[MM_HASH_LEN];
+	mm_state_root(b.st, r1);
+	node_close(&b);
+	node_open(&b, "b", 2);
+	mm_state_root(b.st, r2);
+	assert_memory_equal(r1, r2, MM_HASH_LEN);
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(b.s), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
+	char la[8192], lb[8192];
+	listing(&a, la, sizeof la);
+	listing(&b, lb, sizeof lb);
+	assert_string_equal(la, lb);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* kill -9 between the LMDB commit and the renames of a batch: the records are durable,
+ * the bodies only in tmp/.  After the restart the messages are missing (fetched again),
+ * the tmp/ leftovers are not taken for messages, and once the bodies come again each
+ * message has exactly one file. */
+static void test_crash_between_commit_and_rename(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	three_messages(&a, d);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0); /* the batch's LMDB commit */
+	uint8_t r1[MM_HASH_LEN], r2[MM_HASH_LEN];
+	mm_state_root(b.st, r1);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* the process that dies: stages the batch and is gone before placing it */
+		struct xfer x = {&a, &b, 0, 0};
+		int r = mm_store_missing(b.s, stage_cb, &x);
+		_exit(r == 0 && x.n == 3 && mm_store_staged_count(b.s) == 3 ? 0 : 1);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	node_close(&b);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 3); /* what the crash left */
+	node_open(&b, "b", 2);
+	mm_state_root(b.st, r2);
+	assert_memory_equal(r1, r2, MM_HASH_LEN);
+	assert_int_equal(scan(&b, NULL), 0); /* tmp/ is not a message */
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 3);
+	struct xfer x = {&a, &b, 0, 0};
+	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
+	assert_int_equal(x.n, 3);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	mm_state_root(b.st, r2);
+	assert_memory_equal(r1, r2, MM_HASH_LEN);
+	/* and a restart sees the same: no duplicate, nothing missing, no local change */
+	node_close(&b);
+	node_open(&b, "b", 2);
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	char la[8192], lb[8192];
+	listing(&a, la, sizeof la);
+	listing(&b, lb, sizeof lb);
+	assert_string_equal(la, lb);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A staged body whose message is expunged before the flush is dropped, not placed;
+ * a store freed with staged bodies (a stop without commit) leaves no tmp/ file. */
+static void test_stage_then_expunge(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	three_messages(&a, d);
+	sync_to(&a, &b, d); /* b has all three */
+	mm_delta_free(&d);
+	d = mm_delta_new();
+	deliver(&a, "INBOX", "1700000003.M1P1.mx", "Subject: four\r\n\r\nbody four\r\n", 1600000003);
+	deliver(&a, "INBOX", "1700000004.M1P1.mx", "Subject: five\r\n\r\nbody five\r\n", 1600000004);
+	assert_int_equal(scan(&a, d), 2);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	struct xfer x = {&a, &b, 0, 0};
+	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
+	assert_int_equal(x.n, 2);
+	/* a expunges "four"; b merges that before its flush */
+	struct mm_delta *e = mm_delta_new();
+	unlink(find(&a, "INBOX", "1700000003."));
+	assert_int_equal(scan(&a, e), 1);
+	assert_true(mm_store_merge_delta(b.s, e) >= 0);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 4);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	assert_null(find(&b, "INBOX", "1600000003."));
+	assert_non_null(find(&b, "INBOX", "1600000004."));
+	assert_int_equal(mm_store_commit(b.s), 0);
+	mm_delta_free(&e);
+	mm_delta_free(&d);
+	/* staged, then the store is freed without a flush: nothing placed, tmp/ clean */
+	d = mm_delta_new();
+	deliver(&a, "INBOX", "1700000005.M1P1.mx", "Subject: six\r\n\r\nbody six\r\n", 1600000005);
+	assert_int_equal(scan(&a, d), 1);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	x.n = 0;
+	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
+	assert_int_equal(x.n, 1);
+	node_close(&b);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 4);
+	node_open(&b, "b", 2);
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 1);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* ---- restart: folders whose directories did not change are not read again -------- */
+
+static void set_dir_mtimes(const struct node *n, const char *folder, time_t t)
+{
+	char d[600], p[700];
+	udir(n, folder, d, sizeof d);
+	const char *subs[] = {"new", "cur"};
+	struct timespec ts[2] = {{t, 0}, {t, 0}};
+	for (int i = 0; i < 2; i++) {
+		snprintf(p, sizeof p, "%s/%s", d, subs[i]);
+		assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
+	}
+}
+
+/* The first scan after open trusts new/ and cur/ whose inode and mtime are what they
+ * were when the index last matched them: shown by a file slipped in with the
+ * directory's mtime put back, which only a later scan finds.  A directory changed
+ * normally while the store was closed is read at once. */
+static void test_restart_skips_unchanged_folders(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: one\r\n\r\nbody one\r\n", 1600000000);
+	deliver(&a, "INBOX", "1700000001.M1P1.mx", "Subject: two\r\n\r\nbody two\r\n", 1600000001);
+	time_t old = time(NULL) - 100;
+	set_dir_mtimes(&a, "INBOX", old);
+	assert_true(scan(&a, NULL) >= 2);
+	node_close(&a);
+
+	/* the forged change: a file appears but new/ keeps its mtime */
+	char d[600];
+	udir(&a, "INBOX", d, sizeof d);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	const char *b3 = "1700000002.M1P1.mx";
+	const char *m3 = "Subject: three\r\n\r\nbody three\r\n";
+	assert_int_equal(mm_md_deliver(d, b3, m3, strlen(m3), 1600000002, "new", b3, &o), 0);
+	set_dir_mtimes(&a, "INBOX", old);
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 0);           /* not read: trusted */
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	assert_int_equal(scan(&a, NULL), 1);           /* later scans read everything */
+	set_dir_mtimes(&a, "INBOX", old);
+	assert_int_equal(scan(&a, NULL), 0);           /* stores the signature again */
+	node_close(&a);
+
+	/* a normal change while closed: the directory's mtime moves, the folder is read */
+	deliver(&a, "INBOX", "1700000003.M1P1.mx", "Subject: four\r\n\r\nbody four\r\n", 1600000003);
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 1);
+	node_close(&a);
+	/* and a restart with nothing changed finds nothing, whether it reads or not */
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_missing_count(a.s), 0);
+	node_close(&a);
+}
+
 /* Dovecot renames a file to carry a new keyword's letter before it names the letter in
  * dovecot-keywords.  The letter must stay pending (not recorded as applied), survive a
  * remote flag change that renames the file meanwhile, and be replicated once named. */
@@ -657,6 +948,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_scan_local_changes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_two_nodes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_rename_and_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stage_flush, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_folders, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_named_late, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
