@@ -92,13 +92,17 @@ static int body_have(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
 
 void mm_bodies_flush(struct mm_daemon *d)
 {
-	if (!d->store || !mm_store_staged_count(d->store))
+	if (!d->store)
+		return;
+	size_t staged = mm_store_staged_count(d->store), held = mm_store_held_count(d->store);
+	if (!staged && !held)
 		return;
 	int r = mm_store_flush(d->store);
 	if (r < 0)
 		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)",
 		       strerror(-r));
-	mm_daemon_commit_soon(d); /* the placed files' index entries */
+	if (staged || mm_store_held_count(d->store) != held)
+		mm_daemon_commit_soon(d); /* the placed files' index entries */
 }
 
 void mm_bodies_ops(struct mm_daemon *d, struct mm_body_ops *ops_r)

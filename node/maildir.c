@@ -460,30 +460,44 @@ int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 	char p[PATHBUF];
 	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist.lock") < 0)
 		return -ENAMETOOLONG;
+	/* The lock is made complete (owner, mode, contents) under a temporary name and
+	 * then linked into place, which fails if it exists: Dovecot, running as the mail
+	 * user, watches another holder's lock with inotify, and a lock that appeared
+	 * before its chown would make that fail with EACCES. */
+	char t[PATHBUF];
+	if (snprintf(t, sizeof t, "%s.mm%ld", p, (long)getpid()) >= (int)sizeof t)
+		return -ENAMETOOLONG;
+	unlink(t);
+	int fd = open(t, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	struct mm_md_owner o = {0};
+	if (mm_md_owner_of(folder_dir, &o) == 0)
+		apply_owner(fd, &o, false);
+	char pid[32];
+	int pn = snprintf(pid, sizeof pid, "%ld:mailmesh\n", (long)getpid());
+	(void)!write(fd, pid, (size_t)pn);
+	close(fd);
 	unsigned waited = 0;
 	for (;;) {
-		int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-		if (fd >= 0) {
-			/* Dovecot, running as the mail user, watches the lock of another
-			 * holder with inotify: it must be able to read it. */
-			struct mm_md_owner o = {0};
-			if (mm_md_owner_of(folder_dir, &o) == 0)
-				apply_owner(fd, &o, false);
-			char pid[32];
-			int n = snprintf(pid, sizeof pid, "%ld:mailmesh\n", (long)getpid());
-			(void)!write(fd, pid, (size_t)n);
-			close(fd);
+		if (link(t, p) == 0) {
+			unlink(t);
 			return 0;
 		}
-		if (errno != EEXIST)
-			return -errno;
+		if (errno != EEXIST) {
+			int e = -errno;
+			unlink(t);
+			return e;
+		}
 		struct stat st;
 		if (stat(p, &st) == 0 && time(NULL) - st.st_mtime > 120) {
 			unlink(p); /* stale: the holder died */
 			continue;
 		}
-		if (waited >= timeout_ms)
+		if (waited >= timeout_ms) {
+			unlink(t);
 			return -EAGAIN;
+		}
 		struct timespec ts = {0, 10 * 1000000L};
 		nanosleep(&ts, NULL);
 		waited += 10;

@@ -201,6 +201,11 @@ struct folder {
 	bool sync_new, sync_cur; /* a staged body was placed there: fsync that directory */
 	uint64_t dir_sig; /* new/ and cur/ (inode, mtime) when the index last matched them, 0 = unknown */
 	struct mm_md_keywords kw;
+	uint32_t miss_n;  /* messages of this folder whose body is missing here */
+	uint32_t batch_n; /* place_list's scratch: bodies of this folder in the batch */
+	uint64_t progress_ms; /* when a body of this folder last arrived */
+	struct mm_body_writer **held; /* imap_uids: bodies waiting for lower UIDs (hold_body) */
+	size_t n_held, cap_held;
 };
 
 struct user {
@@ -245,6 +250,7 @@ struct mm_store {
 	struct mm_body_writer *staged; /* bodies verified in tmp/, not yet placed (FIFO) */
 	struct mm_body_writer **staged_tail;
 	size_t n_staged;
+	size_t n_held;               /* bodies held back in folders' held arrays */
 	struct pending *pending;
 	uint64_t hashed;
 	uint64_t now_ms;
@@ -266,6 +272,8 @@ struct mm_body_writer {
 	int fd;
 	int err;
 	bool tmp_gone; /* tmp/<base> was linked into place or removed */
+	bool held;     /* in its folder's held array */
+	uint32_t uid;  /* the record's UID when placing (imap_uids) */
 	uint64_t n;
 	crypto_generichash_state h;
 };
@@ -354,12 +362,17 @@ static void mark_folder(struct mm_store *s, struct folder *fo)
  * arrives once serves every instance that needs it. */
 struct miss {
 	struct miss *bnext;
+	struct folder *fo; /* counted in its miss_n (NULL if the folder is unknown) */
 	uint8_t key[MM_KEY_LEN];
 	uint8_t body[MM_ID_LEN];
 };
 
+static struct user *user_get(struct mm_store *s, const char *name, bool create);
+static struct folder *folder_get(struct mm_store *s, struct user *u, const char *name, bool create);
+
+/* Marks a message's body missing here (on: body and folder given) or not. */
 static void set_missing(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
-                        const uint8_t *body, bool on)
+                        const uint8_t *body, const char *folder, bool on)
 {
 	char k[KBUF], kb[KBUF];
 	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
@@ -372,6 +385,10 @@ static void set_missing(struct mm_store *s, const char *user, const uint8_t key[
 			return;
 		memcpy(m->key, key, MM_KEY_LEN);
 		memcpy(m->body, body, MM_ID_LEN);
+		struct user *u = folder ? user_get(s, user, true) : NULL;
+		m->fo = u ? folder_get(s, u, folder, true) : NULL;
+		if (m->fo)
+			m->fo->miss_n++;
 		size_t bl = k_ub(kb, user, body, MM_ID_LEN);
 		m->bnext = hm_get(&s->missing_body, kb, bl);
 		if (hm_put(&s->missing, k, kl, m) < 0 || hm_put(&s->missing_body, kb, bl, m) < 0) {
@@ -385,6 +402,8 @@ static void set_missing(struct mm_store *s, const char *user, const uint8_t key[
 	if (!m)
 		return;
 	hm_del(&s->missing, k, kl);
+	if (m->fo)
+		m->fo->miss_n--;
 	size_t bl = k_ub(kb, user, m->body, MM_ID_LEN);
 	struct miss *h = hm_get(&s->missing_body, kb, bl);
 	if (h == m) {
@@ -812,7 +831,7 @@ static void local_effect(void *arg, const char *user, enum mm_effect eff, const 
 	struct mm_store *s = arg;
 	mark_rec(s, user, rec->key);
 	if (eff == MM_EFF_MSG_EXPUNGED || eff == MM_EFF_TOMB_NEW || eff == MM_EFF_GC) {
-		set_missing(s, user, rec->key, NULL, false);
+		set_missing(s, user, rec->key, NULL, NULL, false);
 		struct fent *fe = fent_by_key(s, user, rec->key);
 		if (fe)
 			fent_remove(s, fe); /* its file is gone already (that is the change) */
@@ -839,7 +858,7 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 			sync_file_flags(s, fe, rec);
 			return;
 		}
-		set_missing(s, user, rec->key, rec->msg.body, true);
+		set_missing(s, user, rec->key, rec->msg.body, rec->msg.folder, true);
 		add_pending(s, user, rec->key);
 		return;
 	case MM_EFF_MSG_FLAGS:
@@ -848,7 +867,7 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 			sync_file_flags(s, fe, rec);
 		return;
 	case MM_EFF_MSG_EXPUNGED:
-		set_missing(s, user, rec->key, NULL, false);
+		set_missing(s, user, rec->key, NULL, NULL, false);
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
 			int r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
@@ -869,7 +888,7 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		return;
 	case MM_EFF_TOMB_NEW:
 	case MM_EFF_GC:
-		set_missing(s, user, rec->key, NULL, false);
+		set_missing(s, user, rec->key, NULL, NULL, false);
 		return;
 	case MM_EFF_FOLDER:
 		fo = folder_get(s, u, rec->folder.name, true);
@@ -1286,7 +1305,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, rec->msg.size,
 				              (int64_t)st.st_mtime, n.letters);
 				if (fe) {
-					set_missing(s, fo->u->name, key, NULL, false);
+					set_missing(s, fo->u->name, key, NULL, NULL, false);
 					sync_file_flags(s, fe, rec);
 				}
 				continue;
@@ -1888,8 +1907,6 @@ static bool rec_dirty(struct mm_store *s, const char *user, const uint8_t key[MM
 	return hm_get(&s->dirty_recs, k, kl) != NULL;
 }
 
-static bool uid_preinstall(struct mm_store *s, struct mm_user *mu, struct folder *fo, uint32_t uid,
-                           const char *name);
 
 /* Staged bodies: complete, verified files in tmp/ that wait for mm_store_flush (or the
  * next commit) to be placed, so that a batch of bodies costs one LMDB commit, one
@@ -1928,22 +1945,148 @@ static int writer_check(struct mm_body_writer **wp)
 	return 1;
 }
 
+static void drop_list(struct mm_body_writer *list)
+{
+	for (struct mm_body_writer *w = list, *nx; w; w = nx) {
+		nx = w->snext;
+		writer_free(&w, true);
+	}
+}
+
+/* imap_uids: a replica lists bodies in the order of their UIDs, because an IMAP UID
+ * can only be added at or above the folder's NEXTUID: a body whose UID is above the
+ * folder's NEXTUID here, while other bodies of the folder are still missing (one may
+ * carry a lower UID), is held in tmp/ (sealed, its record durable) until they have
+ * arrived or no body of the folder arrived for HOLD_MS; then the folder's held bodies
+ * are placed in UID order.  Without this, a node joining with a full mailbox would
+ * list bodies in arrival order and ask the authority to move most of them. */
+#define HOLD_MS 10000
+
+static uint64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int w_order_cmp(const void *a, const void *b)
+{
+	const struct mm_body_writer *x = *(const struct mm_body_writer *const *)a;
+	const struct mm_body_writer *y = *(const struct mm_body_writer *const *)b;
+	if (x->fo != y->fo)
+		return (uintptr_t)x->fo < (uintptr_t)y->fo ? -1 : 1;
+	return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+static int hold_body(struct mm_store *s, struct mm_body_writer *w)
+{
+	struct folder *fo = w->fo;
+	if (fo->n_held == fo->cap_held) {
+		size_t nc = fo->cap_held ? fo->cap_held * 2 : 16;
+		struct mm_body_writer **nv = realloc(fo->held, nc * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		fo->held = nv;
+		fo->cap_held = nc;
+	}
+	char k[KBUF];
+	size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+	if (hm_put(&s->staged_keys, k, kl, w) < 0)
+		return -ENOMEM;
+	fo->held[fo->n_held++] = w;
+	s->n_held++;
+	w->held = true;
+	return 0;
+}
+
+/* Lists the group's bodies under their UIDs in one dovecot-uidlist write (lock held
+ * by the caller): each UID at or above NEXTUID and free.  listed[i] says which. */
+static void uid_preinstall_group(struct mm_store *s, struct mm_user *mu, struct folder *fo,
+                                 struct mm_body_writer **v, const char (*names)[MM_MD_NAME_MAX + 1],
+                                 size_t n, bool *listed)
+{
+	const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
+	if (!frec)
+		return;
+	struct mm_md_uidlist ul;
+	if (mm_md_uidlist_load(fo->dir, &ul) == 0 && (ul.uidvalidity == frec->folder.uidvalidity || !ul.exists)) {
+		bool dirty = uid_header(&ul, fo->u->name, frec);
+		for (size_t i = 0; i < n; i++) {
+			uint32_t uid = v[i]->uid;
+			if (!v[i]->err && !v[i]->held && uid && uid >= ul.next_uid && mm_md_uidlist_index(&ul, uid) < 0 &&
+			    mm_md_uidlist_add(&ul, uid, names[i]) == 0)
+				listed[i] = dirty = true;
+		}
+		if (dirty) {
+			int r = mm_md_uidlist_save(fo->dir, &ul);
+			if (r < 0) {
+				logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", fo->dir, strerror(-r));
+				memset(listed, 0, n * sizeof(*listed));
+			}
+		}
+	}
+	fo->uid_next = ul.next_uid;
+	mm_md_uidlist_clear(&ul);
+}
+
 /* Places the checked bodies of `list`, whose records the caller made durable: every
  * file's contents and mtime are made durable first (their writeback was started when
- * they were staged), then each is linked into new/ or cur/, then each directory that
- * got a name is synced once.  A body that cannot be placed stays missing (the daemon
- * asks for it again).  Frees the writers.  Returns the number placed, or the first
- * error when none was. */
-static int place_list(struct mm_store *s, struct mm_body_writer *list)
+ * they were staged), then each is linked into new/ or cur/ (with imap_uids: per
+ * folder in UID order, listed in one uidlist write, some held back: see HOLD_MS;
+ * force places them all), then each directory that got a name is synced once.  A
+ * body that cannot be placed stays missing (the daemon asks for it again).  Frees
+ * the writers it does not hold.  Returns the number placed, or the first error when
+ * none was. */
+static struct mm_body_writer *unhold_folder(struct mm_store *s, struct folder *fo, struct mm_body_writer *list)
+{
+	for (size_t i = fo->n_held; i-- > 0;) {
+		struct mm_body_writer *w = fo->held[i];
+		char k[KBUF];
+		size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+		hm_del(&s->staged_keys, k, kl);
+		w->held = false;
+		w->snext = list;
+		list = w;
+	}
+	s->n_held -= fo->n_held;
+	fo->n_held = 0;
+	return list;
+}
+
+static int place_list(struct mm_store *s, struct mm_body_writer *list, bool force)
 {
 	int placed = 0, err = 0, live = 0, fs_fd = -1;
+	size_t n = 0;
 	struct mm_body_writer *w, *nx;
+	/* a folder whose held bodies wait for nothing once this batch is placed: they join
+	 * it, so the whole folder is listed in UID order */
+	if (s->n_held) {
+		for (w = list; w; w = w->snext)
+			w->fo->batch_n++;
+		struct mm_body_writer *extra = NULL;
+		for (w = list; w; w = w->snext) {
+			struct folder *fo = w->fo;
+			if (fo->batch_n && fo->n_held && (force || fo->miss_n <= fo->batch_n + fo->n_held))
+				extra = unhold_folder(s, fo, extra);
+			fo->batch_n = 0;
+		}
+		if (extra) {
+			for (w = extra; w->snext; w = w->snext)
+				;
+			w->snext = list;
+			list = extra;
+		}
+	}
 	for (w = list; w; w = w->snext) {
+		n++;
 		struct mm_user *mu = mm_state_user(s->state, w->user, false);
 		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
-		if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key))
+		if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key)) {
 			w->err = -ECANCELED; /* expunged (or written) meanwhile */
-		else if (live++ == 0)
+			continue;
+		}
+		w->uid = r->msg.uid_value;
+		if (w->fd >= 0 && live++ == 0)
 			fs_fd = w->fd;
 	}
 	/* Many files: one syncfs writes them all back in one pass and flushes the disk
@@ -1952,7 +2095,7 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list)
 	 * only for a batch.) */
 	bool one_sync = live >= SYNCFS_MIN_FILES && syncfs(fs_fd) == 0;
 	for (w = list; w; w = w->snext) {
-		if (w->err)
+		if (w->err || w->fd < 0) /* held bodies were sealed before */
 			continue;
 		const struct mm_rec *r = mm_user_get(mm_state_user(s->state, w->user, false), w->key);
 		int rr = mm_md_tmp_seal(w->fd, r->msg.internaldate, !one_sync);
@@ -1963,51 +2106,92 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list)
 			w->err = err = rr;
 		}
 	}
-	for (w = list; w; w = w->snext) {
-		if (w->err)
-			continue;
-		struct mm_user *mu = mm_state_user(s->state, w->user, false);
-		const struct mm_rec *r = mm_user_get(mu, w->key);
-		uint64_t letters = wanted_letters(s, w->fo, r, 0);
-		char name[MM_MD_NAME_MAX + 1];
-		int rr = mm_md_name_format(name, sizeof name, w->base, strlen(w->base), letters, letters != 0);
-		if (rr < 0) {
-			w->err = err = rr;
-			continue;
-		}
-		int64_t idate = r->msg.internaldate;
-		uint8_t body[MM_ID_LEN];
-		memcpy(body, r->msg.body, MM_ID_LEN);
-		uint64_t size = r->msg.size;
-		/* its UID goes into dovecot-uidlist before the file becomes visible, under the lock */
-		uint32_t uid = r->msg.uid_value;
-		int lk = s->imap_uids ? mm_md_uidlist_lock(w->fo->dir, 2000) : -EPERM;
-		bool listed = lk == 0 && uid_preinstall(s, mu, w->fo, uid, name);
-		rr = mm_md_tmp_place(w->fo->dir, w->base, letters ? "cur" : "new", name);
-		if (lk == 0)
-			mm_md_uidlist_unlock(w->fo->dir);
-		if ((!listed || rr < 0) && s->imap_uids)
-			w->fo->uid_check = true;
-		w->tmp_gone = true; /* place removes tmp/<base> whatever happens */
-		if (rr < 0) {
-			logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", w->fo->dir,
-			       letters ? "cur" : "new", name, strerror(-rr));
-			w->err = err = rr;
-			continue;
-		}
-		set_missing(s, w->user, w->key, NULL, false);
-		if (!fent_add(s, w->fo, w->base, name, letters != 0, w->key, body, size, idate, letters))
-			err = -ENOMEM; /* the rescan will link the file by its key */
-		else
-			placed++;
-		*(letters ? &w->fo->sync_cur : &w->fo->sync_new) = true;
-		/* other instances waiting for the same bytes get a local copy at the next commit */
-		char kb[KBUF];
-		size_t bl = k_ub(kb, w->user, body, MM_ID_LEN);
-		for (struct miss *m = hm_get(&s->missing_body, kb, bl); m; m = m->bnext)
-			add_pending(s, w->user, m->key);
+	struct mm_body_writer **v = malloc((n ? n : 1) * sizeof(*v));
+	char (*names)[MM_MD_NAME_MAX + 1] = malloc((n ? n : 1) * sizeof(*names));
+	bool *listed = calloc(n ? n : 1, sizeof(*listed));
+	if (!v || !names || !listed) {
+		free(v);
+		free(names);
+		free(listed);
+		drop_list(list);
+		return -ENOMEM;
 	}
-	for (w = list; w; w = w->snext) {
+	size_t i = 0;
+	for (w = list; w; w = w->snext)
+		v[i++] = w;
+	if (s->imap_uids)
+		qsort(v, n, sizeof(*v), w_order_cmp);
+	uint64_t now = wall_ms();
+	for (size_t g = 0; g < n;) {
+		struct folder *fo = v[g]->fo;
+		size_t e = g, b = 0;
+		for (; e < n && v[e]->fo == fo; e++)
+			b += !v[e]->err;
+		bool may_hold = s->imap_uids && !force && fo->miss_n > b + fo->n_held &&
+		                (!fo->progress_ms || now - fo->progress_ms < HOLD_MS);
+		if (b)
+			fo->progress_ms = now;
+		uint32_t next = fo->uid_next;
+		for (size_t k = g; k < e; k++) {
+			w = v[k];
+			if (w->err)
+				continue;
+			const struct mm_rec *r = mm_user_get(mm_state_user(s->state, w->user, false), w->key);
+			uint64_t letters = wanted_letters(s, w->fo, r, 0);
+			int rr = mm_md_name_format(names[k], sizeof names[k], w->base, strlen(w->base), letters, letters != 0);
+			if (rr < 0) {
+				w->err = err = rr;
+				continue;
+			}
+			if (may_hold && w->uid && next && w->uid > next && hold_body(s, w) == 0)
+				continue;
+			if (w->uid >= next)
+				next = w->uid + 1;
+		}
+		struct mm_user *mu = mm_state_user(s->state, fo->u->name, false);
+		int lk = s->imap_uids && mu ? mm_md_uidlist_lock(fo->dir, 2000) : -EPERM;
+		if (lk == 0)
+			uid_preinstall_group(s, mu, fo, v + g, (const char (*)[MM_MD_NAME_MAX + 1])(names + g), e - g,
+			                     listed + g);
+		for (size_t k = g; k < e; k++) {
+			w = v[k];
+			if (w->err || w->held)
+				continue;
+			const struct mm_rec *r = mm_user_get(mu, w->key);
+			int64_t idate = r->msg.internaldate;
+			uint8_t body[MM_ID_LEN];
+			memcpy(body, r->msg.body, MM_ID_LEN);
+			uint64_t size = r->msg.size;
+			bool in_cur = strchr(names[k], ':') != NULL;
+			uint64_t letters = wanted_letters(s, w->fo, r, 0);
+			int rr = mm_md_tmp_place(fo->dir, w->base, in_cur ? "cur" : "new", names[k]);
+			if ((!listed[k] || rr < 0) && s->imap_uids)
+				fo->uid_check = true;
+			w->tmp_gone = true; /* place removes tmp/<base> whatever happens */
+			if (rr < 0) {
+				logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", fo->dir,
+				       in_cur ? "cur" : "new", names[k], strerror(-rr));
+				w->err = err = rr;
+				continue;
+			}
+			set_missing(s, w->user, w->key, NULL, NULL, false);
+			if (!fent_add(s, fo, w->base, names[k], in_cur, w->key, body, size, idate, letters))
+				err = -ENOMEM; /* the rescan will link the file by its key */
+			else
+				placed++;
+			*(in_cur ? &fo->sync_cur : &fo->sync_new) = true;
+			/* other instances waiting for the same bytes get a local copy at the next commit */
+			char kb[KBUF];
+			size_t bl = k_ub(kb, w->user, body, MM_ID_LEN);
+			for (struct miss *m = hm_get(&s->missing_body, kb, bl); m; m = m->bnext)
+				add_pending(s, w->user, m->key);
+		}
+		if (lk == 0)
+			mm_md_uidlist_unlock(fo->dir);
+		g = e;
+	}
+	for (i = 0; i < n; i++) {
+		w = v[i];
 		if (w->fo->sync_new)
 			mm_md_sync_sub(w->fo->dir, "new");
 		if (w->fo->sync_cur)
@@ -2016,9 +2200,38 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list)
 	}
 	for (w = list; w; w = nx) {
 		nx = w->snext;
-		writer_free(&w, !w->tmp_gone);
+		w->snext = NULL;
+		if (!w->held)
+			writer_free(&w, !w->tmp_gone);
 	}
+	free(v);
+	free(names);
+	free(listed);
 	return placed ? placed : err;
+}
+
+/* Folders whose held bodies may go now (nothing else missing there, or no progress
+ * for HOLD_MS): placed in UID order.  Returns the number placed. */
+static int release_held(struct mm_store *s)
+{
+	if (!s->n_held)
+		return 0;
+	uint64_t now = wall_ms();
+	int placed = 0;
+	for (struct user *u = s->users; u; u = u->next)
+		for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+			if (!fo->n_held || (fo->miss_n > fo->n_held && now - fo->progress_ms < HOLD_MS))
+				continue;
+			int r = place_list(s, unhold_folder(s, fo, NULL), true);
+			if (r > 0)
+				placed += r;
+		}
+	return placed;
+}
+
+size_t mm_store_held_count(const struct mm_store *s)
+{
+	return s->n_held;
 }
 
 /* Takes the whole staged list out of the store (the caller places or drops it). */
@@ -2034,14 +2247,6 @@ static struct mm_body_writer *unstage_all(struct mm_store *s)
 	s->staged_tail = &s->staged;
 	s->n_staged = 0;
 	return list;
-}
-
-static void drop_list(struct mm_body_writer *list)
-{
-	for (struct mm_body_writer *w = list, *nx; w; w = nx) {
-		nx = w->snext;
-		writer_free(&w, true);
-	}
 }
 
 int mm_store_body_stage(struct mm_body_writer **wp)
@@ -2077,12 +2282,17 @@ size_t mm_store_staged_count(const struct mm_store *s)
 
 int mm_store_flush(struct mm_store *s)
 {
-	if (!s->staged || s->in_commit)
+	if (s->in_commit)
 		return 0; /* in a commit: it places them when its transaction is durable */
+	if (!s->staged) {
+		release_held(s);
+		return 0;
+	}
 	for (struct mm_body_writer *w = s->staged; w; w = w->snext)
 		if (rec_dirty(s, w->user, w->key))
 			return mm_store_commit(s); /* the records first: it places the bodies */
-	int r = place_list(s, unstage_all(s));
+	int r = place_list(s, unstage_all(s), false);
+	release_held(s);
 	return r < 0 ? r : 0;
 }
 
@@ -2103,7 +2313,7 @@ int mm_store_body_commit(struct mm_body_writer **wp)
 		}
 	}
 	w->snext = NULL;
-	return place_list(s, w);
+	return place_list(s, w, false);
 }
 
 /* A body present locally under another key: copy it for a remote record (no network).
@@ -2191,7 +2401,7 @@ int mm_store_missing(struct mm_store *s,
 		struct mm_user *mu = mm_state_user(s->state, user, false);
 		const struct mm_rec *rec = mu ? mm_user_get(mu, key) : NULL;
 		if (!rec || rec->type != MM_REC_MESSAGE) {
-			set_missing(s, user, key, NULL, false);
+			set_missing(s, user, key, NULL, NULL, false);
 			continue;
 		}
 		if (staged_get(s, user, key))
@@ -2510,32 +2720,6 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	fo->uid_sig = uidlist_sig(fo);
 	mm_md_uidlist_unlock(fo->dir);
 	return r < 0 ? r : 0;
-}
-
-/* For a body about to be linked into the folder (lock held): lists `name` under the
- * record's UID when this node can show it there.  True when listed. */
-static bool uid_preinstall(struct mm_store *s, struct mm_user *mu, struct folder *fo, uint32_t uid,
-                           const char *name)
-{
-	const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
-	if (!uid || !frec)
-		return false;
-	struct mm_md_uidlist ul;
-	int r = mm_md_uidlist_load(fo->dir, &ul);
-	bool ok = false;
-	if (r == 0 && (ul.uidvalidity == frec->folder.uidvalidity || !ul.exists)) {
-		uid_header(&ul, fo->u->name, frec);
-		if (uid >= ul.next_uid && mm_md_uidlist_index(&ul, uid) < 0 &&
-		    mm_md_uidlist_add(&ul, uid, name) == 0) {
-			r = mm_md_uidlist_save(fo->dir, &ul);
-			ok = r == 0;
-			if (r < 0)
-				logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", fo->dir, strerror(-r));
-		}
-	}
-	fo->uid_next = ul.next_uid;
-	mm_md_uidlist_clear(&ul);
-	return ok;
 }
 
 /* Every folder flagged since the last pass: conflicts resolved (the deterministic
@@ -2919,9 +3103,13 @@ int mm_store_commit(struct mm_store *s)
 	if (s->staged) {
 		struct mm_body_writer *list = unstage_all(s);
 		if (r == 0)
-			place_list(s, list);
+			place_list(s, list, false);
 		else
 			drop_list(list);
+	}
+	if (r == 0 && s->n_held) {
+		s->in_commit = false; /* placing may list UIDs; the records are durable */
+		release_held(s);
 	}
 	s->in_commit = false;
 	return r;
@@ -3025,7 +3213,7 @@ static int miss_rec_cb(void *arg, const struct mm_rec *r)
 {
 	struct miss_ctx *c = arg;
 	if (r->type == MM_REC_MESSAGE && !fent_by_key(c->s, c->user, r->key))
-		set_missing(c->s, c->user, r->key, r->msg.body, true);
+		set_missing(c->s, c->user, r->key, r->msg.body, r->msg.folder, true);
 	return 0;
 }
 
@@ -3118,6 +3306,9 @@ void mm_store_free(struct mm_store **sp)
 				free(fe->name);
 				free(fe);
 			}
+			for (size_t i = 0; i < fo->n_held; i++) /* held bodies stay missing */
+				writer_free(&fo->held[i], true);
+			free(fo->held);
 			mm_md_keywords_clear(&fo->kw);
 			free(fo->name);
 			free(fo);

@@ -166,6 +166,12 @@ int mm_store_flush(struct mm_store *s);
 /* Number of staged bodies (mm_store_body_stage) waiting for mm_store_flush. */
 size_t mm_store_staged_count(const struct mm_store *s);
 
+/* imap_uids: number of bodies held back so that a folder's UIDs are listed in order
+ * (a body above the folder's NEXTUID waits for the lower ones still missing, at most
+ * 10 s without progress).  mm_store_flush places those whose time has come; call it
+ * while this is non-zero. */
+size_t mm_store_held_count(const struct mm_store *s);
+
 /* The same by body id, for sync sessions that name bodies by content:
  * have_id: 1 if a file with these bytes exists for the user, else 0.
  * open_id: opens one such file (-ENOENT if none).
