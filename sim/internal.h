@@ -20,7 +20,8 @@
 #define SIM_CAPTURE 64              /* datagrams the attacker remembers to replay */
 #define SIM_CAPTURE_HS 16           /* handshake messages 1 it remembers */
 #define SIM_NFOLDERS 5              /* sim_folders[] */
-#define SIM_UID_ROUNDS 3            /* plan rounds per node and event (uid.c) */
+#define SIM_UID_ROUNDS 3            /* plan rounds per node and pass (uid.c) */
+#define SIM_UID_DELAY_MS 20         /* effects -> UID pass (daemon's COMMIT_DELAY_MS) */
 
 enum sim_ev_type {
 	EV_DGRAM = 1,      /* datagram arrives at node, from peers[slot] */
@@ -40,6 +41,7 @@ enum sim_ev_type {
 	EV_CHECK,          /* convergence check */
 	EV_HOOK,           /* measurement callback */
 	EV_ATTACK,         /* next attacker action (forged / replayed bytes) */
+	EV_UIDPASS,        /* node plans its dirty folders' UIDs (tag = incarnation) */
 };
 
 struct sim_ev {
@@ -132,7 +134,7 @@ struct sim_node {
 	struct sim_map listed; /* [user idx][key] -> struct sim_lent */
 	struct sim_listing lists[SIM_MAX_USERS][SIM_NFOLDERS];
 	uint8_t uid_dirty[SIM_MAX_USERS]; /* folders (bits) whose plan must run */
-	bool uid_queued;       /* in sim.uid_queue */
+	bool uid_queued;       /* an EV_UIDPASS is pending */
 	bool uid_auth;         /* this node is the UID authority now */
 	uint64_t started;      /* virtual time of the last start (authority grace) */
 	uint8_t priv[32], pub[32]; /* static X25519 key pair (id = mm_node_id(pub)) */
@@ -189,10 +191,8 @@ struct sim {
 	} cap_dgram[SIM_CAPTURE], cap_hs[SIM_CAPTURE_HS];
 	unsigned ncap_dgram, ncap_hs;
 	uint8_t attacker_priv[32]; /* a key no node trusts */
-	/* IMAP UIDs (uid.c): nodes with folders to plan, the first message every
-	 * (user, folder, UIDVALIDITY, UID) named on any node, the last register change */
-	uint32_t *uid_queue;
-	size_t uid_nq;
+	/* IMAP UIDs (uid.c): the first message every (user, folder, UIDVALIDITY, UID)
+	 * named on any node, the last register change */
 	struct sim_map uid_seen;   /* [user][folder][uv u32][uid u32] -> sim_useen */
 	uint64_t uid_last_change;  /* virtual time of the last UID register change */
 	uint64_t folder_hash[SIM_NFOLDERS];
@@ -305,8 +305,8 @@ void sim_uid_delivered(struct sim_node *n, unsigned u, unsigned f, const uint8_t
                        uint32_t uid);
 /* The daemon's rule (node/daemon.c uid_authority_update), at each gossip tick. */
 void sim_uid_authority(struct sim *s, struct sim_node *n);
-/* Runs the plan of every dirty folder of every queued node (after each event). */
-void sim_uid_run(struct sim *s);
+/* EV_UIDPASS: n plans every dirty folder and applies the plans. */
+void sim_uid_pass(struct sim *s, struct sim_node *n);
 /* Number of nodes that are UID authorities now. */
 unsigned sim_uid_authorities(const struct sim *s);
 

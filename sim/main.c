@@ -46,7 +46,8 @@ static void usage(FILE *f)
 	      "          off, to prove that the checker catches it (exit 1 expected)\n"
 	      "uids:     --uids / --no-uids: model Dovecot's UID listings and run the UID rule\n"
 	      "          (crdt/uid.h) on every node (on)  --uid-grace-ms MS: a started node\n"
-	      "          is no UID authority this long (5000)\n",
+	      "          is no UID authority this long (5000)  --uid-push: push the plan's\n"
+	      "          UID changes at once (the daemon leaves them to anti-entropy)\n",
 	      f);
 }
 
@@ -67,7 +68,7 @@ enum {
 	O_TAIL, O_TAILMS, O_REORDER, O_REORDERMS, O_DUP, O_RESETS, O_PARTS, O_PARTMS, O_ONEWAY,
 	O_CRASHES, O_DOWNMS, O_SKEW, O_SLOW, O_SLOWF, O_STREAMTO, O_NOFAULTS, O_BOUND, O_MAXNODES,
 	O_MEASURE, O_TRIALS, O_BASE, O_DIFF, O_SABOTAGE, O_HELP, O_ATTACKS, O_REKEYB, O_REKEYMS,
-	O_UIDS, O_NOUIDS, O_UIDGRACE,
+	O_UIDS, O_NOUIDS, O_UIDGRACE, O_UIDPUSH,
 };
 
 static const struct option opts[] = {
@@ -89,7 +90,7 @@ static const struct option opts[] = {
 	{ "diff", 1, 0, O_DIFF }, { "sabotage", 1, 0, O_SABOTAGE }, { "help", 0, 0, O_HELP },
 	{ "attacks", 1, 0, O_ATTACKS }, { "rekey-bytes", 1, 0, O_REKEYB },
 	{ "rekey-ms", 1, 0, O_REKEYMS }, { "uids", 0, 0, O_UIDS }, { "no-uids", 0, 0, O_NOUIDS },
-	{ "uid-grace-ms", 1, 0, O_UIDGRACE },
+	{ "uid-grace-ms", 1, 0, O_UIDGRACE }, { "uid-push", 0, 0, O_UIDPUSH },
 	{ 0, 0, 0, 0 },
 };
 
@@ -113,6 +114,7 @@ static int sweep(const struct sim_config *base, uint64_t k, unsigned max_nodes, 
 		c.trace = base->trace;
 		c.uids = base->uids;
 		c.uid_grace_ms = base->uid_grace_ms;
+		c.uid_push = base->uid_push;
 		c.sabotage = base->sabotage;
 		struct sim_result *r = calloc(1, sizeof(*r));
 		if (!r)
@@ -209,6 +211,7 @@ int main(int argc, char **argv)
 		case O_UIDS: c.uids = true; break;
 		case O_NOUIDS: c.uids = false; break;
 		case O_UIDGRACE: c.uid_grace_ms = (uint32_t)v; break;
+		case O_UIDPUSH: c.uid_push = true; break;
 		}
 	}
 	if (optind < argc) {

@@ -6,8 +6,8 @@
  * nodes restart, links reconnect, no more loss) and phase 2: check every quarter
  * gossip interval whether the cluster converged; it must within cfg.bound_ms, after
  * which the final invariants run (check.c).  The first violation stops the run.
- * After every event the UID plans of the folders it touched run (uid.c), as the
- * daemon's deferred mirror work after a batch of effects.
+ * Effects schedule the UID plans of the folders they touched (uid.c, EV_UIDPASS), as
+ * the daemon's deferred mirror work at the commit after a batch of effects.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -172,7 +172,6 @@ static void teardown(struct sim *s)
 	sim_map_free(&s->expunged);
 	sim_map_free(&s->regs);
 	sim_map_free(&s->uid_seen);
-	free(s->uid_queue);
 	sim_chan_free_captures(s);
 	free(s->dkeys);
 	mm_delta_free(&s->delta);
@@ -207,9 +206,7 @@ static int setup(const struct sim_config *cfg, struct sim_result *res, struct si
 		s->folder_hash[i] = sim_strhash(sim_folders[i]);
 	s->delta = mm_delta_new();
 	s->nodes = calloc(s->n, sizeof(*s->nodes));
-	/* a node is queued at most once, plus once more while its own pass runs */
-	s->uid_queue = calloc(2 * (size_t)s->n, sizeof(*s->uid_queue));
-	int rc = (!s->delta || !s->nodes || !s->uid_queue) ? -ENOMEM : 0;
+	int rc = (!s->delta || !s->nodes) ? -ENOMEM : 0;
 	for (unsigned i = 0; i < SIM_MAX_PARTS && !rc; i++)
 		if (!(s->parts[i].side = calloc(s->n, 1)))
 			rc = -ENOMEM;
@@ -364,6 +361,10 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 			sim_schedule(s, s->now + q, EV_CHECK, 0, 0, 0);
 		}
 		return;
+	case EV_UIDPASS:
+		if (n->alive && n->gen == ev->tag)
+			sim_uid_pass(s, n);
+		return;
 	case EV_HOOK:
 		if (s->on_hook)
 			s->on_hook(s);
@@ -390,9 +391,6 @@ static void loop(struct sim *s, uint64_t until)
 		s->now = ev.t;
 		dispatch(s, &ev);
 		free(ev.data);
-		/* the daemon's deferred mirror work: UID plans of the folders touched */
-		if (s->uid_nq && !s->stop)
-			sim_uid_run(s);
 	}
 	if (until && s->now < until && !s->stop)
 		s->now = until;

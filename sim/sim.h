@@ -121,6 +121,9 @@ struct sim_config {
 	/* IMAP UIDs (sim/uid.c): each node models Dovecot's listing per folder and runs
 	 * the replica rule of crdt/uid.h; the lowest connected node id is the authority */
 	bool uids;                /* the model on (default) */
+	bool uid_push;            /* push the plan's register changes at once (the daemon
+	                           * does not: its deferred pass runs at commit, with no
+	                           * delta, so they travel by anti-entropy) */
 	uint32_t uid_grace_ms;    /* a started node is no authority this long while a
 	                           * lower-id peer is configured (daemon: 5000) */
 	unsigned sabotage;        /* self-test of the checker: 1 corrupts a stored body,

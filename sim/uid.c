@@ -65,13 +65,16 @@ const struct mm_rec *sim_uid_folder_rec(struct sim_node *n, unsigned u, unsigned
 	               : NULL;
 }
 
+/* Marks folders of user u to be planned: the pass runs SIM_UID_DELAY_MS later, as
+ * the daemon's deferred mirror work runs at the commit that follows effects
+ * (node/daemon.c COMMIT_DELAY_MS), so a burst of merged records is planned once. */
 static void mark(struct sim_node *n, unsigned u, uint8_t folders)
 {
 	struct sim *s = n->sim;
 	n->uid_dirty[u] |= folders;
-	if (!n->uid_queued && n->uid_dirty[u]) {
+	if (!n->uid_queued && n->alive && folders) {
 		n->uid_queued = true;
-		s->uid_queue[s->uid_nq++] = n->idx;
+		sim_schedule(s, s->now + SIM_UID_DELAY_MS, EV_UIDPASS, n->idx, 0, n->gen);
 	}
 }
 
@@ -365,8 +368,10 @@ static unsigned plan_folder(struct sim_node *n, unsigned u, unsigned f, struct p
 }
 
 /* One node: every dirty folder, a few rounds while its own changes dirty them again
- * (node/store.c uid_pass runs two); register changes are committed and pushed as
- * any local change of the daemon. */
+ * (node/store.c uid_pass runs two; what is still dirty after the last round gets the
+ * next pass).  The register changes are durable with the node's next commit, as
+ * merged records, and travel by anti-entropy: the daemon's pass runs inside
+ * mm_store_commit with no delta to push (--uid-push pushes them at once). */
 static void node_pass(struct sim *s, struct sim_node *n, struct plan_buf *b)
 {
 	for (unsigned round = 0; round < SIM_UID_ROUNDS && n->alive; round++) {
@@ -384,10 +389,7 @@ static void node_pass(struct sim *s, struct sim_node *n, struct plan_buf *b)
 		if (mm_delta_count(s->delta) > 0) {
 			if (s->healed)
 				s->uid_last_change = s->now;
-			int c = sim_node_commit(n);
-			if (c < 0)
-				sim_violation(s, "node %u: commit failed: %d", n->idx, c);
-			if (s->cfg.push) {
+			if (s->cfg.push && s->cfg.uid_push) {
 				int p = mm_gossip_push(n->gossip, s->delta, NULL, sim_node_now(n));
 				if (p < 0)
 					sim_trace(s, "t=%llu node %u push failed: %d", (unsigned long long)s->now,
@@ -402,20 +404,15 @@ static void node_pass(struct sim *s, struct sim_node *n, struct plan_buf *b)
 		memset(n->uid_dirty, 0, sizeof n->uid_dirty);
 }
 
-void sim_uid_run(struct sim *s)
+void sim_uid_pass(struct sim *s, struct sim_node *n)
 {
 	struct plan_buf b = { 0 };
-	size_t nq = s->uid_nq;
-	for (size_t i = 0; i < nq && !s->stop; i++) {
-		struct sim_node *n = &s->nodes[s->uid_queue[i]];
-		n->uid_queued = false;
-		node_pass(s, n, &b);
-	}
-	/* a node whose own changes dirtied folders again after its last round was queued
-	 * again behind nq (once: mark() checks uid_queued): it goes next time */
-	if (s->stop)
-		nq = 0;
-	memmove(s->uid_queue, s->uid_queue + nq, (s->uid_nq - nq) * sizeof(*s->uid_queue));
-	s->uid_nq -= nq;
+	node_pass(s, n, &b); /* uid_queued stays set: its own marks are taken in its rounds */
 	free(b.it);
+	n->uid_queued = false;
+	for (unsigned u = 0; u < s->nusers && n->alive; u++)
+		if (n->uid_dirty[u]) {
+			mark(n, u, n->uid_dirty[u]);
+			break;
+		}
 }
