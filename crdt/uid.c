@@ -40,7 +40,9 @@ void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uin
                  bool authority)
 {
 	uint32_t next = *next_uid_io ? *next_uid_io : 1;
-	qsort(items, n, sizeof *items, item_cmp);
+	/* items may be NULL when n is 0 (a folder with no files): qsort must not see it */
+	if (n > 1)
+		qsort(items, n, sizeof *items, item_cmp);
 	for (size_t i = 0; i < n; i++) {
 		struct mm_uid_item *it = &items[i];
 		it->target = it->set_uid = it->set_need = 0;
@@ -115,7 +117,8 @@ void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uin
 			top = it->target;
 		}
 	}
-	qsort(items, n, sizeof *items, target_cmp);
+	if (n > 1)
+		qsort(items, n, sizeof *items, target_cmp);
 	*next_uid_io = next;
 }
 
