@@ -15,6 +15,7 @@
  * Files: rng.c (PRNG), map.c (deterministic hash table), net.c (event queue, links,
  * faults), chan.c (the Noise channel on every connection, the attacker), node.c (one
  * node: state, sessions, body store, mailbox view, durability),
+ * uid.c (each node's model of Dovecot's UID listing and the UID rule of crdt/uid.h),
  * workload.c (operations and the oracle log), check.c (invariants), run.c (phases of
  * a run), json.c (output), main.c (CLI, sweep, measurements).
  */

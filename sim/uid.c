@@ -12,12 +12,12 @@
  *
  * What the node does, as node/store.c does it: a local delivery is listed at the
  * folder's NEXTUID by "Dovecot" and that number goes into mm_user_deliver as the
- * message's first UID (scan_files/assign_uid); whenever merges, arriving bodies or a
- * new authority touch a folder, the node plans the folder's messages it holds bodies
- * for (uid_sync_folder): it writes the plan's set_uid (mm_user_uid_move, from a fresh
- * HLC tick) and set_need,
- * lists or re-files each message at its target, then commits and pushes like any
- * local change.  The authority is decided as node/daemon.c uid_authority_update: no
+ * message's first UID (scan_files/assign_uid).  When merges, arriving bodies or a new
+ * authority touch a folder, the node plans, 20 ms later (the daemon's deferred pass
+ * at its next commit), the folder's messages it holds bodies for (uid_sync_folder):
+ * it writes the plan's set_uid (mm_user_uid_move, from a fresh HLC tick) and
+ * set_need, lists or re-files each message at its target; the changes go out by
+ * anti-entropy.  The authority is decided as node/daemon.c uid_authority_update: no
  * connected peer with a lower id, and none configured while the start-up grace runs.
  *
  * Every addition checks Dovecot's rule (a violation if the plan asked for a UID below
