@@ -5,6 +5,7 @@
  */
 #include "crdt/uid.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,7 +40,9 @@ void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uin
                  bool authority)
 {
 	uint32_t next = *next_uid_io ? *next_uid_io : 1;
-	qsort(items, n, sizeof *items, item_cmp);
+	/* items may be NULL when n is 0 (a folder with no files): qsort must not see it */
+	if (n > 1)
+		qsort(items, n, sizeof *items, item_cmp);
 	for (size_t i = 0; i < n; i++) {
 		struct mm_uid_item *it = &items[i];
 		it->target = it->set_uid = it->set_need = 0;
@@ -114,6 +117,23 @@ void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uin
 			top = it->target;
 		}
 	}
-	qsort(items, n, sizeof *items, target_cmp);
+	if (n > 1)
+		qsort(items, n, sizeof *items, target_cmp);
 	*next_uid_io = next;
+}
+
+int mm_user_uid_move(struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint32_t uid, mm_hlc stamp,
+                     mm_effect_fn *eff, void *arg, struct mm_delta *out)
+{
+	if (!u || (!stamp.t && !stamp.node))
+		return -EINVAL;
+	const struct mm_rec *r = mm_user_get(u, key);
+	if (!r || r->type != MM_REC_MESSAGE)
+		return -ENOENT;
+	/* last writer wins: take the slot just after the register's stamp when the local
+	 * clock is not past it (the node's clock itself is not moved: the skew bound
+	 * stays in force for everything else) */
+	if (mm_hlc_cmp(stamp, r->msg.uid.stamp) <= 0)
+		stamp = (mm_hlc){ .t = r->msg.uid.stamp.t + 1, .node = stamp.node };
+	return mm_user_set_uid(u, key, uid, stamp, eff, arg, out);
 }

@@ -18,7 +18,8 @@
  * authorities during a partition may disagree; the one left after healing decides).
  *
  * Pure logic: the caller (node/store.c for dovecot-uidlist, sim/ for its model of it)
- * reads the listing, calls mm_uid_plan, then writes what it says.
+ * reads the listing, calls mm_uid_plan, then writes what it says (set_uid with
+ * mm_user_uid_move, set_need with mm_user_uid_need).
  */
 #ifndef MM_CRDT_UID_H
 #define MM_CRDT_UID_H
@@ -54,6 +55,18 @@ void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uin
 
 /* Highest UID or need of a live message of `folder` in u (0 if none). */
 uint32_t mm_user_uid_top(const struct mm_user *u, const char *folder);
+
+/* Writes the plan's set_uid: uid into the UID register of a live message, with
+ * `stamp` (the caller's fresh HLC tick) if that is later than the register's stamp,
+ * else with (register stamp + 1, stamp.node).  A move must win: an authority whose
+ * clock is behind the stamp a message got on a node whose clock is ahead (beyond
+ * mm_clock_observe's bound, so the HLC never caught up) would otherwise lose to it,
+ * and, having re-filed the message as the plan says, show it under another UID than
+ * every other node until its clock passes that stamp (and a later pass runs).
+ * Returns 1 when the register changed, 0 when it already held uid, -ENOENT (no live
+ * message), -EINVAL (stamp zero), -ENOMEM.  Effect: MSG_UID. */
+int mm_user_uid_move(struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint32_t uid, mm_hlc stamp,
+                     mm_effect_fn *eff, void *arg, struct mm_delta *out);
 
 /* Raises the need of a live message (max register; no stamp).  Returns 1 when it
  * grew, 0 when it already was >= need, -ENOENT, -EINVAL (need 0), -ENOMEM.

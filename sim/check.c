@@ -11,6 +11,10 @@
  * tombstone exactly when someone expunged it; no message nobody delivered; every flag,
  * keyword and folder register holds the value of the latest write in the oracle log
  * (by (t, node)); every body present matches its id.
+ * IMAP UIDs (uid.c, unless --no-uids): converged also means settled: every node lists
+ * every live message under the state's UID, with the state's UIDVALIDITY, no need
+ * above a UID, no other entries; at the end also no UID twice in a listing and every
+ * entry below NEXTUID (additions below NEXTUID are caught when they happen).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -177,6 +181,15 @@ void sim_explain_divergence(struct sim *s)
 				mm_state_foreach(s->nodes[0].state, NULL, 0, diff_user, &c0);
 			}
 		}
+	}
+	if (s->cfg.uids && !differ && !down && !missing_total) {
+		/* the records agree, the listings do not: the UID rule did not settle */
+		sim_uids_settled(s, true);
+		sim_violation(s, "UIDs not settled %llu ms after healing (last UID register change %llu ms "
+		              "after healing)", (unsigned long long)s->cfg.bound_ms,
+		              (unsigned long long)(s->uid_last_change > s->res->heal_ms
+		                                           ? s->uid_last_change - s->res->heal_ms : 0));
+		return;
 	}
 	sim_violation(s, "not converged %llu ms after healing: %u nodes differ from node 0, %u down, "
 	              "%llu bodies missing", (unsigned long long)s->cfg.bound_ms, differ, down,
@@ -363,6 +376,9 @@ void sim_check_final(struct sim *s)
 			sim_violation(s, "node %u: the view shows %llu messages and tombstones, the state %llu",
 			              i, (unsigned long long)vmsgs, (unsigned long long)c.msgs);
 	}
+	/* IMAP UIDs: every listing shows the state's UIDs, no number twice, Dovecot's rule */
+	if (s->cfg.uids && s->res->n_violations < SIM_MAX_VIOLATIONS)
+		sim_uids_settled(s, true);
 	/* the oracle: against node 0 (all nodes equal it by now) */
 	struct fctx c = { .s = s, .n = ref, .ref = ref };
 	mm_state_foreach(ref->state, NULL, 0, oracle_user, &c);
@@ -389,4 +405,116 @@ void sim_check_final(struct sim *s)
 			sim_violation(s, "message %02x%02x%02x%02x was expunged though nobody expunged it",
 			              d->key[0], d->key[1], d->key[2], d->key[3]);
 	}
+}
+
+/* ---- IMAP UIDs ------------------------------------------------------------------------- */
+
+static void key4(char out[9], const uint8_t *key)
+{
+	static const char hx[] = "0123456789abcdef";
+	for (int i = 0; i < 4; i++) {
+		out[2 * i] = hx[key[i] >> 4];
+		out[2 * i + 1] = hx[key[i] & 15];
+	}
+	out[8] = 0;
+}
+
+/* Duplicates and Dovecot's rule over every entry of n's listings (final check). */
+static void uid_listing_check(struct sim *s, struct sim_node *n)
+{
+	struct sim_map byuid;
+	sim_map_init(&byuid, 1 + 1 + 4, MM_KEY_LEN);
+	size_t pos = 0;
+	void *val;
+	const uint8_t *k;
+	while ((k = sim_map_next(&n->listed, &pos, &val)) && s->res->n_violations < SIM_MAX_VIOLATIONS) {
+		const struct sim_lent *e = val;
+		if (!e->uid)
+			continue;
+		const struct sim_listing *l = &n->lists[k[0]][e->folder];
+		char ks[9];
+		key4(ks, k + 1);
+		if (e->uid >= l->next)
+			sim_violation(s, "node %u: %s/%s lists %s under UID %u, not below its NEXTUID %u", n->idx,
+			              s->users[k[0]], sim_folders[e->folder], ks, e->uid, l->next);
+		uint8_t bk[6];
+		bk[0] = k[0];
+		bk[1] = e->folder;
+		memcpy(bk + 2, &e->uid, 4);
+		bool created;
+		uint8_t *other = sim_map_put(&byuid, bk, &created);
+		if (!created) {
+			char os[9];
+			key4(os, other);
+			sim_violation(s, "node %u: UID %u of %s/%s names two messages, %s and %s", n->idx, e->uid,
+			              s->users[k[0]], sim_folders[e->folder], os, ks);
+		}
+		memcpy(other, k + 1, MM_KEY_LEN);
+	}
+	sim_map_free(&byuid);
+}
+
+bool sim_uids_settled(struct sim *s, bool violations)
+{
+	bool ok = true;
+#define UID_BAD(...)                                                       \
+	do {                                                               \
+		ok = false;                                                \
+		if (!violations)                                           \
+			return false;                                      \
+		sim_violation(s, __VA_ARGS__);                             \
+		if (s->res->n_violations >= SIM_MAX_VIOLATIONS)            \
+			return false;                                      \
+	} while (0)
+	for (unsigned i = 0; i < s->n; i++) {
+		struct sim_node *n = &s->nodes[i];
+		if (!n->alive)
+			UID_BAD("node %u is down", i);
+		if (!n->alive)
+			continue;
+		uint32_t live[SIM_MAX_USERS][SIM_NFOLDERS];
+		memset(live, 0, sizeof live);
+		size_t pos = 0;
+		void *val;
+		const uint8_t *k;
+		while ((k = sim_map_next(&n->view, &pos, &val))) {
+			struct sim_view *v = val;
+			if (v->state != VIEW_LIVE)
+				continue;
+			unsigned u = k[0];
+			int f = sim_folder_of_hash(s, v->folder);
+			char ks[9];
+			key4(ks, k + 1);
+			struct mm_user *usr = mm_state_user(n->state, s->users[u], false);
+			const struct mm_rec *r = usr ? mm_user_get(usr, k + 1) : NULL;
+			const struct mm_rec *fr = f >= 0 ? sim_uid_folder_rec(n, u, (unsigned)f) : NULL;
+			if (!r || r->type != MM_REC_MESSAGE || !fr) {
+				UID_BAD("node %u: message %s of %s has no record or no folder record", i, ks,
+				        s->users[u]);
+				continue;
+			}
+			uint32_t want = r->msg.uid_value, need = r->msg.uid_need;
+			const struct sim_listing *l = &n->lists[u][f];
+			uint8_t lk[1 + MM_KEY_LEN];
+			memcpy(lk, k, sizeof lk);
+			const struct sim_lent *e = sim_map_get(&n->listed, lk);
+			uint32_t have = e && e->uid && e->folder == f ? e->uid : 0;
+			live[u][f]++;
+			if (!want || have != want || need > want)
+				UID_BAD("node %u lists %s of %s/%s under UID %u, the state says %u (need %u)", i, ks,
+				        s->users[u], sim_folders[f], have, want, need);
+			if (l->uv != fr->folder.uidvalidity)
+				UID_BAD("node %u: the listing of %s/%s has UIDVALIDITY %u, the state %u", i,
+				        s->users[u], sim_folders[f], l->uv, fr->folder.uidvalidity);
+		}
+		for (unsigned u = 0; u < s->nusers; u++)
+			for (unsigned f = 0; f < SIM_NFOLDERS; f++)
+				if (n->lists[u][f].count != live[u][f])
+					UID_BAD("node %u: the listing of %s/%s has %u entries for %u live messages", i,
+					        s->users[u], sim_folders[f], n->lists[u][f].count, live[u][f]);
+		if (violations)
+			uid_listing_check(s, n);
+	}
+#undef UID_BAD
+	return ok;
 }

@@ -19,6 +19,9 @@
 #define SIM_BODY_MAX (64u << 20)
 #define SIM_CAPTURE 64              /* datagrams the attacker remembers to replay */
 #define SIM_CAPTURE_HS 16           /* handshake messages 1 it remembers */
+#define SIM_NFOLDERS 5              /* sim_folders[] */
+#define SIM_UID_ROUNDS 3            /* plan rounds per node and pass (uid.c) */
+#define SIM_UID_DELAY_MS 20         /* effects -> UID pass (daemon's COMMIT_DELAY_MS) */
 
 enum sim_ev_type {
 	EV_DGRAM = 1,      /* datagram arrives at node, from peers[slot] */
@@ -38,6 +41,7 @@ enum sim_ev_type {
 	EV_CHECK,          /* convergence check */
 	EV_HOOK,           /* measurement callback */
 	EV_ATTACK,         /* next attacker action (forged / replayed bytes) */
+	EV_UIDPASS,        /* node plans its dirty folders' UIDs (tag = incarnation) */
 };
 
 struct sim_ev {
@@ -89,6 +93,21 @@ struct sim_body {
 	uint64_t len;
 };
 
+/* The model of Dovecot's dovecot-uidlist (uid.c).  One listing per (user, folder):
+ * its UIDVALIDITY, NEXTUID (a new entry may only take a UID >= next; next never goes
+ * down under one UIDVALIDITY) and how many entries it has; the entries themselves
+ * live in the node's `listed` map, [user][key] -> sim_lent (uid 0 = not listed,
+ * entries are never removed from the map, only zeroed).  Written under the lock
+ * with fsync by Dovecot and by mailmesh, so durable as soon as written: a crash
+ * keeps it. */
+struct sim_listing {
+	uint32_t uv, next, count;
+};
+struct sim_lent {
+	uint32_t uid;
+	uint8_t folder;
+};
+
 struct sim_node {
 	struct sim *sim;
 	uint32_t idx;
@@ -111,6 +130,13 @@ struct sim_node {
 	struct sim_map bodies; /* [user idx][id] -> struct sim_body */
 	struct sim_map view;   /* [user idx][key] -> struct sim_view */
 	uint64_t writes_open;  /* body write handles open */
+	/* IMAP UIDs (uid.c) */
+	struct sim_map listed; /* [user idx][key] -> struct sim_lent */
+	struct sim_listing lists[SIM_MAX_USERS][SIM_NFOLDERS];
+	uint8_t uid_dirty[SIM_MAX_USERS]; /* folders (bits) whose plan must run */
+	bool uid_queued;       /* an EV_UIDPASS is pending */
+	bool uid_auth;         /* this node is the UID authority now */
+	uint64_t started;      /* virtual time of the last start (authority grace) */
 	uint8_t priv[32], pub[32]; /* static X25519 key pair (id = mm_node_id(pub)) */
 };
 
@@ -165,6 +191,11 @@ struct sim {
 	} cap_dgram[SIM_CAPTURE], cap_hs[SIM_CAPTURE_HS];
 	unsigned ncap_dgram, ncap_hs;
 	uint8_t attacker_priv[32]; /* a key no node trusts */
+	/* IMAP UIDs (uid.c): the first message every (user, folder, UIDVALIDITY, UID)
+	 * named on any node, the last register change */
+	struct sim_map uid_seen;   /* [user][folder][uv u32][uid u32] -> sim_useen */
+	uint64_t uid_last_change;  /* virtual time of the last UID register change */
+	uint64_t folder_hash[SIM_NFOLDERS];
 	/* trace ring */
 	unsigned trace_head;
 	/* measurement hooks */
@@ -249,6 +280,36 @@ void sim_workload_op(struct sim *s);
  * its key.  Returns 1, or a negative errno. */
 int sim_deliver(struct sim *s, struct sim_node *n, unsigned u, size_t size, uint8_t key_r[MM_KEY_LEN]);
 
+/* uid.c: the model of Dovecot's listing and the replica-side UID rule (crdt/uid.h) */
+struct sim_useen {
+	uint8_t key[MM_KEY_LEN];
+	uint8_t contested;
+};
+/* Index of a folder name in sim_folders[], or -1. */
+int sim_folder_index(const char *name);
+/* Index of the folder whose name hashes to h (sim_view.folder), or -1. */
+int sim_folder_of_hash(const struct sim *s, uint64_t h);
+/* The folder record that gives (user, folder) its UIDVALIDITY on n: present and the
+ * folder exists or deliveries keep it visible (as node/store.c); else NULL. */
+const struct mm_rec *sim_uid_folder_rec(struct sim_node *n, unsigned u, unsigned f);
+/* Effect hook (from sim_node_eff): marks the folder of rec dirty, takes expunged
+ * messages out of the listing, notes UID register changes. */
+void sim_uid_effect(struct sim_node *n, unsigned u, enum mm_effect eff, const struct mm_rec *rec);
+/* A body arrived at n for user u: every folder of u is planned again. */
+void sim_uid_body(struct sim_node *n, unsigned u);
+/* Local delivery: the UID the node's "Dovecot" gives a new message of folder f
+ * delivered with `stamp` (its NEXTUID, under the UIDVALIDITY the delivery leaves the
+ * folder with); sim_uid_delivered lists it once its key is known. */
+uint32_t sim_uid_for_delivery(struct sim_node *n, unsigned u, unsigned f, mm_hlc stamp);
+void sim_uid_delivered(struct sim_node *n, unsigned u, unsigned f, const uint8_t key[MM_KEY_LEN],
+                       uint32_t uid);
+/* The daemon's rule (node/daemon.c uid_authority_update), at each gossip tick. */
+void sim_uid_authority(struct sim *s, struct sim_node *n);
+/* EV_UIDPASS: n plans every dirty folder and applies the plans. */
+void sim_uid_pass(struct sim *s, struct sim_node *n);
+/* Number of nodes that are UID authorities now. */
+unsigned sim_uid_authorities(const struct sim *s);
+
 /* check.c */
 void sim_violation(struct sim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sim_trace(struct sim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -256,5 +317,9 @@ bool sim_converged(struct sim *s);
 void sim_check_final(struct sim *s);
 void sim_explain_divergence(struct sim *s);
 void sim_trace_finish(struct sim *s);
+/* IMAP UIDs settled: every node lists every live message it holds under the state's
+ * UID, no need above a UID, no entry for anything else.  violations: report the
+ * first differences as violations (else silent). */
+bool sim_uids_settled(struct sim *s, bool violations);
 
 #endif

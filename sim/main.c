@@ -41,8 +41,13 @@ static void usage(FILE *f)
 	      "channel:  --rekey-bytes B (32768) --rekey-ms MS (5000): each Noise channel's\n"
 	      "          sender rekeys after this much (the daemon: 1 GiB / 120 s)\n"
 	      "checks:   --bound-ms MS: convergence must happen this soon after healing (120000)\n"
-	      "          --sabotage 1|2: corrupt a stored body / hide a flag effect, to prove\n"
-	      "          that the checker catches it (exit 1 expected)\n",
+	      "          --sabotage 1|2|3|4: corrupt a stored body / hide a flag effect / the\n"
+	      "          last node never raises a UID need / lists re-filed messages one UID\n"
+	      "          off, to prove that the checker catches it (exit 1 expected)\n"
+	      "uids:     --uids / --no-uids: model Dovecot's UID listings and run the UID rule\n"
+	      "          (crdt/uid.h) on every node (on)  --uid-grace-ms MS: a started node\n"
+	      "          is no UID authority this long (5000)  --uid-push: push the plan's\n"
+	      "          UID changes at once (the daemon leaves them to anti-entropy)\n",
 	      f);
 }
 
@@ -63,6 +68,7 @@ enum {
 	O_TAIL, O_TAILMS, O_REORDER, O_REORDERMS, O_DUP, O_RESETS, O_PARTS, O_PARTMS, O_ONEWAY,
 	O_CRASHES, O_DOWNMS, O_SKEW, O_SLOW, O_SLOWF, O_STREAMTO, O_NOFAULTS, O_BOUND, O_MAXNODES,
 	O_MEASURE, O_TRIALS, O_BASE, O_DIFF, O_SABOTAGE, O_HELP, O_ATTACKS, O_REKEYB, O_REKEYMS,
+	O_UIDS, O_NOUIDS, O_UIDGRACE, O_UIDPUSH,
 };
 
 static const struct option opts[] = {
@@ -83,7 +89,8 @@ static const struct option opts[] = {
 	{ "measure", 1, 0, O_MEASURE }, { "trials", 1, 0, O_TRIALS }, { "base", 1, 0, O_BASE },
 	{ "diff", 1, 0, O_DIFF }, { "sabotage", 1, 0, O_SABOTAGE }, { "help", 0, 0, O_HELP },
 	{ "attacks", 1, 0, O_ATTACKS }, { "rekey-bytes", 1, 0, O_REKEYB },
-	{ "rekey-ms", 1, 0, O_REKEYMS },
+	{ "rekey-ms", 1, 0, O_REKEYMS }, { "uids", 0, 0, O_UIDS }, { "no-uids", 0, 0, O_NOUIDS },
+	{ "uid-grace-ms", 1, 0, O_UIDGRACE }, { "uid-push", 0, 0, O_UIDPUSH },
 	{ 0, 0, 0, 0 },
 };
 
@@ -105,6 +112,10 @@ static int sweep(const struct sim_config *base, uint64_t k, unsigned max_nodes, 
 		struct sim_config c;
 		sim_config_random(&c, base->seed + i, max_nodes);
 		c.trace = base->trace;
+		c.uids = base->uids;
+		c.uid_grace_ms = base->uid_grace_ms;
+		c.uid_push = base->uid_push;
+		c.sabotage = base->sabotage;
 		struct sim_result *r = calloc(1, sizeof(*r));
 		if (!r)
 			return 2;
@@ -197,6 +208,10 @@ int main(int argc, char **argv)
 		case O_ATTACKS: c.attacks_per_s = v; break;
 		case O_REKEYB: c.rekey_bytes = (uint64_t)v; break;
 		case O_REKEYMS: c.rekey_ms = (uint64_t)v; break;
+		case O_UIDS: c.uids = true; break;
+		case O_NOUIDS: c.uids = false; break;
+		case O_UIDGRACE: c.uid_grace_ms = (uint32_t)v; break;
+		case O_UIDPUSH: c.uid_push = true; break;
 		}
 	}
 	if (optind < argc) {

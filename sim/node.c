@@ -12,6 +12,8 @@
  * it.  A crash loses everything since the last commit; a restart rebuilds the state
  * (and the view, through the merge effects) from that snapshot.  Bodies are durable
  * once committed to the store (a Maildir file is renamed into place after fsync).
+ * Unless --no-uids, effects and arriving bodies also drive the UID model (uid.c),
+ * whose listings are durable as soon as written (Dovecot fsyncs dovecot-uidlist).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -70,6 +72,8 @@ void sim_node_eff(void *arg, const char *user, enum mm_effect eff, const struct 
 		sim_violation(s, "node %u: effect for unknown user %s", n->idx, user);
 		return;
 	}
+	if (s->cfg.uids)
+		sim_uid_effect(n, (unsigned)u, eff, rec);
 	uint8_t vkey[1 + MM_KEY_LEN];
 	vkey[0] = (uint8_t)u;
 	memcpy(vkey + 1, rec->key, MM_KEY_LEN);
@@ -239,6 +243,8 @@ static int body_commit(void *handle)
 		rc = -EBADMSG;
 	} else {
 		rc = sim_node_store_body(n, w->user, w->id, w->buf, w->len);
+		if (rc == 0 && n->sim->cfg.uids) /* the file is there: list it */
+			sim_uid_body(n, w->user);
 	}
 	write_free(w);
 	return rc;
@@ -282,7 +288,15 @@ static void sync_event(void *arg, struct mm_sync *ss, const struct mm_sync_event
 		s->res->bodies_fetched++;
 		return;
 	case MM_SYNC_EV_BODY_BAD:
-		/* the network never corrupts bytes: a bad body means a bug somewhere */
+		/* a fetch that timed out (proto/sync.c mm_sync_tick reports it as BODY_BAD
+		 * -ETIMEDOUT: a congested or stalled stream) is retried by the scheduler, and
+		 * convergence still needs every body; anything else: the network never
+		 * corrupts bytes, so a bad body means a bug somewhere */
+		if (ev->err == -ETIMEDOUT) {
+			sim_trace(s, "t=%llu node %u body fetch from %u timed out", (unsigned long long)s->now,
+			          n->idx, ((struct sim_peer *)mm_sync_user_data(ss))->idx);
+			return;
+		}
 		sim_violation(s, "node %u: body from %u failed verification or storage: %d", n->idx,
 		              ((struct sim_peer *)mm_sync_user_data(ss))->idx, ev->err);
 		return;
@@ -440,6 +454,9 @@ int sim_node_start(struct sim *s, struct sim_node *n)
 	mm_clock_init(&n->clock, n->id, n->has_snap ? n->snap_clock : 0);
 	sim_map_clear(&n->view);
 	n->alive = true;
+	/* the daemon's memory: not the authority until its grace is over */
+	n->uid_auth = false;
+	n->started = s->now;
 	if (n->has_snap) {
 		rc = snap_restore(n);
 		if (rc < 0)
@@ -500,6 +517,9 @@ static void node_stop(struct sim_node *n)
 	mm_fetch_free(&n->fetch);
 	mm_state_free(&n->state);
 	n->alive = false;
+	n->uid_auth = false;
+	n->uid_queued = false; /* its EV_UIDPASS belongs to this incarnation */
+	memset(n->uid_dirty, 0, sizeof n->uid_dirty); /* the listings themselves are durable */
 }
 
 void sim_node_crash(struct sim *s, struct sim_node *n)
@@ -525,6 +545,7 @@ void sim_node_free(struct sim_node *n)
 		free(((struct sim_body *)v)->bytes);
 	sim_map_free(&n->bodies);
 	sim_map_free(&n->view);
+	sim_map_free(&n->listed);
 	free(n->snap);
 	for (uint32_t i = 0; i < n->npeers; i++)
 		free(n->peers[i].msg);

@@ -6,6 +6,8 @@
  * nodes restart, links reconnect, no more loss) and phase 2: check every quarter
  * gossip interval whether the cluster converged; it must within cfg.bound_ms, after
  * which the final invariants run (check.c).  The first violation stops the run.
+ * Effects schedule the UID plans of the folders they touched (uid.c, EV_UIDPASS), as
+ * the daemon's deferred mirror work at the commit after a batch of effects.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -50,6 +52,8 @@ void sim_config_defaults(struct sim_config *c)
 	c->rekey_ms = 5000;
 	c->attacks_per_s = 0.05;
 	c->bound_ms = 120000;
+	c->uids = true;
+	c->uid_grace_ms = 5000; /* node/daemon.c UID_AUTHORITY_GRACE_MS */
 }
 
 void sim_config_random(struct sim_config *c, uint64_t seed, unsigned max_nodes)
@@ -167,6 +171,7 @@ static void teardown(struct sim *s)
 	sim_map_free(&s->delivered);
 	sim_map_free(&s->expunged);
 	sim_map_free(&s->regs);
+	sim_map_free(&s->uid_seen);
 	sim_chan_free_captures(s);
 	free(s->dkeys);
 	mm_delta_free(&s->delta);
@@ -196,6 +201,9 @@ static int setup(const struct sim_config *cfg, struct sim_result *res, struct si
 	sim_map_init(&s->delivered, 1 + MM_KEY_LEN, sizeof(struct sim_odel));
 	sim_map_init(&s->expunged, 1 + MM_KEY_LEN, 1);
 	sim_map_init(&s->regs, 1 + MM_KEY_LEN + 2, sizeof(struct sim_oreg));
+	sim_map_init(&s->uid_seen, 2 + 4 + 4, sizeof(struct sim_useen));
+	for (unsigned i = 0; i < SIM_NFOLDERS; i++)
+		s->folder_hash[i] = sim_strhash(sim_folders[i]);
 	s->delta = mm_delta_new();
 	s->nodes = calloc(s->n, sizeof(*s->nodes));
 	int rc = (!s->delta || !s->nodes) ? -ENOMEM : 0;
@@ -228,6 +236,7 @@ static int setup(const struct sim_config *cfg, struct sim_result *res, struct si
 		n->slow = sim_rng_chance(&s->rng, cfg->slow_p) ? cfg->slow_factor : 1;
 		sim_map_init(&n->bodies, 1 + MM_ID_LEN, sizeof(struct sim_body));
 		sim_map_init(&n->view, 1 + MM_KEY_LEN, sizeof(struct sim_view));
+		sim_map_init(&n->listed, 1 + MM_KEY_LEN, sizeof(struct sim_lent));
 	}
 	sim_map_free(&ids);
 	uint8_t rnd[32];
@@ -300,6 +309,8 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 			mm_gossip_tick(n->gossip, sim_node_now(n), rnd, sizeof(rnd));
 			mm_fetch_tick(n->fetch, sim_node_now(n));
 		}
+		if (s->cfg.uids) /* as the daemon's gossip_cb */
+			sim_uid_authority(s, n);
 		sim_schedule(s, s->now + s->cfg.gossip_ms, EV_TICK, n->idx, 0, n->gen);
 		return;
 	case EV_COMMIT:
@@ -334,7 +345,7 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 		sim_schedule(s, s->now + s->cfg.gossip_ms / 4, EV_CHECK, 0, 0, 0);
 		return;
 	case EV_CHECK:
-		if (sim_converged(s)) {
+		if (sim_converged(s) && (!s->cfg.uids || sim_uids_settled(s, false))) {
 			s->res->converged = true;
 			s->res->converge_ms = s->now;
 			s->res->rounds_to_converge =
@@ -349,6 +360,10 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 			uint32_t q = s->cfg.gossip_ms / 4 ? s->cfg.gossip_ms / 4 : 1;
 			sim_schedule(s, s->now + q, EV_CHECK, 0, 0, 0);
 		}
+		return;
+	case EV_UIDPASS:
+		if (n->alive && n->gen == ev->tag)
+			sim_uid_pass(s, n);
 		return;
 	case EV_HOOK:
 		if (s->on_hook)
@@ -403,6 +418,14 @@ int sim_run(const struct sim_config *cfg, struct sim_result *res)
 	loop(s, 0);
 	if (!s->res->converged && !s->res->n_violations)
 		sim_violation(s, "the run ended without converging");
+	if (cfg->uids) {
+		uint64_t settle = s->uid_last_change > res->heal_ms ? s->uid_last_change - res->heal_ms : 0;
+		res->uid_settle_rounds = (settle + cfg->gossip_ms - 1) / cfg->gossip_ms;
+		res->uid_authorities = sim_uid_authorities(s);
+		if (res->converged && settle > cfg->bound_ms)
+			sim_violation(s, "UID registers kept changing %llu ms after healing (bound %llu ms)",
+			              (unsigned long long)settle, (unsigned long long)cfg->bound_ms);
+	}
 	res->sim_time_ms = s->now;
 	teardown(s);
 	return res->n_violations || !res->converged ? 1 : 0;

@@ -15,6 +15,7 @@
  * Files: rng.c (PRNG), map.c (deterministic hash table), net.c (event queue, links,
  * faults), chan.c (the Noise channel on every connection, the attacker), node.c (one
  * node: state, sessions, body store, mailbox view, durability),
+ * uid.c (each node's model of Dovecot's UID listing and the UID rule of crdt/uid.h),
  * workload.c (operations and the oracle log), check.c (invariants), run.c (phases of
  * a run), json.c (output), main.c (CLI, sweep, measurements).
  */
@@ -118,8 +119,18 @@ struct sim_config {
 	                           * handshakes, garbage streams), cluster-wide rate */
 	uint64_t bound_ms;        /* convergence must happen within this after healing */
 	bool trace;               /* print the trace ring at the end even on success */
+	/* IMAP UIDs (sim/uid.c): each node models Dovecot's listing per folder and runs
+	 * the replica rule of crdt/uid.h; the lowest connected node id is the authority */
+	bool uids;                /* the model on (default) */
+	bool uid_push;            /* push the plan's register changes at once (the daemon
+	                           * does not: its deferred pass runs at commit, with no
+	                           * delta, so they travel by anti-entropy) */
+	uint32_t uid_grace_ms;    /* a started node is no authority this long while a
+	                           * lower-id peer is configured (daemon: 5000) */
 	unsigned sabotage;        /* self-test of the checker: 1 corrupts a stored body,
-	                           * 2 hides a flag effect from a node's view (at healing) */
+	                           * 2 hides a flag effect from a node's view (at healing),
+	                           * 3 the last node never raises a UID need,
+	                           * 4 the last node lists re-filed messages one UID off */
 };
 
 /* Defaults for every field (seed 1, 5 nodes, mild faults). */
@@ -147,6 +158,19 @@ struct sim_result {
 	uint64_t attacks;             /* attacker actions */
 	uint64_t hs_replays_accepted; /* replayed message 1 accepted (the responder
 	                               * had restarted and forgotten the timestamp) */
+	/* IMAP UIDs (sim/uid.c) */
+	uint64_t uid_listed;          /* listing entries added (deliveries, replicas) */
+	uint64_t uid_refiled;         /* entries moved to another UID (re-filed) */
+	uint64_t uid_moves;           /* set_uid by an authority of a message with a UID */
+	uint64_t uid_firsts;          /* set_uid of a message's first UID by a replica */
+	uint64_t uid_needs;           /* needs raised (set_need that grew the register) */
+	uint64_t uid_resets;          /* listings started over under a new UIDVALIDITY */
+	uint64_t uid_conflicts_seen;  /* (user, folder, UIDVALIDITY, UID) shown for two
+	                               * different messages (on two nodes) during the run */
+	uint64_t uid_settle_rounds;   /* gossip intervals from healing to the last UID
+	                               * register change (0: none after healing) */
+	uint64_t uid_max_authorities; /* most nodes that were authority at one time */
+	unsigned uid_authorities;     /* authorities at the end */
 	unsigned n_violations;
 	char violations[SIM_MAX_VIOLATIONS][SIM_TRACE_LEN];
 	unsigned n_trace;

@@ -6,7 +6,8 @@
  * changes, concurrent changes of the same message on two nodes at the same instant,
  * expunges, folder create / delete / subscribe.  Each runs the real crdt local-change
  * function with a stamp from the node's own HLC, then the node commits and pushes the
- * delta, as the daemon does.
+ * delta, as the daemon does.  A delivery is listed by the node's "Dovecot" at the
+ * folder's NEXTUID first, and that UID is the message's first (uid.c).
  *
  * The oracle: every register write a local change made (the registers of the delta
  * stamped with the operation's stamp), every delivery and every expunge, kept in
@@ -25,6 +26,7 @@ const char *const sim_keywords[] = { "$Forwarded", "$Junk", "$NotJunk", "work", 
 const unsigned sim_nkeywords = sizeof(sim_keywords) / sizeof(sim_keywords[0]);
 const char *const sim_folders[] = { "INBOX", "Sent", "Archive", "Lists.dev", "Trash" };
 const unsigned sim_nfolders = sizeof(sim_folders) / sizeof(sim_folders[0]);
+_Static_assert(sizeof(sim_folders) / sizeof(sim_folders[0]) == SIM_NFOLDERS, "SIM_NFOLDERS");
 
 static bool same_stamp(mm_hlc a, mm_hlc b)
 {
@@ -232,8 +234,14 @@ int sim_deliver(struct sim *s, struct sim_node *n, unsigned u, size_t size, uint
 	if (!usr)
 		return -ENOMEM;
 	mm_hlc stamp = mm_clock_tick(&n->clock, sim_node_now(n));
-	rc = mm_user_deliver(usr, folder, id, size, (int64_t)(sim_node_now(n) / 1000), flags, kw, nkw, 0,
+	/* Dovecot (LMTP) lists the new file at the folder's NEXTUID; the daemon records
+	 * that as the message's first UID (node/store.c assign_uid) */
+	int fi = sim_folder_index(folder);
+	uint32_t uid = s->cfg.uids ? sim_uid_for_delivery(n, u, (unsigned)fi, stamp) : 0;
+	rc = mm_user_deliver(usr, folder, id, size, (int64_t)(sim_node_now(n) / 1000), flags, kw, nkw, uid,
 	                     stamp, key_r, sim_node_eff, n, s->delta);
+	if (rc >= 0 && uid)
+		sim_uid_delivered(n, u, (unsigned)fi, key_r, uid);
 	s->res->deliveries++;
 	local_done(s, n, stamp, rc, "deliver");
 	return rc;

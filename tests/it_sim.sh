@@ -7,7 +7,11 @@
 #   the checker itself: deliberately broken runs (--sabotage) must be caught;
 #   the Noise channel is really under the messages: handshakes and rekeys happen,
 #   crashes re-handshake, duplicated / replayed / forged datagrams and replayed or
-#   foreign handshakes are rejected and counted, and convergence is not disturbed.
+#   foreign handshakes are rejected and counted, and convergence is not disturbed;
+#   IMAP UIDs (sim/uid.c, on by default): every run must settle them (every node lists
+#   every live message under the state's UID), the counters are reported, --no-uids
+#   turns the model off, and a node that never raises a need or lists one UID off is
+#   caught.
 # Prints `N passed, N failed`.  Sizes are smaller under SANITIZE=1 (ASan is slower).
 set -u
 TOP=${MAILMESH_TOP:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -32,12 +36,19 @@ else
 	SWEEP=1000; BIG_PHASE=20000
 fi
 
-# 1. sweep: seeds 1..SWEEP, faults drawn from each seed, up to 8 nodes
-if "$SIM" --sweep "$SWEEP" --seed 1 >"$TMP/out" 2>&1 &&
-   grep -q "^sweep: $SWEEP seeds from 1, $SWEEP passed, 0 failed" "$TMP/out"; then
-	ok "sweep of $SWEEP seeds with faults"
+# 1. sweep: seeds 1..SWEEP, faults drawn from each seed, up to 8 nodes, UIDs on
+#    (JSON, so that sections 5 and 8 can look into the same runs)
+"$SIM" --sweep "$SWEEP" --seed 1 --json >"$TMP/sweep" 2>&1
+if /usr/bin/python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+bad = [r["seed"] for r in d["sweep"] if not r["converged"] or r["violations"]]
+print("failing seeds:", " ".join(map(str, bad)))
+assert d["seeds"] == int(sys.argv[2]) and d["failed"] == 0 and not bad
+' "$TMP/sweep" "$SWEEP" >"$TMP/out" 2>&1; then
+	ok "sweep of $SWEEP seeds with faults and UIDs"
 else
-	bad "sweep of $SWEEP seeds with faults (failing seeds: $(grep '^FAIL seed' "$TMP/out" | tr '\n' ' '))"
+	bad "sweep of $SWEEP seeds with faults and UIDs ($(head -n 1 "$TMP/out"))"
 fi
 
 # 2. regression seeds: every seed that ever failed (and why) stays here.
@@ -77,9 +88,11 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 for k in ("nodes", "seed", "converged", "rounds_to_converge", "sim_time_ms", "messages",
           "bytes_sent", "datagrams_sent", "violations", "handshakes", "rekeys",
-          "datagrams_rejected", "handshakes_rejected", "attacks"):
+          "datagrams_rejected", "handshakes_rejected", "attacks", "uid_moves", "uid_needs",
+          "uid_conflicts_seen", "uid_settle_rounds"):
     assert k in d, k
 assert d["nodes"] == 3 and d["seed"] == 9 and d["converged"] is True and d["violations"] == []
+assert d["config"]["uids"] is True and d["uid_listed"] >= d["deliveries"] > 0
 assert d["messages"] > 0 and d["bytes_sent"] > 0 and d["datagrams_sent"] > 0
 ' "$TMP/out"; then
 	ok "--json fields"
@@ -88,16 +101,15 @@ else
 fi
 
 # 5. the channel (proto/channel.c) carries every message; these fail if it is bypassed
-#    a sweep: every run handshakes, and the low default budget makes senders rekey
-"$SIM" --sweep 30 --seed 1 --json >"$TMP/out" 2>&1
+#    the sweep's first 30 runs: every run handshakes, the low default budget rekeys
 if /usr/bin/python3 -c '
 import json, sys
-runs = json.load(open(sys.argv[1]))["sweep"]
+runs = json.load(open(sys.argv[1]))["sweep"][:30]
 assert len(runs) == 30
 assert all(r["converged"] and r["handshakes"] > 0 for r in runs)
 assert sum(r["rekeys"] for r in runs) > 0
 assert sum(r["handshakes_rejected"] for r in runs) > 0
-' "$TMP/out"; then
+' "$TMP/sweep"; then
 	ok "sweep: every run handshakes, channels rekey"
 else
 	bad "sweep: every run handshakes, channels rekey"
@@ -171,6 +183,43 @@ if [ $rc -eq 1 ] && grep -q "not converged" "$TMP/out"; then
 else
 	bad "missing the convergence bound is caught (exit $rc)"
 fi
+# 8. IMAP UIDs: the sweep exercised the rule (conflicts, needs, moves happened and
+#    settled), --no-uids turns the model off, and broken nodes are caught
+if /usr/bin/python3 -c '
+import json, sys
+runs = json.load(open(sys.argv[1]))["sweep"]
+assert all(r["config"]["uids"] for r in runs)
+for k in ("uid_conflicts_seen", "uid_needs", "uid_moves", "uid_refiled", "uid_resets"):
+    assert sum(r[k] for r in runs) > 0, k
+assert max(r["uid_max_authorities"] for r in runs) >= 2   # partitions: two authorities
+assert all(r["uid_settle_rounds"] * r["config"]["gossip_ms"] <= r["config"]["bound_ms"] for r in runs)
+' "$TMP/sweep"; then
+	ok "sweep: UID conflicts, needs, moves and two authorities happened, and settled"
+else
+	bad "sweep: UID conflicts, needs, moves and two authorities happened, and settled"
+fi
+if "$SIM" --nodes 4 --seed 3 --no-uids --json >"$TMP/out" 2>&1 &&
+   /usr/bin/python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["converged"] and d["violations"] == [] and d["config"]["uids"] is False
+assert d["uid_listed"] == 0 and d["uid_needs"] == 0 and d["deliveries"] > 0
+' "$TMP/out"; then
+	ok "--no-uids: the model is off"
+else
+	bad "--no-uids: the model is off"
+fi
+SAB_SEED=5   # a seed where the last node meets a UID it cannot list (4 nodes, defaults)
+for sab in 3 4; do
+	"$SIM" --nodes 4 --seed "$SAB_SEED" --sabotage "$sab" >"$TMP/out" 2>&1
+	rc=$?
+	if [ $rc -eq 1 ] && grep -q "VIOLATIONS (seed $SAB_SEED)" "$TMP/out" &&
+	   grep -q "lists .* under UID .*, the state says" "$TMP/out"; then
+		ok "a node that $( [ $sab = 3 ] && echo "never raises a UID need" || echo "lists one UID off") is caught"
+	else
+		bad "sabotage $sab is caught (exit $rc)"
+	fi
+done
 # bad usage
 "$SIM" --nodes banana >"$TMP/out" 2>&1
 if [ $? -eq 2 ]; then ok "bad option: exit 2"; else bad "bad option: exit 2"; fi

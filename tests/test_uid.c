@@ -270,7 +270,7 @@ static void srep_plan(struct srep *r, bool authority, uint64_t *clock)
 		size_t j = (size_t)(uintptr_t)it[i].arg;
 		if (it[i].set_uid) {
 			assert_true(authority || !it[i].want);
-			if (mm_user_set_uid(r->u, r->key[j], it[i].set_uid, (mm_hlc){ ++*clock, 1 }, NULL, NULL, NULL) > 0)
+			if (mm_user_uid_move(r->u, r->key[j], it[i].set_uid, (mm_hlc){ ++*clock, 1 }, NULL, NULL, NULL) > 0)
 				r->changed = true;
 		}
 		if (it[i].set_need && mm_user_uid_need(r->u, r->key[j], it[i].set_need, NULL, NULL, NULL) > 0)
@@ -379,6 +379,51 @@ static void test_plan_settles(void **state)
 			mm_user_free(&r[i].u);
 	}
 	print_message("settled within %u rounds of exchange\n", max_rounds);
+}
+
+/* Regression (sim sweep seeds 1, 18, 67 with 120 s clock skew): a message listed on
+ * a node whose clock is ahead beyond mm_clock_observe's bound got a UID stamp the
+ * authority's own ticks could not beat; mm_user_set_uid lost, the authority re-filed
+ * it anyway and showed another UID than every other node.  mm_user_uid_move wins. */
+static void test_uid_move_beats_clock_ahead(void **state)
+{
+	(void)state;
+	struct mm_user *a = mm_user_new("ex.org/alice"), *b = mm_user_new("ex.org/alice");
+	struct mm_user *c = mm_user_new("ex.org/alice");
+	uint8_t k[MM_KEY_LEN], other[MM_KEY_LEN] = { 0xee };
+	const uint64_t ahead = 200000ULL << 16, behind = 80000ULL << 16;
+	deliver_uid(a, "INBOX", ahead, 2, 1, k); /* listed at UID 1 by the fast node */
+	assert_int_equal(mm_user_foreach(a, NULL, 0, copy_cb, b), 0);
+	assert_int_equal(mm_user_foreach(a, NULL, 0, copy_cb, c), 0);
+	/* the authority (node 1) is 120 s behind: a plain set_uid loses the LWW */
+	mm_user_set_uid(a, k, 5, (mm_hlc){ behind, 1 }, NULL, NULL, NULL);
+	assert_int_equal(mm_user_get(a, k)->msg.uid_value, 1);
+	n_uid_eff = 0;
+	assert_int_equal(mm_user_uid_move(a, k, 5, (mm_hlc){ behind, 1 }, count_eff, NULL, NULL), 1);
+	assert_int_equal(n_uid_eff, 1);
+	const struct mm_rec *r = mm_user_get(a, k);
+	assert_int_equal(r->msg.uid_value, 5);
+	assert_true(r->msg.uid.stamp.t == ahead + 1 && r->msg.uid.stamp.node == 1);
+	assert_int_equal(mm_user_uid_move(a, k, 5, (mm_hlc){ behind + 1, 1 }, NULL, NULL, NULL), 0);
+	/* a later local tick is used as is */
+	assert_int_equal(mm_user_uid_move(a, k, 6, (mm_hlc){ ahead + 7, 1 }, NULL, NULL, NULL), 1);
+	assert_true(mm_user_get(a, k)->msg.uid.stamp.t == ahead + 7);
+	/* a second authority (a partition) moving from the same register: ties on t are
+	 * broken by node, the same way on every replica */
+	assert_int_equal(mm_user_uid_move(c, k, 9, (mm_hlc){ behind, 3 }, NULL, NULL, NULL), 1);
+	assert_int_equal(mm_user_uid_move(b, k, 8, (mm_hlc){ behind, 1 }, NULL, NULL, NULL), 1);
+	assert_int_equal(mm_user_foreach(b, NULL, 0, copy_cb, c), 0);
+	assert_int_equal(mm_user_foreach(c, NULL, 0, copy_cb, b), 0);
+	assert_int_equal(mm_user_get(b, k)->msg.uid_value, 9);
+	assert_int_equal(mm_user_get(c, k)->msg.uid_value, 9);
+	/* the replica that only had the original record takes the move */
+	assert_int_equal(mm_user_foreach(a, NULL, 0, copy_cb, b), 0);
+	assert_int_equal(mm_user_get(b, k)->msg.uid_value, 6);
+	assert_int_equal(mm_user_uid_move(a, other, 3, (mm_hlc){ behind, 1 }, NULL, NULL, NULL), -ENOENT);
+	assert_int_equal(mm_user_uid_move(a, k, 3, (mm_hlc){ 0, 0 }, NULL, NULL, NULL), -EINVAL);
+	mm_user_free(&a);
+	mm_user_free(&b);
+	mm_user_free(&c);
 }
 
 static int n_folder_eff;
@@ -854,6 +899,7 @@ int main(void)
 		cmocka_unit_test(test_plan_rule),
 		cmocka_unit_test(test_need_register),
 		cmocka_unit_test(test_plan_settles),
+		cmocka_unit_test(test_uid_move_beats_clock_ahead),
 		cmocka_unit_test(test_folder_renew),
 		cmocka_unit_test_setup_teardown(test_uidlist_edit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stores_agree, setup, teardown),
