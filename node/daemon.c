@@ -69,6 +69,8 @@ static void commit_cb(uv_timer_t *t)
 		uv_timer_start(&d->commit_timer, commit_cb, 1000, 0);
 		return;
 	}
+	/* UID moves and needs the commit made: peers should not wait for anti-entropy */
+	mm_daemon_push(d, mm_store_commit_delta(d->store));
 	/* Remote changes may have created folders or users: watch them too. */
 	mm_watch_refresh(d);
 }

@@ -251,6 +251,8 @@ struct mm_store {
 	struct mm_body_writer **staged_tail;
 	size_t n_staged;
 	size_t n_held;               /* bodies held back in folders' held arrays */
+	struct mm_delta *commit_out; /* UID changes of the last commit (mm_store_commit_delta) */
+	bool deferred;               /* a scan left a new folder for later (mm_store_take_deferred) */
 	struct pending *pending;
 	uint64_t hashed;
 	uint64_t now_ms;
@@ -327,6 +329,13 @@ static size_t k_ub(char *buf, const char *user, const uint8_t *bytes, size_t bl)
 static bool name_ok(const char *n)
 {
 	return n && n[0] && strlen(n) <= MM_NAME_MAX;
+}
+
+static uint64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static mm_hlc tick(struct mm_store *s)
@@ -1436,6 +1445,26 @@ static uint64_t uidlist_sig(const struct folder *fo)
 	       ((uint64_t)st.st_mtim.tv_nsec << 32);
 }
 
+/* A folder whose cur/ changed in the last second (a new folder is deferred: see
+ * scan_one_folder). */
+static bool folder_young(const struct folder *fo)
+{
+	char p[PATHBUF];
+	struct stat st;
+	snprintf(p, sizeof p, "%s/cur", fo->dir);
+	if (stat(p, &st) < 0)
+		return false;
+	uint64_t ct = (uint64_t)st.st_ctim.tv_sec * 1000 + (uint64_t)st.st_ctim.tv_nsec / 1000000;
+	return ct + 1000 > wall_ms();
+}
+
+bool mm_store_take_deferred(struct mm_store *s)
+{
+	bool d = s->deferred;
+	s->deferred = false;
+	return d;
+}
+
 /* The UIDVALIDITY Dovecot gave a folder (its dovecot-uidlist header), 0 if none. */
 static uint32_t dovecot_uidvalidity(const struct folder *fo)
 {
@@ -1478,6 +1507,14 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	if (!fo)
 		return listed ? -ENOMEM : 0;
 	if (listed) {
+		if (s->imap_uids && !mm_user_folder_visible(mu, name) && folder_young(fo) && !dovecot_uidvalidity(fo)) {
+			/* Just made, not numbered yet: Dovecot may be about to write its
+			 * uidlist (an IMAP CREATE followed by a COPY, a first delivery).  Its
+			 * UIDVALIDITY is the one to replicate; a record made now would carry
+			 * another and one of the two would have to reset its index. */
+			s->deferred = true;
+			return 0;
+		}
 		if (!fo->on_disk) {
 			fo->on_disk = true;
 			mark_folder(s, fo);
@@ -1962,13 +1999,6 @@ static void drop_list(struct mm_body_writer *list)
  * list bodies in arrival order and ask the authority to move most of them. */
 #define HOLD_MS 10000
 
-static uint64_t wall_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static int w_order_cmp(const void *a, const void *b)
 {
 	const struct mm_body_writer *x = *(const struct mm_body_writer *const *)a;
@@ -2232,6 +2262,11 @@ static int release_held(struct mm_store *s)
 size_t mm_store_held_count(const struct mm_store *s)
 {
 	return s->n_held;
+}
+
+const struct mm_delta *mm_store_commit_delta(const struct mm_store *s)
+{
+	return s->commit_out;
 }
 
 /* Takes the whole staged list out of the store (the caller places or drops it). */
@@ -2620,7 +2655,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		struct fent *fe = it[i].arg;
 		uint32_t target = it[i].target, have = it[i].have;
 		if (it[i].set_uid &&
-		    mm_user_set_uid(mu, fe->key, it[i].set_uid, tick(s), uid_effect, s, s->out) > 0) {
+		    mm_user_uid_move(mu, fe->key, it[i].set_uid, tick(s), uid_effect, s, s->out) > 0) {
 			s->changes++;
 			if (it[i].want)
 				logmsg(s, MM_STORE_LOG_INFO, "%s: %s moves from UID %u to %u (need %u, NEXTUID here %u)",
@@ -3022,7 +3057,14 @@ static int cmp_str(const void *a, const void *b)
 /* Deferred mirror work that reads users' states (not allowed inside effects). */
 static void mirror_deferred(struct mm_store *s)
 {
-	uid_pass(s);
+	/* UID moves and needs made here are pushed after this commit makes them durable */
+	if (!s->out && s->commit_out) {
+		s->out = s->commit_out;
+		uid_pass(s);
+		s->out = NULL;
+	} else {
+		uid_pass(s);
+	}
 	for (struct user *u = s->users; u; u = u->next) {
 		struct mm_user *mu = mm_state_user(s->state, u->name, false);
 		if (!mu)
@@ -3079,6 +3121,8 @@ int mm_store_commit(struct mm_store *s)
 	if (s->in_commit)
 		return 0;
 	s->in_commit = true;
+	if (s->commit_out)
+		mm_delta_clear(s->commit_out);
 	mirror_deferred(s);
 	int r = commit_batch(s);
 	if (r == 0 && s->pending) {
@@ -3240,6 +3284,10 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->max_skew_ms = 10 * 60 * 1000;
 	s->staged_tail = &s->staged;
 	s->trust_dirs = true;
+	if (!(s->commit_out = mm_delta_new())) {
+		mm_store_free(&s);
+		return -ENOMEM;
+	}
 	int r = mm_mailloc_new(&s->loc, cfg->mail_location, err, errlen);
 	if (r == 0)
 		r = mm_statedb_open(&s->db, cfg->state_dir, 0, err, errlen);
@@ -3340,6 +3388,7 @@ void mm_store_free(struct mm_store **sp)
 	hm_clear(&s->logged);
 	mm_statedb_free(&s->db);
 	mm_mailloc_free(&s->loc);
+	mm_delta_free(&s->commit_out);
 	free(s);
 	*sp = NULL;
 }

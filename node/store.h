@@ -172,6 +172,15 @@ size_t mm_store_staged_count(const struct mm_store *s);
  * while this is non-zero. */
 size_t mm_store_held_count(const struct mm_store *s);
 
+/* The records mm_store_commit changed itself (IMAP UID moves and needs), durable once
+ * it returned 0: for the caller to push.  Owned by the store, valid until the next
+ * commit. */
+const struct mm_delta *mm_store_commit_delta(const struct mm_store *s);
+
+/* With imap_uids: true (once) when a scan left a just-made folder for later, waiting
+ * a second for Dovecot to number it: the caller scans again within about 2 s. */
+bool mm_store_take_deferred(struct mm_store *s);
+
 /* The same by body id, for sync sessions that name bodies by content:
  * have_id: 1 if a file with these bytes exists for the user, else 0.
  * open_id: opens one such file (-ENOENT if none).

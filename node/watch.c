@@ -264,9 +264,15 @@ void mm_scan_run(struct mm_daemon *d)
 			d->local_changes += (uint64_t)mm_delta_count(delta);
 			mm_log(MM_LOG_DEBUG, "local changes=%zu", mm_delta_count(delta));
 			mm_daemon_push(d, delta);
+			mm_daemon_push(d, mm_store_commit_delta(d->store));
 		}
 	}
 	mm_delta_free(&delta);
+	/* a new folder waits for Dovecot's UIDVALIDITY: look again over two seconds */
+	if (mm_store_take_deferred(d->store) && !uv_is_active((uv_handle_t *)&d->settle_timer)) {
+		d->settle_left = 3;
+		uv_timer_start(&d->settle_timer, settle_cb, 100, 0);
+	}
 	if (full)
 		mm_watch_refresh(d);
 }
