@@ -467,6 +467,7 @@ static int parse_into(struct parse_ctx *c, const char *path, const char *text, s
 	cfg->log_level = MM_LOG_INFO;
 	cfg->gc_grace_ms = MM_DEFAULT_GC_GRACE_MS;
 	cfg->max_skew_ms = MM_DEFAULT_MAX_SKEW_MS;
+	cfg->imap_uids = true;
 
 	rc = ini_parse_stream(reader, c, handler, c);
 	if (rc < 0) {

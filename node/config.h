@@ -52,7 +52,7 @@ struct mm_config {
 	uint32_t push_fanout;  /* 0 = push to all peers */
 	uint64_t gc_grace_ms;  /* tombstone grace period */
 	uint64_t max_skew_ms;  /* clock skew tolerated in remote stamps */
-	bool imap_uids;        /* replicate IMAP UIDs (experimental, default no) */
+	bool imap_uids;        /* replicate IMAP UIDs and UIDVALIDITY (default yes) */
 
 	/* loaded from the files above */
 	uint8_t private_key[32];

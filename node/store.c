@@ -203,6 +203,7 @@ struct folder {
 	struct mm_md_keywords kw;
 	uint32_t miss_n;  /* messages of this folder whose body is missing here */
 	uint32_t batch_n; /* place_list's scratch: bodies of this folder in the batch */
+	uint64_t deferred_since; /* first scan that left it for Dovecot to number (0 = none) */
 	uint64_t progress_ms; /* when a body of this folder last arrived */
 	struct mm_body_writer **held; /* imap_uids: bodies waiting for lower UIDs (hold_body) */
 	size_t n_held, cap_held;
@@ -253,6 +254,7 @@ struct mm_store {
 	size_t n_held;               /* bodies held back in folders' held arrays */
 	struct mm_delta *commit_out; /* UID changes of the last commit (mm_store_commit_delta) */
 	bool deferred;               /* a scan left a new folder for later (mm_store_take_deferred) */
+	uint64_t new_folder_wait_ms; /* mm_store_set_new_folder_wait */
 	struct pending *pending;
 	uint64_t hashed;
 	uint64_t now_ms;
@@ -1445,9 +1447,9 @@ static uint64_t uidlist_sig(const struct folder *fo)
 	       ((uint64_t)st.st_mtim.tv_nsec << 32);
 }
 
-/* A folder whose cur/ changed in the last second (a new folder is deferred: see
- * scan_one_folder). */
-static bool folder_young(const struct folder *fo)
+/* A folder whose cur/ changed in the last wait_ms (a new folder is deferred: see
+ * scan_one_folder, at most three times that long). */
+static bool folder_young(const struct folder *fo, uint64_t wait_ms)
 {
 	char p[PATHBUF];
 	struct stat st;
@@ -1455,7 +1457,12 @@ static bool folder_young(const struct folder *fo)
 	if (stat(p, &st) < 0)
 		return false;
 	uint64_t ct = (uint64_t)st.st_ctim.tv_sec * 1000 + (uint64_t)st.st_ctim.tv_nsec / 1000000;
-	return ct + 1000 > wall_ms();
+	return ct + wait_ms > wall_ms();
+}
+
+void mm_store_set_new_folder_wait(struct mm_store *s, uint64_t wait_ms)
+{
+	s->new_folder_wait_ms = wait_ms;
 }
 
 bool mm_store_take_deferred(struct mm_store *s)
@@ -1507,12 +1514,17 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	if (!fo)
 		return listed ? -ENOMEM : 0;
 	if (listed) {
-		if (s->imap_uids && !mm_user_folder_visible(mu, name) && folder_young(fo) && !dovecot_uidvalidity(fo)) {
+		uint64_t now = wall_ms();
+		if (s->imap_uids && s->new_folder_wait_ms && !mm_user_folder_visible(mu, name) &&
+		    (!fo->deferred_since || now < fo->deferred_since + 3 * s->new_folder_wait_ms) &&
+		    folder_young(fo, s->new_folder_wait_ms) && !dovecot_uidvalidity(fo)) {
 			/* Just made, not numbered yet: Dovecot may be about to write its
 			 * uidlist (an IMAP CREATE followed by a COPY, a first delivery).  Its
 			 * UIDVALIDITY is the one to replicate; a record made now would carry
 			 * another and one of the two would have to reset its index. */
 			s->deferred = true;
+			if (!fo->deferred_since)
+				fo->deferred_since = now;
 			return 0;
 		}
 		if (!fo->on_disk) {
@@ -3284,6 +3296,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->max_skew_ms = 10 * 60 * 1000;
 	s->staged_tail = &s->staged;
 	s->trust_dirs = true;
+	s->new_folder_wait_ms = 1000;
 	if (!(s->commit_out = mm_delta_new())) {
 		mm_store_free(&s);
 		return -ENOMEM;

@@ -269,7 +269,7 @@ void mm_scan_run(struct mm_daemon *d)
 	}
 	mm_delta_free(&delta);
 	/* a new folder waits for Dovecot's UIDVALIDITY: look again over two seconds */
-	if (mm_store_take_deferred(d->store) && !uv_is_active((uv_handle_t *)&d->settle_timer)) {
+	if (mm_store_take_deferred(d->store)) {
 		d->settle_left = 3;
 		uv_timer_start(&d->settle_timer, settle_cb, 100, 0);
 	}

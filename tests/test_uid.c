@@ -583,7 +583,7 @@ struct node {
 static void store_log(void *arg, int level, const char *fmt, ...)
 {
 	(void)arg;
-	if (level > MM_STORE_LOG_WARNING || !getenv("TEST_UID_LOG"))
+	if (level > (getenv("TEST_UID_LOG_ALL") ? 99 : MM_STORE_LOG_WARNING) || !getenv("TEST_UID_LOG"))
 		return;
 	va_list ap;
 	va_start(ap, fmt);
@@ -612,6 +612,7 @@ static void node_open(struct node *n, const char *name, uint64_t id)
 	assert_int_equal(r, 0);
 	mm_store_set_log(n->s, store_log, NULL);
 	mm_store_set_uid_authority(n->s, id == 1); /* the lowest id, as the daemon decides */
+	mm_store_set_new_folder_wait(n->s, 0);     /* no Dovecot here: folders are made at once */
 	if (!n->now)
 		n->now = 1700000000000ULL;
 }
@@ -755,7 +756,7 @@ static void uid_map_(const struct node *n, const char *folder, char *out, size_t
 			size_t bl = strcspn(e->d_name, ":");
 			uint32_t uid = mm_md_uidlist_find(&ul, e->d_name, bl);
 			if (!uid)
-				fail_msg("%s/%s is not listed in dovecot-uidlist", p, e->d_name);
+				fail_msg("%s/%s is not listed in dovecot-uidlist (line %d)", p, e->d_name, uid_map_line);
 			assert_true(uid < ul.next_uid);
 		}
 		closedir(dd);
