@@ -39,10 +39,9 @@
 struct mm_store_config {
 	const char *mail_location; /* e.g. "maildir:/var/mail/vhosts/%d/%n" (mailloc.h) */
 	const char *state_dir;     /* holds state.mdb */
-	/* Replicate IMAP UIDs through dovecot-uidlist (issue 7).  Off by default: the
-	 * proposal rule does not settle under concurrent bursts of deliveries on several
-	 * nodes (see docs/design.md, "IMAP UIDs").  Off, each node's Dovecot numbers the
-	 * messages it finds, as it does without mailmesh. */
+	/* Replicate IMAP UIDs and UIDVALIDITY through dovecot-uidlist (issue 7; the
+	 * daemon's default: docs/design.md, "IMAP UIDs").  Off, each node's Dovecot
+	 * numbers the messages it finds, as it does without mailmesh. */
 	bool imap_uids;
 };
 
