@@ -83,15 +83,23 @@ void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uin
 			continue;
 		uint32_t t;
 		if (authority) {
-			/* the authority moves it above every UID and need of the folder, and
-			 * at least where replicas asked */
+			/* the authority moves it above every UID of the folder, and at least
+			 * where replicas asked (exactly there when that is free: the replica
+			 * that listed it there provisionally need not re-file it) */
 			t = max3(next, top + 1, it->need);
 			it->set_uid = t;
+		} else if (it->have > it->want) {
+			/* listed here provisionally above its UID: keep showing it there
+			 * (listing it anew would take yet another number, which the
+			 * authority may be handing out at the same time) and ask for that
+			 * number, which stays the same however many other messages this node
+			 * lists meanwhile */
+			t = it->have;
+			if (it->need < t)
+				it->set_need = t;
 		} else if (it->have) {
-			/* listed here under another number: keep showing it there (listing
-			 * it anew would take yet another number, which the authority may be
-			 * handing out at the same time: a chase) and ask for any UID from
-			 * this NEXTUID on */
+			/* listed under an old UID the authority moved it away from, and this
+			 * node's NEXTUID passed the new one: ask for any UID from here on */
 			t = it->have;
 			if (it->need < next)
 				it->set_need = next;

@@ -204,7 +204,6 @@ struct folder {
 	uint32_t miss_n;  /* messages of this folder whose body is missing here */
 	uint32_t batch_n; /* place_list's scratch: bodies of this folder in the batch */
 	uint64_t deferred_since; /* first scan that left it for Dovecot to number (0 = none) */
-	uint64_t progress_ms; /* when a body of this folder last arrived */
 	struct mm_body_writer **held; /* imap_uids: bodies waiting for lower UIDs (hold_body) */
 	size_t n_held, cap_held;
 };
@@ -252,6 +251,7 @@ struct mm_store {
 	struct mm_body_writer **staged_tail;
 	size_t n_staged;
 	size_t n_held;               /* bodies held back in folders' held arrays */
+	uint64_t progress_ms;        /* when a body last arrived (holding waits while they do) */
 	struct mm_delta *commit_out; /* UID changes of the last commit (mm_store_commit_delta) */
 	bool deferred;               /* a scan left a new folder for later (mm_store_take_deferred) */
 	uint64_t new_folder_wait_ms; /* mm_store_set_new_folder_wait */
@@ -2006,8 +2006,8 @@ static void drop_list(struct mm_body_writer *list)
  * can only be added at or above the folder's NEXTUID: a body whose UID is above the
  * folder's NEXTUID here, while other bodies of the folder are still missing (one may
  * carry a lower UID), is held in tmp/ (sealed, its record durable) until they have
- * arrived or no body of the folder arrived for HOLD_MS; then the folder's held bodies
- * are placed in UID order.  Without this, a node joining with a full mailbox would
+ * arrived or no body at all arrived for HOLD_MS (a join fetches folder after folder);
+ * then the folder's held bodies are placed in UID order.  Without this, a node joining with a full mailbox would
  * list bodies in arrival order and ask the authority to move most of them. */
 #define HOLD_MS 10000
 
@@ -2163,17 +2163,15 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 		v[i++] = w;
 	if (s->imap_uids)
 		qsort(v, n, sizeof(*v), w_order_cmp);
-	uint64_t now = wall_ms();
+	if (live)
+		s->progress_ms = wall_ms();
 	for (size_t g = 0; g < n;) {
 		struct folder *fo = v[g]->fo;
 		size_t e = g, b = 0;
 		for (; e < n && v[e]->fo == fo; e++)
 			b += !v[e]->err;
-		bool may_hold = s->imap_uids && !force && fo->miss_n > b + fo->n_held &&
-		                (!fo->progress_ms || now - fo->progress_ms < HOLD_MS);
-		if (b)
-			fo->progress_ms = now;
-		uint32_t next = fo->uid_next;
+		bool may_hold = s->imap_uids && !force && fo->miss_n > b + fo->n_held;
+		uint32_t next = fo->uid_next ? fo->uid_next : 1; /* no uidlist read yet: a new folder */
 		for (size_t k = g; k < e; k++) {
 			w = v[k];
 			if (w->err)
@@ -2185,7 +2183,7 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 				w->err = err = rr;
 				continue;
 			}
-			if (may_hold && w->uid && next && w->uid > next && hold_body(s, w) == 0)
+			if (may_hold && w->uid && w->uid > next && hold_body(s, w) == 0)
 				continue;
 			if (w->uid >= next)
 				next = w->uid + 1;
@@ -2262,7 +2260,7 @@ static int release_held(struct mm_store *s)
 	int placed = 0;
 	for (struct user *u = s->users; u; u = u->next)
 		for (struct folder *fo = u->folders; fo; fo = fo->unext) {
-			if (!fo->n_held || (fo->miss_n > fo->n_held && now - fo->progress_ms < HOLD_MS))
+			if (!fo->n_held || (fo->miss_n > fo->n_held && now - s->progress_ms < HOLD_MS))
 				continue;
 			int r = place_list(s, unhold_folder(s, fo, NULL), true);
 			if (r > 0)
