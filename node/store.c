@@ -103,6 +103,18 @@ static int hm_put(struct hmap *m, const void *k, size_t kl, void *val)
 	return 0;
 }
 
+/* Sizes an empty map for n entries at once (no rehash while a load fills it). */
+static void hm_reserve(struct hmap *m, size_t n)
+{
+	if (m->nb || n < 64)
+		return;
+	size_t nb = 64;
+	while (nb < n)
+		nb *= 2;
+	if ((m->b = calloc(nb, sizeof(*m->b))))
+		m->nb = nb;
+}
+
 static void *hm_del(struct hmap *m, const void *k, size_t kl)
 {
 	if (!m->nb)
@@ -3035,6 +3047,10 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	struct load_ctx c = {s, {0}, 0};
 	mm_arena_init(&c.arena);
 	s->loading = true;
+	size_t nfiles = mm_statedb_count(s->db, MM_DB_FILES);
+	hm_reserve(&s->by_base, nfiles);
+	hm_reserve(&s->by_key, nfiles);
+	hm_reserve(&s->by_body, nfiles);
 	r = mm_statedb_foreach(s->db, MM_DB_RECS, load_rec_cb, &c);
 	mm_arena_free(&c.arena);
 	if (r == 0)
