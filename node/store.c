@@ -104,18 +104,6 @@ static int hm_put(struct hmap *m, const void *k, size_t kl, void *val)
 	return 0;
 }
 
-/* Sizes an empty map for n entries at once (no rehash while a load fills it). */
-static void hm_reserve(struct hmap *m, size_t n)
-{
-	if (m->nb || n < 64)
-		return;
-	size_t nb = 64;
-	while (nb < n)
-		nb *= 2;
-	if ((m->b = calloc(nb, sizeof(*m->b))))
-		m->nb = nb;
-}
-
 static void *hm_del(struct hmap *m, const void *k, size_t kl)
 {
 	if (!m->nb)
@@ -193,6 +181,7 @@ struct fent { /* one message file on disk */
 	uint64_t letters;
 	bool in_cur;
 	bool seen;
+	uint64_t fh[3];  /* its hash in by_base, by_key, by_body (enum fx_kind) */
 	char *base;
 	char *name;
 };
@@ -232,6 +221,21 @@ struct pending { /* a remote message to give a body from a local copy at commit 
 	uint8_t key[MM_KEY_LEN];
 };
 
+/* The file index (by_base, by_key, by_body): open-addressing tables of fent pointers
+ * with the same composite keys as the hash maps above, but an entry's key is not
+ * stored: it is rebuilt from the fent (user, folder, base name / record key / body id)
+ * when its hash, kept in the fent, matches.  Three such entries cost about 50 bytes
+ * a file, where three chained nodes with copied keys cost about 250 and a malloc each
+ * (a million files: 200 MB less, and a faster load).  Linear probing, deletion by
+ * backward shift (no tombstones), at most 70 % full. */
+enum fx_kind { FX_BASE, FX_KEY, FX_BODY };
+
+struct fxmap {
+	struct fent **t;
+	size_t cap, n; /* cap: 0 or a power of two */
+	enum fx_kind kind;
+};
+
 struct mm_store {
 	bool imap_uids;              /* cfg.imap_uids */
 	struct mm_statedb *db;
@@ -243,9 +247,9 @@ struct mm_store {
 	struct user *users;
 	struct hmap users_by_name;  /* name -> user */
 	struct hmap folders;        /* user\0folder -> folder */
-	struct hmap by_base;        /* user\0folder\0base -> fent */
-	struct hmap by_key;         /* user\0key -> fent */
-	struct hmap by_body;        /* user\0body -> fent chain */
+	struct fxmap by_base;       /* user\0folder\0base -> fent */
+	struct fxmap by_key;        /* user\0key -> fent */
+	struct fxmap by_body;       /* user\0body -> fent chain */
 	struct hmap missing;        /* user\0key -> struct miss */
 	struct hmap missing_body;   /* user\0body -> struct miss chain */
 	struct hmap dirty_recs;     /* user\0key */
@@ -539,26 +543,140 @@ static int folder_ensure(struct mm_store *s, struct folder *fo)
 	return 0;
 }
 
+/* ---- the file index tables (struct fxmap) ---------------------------------------------- */
+
+static size_t fx_keyof(const struct fent *fe, enum fx_kind kind, char *buf)
+{
+	const char *user = fe->fo->u->name;
+	switch (kind) {
+	case FX_BASE: return k_ufb(buf, user, fe->fo->name, fe->base);
+	case FX_KEY: return k_ub(buf, user, fe->key, MM_KEY_LEN);
+	default: return k_ub(buf, user, fe->body, MM_ID_LEN);
+	}
+}
+
+static bool fx_match(const struct fent *fe, enum fx_kind kind, uint64_t h, const void *k, size_t kl)
+{
+	if (fe->fh[kind] != h)
+		return false;
+	char buf[KBUF];
+	return fx_keyof(fe, kind, buf) == kl && memcmp(buf, k, kl) == 0;
+}
+
+/* Slot holding key k (hash h), or the empty slot where it would go. */
+static size_t fx_slot(const struct fxmap *m, uint64_t h, const void *k, size_t kl)
+{
+	size_t mask = m->cap - 1, i = h & mask;
+	while (m->t[i] && !fx_match(m->t[i], m->kind, h, k, kl))
+		i = (i + 1) & mask;
+	return i;
+}
+
+static struct fent *fx_get(const struct fxmap *m, const void *k, size_t kl)
+{
+	if (!m->cap)
+		return NULL;
+	return m->t[fx_slot(m, hm_hash(k, kl), k, kl)];
+}
+
+static int fx_resize(struct fxmap *m, size_t cap)
+{
+	struct fent **t = calloc(cap, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	for (size_t i = 0; i < m->cap; i++) {
+		struct fent *e = m->t[i];
+		if (!e)
+			continue;
+		size_t j = e->fh[m->kind] & (cap - 1);
+		while (t[j])
+			j = (j + 1) & (cap - 1);
+		t[j] = e;
+	}
+	free(m->t);
+	m->t = t;
+	m->cap = cap;
+	return 0;
+}
+
+/* Sizes an empty table for n entries at once (no rehash while a load fills it). */
+static void fx_reserve(struct fxmap *m, size_t n)
+{
+	size_t cap = 64;
+	while (cap * 7 < n * 10)
+		cap *= 2;
+	if (cap > m->cap)
+		fx_resize(m, cap);
+}
+
+/* k must be fe's own key for this table.  Replaces the entry of an equal key. */
+static int fx_put(struct fxmap *m, const void *k, size_t kl, struct fent *fe)
+{
+	if ((m->n + 1) * 10 > m->cap * 7) {
+		int r = fx_resize(m, m->cap ? m->cap * 2 : 64);
+		if (r < 0)
+			return r;
+	}
+	uint64_t h = hm_hash(k, kl);
+	fe->fh[m->kind] = h;
+	size_t i = fx_slot(m, h, k, kl);
+	if (!m->t[i])
+		m->n++;
+	m->t[i] = fe;
+	return 0;
+}
+
+static struct fent *fx_del(struct fxmap *m, const void *k, size_t kl)
+{
+	if (!m->cap)
+		return NULL;
+	size_t mask = m->cap - 1, i = fx_slot(m, hm_hash(k, kl), k, kl);
+	struct fent *v = m->t[i];
+	if (!v)
+		return NULL;
+	m->t[i] = NULL;
+	m->n--;
+	/* backward shift: move up every later entry of the run whose home slot is not
+	 * cyclically in (i, j], so no lookup stops early at the hole */
+	for (size_t j = (i + 1) & mask; m->t[j]; j = (j + 1) & mask) {
+		size_t home = m->t[j]->fh[m->kind] & mask;
+		bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+		if (stays)
+			continue;
+		m->t[i] = m->t[j];
+		m->t[j] = NULL;
+		i = j;
+	}
+	return v;
+}
+
+static void fx_clear(struct fxmap *m)
+{
+	free(m->t);
+	m->t = NULL;
+	m->cap = m->n = 0;
+}
+
 /* ---- file entries ------------------------------------------------------------------- */
 
 static void body_link(struct mm_store *s, struct fent *fe)
 {
 	char k[KBUF];
 	size_t kl = k_ub(k, fe->fo->u->name, fe->body, MM_ID_LEN);
-	fe->bnext = hm_get(&s->by_body, k, kl);
-	hm_put(&s->by_body, k, kl, fe);
+	fe->bnext = fx_get(&s->by_body, k, kl);
+	fx_put(&s->by_body, k, kl, fe);
 }
 
 static void body_unlink(struct mm_store *s, struct fent *fe)
 {
 	char k[KBUF];
 	size_t kl = k_ub(k, fe->fo->u->name, fe->body, MM_ID_LEN);
-	struct fent *h = hm_get(&s->by_body, k, kl);
+	struct fent *h = fx_get(&s->by_body, k, kl);
 	if (h == fe) {
 		if (fe->bnext)
-			hm_put(&s->by_body, k, kl, fe->bnext);
+			fx_put(&s->by_body, k, kl, fe->bnext);
 		else
-			hm_del(&s->by_body, k, kl);
+			fx_del(&s->by_body, k, kl);
 		return;
 	}
 	for (; h; h = h->bnext)
@@ -590,12 +708,12 @@ static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *
 	fe->seen = true;
 	char k[KBUF];
 	size_t kl = k_ufb(k, fo->u->name, fo->name, base);
-	if (hm_put(&s->by_base, k, kl, fe) < 0)
+	if (fx_put(&s->by_base, k, kl, fe) < 0)
 		goto fail;
 	kl = k_ub(k, fo->u->name, key, MM_KEY_LEN);
-	if (hm_put(&s->by_key, k, kl, fe) < 0) {
+	if (fx_put(&s->by_key, k, kl, fe) < 0) {
 		kl = k_ufb(k, fo->u->name, fo->name, base);
-		hm_del(&s->by_base, k, kl);
+		fx_del(&s->by_base, k, kl);
 		goto fail;
 	}
 	body_link(s, fe);
@@ -617,10 +735,11 @@ static void fent_remove(struct mm_store *s, struct fent *fe)
 	struct folder *fo = fe->fo;
 	char k[KBUF];
 	size_t kl = k_ufb(k, fo->u->name, fo->name, fe->base);
-	hm_del(&s->by_base, k, kl);
+	if (fx_get(&s->by_base, k, kl) == fe)
+		fx_del(&s->by_base, k, kl);
 	kl = k_ub(k, fo->u->name, fe->key, MM_KEY_LEN);
-	if (hm_get(&s->by_key, k, kl) == fe)
-		hm_del(&s->by_key, k, kl);
+	if (fx_get(&s->by_key, k, kl) == fe)
+		fx_del(&s->by_key, k, kl);
 	body_unlink(s, fe);
 	if (fe->fprev)
 		fe->fprev->fnext = fe->fnext;
@@ -638,7 +757,7 @@ static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint
 {
 	char k[KBUF];
 	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
-	return hm_get(&s->by_key, k, kl);
+	return fx_get(&s->by_key, k, kl);
 }
 
 /* The body staged for (user, key) (mm_store_body_stage), or NULL. */
@@ -1252,7 +1371,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 		memcpy(base, n.base, n.base_len);
 		base[n.base_len] = 0;
 		size_t kl = k_ufb(k, fo->u->name, fo->name, base);
-		struct fent *fe = hm_get(&s->by_base, k, kl);
+		struct fent *fe = fx_get(&s->by_base, k, kl);
 		if (fe) {
 			fe->seen = true;
 			/* letters too: fent_relocate() may already know the new name of a file
@@ -1385,7 +1504,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			memcpy(base, n.base, n.base_len);
 			base[n.base_len] = 0;
 			size_t kl = k_ufb(k, fo->u->name, fo->name, base);
-			struct fent *fe = hm_get(&s->by_base, k, kl);
+			struct fent *fe = fx_get(&s->by_base, k, kl);
 			if (fe)
 				fe->seen = true; /* moved meanwhile: the next scan reads its flags */
 		}
@@ -1727,7 +1846,7 @@ int mm_store_body_have_id(struct mm_store *s, const char *user, const uint8_t id
 {
 	char k[KBUF];
 	size_t kl = k_ub(k, user, id, MM_ID_LEN);
-	return hm_get(&s->by_body, k, kl) != NULL;
+	return fx_get(&s->by_body, k, kl) != NULL;
 }
 
 int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
@@ -1735,7 +1854,7 @@ int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id
 {
 	char k[KBUF];
 	size_t kl = k_ub(k, user, id, MM_ID_LEN);
-	struct fent *fe = hm_get(&s->by_body, k, kl);
+	struct fent *fe = fx_get(&s->by_body, k, kl);
 	if (!fe)
 		return -ENOENT;
 	uint8_t key[MM_KEY_LEN];
@@ -2101,7 +2220,7 @@ static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM
 		return 0;
 	char k[KBUF];
 	size_t kl = k_ub(k, user, r->msg.body, MM_ID_LEN);
-	struct fent *src = hm_get(&s->by_body, k, kl);
+	struct fent *src = fx_get(&s->by_body, k, kl);
 	if (!src)
 		return 0;
 	char sp[PATHBUF];
@@ -2711,7 +2830,7 @@ static int put_file(struct mm_store *s, const void *lk, size_t lkl, struct wbuf 
 {
 	uint8_t k[16];
 	dbkey(k, 'f', lk, lkl);
-	struct fent *fe = hm_get(&s->by_base, lk, lkl);
+	struct fent *fe = fx_get(&s->by_base, lk, lkl);
 	if (!fe)
 		return mm_statedb_del(s->db, MM_DB_FILES, k, sizeof k);
 	wb->n = 0;
@@ -3054,6 +3173,9 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->max_skew_ms = 10 * 60 * 1000;
 	s->staged_tail = &s->staged;
 	s->trust_dirs = true;
+	s->by_base.kind = FX_BASE;
+	s->by_key.kind = FX_KEY;
+	s->by_body.kind = FX_BODY;
 	int r = mm_mailloc_new(&s->loc, cfg->mail_location, err, errlen);
 	if (r == 0)
 		r = mm_statedb_open(&s->db, cfg->state_dir, 0, err, errlen);
@@ -3065,9 +3187,9 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	mm_arena_init(&c.arena);
 	s->loading = true;
 	size_t nfiles = mm_statedb_count(s->db, MM_DB_FILES);
-	hm_reserve(&s->by_base, nfiles);
-	hm_reserve(&s->by_key, nfiles);
-	hm_reserve(&s->by_body, nfiles);
+	fx_reserve(&s->by_base, nfiles);
+	fx_reserve(&s->by_key, nfiles);
+	fx_reserve(&s->by_body, nfiles);
 	struct file_load fl = {{s, {0}, 0}, 0};
 	pthread_t th;
 	bool threaded = pthread_create(&th, NULL, load_files_thread, &fl) == 0;
@@ -3147,9 +3269,9 @@ void mm_store_free(struct mm_store **sp)
 	hm_clear(&s->staged_keys);
 	hm_clear(&s->users_by_name);
 	hm_clear(&s->folders);
-	hm_clear(&s->by_base);
-	hm_clear(&s->by_key);
-	hm_clear(&s->by_body);
+	fx_clear(&s->by_base);
+	fx_clear(&s->by_key);
+	fx_clear(&s->by_body);
 	struct keylist ml;
 	if (hm_keys(&s->missing, &ml) == 0)
 		for (size_t i = 0; i < ml.n; i++)
