@@ -283,6 +283,7 @@ struct mm_body_writer {
 	int fd;
 	int err;
 	bool tmp_gone; /* tmp/<base> was linked into place or removed */
+	dev_t dev;     /* filesystem of the file (place_list: which syncfs covers it) */
 	uint64_t n;
 	crypto_generichash_state h;
 };
@@ -2043,25 +2044,34 @@ static int writer_check(struct mm_body_writer **wp)
 static int place_list(struct mm_store *s, struct mm_body_writer *list)
 {
 	int placed = 0, err = 0, live = 0, fs_fd = -1;
+	dev_t fs_dev = 0;
 	struct mm_body_writer *w, *nx;
 	for (w = list; w; w = w->snext) {
 		struct mm_user *mu = mm_state_user(s->state, w->user, false);
 		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
-		if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key))
+		struct stat st;
+		if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key)) {
 			w->err = -ECANCELED; /* expunged (or written) meanwhile */
-		else if (live++ == 0)
+			continue;
+		}
+		w->dev = fstat(w->fd, &st) == 0 ? st.st_dev : 0;
+		if (fs_fd < 0 && w->dev) {
 			fs_fd = w->fd;
+			fs_dev = w->dev;
+		}
+		live += w->dev && w->dev == fs_dev;
 	}
 	/* Many files: one syncfs writes them all back in one pass and flushes the disk
 	 * cache once, where an fdatasync each costs an inode write and a cache flush per
 	 * file.  (It also writes back whatever else is dirty on that filesystem: worth it
-	 * only for a batch.) */
+	 * only for a batch.)  Files on another filesystem (users on other mounts) get
+	 * their own fdatasync. */
 	bool one_sync = live >= SYNCFS_MIN_FILES && syncfs(fs_fd) == 0;
 	for (w = list; w; w = w->snext) {
 		if (w->err)
 			continue;
 		const struct mm_rec *r = mm_user_get(mm_state_user(s->state, w->user, false), w->key);
-		int rr = mm_md_tmp_seal(w->fd, r->msg.internaldate, !one_sync);
+		int rr = mm_md_tmp_seal(w->fd, r->msg.internaldate, !(one_sync && w->dev == fs_dev));
 		w->fd = -1;
 		if (rr < 0) {
 			logmsg(s, MM_STORE_LOG_ERR, "writing %s/tmp/%s: %s (will retry)", w->fo->dir, w->base,

@@ -690,6 +690,39 @@ static void test_stage_flush(void **state)
 	node_close(&b);
 }
 
+/* A batch large enough for the one-syncfs path: every file placed with its contents
+ * and INTERNALDATE, as a copy of the source Maildir. */
+static void test_stage_batch(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	char base[64], body[64];
+	for (int i = 0; i < 20; i++) {
+		snprintf(base, sizeof base, "17000000%02d.M1P1.mx", i);
+		snprintf(body, sizeof body, "Subject: %d\r\n\r\nbody %d\r\n", i, i);
+		deliver(&a, "INBOX", base, body, 1600000000 + i);
+	}
+	assert_true(scan(&a, d) >= 20);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	struct xfer x = {&a, &b, 0, 0};
+	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
+	assert_int_equal(x.n, 20);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 20);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	char la[8192], lb[8192];
+	listing(&a, la, sizeof la);
+	listing(&b, lb, sizeof lb);
+	assert_string_equal(la, lb);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* kill -9 between the LMDB commit and the renames of a batch: the records are durable,
  * the bodies only in tmp/.  After the restart the messages are missing (fetched again),
  * the tmp/ leftovers are not taken for messages, and once the bodies come again each
@@ -1028,6 +1061,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_two_nodes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_rename_and_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_flush, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stage_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_folders, setup, teardown),
