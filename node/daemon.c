@@ -347,6 +347,12 @@ static int daemon_start(struct mm_daemon *d)
 	struct mm_delta *delta = mm_delta_new();
 	if (!delta)
 		return -ENOMEM;
+	/* Watches first, on every directory the state database knows, then the scan: it
+	 * sees whatever arrived before they were added, so the re-read each new watch asks
+	 * for (every file name again, the scan's own skip of unchanged folders aside) is
+	 * not needed for them.  The refresh after the scan adds the directories it found. */
+	mm_watch_refresh(d);
+	mm_scan_forget(d);
 	r = mm_store_scan(d->store, mm_daemon_now(), delta);
 	if (r >= 0 && (r = mm_store_commit(d->store)) < 0)
 		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s", d->cfg.state_dir, strerror(-r));

@@ -102,6 +102,7 @@ int mm_watch_refresh(struct mm_daemon *d);     /* watches every dir the store li
 void mm_watch_stop(struct mm_daemon *d);
 void mm_scan_request(struct mm_daemon *d, const char *user, const char *folder);
 void mm_scan_run(struct mm_daemon *d);         /* rescans what is dirty, commits, pushes */
+void mm_scan_forget(struct mm_daemon *d);      /* drops the rescans asked for so far */
 
 /* bodies.c */
 struct mm_body_ops;

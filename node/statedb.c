@@ -100,6 +100,17 @@ void mm_statedb_free(struct mm_statedb **dbp)
 	*dbp = NULL;
 }
 
+size_t mm_statedb_count(struct mm_statedb *db, enum mm_statedb_table t)
+{
+	MDB_txn *txn;
+	MDB_stat st;
+	if (mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn))
+		return 0;
+	int rc = mdb_stat(txn, db->dbi[t], &st);
+	mdb_txn_abort(txn);
+	return rc ? 0 : st.ms_entries;
+}
+
 void mm_statedb_release_pages(struct mm_statedb *db)
 {
 	/* LMDB does not tell where it mapped the file (me_mapaddr is set only with

@@ -41,6 +41,9 @@ int mm_statedb_foreach(struct mm_statedb *db, enum mm_statedb_table t,
                        int (*cb)(void *arg, const void *k, size_t kl, const void *v, size_t vl),
                        void *arg);
 
+/* Number of entries in a table (0 on error): lets a loader size its indexes once. */
+size_t mm_statedb_count(struct mm_statedb *db, enum mm_statedb_table t);
+
 /* Drops this process's mappings of the database pages it has read (after a full load,
  * which touched every page): they stay in the kernel's page cache, and are mapped
  * again on the next access.  Resident memory then counts only what is used later.

@@ -13,8 +13,9 @@
  * "<internaldate>.M<usec>P<pid>.mm_<32 hex record key>,S=<size>[:2,<letters>]", so a
  * rescan after a crash between the file's rename and the next commit links the file
  * to its record instead of taking it for a new local delivery.  The store commits a
- * record before the first file carrying its key appears (body_commit does so itself),
- * so such a file always finds its record after a crash.  Base names embed the record
+ * record before the first file carrying its key appears (body_commit and flush do so
+ * themselves, flush once for a whole batch of staged bodies), so such a file always
+ * finds its record after a crash.  Base names embed the record
  * key, and an expunged key never comes back, so a base name is never reused.
  *
  * Safety: the store never deletes or alters a user file except to mirror a CRDT

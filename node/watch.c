@@ -180,6 +180,19 @@ int mm_watch_refresh(struct mm_daemon *d)
 	return r;
 }
 
+void mm_scan_forget(struct mm_daemon *d)
+{
+	uv_timer_stop(&d->scan_timer);
+	d->full_scan_wanted = false;
+	while (d->dirty) {
+		struct mm_dirty *x = d->dirty;
+		d->dirty = x->next;
+		free(x->user);
+		free(x->folder);
+		free(x);
+	}
+}
+
 void mm_watch_stop(struct mm_daemon *d)
 {
 	while (d->watches) {

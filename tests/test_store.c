@@ -690,6 +690,39 @@ static void test_stage_flush(void **state)
 	node_close(&b);
 }
 
+/* A batch large enough for the one-syncfs path: every file placed with its contents
+ * and INTERNALDATE, as a copy of the source Maildir. */
+static void test_stage_batch(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	char base[64], body[64];
+	for (int i = 0; i < 20; i++) {
+		snprintf(base, sizeof base, "17000000%02d.M1P1.mx", i);
+		snprintf(body, sizeof body, "Subject: %d\r\n\r\nbody %d\r\n", i, i);
+		deliver(&a, "INBOX", base, body, 1600000000 + i);
+	}
+	assert_true(scan(&a, d) >= 20);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	struct xfer x = {&a, &b, 0, 0};
+	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
+	assert_int_equal(x.n, 20);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 20);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	char la[8192], lb[8192];
+	listing(&a, la, sizeof la);
+	listing(&b, lb, sizeof lb);
+	assert_string_equal(la, lb);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* kill -9 between the LMDB commit and the renames of a batch: the records are durable,
  * the bodies only in tmp/.  After the restart the messages are missing (fetched again),
  * the tmp/ leftovers are not taken for messages, and once the bodies come again each
@@ -862,6 +895,85 @@ static void test_restart_skips_unchanged_folders(void **state)
 	node_close(&a);
 }
 
+/* ---- the file index under many insertions and removals ---------------------------- */
+
+static int body_of_cb(void *arg, const struct mm_rec *r)
+{
+	uint8_t (*ids)[MM_ID_LEN] = arg;
+	if (r->type == MM_REC_MESSAGE && r->msg.size == 7) /* the "same 7" bodies */
+		memcpy(ids[0], r->msg.body, MM_ID_LEN);
+	return 0;
+}
+
+/* 3,000 files, a third removed, some renamed, bodies shared by several files: every
+ * remaining file must still be found by its name (no file taken for a new delivery,
+ * nothing re-read), by its key (expunge) and by its body (have_id) while the index
+ * tables grow and shift entries back on removal. */
+static void test_many_files_index(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	deliver(&a, "INBOX", "1700000000.M0P1.mx", "first\r\n", 1600000000);
+	char d[600], p[800];
+	udir(&a, "INBOX", d, sizeof d);
+	enum { N = 3000 };
+	for (int i = 1; i < N; i++) {
+		snprintf(p, sizeof p, "%s/new/1700000000.M%dP1.mx", d, i);
+		FILE *f = fopen(p, "w");
+		assert_non_null(f);
+		if (i % 10 == 0)
+			fputs("same 7\n", f); /* 7 bytes, the same body for 300 files */
+		else
+			fprintf(f, "Subject: %d\r\n\r\nbody %d\r\n", i, i);
+		fclose(f);
+	}
+	assert_true(scan(&a, NULL) >= N);
+	assert_int_equal(mm_store_files_hashed(a.s), N);
+	uint8_t same[1][MM_ID_LEN];
+	struct mm_user *mu = mm_state_user(a.st, "ex.org/alice", false);
+	assert_int_equal(mm_user_foreach(mu, NULL, 0, body_of_cb, same), 0);
+	/* a third of the files go, among them most holders of the shared body */
+	int gone = 0;
+	for (int i = 1; i < N; i += 3) {
+		snprintf(p, sizeof p, "%s/new/1700000000.M%dP1.mx", d, i);
+		assert_int_equal(unlink(p), 0);
+		gone++;
+	}
+	for (int i = 10; i < N; i += 10)
+		if (i % 3 != 1 && i != 20) {
+			snprintf(p, sizeof p, "%s/new/1700000000.M%dP1.mx", d, i);
+			assert_int_equal(unlink(p), 0);
+			gone++;
+		}
+	assert_int_equal(scan(&a, NULL), gone);
+	assert_int_equal(mm_store_files_hashed(a.s), N); /* nothing taken for new */
+	assert_int_equal(mm_store_body_have_id(a.s, "ex.org/alice", same[0]), 1); /* file 20 */
+	/* flags on every 7th remaining file */
+	int renamed = 0;
+	for (int i = 2; i < N; i += 7) {
+		if (i % 3 == 1 || i % 10 == 0)
+			continue;
+		snprintf(p, sizeof p, "%s/new/1700000000.M%dP1.mx", d, i);
+		rename_to(p, "S");
+		renamed++;
+	}
+	assert_int_equal(scan(&a, NULL), renamed);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), N);
+	node_close(&a);
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	assert_int_equal(mm_store_body_have_id(a.s, "ex.org/alice", same[0]), 1);
+	snprintf(p, sizeof p, "%s/new/1700000000.M20P1.mx", d);
+	assert_int_equal(unlink(p), 0);
+	assert_int_equal(scan(&a, NULL), 1);
+	assert_int_equal(mm_store_body_have_id(a.s, "ex.org/alice", same[0]), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	node_close(&a);
+}
+
 /* Dovecot renames a file to carry a new keyword's letter before it names the letter in
  * dovecot-keywords.  The letter must stay pending (not recorded as applied), survive a
  * remote flag change that renames the file meanwhile, and be replicated once named. */
@@ -949,9 +1061,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_two_nodes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_rename_and_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_flush, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stage_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_folders, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_many_files_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_named_late, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
