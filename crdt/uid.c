@@ -83,9 +83,8 @@ void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uin
 			continue;
 		uint32_t t;
 		if (authority) {
-			/* the authority moves it above every UID of the folder, and at least
-			 * where replicas asked (exactly there when that is free: the replica
-			 * that listed it there provisionally need not re-file it) */
+			/* the authority moves it above every UID and need of the folder, and
+			 * at least where replicas asked */
 			t = max3(next, top + 1, it->need);
 			it->set_uid = t;
 		} else if (it->have > it->want) {

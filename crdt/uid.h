@@ -11,7 +11,7 @@
  * authority (the live node with the lowest id, decided by the caller), ever moves a
  * message that already has a UID: when it cannot list it under that UID itself, or
  * when the need is above the UID (a replica could not), to max(its need, the
- * folder's highest UID + 1, its own NEXTUID).  So when two messages got one
+ * folder's highest UID or need + 1, its own NEXTUID).  So when two messages got one
  * UID on two nodes, the one the authority showed keeps it only if no replica showed
  * the other there; otherwise both move and the contested number is retired.  Needs only grow and moves only come from one place, so
  * proposals stop competing and the folder settles once deliveries stop (two
@@ -45,7 +45,7 @@ struct mm_uid_item {
 /* Plans one folder.  items: the folder's messages this replica has files for (any
  * order; reordered by the call).  *next_uid_io: the folder's NEXTUID here (the
  * lowest UID a new entry may take), updated to the NEXTUID after the plan.  top: the
- * highest UID of any live message of the folder in the state (0 if none),
+ * highest UID or need of any live message of the folder in the state (0 if none),
  * files here or not.  authority: this node moves messages whose UID it cannot list.
  * Every item gets a target; items whose target differs from `have` must be listed
  * (have 0) or re-filed (have != 0) under target, in array order, which is ascending
@@ -53,8 +53,7 @@ struct mm_uid_item {
 void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uint32_t top,
                  bool authority);
 
-/* Highest UID of a live message of `folder` in u (0 if none).  Needs are left out:
- * a need is one replica's provisional number, which the authority may give exactly. */
+/* Highest UID or need of a live message of `folder` in u (0 if none). */
 uint32_t mm_user_uid_top(const struct mm_user *u, const char *folder);
 
 /* Writes the plan's set_uid: uid into the UID register of a live message, with

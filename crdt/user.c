@@ -1475,6 +1475,10 @@ uint32_t mm_user_uid_top(const struct mm_user *u, const char *folder)
 				continue;
 			if (sl->u.m.uid > top)
 				top = sl->u.m.uid;
+			const struct ext *x = sl->u.m.ext;
+			for (uint32_t k = 0; x && k < x->n; k++)
+				if (x->e[k].id == ID_NEED && x->e[k].stamp.t > top)
+					top = (uint32_t)x->e[k].stamp.t;
 		}
 	}
 	return top;
