@@ -22,6 +22,8 @@
 #define SIM_NFOLDERS 5              /* sim_folders[] */
 #define SIM_UID_ROUNDS 3            /* plan rounds per node and pass (uid.c) */
 #define SIM_UID_DELAY_MS 20         /* effects -> UID pass (daemon's COMMIT_DELAY_MS) */
+#define SIM_HOLD_MS 10000           /* a held body waits at most this for progress
+                                     * (node/store.c HOLD_MS) */
 
 enum sim_ev_type {
 	EV_DGRAM = 1,      /* datagram arrives at node, from peers[slot] */
@@ -42,6 +44,7 @@ enum sim_ev_type {
 	EV_HOOK,           /* measurement callback */
 	EV_ATTACK,         /* next attacker action (forged / replayed bytes) */
 	EV_UIDPASS,        /* node plans its dirty folders' UIDs (tag = incarnation) */
+	EV_UIDHOLD,        /* held bodies of (user, folder) = slot may time out (tag = incarnation) */
 };
 
 struct sim_ev {
@@ -106,6 +109,8 @@ struct sim_listing {
 struct sim_lent {
 	uint32_t uid;
 	uint8_t folder;
+	uint8_t placed;        /* its file is in the folder (durable; listed or not) */
+	uint8_t held;          /* its body is here, held back (uid.c; memory only) */
 };
 
 struct sim_node {
@@ -136,6 +141,9 @@ struct sim_node {
 	uint8_t uid_dirty[SIM_MAX_USERS]; /* folders (bits) whose plan must run */
 	bool uid_queued;       /* an EV_UIDPASS is pending */
 	bool uid_auth;         /* this node is the UID authority now */
+	/* virtual time a body of (user, folder) was last placed or arrived (0 = never;
+	 * memory only, as node/store.c folder.progress_ms): held bodies wait for it */
+	uint64_t hold_progress[SIM_MAX_USERS][SIM_NFOLDERS];
 	uint64_t started;      /* virtual time of the last start (authority grace) */
 	uint8_t priv[32], pub[32]; /* static X25519 key pair (id = mm_node_id(pub)) */
 };
@@ -307,6 +315,12 @@ void sim_uid_delivered(struct sim_node *n, unsigned u, unsigned f, const uint8_t
 void sim_uid_authority(struct sim *s, struct sim_node *n);
 /* EV_UIDPASS: n plans every dirty folder and applies the plans. */
 void sim_uid_pass(struct sim *s, struct sim_node *n);
+/* EV_UIDHOLD: SIM_HOLD_MS after a body of (user u, folder f) arrived at n: the folder
+ * is planned again, which releases its held bodies if nothing arrived meanwhile. */
+void sim_uid_hold_timeout(struct sim_node *n, unsigned u, unsigned f);
+/* n stops (crash): held bodies and their progress times are forgotten (memory); the
+ * bodies stay in the store and are placed anew after the restart. */
+void sim_uid_stop(struct sim_node *n);
 /* Number of nodes that are UID authorities now. */
 unsigned sim_uid_authorities(const struct sim *s);
 

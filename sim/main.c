@@ -46,8 +46,10 @@ static void usage(FILE *f)
 	      "          off, to prove that the checker catches it (exit 1 expected)\n"
 	      "uids:     --uids / --no-uids: model Dovecot's UID listings and run the UID rule\n"
 	      "          (crdt/uid.h) on every node (on)  --uid-grace-ms MS: a started node\n"
-	      "          is no UID authority this long (5000)  --uid-push: push the plan's\n"
-	      "          UID changes at once (the daemon leaves them to anti-entropy)\n",
+	      "          is no UID authority this long (5000)  --no-uid-push: leave the plan's\n"
+	      "          UID changes to anti-entropy (the daemon pushes them at commit; on)\n"
+	      "          --no-uid-hold: replicas list bodies as they arrive instead of in\n"
+	      "          UID order (the daemon holds those above NEXTUID; on)\n",
 	      f);
 }
 
@@ -68,7 +70,7 @@ enum {
 	O_TAIL, O_TAILMS, O_REORDER, O_REORDERMS, O_DUP, O_RESETS, O_PARTS, O_PARTMS, O_ONEWAY,
 	O_CRASHES, O_DOWNMS, O_SKEW, O_SLOW, O_SLOWF, O_STREAMTO, O_NOFAULTS, O_BOUND, O_MAXNODES,
 	O_MEASURE, O_TRIALS, O_BASE, O_DIFF, O_SABOTAGE, O_HELP, O_ATTACKS, O_REKEYB, O_REKEYMS,
-	O_UIDS, O_NOUIDS, O_UIDGRACE, O_UIDPUSH,
+	O_UIDS, O_NOUIDS, O_UIDGRACE, O_UIDPUSH, O_NOUIDPUSH, O_UIDHOLD, O_NOUIDHOLD,
 };
 
 static const struct option opts[] = {
@@ -91,6 +93,7 @@ static const struct option opts[] = {
 	{ "attacks", 1, 0, O_ATTACKS }, { "rekey-bytes", 1, 0, O_REKEYB },
 	{ "rekey-ms", 1, 0, O_REKEYMS }, { "uids", 0, 0, O_UIDS }, { "no-uids", 0, 0, O_NOUIDS },
 	{ "uid-grace-ms", 1, 0, O_UIDGRACE }, { "uid-push", 0, 0, O_UIDPUSH },
+	{ "no-uid-push", 0, 0, O_NOUIDPUSH }, { "uid-hold", 0, 0, O_UIDHOLD }, { "no-uid-hold", 0, 0, O_NOUIDHOLD },
 	{ 0, 0, 0, 0 },
 };
 
@@ -115,6 +118,7 @@ static int sweep(const struct sim_config *base, uint64_t k, unsigned max_nodes, 
 		c.uids = base->uids;
 		c.uid_grace_ms = base->uid_grace_ms;
 		c.uid_push = base->uid_push;
+		c.uid_hold = base->uid_hold;
 		c.sabotage = base->sabotage;
 		struct sim_result *r = calloc(1, sizeof(*r));
 		if (!r)
@@ -212,6 +216,9 @@ int main(int argc, char **argv)
 		case O_NOUIDS: c.uids = false; break;
 		case O_UIDGRACE: c.uid_grace_ms = (uint32_t)v; break;
 		case O_UIDPUSH: c.uid_push = true; break;
+		case O_NOUIDPUSH: c.uid_push = false; break;
+		case O_UIDHOLD: c.uid_hold = true; break;
+		case O_NOUIDHOLD: c.uid_hold = false; break;
 		}
 	}
 	if (optind < argc) {

@@ -520,6 +520,7 @@ static void node_stop(struct sim_node *n)
 	n->uid_auth = false;
 	n->uid_queued = false; /* its EV_UIDPASS belongs to this incarnation */
 	memset(n->uid_dirty, 0, sizeof n->uid_dirty); /* the listings themselves are durable */
+	sim_uid_stop(n);
 }
 
 void sim_node_crash(struct sim *s, struct sim_node *n)

@@ -54,6 +54,8 @@ void sim_config_defaults(struct sim_config *c)
 	c->bound_ms = 120000;
 	c->uids = true;
 	c->uid_grace_ms = 5000; /* node/daemon.c UID_AUTHORITY_GRACE_MS */
+	c->uid_push = true;     /* node/daemon.c commit_cb pushes the commit's UID changes */
+	c->uid_hold = true;     /* node/store.c hold_body */
 }
 
 void sim_config_random(struct sim_config *c, uint64_t seed, unsigned max_nodes)
@@ -364,6 +366,10 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 	case EV_UIDPASS:
 		if (n->alive && n->gen == ev->tag)
 			sim_uid_pass(s, n);
+		return;
+	case EV_UIDHOLD:
+		if (n->alive && n->gen == ev->tag)
+			sim_uid_hold_timeout(n, ev->slot / SIM_NFOLDERS, ev->slot % SIM_NFOLDERS);
 		return;
 	case EV_HOOK:
 		if (s->on_hook)

@@ -122,9 +122,12 @@ struct sim_config {
 	/* IMAP UIDs (sim/uid.c): each node models Dovecot's listing per folder and runs
 	 * the replica rule of crdt/uid.h; the lowest connected node id is the authority */
 	bool uids;                /* the model on (default) */
-	bool uid_push;            /* push the plan's register changes at once (the daemon
-	                           * does not: its deferred pass runs at commit, with no
-	                           * delta, so they travel by anti-entropy) */
+	bool uid_push;            /* push the plan's register changes at once (default, as
+	                           * the daemon's commit_cb pushes mm_store_commit_delta;
+	                           * off: they travel by anti-entropy, the old daemon) */
+	bool uid_hold;            /* replicas list arriving bodies in UID order, holding
+	                           * back those above NEXTUID while others of the folder
+	                           * are missing (default, node/store.c hold_body) */
 	uint32_t uid_grace_ms;    /* a started node is no authority this long while a
 	                           * lower-id peer is configured (daemon: 5000) */
 	unsigned sabotage;        /* self-test of the checker: 1 corrupts a stored body,
@@ -161,6 +164,7 @@ struct sim_result {
 	/* IMAP UIDs (sim/uid.c) */
 	uint64_t uid_listed;          /* listing entries added (deliveries, replicas) */
 	uint64_t uid_refiled;         /* entries moved to another UID (re-filed) */
+	uint64_t uid_held;            /* bodies held back for lower UIDs (not listed yet) */
 	uint64_t uid_moves;           /* set_uid by an authority of a message with a UID */
 	uint64_t uid_firsts;          /* set_uid of a message's first UID by a replica */
 	uint64_t uid_needs;           /* needs raised (set_need that grew the register) */

@@ -13,12 +13,17 @@
  * What the node does, as node/store.c does it: a local delivery is listed at the
  * folder's NEXTUID by "Dovecot" and that number goes into mm_user_deliver as the
  * message's first UID (scan_files/assign_uid).  When merges, arriving bodies or a new
- * authority touch a folder, the node plans, 20 ms later (the daemon's deferred pass
- * at its next commit), the folder's messages it holds bodies for (uid_sync_folder):
- * it writes the plan's set_uid (mm_user_uid_move, from a fresh HLC tick) and
- * set_need, lists or re-files each message at its target; the changes go out by
- * anti-entropy.  The authority is decided as node/daemon.c uid_authority_update: no
- * connected peer with a lower id, and none configured while the start-up grace runs.
+ * authority touch a folder, the node, 20 ms later (the daemon's commit, which places
+ * the bodies staged meanwhile and runs the deferred pass), first places the bodies
+ * that arrived: in UID order, holding back (not placed, not listed) those above the
+ * folder's NEXTUID while other bodies of the folder are still missing, until those
+ * arrive or none arrived for SIM_HOLD_MS (place_list / hold_body / release_held).
+ * Then it plans the folder's placed messages (uid_sync_folder): it writes the plan's
+ * set_uid (mm_user_uid_move, from a fresh HLC tick) and set_need, lists or re-files
+ * each message at its target, and pushes the changes at once (node/daemon.c commit_cb;
+ * --no-uid-push leaves them to anti-entropy).  The authority is decided as
+ * node/daemon.c uid_authority_update: no connected peer with a lower id, and none
+ * configured while the start-up grace runs.
  *
  * Every addition checks Dovecot's rule (a violation if the plan asked for a UID below
  * NEXTUID, or for one UID twice in one listing); every (user, folder, UIDVALIDITY,
@@ -111,6 +116,8 @@ static void list_add(struct sim_node *n, unsigned u, unsigned f, const uint8_t k
 	unlist(n, u, e);
 	e->uid = uid;
 	e->folder = (uint8_t)f;
+	e->placed = 1;
+	e->held = 0;
 	l->count++;
 	l->next = uid + 1;
 	s->res->uid_listed++;
@@ -268,6 +275,63 @@ struct plan_buf {
 	size_t n, cap;
 };
 
+/* Places the bodies of (u, f) that arrived since the last pass (items with no placed
+ * entry), as node/store.c place_list and release_held: with the hold on, while
+ * `missing` other bodies of the folder are still missing and one arrived less than
+ * SIM_HOLD_MS ago, those whose UID is above NEXTUID (counting the ones placed before
+ * them in UID order) are held; once nothing else is missing or the folder saw no
+ * progress for SIM_HOLD_MS, the held ones go too.  Leaves in b only the placed
+ * items, for the plan. */
+static int want_cmp(const void *a, const void *b)
+{
+	const struct mm_uid_item *x = a, *y = b;
+	/* node/store.c w_order_cmp: ascending UID, no UID (0) first */
+	if (x->want != y->want)
+		return x->want < y->want ? -1 : 1;
+	return memcmp(x->key, y->key, MM_KEY_LEN);
+}
+
+static void place_bodies(struct sim_node *n, unsigned u, unsigned f, struct plan_buf *b, size_t n_held,
+                         size_t n_batch, size_t missing)
+{
+	struct sim *s = n->sim;
+	if (!n_held && !n_batch)
+		return;
+	uint64_t *progress = &n->hold_progress[u][f];
+	/* nothing else missing, or no progress for HOLD_MS: everything goes (force) */
+	bool force = !s->cfg.uid_hold || !missing || (*progress && s->now - *progress >= SIM_HOLD_MS);
+	if (n_batch)
+		*progress = s->now;
+	qsort(b->it, b->n, sizeof *b->it, want_cmp);
+	uint32_t next = n->lists[u][f].next;
+	size_t keep = 0, still_held = 0;
+	for (size_t i = 0; i < b->n; i++) {
+		struct mm_uid_item *it = &b->it[i];
+		/* the map may grow below: look the entry up afresh, keep no pointer */
+		struct sim_lent *e = lent_of(n, u, it->key, false);
+		if (!e || !e->placed) {
+			bool hold = !force && ((e && e->held) || (it->want && it->want > next));
+			e = lent_of(n, u, it->key, true);
+			if (hold) {
+				if (!e->held)
+					s->res->uid_held++;
+				e->held = 1;
+				still_held++;
+				continue;
+			}
+			e->placed = 1;
+			e->held = 0;
+			e->folder = (uint8_t)f;
+			if (it->want >= next)
+				next = it->want + 1;
+		}
+		b->it[keep++] = *it;
+	}
+	b->n = keep;
+	if (still_held && n_batch) /* the daemon's flush after HOLD_MS releases them if nothing came */
+		sim_schedule(s, *progress + SIM_HOLD_MS, EV_UIDHOLD, n->idx, u * SIM_NFOLDERS + f, n->gen);
+}
+
 /* Plans (user u, folder f) on n, applies the result.  Returns how many registers it
  * changed. */
 static unsigned plan_folder(struct sim_node *n, unsigned u, unsigned f, struct plan_buf *b)
@@ -279,9 +343,10 @@ static unsigned plan_folder(struct sim_node *n, unsigned u, unsigned f, struct p
 	struct mm_user *usr = mm_state_user(n->state, s->users[u], false);
 	listing_uv(n, u, f, fr->folder.uidvalidity);
 	struct sim_listing *l = &n->lists[u][f];
-	/* the folder's messages this node holds a file for: live, body present */
+	/* the folder's messages whose body is here (live): placed ones (their file is in
+	 * the folder) go to the plan; the others arrived since the last pass, or are held */
 	b->n = 0;
-	size_t pos = 0;
+	size_t pos = 0, n_held = 0, n_batch = 0, missing = 0;
 	void *val;
 	const uint8_t *k;
 	while ((k = sim_map_next(&n->view, &pos, &val))) {
@@ -293,8 +358,12 @@ static unsigned plan_folder(struct sim_node *n, unsigned u, unsigned f, struct p
 		memcpy(bk + 1, v->body, MM_ID_LEN);
 		struct sim_body *body = sim_map_get(&n->bodies, bk);
 		const struct mm_rec *r = mm_user_get(usr, k + 1);
-		if (!body || !body->bytes || !r || r->type != MM_REC_MESSAGE)
+		if (!r || r->type != MM_REC_MESSAGE)
 			continue;
+		if (!body || !body->bytes) {
+			missing++;
+			continue;
+		}
 		if (b->n == b->cap) {
 			size_t nc = b->cap ? 2 * b->cap : 64;
 			struct mm_uid_item *ni = realloc(b->it, nc * sizeof(*ni));
@@ -312,7 +381,12 @@ static unsigned plan_folder(struct sim_node *n, unsigned u, unsigned f, struct p
 		it->need = r->msg.uid_need;
 		const struct sim_lent *e = lent_of(n, u, it->key, false);
 		it->have = e && e->uid && e->folder == f ? e->uid : 0;
+		if (!e || !e->placed) {
+			n_held += e && e->held;
+			n_batch += !e || !e->held;
+		}
 	}
+	place_bodies(n, u, f, b, n_held, n_batch, missing);
 	uint32_t next = l->next;
 	mm_uid_plan(b->it, b->n, &next, mm_user_uid_top(usr, sim_folders[f]), n->uid_auth);
 	bool saboteur = n->idx == s->n - 1;
@@ -402,6 +476,20 @@ static void node_pass(struct sim *s, struct sim_node *n, struct plan_buf *b)
 	}
 	if (!n->alive)
 		memset(n->uid_dirty, 0, sizeof n->uid_dirty);
+}
+
+void sim_uid_hold_timeout(struct sim_node *n, unsigned u, unsigned f)
+{
+	mark(n, u, (uint8_t)(1u << f));
+}
+
+void sim_uid_stop(struct sim_node *n)
+{
+	memset(n->hold_progress, 0, sizeof n->hold_progress);
+	size_t pos = 0;
+	void *val;
+	while (sim_map_next(&n->listed, &pos, &val))
+		((struct sim_lent *)val)->held = 0;
 }
 
 void sim_uid_pass(struct sim *s, struct sim_node *n)

@@ -33,10 +33,11 @@ fi
 if [ "${SANITIZE:-0}" = 1 ]; then
 	SWEEP=300; BIG_PHASE=4000
 else
-	SWEEP=1000; BIG_PHASE=20000
+	SWEEP=500; BIG_PHASE=20000
 fi
 
-# 1. sweep: seeds 1..SWEEP, faults drawn from each seed, up to 8 nodes, UIDs on
+# 1. sweep: seeds 1..SWEEP, faults drawn from each seed, up to 8 nodes, UIDs on (held
+#    bodies and pushed UID changes, as the daemon)
 #    (JSON, so that sections 5 and 8 can look into the same runs)
 "$SIM" --sweep "$SWEEP" --seed 1 --json >"$TMP/sweep" 2>&1
 if /usr/bin/python3 -c '
@@ -152,8 +153,11 @@ else
 	bad "duplicates and an attacker: rejected and counted, converged"
 fi
 
-# 6. a 1000-node cluster converges
-if "$SIM" --nodes 1000 --seed 5 --phase-ms "$BIG_PHASE" --ops 2 >"$TMP/out" 2>&1 &&
+# 6. a 1000-node cluster converges.  UID changes travel by anti-entropy here
+#    (--no-uid-push): pushed at once, every replica's need raise is gossiped to a
+#    thousand nodes, each of which plans and pushes its own (minutes instead of
+#    seconds; docs/simulation.md "UID ordering and pushes")
+if "$SIM" --nodes 1000 --seed 5 --phase-ms "$BIG_PHASE" --ops 2 --no-uid-push >"$TMP/out" 2>&1 &&
    grep -q "invariants: all held" "$TMP/out"; then
 	ok "1000 nodes converge ($(sed -n 's/.*converged \([0-9]* ms after healing\).*/\1/p' "$TMP/out"))"
 else
@@ -209,8 +213,11 @@ assert d["uid_listed"] == 0 and d["uid_needs"] == 0 and d["deliveries"] > 0
 else
 	bad "--no-uids: the model is off"
 fi
-SAB_SEED=5   # a seed where the last node meets a UID it cannot list (4 nodes, defaults)
+# seeds where the last node meets a UID it cannot list (4 nodes, defaults): sabotage 3
+# on seed 2, 4 on seed 5 (since UID changes are pushed, seed 5 no longer needs a need
+# raised by the last node)
 for sab in 3 4; do
+	if [ $sab = 3 ]; then SAB_SEED=2; else SAB_SEED=5; fi
 	"$SIM" --nodes 4 --seed "$SAB_SEED" --sabotage "$sab" >"$TMP/out" 2>&1
 	rc=$?
 	if [ $rc -eq 1 ] && grep -q "VIOLATIONS (seed $SAB_SEED)" "$TMP/out" &&
