@@ -714,10 +714,25 @@ static int mkdir_parents(const char *path, const struct mm_md_owner *o)
 
 int mm_md_folder_create(const char *maildir, const char *folder, const struct mm_md_owner *o)
 {
-	char fd_[PATHBUF], p[PATHBUF];
+	return mm_md_folder_create_listed(maildir, folder, o, NULL);
+}
+
+int mm_md_folder_create_listed(const char *maildir, const char *folder, const struct mm_md_owner *o,
+                               const struct mm_md_uidlist *ul)
+{
+	char fd_[PATHBUF], p[PATHBUF], final_[PATHBUF];
 	int r = mm_md_folder_path(fd_, sizeof fd_, maildir, folder);
 	if (r < 0)
 		return r;
+	/* With a uidlist, a new folder other than INBOX is made complete under a
+	 * temporary name and renamed into place: Dovecot never sees it without the
+	 * uidlist (it would number it itself, under another UIDVALIDITY). */
+	bool staged = ul && strcmp(folder, "INBOX") != 0 && access(fd_, F_OK) != 0;
+	if (staged) {
+		memcpy(final_, fd_, sizeof final_);
+		if (snprintf(fd_, sizeof fd_, "%s.mmnew%ld", final_, (long)getpid()) >= (int)sizeof fd_)
+			return -ENAMETOOLONG;
+	}
 	if ((r = mkdir_parents(maildir, o)) < 0)
 		return r;
 	if (strcmp(folder, "INBOX") != 0 && (r = mkdir_owned(fd_, o)) < 0)
@@ -738,8 +753,38 @@ int mm_md_folder_create(const char *maildir, const char *folder, const struct mm
 		apply_owner(f, o, false);
 		close(f);
 	}
+	if (ul && staged) {
+		if ((r = mm_md_uidlist_save(fd_, ul)) < 0)
+			return r;
+	} else if (ul && !mm_md_uidlist_exists(fd_) && mm_md_uidlist_lock(fd_, 2000) == 0) {
+		/* visible already (INBOX, or a folder that existed): under the lock, and
+		 * only if Dovecot has not written one meanwhile */
+		if (!mm_md_uidlist_exists(fd_))
+			r = mm_md_uidlist_save(fd_, ul);
+		mm_md_uidlist_unlock(fd_);
+		if (r < 0)
+			return r;
+	}
+	if (staged && rename(fd_, final_) < 0) {
+		r = -errno;
+		if (r != -EEXIST && r != -ENOTEMPTY)
+			return r;
+		/* made meanwhile by someone else (Dovecot): theirs stands */
+		char t[PATHBUF];
+		static const char *const all[] = {"tmp", "new", "cur", "maildirfolder", "dovecot-uidlist"};
+		for (int i = 0; i < 5; i++)
+			if (path2(t, sizeof t, fd_, all[i]) >= 0 && remove(t) < 0 && errno != ENOENT)
+				break;
+		rmdir(fd_);
+	}
 	fsync_dir(maildir);
 	return 0;
+}
+
+bool mm_md_uidlist_exists(const char *folder_dir)
+{
+	char p[PATHBUF];
+	return path2(p, sizeof p, folder_dir, "dovecot-uidlist") >= 0 && access(p, F_OK) == 0;
 }
 
 static int dir_is_empty(const char *p)

@@ -219,6 +219,17 @@ bool mm_md_is_maildir(const char *dir);
  * parts are kept.  0 or negative errno. */
 int mm_md_folder_create(const char *maildir, const char *folder, const struct mm_md_owner *o);
 
+/* The same, and writes `ul` as the new folder's dovecot-uidlist (when it has none)
+ * before Dovecot can see the folder: a folder other than INBOX is made under a
+ * temporary name and renamed into place (if it appeared meanwhile, that one stands).
+ * ul may be NULL.  0 or negative errno. */
+struct mm_md_uidlist;
+int mm_md_folder_create_listed(const char *maildir, const char *folder, const struct mm_md_owner *o,
+                               const struct mm_md_uidlist *ul);
+
+/* True when the folder has a dovecot-uidlist. */
+bool mm_md_uidlist_exists(const char *folder_dir);
+
 /* Removes a Maildir++ folder if it holds no message (new/, cur/ and tmp/ empty): its
  * Dovecot files (dovecot*, maildirfolder) then the directories.  Returns 0 when
  * removed or already gone, -ENOTEMPTY when it still holds files (nothing removed),

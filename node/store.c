@@ -547,13 +547,27 @@ static void user_owner(struct mm_store *s, struct user *u)
 }
 
 /* Makes sure the folder directory exists (and the user's Maildir). */
-static int folder_ensure(struct mm_store *s, struct folder *fo)
+static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct mm_rec *frec);
+
+/* Makes the folder's Maildir (and the user's) if missing.  frec (may be NULL): the
+ * folder's FOLDER record; with imap_uids its dovecot-uidlist header (UIDVALIDITY) is
+ * in place before Dovecot can see the new folder. */
+static int folder_ensure(struct mm_store *s, struct folder *fo, const struct mm_rec *frec)
 {
 	struct user *u = fo->u;
 	bool new_user = !mm_md_is_maildir(u->path);
 	user_owner(s, u);
 	int r;
-	if (new_user && (r = mm_md_folder_create(u->path, "INBOX", &u->owner)) < 0) {
+	struct mm_md_uidlist ul = {0};
+	bool with_ul = s->imap_uids && frec && frec->type == MM_REC_FOLDER && !strcmp(frec->folder.name, fo->name);
+	if (with_ul) {
+		ul.exists = true;
+		ul.next_uid = 1;
+		uid_header(&ul, u->name, frec);
+	}
+	if (new_user && (r = mm_md_folder_create_listed(u->path, "INBOX", &u->owner,
+	                                                with_ul && !strcmp(fo->name, "INBOX") ? &ul : NULL)) < 0) {
+		mm_md_uidlist_clear(&ul);
 		logmsg(s, MM_STORE_LOG_ERR, "cannot create Maildir %s: %s", u->path, strerror(-r));
 		return r;
 	}
@@ -566,7 +580,9 @@ static int folder_ensure(struct mm_store *s, struct folder *fo)
 		logmsg(s, MM_STORE_LOG_INFO, "created Maildir %s for %s", u->path, u->name);
 	}
 	if (!fo->on_disk || !mm_md_is_maildir(fo->dir)) {
-		if ((r = mm_md_folder_create(u->path, fo->name, &u->owner)) < 0) {
+		r = mm_md_folder_create_listed(u->path, fo->name, &u->owner, with_ul ? &ul : NULL);
+		if (r < 0) {
+			mm_md_uidlist_clear(&ul);
 			logmsg(s, MM_STORE_LOG_ERR, "cannot create folder %s: %s", fo->dir, strerror(-r));
 			return r;
 		}
@@ -575,6 +591,7 @@ static int folder_ensure(struct mm_store *s, struct folder *fo)
 			mark_folder(s, fo);
 		}
 	}
+	mm_md_uidlist_clear(&ul);
 	return 0;
 }
 
@@ -998,7 +1015,7 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		fo = folder_get(s, u, rec->msg.folder, true);
 		if (!fo)
 			return;
-		folder_ensure(s, fo);
+		folder_ensure(s, fo, NULL);
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
 			sync_file_flags(s, fe, rec);
@@ -1041,7 +1058,7 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		if (!fo)
 			return;
 		if (rec->folder.exists.value)
-			folder_ensure(s, fo);
+			folder_ensure(s, fo, rec);
 		else
 			fo->check = true;
 		fo->uid_check = true; /* UIDVALIDITY follows the exists stamp */
@@ -2014,7 +2031,7 @@ int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[
 	struct folder *fo = folder_get(s, u, r->msg.folder, true);
 	if (!fo)
 		return -EINVAL;
-	int rr = folder_ensure(s, fo);
+	int rr = folder_ensure(s, fo, NULL); /* made at its FOLDER effect, normally */
 	if (rr < 0)
 		return rr;
 	struct mm_body_writer *w = calloc(1, sizeof(*w));
@@ -2144,7 +2161,7 @@ static void drop_list(struct mm_body_writer *list)
  * arrived or no body at all arrived for HOLD_MS (a join fetches folder after folder);
  * then the folder's held bodies are placed in UID order.  Without this, a node joining with a full mailbox would
  * list bodies in arrival order and ask the authority to move most of them. */
-#define HOLD_MS 10000
+#define HOLD_MS 30000
 
 static int w_order_cmp(const void *a, const void *b)
 {

@@ -168,7 +168,7 @@ size_t mm_store_staged_count(const struct mm_store *s);
 
 /* imap_uids: number of bodies held back so that a folder's UIDs are listed in order
  * (a body above the folder's NEXTUID waits for the lower ones still missing, at most
- * 10 s without progress).  mm_store_flush places those whose time has come; call it
+ * 30 s without any body arriving).  mm_store_flush places those whose time has come; call it
  * while this is non-zero. */
 size_t mm_store_held_count(const struct mm_store *s);
 

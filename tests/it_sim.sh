@@ -221,7 +221,7 @@ for sab in 3 4; do
 	"$SIM" --nodes 4 --seed "$SAB_SEED" --sabotage "$sab" >"$TMP/out" 2>&1
 	rc=$?
 	if [ $rc -eq 1 ] && grep -q "VIOLATIONS (seed $SAB_SEED)" "$TMP/out" &&
-	   grep -q "lists .* under UID .*, the state says" "$TMP/out"; then
+	   grep -Eq "lists .* under UID .*, the state says|listed under UID .* below NEXTUID" "$TMP/out"; then
 		ok "a node that $( [ $sab = 3 ] && echo "never raises a UID need" || echo "lists one UID off") is caught"
 	else
 		bad "sabotage $sab is caught (exit $rc)"
