@@ -947,8 +947,93 @@ int mm_md_subs_write(const char *maildir, const char *const *names, size_t n,
 
 /* ---- dovecot-uidlist writing -------------------------------------------------------- */
 
+/* A hash index of the listed base names, so looking a file up in a list of 100,000
+ * costs one probe instead of a scan (the store looks up every file of a folder).
+ * Slots point at the entries' name strings, which do not move when entries do. */
+struct uidx_slot {
+	const char *name; /* NULL: empty; UIDX_TOMB: deleted */
+	size_t bl;
+	uint32_t uid;
+};
+struct mm_md_uidx {
+	struct uidx_slot *t;
+	size_t cap, used; /* used counts tombstones too */
+};
+static const char uidx_tomb[1];
+#define UIDX_TOMB uidx_tomb
+
+static size_t uidx_hash(const char *s, size_t n)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+	return (size_t)(h ^ (h >> 29));
+}
+
+static void uidx_insert(struct mm_md_uidx *x, const char *name, size_t bl, uint32_t uid)
+{
+	size_t m = x->cap - 1;
+	for (size_t i = uidx_hash(name, bl) & m;; i = (i + 1) & m)
+		if (!x->t[i].name || x->t[i].name == UIDX_TOMB) {
+			if (!x->t[i].name)
+				x->used++;
+			x->t[i] = (struct uidx_slot){ name, bl, uid };
+			return;
+		}
+}
+
+/* (Re)builds the index from the entries; false when out of memory (lookups then
+ * scan). */
+static bool uidx_rebuild(struct mm_md_uidlist *ul, size_t want)
+{
+	size_t cap = 64;
+	while (cap < 2 * want)
+		cap *= 2;
+	struct mm_md_uidx *x = ul->idx;
+	if (!x && !(x = ul->idx = calloc(1, sizeof(*x))))
+		return false;
+	struct uidx_slot *t = calloc(cap, sizeof(*t));
+	if (!t) {
+		free(x->t);
+		free(x);
+		ul->idx = NULL;
+		return false;
+	}
+	free(x->t);
+	x->t = t;
+	x->cap = cap;
+	x->used = 0;
+	for (size_t i = 0; i < ul->n; i++)
+		uidx_insert(x, ul->v[i].name, ul->v[i].base_len, ul->v[i].uid);
+	return true;
+}
+
+static void uidx_add(struct mm_md_uidlist *ul, const struct mm_md_uident *e)
+{
+	if (!ul->idx || 2 * (ul->idx->used + 1) > ul->idx->cap)
+		uidx_rebuild(ul, ul->n + 1); /* includes e when it is in v already */
+	else
+		uidx_insert(ul->idx, e->name, e->base_len, e->uid);
+}
+
+static struct uidx_slot *uidx_find(const struct mm_md_uidx *x, const char *base, size_t bl)
+{
+	size_t m = x->cap - 1;
+	for (size_t i = uidx_hash(base, bl) & m;; i = (i + 1) & m) {
+		struct uidx_slot *sl = &x->t[i];
+		if (!sl->name)
+			return NULL;
+		if (sl->name != UIDX_TOMB && sl->bl == bl && memcmp(sl->name, base, bl) == 0)
+			return sl;
+	}
+}
+
 void mm_md_uidlist_clear(struct mm_md_uidlist *ul)
 {
+	if (ul->idx) {
+		free(ul->idx->t);
+		free(ul->idx);
+	}
 	for (size_t i = 0; i < ul->n; i++) {
 		free(ul->v[i].ext);
 		free(ul->v[i].name);
@@ -987,6 +1072,7 @@ static int uid_push(struct mm_md_uidlist *ul, uint32_t uid, const char *ext, siz
 	}
 	e->base_len = name_base_len(e->name);
 	ul->n++;
+	uidx_add(ul, e);
 	return 0;
 }
 
@@ -1068,6 +1154,10 @@ int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul)
 
 uint32_t mm_md_uidlist_find(const struct mm_md_uidlist *ul, const char *base, size_t base_len)
 {
+	if (ul->idx) {
+		const struct uidx_slot *sl = uidx_find(ul->idx, base, base_len);
+		return sl ? sl->uid : 0;
+	}
 	for (size_t i = 0; i < ul->n; i++)
 		if (ul->v[i].base_len == base_len && memcmp(ul->v[i].name, base, base_len) == 0)
 			return ul->v[i].uid;
@@ -1117,6 +1207,16 @@ void mm_md_uidlist_remove(struct mm_md_uidlist *ul, uint32_t uid)
 	ssize_t i = mm_md_uidlist_index(ul, uid);
 	if (i < 0)
 		return;
+	if (ul->idx) {
+		struct uidx_slot *sl = uidx_find(ul->idx, ul->v[i].name, ul->v[i].base_len);
+		if (sl && sl->name == ul->v[i].name)
+			sl->name = UIDX_TOMB;
+		else { /* not where expected (never seen): drop the index, lookups scan */
+			free(ul->idx->t);
+			free(ul->idx);
+			ul->idx = NULL;
+		}
+	}
 	free(ul->v[i].ext);
 	free(ul->v[i].name);
 	memmove(&ul->v[i], &ul->v[i + 1], (ul->n - (size_t)i - 1) * sizeof(ul->v[0]));

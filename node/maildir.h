@@ -121,6 +121,7 @@ struct mm_md_uidlist {
 	char *hdr_rest;       /* header fields other than V and N, e.g. "G<guid>" (owned) */
 	struct mm_md_uident *v;
 	size_t n, cap;
+	struct mm_md_uidx *idx; /* base name -> UID, kept by maildir.c (owned) */
 };
 
 /* Loads <folder_dir>/dovecot-uidlist into ul (initialised here; release with

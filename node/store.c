@@ -1617,6 +1617,27 @@ void mm_store_set_new_folder_wait(struct mm_store *s, uint64_t wait_ms)
 	s->new_folder_wait_ms = wait_ms;
 }
 
+/* A folder with at most a few messages: what Dovecot makes at a first delivery or an
+ * IMAP CREATE + COPY.  A new folder full of mail (a restored backup, an import) has
+ * nobody to wait for. */
+static bool folder_small(const struct folder *fo)
+{
+	static const char *const subs[2] = {"new", "cur"};
+	int n = 0;
+	for (int i = 0; i < 2; i++) {
+		char p[PATHBUF];
+		snprintf(p, sizeof p, "%s/%s", fo->dir, subs[i]);
+		DIR *d = opendir(p);
+		if (!d)
+			continue;
+		struct dirent *e;
+		while ((e = readdir(d)) && n <= 16)
+			n += e->d_name[0] != '.';
+		closedir(d);
+	}
+	return n <= 16;
+}
+
 bool mm_store_take_deferred(struct mm_store *s)
 {
 	bool d = s->deferred;
@@ -1669,9 +1690,10 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		uint64_t now = wall_ms();
 		if (s->imap_uids && s->new_folder_wait_ms && !mm_user_folder_visible(mu, name) &&
 		    (!fo->deferred_since || now < fo->deferred_since + 3 * s->new_folder_wait_ms) &&
-		    folder_young(fo, s->new_folder_wait_ms) && !dovecot_uidvalidity(fo)) {
-			/* Just made, not numbered yet: Dovecot may be about to write its
-			 * uidlist (an IMAP CREATE followed by a COPY, a first delivery).  Its
+		    folder_young(fo, s->new_folder_wait_ms) && folder_small(fo) && !dovecot_uidvalidity(fo)) {
+			/* Just made, holding a few messages at most, not numbered yet:
+			 * Dovecot may be about to write its uidlist (an IMAP CREATE followed by
+			 * a COPY, a first delivery).  Its
 			 * UIDVALIDITY is the one to replicate; a record made now would carry
 			 * another and one of the two would have to reset its index. */
 			s->deferred = true;

@@ -179,7 +179,8 @@ const struct mm_delta *mm_store_commit_delta(const struct mm_store *s);
 
 /* With imap_uids: true (once) when a scan left a just-made folder for later, waiting
  * for Dovecot to number it (its cur/ changed less than the wait ago, default 1000 ms,
- * and it has no dovecot-uidlist; never longer than 3 waits): the caller scans again
+ * it holds 16 messages at most, and it has no dovecot-uidlist; never longer than 3
+ * waits): the caller scans again
  * a little later.  A wait of 0 turns this off (tests that scan at once). */
 bool mm_store_take_deferred(struct mm_store *s);
 void mm_store_set_new_folder_wait(struct mm_store *s, uint64_t wait_ms);

@@ -60,17 +60,6 @@ def imap():
     return m
 
 
-def wait_port(port):
-    import socket
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
 def main():
     t = tempfile.mkdtemp(prefix="mm-it-dovecot-")
     os.chmod(t, 0o755)
@@ -86,7 +75,7 @@ def main():
         with open(os.path.join(t, "start.log"), "w") as lf:
             p = subprocess.run(["dovecot", "-c", conf_path], stdout=lf, stderr=lf, timeout=60)
         check("dovecot starts", p.returncode == 0, open(os.path.join(t, "start.log")).read())
-        if p.returncode != 0 or not wait_port(IMAP_PORT) or not wait_port(LMTP_PORT):
+        if p.returncode != 0 or not mmtest.wait_port(IMAP_PORT) or not mmtest.wait_port(LMTP_PORT):
             return
         loc_a, st_a = f"maildir:{t}/a/%d/%n", f"{t}/state-a"
         loc_b, st_b = f"maildir:{t}/b/%d/%n", f"{t}/state-b"

@@ -303,6 +303,45 @@ static bool has_name(const struct names *nm, const char *s)
 	return false;
 }
 
+/* The name index of a large list: every lookup right after adds and removes in any
+ * order, and after a save and load. */
+static void test_uidlist_index(void **state)
+{
+	(void)state;
+	struct mm_md_uidlist ul;
+	memset(&ul, 0, sizeof ul);
+	ul.next_uid = 1;
+	ul.uidvalidity = 7;
+	char name[64];
+	for (uint32_t i = 1; i <= 3000; i++) {
+		uint32_t uid = (i * 7919u) % 3001u; /* all of 1..3000, out of order */
+		snprintf(name, sizeof name, "%u.M%uP1.host:2,S", 1700000000u + uid, uid);
+		assert_int_equal(mm_md_uidlist_add(&ul, uid, name), 0);
+	}
+	for (uint32_t uid = 2; uid <= 3000; uid += 2)
+		mm_md_uidlist_remove(&ul, uid);
+	for (uint32_t uid = 1; uid <= 3000; uid++) {
+		snprintf(name, sizeof name, "%u.M%uP1.host", 1700000000u + uid, uid);
+		assert_int_equal(mm_md_uidlist_find(&ul, name, strlen(name)), uid % 2 ? uid : 0);
+	}
+	/* a removed name can be listed again under a new UID */
+	snprintf(name, sizeof name, "%u.M%uP1.host", 1700000000u + 4, 4u);
+	assert_int_equal(mm_md_uidlist_add(&ul, 3001, name), 0);
+	assert_int_equal(mm_md_uidlist_find(&ul, name, strlen(name)), 3001);
+	char d[300];
+	snprintf(d, sizeof d, "%s/idx", tmpdir);
+	assert_int_equal(mkdir(d, 0700), 0);
+	assert_int_equal(mm_md_uidlist_save(d, &ul), 0);
+	mm_md_uidlist_clear(&ul);
+	assert_int_equal(mm_md_uidlist_load(d, &ul), 0);
+	assert_int_equal(ul.n, 1501);
+	for (uint32_t uid = 1; uid <= 3000; uid += 2) {
+		snprintf(name, sizeof name, "%u.M%uP1.host", 1700000000u + uid, uid);
+		assert_int_equal(mm_md_uidlist_find(&ul, name, strlen(name)), uid);
+	}
+	mm_md_uidlist_clear(&ul);
+}
+
 static void test_folders(void **state)
 {
 	(void)state;
@@ -507,6 +546,7 @@ int main(void)
 		cmocka_unit_test(test_name_format_order),
 		cmocka_unit_test_setup_teardown(test_keywords, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_uidlist_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deliver_mtime, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_folders, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_subscriptions, setup, teardown),
