@@ -727,11 +727,19 @@ int mm_md_folder_create_listed(const char *maildir, const char *folder, const st
 	/* With a uidlist, a new folder other than INBOX is made complete under a
 	 * temporary name and renamed into place: Dovecot never sees it without the
 	 * uidlist (it would number it itself, under another UIDVALIDITY). */
-	bool staged = ul && strcmp(folder, "INBOX") != 0 && access(fd_, F_OK) != 0;
+	bool staged = ul && strcmp(folder, "INBOX") != 0 && access(fd_, F_OK) != 0 && mm_md_is_maildir(maildir);
 	if (staged) {
+		/* under the user's tmp/: not a folder to Dovecot or to our scan meanwhile,
+		 * nor after a crash (Dovecot ages tmp/ out); same filesystem for rename */
 		memcpy(final_, fd_, sizeof final_);
-		if (snprintf(fd_, sizeof fd_, "%s.mmnew%ld", final_, (long)getpid()) >= (int)sizeof fd_)
+		if (snprintf(fd_, sizeof fd_, "%s/tmp/mailmesh-folder.%ld", maildir, (long)getpid()) >= (int)sizeof fd_)
 			return -ENAMETOOLONG;
+		char t[PATHBUF];
+		static const char *const old[] = {"tmp", "new", "cur", "maildirfolder", "dovecot-uidlist"};
+		for (int i = 0; i < 5; i++) /* left by a crash of ours */
+			if (path2(t, sizeof t, fd_, old[i]) >= 0)
+				(void)remove(t);
+		rmdir(fd_);
 	}
 	if ((r = mkdir_parents(maildir, o)) < 0)
 		return r;
