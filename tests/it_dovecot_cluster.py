@@ -118,6 +118,8 @@ def dovecot_test(t, cl, dcs):
     # 1. deliver through LMTP on node 1, read over IMAP on node 3
     d1.lmtp_deliver("one", "the first body, to keep")
     d1.lmtp_deliver("two", "the second body, to expunge")
+    t.check(mmtest.wait_uidlist(cl.nodes[1:], MMUSER),
+            "mailmesh makes alice's INBOX, numbered, on nodes 2 and 3 before a client reads it there")
     empty = frozenset()
     views = wait_views(dcs, {"one": empty, "two": empty})
     t.check(all(v == {"one": empty, "two": empty} for v in views),

@@ -85,18 +85,6 @@ def wait_maps(dcs, folder, n, timeout=60):
     return maps, False
 
 
-def wait_listed(nodes, folder="INBOX", timeout=60):
-    """Waits until mailmesh wrote the folder's dovecot-uidlist on these nodes: a client
-    logging in before would make Dovecot create the user's INBOX itself, under its own
-    UIDVALIDITY (a race the cluster settles with one index reset; see docs/design.md)."""
-    deadline = time.time() + timeout * mmtest.SLOW
-    while time.time() < deadline:
-        if all(os.path.exists(os.path.join(n.maildir(MMUSER, folder), "dovecot-uidlist")) for n in nodes):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def show(maps):
     return "; ".join("node%d %s" % (i + 1, m) for i, m in enumerate(maps or []))
 
@@ -107,7 +95,7 @@ def uid_test(t, cl, dcs):
     # 1. deliveries on node 1: Dovecot makes INBOX and numbers it
     for k in range(5):
         d1.lmtp_deliver("first-%d" % k, "body %d" % k)
-    t.check(wait_listed(cl.nodes[1:3]), "1. mailmesh creates alice's INBOX with its uidlist on nodes 2 and 3")
+    t.check(mmtest.wait_uidlist(cl.nodes[1:3], MMUSER), "1. mailmesh creates alice's INBOX with its uidlist on nodes 2 and 3")
     maps, ok = wait_maps(live, "INBOX", 5)
     t.check(ok, "1. five deliveries on node 1: every node shows the same UIDVALIDITY and UID map (%s)" % show(maps))
     first = maps[0] if ok else None
@@ -169,7 +157,7 @@ def uid_test(t, cl, dcs):
     os.chown(cl.nodes[3].mail, mmtest.NOBODY, mmtest.NOBODY)
     d4.start()
     cl.nodes[3].start()
-    t.check(wait_listed(cl.nodes[3:], timeout=90), "5. node 4 receives alice's INBOX")
+    t.check(mmtest.wait_uidlist(cl.nodes[3:], MMUSER, timeout=90), "5. node 4 receives alice's INBOX")
     maps, ok = wait_maps(dcs, "INBOX", 15, timeout=90)
     t.check(ok, "5. node 4 joins empty and shows INBOX under the same UIDVALIDITY and UIDs (%s)" % show(maps))
     maps, ok = wait_maps(dcs, "Work", 3)

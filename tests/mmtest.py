@@ -544,3 +544,16 @@ def wait_port(port):
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def wait_uidlist(nodes, user, folder="INBOX", timeout=60):
+    """Waits until mailmesh wrote the folder's dovecot-uidlist on these nodes.  A client
+    logging in on a node before that makes its Dovecot create the user's INBOX itself,
+    under its own UIDVALIDITY; the cluster's value then wins and that Dovecot resets its
+    index once, with a warning (docs/design.md, "IMAP UIDs")."""
+    deadline = time.time() + timeout * SLOW
+    while time.time() < deadline:
+        if all(os.path.exists(os.path.join(n.maildir(user, folder), "dovecot-uidlist")) for n in nodes):
+            return True
+        time.sleep(0.1)
+    return False
