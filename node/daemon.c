@@ -27,6 +27,7 @@
 #include "node/store.h"
 #include "proto/fetch.h"
 #include "proto/gossip.h"
+#include "proto/lead.h"
 #include "proto/sync.h"
 
 #define COMMIT_DELAY_MS 20          /* merged remote changes are committed in batches */
@@ -104,22 +105,21 @@ static int want_missing(void *arg, const char *user, const uint8_t key[MM_KEY_LE
 	return 0;
 }
 
-/* The UID authority (crdt/uid.h) is the live node with the lowest id: this node,
- * unless a peer with a lower id is connected, or the daemon started less than
- * UID_AUTHORITY_GRACE_MS ago and such a peer is configured (it may connect in a
- * moment: a restarted node must not move UIDs before it has heard the others). */
+/* The UID authority (crdt/uid.h) is the live node with the lowest id, as the
+ * gossiped heartbeats tell (proto/lead.h: it also holds when not every node talks to
+ * every other); a connected peer with a lower id rules this node out at once; and a
+ * daemon that started less than UID_AUTHORITY_GRACE_MS ago has not heard the others
+ * yet, so it is not the authority (a restarted node must not move UIDs before). */
 #define UID_AUTHORITY_GRACE_MS 5000
 
 static void uid_authority_update(struct mm_daemon *d, uint64_t now)
 {
 	if (!d->cfg.imap_uids)
 		return;
-	bool auth = true;
+	bool auth = mm_lead_is_self(d->lead, now);
 	for (size_t i = 0; i < d->n_peers && auth; i++) {
 		const struct mm_dpeer *p = &d->peers[i];
-		if (p->conf->node_id >= d->cfg.node_id)
-			continue;
-		if (p->state == MM_PEER_ESTABLISHED || now - d->started_ms < UID_AUTHORITY_GRACE_MS)
+		if (p->conf->node_id < d->cfg.node_id && p->state == MM_PEER_ESTABLISHED)
 			auth = false;
 	}
 	if (auth != d->uid_authority) {
@@ -308,6 +308,10 @@ static int daemon_start(struct mm_daemon *d)
 	randombytes_buf(&gc.seed, sizeof gc.seed);
 	if ((r = mm_gossip_new(&gc, &d->gossip)) < 0 || (r = mm_fetch_new(NULL, &d->fetch)) < 0)
 		return r;
+	struct mm_lead_config lc = { .self = d->cfg.node_id, .expire_ms = mm_lead_expire_for(d->cfg.gossip_interval_ms),
+	                             .grace_ms = UID_AUTHORITY_GRACE_MS };
+	if ((r = mm_lead_new(&lc, d->started_ms, &d->lead)) < 0)
+		return r;
 
 	uv_timer_init(&d->loop, &d->gossip_timer);
 	uv_timer_init(&d->loop, &d->scan_timer);
@@ -381,6 +385,7 @@ static void daemon_free(struct mm_daemon *d)
 	free(d->peers);
 	mm_gossip_free(&d->gossip);
 	mm_fetch_free(&d->fetch);
+	mm_lead_free(&d->lead);
 	mm_store_free(&d->store);
 	mm_state_free(&d->state);
 	mm_config_free(&d->cfg);

@@ -22,6 +22,7 @@ struct mm_store;
 struct mm_sync;
 struct mm_gossip;
 struct mm_fetch;
+struct mm_lead;
 struct mm_conn;
 struct mm_watch;
 
@@ -58,6 +59,7 @@ struct mm_daemon {
 	struct mm_store *store;
 	struct mm_gossip *gossip;
 	struct mm_fetch *fetch;
+	struct mm_lead *lead;       /* who is the UID authority (proto/lead.h) */
 	struct mm_dpeer *peers;            /* every peer of the peers file but us */
 	size_t n_peers;
 

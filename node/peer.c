@@ -702,6 +702,7 @@ int mm_peers_start(struct mm_daemon *d)
 			.io = {sync_send, p},
 			.body = bops,
 			.fetch = d->fetch,
+			.lead = d->lead,
 			.clock = &d->clock,
 			.max_skew_ms = d->cfg.max_skew_ms,
 			.event = sync_event,

@@ -273,9 +273,14 @@ int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *m, struct
 		return rc;
 	switch (m->type) {
 	case MM_MSG_DIGEST:
-		if (n != 6 || rd_u64(&r, &m->digest.seq) < 0 || rd_bool(&r, &m->digest.reply) < 0 ||
+		/* 6 elements: a sender without the lead fields (they came later) */
+		m->digest.lead_id = m->digest.lead_beat = 0;
+		if ((n != 6 && n != 8) || rd_u64(&r, &m->digest.seq) < 0 ||
+		    rd_bool(&r, &m->digest.reply) < 0 ||
 		    rd_bin_exact(&r, MM_HASH_LEN, &m->digest.root) < 0 ||
 		    rd_u64(&r, &m->digest.n_users) < 0)
+			return -EBADMSG;
+		if (n == 8 && (rd_u64(&r, &m->digest.lead_id) < 0 || rd_u64(&r, &m->digest.lead_beat) < 0))
 			return -EBADMSG;
 		break;
 	case MM_MSG_START:
@@ -405,14 +410,17 @@ static int pk_name(msgpack_packer *pk, const char *s)
 #define TRY(expr) do { int rc_ = (expr); if (rc_ < 0) return rc_; } while (0)
 
 int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
-                       const uint8_t root[MM_HASH_LEN], uint64_t n_users)
+                       const uint8_t root[MM_HASH_LEN], uint64_t n_users, uint64_t lead_id,
+                       uint64_t lead_beat)
 {
 	PACKER(sb);
-	TRY(enc_head(pk, 6, MM_MSG_DIGEST));
+	TRY(enc_head(pk, 8, MM_MSG_DIGEST));
 	PK(msgpack_pack_uint64(pk, seq));
 	PK(reply ? msgpack_pack_true(pk) : msgpack_pack_false(pk));
 	TRY(pk_bin(pk, root, MM_HASH_LEN));
 	PK(msgpack_pack_uint64(pk, n_users));
+	PK(msgpack_pack_uint64(pk, lead_id));
+	PK(msgpack_pack_uint64(pk, lead_beat));
 	return 0;
 }
 

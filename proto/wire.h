@@ -68,6 +68,9 @@ struct mm_wire_msg {
 			bool reply;
 			const uint8_t *root; /* MM_HASH_LEN bytes */
 			uint64_t n_users;
+			/* the lowest live node the sender knows and its heartbeat
+			 * (proto/lead.h); both 0 when the sender sent none */
+			uint64_t lead_id, lead_beat;
 		} digest;
 		struct {
 			uint64_t round;
@@ -123,7 +126,8 @@ int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *msg_r, st
  * sb->size).  Return 0, -EINVAL (bad argument: name too long, bad record), -ENOMEM.
  * They do not check MM_WIRE_MAX; callers size their batches (mm_wire_rec_size). */
 int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
-                       const uint8_t root[MM_HASH_LEN], uint64_t n_users);
+                       const uint8_t root[MM_HASH_LEN], uint64_t n_users, uint64_t lead_id,
+                       uint64_t lead_beat);
 int mm_wire_enc_start(msgpack_sbuffer *sb, uint64_t round, const uint8_t nonce[MM_WIRE_NONCE_LEN],
                       const uint8_t *summary, size_t summary_len);
 /* DESCENT is built incrementally: begin (n elements announced), then exactly n

@@ -6,6 +6,7 @@
 #define MM_SIM_INTERNAL_H
 
 #include "proto/channel.h"
+#include "proto/lead.h"
 #include "sim/sim.h"
 
 #define SIM_MAX_USERS 16
@@ -125,6 +126,7 @@ struct sim_node {
 	struct mm_clock clock;
 	struct mm_gossip *gossip;
 	struct mm_fetch *fetch;
+	struct mm_lead *lead;   /* UID-authority election (proto/lead.h) */
 	struct sim_peer *peers;
 	uint32_t npeers, cap_peers;
 	/* durable snapshot (last commit) */

@@ -430,6 +430,7 @@ static int make_session(struct sim *s, struct sim_node *n, struct sim_peer *p)
 	c.body.have = body_have;
 	c.body.arg = n;
 	c.fetch = n->fetch;
+	c.lead = n->lead;
 	c.clock = &n->clock;
 	c.event = sync_event;
 	c.event_arg = n;
@@ -463,6 +464,12 @@ int sim_node_start(struct sim *s, struct sim_node *n)
 			return rc;
 	}
 	rc = mm_fetch_new(NULL, &n->fetch);
+	if (rc < 0)
+		return rc;
+	/* as the daemon: the election starts over (nothing of it is durable) */
+	struct mm_lead_config lc = { .self = n->id, .expire_ms = mm_lead_expire_for(s->cfg.gossip_ms),
+	                             .grace_ms = s->cfg.uid_grace_ms };
+	rc = mm_lead_new(&lc, sim_node_now(n), &n->lead);
 	if (rc < 0)
 		return rc;
 	struct mm_gossip_config gc = { .fanout = s->cfg.fanout, .seed = sim_rng_next(&s->rng) };
@@ -515,6 +522,7 @@ static void node_stop(struct sim_node *n)
 	}
 	mm_gossip_free(&n->gossip);
 	mm_fetch_free(&n->fetch);
+	mm_lead_free(&n->lead);
 	mm_state_free(&n->state);
 	n->alive = false;
 	n->uid_auth = false;

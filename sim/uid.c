@@ -22,8 +22,8 @@
  * set_uid (mm_user_uid_move, from a fresh HLC tick) and set_need, lists or re-files
  * each message at its target, and pushes the changes at once (node/daemon.c commit_cb;
  * --no-uid-push leaves them to anti-entropy).  The authority is decided as
- * node/daemon.c uid_authority_update: no connected peer with a lower id, and none
- * configured while the start-up grace runs.
+ * node/daemon.c uid_authority_update: the gossiped election of proto/lead.h names
+ * this node (its start-up grace over), and no connected peer has a lower id.
  *
  * Every addition checks Dovecot's rule (a violation if the plan asked for a UID below
  * NEXTUID, or for one UID twice in one listing); every (user, folder, UIDVALIDITY,
@@ -238,13 +238,11 @@ void sim_uid_delivered(struct sim_node *n, unsigned u, unsigned f, const uint8_t
 
 void sim_uid_authority(struct sim *s, struct sim_node *n)
 {
-	bool auth = true;
+	bool auth = mm_lead_is_self(n->lead, sim_node_now(n));
 	for (uint32_t i = 0; i < n->npeers && auth; i++) {
 		const struct sim_peer *p = &n->peers[i];
-		if (s->nodes[p->idx].id >= n->id)
-			continue;
 		/* established = the channel is up and the session attached (MM_PEER_ESTABLISHED) */
-		if (p->attached || s->now - n->started < s->cfg.uid_grace_ms)
+		if (s->nodes[p->idx].id < n->id && p->attached)
 			auth = false;
 	}
 	if (auth == n->uid_auth)

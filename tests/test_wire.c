@@ -49,7 +49,7 @@ static size_t make_samples(struct sample *s)
 	struct mm_kwreg kws[2] = { { "$Junk", { 1, { 5 << 16, 7 } } }, { "work", { 0, { 6 << 16, 8 } } } };
 	for (size_t i = 0; i < 9; i++)
 		msgpack_sbuffer_init(&s[i].sb);
-	assert_int_equal(mm_wire_enc_digest(&s[n].sb, 77, true, root, 3), 0);
+	assert_int_equal(mm_wire_enc_digest(&s[n].sb, 77, true, root, 3, 5, 1234567), 0);
 	s[n++].type = MM_MSG_DIGEST;
 	assert_int_equal(mm_wire_enc_start(&s[n].sb, 1234567, nonce, summary, sizeof summary), 0);
 	s[n++].type = MM_MSG_START;
@@ -108,6 +108,8 @@ static void test_roundtrip(void **state)
 			assert_true(m.digest.reply);
 			assert_memory_equal(m.digest.root, root, MM_HASH_LEN);
 			assert_int_equal(m.digest.n_users, 3);
+			assert_int_equal(m.digest.lead_id, 5);
+			assert_int_equal(m.digest.lead_beat, 1234567);
 			assert_true(s[i].sb.size < 200); /* the in-sync round costs < 200 bytes */
 			break;
 		case MM_MSG_START:
