@@ -327,6 +327,14 @@ int mm_delta_add(struct mm_delta *d, const char *user, const struct mm_rec *r);
 size_t mm_delta_count(const struct mm_delta *d);
 /* The i-th entry (0 <= i < count): user name and record, borrowed until the next add/clear. */
 const struct mm_rec *mm_delta_get(const struct mm_delta *d, size_t i, const char **user_r);
+/* A delta entry is "fresh" when it carries a message that did not exist before this
+ * delta (mm_user_deliver marks it; a later record for the same key keeps the mark): a
+ * push sends the body of fresh messages inline, and only theirs, because a peer that
+ * already holds the message has its body too (a flag change, a UID move or need must
+ * not resend kilobytes to every peer).  set_fresh: 0, or -ENOENT when (user, key) has
+ * no entry.  fresh: false for i out of range. */
+int mm_delta_set_fresh(struct mm_delta *d, const char *user, const uint8_t key[MM_KEY_LEN]);
+bool mm_delta_fresh(const struct mm_delta *d, size_t i);
 /* Merges every record of d into s; returns the number of records that changed s, or
  * a negative errno (records before the failing one stay merged). */
 int mm_delta_apply(const struct mm_delta *d, struct mm_state *s, mm_effect_fn *eff, void *arg);
@@ -360,7 +368,10 @@ int mm_delta_apply(const struct mm_delta *d, struct mm_state *s, mm_effect_fn *e
  *
  * Records returned by mm_user_get() are materialised into memory owned by the user
  * and released at the first mm_user_get() after the user's next change (or at
- * mm_user_free), so such a record may itself be merged back into the same user; the
+ * mm_user_free), so such a record may itself be merged back into the same user.  A
+ * read-only scan reuses that memory: a record also stays valid only until records of
+ * at least 256 KiB (some hundreds) have been handed out after it, so hold a few, not
+ * a whole scan's worth (copy what must outlive that); the
  * record passed to a foreach callback or an effect callback is valid for the
  * duration of that call only. */
 

@@ -16,6 +16,7 @@ struct dent {
 	struct mm_rec *rec; /* inside blk */
 	void *blk;
 	uint32_t hash;
+	bool fresh;         /* a new message: pushes carry its body */
 };
 
 struct mm_delta {
@@ -65,6 +66,11 @@ const struct mm_rec *mm_delta_get(const struct mm_delta *d, size_t i, const char
 	if (user_r)
 		*user_r = d->e[i].user;
 	return d->e[i].rec;
+}
+
+bool mm_delta_fresh(const struct mm_delta *d, size_t i)
+{
+	return d && i < d->n && d->e[i].fresh;
 }
 
 static uint32_t ent_hash(const char *user, const uint8_t *key)
@@ -178,9 +184,27 @@ int mm_delta_add(struct mm_delta *d, const char *user, const struct mm_rec *r)
 	if (!e->blk)
 		return -ENOMEM;
 	e->hash = h;
+	e->fresh = false;
 	d->tab[j] = (uint32_t)d->n + 1;
 	d->n++;
 	return 0;
+}
+
+int mm_delta_set_fresh(struct mm_delta *d, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	if (!d || !user || !key)
+		return -EINVAL;
+	if (!d->tcap)
+		return -ENOENT;
+	uint32_t h = ent_hash(user, key);
+	for (size_t j = h & (d->tcap - 1); d->tab[j]; j = (j + 1) & (d->tcap - 1)) {
+		struct dent *e = &d->e[d->tab[j] - 1];
+		if (e->hash == h && !memcmp(e->rec->key, key, MM_KEY_LEN) && !strcmp(e->user, user)) {
+			e->fresh = true;
+			return 0;
+		}
+	}
+	return -ENOENT;
 }
 
 int mm_delta_apply(const struct mm_delta *d, struct mm_state *s, mm_effect_fn *eff, void *arg)

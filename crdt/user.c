@@ -87,9 +87,17 @@ struct scratch {
 	struct mm_kwreg *kw[SCR_N];
 	size_t cap;
 	unsigned fe_depth;
-	struct mm_arena view; /* records handed out by mm_user_get */
-	uint64_t view_ver;    /* user version when `view` was last emptied */
+	/* Records handed out by mm_user_get, in two generations: when the current one
+	 * holds VIEW_GEN_BYTES the other is emptied and becomes current, so a long
+	 * read-only scan (no change in between) reuses memory instead of growing, and a
+	 * record stays valid for at least VIEW_GEN_BYTES of records handed out after it. */
+	struct mm_arena view[2];
+	size_t view_bytes;    /* bytes handed out of view[view_cur] */
+	unsigned view_cur;
+	uint64_t view_ver;    /* user version when the views were last emptied */
 };
+
+#define VIEW_GEN_BYTES (256u * 1024)
 
 struct mm_user {
 	char *name;
@@ -614,7 +622,8 @@ struct mm_user *mm_user_new(const char *name)
 		mm_user_free(&u);
 		return NULL;
 	}
-	mm_arena_init(&u->sc->view);
+	mm_arena_init(&u->sc->view[0]);
+	mm_arena_init(&u->sc->view[1]);
 	mm_key_horizon(u->hkey);
 	return u;
 }
@@ -642,7 +651,8 @@ void mm_user_free(struct mm_user **up)
 	if (u->sc) {
 		for (int i = 0; i < SCR_N; i++)
 			free(u->sc->kw[i]);
-		mm_arena_free(&u->sc->view);
+		mm_arena_free(&u->sc->view[0]);
+		mm_arena_free(&u->sc->view[1]);
 		free(u->sc);
 	}
 	free(u->name);
@@ -948,20 +958,30 @@ const struct mm_rec *mm_user_get(const struct mm_user *u, const uint8_t key[MM_K
 	/* Records handed out before the last change are released lazily, here, rather
 	 * than in the change itself: that keeps a record from mm_user_get usable as
 	 * the input of a merge into the same user. */
-	if (u->sc->view_ver != u->version) {
-		mm_arena_reset(&u->sc->view);
-		u->sc->view_ver = u->version;
+	struct scratch *sc = u->sc;
+	if (sc->view_ver != u->version) {
+		mm_arena_reset(&sc->view[0]);
+		mm_arena_reset(&sc->view[1]);
+		sc->view_bytes = 0;
+		sc->view_ver = u->version;
 	}
 	const struct slot *s = find(u, key);
 	if (!s)
 		return NULL;
-	struct mm_rec *r = mm_arena_alloc(&u->sc->view, sizeof *r);
+	if (sc->view_bytes >= VIEW_GEN_BYTES) {
+		sc->view_cur ^= 1;
+		mm_arena_reset(&sc->view[sc->view_cur]);
+		sc->view_bytes = 0;
+	}
+	struct mm_arena *a = &sc->view[sc->view_cur];
+	struct mm_rec *r = mm_arena_alloc(a, sizeof *r);
 	if (!r)
 		return NULL;
 	struct mm_kwreg *kw = NULL;
 	size_t nk = s->type == MM_REC_MESSAGE ? slot_nkw(s) : 0;
-	if (nk && !(kw = mm_arena_alloc(&u->sc->view, nk * sizeof *kw)))
+	if (nk && !(kw = mm_arena_alloc(a, nk * sizeof *kw)))
 		return NULL;
+	sc->view_bytes += sizeof *r + nk * sizeof *kw;
 	mat(u, s, r, kw);
 	return r;
 }
@@ -1242,6 +1262,11 @@ int mm_user_deliver(struct mm_user *u, const char *folder, const uint8_t body[MM
 	}
 	if (rc >= 0)
 		rc = local(u, &r, eff, arg, out);
+	if (rc > 0 && out) {
+		int fr_rc = mm_delta_set_fresh(out, u->name, r.key);
+		if (fr_rc < 0 && fr_rc != -ENOENT)
+			rc = fr_rc;
+	}
 	free(names);
 	free(kws);
 	if (rc >= 0 && key_r)

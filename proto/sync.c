@@ -22,6 +22,7 @@
  * receiver sends the records asked for and then END.
  */
 #include "proto/sync.h"
+#include "proto/lead.h"
 #include "proto/wire.h"
 #include "proto/fetch.h"
 
@@ -132,6 +133,7 @@ struct mm_sync {
 		size_t nacc, cap_acc, acc_bytes;
 		struct mm_arena acca;
 		uint64_t legs, dbytes, rbytes, diffs;
+		uint64_t inline_bytes; /* body bytes sent inline with this round's records */
 	} r;
 	struct job *jobs, *jobs_tail;
 	struct breq *breqs;
@@ -413,7 +415,11 @@ struct emit_ctx {
 static int emit_cb(void *arg, const struct mm_rec *r)
 {
 	struct emit_ctx *c = arg;
-	int rc = rb_add(c->s, c->rb, r, true);
+	struct mm_sync *s = c->s;
+	bool inl = s->r.inline_bytes < s->cfg.round_inline_bytes;
+	uint64_t before = s->st.body_bytes_out;
+	int rc = rb_add(s, c->rb, r, inl);
+	s->r.inline_bytes += s->st.body_bytes_out - before;
 	if (rc < 0 && rc != -EMSGSIZE) {
 		c->rc = rc;
 		return 1;
@@ -582,6 +588,7 @@ static void round_begin(struct mm_sync *s, uint64_t id, bool mine)
 	s->r.id = id;
 	s->r.mine = mine;
 	s->r.legs = s->r.dbytes = s->r.rbytes = s->r.diffs = 0;
+	s->r.inline_bytes = 0;
 	s->r.deadline = s->now + s->cfg.round_timeout_ms;
 	s->st.rounds_started++;
 	event(s, MM_SYNC_EV_ROUND_START, 0, NULL, NULL, id);
@@ -1423,7 +1430,9 @@ static int handle_records(struct mm_sync *s, const struct mm_wire_msg *m, size_t
 		}
 		if (rc > 0) {
 			s->st.records_changed++;
-			if (push && s->cfg.relay && mm_delta_add(s->relay_delta, user, &w->rec) < 0)
+			if (push && s->cfg.relay &&
+			    (mm_delta_add(s->relay_delta, user, &w->rec) < 0 ||
+			     (w->body && mm_delta_set_fresh(s->relay_delta, user, w->rec.key) < 0)))
 				return -ENOMEM;
 		}
 	}
@@ -1458,6 +1467,8 @@ int mm_sync_new(const struct mm_sync_config *cfg, struct mm_sync **s_r)
 		s->cfg.inline_max = MM_SYNC_INLINE_MAX;
 	if (s->cfg.inline_max > MM_WIRE_MAX - 4096)
 		s->cfg.inline_max = MM_WIRE_MAX - 4096;
+	if (!s->cfg.round_inline_bytes)
+		s->cfg.round_inline_bytes = MM_SYNC_ROUND_INLINE;
 	if (!s->cfg.max_skew_ms)
 		s->cfg.max_skew_ms = 60000;
 	s->chunk_cap = MM_SYNC_CHUNK > s->cfg.inline_max ? MM_SYNC_CHUNK : s->cfg.inline_max;
@@ -1591,8 +1602,11 @@ int mm_sync_gossip(struct mm_sync *s, uint64_t now_ms)
 	uint8_t root[MM_HASH_LEN];
 	s->now = now_ms;
 	mm_state_root(s->cfg.state, root);
+	uint64_t lid = 0, lbeat = 0;
+	if (s->cfg.lead)
+		mm_lead_view(s->cfg.lead, now_ms, &lid, &lbeat);
 	int rc = mm_wire_enc_digest(&s->out, ++s->digest_seq, false, root,
-	                            mm_state_user_count(s->cfg.state));
+	                            mm_state_user_count(s->cfg.state), lid, lbeat);
 	if (rc < 0) {
 		s->out.size = 0;
 		return rc;
@@ -1619,7 +1633,7 @@ int mm_sync_push(struct mm_sync *s, const struct mm_delta *d, uint64_t now_ms)
 				break;
 		}
 		rb.user = user;
-		rc = rb_add(s, &rb, r, true);
+		rc = rb_add(s, &rb, r, mm_delta_fresh(d, i));
 		if (rc == -EMSGSIZE)
 			rc = 0;
 	}
@@ -1641,9 +1655,14 @@ static int handle_digest(struct mm_sync *s, const struct mm_wire_msg *m)
 	s->st.peer_users = m->digest.n_users;
 	s->st.last_digest_ms = s->now;
 	bool eq = !memcmp(root, m->digest.root, MM_HASH_LEN);
+	if (s->cfg.lead)
+		mm_lead_observe(s->cfg.lead, m->digest.lead_id, m->digest.lead_beat, s->now);
 	if (!m->digest.reply) {
+		uint64_t lid = 0, lbeat = 0;
+		if (s->cfg.lead)
+			mm_lead_view(s->cfg.lead, s->now, &lid, &lbeat);
 		int rc = mm_wire_enc_digest(&s->out, m->digest.seq, true, root,
-		                            mm_state_user_count(s->cfg.state));
+		                            mm_state_user_count(s->cfg.state), lid, lbeat);
 		if (rc < 0) {
 			s->out.size = 0;
 			return rc;

@@ -24,8 +24,8 @@
  *              collision cannot hide a difference twice); small subtrees are sent as
  *              leaves (key + salted leaf hash).  Records each side lacks or holds
  *              differently travel both ways in RECORDS messages; END closes the round.
- *   push       mm_sync_push() sends new local records at once; bodies up to
- *              cfg.inline_max travel inline in the same message.
+ *   push       mm_sync_push() sends new local records at once; bodies of new
+ *              messages up to cfg.inline_max travel inline in the same message.
  *   bodies     GET_BODY / BODY (chunks <= MM_SYNC_CHUNK) / BODY_ERR; every received
  *              body is verified against its id (BLAKE2b-256) while it streams.
  *
@@ -45,6 +45,7 @@
 #include "crdt/crdt.h"
 
 struct mm_fetch;
+struct mm_lead;
 struct mm_sync;
 
 enum mm_chan {
@@ -54,6 +55,7 @@ enum mm_chan {
 
 #define MM_SYNC_CHUNK (48 * 1024)         /* body bytes per BODY message */
 #define MM_SYNC_INLINE_MAX (40 * 1024)    /* default cfg.inline_max */
+#define MM_SYNC_ROUND_INLINE (1024 * 1024) /* default cfg.round_inline_bytes */
 #define MM_SYNC_ROUND_TIMEOUT_MS 10000    /* default cfg.round_timeout_ms */
 #define MM_SYNC_BODY_TIMEOUT_MS 30000     /* default cfg.body_timeout_ms */
 
@@ -165,6 +167,9 @@ struct mm_sync_config {
 	struct mm_fetch *fetch;      /* node's body scheduler, or NULL: the session registers
 	                              * itself (mm_fetch_peer_up/down) and reports missing
 	                              * bodies to it */
+	struct mm_lead *lead;        /* node's UID-authority election (proto/lead.h), or NULL:
+	                              * its view goes into every DIGEST, and the peer's is
+	                              * observed into it */
 	struct mm_clock *clock;      /* when not NULL, remote stamps are observed into it */
 	uint64_t max_skew_ms;        /* for mm_clock_observe (0 = 60000) */
 	void (*event)(void *arg, struct mm_sync *s, const struct mm_sync_event *ev);
@@ -177,6 +182,13 @@ struct mm_sync_config {
 	uint32_t body_timeout_ms;    /* 0 = MM_SYNC_BODY_TIMEOUT_MS */
 	uint32_t inline_max;         /* 0 = MM_SYNC_INLINE_MAX; larger values are clamped so a
 	                              * record and its body fit one message */
+	/* Body bytes one round may send inline with the records the peer lacks; beyond
+	 * them records go alone and the peer's fetch scheduler pulls the bodies from every
+	 * peer that has them (a joining node then draws from several peers at once instead
+	 * of from whichever round descended first, and overlapping rounds do not ship the
+	 * same bodies twice).  0 = MM_SYNC_ROUND_INLINE; UINT64_MAX = no limit.  Pushes
+	 * are not limited by it. */
+	uint64_t round_inline_bytes;
 	void *user_data;             /* for the driver: mm_sync_user_data() */
 };
 
@@ -219,8 +231,9 @@ int mm_sync_start(struct mm_sync *s, uint64_t now_ms);
 
 /* Live push of local changes (d as produced by the crdt local-change functions, or a
  * relayed delta): sends the records on the stream at once, one message per user (or
- * more if large), with the body of each MESSAGE inline when it is present and at most
- * inline_max bytes.  Returns the number of records sent, -ENOTCONN (stream down: the
+ * more if large), with the body of each fresh MESSAGE (mm_delta_fresh: a new message,
+ * not a change to one the peer has) inline when it is present and at most inline_max
+ * bytes.  Returns the number of records sent, -ENOTCONN (stream down: the
  * changes will reach the peer through anti-entropy), other negative errno. */
 int mm_sync_push(struct mm_sync *s, const struct mm_delta *d, uint64_t now_ms);
 

@@ -74,6 +74,8 @@ def join_test(t, seed):
         new.start()
         rss0 = new.vmrss_kb()
         peak = rss0 or 0
+        anon0 = new.vmrss_kb("RssAnon") or 0
+        anon_peak = anon0
         samples = 0
         deadline = time.time() + 240 * mmtest.SLOW
         joined = False
@@ -83,6 +85,7 @@ def join_test(t, seed):
             if r is None:
                 break
             peak = max(peak, r)
+            anon_peak = max(anon_peak, new.vmrss_kb("RssAnon") or 0)
             samples += 1
             if time.time() - last_check > 0.5:
                 last_check = time.time()
@@ -117,6 +120,7 @@ def join_test(t, seed):
         bound_mb = int(os.environ.get("MEM_BOUND_MB", "64"))
         print("info: joining node VmRSS %d kB at start, %d kB peak over %d samples; received %.1f MB" %
               (rss0 or 0, peak, samples, total / 1e6), flush=True)
+        print("info: of which anonymous (RssAnon): %d kB at start, %d kB peak" % (anon0, anon_peak), flush=True)
         # Under ASan, VmRSS includes shadow memory and allocator overhead: only the growth
         # bound says something there; "below what was received" is for the real build.
         below_received = peak * 1024 < total or mmtest.SANITIZE

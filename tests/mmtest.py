@@ -120,15 +120,17 @@ class Node:
         """The daemon's process id (the process after self.prefix, which execs), or None."""
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
-    def vmrss_kb(self):
-        """The daemon's resident set size in KiB (from /proc), or None if not running."""
+    def vmrss_kb(self, field="VmRSS"):
+        """The daemon's resident set size in KiB (from /proc), or None if not running.
+        field="RssAnon" gives the anonymous part (heap, stacks) without the file pages
+        it has mapped (LMDB's map), which the kernel can drop at will."""
         pid = self.pid()
         if pid is None:
             return None
         try:
             with open("/proc/%d/status" % pid) as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         return int(line.split()[1])
         except OSError:
             pass

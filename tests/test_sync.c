@@ -286,6 +286,8 @@ static void net_run(struct net *net)
 	}
 }
 
+static uint64_t net_round_inline; /* cfg.round_inline_bytes of the next net_init */
+
 static void net_init(struct net *net, int n, unsigned inline_max)
 {
 	memset(net, 0, sizeof *net);
@@ -320,6 +322,7 @@ static void net_init(struct net *net, int n, unsigned inline_max)
 				.relay = mm_gossip_relay,
 				.relay_arg = nd->g,
 				.inline_max = inline_max,
+				.round_inline_bytes = net_round_inline,
 			};
 			assert_int_equal(mm_sync_new(&c, &nd->sess[j]), 0);
 			assert_int_equal(mm_gossip_add(nd->g, nd->sess[j]), 0);
@@ -654,6 +657,99 @@ static void test_push_inline(void **state)
 	check_same(b, a);
 	check_same(a, b);
 	assert_int_equal(mm_sync_stats(b->sess[0])->bodies_in, 1);
+
+	/* A change to a message the peer has (a flag) is pushed without its body. */
+	mm_delta_clear(a->delta);
+	struct mm_user *u = mm_state_user(a->st, "ex.com/bob", false);
+	mm_hlc stamp = mm_clock_tick(&a->clk, net.now);
+	assert_int_equal(mm_user_set_flag(u, a->keys[0], MM_FLAG_FLAGGED, !mm_user_get(u, a->keys[0])->msg.flags[MM_FLAG_FLAGGED].value,
+	                                  stamp, NULL, NULL, a->delta), 1);
+	assert_false(mm_delta_fresh(a->delta, 0));
+	uint64_t before = net.bytes_by_type[MM_MSG_RECORDS];
+	assert_int_equal(mm_gossip_push(a->g, a->delta, NULL, net.now), 1);
+	assert_true(net.bytes_by_type[MM_MSG_RECORDS] - before < 1000);
+	net_run(&net);
+	check_same(b, a);
+	assert_int_equal(mm_sync_stats(a->sess[1])->bodies_out, 1);
+	assert_int_equal(mm_sync_stats(b->sess[0])->bodies_in, 1);
+	net_free(&net);
+}
+
+/* Delta entries: a delivery is fresh (and stays so when a later change to the same
+ * message replaces its record in the delta); other changes are not. */
+static void test_delta_fresh(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 2, 0);
+	struct node *a = &net.nodes[0];
+	struct mm_delta *d = mm_delta_new();
+	deliver(a, "ex.com/bob", 100, d);
+	deliver(a, "ex.com/bob", 100, NULL);
+	/* the delivery's delta holds the new FOLDER record and the message */
+	size_t msg_i = SIZE_MAX;
+	for (size_t i = 0; i < mm_delta_count(d); i++) {
+		const struct mm_rec *r = mm_delta_get(d, i, NULL);
+		assert_int_equal(mm_delta_fresh(d, i), r->type == MM_REC_MESSAGE);
+		if (r->type == MM_REC_MESSAGE)
+			msg_i = i;
+	}
+	assert_true(msg_i != SIZE_MAX);
+	struct mm_user *u = mm_state_user(a->st, "ex.com/bob", false);
+	mm_hlc stamp = mm_clock_tick(&a->clk, net.now);
+	assert_true(mm_user_set_keyword(u, a->keys[0], "work", true, stamp, NULL, NULL, d) >= 0);
+	assert_true(mm_delta_fresh(d, msg_i));
+	stamp = mm_clock_tick(&a->clk, net.now);
+	assert_true(mm_user_set_keyword(u, a->keys[1], "work", true, stamp, NULL, NULL, d) >= 0);
+	assert_false(mm_delta_fresh(d, mm_delta_count(d) - 1));
+	assert_false(mm_delta_fresh(d, mm_delta_count(d)));
+	assert_int_equal(mm_delta_set_fresh(d, "ex.com/nobody", a->keys[0]), -ENOENT);
+	mm_delta_clear(d);
+	assert_int_equal(mm_delta_set_fresh(d, "ex.com/bob", a->keys[0]), -ENOENT);
+	mm_delta_free(&d);
+	net_free(&net);
+}
+
+/* A node joining two peers that hold the same mailbox draws its bodies from both: a
+ * round inlines at most round_inline_bytes, the rest goes through the fetch
+ * scheduler, which spreads it over every connected peer; and no body comes twice
+ * beyond the rounds' inline budgets. */
+static void test_join_from_several(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_round_inline = 64 * 1024;
+	net_init(&net, 3, 0);
+	net_round_inline = 0;
+	struct node *a = &net.nodes[0], *b = &net.nodes[1], *c = &net.nodes[2];
+	struct mm_delta *d = mm_delta_new();
+	const size_t N = 300, SIZE = 8000;
+	uint8_t *data = malloc(SIZE);
+	for (size_t k = 0; k < N; k++) {
+		for (size_t i = 0; i < SIZE; i++)
+			data[i] = (uint8_t)rnd();
+		uint8_t id[MM_ID_LEN], key[MM_KEY_LEN];
+		mm_body_id(data, SIZE, id);
+		body_put(a, "ex.com/alice", id, data, SIZE);
+		body_put(b, "ex.com/alice", id, data, SIZE);
+		mm_hlc stamp = mm_clock_tick(&a->clk, net.now);
+		assert_int_equal(mm_user_deliver(mm_state_user(a->st, "ex.com/alice", true), "INBOX", id, SIZE,
+		                                 1700000000, 0, NULL, 0, 0, stamp, key, NULL, NULL, d), 1);
+	}
+	free(data);
+	assert_true(mm_delta_apply(d, b->st, NULL, NULL) > 0);
+	mm_delta_free(&d);
+	run_until_converged(&net, 200);
+	check_same(c, a);
+	uint64_t from_a = mm_sync_stats(c->sess[0])->bodies_in, from_b = mm_sync_stats(c->sess[1])->bodies_in;
+	print_message("joiner: %llu bodies from a, %llu from b\n", (unsigned long long)from_a,
+	              (unsigned long long)from_b);
+	assert_true(from_a > N / 5);
+	assert_true(from_b > N / 5);
+	/* at most one inline budget per round twice over: a few dozen extra at most */
+	assert_true(from_a + from_b <= N + 2 * (64 * 1024 / SIZE + 1) * 2);
 	net_free(&net);
 }
 
@@ -804,6 +900,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_push_inline),
+		cmocka_unit_test(test_delta_fresh),
+		cmocka_unit_test(test_join_from_several),
 		cmocka_unit_test(test_unknown_version),
 		cmocka_unit_test(test_corrupt_body),
 		cmocka_unit_test(test_two_nodes),
