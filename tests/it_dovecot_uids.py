@@ -16,6 +16,7 @@ and no Dovecot log holds an error, warning or panic (no uidlist or index complai
 Dovecot and the daemons are stopped and the temp dir removed always.  Prints
 `N passed, N failed`."""
 import os
+import re
 import sys
 import threading
 import time
@@ -189,6 +190,13 @@ def main():
             node.start()
         started = dcs
         t.run(uid_test, cl, dcs)
+        if t.failed:
+            # what each daemon decided about UIDs, to tell a rule bug from a slow run
+            for node in cl.nodes:
+                lines = [l for l in node.log_text().splitlines()
+                         if re.search(r"UID|authority|held|hold", l)]
+                print("---- node%d: UID decisions (last 40 of %d) ----\n%s" %
+                      (node.i, len(lines), "\n".join(lines[-40:])), flush=True)
         codes = [node.stop() for node in cl.nodes]
         t.check(codes == [0] * 4, "every daemon stops cleanly on SIGTERM (%s)" % codes)
         failed = t.failed > 0
