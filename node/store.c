@@ -3474,6 +3474,98 @@ static int miss_user_cb(void *arg, struct mm_user *u)
 	return mm_user_foreach(u, NULL, 0, miss_rec_cb, &c);
 }
 
+/* Bodies a previous run left in a folder's tmp/: held back for UID order, staged when
+ * it stopped, or written when it was killed.  Each file we write there is named
+ * "...mm_<record key in hex>,S=<size>", so one whose record is still live, still
+ * missing its file here, and whose bytes are complete and match the id is taken as if
+ * it had just arrived (placed at the next flush, in UID order) instead of being
+ * fetched again; ours that no longer serve are removed.  Other files (Dovecot's, a
+ * folder being assembled) are left alone.  Returns the number of bodies recovered. */
+static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct folder *fo)
+{
+	char dir[PATHBUF];
+	if (snprintf(dir, sizeof dir, "%s/tmp", fo->dir) >= (int)sizeof dir)
+		return 0;
+	DIR *d = opendir(dir);
+	if (!d)
+		return 0;
+	size_t got = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		const char *m = strstr(de->d_name, ".mm_");
+		uint8_t key[MM_KEY_LEN];
+		size_t bin_len = 0;
+		if (!m || strlen(de->d_name) >= sizeof(((struct mm_body_writer *)0)->base) ||
+		    strncmp(m + 4 + 2 * MM_KEY_LEN, ",S=", 3) != 0 ||
+		    sodium_hex2bin(key, sizeof key, m + 4, 2 * MM_KEY_LEN, NULL, &bin_len, NULL) != 0 ||
+		    bin_len != MM_KEY_LEN)
+			continue;
+		char path[PATHBUF];
+		if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path)
+			continue;
+		struct mm_user *mu = mm_state_user(s->state, u->name, false);
+		const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
+		char k[KBUF];
+		size_t kl = k_ub(k, u->name, key, MM_KEY_LEN);
+		if (!r || r->type != MM_REC_MESSAGE || strcmp(r->msg.folder, fo->name) != 0 ||
+		    !hm_get(&s->missing, k, kl) || fent_by_key(s, u->name, key) || staged_get(s, u->name, key)) {
+			unlink(path); /* ours, and no longer wanted here */
+			continue;
+		}
+		uint64_t size = r->msg.size;
+		int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+		struct stat st;
+		if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != size) {
+			if (fd >= 0)
+				close(fd);
+			unlink(path); /* cut short by a crash: fetched again */
+			continue;
+		}
+		struct mm_body_writer *w = calloc(1, sizeof(*w));
+		if (!w || !(w->user = strdup(u->name))) {
+			free(w);
+			close(fd);
+			break;
+		}
+		w->s = s;
+		w->fo = fo;
+		w->fd = fd;
+		memcpy(w->key, key, MM_KEY_LEN);
+		snprintf(w->base, sizeof w->base, "%s", de->d_name);
+		crypto_generichash_init(&w->h, NULL, 0, MM_ID_LEN);
+		uint8_t buf[65536];
+		for (;;) {
+			ssize_t n = pread(fd, buf, sizeof buf, (off_t)w->n);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				if (n < 0)
+					w->err = -errno;
+				break;
+			}
+			crypto_generichash_update(&w->h, buf, (size_t)n);
+			w->n += (uint64_t)n;
+		}
+		/* checks size and id (a mismatch is logged and removed), stages it */
+		if (mm_store_body_stage(&w) == 0 && !w)
+			got++;
+	}
+	closedir(d);
+	return got;
+}
+
+static void recover_tmp(struct mm_store *s)
+{
+	size_t got = 0;
+	for (struct user *u = s->users; u; u = u->next)
+		for (struct folder *fo = u->folders; fo; fo = fo->unext)
+			if (fo->miss_n)
+				got += recover_folder_tmp(s, u, fo);
+	if (got)
+		logmsg(s, MM_STORE_LOG_INFO, "%zu bodies recovered from tmp/ (left by the last run), not fetched again",
+		       got);
+}
+
 int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
                   struct mm_state *state, struct mm_clock *clock, char *err, size_t errlen)
 {
@@ -3550,6 +3642,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		mm_store_free(&s);
 		return r;
 	}
+	recover_tmp(s);
 	*sp = s;
 	return 0;
 }
@@ -3577,8 +3670,10 @@ void mm_store_free(struct mm_store **sp)
 				free(fe->name);
 				free(fe);
 			}
-			for (size_t i = 0; i < fo->n_held; i++) /* held bodies stay missing */
-				writer_free(&fo->held[i], true);
+			/* held bodies stay missing, and their files in tmp/: the next
+			 * start takes them back (recover_tmp) */
+			for (size_t i = 0; i < fo->n_held; i++)
+				writer_free(&fo->held[i], false);
 			free(fo->held);
 			mm_md_keywords_clear(&fo->kw);
 			free(fo->name);

@@ -690,6 +690,9 @@ static void test_stage_flush(void **state)
 	node_close(&b);
 }
 
+/* (test_crash_between_commit_and_rename, below, also covers recover_tmp: bodies a
+ * killed run left in tmp/ are taken back at the next open.) */
+
 /* A batch large enough for the one-syncfs path: every file placed with its contents
  * and INTERNALDATE, as a copy of the source Maildir. */
 static void test_stage_batch(void **state)
@@ -753,16 +756,43 @@ static void test_crash_between_commit_and_rename(void **state)
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	node_close(&b);
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 3); /* what the crash left */
+	/* beside them: a copy of one of ours cut short by the crash, and Dovecot's own */
+	char tdir[512], src[1024], dst[1024];
+	udir(&b, "INBOX", tdir, sizeof tdir);
+	strcat(tdir, "/tmp");
+	DIR *dd = opendir(tdir);
+	assert_non_null(dd);
+	struct dirent *de;
+	while ((de = readdir(dd)) && !strstr(de->d_name, ".mm_"))
+		;
+	assert_non_null(de);
+	const char *mm = strstr(de->d_name, ".mm_");
+	snprintf(src, sizeof src, "%s/%s", tdir, de->d_name);
+	snprintf(dst, sizeof dst, "%s/1.M999P999%s", tdir, mm);
+	closedir(dd);
+	FILE *f = fopen(dst, "w");
+	assert_non_null(f);
+	fputs("Subject: cut", f);
+	fclose(f);
+	snprintf(dst, sizeof dst, "%s/1700000009.M5P5.mx", tdir);
+	assert_non_null(f = fopen(dst, "w"));
+	fputs("Subject: Dovecot's\r\n\r\nbeing delivered\r\n", f);
+	fclose(f);
 	node_open(&b, "b", 2);
 	mm_state_root(b.st, r2);
 	assert_memory_equal(r1, r2, MM_HASH_LEN);
-	assert_int_equal(scan(&b, NULL), 0); /* tmp/ is not a message */
-	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 0);
-	assert_int_equal(mm_store_missing_count(b.s), 3);
+	/* the three complete bodies are taken back from tmp/ (not fetched again), the cut
+	 * one removed, Dovecot's left alone */
+	assert_int_equal(mm_store_staged_count(b.s), 3);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 4);
 	struct xfer x = {&a, &b, 0, 0};
 	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
-	assert_int_equal(x.n, 3);
+	assert_int_equal(x.n, 0);
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 0);
+	assert_int_equal(scan(&b, NULL), 0); /* tmp/ is not a message; the commit places them */
 	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_staged_count(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 1);
 	assert_int_equal(mm_store_commit(b.s), 0);
 	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
 	assert_int_equal(mm_store_missing_count(b.s), 0);
