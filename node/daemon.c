@@ -105,23 +105,21 @@ static int want_missing(void *arg, const char *user, const uint8_t key[MM_KEY_LE
 	return 0;
 }
 
-/* The UID authority (crdt/uid.h) is the live node with the lowest id, as the
- * gossiped heartbeats tell (proto/lead.h: it also holds when not every node talks to
- * every other); a connected peer with a lower id rules this node out at once; and a
- * daemon that started less than UID_AUTHORITY_GRACE_MS ago has not heard the others
- * yet, so it is not the authority (a restarted node must not move UIDs before). */
+/* The UID authority (crdt/uid.h) is the live node with the lowest id that is not
+ * catching up, as the gossiped heartbeats tell (proto/lead.h: it also holds when not
+ * every node talks to every other).  A daemon that started less than
+ * UID_AUTHORITY_GRACE_MS ago, or has not heard a peer yet, is not the authority (a
+ * restarted node must not move UIDs before it knows who else is up); nor is one
+ * missing more than MM_LEAD_CATCHUP_MISSING bodies (joining or restarted after a long
+ * absence: it would move every message it cannot list in order yet, on every node). */
 #define UID_AUTHORITY_GRACE_MS 5000
 
 static void uid_authority_update(struct mm_daemon *d, uint64_t now)
 {
 	if (!d->cfg.imap_uids)
 		return;
+	mm_lead_set_eligible(d->lead, mm_store_missing_count(d->store) <= MM_LEAD_CATCHUP_MISSING);
 	bool auth = mm_lead_is_self(d->lead, now);
-	for (size_t i = 0; i < d->n_peers && auth; i++) {
-		const struct mm_dpeer *p = &d->peers[i];
-		if (p->conf->node_id < d->cfg.node_id && p->state == MM_PEER_ESTABLISHED)
-			auth = false;
-	}
 	if (auth != d->uid_authority) {
 		mm_log(MM_LOG_INFO, "%s the IMAP UID authority", auth ? "now" : "no longer");
 		d->uid_authority = auth;
@@ -425,6 +423,8 @@ int mm_cmd_run(int argc, char **argv)
 		mm_log(MM_LOG_ERROR, "start-up failed: %s", strerror(-r));
 		daemon_stop(d, 1);
 	}
+	if (d->lead)
+		mm_lead_start(d->lead, mm_daemon_now()); /* the UID authority grace starts now */
 	uv_run(&d->loop, UV_RUN_DEFAULT);
 	int status = d->exit_status;
 	/* Everything was closed by daemon_stop; a handle still open is a leak. */

@@ -2484,7 +2484,9 @@ int mm_store_body_stage(struct mm_body_writer **wp)
 		return r;
 	/* start the writeback now: the fsync at placement then mostly waits for I/O that
 	 * is already under way, for all the files of the batch at once */
-	sync_file_range(w->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	bool w_fd_open = w->fd >= 0; /* recover_tmp's are sealed and closed already */
+	if (w_fd_open)
+		sync_file_range(w->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 	char k[KBUF];
 	size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
 	if (hm_put(&s->staged_keys, k, kl, w) < 0) {
@@ -2496,7 +2498,7 @@ int mm_store_body_stage(struct mm_body_writer **wp)
 	s->staged_tail = &w->snext;
 	s->n_staged++;
 	*wp = NULL;
-	if (s->n_staged >= STAGE_MAX_FILES)
+	if (s->n_staged >= STAGE_MAX_FILES && w_fd_open)
 		mm_store_flush(s); /* a failure leaves the bodies missing: asked for again */
 	return 0;
 }
@@ -3546,7 +3548,25 @@ static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct fold
 			crypto_generichash_update(&w->h, buf, (size_t)n);
 			w->n += (uint64_t)n;
 		}
-		/* checks size and id (a mismatch is logged and removed), stages it */
+		/* complete and what the record says: sealed now (durable, its mtime the
+		 * INTERNALDATE) and closed, so recovering thousands holds no descriptors
+		 * and needs no flush before the daemon is up; place_list takes a writer
+		 * without a descriptor as sealed */
+		uint8_t id[MM_ID_LEN];
+		crypto_generichash_state h2 = w->h;
+		crypto_generichash_final(&h2, id, MM_ID_LEN);
+		bool mismatch = !w->err && w->n == size && sodium_memcmp(id, r->msg.body, MM_ID_LEN) != 0;
+		bool bad = w->err || w->n != size || mismatch;
+		if (!bad) {
+			bad = mm_md_tmp_seal(w->fd, r->msg.internaldate, true) < 0;
+			w->fd = -1; /* closed by the seal in any case */
+		}
+		if (bad) {
+			if (mismatch)
+				logmsg(s, MM_STORE_LOG_WARNING, "%s: does not match its id: removed", path);
+			writer_free(&w, true);
+			continue;
+		}
 		if (mm_store_body_stage(&w) == 0 && !w)
 			got++;
 	}

@@ -18,6 +18,8 @@ struct known {
 struct mm_lead {
 	struct mm_lead_config cfg;
 	uint64_t started;
+	bool heard;         /* some peer's view arrived since the start */
+	bool ineligible;    /* mm_lead_set_eligible(false) */
 	struct known k[MM_LEAD_MAX_KNOWN];
 	size_t n;
 };
@@ -74,9 +76,21 @@ uint64_t mm_lead_leader(const struct mm_lead *l, uint64_t now_ms)
 	return b ? b->id : l->cfg.self;
 }
 
+void mm_lead_set_eligible(struct mm_lead *l, bool eligible)
+{
+	l->ineligible = !eligible;
+}
+
+void mm_lead_start(struct mm_lead *l, uint64_t now_ms)
+{
+	l->started = now_ms;
+	l->heard = false;
+}
+
 bool mm_lead_is_self(const struct mm_lead *l, uint64_t now_ms)
 {
-	if (now_ms >= l->started && now_ms - l->started < l->cfg.grace_ms)
+	uint64_t up = now_ms >= l->started ? now_ms - l->started : 0;
+	if (l->ineligible || up < l->cfg.grace_ms || (!l->heard && up < l->cfg.expire_ms))
 		return false;
 	return lowest_alive(l, now_ms) == NULL;
 }
@@ -84,13 +98,16 @@ bool mm_lead_is_self(const struct mm_lead *l, uint64_t now_ms)
 void mm_lead_view(const struct mm_lead *l, uint64_t now_ms, uint64_t *id_r, uint64_t *beat_r)
 {
 	const struct known *b = lowest_alive(l, now_ms);
-	*id_r = b ? b->id : l->cfg.self;
-	*beat_r = b ? b->beat : now_ms;
+	*id_r = b ? b->id : l->ineligible ? 0 : l->cfg.self;
+	*beat_r = b ? b->beat : l->ineligible ? 0 : now_ms;
 }
 
 bool mm_lead_observe(struct mm_lead *l, uint64_t id, uint64_t beat, uint64_t now_ms)
 {
-	if (!id || id >= l->cfg.self)
+	if (!id)
+		return false;
+	l->heard = true;
+	if (id >= l->cfg.self)
 		return false;
 	uint64_t before = mm_lead_leader(l, now_ms);
 	struct known *k = NULL;

@@ -29,6 +29,8 @@ struct mm_lead;
 
 #define MM_LEAD_EXPIRE_MS 30000  /* default cfg.expire_ms */
 #define MM_LEAD_MAX_KNOWN 64     /* lower nodes remembered (the lowest ones are kept) */
+#define MM_LEAD_CATCHUP_MISSING 64 /* a node missing more bodies than this is catching up:
+                                    * drivers make it not eligible (mm_lead_set_eligible) */
 
 struct mm_lead_config {
 	uint64_t self;          /* this node's id (node ids are unique in the cluster) */
@@ -50,18 +52,37 @@ int mm_lead_new(const struct mm_lead_config *cfg, uint64_t now_ms, struct mm_lea
 void mm_lead_free(struct mm_lead **lp);
 
 /* What this node advertises in a DIGEST: the lowest node id it believes alive (itself
- * when it knows none lower) and that node's latest heartbeat (now_ms for itself). */
+ * when it knows none lower and is eligible) and that node's latest heartbeat (now_ms
+ * for itself); (0, 0) when it knows none and is not eligible. */
 void mm_lead_view(const struct mm_lead *l, uint64_t now_ms, uint64_t *id_r, uint64_t *beat_r);
 
-/* A peer advertised (id, beat).  Ignored when id is 0, this node or above it, or when
- * beat is not above the last heartbeat seen from id; otherwise id counts as alive
- * until now_ms + expire_ms.  Returns true when the leader changed. */
+/* A peer advertised (id, beat).  Any id but 0 counts as having heard a peer.  Then
+ * ignored when id is this node or above it, or when beat is not above the last
+ * heartbeat seen from id; otherwise id counts as alive until now_ms + expire_ms.
+ * Returns true when the leader changed. */
 bool mm_lead_observe(struct mm_lead *l, uint64_t id, uint64_t beat, uint64_t now_ms);
 
 /* The lowest node id believed alive at now_ms (self when none lower). */
 uint64_t mm_lead_leader(const struct mm_lead *l, uint64_t now_ms);
 
-/* This node is the authority: it is the leader and its start-up grace is over. */
+/* Whether this node may be the authority.  A node catching up (a joining or restarted
+ * node still missing many bodies) should not be: it cannot list the folder's messages
+ * in UID order yet, and as the authority it would move every one it could not show,
+ * on every node, where a caught-up node would move none.  While not eligible it does
+ * not advertise itself (peers take it for gone after expire_ms and the next lowest
+ * node decides); eligible again, it takes over as its heartbeat spreads.  Default:
+ * eligible. */
+void mm_lead_set_eligible(struct mm_lead *l, bool eligible);
+
+/* The node is up from now_ms (its grace counts from here: a daemon starts its grace
+ * when its network starts, not before a slow store open). */
+void mm_lead_start(struct mm_lead *l, uint64_t now_ms);
+
+/* This node is the authority: it is eligible and the leader, its start-up grace is over, and it has
+ * heard some peer's view since it started (or expire_ms passed without any: it is
+ * alone).  A node just restarted knows no heartbeat yet and would otherwise take
+ * itself for the lowest live node until its peers reconnect, moving UIDs that the
+ * real authority is moving too. */
 bool mm_lead_is_self(const struct mm_lead *l, uint64_t now_ms);
 
 #endif

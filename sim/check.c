@@ -62,6 +62,15 @@ void sim_trace_finish(struct sim *s)
 
 /* ---- convergence ------------------------------------------------------------------- */
 
+static bool bodies_present(struct sim_node *n, uint64_t *missing_r);
+
+uint64_t sim_node_missing_bodies(struct sim_node *n)
+{
+	uint64_t missing = 0;
+	bodies_present(n, &missing);
+	return missing;
+}
+
 static bool bodies_present(struct sim_node *n, uint64_t *missing_r)
 {
 	size_t pos = 0;

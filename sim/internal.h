@@ -273,6 +273,8 @@ void sim_chan_free_captures(struct sim *s);
 
 /* node.c */
 uint64_t sim_node_now(const struct sim_node *n);
+/* Live messages of n whose body n lacks. */
+uint64_t sim_node_missing_bodies(struct sim_node *n);
 int sim_node_start(struct sim *s, struct sim_node *n);
 void sim_node_crash(struct sim *s, struct sim_node *n);
 int sim_node_commit(struct sim_node *n);

@@ -23,7 +23,7 @@
  * each message at its target, and pushes the changes at once (node/daemon.c commit_cb;
  * --no-uid-push leaves them to anti-entropy).  The authority is decided as
  * node/daemon.c uid_authority_update: the gossiped election of proto/lead.h names
- * this node (its start-up grace over), and no connected peer has a lower id.
+ * this node (its start-up grace over, a peer heard, not catching up).
  *
  * Every addition checks Dovecot's rule (a violation if the plan asked for a UID below
  * NEXTUID, or for one UID twice in one listing); every (user, folder, UIDVALIDITY,
@@ -238,13 +238,8 @@ void sim_uid_delivered(struct sim_node *n, unsigned u, unsigned f, const uint8_t
 
 void sim_uid_authority(struct sim *s, struct sim_node *n)
 {
+	mm_lead_set_eligible(n->lead, sim_node_missing_bodies(n) <= MM_LEAD_CATCHUP_MISSING);
 	bool auth = mm_lead_is_self(n->lead, sim_node_now(n));
-	for (uint32_t i = 0; i < n->npeers && auth; i++) {
-		const struct sim_peer *p = &n->peers[i];
-		/* established = the channel is up and the session attached (MM_PEER_ESTABLISHED) */
-		if (s->nodes[p->idx].id < n->id && p->attached)
-			auth = false;
-	}
 	if (auth == n->uid_auth)
 		return;
 	n->uid_auth = auth;

@@ -16,6 +16,7 @@ stops cleanly on SIGTERM.  Prints `N passed, N failed`."""
 import hashlib
 import os
 import random
+import re
 import sys
 import time
 
@@ -147,6 +148,12 @@ def finish(t, cl, expected, expunged, label):
             if os.path.basename(dirpath) == "tmp":
                 tmp_left += len(filenames)
     print("info: %s: %d file(s) left in tmp/ directories" % (label, tmp_left), flush=True)
+    # UID churn: each move re-files the message on every node (clients see it as an
+    # expunge and a new message); a node catching up must not cause it
+    moves = [node.log_text().count(" moves from UID ") for node in cl.nodes]
+    recovered = sum(len(re.findall(r"(\d+) bodies recovered from tmp/", node.log_text())) for node in cl.nodes)
+    print("info: %s: UID moves by node %s; %d start(s) took bodies back from tmp/" % (label, moves, recovered),
+          flush=True)
     codes = [node.stop() for node in cl.nodes]
     t.check(codes == [0] * len(cl.nodes), "%s: every daemon stops cleanly on SIGTERM (%s)" % (label, codes))
 

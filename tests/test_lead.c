@@ -36,9 +36,14 @@ static void test_basics(void **state)
 	mm_lead_view(l, 200, &id, &beat);
 	assert_int_equal(id, 5);
 	assert_int_equal(beat, 200);
-	assert_true(mm_lead_is_self(l, 200));
-	/* higher ids, ourselves and 0 are ignored */
+	/* not before it has heard a peer (or expire_ms passed alone) */
+	assert_false(mm_lead_is_self(l, 200));
+	assert_true(mm_lead_is_self(l, 1100));
+	assert_false(mm_lead_observe(l, 0, 500, 200));
+	assert_false(mm_lead_is_self(l, 200));
+	/* higher ids, ourselves and 0 are ignored (but count as a peer heard) */
 	assert_false(mm_lead_observe(l, 9, 500, 200));
+	assert_true(mm_lead_is_self(l, 200));
 	assert_false(mm_lead_observe(l, 5, 500, 200));
 	assert_false(mm_lead_observe(l, 0, 500, 200));
 	assert_true(mm_lead_is_self(l, 200));
@@ -64,6 +69,19 @@ static void test_basics(void **state)
 	assert_int_equal(mm_lead_leader(l, 1500), 2);
 	/* everybody lower gone: this node again */
 	assert_true(mm_lead_is_self(l, 5000));
+	/* catching up: not the authority, and it stops advertising itself */
+	mm_lead_set_eligible(l, false);
+	assert_false(mm_lead_is_self(l, 5000));
+	mm_lead_view(l, 5000, &id, &beat);
+	assert_int_equal(id, 0);
+	assert_int_equal(beat, 0);
+	mm_lead_set_eligible(l, true);
+	assert_true(mm_lead_is_self(l, 5000));
+	/* restarted (mm_lead_start): it waits to hear a peer again */
+	mm_lead_start(l, 6000);
+	assert_false(mm_lead_is_self(l, 6500));
+	mm_lead_observe(l, 7, 1, 6500);
+	assert_true(mm_lead_is_self(l, 6500));
 	/* a clock that goes back keeps the known leader */
 	assert_int_equal(mm_lead_leader(l, 10), 2);
 	mm_lead_free(&l);
@@ -75,6 +93,7 @@ static void test_grace_and_table(void **state)
 {
 	(void)state;
 	struct mm_lead *l = mk(1000, 1000, 500, 100);
+	mm_lead_observe(l, 2000, 1, 100);
 	assert_false(mm_lead_is_self(l, 100));
 	assert_false(mm_lead_is_self(l, 599));
 	assert_true(mm_lead_is_self(l, 600));
