@@ -118,7 +118,9 @@ static void uid_authority_update(struct mm_daemon *d, uint64_t now)
 {
 	if (!d->cfg.imap_uids)
 		return;
-	mm_lead_set_eligible(d->lead, mm_store_missing_count(d->store) <= MM_LEAD_CATCHUP_MISSING);
+	bool catching_up = mm_store_missing_count(d->store) > MM_LEAD_CATCHUP_MISSING;
+	mm_lead_set_eligible(d->lead, !catching_up);
+	mm_store_set_catching_up(d->store, catching_up);
 	bool auth = mm_lead_is_self(d->lead, now);
 	if (auth != d->uid_authority) {
 		mm_log(MM_LOG_INFO, "%s the IMAP UID authority", auth ? "now" : "no longer");

@@ -247,6 +247,7 @@ struct fxmap {
 struct mm_store {
 	bool imap_uids;              /* cfg.imap_uids */
 	bool uid_authority;          /* mm_store_set_uid_authority */
+	bool catching_up;            /* mm_store_set_catching_up: no needs raised */
 	struct mm_statedb *db;
 	struct mm_mailloc *loc;
 	struct mm_state *state;
@@ -1137,6 +1138,15 @@ int mm_store_merge_delta(struct mm_store *s, const struct mm_delta *d)
 void mm_store_set_max_skew(struct mm_store *s, uint64_t max_skew_ms)
 {
 	s->max_skew_ms = max_skew_ms;
+}
+
+void mm_store_set_catching_up(struct mm_store *s, bool catching_up)
+{
+	if (!catching_up && s->catching_up)
+		for (struct user *u = s->users; u; u = u->next)
+			for (struct folder *fo = u->folders; fo; fo = fo->unext)
+				fo->uid_check = true;
+	s->catching_up = catching_up;
 }
 
 void mm_store_set_uid_authority(struct mm_store *s, bool authority)
@@ -2854,7 +2864,8 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 				logmsg(s, MM_STORE_LOG_INFO, "%s: %s moves from UID %u to %u (need %u, NEXTUID here %u)",
 				       fo->dir, fe->base, it[i].want, it[i].set_uid, it[i].need, ul.next_uid);
 		}
-		if (it[i].set_need && mm_user_uid_need(mu, fe->key, it[i].set_need, uid_effect, s, s->out) > 0) {
+		if (it[i].set_need && !s->catching_up &&
+		    mm_user_uid_need(mu, fe->key, it[i].set_need, uid_effect, s, s->out) > 0) {
 			s->changes++;
 			logmsg(s, MM_STORE_LOG_INFO, "%s: %s cannot be shown under UID %u here (listed under %u, "
 			       "NEXTUID %u): asks for a move to %u or above", fo->dir, fe->base, it[i].want, have,

@@ -117,6 +117,13 @@ void mm_store_set_max_skew(struct mm_store *s, uint64_t max_skew_ms);
  * with the lowest id the authority.  Becoming it re-checks every folder at the next
  * commit.  Default false. */
 void mm_store_set_uid_authority(struct mm_store *s, bool authority);
+/* While this node catches up (joining, or back after a long absence: the daemon says so
+ * when it misses many bodies), the UID passes do not raise needs: a message it cannot
+ * show under its UID yet stays listed provisionally, because asking the authority to
+ * move it now would renumber it on every node while the bodies still arriving change
+ * what this node can show.  When catching up ends, every folder is planned again and
+ * needs are raised for what still cannot be shown. */
+void mm_store_set_catching_up(struct mm_store *s, bool catching_up);
 
 /* Marks (user, key) for the next commit (for callers that merge by other means). */
 int mm_store_mark(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN]);

@@ -143,6 +143,7 @@ struct sim_node {
 	uint8_t uid_dirty[SIM_MAX_USERS]; /* folders (bits) whose plan must run */
 	bool uid_queued;       /* an EV_UIDPASS is pending */
 	bool uid_auth;         /* this node is the UID authority now */
+	bool catching_up;      /* missing many bodies: no UID needs raised (store.c) */
 	/* virtual time a body of (user, folder) was last placed or arrived (0 = never;
 	 * memory only, as node/store.c folder.progress_ms): held bodies wait for it */
 	uint64_t hold_progress[SIM_MAX_USERS][SIM_NFOLDERS];

@@ -526,6 +526,7 @@ static void node_stop(struct sim_node *n)
 	mm_state_free(&n->state);
 	n->alive = false;
 	n->uid_auth = false;
+	n->catching_up = false;
 	n->uid_queued = false; /* its EV_UIDPASS belongs to this incarnation */
 	memset(n->uid_dirty, 0, sizeof n->uid_dirty); /* the listings themselves are durable */
 	sim_uid_stop(n);

@@ -238,7 +238,14 @@ void sim_uid_delivered(struct sim_node *n, unsigned u, unsigned f, const uint8_t
 
 void sim_uid_authority(struct sim *s, struct sim_node *n)
 {
-	mm_lead_set_eligible(n->lead, sim_node_missing_bodies(n) <= MM_LEAD_CATCHUP_MISSING);
+	/* as node/daemon.c: a node catching up neither decides nor asks for moves; when it
+	 * has caught up, every folder is planned again (mm_store_set_catching_up) */
+	bool catching_up = sim_node_missing_bodies(n) > MM_LEAD_CATCHUP_MISSING;
+	if (n->catching_up && !catching_up)
+		for (unsigned u = 0; u < s->nusers; u++)
+			mark(n, u, (uint8_t)((1u << SIM_NFOLDERS) - 1));
+	n->catching_up = catching_up;
+	mm_lead_set_eligible(n->lead, !catching_up);
 	bool auth = mm_lead_is_self(n->lead, sim_node_now(n));
 	if (auth == n->uid_auth)
 		return;
@@ -405,7 +412,7 @@ static unsigned plan_folder(struct sim_node *n, unsigned u, unsigned f, struct p
 					sim_violation(s, "node %u moved a UID without being the authority", n->idx);
 			}
 		}
-		if (it->set_need && !(saboteur && s->cfg.sabotage == 3)) {
+		if (it->set_need && !n->catching_up && !(saboteur && s->cfg.sabotage == 3)) {
 			rc = mm_user_uid_need(usr, it->key, it->set_need, sim_node_eff, n, s->delta);
 			if (rc < 0)
 				sim_violation(s, "node %u: uid_need failed: %d", n->idx, rc);
