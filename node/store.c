@@ -173,20 +173,29 @@ static void keylist_free(struct keylist *kl)
 struct user;
 struct folder;
 
-struct fent { /* one message file on disk */
+/* One message file on disk, in one allocation of about 150 bytes with its base name
+ * inline (a million files: each byte here is a megabyte).  The file's full name is not
+ * stored: it is base + ":2," + the letters it carries (dletters) in ASCII order, the way
+ * Dovecot and mm_md_name_format write it; the rare name written otherwise (letters
+ * unsorted or repeated) is kept whole in the store's odd_names map (odd set).  The
+ * file's size and mtime are not kept: nothing decides by them (the record has the
+ * size).  The body id is the record's too, but by_body compares it on every probe,
+ * where a record lookup would cost more than the 32 bytes. */
+struct fent {
 	struct fent *fnext, *fprev; /* in its folder */
 	struct fent *bnext;         /* same (user, body) chain */
 	struct folder *fo;
 	uint8_t key[MM_KEY_LEN];
 	uint8_t body[MM_ID_LEN];
-	uint64_t size;
-	int64_t mtime;
-	uint64_t letters;
-	bool in_cur;
-	bool seen;
-	uint64_t fh[3];  /* its hash in by_base, by_key, by_body (enum fx_kind) */
-	char *base;
-	char *name;
+	uint64_t letters;  /* as the index knows them (may lag dletters: see sync_file_flags) */
+	uint64_t dletters; /* letters in the name on disk */
+	uint32_t fh[3];    /* its hash in by_base, by_key, by_body (enum fx_kind); 32 bits
+	                    * address any table that fits in memory */
+	bool in_cur : 1;
+	bool seen : 1;
+	bool info : 1;     /* the name has ":2," (with or without letters) */
+	bool odd : 1;      /* the name is in odd_names */
+	char base[];       /* the name up to its first ':', NUL-terminated */
 };
 
 struct folder {
@@ -259,6 +268,7 @@ struct mm_store {
 	struct fxmap by_base;       /* user\0folder\0base -> fent */
 	struct fxmap by_key;        /* user\0key -> fent */
 	struct fxmap by_body;       /* user\0body -> fent chain */
+	struct hmap odd_names;      /* fent pointer -> its file name, when not canonical */
 	struct hmap missing;        /* user\0key -> struct miss */
 	struct hmap missing_body;   /* user\0body -> struct miss chain */
 	struct hmap dirty_recs;     /* user\0key */
@@ -597,6 +607,11 @@ static int folder_ensure(struct mm_store *s, struct folder *fo, const struct mm_
 
 /* ---- the file index tables (struct fxmap) ---------------------------------------------- */
 
+static uint32_t fx_hash(const void *k, size_t kl)
+{
+	return (uint32_t)hm_hash(k, kl); /* hm_hash folds the high bits into the low ones */
+}
+
 static size_t fx_keyof(const struct fent *fe, enum fx_kind kind, char *buf)
 {
 	const char *user = fe->fo->u->name;
@@ -607,7 +622,7 @@ static size_t fx_keyof(const struct fent *fe, enum fx_kind kind, char *buf)
 	}
 }
 
-static bool fx_match(const struct fent *fe, enum fx_kind kind, uint64_t h, const void *k, size_t kl)
+static bool fx_match(const struct fent *fe, enum fx_kind kind, uint32_t h, const void *k, size_t kl)
 {
 	if (fe->fh[kind] != h)
 		return false;
@@ -616,7 +631,7 @@ static bool fx_match(const struct fent *fe, enum fx_kind kind, uint64_t h, const
 }
 
 /* Slot holding key k (hash h), or the empty slot where it would go. */
-static size_t fx_slot(const struct fxmap *m, uint64_t h, const void *k, size_t kl)
+static size_t fx_slot(const struct fxmap *m, uint32_t h, const void *k, size_t kl)
 {
 	size_t mask = m->cap - 1, i = h & mask;
 	while (m->t[i] && !fx_match(m->t[i], m->kind, h, k, kl))
@@ -628,7 +643,7 @@ static struct fent *fx_get(const struct fxmap *m, const void *k, size_t kl)
 {
 	if (!m->cap)
 		return NULL;
-	return m->t[fx_slot(m, hm_hash(k, kl), k, kl)];
+	return m->t[fx_slot(m, fx_hash(k, kl), k, kl)];
 }
 
 static int fx_resize(struct fxmap *m, size_t cap)
@@ -669,7 +684,7 @@ static int fx_put(struct fxmap *m, const void *k, size_t kl, struct fent *fe)
 		if (r < 0)
 			return r;
 	}
-	uint64_t h = hm_hash(k, kl);
+	uint32_t h = fx_hash(k, kl);
 	fe->fh[m->kind] = h;
 	size_t i = fx_slot(m, h, k, kl);
 	if (!m->t[i])
@@ -682,7 +697,7 @@ static struct fent *fx_del(struct fxmap *m, const void *k, size_t kl)
 {
 	if (!m->cap)
 		return NULL;
-	size_t mask = m->cap - 1, i = fx_slot(m, hm_hash(k, kl), k, kl);
+	size_t mask = m->cap - 1, i = fx_slot(m, fx_hash(k, kl), k, kl);
 	struct fent *v = m->t[i];
 	if (!v)
 		return NULL;
@@ -738,23 +753,78 @@ static void body_unlink(struct mm_store *s, struct fent *fe)
 		}
 }
 
+/* fe's file name (new/ or cur/ per fe->in_cur): in buf (MM_MD_NAME_MAX + 1 bytes)
+ * or, for an odd name, in odd_names.  Valid until the name changes. */
+static const char *fent_name(const struct mm_store *s, const struct fent *fe, char *buf)
+{
+	if (fe->odd) {
+		const struct fent *p = fe;
+		const char *n = hm_get(&s->odd_names, &p, sizeof p);
+		if (n)
+			return n;
+	}
+	/* cannot fail: the name had this base and these letters when it was set */
+	if (mm_md_name_format(buf, MM_MD_NAME_MAX + 1, fe->base, strlen(fe->base), fe->dletters, fe->info) < 0)
+		buf[0] = 0;
+	return buf;
+}
+
+/* Records that fe's file is now called `name` (a message name with fe's base).  0,
+ * -EINVAL for a name that does not parse, or -ENOMEM (the entry is unchanged). */
+static int fent_set_name(struct mm_store *s, struct fent *fe, const char *name)
+{
+	struct mm_md_name n;
+	if (mm_md_name_parse(name, &n) < 0)
+		return -EINVAL;
+	char buf[MM_MD_NAME_MAX + 1];
+	bool odd = mm_md_name_format(buf, sizeof buf, n.base, n.base_len, n.letters, n.has_info) < 0 ||
+	           strcmp(buf, name) != 0;
+	const struct fent *p = fe;
+	char *old = fe->odd ? hm_get(&s->odd_names, &p, sizeof p) : NULL;
+	if (odd) {
+		char *dup = strdup(name);
+		if (!dup || hm_put(&s->odd_names, &p, sizeof p, dup) < 0) {
+			free(dup);
+			return -ENOMEM;
+		}
+	} else if (fe->odd) {
+		hm_del(&s->odd_names, &p, sizeof p);
+	}
+	free(old);
+	fe->odd = odd;
+	fe->dletters = n.letters;
+	fe->info = n.has_info;
+	return 0;
+}
+
+static void fent_free(struct mm_store *s, struct fent *fe)
+{
+	if (fe->odd) {
+		const struct fent *p = fe;
+		free(hm_del(&s->odd_names, &p, sizeof p));
+	}
+	free(fe);
+}
+
+/* Indexes a file: `name` in new/ or cur/ of fo, whose base (up to ':') is `base`. */
 static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *base,
                              const char *name, bool in_cur, const uint8_t key[MM_KEY_LEN],
-                             const uint8_t body[MM_ID_LEN], uint64_t size, int64_t mtime,
-                             uint64_t letters)
+                             const uint8_t body[MM_ID_LEN], uint64_t letters)
 {
-	struct fent *fe = calloc(1, sizeof(*fe));
-	if (!fe || !(fe->base = strdup(base)) || !(fe->name = strdup(name))) {
-		if (fe)
-			free(fe->base);
+	size_t bl = strlen(base);
+	if (strncmp(name, base, bl) || (name[bl] && name[bl] != ':'))
+		return NULL;
+	struct fent *fe = calloc(1, sizeof(*fe) + bl + 1);
+	if (!fe)
+		return NULL;
+	memcpy(fe->base, base, bl + 1);
+	if (fent_set_name(s, fe, name) < 0) {
 		free(fe);
 		return NULL;
 	}
 	fe->fo = fo;
 	memcpy(fe->key, key, MM_KEY_LEN);
 	memcpy(fe->body, body, MM_ID_LEN);
-	fe->size = size;
-	fe->mtime = mtime;
 	fe->letters = letters;
 	fe->in_cur = in_cur;
 	fe->seen = true;
@@ -776,9 +846,7 @@ static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *
 	mark_file(s, fo, base);
 	return fe;
 fail:
-	free(fe->base);
-	free(fe->name);
-	free(fe);
+	fent_free(s, fe);
 	return NULL;
 }
 
@@ -800,9 +868,7 @@ static void fent_remove(struct mm_store *s, struct fent *fe)
 	if (fe->fnext)
 		fe->fnext->fprev = fe->fprev;
 	mark_file(s, fo, fe->base);
-	free(fe->base);
-	free(fe->name);
-	free(fe);
+	fent_free(s, fe);
 }
 
 static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
@@ -820,9 +886,10 @@ static struct mm_body_writer *staged_get(struct mm_store *s, const char *user, c
 	return hm_get(&s->staged_keys, k, kl);
 }
 
-static int fent_path(const struct fent *fe, char *buf, size_t len)
+static int fent_path(const struct mm_store *s, const struct fent *fe, char *buf, size_t len)
 {
-	int n = snprintf(buf, len, "%s/%s/%s", fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
+	char nb[MM_MD_NAME_MAX + 1];
+	int n = snprintf(buf, len, "%s/%s/%s", fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, nb));
 	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
 }
 
@@ -842,14 +909,11 @@ static int fent_relocate(struct mm_store *s, struct fent *fe)
 		while ((e = readdir(d))) {
 			if (strncmp(e->d_name, fe->base, bl) || (e->d_name[bl] && e->d_name[bl] != ':'))
 				continue;
-			struct mm_md_name n;
-			if (mm_md_name_parse(e->d_name, &n) < 0)
+			int r = fent_set_name(s, fe, e->d_name);
+			if (r == -EINVAL)
 				continue;
-			char *nn = strdup(e->d_name);
-			if (!nn)
+			if (r < 0)
 				break;
-			free(fe->name);
-			fe->name = nn;
 			fe->in_cur = i == 1;
 			/* fe->letters stays what we last knew: the next scan sees the change */
 			closedir(d);
@@ -933,8 +997,7 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 	/* Start from the letters the file carries, not the index's: a keyword letter
 	 * Dovecot set before naming it in dovecot-keywords is on disk but deliberately not
 	 * in fe->letters yet (pending), and must survive this rename and stay pending. */
-	struct mm_md_name dn;
-	uint64_t disk = mm_md_name_parse(fe->name, &dn) == 0 ? dn.letters : fe->letters;
+	uint64_t disk = fe->dletters;
 	uint64_t pending = disk ^ fe->letters;
 	uint64_t want = wanted_letters(s, fe->fo, r, disk);
 	bool to_cur = fe->in_cur || want;
@@ -945,13 +1008,11 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/cur/%s: name too long for its flags", fe->fo->dir, fe->base);
 		return;
 	}
-	int rr = mm_md_rename(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name, to_cur ? "cur" : "new", nn);
+	char ob[MM_MD_NAME_MAX + 1];
+	int rr = mm_md_rename(fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, ob), to_cur ? "cur" : "new",
+	                      nn);
 	if (rr == 0) {
-		char *dup = strdup(nn);
-		if (dup) {
-			free(fe->name);
-			fe->name = dup;
-		}
+		fent_set_name(s, fe, nn); /* cannot fail: nn is canonical (no allocation) */
 		fe->in_cur = to_cur;
 		fe->letters = (want & ~pending) | (fe->letters & pending);
 		mark_file(s, fe->fo, fe->base);
@@ -962,15 +1023,14 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 	 * local change in and then brings the file in line with the merged record.  (The
 	 * rename's inotify event is still queued: the scan has not seen the new name.) */
 	if (rr == -ENOENT && fent_relocate(s, fe) == 0) {
-		struct mm_md_name n;
-		if (mm_md_name_parse(fe->name, &n) == 0 && (n.letters ^ fe->letters) & ~pending)
+		if ((fe->dletters ^ fe->letters) & ~pending)
 			return;
 		/* only moved (new/ -> cur/, same letters): nothing to lose, rename now */
 		sync_file_flags(s, fe, r);
 		return;
 	}
 	char p[PATHBUF];
-	fent_path(fe, p, sizeof p);
+	fent_path(s, fe, p, sizeof p);
 	logmsg(s, MM_STORE_LOG_WARNING, "cannot rename %s for new flags: %s", p, strerror(-rr));
 }
 
@@ -1033,12 +1093,13 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		set_missing(s, user, rec->key, NULL, NULL, false);
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
-			int r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
+			char nb[MM_MD_NAME_MAX + 1];
+			int r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, nb));
 			if (r == -ENOENT && fent_relocate(s, fe) == 0)
-				r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
+				r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, nb));
 			if (r < 0 && r != -ENOENT) {
 				char pth[PATHBUF];
-				fent_path(fe, pth, sizeof pth);
+				fent_path(s, fe, pth, sizeof pth);
 				logmsg(s, MM_STORE_LOG_WARNING, "cannot unlink expunged %s: %s", pth, strerror(-r));
 			}
 			fo = fe->fo;
@@ -1437,13 +1498,11 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			fe->seen = true;
 			/* letters too: fent_relocate() may already know the new name of a file
 			 * renamed here, but not what the rename changed */
-			if (strcmp(fe->name, name) || fe->in_cur != in_cur || fe->letters != n.letters) {
+			char nb[MM_MD_NAME_MAX + 1];
+			if (strcmp(fent_name(s, fe, nb), name) || fe->in_cur != in_cur || fe->letters != n.letters) {
 				uint64_t oldl = fe->letters;
-				char *dup = strdup(name);
-				if (!dup)
+				if (fent_set_name(s, fe, name) < 0)
 					continue;
-				free(fe->name);
-				fe->name = dup;
 				fe->in_cur = in_cur;
 				fe->letters = n.letters;
 				mark_file(s, fo, base);
@@ -1465,8 +1524,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				struct stat st;
 				if (stat(path, &st) < 0)
 					continue;
-				fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, rec->msg.size,
-				              (int64_t)st.st_mtime, n.letters);
+				fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, n.letters);
 				if (fe) {
 					set_missing(s, fo->u->name, key, NULL, NULL, false);
 					sync_file_flags(s, fe, rec);
@@ -1534,7 +1592,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			continue;
 		}
 		s->changes++;
-		if (!fent_add(s, fo, base, name, in_cur, nkey, body, size, mtime, n.letters & ~unnamed)) {
+		if (!fent_add(s, fo, base, name, in_cur, nkey, body, n.letters & ~unnamed)) {
 			dlist_free(&l);
 			hm_clear(&um.m);
 			assign_done(s, fo, &as);
@@ -1960,7 +2018,7 @@ int mm_store_body_open(struct mm_store *s, const char *user, const uint8_t key[M
 		return -ENOENT;
 	char p[PATHBUF];
 	for (int attempt = 0; attempt < 2; attempt++) {
-		if (fent_path(fe, p, sizeof p) < 0)
+		if (fent_path(s, fe, p, sizeof p) < 0)
 			return -ENAMETOOLONG;
 		int fd = open(p, O_RDONLY | O_CLOEXEC);
 		if (fd >= 0) {
@@ -2379,10 +2437,8 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 			if (w->err || w->held)
 				continue;
 			const struct mm_rec *r = mm_user_get(mu, w->key);
-			int64_t idate = r->msg.internaldate;
 			uint8_t body[MM_ID_LEN];
 			memcpy(body, r->msg.body, MM_ID_LEN);
-			uint64_t size = r->msg.size;
 			bool in_cur = strchr(names[k], ':') != NULL;
 			uint64_t letters = wanted_letters(s, w->fo, r, 0);
 			int rr = mm_md_tmp_place(fo->dir, w->base, in_cur ? "cur" : "new", names[k]);
@@ -2396,7 +2452,7 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 				continue;
 			}
 			set_missing(s, w->user, w->key, NULL, NULL, false);
-			if (!fent_add(s, fo, w->base, names[k], in_cur, w->key, body, size, idate, letters))
+			if (!fent_add(s, fo, w->base, names[k], in_cur, w->key, body, letters))
 				err = -ENOMEM; /* the rescan will link the file by its key */
 			else
 				placed++;
@@ -2556,7 +2612,7 @@ static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM
 	if (!src)
 		return 0;
 	char sp[PATHBUF];
-	if (fent_path(src, sp, sizeof sp) < 0)
+	if (fent_path(s, src, sp, sizeof sp) < 0)
 		return 0;
 	struct mm_body_writer *w;
 	int rr = mm_store_body_begin(s, user, key, &w);
@@ -2862,8 +2918,10 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 			continue;
 		dirty = true;
 		if (!have) {
-			if (mm_md_uidlist_add(&ul, target, fe->name) < 0)
-				logmsg(s, MM_STORE_LOG_WARNING, "%s: cannot list %s under UID %u", fo->dir, fe->name, target);
+			char nb[MM_MD_NAME_MAX + 1];
+			const char *fname = fent_name(s, fe, nb);
+			if (mm_md_uidlist_add(&ul, target, fname) < 0)
+				logmsg(s, MM_STORE_LOG_WARNING, "%s: cannot list %s under UID %u", fo->dir, fname, target);
 			continue;
 		}
 		/* listed under another UID: re-file under a new name */
@@ -2889,7 +2947,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		 * scan takes that in first, the next pass re-files with the right letters. */
 		char src[PATHBUF];
 		struct stat sst;
-		if (fent_path(fe, src, sizeof src) < 0 || stat(src, &sst) < 0) {
+		if (fent_path(s, fe, src, sizeof src) < 0 || stat(src, &sst) < 0) {
 			fo->uid_check = true;
 			continue;
 		}
@@ -2913,7 +2971,8 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		struct fent *fe = ref[i].fe;
 		const char *sub = fe->in_cur ? "cur" : "new";
 		char from[PATHBUF], to[PATHBUF];
-		snprintf(from, sizeof from, "%s/%s/%s", fo->dir, sub, fe->name);
+		char nb[MM_MD_NAME_MAX + 1];
+		snprintf(from, sizeof from, "%s/%s/%s", fo->dir, sub, fent_name(s, fe, nb));
 		snprintf(to, sizeof to, "%s/%s/%s", fo->dir, sub, ref[i].name);
 		if (link(from, to) < 0) {
 			/* renamed by a client between the check above and now: next pass */
@@ -2927,11 +2986,10 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		uint8_t key[MM_KEY_LEN], body[MM_ID_LEN];
 		memcpy(key, fe->key, MM_KEY_LEN);
 		memcpy(body, fe->body, MM_ID_LEN);
-		uint64_t size = fe->size, letters = fe->letters;
-		int64_t mtime = fe->mtime;
+		uint64_t letters = fe->letters;
 		bool in_cur = fe->in_cur;
 		fent_remove(s, fe);
-		struct fent *nf = fent_add(s, fo, ref[i].base, ref[i].name, in_cur, key, body, size, mtime, letters);
+		struct fent *nf = fent_add(s, fo, ref[i].base, ref[i].name, in_cur, key, body, letters);
 		if (!nf) {
 			logmsg(s, MM_STORE_LOG_ERR, "out of memory indexing %s", to);
 			continue;
@@ -3141,15 +3199,16 @@ static int put_file(struct mm_store *s, const void *lk, size_t lkl, struct wbuf 
 	wb->n = 0;
 	wb_put(wb, fe->key, MM_KEY_LEN);
 	wb_put(wb, fe->body, MM_ID_LEN);
-	wb_u64(wb, fe->size);
-	wb_u64(wb, (uint64_t)fe->mtime);
+	wb_u64(wb, 0); /* formerly the file's size and mtime: nothing read them */
+	wb_u64(wb, 0);
 	wb_u64(wb, fe->letters);
 	uint8_t c = fe->in_cur;
 	wb_put(wb, &c, 1);
 	wb_str(wb, fe->fo->u->name);
 	wb_str(wb, fe->fo->name);
+	char nb[MM_MD_NAME_MAX + 1];
 	wb_str(wb, fe->base);
-	wb_str(wb, fe->name);
+	wb_str(wb, fent_name(s, fe, nb));
 	if (wb->oom)
 		return -ENOMEM;
 	return mm_statedb_put(s->db, MM_DB_FILES, k, sizeof k, wb->p, wb->n);
@@ -3388,8 +3447,8 @@ static int load_file_cb(void *arg, const void *k, size_t kl, const void *v, size
 	uint8_t key[MM_KEY_LEN], body[MM_ID_LEN], in_cur;
 	rb_get(&b, key, sizeof key);
 	rb_get(&b, body, sizeof body);
-	uint64_t size = rb_u64(&b);
-	int64_t mtime = (int64_t)rb_u64(&b);
+	rb_u64(&b); /* size and mtime: no longer kept (see struct fent) */
+	rb_u64(&b);
 	uint64_t letters = rb_u64(&b);
 	rb_get(&b, &in_cur, 1);
 	char user[MM_NAME_MAX * 2 + 2], folder[MM_NAME_MAX + 1], base[MM_MD_NAME_MAX + 1],
@@ -3405,7 +3464,7 @@ static int load_file_cb(void *arg, const void *k, size_t kl, const void *v, size
 		c->bad++;
 		return 0;
 	}
-	struct fent *fe = fent_add(c->s, fo, base, name, in_cur != 0, key, body, size, mtime, letters);
+	struct fent *fe = fent_add(c->s, fo, base, name, in_cur != 0, key, body, letters);
 	if (!fe)
 		return -ENOMEM;
 	return 0;
@@ -3573,9 +3632,7 @@ void mm_store_free(struct mm_store **sp)
 			fn = fo->unext;
 			for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
 				nx = fe->fnext;
-				free(fe->base);
-				free(fe->name);
-				free(fe);
+				fent_free(s, fe);
 			}
 			for (size_t i = 0; i < fo->n_held; i++) /* held bodies stay missing */
 				writer_free(&fo->held[i], true);
@@ -3598,6 +3655,7 @@ void mm_store_free(struct mm_store **sp)
 	fx_clear(&s->by_base);
 	fx_clear(&s->by_key);
 	fx_clear(&s->by_body);
+	hm_clear(&s->odd_names); /* emptied by fent_free */
 	struct keylist ml;
 	if (hm_keys(&s->missing, &ml) == 0)
 		for (size_t i = 0; i < ml.n; i++)
