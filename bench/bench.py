@@ -900,7 +900,8 @@ def item_size(top):
         NOTES.append("size: indexing %d new files (%d in all) took %s" % (n - have, n, fmt_s(t_index)))
         prev = (n - have, t_index) if have == 0 else (n, t_index * n / (n - have))
         have = n
-    shutil.rmtree(cl.dir, ignore_errors=True)
+    if os.environ.get("BENCH_KEEP") != "1":   # kept: a state to profile a restart with
+        shutil.rmtree(cl.dir, ignore_errors=True)
 
 
 # ---- machine, table, results file ----------------------------------------------------------------

@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -292,6 +293,7 @@ struct mm_store {
 	bool in_commit;
 	bool loading;                /* mm_store_open is reading the database */
 	bool trust_dirs;             /* first scan after open: skip folders whose dir_sig held */
+	bool trim_due;               /* big scratch was freed: give the pages back (trim_heap) */
 	uint64_t max_skew_ms;
 };
 
@@ -313,6 +315,26 @@ struct mm_body_writer {
 };
 
 /* ---- helpers ------------------------------------------------------------------------ */
+
+/* Reading a big folder or dovecot-uidlist takes tens of megabytes for a moment (a
+ * million names); freed, they stay in malloc's free lists and in the daemon's RSS for
+ * good.  Such reads call note_scratch; the commit after them hands the free pages back
+ * to the kernel (malloc_trim walks the free chunks: not worth it after small work). */
+static void note_scratch(struct mm_store *s, size_t entries)
+{
+	if (entries >= 4096)
+		s->trim_due = true;
+}
+
+static void trim_heap(struct mm_store *s)
+{
+	if (!s->trim_due)
+		return;
+	s->trim_due = false;
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+}
 
 static void logmsg(struct mm_store *s, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -1423,7 +1445,9 @@ static uint32_t assign_uid(struct mm_store *s, struct mm_user *mu, struct folder
 		mm_md_uidlist_clear(&as->ul);
 		const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
 		if (frec && mm_md_uidlist_lock(fo->dir, 2000) == 0) {
-			if (mm_md_uidlist_load(fo->dir, &as->ul) == 0 &&
+			int lr = mm_md_uidlist_load(fo->dir, &as->ul);
+			note_scratch(s, as->ul.n);
+			if (lr == 0 &&
 			    (frec = uid_adopt(s, mu, fo, &as->ul)) != NULL &&
 			    (as->ul.uidvalidity == frec->folder.uidvalidity || !as->ul.exists)) {
 				as->usable = true;
@@ -1468,6 +1492,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 {
 	struct dlist l = {0};
 	int r = read_folder(fo->dir, &l);
+	note_scratch(s, l.n);
 	if (r < 0) {
 		dlist_free(&l);
 		if (r != -ENOENT)
@@ -2840,6 +2865,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	struct mm_md_uidlist ul;
 	r = mm_md_uidlist_load(fo->dir, &ul);
+	note_scratch(s, ul.n);
 	bool dirty = false, renew = false;
 	if (r == -EBADMSG) {
 		/* damaged: the UIDs this node showed are unknown, so agreement for this folder
@@ -3406,6 +3432,7 @@ int mm_store_commit(struct mm_store *s)
 		release_held(s);
 	}
 	s->in_commit = false;
+	trim_heap(s);
 	return r;
 }
 
@@ -3593,6 +3620,8 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	}
 	s->loading = false;
 	mm_statedb_release_pages(s->db); /* the load touched every page; later reads are by key */
+	note_scratch(s, nfiles); /* the load's arenas and decode buffers */
+	trim_heap(s);
 	if (c.bad)
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/state.mdb: %d unreadable entries skipped", cfg->state_dir, c.bad);
 	/* loading may have marked folders dirty (created before their entry was read) */
