@@ -211,6 +211,8 @@ struct folder {
 	bool uid_check;  /* bring dovecot-uidlist in line with the CRDT's UIDs (uid_pass) */
 	bool uid_busy;   /* its lock was busy in this pass */
 	uint64_t uid_sig; /* dovecot-uidlist's (inode, size, mtime) when last synced */
+	bool uid_settled; /* its last uid_sync_folder found every message listed under its
+	                   * UID, no need above it: an authority would have done the same */
 	uint32_t uid_next; /* N of dovecot-uidlist when last read (floor for new UIDs) */
 	bool sync_new, sync_cur; /* a staged body was placed there: fsync that directory */
 	uint64_t dir_sig; /* new/ and cur/ (inode, mtime) when the index last matched them, 0 = unknown */
@@ -634,22 +636,26 @@ static uint32_t fx_hash(const void *k, size_t kl)
 	return (uint32_t)hm_hash(k, kl); /* hm_hash folds the high bits into the low ones */
 }
 
-static size_t fx_keyof(const struct fent *fe, enum fx_kind kind, char *buf)
-{
-	const char *user = fe->fo->u->name;
-	switch (kind) {
-	case FX_BASE: return k_ufb(buf, user, fe->fo->name, fe->base);
-	case FX_KEY: return k_ub(buf, user, fe->key, MM_KEY_LEN);
-	default: return k_ub(buf, user, fe->body, MM_ID_LEN);
-	}
-}
-
+/* Whether k is fe's key for this table: compared piece by piece where the key is
+ * laid out (user \0 folder \0 base, or user \0 bytes), not rebuilt (a load probes a
+ * million times). */
 static bool fx_match(const struct fent *fe, enum fx_kind kind, uint32_t h, const void *k, size_t kl)
 {
 	if (fe->fh[kind] != h)
 		return false;
-	char buf[KBUF];
-	return fx_keyof(fe, kind, buf) == kl && memcmp(buf, k, kl) == 0;
+	const char *p = k, *end = p + kl;
+	const char *user = fe->fo->u->name;
+	size_t ul = strlen(user);
+	if (kl <= ul || memcmp(p, user, ul + 1) != 0)
+		return false;
+	p += ul + 1;
+	if (kind == FX_KEY)
+		return end - p == MM_KEY_LEN && memcmp(p, fe->key, MM_KEY_LEN) == 0;
+	if (kind == FX_BODY)
+		return end - p == MM_ID_LEN && memcmp(p, fe->body, MM_ID_LEN) == 0;
+	size_t fl = strlen(fe->fo->name), bl = strlen(fe->base);
+	return (size_t)(end - p) == fl + 1 + bl && memcmp(p, fe->fo->name, fl + 1) == 0 &&
+	       memcmp(p + fl + 1, fe->base, bl) == 0;
 }
 
 /* Slot holding key k (hash h), or the empty slot where it would go. */
@@ -1224,10 +1230,14 @@ void mm_store_set_max_skew(struct mm_store *s, uint64_t max_skew_ms)
 
 void mm_store_set_uid_authority(struct mm_store *s, bool authority)
 {
+	/* a folder whose last pass found nothing only an authority would do is left alone
+	 * (at a start with a million messages: a second read of the whole listing); any
+	 * change since that pass has set uid_check already */
 	if (authority && !s->uid_authority)
 		for (struct user *u = s->users; u; u = u->next)
 			for (struct folder *fo = u->folders; fo; fo = fo->unext)
-				fo->uid_check = true;
+				if (!fo->uid_settled)
+					fo->uid_check = true;
 	s->uid_authority = authority;
 }
 
@@ -2856,6 +2866,7 @@ struct refile {
  * when the lock stays busy (uid_check stays set: retried at the next pass). */
 static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *mu, struct folder *fo)
 {
+	fo->uid_settled = false;
 	if (!fo->on_disk || !mm_md_is_maildir(fo->dir))
 		return 0;
 	int r = mm_md_uidlist_lock(fo->dir, 2000);
@@ -2900,6 +2911,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	 * provisionally and ask for a move, which this node moves as the authority */
 	size_t nit = 0, capit = 0;
 	struct mm_uid_item *it = NULL;
+	bool settled = !dirty;
 	for (struct fent *fe = fo->files; fe; fe = fe->fnext) {
 		const struct mm_rec *rec = mm_user_get(mu, fe->key);
 		if (!rec || rec->type != MM_REC_MESSAGE)
@@ -2907,8 +2919,10 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		if (nit == capit) {
 			size_t nc = capit ? capit * 2 : 16;
 			struct mm_uid_item *nv = realloc(it, nc * sizeof(*nv));
-			if (!nv)
+			if (!nv) {
+				settled = false;
 				break;
+			}
 			it = nv;
 			capit = nc;
 		}
@@ -2922,6 +2936,11 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	uint32_t next = ul.next_uid;
 	mm_uid_plan(it, nit, &next, mm_user_uid_top(mu, fo->name), s->uid_authority);
+	/* nothing to list, move or ask for, and no need above a UID: the plan of an
+	 * authority (crdt/uid.c) is the same, so becoming one need not re-check */
+	for (size_t i = 0; i < nit && settled; i++)
+		settled = it[i].want && it[i].want == it[i].have && it[i].need <= it[i].want &&
+		          it[i].target == it[i].have && !it[i].set_uid && !it[i].set_need;
 	size_t nref = 0, capref = 0;
 	struct refile *ref = NULL;
 	for (size_t i = 0; i < nit; i++) {
@@ -3028,6 +3047,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	free(ref);
 	mm_md_uidlist_clear(&ul);
 	fo->uid_sig = uidlist_sig(fo);
+	fo->uid_settled = settled && r >= 0;
 	mm_md_uidlist_unlock(fo->dir);
 	return r < 0 ? r : 0;
 }
@@ -3620,8 +3640,6 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	}
 	s->loading = false;
 	mm_statedb_release_pages(s->db); /* the load touched every page; later reads are by key */
-	note_scratch(s, nfiles); /* the load's arenas and decode buffers */
-	trim_heap(s);
 	if (c.bad)
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/state.mdb: %d unreadable entries skipped", cfg->state_dir, c.bad);
 	/* loading may have marked folders dirty (created before their entry was read) */
@@ -3638,6 +3656,8 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		mm_store_free(&s);
 		return r;
 	}
+	note_scratch(s, nfiles); /* the load's and the missing list's scratch */
+	trim_heap(s);
 	*sp = s;
 	return 0;
 }

@@ -77,10 +77,8 @@ static void node_open_cfg(struct node *n, const char *name, uint64_t id, bool im
 	if (r)
 		fprintf(stderr, "open: %s\n", err);
 	assert_int_equal(r, 0);
-	if (imap_uids) {
-		mm_store_set_uid_authority(n->s, true);
+	if (imap_uids)
 		mm_store_set_new_folder_wait(n->s, 0); /* no Dovecot here */
-	}
 	if (!n->now)
 		n->now = 1700000000000ULL;
 }
@@ -1064,6 +1062,7 @@ static void test_odd_names(void **state)
 	(void)state;
 	struct node a = {0};
 	node_open_cfg(&a, "a", 1, true);
+	mm_store_set_uid_authority(a.s, true);
 	char d[600], md[600];
 	udir(&a, "INBOX", d, sizeof d);
 	snprintf(md, sizeof md, "%s/ex.org/alice", a.root);
@@ -1094,6 +1093,7 @@ static void test_odd_names(void **state)
 	snprintf(ulp, sizeof ulp, "%s/dovecot-uidlist", d);
 	assert_int_equal(unlink(ulp), 0);
 	node_open_cfg(&a, "a", 1, true);
+	mm_store_set_uid_authority(a.s, true);
 	assert_int_equal(scan(&a, NULL), 0);
 	assert_int_equal(mm_store_files_hashed(a.s), 0);
 	for (int i = 0; i < NF; i++)
@@ -1120,6 +1120,49 @@ static void test_odd_names(void **state)
 	assert_non_null(p);
 	assert_non_null(strstr(p, "/cur/odd1:2,FRS"));
 	assert_int_equal(scan(&a, NULL), 0);
+	node_close(&a);
+}
+
+/* Becoming the UID authority re-checks only folders whose last pass left something
+ * for an authority: here a replica's need above a message's UID, which a
+ * non-authority keeps showing and the authority must move. */
+static void test_authority_recheck(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, true); /* not the authority yet */
+	deliver(&a, "INBOX", "m1", "Subject: 1\r\n\r\nbody 1\r\n", 1600000000);
+	deliver(&a, "INBOX", "m2", "Subject: 2\r\n\r\nbody 2\r\n", 1600000001);
+	assert_true(scan(&a, NULL) >= 2);
+	uint32_t u1 = listed_uid(&a, "m1"), u2 = listed_uid(&a, "m2");
+	assert_true(u1 >= 1 && u1 <= 2 && u2 >= 1 && u2 <= 2 && u1 != u2);
+	/* a replica could not show m1 under 1: it asks for 7 */
+	struct mm_delta *full = full_delta(&a);
+	const struct mm_rec *m = NULL;
+	for (size_t i = 0; i < mm_delta_count(full); i++) {
+		const char *un;
+		const struct mm_rec *r = mm_delta_get(full, i, &un);
+		if (r->type == MM_REC_MESSAGE && r->msg.internaldate == 1600000000)
+			m = r;
+	}
+	assert_non_null(m);
+	struct mm_rec remote = *m;
+	remote.msg.uid_need = 7;
+	assert_int_equal(mm_store_merge(a.s, "ex.org/alice", &remote), 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	mm_delta_free(&full);
+	assert_int_equal(listed_uid(&a, "m1"), u1); /* a non-authority keeps it */
+	assert_int_equal(scan(&a, NULL), 0);
+	mm_store_set_uid_authority(a.s, true);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_int_equal(listed_uid(&a, "m1"), 0);
+	const char *p = find(&a, "INBOX", "m1");
+	assert_null(p); /* re-filed under a new base */
+	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
+	const struct mm_rec *now = mm_user_get(u, remote.key);
+	assert_non_null(now);
+	assert_true(now->msg.uid_value >= 7); /* moved at or above the need */
+	assert_int_equal(listed_uid(&a, "m2"), u2);
 	node_close(&a);
 }
 
@@ -1163,6 +1206,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_many_files_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_named_late, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_odd_names, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_authority_recheck, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
