@@ -12,7 +12,8 @@ Items (issue 6): 1 initial sync, 2 delivery-to-replica latency, 3 burst, 4 idle 
 as it goes; at the end one table of mailmesh beside its anchor and goal, as ratios, is
 printed and written with the machine description to bench/results/<date>.md (or the
 file named by BENCH_OUT).  BENCH_QUICK=1 runs the same items with small counts (a
-3-minute smoke run).  BENCH_ONLY=1,5 runs only the listed items.
+3-minute smoke run).  BENCH_ONLY=1,5 runs only the listed items; BENCH_SIZES=100000
+(comma-separated) sets the message counts of item 6.
 
 Ports: mailmesh clusters 28000-28099, Dovecot 28100-28199 (docs/testing.md).
 Exit status: 0 when every item ran (goals met or not), 1 when an item failed to run.
@@ -268,10 +269,10 @@ class Node:
             fields = f.read().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])   # utime + stime (fields 14, 15)
 
-    def rss_kb(self):
+    def rss_kb(self, field="VmRSS"):
         with open("/proc/%d/status" % self.proc.pid) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
         return 0
 
@@ -845,6 +846,8 @@ def item_recon(top):
 
 def item_size(top):
     sizes = [20000, 50000] if QUICK else [100000, 300000, 1000000]
+    if os.environ.get("BENCH_SIZES"):     # e.g. BENCH_ONLY=6 BENCH_SIZES=100000: one size only
+        sizes = [int(x) for x in os.environ["BENCH_SIZES"].split(",") if x]
     budget = 60 if QUICK else 400     # seconds one indexing step may be projected to take
     log("\n== 6. size: one node holding %s messages" % " then ".join(str(x) for x in sizes))
     cl = Cluster(top, 2, 28030)
@@ -884,8 +887,10 @@ def item_size(top):
         t_restart = time.monotonic() - t0
         time.sleep(2)
         rss2 = nd.rss_kb()
+        anon2, file2 = nd.rss_kb("RssAnon"), nd.rss_kb("RssFile")
         s2 = nd.status()
-        log("  restart: %s; VmRSS %d kB; same root: %s" % (fmt_s(t_restart), rss2, s2["root"] == s["root"]))
+        log("  restart: %s; VmRSS %d kB (anonymous %d kB, file %d kB); same root: %s"
+            % (fmt_s(t_restart), rss2, anon2, file2, s2["root"] == s["root"]))
         nd.stop()
         per = rss2 * 1024 / n
         row("6", "VmRSS per message after restart, %d msgs (process %.0f MB; %.0f MB right after indexing)"
@@ -895,7 +900,8 @@ def item_size(top):
         NOTES.append("size: indexing %d new files (%d in all) took %s" % (n - have, n, fmt_s(t_index)))
         prev = (n - have, t_index) if have == 0 else (n, t_index * n / (n - have))
         have = n
-    shutil.rmtree(cl.dir, ignore_errors=True)
+    if os.environ.get("BENCH_KEEP") != "1":   # kept: a state to profile a restart with
+        shutil.rmtree(cl.dir, ignore_errors=True)
 
 
 # ---- machine, table, results file ----------------------------------------------------------------

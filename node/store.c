@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -173,20 +174,29 @@ static void keylist_free(struct keylist *kl)
 struct user;
 struct folder;
 
-struct fent { /* one message file on disk */
+/* One message file on disk, in one allocation of about 150 bytes with its base name
+ * inline (a million files: each byte here is a megabyte).  The file's full name is not
+ * stored: it is base + ":2," + the letters it carries (dletters) in ASCII order, the way
+ * Dovecot and mm_md_name_format write it; the rare name written otherwise (letters
+ * unsorted or repeated) is kept whole in the store's odd_names map (odd set).  The
+ * file's size and mtime are not kept: nothing decides by them (the record has the
+ * size).  The body id is the record's too, but by_body compares it on every probe,
+ * where a record lookup would cost more than the 32 bytes. */
+struct fent {
 	struct fent *fnext, *fprev; /* in its folder */
 	struct fent *bnext;         /* same (user, body) chain */
 	struct folder *fo;
 	uint8_t key[MM_KEY_LEN];
 	uint8_t body[MM_ID_LEN];
-	uint64_t size;
-	int64_t mtime;
-	uint64_t letters;
-	bool in_cur;
-	bool seen;
-	uint64_t fh[3];  /* its hash in by_base, by_key, by_body (enum fx_kind) */
-	char *base;
-	char *name;
+	uint64_t letters;  /* as the index knows them (may lag dletters: see sync_file_flags) */
+	uint64_t dletters; /* letters in the name on disk */
+	uint32_t fh[3];    /* its hash in by_base, by_key, by_body (enum fx_kind); 32 bits
+	                    * address any table that fits in memory */
+	bool in_cur : 1;
+	bool seen : 1;
+	bool info : 1;     /* the name has ":2," (with or without letters) */
+	bool odd : 1;      /* the name is in odd_names */
+	char base[];       /* the name up to its first ':', NUL-terminated */
 };
 
 struct folder {
@@ -201,6 +211,8 @@ struct folder {
 	bool uid_check;  /* bring dovecot-uidlist in line with the CRDT's UIDs (uid_pass) */
 	bool uid_busy;   /* its lock was busy in this pass */
 	uint64_t uid_sig; /* dovecot-uidlist's (inode, size, mtime) when last synced */
+	bool uid_settled; /* its last uid_sync_folder found every message listed under its
+	                   * UID, no need above it: an authority would have done the same */
 	uint32_t uid_next; /* N of dovecot-uidlist when last read (floor for new UIDs) */
 	bool sync_new, sync_cur; /* a staged body was placed there: fsync that directory */
 	uint64_t dir_sig; /* new/ and cur/ (inode, mtime) when the index last matched them, 0 = unknown */
@@ -260,6 +272,7 @@ struct mm_store {
 	struct fxmap by_base;       /* user\0folder\0base -> fent */
 	struct fxmap by_key;        /* user\0key -> fent */
 	struct fxmap by_body;       /* user\0body -> fent chain */
+	struct hmap odd_names;      /* fent pointer -> its file name, when not canonical */
 	struct hmap missing;        /* user\0key -> struct miss */
 	struct hmap missing_body;   /* user\0body -> struct miss chain */
 	struct hmap dirty_recs;     /* user\0key */
@@ -283,6 +296,7 @@ struct mm_store {
 	bool in_commit;
 	bool loading;                /* mm_store_open is reading the database */
 	bool trust_dirs;             /* first scan after open: skip folders whose dir_sig held */
+	bool trim_due;               /* big scratch was freed: give the pages back (trim_heap) */
 	uint64_t max_skew_ms;
 };
 
@@ -304,6 +318,26 @@ struct mm_body_writer {
 };
 
 /* ---- helpers ------------------------------------------------------------------------ */
+
+/* Reading a big folder or dovecot-uidlist takes tens of megabytes for a moment (a
+ * million names); freed, they stay in malloc's free lists and in the daemon's RSS for
+ * good.  Such reads call note_scratch; the commit after them hands the free pages back
+ * to the kernel (malloc_trim walks the free chunks: not worth it after small work). */
+static void note_scratch(struct mm_store *s, size_t entries)
+{
+	if (entries >= 4096)
+		s->trim_due = true;
+}
+
+static void trim_heap(struct mm_store *s)
+{
+	if (!s->trim_due)
+		return;
+	s->trim_due = false;
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+}
 
 static void logmsg(struct mm_store *s, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -598,26 +632,35 @@ static int folder_ensure(struct mm_store *s, struct folder *fo, const struct mm_
 
 /* ---- the file index tables (struct fxmap) ---------------------------------------------- */
 
-static size_t fx_keyof(const struct fent *fe, enum fx_kind kind, char *buf)
+static uint32_t fx_hash(const void *k, size_t kl)
 {
-	const char *user = fe->fo->u->name;
-	switch (kind) {
-	case FX_BASE: return k_ufb(buf, user, fe->fo->name, fe->base);
-	case FX_KEY: return k_ub(buf, user, fe->key, MM_KEY_LEN);
-	default: return k_ub(buf, user, fe->body, MM_ID_LEN);
-	}
+	return (uint32_t)hm_hash(k, kl); /* hm_hash folds the high bits into the low ones */
 }
 
-static bool fx_match(const struct fent *fe, enum fx_kind kind, uint64_t h, const void *k, size_t kl)
+/* Whether k is fe's key for this table: compared piece by piece where the key is
+ * laid out (user \0 folder \0 base, or user \0 bytes), not rebuilt (a load probes a
+ * million times). */
+static bool fx_match(const struct fent *fe, enum fx_kind kind, uint32_t h, const void *k, size_t kl)
 {
 	if (fe->fh[kind] != h)
 		return false;
-	char buf[KBUF];
-	return fx_keyof(fe, kind, buf) == kl && memcmp(buf, k, kl) == 0;
+	const char *p = k, *end = p + kl;
+	const char *user = fe->fo->u->name;
+	size_t ul = strlen(user);
+	if (kl <= ul || memcmp(p, user, ul + 1) != 0)
+		return false;
+	p += ul + 1;
+	if (kind == FX_KEY)
+		return end - p == MM_KEY_LEN && memcmp(p, fe->key, MM_KEY_LEN) == 0;
+	if (kind == FX_BODY)
+		return end - p == MM_ID_LEN && memcmp(p, fe->body, MM_ID_LEN) == 0;
+	size_t fl = strlen(fe->fo->name), bl = strlen(fe->base);
+	return (size_t)(end - p) == fl + 1 + bl && memcmp(p, fe->fo->name, fl + 1) == 0 &&
+	       memcmp(p + fl + 1, fe->base, bl) == 0;
 }
 
 /* Slot holding key k (hash h), or the empty slot where it would go. */
-static size_t fx_slot(const struct fxmap *m, uint64_t h, const void *k, size_t kl)
+static size_t fx_slot(const struct fxmap *m, uint32_t h, const void *k, size_t kl)
 {
 	size_t mask = m->cap - 1, i = h & mask;
 	while (m->t[i] && !fx_match(m->t[i], m->kind, h, k, kl))
@@ -629,7 +672,7 @@ static struct fent *fx_get(const struct fxmap *m, const void *k, size_t kl)
 {
 	if (!m->cap)
 		return NULL;
-	return m->t[fx_slot(m, hm_hash(k, kl), k, kl)];
+	return m->t[fx_slot(m, fx_hash(k, kl), k, kl)];
 }
 
 static int fx_resize(struct fxmap *m, size_t cap)
@@ -670,7 +713,7 @@ static int fx_put(struct fxmap *m, const void *k, size_t kl, struct fent *fe)
 		if (r < 0)
 			return r;
 	}
-	uint64_t h = hm_hash(k, kl);
+	uint32_t h = fx_hash(k, kl);
 	fe->fh[m->kind] = h;
 	size_t i = fx_slot(m, h, k, kl);
 	if (!m->t[i])
@@ -683,7 +726,7 @@ static struct fent *fx_del(struct fxmap *m, const void *k, size_t kl)
 {
 	if (!m->cap)
 		return NULL;
-	size_t mask = m->cap - 1, i = fx_slot(m, hm_hash(k, kl), k, kl);
+	size_t mask = m->cap - 1, i = fx_slot(m, fx_hash(k, kl), k, kl);
 	struct fent *v = m->t[i];
 	if (!v)
 		return NULL;
@@ -739,23 +782,78 @@ static void body_unlink(struct mm_store *s, struct fent *fe)
 		}
 }
 
+/* fe's file name (new/ or cur/ per fe->in_cur): in buf (MM_MD_NAME_MAX + 1 bytes)
+ * or, for an odd name, in odd_names.  Valid until the name changes. */
+static const char *fent_name(const struct mm_store *s, const struct fent *fe, char *buf)
+{
+	if (fe->odd) {
+		const struct fent *p = fe;
+		const char *n = hm_get(&s->odd_names, &p, sizeof p);
+		if (n)
+			return n;
+	}
+	/* cannot fail: the name had this base and these letters when it was set */
+	if (mm_md_name_format(buf, MM_MD_NAME_MAX + 1, fe->base, strlen(fe->base), fe->dletters, fe->info) < 0)
+		buf[0] = 0;
+	return buf;
+}
+
+/* Records that fe's file is now called `name` (a message name with fe's base).  0,
+ * -EINVAL for a name that does not parse, or -ENOMEM (the entry is unchanged). */
+static int fent_set_name(struct mm_store *s, struct fent *fe, const char *name)
+{
+	struct mm_md_name n;
+	if (mm_md_name_parse(name, &n) < 0)
+		return -EINVAL;
+	char buf[MM_MD_NAME_MAX + 1];
+	bool odd = mm_md_name_format(buf, sizeof buf, n.base, n.base_len, n.letters, n.has_info) < 0 ||
+	           strcmp(buf, name) != 0;
+	const struct fent *p = fe;
+	char *old = fe->odd ? hm_get(&s->odd_names, &p, sizeof p) : NULL;
+	if (odd) {
+		char *dup = strdup(name);
+		if (!dup || hm_put(&s->odd_names, &p, sizeof p, dup) < 0) {
+			free(dup);
+			return -ENOMEM;
+		}
+	} else if (fe->odd) {
+		hm_del(&s->odd_names, &p, sizeof p);
+	}
+	free(old);
+	fe->odd = odd;
+	fe->dletters = n.letters;
+	fe->info = n.has_info;
+	return 0;
+}
+
+static void fent_free(struct mm_store *s, struct fent *fe)
+{
+	if (fe->odd) {
+		const struct fent *p = fe;
+		free(hm_del(&s->odd_names, &p, sizeof p));
+	}
+	free(fe);
+}
+
+/* Indexes a file: `name` in new/ or cur/ of fo, whose base (up to ':') is `base`. */
 static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *base,
                              const char *name, bool in_cur, const uint8_t key[MM_KEY_LEN],
-                             const uint8_t body[MM_ID_LEN], uint64_t size, int64_t mtime,
-                             uint64_t letters)
+                             const uint8_t body[MM_ID_LEN], uint64_t letters)
 {
-	struct fent *fe = calloc(1, sizeof(*fe));
-	if (!fe || !(fe->base = strdup(base)) || !(fe->name = strdup(name))) {
-		if (fe)
-			free(fe->base);
+	size_t bl = strlen(base);
+	if (strncmp(name, base, bl) || (name[bl] && name[bl] != ':'))
+		return NULL;
+	struct fent *fe = calloc(1, sizeof(*fe) + bl + 1);
+	if (!fe)
+		return NULL;
+	memcpy(fe->base, base, bl + 1);
+	if (fent_set_name(s, fe, name) < 0) {
 		free(fe);
 		return NULL;
 	}
 	fe->fo = fo;
 	memcpy(fe->key, key, MM_KEY_LEN);
 	memcpy(fe->body, body, MM_ID_LEN);
-	fe->size = size;
-	fe->mtime = mtime;
 	fe->letters = letters;
 	fe->in_cur = in_cur;
 	fe->seen = true;
@@ -777,9 +875,7 @@ static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *
 	mark_file(s, fo, base);
 	return fe;
 fail:
-	free(fe->base);
-	free(fe->name);
-	free(fe);
+	fent_free(s, fe);
 	return NULL;
 }
 
@@ -801,9 +897,7 @@ static void fent_remove(struct mm_store *s, struct fent *fe)
 	if (fe->fnext)
 		fe->fnext->fprev = fe->fprev;
 	mark_file(s, fo, fe->base);
-	free(fe->base);
-	free(fe->name);
-	free(fe);
+	fent_free(s, fe);
 }
 
 static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
@@ -821,9 +915,10 @@ static struct mm_body_writer *staged_get(struct mm_store *s, const char *user, c
 	return hm_get(&s->staged_keys, k, kl);
 }
 
-static int fent_path(const struct fent *fe, char *buf, size_t len)
+static int fent_path(const struct mm_store *s, const struct fent *fe, char *buf, size_t len)
 {
-	int n = snprintf(buf, len, "%s/%s/%s", fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
+	char nb[MM_MD_NAME_MAX + 1];
+	int n = snprintf(buf, len, "%s/%s/%s", fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, nb));
 	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
 }
 
@@ -843,14 +938,11 @@ static int fent_relocate(struct mm_store *s, struct fent *fe)
 		while ((e = readdir(d))) {
 			if (strncmp(e->d_name, fe->base, bl) || (e->d_name[bl] && e->d_name[bl] != ':'))
 				continue;
-			struct mm_md_name n;
-			if (mm_md_name_parse(e->d_name, &n) < 0)
+			int r = fent_set_name(s, fe, e->d_name);
+			if (r == -EINVAL)
 				continue;
-			char *nn = strdup(e->d_name);
-			if (!nn)
+			if (r < 0)
 				break;
-			free(fe->name);
-			fe->name = nn;
 			fe->in_cur = i == 1;
 			/* fe->letters stays what we last knew: the next scan sees the change */
 			closedir(d);
@@ -934,8 +1026,7 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 	/* Start from the letters the file carries, not the index's: a keyword letter
 	 * Dovecot set before naming it in dovecot-keywords is on disk but deliberately not
 	 * in fe->letters yet (pending), and must survive this rename and stay pending. */
-	struct mm_md_name dn;
-	uint64_t disk = mm_md_name_parse(fe->name, &dn) == 0 ? dn.letters : fe->letters;
+	uint64_t disk = fe->dletters;
 	uint64_t pending = disk ^ fe->letters;
 	uint64_t want = wanted_letters(s, fe->fo, r, disk);
 	bool to_cur = fe->in_cur || want;
@@ -946,13 +1037,11 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/cur/%s: name too long for its flags", fe->fo->dir, fe->base);
 		return;
 	}
-	int rr = mm_md_rename(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name, to_cur ? "cur" : "new", nn);
+	char ob[MM_MD_NAME_MAX + 1];
+	int rr = mm_md_rename(fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, ob), to_cur ? "cur" : "new",
+	                      nn);
 	if (rr == 0) {
-		char *dup = strdup(nn);
-		if (dup) {
-			free(fe->name);
-			fe->name = dup;
-		}
+		fent_set_name(s, fe, nn); /* cannot fail: nn is canonical (no allocation) */
 		fe->in_cur = to_cur;
 		fe->letters = (want & ~pending) | (fe->letters & pending);
 		mark_file(s, fe->fo, fe->base);
@@ -963,15 +1052,14 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 	 * local change in and then brings the file in line with the merged record.  (The
 	 * rename's inotify event is still queued: the scan has not seen the new name.) */
 	if (rr == -ENOENT && fent_relocate(s, fe) == 0) {
-		struct mm_md_name n;
-		if (mm_md_name_parse(fe->name, &n) == 0 && (n.letters ^ fe->letters) & ~pending)
+		if ((fe->dletters ^ fe->letters) & ~pending)
 			return;
 		/* only moved (new/ -> cur/, same letters): nothing to lose, rename now */
 		sync_file_flags(s, fe, r);
 		return;
 	}
 	char p[PATHBUF];
-	fent_path(fe, p, sizeof p);
+	fent_path(s, fe, p, sizeof p);
 	logmsg(s, MM_STORE_LOG_WARNING, "cannot rename %s for new flags: %s", p, strerror(-rr));
 }
 
@@ -1034,12 +1122,13 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		set_missing(s, user, rec->key, NULL, NULL, false);
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
-			int r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
+			char nb[MM_MD_NAME_MAX + 1];
+			int r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, nb));
 			if (r == -ENOENT && fent_relocate(s, fe) == 0)
-				r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fe->name);
+				r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, nb));
 			if (r < 0 && r != -ENOENT) {
 				char pth[PATHBUF];
-				fent_path(fe, pth, sizeof pth);
+				fent_path(s, fe, pth, sizeof pth);
 				logmsg(s, MM_STORE_LOG_WARNING, "cannot unlink expunged %s: %s", pth, strerror(-r));
 			}
 			fo = fe->fo;
@@ -1151,10 +1240,14 @@ void mm_store_set_catching_up(struct mm_store *s, bool catching_up)
 
 void mm_store_set_uid_authority(struct mm_store *s, bool authority)
 {
+	/* a folder whose last pass found nothing only an authority would do is left alone
+	 * (at a start with a million messages: a second read of the whole listing); any
+	 * change since that pass has set uid_check already */
 	if (authority && !s->uid_authority)
 		for (struct user *u = s->users; u; u = u->next)
 			for (struct folder *fo = u->folders; fo; fo = fo->unext)
-				fo->uid_check = true;
+				if (!fo->uid_settled)
+					fo->uid_check = true;
 	s->uid_authority = authority;
 }
 
@@ -1372,7 +1465,9 @@ static uint32_t assign_uid(struct mm_store *s, struct mm_user *mu, struct folder
 		mm_md_uidlist_clear(&as->ul);
 		const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
 		if (frec && mm_md_uidlist_lock(fo->dir, 2000) == 0) {
-			if (mm_md_uidlist_load(fo->dir, &as->ul) == 0 &&
+			int lr = mm_md_uidlist_load(fo->dir, &as->ul);
+			note_scratch(s, as->ul.n);
+			if (lr == 0 &&
 			    (frec = uid_adopt(s, mu, fo, &as->ul)) != NULL &&
 			    (as->ul.uidvalidity == frec->folder.uidvalidity || !as->ul.exists)) {
 				as->usable = true;
@@ -1417,6 +1512,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 {
 	struct dlist l = {0};
 	int r = read_folder(fo->dir, &l);
+	note_scratch(s, l.n);
 	if (r < 0) {
 		dlist_free(&l);
 		if (r != -ENOENT)
@@ -1447,13 +1543,11 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			fe->seen = true;
 			/* letters too: fent_relocate() may already know the new name of a file
 			 * renamed here, but not what the rename changed */
-			if (strcmp(fe->name, name) || fe->in_cur != in_cur || fe->letters != n.letters) {
+			char nb[MM_MD_NAME_MAX + 1];
+			if (strcmp(fent_name(s, fe, nb), name) || fe->in_cur != in_cur || fe->letters != n.letters) {
 				uint64_t oldl = fe->letters;
-				char *dup = strdup(name);
-				if (!dup)
+				if (fent_set_name(s, fe, name) < 0)
 					continue;
-				free(fe->name);
-				fe->name = dup;
 				fe->in_cur = in_cur;
 				fe->letters = n.letters;
 				mark_file(s, fo, base);
@@ -1475,8 +1569,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				struct stat st;
 				if (stat(path, &st) < 0)
 					continue;
-				fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, rec->msg.size,
-				              (int64_t)st.st_mtime, n.letters);
+				fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, n.letters);
 				if (fe) {
 					set_missing(s, fo->u->name, key, NULL, NULL, false);
 					sync_file_flags(s, fe, rec);
@@ -1544,7 +1637,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			continue;
 		}
 		s->changes++;
-		if (!fent_add(s, fo, base, name, in_cur, nkey, body, size, mtime, n.letters & ~unnamed)) {
+		if (!fent_add(s, fo, base, name, in_cur, nkey, body, n.letters & ~unnamed)) {
 			dlist_free(&l);
 			hm_clear(&um.m);
 			assign_done(s, fo, &as);
@@ -1970,7 +2063,7 @@ int mm_store_body_open(struct mm_store *s, const char *user, const uint8_t key[M
 		return -ENOENT;
 	char p[PATHBUF];
 	for (int attempt = 0; attempt < 2; attempt++) {
-		if (fent_path(fe, p, sizeof p) < 0)
+		if (fent_path(s, fe, p, sizeof p) < 0)
 			return -ENAMETOOLONG;
 		int fd = open(p, O_RDONLY | O_CLOEXEC);
 		if (fd >= 0) {
@@ -2389,10 +2482,8 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 			if (w->err || w->held)
 				continue;
 			const struct mm_rec *r = mm_user_get(mu, w->key);
-			int64_t idate = r->msg.internaldate;
 			uint8_t body[MM_ID_LEN];
 			memcpy(body, r->msg.body, MM_ID_LEN);
-			uint64_t size = r->msg.size;
 			bool in_cur = strchr(names[k], ':') != NULL;
 			uint64_t letters = wanted_letters(s, w->fo, r, 0);
 			int rr = mm_md_tmp_place(fo->dir, w->base, in_cur ? "cur" : "new", names[k]);
@@ -2406,7 +2497,7 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 				continue;
 			}
 			set_missing(s, w->user, w->key, NULL, NULL, false);
-			if (!fent_add(s, fo, w->base, names[k], in_cur, w->key, body, size, idate, letters))
+			if (!fent_add(s, fo, w->base, names[k], in_cur, w->key, body, letters))
 				err = -ENOMEM; /* the rescan will link the file by its key */
 			else
 				placed++;
@@ -2568,7 +2659,7 @@ static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM
 	if (!src)
 		return 0;
 	char sp[PATHBUF];
-	if (fent_path(src, sp, sizeof sp) < 0)
+	if (fent_path(s, src, sp, sizeof sp) < 0)
 		return 0;
 	struct mm_body_writer *w;
 	int rr = mm_store_body_begin(s, user, key, &w);
@@ -2787,6 +2878,7 @@ struct refile {
  * when the lock stays busy (uid_check stays set: retried at the next pass). */
 static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *mu, struct folder *fo)
 {
+	fo->uid_settled = false;
 	if (!fo->on_disk || !mm_md_is_maildir(fo->dir))
 		return 0;
 	int r = mm_md_uidlist_lock(fo->dir, 2000);
@@ -2796,6 +2888,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	struct mm_md_uidlist ul;
 	r = mm_md_uidlist_load(fo->dir, &ul);
+	note_scratch(s, ul.n);
 	bool dirty = false, renew = false;
 	if (r == -EBADMSG) {
 		/* damaged: the UIDs this node showed are unknown, so agreement for this folder
@@ -2830,6 +2923,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	 * provisionally and ask for a move, which this node moves as the authority */
 	size_t nit = 0, capit = 0;
 	struct mm_uid_item *it = NULL;
+	bool settled = !dirty;
 	for (struct fent *fe = fo->files; fe; fe = fe->fnext) {
 		const struct mm_rec *rec = mm_user_get(mu, fe->key);
 		if (!rec || rec->type != MM_REC_MESSAGE)
@@ -2837,8 +2931,10 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		if (nit == capit) {
 			size_t nc = capit ? capit * 2 : 16;
 			struct mm_uid_item *nv = realloc(it, nc * sizeof(*nv));
-			if (!nv)
+			if (!nv) {
+				settled = false;
 				break;
+			}
 			it = nv;
 			capit = nc;
 		}
@@ -2852,6 +2948,11 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	uint32_t next = ul.next_uid;
 	mm_uid_plan(it, nit, &next, mm_user_uid_top(mu, fo->name), s->uid_authority);
+	/* nothing to list, move or ask for, and no need above a UID: the plan of an
+	 * authority (crdt/uid.c) is the same, so becoming one need not re-check */
+	for (size_t i = 0; i < nit && settled; i++)
+		settled = it[i].want && it[i].want == it[i].have && it[i].need <= it[i].want &&
+		          it[i].target == it[i].have && !it[i].set_uid && !it[i].set_need;
 	size_t nref = 0, capref = 0;
 	struct refile *ref = NULL;
 	for (size_t i = 0; i < nit; i++) {
@@ -2875,8 +2976,10 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 			continue;
 		dirty = true;
 		if (!have) {
-			if (mm_md_uidlist_add(&ul, target, fe->name) < 0)
-				logmsg(s, MM_STORE_LOG_WARNING, "%s: cannot list %s under UID %u", fo->dir, fe->name, target);
+			char nb[MM_MD_NAME_MAX + 1];
+			const char *fname = fent_name(s, fe, nb);
+			if (mm_md_uidlist_add(&ul, target, fname) < 0)
+				logmsg(s, MM_STORE_LOG_WARNING, "%s: cannot list %s under UID %u", fo->dir, fname, target);
 			continue;
 		}
 		/* listed under another UID: re-file under a new name */
@@ -2902,7 +3005,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		 * scan takes that in first, the next pass re-files with the right letters. */
 		char src[PATHBUF];
 		struct stat sst;
-		if (fent_path(fe, src, sizeof src) < 0 || stat(src, &sst) < 0) {
+		if (fent_path(s, fe, src, sizeof src) < 0 || stat(src, &sst) < 0) {
 			fo->uid_check = true;
 			continue;
 		}
@@ -2926,7 +3029,8 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		struct fent *fe = ref[i].fe;
 		const char *sub = fe->in_cur ? "cur" : "new";
 		char from[PATHBUF], to[PATHBUF];
-		snprintf(from, sizeof from, "%s/%s/%s", fo->dir, sub, fe->name);
+		char nb[MM_MD_NAME_MAX + 1];
+		snprintf(from, sizeof from, "%s/%s/%s", fo->dir, sub, fent_name(s, fe, nb));
 		snprintf(to, sizeof to, "%s/%s/%s", fo->dir, sub, ref[i].name);
 		if (link(from, to) < 0) {
 			/* renamed by a client between the check above and now: next pass */
@@ -2940,11 +3044,10 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		uint8_t key[MM_KEY_LEN], body[MM_ID_LEN];
 		memcpy(key, fe->key, MM_KEY_LEN);
 		memcpy(body, fe->body, MM_ID_LEN);
-		uint64_t size = fe->size, letters = fe->letters;
-		int64_t mtime = fe->mtime;
+		uint64_t letters = fe->letters;
 		bool in_cur = fe->in_cur;
 		fent_remove(s, fe);
-		struct fent *nf = fent_add(s, fo, ref[i].base, ref[i].name, in_cur, key, body, size, mtime, letters);
+		struct fent *nf = fent_add(s, fo, ref[i].base, ref[i].name, in_cur, key, body, letters);
 		if (!nf) {
 			logmsg(s, MM_STORE_LOG_ERR, "out of memory indexing %s", to);
 			continue;
@@ -2957,6 +3060,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	free(ref);
 	mm_md_uidlist_clear(&ul);
 	fo->uid_sig = uidlist_sig(fo);
+	fo->uid_settled = settled && r >= 0;
 	mm_md_uidlist_unlock(fo->dir);
 	return r < 0 ? r : 0;
 }
@@ -3154,15 +3258,16 @@ static int put_file(struct mm_store *s, const void *lk, size_t lkl, struct wbuf 
 	wb->n = 0;
 	wb_put(wb, fe->key, MM_KEY_LEN);
 	wb_put(wb, fe->body, MM_ID_LEN);
-	wb_u64(wb, fe->size);
-	wb_u64(wb, (uint64_t)fe->mtime);
+	wb_u64(wb, 0); /* formerly the file's size and mtime: nothing read them */
+	wb_u64(wb, 0);
 	wb_u64(wb, fe->letters);
 	uint8_t c = fe->in_cur;
 	wb_put(wb, &c, 1);
 	wb_str(wb, fe->fo->u->name);
 	wb_str(wb, fe->fo->name);
+	char nb[MM_MD_NAME_MAX + 1];
 	wb_str(wb, fe->base);
-	wb_str(wb, fe->name);
+	wb_str(wb, fent_name(s, fe, nb));
 	if (wb->oom)
 		return -ENOMEM;
 	return mm_statedb_put(s->db, MM_DB_FILES, k, sizeof k, wb->p, wb->n);
@@ -3360,6 +3465,7 @@ int mm_store_commit(struct mm_store *s)
 		release_held(s);
 	}
 	s->in_commit = false;
+	trim_heap(s);
 	return r;
 }
 
@@ -3401,8 +3507,8 @@ static int load_file_cb(void *arg, const void *k, size_t kl, const void *v, size
 	uint8_t key[MM_KEY_LEN], body[MM_ID_LEN], in_cur;
 	rb_get(&b, key, sizeof key);
 	rb_get(&b, body, sizeof body);
-	uint64_t size = rb_u64(&b);
-	int64_t mtime = (int64_t)rb_u64(&b);
+	rb_u64(&b); /* size and mtime: no longer kept (see struct fent) */
+	rb_u64(&b);
 	uint64_t letters = rb_u64(&b);
 	rb_get(&b, &in_cur, 1);
 	char user[MM_NAME_MAX * 2 + 2], folder[MM_NAME_MAX + 1], base[MM_MD_NAME_MAX + 1],
@@ -3418,7 +3524,7 @@ static int load_file_cb(void *arg, const void *k, size_t kl, const void *v, size
 		c->bad++;
 		return 0;
 	}
-	struct fent *fe = fent_add(c->s, fo, base, name, in_cur != 0, key, body, size, mtime, letters);
+	struct fent *fe = fent_add(c->s, fo, base, name, in_cur != 0, key, body, letters);
 	if (!fe)
 		return -ENOMEM;
 	return 0;
@@ -3674,6 +3780,8 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		return r;
 	}
 	recover_tmp(s);
+	note_scratch(s, nfiles); /* the load's and the missing list's scratch */
+	trim_heap(s);
 	*sp = s;
 	return 0;
 }
@@ -3697,9 +3805,7 @@ void mm_store_free(struct mm_store **sp)
 			fn = fo->unext;
 			for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
 				nx = fe->fnext;
-				free(fe->base);
-				free(fe->name);
-				free(fe);
+				fent_free(s, fe);
 			}
 			/* held bodies stay missing, and their files in tmp/: the next
 			 * start takes them back (recover_tmp) */
@@ -3724,6 +3830,7 @@ void mm_store_free(struct mm_store **sp)
 	fx_clear(&s->by_base);
 	fx_clear(&s->by_key);
 	fx_clear(&s->by_body);
+	hm_clear(&s->odd_names); /* emptied by fent_free */
 	struct keylist ml;
 	if (hm_keys(&s->missing, &ml) == 0)
 		for (size_t i = 0; i < ml.n; i++)

@@ -114,8 +114,9 @@ void mm_store_set_max_skew(struct mm_store *s, uint64_t max_skew_ms);
 
 /* With imap_uids: whether this node is the UID authority of its folders (crdt/uid.h:
  * the only node that moves a message to a new UID).  The daemon makes the live node
- * with the lowest id the authority.  Becoming it re-checks every folder at the next
- * commit.  Default false. */
+ * with the lowest id the authority.  Becoming it re-checks, at the next commit, every
+ * folder whose last check left something an authority would do differently (crdt/uid.h:
+ * a message not listed under its UID here, or with a need above it).  Default false. */
 void mm_store_set_uid_authority(struct mm_store *s, bool authority);
 /* While this node catches up (joining, or back after a long absence: the daemon says so
  * when it misses many bodies), the UID passes do not raise needs: a message it cannot

@@ -58,7 +58,7 @@ struct node {
 	uint64_t now;
 };
 
-static void node_open(struct node *n, const char *name, uint64_t id)
+static void node_open_cfg(struct node *n, const char *name, uint64_t id, bool imap_uids)
 {
 	snprintf(n->root, sizeof n->root, "%s/%s/mail", top, name);
 	snprintf(n->sdir, sizeof n->sdir, "%s/%s/state", top, name);
@@ -71,14 +71,21 @@ static void node_open(struct node *n, const char *name, uint64_t id)
 	n->st = mm_state_new();
 	assert_non_null(n->st);
 	mm_clock_init(&n->clock, id, 0);
-	struct mm_store_config cfg = {n->loc, n->sdir, false};
+	struct mm_store_config cfg = {n->loc, n->sdir, imap_uids};
 	char err[512];
 	int r = mm_store_open(&n->s, &cfg, n->st, &n->clock, err, sizeof err);
 	if (r)
 		fprintf(stderr, "open: %s\n", err);
 	assert_int_equal(r, 0);
+	if (imap_uids)
+		mm_store_set_new_folder_wait(n->s, 0); /* no Dovecot here */
 	if (!n->now)
 		n->now = 1700000000000ULL;
+}
+
+static void node_open(struct node *n, const char *name, uint64_t id)
+{
+	node_open_cfg(n, name, id, false);
 }
 
 static void node_close(struct node *n)
@@ -1058,6 +1065,137 @@ static void test_keyword_named_late(void **state)
 	node_close(&a);
 }
 
+/* ---- file names written otherwise than Dovecot writes them -------------------------- */
+
+/* The UID dovecot-uidlist lists for exactly this file name, or 0. */
+static uint32_t listed_uid(const struct node *n, const char *name)
+{
+	char d[600];
+	udir(n, "INBOX", d, sizeof d);
+	struct mm_md_uidlist ul;
+	assert_int_equal(mm_md_uidlist_load(d, &ul), 0);
+	uint32_t uid = 0;
+	for (size_t i = 0; i < ul.n; i++)
+		if (!strcmp(ul.v[i].name, name))
+			uid = ul.v[i].uid;
+	mm_md_uidlist_clear(&ul);
+	return uid;
+}
+
+/* The index keeps a file's name as base + letters and only the odd ones whole
+ * (letters unsorted, ":2," with no letters in new/, none in cur/): every name must
+ * come back exactly, from memory and from the database after a restart, which
+ * dovecot-uidlist shows (it lists the names the store gives it); a remote flag change
+ * then renames such a file to the name Dovecot would write. */
+static void test_odd_names(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, true);
+	mm_store_set_uid_authority(a.s, true);
+	char d[600], md[600];
+	udir(&a, "INBOX", d, sizeof d);
+	snprintf(md, sizeof md, "%s/ex.org/alice", a.root);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(md, "INBOX", &o), 0);
+	static const struct { const char *base, *sub, *name; } f[] = {
+		{"odd1", "cur", "odd1:2,SR"}, {"odd2", "cur", "odd2"}, {"odd3", "new", "odd3:2,"},
+		{"even4", "cur", "even4:2,RS"}, {"even5", "new", "even5"},
+	};
+	enum { NF = sizeof f / sizeof f[0] };
+	for (int i = 0; i < NF; i++) {
+		char body[64];
+		snprintf(body, sizeof body, "Subject: %d\r\n\r\nbody %d\r\n", i, i);
+		assert_int_equal(mm_md_deliver(d, f[i].base, body, strlen(body), 1600000000 + i, f[i].sub,
+		                               f[i].name, &o), 0);
+	}
+	assert_true(scan(&a, NULL) >= NF);
+	uint32_t uids[NF];
+	for (int i = 0; i < NF; i++) {
+		uids[i] = listed_uid(&a, f[i].name);
+		assert_true(uids[i] > 0);
+	}
+	assert_int_equal(scan(&a, NULL), 0);
+	node_close(&a);
+
+	/* names read back from the database: listed again the same, nothing re-read */
+	char ulp[700];
+	snprintf(ulp, sizeof ulp, "%s/dovecot-uidlist", d);
+	assert_int_equal(unlink(ulp), 0);
+	node_open_cfg(&a, "a", 1, true);
+	mm_store_set_uid_authority(a.s, true);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	for (int i = 0; i < NF; i++)
+		assert_int_equal(listed_uid(&a, f[i].name), uids[i]);
+
+	/* a peer flags odd1: renamed from its odd name to the canonical one */
+	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
+	struct mm_delta *full = full_delta(&a);
+	const struct mm_rec *m = NULL;
+	for (size_t i = 0; i < mm_delta_count(full); i++) {
+		const char *un;
+		const struct mm_rec *r = mm_delta_get(full, i, &un);
+		if (r->type == MM_REC_MESSAGE && r->msg.internaldate == 1600000000)
+			m = r;
+	}
+	assert_non_null(m);
+	struct mm_rec remote = *mm_user_get(u, m->key);
+	remote.msg.flags[MM_FLAG_FLAGGED].value = 1;
+	remote.msg.flags[MM_FLAG_FLAGGED].stamp = (mm_hlc){(a.now + 5000) << MM_HLC_LOGICAL_BITS, 99};
+	assert_int_equal(mm_store_merge(a.s, "ex.org/alice", &remote), 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	mm_delta_free(&full);
+	const char *p = find(&a, "INBOX", "odd1");
+	assert_non_null(p);
+	assert_non_null(strstr(p, "/cur/odd1:2,FRS"));
+	assert_int_equal(scan(&a, NULL), 0);
+	node_close(&a);
+}
+
+/* Becoming the UID authority re-checks only folders whose last pass left something
+ * for an authority: here a replica's need above a message's UID, which a
+ * non-authority keeps showing and the authority must move. */
+static void test_authority_recheck(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, true); /* not the authority yet */
+	deliver(&a, "INBOX", "m1", "Subject: 1\r\n\r\nbody 1\r\n", 1600000000);
+	deliver(&a, "INBOX", "m2", "Subject: 2\r\n\r\nbody 2\r\n", 1600000001);
+	assert_true(scan(&a, NULL) >= 2);
+	uint32_t u1 = listed_uid(&a, "m1"), u2 = listed_uid(&a, "m2");
+	assert_true(u1 >= 1 && u1 <= 2 && u2 >= 1 && u2 <= 2 && u1 != u2);
+	/* a replica could not show m1 under 1: it asks for 7 */
+	struct mm_delta *full = full_delta(&a);
+	const struct mm_rec *m = NULL;
+	for (size_t i = 0; i < mm_delta_count(full); i++) {
+		const char *un;
+		const struct mm_rec *r = mm_delta_get(full, i, &un);
+		if (r->type == MM_REC_MESSAGE && r->msg.internaldate == 1600000000)
+			m = r;
+	}
+	assert_non_null(m);
+	struct mm_rec remote = *m;
+	remote.msg.uid_need = 7;
+	assert_int_equal(mm_store_merge(a.s, "ex.org/alice", &remote), 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	mm_delta_free(&full);
+	assert_int_equal(listed_uid(&a, "m1"), u1); /* a non-authority keeps it */
+	assert_int_equal(scan(&a, NULL), 0);
+	mm_store_set_uid_authority(a.s, true);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_int_equal(listed_uid(&a, "m1"), 0);
+	const char *p = find(&a, "INBOX", "m1");
+	assert_null(p); /* re-filed under a new base */
+	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
+	const struct mm_rec *now = mm_user_get(u, remote.key);
+	assert_non_null(now);
+	assert_true(now->msg.uid_value >= 7); /* moved at or above the need */
+	assert_int_equal(listed_uid(&a, "m2"), u2);
+	node_close(&a);
+}
+
 static void test_open_errors(void **state)
 {
 	(void)state;
@@ -1097,6 +1235,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_folders, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_files_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_named_late, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_odd_names, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_authority_recheck, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
