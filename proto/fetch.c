@@ -280,9 +280,9 @@ int mm_fetch_new(const struct mm_fetch_config *cfg, struct mm_fetch **f_r)
 	if (cfg)
 		f->cfg = *cfg;
 	if (!f->cfg.max_inflight)
-		f->cfg.max_inflight = 8;
+		f->cfg.max_inflight = 64;
 	if (!f->cfg.max_bytes)
-		f->cfg.max_bytes = 8u << 20;
+		f->cfg.max_bytes = 32u << 20;
 	if (!f->cfg.backoff_ms)
 		f->cfg.backoff_ms = 500;
 	if (!f->cfg.backoff_max_ms)

@@ -27,8 +27,8 @@ struct mm_sync;
 struct mm_fetch;
 
 struct mm_fetch_config {
-	unsigned max_inflight;      /* bodies in flight per peer; 0 = 8 */
-	uint64_t max_bytes;         /* outstanding body bytes per peer; 0 = 8 MiB (a single
+	unsigned max_inflight;      /* bodies in flight per peer; 0 = 64 */
+	uint64_t max_bytes;         /* outstanding body bytes per peer; 0 = 32 MiB (a single
 	                             * larger body is still allowed when the peer is idle) */
 	uint32_t backoff_ms;        /* first backoff after all peers failed; 0 = 500 */
 	uint32_t backoff_max_ms;    /* cap of the doubling backoff; 0 = 30000 */
