@@ -119,6 +119,7 @@ struct mm_sync {
 	uint8_t *chunk;         /* body chunk / inline body buffer */
 	size_t chunk_cap;
 	uint64_t digest_seq;
+	uint64_t lead_sent;     /* when a DIGEST last carried the lead view (0 = never) */
 	uint64_t round_ctr;
 	uint64_t req_ctr;
 	struct {
@@ -1597,14 +1598,28 @@ void mm_sync_tick(struct mm_sync *s, uint64_t now_ms)
 
 /* ---- public: gossip and push ------------------------------------------------------ */
 
+/* The lead view for a DIGEST to this peer, at most once per MM_SYNC_LEAD_EVERY_MS (a
+ * heartbeat need only rise well within the election's expire time, and the fields are
+ * most of an idle node's traffic growth otherwise); (0, 0) = none this time. */
+#define MM_SYNC_LEAD_EVERY_MS 1000
+
+static void lead_fields(struct mm_sync *s, uint64_t *id_r, uint64_t *beat_r)
+{
+	*id_r = *beat_r = 0;
+	if (!s->cfg.lead || (s->lead_sent && s->now >= s->lead_sent &&
+	                     s->now - s->lead_sent < MM_SYNC_LEAD_EVERY_MS))
+		return;
+	mm_lead_view(s->cfg.lead, s->now, id_r, beat_r);
+	s->lead_sent = s->now ? s->now : 1;
+}
+
 int mm_sync_gossip(struct mm_sync *s, uint64_t now_ms)
 {
 	uint8_t root[MM_HASH_LEN];
 	s->now = now_ms;
 	mm_state_root(s->cfg.state, root);
-	uint64_t lid = 0, lbeat = 0;
-	if (s->cfg.lead)
-		mm_lead_view(s->cfg.lead, now_ms, &lid, &lbeat);
+	uint64_t lid, lbeat;
+	lead_fields(s, &lid, &lbeat);
 	int rc = mm_wire_enc_digest(&s->out, ++s->digest_seq, false, root,
 	                            mm_state_user_count(s->cfg.state), lid, lbeat);
 	if (rc < 0) {
@@ -1658,9 +1673,8 @@ static int handle_digest(struct mm_sync *s, const struct mm_wire_msg *m)
 	if (s->cfg.lead)
 		mm_lead_observe(s->cfg.lead, m->digest.lead_id, m->digest.lead_beat, s->now);
 	if (!m->digest.reply) {
-		uint64_t lid = 0, lbeat = 0;
-		if (s->cfg.lead)
-			mm_lead_view(s->cfg.lead, s->now, &lid, &lbeat);
+		uint64_t lid, lbeat;
+		lead_fields(s, &lid, &lbeat);
 		int rc = mm_wire_enc_digest(&s->out, m->digest.seq, true, root,
 		                            mm_state_user_count(s->cfg.state), lid, lbeat);
 		if (rc < 0) {

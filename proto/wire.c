@@ -414,13 +414,16 @@ int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
                        uint64_t lead_beat)
 {
 	PACKER(sb);
-	TRY(enc_head(pk, 8, MM_MSG_DIGEST));
+	bool lead = lead_id || lead_beat; /* none: the 6-element form, 18 bytes less */
+	TRY(enc_head(pk, lead ? 8 : 6, MM_MSG_DIGEST));
 	PK(msgpack_pack_uint64(pk, seq));
 	PK(reply ? msgpack_pack_true(pk) : msgpack_pack_false(pk));
 	TRY(pk_bin(pk, root, MM_HASH_LEN));
 	PK(msgpack_pack_uint64(pk, n_users));
-	PK(msgpack_pack_uint64(pk, lead_id));
-	PK(msgpack_pack_uint64(pk, lead_beat));
+	if (lead) {
+		PK(msgpack_pack_uint64(pk, lead_id));
+		PK(msgpack_pack_uint64(pk, lead_beat));
+	}
 	return 0;
 }
 

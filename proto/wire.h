@@ -125,6 +125,7 @@ int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *msg_r, st
 /* Encoders: append one whole message to sb (which the caller may reuse after clearing
  * sb->size).  Return 0, -EINVAL (bad argument: name too long, bad record), -ENOMEM.
  * They do not check MM_WIRE_MAX; callers size their batches (mm_wire_rec_size). */
+/* DIGEST: lead_id and lead_beat both 0 = the short form without them. */
 int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
                        const uint8_t root[MM_HASH_LEN], uint64_t n_users, uint64_t lead_id,
                        uint64_t lead_beat);

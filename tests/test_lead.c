@@ -256,6 +256,19 @@ static void test_digest_without_lead(void **state)
 	sb.size = 0;
 	pack_digest(&pk, 9);
 	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), -EBADMSG);
+	/* the encoder writes the short form when it has no view to send */
+	sb.size = 0;
+	uint8_t root[MM_HASH_LEN] = { 0 };
+	assert_int_equal(mm_wire_enc_digest(&sb, 3, true, root, 1, 0, 0), 0);
+	size_t short_len = sb.size;
+	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
+	assert_int_equal(m.digest.lead_id, 0);
+	sb.size = 0;
+	assert_int_equal(mm_wire_enc_digest(&sb, 3, true, root, 1, 0x1234567890abcdefull, 1700000000000ull), 0);
+	assert_true(sb.size > short_len);
+	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
+	assert_int_equal(m.digest.lead_id, 0x1234567890abcdefull);
+	assert_int_equal(m.digest.lead_beat, 1700000000000ull);
 	mm_arena_free(&a);
 	msgpack_sbuffer_destroy(&sb);
 }
