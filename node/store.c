@@ -3615,7 +3615,7 @@ static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct fold
 		uint8_t key[MM_KEY_LEN];
 		size_t bin_len = 0;
 		if (!m || strlen(de->d_name) >= sizeof(((struct mm_body_writer *)0)->base) ||
-		    strncmp(m + 4 + 2 * MM_KEY_LEN, ",S=", 3) != 0 ||
+		    strlen(m) < 4 + 2 * MM_KEY_LEN + 3 || strncmp(m + 4 + 2 * MM_KEY_LEN, ",S=", 3) != 0 ||
 		    sodium_hex2bin(key, sizeof key, m + 4, 2 * MM_KEY_LEN, NULL, &bin_len, NULL) != 0 ||
 		    bin_len != MM_KEY_LEN)
 			continue;
