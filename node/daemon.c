@@ -347,6 +347,9 @@ static int daemon_start(struct mm_daemon *d)
 		return r;
 	}
 	mm_store_set_log(d->store, store_log, d);
+	/* before the first scan's UID pass: a node back with many bodies missing asks for
+	 * no moves until it has them (uid_authority_update keeps this up to date) */
+	mm_store_set_catching_up(d->store, mm_store_missing_count(d->store) > MM_LEAD_CATCHUP_MISSING);
 	uint64_t t0 = mm_daemon_now();
 	struct mm_delta *delta = mm_delta_new();
 	if (!delta)

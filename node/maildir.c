@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -455,6 +456,36 @@ int mm_md_uidlist_read(const char *folder_dir,
 	return r;
 }
 
+/* A dovecot-uidlist.lock whose holder is gone: it names a process of this host
+ * ("PID:mailmesh" is ours, Dovecot writes "PID:HOSTNAME") that no longer exists, as
+ * Dovecot's own dotlock code checks; so a lock left by a kill -9 (ours or Dovecot's)
+ * does not hold every UID pass for two minutes.  The lock must still be the one that
+ * was read (same inode and mtime as `st`), so a lock just retaken is not removed. */
+static bool lock_holder_dead(const char *path, const struct stat *st)
+{
+	char buf[128], host[128];
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return false;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	struct stat st2;
+	bool same = fstat(fd, &st2) == 0 && st2.st_ino == st->st_ino && st2.st_mtime == st->st_mtime;
+	close(fd);
+	if (n <= 0 || !same)
+		return false;
+	buf[n] = 0;
+	char *end;
+	long pid = strtol(buf, &end, 10);
+	if (pid <= 0 || end == buf || *end != ':')
+		return false;
+	char *who = end + 1;
+	who[strcspn(who, "\r\n")] = 0;
+	if (strcmp(who, "mailmesh") != 0 &&
+	    (gethostname(host, sizeof host) != 0 || (host[sizeof host - 1] = 0, strcmp(who, host) != 0)))
+		return false; /* another host's (shared storage): only the age rule applies */
+	return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+}
+
 int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 {
 	char p[PATHBUF];
@@ -490,7 +521,7 @@ int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 			return e;
 		}
 		struct stat st;
-		if (stat(p, &st) == 0 && time(NULL) - st.st_mtime > 120) {
+		if (stat(p, &st) == 0 && (time(NULL) - st.st_mtime > 120 || lock_holder_dead(p, &st))) {
 			unlink(p); /* stale: the holder died */
 			continue;
 		}

@@ -11,6 +11,7 @@
 #include "node/mailloc.h"
 
 #include <errno.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -202,6 +203,35 @@ static void test_keywords(void **state)
 	assert_int_equal(mm_md_uidlist_lock(tmpdir, 0), 0);
 	assert_int_equal(mm_md_uidlist_lock(tmpdir, 20), -EAGAIN);
 	mm_md_uidlist_unlock(tmpdir);
+	/* a lock whose holder died (kill -9) is taken over at once, ours or Dovecot's
+	 * ("PID:HOSTNAME"); one of a live process, or of another host, is not */
+	pid_t dead = fork();
+	assert_true(dead >= 0);
+	if (dead == 0)
+		_exit(0);
+	assert_int_equal(waitpid(dead, NULL, 0), dead);
+	char lp[600], host[128] = "";
+	snprintf(lp, sizeof lp, "%s/dovecot-uidlist.lock", tmpdir);
+	assert_int_equal(gethostname(host, sizeof host - 1), 0);
+	const char *forms[] = { "%ld:mailmesh\n", "%ld:%s" };
+	for (int i = 0; i < 2; i++) {
+		FILE *f = fopen(lp, "w");
+		assert_non_null(f);
+		fprintf(f, forms[i], (long)dead, host);
+		fclose(f);
+		assert_int_equal(mm_md_uidlist_lock(tmpdir, 0), 0);
+		mm_md_uidlist_unlock(tmpdir);
+	}
+	FILE *f = fopen(lp, "w");
+	assert_non_null(f);
+	fprintf(f, "%ld:mailmesh\n", (long)getpid());
+	fclose(f);
+	assert_int_equal(mm_md_uidlist_lock(tmpdir, 20), -EAGAIN);
+	assert_non_null(f = fopen(lp, "w"));
+	fprintf(f, "%ld:some-other-host.example", (long)dead);
+	fclose(f);
+	assert_int_equal(mm_md_uidlist_lock(tmpdir, 20), -EAGAIN);
+	unlink(lp);
 	mm_md_keywords_clear(&kw);
 }
 
