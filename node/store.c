@@ -3434,32 +3434,41 @@ int mm_store_commit(struct mm_store *s)
 		mm_delta_clear(s->commit_out);
 	mirror_deferred(s);
 	int r = commit_batch(s);
-	if (r == 0 && s->pending) {
-		/* the records are durable now: local copies may carry their keys */
-		struct pending *p = s->pending;
-		s->pending = NULL;
-		while (p) {
-			struct pending *nx = p->next;
-			int cr = copy_local(s, p->user, p->key);
-			if (cr < 0 && cr != -EEXIST && cr != -ENOENT)
-				logmsg(s, MM_STORE_LOG_WARNING, "local copy of a message for %s failed: %s",
-				       p->user, strerror(-cr));
-			free(p->user);
-			free(p);
-			p = nx;
+	/* Placing a body queues local copies for the other messages with the same bytes
+	 * (a COPY into another folder): their source file exists only now, so go round
+	 * again rather than leave them for a commit that a quiet node may not make soon
+	 * (a joining node once kept one message of a copied folder missing). */
+	for (int round = 0; round < 3 && r == 0 && (s->pending || s->staged); round++) {
+		if (s->pending) {
+			/* the records are durable now: local copies may carry their keys */
+			struct pending *p = s->pending;
+			s->pending = NULL;
+			while (p) {
+				struct pending *nx = p->next;
+				int cr = copy_local(s, p->user, p->key);
+				if (cr < 0 && cr != -EEXIST && cr != -ENOENT)
+					logmsg(s, MM_STORE_LOG_WARNING, "local copy of a message for %s failed: %s",
+					       p->user, strerror(-cr));
+				free(p->user);
+				free(p);
+				p = nx;
+			}
+			if (s->dirty_files.n || s->dirty_folders.n || s->dirty_recs.n)
+				r = commit_batch(s);
 		}
-		if (s->dirty_files.n || s->dirty_folders.n || s->dirty_recs.n)
-			r = commit_batch(s);
+		/* every staged body's record is durable now (or the commit failed: drop
+		 * them, they stay missing and are asked for again, rather than retry on
+		 * every flush) */
+		if (s->staged) {
+			struct mm_body_writer *list = unstage_all(s);
+			if (r == 0)
+				place_list(s, list, false);
+			else
+				drop_list(list);
+		}
 	}
-	/* every staged body's record is durable now (or the commit failed: drop them, they
-	 * stay missing and are asked for again, rather than retry on every flush) */
-	if (s->staged) {
-		struct mm_body_writer *list = unstage_all(s);
-		if (r == 0)
-			place_list(s, list, false);
-		else
-			drop_list(list);
-	}
+	if (r < 0 && s->staged)
+		drop_list(unstage_all(s));
 	if (r == 0 && s->n_held) {
 		s->in_commit = false; /* placing may list UIDs; the records are durable */
 		release_held(s);

@@ -697,6 +697,38 @@ static void test_stage_flush(void **state)
 	node_close(&b);
 }
 
+/* Two messages with the same bytes (an IMAP COPY into another folder): one body
+ * received places both in the same commit (the second from a local copy of the first),
+ * instead of leaving the copy to a later commit a quiet node might not make. */
+static void test_copy_placed_with_original(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	const char *msg = "Subject: copied\r\n\r\nsame bytes in two folders\r\n";
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", msg, 1600000000);
+	deliver(&a, "Work", "1700000001.M1P1.mx", msg, 1600000000);
+	assert_true(scan(&a, d) >= 2);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 2);
+	uint8_t id[MM_ID_LEN];
+	mm_body_id(msg, strlen(msg), id);
+	struct mm_body_writer *w = NULL;
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", id, strlen(msg), &w), 0);
+	assert_int_equal(mm_store_body_write(w, msg, strlen(msg)), 0);
+	assert_int_equal(mm_store_body_stage(&w), 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 1);
+	assert_int_equal(count_files(&b, "Work", "new") + count_files(&b, "Work", "cur"), 1);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* (test_crash_between_commit_and_rename, below, also covers recover_tmp: bodies a
  * killed run left in tmp/ are taken back at the next open.) */
 
@@ -1233,6 +1265,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_crash_between_rename_and_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_flush, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_placed_with_original, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_folders, setup, teardown),
