@@ -25,8 +25,9 @@ import mmtest  # noqa: E402
 
 USERS = ["example.org/alice", "example.net/bob"]
 FOLDERS = ["INBOX", "Archive"]
-# Fewer under ASan (several times slower), still hundreds per kill interval.
-N_MSGS = int(os.environ.get("MM_CRASH_MSGS", "1500" if mmtest.SANITIZE else "3000"))
+# As many under ASan: a pull of 1,500 went by between two polls there once the
+# restarted node stopped waiting on its own dead uidlist lock.
+N_MSGS = int(os.environ.get("MM_CRASH_MSGS", "3000"))
 
 
 def sha(b):
@@ -140,6 +141,9 @@ def finish(t, cl, expected, expunged, label):
         cl.explain()
     for node in cl.nodes:
         check_exact(t, node, expected, expunged, label)
+    # a node that has just caught up plans its folders again and may still ask for a
+    # UID move or two (docs/design.md): the roots must come together again
+    cl.wait_converged(timeout=60)
     roots = cl.roots()
     t.check(len(set(roots)) == 1 and roots[0], "%s: identical roots" % label)
     tmp_left = 0
@@ -174,11 +178,18 @@ def receiver_dies(t, seed):
             return
         for frac in (0.1, 0.4, 0.7):
             n3.start()
-            c = wait_count(n3, int(total * frac))
+            # aim at frac of the whole, but always within what is still to come: a
+            # restarted node can place a batch of bodies (held for UID order, taken
+            # back from tmp/) at once and overshoot a fixed target
+            start = n3.message_count()
+            target = max(int(total * frac), start + 1)
+            target = min(target, start + max(1, (total - start) // 3))
+            c = wait_count(n3, target)
             n3.kill9()
             after = n3.message_count()
-            print("info: node3 killed with %d of %d messages (%d on disk after)" % (c, total, after), flush=True)
-            t.check(int(total * frac) <= c < total,
+            print("info: node3 killed with %d of %d messages (%d at its start, %d on disk after)" %
+                  (c, total, start, after), flush=True)
+            t.check(start < c < total,
                     "%s: kill -9 landed in the middle of the sync (%d of %d)" % (label, c, total))
         expunged = change_while_down(n1, rnd, expected, 60, 40, 40, first=N_MSGS)
         n3.start()
