@@ -374,6 +374,18 @@ static struct mm_delta *full_delta(struct node *n)
 }
 
 /* Listing of a Maildir: folder, flags letters and content of each message, sorted. */
+/* The MESSAGE record of d with this INTERNALDATE (the last one), or NULL. */
+static const struct mm_rec *msg_by_idate(const struct mm_delta *d, int64_t idate)
+{
+	const struct mm_rec *m = NULL;
+	for (size_t i = 0; i < mm_delta_count(d); i++) {
+		const struct mm_rec *r = mm_delta_get(d, i, NULL);
+		if (r->type == MM_REC_MESSAGE && r->msg.internaldate == idate)
+			m = r;
+	}
+	return m;
+}
+
 static void listing(const struct node *n, char *out, size_t len)
 {
 	char cmd[1200];
@@ -1167,13 +1179,7 @@ static void test_odd_names(void **state)
 	/* a peer flags odd1: renamed from its odd name to the canonical one */
 	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
 	struct mm_delta *full = full_delta(&a);
-	const struct mm_rec *m = NULL;
-	for (size_t i = 0; i < mm_delta_count(full); i++) {
-		const char *un;
-		const struct mm_rec *r = mm_delta_get(full, i, &un);
-		if (r->type == MM_REC_MESSAGE && r->msg.internaldate == 1600000000)
-			m = r;
-	}
+	const struct mm_rec *m = msg_by_idate(full, 1600000000);
 	assert_non_null(m);
 	struct mm_rec remote = *mm_user_get(u, m->key);
 	remote.msg.flags[MM_FLAG_FLAGGED].value = 1;
@@ -1203,13 +1209,7 @@ static void test_authority_recheck(void **state)
 	assert_true(u1 >= 1 && u1 <= 2 && u2 >= 1 && u2 <= 2 && u1 != u2);
 	/* a replica could not show m1 under 1: it asks for 7 */
 	struct mm_delta *full = full_delta(&a);
-	const struct mm_rec *m = NULL;
-	for (size_t i = 0; i < mm_delta_count(full); i++) {
-		const char *un;
-		const struct mm_rec *r = mm_delta_get(full, i, &un);
-		if (r->type == MM_REC_MESSAGE && r->msg.internaldate == 1600000000)
-			m = r;
-	}
+	const struct mm_rec *m = msg_by_idate(full, 1600000000);
 	assert_non_null(m);
 	struct mm_rec remote = *m;
 	remote.msg.uid_need = 7;
