@@ -1231,10 +1231,13 @@ void mm_store_set_max_skew(struct mm_store *s, uint64_t max_skew_ms)
 
 void mm_store_set_catching_up(struct mm_store *s, bool catching_up)
 {
+	/* a folder whose last pass showed every message under its UID raised no need and
+	 * held none back: only the others are planned again */
 	if (!catching_up && s->catching_up)
 		for (struct user *u = s->users; u; u = u->next)
 			for (struct folder *fo = u->folders; fo; fo = fo->unext)
-				fo->uid_check = true;
+				if (!fo->uid_settled)
+					fo->uid_check = true;
 	s->catching_up = catching_up;
 }
 

@@ -122,8 +122,9 @@ void mm_store_set_uid_authority(struct mm_store *s, bool authority);
  * when it misses many bodies), the UID passes do not raise needs: a message it cannot
  * show under its UID yet stays listed provisionally, because asking the authority to
  * move it now would renumber it on every node while the bodies still arriving change
- * what this node can show.  When catching up ends, every folder is planned again and
- * needs are raised for what still cannot be shown. */
+ * what this node can show.  When catching up ends, every folder whose last pass did
+ * not show each message under its UID is planned again, and needs are raised for what
+ * still cannot be shown. */
 void mm_store_set_catching_up(struct mm_store *s, bool catching_up);
 
 /* Marks (user, key) for the next commit (for callers that merge by other means). */

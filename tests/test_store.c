@@ -1231,6 +1231,40 @@ static void test_authority_recheck(void **state)
 	node_close(&a);
 }
 
+/* A node catching up raises no needs: a message it cannot show under its UID stays
+ * where it is listed, without asking for a move; once caught up, the folder is planned
+ * again and the need is raised. */
+static void test_catching_up_raises_no_needs(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, true);
+	deliver(&a, "INBOX", "m1", "Subject: 1\r\n\r\nbody 1\r\n", 1600000000);
+	deliver(&a, "INBOX", "m2", "Subject: 2\r\n\r\nbody 2\r\n", 1600000001);
+	assert_true(scan(&a, NULL) >= 2);
+	uint32_t u1 = listed_uid(&a, "m1"), u2 = listed_uid(&a, "m2");
+	assert_true(u1 && u2 && u1 != u2);
+	mm_store_set_catching_up(a.s, true);
+	/* the authority gave m1 the number m2 shows here */
+	struct mm_delta *full = full_delta(&a);
+	const struct mm_rec *m = msg_by_idate(full, 1600000000);
+	assert_non_null(m);
+	struct mm_rec remote = *m;
+	remote.msg.uid_value = u2;
+	remote.msg.uid.stamp = (mm_hlc){(a.now + 5000) << MM_HLC_LOGICAL_BITS, 99};
+	assert_int_equal(mm_store_merge(a.s, "ex.org/alice", &remote), 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	mm_delta_free(&full);
+	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
+	assert_int_equal(mm_user_get(u, remote.key)->msg.uid_need, 0);
+	assert_int_equal(listed_uid(&a, "m1"), u1); /* kept where it is listed */
+	assert_int_equal(listed_uid(&a, "m2"), u2);
+	mm_store_set_catching_up(a.s, false);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_true(mm_user_get(u, remote.key)->msg.uid_need > u2);
+	node_close(&a);
+}
+
 static void test_open_errors(void **state)
 {
 	(void)state;
@@ -1273,6 +1307,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_keyword_named_late, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_odd_names, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_authority_recheck, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_catching_up_raises_no_needs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
