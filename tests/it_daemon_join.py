@@ -79,6 +79,7 @@ def join_test(t, seed):
         samples = 0
         deadline = time.time() + 240 * mmtest.SLOW
         joined = False
+        several_up = False
         last_check = 0
         while time.time() < deadline:
             r = new.vmrss_kb()
@@ -89,12 +90,18 @@ def join_test(t, seed):
             samples += 1
             if time.time() - last_check > 0.5:
                 last_check = time.time()
+                st = new.status(quiet=True) or {}
+                if new.message_count() < N_MSGS * 0.8:
+                    # peers connected while most of the pull was still to come
+                    conn = sum(1 for p in st.get("peers", []) if p.get("connected"))
+                    several_up = several_up or conn >= 2
                 if new.message_count() >= N_MSGS and cl.converged():
                     joined = True
                     break
             time.sleep(0.01)
-        if not joined:
-            joined = cl.wait_converged(timeout=60)
+        # and stays so: the joiner, caught up, plans its folders again (UID needs, then
+        # moves and re-files) right around this moment
+        joined = cl.wait_settled(timeout=60 if joined else 90)
         if not t.check(joined, "the empty node joins and converges"):
             cl.explain()
         content = new.content()
@@ -115,6 +122,11 @@ def join_test(t, seed):
             # finish its descent can ship every body inline: not a statement about the
             # scheduler (the plain build checks it).
             print("info: bodies came from %s (not checked under SANITIZE)" % sources, flush=True)
+        elif not several_up:
+            # a fast pull can be over before a second peer's connection is up: then one
+            # source is all there could be (seen once in CI: 83 MB from node1 in 1.5 s)
+            print("info: bodies came from %s; fewer than two peers were connected while most "
+                  "of the pull was still to come, so not checked" % sources, flush=True)
         else:
             t.check(len(sources) >= 2, "bodies came from several peers at once (%s)" % sources)
         bound_mb = int(os.environ.get("MEM_BOUND_MB", "64"))

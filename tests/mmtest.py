@@ -377,6 +377,24 @@ class Cluster:
             time.sleep(0.2)
         return False
 
+    def wait_settled(self, timeout=60, quiet=2.0, nodes=None):
+        """Like wait_converged, but the converged state must also hold still for `quiet`
+        seconds (same roots): a node that has just caught up plans its folders again and
+        may ask for UID moves, whose re-files change files under a reader."""
+        deadline = time.time() + timeout * SLOW
+        since, roots = None, None
+        while time.time() < deadline:
+            if self.converged(nodes):
+                r = self.roots(nodes)
+                if r != roots:
+                    since, roots = time.time(), r
+                elif time.time() - since >= quiet:
+                    return True
+            else:
+                since, roots = None, None
+            time.sleep(0.2)
+        return False
+
     def explain(self, nodes=None):
         """Prints how the nodes differ (for a failed convergence)."""
         nodes = nodes or self.nodes
