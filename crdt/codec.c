@@ -504,7 +504,11 @@ int mm_rec_decode(const uint8_t *buf, size_t len, struct mm_rec *r_r, struct mm_
 		if ((mask & 2) && !get_reg(&c, &r.folder.subscribed))
 			return -EBADMSG;
 		if (mask & 4) {
-			if (!get_u32(&c, &r.folder.uidvalidity) || !r.folder.uidvalidity)
+			/* canonical: present only when it differs from the value the exists
+			 * stamp gives, and the encoder writes it only for a non-zero stamp */
+			if (!get_u32(&c, &r.folder.uidvalidity) || !r.folder.uidvalidity ||
+			    stamp_zero(r.folder.exists.stamp) ||
+			    r.folder.uidvalidity == mm_folder_uidvalidity(r.folder.exists.stamp))
 				return -EBADMSG;
 		} else {
 			r.folder.uidvalidity = mm_folder_uidvalidity(r.folder.exists.stamp);
