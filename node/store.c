@@ -312,6 +312,7 @@ struct mm_body_writer {
 	bool tmp_gone; /* tmp/<base> was linked into place or removed */
 	bool held;     /* in its folder's held array */
 	uint32_t uid;  /* the record's UID when placing (imap_uids) */
+	uint64_t first_wait_ms; /* held since then for its first UID (FIRST_UID_WAIT_MS), 0 = not */
 	dev_t dev;     /* filesystem of the file (place_list: which syncfs covers it) */
 	uint64_t n;
 	crypto_generichash_state h;
@@ -2291,6 +2292,27 @@ static void drop_list(struct mm_body_writer *list)
  * list bodies in arrival order and ask the authority to move most of them. */
 #define HOLD_MS 30000
 
+/* imap_uids: a message's first UID is the one its origin's Dovecot gives it (the
+ * origin lists the file, then records the UID: a few milliseconds after the record
+ * itself went out).  A replica that placed such a body at once would have to number
+ * it itself, and its number, written later, would win over the origin's: the
+ * origin's IMAP clients would see the message change UID.  So a replica holds a body
+ * whose record has no UID yet and was created on another node, until the UID comes
+ * or for FIRST_UID_WAIT_MS (an origin without imap_uids, or one that went away,
+ * never sends one: then this node numbers it). */
+#define FIRST_UID_WAIT_MS 2000
+
+/* Whether w, not yet listed, should wait for its record's first UID (see above);
+ * starts its wait on first call. */
+static bool wait_first_uid(struct mm_store *s, struct mm_body_writer *w, const struct mm_rec *r, uint64_t now)
+{
+	if (!s->imap_uids || r->msg.uid_value || r->msg.created.node == s->clock->node)
+		return false;
+	if (!w->first_wait_ms)
+		w->first_wait_ms = now ? now : 1;
+	return now - w->first_wait_ms < FIRST_UID_WAIT_MS;
+}
+
 static int w_order_cmp(const void *a, const void *b)
 {
 	const struct mm_body_writer *x = *(const struct mm_body_writer *const *)a;
@@ -2450,8 +2472,9 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 		v[i++] = w;
 	if (s->imap_uids)
 		qsort(v, n, sizeof(*v), w_order_cmp);
+	uint64_t now = wall_ms();
 	if (live)
-		s->progress_ms = wall_ms();
+		s->progress_ms = now;
 	for (size_t g = 0; g < n;) {
 		struct folder *fo = v[g]->fo;
 		size_t e = g, b = 0;
@@ -2470,6 +2493,8 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 				w->err = err = rr;
 				continue;
 			}
+			if (!w->uid && wait_first_uid(s, w, r, now) && hold_body(s, w) == 0)
+				continue;
 			if (may_hold && w->uid && w->uid > next && hold_body(s, w) == 0)
 				continue;
 			if (w->uid >= next)
@@ -2545,9 +2570,26 @@ static int release_held(struct mm_store *s)
 	int placed = 0;
 	for (struct user *u = s->users; u; u = u->next)
 		for (struct folder *fo = u->folders; fo; fo = fo->unext) {
-			if (!fo->n_held || (fo->miss_n > fo->n_held && now - s->progress_ms < HOLD_MS))
+			if (!fo->n_held)
 				continue;
-			int r = place_list(s, unhold_folder(s, fo, NULL), true);
+			/* held for order: go when nothing else is missing, or nothing arrived
+			 * for HOLD_MS; held for a first UID: go when it came or the wait is over
+			 * (place_list holds again whatever must still wait) */
+			bool order_go = !(fo->miss_n > fo->n_held && now - s->progress_ms < HOLD_MS), go = false;
+			struct mm_user *mu = mm_state_user(s->state, u->name, false);
+			for (size_t i = 0; i < fo->n_held && !go; i++) {
+				struct mm_body_writer *w = fo->held[i];
+				if (!w->first_wait_ms) {
+					go = order_go;
+					continue;
+				}
+				const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
+				go = !r || r->type != MM_REC_MESSAGE || r->msg.uid_value ||
+				     now - w->first_wait_ms >= FIRST_UID_WAIT_MS;
+			}
+			if (!go)
+				continue;
+			int r = place_list(s, unhold_folder(s, fo, NULL), order_go);
 			if (r > 0)
 				placed += r;
 		}

@@ -1265,6 +1265,113 @@ static void test_catching_up_raises_no_needs(void **state)
 	node_close(&a);
 }
 
+/* The records of d as they go out before their origin's UID pass: no UID yet. */
+static struct mm_delta *without_uids(const struct mm_delta *d)
+{
+	struct mm_delta *e = mm_delta_new();
+	for (size_t i = 0; i < mm_delta_count(d); i++) {
+		const char *un;
+		struct mm_rec r = *mm_delta_get(d, i, &un);
+		if (r.type == MM_REC_MESSAGE) {
+			r.msg.uid_value = r.msg.uid_need = 0;
+			r.msg.uid.stamp = (mm_hlc){0, 0};
+		}
+		assert_true(mm_delta_add(e, un, &r) >= 0);
+	}
+	return e;
+}
+
+/* Stages the body of a's message with this INTERNALDATE on b, then commits b. */
+static void stage_from(struct node *a, struct node *b, const struct mm_delta *full, int64_t idate)
+{
+	const struct mm_rec *m = msg_by_idate(full, idate);
+	assert_non_null(m);
+	int fd;
+	uint64_t sz;
+	assert_int_equal(mm_store_body_open(a->s, "ex.org/alice", m->key, &fd, &sz), 0);
+	struct mm_body_writer *w;
+	assert_int_equal(mm_store_body_begin(b->s, "ex.org/alice", m->key, &w), 0);
+	char buf[4096];
+	ssize_t r;
+	while ((r = read(fd, buf, sizeof buf)) > 0)
+		assert_int_equal(mm_store_body_write(w, buf, (size_t)r), 0);
+	close(fd);
+	assert_int_equal(mm_store_body_stage(&w), 0);
+	assert_int_equal(mm_store_commit(b->s), 0);
+}
+
+static uint32_t rec_uid(struct node *n, const uint8_t key[MM_KEY_LEN])
+{
+	const struct mm_rec *r = mm_user_get(mm_state_user(n->st, "ex.org/alice", false), key);
+	assert_non_null(r);
+	return r->msg.uid_value;
+}
+
+/* A message's first UID is its origin's: a replica holds a body whose record has no
+ * UID yet and was created on another node until that UID comes (numbering it itself
+ * would write a later UID that wins over the origin's, and the origin's IMAP clients
+ * would see the message change UID); it numbers it itself only when none came for
+ * FIRST_UID_WAIT_MS (2 s). */
+static void test_first_uid_from_origin(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open_cfg(&a, "a", 1, true);
+	node_open_cfg(&b, "b", 2, true);
+	deliver(&a, "INBOX", "m1", "Subject: 1\r\n\r\nbody 1\r\n", 1600000000);
+	deliver(&a, "INBOX", "m2", "Subject: 2\r\n\r\nbody 2\r\n", 1600000001);
+	assert_true(scan(&a, NULL) >= 2);
+	struct mm_delta *full = full_delta(&a), *early = without_uids(full);
+	const struct mm_rec *m1 = msg_by_idate(full, 1600000000), *m2 = msg_by_idate(full, 1600000001);
+	assert_true(m1->msg.uid_value && m2->msg.uid_value);
+	assert_true(mm_store_merge_delta(b.s, early) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	stage_from(&a, &b, full, 1600000000);
+	stage_from(&a, &b, full, 1600000001);
+	assert_int_equal(mm_store_held_count(b.s), 2);
+	assert_null(find(&b, "INBOX", "1600000000."));
+	assert_int_equal(rec_uid(&b, m1->key), 0);
+	/* the origin's UIDs come: the bodies are listed under them */
+	assert_true(mm_store_merge_delta(b.s, full) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(mm_store_held_count(b.s), 0);
+	const char *p = find(&b, "INBOX", "1600000000.");
+	assert_non_null(p);
+	assert_int_equal(listed_uid(&b, strrchr(p, '/') + 1), m1->msg.uid_value);
+	p = find(&b, "INBOX", "1600000001.");
+	assert_non_null(p);
+	assert_int_equal(listed_uid(&b, strrchr(p, '/') + 1), m2->msg.uid_value);
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_int_equal(rec_uid(&b, m1->key), m1->msg.uid_value);
+	mm_delta_free(&early);
+	mm_delta_free(&full);
+
+	/* no UID comes (say the origin does not run imap_uids): numbered here after 2 s */
+	deliver(&a, "INBOX", "m3", "Subject: 3\r\n\r\nbody 3\r\n", 1600000002);
+	assert_int_equal(scan(&a, NULL), 1);
+	full = full_delta(&a);
+	early = without_uids(full);
+	const struct mm_rec *m3 = msg_by_idate(full, 1600000002);
+	assert_true(mm_store_merge_delta(b.s, early) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	stage_from(&a, &b, full, 1600000002);
+	assert_int_equal(mm_store_held_count(b.s), 1);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_held_count(b.s), 1);
+	usleep(2100 * 1000);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_held_count(b.s), 0);
+	scan(&b, NULL);
+	p = find(&b, "INBOX", "1600000002.");
+	assert_non_null(p);
+	assert_true(listed_uid(&b, strrchr(p, '/') + 1) > m2->msg.uid_value);
+	assert_true(rec_uid(&b, m3->key) > m2->msg.uid_value);
+	mm_delta_free(&early);
+	mm_delta_free(&full);
+	node_close(&a);
+	node_close(&b);
+}
+
 static void test_open_errors(void **state)
 {
 	(void)state;
@@ -1308,6 +1415,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_odd_names, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_authority_recheck, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_catching_up_raises_no_needs, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_first_uid_from_origin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
