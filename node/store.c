@@ -214,6 +214,11 @@ struct folder {
 	bool uid_settled; /* its last uid_sync_folder found every message listed under its
 	                   * UID, no need above it: an authority would have done the same */
 	uint32_t uid_next; /* N of dovecot-uidlist when last read (floor for new UIDs) */
+	/* what the database holds of the three above (folder_uid_dirty): a start skips
+	 * reading a uidlist whose signature is still the one of a completed pass */
+	uint64_t db_uid_sig; /* uid_sig when no check was pending, else 0 */
+	uint32_t db_uid_next;
+	bool db_uid_settled;
 	bool sync_new, sync_cur; /* a staged body was placed there: fsync that directory */
 	uint64_t dir_sig; /* new/ and cur/ (inode, mtime) when the index last matched them, 0 = unknown */
 	struct mm_md_keywords kw;
@@ -290,6 +295,7 @@ struct mm_store {
 	uint64_t new_folder_wait_ms; /* mm_store_set_new_folder_wait */
 	struct pending *pending;
 	uint64_t hashed;
+	uint64_t uidlists_read;      /* mm_store_uidlists_read */
 	uint64_t now_ms;
 	struct mm_delta *out;
 	int changes;
@@ -2793,6 +2799,11 @@ size_t mm_store_missing_count(const struct mm_store *s)
 	return s->missing.n;
 }
 
+uint64_t mm_store_uidlists_read(const struct mm_store *s)
+{
+	return s->uidlists_read;
+}
+
 uint64_t mm_store_files_hashed(const struct mm_store *s)
 {
 	return s->hashed;
@@ -2933,6 +2944,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	struct mm_md_uidlist ul;
 	r = mm_md_uidlist_load(fo->dir, &ul);
+	s->uidlists_read++;
 	note_scratch(s, ul.n);
 	bool dirty = false, renew = false;
 	if (r == -EBADMSG) {
@@ -3331,14 +3343,35 @@ static int put_folder(struct mm_store *s, const void *lk, size_t lkl, struct wbu
 	wb_str(wb, fo->u->name);
 	wb_str(wb, fo->name);
 	wb_u64(wb, fo->dir_sig); /* optional trailer: entries written before it lack it */
+	/* second optional trailer: the uidlist as the last completed UID pass left it
+	 * (signature 0 while a pass is due: the next start reads the uidlist) */
+	fo->db_uid_sig = fo->uid_check ? 0 : fo->uid_sig;
+	fo->db_uid_next = fo->uid_next;
+	fo->db_uid_settled = fo->uid_settled;
+	wb_u64(wb, fo->db_uid_sig);
+	wb_u64(wb, (uint64_t)fo->db_uid_next | (uint64_t)fo->db_uid_settled << 32);
 	if (wb->oom)
 		return -ENOMEM;
 	return mm_statedb_put(s->db, MM_DB_FOLDERS, k, sizeof k, wb->p, wb->n);
 }
 
 /* Writes the dirty sets in one transaction; clears them only when it committed. */
+/* Marks the folders whose UID-pass record (db_uid_*) no longer says what the folder
+ * does, so commit_batch writes them. */
+static void folder_uid_dirty(struct mm_store *s)
+{
+	if (!s->imap_uids)
+		return;
+	for (struct user *u = s->users; u; u = u->next)
+		for (struct folder *fo = u->folders; fo; fo = fo->unext)
+			if ((fo->uid_check ? 0 : fo->uid_sig) != fo->db_uid_sig || fo->uid_next != fo->db_uid_next ||
+			    fo->uid_settled != fo->db_uid_settled)
+				mark_folder(s, fo);
+}
+
 static int commit_batch(struct mm_store *s)
 {
+	folder_uid_dirty(s);
 	struct keylist recs = {0}, files = {0}, folders = {0};
 	int r = hm_keys(&s->dirty_recs, &recs);
 	if (r == 0)
@@ -3608,7 +3641,15 @@ static int load_folder_cb(void *arg, const void *k, size_t kl, const void *v, si
 	fo->dir_sig = b.p < b.end ? rb_u64(&b) : 0;
 	if (b.bad)
 		fo->dir_sig = 0;
-	fo->uid_check = fo->on_disk; /* first commit after a start checks every uidlist */
+	uint64_t usig = b.p < b.end ? rb_u64(&b) : 0, unext = b.p < b.end ? rb_u64(&b) : 0;
+	if (b.bad)
+		usig = unext = 0;
+	fo->uid_sig = fo->db_uid_sig = usig;
+	fo->uid_next = fo->db_uid_next = (uint32_t)unext;
+	fo->uid_settled = fo->db_uid_settled = usig && (unext >> 32 & 1);
+	/* the first scan checks every uidlist that changed since its last completed pass,
+	 * or has none on record (a pass was due, or a database from before the trailer) */
+	fo->uid_check = fo->on_disk && !usig;
 	return 0;
 }
 

@@ -228,4 +228,8 @@ int mm_store_commit(struct mm_store *s);
  * does not re-hash). */
 uint64_t mm_store_files_hashed(const struct mm_store *s);
 
+/* How many times a folder's dovecot-uidlist was read by a UID pass since open (a
+ * start reads only those changed since their last completed pass). */
+uint64_t mm_store_uidlists_read(const struct mm_store *s);
+
 #endif

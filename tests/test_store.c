@@ -1372,6 +1372,75 @@ static void test_first_uid_from_origin(void **state)
 	node_close(&b);
 }
 
+static bool uid_in_list(const struct node *n, uint32_t uid)
+{
+	char d[600];
+	udir(n, "INBOX", d, sizeof d);
+	struct mm_md_uidlist ul;
+	assert_int_equal(mm_md_uidlist_load(d, &ul), 0);
+	bool in = mm_md_uidlist_index(&ul, uid) >= 0;
+	mm_md_uidlist_clear(&ul);
+	return in;
+}
+
+/* imap_uids: a start reads a folder's dovecot-uidlist only when it changed since the
+ * last completed UID pass, or when a pass was due as the node stopped (a million-line
+ * uidlist was most of a restart's time); the record of the pass is in the database. */
+static void test_restart_skips_unchanged_uidlist(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, true);
+	mm_store_set_uid_authority(a.s, true);
+	deliver(&a, "INBOX", "m1", "Subject: 1\r\n\r\nbody 1\r\n", 1600000000);
+	deliver(&a, "INBOX", "m2", "Subject: 2\r\n\r\nbody 2\r\n", 1600000001);
+	assert_true(scan(&a, NULL) >= 2);
+	assert_true(listed_uid(&a, "m1") && listed_uid(&a, "m2"));
+	node_close(&a);
+
+	node_open_cfg(&a, "a", 1, true);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_uidlists_read(a.s), 0);
+	node_close(&a);
+
+	/* Dovecot rewrote it while the node was stopped (here: same lines, new inode) */
+	char d[600], p1[700], p2[700];
+	udir(&a, "INBOX", d, sizeof d);
+	snprintf(p1, sizeof p1, "%s/dovecot-uidlist", d);
+	snprintf(p2, sizeof p2, "%s/dovecot-uidlist.new", d);
+	char cmd[3000];
+	snprintf(cmd, sizeof cmd, "cp -p '%s' '%s' && mv '%s' '%s'", p1, p2, p2, p1);
+	assert_int_equal(system(cmd), 0);
+	node_open_cfg(&a, "a", 1, true);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_uidlists_read(a.s), 1);
+
+	/* a pass is due when the node stops (a UID move merged while Dovecot held the
+	 * lock): the next start reads the uidlist even though it did not change */
+	struct mm_delta *full = full_delta(&a);
+	struct mm_rec remote = *msg_by_idate(full, 1600000000);
+	remote.msg.uid_value = 9;
+	remote.msg.uid.stamp = (mm_hlc){(a.now + 5000) << MM_HLC_LOGICAL_BITS, 99};
+	char lk[700];
+	snprintf(lk, sizeof lk, "%s/dovecot-uidlist.lock", d);
+	FILE *f = fopen(lk, "w");
+	assert_non_null(f);
+	fprintf(f, "%ld:mailmesh\n", (long)getpid());
+	fclose(f);
+	assert_int_equal(mm_store_merge(a.s, "ex.org/alice", &remote), 1);
+	assert_int_equal(mm_store_commit(a.s), 0); /* the pass waits 2 s for the lock */
+	assert_false(uid_in_list(&a, 9));
+	mm_delta_free(&full);
+	node_close(&a);
+	assert_int_equal(unlink(lk), 0);
+	node_open_cfg(&a, "a", 1, true); /* not the authority: any replica lists it under 9 */
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_uidlists_read(a.s), 1);
+	assert_true(uid_in_list(&a, 9));
+	assert_int_equal(listed_uid(&a, "m1"), 0); /* re-filed under its new UID */
+	node_close(&a);
+}
+
 static void test_open_errors(void **state)
 {
 	(void)state;
@@ -1416,6 +1485,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_authority_recheck, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_catching_up_raises_no_needs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_first_uid_from_origin, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_uidlist, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
