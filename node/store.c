@@ -252,13 +252,23 @@ struct pending { /* a remote message to give a body from a local copy at commit 
  * when its hash, kept in the fent, matches.  Three such entries cost about 50 bytes
  * a file, where three chained nodes with copied keys cost about 250 and a malloc each
  * (a million files: 200 MB less, and a faster load).  Linear probing, deletion by
- * backward shift (no tombstones), at most 70 % full. */
+ * backward shift (no tombstones), at most 70 % full.
+ *
+ * Each entry carries 16 bits of its hash above the pointer's 48 (user-space addresses
+ * fit in 48 bits on x86-64 and arm64), so a probe skips the other entries of its run
+ * without reading their fents: at a million files every read of an fent is a cache
+ * miss, and they were most of a restart's time.  A table that meets a pointer with any
+ * of those bits set drops the tags for good (untagged) and compares every entry. */
 enum fx_kind { FX_BASE, FX_KEY, FX_BODY };
 
+#define FX_TAG_SHIFT 48
+#define FX_PTR_MASK ((UINT64_C(1) << FX_TAG_SHIFT) - 1)
+
 struct fxmap {
-	struct fent **t;
+	uint64_t *t;   /* 0 = empty, else pointer | tag << FX_TAG_SHIFT */
 	size_t cap, n; /* cap: 0 or a power of two */
 	enum fx_kind kind;
+	bool untagged;
 };
 
 struct mm_store {
@@ -666,12 +676,24 @@ static bool fx_match(const struct fent *fe, enum fx_kind kind, uint32_t h, const
 	       memcmp(p + fl + 1, fe->base, bl) == 0;
 }
 
+static uint64_t fx_tag(const struct fxmap *m, uint32_t h)
+{
+	return m->untagged ? 0 : (uint64_t)(h >> 16) << FX_TAG_SHIFT;
+}
+
+static struct fent *fx_ptr(const struct fxmap *m, uint64_t v)
+{
+	return (struct fent *)(uintptr_t)(m->untagged ? v : v & FX_PTR_MASK);
+}
+
 /* Slot holding key k (hash h), or the empty slot where it would go. */
 static size_t fx_slot(const struct fxmap *m, uint32_t h, const void *k, size_t kl)
 {
 	size_t mask = m->cap - 1, i = h & mask;
-	while (m->t[i] && !fx_match(m->t[i], m->kind, h, k, kl))
-		i = (i + 1) & mask;
+	uint64_t tag = fx_tag(m, h);
+	for (; m->t[i]; i = (i + 1) & mask)
+		if ((m->untagged || (m->t[i] & ~FX_PTR_MASK) == tag) && fx_match(fx_ptr(m, m->t[i]), m->kind, h, k, kl))
+			break;
 	return i;
 }
 
@@ -679,22 +701,22 @@ static struct fent *fx_get(const struct fxmap *m, const void *k, size_t kl)
 {
 	if (!m->cap)
 		return NULL;
-	return m->t[fx_slot(m, fx_hash(k, kl), k, kl)];
+	uint64_t v = m->t[fx_slot(m, fx_hash(k, kl), k, kl)];
+	return v ? fx_ptr(m, v) : NULL;
 }
 
 static int fx_resize(struct fxmap *m, size_t cap)
 {
-	struct fent **t = calloc(cap, sizeof(*t));
+	uint64_t *t = calloc(cap, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
 	for (size_t i = 0; i < m->cap; i++) {
-		struct fent *e = m->t[i];
-		if (!e)
+		if (!m->t[i])
 			continue;
-		size_t j = e->fh[m->kind] & (cap - 1);
+		size_t j = fx_ptr(m, m->t[i])->fh[m->kind] & (cap - 1);
 		while (t[j])
 			j = (j + 1) & (cap - 1);
-		t[j] = e;
+		t[j] = m->t[i];
 	}
 	free(m->t);
 	m->t = t;
@@ -720,12 +742,19 @@ static int fx_put(struct fxmap *m, const void *k, size_t kl, struct fent *fe)
 		if (r < 0)
 			return r;
 	}
+	uint64_t p = (uint64_t)(uintptr_t)fe;
+	if (!m->untagged && (p & ~FX_PTR_MASK)) {
+		/* an address above 48 bits: this table compares without tags from now on */
+		for (size_t i = 0; i < m->cap; i++)
+			m->t[i] &= FX_PTR_MASK;
+		m->untagged = true;
+	}
 	uint32_t h = fx_hash(k, kl);
 	fe->fh[m->kind] = h;
 	size_t i = fx_slot(m, h, k, kl);
 	if (!m->t[i])
 		m->n++;
-	m->t[i] = fe;
+	m->t[i] = p | fx_tag(m, h);
 	return 0;
 }
 
@@ -734,20 +763,20 @@ static struct fent *fx_del(struct fxmap *m, const void *k, size_t kl)
 	if (!m->cap)
 		return NULL;
 	size_t mask = m->cap - 1, i = fx_slot(m, fx_hash(k, kl), k, kl);
-	struct fent *v = m->t[i];
-	if (!v)
+	if (!m->t[i])
 		return NULL;
-	m->t[i] = NULL;
+	struct fent *v = fx_ptr(m, m->t[i]);
+	m->t[i] = 0;
 	m->n--;
 	/* backward shift: move up every later entry of the run whose home slot is not
 	 * cyclically in (i, j], so no lookup stops early at the hole */
 	for (size_t j = (i + 1) & mask; m->t[j]; j = (j + 1) & mask) {
-		size_t home = m->t[j]->fh[m->kind] & mask;
+		size_t home = fx_ptr(m, m->t[j])->fh[m->kind] & mask;
 		bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
 		if (stays)
 			continue;
 		m->t[i] = m->t[j];
-		m->t[j] = NULL;
+		m->t[j] = 0;
 		i = j;
 	}
 	return v;

@@ -129,6 +129,13 @@ def join_test(t, seed):
                   "of the pull was still to come, so not checked" % sources, flush=True)
         else:
             t.check(len(sources) >= 2, "bodies came from several peers at once (%s)" % sources)
+        # UID moves re-file a message on every node (clients see an expunge and a new
+        # message): how many there were, for the record (nodes 1-3 merge three
+        # independently numbered mail stores first, which costs moves; the joiner,
+        # which catches up before it may act on UIDs, should add none)
+        logs = [n.log_text() for n in cl.nodes]
+        print("info: UID moves logged %s, needs %s (node1..node4)" %
+              ([x.count(" moves from UID ") for x in logs], [x.count(" asks for a move ") for x in logs]), flush=True)
         bound_mb = int(os.environ.get("MEM_BOUND_MB", "64"))
         print("info: joining node VmRSS %d kB at start, %d kB peak over %d samples; received %.1f MB" %
               (rss0 or 0, peak, samples, total / 1e6), flush=True)
