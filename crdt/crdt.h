@@ -216,6 +216,11 @@ int mm_user_merge(struct mm_user *u, const struct mm_rec *r, mm_effect_fn *eff, 
 /* The record under `key`, or NULL.  Borrowed. */
 const struct mm_rec *mm_user_get(const struct mm_user *u, const uint8_t key[MM_KEY_LEN]);
 
+/* The body id of the MESSAGE under `key` into body_r, without materialising the
+ * record (a lookup, no allocation: callers that only need the id, often).  Returns
+ * true, or false when `key` names no live message (body_r untouched). */
+bool mm_user_msg_body(const struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint8_t body_r[MM_ID_LEN]);
+
 /* Number of records (messages, tombstones, folders, horizon). */
 size_t mm_user_count(const struct mm_user *u);
 

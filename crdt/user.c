@@ -953,6 +953,15 @@ int mm_user_merge(struct mm_user *u, const struct mm_rec *r, mm_effect_fn *eff, 
 
 /* ---- queries ------------------------------------------------------------------------------ */
 
+bool mm_user_msg_body(const struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint8_t body_r[MM_ID_LEN])
+{
+	const struct slot *s = find(u, key);
+	if (!s || s->type != MM_REC_MESSAGE)
+		return false;
+	memcpy(body_r, s->u.m.body, MM_ID_LEN);
+	return true;
+}
+
 const struct mm_rec *mm_user_get(const struct mm_user *u, const uint8_t key[MM_KEY_LEN])
 {
 	/* Records handed out before the last change are released lazily, here, rather

@@ -180,14 +180,13 @@ struct folder;
  * Dovecot and mm_md_name_format write it; the rare name written otherwise (letters
  * unsorted or repeated) is kept whole in the store's odd_names map (odd set).  The
  * file's size and mtime are not kept: nothing decides by them (the record has the
- * size).  The body id is the record's too, but by_body compares it on every probe,
- * where a record lookup would cost more than the 32 bytes. */
+ * size).  Nor is the body id: it is the record's (fent_body), which by_body reads
+ * when a probe's 16-bit tag matches, so a million files save 32 MB. */
 struct fent {
 	struct fent *fnext, *fprev; /* in its folder */
 	struct fent *bnext;         /* same (user, body) chain */
 	struct folder *fo;
 	uint8_t key[MM_KEY_LEN];
-	uint8_t body[MM_ID_LEN];
 	uint64_t letters;  /* as the index knows them (may lag dletters: see sync_file_flags) */
 	uint64_t dletters; /* letters in the name on disk */
 	uint32_t fh[3];    /* its hash in by_base, by_key, by_body (enum fx_kind); 32 bits
@@ -196,6 +195,7 @@ struct fent {
 	bool seen : 1;
 	bool info : 1;     /* the name has ":2," (with or without letters) */
 	bool odd : 1;      /* the name is in odd_names */
+	bool in_body : 1;  /* linked in by_body (its record's body was known) */
 	char base[];       /* the name up to its first ':', NUL-terminated */
 };
 
@@ -265,6 +265,7 @@ enum fx_kind { FX_BASE, FX_KEY, FX_BODY };
 #define FX_PTR_MASK ((UINT64_C(1) << FX_TAG_SHIFT) - 1)
 
 struct fxmap {
+	struct mm_state *state; /* by_body: where an entry's body id is read (fent_body) */
 	uint64_t *t;   /* 0 = empty, else pointer | tag << FX_TAG_SHIFT */
 	size_t cap, n; /* cap: 0 or a power of two */
 	enum fx_kind kind;
@@ -654,11 +655,24 @@ static uint32_t fx_hash(const void *k, size_t kl)
 	return (uint32_t)hm_hash(k, kl); /* hm_hash folds the high bits into the low ones */
 }
 
+/* The body id of fe's message, read from the state: from the first message of fe's
+ * body chain that is still live (fe's own record may have been expunged, its file not
+ * yet removed).  False when none is. */
+static bool fent_body(struct mm_state *st, const struct fent *fe, uint8_t body_r[MM_ID_LEN])
+{
+	struct mm_user *mu = mm_state_user(st, fe->fo->u->name, false);
+	for (; mu && fe; fe = fe->bnext)
+		if (mm_user_msg_body(mu, fe->key, body_r))
+			return true;
+	return false;
+}
+
 /* Whether k is fe's key for this table: compared piece by piece where the key is
  * laid out (user \0 folder \0 base, or user \0 bytes), not rebuilt (a load probes a
  * million times). */
-static bool fx_match(const struct fent *fe, enum fx_kind kind, uint32_t h, const void *k, size_t kl)
+static bool fx_match(const struct fxmap *m, const struct fent *fe, uint32_t h, const void *k, size_t kl)
 {
+	enum fx_kind kind = m->kind;
 	if (fe->fh[kind] != h)
 		return false;
 	const char *p = k, *end = p + kl;
@@ -669,8 +683,10 @@ static bool fx_match(const struct fent *fe, enum fx_kind kind, uint32_t h, const
 	p += ul + 1;
 	if (kind == FX_KEY)
 		return end - p == MM_KEY_LEN && memcmp(p, fe->key, MM_KEY_LEN) == 0;
-	if (kind == FX_BODY)
-		return end - p == MM_ID_LEN && memcmp(p, fe->body, MM_ID_LEN) == 0;
+	if (kind == FX_BODY) {
+		uint8_t body[MM_ID_LEN];
+		return end - p == MM_ID_LEN && fent_body(m->state, fe, body) && memcmp(p, body, MM_ID_LEN) == 0;
+	}
 	size_t fl = strlen(fe->fo->name), bl = strlen(fe->base);
 	return (size_t)(end - p) == fl + 1 + bl && memcmp(p, fe->fo->name, fl + 1) == 0 &&
 	       memcmp(p + fl + 1, fe->base, bl) == 0;
@@ -692,7 +708,7 @@ static size_t fx_slot(const struct fxmap *m, uint32_t h, const void *k, size_t k
 	size_t mask = m->cap - 1, i = h & mask;
 	uint64_t tag = fx_tag(m, h);
 	for (; m->t[i]; i = (i + 1) & mask)
-		if ((m->untagged || (m->t[i] & ~FX_PTR_MASK) == tag) && fx_match(fx_ptr(m, m->t[i]), m->kind, h, k, kl))
+		if ((m->untagged || (m->t[i] & ~FX_PTR_MASK) == tag) && fx_match(m, fx_ptr(m, m->t[i]), h, k, kl))
 			break;
 	return i;
 }
@@ -758,18 +774,13 @@ static int fx_put(struct fxmap *m, const void *k, size_t kl, struct fent *fe)
 	return 0;
 }
 
-static struct fent *fx_del(struct fxmap *m, const void *k, size_t kl)
+/* Empties slot i, then moves up every later entry of the run whose home slot is not
+ * cyclically in (i, j], so no lookup stops early at the hole (backward shift). */
+static void fx_del_at(struct fxmap *m, size_t i)
 {
-	if (!m->cap)
-		return NULL;
-	size_t mask = m->cap - 1, i = fx_slot(m, fx_hash(k, kl), k, kl);
-	if (!m->t[i])
-		return NULL;
-	struct fent *v = fx_ptr(m, m->t[i]);
+	size_t mask = m->cap - 1;
 	m->t[i] = 0;
 	m->n--;
-	/* backward shift: move up every later entry of the run whose home slot is not
-	 * cyclically in (i, j], so no lookup stops early at the hole */
 	for (size_t j = (i + 1) & mask; m->t[j]; j = (j + 1) & mask) {
 		size_t home = fx_ptr(m, m->t[j])->fh[m->kind] & mask;
 		bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
@@ -779,6 +790,17 @@ static struct fent *fx_del(struct fxmap *m, const void *k, size_t kl)
 		m->t[j] = 0;
 		i = j;
 	}
+}
+
+static struct fent *fx_del(struct fxmap *m, const void *k, size_t kl)
+{
+	if (!m->cap)
+		return NULL;
+	size_t i = fx_slot(m, fx_hash(k, kl), k, kl);
+	if (!m->t[i])
+		return NULL;
+	struct fent *v = fx_ptr(m, m->t[i]);
+	fx_del_at(m, i);
 	return v;
 }
 
@@ -791,31 +813,44 @@ static void fx_clear(struct fxmap *m)
 
 /* ---- file entries ------------------------------------------------------------------- */
 
-static void body_link(struct mm_store *s, struct fent *fe)
+/* Links fe into by_body under `body` (its record's body id). */
+static void body_link(struct mm_store *s, struct fent *fe, const uint8_t body[MM_ID_LEN])
 {
 	char k[KBUF];
-	size_t kl = k_ub(k, fe->fo->u->name, fe->body, MM_ID_LEN);
+	size_t kl = k_ub(k, fe->fo->u->name, body, MM_ID_LEN);
 	fe->bnext = fx_get(&s->by_body, k, kl);
-	fx_put(&s->by_body, k, kl, fe);
+	if (fx_put(&s->by_body, k, kl, fe) == 0)
+		fe->in_body = true;
+	else
+		fe->bnext = NULL;
 }
 
+/* Takes fe out of by_body, found by pointer from its stored hash: its record (and so
+ * its body id) may already be gone. */
 static void body_unlink(struct mm_store *s, struct fent *fe)
 {
-	char k[KBUF];
-	size_t kl = k_ub(k, fe->fo->u->name, fe->body, MM_ID_LEN);
-	struct fent *h = fx_get(&s->by_body, k, kl);
-	if (h == fe) {
-		if (fe->bnext)
-			fx_put(&s->by_body, k, kl, fe->bnext);
-		else
-			fx_del(&s->by_body, k, kl);
+	struct fxmap *m = &s->by_body;
+	if (!fe->in_body || !m->cap)
 		return;
-	}
-	for (; h; h = h->bnext)
-		if (h->bnext == fe) {
-			h->bnext = fe->bnext;
+	fe->in_body = false;
+	size_t mask = m->cap - 1;
+	for (size_t i = fe->fh[FX_BODY] & mask; m->t[i]; i = (i + 1) & mask) {
+		struct fent *h = fx_ptr(m, m->t[i]);
+		if (h == fe) {
+			if (fe->bnext)
+				m->t[i] = (uint64_t)(uintptr_t)fe->bnext | (m->untagged ? 0 : m->t[i] & ~FX_PTR_MASK);
+			else
+				fx_del_at(m, i);
 			return;
 		}
+		if (h->fh[FX_BODY] != fe->fh[FX_BODY])
+			continue;
+		for (; h->bnext; h = h->bnext)
+			if (h->bnext == fe) {
+				h->bnext = fe->bnext;
+				return;
+			}
+	}
 }
 
 /* fe's file name (new/ or cur/ per fe->in_cur): in buf (MM_MD_NAME_MAX + 1 bytes)
@@ -889,7 +924,6 @@ static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *
 	}
 	fe->fo = fo;
 	memcpy(fe->key, key, MM_KEY_LEN);
-	memcpy(fe->body, body, MM_ID_LEN);
 	fe->letters = letters;
 	fe->in_cur = in_cur;
 	fe->seen = true;
@@ -903,7 +937,8 @@ static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *
 		fx_del(&s->by_base, k, kl);
 		goto fail;
 	}
-	body_link(s, fe);
+	if (body)
+		body_link(s, fe, body);
 	fe->fnext = fo->files;
 	if (fo->files)
 		fo->files->fprev = fe;
@@ -3129,11 +3164,11 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		unlink(from);
 		uint8_t key[MM_KEY_LEN], body[MM_ID_LEN];
 		memcpy(key, fe->key, MM_KEY_LEN);
-		memcpy(body, fe->body, MM_ID_LEN);
+		bool known = fent_body(s->state, fe, body);
 		uint64_t letters = fe->letters;
 		bool in_cur = fe->in_cur;
 		fent_remove(s, fe);
-		struct fent *nf = fent_add(s, fo, ref[i].base, ref[i].name, in_cur, key, body, letters);
+		struct fent *nf = fent_add(s, fo, ref[i].base, ref[i].name, in_cur, key, known ? body : NULL, letters);
 		if (!nf) {
 			logmsg(s, MM_STORE_LOG_ERR, "out of memory indexing %s", to);
 			continue;
@@ -3343,7 +3378,10 @@ static int put_file(struct mm_store *s, const void *lk, size_t lkl, struct wbuf 
 		return mm_statedb_del(s->db, MM_DB_FILES, k, sizeof k);
 	wb->n = 0;
 	wb_put(wb, fe->key, MM_KEY_LEN);
-	wb_put(wb, fe->body, MM_ID_LEN);
+	/* the body id: the load reads it from the record now; kept for the layout */
+	uint8_t body[MM_ID_LEN] = {0};
+	fent_body(s->state, fe, body);
+	wb_put(wb, body, MM_ID_LEN);
 	wb_u64(wb, 0); /* formerly the file's size and mtime: nothing read them */
 	wb_u64(wb, 0);
 	wb_u64(wb, fe->letters);
@@ -3640,7 +3678,9 @@ static int load_file_cb(void *arg, const void *k, size_t kl, const void *v, size
 		c->bad++;
 		return 0;
 	}
-	struct fent *fe = fent_add(c->s, fo, base, name, in_cur != 0, key, body, letters);
+	/* not linked by body here: this runs beside the records' load, and by_body reads
+	 * body ids from the records (the missing list's pass over them links each entry) */
+	struct fent *fe = fent_add(c->s, fo, base, name, in_cur != 0, key, NULL, letters);
 	if (!fe)
 		return -ENOMEM;
 	return 0;
@@ -3703,11 +3743,18 @@ struct miss_ctx {
 	const char *user;
 };
 
+/* After a load: each message's file entry is linked by body (the records give the ids
+ * in key order, one pass), and each message without one is missing. */
 static int miss_rec_cb(void *arg, const struct mm_rec *r)
 {
 	struct miss_ctx *c = arg;
-	if (r->type == MM_REC_MESSAGE && !fent_by_key(c->s, c->user, r->key))
+	if (r->type != MM_REC_MESSAGE)
+		return 0;
+	struct fent *fe = fent_by_key(c->s, c->user, r->key);
+	if (!fe)
 		set_missing(c->s, c->user, r->key, r->msg.body, r->msg.folder, true);
+	else if (!fe->in_body)
+		body_link(c->s, fe, r->msg.body);
 	return 0;
 }
 
@@ -3848,6 +3895,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->by_base.kind = FX_BASE;
 	s->by_key.kind = FX_KEY;
 	s->by_body.kind = FX_BODY;
+	s->by_body.state = state;
 	if (!(s->commit_out = mm_delta_new())) {
 		mm_store_free(&s);
 		return -ENOMEM;
