@@ -3,14 +3,21 @@
  * changes, and the Merkle summary.
  *
  * Storage is built for a million messages per user in little memory:
- *  - Records live in fixed-size `struct slot`s inside sorted arrays, one array per
- *    bucket; the buckets are the nodes of level B of the 16-ary key trie, with B
- *    growing with the record count (a small user has one bucket).  Lookups are a
- *    binary search in one bucket; foreach over a prefix is a range scan.
- *  - Folder and keyword names are interned per user; a slot holds ids.
+ *  - Records live in fixed-size 80-byte `struct slot`s inside sorted arrays, one
+ *    array per bucket; the buckets are the nodes of level B of the 16-ary key trie,
+ *    with B growing with the record count (a small user has one bucket).  Lookups
+ *    are a binary search in one bucket; foreach over a prefix is a range scan.
+ *  - Folder and keyword names are interned per user; a slot holds ids.  So are the
+ *    node ids of the slots' stamps (a cluster has few nodes): a slot holds a 16-bit
+ *    index.  Size and INTERNALDATE take 32 bits.  A value that does not fit (size
+ *    >= 4 GiB, a date outside 1970..2106, the 65,536th distinct node) is kept whole
+ *    beside the slot (a MESSAGE's in its `ext` array, another type's in its unused
+ *    union room), so every record reads back exactly as it was merged: the leaf
+ *    hashes, hence convergence with other nodes, do not depend on this layout.
  *  - Registers are sparse: a register written with the message's own creation
  *    stamp (flags given at delivery) costs one bit; any other written register is an
- *    entry in a small per-message `ext` array; never-written registers cost nothing.
+ *    entry in a small per-message `ext` array, which the slot reaches by a 32-bit
+ *    index into a per-user pool; never-written registers cost nothing.
  *  - The Merkle cache holds hash and count of every node of levels 0..B; deeper
  *    nodes are computed by hashing the few records of one bucket.  Leaf hashes are
  *    not stored: a change hashes the record before and after and XORs the difference
@@ -28,10 +35,16 @@
 
 #define MAXB 5          /* deepest bucket level: 16^5 buckets */
 #define GROW_AT 32      /* grow B when the average bucket holds more records */
-#define ID_UID 6        /* ext register ids: 0..5 flags, 6 uid, 7 uid need, 8+ keywords */
+#define ID_UID 6        /* ext register ids: 0..5 flags, 6 uid, 7 uid need, 8..10 wide */
 #define ID_NEED 7       /* the need is a max register, kept in the entry's stamp.t */
-#define ID_KW0 8
+#define ID_SIZE 8       /* wide values (WIDE32 / NODE_WIDE in the slot), in stamp.t */
+#define ID_IDATE 9
+#define ID_NODE 10
+#define ID_KW0 11       /* keyword k is id ID_KW0 + k */
 #define FAT_UID (1u << 6)
+#define WIDE32 UINT32_MAX /* size / idate field: the value is in the ext array */
+#define NODE_WIDE 0xffffu /* node field: the node id is kept outside the node table */
+#define NODES_MAX 0xffffu /* node table indices 0..NODES_MAX - 1 */
 
 struct ext_ent {
 	mm_hlc stamp;
@@ -44,32 +57,68 @@ struct ext {
 	struct ext_ent e[];
 };
 
+/* One record, 80 bytes (a million of them are most of a large user's memory).
+ * The stamp is t plus an index into the user's node table (a cluster has few
+ * nodes); size and INTERNALDATE take 32 bits.  What does not fit (the 65,536th
+ * distinct node, a size of 4 GiB or more, a date before 1970 or after 2106) is kept
+ * whole: for a MESSAGE as an entry of its ext array, for the other types in the
+ * unused room of the union.  mat() rebuilds the exact record either way, so the
+ * leaf hashes do not depend on this layout. */
 struct slot {
 	uint8_t key[MM_KEY_LEN];
-	mm_hlc st; /* MESSAGE created, EXPUNGED/HORIZON stamp, FOLDER exists stamp */
-	union {
+	uint64_t t;    /* stamp.t: MESSAGE created, EXPUNGED/HORIZON stamp, FOLDER exists */
+	uint16_t node; /* its stamp.node: index in u->nodes, or NODE_WIDE */
+	uint8_t tv;    /* bits 0-5: MESSAGE values of fat flags, FOLDER bit 0 exists,
+	                * bit 1 subscribed; bits 6-7: type - 1 */
+	uint8_t fat;   /* MESSAGE: registers written at `created` (bit f, FAT_UID) */
+	union {        /* 4-byte fields only, so the union packs right after `fat` */
 		struct {
 			uint8_t body[MM_ID_LEN];
-			uint64_t size;
-			int64_t idate;
-			struct ext *ext;
+			uint32_t size;   /* WIDE32: in ext (ID_SIZE) */
+			uint32_t idate;  /* internaldate in [0, WIDE32); WIDE32: in ext (ID_IDATE) */
+			uint32_t ext;    /* index in u->xp, 0 = no ext array */
 			uint32_t folder; /* folder name id */
 			uint32_t uid;
 		} m;
 		struct {
-			mm_hlc sub;
+			uint8_t wnode[8]; /* exists stamp's node when NODE_WIDE */
+			uint8_t sub[16];  /* subscribed stamp: t, node */
 			uint32_t name;
-			uint32_t uv; /* explicit UIDVALIDITY, 0 = the one `st` gives */
+			uint32_t uv;      /* explicit UIDVALIDITY, 0 = the one the exists stamp gives */
 		} f;
+		struct {
+			uint8_t wnode[8]; /* EXPUNGED, HORIZON: the stamp's node when NODE_WIDE */
+		} o;
 	} u;
-	uint8_t type;
-	uint8_t val; /* MESSAGE: values of fat flags; FOLDER: bit 0 exists, bit 1 subscribed */
-	uint8_t fat; /* MESSAGE: registers written at `created` (bit f, FAT_UID) */
 };
+
+_Static_assert(sizeof(struct slot) == 80, "struct slot grew: the memory budget per message counts on 80 bytes");
 
 struct bucket {
 	struct slot *s;
 	uint32_t n, cap;
+};
+
+/* Node ids of the stamps slots hold, interned per user (never shrinks: at most
+ * NODES_MAX entries, plus a few bytes each). */
+struct nodes {
+	uint64_t *id;  /* index -> node id */
+	uint32_t n, cap;
+	uint32_t *tab; /* index + 1, 0 = empty */
+	uint32_t tcap; /* power of two */
+};
+
+/* Ext arrays, reached from a slot by a 32-bit index: an entry is an array in use
+ * or, when free, the index of the next free entry.  Entry 0 is never used. */
+union xent {
+	struct ext *x;
+	uint32_t next;
+};
+
+struct xpool {
+	union xent *e;
+	uint32_t n, cap;
+	uint32_t free; /* first free entry, 0 = none */
 };
 
 struct intern {
@@ -107,6 +156,8 @@ struct mm_user {
 	uint32_t *lc[MAXB + 1];
 	size_t count;
 	struct intern folders, kws;
+	struct nodes nodes;
+	struct xpool xp;
 	uint32_t *live; /* live messages per folder id */
 	uint32_t live_cap;
 	struct scratch *sc;
@@ -203,6 +254,177 @@ static void intern_free(struct intern *in)
 	memset(in, 0, sizeof *in);
 }
 
+/* ---- node ids ----------------------------------------------------------------------- */
+
+static uint32_t nodehash(uint64_t node)
+{
+	return (uint32_t)((node * 0x9e3779b97f4a7c15ull) >> 32);
+}
+
+/* Index of node in the table, added if new; NODE_WIDE once the table is full (the
+ * caller keeps the id elsewhere).  0 or -ENOMEM. */
+static int node_intern(struct nodes *t, uint64_t node, uint16_t *idx_r)
+{
+	if (t->tcap) {
+		for (uint32_t i = nodehash(node) & (t->tcap - 1);; i = (i + 1) & (t->tcap - 1)) {
+			uint32_t v = t->tab[i];
+			if (!v)
+				break;
+			if (t->id[v - 1] == node) {
+				*idx_r = (uint16_t)(v - 1);
+				return 0;
+			}
+		}
+	}
+	if (t->n >= NODES_MAX) {
+		*idx_r = NODE_WIDE;
+		return 0;
+	}
+	if ((t->n + 1) * 2 > t->tcap) {
+		uint32_t nt = t->tcap ? t->tcap * 2 : 16;
+		uint32_t *tab = calloc(nt, sizeof *tab);
+		if (!tab)
+			return -ENOMEM;
+		for (uint32_t j = 0; j < t->n; j++) {
+			uint32_t i = nodehash(t->id[j]) & (nt - 1);
+			while (tab[i])
+				i = (i + 1) & (nt - 1);
+			tab[i] = j + 1;
+		}
+		free(t->tab);
+		t->tab = tab;
+		t->tcap = nt;
+	}
+	if (t->n == t->cap) {
+		uint32_t nc = t->cap ? t->cap * 2 : 8;
+		uint64_t *id = realloc(t->id, nc * sizeof *id);
+		if (!id)
+			return -ENOMEM;
+		t->id = id;
+		t->cap = nc;
+	}
+	uint32_t i = nodehash(node) & (t->tcap - 1);
+	while (t->tab[i])
+		i = (i + 1) & (t->tcap - 1);
+	t->id[t->n] = node;
+	t->tab[i] = t->n + 1;
+	*idx_r = (uint16_t)t->n++;
+	return 0;
+}
+
+static void nodes_free(struct nodes *t)
+{
+	free(t->id);
+	free(t->tab);
+	memset(t, 0, sizeof *t);
+}
+
+/* ---- ext arrays --------------------------------------------------------------------- */
+
+/* Takes x into the pool; *idx_r its index (never 0).  0 or -ENOMEM (x not taken). */
+static int xpool_put(struct xpool *p, struct ext *x, uint32_t *idx_r)
+{
+	uint32_t i = p->free;
+	if (i) {
+		p->free = p->e[i].next;
+	} else {
+		if (p->n == p->cap) {
+			if (p->cap >= UINT32_MAX / 2)
+				return -ENOMEM;
+			uint32_t nc = p->cap ? p->cap * 2 : 16;
+			union xent *e = realloc(p->e, nc * sizeof *e);
+			if (!e)
+				return -ENOMEM;
+			p->e = e;
+			p->cap = nc;
+			if (!p->n)
+				p->n = 1; /* entry 0 means "none" */
+		}
+		i = p->n++;
+	}
+	p->e[i].x = x;
+	*idx_r = i;
+	return 0;
+}
+
+static const struct ext *xpool_get(const struct xpool *p, uint32_t i)
+{
+	return i ? p->e[i].x : NULL;
+}
+
+/* Frees the array at i (i != 0) and puts the entry on the free list. */
+static void xpool_del(struct xpool *p, uint32_t i)
+{
+	free(p->e[i].x);
+	p->e[i].next = p->free;
+	p->free = i;
+}
+
+/* ---- slot fields ---------------------------------------------------------------------- */
+
+static enum mm_rec_type slot_type(const struct slot *s)
+{
+	return (enum mm_rec_type)((s->tv >> 6) + 1);
+}
+
+static unsigned slot_val(const struct slot *s)
+{
+	return s->tv & 0x3f;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, sizeof v);
+	return v;
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	memcpy(p, &v, sizeof v);
+}
+
+/* int64 <-> its two's complement bits, without implementation-defined conversions */
+static uint64_t i64_bits(int64_t v)
+{
+	return (uint64_t)v;
+}
+
+static int64_t i64_of(uint64_t x)
+{
+	return x <= (uint64_t)INT64_MAX ? (int64_t)x : (int64_t)(x - (uint64_t)INT64_MAX - 1) + INT64_MIN;
+}
+
+static const struct ext *slot_ext(const struct mm_user *u, const struct slot *s)
+{
+	return slot_type(s) == MM_REC_MESSAGE ? xpool_get(&u->xp, s->u.m.ext) : NULL;
+}
+
+/* A wide value of a MESSAGE slot (ID_SIZE, ID_IDATE, ID_NODE); 0 if absent. */
+static uint64_t ext_wide(const struct mm_user *u, const struct slot *s, uint32_t id)
+{
+	const struct ext *x = slot_ext(u, s);
+	for (uint32_t i = 0; x && i < x->n; i++)
+		if (x->e[i].id == id)
+			return x->e[i].stamp.t;
+	return 0;
+}
+
+/* The slot's stamp (MESSAGE created, EXPUNGED/HORIZON stamp, FOLDER exists). */
+static mm_hlc slot_st(const struct mm_user *u, const struct slot *s)
+{
+	mm_hlc st = { s->t, 0 };
+	if (s->node != NODE_WIDE)
+		st.node = u->nodes.id[s->node];
+	else if (slot_type(s) == MM_REC_MESSAGE)
+		st.node = ext_wide(u, s, ID_NODE);
+	else if (slot_type(s) == MM_REC_FOLDER)
+		st.node = get64(s->u.f.wnode);
+	else
+		st.node = get64(s->u.o.wnode);
+	return st;
+}
+
 /* ---- keys and tree positions ------------------------------------------------------ */
 
 static unsigned nibble(const uint8_t *key, unsigned i)
@@ -265,22 +487,21 @@ static struct slot *find(const struct mm_user *u, const uint8_t *key)
 
 /* ---- slots <-> records -------------------------------------------------------------- */
 
-static struct mm_reg slot_reg(const struct slot *s, uint32_t id)
+static struct mm_reg slot_reg(const struct mm_user *u, const struct slot *s, uint32_t id)
 {
-	uint8_t bit = (uint8_t)(1u << id);
-	if (id < ID_KW0 && (s->fat & bit))
-		return (struct mm_reg){ .value = id < ID_UID ? (s->val & bit) != 0 : 0, .stamp = s->st };
-	const struct ext *x = s->u.m.ext;
+	if (id <= ID_UID && (s->fat & (1u << id)))
+		return (struct mm_reg){ .value = id < ID_UID ? (slot_val(s) >> id) & 1 : 0, .stamp = slot_st(u, s) };
+	const struct ext *x = slot_ext(u, s);
 	for (uint32_t i = 0; x && i < x->n; i++)
 		if (x->e[i].id == id)
 			return (struct mm_reg){ .value = x->e[i].value, .stamp = x->e[i].stamp };
 	return (struct mm_reg){ 0 };
 }
 
-static size_t slot_nkw(const struct slot *s)
+static size_t slot_nkw(const struct mm_user *u, const struct slot *s)
 {
 	size_t n = 0;
-	const struct ext *x = s->u.m.ext;
+	const struct ext *x = slot_ext(u, s);
 	for (uint32_t i = 0; x && i < x->n; i++)
 		n += x->e[i].id >= ID_KW0;
 	return n;
@@ -291,23 +512,25 @@ static size_t slot_nkw(const struct slot *s)
  * leaves them out (n_keywords 0). */
 static void mat(const struct mm_user *u, const struct slot *s, struct mm_rec *r, struct mm_kwreg *kw)
 {
+	mm_hlc st = slot_st(u, s);
+	unsigned val = slot_val(s);
 	memset(r, 0, sizeof *r);
-	r->type = (enum mm_rec_type)s->type;
+	r->type = slot_type(s);
 	memcpy(r->key, s->key, MM_KEY_LEN);
-	switch (s->type) {
+	switch (r->type) {
 	case MM_REC_MESSAGE: {
 		memcpy(r->msg.body, s->u.m.body, MM_ID_LEN);
 		r->msg.folder = u->folders.names[s->u.m.folder];
 		r->msg.size = s->u.m.size;
 		r->msg.internaldate = s->u.m.idate;
-		r->msg.created = s->st;
+		r->msg.created = st;
 		r->msg.uid_value = s->u.m.uid;
 		for (unsigned f = 0; f < MM_FLAG_COUNT; f++)
 			if (s->fat & (1u << f))
-				r->msg.flags[f] = (struct mm_reg){ (s->val >> f) & 1, s->st };
+				r->msg.flags[f] = (struct mm_reg){ (val >> f) & 1, st };
 		if (s->fat & FAT_UID)
-			r->msg.uid.stamp = s->st;
-		const struct ext *x = s->u.m.ext;
+			r->msg.uid.stamp = st;
+		const struct ext *x = slot_ext(u, s);
 		size_t nk = 0;
 		for (uint32_t i = 0; x && i < x->n; i++) {
 			const struct ext_ent *e = &x->e[i];
@@ -318,7 +541,11 @@ static void mat(const struct mm_user *u, const struct slot *s, struct mm_rec *r,
 				r->msg.uid.stamp = e->stamp;
 			else if (e->id == ID_NEED)
 				r->msg.uid_need = (uint32_t)e->stamp.t;
-			else if (kw)
+			else if (e->id == ID_SIZE)
+				r->msg.size = e->stamp.t;
+			else if (e->id == ID_IDATE)
+				r->msg.internaldate = i64_of(e->stamp.t);
+			else if (e->id >= ID_KW0 && kw)
 				kw[nk++] = (struct mm_kwreg){ u->kws.names[e->id - ID_KW0], reg };
 		}
 		r->msg.n_keywords = nk;
@@ -326,18 +553,20 @@ static void mat(const struct mm_user *u, const struct slot *s, struct mm_rec *r,
 		break;
 	}
 	case MM_REC_EXPUNGED:
-		r->tomb.stamp = s->st;
+		r->tomb.stamp = st;
 		break;
-	case MM_REC_FOLDER:
+	case MM_REC_FOLDER: {
+		mm_hlc sub = { get64(s->u.f.sub), get64(s->u.f.sub + 8) };
 		r->folder.name = u->folders.names[s->u.f.name];
-		if (!stamp_zero(s->st))
-			r->folder.exists = (struct mm_reg){ s->val & 1, s->st };
-		if (!stamp_zero(s->u.f.sub))
-			r->folder.subscribed = (struct mm_reg){ (s->val >> 1) & 1, s->u.f.sub };
-		r->folder.uidvalidity = s->u.f.uv ? s->u.f.uv : mm_folder_uidvalidity(s->st);
+		if (!stamp_zero(st))
+			r->folder.exists = (struct mm_reg){ val & 1, st };
+		if (!stamp_zero(sub))
+			r->folder.subscribed = (struct mm_reg){ (val >> 1) & 1, sub };
+		r->folder.uidvalidity = s->u.f.uv ? s->u.f.uv : mm_folder_uidvalidity(st);
 		break;
+	}
 	case MM_REC_HORIZON:
-		r->horizon.stamp = s->st;
+		r->horizon.stamp = st;
 		break;
 	}
 }
@@ -360,37 +589,78 @@ static int ensure_kw(struct mm_user *u, size_t n)
 	return 0;
 }
 
-/* Builds the slot for r (validated): interns names, allocates the ext array. */
+/* Sets the slot's stamp (t and node).  wnode: where a non-MESSAGE slot keeps a node
+ * the table cannot index; a MESSAGE's goes to its ext array (*wide_r set). */
+static int slot_set_st(struct mm_user *u, struct slot *s, mm_hlc st, uint8_t *wnode, bool *wide_r)
+{
+	int rc = node_intern(&u->nodes, st.node, &s->node);
+	if (rc)
+		return rc;
+	s->t = st.t;
+	*wide_r = s->node == NODE_WIDE;
+	if (*wide_r && wnode)
+		put64(wnode, st.node);
+	return 0;
+}
+
+/* Builds the slot for r (validated): interns names and node ids, allocates the ext
+ * array. */
 static int build_slot(struct mm_user *u, const struct mm_rec *r, struct slot *s)
 {
 	int rc;
+	bool wide;
+	unsigned val = 0;
 	memset(s, 0, sizeof *s);
 	memcpy(s->key, r->key, MM_KEY_LEN);
-	s->type = (uint8_t)r->type;
 	switch (r->type) {
 	case MM_REC_MESSAGE: {
 		struct ext_ent e[ID_KW0];
 		uint32_t ne = 0;
-		s->st = r->msg.created;
+		mm_hlc st = r->msg.created;
+		if ((rc = slot_set_st(u, s, st, NULL, &wide)))
+			return rc;
+		if (wide)
+			e[ne++] = (struct ext_ent){ { st.node, 0 }, ID_NODE, 0 };
 		memcpy(s->u.m.body, r->msg.body, MM_ID_LEN);
-		s->u.m.size = r->msg.size;
-		s->u.m.idate = r->msg.internaldate;
+		if (r->msg.size < WIDE32) {
+			s->u.m.size = (uint32_t)r->msg.size;
+		} else {
+			s->u.m.size = WIDE32;
+			e[ne++] = (struct ext_ent){ { r->msg.size, 0 }, ID_SIZE, 0 };
+		}
+		if (r->msg.internaldate >= 0 && r->msg.internaldate < WIDE32) {
+			s->u.m.idate = (uint32_t)r->msg.internaldate;
+		} else {
+			s->u.m.idate = WIDE32;
+			e[ne++] = (struct ext_ent){ { i64_bits(r->msg.internaldate), 0 }, ID_IDATE, 0 };
+		}
 		s->u.m.uid = r->msg.uid_value;
 		if ((rc = intern_add(&u->folders, r->msg.folder, &s->u.m.folder)))
 			return rc;
+		if (s->u.m.folder >= u->live_cap) {
+			uint32_t nc = u->live_cap ? u->live_cap * 2 : 8;
+			while (nc <= s->u.m.folder)
+				nc *= 2;
+			uint32_t *l = realloc(u->live, nc * sizeof *l);
+			if (!l)
+				return -ENOMEM;
+			memset(l + u->live_cap, 0, (nc - u->live_cap) * sizeof *l);
+			u->live = l;
+			u->live_cap = nc;
+		}
 		for (uint32_t f = 0; f < MM_FLAG_COUNT; f++) {
 			const struct mm_reg *g = &r->msg.flags[f];
 			if (stamp_zero(g->stamp))
 				continue;
-			if (stamp_eq(g->stamp, s->st)) {
+			if (stamp_eq(g->stamp, st)) {
 				s->fat |= (uint8_t)(1u << f);
-				s->val |= (uint8_t)(g->value << f);
+				val |= (unsigned)g->value << f;
 			} else {
 				e[ne++] = (struct ext_ent){ g->stamp, f, g->value };
 			}
 		}
 		if (!stamp_zero(r->msg.uid.stamp)) {
-			if (stamp_eq(r->msg.uid.stamp, s->st))
+			if (stamp_eq(r->msg.uid.stamp, st))
 				s->fat |= FAT_UID;
 			else
 				e[ne++] = (struct ext_ent){ r->msg.uid.stamp, ID_UID, 0 };
@@ -415,53 +685,51 @@ static int build_slot(struct mm_user *u, const struct mm_rec *r, struct slot *s)
 				                                 r->msg.keywords[i].reg.value };
 			}
 			x->n = (uint32_t)n;
-			s->u.m.ext = x;
-		}
-		if (s->u.m.folder >= u->live_cap) {
-			uint32_t nc = u->live_cap ? u->live_cap * 2 : 8;
-			while (nc <= s->u.m.folder)
-				nc *= 2;
-			uint32_t *l = realloc(u->live, nc * sizeof *l);
-			if (!l) {
-				free(s->u.m.ext);
-				return -ENOMEM;
+			if ((rc = xpool_put(&u->xp, x, &s->u.m.ext))) {
+				free(x);
+				return rc;
 			}
-			memset(l + u->live_cap, 0, (nc - u->live_cap) * sizeof *l);
-			u->live = l;
-			u->live_cap = nc;
 		}
-		return 0;
+		break;
 	}
 	case MM_REC_EXPUNGED:
-		s->st = r->tomb.stamp;
-		return 0;
+		if ((rc = slot_set_st(u, s, r->tomb.stamp, s->u.o.wnode, &wide)))
+			return rc;
+		break;
 	case MM_REC_FOLDER:
 		if ((rc = intern_add(&u->folders, r->folder.name, &s->u.f.name)))
 			return rc;
-		s->st = r->folder.exists.stamp;
-		s->u.f.sub = r->folder.subscribed.stamp;
-		if (r->folder.uidvalidity && r->folder.uidvalidity != mm_folder_uidvalidity(s->st))
+		if ((rc = slot_set_st(u, s, r->folder.exists.stamp, s->u.f.wnode, &wide)))
+			return rc;
+		put64(s->u.f.sub, r->folder.subscribed.stamp.t);
+		put64(s->u.f.sub + 8, r->folder.subscribed.stamp.node);
+		if (r->folder.uidvalidity && r->folder.uidvalidity != mm_folder_uidvalidity(r->folder.exists.stamp))
 			s->u.f.uv = r->folder.uidvalidity;
-		s->val = (uint8_t)(r->folder.exists.value | r->folder.subscribed.value << 1);
-		return 0;
+		val = r->folder.exists.value | (unsigned)r->folder.subscribed.value << 1;
+		break;
 	case MM_REC_HORIZON:
-		s->st = r->horizon.stamp;
-		return 0;
+		if ((rc = slot_set_st(u, s, r->horizon.stamp, s->u.o.wnode, &wide)))
+			return rc;
+		break;
+	default:
+		return -EINVAL;
 	}
-	return -EINVAL;
+	s->tv = (uint8_t)(((unsigned)r->type - 1) << 6 | (val & 0x3f));
+	return 0;
 }
 
-static size_t ext_size(const struct slot *s)
+static size_t ext_size(const struct mm_user *u, const struct slot *s)
 {
 	/* payload plus malloc's per-chunk overhead, for mm_user_mem */
-	return s->type == MM_REC_MESSAGE && s->u.m.ext ? 16 + sizeof(struct ext) + s->u.m.ext->n * sizeof(struct ext_ent) : 0;
+	const struct ext *x = slot_ext(u, s);
+	return x ? 16 + sizeof(struct ext) + x->n * sizeof(struct ext_ent) : 0;
 }
 
-static void free_slot(struct slot *s)
+static void free_slot(struct mm_user *u, struct slot *s)
 {
-	if (s->type == MM_REC_MESSAGE) {
-		free(s->u.m.ext);
-		s->u.m.ext = NULL;
+	if (slot_type(s) == MM_REC_MESSAGE && s->u.m.ext) {
+		xpool_del(&u->xp, s->u.m.ext);
+		s->u.m.ext = 0;
 	}
 }
 
@@ -550,7 +818,7 @@ static int store(struct mm_user *u, const uint8_t *key, const struct mm_rec *old
 		uint32_t nc = b->cap + b->cap / 8 + 2;
 		struct slot *p = realloc(b->s, nc * sizeof *p);
 		if (!p) {
-			free_slot(&ns);
+			free_slot(u, &ns);
 			return -ENOMEM;
 		}
 		b->s = p;
@@ -567,10 +835,10 @@ static int store(struct mm_user *u, const uint8_t *key, const struct mm_rec *old
 	int dc = 0;
 	if (found) {
 		struct slot *s = &b->s[i];
-		if (s->type == MM_REC_MESSAGE)
+		if (slot_type(s) == MM_REC_MESSAGE)
 			u->live[s->u.m.folder]--;
-		u->ext_bytes -= ext_size(s);
-		free_slot(s);
+		u->ext_bytes -= ext_size(u, s);
+		free_slot(u, s);
 		if (nw) {
 			*s = ns;
 		} else {
@@ -587,9 +855,9 @@ static int store(struct mm_user *u, const uint8_t *key, const struct mm_rec *old
 		dc = 1;
 	}
 	if (nw) {
-		if (ns.type == MM_REC_MESSAGE)
+		if (slot_type(&ns) == MM_REC_MESSAGE)
 			u->live[ns.u.m.folder]++;
-		u->ext_bytes += ext_size(&ns);
+		u->ext_bytes += ext_size(u, &ns);
 	}
 	for (unsigned l = 0; l <= u->B; l++) {
 		uint32_t x = node_index(key, l);
@@ -636,7 +904,7 @@ void mm_user_free(struct mm_user **up)
 	if (u->bk) {
 		for (size_t i = 0; i < ((size_t)1 << (4 * u->B)); i++) {
 			for (uint32_t j = 0; j < u->bk[i].n; j++)
-				free_slot(&u->bk[i].s[j]);
+				free_slot(u, &u->bk[i].s[j]);
 			free(u->bk[i].s);
 		}
 	}
@@ -647,6 +915,8 @@ void mm_user_free(struct mm_user **up)
 	}
 	intern_free(&u->folders);
 	intern_free(&u->kws);
+	nodes_free(&u->nodes);
+	free(u->xp.e); /* every array in it was freed with its slot */
 	free(u->live);
 	if (u->sc) {
 		for (int i = 0; i < SCR_N; i++)
@@ -679,7 +949,8 @@ size_t mm_user_mem(const struct mm_user *u)
 		m += u->bk[i].cap * sizeof(struct slot) + (u->bk[i].s ? 16 : 0);
 	for (unsigned l = 0; l <= u->B; l++)
 		m += ((size_t)1 << (4 * l)) * (MM_HASH_LEN + sizeof(uint32_t));
-	m += u->ext_bytes;
+	m += u->ext_bytes + u->xp.cap * sizeof(union xent);
+	m += u->nodes.cap * sizeof(uint64_t) + u->nodes.tcap * sizeof(uint32_t);
 	m += (u->folders.cap + u->kws.cap) * sizeof(char *) + (u->folders.tcap + u->kws.tcap) * sizeof(uint32_t);
 	for (uint32_t i = 0; i < u->folders.n; i++)
 		m += strlen(u->folders.names[i]) + 1;
@@ -784,9 +1055,9 @@ static bool folder_visible_change(const struct mm_rec *o, const struct mm_rec *n
 static bool horizon_get(const struct mm_user *u, mm_hlc *h)
 {
 	const struct slot *s = find(u, u->hkey);
-	if (!s || s->type != MM_REC_HORIZON)
+	if (!s || slot_type(s) != MM_REC_HORIZON)
 		return false;
-	*h = s->st;
+	*h = slot_st(u, s);
 	return true;
 }
 
@@ -799,7 +1070,7 @@ static int drop_tombs(struct mm_user *u, mm_hlc h, mm_effect_fn *eff, void *arg)
 		uint32_t i = 0;
 		while (i < b->n) {
 			struct slot *s = &b->s[i];
-			if (s->type != MM_REC_EXPUNGED || mm_hlc_cmp(s->st, h) >= 0) {
+			if (slot_type(s) != MM_REC_EXPUNGED || mm_hlc_cmp(slot_st(u, s), h) >= 0) {
 				i++;
 				continue;
 			}
@@ -860,8 +1131,8 @@ static int merge_rec(struct mm_user *u, const struct mm_rec *in, mm_effect_fn *e
 			drop_tombs(u, nw.horizon.stamp, eff, arg);
 		return 1;
 	}
-	if (s->type == MM_REC_MESSAGE && in->type == MM_REC_MESSAGE) {
-		size_t need = slot_nkw(s) + in->msg.n_keywords;
+	if (slot_type(s) == MM_REC_MESSAGE && in->type == MM_REC_MESSAGE) {
+		size_t need = slot_nkw(u, s) + in->msg.n_keywords;
 		if ((rc = ensure_kw(u, need)))
 			return rc;
 	}
@@ -956,7 +1227,7 @@ int mm_user_merge(struct mm_user *u, const struct mm_rec *r, mm_effect_fn *eff, 
 bool mm_user_msg_body(const struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint8_t body_r[MM_ID_LEN])
 {
 	const struct slot *s = find(u, key);
-	if (!s || s->type != MM_REC_MESSAGE)
+	if (!s || slot_type(s) != MM_REC_MESSAGE)
 		return false;
 	memcpy(body_r, s->u.m.body, MM_ID_LEN);
 	return true;
@@ -987,7 +1258,7 @@ const struct mm_rec *mm_user_get(const struct mm_user *u, const uint8_t key[MM_K
 	if (!r)
 		return NULL;
 	struct mm_kwreg *kw = NULL;
-	size_t nk = s->type == MM_REC_MESSAGE ? slot_nkw(s) : 0;
+	size_t nk = slot_nkw(u, s);
 	if (nk && !(kw = mm_arena_alloc(a, nk * sizeof *kw)))
 		return NULL;
 	sc->view_bytes += sizeof *r + nk * sizeof *kw;
@@ -1133,7 +1404,7 @@ bool mm_user_folder_visible(const struct mm_user *u, const char *name)
 		return true;
 	mm_key_folder(name, key);
 	const struct slot *s = find(u, key);
-	return s && s->type == MM_REC_FOLDER && (s->val & 1);
+	return s && slot_type(s) == MM_REC_FOLDER && (slot_val(s) & 1);
 }
 
 /* ---- local changes ----------------------------------------------------------------------- */
@@ -1166,7 +1437,7 @@ static int local(struct mm_user *u, const struct mm_rec *r, mm_effect_fn *eff, v
 static const struct slot *live_msg(const struct mm_user *u, const uint8_t *key)
 {
 	const struct slot *s = find(u, key);
-	return s && s->type == MM_REC_MESSAGE ? s : NULL;
+	return s && slot_type(s) == MM_REC_MESSAGE ? s : NULL;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -1187,7 +1458,7 @@ static bool folder_cur(const struct mm_user *u, const char *name, struct mm_rec 
 {
 	folder_rec(r, name);
 	const struct slot *s = find(u, r->key);
-	if (!s || s->type != MM_REC_FOLDER)
+	if (!s || slot_type(s) != MM_REC_FOLDER)
 		return false;
 	mat(u, s, r, NULL);
 	return true;
@@ -1304,7 +1575,7 @@ int mm_user_set_flag(struct mm_user *u, const uint8_t key[MM_KEY_LEN], enum mm_f
 	const struct slot *s = live_msg(u, key);
 	if (!s)
 		return -ENOENT;
-	if (slot_reg(s, flag).value == value)
+	if (slot_reg(u, s, flag).value == value)
 		return 0;
 	struct mm_rec r;
 	msg_base(u, s, &r);
@@ -1321,7 +1592,7 @@ int mm_user_set_keyword(struct mm_user *u, const uint8_t key[MM_KEY_LEN], const 
 	const struct slot *s = live_msg(u, key);
 	if (!s)
 		return -ENOENT;
-	uint8_t cur = intern_find(&u->kws, kw, &id) ? 0 : slot_reg(s, ID_KW0 + id).value;
+	uint8_t cur = intern_find(&u->kws, kw, &id) ? 0 : slot_reg(u, s, ID_KW0 + id).value;
 	if (cur == value)
 		return 0;
 	struct mm_rec r;
@@ -1372,9 +1643,9 @@ int mm_user_expunge(struct mm_user *u, const uint8_t key[MM_KEY_LEN], mm_hlc sta
 	if (!u)
 		return -EINVAL;
 	const struct slot *s = find(u, key);
-	if (!s || (s->type != MM_REC_MESSAGE && s->type != MM_REC_EXPUNGED))
+	if (!s || (slot_type(s) != MM_REC_MESSAGE && slot_type(s) != MM_REC_EXPUNGED))
 		return -ENOENT;
-	if (s->type == MM_REC_EXPUNGED)
+	if (slot_type(s) == MM_REC_EXPUNGED)
 		return 0;
 	struct mm_rec r;
 	memset(&r, 0, sizeof r);
@@ -1406,7 +1677,7 @@ struct coll {
 static int coll_one(void *arg, const struct slot *s)
 {
 	struct coll *c = arg;
-	if (s->type != MM_REC_MESSAGE || s->u.m.folder != c->folder)
+	if (slot_type(s) != MM_REC_MESSAGE || s->u.m.folder != c->folder)
 		return 0;
 	if (c->n == c->cap) {
 		size_t nc = c->cap ? c->cap * 2 : 16;
@@ -1505,11 +1776,11 @@ uint32_t mm_user_uid_top(const struct mm_user *u, const char *folder)
 		const struct bucket *b = &u->bk[bi];
 		for (uint32_t i = 0; i < b->n; i++) {
 			const struct slot *sl = &b->s[i];
-			if (sl->type != MM_REC_MESSAGE || sl->u.m.folder != id)
+			if (slot_type(sl) != MM_REC_MESSAGE || sl->u.m.folder != id)
 				continue;
 			if (sl->u.m.uid > top)
 				top = sl->u.m.uid;
-			const struct ext *x = sl->u.m.ext;
+			const struct ext *x = slot_ext(u, sl);
 			for (uint32_t k = 0; x && k < x->n; k++)
 				if (x->e[k].id == ID_NEED && x->e[k].stamp.t > top)
 					top = (uint32_t)x->e[k].stamp.t;
