@@ -189,8 +189,8 @@ struct fent {
 	uint8_t key[MM_KEY_LEN];
 	uint64_t letters;  /* as the index knows them (may lag dletters: see sync_file_flags) */
 	uint64_t dletters; /* letters in the name on disk */
-	uint32_t fh[3];    /* its hash in by_base, by_key, by_body (enum fx_kind); 32 bits
-	                    * address any table that fits in memory */
+	uint32_t bh;       /* its hash in by_body (the key there is the record's body id,
+	                    * costly to read back); by_base and by_key rebuild theirs */
 	bool in_cur : 1;
 	bool seen : 1;
 	bool info : 1;     /* the name has ":2," (with or without letters) */
@@ -248,11 +248,12 @@ struct pending { /* a remote message to give a body from a local copy at commit 
 
 /* The file index (by_base, by_key, by_body): open-addressing tables of fent pointers
  * with the same composite keys as the hash maps above, but an entry's key is not
- * stored: it is rebuilt from the fent (user, folder, base name / record key / body id)
- * when its hash, kept in the fent, matches.  Three such entries cost about 50 bytes
- * a file, where three chained nodes with copied keys cost about 250 and a malloc each
- * (a million files: 200 MB less, and a faster load).  Linear probing, deletion by
- * backward shift (no tombstones), at most 70 % full.
+ * stored: it is compared piece by piece with the fent (user, folder, base name /
+ * record key / the record's body id) when the entry's tag (below) matches.  Three
+ * such entries cost about 34 bytes a file, where three chained nodes with copied keys
+ * cost about 250 and a malloc each.  Linear probing, deletion by backward shift (no
+ * tombstones), at most 70 % full; the hash an entry was placed by is rebuilt from
+ * the fent when a resize or a shift needs it (by_body keeps it: see fent.bh).
  *
  * Each entry carries 16 bits of its hash above the pointer's 48 (user-space addresses
  * fit in 48 bits on x86-64 and arm64), so a probe skips the other entries of its run
@@ -673,7 +674,7 @@ static bool fent_body(struct mm_state *st, const struct fent *fe, uint8_t body_r
 static bool fx_match(const struct fxmap *m, const struct fent *fe, uint32_t h, const void *k, size_t kl)
 {
 	enum fx_kind kind = m->kind;
-	if (fe->fh[kind] != h)
+	if (kind == FX_BODY && fe->bh != h)
 		return false;
 	const char *p = k, *end = p + kl;
 	const char *user = fe->fo->u->name;
@@ -690,6 +691,18 @@ static bool fx_match(const struct fxmap *m, const struct fent *fe, uint32_t h, c
 	size_t fl = strlen(fe->fo->name), bl = strlen(fe->base);
 	return (size_t)(end - p) == fl + 1 + bl && memcmp(p, fe->fo->name, fl + 1) == 0 &&
 	       memcmp(p + fl + 1, fe->base, bl) == 0;
+}
+
+/* fe's hash in table m: kept for by_body, rebuilt from the entry for the others
+ * (only a resize and a removal's backward shift ask). */
+static uint32_t fent_hash(const struct fxmap *m, const struct fent *fe)
+{
+	if (m->kind == FX_BODY)
+		return fe->bh;
+	char k[KBUF];
+	size_t kl = m->kind == FX_KEY ? k_ub(k, fe->fo->u->name, fe->key, MM_KEY_LEN)
+	                              : k_ufb(k, fe->fo->u->name, fe->fo->name, fe->base);
+	return fx_hash(k, kl);
 }
 
 /* An entry's home slot: the hash's high bits scaled to the capacity (any capacity,
@@ -746,7 +759,7 @@ static int fx_resize(struct fxmap *m, size_t cap)
 	for (size_t i = 0; i < m->cap; i++) {
 		if (!m->t[i])
 			continue;
-		size_t j = fx_home(&nm, fx_ptr(m, m->t[i])->fh[m->kind]);
+		size_t j = fx_home(&nm, fent_hash(m, fx_ptr(m, m->t[i])));
 		while (t[j])
 			j = fx_next(&nm, j);
 		t[j] = m->t[i];
@@ -783,7 +796,8 @@ static int fx_put(struct fxmap *m, const void *k, size_t kl, struct fent *fe)
 		m->untagged = true;
 	}
 	uint32_t h = fx_hash(k, kl);
-	fe->fh[m->kind] = h;
+	if (m->kind == FX_BODY)
+		fe->bh = h;
 	size_t i = fx_slot(m, h, k, kl);
 	if (!m->t[i])
 		m->n++;
@@ -798,7 +812,7 @@ static void fx_del_at(struct fxmap *m, size_t i)
 	m->t[i] = 0;
 	m->n--;
 	for (size_t j = fx_next(m, i); m->t[j]; j = fx_next(m, j)) {
-		size_t home = fx_home(m, fx_ptr(m, m->t[j])->fh[m->kind]);
+		size_t home = fx_home(m, fent_hash(m, fx_ptr(m, m->t[j])));
 		bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
 		if (stays)
 			continue;
@@ -849,7 +863,7 @@ static void body_unlink(struct mm_store *s, struct fent *fe)
 	if (!fe->in_body || !m->cap)
 		return;
 	fe->in_body = false;
-	for (size_t i = fx_home(m, fe->fh[FX_BODY]); m->t[i]; i = fx_next(m, i)) {
+	for (size_t i = fx_home(m, fe->bh); m->t[i]; i = fx_next(m, i)) {
 		struct fent *h = fx_ptr(m, m->t[i]);
 		if (h == fe) {
 			if (fe->bnext)
@@ -858,7 +872,7 @@ static void body_unlink(struct mm_store *s, struct fent *fe)
 				fx_del_at(m, i);
 			return;
 		}
-		if (h->fh[FX_BODY] != fe->fh[FX_BODY])
+		if (h->bh != fe->bh)
 			continue;
 		for (; h->bnext; h = h->bnext)
 			if (h->bnext == fe) {
@@ -929,7 +943,7 @@ static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *
 	size_t bl = strlen(base);
 	if (strncmp(name, base, bl) || (name[bl] && name[bl] != ':'))
 		return NULL;
-	struct fent *fe = calloc(1, sizeof(*fe) + bl + 1);
+	struct fent *fe = calloc(1, offsetof(struct fent, base) + bl + 1);
 	if (!fe)
 		return NULL;
 	memcpy(fe->base, base, bl + 1);
