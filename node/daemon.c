@@ -351,21 +351,20 @@ static int daemon_start(struct mm_daemon *d)
 	 * no moves until it has them (uid_authority_update keeps this up to date) */
 	mm_store_set_catching_up(d->store, mm_store_missing_count(d->store) > MM_LEAD_CATCHUP_MISSING);
 	uint64_t t0 = mm_daemon_now();
-	struct mm_delta *delta = mm_delta_new();
-	if (!delta)
-		return -ENOMEM;
 	/* Watches first, on every directory the state database knows, then the scan: it
 	 * sees whatever arrived before they were added, so the re-read each new watch asks
 	 * for (every file name again, the scan's own skip of unchanged folders aside) is
 	 * not needed for them.  The refresh after the scan adds the directories it found. */
 	mm_watch_refresh(d);
 	mm_scan_forget(d);
-	r = mm_store_scan(d->store, mm_daemon_now(), delta);
+	/* no delta: nothing is pushed before the peers are up (anti-entropy finds what
+	 * this scan indexed), and a first scan of a million files would hold a million
+	 * records in it */
+	int changes = r = mm_store_scan(d->store, mm_daemon_now(), NULL);
 	if (r >= 0 && (r = mm_store_commit(d->store)) < 0)
 		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s", d->cfg.state_dir, strerror(-r));
-	mm_log(MM_LOG_INFO, "store ready users=%zu local_changes=%zu scan_ms=%llu", mm_state_user_count(d->state),
-	       mm_delta_count(delta), (unsigned long long)(mm_daemon_now() - t0));
-	mm_delta_free(&delta);
+	mm_log(MM_LOG_INFO, "store ready users=%zu local_changes=%d scan_ms=%llu", mm_state_user_count(d->state),
+	       changes > 0 ? changes : 0, (unsigned long long)(mm_daemon_now() - t0));
 	if (r < 0)
 		return r;
 	mm_store_missing(d->store, want_missing, d);

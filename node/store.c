@@ -35,7 +35,8 @@
 #include <unistd.h>
 
 #define PATHBUF 4096
-#define KBUF 1024 /* composite map keys: user(255) + folder(255) + base(255) + seps */
+#define KBUF 1024
+#define SCAN_COMMIT_FILES 65536 /* a scan commits after so many new files (scan_files) */ /* composite map keys: user(255) + folder(255) + base(255) + seps */
 
 /* ---- a small hash map with byte-string keys ------------------------------------- */
 
@@ -308,6 +309,8 @@ struct mm_store {
 	struct pending *pending;
 	uint64_t hashed;
 	uint64_t uidlists_read;      /* mm_store_uidlists_read */
+	size_t unsaved_new;          /* files indexed by scans since the last commit_batch */
+	size_t scan_commit_files;    /* mm_store_set_scan_commit */
 	uint64_t now_ms;
 	struct mm_delta *out;
 	int changes;
@@ -1611,6 +1614,8 @@ static void assign_done(struct mm_store *s, struct folder *fo, struct assign *as
 	memset(as, 0, sizeof(*as));
 }
 
+static int commit_batch(struct mm_store *s);
+
 static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 {
 	struct dlist l = {0};
@@ -1745,6 +1750,16 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			hm_clear(&um.m);
 			assign_done(s, fo, &as);
 			return -ENOMEM;
+		}
+		if (++s->unsaved_new >= s->scan_commit_files && !s->in_commit) {
+			/* A first scan of a big Maildir: make what is indexed so far durable
+			 * now, so the dirty maps and LMDB's write transaction stay small (a
+			 * million files in one commit peaked at 1.4 GB).  The folder's UID pass
+			 * is still to come: its database entry must say a pass is due. */
+			fo->uid_check = s->imap_uids;
+			if (commit_batch(s) == 0)
+				note_scratch(s, s->unsaved_new);
+			s->unsaved_new = 0;
 		}
 	}
 	hm_clear(&um.m);
@@ -2892,6 +2907,11 @@ size_t mm_store_missing_count(const struct mm_store *s)
 	return s->missing.n;
 }
 
+void mm_store_set_scan_commit(struct mm_store *s, size_t files)
+{
+	s->scan_commit_files = files ? files : SCAN_COMMIT_FILES;
+}
+
 uint64_t mm_store_uidlists_read(const struct mm_store *s)
 {
 	return s->uidlists_read;
@@ -3467,6 +3487,7 @@ static void folder_uid_dirty(struct mm_store *s)
 
 static int commit_batch(struct mm_store *s)
 {
+	s->unsaved_new = 0;
 	folder_uid_dirty(s);
 	struct keylist recs = {0}, files = {0}, folders = {0};
 	int r = hm_keys(&s->dirty_recs, &recs);
@@ -3921,6 +3942,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->staged_tail = &s->staged;
 	s->trust_dirs = true;
 	s->new_folder_wait_ms = 1000;
+	s->scan_commit_files = SCAN_COMMIT_FILES;
 	s->by_base.kind = FX_BASE;
 	s->by_key.kind = FX_KEY;
 	s->by_body.kind = FX_BODY;

@@ -1441,6 +1441,39 @@ static void test_restart_skips_unchanged_uidlist(void **state)
 	node_close(&a);
 }
 
+/* A first scan of many files commits as it goes (mm_store_set_scan_commit): killed in
+ * the middle (here: freed without its final commit), the next start knows what the
+ * chunks made durable, hashes only the rest, and runs the folder's UID pass. */
+static void test_scan_commits_in_chunks(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, true);
+	mm_store_set_scan_commit(a.s, 100);
+	char base[64], body[128];
+	for (int i = 0; i < 250; i++) {
+		snprintf(base, sizeof base, "17000%05d.M%dP1.mx", i, i);
+		snprintf(body, sizeof body, "Subject: %d\r\n\r\nbody %d\r\n", i, i);
+		deliver(&a, "INBOX", base, body, 1600000000 + i);
+	}
+	a.now += 1000;
+	assert_true(mm_store_scan(a.s, a.now, NULL) >= 250); /* and the folder */
+	assert_int_equal(mm_store_files_hashed(a.s), 250);
+	node_close(&a); /* no commit: as if killed */
+	node_open_cfg(&a, "a", 1, true);
+	assert_int_equal(scan(&a, NULL), 50);
+	assert_int_equal(mm_store_files_hashed(a.s), 50);
+	assert_int_equal(mm_store_uidlists_read(a.s), 1);
+	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
+	assert_non_null(u);
+	assert_int_equal(mm_store_missing_count(a.s), 0);
+	node_close(&a);
+	node_open_cfg(&a, "a", 1, true);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	node_close(&a);
+}
+
 static void test_open_errors(void **state)
 {
 	(void)state;
@@ -1486,6 +1519,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_catching_up_raises_no_needs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_first_uid_from_origin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_uidlist, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_scan_commits_in_chunks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
