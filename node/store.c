@@ -36,7 +36,8 @@
 
 #define PATHBUF 4096
 #define KBUF 1024
-#define SCAN_COMMIT_FILES 65536 /* a scan commits after so many new files (scan_files) */ /* composite map keys: user(255) + folder(255) + base(255) + seps */
+#define SCAN_COMMIT_FILES 16384 /* a scan commits after so many new files (scan_files):
+                                 * LMDB holds a commit's pages in memory, ~9 MB here */ /* composite map keys: user(255) + folder(255) + base(255) + seps */
 
 /* ---- a small hash map with byte-string keys ------------------------------------- */
 
@@ -359,6 +360,9 @@ static void trim_heap(struct mm_store *s)
 #ifdef __GLIBC__
 	malloc_trim(0);
 #endif
+	/* and the database pages a big commit or read touched: they stay in the page
+	 * cache, not in this process's resident set (no read's data is held here) */
+	mm_statedb_release_pages(s->db);
 }
 
 static void logmsg(struct mm_store *s, int level, const char *fmt, ...)
@@ -1757,9 +1761,10 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			 * million files in one commit peaked at 1.4 GB).  The folder's UID pass
 			 * is still to come: its database entry must say a pass is due. */
 			fo->uid_check = s->imap_uids;
-			if (commit_batch(s) == 0)
-				note_scratch(s, s->unsaved_new);
-			s->unsaved_new = 0;
+			if (commit_batch(s) == 0) {
+				note_scratch(s, SCAN_COMMIT_FILES);
+				trim_heap(s);
+			}
 		}
 	}
 	hm_clear(&um.m);

@@ -229,7 +229,7 @@ int mm_store_commit(struct mm_store *s);
 uint64_t mm_store_files_hashed(const struct mm_store *s);
 
 /* A scan makes what it indexed durable after every `files` new files (0 = the default,
- * 65,536), so a first scan of a big Maildir keeps the dirty maps and the database's
+ * 16,384), so a first scan of a big Maildir keeps the dirty maps and the database's
  * write transaction small; a crash in the middle costs only the files since the last
  * such commit (hashed again at the next start). */
 void mm_store_set_scan_commit(struct mm_store *s, size_t files);
