@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "crdt/crdt.h"
+#include "tests/crdt_check.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define DEFAULT_N 200000
@@ -38,24 +39,6 @@ static int xor_leaf(void *arg, const struct mm_rec *r)
 	mm_rec_hash(r, h);
 	for (int i = 0; i < MM_HASH_LEN; i++)
 		acc[i] ^= h[i];
-	return 0;
-}
-
-struct kid {
-	unsigned depth;
-	uint8_t h[MM_FANOUT][MM_HASH_LEN];
-	uint32_t c[MM_FANOUT];
-};
-
-static int by_child(void *arg, const struct mm_rec *r)
-{
-	struct kid *k = arg;
-	unsigned i = (r->key[k->depth / 2] >> ((k->depth & 1) ? 0 : 4)) & 0xf;
-	uint8_t h[MM_HASH_LEN];
-	mm_rec_hash(r, h);
-	for (int j = 0; j < MM_HASH_LEN; j++)
-		k->h[i][j] ^= h[j];
-	k->c[i]++;
 	return 0;
 }
 
@@ -106,15 +89,8 @@ static void test_million(void **state)
 	/* tree queries at every depth along a few keys agree with foreach */
 	for (int j = 0; j < 3; j++) {
 		const uint8_t *p = keys[rnd() % n];
-		for (unsigned d = 1; d < 8; d++) {
-			struct kid k = { .depth = d };
-			uint8_t h[MM_FANOUT][MM_HASH_LEN];
-			uint32_t c[MM_FANOUT];
-			mm_user_foreach(u, p, d, by_child, &k);
-			mm_user_children(u, p, d, h, c);
-			assert_memory_equal(h, k.h, sizeof h);
-			assert_memory_equal(c, k.c, sizeof c);
-		}
+		for (unsigned d = 1; d < 8; d++)
+			check_children(u, p, d);
 	}
 	mm_user_free(&u);
 	free(keys);

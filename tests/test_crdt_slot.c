@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "crdt/crdt.h"
+#include "tests/crdt_check.h"
 #include "crdt/uid.h"
 
 static mm_hlc H(uint64_t t, uint64_t node)
@@ -100,24 +101,6 @@ static int fe_one(void *arg, const struct mm_rec *r)
 	return 0;
 }
 
-struct kid {
-	unsigned depth;
-	uint8_t h[MM_FANOUT][MM_HASH_LEN];
-	uint32_t c[MM_FANOUT];
-};
-
-static int by_child(void *arg, const struct mm_rec *r)
-{
-	struct kid *k = arg;
-	unsigned i = (r->key[k->depth / 2] >> ((k->depth & 1) ? 0 : 4)) & 0xf;
-	uint8_t h[MM_HASH_LEN];
-	mm_rec_hash(r, h);
-	for (int j = 0; j < MM_HASH_LEN; j++)
-		k->h[i][j] ^= h[j];
-	k->c[i]++;
-	return 0;
-}
-
 /* Expected content of a user: a generator of its n records (gen(i, buf) fills a
  * record that may point into buf). */
 struct want {
@@ -151,15 +134,8 @@ static void check_user(const struct mm_user *u, const struct want *w)
 	assert_memory_equal(f.x, x, MM_HASH_LEN);
 	/* cached and computed tree nodes agree with foreach */
 	uint8_t p[MM_KEY_LEN] = { 0x5a, 0xa5, 0x3c };
-	for (unsigned d = 0; d < 7; d++) {
-		struct kid k = { .depth = d };
-		uint8_t h[MM_FANOUT][MM_HASH_LEN];
-		uint32_t c[MM_FANOUT];
-		mm_user_foreach(u, p, d, by_child, &k);
-		mm_user_children(u, p, d, h, c);
-		assert_memory_equal(h, k.h, sizeof h);
-		assert_memory_equal(c, k.c, sizeof c);
-	}
+	for (unsigned d = 0; d < 7; d++)
+		check_children(u, p, d);
 }
 
 static void merge_all(struct mm_user *u, const struct want *w)
