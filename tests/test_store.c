@@ -1324,6 +1324,7 @@ static void test_first_uid_from_origin(void **state)
 	struct mm_delta *full = full_delta(&a), *early = without_uids(full);
 	const struct mm_rec *m1 = msg_by_idate(full, 1600000000), *m2 = msg_by_idate(full, 1600000001);
 	assert_true(m1->msg.uid_value && m2->msg.uid_value);
+	uint32_t uid2 = m2->msg.uid_value; /* m1 and m2 live only as long as `full` */
 	assert_true(mm_store_merge_delta(b.s, early) >= 0);
 	assert_int_equal(mm_store_commit(b.s), 0);
 	stage_from(&a, &b, full, 1600000000);
@@ -1364,8 +1365,8 @@ static void test_first_uid_from_origin(void **state)
 	scan(&b, NULL);
 	p = find(&b, "INBOX", "1600000002.");
 	assert_non_null(p);
-	assert_true(listed_uid(&b, strrchr(p, '/') + 1) > m2->msg.uid_value);
-	assert_true(rec_uid(&b, m3->key) > m2->msg.uid_value);
+	assert_true(listed_uid(&b, strrchr(p, '/') + 1) > uid2);
+	assert_true(rec_uid(&b, m3->key) > uid2);
 	mm_delta_free(&early);
 	mm_delta_free(&full);
 	node_close(&a);
