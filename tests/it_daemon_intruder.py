@@ -47,13 +47,27 @@ def read_priv(conf_dir):
 
 def lower_key(path, below):
     """Writes a fresh private key to path whose public key sorts below every key in
-    `below` (raw bytes); returns the public key (base64)."""
-    for _ in range(500):
-        r = mmtest.run([mmtest.MAILMESH, "genkey", "-o", path, "--force"])
-        assert r.returncode == 0, r.stderr
-        pub = mmtest.run([mmtest.MAILMESH, "pubkey"], input=open(path).read()).stdout.strip()
-        if all(base64.b64decode(pub) < base64.b64decode(b) for b in below):
-            return pub
+    `below` (base64); returns the public key (base64).  Keys are drawn in-process
+    (cryptography's X25519, which python3-dissononce brings): the lowest of the
+    cluster's keys can sit so low that a few hundred `mailmesh genkey` runs miss it
+    (it did once in CI); here up to 200,000 draws (about 40 s at worst, a few draws
+    usually).  `mailmesh pubkey` must then
+    agree on the public key, so the key file is what the daemon reads."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    lows = [base64.b64decode(b) for b in below]
+    for _ in range(200000):
+        k = X25519PrivateKey.generate()
+        pub = k.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
+        if not all(pub < b for b in lows):
+            continue
+        priv = k.private_bytes(ser.Encoding.Raw, ser.PrivateFormat.Raw, ser.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(priv).decode() + "\n")
+        got = mmtest.run([mmtest.MAILMESH, "pubkey"], input=open(path).read()).stdout.strip()
+        assert got == base64.b64encode(pub).decode(), "mailmesh pubkey disagrees: %s" % got
+        return got
     raise RuntimeError("no key sorting below the cluster's found")
 
 
