@@ -35,9 +35,9 @@
 #include <unistd.h>
 
 #define PATHBUF 4096
-#define KBUF 1024
+#define KBUF 1024 /* composite map keys: user(255) + folder(255) + base(255) + seps */
 #define SCAN_COMMIT_FILES 16384 /* a scan commits after so many new files (scan_files):
-                                 * LMDB holds a commit's pages in memory, ~9 MB here */ /* composite map keys: user(255) + folder(255) + base(255) + seps */
+                                 * LMDB holds a commit's pages in memory */
 
 /* ---- a small hash map with byte-string keys ------------------------------------- */
 
