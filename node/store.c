@@ -870,7 +870,10 @@ static void body_unlink(struct mm_store *s, struct fent *fe)
 	if (!fe->in_body || !m->cap)
 		return;
 	fe->in_body = false;
+	uint64_t tag = fx_tag(m, fe->bh);
 	for (size_t i = fx_home(m, fe->bh); m->t[i]; i = fx_next(m, i)) {
+		if (!m->untagged && (m->t[i] & ~FX_PTR_MASK) != tag)
+			continue; /* another body's chain: not read */
 		struct fent *h = fx_ptr(m, m->t[i]);
 		if (h == fe) {
 			if (fe->bnext)
