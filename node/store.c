@@ -1623,6 +1623,30 @@ static void assign_done(struct mm_store *s, struct folder *fo, struct assign *as
 
 static int commit_batch(struct mm_store *s);
 
+/* The scan found, under a new name, a message the index knows as `old` in the same
+ * folder: a re-file under a new UID (link, then unlink of the old name) or a rename
+ * whose index entry a crash lost before its commit.  `st` is the new file's stat.
+ * The new name is the message's: the old entry goes, and the old name too when it
+ * is still there as a link to the same file.  Returns false, leaving everything as
+ * it is, when the old name is another file (two files claim one message: taking the
+ * new one as a new delivery would give the message a second record, and after an
+ * expunge bring it back on every node). */
+static bool refile_adopt(struct mm_store *s, struct fent *old, const struct stat *st)
+{
+	char op[PATHBUF];
+	struct stat ost;
+	if (fent_path(s, old, op, sizeof op) == 0 && stat(op, &ost) == 0) {
+		if (ost.st_ino != st->st_ino || ost.st_dev != st->st_dev) {
+			logmsg(s, MM_STORE_LOG_WARNING, "%s and another file both carry the key of one message: "
+			       "the other is not indexed", op);
+			return false;
+		}
+		unlink(op);
+	}
+	fent_remove(s, old);
+	return true;
+}
+
 static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 {
 	struct dlist l = {0};
@@ -1678,12 +1702,15 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 		}
 		/* a file this store wrote, whose index entry a crash lost? */
 		uint8_t key[MM_KEY_LEN];
-		if (base_key(base, key) && !fent_by_key(s, fo->u->name, key)) {
+		struct fent *old = NULL;
+		if (base_key(base, key) && (!(old = fent_by_key(s, fo->u->name, key)) || old->fo == fo)) {
 			const struct mm_rec *rec = mm_user_get(mu, key);
 			if (rec && rec->type == MM_REC_MESSAGE && !strcmp(rec->msg.folder, fo->name)) {
 				struct stat st;
 				if (stat(path, &st) < 0)
 					continue;
+				if (old && !refile_adopt(s, old, &st))
+					continue; /* two different files name one message: leave this one */
 				fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, n.letters);
 				if (fe) {
 					set_missing(s, fo->u->name, key, NULL, NULL, false);
@@ -1691,7 +1718,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				}
 				continue;
 			}
-			if (rec && rec->type == MM_REC_EXPUNGED) {
+			if (!old && rec && rec->type == MM_REC_EXPUNGED) {
 				/* ours, for a message expunged before the crash: finish the expunge */
 				mm_md_unlink(fo->dir, in_cur ? "cur" : "new", name);
 				logmsg(s, MM_STORE_LOG_INFO, "removed %s: its message was expunged", path);

@@ -15,6 +15,7 @@
 #include "node/store.h"
 
 #include <dirent.h>
+#include <sodium.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -1475,6 +1476,56 @@ static void test_scan_commits_in_chunks(void **state)
 	node_close(&a);
 }
 
+/* A message re-filed under a new name (a UID move: the new name is linked, the old one
+ * removed) whose index entry a crash lost before its commit: the next start finds the
+ * new name, carrying the message's key, while the index still knows the old one.  It
+ * is the same message, not a new delivery: a new record would duplicate it, and bring
+ * it back on every node after an expunge (it_daemon_crash saw that). */
+static void test_refile_lost_by_crash(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	deliver(&a, "INBOX", "m1", "Subject: 1\r\n\r\nbody 1\r\n", 1600000000);
+	deliver(&a, "INBOX", "m2", "Subject: 2\r\n\r\nbody 2\r\n", 1600000001);
+	assert_true(scan(&a, NULL) >= 2);
+	struct mm_delta *full = full_delta(&a);
+	const struct mm_rec *m1 = msg_by_idate(full, 1600000000);
+	char hex[2 * MM_KEY_LEN + 1];
+	sodium_bin2hex(hex, sizeof hex, m1->key, MM_KEY_LEN);
+	size_t n_before = mm_user_count(mm_state_user(a.st, "ex.org/alice", false));
+	node_close(&a);
+	char d[600], from[800], to[900];
+	udir(&a, "INBOX", d, sizeof d);
+	snprintf(from, sizeof from, "%s/new/m1", d);
+	snprintf(to, sizeof to, "%s/new/1600000000.M1P1.mm_%s,S=22", d, hex);
+	/* both names (killed between link and unlink), then only the new one */
+	assert_int_equal(link(from, to), 0);
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	assert_int_equal(mm_user_count(mm_state_user(a.st, "ex.org/alice", false)), n_before);
+	assert_null(find(&a, "INBOX", "m1"));
+	assert_non_null(find(&a, "INBOX", "1600000000.M1P1.mm_"));
+	assert_int_equal(scan(&a, NULL), 0);
+	node_close(&a);
+	/* the new name again under another new name, the old one gone (killed after the
+	 * unlink, before the commit) */
+	char to2[900];
+	snprintf(to2, sizeof to2, "%s/new/1600000000.M2P1.mm_%s,S=22", d, hex);
+	assert_int_equal(rename(to, to2), 0);
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	assert_int_equal(mm_user_count(mm_state_user(a.st, "ex.org/alice", false)), n_before);
+	const struct mm_rec *r = mm_user_get(mm_state_user(a.st, "ex.org/alice", false), m1->key);
+	assert_non_null(r);
+	assert_int_equal(r->type, MM_REC_MESSAGE); /* not taken as expunged either */
+	assert_int_equal(mm_store_missing_count(a.s), 0);
+	mm_delta_free(&full);
+	node_close(&a);
+}
+
 static void test_open_errors(void **state)
 {
 	(void)state;
@@ -1521,6 +1572,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_first_uid_from_origin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_uidlist, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_commits_in_chunks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refile_lost_by_crash, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
