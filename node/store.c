@@ -945,7 +945,9 @@ static void fent_free(struct mm_store *s, struct fent *fe)
 	free(fe);
 }
 
-/* Indexes a file: `name` in new/ or cur/ of fo, whose base (up to ':') is `base`. */
+/* Indexes a file: `name` in new/ or cur/ of fo, whose base (up to ':') is `base`.
+ * body: its record's body id, to link it in by_body; NULL when not known (a load
+ * links entries later, in the missing list's pass). */
 static struct fent *fent_add(struct mm_store *s, struct folder *fo, const char *base,
                              const char *name, bool in_cur, const uint8_t key[MM_KEY_LEN],
                              const uint8_t body[MM_ID_LEN], uint64_t letters)

@@ -1115,19 +1115,25 @@ static void test_keyword_named_late(void **state)
 
 /* ---- file names written otherwise than Dovecot writes them -------------------------- */
 
-/* The UID dovecot-uidlist lists for exactly this file name, or 0. */
-static uint32_t listed_uid(const struct node *n, const char *name)
+/* With name: the UID INBOX's dovecot-uidlist lists for exactly this file name, or 0.
+ * Without: `uid` if the listing has an entry under it, else 0. */
+static uint32_t inbox_listing(const struct node *n, const char *name, uint32_t uid)
 {
 	char d[600];
 	udir(n, "INBOX", d, sizeof d);
 	struct mm_md_uidlist ul;
 	assert_int_equal(mm_md_uidlist_load(d, &ul), 0);
-	uint32_t uid = 0;
+	uint32_t found = 0;
 	for (size_t i = 0; i < ul.n; i++)
-		if (!strcmp(ul.v[i].name, name))
-			uid = ul.v[i].uid;
+		if (name ? !strcmp(ul.v[i].name, name) : ul.v[i].uid == uid)
+			found = ul.v[i].uid;
 	mm_md_uidlist_clear(&ul);
-	return uid;
+	return found;
+}
+
+static uint32_t listed_uid(const struct node *n, const char *name)
+{
+	return inbox_listing(n, name, 0);
 }
 
 /* The index keeps a file's name as base + letters and only the odd ones whole
@@ -1376,13 +1382,7 @@ static void test_first_uid_from_origin(void **state)
 
 static bool uid_in_list(const struct node *n, uint32_t uid)
 {
-	char d[600];
-	udir(n, "INBOX", d, sizeof d);
-	struct mm_md_uidlist ul;
-	assert_int_equal(mm_md_uidlist_load(d, &ul), 0);
-	bool in = mm_md_uidlist_index(&ul, uid) >= 0;
-	mm_md_uidlist_clear(&ul);
-	return in;
+	return inbox_listing(n, NULL, uid) == uid;
 }
 
 /* imap_uids: a start reads a folder's dovecot-uidlist only when it changed since the
