@@ -1,6 +1,6 @@
 /*
  * statedb.c — LMDB behind the small batch API of statedb.h.  One environment file
- * (MDB_NOSUBDIR: state.mdb + state.mdb-lock), four named databases, one write
+ * (MDB_NOSUBDIR: state.mdb + state.mdb-lock), five named databases, one write
  * transaction per batch.  LMDB's copy-on-write B-tree with its default sync makes a
  * committed batch durable and an interrupted one invisible.
  */
@@ -15,12 +15,14 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
-static const char *const table_names[MM_DB_TABLES] = {"recs", "files", "folders", "meta"};
+static const char *const table_names[MM_DB_TABLES] = {"recs", "files", "folders", "meta", "fidx"};
 
 struct mm_statedb {
 	MDB_env *env;
 	MDB_dbi dbi[MM_DB_TABLES];
 	MDB_txn *txn; /* open write batch, or NULL */
+	MDB_txn *rtxn; /* a reset read transaction, renewed for each read outside a batch
+	                * (a lookup by key at every remote change: begin costs more) */
 };
 
 static int lmdb_err(int rc)
@@ -95,6 +97,8 @@ void mm_statedb_free(struct mm_statedb **dbp)
 	struct mm_statedb *db = *dbp;
 	if (db->txn)
 		mdb_txn_abort(db->txn);
+	if (db->rtxn)
+		mdb_txn_abort(db->rtxn);
 	mdb_env_close(db->env);
 	free(db);
 	*dbp = NULL;
@@ -136,6 +140,64 @@ void mm_statedb_release_pages(struct mm_statedb *db)
 	fclose(f);
 }
 
+/* A read transaction for one read: the open batch's, or the cached read one renewed
+ * (a fresh snapshot).  read_end gives it back. */
+static int read_begin(struct mm_statedb *db, MDB_txn **txn_r)
+{
+	if (db->txn) {
+		*txn_r = db->txn;
+		return 0;
+	}
+	int rc = db->rtxn ? mdb_txn_renew(db->rtxn) : mdb_txn_begin(db->env, NULL, MDB_RDONLY, &db->rtxn);
+	if (rc) {
+		if (db->rtxn) {
+			mdb_txn_abort(db->rtxn);
+			db->rtxn = NULL;
+		}
+		return lmdb_err(rc);
+	}
+	*txn_r = db->rtxn;
+	return 0;
+}
+
+static void read_end(struct mm_statedb *db, MDB_txn *txn)
+{
+	if (txn == db->rtxn)
+		mdb_txn_reset(txn); /* releases the snapshot: a long-held one pins old pages */
+}
+
+int mm_statedb_range(struct mm_statedb *db, enum mm_statedb_table t, const void *prefix, size_t plen,
+                     int (*cb)(void *arg, const void *k, size_t kl, const void *v, size_t vl),
+                     void *arg)
+{
+	if (t >= MM_DB_TABLES || plen == 0 || plen > MM_STATEDB_KEY_MAX)
+		return -EINVAL;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	int r = read_begin(db, &txn);
+	if (r < 0)
+		return r;
+	int rc = mdb_cursor_open(txn, db->dbi[t], &cur);
+	if (rc) {
+		read_end(db, txn);
+		return lmdb_err(rc);
+	}
+	MDB_val k = {plen, (void *)prefix}, v;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		if (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0)
+			break;
+		r = cb(arg, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
+		if (r)
+			break;
+	}
+	if (!r && rc != 0 && rc != MDB_NOTFOUND)
+		r = lmdb_err(rc);
+	mdb_cursor_close(cur);
+	read_end(db, txn);
+	return r;
+}
+
 int mm_statedb_foreach(struct mm_statedb *db, enum mm_statedb_table t,
                        int (*cb)(void *arg, const void *k, size_t kl, const void *v, size_t vl),
                        void *arg)
@@ -172,12 +234,12 @@ int mm_statedb_get(struct mm_statedb *db, enum mm_statedb_table t, const void *k
 {
 	if (t >= MM_DB_TABLES || kl == 0 || kl > MM_STATEDB_KEY_MAX)
 		return -EINVAL;
-	MDB_txn *txn = db->txn;
-	int rc = 0;
-	if (!txn && (rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn)))
-		return lmdb_err(rc);
+	MDB_txn *txn;
+	int r0 = read_begin(db, &txn);
+	if (r0 < 0)
+		return r0;
 	MDB_val key = {kl, (void *)k}, val;
-	rc = mdb_get(txn, db->dbi[t], &key, &val);
+	int rc = mdb_get(txn, db->dbi[t], &key, &val);
 	int r;
 	if (rc == 0) {
 		memcpy(buf, val.mv_data, val.mv_size < buflen ? val.mv_size : buflen);
@@ -185,8 +247,7 @@ int mm_statedb_get(struct mm_statedb *db, enum mm_statedb_table t, const void *k
 	} else {
 		r = lmdb_err(rc);
 	}
-	if (txn != db->txn)
-		mdb_txn_abort(txn);
+	read_end(db, txn);
 	return r;
 }
 

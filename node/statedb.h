@@ -19,9 +19,12 @@
 
 enum mm_statedb_table {
 	MM_DB_RECS = 0,   /* CRDT records */
-	MM_DB_FILES,      /* message file index */
+	MM_DB_FILES,      /* message file index as written before the key-ordered one
+	                   * below: read once to convert it, then empty */
 	MM_DB_FOLDERS,    /* folder index (on disk / subscribed as last seen) */
 	MM_DB_META,       /* "clock", "version" */
+	MM_DB_FIDX,       /* message file index, keyed so a folder's files, a message's
+	                   * file and a body's files are key ranges (node/store.c) */
 	MM_DB_TABLES
 };
 
@@ -40,6 +43,13 @@ void mm_statedb_free(struct mm_statedb **dbp); /* NULLs *dbp; aborts an open bat
 int mm_statedb_foreach(struct mm_statedb *db, enum mm_statedb_table t,
                        int (*cb)(void *arg, const void *k, size_t kl, const void *v, size_t vl),
                        void *arg);
+
+/* Like mm_statedb_foreach, for the entries whose key starts with prefix (plen bytes,
+ * 1..MM_STATEDB_KEY_MAX), in key order.  Reads through the open batch if there is
+ * one (so it sees the batch's own puts), else through a fresh read snapshot. */
+int mm_statedb_range(struct mm_statedb *db, enum mm_statedb_table t, const void *prefix, size_t plen,
+                     int (*cb)(void *arg, const void *k, size_t kl, const void *v, size_t vl),
+                     void *arg);
 
 /* Number of entries in a table (0 on error): lets a loader size its indexes once. */
 size_t mm_statedb_count(struct mm_statedb *db, enum mm_statedb_table t);

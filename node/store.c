@@ -22,7 +22,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
-#include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -207,6 +206,7 @@ struct folder {
 	char *name;
 	char dir[PATHBUF - 512];
 	struct fent *files;
+	bool files_all;  /* files is the whole folder (folder_files), not only entries in use */
 	bool on_disk;    /* the directory existed when last looked at */
 	bool subscribed; /* listed in the subscriptions file when last looked at */
 	bool check;      /* re-check visibility at commit */
@@ -317,6 +317,8 @@ struct mm_store {
 	int changes;
 	bool in_commit;
 	bool loading;                /* mm_store_open is reading the database */
+	bool materializing;          /* fidx_take: an entry comes from the database */
+	size_t file_cache;           /* mm_store_set_file_cache */
 	bool trust_dirs;             /* first scan after open: skip folders whose dir_sig held */
 	bool trim_due;               /* big scratch was freed: give the pages back (trim_heap) */
 	uint64_t max_skew_ms;
@@ -436,7 +438,7 @@ static void mark_rec(struct mm_store *s, const char *user, const uint8_t key[MM_
 
 static void mark_file(struct mm_store *s, struct folder *fo, const char *base)
 {
-	if (s->loading)
+	if (s->loading || s->materializing)
 		return; /* entries read from the database are written there already */
 	char k[KBUF];
 	size_t kl = k_ufb(k, fo->u->name, fo->name, base);
@@ -777,16 +779,6 @@ static int fx_resize(struct fxmap *m, size_t cap)
 	return 0;
 }
 
-/* Sizes an empty table for n entries at once (no rehash while a load fills it). */
-static void fx_reserve(struct fxmap *m, size_t n)
-{
-	size_t cap = n * 10 / 7 + 1;
-	if (cap < 64)
-		cap = 64;
-	if (cap > m->cap)
-		fx_resize(m, cap);
-}
-
 /* k must be fe's own key for this table.  Replaces the entry of an equal key. */
 static int fx_put(struct fxmap *m, const void *k, size_t kl, struct fent *fe)
 {
@@ -1012,12 +1004,18 @@ static void fent_remove(struct mm_store *s, struct fent *fe)
 	fent_free(s, fe);
 }
 
-static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+static struct fent *fent_by_key_ram(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
 {
 	char k[KBUF];
 	size_t kl = k_ub(k, user, key, MM_KEY_LEN);
 	return fx_get(&s->by_key, k, kl);
 }
+
+/* Lookups that bring entries in from the database (see "the file index in the
+ * database" below). */
+static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN]);
+static struct fent *fent_by_body(struct mm_store *s, const char *user, const uint8_t body[MM_ID_LEN]);
+static int folder_files(struct mm_store *s, struct folder *fo);
 
 /* The body staged for (user, key) (mm_store_body_stage), or NULL. */
 static struct mm_body_writer *staged_get(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
@@ -1652,7 +1650,10 @@ static bool refile_adopt(struct mm_store *s, struct fent *old, const struct stat
 static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 {
 	struct dlist l = {0};
-	int r = read_folder(fo->dir, &l);
+	int r = folder_files(s, fo);
+	if (r < 0)
+		return r;
+	r = read_folder(fo->dir, &l);
 	note_scratch(s, l.n);
 	if (r < 0) {
 		dlist_free(&l);
@@ -1996,6 +1997,8 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	if (!fo->on_disk || mm_md_is_maildir(fo->dir) || !strcmp(name, "INBOX"))
 		return 0;
 	/* the folder's directory is gone: a local delete */
+	if (folder_files(s, fo) < 0)
+		return 0; /* the next scan tries again */
 	for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
 		nx = fe->fnext;
 		uint8_t key[MM_KEY_LEN];
@@ -2240,17 +2243,13 @@ int mm_store_body_open(struct mm_store *s, const char *user, const uint8_t key[M
 
 int mm_store_body_have_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN])
 {
-	char k[KBUF];
-	size_t kl = k_ub(k, user, id, MM_ID_LEN);
-	return fx_get(&s->by_body, k, kl) != NULL;
+	return fent_by_body(s, user, id) != NULL;
 }
 
 int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
                           int *fd_r, uint64_t *size_r)
 {
-	char k[KBUF];
-	size_t kl = k_ub(k, user, id, MM_ID_LEN);
-	struct fent *fe = fx_get(&s->by_body, k, kl);
+	struct fent *fe = fent_by_body(s, user, id);
 	if (!fe)
 		return -ENOENT;
 	uint8_t key[MM_KEY_LEN];
@@ -2849,9 +2848,7 @@ static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM
 	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
 	if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, user, key))
 		return 0;
-	char k[KBUF];
-	size_t kl = k_ub(k, user, r->msg.body, MM_ID_LEN);
-	struct fent *src = fx_get(&s->by_body, k, kl);
+	struct fent *src = fent_by_body(s, user, r->msg.body);
 	if (!src)
 		return 0;
 	char sp[PATHBUF];
@@ -3087,7 +3084,10 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	fo->uid_settled = false;
 	if (!fo->on_disk || !mm_md_is_maildir(fo->dir))
 		return 0;
-	int r = mm_md_uidlist_lock(fo->dir, 2000);
+	int r = folder_files(s, fo); /* the plan walks every file of the folder */
+	if (r < 0)
+		return r;
+	r = mm_md_uidlist_lock(fo->dir, 2000);
 	if (r < 0) {
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/dovecot-uidlist.lock stays busy: UIDs synced later", fo->dir);
 		return r;
@@ -3412,6 +3412,492 @@ static bool rb_str(struct rbuf *b, char *buf, size_t buflen)
 	return memchr(buf, 0, l) == NULL;
 }
 
+/* ---- the file index in the database (MM_DB_FIDX) ------------------------------------- */
+
+/* The file index lives in the database, and memory holds only the entries in use:
+ * those read since the last commit that dropped them (fidx_evict), and every entry
+ * changed since the last commit (dirty_files; the database has their old state).  At
+ * a million files the index in memory cost about 150 bytes a file; it now costs what
+ * the folders being worked on hold.  Three kinds of entries make every lookup the
+ * store makes one key or one key range:
+ *
+ *   'F' fh base                  -> the file (fval: key, body, letters, names)
+ *   'K' uh key                   -> fh base: the file of a message
+ *   'B' uh body fh base          -> (empty): the files of a body
+ *
+ * uh and fh are 64-bit hashes (big-endian) of "user" and "user\0folder", so a
+ * folder's files are one range.  The value names its user and folder in full and a
+ * read checks them, so folders whose hashes collide share a range, not entries.
+ *
+ * An entry read from the database is used only if memory does not know better: when
+ * by_base has its (user, folder, base), memory's entry is the file; when dirty_files
+ * has it and by_base not, the file is gone since the last commit. */
+
+#define FIDX_HASH_LEN 8
+#define FIDX_KEY_MAX (1 + FIDX_HASH_LEN + MM_ID_LEN + FIDX_HASH_LEN + MM_MD_NAME_MAX)
+#define FVAL_MAX 2048
+
+struct fval { /* one 'F' entry's value */
+	uint8_t key[MM_KEY_LEN], body[MM_ID_LEN];
+	uint64_t letters;
+	bool in_cur;
+	char user[MM_NAME_MAX * 2 + 2], folder[MM_NAME_MAX + 1], base[MM_MD_NAME_MAX + 1],
+	    name[MM_MD_NAME_MAX + 1];
+};
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static size_t fidx_fkey(uint8_t *k, const char *user, const char *folder, const char *base)
+{
+	char uf[KBUF];
+	size_t ufl = k_uf(uf, user, folder), bl = strlen(base);
+	k[0] = 'F';
+	put_be64(k + 1, hm_hash(uf, ufl));
+	memcpy(k + 1 + FIDX_HASH_LEN, base, bl);
+	return 1 + FIDX_HASH_LEN + bl;
+}
+
+static size_t fidx_kkey(uint8_t *k, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	k[0] = 'K';
+	put_be64(k + 1, hm_hash(user, strlen(user)));
+	memcpy(k + 1 + FIDX_HASH_LEN, key, MM_KEY_LEN);
+	return 1 + FIDX_HASH_LEN + MM_KEY_LEN;
+}
+
+/* 'B' uh body, then (when fk is given) the 'F' key's fh base. */
+static size_t fidx_bkey(uint8_t *k, const char *user, const uint8_t body[MM_ID_LEN], const uint8_t *fk,
+                        size_t fkl)
+{
+	k[0] = 'B';
+	put_be64(k + 1, hm_hash(user, strlen(user)));
+	memcpy(k + 1 + FIDX_HASH_LEN, body, MM_ID_LEN);
+	size_t n = 1 + FIDX_HASH_LEN + MM_ID_LEN;
+	if (fk) {
+		memcpy(k + n, fk + 1, fkl - 1);
+		n += fkl - 1;
+	}
+	return n;
+}
+
+static bool body_zero(const uint8_t body[MM_ID_LEN])
+{
+	for (size_t i = 0; i < MM_ID_LEN; i++)
+		if (body[i])
+			return false;
+	return true;
+}
+
+/* Decodes an 'F' value (also the layout of the index before MM_DB_FIDX). */
+static bool fval_parse(const void *v, size_t vl, struct fval *f)
+{
+	struct rbuf b = {v, (const uint8_t *)v + vl, false};
+	uint8_t c;
+	rb_get(&b, f->key, sizeof f->key);
+	rb_get(&b, f->body, sizeof f->body);
+	rb_u64(&b); /* formerly the file's size and mtime: nothing read them */
+	rb_u64(&b);
+	f->letters = rb_u64(&b);
+	rb_get(&b, &c, 1);
+	f->in_cur = c != 0;
+	return rb_str(&b, f->user, sizeof f->user) && rb_str(&b, f->folder, sizeof f->folder) &&
+	       rb_str(&b, f->base, sizeof f->base) && rb_str(&b, f->name, sizeof f->name) && !b.bad &&
+	       f->base[0];
+}
+
+static void fval_encode(struct wbuf *wb, const struct fval *f)
+{
+	wb->n = 0;
+	wb_put(wb, f->key, MM_KEY_LEN);
+	wb_put(wb, f->body, MM_ID_LEN); /* all zero when unknown */
+	wb_u64(wb, 0);
+	wb_u64(wb, 0);
+	wb_u64(wb, f->letters);
+	uint8_t c = f->in_cur;
+	wb_put(wb, &c, 1);
+	wb_str(wb, f->user);
+	wb_str(wb, f->folder);
+	wb_str(wb, f->base);
+	wb_str(wb, f->name);
+}
+
+/* Reads the 'F' entry fk into f: 1, 0 when absent or unreadable, negative errno. */
+static int fidx_get(struct mm_store *s, const uint8_t *fk, size_t fkl, struct fval *f)
+{
+	uint8_t v[FVAL_MAX];
+	int n = mm_statedb_get(s->db, MM_DB_FIDX, fk, fkl, v, sizeof v);
+	if (n == -ENOENT)
+		return 0;
+	if (n < 0)
+		return n;
+	return (size_t)n <= sizeof v && fval_parse(v, (size_t)n, f);
+}
+
+/* Writes f's three entries (in the open batch), then drops those of `old` (the
+ * entry's previous value, or NULL) that f no longer has.  'K' is dropped only while
+ * it still names this file: a re-filed message's 'K' names its new file. */
+static int fidx_write(struct mm_store *s, const struct fval *f, const struct fval *old, struct wbuf *wb)
+{
+	uint8_t fk[FIDX_KEY_MAX], k[FIDX_KEY_MAX];
+	const struct fval *id = f ? f : old;
+	size_t fkl = fidx_fkey(fk, id->user, id->folder, id->base), kl;
+	int r = 0;
+	if (f) {
+		fval_encode(wb, f);
+		if (wb->oom)
+			return -ENOMEM;
+		r = mm_statedb_put(s->db, MM_DB_FIDX, fk, fkl, wb->p, wb->n);
+		kl = fidx_kkey(k, f->user, f->key);
+		if (r == 0)
+			r = mm_statedb_put(s->db, MM_DB_FIDX, k, kl, fk + 1, fkl - 1);
+		kl = fidx_bkey(k, f->user, f->body, fk, fkl);
+		if (r == 0 && !body_zero(f->body))
+			r = mm_statedb_put(s->db, MM_DB_FIDX, k, kl, "", 0);
+	} else {
+		r = mm_statedb_del(s->db, MM_DB_FIDX, fk, fkl);
+	}
+	if (r < 0 || !old)
+		return r;
+	if (!f || memcmp(f->key, old->key, MM_KEY_LEN) != 0) {
+		uint8_t v[FIDX_KEY_MAX];
+		kl = fidx_kkey(k, old->user, old->key);
+		int n = mm_statedb_get(s->db, MM_DB_FIDX, k, kl, v, sizeof v);
+		if (n == (int)fkl - 1 && memcmp(v, fk + 1, fkl - 1) == 0)
+			r = mm_statedb_del(s->db, MM_DB_FIDX, k, kl);
+	}
+	if (r == 0 && !body_zero(old->body) && (!f || memcmp(f->body, old->body, MM_ID_LEN) != 0)) {
+		kl = fidx_bkey(k, old->user, old->body, fk, fkl);
+		r = mm_statedb_del(s->db, MM_DB_FIDX, k, kl);
+	}
+	return r;
+}
+
+/* Splits a dirty_files key (user \0 folder \0 base). */
+static bool split_ufb(const char *lk, size_t lkl, char *user, char *folder, char *base)
+{
+	const char *end = lk + lkl, *f = memchr(lk, 0, lkl);
+	const char *b = f ? memchr(f + 1, 0, (size_t)(end - f - 1)) : NULL;
+	if (!b || (size_t)(f - lk) > MM_NAME_MAX * 2 + 1 || (size_t)(b - f - 1) > MM_NAME_MAX ||
+	    (size_t)(end - b - 1) > MM_MD_NAME_MAX)
+		return false;
+	memcpy(user, lk, (size_t)(f - lk) + 1);
+	memcpy(folder, f + 1, (size_t)(b - f));
+	memcpy(base, b + 1, (size_t)(end - b - 1));
+	base[end - b - 1] = 0;
+	return true;
+}
+
+/* The database's entry for (user, folder, base) made like memory's (by_base). */
+static int put_file(struct mm_store *s, const void *lk, size_t lkl, struct wbuf *wb)
+{
+	struct fval *old = malloc(sizeof(*old)), *f = malloc(sizeof(*f));
+	int r = -ENOMEM;
+	if (!old || !f)
+		goto out;
+	r = 0;
+	if (!split_ufb(lk, lkl, old->user, old->folder, old->base))
+		goto out;
+	uint8_t fk[FIDX_KEY_MAX];
+	size_t fkl = fidx_fkey(fk, old->user, old->folder, old->base);
+	int had = fidx_get(s, fk, fkl, old);
+	if (had < 0) {
+		r = had;
+		goto out;
+	}
+	struct fent *fe = fx_get(&s->by_base, lk, lkl);
+	if (!fe) {
+		r = had ? fidx_write(s, NULL, old, wb) : 0;
+		goto out;
+	}
+	memcpy(f->key, fe->key, MM_KEY_LEN);
+	memset(f->body, 0, MM_ID_LEN);
+	/* the body id: from the record while the entry is linked by body, else the one
+	 * the database had for the same message (an entry read back is linked only when
+	 * a lookup by body wants it) */
+	if (!(fe->in_body && fent_body(s->state, fe, f->body)) && had &&
+	    memcmp(old->key, fe->key, MM_KEY_LEN) == 0)
+		memcpy(f->body, old->body, MM_ID_LEN);
+	f->letters = fe->letters;
+	f->in_cur = fe->in_cur;
+	snprintf(f->user, sizeof f->user, "%s", fe->fo->u->name);
+	snprintf(f->folder, sizeof f->folder, "%s", fe->fo->name);
+	snprintf(f->base, sizeof f->base, "%s", fe->base);
+	char nb[MM_MD_NAME_MAX + 1];
+	snprintf(f->name, sizeof f->name, "%s", fent_name(s, fe, nb)); /* an odd name is not in nb */
+	r = fidx_write(s, f, had ? old : NULL, wb);
+out:
+	free(old);
+	free(f);
+	return r;
+}
+
+/* The entry f (read from the database) in memory, or NULL when memory knows better
+ * (see above) or f is not user's (in folder fo, when given). */
+static struct fent *fidx_take(struct mm_store *s, const struct fval *f, const char *user, struct folder *fo)
+{
+	if (strcmp(f->user, user) != 0 || (fo && strcmp(f->folder, fo->name) != 0))
+		return NULL;
+	if (!fo) {
+		struct user *u = user_get(s, user, true);
+		fo = u ? folder_get(s, u, f->folder, true) : NULL;
+		if (!fo)
+			return NULL;
+	}
+	char k[KBUF];
+	size_t kl = k_ufb(k, user, fo->name, f->base);
+	struct fent *fe = fx_get(&s->by_base, k, kl);
+	if (fe)
+		return fe;
+	if (fo->files_all || hm_get(&s->dirty_files, k, kl))
+		return NULL; /* removed since the last commit */
+	s->materializing = true; /* fent_add marks nothing dirty: the database has it */
+	fe = fent_add(s, fo, f->base, f->name, f->in_cur, f->key, NULL, f->letters);
+	s->materializing = false;
+	return fe;
+}
+
+static struct fent *fidx_load(struct mm_store *s, const uint8_t *fk, size_t fkl, const char *user,
+                              struct folder *fo)
+{
+	struct fval *f = malloc(sizeof(*f));
+	struct fent *fe = NULL;
+	int r = f ? fidx_get(s, fk, fkl, f) : -ENOMEM;
+	if (r > 0)
+		fe = fidx_take(s, f, user, fo);
+	else if (r < 0)
+		logmsg(s, MM_STORE_LOG_ERR, "cannot read the file index: %s", strerror(-r));
+	free(f);
+	return fe;
+}
+
+/* The entry of the message (user, key), or NULL when no file of it is indexed. */
+static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	struct fent *fe = fent_by_key_ram(s, user, key);
+	if (fe)
+		return fe;
+	uint8_t k[FIDX_KEY_MAX], v[FIDX_KEY_MAX];
+	size_t kl = fidx_kkey(k, user, key);
+	int n = mm_statedb_get(s->db, MM_DB_FIDX, k, kl, v + 1, sizeof v - 1);
+	if (n <= FIDX_HASH_LEN || n >= (int)sizeof v - 1)
+		return NULL;
+	v[0] = 'F';
+	fe = fidx_load(s, v, (size_t)n + 1, user, NULL);
+	return fe && memcmp(fe->key, key, MM_KEY_LEN) == 0 ? fe : NULL;
+}
+
+struct fidx_range {
+	struct mm_store *s;
+	const char *user;
+	struct folder *fo;
+	const uint8_t *body;
+	uint8_t (*fks)[FIDX_KEY_MAX]; /* body_cb: 'F' keys, read after the range */
+	size_t *fkls, n, cap;
+	int err;
+};
+
+static int folder_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct fidx_range *c = arg;
+	(void)k;
+	(void)kl;
+	struct fval f;
+	if (fval_parse(v, vl, &f) && !fidx_take(c->s, &f, c->user, c->fo) &&
+	    strcmp(f.folder, c->fo->name) == 0 && strcmp(f.user, c->user) == 0) {
+		char mk[KBUF];
+		size_t mkl = k_ufb(mk, c->user, f.folder, f.base);
+		if (!fx_get(&c->s->by_base, mk, mkl) && !hm_get(&c->s->dirty_files, mk, mkl))
+			return -ENOMEM; /* fent_add failed */
+	}
+	return 0;
+}
+
+/* Brings every file entry of fo into memory (fo->files is then the whole folder,
+ * until fidx_evict).  0 or negative errno: a scan must not go on without them (it
+ * would take every file it does not know for a new delivery). */
+static int folder_files(struct mm_store *s, struct folder *fo)
+{
+	if (fo->files_all)
+		return 0;
+	uint8_t p[1 + FIDX_HASH_LEN];
+	char uf[KBUF];
+	size_t ufl = k_uf(uf, fo->u->name, fo->name);
+	p[0] = 'F';
+	put_be64(p + 1, hm_hash(uf, ufl));
+	struct fidx_range c = {.s = s, .user = fo->u->name, .fo = fo};
+	int r = mm_statedb_range(s->db, MM_DB_FIDX, p, sizeof p, folder_cb, &c);
+	if (r < 0) {
+		logmsg(s, MM_STORE_LOG_ERR, "cannot read the file index of %s: %s", fo->dir, strerror(-r));
+		return r;
+	}
+	fo->files_all = true;
+	return 0;
+}
+
+static int body_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct fidx_range *c = arg;
+	(void)v;
+	(void)vl;
+	size_t at = 1 + FIDX_HASH_LEN + MM_ID_LEN;
+	if (kl <= at + FIDX_HASH_LEN || kl - at + 1 > FIDX_KEY_MAX)
+		return 0;
+	if (c->n == c->cap) {
+		size_t nc = c->cap ? c->cap * 2 : 4;
+		uint8_t(*nf)[FIDX_KEY_MAX] = realloc(c->fks, nc * sizeof(*nf));
+		if (nf)
+			c->fks = nf;
+		size_t *nl = nf ? realloc(c->fkls, nc * sizeof(*nl)) : NULL;
+		if (!nl)
+			return -ENOMEM;
+		c->fkls = nl;
+		c->cap = nc;
+	}
+	c->fks[c->n][0] = 'F';
+	memcpy(c->fks[c->n] + 1, (const uint8_t *)k + at, kl - at);
+	c->fkls[c->n++] = kl - at + 1;
+	return 0;
+}
+
+/* The first entry of the files holding `body` for user (the chain goes on by bnext),
+ * or NULL.  The database's files of that body are brought in and linked first. */
+static struct fent *fent_by_body(struct mm_store *s, const char *user, const uint8_t body[MM_ID_LEN])
+{
+	uint8_t p[FIDX_KEY_MAX];
+	size_t pl = fidx_bkey(p, user, body, NULL, 0);
+	struct fidx_range c = {.s = s, .user = user, .body = body};
+	int r = mm_statedb_range(s->db, MM_DB_FIDX, p, pl, body_cb, &c);
+	for (size_t i = 0; r == 0 && i < c.n; i++) {
+		struct fent *fe = fidx_load(s, c.fks[i], c.fkls[i], user, NULL);
+		if (fe && !fe->in_body)
+			body_link(s, fe, body);
+	}
+	free(c.fks);
+	free(c.fkls);
+	char k[KBUF];
+	size_t kl = k_ub(k, user, body, MM_ID_LEN);
+	return fx_get(&s->by_body, k, kl);
+}
+
+/* After a commit that left nothing dirty: when more than file_cache entries are in
+ * memory, all go (the database has them all). */
+static void fidx_evict(struct mm_store *s)
+{
+	if (s->dirty_files.n || s->by_base.n <= s->file_cache)
+		return;
+	for (struct user *u = s->users; u; u = u->next)
+		for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+			for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
+				nx = fe->fnext;
+				fent_free(s, fe);
+			}
+			fo->files = NULL;
+			fo->files_all = false;
+		}
+	fx_clear(&s->by_base);
+	fx_clear(&s->by_key);
+	fx_clear(&s->by_body);
+	s->trim_due = true;
+}
+
+struct keys_col {
+	uint8_t (*v)[MM_KEY_LEN];
+	size_t n, cap;
+};
+
+static int keys_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct keys_col *c = arg;
+	(void)v;
+	(void)vl;
+	if (kl != 1 + FIDX_HASH_LEN + MM_KEY_LEN)
+		return 0;
+	if (c->n == c->cap) {
+		size_t nc = c->cap ? c->cap * 2 : 1024;
+		uint8_t(*nv)[MM_KEY_LEN] = realloc(c->v, nc * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		c->v = nv;
+		c->cap = nc;
+	}
+	memcpy(c->v[c->n++], (const uint8_t *)k + 1 + FIDX_HASH_LEN, MM_KEY_LEN);
+	return 0;
+}
+
+static int cmp_key16(const void *a, const void *b)
+{
+	return memcmp(a, b, MM_KEY_LEN);
+}
+
+/* Converts a file index written before MM_DB_FIDX (MM_DB_FILES, keyed by hashes),
+ * a chunk per transaction: a kill leaves each entry in one table or the other, and
+ * the next start goes on. */
+struct conv {
+	uint8_t (*k)[16];
+	uint8_t **v;
+	size_t *vl, n;
+};
+
+#define CONV_CHUNK 8192
+
+static int conv_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct conv *c = arg;
+	if (kl != 16)
+		return 0;
+	if (!(c->v[c->n] = malloc(vl ? vl : 1)))
+		return -ENOMEM;
+	memcpy(c->k[c->n], k, 16);
+	memcpy(c->v[c->n], v, vl);
+	c->vl[c->n] = vl;
+	return ++c->n == CONV_CHUNK;
+}
+
+static int fidx_convert(struct mm_store *s, size_t *done_r)
+{
+	struct conv c = {malloc(CONV_CHUNK * 16), calloc(CONV_CHUNK, sizeof(uint8_t *)),
+	                 malloc(CONV_CHUNK * sizeof(size_t)), 0};
+	struct fval *f = malloc(sizeof(*f));
+	struct wbuf wb = {0};
+	int r = c.k && c.v && c.vl && f ? 0 : -ENOMEM;
+	*done_r = 0;
+	while (r == 0) {
+		c.n = 0;
+		r = mm_statedb_foreach(s->db, MM_DB_FILES, conv_cb, &c);
+		if (r > 0)
+			r = 0;
+		if (r < 0 || c.n == 0)
+			break;
+		r = mm_statedb_begin(s->db);
+		for (size_t i = 0; r == 0 && i < c.n; i++) {
+			if (fval_parse(c.v[i], c.vl[i], f))
+				r = fidx_write(s, f, NULL, &wb);
+			if (r == 0)
+				r = mm_statedb_del(s->db, MM_DB_FILES, c.k[i], 16);
+		}
+		if (r == 0)
+			r = mm_statedb_commit(s->db);
+		else
+			mm_statedb_abort(s->db);
+		for (size_t i = 0; i < c.n; i++) {
+			free(c.v[i]);
+			c.v[i] = NULL;
+		}
+		if (r == 0)
+			*done_r += c.n;
+	}
+	free(c.k);
+	free(c.v);
+	free(c.vl);
+	free(f);
+	free(wb.p);
+	return r;
+}
+
 static int put_rec(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], struct wbuf *wb)
 {
 	uint8_t k[32];
@@ -3453,34 +3939,6 @@ static int put_rec(struct mm_store *s, const char *user, const uint8_t key[MM_KE
 		break;
 	}
 	return mm_statedb_put(s->db, MM_DB_RECS, k, sizeof k, wb->p, wb->n);
-}
-
-static int put_file(struct mm_store *s, const void *lk, size_t lkl, struct wbuf *wb)
-{
-	uint8_t k[16];
-	dbkey(k, 'f', lk, lkl);
-	struct fent *fe = fx_get(&s->by_base, lk, lkl);
-	if (!fe)
-		return mm_statedb_del(s->db, MM_DB_FILES, k, sizeof k);
-	wb->n = 0;
-	wb_put(wb, fe->key, MM_KEY_LEN);
-	/* the body id: the load reads it from the record now; kept for the layout */
-	uint8_t body[MM_ID_LEN] = {0};
-	fent_body(s->state, fe, body);
-	wb_put(wb, body, MM_ID_LEN);
-	wb_u64(wb, 0); /* formerly the file's size and mtime: nothing read them */
-	wb_u64(wb, 0);
-	wb_u64(wb, fe->letters);
-	uint8_t c = fe->in_cur;
-	wb_put(wb, &c, 1);
-	wb_str(wb, fe->fo->u->name);
-	wb_str(wb, fe->fo->name);
-	char nb[MM_MD_NAME_MAX + 1];
-	wb_str(wb, fe->base);
-	wb_str(wb, fent_name(s, fe, nb));
-	if (wb->oom)
-		return -ENOMEM;
-	return mm_statedb_put(s->db, MM_DB_FILES, k, sizeof k, wb->p, wb->n);
 }
 
 static int put_folder(struct mm_store *s, const void *lk, size_t lkl, struct wbuf *wb)
@@ -3706,6 +4164,8 @@ int mm_store_commit(struct mm_store *s)
 		release_held(s);
 	}
 	s->in_commit = false;
+	if (r == 0)
+		fidx_evict(s);
 	trim_heap(s);
 	return r;
 }
@@ -3737,40 +4197,6 @@ static int load_rec_cb(void *arg, const void *k, size_t kl, const void *v, size_
 	}
 	int rr = mm_state_merge(c->s->state, user, &r, NULL, NULL);
 	return rr == -ENOMEM ? rr : 0;
-}
-
-static int load_file_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
-{
-	struct load_ctx *c = arg;
-	(void)k;
-	(void)kl;
-	struct rbuf b = {v, (const uint8_t *)v + vl, false};
-	uint8_t key[MM_KEY_LEN], body[MM_ID_LEN], in_cur;
-	rb_get(&b, key, sizeof key);
-	rb_get(&b, body, sizeof body);
-	rb_u64(&b); /* size and mtime: no longer kept (see struct fent) */
-	rb_u64(&b);
-	uint64_t letters = rb_u64(&b);
-	rb_get(&b, &in_cur, 1);
-	char user[MM_NAME_MAX * 2 + 2], folder[MM_NAME_MAX + 1], base[MM_MD_NAME_MAX + 1],
-	    name[MM_MD_NAME_MAX + 1];
-	if (!rb_str(&b, user, sizeof user) || !rb_str(&b, folder, sizeof folder) ||
-	    !rb_str(&b, base, sizeof base) || !rb_str(&b, name, sizeof name) || b.bad) {
-		c->bad++;
-		return 0;
-	}
-	struct user *u = user_get(c->s, user, true);
-	struct folder *fo = u ? folder_get(c->s, u, folder, true) : NULL;
-	if (!fo) {
-		c->bad++;
-		return 0;
-	}
-	/* not linked by body here: this runs beside the records' load, and by_body reads
-	 * body ids from the records (the missing list's pass over them links each entry) */
-	struct fent *fe = fent_add(c->s, fo, base, name, in_cur != 0, key, NULL, letters);
-	if (!fe)
-		return -ENOMEM;
-	return 0;
 }
 
 static int load_folder_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
@@ -3809,46 +4235,46 @@ static int load_folder_cb(void *arg, const void *k, size_t kl, const void *v, si
 	return 0;
 }
 
-/* The file index is loaded by a second thread while this one merges the records:
- * the two touch disjoint data (the store's users, folders and file maps; the CRDT
- * state), LMDB read transactions may run in parallel (MDB_NOTLS), and each is about
- * half of a restart's time with a million messages. */
-struct file_load {
-	struct load_ctx c;
-	int r;
-};
-
-static void *load_files_thread(void *arg)
-{
-	struct file_load *f = arg;
-	f->r = mm_statedb_foreach(f->c.s->db, MM_DB_FILES, load_file_cb, &f->c);
-	return NULL;
-}
-
 struct miss_ctx {
 	struct mm_store *s;
 	const char *user;
+	struct keys_col keys; /* the user's messages with a file here, sorted */
+	size_t at;
 };
 
-/* After a load: each message's file entry is linked by body (the records give the ids
- * in key order, one pass), and each message without one is missing. */
+/* After a load: each message without a file here is missing.  The records come in
+ * key order, and the database lists the keys with a file ('K' entries) in the same
+ * order: one pass over each, no lookup per message. */
 static int miss_rec_cb(void *arg, const struct mm_rec *r)
 {
 	struct miss_ctx *c = arg;
 	if (r->type != MM_REC_MESSAGE)
 		return 0;
-	struct fent *fe = fent_by_key(c->s, c->user, r->key);
-	if (!fe)
+	while (c->at < c->keys.n && memcmp(c->keys.v[c->at], r->key, MM_KEY_LEN) < 0)
+		c->at++;
+	bool have = c->at < c->keys.n && memcmp(c->keys.v[c->at], r->key, MM_KEY_LEN) == 0;
+	if (!have) /* in case the two orders ever differ: the one answer that counts */
+		have = bsearch(r->key, c->keys.v, c->keys.n, MM_KEY_LEN, cmp_key16) != NULL;
+	if (!have)
 		set_missing(c->s, c->user, r->key, r->msg.body, r->msg.folder, true);
-	else if (!fe->in_body)
-		body_link(c->s, fe, r->msg.body);
 	return 0;
 }
 
 static int miss_user_cb(void *arg, struct mm_user *u)
 {
-	struct miss_ctx c = {arg, mm_user_name(u)};
-	return mm_user_foreach(u, NULL, 0, miss_rec_cb, &c);
+	struct miss_ctx c = {.s = arg, .user = mm_user_name(u)};
+	uint8_t p[1 + FIDX_HASH_LEN];
+	p[0] = 'K';
+	put_be64(p + 1, hm_hash(c.user, strlen(c.user)));
+	int r = mm_statedb_range(c.s->db, MM_DB_FIDX, p, sizeof p, keys_cb, &c.keys);
+	if (r == 0) {
+		/* sorted already (the database's order); a user-hash collision mixes in
+		 * another user's keys, which no record of this user has */
+		note_scratch(c.s, c.keys.n);
+		r = mm_user_foreach(u, NULL, 0, miss_rec_cb, &c);
+	}
+	free(c.keys.v);
+	return r;
 }
 
 /* Bodies a previous run left in a folder's tmp/: held back for UID order, staged when
@@ -3980,6 +4406,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->trust_dirs = true;
 	s->new_folder_wait_ms = 1000;
 	s->scan_commit_files = SCAN_COMMIT_FILES;
+	s->file_cache = MM_STORE_FILE_CACHE;
 	s->by_base.kind = FX_BASE;
 	s->by_key.kind = FX_KEY;
 	s->by_body.kind = FX_BODY;
@@ -3998,22 +4425,14 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	struct load_ctx c = {s, {0}, 0};
 	mm_arena_init(&c.arena);
 	s->loading = true;
-	size_t nfiles = mm_statedb_count(s->db, MM_DB_FILES);
-	fx_reserve(&s->by_base, nfiles);
-	fx_reserve(&s->by_key, nfiles);
-	fx_reserve(&s->by_body, nfiles);
-	struct file_load fl = {{s, {0}, 0}, 0};
-	pthread_t th;
-	bool threaded = pthread_create(&th, NULL, load_files_thread, &fl) == 0;
-	r = mm_statedb_foreach(s->db, MM_DB_RECS, load_rec_cb, &c);
-	mm_arena_free(&c.arena);
-	if (threaded)
-		pthread_join(th, NULL);
-	else
-		load_files_thread(&fl);
-	c.bad += fl.c.bad;
+	size_t converted = 0;
+	r = fidx_convert(s, &converted);
+	if (converted)
+		logmsg(s, MM_STORE_LOG_INFO, "%s/state.mdb: %zu file index entries converted to the key-ordered index",
+		       cfg->state_dir, converted);
 	if (r == 0)
-		r = fl.r;
+		r = mm_statedb_foreach(s->db, MM_DB_RECS, load_rec_cb, &c);
+	mm_arena_free(&c.arena);
 	if (r == 0)
 		r = mm_statedb_foreach(s->db, MM_DB_FOLDERS, load_folder_cb, &c);
 	if (r < 0) {
@@ -4040,10 +4459,15 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		return r;
 	}
 	recover_tmp(s);
-	note_scratch(s, nfiles); /* the load's and the missing list's scratch */
+	note_scratch(s, mm_statedb_count(s->db, MM_DB_RECS)); /* the load's and the missing list's scratch */
 	trim_heap(s);
 	*sp = s;
 	return 0;
+}
+
+void mm_store_set_file_cache(struct mm_store *s, size_t entries)
+{
+	s->file_cache = entries;
 }
 
 void mm_store_set_log(struct mm_store *s, void (*fn)(void *arg, int level, const char *fmt, ...),

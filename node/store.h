@@ -238,4 +238,12 @@ void mm_store_set_scan_commit(struct mm_store *s, size_t files);
  * start reads only those changed since their last completed pass). */
 uint64_t mm_store_uidlists_read(const struct mm_store *s);
 
+/* The message file index is kept in the state database; memory holds the entries in
+ * use since the last commit.  After a commit, when more than `entries` are in memory
+ * and none is waiting to be written, all are dropped (read again as needed: a folder's
+ * whole list when it is scanned, one entry per message otherwise).  0 drops them at
+ * every commit (tests use it to run everything through the database). */
+#define MM_STORE_FILE_CACHE 50000
+void mm_store_set_file_cache(struct mm_store *s, size_t entries);
+
 #endif

@@ -49,6 +49,11 @@ run_one() {
 
 for t in "$@"; do
 	run_one "$(basename "$t")" "$t"
+	# the store's tests once more with its file index dropped from memory at every
+	# commit: each lookup then goes through the database (MM_DB_FIDX)
+	case "$(basename "$t")" in
+	test_store|test_uid) run_one "$(basename "$t")-file-cache-0" env MM_TEST_FILE_CACHE=0 "$t" ;;
+	esac
 done
 for s in "$TOP"/tests/it_*.sh "$TOP"/tests/it_*.py; do
 	[ -e "$s" ] || continue

@@ -13,6 +13,7 @@
 #include "crdt/crdt.h"
 #include "node/maildir.h"
 #include "node/store.h"
+#include "node/statedb.h"
 
 #include <dirent.h>
 #include <sodium.h>
@@ -78,6 +79,10 @@ static void node_open_cfg(struct node *n, const char *name, uint64_t id, bool im
 	if (r)
 		fprintf(stderr, "open: %s\n", err);
 	assert_int_equal(r, 0);
+	/* MM_TEST_FILE_CACHE=0 (tests/run.sh runs this program a second time so): every
+	 * commit drops the file index from memory, every lookup reads the database */
+	if (getenv("MM_TEST_FILE_CACHE"))
+		mm_store_set_file_cache(n->s, (size_t)strtoul(getenv("MM_TEST_FILE_CACHE"), NULL, 10));
 	if (imap_uids)
 		mm_store_set_new_folder_wait(n->s, 0); /* no Dovecot here */
 	if (!n->now)
@@ -1526,6 +1531,92 @@ static void test_refile_lost_by_crash(void **state)
 	node_close(&a);
 }
 
+/* A state database written before the key-ordered file index (MM_DB_FILES, keyed by
+ * hashes) is converted at open: every file is known again by name (nothing re-hashed,
+ * no new record), by key (its body opens) and by body, and the old table is empty. */
+struct fidx_copy {
+	size_t n;
+	uint8_t k[16][512];
+	size_t kl[16];
+	uint8_t v[16][2048];
+	size_t vl[16];
+};
+
+static int fidx_copy_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct fidx_copy *c = arg;
+	assert_true(c->n < 16 && kl <= 512 && vl <= 2048);
+	memcpy(c->k[c->n], k, kl);
+	c->kl[c->n] = kl;
+	memcpy(c->v[c->n], v, vl);
+	c->vl[c->n++] = vl;
+	return 0;
+}
+
+static void test_file_index_converted(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: 1\r\n\r\none\r\n", 1600000000);
+	deliver(&a, "INBOX", "1700000000.M2P1.mx", "Subject: 2\r\n\r\ntwo\r\n", 1600000001);
+	deliver(&a, "Work", "1700000000.M3P1.mx", "Subject: 1\r\n\r\none\r\n", 1600000002); /* a copy */
+	assert_true(scan(&a, NULL) >= 3);
+	struct mm_delta *full = full_delta(&a);
+	size_t nrec = mm_delta_count(full);
+	node_close(&a);
+
+	/* back to the old layout: each file's value under a 16-byte key in MM_DB_FILES */
+	struct mm_statedb *db;
+	char err[256];
+	assert_int_equal(mm_statedb_open(&db, a.sdir, 0, err, sizeof err), 0);
+	struct fidx_copy *c = calloc(1, sizeof(*c));
+	assert_non_null(c);
+	assert_int_equal(mm_statedb_foreach(db, MM_DB_FIDX, fidx_copy_cb, c), 0);
+	assert_int_equal(c->n, 9); /* 'F', 'K' and 'B' for each of the 3 files */
+	assert_int_equal(mm_statedb_begin(db), 0);
+	int nf = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		if (c->k[i][0] == 'F') {
+			uint8_t ok[16];
+			crypto_generichash(ok, sizeof ok, c->k[i], c->kl[i], NULL, 0);
+			assert_int_equal(mm_statedb_put(db, MM_DB_FILES, ok, sizeof ok, c->v[i], c->vl[i]), 0);
+			nf++;
+		}
+		assert_int_equal(mm_statedb_del(db, MM_DB_FIDX, c->k[i], c->kl[i]), 0);
+	}
+	assert_int_equal(mm_statedb_commit(db), 0);
+	assert_int_equal(nf, 3);
+	assert_int_equal(mm_statedb_count(db, MM_DB_FIDX), 0);
+	mm_statedb_free(&db);
+
+	node_open(&a, "a", 1);
+	assert_int_equal(mm_store_missing_count(a.s), 0);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	for (size_t i = 0; i < mm_delta_count(full); i++) {
+		const struct mm_rec *r = mm_delta_get(full, i, NULL);
+		if (r->type != MM_REC_MESSAGE)
+			continue;
+		int fd;
+		uint64_t size;
+		assert_int_equal(mm_store_body_open(a.s, "ex.org/alice", r->key, &fd, &size), 0);
+		close(fd);
+		assert_int_equal(size, r->msg.size);
+		assert_int_equal(mm_store_body_have_id(a.s, "ex.org/alice", r->msg.body), 1);
+	}
+	struct mm_delta *full2 = full_delta(&a);
+	assert_int_equal(mm_delta_count(full2), nrec); /* no second record for any file */
+	mm_delta_free(&full2);
+	mm_delta_free(&full);
+	node_close(&a);
+	assert_int_equal(mm_statedb_open(&db, a.sdir, 0, err, sizeof err), 0);
+	assert_int_equal(mm_statedb_count(db, MM_DB_FILES), 0);
+	assert_int_equal(mm_statedb_count(db, MM_DB_FIDX), 9);
+	mm_statedb_free(&db);
+	free(c);
+}
+
 static void test_open_errors(void **state)
 {
 	(void)state;
@@ -1573,6 +1664,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_uidlist, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_commits_in_chunks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refile_lost_by_crash, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_file_index_converted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

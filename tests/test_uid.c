@@ -621,6 +621,10 @@ static void node_open(struct node *n, const char *name, uint64_t id)
 	if (r)
 		fprintf(stderr, "open: %s\n", err);
 	assert_int_equal(r, 0);
+	/* MM_TEST_FILE_CACHE=0 (tests/run.sh runs this program a second time so): every
+	 * commit drops the file index from memory, every lookup reads the database */
+	if (getenv("MM_TEST_FILE_CACHE"))
+		mm_store_set_file_cache(n->s, (size_t)strtoul(getenv("MM_TEST_FILE_CACHE"), NULL, 10));
 	mm_store_set_log(n->s, store_log, NULL);
 	mm_store_set_uid_authority(n->s, id == 1); /* the lowest id, as the daemon decides */
 	mm_store_set_new_folder_wait(n->s, 0);     /* no Dovecot here: folders are made at once */
