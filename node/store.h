@@ -229,7 +229,7 @@ int mm_store_commit(struct mm_store *s);
 uint64_t mm_store_files_hashed(const struct mm_store *s);
 
 /* A scan makes what it indexed durable after every `files` new files (0 = the default,
- * 16,384), so a first scan of a big Maildir keeps the dirty maps and the database's
+ * 4,096), so a first scan of a big Maildir keeps the dirty maps and the database's
  * write transaction small; a crash in the middle costs only the files since the last
  * such commit (hashed again at the next start). */
 void mm_store_set_scan_commit(struct mm_store *s, size_t files);
@@ -249,5 +249,8 @@ uint64_t mm_store_uidlists_read(const struct mm_store *s);
  * a million messages, the CRDT's ~94 bytes a message plus that stays under 150. */
 #define MM_STORE_FILE_CACHE 200000
 void mm_store_set_file_cache(struct mm_store *s, size_t entries);
+
+/* Number of file index entries in memory now (tests, status). */
+size_t mm_store_files_in_memory(const struct mm_store *s);
 
 #endif

@@ -1617,6 +1617,50 @@ static void test_file_index_converted(void **state)
 	free(c);
 }
 
+/* The file index in memory stays within file_cache: dropped after a commit, and after
+ * a scan or a body lookup that changed nothing (no commit follows those). */
+static void test_file_cache_bounded(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	mm_store_set_file_cache(a.s, 2);
+	char base[64], body[64];
+	for (int i = 0; i < 5; i++) {
+		snprintf(base, sizeof base, "1700000000.M%dP1.mx", i);
+		snprintf(body, sizeof body, "Subject: %d\r\n\r\nbody %d\r\n", i, i);
+		deliver(&a, "INBOX", base, body, 1600000000 + i);
+	}
+	assert_true(scan(&a, NULL) >= 5);
+	assert_int_equal(mm_store_files_in_memory(a.s), 0); /* 5 > 2: dropped at the commit */
+	/* a scan that reads the whole folder (its directory changed) and finds nothing */
+	char d[600], p[800];
+	udir(&a, "INBOX", d, sizeof d);
+	snprintf(p, sizeof p, "%s/new/junk", d);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fclose(f);
+	assert_int_equal(unlink(p), 0);
+	a.now += 1000;
+	assert_int_equal(mm_store_scan(a.s, a.now, NULL), 0);
+	assert_int_equal(mm_store_files_in_memory(a.s), 0);
+	/* bodies served one by one: at most file_cache + 1 in memory at any time */
+	struct mm_delta *full = full_delta(&a);
+	for (size_t i = 0; i < mm_delta_count(full); i++) {
+		const struct mm_rec *r = mm_delta_get(full, i, NULL);
+		if (r->type != MM_REC_MESSAGE)
+			continue;
+		int fd;
+		uint64_t size;
+		assert_int_equal(mm_store_body_open(a.s, "ex.org/alice", r->key, &fd, &size), 0);
+		close(fd);
+		assert_true(mm_store_files_in_memory(a.s) <= 3);
+	}
+	mm_delta_free(&full);
+	assert_int_equal(mm_store_files_hashed(a.s), 5);
+	node_close(&a);
+}
+
 static void test_open_errors(void **state)
 {
 	(void)state;
@@ -1665,6 +1709,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_scan_commits_in_chunks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refile_lost_by_crash, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_index_converted, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_file_cache_bounded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
