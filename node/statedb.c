@@ -7,6 +7,7 @@
 #include "node/statedb.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <lmdb.h>
 #include <sys/mman.h>
 #include <stdio.h>
@@ -23,7 +24,17 @@ struct mm_statedb {
 	MDB_txn *txn; /* open write batch, or NULL */
 	MDB_txn *rtxn; /* a reset read transaction, renewed for each read outside a batch
 	                * (a lookup by key at every remote change: begin costs more) */
+	bool ractive;  /* rtxn is in use (a read inside a range callback gets its own) */
+	size_t batch_ops; /* puts and deletes in the open batch */
+	uint64_t map_bytes;
+	char path[4096];
 };
+
+/* LMDB keeps, until the environment is closed, as many page buffers as its biggest
+ * write transaction dirtied (a first indexing of a million files left 160 MB or more
+ * behind).  After a batch of this many puts and deletes, the environment is closed and
+ * opened again, which frees them. */
+#define REOPEN_OPS 8192
 
 static int lmdb_err(int rc)
 {
@@ -36,6 +47,61 @@ static int lmdb_err(int rc)
 	if (rc > 0)
 		return -rc; /* LMDB passes errno values through */
 	return -EIO;
+}
+
+/* Opens db->env on db->path with its tables; on failure db->env is NULL and err says
+ * why. */
+static int env_open(struct mm_statedb *db, char *err, size_t errlen)
+{
+	int rc = mdb_env_create(&db->env);
+	if (rc == 0)
+		rc = mdb_env_set_maxdbs(db->env, MM_DB_TABLES);
+	if (rc == 0)
+		rc = mdb_env_set_mapsize(db->env, db->map_bytes ? (size_t)db->map_bytes : ((size_t)16 << 30));
+	if (rc == 0)
+		rc = mdb_env_open(db->env, db->path, MDB_NOSUBDIR | MDB_NOTLS, 0600);
+	if (rc) {
+		snprintf(err, errlen, "cannot open state database %s: %s (check the path, its "
+		         "permissions and free disk space)", db->path, mdb_strerror(rc));
+		if (db->env)
+			mdb_env_close(db->env);
+		db->env = NULL;
+		return lmdb_err(rc) ? lmdb_err(rc) : -EIO;
+	}
+	MDB_txn *txn;
+	rc = mdb_txn_begin(db->env, NULL, 0, &txn);
+	for (int i = 0; rc == 0 && i < MM_DB_TABLES; i++)
+		rc = mdb_dbi_open(txn, table_names[i], MDB_CREATE, &db->dbi[i]);
+	if (rc == 0)
+		rc = mdb_txn_commit(txn);
+	else
+		mdb_txn_abort(txn);
+	if (rc) {
+		snprintf(err, errlen, "state database %s: %s (is it a mailmesh state file? move it "
+		         "aside to start over)", db->path, mdb_strerror(rc));
+		mdb_env_close(db->env);
+		db->env = NULL;
+		return lmdb_err(rc) ? lmdb_err(rc) : -EIO;
+	}
+	return 0;
+}
+
+/* The environment, opened again if a reopen after a big batch failed: 0 or -EIO. */
+static int env_ready(struct mm_statedb *db)
+{
+	char err[256];
+	return db->env || env_open(db, err, sizeof err) == 0 ? 0 : -EIO;
+}
+
+static void env_reopen(struct mm_statedb *db)
+{
+	if (db->rtxn)
+		mdb_txn_abort(db->rtxn);
+	db->rtxn = NULL;
+	db->ractive = false;
+	mdb_env_close(db->env);
+	db->env = NULL;
+	env_ready(db); /* on failure the next call tries again */
 }
 
 int mm_statedb_open(struct mm_statedb **db_r, const char *state_dir, uint64_t map_bytes,
@@ -56,35 +122,12 @@ int mm_statedb_open(struct mm_statedb **db_r, const char *state_dir, uint64_t ma
 	struct mm_statedb *db = calloc(1, sizeof(*db));
 	if (!db)
 		return -ENOMEM;
-	int rc = mdb_env_create(&db->env);
-	if (rc == 0)
-		rc = mdb_env_set_maxdbs(db->env, MM_DB_TABLES);
-	if (rc == 0)
-		rc = mdb_env_set_mapsize(db->env, map_bytes ? (size_t)map_bytes : ((size_t)16 << 30));
-	if (rc == 0)
-		rc = mdb_env_open(db->env, path, MDB_NOSUBDIR | MDB_NOTLS, 0600);
-	if (rc) {
-		snprintf(err, errlen, "cannot open state database %s: %s (check the path, its "
-		         "permissions and free disk space)", path, mdb_strerror(rc));
-		if (db->env)
-			mdb_env_close(db->env);
+	memcpy(db->path, path, sizeof db->path);
+	db->map_bytes = map_bytes;
+	int r = env_open(db, err, errlen);
+	if (r < 0) {
 		free(db);
-		return lmdb_err(rc) ? lmdb_err(rc) : -EIO;
-	}
-	MDB_txn *txn;
-	rc = mdb_txn_begin(db->env, NULL, 0, &txn);
-	for (int i = 0; rc == 0 && i < MM_DB_TABLES; i++)
-		rc = mdb_dbi_open(txn, table_names[i], MDB_CREATE, &db->dbi[i]);
-	if (rc == 0)
-		rc = mdb_txn_commit(txn);
-	else
-		mdb_txn_abort(txn);
-	if (rc) {
-		snprintf(err, errlen, "state database %s: %s (is it a mailmesh state file? move it "
-		         "aside to start over)", path, mdb_strerror(rc));
-		mdb_env_close(db->env);
-		free(db);
-		return lmdb_err(rc) ? lmdb_err(rc) : -EIO;
+		return r;
 	}
 	*db_r = db;
 	return 0;
@@ -99,7 +142,8 @@ void mm_statedb_free(struct mm_statedb **dbp)
 		mdb_txn_abort(db->txn);
 	if (db->rtxn)
 		mdb_txn_abort(db->rtxn);
-	mdb_env_close(db->env);
+	if (db->env)
+		mdb_env_close(db->env);
 	free(db);
 	*dbp = NULL;
 }
@@ -108,7 +152,7 @@ size_t mm_statedb_count(struct mm_statedb *db, enum mm_statedb_table t)
 {
 	MDB_txn *txn;
 	MDB_stat st;
-	if (mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn))
+	if (env_ready(db) < 0 || mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn))
 		return 0;
 	int rc = mdb_stat(txn, db->dbi[t], &st);
 	mdb_txn_abort(txn);
@@ -121,7 +165,7 @@ void mm_statedb_release_pages(struct mm_statedb *db)
 	 * MDB_FIXEDMAP): find the mapping of the file's inode in /proc/self/maps */
 	mdb_filehandle_t fd;
 	struct stat st;
-	if (mdb_env_get_fd(db->env, &fd) || fstat(fd, &st) < 0)
+	if (!db->env || mdb_env_get_fd(db->env, &fd) || fstat(fd, &st) < 0)
 		return;
 	FILE *f = fopen("/proc/self/maps", "re");
 	if (!f)
@@ -148,6 +192,10 @@ static int read_begin(struct mm_statedb *db, MDB_txn **txn_r)
 		*txn_r = db->txn;
 		return 0;
 	}
+	if (env_ready(db) < 0)
+		return -EIO;
+	if (db->ractive) /* a read from inside a range's callback */
+		return lmdb_err(mdb_txn_begin(db->env, NULL, MDB_RDONLY, txn_r));
 	int rc = db->rtxn ? mdb_txn_renew(db->rtxn) : mdb_txn_begin(db->env, NULL, MDB_RDONLY, &db->rtxn);
 	if (rc) {
 		if (db->rtxn) {
@@ -157,13 +205,20 @@ static int read_begin(struct mm_statedb *db, MDB_txn **txn_r)
 		return lmdb_err(rc);
 	}
 	*txn_r = db->rtxn;
+	db->ractive = true;
 	return 0;
 }
 
 static void read_end(struct mm_statedb *db, MDB_txn *txn)
 {
-	if (txn == db->rtxn)
+	if (txn == db->txn)
+		return;
+	if (txn == db->rtxn) {
 		mdb_txn_reset(txn); /* releases the snapshot: a long-held one pins old pages */
+		db->ractive = false;
+	} else {
+		mdb_txn_abort(txn);
+	}
 }
 
 int mm_statedb_range(struct mm_statedb *db, enum mm_statedb_table t, const void *prefix, size_t plen,
@@ -206,6 +261,8 @@ int mm_statedb_foreach(struct mm_statedb *db, enum mm_statedb_table t,
 		return -EINVAL;
 	MDB_txn *txn;
 	MDB_cursor *cur;
+	if (env_ready(db) < 0)
+		return -EIO;
 	int rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn);
 	if (rc)
 		return lmdb_err(rc);
@@ -255,6 +312,9 @@ int mm_statedb_begin(struct mm_statedb *db)
 {
 	if (db->txn)
 		return -EBUSY;
+	if (env_ready(db) < 0)
+		return -EIO;
+	db->batch_ops = 0;
 	return lmdb_err(mdb_txn_begin(db->env, NULL, 0, &db->txn));
 }
 
@@ -264,6 +324,7 @@ int mm_statedb_put(struct mm_statedb *db, enum mm_statedb_table t, const void *k
 	if (!db->txn || t >= MM_DB_TABLES || kl == 0 || kl > MM_STATEDB_KEY_MAX)
 		return -EINVAL;
 	MDB_val key = {kl, (void *)k}, val = {vl, (void *)v};
+	db->batch_ops++;
 	return lmdb_err(mdb_put(db->txn, db->dbi[t], &key, &val, 0));
 }
 
@@ -272,6 +333,7 @@ int mm_statedb_del(struct mm_statedb *db, enum mm_statedb_table t, const void *k
 	if (!db->txn || t >= MM_DB_TABLES || kl == 0 || kl > MM_STATEDB_KEY_MAX)
 		return -EINVAL;
 	MDB_val key = {kl, (void *)k};
+	db->batch_ops++;
 	int rc = mdb_del(db->txn, db->dbi[t], &key, NULL);
 	return rc == MDB_NOTFOUND ? 0 : lmdb_err(rc);
 }
@@ -282,6 +344,9 @@ int mm_statedb_commit(struct mm_statedb *db)
 		return -EINVAL;
 	int rc = mdb_txn_commit(db->txn); /* frees the txn even on failure */
 	db->txn = NULL;
+	if (db->batch_ops >= REOPEN_OPS)
+		env_reopen(db); /* no read is in progress: they copy out or call back */
+	db->batch_ops = 0;
 	return lmdb_err(rc);
 }
 
