@@ -4275,7 +4275,7 @@ static int miss_rec_cb(void *arg, const struct mm_rec *r)
 	while (c->at < c->keys.n && memcmp(c->keys.v[c->at], r->key, MM_KEY_LEN) < 0)
 		c->at++;
 	bool have = c->at < c->keys.n && memcmp(c->keys.v[c->at], r->key, MM_KEY_LEN) == 0;
-	if (!have) /* in case the two orders ever differ: the one answer that counts */
+	if (!have && c->keys.n) /* in case the two orders ever differ: the one answer that counts */
 		have = bsearch(r->key, c->keys.v, c->keys.n, MM_KEY_LEN, cmp_key16) != NULL;
 	if (!have)
 		set_missing(c->s, c->user, r->key, r->msg.body, r->msg.folder, true);

@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1531,6 +1532,29 @@ static void test_refile_lost_by_crash(void **state)
 	node_close(&a);
 }
 
+/* Opens the body of every message of `full` by its key and finds it by its body id;
+ * the file entries in memory must stay at most max_mem meanwhile.  Returns the number
+ * of messages. */
+static size_t open_bodies(struct node *n, const struct mm_delta *full, size_t max_mem)
+{
+	size_t got = 0;
+	for (size_t i = 0; i < mm_delta_count(full); i++) {
+		const struct mm_rec *r = mm_delta_get(full, i, NULL);
+		if (r->type != MM_REC_MESSAGE)
+			continue;
+		int fd;
+		uint64_t size;
+		assert_int_equal(mm_store_body_open(n->s, "ex.org/alice", r->key, &fd, &size), 0);
+		close(fd);
+		assert_int_equal(size, r->msg.size);
+		assert_true(mm_store_files_in_memory(n->s) <= max_mem);
+		assert_int_equal(mm_store_body_have_id(n->s, "ex.org/alice", r->msg.body), 1);
+		assert_true(mm_store_files_in_memory(n->s) <= max_mem);
+		got++;
+	}
+	return got;
+}
+
 /* A state database written before the key-ordered file index (MM_DB_FILES, keyed by
  * hashes) is converted at open: every file is known again by name (nothing re-hashed,
  * no new record), by key (its body opens) and by body, and the old table is empty. */
@@ -1594,17 +1618,7 @@ static void test_file_index_converted(void **state)
 	assert_int_equal(mm_store_missing_count(a.s), 0);
 	assert_int_equal(scan(&a, NULL), 0);
 	assert_int_equal(mm_store_files_hashed(a.s), 0);
-	for (size_t i = 0; i < mm_delta_count(full); i++) {
-		const struct mm_rec *r = mm_delta_get(full, i, NULL);
-		if (r->type != MM_REC_MESSAGE)
-			continue;
-		int fd;
-		uint64_t size;
-		assert_int_equal(mm_store_body_open(a.s, "ex.org/alice", r->key, &fd, &size), 0);
-		close(fd);
-		assert_int_equal(size, r->msg.size);
-		assert_int_equal(mm_store_body_have_id(a.s, "ex.org/alice", r->msg.body), 1);
-	}
+	assert_int_equal(open_bodies(&a, full, SIZE_MAX), 3);
 	struct mm_delta *full2 = full_delta(&a);
 	assert_int_equal(mm_delta_count(full2), nrec); /* no second record for any file */
 	mm_delta_free(&full2);
@@ -1646,16 +1660,7 @@ static void test_file_cache_bounded(void **state)
 	assert_int_equal(mm_store_files_in_memory(a.s), 0);
 	/* bodies served one by one: at most file_cache + 1 in memory at any time */
 	struct mm_delta *full = full_delta(&a);
-	for (size_t i = 0; i < mm_delta_count(full); i++) {
-		const struct mm_rec *r = mm_delta_get(full, i, NULL);
-		if (r->type != MM_REC_MESSAGE)
-			continue;
-		int fd;
-		uint64_t size;
-		assert_int_equal(mm_store_body_open(a.s, "ex.org/alice", r->key, &fd, &size), 0);
-		close(fd);
-		assert_true(mm_store_files_in_memory(a.s) <= 3);
-	}
+	assert_int_equal(open_bodies(&a, full, 3), 5); /* file_cache 2, one more read in */
 	mm_delta_free(&full);
 	assert_int_equal(mm_store_files_hashed(a.s), 5);
 	node_close(&a);
