@@ -25,6 +25,7 @@
 #include <sodium.h>
 
 #include "node/keyfile.h"
+#include "node/store.h"
 #include "proto/channel.h"
 
 #define CONFIG_FILE_MAX (1 << 20) /* config and peers files larger than this are refused */
@@ -32,13 +33,13 @@
 enum key_id {
 	K_NAME, K_LISTEN, K_PRIVATE_KEY, K_PEERS, K_MAIL_LOCATION, K_STATE_DIR,
 	K_GOSSIP_INTERVAL, K_LOG_LEVEL, K_CONTROL_SOCKET, K_USER, K_GROUP, K_CLUSTER_PSK,
-	K_PUSH_FANOUT, K_GC_GRACE, K_MAX_SKEW, K_IMAP_UIDS, K_COUNT
+	K_PUSH_FANOUT, K_GC_GRACE, K_MAX_SKEW, K_IMAP_UIDS, K_FILE_CACHE, K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
 	"name", "listen", "private_key", "peers", "mail_location", "state_dir",
 	"gossip_interval", "log_level", "control_socket", "user", "group", "cluster_psk",
-	"push_fanout", "gc_grace", "max_skew", "imap_uids",
+	"push_fanout", "gc_grace", "max_skew", "imap_uids", "file_cache",
 };
 
 struct parse_ctx {
@@ -303,7 +304,7 @@ static int handler(void *user, const char *section, const char *name, const char
 		line_err(c, -EINVAL,
 		         "unknown key '%s'; known keys: name, listen, private_key, peers, "
 		         "mail_location, state_dir, gossip_interval, log_level, control_socket, "
-		         "user, group, cluster_psk, push_fanout, gc_grace, max_skew, imap_uids "
+		         "user, group, cluster_psk, push_fanout, gc_grace, max_skew, imap_uids, file_cache "
 		         "(see docs/configuration.md)", name);
 		return 0;
 	}
@@ -402,6 +403,20 @@ static int handler(void *user, const char *section, const char *name, const char
 		else
 			line_err(c, -EINVAL, "bad imap_uids '%s': give yes or no", value);
 		break;
+	case K_FILE_CACHE: {
+		char *end;
+		unsigned long long v;
+		errno = 0;
+		v = strtoull(value, &end, 10);
+		if (value[0] < '0' || value[0] > '9' || *end != '\0' || errno != 0 || v > 1000000000ULL) {
+			line_err(c, -EINVAL,
+			         "bad file_cache '%s': give a number of message files from 0 to 1000000000 "
+			         "(default %d)", value, MM_STORE_FILE_CACHE);
+			break;
+		}
+		cfg->file_cache = (size_t)v;
+		break;
+	}
 	case K_COUNT:
 		break;
 	}
@@ -468,6 +483,7 @@ static int parse_into(struct parse_ctx *c, const char *path, const char *text, s
 	cfg->gc_grace_ms = MM_DEFAULT_GC_GRACE_MS;
 	cfg->max_skew_ms = MM_DEFAULT_MAX_SKEW_MS;
 	cfg->imap_uids = true;
+	cfg->file_cache = MM_STORE_FILE_CACHE;
 
 	rc = ini_parse_stream(reader, c, handler, c);
 	if (rc < 0) {

@@ -53,6 +53,7 @@ struct mm_config {
 	uint64_t gc_grace_ms;  /* tombstone grace period */
 	uint64_t max_skew_ms;  /* clock skew tolerated in remote stamps */
 	bool imap_uids;        /* replicate IMAP UIDs and UIDVALIDITY (default yes) */
+	size_t file_cache;     /* file index entries kept in memory (mm_store_set_file_cache) */
 
 	/* loaded from the files above */
 	uint8_t private_key[32];

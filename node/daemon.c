@@ -353,6 +353,7 @@ static int daemon_start(struct mm_daemon *d)
 		return r;
 	}
 	mm_store_set_log(d->store, store_log, d);
+	mm_store_set_file_cache(d->store, d->cfg.file_cache);
 	/* before the first scan's UID pass: a node back with many bodies missing asks for
 	 * no moves until it has them (uid_authority_update keeps this up to date) */
 	mm_store_set_catching_up(d->store, node_catching_up(d));

@@ -19,6 +19,7 @@
 #include <sodium.h>
 
 #include "node/config.h"
+#include "node/store.h"
 #include "node/keyfile.h"
 #include "node/log.h"
 #include "proto/channel.h"
@@ -52,6 +53,7 @@ static void test_defaults(void **state)
 	assert_false(cfg.drop_privileges);
 	assert_null(cfg.cluster_psk_path);
 	assert_int_equal(cfg.push_fanout, 0);
+	assert_int_equal(cfg.file_cache, MM_STORE_FILE_CACHE);
 	assert_true(cfg.gc_grace_ms == 30ULL * 86400 * 1000);
 	assert_true(cfg.max_skew_ms == 60000);
 	assert_null(cfg.peers);
@@ -84,6 +86,7 @@ static void test_every_key(void **state)
 		"push_fanout = 3\n"
 		"gc_grace = 90m\n"
 		"max_skew = 250ms\n"
+		"file_cache = 1000000\n"
 		"\n";
 	assert_int_equal(parse(text, &cfg, err, sizeof err), 0);
 	assert_string_equal(cfg.name, "mx-2.example");
@@ -103,6 +106,7 @@ static void test_every_key(void **state)
 	assert_int_equal(cfg.push_fanout, 3);
 	assert_true(cfg.gc_grace_ms == 90ULL * 60 * 1000);
 	assert_true(cfg.max_skew_ms == 250);
+	assert_int_equal(cfg.file_cache, 1000000);
 	mm_config_free(&cfg);
 
 	/* control_socket follows state_dir by default; relative config path gets the cwd. */
@@ -145,6 +149,8 @@ static void test_errors_name_the_line(void **state)
 		{REQUIRED "push_fanout = -1\n", "/etc/mm/mailmesh.conf:5: ", "bad push_fanout"},
 		{REQUIRED "push_fanout = 3x\n", "/etc/mm/mailmesh.conf:5: ", "bad push_fanout"},
 		{REQUIRED "push_fanout = 100000\n", "/etc/mm/mailmesh.conf:5: ", "bad push_fanout"},
+		{REQUIRED "file_cache = lots\n", "/etc/mm/mailmesh.conf:5: ", "bad file_cache 'lots'"},
+		{REQUIRED "file_cache = 2000000000\n", "/etc/mm/mailmesh.conf:5: ", "bad file_cache"},
 		{REQUIRED "mail_location = /var/mail/%d\n", "/etc/mm/mailmesh.conf:5: ", "must contain %n or %u"},
 		{REQUIRED "mail_location = /var/mail/%h/%n\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable '%h'"},
 		{REQUIRED "mail_location = /var/mail/%n/%\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable"},
