@@ -330,6 +330,8 @@ class Cluster:
         self.nodes = [Node(self, i + 1) for i in range(n)]
         for node in self.nodes:
             self.set_conf(node, "log_level", "debug")
+            if os.environ.get("MM_FILE_CACHE"):  # e.g. 0: every lookup through the database
+                self.set_conf(node, "file_cache", os.environ["MM_FILE_CACHE"])
 
     def set_conf(self, node, key, value):
         with open(node.conf) as f:

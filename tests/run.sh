@@ -62,6 +62,13 @@ for s in "$TOP"/tests/it_*.sh "$TOP"/tests/it_*.py; do
 	*) run_one "$(basename "$s")" sh "$s" ;;
 	esac
 done
+# two integration tests once more with daemons that keep no file index entry in
+# memory between uses (file_cache = 0): kills, restarts, UID passes and bodies served
+# with every lookup going through the database
+for s in it_daemon_crash.py it_dovecot_uids.py; do
+	[ -e "$TOP/tests/$s" ] || continue
+	run_one "${s%.py}-file-cache-0.py" env MM_FILE_CACHE=0 /usr/bin/python3 "$TOP/tests/$s"
+done
 [ -n "$failures" ] && echo "failed:$failures"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
