@@ -1,12 +1,13 @@
 /*
  * store.c — Maildir <-> CRDT glue (see store.h for the contract).
  *
- * In memory: users, folders and message files, indexed by small chained hash maps
- * with byte-string keys ("user\0folder\0base", "user\0<16-byte key>", ...); the
- * per-file indexes use the same keys in open-addressing tables of file entries that
- * do not store them (struct fxmap: a million files cost too much otherwise).  The
- * file index and folder index mirror what was last seen on disk; comparing a fresh
- * readdir with them yields the local changes.  Dirty sets say what the next commit
+ * In memory: users and folders, indexed by small chained hash maps with byte-string
+ * keys ("user\0folder", "user\0<16-byte key>", ...), and the message files in use:
+ * the file index itself is in LMDB ("the file index in the database" below), and
+ * the entries read from it or changed since the last commit sit in open-addressing
+ * tables of file entries that do not store their keys (struct fxmap).  The file index
+ * and folder index mirror what was last seen on disk; comparing a fresh readdir with
+ * them yields the local changes.  Dirty sets say what the next commit
  * writes to LMDB.  Remote effects change files at once (rename/unlink/mkdir) but
  * defer what needs the record durable first (body copies) or needs to read the
  * user's state (folder visibility, subscriptions) to commit time, because effect
