@@ -347,7 +347,7 @@ static int daemon_start(struct mm_daemon *d)
 		return r;
 
 	struct mm_store_config sc = {.mail_location = d->cfg.mail_location, .state_dir = d->cfg.state_dir,
-	                             .imap_uids = d->cfg.imap_uids};
+	                             .imap_uids = d->cfg.imap_uids, .log = store_log, .log_arg = d};
 	if ((r = mm_store_open(&d->store, &sc, d->state, &d->clock, err, sizeof err)) < 0) {
 		mm_log(MM_LOG_ERROR, "%s", err);
 		return r;

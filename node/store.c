@@ -3895,6 +3895,9 @@ static int fidx_convert(struct mm_store *s, size_t *done_r)
 			r = 0;
 		if (r < 0 || c.n == 0)
 			break;
+		if (*done_r == 0) /* about 40 s at a million files: say why the start is slow */
+			logmsg(s, MM_STORE_LOG_INFO, "converting the file index of %zu files to the key-ordered "
+			       "layout (once, after an upgrade)", mm_statedb_count(s->db, MM_DB_FILES));
 		r = mm_statedb_begin(s->db);
 		for (size_t i = 0; r == 0 && i < c.n; i++) {
 			if (fval_parse(c.v[i], c.vl[i], f))
@@ -4424,6 +4427,8 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->state = state;
 	s->clock = clock;
 	s->imap_uids = cfg->imap_uids;
+	s->log = cfg->log;
+	s->log_arg = cfg->log_arg;
 	s->max_skew_ms = 10 * 60 * 1000;
 	s->staged_tail = &s->staged;
 	s->trust_dirs = true;

@@ -44,6 +44,10 @@ struct mm_store_config {
 	 * daemon's default: docs/design.md, "IMAP UIDs").  Off, each node's Dovecot
 	 * numbers the messages it finds, as it does without mailmesh. */
 	bool imap_uids;
+	/* Where mm_store_open logs (NULL: nowhere), e.g. that it converts an old database
+	 * (a long start); mm_store_set_log may change it later. */
+	void (*log)(void *arg, int level, const char *fmt, ...);
+	void *log_arg;
 };
 
 struct mm_store;

@@ -74,7 +74,7 @@ static void node_open_cfg(struct node *n, const char *name, uint64_t id, bool im
 	n->st = mm_state_new();
 	assert_non_null(n->st);
 	mm_clock_init(&n->clock, id, 0);
-	struct mm_store_config cfg = {n->loc, n->sdir, imap_uids};
+	struct mm_store_config cfg = {.mail_location = n->loc, .state_dir = n->sdir, .imap_uids = imap_uids};
 	char err[512];
 	int r = mm_store_open(&n->s, &cfg, n->st, &n->clock, err, sizeof err);
 	if (r)
@@ -1675,7 +1675,7 @@ static void test_open_errors(void **state)
 	struct mm_store *s;
 	char err[512], sd[300];
 	snprintf(sd, sizeof sd, "%s/state", top);
-	struct mm_store_config cfg = {"maildir:relative/%n", sd, false};
+	struct mm_store_config cfg = {.mail_location = "maildir:relative/%n", .state_dir = sd};
 	assert_int_equal(mm_store_open(&s, &cfg, st, &c, err, sizeof err), -EINVAL);
 	assert_null(s);
 	assert_non_null(strstr(err, "relative/%n"));

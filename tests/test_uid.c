@@ -615,7 +615,7 @@ static void node_open(struct node *n, const char *name, uint64_t id)
 	n->st = mm_state_new();
 	assert_non_null(n->st);
 	mm_clock_init(&n->clock, id, 0);
-	struct mm_store_config cfg = {n->loc, n->sdir, true};
+	struct mm_store_config cfg = {.mail_location = n->loc, .state_dir = n->sdir, .imap_uids = true};
 	char err[512];
 	int r = mm_store_open(&n->s, &cfg, n->st, &n->clock, err, sizeof err);
 	if (r)
