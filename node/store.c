@@ -3606,11 +3606,8 @@ static bool split_ufb(const char *lk, size_t lkl, char *user, char *folder, char
 /* The database's entry for (user, folder, base) made like memory's (by_base). */
 static int put_file(struct mm_store *s, const void *lk, size_t lkl, struct wbuf *wb)
 {
-	struct fval *old = malloc(sizeof(*old)), *f = malloc(sizeof(*f));
-	int r = -ENOMEM;
-	if (!old || !f)
-		goto out;
-	r = 0;
+	struct fval ov, fv, *old = &ov, *f = &fv; /* on the stack: one per changed file */
+	int r = 0;
 	if (!split_ufb(lk, lkl, old->user, old->folder, old->base))
 		goto out;
 	uint8_t fk[FIDX_KEY_MAX];
@@ -3642,8 +3639,6 @@ static int put_file(struct mm_store *s, const void *lk, size_t lkl, struct wbuf 
 	snprintf(f->name, sizeof f->name, "%s", fent_name(s, fe, nb)); /* an odd name is not in nb */
 	r = fidx_write(s, f, had ? old : NULL, wb);
 out:
-	free(old);
-	free(f);
 	return r;
 }
 
@@ -3675,14 +3670,13 @@ static struct fent *fidx_take(struct mm_store *s, const struct fval *f, const ch
 static struct fent *fidx_load(struct mm_store *s, const uint8_t *fk, size_t fkl, const char *user,
                               struct folder *fo)
 {
-	struct fval *f = malloc(sizeof(*f));
+	struct fval f; /* on the stack: a lookup per remote change */
 	struct fent *fe = NULL;
-	int r = f ? fidx_get(s, fk, fkl, f) : -ENOMEM;
+	int r = fidx_get(s, fk, fkl, &f);
 	if (r > 0)
-		fe = fidx_take(s, f, user, fo);
+		fe = fidx_take(s, &f, user, fo);
 	else if (r < 0)
 		logmsg(s, MM_STORE_LOG_ERR, "cannot read the file index: %s", strerror(-r));
-	free(f);
 	return fe;
 }
 

@@ -28,6 +28,7 @@ FOLDERS = ["INBOX", "Archive"]
 # As many under ASan: a pull of 1,500 went by between two polls there once the
 # restarted node stopped waiting on its own dead uidlist lock.
 N_MSGS = int(os.environ.get("MM_CRASH_MSGS", "3000"))
+TAIL_ONE_BATCH = 128  # bodies a node may place at once: 64 in flight from each of 2 peers
 
 
 def sha(b):
@@ -142,10 +143,14 @@ def finish(t, cl, expected, expunged, label):
     for node in cl.nodes:
         check_exact(t, node, expected, expunged, label)
     # a node that has just caught up plans its folders again and may still ask for a
-    # UID move or two (docs/design.md): the roots must come together again
-    cl.wait_converged(timeout=60)
+    # UID move or two (docs/design.md): the roots must come together again.  Each look
+    # reads all roots at once; converged() and a later roots() could straddle a move.
+    deadline = time.time() + 60 * mmtest.SLOW
     roots = cl.roots()
-    t.check(len(set(roots)) == 1 and roots[0], "%s: identical roots" % label)
+    while not (len(set(roots)) == 1 and roots[0]) and time.time() < deadline:
+        time.sleep(0.2)
+        roots = cl.roots()
+    t.check(len(set(roots)) == 1 and roots[0], "%s: identical roots (%s)" % (label, roots))
     tmp_left = 0
     for node in cl.nodes:
         for dirpath, _, filenames in os.walk(node.mail):
@@ -197,6 +202,12 @@ def receiver_dies(t, seed):
             after = n3.message_count()
             print("info: node3 killed with %d of %d messages (%d at its start, %d on disk after)" %
                   (c, total, start, after), flush=True)
+            if total - start <= TAIL_ONE_BATCH:
+                # so little was left that one batch of bodies can bring all of it between
+                # two looks at the count: the middle is not something to aim at
+                print("info: only %d messages were left at node3's start: the kill may land "
+                      "after the end (not checked)" % (total - start), flush=True)
+                continue
             t.check(start < c < total,
                     "%s: kill -9 landed in the middle of the sync (%d of %d)" % (label, c, total))
         expunged = change_while_down(n1, rnd, expected, 60, 40, 40, first=N_MSGS)
