@@ -3698,12 +3698,10 @@ static struct fent *fent_by_key(struct mm_store *s, const char *user, const uint
 
 struct fidx_range {
 	struct mm_store *s;
-	const char *user;
-	struct folder *fo;
-	const uint8_t *body;
+	const char *user;             /* folder_cb */
+	struct folder *fo;            /* folder_cb */
 	uint8_t (*fks)[FIDX_KEY_MAX]; /* body_cb: 'F' keys, read after the range */
 	size_t *fkls, n, cap;
-	int err;
 };
 
 static int folder_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
@@ -3775,7 +3773,7 @@ static struct fent *fent_by_body(struct mm_store *s, const char *user, const uin
 {
 	uint8_t p[FIDX_KEY_MAX];
 	size_t pl = fidx_bkey(p, user, body, NULL, 0);
-	struct fidx_range c = {.s = s, .user = user, .body = body};
+	struct fidx_range c = {.s = s};
 	int r = mm_statedb_range(s->db, MM_DB_FIDX, p, pl, body_cb, &c);
 	for (size_t i = 0; r == 0 && i < c.n; i++) {
 		struct fent *fe = fidx_load(s, c.fks[i], c.fkls[i], user, NULL);
