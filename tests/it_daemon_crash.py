@@ -145,11 +145,7 @@ def finish(t, cl, expected, expunged, label):
     # a node that has just caught up plans its folders again and may still ask for a
     # UID move or two (docs/design.md): the roots must come together again.  Each look
     # reads all roots at once; converged() and a later roots() could straddle a move.
-    deadline = time.time() + 60 * mmtest.SLOW
-    roots = cl.roots()
-    while not (len(set(roots)) == 1 and roots[0]) and time.time() < deadline:
-        time.sleep(0.2)
-        roots = cl.roots()
+    roots = cl.agreed_roots(timeout=60)
     t.check(len(set(roots)) == 1 and roots[0], "%s: identical roots (%s)" % (label, roots))
     tmp_left = 0
     for node in cl.nodes:

@@ -179,7 +179,7 @@ def dovecot_test(t, cl, dcs):
     t.check(views and views[0] == {"one": both}, "... with \\Seen \\Flagged $Work (%s)" % (views and views[0]))
     # The daemons agree on the end state: same roots; Maildirs identical.
     ok = cl.wait_converged(timeout=60)
-    roots = cl.roots()
+    roots = cl.agreed_roots()
     t.check(len(set(roots)) == 1 and roots[0], "the three nodes' roots are identical")
     c = [strip_content_kw(n.content()) for n in cl.nodes]
     t.check(c[0] == c[1] == c[2], "the three nodes' Maildirs are identical apart from keywords")

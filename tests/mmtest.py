@@ -359,6 +359,17 @@ class Cluster:
             out.append(st["root"] if st else None)
         return out
 
+    def agreed_roots(self, timeout=10, nodes=None):
+        """The nodes' roots, read again until they agree (or timeout): a change made
+        after a convergence was seen, such as the first tombstone-GC horizon a daemon
+        records about a second after its start, takes a moment to reach every node."""
+        deadline = time.time() + timeout * SLOW
+        while True:
+            r = self.roots(nodes)
+            if (len(set(r)) == 1 and r[0]) or time.time() >= deadline:
+                return r
+            time.sleep(0.1)
+
     def converged(self, nodes=None):
         """True when every node answers, all roots agree, no body is missing, and the
         Maildir contents are identical."""
@@ -398,8 +409,12 @@ class Cluster:
         return False
 
     def explain(self, nodes=None):
-        """Prints how the nodes differ (for a failed convergence)."""
+        """Prints how the nodes differ (for a failed convergence): the log tails first,
+        then the differences, so that the last lines of a test log (all a CI report
+        shows) say what differed."""
         nodes = nodes or self.nodes
+        for n in nodes:
+            print("---- node%d log tail ----\n%s" % (n.i, n.log_text()[-2500:]))
         for n in nodes:
             st = n.status(quiet=True)
             print("node%d root=%s missing=%s" % (n.i, st and st["root"][:16], st and st["missing_bodies"]))
@@ -409,10 +424,10 @@ class Cluster:
             for k in sorted(set(c0) | set(c)):
                 if c0.get(k) != c.get(k):
                     a, b = set(c0.get(k, [])), set(c.get(k, []))
-                    print("node1 vs node%d %s: only node1 %s; only node%d %s" %
-                          (n.i, k, sorted(a - b)[:5], n.i, sorted(b - a)[:5]))
-        for n in nodes:
-            print("---- node%d log tail ----\n%s" % (n.i, n.log_text()[-2500:]))
+                    print("node1 vs node%d %s: %s; only node1 %s; only node%d %s" %
+                          (n.i, k, "folder only on node%d" % (1 if k in c0 else n.i)
+                           if (k in c0) != (k in c) else "both have the folder",
+                           sorted(a - b)[:3], n.i, sorted(b - a)[:3]))
 
 
 
