@@ -286,6 +286,8 @@ struct mm_store {
 	bool imap_uids;              /* cfg.imap_uids */
 	bool uid_authority;          /* mm_store_set_uid_authority */
 	bool catching_up;            /* mm_store_set_catching_up: no needs raised */
+	bool index_in_folder;        /* mail_location has no INDEX=: Dovecot's index of a
+	                              * folder, once it has one, is in the folder */
 	struct mm_statedb *db;
 	struct mm_mailloc *loc;
 	struct mm_state *state;
@@ -3083,6 +3085,52 @@ static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct 
 	return changed;
 }
 
+/* Whether Dovecot has ever opened the folder on this node: it keeps its index of a
+ * folder (with the UIDs its clients saw) in dovecot.index and dovecot.index.log.
+ * Unknown with INDEX= elsewhere in mail_location: then taken as opened. */
+static bool uid_folder_indexed(const struct mm_store *s, const struct folder *fo)
+{
+	if (!s->index_in_folder)
+		return true;
+	static const char *const names[] = {"dovecot.index", "dovecot.index.log", "dovecot.index.cache"};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		char p[PATHBUF];
+		snprintf(p, sizeof p, "%s/%s", fo->dir, names[i]);
+		if (access(p, F_OK) == 0 || errno != ENOENT)
+			return true;
+	}
+	return false;
+}
+
+/* A node that joins (or comes back after long) receives bodies in any order, several
+ * peers at once, and lists each as it lands: one whose UID is below the folder's
+ * NEXTUID here by then is listed provisionally, and would ask the authority to move
+ * it on every node, where clients would see it expunged and back under a new UID.
+ * While no Dovecot has opened the folder here, no client has seen any UID of this
+ * listing: the messages are simply listed again, each under its own UID, and NEXTUID
+ * falls back to the highest one.  Returns true when it did so (every item's `have`
+ * is then 0: the plan lists them all afresh). */
+static bool uid_relist_unseen(struct mm_store *s, struct folder *fo, struct mm_md_uidlist *ul,
+                              struct mm_uid_item *it, size_t nit)
+{
+	bool out_of_order = false;
+	for (size_t i = 0; i < nit && !out_of_order; i++)
+		out_of_order = it[i].want && (it[i].have ? it[i].have != it[i].want : it[i].want < ul->next_uid);
+	if (!out_of_order || uid_folder_indexed(s, fo))
+		return false;
+	for (size_t i = 0; i < nit; i++) {
+		if (it[i].have)
+			mm_md_uidlist_remove(ul, it[i].have);
+		it[i].have = 0;
+	}
+	/* what remains lists files the index does not know (yet): their UIDs stay taken */
+	if (!ul->n)
+		ul->next_uid = 1;
+	else if (ul->v[ul->n - 1].uid < UINT32_MAX)
+		ul->next_uid = ul->v[ul->n - 1].uid + 1;
+	return true;
+}
+
 struct refile {
 	struct fent *fe;
 	char base[160];
@@ -3164,6 +3212,10 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		x->need = rec->msg.uid_need;
 		x->have = mm_md_uidlist_find(&ul, fe->base, strlen(fe->base));
 		x->arg = fe;
+	}
+	if (uid_relist_unseen(s, fo, &ul, it, nit)) {
+		dirty = true;
+		settled = false;
 	}
 	uint32_t next = ul.next_uid;
 	mm_uid_plan(it, nit, &next, mm_user_uid_top(mu, fo->name), s->uid_authority);
@@ -4419,6 +4471,14 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->state = state;
 	s->clock = clock;
 	s->imap_uids = cfg->imap_uids;
+	{
+		/* the options follow the path: "[maildir:]PATH[:OPT=...]" */
+		const char *ml = cfg->mail_location, *opts;
+		if (!strncmp(ml, "maildir:", 8))
+			ml += 8;
+		opts = strchr(ml, ':');
+		s->index_in_folder = !opts || !strstr(opts, ":INDEX=");
+	}
 	s->log = cfg->log;
 	s->log_arg = cfg->log_arg;
 	s->max_skew_ms = 10 * 60 * 1000;
