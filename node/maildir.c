@@ -486,11 +486,45 @@ static bool lock_holder_dead(const char *path, const struct stat *st)
 	return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
 }
 
+/* The locks this process holds.  The daemon is one thread, and a flag rename or a
+ * keyword write may come while one of its own passes holds the folder's lock (a UID
+ * pass writing flags merged meanwhile, a scan numbering files): that nested take must
+ * not wait for itself (2 s a file, then go on unlocked; 5 s and fail for a keyword). */
+#define HELD_LOCKS_MAX 16
+static struct {
+	char dir[PATHBUF];
+	unsigned depth;
+} held_locks[HELD_LOCKS_MAX];
+
+static int held_lock_find(const char *folder_dir)
+{
+	for (int i = 0; i < HELD_LOCKS_MAX; i++)
+		if (held_locks[i].depth && !strcmp(held_locks[i].dir, folder_dir))
+			return i;
+	return -1;
+}
+
+static void held_lock_add(const char *folder_dir)
+{
+	for (int i = 0; i < HELD_LOCKS_MAX; i++)
+		if (!held_locks[i].depth && strlen(folder_dir) < PATHBUF) {
+			strcpy(held_locks[i].dir, folder_dir);
+			held_locks[i].depth = 1;
+			return;
+		}
+	/* more than HELD_LOCKS_MAX folders locked at once: this one is not re-entrant */
+}
+
 int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 {
 	char p[PATHBUF];
 	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist.lock") < 0)
 		return -ENAMETOOLONG;
+	int h = held_lock_find(folder_dir);
+	if (h >= 0) {
+		held_locks[h].depth++;
+		return 0;
+	}
 	/* The lock is made complete (owner, mode, contents) under a temporary name and
 	 * then linked into place, which fails if it exists: Dovecot, running as the mail
 	 * user, watches another holder's lock with inotify, and a lock that appeared
@@ -513,6 +547,7 @@ int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 	for (;;) {
 		if (link(t, p) == 0) {
 			unlink(t);
+			held_lock_add(folder_dir);
 			return 0;
 		}
 		if (errno != EEXIST) {
@@ -537,6 +572,9 @@ int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 
 void mm_md_uidlist_unlock(const char *folder_dir)
 {
+	int h = held_lock_find(folder_dir);
+	if (h >= 0 && --held_locks[h].depth > 0)
+		return; /* an outer take still holds it */
 	char p[PATHBUF];
 	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist.lock") >= 0)
 		unlink(p);
@@ -603,10 +641,10 @@ int mm_md_tmp_place(const char *folder_dir, const char *base, const char *sub, c
 	/* link + unlink rather than rename: never replace a file that holds that name */
 	if (r == 0 && link(tp, dp) < 0) {
 		r = -errno;
-		struct mm_md_owner o;
-		/* the target subdirectory vanished: restore it like the folder, retry */
-		if (r == -ENOENT && mm_md_is_maildir(folder_dir) && mm_md_owner_of(folder_dir, &o) == 0 &&
-		    mkdir_owned(sd, &o) >= 0)
+		/* the target subdirectory vanished (a delete racing this delivery): restore
+		 * the folder's three, so it is a whole Maildir again, and retry */
+		struct stat st;
+		if (r == -ENOENT && stat(sd, &st) < 0 && errno == ENOENT && mm_md_folder_repair(folder_dir) > 0)
 			r = link(tp, dp) < 0 ? -errno : 0;
 	}
 	unlink(tp);
@@ -693,6 +731,33 @@ int mm_md_folder_path(char *buf, size_t buflen, const char *maildir, const char 
 		n = snprintf(buf, buflen, "%s/.%s", maildir, folder);
 	}
 	return (n < 0 || (size_t)n >= buflen) ? -ENAMETOOLONG : n;
+}
+
+int mm_md_folder_repair(const char *dir)
+{
+	if (!mm_md_is_maildir(dir))
+		return 0;
+	struct mm_md_owner o;
+	int r = mm_md_owner_of(dir, &o);
+	if (r < 0)
+		return r;
+	static const char *const subs[] = {"cur", "new", "tmp"};
+	int made = 0;
+	for (int i = 0; i < 3; i++) {
+		char p[PATHBUF];
+		struct stat st;
+		if (path2(p, sizeof p, dir, subs[i]) < 0)
+			return -ENAMETOOLONG;
+		if (stat(p, &st) == 0)
+			continue;
+		if (errno != ENOENT)
+			return -errno;
+		r = mkdir_owned(p, &o);
+		if (r < 0)
+			return r;
+		made += r;
+	}
+	return made;
 }
 
 bool mm_md_is_maildir(const char *dir)

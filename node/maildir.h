@@ -215,6 +215,12 @@ int mm_md_folder_path(char *buf, size_t buflen, const char *maildir, const char 
 /* True when dir holds a cur/ or new/ directory. */
 bool mm_md_is_maildir(const char *dir);
 
+/* A folder holding cur/ or new/ but not all of cur/ new/ tmp/ (a delete that raced a
+ * delivery, or an rm -rf cut short) gets the missing ones back, with the folder's
+ * owner and mode: Dovecot and clients see a folder only when it has cur/.  Returns
+ * how many it made (0 also when dir is no Maildir at all), or a negative errno. */
+int mm_md_folder_repair(const char *dir);
+
 /* Creates the folder with cur/ new/ tmp/ (and the empty `maildirfolder` marker for
  * Maildir++ subfolders), parents of the Maildir too, all with owner o.  Existing
  * parts are kept.  0 or negative errno. */

@@ -1081,6 +1081,15 @@ static bool is_sys_upper(int i)
 	       i == 'S' - 'A' || i == 'T' - 'A';
 }
 
+/* fo->kw: the folder's dovecot-keywords as it is now. */
+static void folder_kw_read(struct mm_store *s, struct folder *fo)
+{
+	mm_md_keywords_clear(&fo->kw);
+	int rr = mm_md_keywords_read(fo->dir, &fo->kw);
+	if (rr < 0)
+		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-keywords: %s", fo->dir, strerror(-rr));
+}
+
 /* Letters a file should carry for record r: system flags and keyword letters from the
  * CRDT, plus whatever `keep` has that the CRDT does not speak about (unknown
  * uppercase letters, lowercase letters without a name).  Keywords that need a letter
@@ -1093,12 +1102,8 @@ static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const stru
 		kwbits |= MM_MD_KWBIT(i);
 	/* the keyword names matter only to a message with keywords or keyword letters (a
 	 * body written per message must not cost a failed open of a file most folders lack) */
-	if (r->msg.n_keywords || (keep & kwbits)) {
-		mm_md_keywords_clear(&fo->kw);
-		int rr = mm_md_keywords_read(fo->dir, &fo->kw);
-		if (rr < 0)
-			logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-keywords: %s", fo->dir, strerror(-rr));
-	}
+	if (r->msg.n_keywords || (keep & kwbits))
+		folder_kw_read(s, fo);
 	uint64_t l = 0;
 	for (int i = 0; i < 26; i++)
 		if ((keep & MM_MD_UPPER('A' + i)) && !is_sys_upper(i))
@@ -1139,14 +1144,39 @@ static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const stru
 	return l;
 }
 
+/* Keyword letters of `letters` that no line of the folder's dovecot-keywords names. */
+static uint64_t unnamed_letters(struct mm_store *s, struct folder *fo, uint64_t letters)
+{
+	if (!(letters & MM_MD_KW_MASK))
+		return 0;
+	folder_kw_read(s, fo);
+	uint64_t un = 0;
+	for (int i = 0; i < 26; i++)
+		if ((letters & MM_MD_KWBIT(i)) && !fo->kw.names[i])
+			un |= MM_MD_KWBIT(i);
+	return un;
+}
+
+static void sync_file_flags_at(struct mm_store *s, struct fent *fe, const struct mm_rec *r, int depth);
+
 /* Renames fe's file to carry the letters record r asks for. */
 static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm_rec *r)
 {
+	sync_file_flags_at(s, fe, r, 0);
+}
+
+static void sync_file_flags_at(struct mm_store *s, struct fent *fe, const struct mm_rec *r, int depth)
+{
 	/* Start from the letters the file carries, not the index's: a keyword letter
 	 * Dovecot set before naming it in dovecot-keywords is on disk but deliberately not
-	 * in fe->letters yet (pending), and must survive this rename and stay pending. */
+	 * in fe->letters yet (pending), and must survive this rename and stay pending.
+	 * Any other difference is a change made here that no scan has taken in yet (the
+	 * name was learned by fent_relocate): renaming now would lose it.  The scan that
+	 * change's rename causes takes it in, then brings the file in line. */
 	uint64_t disk = fe->dletters;
 	uint64_t pending = disk ^ fe->letters;
+	if (pending & ~unnamed_letters(s, fe->fo, pending))
+		return;
 	uint64_t want = wanted_letters(s, fe->fo, r, disk);
 	bool to_cur = fe->in_cur || want;
 	if (want == disk && to_cur == fe->in_cur)
@@ -1170,12 +1200,17 @@ static void sync_file_flags(struct mm_store *s, struct fent *fe, const struct mm
 	 * CRDT.  Renaming now would overwrite it; the scan that rename triggers takes the
 	 * local change in and then brings the file in line with the merged record.  (The
 	 * rename's inotify event is still queued: the scan has not seen the new name.) */
-	if (rr == -ENOENT && fent_relocate(s, fe) == 0) {
+	bool was_cur = fe->in_cur;
+	if (rr == -ENOENT && fent_relocate(s, fe) == 0 && depth < 2) {
 		if ((fe->dletters ^ fe->letters) & ~pending)
 			return;
-		/* only moved (new/ -> cur/, same letters): nothing to lose, rename now */
-		sync_file_flags(s, fe, r);
-		return;
+		/* only moved (new/ -> cur/, same letters): nothing to lose, rename now.  Found
+		 * where the index said: the target directory is what is missing (a folder
+		 * delete racing a delivery here left half a Maildir): restore it, retry once */
+		if (strcmp(fent_name(s, fe, nn), ob) || fe->in_cur != was_cur || mm_md_folder_repair(fe->fo->dir) > 0) {
+			sync_file_flags_at(s, fe, r, depth + 1);
+			return;
+		}
 	}
 	char p[PATHBUF];
 	fent_path(s, fe, p, sizeof p);
@@ -1206,6 +1241,12 @@ static void local_effect(void *arg, const char *user, enum mm_effect eff, const 
 		struct fent *fe = fent_by_key(s, user, rec->key);
 		if (fe)
 			fent_remove(s, fe); /* its file is gone already (that is the change) */
+		/* the last message of a folder deleted elsewhere (kept visible for it): the
+		 * empty folder goes at the commit, or the next scan would make it anew */
+		struct user *u = eff == MM_EFF_MSG_EXPUNGED ? user_get(s, user, false) : NULL;
+		struct folder *fo = u ? folder_get(s, u, rec->msg.folder, false) : NULL;
+		if (fo)
+			fo->check = true;
 	}
 }
 
@@ -1403,6 +1444,8 @@ static void dlist_free(struct dlist *l)
 /* Reads new/ then cur/ (that order: a file moving new -> cur meanwhile is seen at
  * least once).  Returns 0, -ENOENT when the folder is gone, other errno when it
  * cannot be read (then nothing may be concluded about missing files). */
+/* Lists new/ and cur/ of a folder into l.  Returns 0, 1 when one of the two is
+ * missing (half a Maildir), -ENOENT when both are, or another negative errno. */
 static int read_folder(const char *dir, struct dlist *l)
 {
 	static const char *const subs[2] = {"new", "cur"};
@@ -1442,7 +1485,7 @@ static int read_folder(const char *dir, struct dlist *l)
 		}
 		closedir(d);
 	}
-	return gone == 2 ? -ENOENT : 0;
+	return gone == 2 ? -ENOENT : gone;
 }
 
 /* Hashes a file: body id, size, mtime.  0 or negative errno. */
@@ -1670,6 +1713,19 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			logmsg(s, MM_STORE_LOG_WARNING, "cannot read folder %s: %s", fo->dir, strerror(-r));
 		return r;
 	}
+	if (r > 0 && l.n) {
+		/* new/ or cur/ gone under messages (a folder delete that raced a delivery
+		 * here): Dovecot and clients would not see the folder without cur/, while
+		 * this node counts its messages as present: make it whole again */
+		int rr = mm_md_folder_repair(fo->dir);
+		if (rr > 0)
+			logmsg(s, MM_STORE_LOG_INFO, "%s: restored its missing cur/, new/ or tmp/ (it holds messages)",
+			       fo->dir);
+		else if (rr < 0)
+			logmsg(s, MM_STORE_LOG_WARNING, "%s lacks cur/ or new/ and cannot get it back: %s", fo->dir,
+			       strerror(-rr));
+	}
+	r = 0;
 	for (struct fent *fe = fo->files; fe; fe = fe->fnext)
 		fe->seen = false;
 	bool kw_loaded = false;
@@ -1707,8 +1763,8 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				/* Remote changes that arrived meanwhile were not written to this
 				 * file (see sync_file_flags): write the merged result now. */
 				const struct mm_rec *cur = mm_user_get(mu, fe->key);
-				if (cur && cur->type == MM_REC_MESSAGE && !un)
-					sync_file_flags(s, fe, cur);
+				if (cur && cur->type == MM_REC_MESSAGE)
+					sync_file_flags(s, fe, cur); /* keeps unnamed letters as they are */
 			}
 			continue;
 		}
@@ -1947,6 +2003,34 @@ static uint64_t dir_sig(const struct folder *fo)
 	return sig ? sig : 1;
 }
 
+/* 0 when the folder has both cur/ and new/; else 1 when the one it has holds an
+ * entry, 2 when that one is empty (see scan_one_folder). */
+static int folder_half(const struct folder *fo)
+{
+	static const char *const subs[2] = {"cur", "new"};
+	int missing = -1;
+	for (int i = 0; i < 2; i++) {
+		char p[PATHBUF];
+		struct stat st;
+		snprintf(p, sizeof p, "%s/%s", fo->dir, subs[i]);
+		if (stat(p, &st) < 0 && errno == ENOENT)
+			missing = i;
+	}
+	if (missing < 0)
+		return 0;
+	char p[PATHBUF];
+	snprintf(p, sizeof p, "%s/%s", fo->dir, subs[!missing]);
+	DIR *d = opendir(p);
+	if (!d)
+		return 1;
+	struct dirent *e;
+	int held = 0;
+	while (!held && (e = readdir(d)))
+		held = strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	closedir(d);
+	return held ? 1 : 2;
+}
+
 /* One folder of a user: creation, removal, files.  `listed` = the directory exists. */
 static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *mu, const char *name,
                            bool listed)
@@ -1969,11 +2053,23 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 				fo->deferred_since = now;
 			return 0;
 		}
+		/* Half a Maildir (cur/ or new/ missing): a delete cut short, or racing a
+		 * delivery here, or a folder being made one directory at a time.  Dovecot
+		 * sees no folder without cur/.  Empty and not a folder of the mailbox: left
+		 * alone until it is whole or gone (made now, it would bring back a deleted
+		 * folder everywhere).  A folder of the mailbox: made whole (messages in it
+		 * are restored by scan_files the same way). */
+		int half = strcmp(name, "INBOX") ? folder_half(fo) : 0;
+		bool visible = mm_user_folder_visible(mu, name);
+		if (half == 2 && !visible)
+			return 0;
+		if (half && visible && mm_md_folder_repair(fo->dir) > 0)
+			logmsg(s, MM_STORE_LOG_INFO, "%s: restored its missing cur/, new/ or tmp/", fo->dir);
 		if (!fo->on_disk) {
 			fo->on_disk = true;
 			mark_folder(s, fo);
 		}
-		if (!mm_user_folder_visible(mu, name)) {
+		if (!visible) {
 			/* a folder Dovecot made and numbered before we saw it: every replica
 			 * shows the UIDVALIDITY its clients here already know */
 			uint32_t uv = s->imap_uids ? dovecot_uidvalidity(fo) : 0;
@@ -2873,9 +2969,16 @@ static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM
 	if (rr < 0)
 		return rr;
 	int fd = open(sp, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT && fent_relocate(s, src) == 0 && fent_path(s, src, sp, sizeof sp) == 0)
+		fd = open(sp, O_RDONLY | O_CLOEXEC); /* renamed here (a flag change not scanned yet) */
 	if (fd < 0) {
+		int e = errno;
 		mm_store_body_abort(&w);
-		return 0; /* it moved: the network will bring it */
+		/* Moving under us: try again at the next commit.  (Not left to the network:
+		 * while this node indexes a file with these bytes, it asks no peer for them.) */
+		if (e == ENOENT)
+			add_pending(s, user, key);
+		return e == ENOENT ? 0 : -e;
 	}
 	char buf[65536];
 	ssize_t n;
@@ -4151,6 +4254,10 @@ static void mirror_deferred(struct mm_store *s)
 			} else {
 				logmsg(s, MM_STORE_LOG_WARNING, "folder %s was deleted elsewhere but is kept here: %s",
 				       fo->dir, strerror(-r));
+				/* a body still in its tmp/, a file not scanned yet: try again at the
+				 * next commit (the warning is logged once) */
+				if (r == -ENOTEMPTY)
+					fo->check = true;
 			}
 		}
 		if (!u->subs_dirty)

@@ -236,19 +236,35 @@ class Node:
         return m
 
     def add_keyword(self, user, folder, kw):
-        """Gives kw a letter in dovecot-keywords (as Dovecot does: temp file + rename)."""
+        """Gives kw a letter in dovecot-keywords as Dovecot does: with the folder's
+        dovecot-uidlist.lock held (the daemon names keywords under it too: without it,
+        a read here before the daemon's write and a rename after it would give the
+        daemon's letter to kw on this node only), temp file + rename."""
         md = self.ensure_folder(user, folder)
-        m = self.keywords(user, folder)
-        for letter, name in m.items():
-            if name == kw:
-                return letter
-        idx = len(m)
-        lines = ["%d %s\n" % (ord(l) - ord("a"), n) for l, n in sorted(m.items())] + ["%d %s\n" % (idx, kw)]
-        tmp = os.path.join(md, "dovecot-keywords.tmp%d" % os.getpid())
-        with open(tmp, "w") as f:
-            f.writelines(lines)
-        os.rename(tmp, os.path.join(md, "dovecot-keywords"))
-        return chr(ord("a") + idx)
+        lock = os.path.join(md, "dovecot-uidlist.lock")
+        deadline = time.time() + 5 * SLOW
+        while True:
+            try:
+                os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                break
+            except FileExistsError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.005)
+        try:
+            m = self.keywords(user, folder)
+            for letter, name in m.items():
+                if name == kw:
+                    return letter
+            idx = len(m)
+            lines = ["%d %s\n" % (ord(l) - ord("a"), n) for l, n in sorted(m.items())] + ["%d %s\n" % (idx, kw)]
+            tmp = os.path.join(md, "dovecot-keywords.tmp%d" % os.getpid())
+            with open(tmp, "w") as f:
+                f.writelines(lines)
+            os.rename(tmp, os.path.join(md, "dovecot-keywords"))
+            return chr(ord("a") + idx)
+        finally:
+            os.unlink(lock)
 
     def uid_map(self, user, folder="INBOX"):
         """(UIDVALIDITY, sorted [(uid, sha256 of the file)]) from the folder's

@@ -199,10 +199,19 @@ static void test_keywords(void **state)
 		else
 			assert_int_equal(r, -ENOSPC);
 	}
-	/* a held uidlist lock makes add wait then give up */
-	assert_int_equal(mm_md_uidlist_lock(tmpdir, 0), 0);
-	assert_int_equal(mm_md_uidlist_lock(tmpdir, 20), -EAGAIN);
-	mm_md_uidlist_unlock(tmpdir);
+	/* a uidlist lock another live process holds makes a take wait then give up
+	 * (this process's own lock is re-entrant: test_store) */
+	{
+		char lp[512], who[64];
+		snprintf(lp, sizeof lp, "%s/dovecot-uidlist.lock", tmpdir);
+		int lfd = open(lp, O_WRONLY | O_CREAT | O_EXCL, 0600);
+		assert_true(lfd >= 0);
+		int wn = snprintf(who, sizeof who, "%ld:mailmesh\n", (long)getppid());
+		assert_int_equal(write(lfd, who, (size_t)wn), wn);
+		close(lfd);
+		assert_int_equal(mm_md_uidlist_lock(tmpdir, 20), -EAGAIN);
+		assert_int_equal(unlink(lp), 0);
+	}
 	/* a lock whose holder died (kill -9) is taken over at once, ours or Dovecot's
 	 * ("PID:HOSTNAME"); one of a live process, or of another host, is not */
 	pid_t dead = fork();

@@ -1700,6 +1700,224 @@ static void test_open_errors(void **state)
 	mm_state_free(&st);
 }
 
+/* ---- races between the daemon and what else writes the Maildir (found by review
+ * of a cluster run under ASan that never converged; each scenario is one interleaving
+ * made deterministic) ---- */
+
+/* A folder delete on B raced a delivery into it: B is left with new/ holding the
+ * message and no cur/.  B's scan makes the folder whole again (Dovecot sees no folder
+ * without cur/), and a remote flag change, whose rename into cur/ failed, no longer
+ * recursed until the stack overflowed. */
+static void test_half_maildir_restored(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	deliver(&a, "INBOX", "1700000000.M0P1.mx", "Subject: zero\r\n\r\nbody\r\n", 1600000000);
+	deliver(&a, "Archive", "1700000000.M1P1.mx", "Subject: one\r\n\r\nbody\r\n", 1600000000);
+	assert_true(scan(&a, d) >= 2);
+	sync_to(&a, &b, d);
+	const char *f = find(&b, "Archive", "1600000000.");
+	assert_non_null(f);
+	assert_non_null(strstr(f, "/new/"));
+	char bd[600], cur[700];
+	udir(&b, "Archive", bd, sizeof bd);
+	snprintf(cur, sizeof cur, "%s/cur", bd);
+	assert_int_equal(rmdir(cur), 0); /* what the race leaves */
+	/* a flag change on A reaches B before B's scan has run */
+	rename_to(find(&a, "Archive", "1700000000.M1P1.mx"), "S");
+	mm_delta_clear(d);
+	assert_int_equal(scan(&a, d), 1);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(access(cur, F_OK), 0);
+	f = find(&b, "Archive", "1600000000.");
+	assert_non_null(f);
+	assert_non_null(strstr(f, "/cur/"));
+	assert_non_null(strstr(f, ":2,S"));
+	/* the same half Maildir found by a scan: made whole, nothing changes in the CRDT */
+	char nw[700];
+	snprintf(nw, sizeof nw, "%s/new", bd);
+	assert_int_equal(rmdir(nw), 0);
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_int_equal(access(nw, F_OK), 0);
+	/* an empty half Maildir of no folder (a delete cut short): left alone, not made a
+	 * folder of the mailbox */
+	char ghost[600], gcur[700];
+	snprintf(ghost, sizeof ghost, "%s/ex.org/alice/.Ghost", b.root);
+	snprintf(gcur, sizeof gcur, "%s/new", ghost);
+	assert_int_equal(mkdir(ghost, 0700), 0);
+	assert_int_equal(mkdir(gcur, 0700), 0);
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_false(mm_user_folder_visible(mm_state_user(b.st, "ex.org/alice", false), "Ghost"));
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A COPY on A reaches B, whose original was just renamed by a client (not scanned
+ * yet): the local copy finds the file where it went, instead of leaving the message
+ * missing for good (B asks no peer for bytes it indexes a file of). */
+static void test_copy_source_renamed(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	const char *body = "Subject: copied\r\n\r\nsame bytes\r\n";
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", body, 1600000000);
+	assert_true(scan(&a, d) >= 2);
+	sync_to(&a, &b, d);
+	assert_non_null(find(&b, "INBOX", "1600000000."));
+	char md[600], dst[900], src[900];
+	snprintf(md, sizeof md, "%s/ex.org/alice", a.root);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(md, "Sent", &o), 0);
+	snprintf(src, sizeof src, "%s", find(&a, "INBOX", "1700000000.M1P1.mx"));
+	snprintf(dst, sizeof dst, "%s/.Sent/cur/1700000009.M9P9.mx:2,S", md);
+	assert_int_equal(link(src, dst), 0);
+	mm_delta_clear(d);
+	assert_true(scan(&a, d) >= 2);
+	rename_to(find(&b, "INBOX", "1600000000."), "S"); /* B's client; no scan yet */
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_non_null(find(&b, "Sent", "1600000000."));
+	assert_int_equal(scan(&b, NULL), 1); /* the client's \Seen, taken in */
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* Folder F deleted on A while B still had a live message in it (F stays visible).
+ * B's client expunges that message: B removes the now empty F at the commit, and
+ * B's next full scan does not bring F back everywhere. */
+static void test_local_last_expunge_removes_folder(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new(), *db = mm_delta_new();
+	char md[600], fa[600], fb[600];
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	deliver(&a, "INBOX", "1700000000.M0P1.mx", "Subject: zero\r\n\r\nbody\r\n", 1600000000);
+	snprintf(md, sizeof md, "%s/ex.org/alice", a.root);
+	assert_int_equal(mm_md_folder_create(md, "F", &o), 0);
+	assert_true(scan(&a, d) >= 3);
+	sync_to(&a, &b, d);
+	udir(&a, "F", fa, sizeof fa);
+	udir(&b, "F", fb, sizeof fb);
+	assert_true(mm_md_is_maildir(fb));
+	deliver(&b, "F", "1700000001.M1P2.mx", "Subject: in F\r\n\r\nbody F\r\n", 1600000001);
+	assert_int_equal(scan(&b, db), 1); /* not yet shipped to A */
+	char cmd[800];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", fa);
+	assert_int_equal(system(cmd), 0);
+	mm_delta_clear(d);
+	assert_true(scan(&a, d) >= 1); /* F deleted on A */
+	sync_to(&a, &b, d);
+	assert_true(mm_md_is_maildir(fb)); /* kept: its message is live */
+	sync_to(&b, &a, db);
+	assert_true(mm_md_is_maildir(fa)); /* made again on A for the message */
+	assert_int_equal(unlink(find(&b, "F", "1700000001.M1P2.mx")), 0);
+	mm_delta_clear(db);
+	b.now += 1000;
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "F", b.now, db), 1);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_false(mm_md_is_maildir(fb)); /* B removed the empty F */
+	sync_to(&b, &a, db);
+	assert_false(mm_md_is_maildir(fa));
+	struct mm_user *ub = mm_state_user(b.st, "ex.org/alice", false);
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_false(mm_user_folder_visible(ub, "F"));
+	mm_delta_free(&d);
+	mm_delta_free(&db);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* Merges into a's state a remote change setting `flag` on message `key`, stamped
+ * dt ms after a's clock (a newer change than any made here). */
+static void remote_flag(struct node *a, const uint8_t key[MM_KEY_LEN], int flag, uint64_t dt)
+{
+	struct mm_user *u = mm_state_user(a->st, "ex.org/alice", false);
+	struct mm_rec rem = *mm_user_get(u, key);
+	rem.msg.flags[flag].value = 1;
+	rem.msg.flags[flag].stamp = (mm_hlc){(a->now + dt) << MM_HLC_LOGICAL_BITS, 99};
+	assert_int_equal(mm_store_merge(a->s, "ex.org/alice", &rem), 1);
+}
+
+/* A client sets \Seen (rename, not scanned yet); two remote changes arrive before
+ * the scan.  The first finds the file renamed and leaves it to the scan; the second
+ * must do the same, not count the client's letter as one to keep aside and rename
+ * it away: \Seen survives, with both remote flags. */
+static void test_local_flag_kept_over_two_remote(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	struct mm_delta *d = mm_delta_new();
+	deliver(&a, "INBOX", "m1", "Subject: x\r\n\r\nbody\r\n", 1700000000);
+	assert_int_equal(scan(&a, d), 2);
+	uint8_t key[MM_KEY_LEN];
+	memcpy(key, msg_of(&a, d, NULL)->key, MM_KEY_LEN);
+	rename_to(find(&a, "INBOX", "m1"), "S"); /* the client's change */
+	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
+	remote_flag(&a, key, MM_FLAG_FLAGGED, 5000);
+	remote_flag(&a, key, MM_FLAG_DRAFT, 6000);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_int_equal(scan(&a, NULL), 1);
+	assert_non_null(strstr(find(&a, "INBOX", "m1"), ":2,DFS"));
+	assert_int_equal(mm_user_get(u, key)->msg.flags[MM_FLAG_SEEN].value, 1);
+	mm_delta_free(&d);
+	node_close(&a);
+}
+
+/* A client's rename carries a keyword letter no dovecot-keywords line names, and a
+ * remote \Flagged arrived meanwhile: the scan takes \Seen in and still writes the
+ * remote flag (keeping the unnamed letter as it is). */
+static void test_unnamed_letter_lets_remote_through(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	struct mm_delta *d = mm_delta_new();
+	deliver(&a, "INBOX", "m1", "Subject: x\r\n\r\nbody\r\n", 1700000000);
+	assert_int_equal(scan(&a, d), 2);
+	uint8_t key[MM_KEY_LEN];
+	memcpy(key, msg_of(&a, d, NULL)->key, MM_KEY_LEN);
+	rename_to(find(&a, "INBOX", "m1"), "Sz"); /* z: named nowhere */
+	struct mm_user *u = mm_state_user(a.st, "ex.org/alice", false);
+	remote_flag(&a, key, MM_FLAG_FLAGGED, 5000);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_int_equal(scan(&a, NULL), 1); /* \Seen taken in */
+	assert_int_equal(mm_user_get(u, key)->msg.flags[MM_FLAG_FLAGGED].value, 1);
+	assert_non_null(strstr(find(&a, "INBOX", "m1"), ":2,FSz"));
+	mm_delta_free(&d);
+	node_close(&a);
+}
+
+/* A process holding a folder's dovecot-uidlist.lock takes it again at once (a flag
+ * rename while its own UID pass holds it used to wait 2 s a file). */
+static void test_uidlist_lock_reentrant(void **state)
+{
+	(void)state;
+	char d[600], lk[700];
+	snprintf(d, sizeof d, "%s/f", top);
+	assert_int_equal(mkdir(d, 0700), 0);
+	snprintf(lk, sizeof lk, "%s/dovecot-uidlist.lock", d);
+	assert_int_equal(mm_md_uidlist_lock(d, 0), 0);
+	assert_int_equal(mm_md_uidlist_lock(d, 0), 0); /* nested: no wait, no -EAGAIN */
+	mm_md_uidlist_unlock(d);
+	assert_int_equal(access(lk, F_OK), 0); /* the outer take still holds it */
+	mm_md_uidlist_unlock(d);
+	assert_int_equal(access(lk, F_OK), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1724,6 +1942,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_file_index_converted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_cache_bounded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_half_maildir_restored, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_source_renamed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_local_last_expunge_removes_folder, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_local_flag_kept_over_two_remote, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
