@@ -217,6 +217,9 @@ struct folder {
 	bool on_disk;    /* the directory existed when last looked at */
 	bool subscribed; /* listed in the subscriptions file when last looked at */
 	bool check;      /* re-check visibility at commit */
+	bool remove_failed; /* deleted elsewhere, kept here (not empty): its scans retry */
+	uint64_t half_since; /* first scan that found cur/ or new/ missing under messages */
+	size_t half_n;       /* how many files that scan saw */
 	bool uid_check;  /* bring dovecot-uidlist in line with the CRDT's UIDs (uid_pass) */
 	bool uid_busy;   /* its lock was busy in this pass */
 	uint64_t uid_sig; /* dovecot-uidlist's (inode, size, mtime) when last synced */
@@ -253,6 +256,7 @@ struct pending { /* a remote message to give a body from a local copy at commit 
 	struct pending *next;
 	char *user;
 	uint8_t key[MM_KEY_LEN];
+	unsigned tries; /* commits that found its source file moving (copy_local) */
 };
 
 /* The file index (by_base, by_key, by_body): open-addressing tables of fent pointers
@@ -1186,9 +1190,9 @@ static void sync_file_flags_at(struct mm_store *s, struct fent *fe, const struct
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/cur/%s: name too long for its flags", fe->fo->dir, fe->base);
 		return;
 	}
-	char ob[MM_MD_NAME_MAX + 1];
-	int rr = mm_md_rename(fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, ob), to_cur ? "cur" : "new",
-	                      nn);
+	char ob[MM_MD_NAME_MAX + 1], oldn[MM_MD_NAME_MAX + 1];
+	snprintf(oldn, sizeof oldn, "%s", fent_name(s, fe, ob)); /* fent_relocate may free it */
+	int rr = mm_md_rename(fe->fo->dir, fe->in_cur ? "cur" : "new", oldn, to_cur ? "cur" : "new", nn);
 	if (rr == 0) {
 		fent_set_name(s, fe, nn); /* cannot fail: nn is canonical (no allocation) */
 		fe->in_cur = to_cur;
@@ -1207,7 +1211,7 @@ static void sync_file_flags_at(struct mm_store *s, struct fent *fe, const struct
 		/* only moved (new/ -> cur/, same letters): nothing to lose, rename now.  Found
 		 * where the index said: the target directory is what is missing (a folder
 		 * delete racing a delivery here left half a Maildir): restore it, retry once */
-		if (strcmp(fent_name(s, fe, nn), ob) || fe->in_cur != was_cur || mm_md_folder_repair(fe->fo->dir) > 0) {
+		if (strcmp(fent_name(s, fe, nn), oldn) || fe->in_cur != was_cur || mm_md_folder_repair(fe->fo->dir) > 0) {
 			sync_file_flags_at(s, fe, r, depth + 1);
 			return;
 		}
@@ -1217,16 +1221,17 @@ static void sync_file_flags_at(struct mm_store *s, struct fent *fe, const struct
 	logmsg(s, MM_STORE_LOG_WARNING, "cannot rename %s for new flags: %s", p, strerror(-rr));
 }
 
-static void add_pending(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+static struct pending *add_pending(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
 {
 	struct pending *p = calloc(1, sizeof(*p));
 	if (p && (p->user = strdup(user))) {
 		memcpy(p->key, key, MM_KEY_LEN);
 		p->next = s->pending;
 		s->pending = p;
-	} else {
-		free(p);
+		return p;
 	}
+	free(p);
+	return NULL;
 }
 
 /* ---- effects --------------------------------------------------------------------------- */
@@ -1444,6 +1449,8 @@ static void dlist_free(struct dlist *l)
 /* Reads new/ then cur/ (that order: a file moving new -> cur meanwhile is seen at
  * least once).  Returns 0, -ENOENT when the folder is gone, other errno when it
  * cannot be read (then nothing may be concluded about missing files). */
+#define HALF_REPAIR_MS 1500
+
 /* Lists new/ and cur/ of a folder into l.  Returns 0, 1 when one of the two is
  * missing (half a Maildir), -ENOENT when both are, or another negative errno. */
 static int read_folder(const char *dir, struct dlist *l)
@@ -1714,16 +1721,31 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 		return r;
 	}
 	if (r > 0 && l.n) {
-		/* new/ or cur/ gone under messages (a folder delete that raced a delivery
-		 * here): Dovecot and clients would not see the folder without cur/, while
-		 * this node counts its messages as present: make it whole again */
-		int rr = mm_md_folder_repair(fo->dir);
-		if (rr > 0)
-			logmsg(s, MM_STORE_LOG_INFO, "%s: restored its missing cur/, new/ or tmp/ (it holds messages)",
-			       fo->dir);
-		else if (rr < 0)
-			logmsg(s, MM_STORE_LOG_WARNING, "%s lacks cur/ or new/ and cannot get it back: %s", fo->dir,
-			       strerror(-rr));
+		/* new/ or cur/ gone under messages: Dovecot and clients see no folder
+		 * without cur/, while this node counts its messages as present.  Either a
+		 * delete is running (an rm -rf: files keep going; making the folder whole
+		 * now would leave it behind, empty) or one was cut short by a delivery
+		 * racing it: made whole once it has stayed so, with no file gone, for
+		 * HALF_REPAIR_MS (the scans a deferral asks for look again meanwhile). */
+		uint64_t now = wall_ms();
+		if (!fo->half_since || l.n < fo->half_n) {
+			fo->half_since = now ? now : 1;
+			fo->half_n = l.n;
+			s->deferred = true;
+		} else if (now - fo->half_since < HALF_REPAIR_MS) {
+			s->deferred = true;
+		} else {
+			int rr = mm_md_folder_repair(fo->dir);
+			if (rr > 0)
+				logmsg(s, MM_STORE_LOG_INFO, "%s: restored its missing cur/, new/ or tmp/ (it holds messages)",
+				       fo->dir);
+			else if (rr < 0)
+				logmsg(s, MM_STORE_LOG_WARNING, "%s lacks cur/ or new/ and cannot get it back: %s", fo->dir,
+				       strerror(-rr));
+			fo->half_since = 0;
+		}
+	} else {
+		fo->half_since = 0;
 	}
 	r = 0;
 	for (struct fent *fe = fo->files; fe; fe = fe->fnext)
@@ -2053,23 +2075,26 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 				fo->deferred_since = now;
 			return 0;
 		}
-		/* Half a Maildir (cur/ or new/ missing): a delete cut short, or racing a
-		 * delivery here, or a folder being made one directory at a time.  Dovecot
-		 * sees no folder without cur/.  Empty and not a folder of the mailbox: left
-		 * alone until it is whole or gone (made now, it would bring back a deleted
-		 * folder everywhere).  A folder of the mailbox: made whole (messages in it
-		 * are restored by scan_files the same way). */
-		int half = strcmp(name, "INBOX") ? folder_half(fo) : 0;
+		/* Half a Maildir (cur/ or new/ missing) that holds nothing: a delete cut
+		 * short or running, or a folder being made one directory at a time.  Not a
+		 * folder of the mailbox: left alone until it is whole or gone (made one now,
+		 * it would bring a deleted folder back everywhere).  One holding messages:
+		 * scan_files.  A folder deleted elsewhere and kept here because it is not
+		 * empty (a file in tmp/): not made again, its removal is retried (a message
+		 * file found in it is a delivery, which makes the folder visible again). */
 		bool visible = mm_user_folder_visible(mu, name);
-		if (half == 2 && !visible)
+		if (!visible && strcmp(name, "INBOX") && folder_half(fo) == 2)
 			return 0;
-		if (half && visible && mm_md_folder_repair(fo->dir) > 0)
-			logmsg(s, MM_STORE_LOG_INFO, "%s: restored its missing cur/, new/ or tmp/", fo->dir);
+		bool kept = !visible && fo->remove_failed && fo->on_disk;
+		if (visible)
+			fo->remove_failed = false;
+		if (kept)
+			fo->check = true;
 		if (!fo->on_disk) {
 			fo->on_disk = true;
 			mark_folder(s, fo);
 		}
-		if (!visible) {
+		if (!visible && !kept) {
 			/* a folder Dovecot made and numbered before we saw it: every replica
 			 * shows the UIDVALIDITY its clients here already know */
 			uint32_t uv = s->imap_uids ? dovecot_uidvalidity(fo) : 0;
@@ -2952,7 +2977,9 @@ int mm_store_body_commit(struct mm_body_writer **wp)
 
 /* A body present locally under another key: copy it for a remote record (no network).
  * Hard link when the INTERNALDATE matches (they share the inode's mtime), else copy. */
-static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+#define COPY_LOCAL_TRIES 5
+
+static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], unsigned tries)
 {
 	struct mm_user *mu = mm_state_user(s->state, user, false);
 	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
@@ -2969,15 +2996,19 @@ static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM
 	if (rr < 0)
 		return rr;
 	int fd = open(sp, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 && errno == ENOENT && fent_relocate(s, src) == 0 && fent_path(s, src, sp, sizeof sp) == 0)
+	int e = fd < 0 ? errno : 0;
+	if (e == ENOENT && fent_relocate(s, src) == 0 && fent_path(s, src, sp, sizeof sp) == 0) {
 		fd = open(sp, O_RDONLY | O_CLOEXEC); /* renamed here (a flag change not scanned yet) */
+		e = fd < 0 ? errno : 0;
+	}
 	if (fd < 0) {
-		int e = errno;
 		mm_store_body_abort(&w);
-		/* Moving under us: try again at the next commit.  (Not left to the network:
-		 * while this node indexes a file with these bytes, it asks no peer for them.) */
-		if (e == ENOENT)
-			add_pending(s, user, key);
+		/* Moving under us: try again at a later commit, a few times (the scan the
+		 * move causes brings the index up to date).  Not left to the network: while
+		 * this node indexes a file with these bytes, it asks no peer for them. */
+		struct pending *p = e == ENOENT && tries + 1 < COPY_LOCAL_TRIES ? add_pending(s, user, key) : NULL;
+		if (p)
+			p->tries = tries + 1;
 		return e == ENOENT ? 0 : -e;
 	}
 	char buf[65536];
@@ -3188,6 +3219,12 @@ static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct 
 	return changed;
 }
 
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
 /* Whether Dovecot has ever opened the folder on this node: it keeps its index of a
  * folder (with the UIDs its clients saw) in dovecot.index and dovecot.index.log.
  * Unknown with INDEX= elsewhere in mail_location: then taken as opened. */
@@ -3220,6 +3257,31 @@ static bool uid_relist_unseen(struct mm_store *s, struct folder *fo, struct mm_m
 	for (size_t i = 0; i < nit && !out_of_order; i++)
 		out_of_order = it[i].want && (it[i].have ? it[i].have != it[i].want : it[i].want < ul->next_uid);
 	if (!out_of_order || uid_folder_indexed(s, fo))
+		return false;
+	/* Only when that gives every message its own UID: each has one, no two share it,
+	 * and each is above every entry that stays (files the index does not know, such
+	 * as the entry of a message expunged here).  Otherwise the plan's rule applies as
+	 * it would with Dovecot here; a relist that still left messages provisional
+	 * would be redone, and their needs raised, at every pass. */
+	uint32_t *wants = malloc((nit ? nit : 1) * sizeof(*wants)), *haves = malloc((nit ? nit : 1) * sizeof(*haves));
+	bool ok = wants && haves;
+	for (size_t i = 0; ok && i < nit; i++) {
+		wants[i] = it[i].want;
+		haves[i] = it[i].have;
+		ok = it[i].want != 0;
+	}
+	if (ok) {
+		qsort(wants, nit, sizeof(*wants), cmp_u32);
+		qsort(haves, nit, sizeof(*haves), cmp_u32);
+		for (size_t i = 1; ok && i < nit; i++)
+			ok = wants[i] != wants[i - 1];
+		for (size_t k = 0; ok && k < ul->n; k++)
+			if (!bsearch(&ul->v[k].uid, haves, nit, sizeof(*haves), cmp_u32))
+				ok = nit && ul->v[k].uid < wants[0];
+	}
+	free(wants);
+	free(haves);
+	if (!ok)
 		return false;
 	for (size_t i = 0; i < nit; i++) {
 		if (it[i].have)
@@ -3372,7 +3434,8 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		do
 			make_base(rf->base, sizeof rf->base, cur);
 		while (!strcmp(rf->base, fe->base));
-		if (mm_md_name_format(rf->name, sizeof rf->name, rf->base, strlen(rf->base), fe->letters,
+		/* the letters on disk: a change not scanned yet, an unnamed keyword letter */
+		if (mm_md_name_format(rf->name, sizeof rf->name, rf->base, strlen(rf->base), fe->dletters,
 		                      fe->in_cur) < 0)
 			continue;
 		/* Renamed here since the last scan (a local flag change on its way): the
@@ -4250,14 +4313,14 @@ static void mirror_deferred(struct mm_store *s)
 			int r = mm_md_folder_remove(u->path, fo->name);
 			if (r == 0) {
 				fo->on_disk = false;
+				fo->remove_failed = false;
 				mark_folder(s, fo);
 			} else {
 				logmsg(s, MM_STORE_LOG_WARNING, "folder %s was deleted elsewhere but is kept here: %s",
 				       fo->dir, strerror(-r));
-				/* a body still in its tmp/, a file not scanned yet: try again at the
-				 * next commit (the warning is logged once) */
-				if (r == -ENOTEMPTY)
-					fo->check = true;
+				/* a file in its tmp/, one not scanned yet: each scan of the folder
+				 * tries again, and does not take it for a folder made here */
+				fo->remove_failed = r == -ENOTEMPTY;
 			}
 		}
 		if (!u->subs_dirty)
@@ -4312,7 +4375,12 @@ int mm_store_commit(struct mm_store *s)
 			s->pending = NULL;
 			while (p) {
 				struct pending *nx = p->next;
-				int cr = copy_local(s, p->user, p->key);
+				int cr = p->tries && round ? 0 : copy_local(s, p->user, p->key, p->tries);
+				if (p->tries && round) { /* re-queued this commit: wait for the next */
+					struct pending *q = add_pending(s, p->user, p->key);
+					if (q)
+						q->tries = p->tries;
+				}
 				if (cr < 0 && cr != -EEXIST && cr != -ENOENT)
 					logmsg(s, MM_STORE_LOG_WARNING, "local copy of a message for %s failed: %s",
 					       p->user, strerror(-cr));

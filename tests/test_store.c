@@ -1737,12 +1737,24 @@ static void test_half_maildir_restored(void **state)
 	assert_non_null(f);
 	assert_non_null(strstr(f, "/cur/"));
 	assert_non_null(strstr(f, ":2,S"));
-	/* the same half Maildir found by a scan: made whole, nothing changes in the CRDT */
+	/* the same half Maildir found by a scan: made whole once it has stayed so for
+	 * HALF_REPAIR_MS (1.5 s), not at once (an rm -rf may be running); nothing
+	 * changes in the CRDT */
 	char nw[700];
 	snprintf(nw, sizeof nw, "%s/new", bd);
 	assert_int_equal(rmdir(nw), 0);
 	assert_int_equal(scan(&b, NULL), 0);
+	assert_int_equal(access(nw, F_OK), -1);
+	usleep(1600 * 1000);
+	assert_int_equal(scan(&b, NULL), 0);
 	assert_int_equal(access(nw, F_OK), 0);
+	/* a delete that runs: files go between the looks, so it is not undone */
+	assert_int_equal(rmdir(nw), 0);
+	assert_int_equal(scan(&b, NULL), 0);
+	usleep(1600 * 1000);
+	assert_int_equal(unlink(find(&b, "Archive", "1600000000.")), 0);
+	assert_int_equal(scan(&b, NULL), 1); /* the expunge */
+	assert_int_equal(access(nw, F_OK), -1);
 	/* an empty half Maildir of no folder (a delete cut short): left alone, not made a
 	 * folder of the mailbox */
 	char ghost[600], gcur[700];
