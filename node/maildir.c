@@ -345,7 +345,8 @@ int mm_md_keywords_find(const struct mm_md_keywords *kw, const char *name)
 	return -1;
 }
 
-int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const char *name)
+int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const char *name,
+                       uint32_t avoid)
 {
 	if (!kw_name_ok(name, strlen(name)))
 		return -EINVAL;
@@ -368,7 +369,7 @@ int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const 
 		r = i;
 		goto out;
 	}
-	for (i = 0; i < MM_MD_KEYWORDS_MAX && kw->names[i]; i++)
+	for (i = 0; i < MM_MD_KEYWORDS_MAX && (kw->names[i] || (avoid >> i & 1)); i++)
 		;
 	if (i == MM_MD_KEYWORDS_MAX) {
 		r = -ENOSPC;

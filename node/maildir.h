@@ -78,13 +78,16 @@ void mm_md_keywords_clear(struct mm_md_keywords *kw);
 int mm_md_keywords_find(const struct mm_md_keywords *kw, const char *name);
 
 /* Makes sure `name` has a letter in <folder_dir>/dovecot-keywords, following Dovecot:
- * with dovecot-uidlist.lock held, re-read the file, take the first free index, write
+ * with dovecot-uidlist.lock held, re-read the file, take the first free index that is
+ * not in `avoid` (bit i = index i: letters a file carries that no line names yet,
+ * which Dovecot is about to name), write
  * dovecot-keywords.lock (O_EXCL), fsync, rename it over dovecot-keywords.  `kw` is
  * refreshed from disk.  New files get the mode/owner of folder_dir (minus x bits).
  * Returns the index (0..25), -ENOSPC when all 26 letters are taken, -EINVAL for a
  * name Dovecot could not store (empty, space, control character), -EAGAIN when the
  * lock stays busy, or another negative errno. */
-int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const char *name);
+int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const char *name,
+                       uint32_t avoid);
 
 /* ---- dovecot-uidlist ----------------------------------------------------------- */
 

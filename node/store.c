@@ -1134,8 +1134,15 @@ static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const stru
 				l &= ~MM_MD_KWBIT(idx);
 			continue;
 		}
-		if (idx < 0)
-			idx = mm_md_keywords_add(fo->dir, &fo->kw, kw->name);
+		if (idx < 0) {
+			/* not the index of a letter the file carries unnamed (Dovecot may be
+			 * about to name it): that letter would come to mean this keyword */
+			uint32_t avoid = 0;
+			for (int i = 0; i < 26; i++)
+				if ((keep & MM_MD_KWBIT(i)) && !fo->kw.names[i])
+					avoid |= 1u << i;
+			idx = mm_md_keywords_add(fo->dir, &fo->kw, kw->name, avoid);
+		}
 		if (idx >= 0)
 			l |= MM_MD_KWBIT(idx);
 		else if (idx == -ENOSPC)

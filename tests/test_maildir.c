@@ -172,9 +172,9 @@ static void test_keywords(void **state)
 	assert_int_equal(mm_md_keywords_find(&kw, "work"), 2);
 	assert_int_equal(mm_md_keywords_find(&kw, "none"), -1);
 	/* adding takes the first free index, writes the file, keeps the others */
-	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "home"), 1);
-	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "home"), 1);
-	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "bad name"), -EINVAL);
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "home", 0), 1);
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "home", 0), 1);
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "bad name", 0), -EINVAL);
 	mm_md_keywords_clear(&kw);
 	assert_int_equal(mm_md_keywords_read(tmpdir, &kw), 0);
 	assert_string_equal(kw.names[1], "home");
@@ -187,15 +187,16 @@ static void test_keywords(void **state)
 	/* another writer added one behind our back: add re-reads under the lock */
 	snprintf(p, sizeof p, "%s/dovecot-keywords", tmpdir);
 	write_file(p, "0 $Junk\n1 home\n2 work\n4 other\n");
-	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "new"), 3);
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "new", 1u << 3), 5); /* d: unnamed on a file */
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "newer", 0), 3);
 	assert_string_equal(kw.names[4], "other");
 	/* fill all 26 letters, then the 27th does not fit */
 	char name[16];
 	for (int i = 0; i < 30; i++) {
 		snprintf(name, sizeof name, "k%d", i);
-		int r = mm_md_keywords_add(tmpdir, &kw, name);
-		if (i < 21)
-			assert_true(r >= 5 && r < 26);
+		int r = mm_md_keywords_add(tmpdir, &kw, name, 0);
+		if (i < 20)
+			assert_true(r >= 6 && r < 26);
 		else
 			assert_int_equal(r, -ENOSPC);
 	}
