@@ -583,6 +583,14 @@ def burst(lm, w, n, src, dsts, tag, timeout=120.0):
     for d in dsts:
         have = [seen[d][k] for k in keys if k in seen[d]]
         res[d] = max(have) - last_src if len(have) == n else None
+        # where the time goes: the end figure is the backlog left when the burst ends
+        kl = max(keys, key=lambda k: seen[d].get(k, 0))
+        delays = sorted((seen[d][k] - seen[src][k], k) for k in keys if k in seen[d])
+        if delays:
+            log("  %s: completed by #%s (on %s %s before the last delivery); slowest message "
+                "#%s took %s, median %s" % (
+                    d, kl.split()[-1], src, fmt_s(last_src - seen[src][kl]), delays[-1][1].split()[-1],
+                    fmt_s(delays[-1][0]), fmt_s(delays[len(delays) // 2][0])))
     return t_sent, res
 
 
