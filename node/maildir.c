@@ -397,13 +397,12 @@ int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const 
 	struct mm_md_owner o;
 	int ro = mm_md_owner_of(folder_dir, &o);
 	char lockp[PATHBUF];
-	if (path2(lockp, sizeof lockp, folder_dir, "dovecot-keywords.lock") >= 0) {
-		struct stat st;
-		/* a keywords dotlock left by a crash of ours (we hold the uidlist lock, so
-		 * nobody following the rule is writing it now) */
-		if (stat(lockp, &st) == 0 && time(NULL) - st.st_mtime > 120)
-			unlink(lockp);
-	}
+	/* A keywords dotlock present now was left by a writer that died (a kill -9 of
+	 * ours or of Dovecot's): Dovecot writes dovecot-keywords only with the uidlist
+	 * lock held, as we do, and we hold it.  Left there, it made every later keyword
+	 * add fail (files kept without their keyword letters for good). */
+	if (path2(lockp, sizeof lockp, folder_dir, "dovecot-keywords.lock") >= 0)
+		unlink(lockp);
 	r = replace_file(folder_dir, "dovecot-keywords.lock", "dovecot-keywords", buf, len,
 	                 ro == 0 ? &o : NULL);
 	free(buf);

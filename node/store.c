@@ -218,6 +218,7 @@ struct folder {
 	bool subscribed; /* listed in the subscriptions file when last looked at */
 	bool check;      /* re-check visibility at commit */
 	bool remove_failed; /* deleted elsewhere, kept here (not empty): its scans retry */
+	bool kw_retry;      /* a keyword could not get its letter: files re-synced at commit */
 	uint64_t half_since; /* first scan that found cur/ or new/ missing under messages */
 	size_t half_n;       /* how many files that scan saw */
 	bool uid_check;  /* bring dovecot-uidlist in line with the CRDT's UIDs (uid_pass) */
@@ -1148,9 +1149,14 @@ static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const stru
 		else if (idx == -ENOSPC)
 			logmsg(s, MM_STORE_LOG_WARNING, "%s: more than 26 keywords, \"%s\" stays in mailmesh only",
 			       fo->dir, kw->name);
-		else
+		else {
 			logmsg(s, MM_STORE_LOG_WARNING, "%s/dovecot-keywords: cannot add \"%s\": %s", fo->dir,
 			       kw->name, strerror(-idx));
+			/* the lock busy, say: the folder's files are synced again at a commit (a
+			 * name Dovecot cannot store is not retried: it never will) */
+			if (idx != -EINVAL)
+				fo->kw_retry = true;
+		}
 	}
 	return l;
 }
@@ -4312,6 +4318,16 @@ static void mirror_deferred(struct mm_store *s)
 		if (!mu)
 			continue;
 		for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+			if (fo->kw_retry && folder_files(s, fo) == 0) {
+				/* a keyword add failed: every file gets the letters its record asks
+				 * for (sync_file_flags does nothing where they are right already) */
+				fo->kw_retry = false;
+				for (struct fent *fe = fo->files; fe; fe = fe->fnext) {
+					const struct mm_rec *r = mm_user_get(mu, fe->key);
+					if (r && r->type == MM_REC_MESSAGE)
+						sync_file_flags(s, fe, r);
+				}
+			}
 			if (!fo->check)
 				continue;
 			fo->check = false;

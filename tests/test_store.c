@@ -1930,6 +1930,49 @@ static void test_uidlist_lock_reentrant(void **state)
 	assert_int_equal(access(lk, F_OK), -1);
 }
 
+/* A remote keyword arrives while another process holds the folder's uidlist lock for
+ * longer than a keyword add waits (5 s): the file cannot get the letter then, and
+ * gets it at a later commit (it used to stay without it for good). */
+static void test_keyword_add_retried(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: kw\r\n\r\nbody\r\n", 1600000000);
+	assert_true(scan(&a, d) >= 2);
+	sync_to(&a, &b, d);
+	char bd[600], p[700];
+	udir(&b, "INBOX", bd, sizeof bd);
+	snprintf(p, sizeof p, "%s/dovecot-keywords", bd);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("0 $Work\n", f);
+	fclose(f);
+	rename_to(find(&b, "INBOX", "1600000000."), "a");
+	mm_delta_clear(d);
+	assert_int_equal(scan(&b, d), 1);
+	/* a's uidlist lock held by another live process */
+	char ad[600], lk[700], who[64];
+	udir(&a, "INBOX", ad, sizeof ad);
+	snprintf(lk, sizeof lk, "%s/dovecot-uidlist.lock", ad);
+	int fd = open(lk, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	assert_true(fd >= 0);
+	int wn = snprintf(who, sizeof who, "%ld:mailmesh\n", (long)getppid());
+	assert_int_equal(write(fd, who, (size_t)wn), wn);
+	close(fd);
+	assert_true(mm_store_merge_delta(a.s, d) >= 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_null(strstr(find(&a, "INBOX", "1700000000.M1P1.mx"), ":2,a"));
+	assert_int_equal(unlink(lk), 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_non_null(strstr(find(&a, "INBOX", "1700000000.M1P1.mx"), ":2,a"));
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1960,6 +2003,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_local_flag_kept_over_two_remote, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keyword_add_retried, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
