@@ -1606,8 +1606,7 @@ static uint64_t local_letters(struct mm_store *s, struct mm_user *mu, struct fen
 	if (!(diff & MM_MD_KW_MASK))
 		return 0;
 	if (!*kw_loaded) {
-		mm_md_keywords_clear(&fe->fo->kw);
-		mm_md_keywords_read(fe->fo->dir, &fe->fo->kw);
+		folder_kw_read(s, fe->fo);
 		*kw_loaded = true;
 	}
 	for (int i = 0; i < 26; i++) {
@@ -1843,8 +1842,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 		uint64_t unnamed = 0;
 		if (n.letters & MM_MD_KW_MASK) {
 			if (!kw_loaded) {
-				mm_md_keywords_clear(&fo->kw);
-				mm_md_keywords_read(fo->dir, &fo->kw);
+				folder_kw_read(s, fo);
 				kw_loaded = true;
 			}
 			for (int j = 0; j < 26; j++) {
@@ -3184,17 +3182,27 @@ static const struct mm_rec *uid_folder_rec(struct mm_user *mu, const char *folde
  * clients resynchronise): two nodes showing two UIDVALIDITYs would be worse. */
 #define UID_ADOPT_MS 60000
 
+/* Whether Dovecot's index of the folder is in it (any of its files, or one that
+ * cannot be checked). */
+static bool folder_index_file(const struct folder *fo)
+{
+	static const char *const names[] = {"dovecot.index", "dovecot.index.log", "dovecot.index.cache"};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		char p[PATHBUF];
+		snprintf(p, sizeof p, "%s/%s", fo->dir, names[i]);
+		if (access(p, F_OK) == 0 || errno != ENOENT)
+			return true;
+	}
+	return false;
+}
+
 static const struct mm_rec *uid_adopt(struct mm_store *s, struct mm_user *mu, struct folder *fo,
                                       const struct mm_md_uidlist *ul)
 {
 	const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
 	if (!frec || !ul->exists || !ul->uidvalidity || ul->uidvalidity == frec->folder.uidvalidity)
 		return frec;
-	char p[PATHBUF];
-	snprintf(p, sizeof p, "%s/dovecot.index.log", fo->dir);
-	bool idx = access(p, F_OK) == 0;
-	snprintf(p, sizeof p, "%s/dovecot.index", fo->dir);
-	if (!idx && access(p, F_OK) != 0)
+	if (!folder_index_file(fo))
 		return frec;
 	mm_hlc st = frec->folder.exists.stamp;
 	if (st.node == s->clock->node && MM_HLC_MS(st) + UID_ADOPT_MS >= s->now_ms) {
@@ -3243,16 +3251,7 @@ static int cmp_u32(const void *a, const void *b)
  * Unknown with INDEX= elsewhere in mail_location: then taken as opened. */
 static bool uid_folder_indexed(const struct mm_store *s, const struct folder *fo)
 {
-	if (!s->index_in_folder)
-		return true;
-	static const char *const names[] = {"dovecot.index", "dovecot.index.log", "dovecot.index.cache"};
-	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-		char p[PATHBUF];
-		snprintf(p, sizeof p, "%s/%s", fo->dir, names[i]);
-		if (access(p, F_OK) == 0 || errno != ENOENT)
-			return true;
-	}
-	return false;
+	return !s->index_in_folder || folder_index_file(fo);
 }
 
 /* A node that joins (or comes back after long) receives bodies in any order, several
