@@ -72,6 +72,7 @@ static void commit_cb(uv_timer_t *t)
 	}
 	/* UID moves and needs the commit made: peers should not wait for anti-entropy */
 	mm_daemon_push(d, mm_store_commit_delta(d->store));
+	mm_watch_lock_waits(d); /* its UID pass may have left a folder to Dovecot's lock */
 	/* Remote changes may have created folders or users: watch them too. */
 	mm_watch_refresh(d);
 }
@@ -234,6 +235,7 @@ static void daemon_stop(struct mm_daemon *d, int status)
 	close_if((uv_handle_t *)&d->commit_timer);
 	close_if((uv_handle_t *)&d->gc_timer);
 	close_if((uv_handle_t *)&d->settle_timer);
+	close_if((uv_handle_t *)&d->lockwait_timer);
 	close_if((uv_handle_t *)&d->body_flush);
 	close_if((uv_handle_t *)&d->sigterm);
 	close_if((uv_handle_t *)&d->sigint);
@@ -325,12 +327,13 @@ static int daemon_start(struct mm_daemon *d)
 	uv_timer_init(&d->loop, &d->commit_timer);
 	uv_timer_init(&d->loop, &d->gc_timer);
 	uv_timer_init(&d->loop, &d->settle_timer);
+	uv_timer_init(&d->loop, &d->lockwait_timer);
 	uv_signal_init(&d->loop, &d->sigterm);
 	uv_signal_init(&d->loop, &d->sigint);
 	uv_check_init(&d->loop, &d->body_flush);
-	d->open_handles += 9;
+	d->open_handles += 10;
 	d->body_flush.data = d;
-	d->settle_timer.data = d;
+	d->settle_timer.data = d->lockwait_timer.data = d;
 	d->gossip_timer.data = d->scan_timer.data = d->rescan_timer.data = d;
 	d->commit_timer.data = d->gc_timer.data = d->sigterm.data = d->sigint.data = d;
 	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);

@@ -72,6 +72,7 @@ struct mm_daemon {
 	uv_timer_t commit_timer;           /* commits merged remote changes in batches */
 	uv_timer_t gc_timer;               /* raises the tombstone GC horizon */
 	uv_timer_t settle_timer;           /* follow-up scans after a user or domain appears */
+	uv_timer_t lockwait_timer;         /* rescans of files left to Dovecot's uidlist lock */
 	uv_check_t body_flush;             /* after each loop turn's I/O: place staged bodies */
 	int settle_left;
 	uv_signal_t sigterm, sigint;
@@ -105,6 +106,7 @@ void mm_watch_stop(struct mm_daemon *d);
 void mm_scan_request(struct mm_daemon *d, const char *user, const char *folder);
 void mm_scan_run(struct mm_daemon *d);         /* rescans what is dirty, commits, pushes */
 void mm_scan_forget(struct mm_daemon *d);      /* drops the rescans asked for so far */
+void mm_watch_lock_waits(struct mm_daemon *d); /* rescans soon what a scan left to Dovecot's uidlist lock */
 
 /* bodies.c */
 struct mm_body_ops;

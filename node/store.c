@@ -238,6 +238,8 @@ struct folder {
 	uint32_t miss_n;  /* messages of this folder whose body is missing here */
 	uint32_t batch_n; /* place_list's scratch: bodies of this folder in the batch */
 	uint64_t deferred_since; /* first scan that left it for Dovecot to number (0 = none) */
+	uint64_t lockwait_since; /* first scan that left a file to Dovecot's uidlist lock (0 = none) */
+	uint64_t passwait_since; /* first uid_sync_folder left to that lock (0 = none) */
 	struct mm_body_writer **held; /* imap_uids: bodies waiting for lower UIDs (hold_body) */
 	size_t n_held, cap_held;
 };
@@ -320,6 +322,7 @@ struct mm_store {
 	uint64_t progress_ms;        /* when a body last arrived (holding waits while they do) */
 	struct mm_delta *commit_out; /* UID changes of the last commit (mm_store_commit_delta) */
 	bool deferred;               /* a scan left a new folder for later (mm_store_take_deferred) */
+	bool lock_waits;             /* a scan left files to Dovecot's uidlist lock (mm_store_take_lock_waits) */
 	uint64_t new_folder_wait_ms; /* mm_store_set_new_folder_wait */
 	struct pending *pending;
 	uint64_t hashed;
@@ -1635,20 +1638,41 @@ static const struct mm_rec *uid_adopt(struct mm_store *s, struct mm_user *mu, st
 
 /* UIDs for new local files Dovecot has not listed: the folder's N, written into
  * dovecot-uidlist (lock taken at the first such file, held until the end of the
- * folder's scan, one write). */
+ * folder's scan, one write).
+ *
+ * Dovecot lists what it delivers itself: it takes the uidlist lock, moves the file
+ * into new/, then writes the list and lets go.  A scan that sees the file in that
+ * window finds the lock busy.  Waiting for it (in 10 ms sleeps, loop stalled) cost a
+ * 1,000-message LMTP burst a third of node 1's time, so the scan leaves such files
+ * unindexed instead: the lock's release (an event on the folder's directory, watch.c)
+ * or a short timer scans the folder again, and the file then has Dovecot's UID.  A
+ * lock held for LOCK_DEFER_MS (a process stuck on it) is waited for as before. */
+#define LOCK_DEFER_MS 1000
+
 struct assign {
 	bool tried, usable, dirty;
+	bool busy; /* the lock is someone else's: unlisted files wait for the next scan */
 	struct mm_md_uidlist ul;
 };
 
-static uint32_t assign_uid(struct mm_store *s, struct mm_user *mu, struct folder *fo, struct assign *as,
-                           const char *base, const char *name)
+/* Takes the uidlist lock and loads the list, once per scan (see above).  Returns
+ * whether numbering is possible; as->busy says the files are to be left for now. */
+static bool assign_begin(struct mm_store *s, struct mm_user *mu, struct folder *fo, struct assign *as)
 {
 	if (!as->tried) {
 		as->tried = true;
 		mm_md_uidlist_clear(&as->ul);
 		const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
-		if (frec && mm_md_uidlist_lock(fo->dir, 2000) == 0) {
+		uint64_t now = wall_ms();
+		bool may_defer = !fo->lockwait_since || now - fo->lockwait_since < LOCK_DEFER_MS;
+		int lk = frec ? mm_md_uidlist_lock(fo->dir, may_defer ? 0 : 2000) : -ENOENT;
+		if (lk == -EAGAIN && may_defer) {
+			as->busy = true;
+			if (!fo->lockwait_since)
+				fo->lockwait_since = now ? now : 1;
+			s->lock_waits = true;
+		}
+		if (lk == 0) {
 			int lr = mm_md_uidlist_load(fo->dir, &as->ul);
 			note_scratch(s, as->ul.n);
 			if (lr == 0 &&
@@ -1661,7 +1685,13 @@ static uint32_t assign_uid(struct mm_store *s, struct mm_user *mu, struct folder
 			}
 		}
 	}
-	if (!as->usable)
+	return as->usable;
+}
+
+static uint32_t assign_uid(struct mm_store *s, struct mm_user *mu, struct folder *fo, struct assign *as,
+                           const char *base, const char *name)
+{
+	if (!assign_begin(s, mu, fo, as))
 		return 0;
 	uint32_t uid = mm_md_uidlist_find(&as->ul, base, strlen(base));
 	if (uid)
@@ -1765,6 +1795,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 	bool kw_loaded = false;
 	struct uidmap um = {{0}, false};
 	struct assign as = {0};
+	bool lock_left = false;
 	char k[KBUF], path[PATHBUF];
 	for (size_t i = 0; i < l.n; i++) {
 		const char *name = l.v[i].name;
@@ -1828,6 +1859,18 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			}
 		}
 		/* a new local delivery */
+		uint32_t uid = 0;
+		if (s->imap_uids) {
+			if (!um.loaded) {
+				um.loaded = true;
+				mm_md_uidlist_read(fo->dir, uid_cb, &um);
+			}
+			uid = (uint32_t)(uintptr_t)hm_get(&um.m, base, strlen(base));
+			if (!uid && (assign_begin(s, mu, fo, &as), as.busy)) {
+				lock_left = true; /* Dovecot is listing it: see LOCK_DEFER_MS */
+				continue;
+			}
+		}
 		uint8_t body[MM_ID_LEN];
 		uint64_t size = 0;
 		int64_t mtime = 0;
@@ -1860,13 +1903,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				}
 			}
 		}
-		uint32_t uid = 0;
 		if (s->imap_uids) {
-			if (!um.loaded) {
-				um.loaded = true;
-				mm_md_uidlist_read(fo->dir, uid_cb, &um);
-			}
-			uid = (uint32_t)(uintptr_t)hm_get(&um.m, base, strlen(base));
 			if (!uid) /* not listed by Dovecot: this node (the record's creator) lists it */
 				uid = assign_uid(s, mu, fo, &as, base, name);
 			if (!uid)
@@ -1900,6 +1937,8 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 	}
 	hm_clear(&um.m);
 	assign_done(s, fo, &as);
+	if (!lock_left)
+		fo->lockwait_since = 0;
 	/* files we knew that were not listed: check again (a rename during readdir can
 	 * hide a file from it) before taking them as expunged */
 	bool any = false;
@@ -1993,6 +2032,29 @@ static bool folder_small(const struct folder *fo)
 		closedir(d);
 	}
 	return n <= 16;
+}
+
+bool mm_store_take_lock_waits(struct mm_store *s)
+{
+	bool w = s->lock_waits;
+	s->lock_waits = false;
+	return w;
+}
+
+void mm_store_lock_waits(struct mm_store *s, void (*cb)(void *arg, const char *user, const char *folder),
+                         void *arg)
+{
+	for (struct user *u = s->users; u; u = u->next)
+		for (struct folder *fo = u->folders; fo; fo = fo->unext)
+			if (fo->lockwait_since || fo->passwait_since)
+				cb(arg, u->name, fo->name);
+}
+
+bool mm_store_lock_waiting(struct mm_store *s, const char *user, const char *folder)
+{
+	struct user *u = user_get(s, user, false);
+	struct folder *fo = u ? folder_get(s, u, folder, false) : NULL;
+	return fo && (fo->lockwait_since || fo->passwait_since);
 }
 
 bool mm_store_take_deferred(struct mm_store *s)
@@ -3324,11 +3386,22 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	int r = folder_files(s, fo); /* the plan walks every file of the folder */
 	if (r < 0)
 		return r;
-	r = mm_md_uidlist_lock(fo->dir, 2000);
+	/* Dovecot changed the list and may hold its lock still: as in a scan (see
+	 * LOCK_DEFER_MS), the pass is left for the lock's release rather than waited for */
+	uint64_t now = wall_ms();
+	bool may_defer = !fo->passwait_since || now - fo->passwait_since < LOCK_DEFER_MS;
+	r = mm_md_uidlist_lock(fo->dir, may_defer ? 0 : 2000);
+	if (r == -EAGAIN && may_defer) {
+		if (!fo->passwait_since)
+			fo->passwait_since = now ? now : 1;
+		s->lock_waits = true;
+		return r;
+	}
 	if (r < 0) {
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/dovecot-uidlist.lock stays busy: UIDs synced later", fo->dir);
 		return r;
 	}
+	fo->passwait_since = 0;
 	struct mm_md_uidlist ul;
 	r = mm_md_uidlist_load(fo->dir, &ul);
 	s->uidlists_read++;

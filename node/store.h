@@ -196,6 +196,16 @@ const struct mm_delta *mm_store_commit_delta(const struct mm_store *s);
  * waits): the caller scans again
  * a little later.  A wait of 0 turns this off (tests that scan at once). */
 bool mm_store_take_deferred(struct mm_store *s);
+
+/* With imap_uids: true (once) when a scan left new files unindexed because another
+ * process (Dovecot, delivering them) held the folder's dovecot-uidlist lock; the
+ * caller scans those folders again when the lock goes (mm_store_lock_waiting says
+ * whether a folder is one of them) or a little later (mm_store_lock_waits calls cb
+ * for each).  After 1 s of a busy lock a scan waits for it instead. */
+bool mm_store_take_lock_waits(struct mm_store *s);
+bool mm_store_lock_waiting(struct mm_store *s, const char *user, const char *folder);
+void mm_store_lock_waits(struct mm_store *s, void (*cb)(void *arg, const char *user, const char *folder),
+                         void *arg);
 void mm_store_set_new_folder_wait(struct mm_store *s, uint64_t wait_ms);
 
 /* The same by body id, for sync sessions that name bodies by content:

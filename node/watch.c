@@ -11,11 +11,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+
 #include "node/daemon.h"
 #include "node/log.h"
 #include "node/store.h"
 
 #define SCAN_DELAY_MS 2 /* coalescing window: short, delivery latency matters */
+/* A scan left files to Dovecot's uidlist lock (store.h, mm_store_take_lock_waits):
+ * its release raises an event here; this is in case none comes. */
+#define LOCKWAIT_RETRY_MS 50
 
 struct mm_watch {
 	uv_fs_event_t h;
@@ -59,6 +63,36 @@ static void settle_cb(uv_timer_t *t)
 		uv_timer_start(&d->settle_timer, settle_cb, 400 << (2 * (2 - d->settle_left)), 0);
 }
 
+static void lockwait_request(void *arg, const char *user, const char *folder)
+{
+	mm_scan_request(arg, user, folder);
+}
+
+static void lockwait_cb(uv_timer_t *t)
+{
+	struct mm_daemon *d = t->data;
+	if (!d->stopping)
+		mm_store_lock_waits(d->store, lockwait_request, d);
+}
+
+void mm_watch_lock_waits(struct mm_daemon *d)
+{
+	if (mm_store_take_lock_waits(d->store) && !d->stopping)
+		uv_timer_start(&d->lockwait_timer, lockwait_cb, LOCKWAIT_RETRY_MS, 0);
+}
+
+/* Dovecot renamed its new dovecot-uidlist into place, or dropped the lock: files a
+ * scan left to that lock can be taken in now, with the UIDs Dovecot gave them. */
+static bool uidlist_event(struct mm_daemon *d, const char *filename, const char *user, const char *folder)
+{
+	if (!filename || strncmp(filename, "dovecot-uidlist", 15) ||
+	    (filename[15] && strcmp(filename + 15, ".lock")))
+		return false;
+	if (mm_store_lock_waiting(d->store, user, folder))
+		mm_scan_request(d, user, folder);
+	return true;
+}
+
 static void fs_event_cb(uv_fs_event_t *h, const char *filename, int events, int status)
 {
 	(void)events;
@@ -73,6 +107,8 @@ static void fs_event_cb(uv_fs_event_t *h, const char *filename, int events, int 
 		return;
 	}
 	if (w->folder_root) {
+		if (uidlist_event(d, filename, w->user, w->folder))
+			return;
 		/* Dovecot names a new keyword letter after renaming the file that uses it:
 		 * the folder's scan then takes in what the earlier scan had to leave. */
 		if (filename && !strcmp(filename, "dovecot-keywords"))
@@ -84,6 +120,8 @@ static void fs_event_cb(uv_fs_event_t *h, const char *filename, int events, int 
 		return;
 	}
 	if (w->user) {
+		if (uidlist_event(d, filename, w->user, "INBOX"))
+			return;
 		if (filename && !strcmp(filename, "dovecot-keywords")) {
 			mm_scan_request(d, w->user, "INBOX");
 			return;
@@ -281,6 +319,7 @@ void mm_scan_run(struct mm_daemon *d)
 		}
 	}
 	mm_delta_free(&delta);
+	mm_watch_lock_waits(d);
 	/* a new folder waits for Dovecot's UIDVALIDITY: look again over two seconds */
 	if (mm_store_take_deferred(d->store)) {
 		d->settle_left = 3;

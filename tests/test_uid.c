@@ -1083,6 +1083,96 @@ static void test_join_indexed_moves(void **state)
 	assert_true(moved);
 }
 
+/* The UIDs of the user's messages, in a bit set (and how many messages). */
+struct uidset {
+	size_t n;
+	uint64_t bits; /* UIDs 0..63 */
+};
+
+static int uidset_cb(void *arg, const struct mm_rec *r)
+{
+	struct uidset *u = arg;
+	if (r->type == MM_REC_MESSAGE) {
+		u->n++;
+		if (r->msg.uid_value < 64)
+			u->bits |= 1ull << r->msg.uid_value;
+	}
+	return 0;
+}
+
+static struct uidset uids_of(struct node *n)
+{
+	struct uidset u = {0, 0};
+	struct mm_user *mu = mm_state_user(n->st, "ex.org/alice", false);
+	if (mu)
+		assert_int_equal(mm_user_foreach(mu, NULL, 0, uidset_cb, &u), 0);
+	return u;
+}
+
+/* Dovecot holds dovecot-uidlist.lock from before it moves a delivered file into new/
+ * until it has listed it: a scan in between leaves the file (no wait on the lock),
+ * says so, and takes it in under Dovecot's UID once the lock is gone.  A lock that
+ * stays held past the deferral (1 s) is waited for, then given up on, as before: the
+ * file is indexed without a UID for the uid pass to list, not left out. */
+static void test_lock_left_to_dovecot(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "one\n");
+	struct mm_delta *d = mm_delta_new();
+	scan(&a, d);
+	assert_int_equal(uids_of(&a).n, 1);
+	assert_false(mm_store_take_lock_waits(a.s));
+
+	char dir[600], lock[700];
+	udir(&a, "INBOX", dir, sizeof dir);
+	snprintf(lock, sizeof lock, "%s/dovecot-uidlist.lock", dir);
+	char host[128] = "localhost", txt[256];
+	gethostname(host, sizeof host - 1);
+	snprintf(txt, sizeof txt, "%ld:%s\n", (long)getppid(), host); /* alive, not us */
+	write_file(lock, txt);
+	deliver(&a, "INBOX", "1700000000.M2P1.mx", "two\n");
+	scan(&a, d);
+	assert_int_equal(uids_of(&a).n, 1); /* left to Dovecot */
+	assert_true(mm_store_take_lock_waits(a.s));
+	assert_false(mm_store_take_lock_waits(a.s)); /* once */
+	assert_true(mm_store_lock_waiting(a.s, "ex.org/alice", "INBOX"));
+	assert_false(mm_store_lock_waiting(a.s, "ex.org/alice", "Sent"));
+
+	/* Dovecot lists it under a UID of its own choosing and lets go */
+	struct mm_md_uidlist ul;
+	assert_int_equal(mm_md_uidlist_load(dir, &ul), 0);
+	ul.next_uid = 7;
+	assert_int_equal(mm_md_uidlist_add(&ul, 7, "1700000000.M2P1.mx"), 0);
+	assert_int_equal(mm_md_uidlist_save(dir, &ul), 0);
+	mm_md_uidlist_clear(&ul);
+	unlink(lock);
+	scan(&a, d);
+	struct uidset u = uids_of(&a);
+	assert_int_equal(u.n, 2);
+	assert_true(u.bits & (1ull << 7));
+	assert_false(mm_store_lock_waiting(a.s, "ex.org/alice", "INBOX"));
+
+	/* a lock nobody lets go of: deferred for 1 s, then waited for (2 s) and given up */
+	write_file(lock, txt);
+	deliver(&a, "INBOX", "1700000000.M3P1.mx", "three\n");
+	scan(&a, d);
+	assert_int_equal(uids_of(&a).n, 2);
+	usleep(1100 * 1000);
+	scan(&a, d);
+	u = uids_of(&a);
+	assert_int_equal(u.n, 3);
+	assert_true(u.bits & 1); /* no UID yet: the uid pass lists it when it can */
+	unlink(lock);
+	scan(&a, d);
+	u = uids_of(&a);
+	assert_false(u.bits & 1);
+	assert_int_equal(__builtin_popcountll(u.bits), 3);
+	mm_delta_free(&d);
+	node_close(&a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1096,6 +1186,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_join_relists, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_join_indexed_moves, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_join_stale_entry, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_left_to_dovecot, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
