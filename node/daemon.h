@@ -49,6 +49,10 @@ struct mm_dpeer {
 	bool udp_addr_ok;
 	uint64_t connected_since_ms;
 	uint64_t connects, disconnects;
+	uint8_t knock_key[32];             /* proto/knock.h: this pair's wake-up key */
+	bool knock_ok;                     /* the key could be derived */
+	uint64_t knock_ts;                 /* newest knock timestamp taken from it */
+	uint64_t knock_sent_ms;            /* when we last knocked on it */
 };
 
 struct mm_daemon {

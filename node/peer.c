@@ -8,9 +8,15 @@
  * connections, and a restarted dialer reconnects at once.  A new authenticated
  * connection from a peer replaces an older one (the old one is usually dead).
  *
+ * The acceptor knocks (proto/knock.h) on a dialer it has no connection to, at start
+ * and then once every KNOCK_INTERVAL_MS: the dialer, which may be waiting out a
+ * backoff of up to BACKOFF_MAX_MS, dials at once.  A restarted acceptor is connected
+ * again within a round trip.
+ *
  * Datagrams: 8-byte big-endian sender node id, then the channel's sealed datagram
  * (counter + ChaChaPoly).  The id only picks the session whose keys open it; nothing
- * is trusted before the AEAD check and the replay window.
+ * is trusted before the AEAD check and the replay window.  A knock has its own shape
+ * and MAC.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -23,12 +29,14 @@
 #include "proto/gossip.h"
 #include "proto/sync.h"
 #include "proto/fetch.h"
+#include "proto/knock.h"
 #include "proto/wire.h"
 
 #define WRITE_HWM (4u << 20)   /* above this many queued bytes the session pauses bulk */
 #define WRITE_LWM (1u << 20)   /* ... and resumes below this */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 10000
+#define KNOCK_INTERVAL_MS 1000 /* an acceptor without its dialer knocks this often */
 #define READ_CHUNK (64 * 1024)
 
 struct mm_conn {
@@ -425,6 +433,18 @@ static void connect_cb(uv_connect_t *req, int status)
 		conn_close(c, r < -4095 ? 0 : r, "handshake start failed");
 }
 
+/* An acceptor without a connection to its dialer p: "I am up, dial now". */
+static void peer_knock(struct mm_dpeer *p, uint64_t now)
+{
+	if (p->dialer || p->conn || !p->knock_ok || !p->udp_addr_ok)
+		return;
+	static uint8_t pkt[MM_KNOCK_LEN];
+	mm_knock_seal(p->knock_key, p->d->cfg.node_id, now, pkt);
+	uv_buf_t b = uv_buf_init((char *)pkt, sizeof pkt);
+	(void)uv_udp_try_send(&p->d->udp, &b, 1, (const struct sockaddr *)&p->udp_addr);
+	p->knock_sent_ms = now;
+}
+
 static void resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
 	struct dial *dl = req->data;
@@ -447,6 +467,7 @@ static void resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	uv_freeaddrinfo(res);
 	if (!p->dialer) {
 		free(dl);
+		peer_knock(p, mm_daemon_now());
 		return;
 	}
 	struct mm_conn *c = conn_new(d);
@@ -510,8 +531,11 @@ static void peer_schedule_retry(struct mm_dpeer *p)
 
 void mm_peer_dial_all(struct mm_daemon *d)
 {
+	uint64_t now = mm_daemon_now();
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
+		if (!p->dialer && !p->conn && now - p->knock_sent_ms >= KNOCK_INTERVAL_MS)
+			peer_knock(p, now);
 		/* A peer waiting out its backoff is left alone: this runs every gossip tick
 		 * only to catch a peer that somehow has neither a connection nor a timer. */
 		if (p->state == MM_PEER_IDLE && !p->conn && (p->dialer || !p->udp_addr_ok) &&
@@ -569,6 +593,25 @@ static void udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	*buf = uv_buf_init((char *)slab, sizeof slab);
 }
 
+/* A knock from an acceptor we dial: dial now instead of at the end of the backoff. */
+static void knock_recv(struct mm_daemon *d, uint64_t id, const uint8_t *b, size_t n)
+{
+	struct mm_dpeer *p = peer_by_node(d, id);
+	if (!p || !p->dialer || !p->knock_ok)
+		return;
+	uint64_t ts;
+	if (mm_knock_open(p->knock_key, b, n, p->knock_ts, mm_daemon_now(), &ts) < 0)
+		return;
+	p->knock_ts = ts;
+	if (p->conn || p->state != MM_PEER_IDLE)
+		return; /* connected, or a dial is under way */
+	mm_log(MM_LOG_DEBUG, "knocked peer=%s: dialing now", p->conf->name);
+	uv_timer_stop(&p->retry);
+	p->backoff_ms = BACKOFF_MIN_MS;
+	if (peer_resolve(p) < 0)
+		peer_schedule_retry(p);
+}
+
 static void udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct sockaddr *from,
                      unsigned flags)
 {
@@ -578,6 +621,10 @@ static void udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct s
 		return;
 	const uint8_t *b = (const uint8_t *)buf->base;
 	uint64_t id = 0;
+	if (mm_knock_is(b, (size_t)n, &id)) {
+		knock_recv(d, id, b, (size_t)n);
+		return;
+	}
 	for (int i = 0; i < 8; i++)
 		id = id << 8 | b[i];
 	struct mm_dpeer *p = peer_by_node(d, id);
@@ -690,6 +737,8 @@ int mm_peers_start(struct mm_daemon *d)
 		p->conf = pc;
 		p->dialer = memcmp(d->cfg.public_key, pc->pub, 32) < 0;
 		p->backoff_ms = BACKOFF_MIN_MS;
+		p->knock_ok = mm_knock_key(d->cfg.private_key, pc->pub, d->cfg.has_psk ? d->cfg.psk : NULL,
+		                           p->knock_key) == 0;
 		uv_timer_init(&d->loop, &p->retry);
 		d->open_handles++;
 		p->retry.data = p;
@@ -727,8 +776,10 @@ void mm_peers_stop(struct mm_daemon *d)
 {
 	for (struct mm_conn *c = d->conns; c; c = c->next)
 		conn_close(c, 0, "shutting down");
-	for (size_t i = 0; i < d->n_peers; i++)
+	for (size_t i = 0; i < d->n_peers; i++) {
 		uv_close((uv_handle_t *)&d->peers[i].retry, mm_daemon_handle_closed);
+		sodium_memzero(d->peers[i].knock_key, sizeof d->peers[i].knock_key);
+	}
 	if (d->listener.type == UV_TCP)
 		uv_close((uv_handle_t *)&d->listener, mm_daemon_handle_closed);
 	if (d->udp.type == UV_UDP)
