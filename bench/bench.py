@@ -77,6 +77,7 @@ def run(args, **kw):
 
 PROCS = []       # Popen objects of daemons
 DOVECOTS = []    # Dovecot instances
+MOUNTS = []      # loop filesystems mounted by item 1
 
 
 def cleanup():
@@ -87,6 +88,9 @@ def cleanup():
             p.kill()
             p.wait()
     PROCS.clear()
+    for m in reversed(MOUNTS):
+        run(["umount", m])
+    MOUNTS.clear()
 
 
 # ---- inotify (for precise arrival times) ------------------------------------------------
@@ -453,8 +457,39 @@ def pct(xs, p):
 # ---- item 1: initial sync -----------------------------------------------------------------
 
 def item_initial(top):
+    item_initial_on(top, "")
+    item_initial_journaled(top)
+
+
+def item_initial_journaled(top):
+    """Item 1 again on an ext4 with a journal, made in a loop image.  This VM's disk is
+    an ext4 without one, where an fsync is a data write and nothing more; on the
+    filesystems mail servers run (ext4's default, XFS) every fsync also commits the
+    journal, and that is where doveadm's fsync a message differs from mailmesh's
+    one syncfs a batch.  Both figures are reported."""
+    img, mnt = os.path.join(top, "jfs.img"), os.path.join(top, "jfs")
+    os.makedirs(mnt)
+    with open(img, "wb") as f:
+        f.truncate(2 << 30)   # sparse: about 600 MB get written
+    for args in (["mkfs.ext4", "-q", "-F", "-O", "has_journal", img], ["mount", "-o", "loop", img, mnt]):
+        r = run(args)
+        if r.returncode != 0:
+            NOTES.append("item 1 on a journaled ext4 skipped: %s failed: %s" % (args[0], r.stderr.strip()))
+            os.unlink(img)
+            return
+    MOUNTS.append(mnt)
+    try:
+        os.chmod(mnt, 0o755)
+        item_initial_on(mnt, ", ext4 with journal (loop image)")
+    finally:
+        MOUNTS.remove(mnt)
+        run(["umount", mnt])
+        os.unlink(img)
+
+
+def item_initial_on(top, where):
     n = size("initial_n")
-    log("\n== 1. initial sync of a %d-message Maildir (2-64 KB) to an empty node" % n)
+    log("\n== 1. initial sync of a %d-message Maildir (2-64 KB) to an empty node%s" % (n, where))
     src = os.path.join(top, "src", UDIR)
     log("  " + mkmail(src, n, 2048, 65536, 1))
     total_bytes = sum(os.path.getsize(os.path.join(src, "cur", x)) for x in os.listdir(os.path.join(src, "cur")))
@@ -524,9 +559,10 @@ def item_initial(top):
                  "logged %d 'body rejected' lines" % (n, total_bytes / 1e6, p["bytes_in"] / 1e6,
                                                        total_bytes / 1e6, rejected))
     cl.stop()
-    row("1", "initial sync %d msgs / %.0f MB vs doveadm sync" % (n, total_bytes / 1e6), fmt_s(t_mm),
+    disk = where or ", this VM's disk (ext4, no journal)"
+    row("1", "initial sync %d msgs / %.0f MB vs doveadm sync%s" % (n, total_bytes / 1e6, disk), fmt_s(t_mm),
         fmt_s(t_ds), "%.2f x" % (t_mm / t_ds), "<= 0.25 x", t_mm <= 0.25 * t_ds)
-    row("1", "initial sync vs cp -a + sync", fmt_s(t_mm), fmt_s(t_cp), "%.2f x" % (t_mm / t_cp),
+    row("1", "initial sync vs cp -a + sync%s" % disk, fmt_s(t_mm), fmt_s(t_cp), "%.2f x" % (t_mm / t_cp),
         "<= 3 x", t_mm <= 3 * t_cp)
     for d in (os.path.join(top, "cp"), os.path.join(top, "dsrc"), ddst_root, cl.dir):
         shutil.rmtree(d, ignore_errors=True)
