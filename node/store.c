@@ -1655,6 +1655,23 @@ struct assign {
 	struct mm_md_uidlist ul;
 };
 
+/* Takes fo's uidlist lock, or leaves the work for the lock's release (see above):
+ * 0 locked; 1 left (*since stamped at the first time, mm_store_take_lock_waits set);
+ * < 0 not locked after waiting for it. */
+static int lock_or_leave(struct mm_store *s, struct folder *fo, uint64_t *since)
+{
+	uint64_t now = wall_ms();
+	bool may_defer = !*since || now - *since < LOCK_DEFER_MS;
+	int r = mm_md_uidlist_lock(fo->dir, may_defer ? 0 : 2000);
+	if (r == -EAGAIN && may_defer) {
+		if (!*since)
+			*since = now ? now : 1;
+		s->lock_waits = true;
+		return 1;
+	}
+	return r;
+}
+
 /* Takes the uidlist lock and loads the list, once per scan (see above).  Returns
  * whether numbering is possible; as->busy says the files are to be left for now. */
 static bool assign_begin(struct mm_store *s, struct mm_user *mu, struct folder *fo, struct assign *as)
@@ -1663,15 +1680,8 @@ static bool assign_begin(struct mm_store *s, struct mm_user *mu, struct folder *
 		as->tried = true;
 		mm_md_uidlist_clear(&as->ul);
 		const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
-		uint64_t now = wall_ms();
-		bool may_defer = !fo->lockwait_since || now - fo->lockwait_since < LOCK_DEFER_MS;
-		int lk = frec ? mm_md_uidlist_lock(fo->dir, may_defer ? 0 : 2000) : -ENOENT;
-		if (lk == -EAGAIN && may_defer) {
-			as->busy = true;
-			if (!fo->lockwait_since)
-				fo->lockwait_since = now ? now : 1;
-			s->lock_waits = true;
-		}
+		int lk = frec ? lock_or_leave(s, fo, &fo->lockwait_since) : -ENOENT;
+		as->busy = lk == 1;
 		if (lk == 0) {
 			int lr = mm_md_uidlist_load(fo->dir, &as->ul);
 			note_scratch(s, as->ul.n);
@@ -3388,15 +3398,9 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		return r;
 	/* Dovecot changed the list and may hold its lock still: as in a scan (see
 	 * LOCK_DEFER_MS), the pass is left for the lock's release rather than waited for */
-	uint64_t now = wall_ms();
-	bool may_defer = !fo->passwait_since || now - fo->passwait_since < LOCK_DEFER_MS;
-	r = mm_md_uidlist_lock(fo->dir, may_defer ? 0 : 2000);
-	if (r == -EAGAIN && may_defer) {
-		if (!fo->passwait_since)
-			fo->passwait_since = now ? now : 1;
-		s->lock_waits = true;
-		return r;
-	}
+	r = lock_or_leave(s, fo, &fo->passwait_since);
+	if (r == 1)
+		return -EAGAIN;
 	if (r < 0) {
 		logmsg(s, MM_STORE_LOG_WARNING, "%s/dovecot-uidlist.lock stays busy: UIDs synced later", fo->dir);
 		return r;
