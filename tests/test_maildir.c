@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include "tests/lock_check.h"
 
 #include "node/maildir.h"
 #include "node/mailloc.h"
@@ -208,13 +209,8 @@ static void test_keywords(void **state)
 	/* a uidlist lock another live process holds makes a take wait then give up
 	 * (this process's own lock is re-entrant: test_store) */
 	{
-		char lp[512], who[64];
-		snprintf(lp, sizeof lp, "%s/dovecot-uidlist.lock", tmpdir);
-		int lfd = open(lp, O_WRONLY | O_CREAT | O_EXCL, 0600);
-		assert_true(lfd >= 0);
-		int wn = snprintf(who, sizeof who, "%ld:mailmesh\n", (long)getppid());
-		assert_int_equal(write(lfd, who, (size_t)wn), wn);
-		close(lfd);
+		char lp[512];
+		foreign_uidlist_lock(tmpdir, lp, sizeof lp);
 		assert_int_equal(mm_md_uidlist_lock(tmpdir, 20), -EAGAIN);
 		assert_int_equal(unlink(lp), 0);
 	}

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include "tests/lock_check.h"
 
 #include "crdt/crdt.h"
 #include "node/maildir.h"
@@ -1954,14 +1955,9 @@ static void test_keyword_add_retried(void **state)
 	mm_delta_clear(d);
 	assert_int_equal(scan(&b, d), 1);
 	/* a's uidlist lock held by another live process */
-	char ad[600], lk[700], who[64];
+	char ad[600], lk[700];
 	udir(&a, "INBOX", ad, sizeof ad);
-	snprintf(lk, sizeof lk, "%s/dovecot-uidlist.lock", ad);
-	int fd = open(lk, O_WRONLY | O_CREAT | O_EXCL, 0600);
-	assert_true(fd >= 0);
-	int wn = snprintf(who, sizeof who, "%ld:mailmesh\n", (long)getppid());
-	assert_int_equal(write(fd, who, (size_t)wn), wn);
-	close(fd);
+	foreign_uidlist_lock(ad, lk, sizeof lk);
 	assert_true(mm_store_merge_delta(a.s, d) >= 0);
 	assert_int_equal(mm_store_commit(a.s), 0);
 	assert_null(strstr(find(&a, "INBOX", "1700000000.M1P1.mx"), ":2,a"));

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include "tests/lock_check.h"
 
 #include "crdt/crdt.h"
 #include "crdt/uid.h"
@@ -1127,11 +1128,7 @@ static void test_lock_left_to_dovecot(void **state)
 
 	char dir[600], lock[700];
 	udir(&a, "INBOX", dir, sizeof dir);
-	snprintf(lock, sizeof lock, "%s/dovecot-uidlist.lock", dir);
-	char host[128] = "localhost", txt[256];
-	gethostname(host, sizeof host - 1);
-	snprintf(txt, sizeof txt, "%ld:%s\n", (long)getppid(), host); /* alive, not us */
-	write_file(lock, txt);
+	foreign_uidlist_lock(dir, lock, sizeof lock);
 	deliver(&a, "INBOX", "1700000000.M2P1.mx", "two\n");
 	scan(&a, d);
 	assert_int_equal(uids_of(&a).n, 1); /* left to Dovecot */
@@ -1155,7 +1152,7 @@ static void test_lock_left_to_dovecot(void **state)
 	assert_false(mm_store_lock_waiting(a.s, "ex.org/alice", "INBOX"));
 
 	/* a lock nobody lets go of: deferred for 1 s, then waited for (2 s) and given up */
-	write_file(lock, txt);
+	foreign_uidlist_lock(dir, lock, sizeof lock);
 	deliver(&a, "INBOX", "1700000000.M3P1.mx", "three\n");
 	scan(&a, d);
 	assert_int_equal(uids_of(&a).n, 2);
