@@ -14,6 +14,7 @@
 #include "node/daemon.h"
 #include "node/log.h"
 #include "node/store.h"
+#include "proto/fetch.h"
 #include "proto/sync.h"
 
 static ssize_t body_read(void *arg, const char *user, const uint8_t id[MM_ID_LEN], uint64_t offset,
@@ -90,6 +91,18 @@ static int body_have(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
 	return mm_store_body_have_id(d->store, user, id);
 }
 
+/* While bodies stream in (fetches in flight), a loop turn stages only a handful, and
+ * placing each handful costs a syncfs, a uidlist write and a directory fsync: a
+ * joining node measured 7 ms a batch of ten on a journaled ext4.  So staged bodies
+ * wait up to GATHER_MS for the ones in flight and are placed together; a body that
+ * arrives with nothing else under way (a pushed message) is placed in the same turn. */
+#define GATHER_MS 100
+
+static void gather_cb(uv_timer_t *t)
+{
+	mm_bodies_flush(t->data);
+}
+
 void mm_bodies_flush(struct mm_daemon *d)
 {
 	if (!d->store)
@@ -97,6 +110,17 @@ void mm_bodies_flush(struct mm_daemon *d)
 	size_t staged = mm_store_staged_count(d->store), held = mm_store_held_count(d->store);
 	if (!staged && !held)
 		return;
+	bool gather = false;
+	if (staged) {
+		struct mm_fetch_stats fs;
+		mm_fetch_get_stats(d->fetch, &fs);
+		uint64_t now = mm_daemon_now(), since = mm_store_staged_since(d->store);
+		/* (a clock stepped back ends the wait rather than stretch it) */
+		gather = fs.inflight > 0 && !d->stopping && since <= now && now - since < GATHER_MS;
+		if (gather && !uv_is_active((uv_handle_t *)&d->gather_timer))
+			uv_timer_start(&d->gather_timer, gather_cb, since + GATHER_MS - now, 0);
+	}
+	mm_store_gather(d->store, gather);
 	int r = mm_store_flush(d->store);
 	if (r < 0)
 		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)",

@@ -237,6 +237,7 @@ static void daemon_stop(struct mm_daemon *d, int status)
 	close_if((uv_handle_t *)&d->settle_timer);
 	close_if((uv_handle_t *)&d->lockwait_timer);
 	close_if((uv_handle_t *)&d->body_flush);
+	close_if((uv_handle_t *)&d->gather_timer);
 	close_if((uv_handle_t *)&d->sigterm);
 	close_if((uv_handle_t *)&d->sigint);
 }
@@ -331,8 +332,9 @@ static int daemon_start(struct mm_daemon *d)
 	uv_signal_init(&d->loop, &d->sigterm);
 	uv_signal_init(&d->loop, &d->sigint);
 	uv_check_init(&d->loop, &d->body_flush);
-	d->open_handles += 10;
-	d->body_flush.data = d;
+	uv_timer_init(&d->loop, &d->gather_timer);
+	d->open_handles += 11;
+	d->body_flush.data = d->gather_timer.data = d;
 	d->settle_timer.data = d->lockwait_timer.data = d;
 	d->gossip_timer.data = d->scan_timer.data = d->rescan_timer.data = d;
 	d->commit_timer.data = d->gc_timer.data = d->sigterm.data = d->sigint.data = d;

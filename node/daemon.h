@@ -78,6 +78,7 @@ struct mm_daemon {
 	uv_timer_t settle_timer;           /* follow-up scans after a user or domain appears */
 	uv_timer_t lockwait_timer;         /* rescans of files left to Dovecot's uidlist lock */
 	uv_check_t body_flush;             /* after each loop turn's I/O: place staged bodies */
+	uv_timer_t gather_timer;           /* places gathered bodies when their wait is over */
 	int settle_left;
 	uv_signal_t sigterm, sigint;
 	int open_handles;                  /* handles not yet closed (leak check at exit) */

@@ -630,6 +630,21 @@ int mm_md_tmp_seal(int fd, int64_t mtime, bool sync)
 	return r;
 }
 
+/* Moves tp to dp unless dp exists (-EEXIST).  tp is gone on success only. */
+static int move_noreplace(const char *tp, const char *dp)
+{
+#ifdef RENAME_NOREPLACE
+	if (renameat2(AT_FDCWD, tp, AT_FDCWD, dp, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+		return -errno;
+#endif
+	if (link(tp, dp) < 0)
+		return -errno;
+	unlink(tp);
+	return 0;
+}
+
 int mm_md_tmp_place(const char *folder_dir, const char *base, const char *sub, const char *name)
 {
 	char tp[PATHBUF], dp[PATHBUF], sd[PATHBUF];
@@ -638,16 +653,40 @@ int mm_md_tmp_place(const char *folder_dir, const char *base, const char *sub, c
 	int r = 0;
 	if (path3(dp, sizeof dp, folder_dir, sub, name) < 0 || path2(sd, sizeof sd, folder_dir, sub) < 0)
 		r = -ENAMETOOLONG;
-	/* link + unlink rather than rename: never replace a file that holds that name */
-	if (r == 0 && link(tp, dp) < 0) {
-		r = -errno;
+	/* never replace a file that holds that name: a rename that refuses to, or where
+	 * the filesystem does not offer one, link + unlink */
+	if (r == 0 && (r = move_noreplace(tp, dp)) == -ENOENT) {
 		/* the target subdirectory vanished (a delete racing this delivery): restore
 		 * the folder's three, so it is a whole Maildir again, and retry */
 		struct stat st;
-		if (r == -ENOENT && stat(sd, &st) < 0 && errno == ENOENT && mm_md_folder_repair(folder_dir) > 0)
-			r = link(tp, dp) < 0 ? -errno : 0;
+		if (stat(sd, &st) < 0 && errno == ENOENT && mm_md_folder_repair(folder_dir) > 0)
+			r = move_noreplace(tp, dp);
 	}
-	unlink(tp);
+	if (r < 0)
+		unlink(tp);
+	return r;
+}
+
+int mm_md_tmp_sync(const char *folder_dir, const char *base)
+{
+	char tp[PATHBUF];
+	if (path3(tp, sizeof tp, folder_dir, "tmp", base) < 0)
+		return -ENAMETOOLONG;
+	int fd = open(tp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return -errno;
+	int r = fdatasync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return r;
+}
+
+int mm_md_syncfs(const char *folder_dir)
+{
+	int fd = open(folder_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = syncfs(fd) < 0 ? -errno : 0;
+	close(fd);
 	return r;
 }
 

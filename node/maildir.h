@@ -186,12 +186,20 @@ int mm_md_tmp_finish(const char *folder_dir, const char *base, int fd, int64_t m
  *   seal:  mtime (and atime) = mtime, fdatasync if `sync` (contents and size durable;
  *          a caller that passes false makes them durable by other means, e.g. one
  *          syncfs for many files), close.  fd is closed in any case.
- *   place: link tmp/<base> to <sub>/<name> (never replacing: -EEXIST), unlink tmp/<base>
- *          (also on failure); <sub>/ is recreated if it vanished.  No directory fsync.
+ *   place: move tmp/<base> to <sub>/<name> (never replacing: -EEXIST; a rename with
+ *          RENAME_NOREPLACE, or link + unlink where the filesystem has none); tmp/<base>
+ *          is removed also on failure; <sub>/ is recreated if it vanished.  No
+ *          directory fsync.
  *   sync_sub: fsync of <folder_dir>/<sub>/, which makes the placed names durable.
  * Each returns 0 or negative errno. */
 int mm_md_tmp_seal(int fd, int64_t mtime, bool sync);
 int mm_md_tmp_place(const char *folder_dir, const char *base, const char *sub, const char *name);
+
+/* For files sealed without sync and closed: tmp_sync fdatasyncs tmp/<base> (opened
+ * again by name); syncfs writes back the whole filesystem that holds folder_dir (one
+ * pass and one disk cache flush for a batch of files).  0 or negative errno. */
+int mm_md_tmp_sync(const char *folder_dir, const char *base);
+int mm_md_syncfs(const char *folder_dir);
 int mm_md_sync_sub(const char *folder_dir, const char *sub);
 
 /* Convenience: delivers `len` bytes as <sub>/<name> through tmp/<base>. */

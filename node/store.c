@@ -215,6 +215,7 @@ struct folder {
 	struct fent *files;
 	bool files_all;  /* files is the whole folder (folder_files), not only entries in use */
 	bool on_disk;    /* the directory existed when last looked at */
+	uint64_t ensured_ms; /* when mm_store_body_begin last made sure it exists */
 	bool subscribed; /* listed in the subscriptions file when last looked at */
 	bool check;      /* re-check visibility at commit */
 	bool remove_failed; /* deleted elsewhere, kept here (not empty): its scans retry */
@@ -318,6 +319,8 @@ struct mm_store {
 	struct mm_body_writer *staged; /* bodies verified in tmp/, not yet placed (FIFO) */
 	struct mm_body_writer **staged_tail;
 	size_t n_staged;
+	uint64_t staged_since_ms; /* wall clock when the oldest staged body was staged */
+	bool gather;              /* mm_store_gather: staged bodies wait for more */
 	size_t n_held;               /* bodies held back in folders' held arrays */
 	uint64_t progress_ms;        /* when a body last arrived (holding waits while they do) */
 	struct mm_delta *commit_out; /* UID changes of the last commit (mm_store_commit_delta) */
@@ -352,6 +355,7 @@ struct mm_body_writer {
 	int err;
 	bool tmp_gone; /* tmp/<base> was linked into place or removed */
 	bool held;     /* in its folder's held array */
+	bool synced;   /* sealed and durable (staged bodies are sealed, closed, not synced) */
 	uint32_t uid;  /* the record's UID when placing (imap_uids) */
 	uint64_t first_wait_ms; /* held since then for its first UID (FIRST_UID_WAIT_MS), 0 = not */
 	dev_t dev;     /* filesystem of the file (place_list: which syncfs covers it) */
@@ -2512,6 +2516,8 @@ static void make_base(char *buf, size_t len, const struct mm_rec *r)
 	         (long)tv.tv_usec, (long)getpid(), hex, (unsigned long long)r->msg.size);
 }
 
+#define ENSURE_EVERY_MS 1000
+
 int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
                         struct mm_body_writer **w_r)
 {
@@ -2528,9 +2534,15 @@ int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[
 	struct folder *fo = folder_get(s, u, r->msg.folder, true);
 	if (!fo)
 		return -EINVAL;
-	int rr = folder_ensure(s, fo, NULL); /* made at its FOLDER effect, normally */
-	if (rr < 0)
-		return rr;
+	/* made at its FOLDER effect, normally; looked at again at most once a second (a
+	 * stream of bodies would stat it twice a body), and whenever tmp/ is missing */
+	uint64_t now = wall_ms();
+	int rr;
+	if (!fo->on_disk || now - fo->ensured_ms >= ENSURE_EVERY_MS) {
+		if ((rr = folder_ensure(s, fo, NULL)) < 0)
+			return rr;
+		fo->ensured_ms = now;
+	}
 	struct mm_body_writer *w = calloc(1, sizeof(*w));
 	if (!w || !(w->user = strdup(user))) {
 		free(w);
@@ -2541,6 +2553,8 @@ int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[
 	memcpy(w->key, key, MM_KEY_LEN);
 	make_base(w->base, sizeof w->base, r);
 	w->fd = mm_md_tmp_open(fo->dir, w->base, &u->owner);
+	if (w->fd == -ENOENT && folder_ensure(s, fo, NULL) == 0)
+		w->fd = mm_md_tmp_open(fo->dir, w->base, &u->owner); /* removed by hand meanwhile */
 	if (w->fd < 0) {
 		rr = w->fd;
 		logmsg(s, MM_STORE_LOG_ERR, "cannot create %s/tmp/%s: %s", fo->dir, w->base, strerror(-rr));
@@ -2608,10 +2622,11 @@ static bool rec_dirty(struct mm_store *s, const char *user, const uint8_t key[MM
 
 /* Staged bodies: complete, verified files in tmp/ that wait for mm_store_flush (or the
  * next commit) to be placed, so that a batch of bodies costs one LMDB commit, one
- * fsync wait per file with their writeback started together, and one fsync per
- * directory, instead of all three per body.  Each keeps its descriptor open until it
- * is placed: the batch is bounded by the number of open files. */
-#define STAGE_MAX_FILES 128
+ * syncfs (or an fdatasync per file, their writeback started together), one uidlist
+ * write and one fsync per directory, instead of all of them per body.  A staged file
+ * is sealed (its mtime set, writeback started) and closed at once, so a batch holds
+ * no descriptors; STAGE_MAX_FILES bounds its memory and the time one placement takes. */
+#define STAGE_MAX_FILES 2048
 #define SYNCFS_MIN_FILES 8
 
 /* Checks a complete body against its record.  1: it matches and the message still
@@ -2767,9 +2782,10 @@ static struct mm_body_writer *unhold_folder(struct mm_store *s, struct folder *f
 
 static int place_list(struct mm_store *s, struct mm_body_writer *list, bool force)
 {
-	int placed = 0, err = 0, live = 0, fs_fd = -1;
+	int placed = 0, err = 0, live = 0;
 	size_t n = 0;
 	dev_t fs_dev = 0;
+	const char *fs_dir = NULL; /* a folder on the filesystem most of the batch is on */
 	struct mm_body_writer *w, *nx;
 	/* a folder whose held bodies wait for nothing once this batch is placed: they join
 	 * it, so the whole folder is listed in UID order */
@@ -2794,36 +2810,36 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 		n++;
 		struct mm_user *mu = mm_state_user(s->state, w->user, false);
 		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
-		struct stat st;
 		if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key)) {
 			w->err = -ECANCELED; /* expunged (or written) meanwhile */
 			continue;
 		}
 		w->uid = r->msg.uid_value;
-		w->dev = w->fd >= 0 && fstat(w->fd, &st) == 0 ? st.st_dev : 0; /* held: sealed */
-		if (fs_fd < 0 && w->dev) {
-			fs_fd = w->fd;
+		if (w->synced || !w->dev)
+			continue;
+		if (!fs_dir) {
+			fs_dir = w->fo->dir;
 			fs_dev = w->dev;
 		}
-		live += w->dev && w->dev == fs_dev;
+		live += w->dev == fs_dev;
 	}
 	/* Many files: one syncfs writes them all back in one pass and flushes the disk
 	 * cache once, where an fdatasync each costs an inode write and a cache flush per
 	 * file.  (It also writes back whatever else is dirty on that filesystem: worth it
 	 * only for a batch.)  Files on another filesystem (users on other mounts) get
 	 * their own fdatasync. */
-	bool one_sync = live >= SYNCFS_MIN_FILES && syncfs(fs_fd) == 0;
+	bool one_sync = live >= SYNCFS_MIN_FILES && mm_md_syncfs(fs_dir) == 0;
 	for (w = list; w; w = w->snext) {
-		if (w->err || w->fd < 0) /* held bodies were sealed before */
+		if (w->err || w->synced) /* held and recovered bodies are durable already */
 			continue;
-		const struct mm_rec *r = mm_user_get(mm_state_user(s->state, w->user, false), w->key);
-		int rr = mm_md_tmp_seal(w->fd, r->msg.internaldate, !(one_sync && w->dev == fs_dev));
-		w->fd = -1;
+		int rr = one_sync && w->dev == fs_dev ? 0 : mm_md_tmp_sync(w->fo->dir, w->base);
 		if (rr < 0) {
 			logmsg(s, MM_STORE_LOG_ERR, "writing %s/tmp/%s: %s (will retry)", w->fo->dir, w->base,
 			       strerror(-rr));
 			w->err = err = rr;
+			continue;
 		}
+		w->synced = true;
 	}
 	struct mm_body_writer **v = malloc((n ? n : 1) * sizeof(*v));
 	char (*names)[MM_MD_NAME_MAX + 1] = malloc((n ? n : 1) * sizeof(*names));
@@ -2989,6 +3005,29 @@ static struct mm_body_writer *unstage_all(struct mm_store *s)
 	return list;
 }
 
+/* Seals a checked writer's file without syncing it: mtime = the INTERNALDATE, its
+ * writeback started (the sync at placement then mostly waits for I/O already under
+ * way, for all the files of a batch at once), closed.  Recovered writers come sealed
+ * and synced.  Frees the writer on failure. */
+static int writer_seal(struct mm_body_writer **wp)
+{
+	struct mm_body_writer *w = *wp;
+	if (w->fd < 0)
+		return 0;
+	struct stat st;
+	w->dev = fstat(w->fd, &st) == 0 ? st.st_dev : 0;
+	sync_file_range(w->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	const struct mm_rec *r = mm_user_get(mm_state_user(w->s->state, w->user, false), w->key);
+	int rr = mm_md_tmp_seal(w->fd, r->msg.internaldate, false);
+	w->fd = -1;
+	if (rr < 0) {
+		logmsg(w->s, MM_STORE_LOG_ERR, "writing %s/tmp/%s: %s (will retry)", w->fo->dir, w->base,
+		       strerror(-rr));
+		writer_free(wp, true);
+	}
+	return rr;
+}
+
 int mm_store_body_stage(struct mm_body_writer **wp)
 {
 	struct mm_body_writer *w = *wp;
@@ -2996,11 +3035,9 @@ int mm_store_body_stage(struct mm_body_writer **wp)
 	int r = writer_check(wp);
 	if (r <= 0)
 		return r;
-	/* start the writeback now: the fsync at placement then mostly waits for I/O that
-	 * is already under way, for all the files of the batch at once */
-	bool w_fd_open = w->fd >= 0; /* recover_tmp's are sealed and closed already */
-	if (w_fd_open)
-		sync_file_range(w->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	bool fresh = w->fd >= 0; /* recover_tmp's are sealed, synced and closed already */
+	if ((r = writer_seal(wp)) < 0)
+		return r;
 	char k[KBUF];
 	size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
 	if (hm_put(&s->staged_keys, k, kl, w) < 0) {
@@ -3008,11 +3045,13 @@ int mm_store_body_stage(struct mm_body_writer **wp)
 		return -ENOMEM;
 	}
 	w->snext = NULL;
+	if (!s->staged)
+		s->staged_since_ms = wall_ms();
 	*s->staged_tail = w; /* in arrival order: bodies fetched in UID order keep it */
 	s->staged_tail = &w->snext;
 	s->n_staged++;
 	*wp = NULL;
-	if (s->n_staged >= STAGE_MAX_FILES && w_fd_open)
+	if (s->n_staged >= STAGE_MAX_FILES && fresh)
 		mm_store_flush(s); /* a failure leaves the bodies missing: asked for again */
 	return 0;
 }
@@ -3022,11 +3061,27 @@ size_t mm_store_staged_count(const struct mm_store *s)
 	return s->n_staged;
 }
 
+uint64_t mm_store_staged_since(const struct mm_store *s)
+{
+	return s->staged ? s->staged_since_ms : 0;
+}
+
+void mm_store_gather(struct mm_store *s, bool on)
+{
+	s->gather = on;
+}
+
+/* Whether the staged bodies wait for more (mm_store_gather) rather than be placed. */
+static bool gathering(const struct mm_store *s)
+{
+	return s->gather && s->n_staged < STAGE_MAX_FILES;
+}
+
 int mm_store_flush(struct mm_store *s)
 {
 	if (s->in_commit)
 		return 0; /* in a commit: it places them when its transaction is durable */
-	if (!s->staged) {
+	if (!s->staged || gathering(s)) {
 		release_held(s);
 		return 0;
 	}
@@ -3044,6 +3099,8 @@ int mm_store_body_commit(struct mm_body_writer **wp)
 	struct mm_store *s = w->s;
 	int r = writer_check(wp);
 	if (r <= 0)
+		return r;
+	if ((r = writer_seal(wp)) < 0)
 		return r;
 	*wp = NULL;
 	/* the record must be durable before a file carrying its key appears */
@@ -4467,7 +4524,7 @@ int mm_store_commit(struct mm_store *s)
 	 * (a COPY into another folder): their source file exists only now, so go round
 	 * again rather than leave them for a commit that a quiet node may not make soon
 	 * (a joining node once kept one message of a copied folder missing). */
-	for (int round = 0; round < 3 && r == 0 && (s->pending || s->staged); round++) {
+	for (int round = 0; round < 3 && r == 0 && (s->pending || (s->staged && !gathering(s))); round++) {
 		if (s->pending) {
 			/* the records are durable now: local copies may carry their keys */
 			struct pending *p = s->pending;
@@ -4493,7 +4550,7 @@ int mm_store_commit(struct mm_store *s)
 		/* every staged body's record is durable now (or the commit failed: drop
 		 * them, they stay missing and are asked for again, rather than retry on
 		 * every flush) */
-		if (s->staged) {
+		if (s->staged && !gathering(s)) {
 			struct mm_body_writer *list = unstage_all(s);
 			if (r == 0)
 				place_list(s, list, false);
@@ -4705,6 +4762,7 @@ static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct fold
 		if (!bad) {
 			bad = mm_md_tmp_seal(w->fd, r->msg.internaldate, true) < 0;
 			w->fd = -1; /* closed by the seal in any case */
+			w->synced = true;
 		}
 		if (bad) {
 			if (mismatch)

@@ -179,6 +179,17 @@ int mm_store_flush(struct mm_store *s);
 /* Number of staged bodies (mm_store_body_stage) waiting for mm_store_flush. */
 size_t mm_store_staged_count(const struct mm_store *s);
 
+/* Wall-clock ms at which the oldest staged body was staged; 0 when none is. */
+uint64_t mm_store_staged_since(const struct mm_store *s);
+
+/* While `on`, staged bodies wait for more instead of being placed by mm_store_flush
+ * or a commit, until the batch reaches its cap (then it is placed anyway).  The
+ * daemon sets it while a stream of bodies is under way, so that a joining node
+ * places them in a few large batches: each placement costs a syncfs (on a journaled
+ * filesystem, a journal commit), a uidlist write and a directory fsync, whatever its
+ * size.  Clearing it does not place them: the next mm_store_flush does. */
+void mm_store_gather(struct mm_store *s, bool on);
+
 /* imap_uids: number of bodies held back so that a folder's UIDs are listed in order
  * (a body above the folder's NEXTUID waits for the lower ones still missing, at most
  * 30 s without any body arriving).  mm_store_flush places those whose time has come; call it

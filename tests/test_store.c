@@ -752,6 +752,18 @@ static void test_copy_placed_with_original(void **state)
 /* (test_crash_between_commit_and_rename, below, also covers recover_tmp: bodies a
  * killed run left in tmp/ are taken back at the next open.) */
 
+/* n small messages in a's INBOX (INTERNALDATE 1600000000 + i), scanned into d. */
+static void small_messages(struct node *a, int n, struct mm_delta *d)
+{
+	char base[64], body[64];
+	for (int i = 0; i < n; i++) {
+		snprintf(base, sizeof base, "17000000%02d.M1P1.mx", i);
+		snprintf(body, sizeof body, "Subject: %d\r\n\r\nbody %d\r\n", i, i);
+		deliver(a, "INBOX", base, body, 1600000000 + i);
+	}
+	assert_true(scan(a, d) >= n);
+}
+
 /* A batch large enough for the one-syncfs path: every file placed with its contents
  * and INTERNALDATE, as a copy of the source Maildir. */
 static void test_stage_batch(void **state)
@@ -761,13 +773,7 @@ static void test_stage_batch(void **state)
 	node_open(&a, "a", 1);
 	node_open(&b, "b", 2);
 	struct mm_delta *d = mm_delta_new();
-	char base[64], body[64];
-	for (int i = 0; i < 20; i++) {
-		snprintf(base, sizeof base, "17000000%02d.M1P1.mx", i);
-		snprintf(body, sizeof body, "Subject: %d\r\n\r\nbody %d\r\n", i, i);
-		deliver(&a, "INBOX", base, body, 1600000000 + i);
-	}
-	assert_true(scan(&a, d) >= 20);
+	small_messages(&a, 20, d);
 	assert_true(mm_store_merge_delta(b.s, d) >= 0);
 	struct xfer x = {&a, &b, 0, 0};
 	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
@@ -783,6 +789,78 @@ static void test_stage_batch(void **state)
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
+}
+
+static int open_fds(void)
+{
+	int n = 0;
+	DIR *dir = opendir("/proc/self/fd");
+	assert_non_null(dir);
+	while (readdir(dir))
+		n++;
+	closedir(dir);
+	return n;
+}
+
+/* While the daemon gathers (bodies still streaming in), staged bodies wait: neither a
+ * flush nor a commit places them, and they hold no descriptors (sealed and closed when
+ * staged), so a batch is not bounded by the open-file limit.  A kill -9 while they wait
+ * loses nothing (the next open takes them back from tmp/); once the gathering ends, one
+ * flush places them all, each with its INTERNALDATE as mtime. */
+static void test_stage_gather(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	small_messages(&a, 40, d);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* the process that is killed while it gathers */
+		mm_store_gather(b.s, true);
+		int fds = open_fds(), bad = 0;
+		bad |= mm_store_staged_since(b.s) != 0;
+		struct xfer x = {&a, &b, 0, 0};
+		bad |= (mm_store_missing(b.s, stage_cb, &x) != 0 || x.n != 40) << 1;
+		bad |= (open_fds() != fds) << 2;
+		bad |= (mm_store_staged_since(b.s) == 0) << 3;
+		bad |= (mm_store_flush(b.s) != 0 || mm_store_commit(b.s) != 0) << 4;
+		bad |= (mm_store_staged_count(b.s) != 40) << 5;
+		bad |= (count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur") != 0) << 6;
+		_exit(bad);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	node_close(&b);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 40);
+	/* taken back from tmp/, not fetched again */
+	node_open(&b, "b", 2);
+	assert_int_equal(mm_store_staged_count(b.s), 40);
+	mm_store_gather(b.s, true);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 0);
+	mm_store_gather(b.s, false);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_staged_count(b.s), 0);
+	assert_int_equal(mm_store_staged_since(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 40);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	char la[8192], lb[8192];
+	listing(&a, la, sizeof la);
+	listing(&b, lb, sizeof lb);
+	assert_string_equal(la, lb);
+
+	node_close(&b);
+	mm_delta_free(&d);
+	node_close(&a);
 }
 
 /* kill -9 between the LMDB commit and the renames of a batch: the records are durable,
@@ -1977,6 +2055,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_crash_between_rename_and_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_flush, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stage_gather, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_placed_with_original, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
