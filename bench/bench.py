@@ -270,6 +270,13 @@ class Node:
         except OSError:
             return ""
 
+    def cpu_split(self):
+        """(user, system) CPU seconds of the daemon so far."""
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        hz = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / hz, int(fields[12]) / hz   # utime, stime (fields 14, 15)
+
     def cpu_ticks(self):
         with open("/proc/%d/stat" % self.proc.pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -537,7 +544,8 @@ def item_initial_on(top, where):
     dc.stop()
     # mailmesh: node 2 starts empty
     fs_sync()
-    t0 = time.monotonic()
+    c1 = n1.cpu_split()
+    t0, w0 = time.monotonic(), time.time()
     n2.start(wait=False)
     deadline = t0 + (120 if QUICK else 600)
     t_mm = None
@@ -550,6 +558,18 @@ def item_initial_on(top, where):
         time.sleep(0.01)
     if t_mm is None:
         raise RuntimeError("mailmesh node 2 did not get all %d messages; log: %s" % (n, n2.tail()))
+    # where the time went: CPU of each node, and a file's ctime is when node 2 moved it
+    # into place (BENCH_SAVE_LOGS=PREFIX keeps both nodes' logs as PREFIX<where>.nN.log)
+    c1e, c2 = n1.cpu_split(), n2.cpu_split()
+    log("  CPU (user + system): node 1 sent for %.2f + %.2f s, node 2 received for %.2f + %.2f s"
+        % (c1e[0] - c1[0], c1e[1] - c1[1], c2[0], c2[1]))
+    ct = sorted(os.stat(os.path.join(n2.maildir(), sub, x)).st_ctime - w0
+                for sub in ("new", "cur") for x in os.listdir(os.path.join(n2.maildir(), sub)))
+    log("  node 2 placed its files (first, each tenth, last) at %s after its start"
+        % " ".join(fmt_s(ct[min(len(ct) - 1, len(ct) * k // 10)]) for k in range(11)))
+    if os.environ.get("BENCH_SAVE_LOGS"):
+        shutil.copy(n2.log, os.environ["BENCH_SAVE_LOGS"] + where.replace(" ", "_").replace("/", "_") + ".n2.log")
+        shutil.copy(n1.log, os.environ["BENCH_SAVE_LOGS"] + where.replace(" ", "_").replace("/", "_") + ".n1.log")
     rejected = sum(1 for l in open(n2.log) if "body rejected" in l)
     s2 = n2.status()
     p = s2["peers"][0]
