@@ -4,10 +4,13 @@
  * content-addressed; the store keeps files per record key, and its by-id functions
  * map between the two.  Reads open the file per chunk (no descriptor is held across
  * loop turns, so an expunge in between is harmless); writes go through the store's
- * atomic tmp/ -> fsync -> rename path, which verifies the bytes against the id again,
- * batched: bodies are staged as they complete and placed together once per loop turn.
+ * atomic tmp/ -> fsync -> rename path, which verifies the bytes against the id again:
+ * a body is checked on the loop thread, written to tmp/ on libuv's thread pool, then
+ * staged, and staged bodies are placed together (once per loop turn, or gathered
+ * while more are coming).
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -41,21 +44,44 @@ static ssize_t body_read(void *arg, const char *user, const uint8_t id[MM_ID_LEN
  * so the session counts the transfer as done and the fetch scheduler stops asking. */
 static char discard_handle;
 
+/* A body being received, and then written out on libuv's thread pool.  The loop
+ * thread decrypts, hashes and checks each body; creating and writing its file (the
+ * larger part of a joining node's work, measured) happens beside it, on the other
+ * cores.  Bodies above DEFER_MAX, and any while DEFER_INFLIGHT_MAX bytes wait to be
+ * written, are written on the loop thread as they arrive. */
+#define DEFER_MAX (1u << 20)
+#define DEFER_INFLIGHT_MAX (64u << 20)
+
+struct body_job {
+	uv_work_t req;
+	struct mm_daemon *d;
+	struct mm_body_writer *w;
+	uint64_t size;
+};
+
 static int body_begin(void *arg, const char *user, const uint8_t id[MM_ID_LEN], uint64_t size,
                       void **handle_r)
 {
 	struct mm_daemon *d = arg;
-	struct mm_body_writer *w = NULL;
-	int r = mm_store_body_begin_id(d->store, user, id, size, &w);
+	struct body_job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	mm_store_set_defer(d->store, d->write_bytes < DEFER_INFLIGHT_MAX ? DEFER_MAX : 0);
+	int r = mm_store_body_begin_id(d->store, user, id, size, &j->w);
 	if (r == -EEXIST || r == -ENOENT) {
+		free(j);
 		if (r == -EEXIST)
 			mm_daemon_commit_soon(d); /* the local copy happens at the commit */
 		*handle_r = &discard_handle;
 		return 0;
 	}
-	if (r < 0)
+	if (r < 0) {
+		free(j);
 		return r;
-	*handle_r = w;
+	}
+	j->d = d;
+	j->size = size;
+	*handle_r = j;
 	return 0;
 }
 
@@ -63,26 +89,60 @@ static int body_write(void *handle, const uint8_t *data, size_t len)
 {
 	if (handle == &discard_handle)
 		return 0;
-	return mm_store_body_write(handle, data, len);
+	struct body_job *j = handle;
+	return mm_store_body_write(j->w, data, len);
 }
 
-/* Bodies are staged, not placed one by one: mm_bodies_flush places the batch once per
- * loop turn (after the turn's reads), so a stream of bodies costs one LMDB commit and
- * one directory fsync per batch, and a single pushed message waits for no timer. */
+static void write_work(uv_work_t *req)
+{
+	struct body_job *j = req->data;
+	mm_store_body_write_out(j->w);
+}
+
+static void write_done(uv_work_t *req, int status)
+{
+	(void)status; /* never cancelled: the work always ran */
+	struct body_job *j = req->data;
+	struct mm_daemon *d = j->d;
+	d->write_jobs--;
+	d->write_bytes -= j->size;
+	mm_store_body_stage(&j->w); /* a failure is logged; the body stays missing */
+	free(j);
+}
+
+/* Bodies are staged, not placed one by one: mm_bodies_flush places them in batches
+ * (after a loop turn's reads, or gathered while more are coming), so a stream of
+ * bodies costs one LMDB commit and one directory fsync per batch, and a single pushed
+ * message waits for no timer. */
 static int body_commit(void *handle)
 {
 	if (handle == &discard_handle)
 		return 0;
-	struct mm_body_writer *w = handle;
-	return mm_store_body_stage(&w);
+	struct body_job *j = handle;
+	struct mm_daemon *d = j->d;
+	int r = 0;
+	if (!mm_store_body_deferred(j->w) || (r = mm_store_body_prepare(&j->w)) < 0 || !j->w) {
+		r = j->w ? mm_store_body_stage(&j->w) : r; /* (prepare freed it: r says why) */
+		free(j);
+		return r;
+	}
+	j->req.data = j;
+	d->write_jobs++;
+	d->write_bytes += j->size;
+	if ((r = uv_queue_work(&d->loop, &j->req, write_work, write_done)) < 0) {
+		write_work(&j->req); /* cannot happen with a live loop; stay correct anyway */
+		write_done(&j->req, r);
+	}
+	return 0;
 }
 
 static void body_abort(void *handle)
 {
 	if (handle == &discard_handle)
 		return;
-	struct mm_body_writer *w = handle;
-	mm_store_body_abort(&w);
+	struct body_job *j = handle;
+	mm_store_body_abort(&j->w);
+	free(j);
 }
 
 static int body_have(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
@@ -116,7 +176,8 @@ void mm_bodies_flush(struct mm_daemon *d)
 		mm_fetch_get_stats(d->fetch, &fs);
 		uint64_t now = mm_daemon_now(), since = mm_store_staged_since(d->store);
 		/* (a clock stepped back ends the wait rather than stretch it) */
-		gather = fs.inflight > 0 && !d->stopping && since <= now && now - since < GATHER_MS;
+		gather = (fs.inflight > 0 || d->write_jobs > 0) && !d->stopping && since <= now &&
+		         now - since < GATHER_MS;
 		if (gather && !uv_is_active((uv_handle_t *)&d->gather_timer))
 			uv_timer_start(&d->gather_timer, gather_cb, since + GATHER_MS - now, 0);
 	}

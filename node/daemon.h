@@ -79,6 +79,8 @@ struct mm_daemon {
 	uv_timer_t lockwait_timer;         /* rescans of files left to Dovecot's uidlist lock */
 	uv_check_t body_flush;             /* after each loop turn's I/O: place staged bodies */
 	uv_timer_t gather_timer;           /* places gathered bodies when their wait is over */
+	unsigned write_jobs;               /* bodies being written out on the thread pool */
+	uint64_t write_bytes;              /* and their bytes (bodies.c) */
 	int settle_left;
 	uv_signal_t sigterm, sigint;
 	int open_handles;                  /* handles not yet closed (leak check at exit) */

@@ -320,6 +320,7 @@ struct mm_store {
 	struct mm_body_writer **staged_tail;
 	size_t n_staged;
 	uint64_t staged_since_ms; /* wall clock when the oldest staged body was staged */
+	uint64_t defer_max;       /* mm_store_set_defer */
 	bool gather;              /* mm_store_gather: staged bodies wait for more */
 	size_t n_held;               /* bodies held back in folders' held arrays */
 	uint64_t progress_ms;        /* when a body last arrived (holding waits while they do) */
@@ -356,6 +357,13 @@ struct mm_body_writer {
 	bool tmp_gone; /* tmp/<base> was linked into place or removed */
 	bool held;     /* in its folder's held array */
 	bool synced;   /* sealed and durable (staged bodies are sealed, closed, not synced) */
+	/* deferred writers (mm_store_set_defer): the body in memory until written out */
+	uint8_t *buf;
+	uint64_t cap;
+	bool prepared; /* verified by mm_store_body_prepare; what follows is w's own */
+	char *dir;     /* prepared: the folder's directory, owner and the file's mtime */
+	struct mm_md_owner owner;
+	int64_t mtime;
 	uint32_t uid;  /* the record's UID when placing (imap_uids) */
 	uint64_t first_wait_ms; /* held since then for its first UID (FIRST_UID_WAIT_MS), 0 = not */
 	dev_t dev;     /* filesystem of the file (place_list: which syncfs covers it) */
@@ -2479,6 +2487,9 @@ int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id
 	return mm_store_body_open(s, user, key, fd_r, size_r);
 }
 
+static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], bool defer,
+                      struct mm_body_writer **w_r);
+
 int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
                            uint64_t size, struct mm_body_writer **w_r)
 {
@@ -2501,7 +2512,7 @@ int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t i
 			return -EINVAL;
 		uint8_t key[MM_KEY_LEN];
 		memcpy(key, m->key, MM_KEY_LEN);
-		return mm_store_body_begin(s, user, key, w_r);
+		return body_begin(s, user, key, s->defer_max && size <= s->defer_max, w_r);
 	}
 	return -ENOENT;
 }
@@ -2520,6 +2531,17 @@ static void make_base(char *buf, size_t len, const struct mm_rec *r)
 
 int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
                         struct mm_body_writer **w_r)
+{
+	return body_begin(s, user, key, false, w_r);
+}
+
+void mm_store_set_defer(struct mm_store *s, uint64_t max)
+{
+	s->defer_max = max;
+}
+
+static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], bool defer,
+                      struct mm_body_writer **w_r)
 {
 	*w_r = NULL;
 	struct mm_user *mu = mm_state_user(s->state, user, false);
@@ -2552,6 +2574,13 @@ int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[
 	w->fo = fo;
 	memcpy(w->key, key, MM_KEY_LEN);
 	make_base(w->base, sizeof w->base, r);
+	if (defer && (w->buf = malloc(r->msg.size ? r->msg.size : 1))) {
+		w->cap = r->msg.size;
+		w->fd = -1;
+		crypto_generichash_init(&w->h, NULL, 0, MM_ID_LEN);
+		*w_r = w;
+		return 0;
+	}
 	w->fd = mm_md_tmp_open(fo->dir, w->base, &u->owner);
 	if (w->fd == -ENOENT && folder_ensure(s, fo, NULL) == 0)
 		w->fd = mm_md_tmp_open(fo->dir, w->base, &u->owner); /* removed by hand meanwhile */
@@ -2573,6 +2602,12 @@ int mm_store_body_write(struct mm_body_writer *w, const void *data, size_t len)
 		return w->err;
 	const char *p = data;
 	crypto_generichash_update(&w->h, data, len);
+	if (w->buf) {
+		if (w->n + len <= w->cap) /* more than the record says: the check refuses it */
+			memcpy(w->buf + w->n, data, len);
+		w->n += len;
+		return 0;
+	}
 	w->n += len;
 	while (len) {
 		ssize_t n = write(w->fd, p, len);
@@ -2601,6 +2636,8 @@ static void writer_free(struct mm_body_writer **wp, bool unlink_tmp)
 		unlink(p);
 	}
 	free(w->user);
+	free(w->buf);
+	free(w->dir);
 	sodium_memzero(&w->h, sizeof w->h);
 	free(w);
 	*wp = NULL;
@@ -2647,6 +2684,8 @@ static int writer_check(struct mm_body_writer **wp)
 		writer_free(wp, true); /* expunged (or written) meanwhile: nothing to do */
 		return 0;
 	}
+	if (w->prepared)
+		return 1; /* verified before it was written out */
 	uint8_t id[MM_ID_LEN];
 	crypto_generichash_final(&w->h, id, MM_ID_LEN);
 	if (w->n != r->msg.size || sodium_memcmp(id, r->msg.body, MM_ID_LEN) != 0) {
@@ -3028,14 +3067,92 @@ static int writer_seal(struct mm_body_writer **wp)
 	return rr;
 }
 
-int mm_store_body_stage(struct mm_body_writer **wp)
+bool mm_store_body_deferred(const struct mm_body_writer *w)
+{
+	return w->buf != NULL;
+}
+
+int mm_store_body_prepare(struct mm_body_writer **wp)
 {
 	struct mm_body_writer *w = *wp;
 	struct mm_store *s = w->s;
 	int r = writer_check(wp);
 	if (r <= 0)
 		return r;
-	bool fresh = w->fd >= 0; /* recover_tmp's are sealed, synced and closed already */
+	const struct mm_rec *rec = mm_user_get(mm_state_user(s->state, w->user, false), w->key);
+	char k[KBUF];
+	size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+	/* being written: counts as staged, so it is neither begun again nor offered to
+	 * the fetcher (mm_store_body_stage takes the entry over) */
+	if (!(w->dir = strdup(w->fo->dir)) || hm_put(&s->staged_keys, k, kl, w) < 0) {
+		writer_free(wp, true);
+		return -ENOMEM;
+	}
+	w->owner = w->fo->u->owner;
+	w->mtime = rec->msg.internaldate;
+	w->prepared = true;
+	return 1;
+}
+
+int mm_store_body_write_out(struct mm_body_writer *w)
+{
+	/* only w's own fields and the filesystem: this may run on another thread */
+	int fd = mm_md_tmp_open(w->dir, w->base, &w->owner);
+	int r = fd < 0 ? fd : 0;
+	for (uint64_t off = 0; r == 0 && off < w->n;) {
+		ssize_t n = write(fd, w->buf + off, w->n - off);
+		if (n < 0 && errno != EINTR)
+			r = -errno;
+		else if (n > 0)
+			off += (uint64_t)n;
+	}
+	if (fd >= 0) {
+		struct stat st;
+		w->dev = fstat(fd, &st) == 0 ? st.st_dev : 0;
+		if (r == 0)
+			sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+		int sr = mm_md_tmp_seal(fd, w->mtime, false);
+		if (r == 0)
+			r = sr;
+	}
+	free(w->buf);
+	w->buf = NULL;
+	return w->err = r;
+}
+
+/* A deferred writer on its way to staging or placing: written out here if nobody
+ * did, its entry as a body being written dropped, a failure to write it logged.
+ * 1: go on (writer_check follows); 0 or negative errno: *wp freed. */
+static int deferred_finish(struct mm_body_writer **wp)
+{
+	struct mm_body_writer *w = *wp;
+	int r;
+	if (w->buf && !w->prepared) {
+		if ((r = mm_store_body_prepare(wp)) <= 0)
+			return r;
+		mm_store_body_write_out(w);
+	}
+	if (w->prepared) {
+		char k[KBUF];
+		size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+		hm_del(&w->s->staged_keys, k, kl);
+		if (w->err)
+			logmsg(w->s, MM_STORE_LOG_ERR, "writing %s/tmp/%s: %s (will retry)", w->dir, w->base,
+			       strerror(-w->err));
+	}
+	return 1;
+}
+
+int mm_store_body_stage(struct mm_body_writer **wp)
+{
+	struct mm_body_writer *w = *wp;
+	struct mm_store *s = w->s;
+	int r;
+	if ((r = deferred_finish(wp)) <= 0)
+		return r;
+	bool fresh = w->fd >= 0 || w->prepared; /* recover_tmp's are sealed, synced, closed */
+	if ((r = writer_check(wp)) <= 0)
+		return r;
 	if ((r = writer_seal(wp)) < 0)
 		return r;
 	char k[KBUF];
@@ -3097,8 +3214,8 @@ int mm_store_body_commit(struct mm_body_writer **wp)
 {
 	struct mm_body_writer *w = *wp;
 	struct mm_store *s = w->s;
-	int r = writer_check(wp);
-	if (r <= 0)
+	int r = deferred_finish(wp);
+	if (r <= 0 || (r = writer_check(wp)) <= 0)
 		return r;
 	if ((r = writer_seal(wp)) < 0)
 		return r;

@@ -179,6 +179,25 @@ int mm_store_flush(struct mm_store *s);
 /* Number of staged bodies (mm_store_body_stage) waiting for mm_store_flush. */
 size_t mm_store_staged_count(const struct mm_store *s);
 
+/* Bodies of up to `max` bytes received by id (mm_store_body_begin_id) are kept in
+ * memory by their writer rather than written to tmp/ as they arrive; 0 (the default)
+ * = none.  The daemon writes them out on libuv's thread pool:
+ *   mm_store_body_prepare (store thread): verifies the body as mm_store_body_stage
+ *     would; 1 = go on, 0 = nothing to do, negative errno; on anything but 1 *wp is
+ *     freed and NULL.  From then on the body counts as staged: it is not begun again
+ *     nor offered to the fetcher.
+ *   mm_store_body_write_out (any thread): creates its tmp/ file, writes and seals it
+ *     (no sync).  It touches only the writer and the filesystem, so it may run while
+ *     the store is used elsewhere.  0 or negative errno (kept in the writer).
+ *   mm_store_body_stage (store thread): as for any writer; a write-out failure is
+ *     logged and returned, and the body stays missing.
+ * A deferred writer staged or committed without the first two steps gets them there
+ * and then.  mm_store_body_deferred tells whether a writer is deferred. */
+void mm_store_set_defer(struct mm_store *s, uint64_t max);
+bool mm_store_body_deferred(const struct mm_body_writer *w);
+int mm_store_body_prepare(struct mm_body_writer **wp);
+int mm_store_body_write_out(struct mm_body_writer *w);
+
 /* Wall-clock ms at which the oldest staged body was staged; 0 when none is. */
 uint64_t mm_store_staged_since(const struct mm_store *s);
 

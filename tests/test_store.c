@@ -863,6 +863,95 @@ static void test_stage_gather(void **state)
 	node_close(&a);
 }
 
+struct wanted {
+	int n;
+	uint8_t key[3][MM_KEY_LEN], id[3][MM_ID_LEN];
+	uint64_t size[3];
+};
+
+static int collect_cb(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
+                      const uint8_t body[MM_ID_LEN], uint64_t size)
+{
+	(void)user;
+	struct wanted *wa = arg;
+	if (wa->n < 3) {
+		memcpy(wa->key[wa->n], key, MM_KEY_LEN);
+		memcpy(wa->id[wa->n], body, MM_ID_LEN);
+		wa->size[wa->n++] = size;
+	}
+	return 0;
+}
+
+/* Receives a's body for wa entry i into a writer begun by id on b. */
+static struct mm_body_writer *receive_deferred(struct node *a, struct node *b, const struct wanted *wa, int i,
+                                               bool corrupt)
+{
+	struct mm_body_writer *w = NULL;
+	assert_int_equal(mm_store_body_begin_id(b->s, "ex.org/alice", wa->id[i], wa->size[i], &w), 0);
+	assert_true(mm_store_body_deferred(w));
+	int fd;
+	uint64_t sz;
+	char buf[4096];
+	assert_int_equal(mm_store_body_open(a->s, "ex.org/alice", wa->key[i], &fd, &sz), 0);
+	ssize_t n = read(fd, buf, sizeof buf);
+	close(fd);
+	assert_int_equal(n, (ssize_t)sz);
+	if (corrupt)
+		buf[n - 1] ^= 1;
+	assert_int_equal(mm_store_body_write(w, buf, (size_t)n), 0);
+	return w;
+}
+
+/* Bodies received by id can be kept in memory and written out apart (the daemon does
+ * that on its thread pool).  A body is checked before anything is written: a wrong
+ * one leaves no file.  While it is being written it counts as staged: it is not
+ * begun again nor offered to the fetcher.  A deferred body staged without the
+ * separate steps is written there and then. */
+static void test_deferred_writer(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	small_messages(&a, 3, d);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	struct wanted wa = {0};
+	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
+	assert_int_equal(wa.n, 3);
+	mm_store_set_defer(b.s, 1 << 20);
+
+	struct mm_body_writer *w = receive_deferred(&a, &b, &wa, 0, false), *w2 = NULL;
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0); /* in memory */
+	assert_int_equal(mm_store_body_prepare(&w), 1);
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", wa.id[0], wa.size[0], &w2), -ENOENT);
+	int c = 0;
+	assert_int_equal(mm_store_missing(b.s, count_cb, &c), 0);
+	assert_int_equal(c, 2);
+	assert_int_equal(mm_store_body_write_out(w), 0);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 1);
+	assert_int_equal(mm_store_body_stage(&w), 0);
+	assert_null(w);
+
+	w = receive_deferred(&a, &b, &wa, 1, true);
+	assert_int_equal(mm_store_body_prepare(&w), -EBADMSG);
+	assert_null(w);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 1);
+
+	w = receive_deferred(&a, &b, &wa, 2, false);
+	assert_int_equal(mm_store_body_stage(&w), 0);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 2);
+
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 2);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 1); /* the wrong one: asked for again */
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* kill -9 between the LMDB commit and the renames of a batch: the records are durable,
  * the bodies only in tmp/.  After the restart the messages are missing (fetched again),
  * the tmp/ leftovers are not taken for messages, and once the bodies come again each
@@ -2056,6 +2145,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stage_flush, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_gather, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deferred_writer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_placed_with_original, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
