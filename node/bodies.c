@@ -47,8 +47,9 @@ static char discard_handle;
 /* A body being received, and then written out on libuv's thread pool.  The loop
  * thread decrypts, hashes and checks each body; creating and writing its file (the
  * larger part of a joining node's work, measured) happens beside it, on the other
- * cores.  Bodies above DEFER_MAX, and any while DEFER_INFLIGHT_MAX bytes wait to be
- * written, are written on the loop thread as they arrive. */
+ * cores.  Bodies above DEFER_MAX, any while DEFER_INFLIGHT_MAX bytes wait to be
+ * written, and a body that arrives alone are written on the loop thread as they
+ * arrive. */
 #define DEFER_MAX (1u << 20)
 #define DEFER_INFLIGHT_MAX (64u << 20)
 
@@ -66,7 +67,12 @@ static int body_begin(void *arg, const char *user, const uint8_t id[MM_ID_LEN], 
 	struct body_job *j = calloc(1, sizeof(*j));
 	if (!j)
 		return -ENOMEM;
-	mm_store_set_defer(d->store, d->write_bytes < DEFER_INFLIGHT_MAX ? DEFER_MAX : 0);
+	/* only while bodies stream (others in flight or being written): a lone pushed
+	 * message gains nothing from another thread and would wait for the hand-over */
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(d->fetch, &fs);
+	bool stream = fs.inflight > 1 || d->write_jobs > 0;
+	mm_store_set_defer(d->store, stream && d->write_bytes < DEFER_INFLIGHT_MAX ? DEFER_MAX : 0);
 	int r = mm_store_body_begin_id(d->store, user, id, size, &j->w);
 	if (r == -EEXIST || r == -ENOENT) {
 		free(j);
