@@ -31,12 +31,15 @@ BENCH_DIR=$(mktemp -d /tmp/mailmesh-bench.XXXXXX)
 PY=""
 cleanup() {
 	[ -n "$PY" ] && kill "$PY" 2>/dev/null && wait "$PY" 2>/dev/null
-	for pidf in "$BENCH_DIR"/dovecot-*/run/master.pid "$BENCH_DIR"/jfs/dovecot-*/run/master.pid; do
+	for pidf in "$BENCH_DIR"/dovecot-*/run/master.pid "$BENCH_DIR"/*jfs/dovecot-*/run/master.pid; do
 		[ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null
 	done
 	sleep 1
-	# item 1's journaled ext4 image, if the run ended inside it
-	mountpoint -q "$BENCH_DIR/jfs" && umount "$BENCH_DIR/jfs"
+	# item 1's loop images, if the run ended inside one
+	for m in jfs njfs; do
+		# (lazily if a straggler, e.g. a node under BENCH_WRAP_NODEn, still uses it)
+		mountpoint -q "$BENCH_DIR/$m" && { umount "$BENCH_DIR/$m" || umount -l "$BENCH_DIR/$m"; }
+	done
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $BENCH_DIR"; else rm -rf "$BENCH_DIR"; fi
 }
 trap cleanup EXIT
