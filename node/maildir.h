@@ -171,7 +171,9 @@ struct mm_md_owner {
 int mm_md_owner_of(const char *dir, struct mm_md_owner *o_r);
 
 /* Creates <folder_dir>/tmp/<base> (O_EXCL, owner/mode applied) for writing.  Returns
- * the fd (>= 0) or a negative errno (-EEXIST if that name exists). */
+ * the fd (>= 0) or a negative errno (-EEXIST if that name exists).  Like
+ * mm_md_tmp_seal below, it touches only its arguments and the filesystem: the store
+ * calls both from libuv's thread pool (mm_store_body_write_out). */
 int mm_md_tmp_open(const char *folder_dir, const char *base, const struct mm_md_owner *o);
 
 /* Finishes a file opened by mm_md_tmp_open: fsync, mtime (and atime) = mtime, close,
