@@ -72,8 +72,8 @@ static int body_begin(void *arg, const char *user, const uint8_t id[MM_ID_LEN], 
 	struct mm_fetch_stats fs;
 	mm_fetch_get_stats(d->fetch, &fs);
 	bool stream = fs.inflight > 1 || d->write_jobs > 0;
-	mm_store_set_defer(d->store, stream && d->write_bytes < DEFER_INFLIGHT_MAX ? DEFER_MAX : 0);
-	int r = mm_store_body_begin_id(d->store, user, id, size, &j->w);
+	bool defer = stream && size <= DEFER_MAX && d->write_bytes < DEFER_INFLIGHT_MAX;
+	int r = mm_store_body_begin_id(d->store, user, id, size, defer, &j->w);
 	if (r == -EEXIST || r == -ENOENT) {
 		free(j);
 		if (r == -EEXIST)

@@ -320,7 +320,6 @@ struct mm_store {
 	struct mm_body_writer **staged_tail;
 	size_t n_staged;
 	uint64_t staged_since_ms; /* wall clock when the oldest staged body was staged */
-	uint64_t defer_max;       /* mm_store_set_defer */
 	bool gather;              /* mm_store_gather: staged bodies wait for more */
 	size_t n_held;               /* bodies held back in folders' held arrays */
 	uint64_t progress_ms;        /* when a body last arrived (holding waits while they do) */
@@ -357,7 +356,7 @@ struct mm_body_writer {
 	bool tmp_gone; /* tmp/<base> was linked into place or removed */
 	bool held;     /* in its folder's held array */
 	bool synced;   /* sealed and durable (staged bodies are sealed, closed, not synced) */
-	/* deferred writers (mm_store_set_defer): the body in memory until written out */
+	/* deferred writers (begun by id with defer): the body in memory until written out */
 	uint8_t *buf;
 	uint64_t cap;
 	bool prepared; /* verified by mm_store_body_prepare; what follows is w's own */
@@ -2491,7 +2490,7 @@ static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM
                       struct mm_body_writer **w_r);
 
 int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
-                           uint64_t size, struct mm_body_writer **w_r)
+                           uint64_t size, bool defer, struct mm_body_writer **w_r)
 {
 	*w_r = NULL;
 	char k[KBUF];
@@ -2512,7 +2511,7 @@ int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t i
 			return -EINVAL;
 		uint8_t key[MM_KEY_LEN];
 		memcpy(key, m->key, MM_KEY_LEN);
-		return body_begin(s, user, key, s->defer_max && size <= s->defer_max, w_r);
+		return body_begin(s, user, key, defer, w_r);
 	}
 	return -ENOENT;
 }
@@ -2533,11 +2532,6 @@ int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[
                         struct mm_body_writer **w_r)
 {
 	return body_begin(s, user, key, false, w_r);
-}
-
-void mm_store_set_defer(struct mm_store *s, uint64_t max)
-{
-	s->defer_max = max;
 }
 
 static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], bool defer,

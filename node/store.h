@@ -179,9 +179,9 @@ int mm_store_flush(struct mm_store *s);
 /* Number of staged bodies (mm_store_body_stage) waiting for mm_store_flush. */
 size_t mm_store_staged_count(const struct mm_store *s);
 
-/* Bodies of up to `max` bytes received by id (mm_store_body_begin_id) are kept in
- * memory by their writer rather than written to tmp/ as they arrive; 0 (the default)
- * = none.  The daemon writes them out on libuv's thread pool:
+/* A body begun by id with `defer` (mm_store_body_begin_id) is kept in memory by its
+ * writer rather than written to tmp/ as it arrives.  The daemon writes such bodies
+ * out on libuv's thread pool:
  *   mm_store_body_prepare (store thread): verifies the body as mm_store_body_stage
  *     would; 1 = go on, 0 = nothing to do, negative errno; on anything but 1 *wp is
  *     freed and NULL.  From then on the body counts as staged: it is not begun again
@@ -193,7 +193,6 @@ size_t mm_store_staged_count(const struct mm_store *s);
  *     logged and returned, and the body stays missing.
  * A deferred writer staged or committed without the first two steps gets them there
  * and then.  mm_store_body_deferred tells whether a writer is deferred. */
-void mm_store_set_defer(struct mm_store *s, uint64_t max);
 bool mm_store_body_deferred(const struct mm_body_writer *w);
 int mm_store_body_prepare(struct mm_body_writer **wp);
 int mm_store_body_write_out(struct mm_body_writer *w);
@@ -244,12 +243,13 @@ void mm_store_set_new_folder_wait(struct mm_store *s, uint64_t wait_ms);
  * begin_id: starts writing the body for a live message that lacks it and has this
  *   id (-EEXIST if the user already has these bytes, -ENOENT if no message needs
  *   them, -EINVAL if `size` is not the record's size).  Other messages waiting for
- *   the same bytes get a local copy at the next mm_store_commit. */
+ *   the same bytes get a local copy at the next mm_store_commit.  `defer`: keep the
+ *   body in memory for mm_store_body_write_out (see above). */
 int mm_store_body_have_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN]);
 int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
                           int *fd_r, uint64_t *size_r);
 int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
-                           uint64_t size, struct mm_body_writer **w_r);
+                           uint64_t size, bool defer, struct mm_body_writer **w_r);
 
 /* Calls cb for every live message whose body this node lacks.  Stops with cb's
  * non-zero value; 0 otherwise. */

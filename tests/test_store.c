@@ -687,7 +687,7 @@ static void test_stage_flush(void **state)
 	assert_int_equal(c, 0);
 	struct mm_body_writer *w = NULL;
 	assert_int_equal(mm_store_body_begin(b.s, "ex.org/alice", kb, &w), -EEXIST);
-	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", kb + MM_KEY_LEN, 100, &w), -ENOENT);
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", kb + MM_KEY_LEN, 100, false, &w), -ENOENT);
 	assert_null(w);
 
 	assert_int_equal(mm_store_flush(b.s), 0);
@@ -737,7 +737,7 @@ static void test_copy_placed_with_original(void **state)
 	uint8_t id[MM_ID_LEN];
 	mm_body_id(msg, strlen(msg), id);
 	struct mm_body_writer *w = NULL;
-	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", id, strlen(msg), &w), 0);
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", id, strlen(msg), false, &w), 0);
 	assert_int_equal(mm_store_body_write(w, msg, strlen(msg)), 0);
 	assert_int_equal(mm_store_body_stage(&w), 0);
 	assert_int_equal(mm_store_commit(b.s), 0);
@@ -887,7 +887,7 @@ static struct mm_body_writer *receive_deferred(struct node *a, struct node *b, c
                                                bool corrupt)
 {
 	struct mm_body_writer *w = NULL;
-	assert_int_equal(mm_store_body_begin_id(b->s, "ex.org/alice", wa->id[i], wa->size[i], &w), 0);
+	assert_int_equal(mm_store_body_begin_id(b->s, "ex.org/alice", wa->id[i], wa->size[i], true, &w), 0);
 	assert_true(mm_store_body_deferred(w));
 	int fd;
 	uint64_t sz;
@@ -920,12 +920,11 @@ static void test_deferred_writer(void **state)
 	struct wanted wa = {0};
 	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
 	assert_int_equal(wa.n, 3);
-	mm_store_set_defer(b.s, 1 << 20);
 
 	struct mm_body_writer *w = receive_deferred(&a, &b, &wa, 0, false), *w2 = NULL;
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0); /* in memory */
 	assert_int_equal(mm_store_body_prepare(&w), 1);
-	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", wa.id[0], wa.size[0], &w2), -ENOENT);
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", wa.id[0], wa.size[0], true, &w2), -ENOENT);
 	int c = 0;
 	assert_int_equal(mm_store_missing(b.s, count_cb, &c), 0);
 	assert_int_equal(c, 2);
