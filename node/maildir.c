@@ -234,14 +234,21 @@ static int write_all(int fd, const void *data, size_t len)
 	return 0;
 }
 
-static int fsync_dir(const char *dir)
+/* Opens path (read-only, with `flags`), calls sync on it (fsync, fdatasync, syncfs),
+ * closes it.  0 or negative errno. */
+static int sync_path(const char *path, int flags, int (*sync)(int))
 {
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | flags);
 	if (fd < 0)
 		return -errno;
-	int r = fsync(fd) < 0 ? -errno : 0;
+	int r = sync(fd) < 0 ? -errno : 0;
 	close(fd);
 	return r;
+}
+
+static int fsync_dir(const char *dir)
+{
+	return sync_path(dir, O_DIRECTORY, fsync);
 }
 
 static void apply_owner(int fd, const struct mm_md_owner *o, bool dir)
@@ -672,22 +679,12 @@ int mm_md_tmp_sync(const char *folder_dir, const char *base)
 	char tp[PATHBUF];
 	if (path3(tp, sizeof tp, folder_dir, "tmp", base) < 0)
 		return -ENAMETOOLONG;
-	int fd = open(tp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		return -errno;
-	int r = fdatasync(fd) < 0 ? -errno : 0;
-	close(fd);
-	return r;
+	return sync_path(tp, O_NOFOLLOW, fdatasync);
 }
 
 int mm_md_syncfs(const char *folder_dir)
 {
-	int fd = open(folder_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int r = syncfs(fd) < 0 ? -errno : 0;
-	close(fd);
-	return r;
+	return sync_path(folder_dir, O_DIRECTORY, syncfs);
 }
 
 int mm_md_sync_sub(const char *folder_dir, const char *sub)
