@@ -764,6 +764,19 @@ static void small_messages(struct node *a, int n, struct mm_delta *d)
 	assert_true(scan(a, d) >= n);
 }
 
+/* Nodes a and b, n small messages on a whose records b has committed but whose
+ * bodies it lacks.  Returns the delta (the caller frees it). */
+static struct mm_delta *known_not_received(struct node *a, struct node *b, int n)
+{
+	node_open(a, "a", 1);
+	node_open(b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	small_messages(a, n, d);
+	assert_true(mm_store_merge_delta(b->s, d) >= 0);
+	assert_int_equal(mm_store_commit(b->s), 0);
+	return d;
+}
+
 /* A batch large enough for the one-syncfs path: every file placed with its contents
  * and INTERNALDATE, as a copy of the source Maildir. */
 static void test_stage_batch(void **state)
@@ -811,12 +824,7 @@ static void test_stage_gather(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	node_open(&a, "a", 1);
-	node_open(&b, "b", 2);
-	struct mm_delta *d = mm_delta_new();
-	small_messages(&a, 40, d);
-	assert_true(mm_store_merge_delta(b.s, d) >= 0);
-	assert_int_equal(mm_store_commit(b.s), 0);
+	struct mm_delta *d = known_not_received(&a, &b, 40);
 	fflush(NULL);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
@@ -911,12 +919,7 @@ static void test_deferred_writer(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	node_open(&a, "a", 1);
-	node_open(&b, "b", 2);
-	struct mm_delta *d = mm_delta_new();
-	small_messages(&a, 3, d);
-	assert_true(mm_store_merge_delta(b.s, d) >= 0);
-	assert_int_equal(mm_store_commit(b.s), 0);
+	struct mm_delta *d = known_not_received(&a, &b, 3);
 	struct wanted wa = {0};
 	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
 	assert_int_equal(wa.n, 3);
