@@ -4,10 +4,10 @@
  * content-addressed; the store keeps files per record key, and its by-id functions
  * map between the two.  Reads open the file per chunk (no descriptor is held across
  * loop turns, so an expunge in between is harmless); writes go through the store's
- * atomic tmp/ -> fsync -> rename path, which verifies the bytes against the id again:
- * a body is checked on the loop thread, written to tmp/ on libuv's thread pool, then
- * staged, and staged bodies are placed together (once per loop turn, or gathered
- * while more are coming).
+ * atomic tmp/ -> fsync -> rename path: a body is checked against its id by the
+ * session on the loop thread, written to tmp/ on libuv's thread pool, then staged,
+ * and staged bodies are placed together (once per loop turn, or gathered while more
+ * are coming).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -73,7 +73,10 @@ static int body_begin(void *arg, const char *user, const uint8_t id[MM_ID_LEN], 
 	mm_fetch_get_stats(d->fetch, &fs);
 	bool stream = fs.inflight > 1 || d->write_jobs > 0;
 	bool defer = stream && size <= DEFER_MAX && d->write_bytes < DEFER_INFLIGHT_MAX;
-	int r = mm_store_body_begin_id(d->store, user, id, size, defer, &j->w);
+	/* the session hashes every body and commits only one that matched its id
+	 * (proto/sync.h, struct mm_body_ops): the store need not hash it a second time */
+	unsigned flags = MM_STORE_BODY_VERIFIED | (defer ? MM_STORE_BODY_DEFER : 0);
+	int r = mm_store_body_begin_id(d->store, user, id, size, flags, &j->w);
 	if (r == -EEXIST || r == -ENOENT) {
 		free(j);
 		if (r == -EEXIST)

@@ -356,7 +356,8 @@ struct mm_body_writer {
 	bool tmp_gone; /* tmp/<base> was linked into place or removed */
 	bool held;     /* in its folder's held array */
 	bool synced;   /* sealed and durable (staged bodies are sealed, closed, not synced) */
-	/* deferred writers (begun by id with defer): the body in memory until written out */
+	/* deferred writers (begun by id with MM_STORE_BODY_DEFER): the body in memory until
+	 * written out */
 	uint8_t *buf;
 	uint64_t cap;
 	bool prepared; /* verified by mm_store_body_prepare; what follows is w's own */
@@ -367,6 +368,7 @@ struct mm_body_writer {
 	uint64_t first_wait_ms; /* held since then for its first UID (FIRST_UID_WAIT_MS), 0 = not */
 	dev_t dev;     /* filesystem of the file (place_list: which syncfs covers it) */
 	uint64_t n;
+	bool verified; /* MM_STORE_BODY_VERIFIED: the caller checks the bytes, h is unused */
 	crypto_generichash_state h;
 };
 
@@ -684,6 +686,22 @@ static int folder_ensure(struct mm_store *s, struct folder *fo, const struct mm_
 	}
 	mm_md_uidlist_clear(&ul);
 	return 0;
+}
+
+/* A folder's directories are made at its FOLDER effect, normally; a stream of records
+ * or bodies looks at them again at most once a second (a stat or two each would add
+ * up), and body_begin whenever tmp/ turns out to be missing. */
+#define ENSURE_EVERY_MS 1000
+
+static int folder_ensure_recent(struct mm_store *s, struct folder *fo)
+{
+	uint64_t now = wall_ms();
+	if (fo->on_disk && now - fo->ensured_ms < ENSURE_EVERY_MS)
+		return 0;
+	int r = folder_ensure(s, fo, NULL);
+	if (r == 0)
+		fo->ensured_ms = now;
+	return r;
 }
 
 /* ---- the file index tables (struct fxmap) ---------------------------------------------- */
@@ -1296,7 +1314,7 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		fo = folder_get(s, u, rec->msg.folder, true);
 		if (!fo)
 			return;
-		folder_ensure(s, fo, NULL);
+		folder_ensure_recent(s, fo);
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
 			sync_file_flags(s, fe, rec);
@@ -2486,11 +2504,11 @@ int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id
 	return mm_store_body_open(s, user, key, fd_r, size_r);
 }
 
-static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], bool defer,
+static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], unsigned flags,
                       struct mm_body_writer **w_r);
 
 int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
-                           uint64_t size, bool defer, struct mm_body_writer **w_r)
+                           uint64_t size, unsigned flags, struct mm_body_writer **w_r)
 {
 	*w_r = NULL;
 	char k[KBUF];
@@ -2511,7 +2529,7 @@ int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t i
 			return -EINVAL;
 		uint8_t key[MM_KEY_LEN];
 		memcpy(key, m->key, MM_KEY_LEN);
-		return body_begin(s, user, key, defer, w_r);
+		return body_begin(s, user, key, flags, w_r);
 	}
 	return -ENOENT;
 }
@@ -2526,15 +2544,13 @@ static void make_base(char *buf, size_t len, const struct mm_rec *r)
 	         (long)tv.tv_usec, (long)getpid(), hex, (unsigned long long)r->msg.size);
 }
 
-#define ENSURE_EVERY_MS 1000
-
 int mm_store_body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
                         struct mm_body_writer **w_r)
 {
-	return body_begin(s, user, key, false, w_r);
+	return body_begin(s, user, key, 0, w_r);
 }
 
-static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], bool defer,
+static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN], unsigned flags,
                       struct mm_body_writer **w_r)
 {
 	*w_r = NULL;
@@ -2550,15 +2566,9 @@ static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM
 	struct folder *fo = folder_get(s, u, r->msg.folder, true);
 	if (!fo)
 		return -EINVAL;
-	/* made at its FOLDER effect, normally; looked at again at most once a second (a
-	 * stream of bodies would stat it twice a body), and whenever tmp/ is missing */
-	uint64_t now = wall_ms();
-	int rr;
-	if (!fo->on_disk || now - fo->ensured_ms >= ENSURE_EVERY_MS) {
-		if ((rr = folder_ensure(s, fo, NULL)) < 0)
-			return rr;
-		fo->ensured_ms = now;
-	}
+	int rr = folder_ensure_recent(s, fo);
+	if (rr < 0)
+		return rr;
 	struct mm_body_writer *w = calloc(1, sizeof(*w));
 	if (!w || !(w->user = strdup(user))) {
 		free(w);
@@ -2568,10 +2578,12 @@ static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM
 	w->fo = fo;
 	memcpy(w->key, key, MM_KEY_LEN);
 	make_base(w->base, sizeof w->base, r);
-	if (defer && (w->buf = malloc(r->msg.size ? r->msg.size : 1))) {
+	w->verified = (flags & MM_STORE_BODY_VERIFIED) != 0;
+	if (!w->verified)
+		crypto_generichash_init(&w->h, NULL, 0, MM_ID_LEN);
+	if ((flags & MM_STORE_BODY_DEFER) && (w->buf = malloc(r->msg.size ? r->msg.size : 1))) {
 		w->cap = r->msg.size;
 		w->fd = -1;
-		crypto_generichash_init(&w->h, NULL, 0, MM_ID_LEN);
 		*w_r = w;
 		return 0;
 	}
@@ -2585,7 +2597,6 @@ static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM
 		free(w);
 		return rr;
 	}
-	crypto_generichash_init(&w->h, NULL, 0, MM_ID_LEN);
 	*w_r = w;
 	return 0;
 }
@@ -2595,7 +2606,8 @@ int mm_store_body_write(struct mm_body_writer *w, const void *data, size_t len)
 	if (w->err)
 		return w->err;
 	const char *p = data;
-	crypto_generichash_update(&w->h, data, len);
+	if (!w->verified)
+		crypto_generichash_update(&w->h, data, len);
 	if (w->buf) {
 		if (w->n + len <= w->cap) /* more than the record says: the check refuses it */
 			memcpy(w->buf + w->n, data, len);
@@ -2681,7 +2693,10 @@ static int writer_check(struct mm_body_writer **wp)
 	if (w->prepared)
 		return 1; /* verified before it was written out */
 	uint8_t id[MM_ID_LEN];
-	crypto_generichash_final(&w->h, id, MM_ID_LEN);
+	if (w->verified) /* the caller matched the bytes to r->msg.body (begin_id's id) */
+		memcpy(id, r->msg.body, MM_ID_LEN);
+	else
+		crypto_generichash_final(&w->h, id, MM_ID_LEN);
 	if (w->n != r->msg.size || sodium_memcmp(id, r->msg.body, MM_ID_LEN) != 0) {
 		logmsg(s, MM_STORE_LOG_WARNING, "body received for %s in %s does not match its id: dropped",
 		       w->user, w->fo->dir);

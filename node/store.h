@@ -179,7 +179,7 @@ int mm_store_flush(struct mm_store *s);
 /* Number of staged bodies (mm_store_body_stage) waiting for mm_store_flush. */
 size_t mm_store_staged_count(const struct mm_store *s);
 
-/* A body begun by id with `defer` (mm_store_body_begin_id) is kept in memory by its
+/* A body begun by id with MM_STORE_BODY_DEFER (mm_store_body_begin_id) is kept in memory by its
  * writer rather than written to tmp/ as it arrives.  The daemon writes such bodies
  * out on libuv's thread pool:
  *   mm_store_body_prepare (store thread): verifies the body as mm_store_body_stage
@@ -243,13 +243,20 @@ void mm_store_set_new_folder_wait(struct mm_store *s, uint64_t wait_ms);
  * begin_id: starts writing the body for a live message that lacks it and has this
  *   id (-EEXIST if the user already has these bytes, -ENOENT if no message needs
  *   them, -EINVAL if `size` is not the record's size).  Other messages waiting for
- *   the same bytes get a local copy at the next mm_store_commit.  `defer`: keep the
- *   body in memory for mm_store_body_write_out (see above). */
+ *   the same bytes get a local copy at the next mm_store_commit.  flags: any of
+ *   MM_STORE_BODY_DEFER, MM_STORE_BODY_VERIFIED (below). */
 int mm_store_body_have_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN]);
 int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
                           int *fd_r, uint64_t *size_r);
 int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
-                           uint64_t size, bool defer, struct mm_body_writer **w_r);
+                           uint64_t size, unsigned flags, struct mm_body_writer **w_r);
+
+/* flags of mm_store_body_begin_id */
+#define MM_STORE_BODY_DEFER 1u    /* keep the body in memory for mm_store_body_write_out */
+#define MM_STORE_BODY_VERIFIED 2u /* the caller checks the bytes against `id` and stages
+                                   * or commits only a body that matched (a sync session
+                                   * does, proto/sync.h): the store does not hash them
+                                   * again, it only checks the size */
 
 /* Calls cb for every live message whose body this node lacks.  Stops with cb's
  * non-zero value; 0 otherwise. */

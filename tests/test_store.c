@@ -687,7 +687,7 @@ static void test_stage_flush(void **state)
 	assert_int_equal(c, 0);
 	struct mm_body_writer *w = NULL;
 	assert_int_equal(mm_store_body_begin(b.s, "ex.org/alice", kb, &w), -EEXIST);
-	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", kb + MM_KEY_LEN, 100, false, &w), -ENOENT);
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", kb + MM_KEY_LEN, 100, 0, &w), -ENOENT);
 	assert_null(w);
 
 	assert_int_equal(mm_store_flush(b.s), 0);
@@ -737,7 +737,7 @@ static void test_copy_placed_with_original(void **state)
 	uint8_t id[MM_ID_LEN];
 	mm_body_id(msg, strlen(msg), id);
 	struct mm_body_writer *w = NULL;
-	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", id, strlen(msg), false, &w), 0);
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", id, strlen(msg), 0, &w), 0);
 	assert_int_equal(mm_store_body_write(w, msg, strlen(msg)), 0);
 	assert_int_equal(mm_store_body_stage(&w), 0);
 	assert_int_equal(mm_store_commit(b.s), 0);
@@ -891,12 +891,12 @@ static int collect_cb(void *arg, const char *user, const uint8_t key[MM_KEY_LEN]
 }
 
 /* Receives a's body for wa entry i into a writer begun by id on b. */
-static struct mm_body_writer *receive_deferred(struct node *a, struct node *b, const struct wanted *wa, int i,
-                                               bool corrupt)
+static struct mm_body_writer *receive_by_id(struct node *a, struct node *b, const struct wanted *wa, int i,
+                                            bool corrupt, unsigned flags)
 {
 	struct mm_body_writer *w = NULL;
-	assert_int_equal(mm_store_body_begin_id(b->s, "ex.org/alice", wa->id[i], wa->size[i], true, &w), 0);
-	assert_true(mm_store_body_deferred(w));
+	assert_int_equal(mm_store_body_begin_id(b->s, "ex.org/alice", wa->id[i], wa->size[i], flags, &w), 0);
+	assert_int_equal(mm_store_body_deferred(w), (flags & MM_STORE_BODY_DEFER) != 0);
 	int fd;
 	uint64_t sz;
 	char buf[4096];
@@ -906,8 +906,14 @@ static struct mm_body_writer *receive_deferred(struct node *a, struct node *b, c
 	assert_int_equal(n, (ssize_t)sz);
 	if (corrupt)
 		buf[n - 1] ^= 1;
-	assert_int_equal(mm_store_body_write(w, buf, (size_t)n), 0);
+	assert_int_equal(mm_store_body_write(w, buf, (size_t)(corrupt && (flags & MM_STORE_BODY_VERIFIED) ? n - 1 : n)), 0);
 	return w;
+}
+
+static struct mm_body_writer *receive_deferred(struct node *a, struct node *b, const struct wanted *wa, int i,
+                                               bool corrupt)
+{
+	return receive_by_id(a, b, wa, i, corrupt, MM_STORE_BODY_DEFER);
 }
 
 /* Bodies received by id can be kept in memory and written out apart (the daemon does
@@ -927,7 +933,7 @@ static void test_deferred_writer(void **state)
 	struct mm_body_writer *w = receive_deferred(&a, &b, &wa, 0, false), *w2 = NULL;
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0); /* in memory */
 	assert_int_equal(mm_store_body_prepare(&w), 1);
-	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", wa.id[0], wa.size[0], true, &w2), -ENOENT);
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", wa.id[0], wa.size[0], MM_STORE_BODY_DEFER, &w2), -ENOENT);
 	int c = 0;
 	assert_int_equal(mm_store_missing(b.s, count_cb, &c), 0);
 	assert_int_equal(c, 2);
@@ -949,6 +955,42 @@ static void test_deferred_writer(void **state)
 	assert_int_equal(count_files(&b, "INBOX", "new"), 2);
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
 	assert_int_equal(mm_store_missing_count(b.s), 1); /* the wrong one: asked for again */
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A body whose caller verifies it (MM_STORE_BODY_VERIFIED, as the sync sessions do)
+ * is not hashed again by the store, whose check is then its size: a short one is
+ * refused and leaves no file, deferred or written as it comes. */
+static void test_verified_writer(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = known_not_received(&a, &b, 3);
+	struct wanted wa = {0};
+	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
+	assert_int_equal(wa.n, 3);
+	const unsigned v = MM_STORE_BODY_VERIFIED;
+
+	struct mm_body_writer *w = receive_by_id(&a, &b, &wa, 0, true, v | MM_STORE_BODY_DEFER);
+	assert_int_equal(mm_store_body_prepare(&w), -EBADMSG);
+	assert_null(w);
+	w = receive_by_id(&a, &b, &wa, 1, true, v);
+	assert_int_equal(mm_store_body_stage(&w), -EBADMSG);
+	assert_null(w);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+
+	w = receive_by_id(&a, &b, &wa, 0, false, v | MM_STORE_BODY_DEFER);
+	assert_int_equal(mm_store_body_prepare(&w), 1);
+	assert_int_equal(mm_store_body_write_out(w), 0);
+	assert_int_equal(mm_store_body_stage(&w), 0);
+	w = receive_by_id(&a, &b, &wa, 1, false, v);
+	assert_int_equal(mm_store_body_stage(&w), 0);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 2);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 1);
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
@@ -2148,6 +2190,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stage_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_gather, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deferred_writer, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_verified_writer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_placed_with_original, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
