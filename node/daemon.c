@@ -99,11 +99,23 @@ void mm_daemon_push(struct mm_daemon *d, const struct mm_delta *delta)
 static int want_missing(void *arg, const char *user, const uint8_t key[MM_KEY_LEN],
                         const uint8_t body[MM_ID_LEN], uint64_t size)
 {
-	(void)key;
 	struct mm_daemon *d = arg;
-	if (mm_store_body_have_id(d->store, user, body) != 1)
-		mm_fetch_want(d->fetch, user, body, size, NULL, mm_daemon_now());
+	if (mm_store_body_have_id(d->store, user, body) != 1) {
+		struct mm_user *u = mm_state_user(d->state, user, false);
+		const struct mm_rec *r = u ? mm_user_get(u, key) : NULL;
+		uint32_t uid = r && r->type == MM_REC_MESSAGE ? r->msg.uid_value : 0;
+		mm_fetch_want(d->fetch, user, body, size, uid, NULL, mm_daemon_now());
+	}
 	return 0;
+}
+
+/* Hands every missing body to the scheduler, which asks for them in UID order once
+ * it knows them all. */
+static void want_all_missing(struct mm_daemon *d)
+{
+	mm_fetch_batch_begin(d->fetch);
+	mm_store_missing(d->store, want_missing, d);
+	mm_fetch_batch_end(d->fetch, mm_daemon_now());
 }
 
 /* The UID authority (crdt/uid.h) is the live node with the lowest id that is not
@@ -152,7 +164,7 @@ static void gossip_cb(uv_timer_t *t)
 		mm_fetch_get_stats(d->fetch, &fs);
 		d->missing_check_ms = now;
 		if (mm_store_missing_count(d->store) > fs.wanted)
-			mm_store_missing(d->store, want_missing, d);
+			want_all_missing(d);
 	}
 	mm_fetch_tick(d->fetch, now);
 	mm_peer_dial_all(d);
@@ -379,7 +391,7 @@ static int daemon_start(struct mm_daemon *d)
 	       changes > 0 ? changes : 0, (unsigned long long)(mm_daemon_now() - t0));
 	if (r < 0)
 		return r;
-	mm_store_missing(d->store, want_missing, d);
+	want_all_missing(d);
 	mm_watch_refresh(d);
 
 	uv_timer_start(&d->gossip_timer, gossip_cb, d->cfg.gossip_interval_ms, d->cfg.gossip_interval_ms);

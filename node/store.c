@@ -238,6 +238,7 @@ struct folder {
 	struct mm_md_keywords kw;
 	uint32_t miss_n;  /* messages of this folder whose body is missing here */
 	uint32_t batch_n; /* place_list's scratch: bodies of this folder in the batch */
+	bool batch_next;  /* ... and one of them carries the folder's NEXTUID */
 	uint64_t deferred_since; /* first scan that left it for Dovecot to number (0 = none) */
 	uint64_t lockwait_since; /* first scan that left a file to Dovecot's uidlist lock (0 = none) */
 	uint64_t passwait_since; /* first uid_sync_folder left to that lock (0 = none) */
@@ -2835,17 +2836,29 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 	dev_t fs_dev = 0;
 	const char *fs_dir = NULL; /* a folder on the filesystem most of the batch is on */
 	struct mm_body_writer *w, *nx;
-	/* a folder whose held bodies wait for nothing once this batch is placed: they join
-	 * it, so the whole folder is listed in UID order */
+	/* a folder whose held bodies wait for nothing once this batch is placed, or may
+	 * follow the body with the NEXTUID they waited for (bodies are fetched in UID
+	 * order, so that is how a join goes): they join the batch, and the sort below
+	 * places the run that follows NEXTUID and holds the rest again */
 	if (s->n_held) {
-		for (w = list; w; w = w->snext)
-			w->fo->batch_n++;
+		for (w = list; w; w = w->snext) {
+			struct folder *fo = w->fo;
+			fo->batch_n++;
+			if (fo->n_held && !fo->batch_next) {
+				struct mm_user *mu = mm_state_user(s->state, w->user, false);
+				const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
+				fo->batch_next = r && r->type == MM_REC_MESSAGE && r->msg.uid_value &&
+				                 r->msg.uid_value == (fo->uid_next ? fo->uid_next : 1);
+			}
+		}
 		struct mm_body_writer *extra = NULL;
 		for (w = list; w; w = w->snext) {
 			struct folder *fo = w->fo;
-			if (fo->batch_n && fo->n_held && (force || fo->miss_n <= fo->batch_n + fo->n_held))
+			if (fo->batch_n && fo->n_held &&
+			    (force || fo->batch_next || fo->miss_n <= fo->batch_n + fo->n_held))
 				extra = unhold_folder(s, fo, extra);
 			fo->batch_n = 0;
+			fo->batch_next = false;
 		}
 		if (extra) {
 			for (w = extra; w->snext; w = w->snext)

@@ -4,6 +4,10 @@
  *
  * Wanted bodies live in a vector (swap-remove) indexed by an open-addressing hash table
  * on BLAKE2b(user || id), so want/done/have are O(1) with a million wanted bodies.
+ * Those that may start now wait in a binary min-heap on (order, arrival), so bodies
+ * are asked for in the order the caller gave (a replica lists a folder's bodies in
+ * UID order: fetched in that order, they can be placed as they come); those waiting
+ * out a backoff sleep in a separate vector, so the heap's top is always startable.
  * Peers are few (the sessions of this node); they are kept in a small vector.
  */
 #include "proto/fetch.h"
@@ -24,6 +28,9 @@ struct want {
 	struct mm_sync **tried;   /* sessions that failed it in this cycle */
 	size_t n_tried;
 	uint64_t not_before;
+	uint64_t order, seq;      /* heap key: the caller's order, then arrival */
+	size_t qpos;              /* 1 + index in the ready heap, 0 = not in it */
+	size_t spos;              /* 1 + index in the sleeping vector, 0 = not in it */
 	uint32_t backoff;
 	int last_err;
 	bool attempted;
@@ -45,10 +52,20 @@ struct mm_fetch {
 	struct peer *peers;
 	size_t n_peers, cap_peers;
 	size_t rr;      /* rotation over peers */
-	size_t scan;    /* rotation over wanted bodies */
+	struct want **q; /* ready: not in flight, not backing off; min-heap on (order, seq) */
+	size_t qn, qcap;
+	struct want **sl; /* sleeping: backing off until their not_before */
+	size_t sn, scap;
+	uint64_t wake_ms; /* no sleeper is due before this */
+	uint64_t seq;
 	struct mm_fetch_stats st;
+	unsigned batch;   /* mm_fetch_batch_begin depth: no fetch starts while > 0 */
 	bool filling;
 };
+
+/* How many wanted bodies one fill may look at and put back (no peer has room for
+ * their size, say) before it stops: a fill stays cheap however many wait. */
+#define FILL_SKIP_MAX 256
 
 #define TAB_DEL UINT32_MAX
 
@@ -137,6 +154,128 @@ static struct peer *peer_of(struct mm_fetch *f, const struct mm_sync *s)
 	return NULL;
 }
 
+/* ---- the ready heap and the sleepers ------------------------------------------------ */
+
+static bool q_less(const struct want *a, const struct want *b)
+{
+	return a->order != b->order ? a->order < b->order : a->seq < b->seq;
+}
+
+static void q_set(struct mm_fetch *f, size_t i, struct want *w)
+{
+	f->q[i] = w;
+	w->qpos = i + 1;
+}
+
+static void q_up(struct mm_fetch *f, size_t i)
+{
+	struct want *w = f->q[i];
+	while (i > 0 && q_less(w, f->q[(i - 1) / 2])) {
+		q_set(f, i, f->q[(i - 1) / 2]);
+		i = (i - 1) / 2;
+	}
+	q_set(f, i, w);
+}
+
+static void q_down(struct mm_fetch *f, size_t i)
+{
+	struct want *w = f->q[i];
+	for (;;) {
+		size_t c = 2 * i + 1;
+		if (c >= f->qn)
+			break;
+		if (c + 1 < f->qn && q_less(f->q[c + 1], f->q[c]))
+			c++;
+		if (!q_less(f->q[c], w))
+			break;
+		q_set(f, i, f->q[c]);
+		i = c;
+	}
+	q_set(f, i, w);
+}
+
+/* Room for one more in the heap and in the sleepers, taken before a want exists, so
+ * that putting one back never fails. */
+static int q_reserve(struct mm_fetch *f)
+{
+	if (f->qcap <= f->n) {
+		size_t cap = f->qcap ? f->qcap * 2 : 64;
+		struct want **q = realloc(f->q, cap * sizeof *q);
+		if (!q)
+			return -ENOMEM;
+		f->q = q;
+		f->qcap = cap;
+	}
+	if (f->scap <= f->n) {
+		size_t cap = f->scap ? f->scap * 2 : 64;
+		struct want **sl = realloc(f->sl, cap * sizeof *sl);
+		if (!sl)
+			return -ENOMEM;
+		f->sl = sl;
+		f->scap = cap;
+	}
+	return 0;
+}
+
+/* Out of the heap or the sleepers, wherever it is. */
+static void q_take(struct mm_fetch *f, struct want *w)
+{
+	if (w->qpos) {
+		size_t i = w->qpos - 1;
+		w->qpos = 0;
+		struct want *last = f->q[--f->qn];
+		if (i < f->qn) {
+			q_set(f, i, last);
+			q_up(f, i);
+			q_down(f, last->qpos - 1);
+		}
+	}
+	if (w->spos) {
+		size_t i = w->spos - 1;
+		w->spos = 0;
+		struct want *last = f->sl[--f->sn];
+		if (i < f->sn) {
+			f->sl[i] = last;
+			last->spos = i + 1;
+		}
+	}
+}
+
+/* A want that is not in flight waits: in the heap, or asleep while it backs off.
+ * Idempotent (a want already waiting stays where it is). */
+static void q_put(struct mm_fetch *f, struct want *w, uint64_t now)
+{
+	if (w->on || w->qpos || w->spos)
+		return;
+	if (w->not_before > now) {
+		f->sl[f->sn++] = w;
+		w->spos = f->sn;
+		if (!f->wake_ms || w->not_before < f->wake_ms)
+			f->wake_ms = w->not_before;
+		return;
+	}
+	f->q[f->qn] = w;
+	w->qpos = ++f->qn;
+	q_up(f, f->qn - 1);
+}
+
+/* Sleepers whose backoff is over go back to the heap. */
+static void q_wake(struct mm_fetch *f, uint64_t now)
+{
+	if (!f->sn || now < f->wake_ms)
+		return;
+	f->wake_ms = 0;
+	for (size_t i = f->sn; i-- > 0;) {
+		struct want *w = f->sl[i];
+		if (w->not_before <= now) {
+			q_take(f, w);
+			q_put(f, w, now);
+		} else if (!f->wake_ms || w->not_before < f->wake_ms) {
+			f->wake_ms = w->not_before;
+		}
+	}
+}
+
 static void want_unassign(struct mm_fetch *f, struct want *w)
 {
 	if (!w->on)
@@ -158,6 +297,7 @@ static void want_remove(struct mm_fetch *f, struct want *w)
 	uint32_t idx1 = f->tab[slot];
 	size_t i = idx1 - 1;
 	want_unassign(f, w);
+	q_take(f, w);
 	f->tab[slot] = TAB_DEL;
 	size_t last = f->n - 1;
 	if (i != last) {
@@ -254,17 +394,26 @@ static int try_start(struct mm_fetch *f, struct want *w, uint64_t now)
 
 static int fill(struct mm_fetch *f, uint64_t now)
 {
-	if (f->filling)
+	if (f->filling || f->batch)
 		return 0;
 	f->filling = true;
+	q_wake(f, now);
 	int started = 0;
-	size_t n = f->n;
-	for (size_t k = 0; k < n && f->n && any_room(f); k++) {
-		size_t i = (f->scan + k) % f->n;
-		started += try_start(f, f->v[i], now);
+	/* in order; one that cannot start now (no peer it may try has room for its size,
+	 * or every peer failed it: then it sleeps) is put back after the others had
+	 * their turn (a want is removed only by a body or by have, never by a start) */
+	struct want *skipped[FILL_SKIP_MAX];
+	size_t ns = 0;
+	while (f->qn && ns < FILL_SKIP_MAX && any_room(f)) {
+		struct want *w = f->q[0];
+		q_take(f, w);
+		if (try_start(f, w, now))
+			started++;
+		else
+			skipped[ns++] = w;
 	}
-	if (f->n)
-		f->scan = (f->scan + 1) % f->n;
+	for (size_t i = 0; i < ns; i++)
+		q_put(f, skipped[i], now);
 	f->filling = false;
 	return started;
 }
@@ -304,6 +453,8 @@ void mm_fetch_free(struct mm_fetch **fp)
 	}
 	free(f->v);
 	free(f->tab);
+	free(f->q);
+	free(f->sl);
 	free(f->peers);
 	free(f);
 }
@@ -335,6 +486,7 @@ void mm_fetch_peer_down(struct mm_fetch *f, struct mm_sync *s, uint64_t now_ms)
 		if (w->on == s) {
 			want_unassign(f, w);
 			f->st.failures++;
+			q_put(f, w, now_ms);
 		}
 		if (w->hint == s)
 			w->hint = NULL;
@@ -349,7 +501,7 @@ void mm_fetch_peer_down(struct mm_fetch *f, struct mm_sync *s, uint64_t now_ms)
 }
 
 int mm_fetch_want(struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_LEN],
-                  uint64_t size, struct mm_sync *hint, uint64_t now_ms)
+                  uint64_t size, uint64_t order, struct mm_sync *hint, uint64_t now_ms)
 {
 	if (!user || !*user || strlen(user) > MM_NAME_MAX)
 		return -EINVAL;
@@ -367,6 +519,8 @@ int mm_fetch_want(struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_L
 	}
 	if ((f->tab_used + 1) * 2 > f->tab_cap && tab_grow(f) < 0)
 		return -ENOMEM;
+	if (q_reserve(f) < 0)
+		return -ENOMEM;
 	struct want *w = calloc(1, sizeof *w);
 	if (!w || !(w->user = strdup(user))) {
 		free(w);
@@ -377,10 +531,13 @@ int mm_fetch_want(struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_L
 	w->hint = hint && peer_of(f, hint) ? hint : NULL;
 	w->hkey = hkey(user, id);
 	w->backoff = f->cfg.backoff_ms;
+	w->order = order;
+	w->seq = f->seq++;
 	f->v[f->n++] = w;
 	tab_insert(f, w->hkey, (uint32_t)f->n);
 	f->st.wanted = f->n;
-	try_start(f, w, now_ms);
+	q_put(f, w, now_ms);
+	fill(f, now_ms);
 	return 1;
 }
 
@@ -403,6 +560,7 @@ void mm_fetch_done(struct mm_fetch *f, struct mm_sync *s, const char *user,
 			w->tried = t;
 			w->tried[w->n_tried++] = s;
 		}
+		q_put(f, w, now_ms);
 	}
 	fill(f, now_ms);
 }
@@ -415,6 +573,17 @@ void mm_fetch_have(struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_
 		return; /* in flight: mm_fetch_done will come from its session */
 	want_remove(f, w);
 	fill(f, now_ms);
+}
+
+void mm_fetch_batch_begin(struct mm_fetch *f)
+{
+	f->batch++;
+}
+
+void mm_fetch_batch_end(struct mm_fetch *f, uint64_t now_ms)
+{
+	if (f->batch && --f->batch == 0)
+		fill(f, now_ms);
 }
 
 int mm_fetch_tick(struct mm_fetch *f, uint64_t now_ms)

@@ -60,11 +60,15 @@ int mm_fetch_peer_up(struct mm_fetch *f, struct mm_sync *s, uint64_t now_ms);
 void mm_fetch_peer_down(struct mm_fetch *f, struct mm_sync *s, uint64_t now_ms);
 
 /* Wants body `id` of `user` (size bytes); `hint` (may be NULL) is a peer that should
- * have it (the one that sent the record), tried first.  Duplicates are merged.  The
- * caller should check the body is not already present.  Starts fetches at once when
- * peers have room.  Returns 1 if newly wanted, 0 if already wanted, -ENOMEM/-EINVAL. */
+ * have it (the one that sent the record), tried first.  Wanted bodies start in
+ * ascending `order`, then in the order they were wanted (the sessions pass the
+ * message's IMAP UID, 0 if none yet: a replica places a folder's bodies in UID order,
+ * so they can be placed as they come).  Duplicates are merged (the first order
+ * stays).  The caller should check the body is not already present.  Starts fetches
+ * at once when peers have room.  Returns 1 if newly wanted, 0 if already wanted,
+ * -ENOMEM/-EINVAL. */
 int mm_fetch_want(struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_LEN],
-                  uint64_t size, struct mm_sync *hint, uint64_t now_ms);
+                  uint64_t size, uint64_t order, struct mm_sync *hint, uint64_t now_ms);
 
 /* The outcome of a fetch the scheduler started on session s (called by the session):
  * 0 = body verified and committed (also when it arrived another way while in flight);
@@ -73,6 +77,12 @@ int mm_fetch_want(struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_L
  * ignored.  Starts further fetches. */
 void mm_fetch_done(struct mm_fetch *f, struct mm_sync *s, const char *user,
                    const uint8_t id[MM_ID_LEN], int result, uint64_t now_ms);
+
+/* Between begin and end (they nest), wanted bodies are only queued; end starts them,
+ * in order.  A session wraps the merge of one RECORDS message in them, so its bodies
+ * are asked for in order, not in the order the records came. */
+void mm_fetch_batch_begin(struct mm_fetch *f);
+void mm_fetch_batch_end(struct mm_fetch *f, uint64_t now_ms);
 
 /* A body became present by another path (inline push, another session): forget it. */
 void mm_fetch_have(struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_LEN],

@@ -1319,7 +1319,8 @@ static void inline_failed(struct mm_sync *s, const char *user, const struct mm_w
 	if (w->rec.type != MM_REC_MESSAGE)
 		return;
 	if (s->cfg.fetch)
-		mm_fetch_want(s->cfg.fetch, user, w->rec.msg.body, w->rec.msg.size, hint, s->now);
+		mm_fetch_want(s->cfg.fetch, user, w->rec.msg.body, w->rec.msg.size, w->rec.msg.uid_value, hint,
+		              s->now);
 	else
 		event(s, MM_SYNC_EV_BODY_MISSING, 0, user, w->rec.msg.body, 0);
 }
@@ -1371,7 +1372,7 @@ static void eff_wrap(void *arg, const char *user, enum mm_effect eff, const stru
 	if (eff == MM_EFF_MSG_NEW && !s->merging_inline &&
 	    s->cfg.body.have(s->cfg.body.arg, user, r->msg.body) != 1) {
 		if (s->cfg.fetch)
-			mm_fetch_want(s->cfg.fetch, user, r->msg.body, r->msg.size, s, s->now);
+			mm_fetch_want(s->cfg.fetch, user, r->msg.body, r->msg.size, r->msg.uid_value, s, s->now);
 		else
 			event(s, MM_SYNC_EV_BODY_MISSING, 0, user, r->msg.body, 0);
 	}
@@ -1398,6 +1399,8 @@ static mm_hlc max_stamp(const struct mm_rec *r)
 	return m;
 }
 
+static int handle_records_in(struct mm_sync *s, const struct mm_wire_msg *m, bool push, const char *user);
+
 static int handle_records(struct mm_sync *s, const struct mm_wire_msg *m, size_t len)
 {
 	bool push = m->records.flags & MM_RECORDS_PUSH;
@@ -1408,6 +1411,18 @@ static int handle_records(struct mm_sync *s, const struct mm_wire_msg *m, size_t
 		s->r.rbytes += len;
 	if (push && s->cfg.relay)
 		mm_delta_clear(s->relay_delta);
+	/* the bodies this message's records want are asked for in their order (UIDs),
+	 * once all are known, not one by one in the records' (key) order */
+	if (s->cfg.fetch)
+		mm_fetch_batch_begin(s->cfg.fetch);
+	int rc = handle_records_in(s, m, push, user);
+	if (s->cfg.fetch)
+		mm_fetch_batch_end(s->cfg.fetch, s->now);
+	return rc;
+}
+
+static int handle_records_in(struct mm_sync *s, const struct mm_wire_msg *m, bool push, const char *user)
+{
 	for (size_t i = 0; i < m->records.n; i++) {
 		const struct mm_wire_rec *w = &m->records.recs[i];
 		s->st.records_in++;

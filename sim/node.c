@@ -493,7 +493,8 @@ int sim_node_start(struct sim *s, struct sim_node *n)
 		struct mm_user *usr = mm_state_user(n->state, s->users[k[0]], false);
 		const struct mm_rec *r = usr ? mm_user_get(usr, k + 1) : NULL;
 		if (r && r->type == MM_REC_MESSAGE) {
-			rc = mm_fetch_want(n->fetch, s->users[k[0]], v->body, r->msg.size, NULL, sim_node_now(n));
+			rc = mm_fetch_want(n->fetch, s->users[k[0]], v->body, r->msg.size, r->msg.uid_value, NULL,
+			                   sim_node_now(n));
 			if (rc < 0)
 				return rc;
 		}

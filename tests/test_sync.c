@@ -172,10 +172,16 @@ static int b_write(void *h, const uint8_t *data, size_t len)
 	return 0;
 }
 
+/* When set, b_commit appends each committed body id here (test_fetch_uid_order). */
+static uint8_t (*commit_log)[MM_ID_LEN];
+static size_t commit_log_n;
+
 static int b_commit(void *h)
 {
 	struct wr *w = h;
 	int rc = 0;
+	if (commit_log)
+		memcpy(commit_log[commit_log_n++], w->id, MM_ID_LEN);
 	uint8_t id[MM_ID_LEN];
 	mm_body_id(w->buf, w->len, id);
 	if (w->len != w->size || memcmp(id, w->id, MM_ID_LEN))
@@ -753,6 +759,72 @@ static void test_join_from_several(void **state)
 	net_free(&net);
 }
 
+/* Bodies are asked for in the order of their UIDs, not in the order they were wanted
+ * (records come in key order), so that a replica's store can place them as they
+ * come.  b knows every record (as after a round, or a restart that finds them
+ * missing) and wants the bodies in key order, in one batch. */
+static void test_fetch_uid_order(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 2, 1000); /* 8000-byte bodies: none inline, all fetched */
+	struct node *a = &net.nodes[0], *b = &net.nodes[1];
+	struct mm_delta *d = mm_delta_new();
+	enum { N = 300, SIZE = 8000 };
+	uint32_t uid_of[N];
+	uint8_t ids[N][MM_ID_LEN];
+	for (size_t k = 0; k < N; k++)
+		uid_of[k] = (uint32_t)k + 1;
+	for (size_t k = N - 1; k > 0; k--) { /* UIDs in no relation to the keys */
+		size_t j = rn((unsigned)k + 1);
+		uint32_t t = uid_of[k];
+		uid_of[k] = uid_of[j];
+		uid_of[j] = t;
+	}
+	uint8_t *data = malloc(SIZE);
+	for (size_t k = 0; k < N; k++) {
+		for (size_t i = 0; i < SIZE; i++)
+			data[i] = (uint8_t)rnd();
+		uint8_t key[MM_KEY_LEN];
+		mm_body_id(data, SIZE, ids[k]);
+		body_put(a, "ex.com/alice", ids[k], data, SIZE);
+		mm_hlc stamp = mm_clock_tick(&a->clk, net.now);
+		assert_int_equal(mm_user_deliver(mm_state_user(a->st, "ex.com/alice", true), "INBOX", ids[k], SIZE,
+		                                 1700000000, 0, NULL, 0, uid_of[k], stamp, key, NULL, NULL, d), 1);
+	}
+	free(data);
+	assert_true(mm_delta_apply(d, b->st, NULL, NULL) > 0);
+	mm_delta_free(&d);
+	mm_fetch_batch_begin(b->fetch);
+	for (size_t k = 0; k < N; k++)
+		assert_int_equal(mm_fetch_want(b->fetch, "ex.com/alice", ids[k], SIZE, uid_of[k], NULL, net.now), 1);
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(b->fetch, &fs);
+	assert_int_equal(fs.inflight, 0); /* only queued until the batch ends */
+	mm_fetch_batch_end(b->fetch, net.now);
+	mm_fetch_get_stats(b->fetch, &fs);
+	assert_true(fs.inflight > 0);
+	uint8_t(*log)[MM_ID_LEN] = calloc(N, MM_ID_LEN);
+	commit_log = log;
+	commit_log_n = 0;
+	run_until_converged(&net, 200);
+	commit_log = NULL;
+	check_same(b, a);
+	assert_int_equal(commit_log_n, N);
+	uint32_t last = 0;
+	for (size_t i = 0; i < N; i++) {
+		size_t k = 0;
+		while (k < N && memcmp(ids[k], log[i], MM_ID_LEN))
+			k++;
+		assert_true(k < N);
+		assert_true(uid_of[k] > last);
+		last = uid_of[k];
+	}
+	free(log);
+	net_free(&net);
+}
+
 /* A message of an unknown version is rejected with -EPROTONOSUPPORT and an event. */
 static int ev_version;
 static void on_event(void *arg, struct mm_sync *s, const struct mm_sync_event *ev)
@@ -902,6 +974,7 @@ int main(void)
 		cmocka_unit_test(test_push_inline),
 		cmocka_unit_test(test_delta_fresh),
 		cmocka_unit_test(test_join_from_several),
+		cmocka_unit_test(test_fetch_uid_order),
 		cmocka_unit_test(test_unknown_version),
 		cmocka_unit_test(test_corrupt_body),
 		cmocka_unit_test(test_two_nodes),
