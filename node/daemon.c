@@ -173,7 +173,13 @@ static void gossip_cb(uv_timer_t *t)
 
 static void body_flush_cb(uv_check_t *c)
 {
+	mm_peers_flush(c->data); /* (requests and answers go out before the placement) */
 	mm_bodies_flush(c->data);
+}
+
+static void out_flush_cb(uv_prepare_t *p)
+{
+	mm_peers_flush(p->data);
 }
 
 static void rescan_cb(uv_timer_t *t)
@@ -249,6 +255,7 @@ static void daemon_stop(struct mm_daemon *d, int status)
 	close_if((uv_handle_t *)&d->settle_timer);
 	close_if((uv_handle_t *)&d->lockwait_timer);
 	close_if((uv_handle_t *)&d->body_flush);
+	close_if((uv_handle_t *)&d->out_flush);
 	close_if((uv_handle_t *)&d->gather_timer);
 	close_if((uv_handle_t *)&d->sigterm);
 	close_if((uv_handle_t *)&d->sigint);
@@ -344,9 +351,10 @@ static int daemon_start(struct mm_daemon *d)
 	uv_signal_init(&d->loop, &d->sigterm);
 	uv_signal_init(&d->loop, &d->sigint);
 	uv_check_init(&d->loop, &d->body_flush);
+	uv_prepare_init(&d->loop, &d->out_flush);
 	uv_timer_init(&d->loop, &d->gather_timer);
-	d->open_handles += 11;
-	d->body_flush.data = d->gather_timer.data = d;
+	d->open_handles += 12;
+	d->body_flush.data = d->out_flush.data = d->gather_timer.data = d;
 	d->settle_timer.data = d->lockwait_timer.data = d;
 	d->gossip_timer.data = d->scan_timer.data = d->rescan_timer.data = d;
 	d->commit_timer.data = d->gc_timer.data = d->sigterm.data = d->sigint.data = d;
@@ -398,6 +406,7 @@ static int daemon_start(struct mm_daemon *d)
 	uv_timer_start(&d->rescan_timer, rescan_cb, RESCAN_INTERVAL_MS, RESCAN_INTERVAL_MS);
 	uv_timer_start(&d->gc_timer, gc_cb, 1000, GC_INTERVAL_MS);
 	uv_check_start(&d->body_flush, body_flush_cb);
+	uv_prepare_start(&d->out_flush, out_flush_cb);
 	mm_log(MM_LOG_INFO, "mailmesh node %s (%016llx) started", d->cfg.name, (unsigned long long)d->cfg.node_id);
 	return 0;
 }

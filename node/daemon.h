@@ -77,7 +77,9 @@ struct mm_daemon {
 	uv_timer_t gc_timer;               /* raises the tombstone GC horizon */
 	uv_timer_t settle_timer;           /* follow-up scans after a user or domain appears */
 	uv_timer_t lockwait_timer;         /* rescans of files left to Dovecot's uidlist lock */
-	uv_check_t body_flush;             /* after each loop turn's I/O: place staged bodies */
+	uv_check_t body_flush;             /* after each loop turn's I/O: send the gathered
+	                                    * output, place staged bodies */
+	uv_prepare_t out_flush;            /* before the loop waits: send the gathered output */
 	uv_timer_t gather_timer;           /* places gathered bodies when their wait is over */
 	unsigned write_jobs;               /* bodies being written out on the thread pool */
 	uint64_t write_bytes;              /* and their bytes (bodies.c) */
@@ -104,6 +106,7 @@ uint64_t mm_daemon_now(void);
 /* peer.c */
 int mm_peers_start(struct mm_daemon *d);       /* listener, UDP socket, sessions, dials */
 void mm_peers_stop(struct mm_daemon *d);       /* closes every connection and socket */
+void mm_peers_flush(struct mm_daemon *d);      /* writes each connection's gathered output */
 void mm_peer_dial_all(struct mm_daemon *d);
 struct mm_dpeer *mm_peer_by_sync(struct mm_daemon *d, const struct mm_sync *s);
 

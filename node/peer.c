@@ -51,6 +51,8 @@ struct mm_conn {
 	size_t in_len, in_cap;
 	uint8_t *msg;               /* application message being reassembled */
 	size_t msg_len;
+	uint8_t *out;               /* sealed bytes not yet handed to libuv (see ch_emit) */
+	size_t out_len, out_cap;
 	struct mm_conn *next;
 	char what[80];              /* "peer NAME" or "incoming HOST:PORT" for logs */
 };
@@ -58,11 +60,17 @@ struct mm_conn {
 struct wreq {
 	uv_write_t req;
 	struct mm_conn *c;
-	size_t len;
-	uint8_t data[];
+	uint8_t *data;              /* the connection's output buffer, now owned here */
 };
 
+/* Output is gathered per connection and written when OUT_FLUSH bytes are waiting, or
+ * when the loop turn's work is done (mm_peers_flush, before the loop waits for I/O
+ * and after each turn's I/O): a stream of small messages (a joining node's body
+ * requests, acknowledgements) costs one write a turn, not one a message. */
+#define OUT_FLUSH (64 * 1024)
+
 static void conn_close(struct mm_conn *c, int err, const char *why);
+static size_t conn_queued(struct mm_conn *c);
 static void peer_schedule_retry(struct mm_dpeer *p);
 
 /* ---- helpers ----------------------------------------------------------------- */
@@ -116,6 +124,7 @@ static void write_cb(uv_write_t *req, int status)
 {
 	struct wreq *w = (struct wreq *)req;
 	struct mm_conn *c = w->c;
+	free(w->data);
 	free(w);
 	if (c->closing)
 		return;
@@ -123,11 +132,38 @@ static void write_cb(uv_write_t *req, int status)
 		conn_close(c, status, "write failed");
 		return;
 	}
-	if (c->paused && uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) < WRITE_LWM) {
+	if (c->paused && conn_queued(c) < WRITE_LWM) {
 		c->paused = false;
 		if (c->attached)
 			mm_sync_writable(c->peer->sync, mm_daemon_now());
 	}
+}
+
+/* Hands the gathered output to libuv.  0 or negative errno (the caller closes). */
+static int conn_flush(struct mm_conn *c)
+{
+	if (!c->out_len || c->closing)
+		return 0;
+	struct wreq *w = malloc(sizeof *w);
+	if (!w)
+		return -ENOMEM;
+	w->c = c;
+	w->data = c->out;
+	uv_buf_t b = uv_buf_init((char *)c->out, (unsigned)c->out_len);
+	c->out = NULL;
+	c->out_len = c->out_cap = 0;
+	int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
+	if (r < 0) {
+		free(w->data);
+		free(w);
+		return r;
+	}
+	return 0;
+}
+
+static size_t conn_queued(struct mm_conn *c)
+{
+	return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) + c->out_len;
 }
 
 static int ch_emit(void *arg, const uint8_t *bytes, size_t len)
@@ -135,19 +171,26 @@ static int ch_emit(void *arg, const uint8_t *bytes, size_t len)
 	struct mm_conn *c = arg;
 	if (c->closing)
 		return -ENOTCONN;
-	struct wreq *w = malloc(sizeof *w + len);
-	if (!w)
-		return -ENOMEM;
-	w->c = c;
-	w->len = len;
-	memcpy(w->data, bytes, len);
-	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)len);
-	int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
-	if (r < 0) {
-		free(w);
-		return r;
+	if (len > c->out_cap - c->out_len) {
+		size_t cap = c->out_len + len < OUT_FLUSH ? OUT_FLUSH : c->out_len + len;
+		uint8_t *o = realloc(c->out, cap);
+		if (!o)
+			return -ENOMEM;
+		c->out = o;
+		c->out_cap = cap;
 	}
-	return 0;
+	memcpy(c->out + c->out_len, bytes, len);
+	c->out_len += len;
+	return c->out_len >= OUT_FLUSH ? conn_flush(c) : 0;
+}
+
+void mm_peers_flush(struct mm_daemon *d)
+{
+	for (struct mm_conn *c = d->conns; c; c = c->next) {
+		int r = conn_flush(c);
+		if (r < 0)
+			conn_close(c, r, "write failed");
+	}
 }
 
 /* The connection is authenticated and carries the channel: make it the peer's. */
@@ -259,6 +302,7 @@ static void conn_closed_cb(uv_handle_t *h)
 	mm_ch_free(&c->ch);
 	free(c->in);
 	free(c->msg);
+	free(c->out);
 	free(c);
 }
 
@@ -578,7 +622,7 @@ static int sync_send(void *arg, enum mm_chan chan, const uint8_t *msg, size_t le
 		conn_close_ex(c, 0, "send failed", false);
 		return r;
 	}
-	if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WRITE_HWM) {
+	if (conn_queued(c) > WRITE_HWM) {
 		c->paused = true;
 		return 1;
 	}
