@@ -130,4 +130,5 @@ install: $(BIN)
 clean:
 	rm -rf build
 
--include $(shell find build -name '*.d' 2>/dev/null)
+# header dependencies of the objects of this BUILD (which may lie outside build/)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
