@@ -317,6 +317,8 @@ struct mm_store {
 	struct hmap dirty_folders;  /* user\0folder */
 	struct hmap logged;         /* messages already logged */
 	struct hmap staged_keys;    /* user\0key -> staged body writer */
+	struct hmap placed;         /* paths of files place_list put into new/ or cur/ whose
+	                             * watch event has not come yet (mm_store_own_event) */
 	struct mm_body_writer *staged; /* bodies verified in tmp/, not yet placed (FIFO) */
 	struct mm_body_writer **staged_tail;
 	size_t n_staged;
@@ -2829,6 +2831,37 @@ static struct mm_body_writer *unhold_folder(struct mm_store *s, struct folder *f
 	return list;
 }
 
+/* A placed file raises a watch event that would have its folder scanned (reading the
+ * whole directory, then a UID pass over every file of the folder): during a join,
+ * once per batch, so a join took time quadratic in the size of the folder (40,000
+ * messages: 14 s, where 10,000 took 1.2 s).  Its path is remembered until that event
+ * comes (mm_store_own_event).  The set is bounded: past PLACED_MAX it is emptied,
+ * and the events of what it forgot just cause scans, as before. */
+#define PLACED_MAX 65536
+
+static void note_placed(struct mm_store *s, struct folder *fo, const char *sub, const char *name)
+{
+	char p[PATHBUF];
+	int n = snprintf(p, sizeof p, "%s/%s/%s", fo->dir, sub, name);
+	if (n < 0 || (size_t)n >= sizeof p)
+		return;
+	if (s->placed.n >= PLACED_MAX)
+		hm_clear(&s->placed);
+	(void)hm_put(&s->placed, p, (size_t)n, fo); /* (no memory: its event scans) */
+}
+
+bool mm_store_own_event(struct mm_store *s, const char *dir, const char *name)
+{
+	char p[PATHBUF];
+	int n = snprintf(p, sizeof p, "%s/%s", dir, name);
+	if (n < 0 || (size_t)n >= sizeof p || !hm_del(&s->placed, p, (size_t)n))
+		return false;
+	/* still there: nothing but the placement happened to it (a move or an unlink by
+	 * Dovecot meanwhile raises its own events, and this check fails) */
+	struct stat st;
+	return lstat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
 static int place_list(struct mm_store *s, struct mm_body_writer *list, bool force)
 {
 	int placed = 0, err = 0, live = 0;
@@ -2970,6 +3003,7 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 				continue;
 			}
 			set_missing(s, w->user, w->key, NULL, NULL, false);
+			note_placed(s, fo, in_cur ? "cur" : "new", names[k]);
 			if (!fent_add(s, fo, w->base, names[k], in_cur, w->key, body, letters))
 				err = -ENOMEM; /* the rescan will link the file by its key */
 			else
@@ -5065,6 +5099,7 @@ void mm_store_free(struct mm_store **sp)
 		free(p);
 	}
 	hm_clear(&s->staged_keys);
+	hm_clear(&s->placed);
 	hm_clear(&s->users_by_name);
 	hm_clear(&s->folders);
 	fx_clear(&s->by_base);

@@ -176,6 +176,11 @@ int mm_store_body_stage(struct mm_body_writer **wp);
  * a body that cannot be placed is logged and stays missing. */
 int mm_store_flush(struct mm_store *s);
 
+/* A watch event for file `name` in directory `dir` (a folder's new/ or cur/): true if
+ * it is the event of a file this store placed there itself, still in place, so the
+ * folder need not be scanned for it.  Each placement answers true once. */
+bool mm_store_own_event(struct mm_store *s, const char *dir, const char *name);
+
 /* Number of staged bodies (mm_store_body_stage) waiting for mm_store_flush. */
 size_t mm_store_staged_count(const struct mm_store *s);
 

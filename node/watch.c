@@ -116,7 +116,9 @@ static void fs_event_cb(uv_fs_event_t *h, const char *filename, int events, int 
 		return;
 	}
 	if (w->folder) {
-		mm_scan_request(d, w->user, w->folder);
+		/* the event of a body this node placed itself needs no scan */
+		if (!(filename && d->store && mm_store_own_event(d->store, w->path, filename)))
+			mm_scan_request(d, w->user, w->folder);
 		return;
 	}
 	if (w->user) {

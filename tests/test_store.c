@@ -996,6 +996,48 @@ static void test_verified_writer(void **state)
 	node_close(&b);
 }
 
+/* The watch event of a file the store placed itself is recognised once (no scan of
+ * the folder for it); a file moved away before its event came is not. */
+static void test_own_event(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = known_not_received(&a, &b, 3);
+	struct wanted wa = {0};
+	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
+	assert_int_equal(wa.n, 3);
+	for (int i = 0; i < 3; i++) {
+		struct mm_body_writer *w = receive_by_id(&a, &b, &wa, i, false, MM_STORE_BODY_VERIFIED);
+		assert_int_equal(mm_store_body_stage(&w), 0);
+	}
+	assert_int_equal(mm_store_flush(b.s), 0);
+	char dir[600], newd[700], names[3][300];
+	udir(&b, "INBOX", dir, sizeof dir);
+	snprintf(newd, sizeof newd, "%s/new", dir);
+	DIR *dd = opendir(newd);
+	assert_non_null(dd);
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(dd)))
+		if (e->d_name[0] != '.' && n < 3)
+			snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+	closedir(dd);
+	assert_int_equal(n, 3);
+
+	assert_true(mm_store_own_event(b.s, newd, names[0]));
+	assert_false(mm_store_own_event(b.s, newd, names[0])); /* once */
+	char from[1000], to[1000];
+	snprintf(from, sizeof from, "%s/%s", newd, names[1]);
+	snprintf(to, sizeof to, "%s/cur/%s:2,S", dir, names[1]);
+	assert_int_equal(rename(from, to), 0); /* a client read it before the event came */
+	assert_false(mm_store_own_event(b.s, newd, names[1]));
+	assert_false(mm_store_own_event(b.s, newd, "1700000000.M1P1.elsewhere,S=10"));
+	assert_true(mm_store_own_event(b.s, newd, names[2]));
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* kill -9 between the LMDB commit and the renames of a batch: the records are durable,
  * the bodies only in tmp/.  After the restart the messages are missing (fetched again),
  * the tmp/ leftovers are not taken for messages, and once the bodies come again each
@@ -2191,6 +2233,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stage_gather, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deferred_writer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_verified_writer, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_own_event, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_placed_with_original, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
