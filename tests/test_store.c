@@ -890,6 +890,15 @@ static int collect_cb(void *arg, const char *user, const uint8_t key[MM_KEY_LEN]
 	return 0;
 }
 
+/* known_not_received with three messages, whose bodies b lacks, listed in *wa. */
+static struct mm_delta *three_wanted(struct node *a, struct node *b, struct wanted *wa)
+{
+	struct mm_delta *d = known_not_received(a, b, 3);
+	assert_int_equal(mm_store_missing(b->s, collect_cb, wa), 0);
+	assert_int_equal(wa->n, 3);
+	return d;
+}
+
 /* Receives a's body for wa entry i into a writer begun by id on b. */
 static struct mm_body_writer *receive_by_id(struct node *a, struct node *b, const struct wanted *wa, int i,
                                             bool corrupt, unsigned flags)
@@ -925,10 +934,8 @@ static void test_deferred_writer(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	struct mm_delta *d = known_not_received(&a, &b, 3);
 	struct wanted wa = {0};
-	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
-	assert_int_equal(wa.n, 3);
+	struct mm_delta *d = three_wanted(&a, &b, &wa);
 
 	struct mm_body_writer *w = receive_deferred(&a, &b, &wa, 0, false), *w2 = NULL;
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0); /* in memory */
@@ -967,10 +974,8 @@ static void test_verified_writer(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	struct mm_delta *d = known_not_received(&a, &b, 3);
 	struct wanted wa = {0};
-	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
-	assert_int_equal(wa.n, 3);
+	struct mm_delta *d = three_wanted(&a, &b, &wa);
 	const unsigned v = MM_STORE_BODY_VERIFIED;
 
 	struct mm_body_writer *w = receive_by_id(&a, &b, &wa, 0, true, v | MM_STORE_BODY_DEFER);
@@ -1002,10 +1007,8 @@ static void test_own_event(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	struct mm_delta *d = known_not_received(&a, &b, 3);
 	struct wanted wa = {0};
-	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
-	assert_int_equal(wa.n, 3);
+	struct mm_delta *d = three_wanted(&a, &b, &wa);
 	for (int i = 0; i < 3; i++) {
 		struct mm_body_writer *w = receive_by_id(&a, &b, &wa, i, false, MM_STORE_BODY_VERIFIED);
 		assert_int_equal(mm_store_body_stage(&w), 0);
