@@ -319,6 +319,9 @@ static void conn_close_ex(struct mm_conn *c, int err, const char *why, bool rese
 {
 	if (c->closing)
 		return;
+	/* what was gathered goes out as far as the socket takes it now, as it did when
+	 * each message was written at once (uv_close cancels the rest) */
+	(void)conn_flush(c);
 	c->closing = true;
 	struct mm_dpeer *p = c->peer;
 	if (p && p->conn == c) {
