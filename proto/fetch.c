@@ -194,26 +194,17 @@ static void q_down(struct mm_fetch *f, size_t i)
 	q_set(f, i, w);
 }
 
-/* Room for one more in the heap and in the sleepers, taken before a want exists, so
- * that putting one back never fails. */
-static int q_reserve(struct mm_fetch *f)
+/* Makes *v (capacity *cap) hold at least n + 1 pointers.  0 or -ENOMEM. */
+static int room_for(struct want ***v, size_t *cap, size_t n)
 {
-	if (f->qcap <= f->n) {
-		size_t cap = f->qcap ? f->qcap * 2 : 64;
-		struct want **q = realloc(f->q, cap * sizeof *q);
-		if (!q)
-			return -ENOMEM;
-		f->q = q;
-		f->qcap = cap;
-	}
-	if (f->scap <= f->n) {
-		size_t cap = f->scap ? f->scap * 2 : 64;
-		struct want **sl = realloc(f->sl, cap * sizeof *sl);
-		if (!sl)
-			return -ENOMEM;
-		f->sl = sl;
-		f->scap = cap;
-	}
+	if (*cap > n)
+		return 0;
+	size_t nc = *cap ? *cap * 2 : 64;
+	struct want **nv = realloc(*v, nc * sizeof *nv);
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	*cap = nc;
 	return 0;
 }
 
@@ -509,17 +500,11 @@ int mm_fetch_want(struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_L
 		return 0;
 	if (f->n >= UINT32_MAX - 2)
 		return -ENOMEM;
-	if (f->n == f->cap) {
-		size_t cap = f->cap ? f->cap * 2 : 64;
-		struct want **v = realloc(f->v, cap * sizeof *v);
-		if (!v)
-			return -ENOMEM;
-		f->v = v;
-		f->cap = cap;
-	}
-	if ((f->tab_used + 1) * 2 > f->tab_cap && tab_grow(f) < 0)
+	/* room for it in the heap and the sleepers too, so putting it back never fails */
+	if (room_for(&f->v, &f->cap, f->n) < 0 || room_for(&f->q, &f->qcap, f->n) < 0 ||
+	    room_for(&f->sl, &f->scap, f->n) < 0)
 		return -ENOMEM;
-	if (q_reserve(f) < 0)
+	if ((f->tab_used + 1) * 2 > f->tab_cap && tab_grow(f) < 0)
 		return -ENOMEM;
 	struct want *w = calloc(1, sizeof *w);
 	if (!w || !(w->user = strdup(user))) {
