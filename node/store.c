@@ -2833,8 +2833,8 @@ static struct mm_body_writer *unhold_folder(struct mm_store *s, struct folder *f
 
 /* A placed file raises a watch event that would have its folder scanned (reading the
  * whole directory, then a UID pass over every file of the folder): during a join,
- * once per batch, so a join took time quadratic in the size of the folder (40,000
- * messages: 14 s, where 10,000 took 1.2 s).  Its path is remembered until that event
+ * once per batch, work that grows with the folder (a profile of a 40,000-message join
+ * found 31 % of the loop thread there).  Its path is remembered until that event
  * comes (mm_store_own_event).  The set is bounded: past PLACED_MAX it is emptied,
  * and the events of what it forgot just cause scans, as before. */
 #define PLACED_MAX 65536
