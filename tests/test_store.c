@@ -900,8 +900,10 @@ static struct mm_delta *three_wanted(struct node *a, struct node *b, struct want
 }
 
 /* Receives a's body for wa entry i into a writer begun by id on b. */
+enum damage { INTACT, FLIPPED, SHORT }; /* what receive_by_id does to the bytes */
+
 static struct mm_body_writer *receive_by_id(struct node *a, struct node *b, const struct wanted *wa, int i,
-                                            bool corrupt, unsigned flags)
+                                            enum damage dmg, unsigned flags)
 {
 	struct mm_body_writer *w = NULL;
 	assert_int_equal(mm_store_body_begin_id(b->s, "ex.org/alice", wa->id[i], wa->size[i], flags, &w), 0);
@@ -913,16 +915,16 @@ static struct mm_body_writer *receive_by_id(struct node *a, struct node *b, cons
 	ssize_t n = read(fd, buf, sizeof buf);
 	close(fd);
 	assert_int_equal(n, (ssize_t)sz);
-	if (corrupt)
+	if (dmg == FLIPPED)
 		buf[n - 1] ^= 1;
-	assert_int_equal(mm_store_body_write(w, buf, (size_t)(corrupt && (flags & MM_STORE_BODY_VERIFIED) ? n - 1 : n)), 0);
+	assert_int_equal(mm_store_body_write(w, buf, (size_t)(dmg == SHORT ? n - 1 : n)), 0);
 	return w;
 }
 
 static struct mm_body_writer *receive_deferred(struct node *a, struct node *b, const struct wanted *wa, int i,
                                                bool corrupt)
 {
-	return receive_by_id(a, b, wa, i, corrupt, MM_STORE_BODY_DEFER);
+	return receive_by_id(a, b, wa, i, corrupt ? FLIPPED : INTACT, MM_STORE_BODY_DEFER);
 }
 
 /* Bodies received by id can be kept in memory and written out apart (the daemon does
@@ -969,7 +971,8 @@ static void test_deferred_writer(void **state)
 
 /* A body whose caller verifies it (MM_STORE_BODY_VERIFIED, as the sync sessions do)
  * is not hashed again by the store, whose check is then its size: a short one is
- * refused and leaves no file, deferred or written as it comes. */
+ * refused and leaves no file, deferred or written as it comes; one of the right size
+ * is taken as the caller vouches for it (a wrong byte in it is the caller's to find). */
 static void test_verified_writer(void **state)
 {
 	(void)state;
@@ -978,24 +981,26 @@ static void test_verified_writer(void **state)
 	struct mm_delta *d = three_wanted(&a, &b, &wa);
 	const unsigned v = MM_STORE_BODY_VERIFIED;
 
-	struct mm_body_writer *w = receive_by_id(&a, &b, &wa, 0, true, v | MM_STORE_BODY_DEFER);
+	struct mm_body_writer *w = receive_by_id(&a, &b, &wa, 0, SHORT, v | MM_STORE_BODY_DEFER);
 	assert_int_equal(mm_store_body_prepare(&w), -EBADMSG);
 	assert_null(w);
-	w = receive_by_id(&a, &b, &wa, 1, true, v);
+	w = receive_by_id(&a, &b, &wa, 1, SHORT, v);
 	assert_int_equal(mm_store_body_stage(&w), -EBADMSG);
 	assert_null(w);
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
 
-	w = receive_by_id(&a, &b, &wa, 0, false, v | MM_STORE_BODY_DEFER);
+	w = receive_by_id(&a, &b, &wa, 0, INTACT, v | MM_STORE_BODY_DEFER);
 	assert_int_equal(mm_store_body_prepare(&w), 1);
 	assert_int_equal(mm_store_body_write_out(w), 0);
 	assert_int_equal(mm_store_body_stage(&w), 0);
-	w = receive_by_id(&a, &b, &wa, 1, false, v);
+	w = receive_by_id(&a, &b, &wa, 1, INTACT, v);
+	assert_int_equal(mm_store_body_stage(&w), 0);
+	w = receive_by_id(&a, &b, &wa, 2, FLIPPED, v); /* not hashed: taken */
 	assert_int_equal(mm_store_body_stage(&w), 0);
 	assert_int_equal(mm_store_flush(b.s), 0);
-	assert_int_equal(count_files(&b, "INBOX", "new"), 2);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
-	assert_int_equal(mm_store_missing_count(b.s), 1);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
@@ -1010,7 +1015,7 @@ static void test_own_event(void **state)
 	struct wanted wa = {0};
 	struct mm_delta *d = three_wanted(&a, &b, &wa);
 	for (int i = 0; i < 3; i++) {
-		struct mm_body_writer *w = receive_by_id(&a, &b, &wa, i, false, MM_STORE_BODY_VERIFIED);
+		struct mm_body_writer *w = receive_by_id(&a, &b, &wa, i, INTACT, MM_STORE_BODY_VERIFIED);
 		assert_int_equal(mm_store_body_stage(&w), 0);
 	}
 	assert_int_equal(mm_store_flush(b.s), 0);
