@@ -267,12 +267,13 @@ class Node:
         """status --json straight from the control socket: what `mailmesh status` asks,
         without starting a process (item 1 polls node 2 while it works, and the poll
         should not take the CPU it measures)."""
-        path = None
-        with open(self.conf) as f:
-            for line in f:
-                k, _, v = line.partition("=")
-                if k.strip() == "control_socket":
-                    path = v.strip()
+        if not getattr(self, "ctl_path", None):   # read once: polled every 5 ms
+            with open(self.conf) as f:
+                for line in f:
+                    k, _, v = line.partition("=")
+                    if k.strip() == "control_socket":
+                        self.ctl_path = v.strip()
+        path = getattr(self, "ctl_path", None)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
                 c.settimeout(60)
