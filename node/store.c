@@ -233,7 +233,6 @@ struct folder {
 	uint64_t db_uid_sig; /* uid_sig when no check was pending, else 0 */
 	uint32_t db_uid_next;
 	bool db_uid_settled;
-	bool sync_new, sync_cur; /* a staged body was placed there: fsync that directory */
 	uint64_t dir_sig; /* new/ and cur/ (inode, mtime) when the index last matched them, 0 = unknown */
 	struct mm_md_keywords kw;
 	uint32_t miss_n;  /* messages of this folder whose body is missing here */
@@ -339,6 +338,7 @@ struct mm_store {
 	struct mm_delta *out;
 	int changes;
 	bool in_commit;
+	bool placing;                /* a placement job is out (mm_store_place_begin) */
 	bool loading;                /* mm_store_open is reading the database */
 	bool materializing;          /* fidx_take: an entry comes from the database */
 	size_t file_cache;           /* mm_store_set_file_cache */
@@ -2862,13 +2862,95 @@ bool mm_store_own_event(struct mm_store *s, const char *dir, const char *name)
 	return lstat(p, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static int place_list(struct mm_store *s, struct mm_body_writer *list, bool force)
+/* A batch of bodies being placed.  place_prepare builds it on the store's thread
+ * (holds, names, UIDs listed in dovecot-uidlist under its lock); place_run does the
+ * file work, most of a placement's time (the sync that makes the files durable, a
+ * rename each, the directory syncs), and touches only the job, its writers' names and
+ * the filesystem, so the daemon runs it on its thread pool while the loop goes on
+ * receiving; place_finish applies the outcome on the store's thread again.  One job
+ * at a time (s->placing): another placement meanwhile would wait for the uidlist lock
+ * this one holds.  (A folder's dir never changes, and folders live as long as the
+ * store: place_run may read it.) */
+struct place_file {
+	struct mm_body_writer *w;
+	struct folder *fo;
+	int sync;       /* index in the job's syncs, or -1: durable already */
+	bool in_cur;
+	bool listed;    /* listed under its UID by place_prepare */
+	uint64_t letters;
+	int result;     /* place_run: 0, or negative errno */
+	char name[MM_MD_NAME_MAX + 1];
+};
+
+struct place_dir {
+	struct folder *fo;
+	bool locked; /* its uidlist lock is held until place_finish */
+	bool sync_new, sync_cur;
+};
+
+struct place_sync {
+	struct mm_body_writer *w; /* a file made durable before any rename (held ones too) */
+	int result;
+};
+
+struct mm_store_place {
+	struct place_file *f;
+	size_t n;
+	struct place_dir *dirs;
+	size_t n_dirs;
+	struct place_sync *sync;
+	size_t n_sync;
+	const char *fs_dir; /* a folder on the filesystem most files are on: one syncfs there */
+	dev_t fs_dev;
+	size_t live;        /* files to sync on fs_dev */
+	struct mm_body_writer *drop; /* writers to free at the end: not placed, not held */
+};
+
+static void place_job_free(struct mm_store_place **jp)
 {
-	int placed = 0, err = 0, live = 0;
+	struct mm_store_place *j = *jp;
+	if (!j)
+		return;
+	free(j->f);
+	free(j->dirs);
+	free(j->sync);
+	free(j);
+	*jp = NULL;
+}
+
+/* Puts list back at the head of the staged list: a placement is under way. */
+static void restage(struct mm_store *s, struct mm_body_writer *list)
+{
+	if (!list)
+		return;
+	struct mm_body_writer *w = list, *last = NULL;
+	for (; w; last = w, w = w->snext) {
+		char k[KBUF];
+		size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+		(void)hm_put(&s->staged_keys, k, kl, w); /* (no memory: a second copy is dropped at placing) */
+		s->n_staged++;
+	}
+	last->snext = s->staged;
+	if (!s->staged) {
+		s->staged_tail = &last->snext;
+		s->staged_since_ms = wall_ms();
+	}
+	s->staged = list;
+}
+
+static void job_drop(struct mm_store_place *j, struct mm_body_writer *w)
+{
+	w->snext = j->drop;
+	j->drop = w;
+}
+
+/* Builds the job for `list` (whose records are durable).  0 and *job_r (NULL when
+ * nothing is left to do), or -ENOMEM (list dropped: its bodies stay missing). */
+static int place_prepare(struct mm_store *s, struct mm_body_writer *list, bool force, struct mm_store_place **job_r)
+{
+	*job_r = NULL;
 	size_t n = 0;
-	dev_t fs_dev = 0;
-	const char *fs_dir = NULL; /* a folder on the filesystem most of the batch is on */
-	struct mm_body_writer *w, *nx;
+	struct mm_body_writer *w;
 	/* a folder whose held bodies wait for nothing once this batch is placed, or may
 	 * follow the body with the NEXTUID they waited for (bodies are fetched in UID
 	 * order, so that is how a join goes): they join the batch, and the sort below
@@ -2900,59 +2982,40 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 			list = extra;
 		}
 	}
-	for (w = list; w; w = w->snext) {
+	if (!list)
+		return 0;
+	for (w = list; w; w = w->snext)
 		n++;
-		struct mm_user *mu = mm_state_user(s->state, w->user, false);
-		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
-		if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key)) {
-			w->err = -ECANCELED; /* expunged (or written) meanwhile */
-			continue;
-		}
-		w->uid = r->msg.uid_value;
-		if (w->synced || !w->dev)
-			continue;
-		if (!fs_dir) {
-			fs_dir = w->fo->dir;
-			fs_dev = w->dev;
-		}
-		live += w->dev == fs_dev;
-	}
-	/* Many files: one syncfs writes them all back in one pass and flushes the disk
-	 * cache once, where an fdatasync each costs an inode write and a cache flush per
-	 * file.  (It also writes back whatever else is dirty on that filesystem: worth it
-	 * only for a batch.)  Files on another filesystem (users on other mounts) get
-	 * their own fdatasync. */
-	bool one_sync = live >= SYNCFS_MIN_FILES && mm_md_syncfs(fs_dir) == 0;
-	for (w = list; w; w = w->snext) {
-		if (w->err || w->synced) /* held and recovered bodies are durable already */
-			continue;
-		int rr = one_sync && w->dev == fs_dev ? 0 : mm_md_tmp_sync(w->fo->dir, w->base);
-		if (rr < 0) {
-			logmsg(s, MM_STORE_LOG_ERR, "writing %s/tmp/%s: %s (will retry)", w->fo->dir, w->base,
-			       strerror(-rr));
-			w->err = err = rr;
-			continue;
-		}
-		w->synced = true;
-	}
-	struct mm_body_writer **v = malloc((n ? n : 1) * sizeof(*v));
-	char (*names)[MM_MD_NAME_MAX + 1] = malloc((n ? n : 1) * sizeof(*names));
-	bool *listed = calloc(n ? n : 1, sizeof(*listed));
-	if (!v || !names || !listed) {
+	struct mm_store_place *j = calloc(1, sizeof(*j));
+	struct mm_body_writer **v = malloc(n * sizeof(*v));
+	bool *listed = malloc(n * sizeof(*listed));
+	char (*names)[MM_MD_NAME_MAX + 1] = malloc(n * sizeof(*names));
+	if (!j || !v || !listed || !names || !(j->f = calloc(n, sizeof(*j->f))) ||
+	    !(j->dirs = calloc(n, sizeof(*j->dirs))) || !(j->sync = calloc(n, sizeof(*j->sync)))) {
+		place_job_free(&j);
 		free(v);
-		free(names);
 		free(listed);
+		free(names);
 		drop_list(list);
 		return -ENOMEM;
 	}
 	size_t i = 0;
 	for (w = list; w; w = w->snext)
 		v[i++] = w;
+	/* from here on each writer is the job's (placed or dropped) or held */
+	for (i = 0; i < n; i++) {
+		w = v[i];
+		w->snext = NULL;
+		struct mm_user *mu = mm_state_user(s->state, w->user, false);
+		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
+		if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, w->user, w->key))
+			w->err = -ECANCELED; /* expunged (or written) meanwhile */
+		else
+			w->uid = r->msg.uid_value;
+	}
 	if (s->imap_uids)
 		qsort(v, n, sizeof(*v), w_order_cmp);
 	uint64_t now = wall_ms();
-	if (live)
-		s->progress_ms = now;
 	for (size_t g = 0; g < n;) {
 		struct folder *fo = v[g]->fo;
 		size_t e = g, b = 0;
@@ -2960,16 +3023,31 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 			b += !v[e]->err;
 		bool may_hold = s->imap_uids && !force && fo->miss_n > b + fo->n_held;
 		uint32_t next = fo->uid_next ? fo->uid_next : 1; /* no uidlist read yet: a new folder */
+		size_t f0 = j->n;
 		for (size_t k = g; k < e; k++) {
 			w = v[k];
-			if (w->err)
+			listed[k] = false;
+			if (w->err) {
+				job_drop(j, w);
 				continue;
+			}
 			const struct mm_rec *r = mm_user_get(mm_state_user(s->state, w->user, false), w->key);
 			uint64_t letters = wanted_letters(s, w->fo, r, 0);
 			int rr = mm_md_name_format(names[k], sizeof names[k], w->base, strlen(w->base), letters, letters != 0);
 			if (rr < 0) {
-				w->err = err = rr;
+				w->err = rr;
+				job_drop(j, w);
 				continue;
+			}
+			int sync = -1;
+			if (!w->synced && w->dev) { /* placed or held, it is made durable first */
+				sync = (int)j->n_sync;
+				j->sync[j->n_sync++].w = w;
+				if (!j->fs_dir) {
+					j->fs_dir = fo->dir;
+					j->fs_dev = w->dev;
+				}
+				j->live += w->dev == j->fs_dev;
 			}
 			if (!w->uid && wait_first_uid(s, w, r, now) && hold_body(s, w) == 0)
 				continue;
@@ -2977,73 +3055,189 @@ static int place_list(struct mm_store *s, struct mm_body_writer *list, bool forc
 				continue;
 			if (w->uid >= next)
 				next = w->uid + 1;
+			struct place_file *pf = &j->f[j->n++];
+			pf->w = w;
+			pf->fo = fo;
+			pf->sync = sync;
+			pf->letters = letters;
+			pf->in_cur = strchr(names[k], ':') != NULL;
+			pf->result = -EAGAIN; /* until place_run says */
+			memcpy(pf->name, names[k], sizeof pf->name);
+			/* until place_finish it counts as staged: not begun again, not missing */
+			char sk[KBUF];
+			(void)hm_put(&s->staged_keys, sk, k_ub(sk, w->user, w->key, MM_KEY_LEN), w);
 		}
+		/* the group's files are listed under their UIDs in one uidlist write, under
+		 * the lock until they are in place (Dovecot would take a listed name that is
+		 * not there yet for an expunged message) */
 		struct mm_user *mu = mm_state_user(s->state, fo->u->name, false);
-		int lk = s->imap_uids && mu ? mm_md_uidlist_lock(fo->dir, 2000) : -EPERM;
-		if (lk == 0)
+		if (b && s->imap_uids && mu && mm_md_uidlist_lock(fo->dir, 2000) == 0) {
 			uid_preinstall_group(s, mu, fo, v + g, (const char (*)[MM_MD_NAME_MAX + 1])(names + g), e - g,
 			                     listed + g);
-		for (size_t k = g; k < e; k++) {
-			w = v[k];
-			if (w->err || w->held)
-				continue;
-			const struct mm_rec *r = mm_user_get(mu, w->key);
-			uint8_t body[MM_ID_LEN];
-			memcpy(body, r->msg.body, MM_ID_LEN);
-			bool in_cur = strchr(names[k], ':') != NULL;
-			uint64_t letters = wanted_letters(s, w->fo, r, 0);
-			int rr = mm_md_tmp_place(fo->dir, w->base, in_cur ? "cur" : "new", names[k]);
-			if ((!listed[k] || rr < 0) && s->imap_uids)
-				fo->uid_check = true;
-			w->tmp_gone = true; /* place removes tmp/<base> whatever happens */
-			if (rr < 0) {
-				logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", fo->dir,
-				       in_cur ? "cur" : "new", names[k], strerror(-rr));
-				w->err = err = rr;
-				continue;
-			}
-			set_missing(s, w->user, w->key, NULL, NULL, false);
-			note_placed(s, fo, in_cur ? "cur" : "new", names[k]);
-			if (!fent_add(s, fo, w->base, names[k], in_cur, w->key, body, letters))
-				err = -ENOMEM; /* the rescan will link the file by its key */
+			if (j->n > f0)
+				j->dirs[j->n_dirs].locked = true;
 			else
-				placed++;
-			*(in_cur ? &fo->sync_cur : &fo->sync_new) = true;
-			/* other instances waiting for the same bytes get a local copy at the next commit */
-			char kb[KBUF];
-			size_t bl = k_ub(kb, w->user, body, MM_ID_LEN);
-			for (struct miss *m = hm_get(&s->missing_body, kb, bl); m; m = m->bnext)
-				add_pending(s, w->user, m->key);
+				mm_md_uidlist_unlock(fo->dir);
 		}
-		if (lk == 0)
-			mm_md_uidlist_unlock(fo->dir);
+		if (j->n > f0) {
+			struct place_dir *pd = &j->dirs[j->n_dirs++];
+			pd->fo = fo;
+			for (size_t k = g, q = f0; k < e && q < j->n; k++) {
+				if (v[k] != j->f[q].w)
+					continue;
+				struct place_file *pf = &j->f[q++];
+				pf->listed = listed[k];
+				*(pf->in_cur ? &pd->sync_cur : &pd->sync_new) = true;
+				/* now: its watch event may come before place_finish */
+				note_placed(s, fo, pf->in_cur ? "cur" : "new", pf->name);
+			}
+		}
 		g = e;
 	}
-	for (i = 0; i < n; i++) {
-		w = v[i];
-		if (w->fo->sync_new)
-			mm_md_sync_sub(w->fo->dir, "new");
-		if (w->fo->sync_cur)
-			mm_md_sync_sub(w->fo->dir, "cur");
-		w->fo->sync_new = w->fo->sync_cur = false;
+	if (j->n_sync)
+		s->progress_ms = now;
+	free(v);
+	free(listed);
+	free(names);
+	*job_r = j;
+	return 0;
+}
+
+/* The job's file work (any thread): every file made durable (one syncfs for the
+ * files on fs_dev when there are enough of them, an fdatasync each otherwise), then
+ * each renamed into new/ or cur/, then each directory that got a name synced once. */
+static void place_run(struct mm_store_place *j)
+{
+	/* Many files: one syncfs writes them all back in one pass and flushes the disk
+	 * cache once, where an fdatasync each costs an inode write and a cache flush per
+	 * file.  (It also writes back whatever else is dirty on that filesystem: worth it
+	 * only for a batch.)  Files on another filesystem (users on other mounts) get
+	 * their own fdatasync. */
+	bool one_sync = j->live >= SYNCFS_MIN_FILES && mm_md_syncfs(j->fs_dir) == 0;
+	for (size_t i = 0; i < j->n_sync; i++) {
+		struct mm_body_writer *w = j->sync[i].w;
+		j->sync[i].result = one_sync && w->dev == j->fs_dev ? 0 : mm_md_tmp_sync(w->fo->dir, w->base);
 	}
-	for (w = list; w; w = nx) {
+	for (size_t i = 0; i < j->n; i++) {
+		struct place_file *pf = &j->f[i];
+		pf->result = pf->sync >= 0 ? j->sync[pf->sync].result : 0;
+		if (pf->result == 0)
+			pf->result = mm_md_tmp_place(pf->fo->dir, pf->w->base, pf->in_cur ? "cur" : "new", pf->name);
+	}
+	for (size_t d = 0; d < j->n_dirs; d++) {
+		if (j->dirs[d].sync_new)
+			mm_md_sync_sub(j->dirs[d].fo->dir, "new");
+		if (j->dirs[d].sync_cur)
+			mm_md_sync_sub(j->dirs[d].fo->dir, "cur");
+	}
+}
+
+/* Applies the job's outcome (store thread) and frees it with the writers it owns.
+ * Records may have changed while the files were being placed: a message expunged
+ * or moved meanwhile loses its new file, one placed otherwise keeps the other file,
+ * one whose flags changed gets its file renamed.  Returns the number placed, or the
+ * first error when none was. */
+static int place_finish(struct mm_store *s, struct mm_store_place **jp)
+{
+	struct mm_store_place *j = *jp;
+	int placed = 0, err = 0;
+	for (size_t d = 0; d < j->n_dirs; d++)
+		if (j->dirs[d].locked)
+			mm_md_uidlist_unlock(j->dirs[d].fo->dir);
+	for (size_t i = 0; i < j->n_sync; i++) {
+		struct mm_body_writer *w = j->sync[i].w;
+		if (j->sync[i].result == 0) {
+			w->synced = true;
+			continue;
+		}
+		logmsg(s, MM_STORE_LOG_ERR, "writing %s/tmp/%s: %s (will retry)", w->fo->dir, w->base,
+		       strerror(-j->sync[i].result));
+		if (!w->held)
+			w->err = err = j->sync[i].result;
+	}
+	for (size_t i = 0; i < j->n; i++) {
+		struct place_file *pf = &j->f[i];
+		struct mm_body_writer *w = pf->w;
+		struct folder *fo = pf->fo;
+		const char *sub = pf->in_cur ? "cur" : "new";
+		char sk[KBUF];
+		hm_del(&s->staged_keys, sk, k_ub(sk, w->user, w->key, MM_KEY_LEN));
+		job_drop(j, w);
+		if (pf->result < 0 && w->err)
+			continue; /* not synced: not renamed, logged above */
+		w->tmp_gone = true; /* place removes tmp/<base> whatever happens */
+		if ((!pf->listed || pf->result < 0) && s->imap_uids)
+			fo->uid_check = true;
+		if (pf->result < 0) {
+			logmsg(s, MM_STORE_LOG_ERR, "cannot deliver %s/%s/%s: %s (will retry)", fo->dir, sub, pf->name,
+			       strerror(-pf->result));
+			w->err = err = pf->result;
+			continue;
+		}
+		struct mm_user *mu = mm_state_user(s->state, w->user, false);
+		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
+		struct fent *fe = fent_by_key(s, w->user, w->key);
+		if (fe && fe->fo == fo && !strcmp(fe->base, w->base))
+			continue; /* a scan took it in meanwhile, by its key */
+		if (!r || r->type != MM_REC_MESSAGE || strcmp(r->msg.folder, fo->name) || fe) {
+			mm_md_unlink(fo->dir, sub, pf->name); /* expunged, moved or placed otherwise meanwhile */
+			fo->check = true;
+			continue;
+		}
+		uint8_t body[MM_ID_LEN];
+		memcpy(body, r->msg.body, MM_ID_LEN);
+		set_missing(s, w->user, w->key, NULL, NULL, false);
+		if (!(fe = fent_add(s, fo, w->base, pf->name, pf->in_cur, w->key, body, pf->letters))) {
+			err = -ENOMEM; /* the rescan will link the file by its key */
+			continue;
+		}
+		placed++;
+		if (wanted_letters(s, fo, r, 0) != pf->letters)
+			sync_file_flags(s, fe, r); /* flags changed meanwhile */
+		/* other instances waiting for the same bytes get a local copy at the next commit */
+		char kb[KBUF];
+		size_t bl = k_ub(kb, w->user, body, MM_ID_LEN);
+		for (struct miss *m = hm_get(&s->missing_body, kb, bl); m; m = m->bnext)
+			add_pending(s, w->user, m->key);
+	}
+	for (struct mm_body_writer *w = j->drop, *nx; w; w = nx) {
 		nx = w->snext;
 		w->snext = NULL;
-		if (!w->held)
-			writer_free(&w, !w->tmp_gone);
+		writer_free(&w, !w->tmp_gone);
 	}
-	free(v);
-	free(names);
-	free(listed);
+	j->drop = NULL;
+	place_job_free(jp);
 	return placed ? placed : err;
+}
+
+/* Places the checked bodies of `list`, whose records the caller made durable: every
+ * file's contents and mtime are made durable first (their writeback was started when
+ * they were staged), then each is linked into new/ or cur/ (with imap_uids: per
+ * folder in UID order, listed in one uidlist write, some held back: see HOLD_MS;
+ * force places them all), then each directory that got a name is synced once.  A
+ * body that cannot be placed stays missing (the daemon asks for it again).  Frees
+ * the writers it does not hold.  Returns the number placed, or the first error when
+ * none was.  While a job is out (mm_store_place_begin), the bodies go back to the
+ * staged list, for the next placement. */
+static int place_list(struct mm_store *s, struct mm_body_writer *list, bool force)
+{
+	if (s->placing) {
+		restage(s, list);
+		return 0;
+	}
+	struct mm_store_place *j;
+	int r = place_prepare(s, list, force, &j);
+	if (r < 0 || !j)
+		return r;
+	place_run(j);
+	return place_finish(s, &j);
 }
 
 /* Folders whose held bodies may go now (nothing else missing there, or no progress
  * for HOLD_MS): placed in UID order.  Returns the number placed. */
 static int release_held(struct mm_store *s)
 {
-	if (!s->n_held)
+	if (!s->n_held || s->placing)
 		return 0;
 	uint64_t now = wall_ms();
 	int placed = 0;
@@ -3252,7 +3446,7 @@ static bool gathering(const struct mm_store *s)
 
 int mm_store_flush(struct mm_store *s)
 {
-	if (s->in_commit)
+	if (s->in_commit || s->placing)
 		return 0; /* in a commit: it places them when its transaction is durable */
 	if (!s->staged || gathering(s)) {
 		release_held(s);
@@ -3264,6 +3458,53 @@ int mm_store_flush(struct mm_store *s)
 	int r = place_list(s, unstage_all(s), false);
 	release_held(s);
 	return r < 0 ? r : 0;
+}
+
+int mm_store_place_begin(struct mm_store *s, struct mm_store_place **job_r)
+{
+	*job_r = NULL;
+	if (s->in_commit || s->placing || !s->staged || gathering(s))
+		return 0;
+	int r = 0;
+	/* the records first (a commit places nothing while s->placing: what it makes,
+	 * local copies, is staged and joins this job) */
+	s->placing = true;
+	for (struct mm_body_writer *w = s->staged; w && r == 0; w = w->snext)
+		if (rec_dirty(s, w->user, w->key))
+			r = mm_store_commit(s);
+	s->placing = false;
+	if (r < 0) {
+		if (s->staged)
+			drop_list(unstage_all(s)); /* they stay missing: asked for again */
+		return r;
+	}
+	struct mm_store_place *j;
+	if ((r = place_prepare(s, unstage_all(s), false, &j)) < 0 || !j)
+		return r;
+	if (!j->n && !j->n_sync) {
+		place_finish(s, &j); /* nothing but writers to drop */
+		return 0;
+	}
+	s->placing = true;
+	*job_r = j;
+	return 1;
+}
+
+void mm_store_place_run(struct mm_store_place *job)
+{
+	place_run(job);
+}
+
+int mm_store_place_end(struct mm_store *s, struct mm_store_place **jobp)
+{
+	int r = place_finish(s, jobp);
+	s->placing = false;
+	return r;
+}
+
+bool mm_store_placing(const struct mm_store *s)
+{
+	return s->placing;
 }
 
 int mm_store_body_commit(struct mm_body_writer **wp)
@@ -4697,7 +4938,8 @@ int mm_store_commit(struct mm_store *s)
 	 * (a COPY into another folder): their source file exists only now, so go round
 	 * again rather than leave them for a commit that a quiet node may not make soon
 	 * (a joining node once kept one message of a copied folder missing). */
-	for (int round = 0; round < 3 && r == 0 && (s->pending || (s->staged && !gathering(s))); round++) {
+	for (int round = 0; round < 3 && r == 0 && (s->pending || (s->staged && !gathering(s) && !s->placing));
+	     round++) {
 		if (s->pending) {
 			/* the records are durable now: local copies may carry their keys */
 			struct pending *p = s->pending;
@@ -4723,7 +4965,7 @@ int mm_store_commit(struct mm_store *s)
 		/* every staged body's record is durable now (or the commit failed: drop
 		 * them, they stay missing and are asked for again, rather than retry on
 		 * every flush) */
-		if (s->staged && !gathering(s)) {
+		if (s->staged && !gathering(s) && !s->placing) {
 			struct mm_body_writer *list = unstage_all(s);
 			if (r == 0)
 				place_list(s, list, false);

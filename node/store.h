@@ -161,7 +161,7 @@ void mm_store_body_abort(struct mm_body_writer **wp);
  * keeps the file in tmp/ (its descriptor open) until mm_store_flush or the next
  * mm_store_commit places it.  Returns 0 (*wp is NULLed and the store owns the body).
  * A staged message is not missing for mm_store_missing, and begin/begin_id refuse it
- * (-EEXIST / -ENOENT).  After STAGE_MAX_FILES (128) staged bodies it flushes itself.
+ * (-EEXIST / -ENOENT).  After STAGE_MAX_FILES (2048) staged bodies it flushes itself.
  * If the body cannot be placed later, the message stays missing (the caller's missing
  * check asks for it again); a store freed or a process killed before the placement
  * leaves at most tmp/ files, which are never read as messages. */
@@ -175,6 +175,30 @@ int mm_store_body_stage(struct mm_body_writer **wp);
  * commit's negative errno (then the staged bodies are dropped and stay missing);
  * a body that cannot be placed is logged and stays missing. */
 int mm_store_flush(struct mm_store *s);
+
+/* Placing off the store's thread.  A placement's file work (the sync that makes a
+ * batch durable, a rename per file, the directory syncs) is most of its time; the
+ * daemon has it done on its thread pool while the loop goes on receiving:
+ *   mm_store_place_begin (store thread): takes every staged body (committing their
+ *     records first, as mm_store_flush does), holds what must wait for its UID and
+ *     lists the rest in dovecot-uidlist, whose lock it keeps.  1 and *job_r: a job
+ *     to run; 0: nothing to place now (no staged body, gathering, or a job is out);
+ *     negative errno: the commit failed (the staged bodies were dropped and stay
+ *     missing).
+ *   mm_store_place_run (any thread): the file work.  It touches only the job, its
+ *     files and the filesystem, so the store may be used meanwhile.
+ *   mm_store_place_end (store thread): applies the outcome, frees the job and NULLs
+ *     *jobp.  A message expunged, moved or given another file while the job was out
+ *     loses the file just placed; one whose flags changed gets its file renamed.
+ *     Returns the number placed, or the first error when none was.
+ * While a job is out (mm_store_placing), mm_store_flush, commits and
+ * mm_store_body_commit place nothing: their bodies stay staged for the next job.
+ * Every begun job must be ended before mm_store_free. */
+struct mm_store_place;
+int mm_store_place_begin(struct mm_store *s, struct mm_store_place **job_r);
+void mm_store_place_run(struct mm_store_place *job);
+int mm_store_place_end(struct mm_store *s, struct mm_store_place **jobp);
+bool mm_store_placing(const struct mm_store *s);
 
 /* A watch event for file `name` in directory `dir` (a folder's new/ or cur/): true if
  * it is the event of a file this store placed there itself, still in place, so the

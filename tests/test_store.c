@@ -410,6 +410,15 @@ static void listing(const struct node *n, char *out, size_t len)
 	pclose(p);
 }
 
+/* a and b show the same messages (listing) */
+static void assert_same_listing(const struct node *a, const struct node *b)
+{
+	char la[8192], lb[8192];
+	listing(a, la, sizeof la);
+	listing(b, lb, sizeof lb);
+	assert_string_equal(la, lb);
+}
+
 static void test_two_nodes(void **state)
 {
 	(void)state;
@@ -708,10 +717,7 @@ static void test_stage_flush(void **state)
 	assert_int_equal(mm_store_files_hashed(b.s), 0);
 	assert_int_equal(mm_store_missing_count(b.s), 0);
 	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
-	char la[8192], lb[8192];
-	listing(&a, la, sizeof la);
-	listing(&b, lb, sizeof lb);
-	assert_string_equal(la, lb);
+	assert_same_listing(&a, &b);
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
@@ -795,10 +801,7 @@ static void test_stage_batch(void **state)
 	assert_int_equal(mm_store_commit(b.s), 0);
 	assert_int_equal(count_files(&b, "INBOX", "new"), 20);
 	assert_int_equal(mm_store_missing_count(b.s), 0);
-	char la[8192], lb[8192];
-	listing(&a, la, sizeof la);
-	listing(&b, lb, sizeof lb);
-	assert_string_equal(la, lb);
+	assert_same_listing(&a, &b);
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
@@ -861,10 +864,7 @@ static void test_stage_gather(void **state)
 	assert_int_equal(count_files(&b, "INBOX", "new"), 40);
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
 	assert_int_equal(mm_store_missing_count(b.s), 0);
-	char la[8192], lb[8192];
-	listing(&a, la, sizeof la);
-	listing(&b, lb, sizeof lb);
-	assert_string_equal(la, lb);
+	assert_same_listing(&a, &b);
 
 	node_close(&b);
 	mm_delta_free(&d);
@@ -1006,6 +1006,17 @@ static void test_verified_writer(void **state)
 	node_close(&b);
 }
 
+/* three_wanted, and the three bodies received (verified) and staged on b. */
+static struct mm_delta *three_staged(struct node *a, struct node *b, struct wanted *wa)
+{
+	struct mm_delta *d = three_wanted(a, b, wa);
+	for (int i = 0; i < 3; i++) {
+		struct mm_body_writer *w = receive_by_id(a, b, wa, i, INTACT, MM_STORE_BODY_VERIFIED);
+		assert_int_equal(mm_store_body_stage(&w), 0);
+	}
+	return d;
+}
+
 /* The watch event of a file the store placed itself is recognised once (no scan of
  * the folder for it); a file moved away before its event came is not. */
 static void test_own_event(void **state)
@@ -1013,11 +1024,7 @@ static void test_own_event(void **state)
 	(void)state;
 	struct node a = {0}, b = {0};
 	struct wanted wa = {0};
-	struct mm_delta *d = three_wanted(&a, &b, &wa);
-	for (int i = 0; i < 3; i++) {
-		struct mm_body_writer *w = receive_by_id(&a, &b, &wa, i, INTACT, MM_STORE_BODY_VERIFIED);
-		assert_int_equal(mm_store_body_stage(&w), 0);
-	}
+	struct mm_delta *d = three_staged(&a, &b, &wa);
 	assert_int_equal(mm_store_flush(b.s), 0);
 	char dir[600], newd[700], names[3][300];
 	udir(&b, "INBOX", dir, sizeof dir);
@@ -1041,6 +1048,60 @@ static void test_own_event(void **state)
 	assert_false(mm_store_own_event(b.s, newd, names[1]));
 	assert_false(mm_store_own_event(b.s, newd, "1700000000.M1P1.elsewhere,S=10"));
 	assert_true(mm_store_own_event(b.s, newd, names[2]));
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A placement whose file work runs apart (the daemon's thread pool): while it is out
+ * its bodies count as staged (not begun again, not missing), other placements wait,
+ * and what changed meanwhile is applied when it ends: a message expunged loses the
+ * file just placed, one whose flags changed gets them. */
+static void test_place_async(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct wanted wa = {0};
+	struct mm_delta *d = three_staged(&a, &b, &wa);
+	struct mm_store_place *job = NULL;
+	assert_int_equal(mm_store_place_begin(b.s, &job), 1);
+	assert_non_null(job);
+	assert_true(mm_store_placing(b.s));
+	assert_int_equal(mm_store_staged_count(b.s), 0);
+	struct mm_store_place *job2 = NULL;
+	assert_int_equal(mm_store_place_begin(b.s, &job2), 0); /* one at a time */
+	assert_null(job2);
+	struct mm_body_writer *w2 = NULL;
+	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", wa.id[0], wa.size[0], 0, &w2), -ENOENT);
+	int c = 0;
+	assert_int_equal(mm_store_missing(b.s, count_cb, &c), 0);
+	assert_int_equal(c, 0); /* not offered to the fetcher */
+
+	/* meanwhile a expunges one message and flags another, and b merges both */
+	struct mm_delta *e = mm_delta_new();
+	unlink(find(&a, "INBOX", "1700000001."));
+	rename_to(find(&a, "INBOX", "1700000002."), "S");
+	assert_int_equal(scan(&a, e), 2);
+	assert_true(mm_store_merge_delta(b.s, e) >= 0);
+	assert_int_equal(mm_store_flush(b.s), 0);  /* waits for the job */
+	assert_int_equal(mm_store_commit(b.s), 0); /* places nothing either */
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 0);
+
+	mm_store_place_run(job);
+	assert_int_equal(mm_store_place_end(b.s, &job), 2);
+	assert_null(job);
+	assert_false(mm_store_placing(b.s));
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_non_null(find(&b, "INBOX", "1600000000."));
+	assert_null(find(&b, "INBOX", "1600000001."));
+	const char *f2 = find(&b, "INBOX", "1600000002.");
+	assert_non_null(f2);
+	assert_non_null(strstr(f2, "/cur/"));
+	assert_string_equal(strrchr(f2, ':'), ":2,S");
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_same_listing(&a, &b);
+	mm_delta_free(&e);
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
@@ -1127,10 +1188,7 @@ static void test_crash_between_commit_and_rename(void **state)
 	assert_int_equal(scan(&b, NULL), 0);
 	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
 	assert_int_equal(mm_store_missing_count(b.s), 0);
-	char la[8192], lb[8192];
-	listing(&a, la, sizeof la);
-	listing(&b, lb, sizeof lb);
-	assert_string_equal(la, lb);
+	assert_same_listing(&a, &b);
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
@@ -2242,6 +2300,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deferred_writer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_verified_writer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_own_event, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_place_async, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_placed_with_original, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
