@@ -255,11 +255,19 @@ static void apply_owner(int fd, const struct mm_md_owner *o, bool dir)
 {
 	if (!o)
 		return;
-	if (o->uid != (uid_t)-1 || o->gid != (gid_t)-1)
+	/* Only what differs is set (each change is an inode update, on a journaled
+	 * filesystem a journal entry): a daemon running as the mail owner under a
+	 * usual umask creates files as they should be. */
+	struct stat st;
+	bool known = fstat(fd, &st) == 0;
+	mode_t mode = dir ? o->dir_mode : o->file_mode;
+	if ((o->uid != (uid_t)-1 && (!known || st.st_uid != o->uid)) ||
+	    (o->gid != (gid_t)-1 && (!known || st.st_gid != o->gid)))
 		if (fchown(fd, o->uid, o->gid) < 0) {
 			/* not root: keep the creator's owner; the mode still applies */
 		}
-	(void)!fchmod(fd, dir ? o->dir_mode : o->file_mode);
+	if (!known || (st.st_mode & 07777) != mode)
+		(void)!fchmod(fd, mode);
 }
 
 /* Writes `data` to <dir>/<tmpname> (O_EXCL), fsyncs, renames it over <dir>/<name>. */
