@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "node/daemon.h"
@@ -102,9 +103,26 @@ static int body_write(void *handle, const uint8_t *data, size_t len)
 	return mm_store_body_write(j->w, data, len);
 }
 
+/* The thread pool's work (writing bodies out, placing them) runs below the loop
+ * thread's priority.  The loop is a join's critical path: it receives, decrypts and
+ * checks every byte, and hands the files on.  With the writers at the same priority,
+ * a join on two cores had the loop runnable but preempted by them for 150 of 1050 ms
+ * (measured, perf sched_switch); lowered, they take what the loop leaves. */
+#define POOL_NICE 10
+
+static void pool_thread_lower(void)
+{
+	static _Thread_local bool lowered;
+	if (!lowered) {
+		lowered = true;
+		(void)setpriority(PRIO_PROCESS, (id_t)gettid(), POOL_NICE); /* (a failure: as before) */
+	}
+}
+
 static void write_work(uv_work_t *req)
 {
 	struct body_job *j = req->data;
+	pool_thread_lower();
 	mm_store_body_write_out(j->w);
 }
 
@@ -184,6 +202,7 @@ struct place_job {
 static void place_work(uv_work_t *req)
 {
 	struct place_job *p = req->data;
+	pool_thread_lower();
 	mm_store_place_run(p->job);
 }
 
