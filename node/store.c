@@ -2777,34 +2777,31 @@ static int hold_body(struct mm_store *s, struct mm_body_writer *w)
 	return 0;
 }
 
-/* Lists the group's bodies under their UIDs in one dovecot-uidlist write (lock held
- * by the caller): each UID at or above NEXTUID and free.  listed[i] says which. */
-static void uid_preinstall_group(struct mm_store *s, struct mm_user *mu, struct folder *fo,
+/* Lists the group's bodies under their UIDs in *ul (lock held by the caller), for one
+ * dovecot-uidlist write: each UID at or above NEXTUID and free.  listed[i] says which.
+ * Returns whether *ul is to be written (by place_run, before the renames); the caller
+ * clears *ul either way. */
+static bool uid_preinstall_group(struct mm_store *s, struct mm_user *mu, struct folder *fo,
                                  struct mm_body_writer **v, const char (*names)[MM_MD_NAME_MAX + 1],
-                                 size_t n, bool *listed)
+                                 size_t n, bool *listed, struct mm_md_uidlist *ul)
 {
+	(void)s;
+	memset(ul, 0, sizeof(*ul));
 	const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
 	if (!frec)
-		return;
-	struct mm_md_uidlist ul;
-	if (mm_md_uidlist_load(fo->dir, &ul) == 0 && (ul.uidvalidity == frec->folder.uidvalidity || !ul.exists)) {
-		bool dirty = uid_header(&ul, fo->u->name, frec);
+		return false;
+	bool dirty = false;
+	if (mm_md_uidlist_load(fo->dir, ul) == 0 && (ul->uidvalidity == frec->folder.uidvalidity || !ul->exists)) {
+		dirty = uid_header(ul, fo->u->name, frec);
 		for (size_t i = 0; i < n; i++) {
 			uint32_t uid = v[i]->uid;
-			if (!v[i]->err && !v[i]->held && uid && uid >= ul.next_uid && mm_md_uidlist_index(&ul, uid) < 0 &&
-			    mm_md_uidlist_add(&ul, uid, names[i]) == 0)
+			if (!v[i]->err && !v[i]->held && uid && uid >= ul->next_uid && mm_md_uidlist_index(ul, uid) < 0 &&
+			    mm_md_uidlist_add(ul, uid, names[i]) == 0)
 				listed[i] = dirty = true;
 		}
-		if (dirty) {
-			int r = mm_md_uidlist_save(fo->dir, &ul);
-			if (r < 0) {
-				logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", fo->dir, strerror(-r));
-				memset(listed, 0, n * sizeof(*listed));
-			}
-		}
 	}
-	fo->uid_next = ul.next_uid;
-	mm_md_uidlist_clear(&ul);
+	fo->uid_next = ul->next_uid;
+	return dirty;
 }
 
 /* Places the checked bodies of `list`, whose records the caller made durable: every
@@ -2884,7 +2881,11 @@ struct place_file {
 
 struct place_dir {
 	struct folder *fo;
-	bool locked; /* its uidlist lock is held until place_finish */
+	size_t f0, f1;  /* its files: the job's f[f0 .. f1) */
+	bool locked;    /* its uidlist lock is held until place_finish */
+	bool save_ul;   /* ul is written before the renames */
+	int ul_result;  /* place_run: 0, or negative errno */
+	struct mm_md_uidlist ul;
 	bool sync_new, sync_cur;
 };
 
@@ -2911,6 +2912,8 @@ static void place_job_free(struct mm_store_place **jp)
 	struct mm_store_place *j = *jp;
 	if (!j)
 		return;
+	for (size_t d = 0; d < j->n_dirs; d++)
+		mm_md_uidlist_clear(&j->dirs[d].ul);
 	free(j->f);
 	free(j->dirs);
 	free(j->sync);
@@ -3071,17 +3074,25 @@ static int place_prepare(struct mm_store *s, struct mm_body_writer *list, bool f
 		 * the lock until they are in place (Dovecot would take a listed name that is
 		 * not there yet for an expunged message) */
 		struct mm_user *mu = mm_state_user(s->state, fo->u->name, false);
+		struct place_dir *pd = &j->dirs[j->n_dirs];
 		if (b && s->imap_uids && mu && mm_md_uidlist_lock(fo->dir, 2000) == 0) {
-			uid_preinstall_group(s, mu, fo, v + g, (const char (*)[MM_MD_NAME_MAX + 1])(names + g), e - g,
-			                     listed + g);
-			if (j->n > f0)
-				j->dirs[j->n_dirs].locked = true;
-			else
+			pd->save_ul = uid_preinstall_group(s, mu, fo, v + g, (const char (*)[MM_MD_NAME_MAX + 1])(names + g),
+			                                   e - g, listed + g, &pd->ul);
+			pd->locked = true;
+			if (j->n == f0) { /* all held: only the header may have changed */
+				if (pd->save_ul && (pd->ul_result = mm_md_uidlist_save(fo->dir, &pd->ul)) < 0)
+					logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", fo->dir,
+					       strerror(-pd->ul_result));
+				mm_md_uidlist_clear(&pd->ul);
 				mm_md_uidlist_unlock(fo->dir);
+				memset(pd, 0, sizeof(*pd));
+			}
 		}
 		if (j->n > f0) {
-			struct place_dir *pd = &j->dirs[j->n_dirs++];
+			j->n_dirs++;
 			pd->fo = fo;
+			pd->f0 = f0;
+			pd->f1 = j->n;
 			for (size_t k = g, q = f0; k < e && q < j->n; k++) {
 				if (v[k] != j->f[q].w)
 					continue;
@@ -3118,17 +3129,22 @@ static void place_run(struct mm_store_place *j)
 		struct mm_body_writer *w = j->sync[i].w;
 		j->sync[i].result = one_sync && w->dev == j->fs_dev ? 0 : mm_md_tmp_sync(w->fo->dir, w->base);
 	}
-	for (size_t i = 0; i < j->n; i++) {
-		struct place_file *pf = &j->f[i];
-		pf->result = pf->sync >= 0 ? j->sync[pf->sync].result : 0;
-		if (pf->result == 0)
-			pf->result = mm_md_tmp_place(pf->fo->dir, pf->w->base, pf->in_cur ? "cur" : "new", pf->name);
-	}
 	for (size_t d = 0; d < j->n_dirs; d++) {
-		if (j->dirs[d].sync_new)
-			mm_md_sync_sub(j->dirs[d].fo->dir, "new");
-		if (j->dirs[d].sync_cur)
-			mm_md_sync_sub(j->dirs[d].fo->dir, "cur");
+		struct place_dir *pd = &j->dirs[d];
+		/* the UIDs first: Dovecot, once it may lock, must not take a new file for
+		 * one it should number itself */
+		if (pd->save_ul)
+			pd->ul_result = mm_md_uidlist_save(pd->fo->dir, &pd->ul);
+		for (size_t i = pd->f0; i < pd->f1; i++) {
+			struct place_file *pf = &j->f[i];
+			pf->result = pf->sync >= 0 ? j->sync[pf->sync].result : 0;
+			if (pf->result == 0)
+				pf->result = mm_md_tmp_place(pd->fo->dir, pf->w->base, pf->in_cur ? "cur" : "new", pf->name);
+		}
+		if (pd->sync_new)
+			mm_md_sync_sub(pd->fo->dir, "new");
+		if (pd->sync_cur)
+			mm_md_sync_sub(pd->fo->dir, "cur");
 	}
 }
 
@@ -3141,9 +3157,17 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 {
 	struct mm_store_place *j = *jp;
 	int placed = 0, err = 0;
-	for (size_t d = 0; d < j->n_dirs; d++)
-		if (j->dirs[d].locked)
-			mm_md_uidlist_unlock(j->dirs[d].fo->dir);
+	for (size_t d = 0; d < j->n_dirs; d++) {
+		struct place_dir *pd = &j->dirs[d];
+		if (pd->locked)
+			mm_md_uidlist_unlock(pd->fo->dir);
+		if (pd->ul_result < 0) {
+			logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", pd->fo->dir,
+			       strerror(-pd->ul_result));
+			for (size_t i = pd->f0; i < pd->f1; i++)
+				j->f[i].listed = false; /* listed by the next UID pass */
+		}
+	}
 	for (size_t i = 0; i < j->n_sync; i++) {
 		struct mm_body_writer *w = j->sync[i].w;
 		if (j->sync[i].result == 0) {
