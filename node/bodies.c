@@ -223,8 +223,30 @@ static void place_done(uv_work_t *req, int status)
 			       "rescan finds the files", d->cfg.state_dir);
 		return;
 	}
-	mm_daemon_commit_soon(d);
+	if (r > 0)
+		d->placed_uncommitted += (size_t)r;
+	mm_bodies_commit_check(d);
 	mm_bodies_flush(d); /* what was staged meanwhile */
+}
+
+/* While bodies stream in, the placed files' index entries wait for the stream's end
+ * (or PLACED_COMMIT_MAX of them): a commit's fdatasync blocks the loop (63 ms over a
+ * 5,000-message join, measured), and the index is a cache that the rescan after a
+ * crash rebuilds by key.  Local copies of placed bodies and held bodies' release
+ * wait with it; records are committed before their bodies are placed, as always. */
+#define PLACED_COMMIT_MAX 20000
+
+static bool streaming(struct mm_daemon *d)
+{
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(d->fetch, &fs);
+	return fs.inflight > 0 || d->write_jobs > 0 || d->placing || mm_store_staged_count(d->store) > 0;
+}
+
+void mm_bodies_commit_check(struct mm_daemon *d)
+{
+	if (d->placed_uncommitted && (d->placed_uncommitted >= PLACED_COMMIT_MAX || !streaming(d)))
+		mm_daemon_commit_soon(d);
 }
 
 /* Starts placing the staged bodies on the thread pool.  True if a job is out. */

@@ -62,6 +62,7 @@ static void commit_cb(uv_timer_t *t)
 {
 	struct mm_daemon *d = t->data;
 	d->commit_pending = false;
+	d->placed_uncommitted = 0;
 	int r = mm_store_commit(d->store);
 	if (r < 0) {
 		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s; retrying in 1 s",
@@ -167,6 +168,7 @@ static void gossip_cb(uv_timer_t *t)
 			want_all_missing(d);
 	}
 	mm_fetch_tick(d->fetch, now);
+	mm_bodies_commit_check(d); /* placed files' index entries left by a stream that stopped */
 	mm_peer_dial_all(d);
 	uid_authority_update(d, now);
 }

@@ -83,6 +83,7 @@ struct mm_daemon {
 	uv_timer_t gather_timer;           /* places gathered bodies when their wait is over */
 	unsigned write_jobs;               /* bodies being written out on the thread pool */
 	bool placing;                      /* a batch is being placed on the thread pool */
+	size_t placed_uncommitted;         /* files placed whose index entries wait for a commit */
 	uint64_t write_bytes;              /* and their bytes (bodies.c) */
 	int settle_left;
 	uv_signal_t sigterm, sigint;
@@ -123,6 +124,7 @@ void mm_watch_lock_waits(struct mm_daemon *d); /* rescans soon what a scan left 
 struct mm_body_ops;
 void mm_bodies_ops(struct mm_daemon *d, struct mm_body_ops *ops_r);
 void mm_bodies_flush(struct mm_daemon *d);     /* places staged bodies (each loop turn) */
+void mm_bodies_commit_check(struct mm_daemon *d); /* commits placed files' index once bodies stop */
 
 /* control.c */
 int mm_control_start(struct mm_daemon *d);
