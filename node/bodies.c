@@ -249,6 +249,8 @@ void mm_bodies_commit_check(struct mm_daemon *d)
 		mm_daemon_commit_soon(d);
 }
 
+#define PLACE_ASYNC_MIN 64 /* staged bodies placed off the loop even when nothing streams */
+
 /* Starts placing the staged bodies on the thread pool.  True if a job is out. */
 static bool place_async(struct mm_daemon *d)
 {
@@ -280,19 +282,23 @@ void mm_bodies_flush(struct mm_daemon *d)
 	size_t staged = mm_store_staged_count(d->store), held = mm_store_held_count(d->store);
 	if (!staged && !held)
 		return;
-	bool gather = false;
+	bool gather = false, stream = false;
 	if (staged) {
 		struct mm_fetch_stats fs;
 		mm_fetch_get_stats(d->fetch, &fs);
 		uint64_t now = mm_daemon_now(), since = mm_store_staged_since(d->store);
+		stream = fs.inflight > 0 || d->write_jobs > 0;
 		/* (a clock stepped back ends the wait rather than stretch it) */
-		gather = (fs.inflight > 0 || d->write_jobs > 0) && !d->stopping && since <= now &&
-		         now - since < GATHER_MS;
+		gather = stream && !d->stopping && since <= now && now - since < GATHER_MS;
 		if (gather && !uv_is_active((uv_handle_t *)&d->gather_timer))
 			uv_timer_start(&d->gather_timer, gather_cb, since + GATHER_MS - now, 0);
 	}
 	mm_store_gather(d->store, gather);
-	if (staged && !gather && !d->stopping && place_async(d))
+	/* A batch while bodies stream (or a large one) is placed off the loop; a message
+	 * pushed alone is placed here and now, in the turn it arrived, rather than wait
+	 * for a pool thread that runs below the loop's priority (item 2 alone, one run
+	 * each: p50/p99 5.0/6.8 ms so, 5.4/7.2 ms through the pool). */
+	if (staged && !gather && !d->stopping && (stream || staged >= PLACE_ASYNC_MIN) && place_async(d))
 		return; /* (held bodies whose time has come: after it) */
 	int r = mm_store_flush(d->store);
 	if (r < 0)

@@ -723,6 +723,46 @@ static void test_stage_flush(void **state)
 	node_close(&b);
 }
 
+/* Receives `msg` on n by its id and stages it. */
+static void stage_bytes(struct node *n, const char *msg)
+{
+	uint8_t id[MM_ID_LEN];
+	mm_body_id(msg, strlen(msg), id);
+	struct mm_body_writer *w = NULL;
+	assert_int_equal(mm_store_body_begin_id(n->s, "ex.org/alice", id, strlen(msg), 0, &w), 0);
+	assert_int_equal(mm_store_body_write(w, msg, strlen(msg)), 0);
+	assert_int_equal(mm_store_body_stage(&w), 0);
+}
+
+static void place_job(struct node *n, int placed)
+{
+	struct mm_store_place *job = NULL;
+	assert_int_equal(mm_store_place_begin(n->s, &job), 1);
+	mm_store_place_run(job);
+	assert_int_equal(mm_store_place_end(n->s, &job), placed);
+}
+
+static const char copied_msg[] = "Subject: copied\r\n\r\nsame bytes in two folders\r\n";
+
+/* Nodes a and b; a holds copied_msg in INBOX and Work (an IMAP COPY), delivered with
+ * the messages `more` (NULL-terminated) into INBOX, scanned into d and merged into b. */
+static void copied_pair(struct node *a, struct node *b, struct mm_delta *d, const char *const *more)
+{
+	node_open(a, "a", 1);
+	node_open(b, "b", 2);
+	deliver(a, "INBOX", "1700000000.M1P1.mx", copied_msg, 1600000000);
+	deliver(a, "Work", "1700000001.M1P1.mx", copied_msg, 1600000000);
+	int n = 2;
+	for (; more && more[n - 2]; n++) {
+		char base[64];
+		snprintf(base, sizeof base, "17000000%02d.M1P1.mx", n);
+		deliver(a, "INBOX", base, more[n - 2], 1600000000 + n);
+	}
+	assert_true(scan(a, d) >= n);
+	assert_true(mm_store_merge_delta(b->s, d) >= 0);
+	assert_int_equal(mm_store_commit(b->s), 0);
+}
+
 /* Two messages with the same bytes (an IMAP COPY into another folder): one body
  * received places both in the same commit (the second from a local copy of the first),
  * instead of leaving the copy to a later commit a quiet node might not make. */
@@ -730,26 +770,46 @@ static void test_copy_placed_with_original(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	node_open(&a, "a", 1);
-	node_open(&b, "b", 2);
 	struct mm_delta *d = mm_delta_new();
-	const char *msg = "Subject: copied\r\n\r\nsame bytes in two folders\r\n";
-	deliver(&a, "INBOX", "1700000000.M1P1.mx", msg, 1600000000);
-	deliver(&a, "Work", "1700000001.M1P1.mx", msg, 1600000000);
-	assert_true(scan(&a, d) >= 2);
-	assert_true(mm_store_merge_delta(b.s, d) >= 0);
-	assert_int_equal(mm_store_commit(b.s), 0);
+	copied_pair(&a, &b, d, NULL);
 	assert_int_equal(mm_store_missing_count(b.s), 2);
-	uint8_t id[MM_ID_LEN];
-	mm_body_id(msg, strlen(msg), id);
-	struct mm_body_writer *w = NULL;
-	assert_int_equal(mm_store_body_begin_id(b.s, "ex.org/alice", id, strlen(msg), 0, &w), 0);
-	assert_int_equal(mm_store_body_write(w, msg, strlen(msg)), 0);
-	assert_int_equal(mm_store_body_stage(&w), 0);
+	stage_bytes(&b, copied_msg);
 	assert_int_equal(mm_store_commit(b.s), 0);
 	assert_int_equal(mm_store_missing_count(b.s), 0);
 	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 1);
 	assert_int_equal(count_files(&b, "Work", "new") + count_files(&b, "Work", "cur"), 1);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The same with placements off the store's thread: the local copy a commit makes
+ * while a batch is out is staged, not placed beside it, and goes with the next. */
+static void test_copy_while_placing(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = mm_delta_new();
+	const char *one = "Subject: one\r\n\r\nbody one\r\n", *two = "Subject: two\r\n\r\nbody two\r\n";
+	const char *const more[] = {one, two, NULL};
+	copied_pair(&a, &b, d, more);
+	stage_bytes(&b, copied_msg);
+	stage_bytes(&b, one);
+	place_job(&b, 2); /* the copy for the other folder waits for a commit */
+	stage_bytes(&b, two);
+	struct mm_store_place *job = NULL;
+	assert_int_equal(mm_store_place_begin(b.s, &job), 1);
+	assert_int_equal(mm_store_commit(b.s), 0); /* makes the copy: staged */
+	assert_int_equal(mm_store_staged_count(b.s), 1);
+	mm_store_place_run(job);
+	assert_int_equal(mm_store_place_end(b.s, &job), 1);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_staged_count(b.s), 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 3);
+	assert_int_equal(count_files(&b, "Work", "new") + count_files(&b, "Work", "cur"), 1);
+	assert_int_equal(count_files(&b, "Work", "tmp") + count_files(&b, "INBOX", "tmp"), 0);
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
@@ -2301,6 +2361,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_verified_writer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_own_event, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_place_async, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_while_placing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_placed_with_original, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stage_then_expunge, setup, teardown),
