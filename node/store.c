@@ -2882,7 +2882,7 @@ struct place_file {
 struct place_dir {
 	struct folder *fo;
 	size_t f0, f1;  /* its files: the job's f[f0 .. f1) */
-	bool locked;    /* its uidlist lock is held until place_finish */
+	bool locked;    /* its uidlist lock is held until its files are in place */
 	bool save_ul;   /* ul is written before the renames */
 	int ul_result;  /* place_run: 0, or negative errno */
 	struct mm_md_uidlist ul;
@@ -3145,6 +3145,10 @@ static void place_run(struct mm_store_place *j)
 			mm_md_sync_sub(pd->fo->dir, "new");
 		if (pd->sync_cur)
 			mm_md_sync_sub(pd->fo->dir, "cur");
+		/* here, not in place_finish: a UID pass on the store's thread that waits
+		 * for this lock would otherwise keep place_finish from running */
+		if (pd->locked)
+			mm_md_uidlist_unlock(pd->fo->dir);
 	}
 }
 
@@ -3159,8 +3163,6 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 	int placed = 0, err = 0;
 	for (size_t d = 0; d < j->n_dirs; d++) {
 		struct place_dir *pd = &j->dirs[d];
-		if (pd->locked)
-			mm_md_uidlist_unlock(pd->fo->dir);
 		if (pd->ul_result < 0) {
 			logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", pd->fo->dir,
 			       strerror(-pd->ul_result));

@@ -181,10 +181,10 @@ int mm_store_flush(struct mm_store *s);
  * daemon has it done on its thread pool while the loop goes on receiving:
  *   mm_store_place_begin (store thread): takes every staged body (committing their
  *     records first, as mm_store_flush does), holds what must wait for its UID and
- *     lists the rest in dovecot-uidlist, whose lock it keeps.  1 and *job_r: a job
- *     to run; 0: nothing to place now (no staged body, gathering, or a job is out);
- *     negative errno: the commit failed (the staged bodies were dropped and stay
- *     missing).
+ *     lists the rest in dovecot-uidlist, whose lock it keeps until
+ *     mm_store_place_run has put the files in place.  1 and *job_r: a job to run;
+ *     0: nothing to place now (no staged body, gathering, or a job is out); negative
+ *     errno: the commit failed (the staged bodies were dropped and stay missing).
  *   mm_store_place_run (any thread): the file work.  It touches only the job, its
  *     files and the filesystem, so the store may be used meanwhile.
  *   mm_store_place_end (store thread): applies the outcome, frees the job and NULLs

@@ -1167,6 +1167,58 @@ static void test_place_async(void **state)
 	node_close(&b);
 }
 
+static bool lock_held(const struct node *n)
+{
+	char d[600], p[700];
+	udir(n, "INBOX", d, sizeof d);
+	snprintf(p, sizeof p, "%s/dovecot-uidlist.lock", d);
+	return access(p, F_OK) == 0;
+}
+
+/* With IMAP UIDs, the job lists its files in dovecot-uidlist under Dovecot's lock and
+ * lets the lock go once they are in place, in place_run: a UID pass on the store's
+ * thread that waited for it would otherwise keep the job from ending. */
+static void test_place_async_uids(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open_cfg(&a, "a", 1, true);
+	node_open_cfg(&b, "b", 2, true);
+	struct mm_delta *d = mm_delta_new();
+	small_messages(&a, 3, d);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	struct wanted wa = {0};
+	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
+	assert_int_equal(wa.n, 3);
+	for (int i = 0; i < 3; i++) {
+		struct mm_body_writer *w = receive_by_id(&a, &b, &wa, i, INTACT, MM_STORE_BODY_VERIFIED);
+		assert_int_equal(mm_store_body_stage(&w), 0);
+	}
+	struct mm_store_place *job = NULL;
+	assert_int_equal(mm_store_place_begin(b.s, &job), 1);
+	assert_true(lock_held(&b));
+	mm_store_place_run(job);
+	assert_false(lock_held(&b));
+	assert_int_equal(mm_store_place_end(b.s, &job), 3);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	for (int i = 0; i < 3; i++) {
+		char prefix[32];
+		snprintf(prefix, sizeof prefix, "16000000%02d.", i);
+		assert_non_null(find(&b, "INBOX", prefix));
+	}
+	char dir[600];
+	udir(&b, "INBOX", dir, sizeof dir);
+	struct mm_md_uidlist ul;
+	assert_int_equal(mm_md_uidlist_load(dir, &ul), 0);
+	assert_int_equal(ul.n, 3);
+	mm_md_uidlist_clear(&ul);
+	assert_same_listing(&a, &b);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* kill -9 between the LMDB commit and the renames of a batch: the records are durable,
  * the bodies only in tmp/.  After the restart the messages are missing (fetched again),
  * the tmp/ leftovers are not taken for messages, and once the bodies come again each
@@ -2361,6 +2413,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_verified_writer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_own_event, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_place_async, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_place_async_uids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_while_placing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_placed_with_original, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_commit_and_rename, setup, teardown),
