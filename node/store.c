@@ -2781,11 +2781,10 @@ static int hold_body(struct mm_store *s, struct mm_body_writer *w)
  * dovecot-uidlist write: each UID at or above NEXTUID and free.  listed[i] says which.
  * Returns whether *ul is to be written (by place_run, before the renames); the caller
  * clears *ul either way. */
-static bool uid_preinstall_group(struct mm_store *s, struct mm_user *mu, struct folder *fo,
+static bool uid_preinstall_group(struct mm_user *mu, struct folder *fo,
                                  struct mm_body_writer **v, const char (*names)[MM_MD_NAME_MAX + 1],
                                  size_t n, bool *listed, struct mm_md_uidlist *ul)
 {
-	(void)s;
 	memset(ul, 0, sizeof(*ul));
 	const struct mm_rec *frec = uid_folder_rec(mu, fo->name);
 	if (!frec)
@@ -3076,8 +3075,8 @@ static int place_prepare(struct mm_store *s, struct mm_body_writer *list, bool f
 		struct mm_user *mu = mm_state_user(s->state, fo->u->name, false);
 		struct place_dir *pd = &j->dirs[j->n_dirs];
 		if (b && s->imap_uids && mu && mm_md_uidlist_lock(fo->dir, 2000) == 0) {
-			pd->save_ul = uid_preinstall_group(s, mu, fo, v + g, (const char (*)[MM_MD_NAME_MAX + 1])(names + g),
-			                                   e - g, listed + g, &pd->ul);
+			pd->save_ul = uid_preinstall_group(mu, fo, v + g, (const char (*)[MM_MD_NAME_MAX + 1])(names + g), e - g,
+			                                   listed + g, &pd->ul);
 			pd->locked = true;
 			if (j->n == f0) { /* all held: only the header may have changed */
 				if (pd->save_ul && (pd->ul_result = mm_md_uidlist_save(fo->dir, &pd->ul)) < 0)
