@@ -225,6 +225,8 @@ static void place_done(uv_work_t *req, int status)
 	}
 	if (r > 0)
 		d->placed_uncommitted += (size_t)r;
+	if (mm_store_take_pass_retry(d->store))
+		mm_daemon_commit_soon(d); /* a UID pass waited for this job's lock */
 	mm_bodies_commit_check(d);
 	mm_bodies_flush(d); /* what was staged meanwhile */
 }
