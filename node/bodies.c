@@ -213,7 +213,6 @@ static void place_done(uv_work_t *req, int status)
 	struct mm_daemon *d = p->d;
 	int r = mm_store_place_end(d->store, &p->job);
 	free(p);
-	d->placing = false;
 	if (r < 0)
 		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)", strerror(-r));
 	if (d->stopping) {
@@ -248,7 +247,7 @@ static bool bodies_coming(struct mm_daemon *d)
 
 static bool streaming(struct mm_daemon *d)
 {
-	return bodies_coming(d) || d->placing || mm_store_staged_count(d->store) > 0;
+	return bodies_coming(d) || mm_store_placing(d->store) || mm_store_staged_count(d->store) > 0;
 }
 
 void mm_bodies_commit_check(struct mm_daemon *d)
@@ -275,7 +274,6 @@ static bool place_async(struct mm_daemon *d)
 	}
 	p->d = d;
 	p->req.data = p;
-	d->placing = true;
 	if ((r = uv_queue_work(&d->loop, &p->req, place_work, place_done)) < 0) {
 		place_work(&p->req); /* cannot happen with a live loop; stay correct anyway */
 		place_done(&p->req, r);
@@ -285,7 +283,7 @@ static bool place_async(struct mm_daemon *d)
 
 void mm_bodies_flush(struct mm_daemon *d)
 {
-	if (!d->store || d->placing)
+	if (!d->store || mm_store_placing(d->store))
 		return; /* place_done flushes again */
 	size_t staged = mm_store_staged_count(d->store), held = mm_store_held_count(d->store);
 	if (!staged && !held)

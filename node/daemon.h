@@ -82,7 +82,6 @@ struct mm_daemon {
 	uv_prepare_t out_flush;            /* before the loop waits: send the gathered output */
 	uv_timer_t gather_timer;           /* places gathered bodies when their wait is over */
 	unsigned write_jobs;               /* bodies being written out on the thread pool */
-	bool placing;                      /* a batch is being placed on the thread pool */
 	size_t placed_uncommitted;         /* files placed whose index entries wait for a commit */
 	uint64_t write_bytes;              /* and their bytes (bodies.c) */
 	int settle_left;
