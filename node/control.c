@@ -145,11 +145,11 @@ static void render(struct ctl_client *c, bool json)
 		out_json_str(c, d->cfg.listen_host);
 		out_printf(c, ",\"port\":%u,\"uptime_ms\":%llu,\"root\":\"%s\",\"users\":%zu,"
 		           "\"missing_bodies\":%zu,\"fetching\":%llu,\"fetching_bytes\":%llu,"
-		           "\"local_changes\":%llu,\"remote_changes\":%llu,\"peers\":[",
+		           "\"local_changes\":%llu,\"remote_changes\":%llu,\"uid_authority\":%s,\"peers\":[",
 		           d->cfg.listen_port, (unsigned long long)(now - d->started_ms), rh,
 		           mm_state_user_count(d->state), missing, (unsigned long long)fs.wanted,
 		           (unsigned long long)fs.inflight_bytes, (unsigned long long)d->local_changes,
-		           (unsigned long long)d->remote_changes);
+		           (unsigned long long)d->remote_changes, d->uid_authority ? "true" : "false");
 	} else {
 		out_printf(c, "node %s (id %016llx) listening on %s:%u, up %llus\n", d->cfg.name,
 		           (unsigned long long)d->cfg.node_id, d->cfg.listen_host, d->cfg.listen_port,
@@ -157,8 +157,11 @@ static void render(struct ctl_client *c, bool json)
 		out_printf(c, "root %s\nusers %zu, messages missing a body here %zu (fetching %llu, %llu bytes)\n",
 		           rh, mm_state_user_count(d->state), missing, (unsigned long long)fs.wanted,
 		           (unsigned long long)fs.inflight_bytes);
-		out_printf(c, "local changes %llu, remote changes %llu\npeers:\n",
-		           (unsigned long long)d->local_changes, (unsigned long long)d->remote_changes);
+		out_printf(c, "local changes %llu, remote changes %llu\n", (unsigned long long)d->local_changes,
+		           (unsigned long long)d->remote_changes);
+		if (d->uid_authority)
+			out_printf(c, "this node is the IMAP UID authority (it decides UID moves)\n");
+		out_printf(c, "peers:\n");
 	}
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];

@@ -406,14 +406,17 @@ class Cluster:
             time.sleep(0.2)
         return False
 
-    def wait_settled(self, timeout=60, quiet=2.0, nodes=None):
+    def wait_settled(self, timeout=60, quiet=2.0, nodes=None, uid_authority=False):
         """Like wait_converged, but the converged state must also hold still for `quiet`
         seconds (same roots): a node that has just caught up plans its folders again and
-        may ask for UID moves, whose re-files change files under a reader."""
+        may ask for UID moves, whose re-files change files under a reader.  With
+        uid_authority, the quiet time counts only while one of the nodes is the IMAP UID
+        authority: only it moves the messages others asked to move, and no node is in
+        its first 5 s, so converged and quiet before that says nothing about moves."""
         deadline = time.time() + timeout * SLOW
         since, roots = None, None
         while time.time() < deadline:
-            if self.converged(nodes):
+            if self.converged(nodes) and (not uid_authority or self.uid_authorities(nodes) == 1):
                 r = self.roots(nodes)
                 if r != roots:
                     since, roots = time.time(), r
@@ -423,6 +426,10 @@ class Cluster:
                 since, roots = None, None
             time.sleep(0.2)
         return False
+
+    def uid_authorities(self, nodes=None):
+        """How many of the nodes say they are the IMAP UID authority."""
+        return sum(1 for n in nodes or self.nodes if (n.status(quiet=True) or {}).get("uid_authority"))
 
     def explain(self, nodes=None):
         """Prints how the nodes differ (for a failed convergence): the log tails first,
