@@ -723,7 +723,7 @@ static void sync_event(void *arg, struct mm_sync *s, const struct mm_sync_event 
 	case MM_SYNC_EV_BODY_OK:
 		/* no commit here: the body is only staged; its placement asks for one
 		 * (mm_bodies_flush, or mm_bodies_commit_check once a stream is over).  A
-		 * commit per loop turn of a stream blocked the loop 7-10 ms each in LMDB's
+		 * commit per loop turn of a stream blocked the loop 4-29 ms each in LMDB's
 		 * syncs, about 20 times over a 5,000-message join (measured, perf sched) */
 		mm_log(MM_LOG_DEBUG, "body received peer=%s user=%s", name, ev->user ? ev->user : "?");
 		break;
