@@ -224,8 +224,9 @@ static void place_done(uv_work_t *req, int status)
 	}
 	if (r > 0)
 		d->placed_uncommitted += (size_t)r;
-	if (mm_store_take_pass_retry(d->store))
-		mm_daemon_commit_soon(d); /* a UID pass waited for this job's lock */
+	/* a UID pass that a commit left to this job's uidlist lock (or to Dovecot's) is
+	 * retried as any pass left to a lock is (mm_store_take_lock_waits) */
+	mm_watch_lock_waits(d);
 	mm_bodies_commit_check(d);
 	mm_bodies_flush(d); /* what was staged meanwhile */
 }
@@ -305,6 +306,7 @@ void mm_bodies_flush(struct mm_daemon *d)
 	if (staged && !gather && !d->stopping && (stream || staged >= PLACE_ASYNC_MIN) && place_async(d))
 		return; /* (held bodies whose time has come: after it) */
 	int r = mm_store_flush(d->store);
+	mm_watch_lock_waits(d); /* its commit (records first) may have left a UID pass to a lock */
 	if (r < 0)
 		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)",
 		       strerror(-r));

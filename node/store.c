@@ -339,7 +339,6 @@ struct mm_store {
 	int changes;
 	bool in_commit;
 	bool placing;                /* a placement job is out (mm_store_place_begin) */
-	bool pass_retry;             /* a UID pass was left to a job's lock (mm_store_place_end) */
 	bool loading;                /* mm_store_open is reading the database */
 	bool materializing;          /* fidx_take: an entry comes from the database */
 	size_t file_cache;           /* mm_store_set_file_cache */
@@ -3163,10 +3162,6 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 	int placed = 0, err = 0;
 	for (size_t d = 0; d < j->n_dirs; d++) {
 		struct place_dir *pd = &j->dirs[d];
-		/* a UID pass that found the job's lock (a commit while it was out) is retried
-		 * only by a commit: the caller is told to make one */
-		if (pd->locked && pd->fo->passwait_since)
-			s->pass_retry = true;
 		if (pd->ul_result < 0) {
 			logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", pd->fo->dir,
 			       strerror(-pd->ul_result));
@@ -3529,13 +3524,6 @@ int mm_store_place_end(struct mm_store *s, struct mm_store_place **jobp)
 {
 	int r = place_finish(s, jobp);
 	s->placing = false;
-	return r;
-}
-
-bool mm_store_take_pass_retry(struct mm_store *s)
-{
-	bool r = s->pass_retry;
-	s->pass_retry = false;
 	return r;
 }
 

@@ -199,9 +199,6 @@ int mm_store_place_begin(struct mm_store *s, struct mm_store_place **job_r);
 void mm_store_place_run(struct mm_store_place *job);
 int mm_store_place_end(struct mm_store *s, struct mm_store_place **jobp);
 bool mm_store_placing(const struct mm_store *s);
-/* True (once) when a UID pass, made by a commit while a job was out, found that job's
- * uidlist lock and was left: the caller commits again soon (the pass runs there). */
-bool mm_store_take_pass_retry(struct mm_store *s);
 
 /* A watch event for file `name` in directory `dir` (a folder's new/ or cur/): true if
  * it is the event of a file this store placed there itself, still in place, so the
