@@ -137,6 +137,7 @@ static void render(struct ctl_client *c, bool json)
 	struct mm_fetch_stats fs;
 	mm_fetch_get_stats(d->fetch, &fs);
 	size_t missing = mm_store_missing_count(d->store);
+	uint64_t commits = mm_store_commits(d->store);
 
 	if (json) {
 		out_printf(c, "{\"name\":");
@@ -145,11 +146,13 @@ static void render(struct ctl_client *c, bool json)
 		out_json_str(c, d->cfg.listen_host);
 		out_printf(c, ",\"port\":%u,\"uptime_ms\":%llu,\"root\":\"%s\",\"users\":%zu,"
 		           "\"missing_bodies\":%zu,\"fetching\":%llu,\"fetching_bytes\":%llu,"
-		           "\"local_changes\":%llu,\"remote_changes\":%llu,\"uid_authority\":%s,\"peers\":[",
+		           "\"local_changes\":%llu,\"remote_changes\":%llu,\"state_commits\":%llu,"
+		           "\"uid_authority\":%s,\"peers\":[",
 		           d->cfg.listen_port, (unsigned long long)(now - d->started_ms), rh,
 		           mm_state_user_count(d->state), missing, (unsigned long long)fs.wanted,
 		           (unsigned long long)fs.inflight_bytes, (unsigned long long)d->local_changes,
-		           (unsigned long long)d->remote_changes, d->uid_authority ? "true" : "false");
+		           (unsigned long long)d->remote_changes, (unsigned long long)commits,
+		           d->uid_authority ? "true" : "false");
 	} else {
 		out_printf(c, "node %s (id %016llx) listening on %s:%u, up %llus\n", d->cfg.name,
 		           (unsigned long long)d->cfg.node_id, d->cfg.listen_host, d->cfg.listen_port,
@@ -157,8 +160,9 @@ static void render(struct ctl_client *c, bool json)
 		out_printf(c, "root %s\nusers %zu, messages missing a body here %zu (fetching %llu, %llu bytes)\n",
 		           rh, mm_state_user_count(d->state), missing, (unsigned long long)fs.wanted,
 		           (unsigned long long)fs.inflight_bytes);
-		out_printf(c, "local changes %llu, remote changes %llu\n", (unsigned long long)d->local_changes,
-		           (unsigned long long)d->remote_changes);
+		out_printf(c, "local changes %llu, remote changes %llu, state database commits %llu\n",
+		           (unsigned long long)d->local_changes, (unsigned long long)d->remote_changes,
+		           (unsigned long long)commits);
 		if (d->uid_authority)
 			out_printf(c, "this node is the IMAP UID authority (it decides UID moves)\n");
 		out_printf(c, "peers:\n");

@@ -26,6 +26,7 @@ struct mm_statedb {
 	                * (a lookup by key at every remote change: begin costs more) */
 	bool ractive;  /* rtxn is in use (a read inside a range callback gets its own) */
 	size_t batch_ops; /* puts and deletes in the open batch */
+	uint64_t commits; /* batches committed since open (mm_statedb_commits) */
 	uint64_t map_bytes;
 	char path[4096];
 };
@@ -344,10 +345,16 @@ int mm_statedb_commit(struct mm_statedb *db)
 		return -EINVAL;
 	int rc = mdb_txn_commit(db->txn); /* frees the txn even on failure */
 	db->txn = NULL;
+	db->commits += rc == 0;
 	if (db->batch_ops >= REOPEN_OPS)
 		env_reopen(db); /* no read is in progress: they copy out or call back */
 	db->batch_ops = 0;
 	return lmdb_err(rc);
+}
+
+uint64_t mm_statedb_commits(const struct mm_statedb *db)
+{
+	return db->commits;
 }
 
 void mm_statedb_abort(struct mm_statedb *db)

@@ -75,4 +75,9 @@ int mm_statedb_del(struct mm_statedb *db, enum mm_statedb_table t, const void *k
 int mm_statedb_commit(struct mm_statedb *db);
 void mm_statedb_abort(struct mm_statedb *db);
 
+/* Batches committed since the database was opened: each one a durable write (LMDB's
+ * syncs) that holds the caller.  `mailmesh status` shows it, so a test can tell that a
+ * stream of bodies is not committed body by body. */
+uint64_t mm_statedb_commits(const struct mm_statedb *db);
+
 #endif

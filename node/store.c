@@ -3448,6 +3448,11 @@ int mm_store_body_stage(struct mm_body_writer **wp)
 	return 0;
 }
 
+uint64_t mm_store_commits(const struct mm_store *s)
+{
+	return mm_statedb_commits(s->db);
+}
+
 size_t mm_store_staged_count(const struct mm_store *s)
 {
 	return s->n_staged;

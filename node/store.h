@@ -205,6 +205,9 @@ bool mm_store_placing(const struct mm_store *s);
  * folder need not be scanned for it.  Each placement answers true once. */
 bool mm_store_own_event(struct mm_store *s, const char *dir, const char *name);
 
+/* State database commits since the store was opened (mm_statedb_commits). */
+uint64_t mm_store_commits(const struct mm_store *s);
+
 /* Number of staged bodies (mm_store_body_stage) waiting for mm_store_flush. */
 size_t mm_store_staged_count(const struct mm_store *s);
 

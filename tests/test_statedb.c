@@ -2,7 +2,8 @@
  * test_statedb.c — node/statedb: key-range reads (the file index's folders, messages
  * and bodies are ranges), a read made from inside a range's callback, and a batch big
  * enough to make the environment close and open again (LMDB's page buffers freed)
- * with every entry still there and the next batch working.
+ * with every entry still there and the next batch working; the count of commits that
+ * `mailmesh status` reports.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -121,6 +122,28 @@ static void test_range(void **state)
 	assert_null(db);
 }
 
+/* Commits are counted; an aborted batch and a commit without a batch are not. */
+static void test_commit_count(void **state)
+{
+	(void)state;
+	struct mm_statedb *db = db_open();
+	assert_int_equal(mm_statedb_commits(db), 0);
+	assert_int_equal(mm_statedb_begin(db), 0);
+	put_kv(db, "A", "1");
+	assert_int_equal(mm_statedb_commit(db), 0);
+	assert_int_equal(mm_statedb_commits(db), 1);
+	assert_int_equal(mm_statedb_begin(db), 0);
+	put_kv(db, "B", "2");
+	mm_statedb_abort(db);
+	assert_int_equal(mm_statedb_commits(db), 1);
+	assert_int_equal(mm_statedb_commit(db), -EINVAL);
+	assert_int_equal(mm_statedb_commits(db), 1);
+	assert_int_equal(mm_statedb_begin(db), 0);
+	assert_int_equal(mm_statedb_commit(db), 0);
+	assert_int_equal(mm_statedb_commits(db), 2);
+	mm_statedb_free(&db);
+}
+
 /* A batch of 20,000 puts closes and reopens the environment at its commit: every entry
  * is there, reads and the next batch work, and a reopen of the file sees them too. */
 static void test_big_batch(void **state)
@@ -159,6 +182,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_range, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_big_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_commit_count, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
