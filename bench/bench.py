@@ -323,6 +323,13 @@ class Cluster:
         if r.returncode != 0:
             raise RuntimeError("testnet: " + r.stdout + r.stderr)
         self.nodes = [Node(self.dir, i + 1) for i in range(n)]
+        lvl = os.environ.get("BENCH_LOG_LEVEL")   # e.g. debug, for a timeline of item 1
+        if lvl:
+            for nd in self.nodes:
+                with open(nd.conf) as f:
+                    conf = f.read()
+                with open(nd.conf, "w") as f:
+                    f.write(conf.replace("log_level = info", "log_level = " + lvl))
 
     def start(self):
         for nd in self.nodes:
@@ -625,8 +632,8 @@ def item_initial_on(top, where):
     rejected = sum(1 for l in open(n2.log) if "body rejected" in l)
     s2 = n2.status()
     p = s2["peers"][0]
-    log("  mailmesh empty node -> complete: %s (node2 bytes_in %d, %d 'body rejected' log lines)"
-        % (fmt_s(t_mm), p["bytes_in"], rejected))
+    log("  mailmesh empty node -> complete: %s (node2 bytes_in %d, %d state commits, %d 'body rejected' "
+        "log lines)" % (fmt_s(t_mm), p["bytes_in"], s2.get("state_commits", -1), rejected))
     NOTES.append("initial sync: %d messages, %.1f MB; node 2 received %.1f MB (payload %.1f MB), "
                  "logged %d 'body rejected' lines" % (n, total_bytes / 1e6, p["bytes_in"] / 1e6,
                                                        total_bytes / 1e6, rejected))

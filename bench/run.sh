@@ -7,7 +7,8 @@
 # Environment: BUILD (build dir, default build), BENCH_QUICK=1 (3-minute smoke run with
 # small counts), BENCH_ONLY=1,2,3,4,5,6 (some items only), BENCH_KEEP=1 (keep the
 # temporary directory), BENCH_OUT=FILE (results file), BENCH_SAVE_LOGS=PREFIX (item 1
-# keeps its nodes' logs), BENCH_WRAP_NODEn=CMD (runs node n under CMD, e.g. perf).
+# keeps its nodes' logs), BENCH_WRAP_NODEn=CMD (runs node n under CMD, e.g. perf),
+# BENCH_LOG_LEVEL=debug (the nodes' log level).
 # Needs root (Dovecot).
 # Ports 28000-28199.
 set -eu
