@@ -8,7 +8,7 @@
 # small counts), BENCH_ONLY=1,2,3,4,5,6 (some items only), BENCH_KEEP=1 (keep the
 # temporary directory), BENCH_OUT=FILE (results file), BENCH_SAVE_LOGS=PREFIX (item 1
 # keeps its nodes' logs), BENCH_WRAP_NODEn=CMD (runs node n under CMD, e.g. perf),
-# BENCH_LOG_LEVEL=debug (the nodes' log level).
+# BENCH_LOG_LEVEL=debug (the nodes' log level), BENCH_ITEM1_ROUNDS=N (item 1's rounds; 3).
 # Needs root (Dovecot).
 # Ports 28000-28199.
 set -eu
