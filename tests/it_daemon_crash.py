@@ -28,7 +28,6 @@ FOLDERS = ["INBOX", "Archive"]
 # As many under ASan: a pull of 1,500 went by between two polls there once the
 # restarted node stopped waiting on its own dead uidlist lock.
 N_MSGS = int(os.environ.get("MM_CRASH_MSGS", "3000"))
-TAIL_ONE_BATCH = 128  # bodies a node may place at once: 64 in flight from each of 2 peers
 
 
 def sha(b):
@@ -199,6 +198,7 @@ def receiver_dies(t, seed):
         if not t.check(cl.wait_converged(timeout=120, nodes=[n1, n2]), "%s: node2 catches up with node1" % label):
             cl.explain([n1, n2])
             return
+        mid = 0  # kills that landed while node3 still had messages to pull
         for frac in (0.1, 0.4, 0.7):
             n3.start()
             # aim at frac of the whole, but always within what is still to come: a
@@ -218,16 +218,15 @@ def receiver_dies(t, seed):
             c = wait_count(n3, target)
             n3.kill9()
             after = n3.message_count()
-            print("info: node3 killed with %d of %d messages (%d at its start, %d on disk after)" %
-                  (c, total, start, after), flush=True)
-            if total - start <= TAIL_ONE_BATCH:
-                # so little was left that one batch of bodies can bring all of it between
-                # two looks at the count: the middle is not something to aim at
-                print("info: only %d messages were left at node3's start: the kill may land "
-                      "after the end (not checked)" % (total - start), flush=True)
-                continue
-            t.check(start < c < total,
-                    "%s: kill -9 landed in the middle of the sync (%d of %d)" % (label, c, total))
+            # A node places the bodies it received in batches, gathered for up to 100 ms
+            # (node/bodies.c): from a count below the target, one batch can bring all
+            # that was left (248 once, in CI), and the kill lands after the end.  So each
+            # kill is reported, and at least one of the three must land in the middle.
+            mid += c < total
+            print("info: node3 killed with %d of %d messages (%d at its start, %d on disk after)%s" %
+                  (c, total, start, after, "" if c < total else ": after the end, one batch brought the rest"),
+                  flush=True)
+        t.check(mid >= 1, "%s: kill -9 landed in the middle of the sync (%d of 3 kills)" % (label, mid))
         expunged = change_while_down(n1, rnd, expected, 60, 40, 40, first=N_MSGS)
         n3.start()
         finish(t, cl, expected, expunged, label)
