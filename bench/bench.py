@@ -555,11 +555,6 @@ def item_initial_loop(top, journal):
 ROUNDS = int(os.environ.get("BENCH_ITEM1_ROUNDS", "3"))
 
 
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-
 def item_initial_on(top, where):
     n = size("initial_n")
     log("\n== 1. initial sync of a %d-message Maildir (2-64 KB) to an empty node%s, %d rounds"
@@ -686,7 +681,7 @@ def item_initial_on(top, where):
     if os.environ.get("BENCH_SAVE_LOGS"):
         shutil.copy(n1.log, os.environ["BENCH_SAVE_LOGS"] + where.replace(" ", "_").replace("/", "_") + ".n1.log")
     cl.stop()
-    t_cp, t_ds, t_mm = median(t_cps), median(t_dss), median(t_mms)
+    t_cp, t_ds, t_mm = pct(t_cps, 50), pct(t_dss, 50), pct(t_mms, 50)   # medians
     disk = where or ", this VM's disk (ext4, no journal)"
     NOTES.append("item 1%s, %d rounds: mailmesh %s; doveadm sync %s; cp -a + sync %s (the table: medians)"
                  % (disk, ROUNDS, " ".join(fmt_s(x) for x in t_mms), " ".join(fmt_s(x) for x in t_dss),
