@@ -12,6 +12,7 @@
 CC       ?= cc
 PREFIX   ?= /usr/local
 DESTDIR  ?=
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 SANITIZE ?= 0
 PKGS     ?= libsodium msgpack libuv lmdb inih
 OPT      ?= -O2 -g
@@ -122,10 +123,16 @@ FUZZ_SECONDS ?= 20
 fuzz-run: fuzz
 	$(Q)sh scripts/fuzz-run.sh $(FUZZ_SECONDS) $(FUZZERS)
 
+# the binary, the docs and example files, and a systemd unit naming this PREFIX
 install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/mailmesh
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/mailmesh/examples \
+	    $(DESTDIR)$(SYSTEMDUNITDIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mailmesh
-	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/mailmesh/README.md
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/mailmesh/
+	install -m 0644 etc/mailmesh.conf.example etc/peers.example $(DESTDIR)$(PREFIX)/share/doc/mailmesh/examples/
+	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@DOCDIR@|$(PREFIX)/share/doc/mailmesh|g' \
+	    etc/mailmesh.service > $(DESTDIR)$(SYSTEMDUNITDIR)/mailmesh.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/mailmesh.service
 
 clean:
 	rm -rf build

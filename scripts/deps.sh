@@ -6,7 +6,7 @@
 set -eu
 
 BUILD="build-essential pkg-config libsodium-dev libmsgpack-dev libuv1-dev liblmdb-dev libcmocka-dev libinih-dev"
-TEST="clang libclang-rt-14-dev dovecot-imapd dovecot-lmtpd python3 python3-dissononce iproute2 procps"
+TEST="clang libclang-rt-14-dev dovecot-imapd dovecot-lmtpd python3 python3-dissononce iproute2 procps systemd"
 PKGS="$BUILD $TEST"
 
 missing=""
