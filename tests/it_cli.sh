@@ -8,15 +8,8 @@
 set -u
 MAILMESH=${MAILMESH:-build/mailmesh}
 case "$MAILMESH" in /*) ;; *) MAILMESH="$(pwd)/$MAILMESH" ;; esac
-T=$(mktemp -d /tmp/mm-it-cli.XXXXXX) || exit 1
-trap 'rm -rf "$T"' EXIT INT TERM HUP
-passed=0
-failed=0
-
-ok() { passed=$((passed + 1)); echo "ok   $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL $1"; [ -f "$T/err" ] && sed 's/^/     | /' "$T/err"; }
-# check NAME COMMAND...: the command must succeed.
-check() { name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+TMP_PREFIX=mm-it-cli
+. "$(dirname "$0")/checks.sh"
 # run EXPECTED_EXIT CMD...: runs with stdout in $T/out, stderr in $T/err; true if the
 # exit status is EXPECTED_EXIT.
 run() { want=$1; shift; "$@" >"$T/out" 2>"$T/err"; rc=$?; [ "$rc" -eq "$want" ]; }
@@ -133,5 +126,4 @@ else
 	bad "relative paths follow the config file; IPv6 listen"
 fi
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+checks_done

@@ -7,13 +7,8 @@
 set -u
 TOP=${MAILMESH_TOP:-$(cd "$(dirname "$0")/.." && pwd)}
 BUILD=${BUILD:-build}
-T=$(mktemp -d /tmp/mm-it-install.XXXXXX) || exit 1
-trap 'rm -rf "$T"' EXIT INT TERM HUP
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL $1"; [ -s "$T/err" ] && sed 's/^/     | /' "$T/err"; }
-check() { name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+TMP_PREFIX=mm-it-install
+. "$(dirname "$0")/checks.sh"
 
 R="$T/root"
 P=/opt/mailmesh-test
@@ -57,5 +52,4 @@ else
 	echo "systemd-analyze not found (Debian package systemd; scripts/deps.sh installs it)" >"$T/err"
 	bad "systemd-analyze verify accepts the unit"
 fi
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+checks_done
