@@ -19,6 +19,7 @@
 #include "node/log.h"
 #include "node/store.h"
 #include "proto/fetch.h"
+#include "proto/lead.h"
 #include "proto/sync.h"
 
 static ssize_t body_read(void *arg, const char *user, const uint8_t id[MM_ID_LEN], uint64_t offset,
@@ -227,6 +228,7 @@ static void place_done(uv_work_t *req, int status)
 	/* a UID pass that a commit left to this job's uidlist lock (or to Dovecot's) is
 	 * retried as any pass left to a lock is (mm_store_take_lock_waits) */
 	mm_watch_lock_waits(d);
+	mm_bodies_catchup_note(d);
 	mm_bodies_commit_check(d);
 	mm_bodies_flush(d); /* what was staged meanwhile */
 }
@@ -255,6 +257,32 @@ void mm_bodies_commit_check(struct mm_daemon *d)
 {
 	if (d->placed_uncommitted && (d->placed_uncommitted >= PLACED_COMMIT_MAX || !streaming(d)))
 		mm_daemon_commit_soon(d);
+}
+
+/* A node missing many bodies (joining, or back after a long absence: the threshold is
+ * the one that keeps it from being the UID authority) says so in its log, and says
+ * again when it has every one: the line an admin watching a node join waits for.
+ * Checked where the missing count changes in bulk: after a placement, a commit (the
+ * records a round brought) and at each gossip tick. */
+void mm_bodies_catchup_note(struct mm_daemon *d)
+{
+	size_t missing = mm_store_missing_count(d->store);
+	if (!d->catchup_since_ms && missing <= MM_LEAD_CATCHUP_MISSING)
+		return;
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(d->fetch, &fs);
+	uint64_t now = mm_daemon_now();
+	if (!d->catchup_since_ms) {
+		d->catchup_since_ms = now ? now : 1;
+		d->catchup_done0 = fs.done;
+		mm_log(MM_LOG_INFO, "catching up: more than %d messages are missing their body here; fetching them",
+		       MM_LEAD_CATCHUP_MISSING);
+	} else if (missing == 0) {
+		mm_log(MM_LOG_INFO, "caught up: every message has its body here (%llu bodies fetched in %llu ms)",
+		       (unsigned long long)(fs.done - d->catchup_done0),
+		       (unsigned long long)(now >= d->catchup_since_ms ? now - d->catchup_since_ms : 0));
+		d->catchup_since_ms = 0;
+	}
 }
 
 #define PLACE_ASYNC_MIN 64 /* staged bodies placed off the loop even when nothing streams */
@@ -310,6 +338,7 @@ void mm_bodies_flush(struct mm_daemon *d)
 	if (r < 0)
 		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)",
 		       strerror(-r));
+	mm_bodies_catchup_note(d);
 	/* the placed files' index entries; nothing to commit while the staged bodies
 	 * gather (a commit per loop turn of a stream, asked for here, blocked the loop
 	 * 4-29 ms each in LMDB's syncs: measured, a 5,000-message join) */

@@ -73,6 +73,7 @@ static void commit_cb(uv_timer_t *t)
 	}
 	/* UID moves and needs the commit made: peers should not wait for anti-entropy */
 	mm_daemon_push(d, mm_store_commit_delta(d->store));
+	mm_bodies_catchup_note(d); /* records a round brought are committed first */
 	mm_watch_lock_waits(d); /* its UID pass may have left a folder to Dovecot's lock */
 	/* Remote changes may have created folders or users: watch them too. */
 	mm_watch_refresh(d);
@@ -168,6 +169,7 @@ static void gossip_cb(uv_timer_t *t)
 			want_all_missing(d);
 	}
 	mm_fetch_tick(d->fetch, now);
+	mm_bodies_catchup_note(d);
 	mm_bodies_commit_check(d); /* placed files' index entries left by a stream that stopped */
 	mm_peer_dial_all(d);
 	uid_authority_update(d, now);

@@ -98,6 +98,8 @@ struct mm_daemon {
 	struct mm_conn *conns;             /* every open connection (for shutdown) */
 	uint64_t started_ms;
 	uint64_t missing_check_ms;         /* last time missing bodies were re-wanted */
+	uint64_t catchup_since_ms;         /* catching up since (bodies.c), 0 = not */
+	uint64_t catchup_done0;            /* fetches done by then */
 	uint64_t local_changes, remote_changes;
 };
 
@@ -124,6 +126,7 @@ struct mm_body_ops;
 void mm_bodies_ops(struct mm_daemon *d, struct mm_body_ops *ops_r);
 void mm_bodies_flush(struct mm_daemon *d);     /* places staged bodies (each loop turn) */
 void mm_bodies_commit_check(struct mm_daemon *d); /* commits placed files' index once bodies stop */
+void mm_bodies_catchup_note(struct mm_daemon *d); /* logs the start and end of a catch-up */
 
 /* control.c */
 int mm_control_start(struct mm_daemon *d);

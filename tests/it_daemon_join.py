@@ -18,6 +18,7 @@ Prints `N passed, N failed`."""
 import hashlib
 import os
 import random
+import re
 import sys
 import time
 
@@ -221,6 +222,18 @@ def join_commits_test(t, seed):
             return
         t.check(commits <= COMMIT_MAX, "the joiner committed its state database %d times while it pulled "
                 "%d bodies (at most %d: not once every few bodies)" % (commits, COMMIT_MSGS, COMMIT_MAX))
+        # what an admin watching the join sees: one line when it starts catching up,
+        # one when every body is here (written before the status can say so)
+        with open(new.log) as f:
+            log = f.read()
+        starts = log.count(" catching up: more than 64 messages are missing their body here; fetching them")
+        ends = re.findall(r" caught up: every message has its body here \((\d+) bodies fetched in \d+ ms\)", log)
+        t.check(starts == 1 and len(ends) == 1 and 0 < int(ends[0]) <= COMMIT_MSGS and
+                log.index(" catching up: ") < log.index(" caught up: "),
+                "the joiner logs once that it is catching up (%d) and once that it caught up (%s fetched)"
+                % (starts, ends))
+        with open(src.log) as f:
+            t.check(" catching up: " not in f.read(), "the source node logs no catching up")
         codes = [node.stop() for node in cl.nodes]
         t.check(codes == [0] * 2, "both daemons stop cleanly on SIGTERM (%s)" % codes)
     finally:
