@@ -21,7 +21,8 @@ for pkg in dovecot-core dovecot-lmtpd; do
 		exit 1
 	fi
 done
-make --no-print-directory BUILD="$BUILD" "$BUILD/mailmesh" "$BUILD/tests/bench_mkmail" "$BUILD/tests/bench_recon"
+make --no-print-directory BUILD="$BUILD" "$BUILD/mailmesh" "$BUILD/tests/bench_mkmail" "$BUILD/tests/bench_recon" \
+	"$BUILD/tests/bench_crypto"
 CMD="make bench"
 [ "${BENCH_QUICK:-0}" = 1 ] && CMD="BENCH_QUICK=1 make bench"
 [ -n "${BENCH_ONLY:-}" ] && CMD="BENCH_ONLY=$BENCH_ONLY $CMD"
