@@ -130,7 +130,7 @@ static void want_all_missing(struct mm_daemon *d)
 #define UID_AUTHORITY_GRACE_MS 5000
 
 /* Whether the node is catching up: missing more bodies than a live node would. */
-static bool node_catching_up(const struct mm_daemon *d)
+bool mm_daemon_catching_up(const struct mm_daemon *d)
 {
 	return mm_store_missing_count(d->store) > MM_LEAD_CATCHUP_MISSING;
 }
@@ -139,7 +139,7 @@ static void uid_authority_update(struct mm_daemon *d, uint64_t now)
 {
 	if (!d->cfg.imap_uids)
 		return;
-	bool catching_up = node_catching_up(d);
+	bool catching_up = mm_daemon_catching_up(d);
 	mm_lead_set_eligible(d->lead, !catching_up);
 	mm_store_set_catching_up(d->store, catching_up);
 	bool auth = mm_lead_is_self(d->lead, now);
@@ -385,7 +385,7 @@ static int daemon_start(struct mm_daemon *d)
 	mm_store_set_file_cache(d->store, d->cfg.file_cache);
 	/* before the first scan's UID pass: a node back with many bodies missing asks for
 	 * no moves until it has them (uid_authority_update keeps this up to date) */
-	mm_store_set_catching_up(d->store, node_catching_up(d));
+	mm_store_set_catching_up(d->store, mm_daemon_catching_up(d));
 	uint64_t t0 = mm_daemon_now();
 	/* Watches first, on every directory the state database knows, then the scan: it
 	 * sees whatever arrived before they were added, so the re-read each new watch asks

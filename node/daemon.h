@@ -137,5 +137,6 @@ void mm_daemon_commit_soon(struct mm_daemon *d);
 void mm_daemon_push(struct mm_daemon *d, const struct mm_delta *delta);
 void mm_daemon_handle_closed(uv_handle_t *h);  /* counts closed handles; frees nothing */
 void mm_daemon_effect(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec);
+bool mm_daemon_catching_up(const struct mm_daemon *d); /* missing more bodies than a live node would */
 
 #endif
