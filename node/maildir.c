@@ -1371,6 +1371,26 @@ void mm_md_uidlist_remove(struct mm_md_uidlist *ul, uint32_t uid)
 	ul->n--;
 }
 
+size_t mm_md_uidlist_remove_many(struct mm_md_uidlist *ul, const uint32_t *uids, size_t n)
+{
+	size_t out = 0, k = 0;
+	for (size_t i = 0; i < ul->n; i++) {
+		while (k < n && uids[k] < ul->v[i].uid)
+			k++;
+		if (k < n && uids[k] == ul->v[i].uid) {
+			free(ul->v[i].ext);
+			free(ul->v[i].name);
+			continue;
+		}
+		ul->v[out++] = ul->v[i];
+	}
+	size_t removed = ul->n - out;
+	ul->n = out;
+	if (removed && ul->idx)
+		(void)uidx_rebuild(ul, ul->n); /* false: out of memory, the index is dropped and lookups scan */
+	return removed;
+}
+
 int mm_md_uidlist_save(const char *folder_dir, const struct mm_md_uidlist *ul)
 {
 	if (!ul->uidvalidity)

@@ -150,6 +150,11 @@ int mm_md_uidlist_add(struct mm_md_uidlist *ul, uint32_t uid, const char *name);
  * Dovecot must never hand the UID out again. */
 void mm_md_uidlist_remove(struct mm_md_uidlist *ul, uint32_t uid);
 
+/* Removes the records whose UIDs are in uids[0..n) (ascending; UIDs not listed are
+ * ignored) in one pass, however many: removing them one by one would move the rest of
+ * the list each time.  next_uid is never lowered.  Returns how many were removed. */
+size_t mm_md_uidlist_remove_many(struct mm_md_uidlist *ul, const uint32_t *uids, size_t n);
+
 /* Writes ul as <folder_dir>/dovecot-uidlist (temp file, fsync, rename; the lock stays
  * held by the caller), owner/mode of folder_dir minus x bits.  uidvalidity must be
  * set (else -EINVAL).  0 or negative errno. */

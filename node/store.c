@@ -243,6 +243,11 @@ struct folder {
 	uint64_t passwait_since; /* first uid_sync_folder left to that lock (0 = none) */
 	struct mm_body_writer **held; /* imap_uids: bodies waiting for lower UIDs (hold_body) */
 	size_t n_held, cap_held;
+	/* imap_uids: base names of files that left the folder here (expunged: unlinked by
+	 * the store, or found gone by a scan), whose dovecot-uidlist entries the next UID
+	 * pass drops (uid_drop_gone) */
+	char **gone;
+	size_t n_gone, cap_gone;
 };
 
 struct user {
@@ -1032,6 +1037,42 @@ fail:
 	return NULL;
 }
 
+/* Dovecot drops the uidlist entry of a file that is gone only at a full sync of the
+ * folder, which it does when a client opens the folder on this node.  On a node where
+ * none does (a standby) every expunged message would stay listed for ever, and every
+ * UID pass reads the whole list.  So a file this store saw leave is noted, and the next
+ * pass drops its entry.  Only files seen leaving: an entry whose file the index does
+ * not know may name a delivery not scanned yet.  Past GONE_MAX names a folder's
+ * entries stay for Dovecot to drop (memory stays bounded in a mass expunge). */
+#define GONE_MAX 100000
+
+static void folder_gone_clear(struct folder *fo)
+{
+	for (size_t i = 0; i < fo->n_gone; i++)
+		free(fo->gone[i]);
+	free(fo->gone);
+	fo->gone = NULL;
+	fo->n_gone = fo->cap_gone = 0;
+}
+
+static void folder_note_gone(struct mm_store *s, struct folder *fo, const char *base)
+{
+	if (!s->imap_uids || fo->n_gone >= GONE_MAX)
+		return;
+	if (fo->n_gone == fo->cap_gone) {
+		size_t nc = fo->cap_gone ? fo->cap_gone * 2 : 16;
+		char **nv = realloc(fo->gone, nc * sizeof(*nv));
+		if (!nv)
+			return; /* (the entry stays, as before: Dovecot drops it) */
+		fo->gone = nv;
+		fo->cap_gone = nc;
+	}
+	if ((fo->gone[fo->n_gone] = strdup(base))) {
+		fo->n_gone++;
+		fo->uid_check = true;
+	}
+}
+
 static void fent_remove(struct mm_store *s, struct fent *fe)
 {
 	struct folder *fo = fe->fo;
@@ -1345,6 +1386,8 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 				logmsg(s, MM_STORE_LOG_WARNING, "cannot unlink expunged %s: %s", pth, strerror(-r));
 			}
 			fo = fe->fo;
+			if (r == 0 || r == -ENOENT)
+				folder_note_gone(s, fo, fe->base);
 			fent_remove(s, fe);
 			fo->check = true;
 		}
@@ -2014,6 +2057,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				continue;
 			uint8_t key[MM_KEY_LEN];
 			memcpy(key, fe->key, MM_KEY_LEN);
+			folder_note_gone(s, fo, fe->base);
 			fent_remove(s, fe);
 			int rr = mm_user_expunge(mu, key, tick(s), local_effect, s, s->out);
 			if (rr > 0)
@@ -3889,11 +3933,42 @@ struct refile {
 
 /* Brings one folder's dovecot-uidlist in line with the CRDT.  Returns 0, or -EAGAIN
  * when the lock stays busy (uid_check stays set: retried at the next pass). */
+/* Drops from ul the entries of the files noted gone (folder_note_gone), except one
+ * whose name a file of the index carries again (listed under it[].have).  Returns how
+ * many it dropped, or -ENOMEM (nothing dropped). */
+static ssize_t uid_drop_gone(const struct folder *fo, struct mm_md_uidlist *ul, const struct mm_uid_item *it,
+                             size_t nit)
+{
+	uint32_t *haves = malloc((nit ? nit : 1) * sizeof(*haves));
+	uint32_t *drop = malloc(fo->n_gone * sizeof(*drop));
+	if (!haves || !drop) {
+		free(haves);
+		free(drop);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < nit; i++)
+		haves[i] = it[i].have;
+	qsort(haves, nit, sizeof(*haves), cmp_u32);
+	size_t nd = 0;
+	for (size_t i = 0; i < fo->n_gone; i++) {
+		uint32_t uid = mm_md_uidlist_find(ul, fo->gone[i], strlen(fo->gone[i]));
+		if (uid && !bsearch(&uid, haves, nit, sizeof(*haves), cmp_u32))
+			drop[nd++] = uid;
+	}
+	qsort(drop, nd, sizeof(*drop), cmp_u32);
+	size_t n = mm_md_uidlist_remove_many(ul, drop, nd);
+	free(haves);
+	free(drop);
+	return (ssize_t)n;
+}
+
 static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *mu, struct folder *fo)
 {
 	fo->uid_settled = false;
-	if (!fo->on_disk || !mm_md_is_maildir(fo->dir))
+	if (!fo->on_disk || !mm_md_is_maildir(fo->dir)) {
+		folder_gone_clear(fo);
 		return 0;
+	}
 	int r = folder_files(s, fo); /* the plan walks every file of the folder */
 	if (r < 0)
 		return r;
@@ -3968,6 +4043,9 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		x->have = mm_md_uidlist_find(&ul, fe->base, strlen(fe->base));
 		x->arg = fe;
 	}
+	ssize_t dropped = fo->n_gone ? uid_drop_gone(fo, &ul, it, nit) : 0;
+	if (dropped > 0)
+		dirty = true;
 	if (uid_relist_unseen(s, fo, &ul, it, nit)) {
 		dirty = true;
 		settled = false;
@@ -4086,6 +4164,8 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	free(ref);
 	mm_md_uidlist_clear(&ul);
+	if (dropped >= 0 && r >= 0)
+		folder_gone_clear(fo); /* (else the next pass tries again) */
 	fo->uid_sig = uidlist_sig(fo);
 	fo->uid_settled = settled && r >= 0;
 	mm_md_uidlist_unlock(fo->dir);
@@ -5358,6 +5438,7 @@ void mm_store_free(struct mm_store **sp)
 			for (size_t i = 0; i < fo->n_held; i++)
 				writer_free(&fo->held[i], false);
 			free(fo->held);
+			folder_gone_clear(fo);
 			mm_md_keywords_clear(&fo->kw);
 			free(fo->name);
 			free(fo);

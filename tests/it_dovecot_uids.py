@@ -86,6 +86,38 @@ def wait_maps(dcs, folder, n, timeout=60):
     return maps, False
 
 
+def folder_state(node, folder):
+    """(base names of the files in new/ and cur/, base names dovecot-uidlist lists) of a
+    folder on a node's disk."""
+    d = node.maildir(MMUSER, folder)
+    files, listed = set(), set()
+    for sub in ("new", "cur"):
+        try:
+            files |= {x.split(":")[0] for x in os.listdir(os.path.join(d, sub))}
+        except FileNotFoundError:
+            pass
+    try:
+        with open(os.path.join(d, "dovecot-uidlist")) as f:
+            for line in f.read().splitlines()[1:]:
+                if " :" in line:
+                    listed.add(line.split(" :", 1)[1].split(":")[0])
+    except FileNotFoundError:
+        pass
+    return files, listed
+
+
+def wait_folder(nodes, folder, n, timeout=60):
+    """Until each node holds n files in the folder and its dovecot-uidlist lists exactly
+    those."""
+    deadline = time.time() + timeout * mmtest.SLOW
+    while time.time() < deadline:
+        states = [folder_state(x, folder) for x in nodes]
+        if all(len(files) == n and listed == files for files, listed in states):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def show(maps):
     return "; ".join("node%d %s" % (i + 1, m) for i, m in enumerate(maps or []))
 
@@ -163,6 +195,34 @@ def uid_test(t, cl, dcs):
     t.check(ok, "5. node 4 joins empty and shows INBOX under the same UIDVALIDITY and UIDs (%s)" % show(maps))
     maps, ok = wait_maps(dcs, "Work", 3)
     t.check(ok and maps[0] == work, "5. ... and Work too (%s)" % show(maps))
+
+    # 6. a folder no client opens on nodes 2-4 (as on a standby): two messages expunged
+    # on node 1 leave those nodes' dovecot-uidlist as well as their Maildir.  Dovecot
+    # drops the entry of a vanished file only when it syncs the folder, which nothing
+    # does there; mailmesh drops the entries of the files it removes itself.
+    m = d1.imap()
+    typ_c, _ = m.create("Archive")
+    for k in range(4):
+        m.append("Archive", None, None, ("Subject: archived-%d\r\n\r\nold mail %d\r\n" % (k, k)).encode())
+    t.check(typ_c == "OK" and wait_folder(cl.nodes[1:4], "Archive", 4),
+            "6. CREATE Archive and 4 APPENDs on node 1 reach nodes 2-4, listed in their dovecot-uidlist (%s)"
+            % [folder_state(n, "Archive") for n in cl.nodes[1:4]])
+    m.select("Archive")
+    typ, data = m.uid("SEARCH", None, "OR", "SUBJECT", "archived-1", "SUBJECT", "archived-2")
+    gone = data[0].split() if typ == "OK" and data and data[0] else []
+    if gone:
+        m.uid("STORE", b",".join(gone).decode(), "+FLAGS.SILENT", "(\\Deleted)")
+        m.expunge()
+    m.logout()
+    t.check(len(gone) == 2 and wait_folder(cl.nodes[1:4], "Archive", 2),
+            "6. after 2 messages are expunged on node 1, nodes 2-4 hold 2 files and their dovecot-uidlist lists "
+            "those 2 only (%s)" % [folder_state(n, "Archive") for n in cl.nodes[1:4]])
+    opened = [n.i for n in cl.nodes[1:4] if any(x.startswith("dovecot.index") for x in
+                                                 os.listdir(n.maildir(MMUSER, "Archive")))]
+    t.check(not opened, "6. ... without any Dovecot syncing the folder there (index files on nodes %s)" % opened)
+    maps, ok = wait_maps(dcs, "Archive", 2)
+    t.check(ok, "6. ... and every node's Dovecot then shows the same 2 messages under the same UIDs (%s)"
+            % show(maps))
 
     for dc in dcs:
         problems = dc.log_problems()

@@ -380,6 +380,22 @@ static void test_uidlist_index(void **state)
 		snprintf(name, sizeof name, "%u.M%uP1.host", 1700000000u + uid, uid);
 		assert_int_equal(mm_md_uidlist_find(&ul, name, strlen(name)), uid);
 	}
+	/* many removed at once: UIDs not listed (even ones, 5000) and twice-given ones are
+	 * ignored; order, lookups and NEXTUID stay right */
+	uint32_t next = ul.next_uid, drop[] = {1, 1, 2, 7, 999, 1000, 2999, 3001, 5000};
+	assert_int_equal(mm_md_uidlist_remove_many(&ul, drop, sizeof drop / sizeof drop[0]), 5);
+	assert_int_equal(ul.n, 1496);
+	assert_int_equal(ul.next_uid, next);
+	for (size_t i = 1; i < ul.n; i++)
+		assert_true(ul.v[i - 1].uid < ul.v[i].uid);
+	for (uint32_t uid = 1; uid <= 3000; uid += 2) {
+		snprintf(name, sizeof name, "%u.M%uP1.host", 1700000000u + uid, uid);
+		bool gone = uid == 1 || uid == 7 || uid == 999 || uid == 2999;
+		assert_int_equal(mm_md_uidlist_find(&ul, name, strlen(name)), gone ? 0 : uid);
+	}
+	snprintf(name, sizeof name, "%u.M%uP1.host", 1700000000u + 4, 4u);
+	assert_int_equal(mm_md_uidlist_find(&ul, name, strlen(name)), 0);
+	assert_int_equal(mm_md_uidlist_remove_many(&ul, drop, 0), 0);
 	mm_md_uidlist_clear(&ul);
 }
 

@@ -1823,6 +1823,73 @@ static bool uid_in_list(const struct node *n, uint32_t uid)
 	return inbox_listing(n, NULL, uid) == uid;
 }
 
+/* Entries of files that leave a folder here are dropped from its dovecot-uidlist by
+ * the next UID pass: Dovecot drops them only when a client opens the folder, and on a
+ * node where none does (a standby) they would stay for ever, each pass reading them.
+ * Both ways a file leaves: removed here (the scan's expunge), and unlinked for a
+ * remote expunge.  An entry whose file this node never indexed stays: a delivery not
+ * scanned yet looks the same. */
+static void test_uidlist_drops_gone_entries(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open_cfg(&a, "a", 1, true);
+	node_open_cfg(&b, "b", 2, true);
+	mm_store_set_uid_authority(a.s, true);
+	deliver(&a, "INBOX", "m1", "Subject: 1\r\n\r\nbody 1\r\n", 1600000000);
+	deliver(&a, "INBOX", "m2", "Subject: 2\r\n\r\nbody 2\r\n", 1600000001);
+	deliver(&a, "INBOX", "m3", "Subject: 3\r\n\r\nbody 3\r\n", 1600000002);
+	struct mm_delta *d = mm_delta_new();
+	assert_true(scan(&a, d) >= 3);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	uint32_t u1 = listed_uid(&a, "m1"), u2 = listed_uid(&a, "m2"), u3 = listed_uid(&a, "m3");
+	assert_true(u1 && u2 && u3);
+	sync_to(&a, &b, d);
+	assert_true(uid_in_list(&b, u1) && uid_in_list(&b, u2) && uid_in_list(&b, u3));
+
+	/* an entry for a file this node never saw (Dovecot listed a delivery the scan has
+	 * not reached): it must stay */
+	char dir[600], ul_path[700];
+	udir(&a, "INBOX", dir, sizeof dir);
+	snprintf(ul_path, sizeof ul_path, "%s/dovecot-uidlist", dir);
+	FILE *f = fopen(ul_path, "a");
+	assert_non_null(f);
+	fprintf(f, "%u :ghost\n", u3 + 10);
+	fclose(f);
+
+	/* removed on a: a's scan expunges it and drops its entry; b unlinks its file for
+	 * the remote expunge and drops its entry too */
+	assert_int_equal(unlink(find(&a, "INBOX", "m2")), 0);
+	mm_delta_clear(d);
+	assert_int_equal(scan(&a, d), 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_false(uid_in_list(&a, u2));
+	assert_true(uid_in_list(&a, u1) && uid_in_list(&a, u3) && uid_in_list(&a, u3 + 10));
+	sync_to(&a, &b, d);
+	assert_false(uid_in_list(&b, u2));
+	assert_true(uid_in_list(&b, u1) && uid_in_list(&b, u3));
+
+	/* NEXTUID stays where it was: Dovecot must never hand those UIDs out again */
+	struct mm_md_uidlist ul;
+	assert_int_equal(mm_md_uidlist_load(dir, &ul), 0);
+	assert_true(ul.next_uid > u3 + 10);
+	mm_md_uidlist_clear(&ul);
+
+	/* and after a restart, a further expunge still leaves the other entries alone */
+	node_close(&a);
+	node_open_cfg(&a, "a", 1, true);
+	mm_store_set_uid_authority(a.s, true);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(unlink(find(&a, "INBOX", "m1")), 0);
+	assert_int_equal(scan(&a, NULL), 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_false(uid_in_list(&a, u1));
+	assert_true(uid_in_list(&a, u3) && uid_in_list(&a, u3 + 10));
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* imap_uids: a start reads a folder's dovecot-uidlist only when it changed since the
  * last completed UID pass, or when a pass was due as the node stopped (a million-line
  * uidlist was most of a restart's time); the record of the pass is in the database. */
@@ -2426,6 +2493,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_catching_up_raises_no_needs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_first_uid_from_origin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_uidlist, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_uidlist_drops_gone_entries, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_commits_in_chunks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refile_lost_by_crash, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_index_converted, setup, teardown),
