@@ -292,6 +292,18 @@ bool mm_user_folder_visible(const struct mm_user *u, const char *name);
  * Appends the HORIZON record to out when it changed. */
 int mm_user_gc(struct mm_user *u, mm_hlc horizon, mm_effect_fn *eff, void *arg, struct mm_delta *out);
 
+/* The wall time (ms) before which a node may drop tombstones, 0 = none yet.  A peer
+ * that comes back holding a message whose tombstone the others dropped would bring it
+ * back everywhere (docs/design.md, "Tombstone GC"), so tombstones wait for the peers:
+ * now - grace_ms, but no later than MM_GC_SYNC_MARGIN_MS before the last time each peer
+ * was seen in sync with this node (peer_synced_ms[i], wall ms; 0 = never: such a peer
+ * holds none of the cluster's past to bring back).  A peer not in sync for max_ms or
+ * longer no longer holds them back (it must be rebuilt).  The margin covers a
+ * tombstone still on its way between two other nodes at that moment, and clock skew. */
+#define MM_GC_SYNC_MARGIN_MS 3600000ULL
+uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, const uint64_t *peer_synced_ms,
+                          size_t n);
+
 /* ---- whole state: all users -------------------------------------------------- */
 
 struct mm_state;

@@ -33,13 +33,13 @@
 enum key_id {
 	K_NAME, K_LISTEN, K_PRIVATE_KEY, K_PEERS, K_MAIL_LOCATION, K_STATE_DIR,
 	K_GOSSIP_INTERVAL, K_LOG_LEVEL, K_CONTROL_SOCKET, K_USER, K_GROUP, K_CLUSTER_PSK,
-	K_PUSH_FANOUT, K_GC_GRACE, K_MAX_SKEW, K_IMAP_UIDS, K_FILE_CACHE, K_COUNT
+	K_PUSH_FANOUT, K_GC_GRACE, K_GC_MAX, K_MAX_SKEW, K_IMAP_UIDS, K_FILE_CACHE, K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
 	"name", "listen", "private_key", "peers", "mail_location", "state_dir",
 	"gossip_interval", "log_level", "control_socket", "user", "group", "cluster_psk",
-	"push_fanout", "gc_grace", "max_skew", "imap_uids", "file_cache",
+	"push_fanout", "gc_grace", "gc_max", "max_skew", "imap_uids", "file_cache",
 };
 
 struct parse_ctx {
@@ -304,7 +304,7 @@ static int handler(void *user, const char *section, const char *name, const char
 		line_err(c, -EINVAL,
 		         "unknown key '%s'; known keys: name, listen, private_key, peers, "
 		         "mail_location, state_dir, gossip_interval, log_level, control_socket, "
-		         "user, group, cluster_psk, push_fanout, gc_grace, max_skew, imap_uids, file_cache "
+		         "user, group, cluster_psk, push_fanout, gc_grace, gc_max, max_skew, imap_uids, file_cache "
 		         "(see docs/configuration.md)", name);
 		return 0;
 	}
@@ -391,6 +391,9 @@ static int handler(void *user, const char *section, const char *name, const char
 	}
 	case K_GC_GRACE:
 		set_duration(c, name, value, 1000, 1000, 100ULL * 365 * 24 * 3600 * 1000, &cfg->gc_grace_ms);
+		break;
+	case K_GC_MAX:
+		set_duration(c, name, value, 1000, 1000, 100ULL * 365 * 24 * 3600 * 1000, &cfg->gc_max_ms);
 		break;
 	case K_MAX_SKEW:
 		set_duration(c, name, value, 1000, 1, 365ULL * 24 * 3600 * 1000, &cfg->max_skew_ms);
@@ -481,6 +484,7 @@ static int parse_into(struct parse_ctx *c, const char *path, const char *text, s
 	cfg->gossip_interval_ms = MM_DEFAULT_GOSSIP_INTERVAL_MS;
 	cfg->log_level = MM_LOG_INFO;
 	cfg->gc_grace_ms = MM_DEFAULT_GC_GRACE_MS;
+	cfg->gc_max_ms = MM_DEFAULT_GC_MAX_MS;
 	cfg->max_skew_ms = MM_DEFAULT_MAX_SKEW_MS;
 	cfg->imap_uids = true;
 	cfg->file_cache = MM_STORE_FILE_CACHE;
@@ -530,6 +534,15 @@ static int parse_into(struct parse_ctx *c, const char *path, const char *text, s
 			seterr(err, errlen, "%s: control socket %s is longer than %zu bytes; set a shorter "
 			       "`control_socket = PATH`", c->path, cfg->control_socket,
 			       sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+		rc = -EINVAL;
+		goto fail;
+	}
+	if (cfg->gc_max_ms < cfg->gc_grace_ms && !c->seen[K_GC_MAX])
+		cfg->gc_max_ms = cfg->gc_grace_ms; /* a long gc_grace alone: tombstones wait as long for a peer */
+	if (cfg->gc_max_ms < cfg->gc_grace_ms) {
+		seterr(err, errlen, "%s:%u: gc_max (%llus) is shorter than gc_grace (%llus); give gc_max at least "
+		       "gc_grace's value (docs/configuration.md)", c->path, c->seen[K_GC_MAX],
+		       (unsigned long long)(cfg->gc_max_ms / 1000), (unsigned long long)(cfg->gc_grace_ms / 1000));
 		rc = -EINVAL;
 		goto fail;
 	}

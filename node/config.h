@@ -26,6 +26,7 @@
 #define MM_DEFAULT_STATE_DIR "/var/lib/mailmesh"
 #define MM_DEFAULT_GOSSIP_INTERVAL_MS 200
 #define MM_DEFAULT_GC_GRACE_MS (30ULL * 24 * 3600 * 1000)
+#define MM_DEFAULT_GC_MAX_MS (180ULL * 24 * 3600 * 1000)
 #define MM_DEFAULT_MAX_SKEW_MS (60ULL * 1000)
 
 struct mm_config {
@@ -51,6 +52,7 @@ struct mm_config {
 	char *cluster_psk_path; /* NULL = no pre-shared key */
 	uint32_t push_fanout;  /* 0 = push to all peers */
 	uint64_t gc_grace_ms;  /* tombstone grace period */
+	uint64_t gc_max_ms;    /* how long tombstones wait for a peer not in sync (>= gc_grace_ms) */
 	uint64_t max_skew_ms;  /* clock skew tolerated in remote stamps */
 	bool imap_uids;        /* replicate IMAP UIDs and UIDVALIDITY (default yes) */
 	size_t file_cache;     /* file index entries kept in memory (mm_store_set_file_cache) */

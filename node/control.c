@@ -172,7 +172,8 @@ static void render(struct ctl_client *c, bool json)
 		const struct mm_sync_stats *st = mm_sync_stats(p->sync);
 		char ph[2 * MM_HASH_LEN + 1];
 		hex(st->peer_root, MM_HASH_LEN, ph);
-		long long ago = st->last_sync_ms ? (long long)(now - st->last_sync_ms) : -1;
+		uint64_t synced = mm_peer_synced_ms(p); /* (also from before a restart) */
+		long long ago = synced ? (long long)(now - synced) : -1;
 		bool in_sync = st->roots_equal && !memcmp(st->peer_root, root, MM_HASH_LEN);
 		if (json) {
 			out_printf(c, "%s{\"name\":", i ? "," : "");

@@ -208,18 +208,85 @@ static int gc_user(void *arg, struct mm_user *u)
 	return 0;
 }
 
+uint64_t mm_peer_synced_ms(const struct mm_dpeer *p)
+{
+	uint64_t now = mm_sync_stats(p->sync)->last_sync_ms;
+	return now > p->synced_ms ? now : p->synced_ms;
+}
+
+/* The state database's key for when a peer was last in sync: its public key, so
+ * renaming it in the peers file keeps the value. */
+static void synced_key(const struct mm_dpeer *p, char key[7 + 65])
+{
+	memcpy(key, "synced:", 7);
+	for (int i = 0; i < 32; i++)
+		snprintf(key + 7 + 2 * i, 3, "%02x", p->conf->pub[i]);
+}
+
+static void peers_synced_load(struct mm_daemon *d)
+{
+	for (size_t i = 0; i < d->n_peers; i++) {
+		struct mm_dpeer *p = &d->peers[i];
+		char key[7 + 65];
+		synced_key(p, key);
+		int r = mm_store_meta_get(d->store, key, &p->synced_ms);
+		if (r < 0 && r != -ENOENT)
+			mm_log(MM_LOG_WARN, "%s: cannot read when peer %s was last in sync: %s (taken as never)",
+			       d->cfg.state_dir, p->conf->name, strerror(-r));
+		p->synced_saved_ms = p->synced_ms;
+	}
+}
+
+/* Stages each peer's last in-sync time for the next commit (at most one write a peer
+ * per GC_INTERVAL_MS: after a crash the value is at most that old, which only makes
+ * the GC wait longer). */
+static void peers_synced_save(struct mm_daemon *d)
+{
+	for (size_t i = 0; i < d->n_peers; i++) {
+		struct mm_dpeer *p = &d->peers[i];
+		uint64_t v = mm_peer_synced_ms(p);
+		if (v <= p->synced_saved_ms)
+			continue;
+		char key[7 + 65];
+		synced_key(p, key);
+		if (mm_store_meta_set(d->store, key, v) == 0)
+			p->synced_saved_ms = v;
+	}
+}
+
+/* Tombstones go once they are gc_grace old and every peer has been in sync since
+ * (mm_gc_horizon_ms): a peer that comes back after a long absence then still finds
+ * the tombstones of what was expunged meanwhile, instead of bringing those messages
+ * back on every node.  A peer not in sync for gc_max is no longer waited for. */
 static void gc_cb(uv_timer_t *t)
 {
 	struct mm_daemon *d = t->data;
 	uint64_t now = mm_daemon_now();
-	if (now < d->cfg.gc_grace_ms)
+	peers_synced_save(d);
+	uint64_t *synced = calloc(d->n_peers ? d->n_peers : 1, sizeof(*synced));
+	if (!synced)
 		return;
-	uint64_t h = (now - d->cfg.gc_grace_ms) / GC_QUANTUM_MS * GC_QUANTUM_MS;
-	struct gc_walk w = {d, {h << MM_HLC_LOGICAL_BITS, 0}, mm_delta_new(), 0};
-	if (!w.delta)
-		return;
-	mm_state_foreach(d->state, NULL, 0, gc_user, &w);
-	if (mm_delta_count(w.delta) > 0 && mm_store_commit(d->store) == 0) {
+	const struct mm_dpeer *oldest = NULL;
+	for (size_t i = 0; i < d->n_peers; i++) {
+		synced[i] = mm_peer_synced_ms(&d->peers[i]);
+		bool waited = synced[i] && (now <= d->cfg.gc_max_ms || synced[i] > now - d->cfg.gc_max_ms);
+		if (waited && (!oldest || synced[i] < mm_peer_synced_ms(oldest)))
+			oldest = &d->peers[i];
+	}
+	uint64_t h = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, synced, d->n_peers);
+	free(synced);
+	if (now > d->cfg.gc_grace_ms && h < now - d->cfg.gc_grace_ms && oldest)
+		mm_log(MM_LOG_INFO, "tombstone gc waits for peer %s, last in sync %llu s ago (tombstones are kept "
+		       "for it up to gc_max, %llu s)", oldest->conf->name,
+		       (unsigned long long)((now - mm_peer_synced_ms(oldest)) / 1000),
+		       (unsigned long long)(d->cfg.gc_max_ms / 1000));
+	h = h / GC_QUANTUM_MS * GC_QUANTUM_MS;
+	struct gc_walk w = {d, {h << MM_HLC_LOGICAL_BITS, 0}, h ? mm_delta_new() : NULL, 0};
+	if (w.delta)
+		mm_state_foreach(d->state, NULL, 0, gc_user, &w);
+	/* (also writes the peers' in-sync times staged above) */
+	int r = mm_store_commit(d->store);
+	if (r == 0 && w.delta && mm_delta_count(w.delta) > 0) {
 		mm_log(MM_LOG_INFO, "tombstone gc horizon=%llu dropped=%d", (unsigned long long)h, w.dropped);
 		mm_daemon_push(d, w.delta);
 	}
@@ -246,6 +313,8 @@ static void daemon_stop(struct mm_daemon *d, int status)
 	mm_peers_stop(d);
 	for (size_t i = 0; i < d->n_peers; i++)
 		mm_sync_reset(d->peers[i].sync, mm_daemon_now());
+	if (d->store)
+		peers_synced_save(d);
 	if (d->store && mm_store_commit(d->store) < 0)
 		mm_log(MM_LOG_ERROR, "%s: final commit failed; changes since the last commit will be "
 		       "found again by the next start's rescan or from peers", d->cfg.state_dir);
@@ -383,6 +452,7 @@ static int daemon_start(struct mm_daemon *d)
 	}
 	mm_store_set_log(d->store, store_log, d);
 	mm_store_set_file_cache(d->store, d->cfg.file_cache);
+	peers_synced_load(d);
 	/* before the first scan's UID pass: a node back with many bodies missing asks for
 	 * no moves until it has them (uid_authority_update keeps this up to date) */
 	mm_store_set_catching_up(d->store, mm_daemon_catching_up(d));

@@ -53,6 +53,9 @@ struct mm_dpeer {
 	bool knock_ok;                     /* the key could be derived */
 	uint64_t knock_ts;                 /* newest knock timestamp taken from it */
 	uint64_t knock_sent_ms;            /* when we last knocked on it */
+	uint64_t synced_ms;                /* wall ms it was last in sync with this node, as
+	                                    * the state database had it at start (0 = never) */
+	uint64_t synced_saved_ms;          /* the value last handed to the state database */
 };
 
 struct mm_daemon {
@@ -105,6 +108,10 @@ struct mm_daemon {
 
 /* Milliseconds since the unix epoch (the HLC's wall clock). */
 uint64_t mm_daemon_now(void);
+
+/* When the peer was last in sync with this node (wall ms, 0 = never), this run or
+ * before: what the tombstone GC waits for (daemon.c gc_cb). */
+uint64_t mm_peer_synced_ms(const struct mm_dpeer *p);
 
 /* peer.c */
 int mm_peers_start(struct mm_daemon *d);       /* listener, UDP socket, sessions, dials */

@@ -295,8 +295,16 @@ struct fxmap {
 	bool untagged;
 };
 
+/* A value of the daemon's own waiting for the next commit (mm_store_meta_set). */
+struct meta_kv {
+	char key[MM_STORE_META_KEY_MAX + 3]; /* "d:" + key */
+	uint64_t v;
+};
+
 struct mm_store {
 	bool imap_uids;              /* cfg.imap_uids */
+	struct meta_kv *meta;        /* staged by mm_store_meta_set */
+	size_t n_meta, cap_meta;
 	bool uid_authority;          /* mm_store_set_uid_authority */
 	bool catching_up;            /* mm_store_set_catching_up: no needs raised */
 	bool index_in_folder;        /* mail_location has no INDEX=: Dovecot's index of a
@@ -4917,12 +4925,19 @@ static int commit_batch(struct mm_store *s)
 			c[i] = (uint8_t)(s->clock->last >> (56 - 8 * i));
 		r = mm_statedb_put(s->db, MM_DB_META, "clock", 5, c, 8);
 	}
+	for (size_t i = 0; r == 0 && i < s->n_meta; i++) {
+		uint8_t c[8];
+		for (int j = 0; j < 8; j++)
+			c[j] = (uint8_t)(s->meta[i].v >> (56 - 8 * j));
+		r = mm_statedb_put(s->db, MM_DB_META, s->meta[i].key, strlen(s->meta[i].key), c, 8);
+	}
 	free(wb.p);
 	if (r == 0)
 		r = mm_statedb_commit(s->db);
 	else
 		mm_statedb_abort(s->db);
 	if (r == 0) {
+		s->n_meta = 0;
 		/* only what was written: effects may not add during a commit, but be exact */
 		for (size_t i = 0; i < recs.n; i++)
 			hm_del(&s->dirty_recs, recs.v[i]->k, recs.v[i]->kl);
@@ -5419,11 +5434,56 @@ void mm_store_set_log(struct mm_store *s, void (*fn)(void *arg, int level, const
 	s->log_arg = arg;
 }
 
+int mm_store_meta_set(struct mm_store *s, const char *key, uint64_t v)
+{
+	size_t kl = strlen(key);
+	if (!kl || kl > MM_STORE_META_KEY_MAX)
+		return -EINVAL;
+	char k[MM_STORE_META_KEY_MAX + 3];
+	snprintf(k, sizeof k, "d:%s", key);
+	for (size_t i = 0; i < s->n_meta; i++)
+		if (!strcmp(s->meta[i].key, k)) {
+			s->meta[i].v = v;
+			return 0;
+		}
+	if (s->n_meta == s->cap_meta) {
+		size_t nc = s->cap_meta ? s->cap_meta * 2 : 8;
+		struct meta_kv *nv = realloc(s->meta, nc * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		s->meta = nv;
+		s->cap_meta = nc;
+	}
+	memcpy(s->meta[s->n_meta].key, k, sizeof k);
+	s->meta[s->n_meta++].v = v;
+	return 0;
+}
+
+int mm_store_meta_get(struct mm_store *s, const char *key, uint64_t *v_r)
+{
+	*v_r = 0;
+	size_t kl = strlen(key);
+	if (!kl || kl > MM_STORE_META_KEY_MAX)
+		return -EINVAL;
+	char k[MM_STORE_META_KEY_MAX + 3];
+	snprintf(k, sizeof k, "d:%s", key);
+	uint8_t c[8];
+	int r = mm_statedb_get(s->db, MM_DB_META, k, strlen(k), c, sizeof c);
+	if (r < 0)
+		return r;
+	if (r != 8)
+		return -EBADMSG;
+	for (int i = 0; i < 8; i++)
+		*v_r = *v_r << 8 | c[i];
+	return 0;
+}
+
 void mm_store_free(struct mm_store **sp)
 {
 	if (!sp || !*sp)
 		return;
 	struct mm_store *s = *sp;
+	free(s->meta);
 	drop_list(unstage_all(s)); /* before the folders their writers point to */
 	for (struct user *u = s->users, *un; u; u = un) {
 		un = u->next;

@@ -205,6 +205,17 @@ bool mm_store_placing(const struct mm_store *s);
  * folder need not be scanned for it.  Each placement answers true once. */
 bool mm_store_own_event(struct mm_store *s, const char *dir, const char *name);
 
+/* Small values of the daemon's own in the state database (when each peer was last in
+ * sync, for the tombstone GC).  mm_store_meta_set stages key = v for the next
+ * mm_store_commit (the last value set wins; a failed commit keeps it for the next);
+ * mm_store_meta_get reads the durable value (0 in *v_r when absent).  Keys are 1 to
+ * MM_STORE_META_KEY_MAX bytes.  Both return 0, -EINVAL (key), -ENOMEM (set), -ENOENT
+ * (get: never written), -EBADMSG (get: not a value of this kind) or another negative
+ * errno. */
+#define MM_STORE_META_KEY_MAX 100
+int mm_store_meta_set(struct mm_store *s, const char *key, uint64_t v);
+int mm_store_meta_get(struct mm_store *s, const char *key, uint64_t *v_r);
+
 /* State database commits since the store was opened (mm_statedb_commits). */
 uint64_t mm_store_commits(const struct mm_store *s);
 

@@ -6,7 +6,8 @@ A 2-node cluster: the dialer starts alone and waits 4 s, so its retries are ~3 s
 apart by then; the other node starts and both must show the peer connected within
 1 s (the backoff alone would take 1.6-3.2 s more).  The same after the dialed node
 is stopped for 4 s and started again, and a message delivered on it then reaches the
-dialer.  Prints `N passed, N failed`."""
+dialer.  Then the dialer restarts alone: it still knows when the other was last in sync
+(the tombstone GC waits for it).  Prints `N passed, N failed`."""
 import base64
 import os
 import sys
@@ -70,6 +71,21 @@ def knock_test(t):
         t.check(dialer.message_count() == 1, "a message delivered on it reaches the dialer")
         codes = [n.stop() for n in (dialer, dialed)]
         t.check(codes == [0, 0], "both stop cleanly with no leaked handle (%s)" % codes)
+        # When the peer was last in sync survives a restart (the state database): the
+        # tombstone GC waits for a peer that has been away (node/daemon.c gc_cb).  With
+        # gc_grace = 1s, the GC 1 s after the start must wait for the absent peer.
+        cl.set_conf(dialer, "gc_grace", "1s")
+        dialer.start()
+        peers = (dialer.status(quiet=True) or {}).get("peers", [])
+        ago = peers[0].get("last_sync_ms_ago", -1) if peers else -1
+        t.check(0 <= ago < 120000 * mmtest.SLOW and not peers[0].get("connected"),
+                "restarted alone, the node knows when its absent peer was last in sync (%s ms ago)" % ago)
+        deadline = time.monotonic() + 10 * mmtest.SLOW
+        while time.monotonic() < deadline and "tombstone gc waits for peer" not in dialer.log_text():
+            time.sleep(0.05)
+        t.check("tombstone gc waits for peer node%d," % dialed.i in dialer.log_text(),
+                "its tombstone GC waits for that peer instead of dropping tombstones it may lack")
+        t.check(dialer.stop() == 0, "it stops cleanly")
     finally:
         cl.close(keep_on_failure=t.failed > failed_before and os.environ.get("KEEP") == "1")
 

@@ -55,8 +55,13 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg.push_fanout, 0);
 	assert_int_equal(cfg.file_cache, MM_STORE_FILE_CACHE);
 	assert_true(cfg.gc_grace_ms == 30ULL * 86400 * 1000);
+	assert_true(cfg.gc_max_ms == 180ULL * 86400 * 1000);
 	assert_true(cfg.max_skew_ms == 60000);
 	assert_null(cfg.peers);
+	mm_config_free(&cfg);
+	/* a gc_grace beyond the default gc_max alone: gc_max follows it */
+	assert_int_equal(parse(REQUIRED "gc_grace = 365d\n", &cfg, err, sizeof err), 0);
+	assert_true(cfg.gc_max_ms == 365ULL * 86400 * 1000);
 	mm_config_free(&cfg);
 	assert_null(cfg.name);
 	mm_config_free(&cfg); /* twice is harmless */
@@ -85,6 +90,7 @@ static void test_every_key(void **state)
 		"cluster_psk = psk.key\n"
 		"push_fanout = 3\n"
 		"gc_grace = 90m\n"
+		"gc_max = 2h\n"
 		"max_skew = 250ms\n"
 		"file_cache = 1000000\n"
 		"\n";
@@ -105,6 +111,7 @@ static void test_every_key(void **state)
 	assert_string_equal(cfg.cluster_psk_path, "/etc/mm/psk.key");
 	assert_int_equal(cfg.push_fanout, 3);
 	assert_true(cfg.gc_grace_ms == 90ULL * 60 * 1000);
+	assert_true(cfg.gc_max_ms == 2ULL * 3600 * 1000);
 	assert_true(cfg.max_skew_ms == 250);
 	assert_int_equal(cfg.file_cache, 1000000);
 	mm_config_free(&cfg);
@@ -144,6 +151,9 @@ static void test_errors_name_the_line(void **state)
 		{REQUIRED "gc_grace = 30 d\n", "/etc/mm/mailmesh.conf:5: ", "gc_grace: bad duration"},
 		{REQUIRED "gc_grace = 30w\n", "/etc/mm/mailmesh.conf:5: ", "bad duration"},
 		{REQUIRED "gc_grace = -1\n", "/etc/mm/mailmesh.conf:5: ", "bad duration"},
+		{REQUIRED "gc_max = 1x\n", "/etc/mm/mailmesh.conf:5: ", "gc_max: bad duration"},
+		{REQUIRED "gc_grace = 10d\ngc_max = 9d\n", "/etc/mm/mailmesh.conf:6: ",
+		 "gc_max (777600s) is shorter than gc_grace (864000s)"},
 		{REQUIRED "max_skew = 99999999999999999999999\n", "/etc/mm/mailmesh.conf:5: ", "max_skew: bad duration"},
 		{REQUIRED "log_level = loud\n", "/etc/mm/mailmesh.conf:5: ", "bad log_level 'loud'"},
 		{REQUIRED "push_fanout = -1\n", "/etc/mm/mailmesh.conf:5: ", "bad push_fanout"},
