@@ -295,14 +295,16 @@ int mm_user_gc(struct mm_user *u, mm_hlc horizon, mm_effect_fn *eff, void *arg, 
 /* The wall time (ms) before which a node may drop tombstones, 0 = none yet.  A peer
  * that comes back holding a message whose tombstone the others dropped would bring it
  * back everywhere (docs/design.md, "Tombstone GC"), so tombstones wait for the peers:
- * now - grace_ms, but no later than MM_GC_SYNC_MARGIN_MS before the last time each peer
- * was seen in sync with this node (peer_synced_ms[i], wall ms; 0 = never: such a peer
- * holds none of the cluster's past to bring back).  A peer not in sync for max_ms or
- * longer no longer holds them back (it must be rebuilt).  The margin covers a
- * tombstone still on its way between two other nodes at that moment, and clock skew. */
+ * now - grace_ms, but no later than margin_ms before the last time each peer was seen
+ * in sync with this node (peer_synced_ms[i], wall ms; for a peer never seen in sync,
+ * pass when this node first knew of it: it may hold records from other nodes; 0 = not
+ * waited for).  A peer not in sync for max_ms or longer no longer holds them back (it
+ * must be rebuilt).  The margin covers a tombstone still
+ * on its way between two other nodes at that moment, and clock skew: the daemon uses
+ * MM_GC_SYNC_MARGIN_MS. */
 #define MM_GC_SYNC_MARGIN_MS 3600000ULL
-uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, const uint64_t *peer_synced_ms,
-                          size_t n);
+uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, uint64_t margin_ms,
+                          const uint64_t *peer_synced_ms, size_t n);
 
 /* ---- whole state: all users -------------------------------------------------- */
 

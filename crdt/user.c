@@ -1801,8 +1801,8 @@ int mm_user_folder_renew(struct mm_user *u, const char *name, mm_hlc stamp, uint
 	return local(u, &r, eff, arg, out);
 }
 
-uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, const uint64_t *peer_synced_ms,
-                          size_t n)
+uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, uint64_t margin_ms,
+                          const uint64_t *peer_synced_ms, size_t n)
 {
 	if (now_ms <= grace_ms)
 		return 0;
@@ -1812,7 +1812,7 @@ uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, c
 		uint64_t e = peer_synced_ms[i];
 		if (!e || e <= gone_before)
 			continue;
-		uint64_t bound = e > MM_GC_SYNC_MARGIN_MS ? e - MM_GC_SYNC_MARGIN_MS : 0;
+		uint64_t bound = e > margin_ms ? e - margin_ms : 0;
 		if (bound < h)
 			h = bound;
 	}

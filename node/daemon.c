@@ -210,81 +210,114 @@ static int gc_user(void *arg, struct mm_user *u)
 
 uint64_t mm_peer_synced_ms(const struct mm_dpeer *p)
 {
-	uint64_t now = mm_sync_stats(p->sync)->last_sync_ms;
-	return now > p->synced_ms ? now : p->synced_ms;
+	uint64_t now = mm_sync_stats(p->sync)->last_equal_ms;
+	return now > p->seen_ms ? now : p->seen_ms;
 }
 
-/* The state database's key for when a peer was last in sync: its public key, so
- * renaming it in the peers file keeps the value. */
-static void synced_key(const struct mm_dpeer *p, char key[7 + 65])
+/* The state database's keys of a peer's times: "seen:", "synced:" or "known:" and its
+ * public key, so renaming it in the peers file keeps them. */
+#define PEER_KEY_MAX (8 + 64 + 1)
+static void peer_key(const struct mm_dpeer *p, const char *what, char key[PEER_KEY_MAX])
 {
-	memcpy(key, "synced:", 7);
-	for (int i = 0; i < 32; i++)
-		snprintf(key + 7 + 2 * i, 3, "%02x", p->conf->pub[i]);
+	size_t n = (size_t)snprintf(key, PEER_KEY_MAX, "%s:", what);
+	for (int i = 0; i < 32 && n + 2 < PEER_KEY_MAX; i++, n += 2)
+		snprintf(key + n, 3, "%02x", p->conf->pub[i]);
 }
 
+static void peer_time_load(struct mm_daemon *d, struct mm_dpeer *p, const char *what, uint64_t *v_r)
+{
+	char key[PEER_KEY_MAX];
+	peer_key(p, what, key);
+	int r = mm_store_meta_get(d->store, key, v_r);
+	if (r < 0 && r != -ENOENT)
+		mm_log(MM_LOG_WARN, "%s: cannot read when peer %s was last in sync: %s (taken as never)",
+		       d->cfg.state_dir, p->conf->name, strerror(-r));
+}
+
+/* A peer never seen in sync may still hold records it had from other nodes, so the
+ * GC waits for it from the time this node first had it in its peers file. */
 static void peers_synced_load(struct mm_daemon *d)
 {
+	uint64_t now = mm_daemon_now();
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
-		char key[7 + 65];
-		synced_key(p, key);
-		int r = mm_store_meta_get(d->store, key, &p->synced_ms);
-		if (r < 0 && r != -ENOENT)
-			mm_log(MM_LOG_WARN, "%s: cannot read when peer %s was last in sync: %s (taken as never)",
-			       d->cfg.state_dir, p->conf->name, strerror(-r));
-		p->synced_saved_ms = p->synced_ms;
+		peer_time_load(d, p, "seen", &p->seen_ms);
+		peer_time_load(d, p, "synced", &p->synced_ms);
+		peer_time_load(d, p, "known", &p->known_ms);
+		p->saved_seen_ms = p->seen_ms;
+		p->saved_synced_ms = p->synced_ms;
+		if (!p->known_ms) {
+			char key[PEER_KEY_MAX];
+			peer_key(p, "known", key);
+			p->known_ms = now;
+			(void)mm_store_meta_set(d->store, key, now); /* (written by the first scan's commit) */
+		}
 	}
 }
 
-/* Stages each peer's last in-sync time for the next commit (at most one write a peer
- * per GC_INTERVAL_MS: after a crash the value is at most that old, which only makes
- * the GC wait longer). */
+/* Stages the peers' times that changed for the next commit (hourly and at shutdown:
+ * after a crash they are at most an hour old, which only makes the GC wait longer). */
 static void peers_synced_save(struct mm_daemon *d)
 {
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
-		uint64_t v = mm_peer_synced_ms(p);
-		if (v <= p->synced_saved_ms)
-			continue;
-		char key[7 + 65];
-		synced_key(p, key);
-		if (mm_store_meta_set(d->store, key, v) == 0)
-			p->synced_saved_ms = v;
+		char key[PEER_KEY_MAX];
+		uint64_t seen = mm_peer_synced_ms(p);
+		peer_key(p, "seen", key);
+		if (seen > p->saved_seen_ms && mm_store_meta_set(d->store, key, seen) == 0)
+			p->saved_seen_ms = seen;
+		peer_key(p, "synced", key);
+		if (p->synced_ms > p->saved_synced_ms && mm_store_meta_set(d->store, key, p->synced_ms) == 0)
+			p->saved_synced_ms = p->synced_ms;
 	}
 }
 
 /* Tombstones go once they are gc_grace old and every peer has been in sync since
  * (mm_gc_horizon_ms): a peer that comes back after a long absence then still finds
  * the tombstones of what was expunged meanwhile, instead of bringing those messages
- * back on every node.  A peer not in sync for gc_max is no longer waited for. */
+ * back on every node.  A peer not in sync for gc_max is no longer waited for.
+ * "In sync" is a DIGEST that showed equal roots: the peer then held every record this
+ * node held.  It counts once the peer stayed connected until the next GC, an hour
+ * later: one that crashed before committing them would come back without them, and a
+ * push of its old copy may still have been on its way (the simulator found both). */
 static void gc_cb(uv_timer_t *t)
 {
 	struct mm_daemon *d = t->data;
 	uint64_t now = mm_daemon_now();
-	peers_synced_save(d);
 	uint64_t *synced = calloc(d->n_peers ? d->n_peers : 1, sizeof(*synced));
 	if (!synced)
 		return;
 	const struct mm_dpeer *oldest = NULL;
 	for (size_t i = 0; i < d->n_peers; i++) {
-		synced[i] = mm_peer_synced_ms(&d->peers[i]);
+		struct mm_dpeer *p = &d->peers[i];
+		bool up = p->state == MM_PEER_ESTABLISHED;
+		if (p->gc_sample_up && up && p->disconnects == p->gc_sample_disc && p->gc_sample_ms > p->synced_ms)
+			p->synced_ms = p->gc_sample_ms;
+		p->gc_sample_ms = mm_sync_stats(p->sync)->last_equal_ms;
+		p->gc_sample_disc = p->disconnects;
+		p->gc_sample_up = up;
+		synced[i] = p->synced_ms ? p->synced_ms : p->known_ms;
 		bool waited = synced[i] && (now <= d->cfg.gc_max_ms || synced[i] > now - d->cfg.gc_max_ms);
-		if (waited && (!oldest || synced[i] < mm_peer_synced_ms(oldest)))
-			oldest = &d->peers[i];
+		if (waited && (!oldest || synced[i] < synced[oldest - d->peers]))
+			oldest = p;
 	}
-	uint64_t h = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, synced, d->n_peers);
+	peers_synced_save(d);
+	uint64_t h = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, MM_GC_SYNC_MARGIN_MS, synced,
+	                              d->n_peers);
 	free(synced);
-	if (now > d->cfg.gc_grace_ms && h < now - d->cfg.gc_grace_ms && oldest)
-		mm_log(MM_LOG_INFO, "tombstone gc waits for peer %s, last in sync %llu s ago (tombstones are kept "
-		       "for it up to gc_max, %llu s)", oldest->conf->name,
-		       (unsigned long long)((now - mm_peer_synced_ms(oldest)) / 1000),
-		       (unsigned long long)(d->cfg.gc_max_ms / 1000));
+	if (now > d->cfg.gc_grace_ms && h < now - d->cfg.gc_grace_ms && oldest) {
+		uint64_t last = mm_peer_synced_ms(oldest);
+		char ago[48] = "never";
+		if (last)
+			snprintf(ago, sizeof ago, "%llu s ago", (unsigned long long)((now - last) / 1000));
+		mm_log(MM_LOG_INFO, "tombstone gc waits for peer %s, last in sync %s (tombstones are kept for it up "
+		       "to gc_max, %llu s)", oldest->conf->name, ago, (unsigned long long)(d->cfg.gc_max_ms / 1000));
+	}
 	h = h / GC_QUANTUM_MS * GC_QUANTUM_MS;
 	struct gc_walk w = {d, {h << MM_HLC_LOGICAL_BITS, 0}, h ? mm_delta_new() : NULL, 0};
 	if (w.delta)
 		mm_state_foreach(d->state, NULL, 0, gc_user, &w);
-	/* (also writes the peers' in-sync times staged above) */
+	/* (also writes the peers' times staged above) */
 	int r = mm_store_commit(d->store);
 	if (r == 0 && w.delta && mm_delta_count(w.delta) > 0) {
 		mm_log(MM_LOG_INFO, "tombstone gc horizon=%llu dropped=%d", (unsigned long long)h, w.dropped);

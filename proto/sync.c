@@ -1702,7 +1702,7 @@ static int handle_digest(struct mm_sync *s, const struct mm_wire_msg *m)
 	}
 	s->st.roots_equal = eq;
 	if (eq) {
-		s->st.last_sync_ms = s->now;
+		s->st.last_sync_ms = s->st.last_equal_ms = s->now;
 		event(s, MM_SYNC_EV_IN_SYNC, 0, NULL, NULL, 0);
 		return 0;
 	}

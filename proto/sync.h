@@ -144,6 +144,11 @@ struct mm_sync_stats {
 	uint64_t last_digest_ms;               /* time of the last DIGEST from the peer */
 	uint64_t last_sync_ms;                 /* time roots were last seen equal, or a
 	                                        * round last completed */
+	uint64_t last_equal_ms;                /* time a DIGEST last showed the peer's root
+	                                        * equal to ours: it then held every record we
+	                                        * held (a completed round says less: it ships
+	                                        * the differences found when it began, and a
+	                                        * truncated hash may hide one) */
 	bool roots_equal;                      /* at the last DIGEST exchange */
 	uint8_t peer_root[MM_HASH_LEN];        /* root in the peer's last DIGEST */
 	uint64_t peer_users;                   /* user count in the peer's last DIGEST */

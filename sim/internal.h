@@ -80,10 +80,19 @@ struct sim_peer {
 	/* responder memory (node/peer.c's mm_dpeer.last_ts): newest handshake timestamp
 	 * accepted from this peer; in memory only, so a crash forgets it */
 	uint8_t last_ts[MM_CH_TAI64N_LEN];
+	/* The tombstone GC's view of this peer, as node/daemon.c gc_cb: survives a crash
+	 * (the daemon keeps it in the state database) */
+	uint64_t synced_ms;    /* last in sync and then up until the next GC: it committed */
+	uint64_t known_ms;     /* the owner's first start (the daemon: when the peer first
+	                        * was in its peers file): the GC waits from then */
+	/* at the owner's previous GC (lost in a crash, as the daemon's memory) */
+	uint64_t gc_sample_ms; /* the session's last_equal_ms */
+	uint32_t gc_sample_epoch;
+	bool gc_sample_up;
 };
 
 /* Mailbox view entry, maintained from the effect callbacks only. */
-enum { VIEW_LIVE = 1, VIEW_TOMB = 2, VIEW_FOLDER = 3 };
+enum { VIEW_LIVE = 1, VIEW_TOMB = 2, VIEW_FOLDER = 3, VIEW_GONE = 4 /* tombstone collected */ };
 struct sim_view {
 	uint8_t state;
 	uint8_t flags;         /* message: flag bits; folder: exists | subscribed << 1 */
@@ -279,6 +288,8 @@ uint64_t sim_node_missing_bodies(struct sim_node *n);
 int sim_node_start(struct sim *s, struct sim_node *n);
 void sim_node_crash(struct sim *s, struct sim_node *n);
 int sim_node_commit(struct sim_node *n);
+/* The periodic tombstone GC (cfg.gc_grace_ms), before the periodic commit. */
+void sim_node_gc(struct sim_node *n);
 void sim_node_free(struct sim_node *n);
 void sim_node_eff(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec);
 int sim_user_index(const struct sim *s, const char *user);

@@ -57,13 +57,13 @@ void sim_print_json(FILE *f, const struct sim_config *c, const struct sim_result
 	fprintf(f, "\"uid_listed\":%llu,\"uid_refiled\":%llu,\"uid_moves\":%llu,\"uid_firsts\":%llu,"
 	           "\"uid_needs\":%llu,\"uid_resets\":%llu,\"uid_conflicts_seen\":%llu,"
 	           "\"uid_settle_rounds\":%llu,\"uid_max_authorities\":%llu,\"uid_authorities\":%u,"
-	           "\"uid_held\":%llu,",
+	           "\"uid_held\":%llu,\"gc_dropped\":%llu,",
 	        (unsigned long long)r->uid_listed, (unsigned long long)r->uid_refiled,
 	        (unsigned long long)r->uid_moves, (unsigned long long)r->uid_firsts,
 	        (unsigned long long)r->uid_needs, (unsigned long long)r->uid_resets,
 	        (unsigned long long)r->uid_conflicts_seen, (unsigned long long)r->uid_settle_rounds,
 	        (unsigned long long)r->uid_max_authorities, r->uid_authorities,
-	        (unsigned long long)r->uid_held);
+	        (unsigned long long)r->uid_held, (unsigned long long)r->gc_dropped);
 	fprintf(f, "\"config\":{\"push\":%s,\"users\":%u,\"gossip_ms\":%u,\"phase_ms\":%llu,"
 	           "\"ops_per_s\":%g,\"loss\":%g,\"delay_ms\":[%u,%u],\"reorder\":%g,\"dup\":%g,"
 	           "\"resets_per_s\":%g,\"partitions_per_s\":%g,\"crashes_per_s\":%g,"
@@ -136,6 +136,11 @@ void sim_print_human(FILE *f, const struct sim_config *c, const struct sim_resul
 		        (unsigned long long)r->uid_needs, (unsigned long long)r->uid_resets,
 		        (unsigned long long)r->uid_conflicts_seen, (unsigned long long)r->uid_settle_rounds,
 		        (unsigned long long)r->uid_max_authorities, r->uid_authorities);
+	if (c->gc_grace_ms)
+		fprintf(f, "  gc: %llu tombstones dropped (grace %llu ms, max %llu ms, margin %llu ms%s)\n",
+		        (unsigned long long)r->gc_dropped, (unsigned long long)c->gc_grace_ms,
+		        (unsigned long long)c->gc_max_ms, (unsigned long long)c->gc_margin_ms,
+		        c->gc_no_wait ? ", not waiting for peers" : "");
 	fprintf(f, "  simulated time: %llu ms\n", (unsigned long long)r->sim_time_ms);
 	if (!r->n_violations) {
 		fprintf(f, "  invariants: all held\n");

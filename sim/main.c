@@ -49,7 +49,13 @@ static void usage(FILE *f)
 	      "          is no UID authority this long (5000)  --no-uid-push: leave the plan's\n"
 	      "          UID changes to anti-entropy (the daemon pushes them at commit; on)\n"
 	      "          --no-uid-hold: replicas list bodies as they arrive instead of in\n"
-	      "          UID order (the daemon holds those above NEXTUID; on)\n",
+	      "          UID order (the daemon holds those above NEXTUID; on)\n"
+	      "gc:       --gc-grace-ms MS: tombstone GC at each periodic commit, as the daemon's\n"
+	      "          hourly one (0: off)  --gc-max-ms MS: a peer not in sync this long is not\n"
+	      "          waited for (6 x grace)  --gc-margin-ms MS: kept before a peer's last\n"
+	      "          in-sync time, and the rounding (commit-ms + grace / 4; a sweep skews\n"
+	      "          clocks by at most a quarter of it)  --gc-no-wait: the old rule,\n"
+	      "          now - grace only\n",
 	      f);
 }
 
@@ -71,6 +77,7 @@ enum {
 	O_CRASHES, O_DOWNMS, O_SKEW, O_SLOW, O_SLOWF, O_STREAMTO, O_NOFAULTS, O_BOUND, O_MAXNODES,
 	O_MEASURE, O_TRIALS, O_BASE, O_DIFF, O_SABOTAGE, O_HELP, O_ATTACKS, O_REKEYB, O_REKEYMS,
 	O_UIDS, O_NOUIDS, O_UIDGRACE, O_UIDPUSH, O_NOUIDPUSH, O_UIDHOLD, O_NOUIDHOLD,
+	O_GCGRACE, O_GCMAX, O_GCMARGIN, O_GCNOWAIT,
 };
 
 static const struct option opts[] = {
@@ -94,6 +101,8 @@ static const struct option opts[] = {
 	{ "rekey-ms", 1, 0, O_REKEYMS }, { "uids", 0, 0, O_UIDS }, { "no-uids", 0, 0, O_NOUIDS },
 	{ "uid-grace-ms", 1, 0, O_UIDGRACE }, { "uid-push", 0, 0, O_UIDPUSH },
 	{ "no-uid-push", 0, 0, O_NOUIDPUSH }, { "uid-hold", 0, 0, O_UIDHOLD }, { "no-uid-hold", 0, 0, O_NOUIDHOLD },
+	{ "gc-grace-ms", 1, 0, O_GCGRACE }, { "gc-max-ms", 1, 0, O_GCMAX }, { "gc-margin-ms", 1, 0, O_GCMARGIN },
+	{ "gc-no-wait", 0, 0, O_GCNOWAIT },
 	{ 0, 0, 0, 0 },
 };
 
@@ -120,6 +129,19 @@ static int sweep(const struct sim_config *base, uint64_t k, unsigned max_nodes, 
 		c.uid_push = base->uid_push;
 		c.uid_hold = base->uid_hold;
 		c.sabotage = base->sabotage;
+		c.gc_grace_ms = base->gc_grace_ms;
+		c.gc_max_ms = base->gc_max_ms;
+		c.gc_margin_ms = base->gc_margin_ms;
+		c.gc_no_wait = base->gc_no_wait;
+		if (c.gc_grace_ms) {
+			/* what the GC's guarantee assumes (docs/design.md, "Tombstone GC"): clocks
+			 * skewed by less than the margin, a tombstone pushed to the nodes that are
+			 * up within it, so no partition among them */
+			if (c.skew_ms > c.gc_margin_ms / 4)
+				c.skew_ms = (uint32_t)(c.gc_margin_ms / 4);
+			c.push = true;
+			c.partitions_per_s = 0;
+		}
 		struct sim_result *r = calloc(1, sizeof(*r));
 		if (!r)
 			return 2;
@@ -219,11 +241,28 @@ int main(int argc, char **argv)
 		case O_NOUIDPUSH: c.uid_push = false; break;
 		case O_UIDHOLD: c.uid_hold = true; break;
 		case O_NOUIDHOLD: c.uid_hold = false; break;
+		case O_GCGRACE: c.gc_grace_ms = (uint64_t)v; break;
+		case O_GCMAX: c.gc_max_ms = (uint64_t)v; break;
+		case O_GCMARGIN: c.gc_margin_ms = (uint64_t)v; break;
+		case O_GCNOWAIT: c.gc_no_wait = true; break;
 		}
 	}
 	if (optind < argc) {
 		usage(stderr);
 		return 2;
+	}
+	if (c.gc_grace_ms) {
+		if (!c.gc_max_ms)
+			c.gc_max_ms = 6 * c.gc_grace_ms;
+		/* a peer in sync held the tombstones in memory, durable only at its next
+		 * commit: the margin covers that (the daemon commits merges within a second and
+		 * keeps an hour), as well as clock skew and tombstones in transit */
+		if (!c.gc_margin_ms)
+			c.gc_margin_ms = c.commit_ms + c.gc_grace_ms / 4;
+		if (c.gc_max_ms < c.gc_grace_ms) {
+			fputs("mailmesh-sim: --gc-max-ms must be at least --gc-grace-ms\n", stderr);
+			return 2;
+		}
 	}
 	if (sodium_init() < 0) {
 		fputs("mailmesh-sim: libsodium failed to initialise\n", stderr);

@@ -82,7 +82,7 @@ void sim_node_eff(void *arg, const char *user, enum mm_effect eff, const struct 
 	switch (eff) {
 	case MM_EFF_MSG_NEW:
 		v = sim_map_put(&n->view, vkey, &created);
-		if (!created && v->state == VIEW_TOMB) {
+		if (!created && (v->state == VIEW_TOMB || v->state == VIEW_GONE)) {
 			sim_violation(s, "node %u: expunged message %02x%02x%02x%02x of %s reappeared",
 			              n->idx, rec->key[0], rec->key[1], rec->key[2], rec->key[3], user);
 			return;
@@ -128,6 +128,9 @@ void sim_node_eff(void *arg, const char *user, enum mm_effect eff, const struct 
 		v->folder = sim_strhash(rec->folder.name);
 		return;
 	case MM_EFF_GC:
+		v = sim_map_get(&n->view, vkey);
+		if (v && v->state == VIEW_TOMB)
+			v->state = VIEW_GONE; /* (kept: the message must still never come back) */
 		return;
 	}
 }
@@ -373,6 +376,66 @@ int sim_node_commit(struct sim_node *n)
 	return 0;
 }
 
+struct gc_walk {
+	struct sim_node *n;
+	mm_hlc horizon;
+	int dropped;
+};
+
+static int gc_user(void *arg, struct mm_user *u)
+{
+	struct gc_walk *w = arg;
+	int r = mm_user_gc(u, w->horizon, sim_node_eff, w->n, w->n->sim->delta);
+	if (r > 0)
+		w->dropped += r;
+	return r < 0;
+}
+
+void sim_node_gc(struct sim_node *n)
+{
+	struct sim *s = n->sim;
+	const struct sim_config *c = &s->cfg;
+	uint64_t now = sim_node_now(n);
+	/* as node/daemon.c gc_cb: an in-sync time counts once the peer stayed connected
+	 * until the next GC (it committed what it held; one that crashed in between comes
+	 * back without it), and here once it is a commit interval plus a stream timeout
+	 * old (a DIGEST datagram can overtake a backlog of stream messages holding the
+	 * peer's old copy; the daemon's GC interval, an hour, covers that) */
+	uint64_t synced[n->npeers ? n->npeers : 1];
+	uint64_t lag = c->commit_ms + c->stream_timeout_ms;
+	uint64_t settled = now > lag ? now - lag : 0;
+	for (uint32_t i = 0; i < n->npeers; i++) {
+		struct sim_peer *p = &n->peers[i];
+		bool up = p->up && p->sync;
+		if (p->gc_sample_up && up && p->epoch == p->gc_sample_epoch && p->gc_sample_ms > p->synced_ms)
+			p->synced_ms = p->gc_sample_ms;
+		p->gc_sample_ms = p->sync ? mm_sync_stats(p->sync)->last_equal_ms : 0;
+		p->gc_sample_epoch = p->epoch;
+		p->gc_sample_up = up;
+		uint64_t seen = p->synced_ms ? p->synced_ms : p->known_ms;
+		synced[i] = seen < settled ? seen : settled;
+	}
+	uint64_t h = c->gc_no_wait ? (now > c->gc_grace_ms ? now - c->gc_grace_ms : 0)
+	                           : mm_gc_horizon_ms(now, c->gc_grace_ms, c->gc_max_ms, c->gc_margin_ms, synced,
+	                                              n->npeers);
+	if (c->gc_margin_ms)
+		h = h / c->gc_margin_ms * c->gc_margin_ms;
+	if (!h)
+		return;
+	mm_delta_clear(s->delta);
+	struct gc_walk w = { n, { h << MM_HLC_LOGICAL_BITS, 0 }, 0 };
+	if (mm_state_foreach(n->state, NULL, 0, gc_user, &w) != 0)
+		sim_violation(s, "node %u: tombstone gc failed", n->idx);
+	s->res->gc_dropped += (uint64_t)w.dropped;
+	if (mm_delta_count(s->delta) > 0) {
+		sim_trace(s, "t=%llu node %u gc horizon %llu dropped %d", (unsigned long long)s->now, n->idx,
+		          (unsigned long long)(h - SIM_EPOCH_MS), w.dropped);
+		if (c->push) /* as the daemon pushes the new horizon */
+			(void)mm_gossip_push(n->gossip, s->delta, NULL, now);
+	}
+	mm_delta_clear(s->delta);
+}
+
 static int snap_restore(struct sim_node *n)
 {
 	struct mm_arena a;
@@ -480,6 +543,9 @@ int sim_node_start(struct sim *s, struct sim_node *n)
 		rc = make_session(s, n, &n->peers[i]);
 		if (rc < 0)
 			return rc;
+		n->peers[i].gc_sample_up = false; /* the daemon's memory */
+		if (!n->peers[i].known_ms)
+			n->peers[i].known_ms = sim_node_now(n);
 	}
 	/* bodies the durable state needs but the store lacks (their record was committed,
 	 * the body had not arrived yet): the scheduler fetches them once peers connect */

@@ -318,6 +318,8 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 	case EV_COMMIT:
 		if (!n->alive || n->gen != ev->tag)
 			return;
+		if (s->cfg.gc_grace_ms)
+			sim_node_gc(n);
 		{
 			int rc = sim_node_commit(n);
 			if (rc < 0)

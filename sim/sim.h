@@ -130,6 +130,16 @@ struct sim_config {
 	                           * are missing (default, node/store.c hold_body) */
 	uint32_t uid_grace_ms;    /* a started node is no authority this long while a
 	                           * lower-id peer is configured (daemon: 5000) */
+	/* tombstone GC (crdt mm_gc_horizon_ms, as node/daemon.c gc_cb), at each periodic
+	 * commit: 0 = off (default).  The horizon is rounded down to gc_margin_ms, as the
+	 * daemon rounds it to the hour it uses as margin. */
+	uint64_t gc_grace_ms;
+	uint64_t gc_max_ms;       /* a peer not in sync this long is not waited for */
+	uint64_t gc_margin_ms;    /* before a peer's last in-sync time (daemon: 1 h); must
+	                           * cover a peer's commit delay (it held the tombstones
+	                           * in memory then), clock skew and transit */
+	bool gc_no_wait;          /* the old rule, now - gc_grace only (to show what the
+	                           * peers' wait prevents: resurrections) */
 	unsigned sabotage;        /* self-test of the checker: 1 corrupts a stored body,
 	                           * 2 hides a flag effect from a node's view (at healing),
 	                           * 3 the last node never raises a UID need,
@@ -161,6 +171,7 @@ struct sim_result {
 	uint64_t attacks;             /* attacker actions */
 	uint64_t hs_replays_accepted; /* replayed message 1 accepted (the responder
 	                               * had restarted and forgotten the timestamp) */
+	uint64_t gc_dropped;          /* tombstones dropped by the GC, all nodes */
 	/* IMAP UIDs (sim/uid.c) */
 	uint64_t uid_listed;          /* listing entries added (deliveries, replicas) */
 	uint64_t uid_refiled;         /* entries moved to another UID (re-filed) */

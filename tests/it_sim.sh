@@ -11,7 +11,9 @@
 #   IMAP UIDs (sim/uid.c, on by default): every run must settle them (every node lists
 #   every live message under the state's UID), the counters are reported, --no-uids
 #   turns the model off, and a node that never raises a need or lists one UID off is
-#   caught.
+#   caught;
+#   tombstone GC: a sweep with it on, and nodes down for longer than the grace period
+#   with and without the wait for peers (--gc-no-wait must be caught).
 # Prints `N passed, N failed`.  Sizes are smaller under SANITIZE=1 (ASan is slower).
 set -u
 TOP=${MAILMESH_TOP:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -31,9 +33,9 @@ if [ ! -x "$SIM" ]; then
 fi
 
 if [ "${SANITIZE:-0}" = 1 ]; then
-	SWEEP=300; BIG_PHASE=4000
+	SWEEP=300; BIG_PHASE=4000; GC_SWEEP=100; GC_CRASH_SEEDS=10
 else
-	SWEEP=500; BIG_PHASE=20000
+	SWEEP=500; BIG_PHASE=20000; GC_SWEEP=300; GC_CRASH_SEEDS=40
 fi
 
 # 1. sweep: seeds 1..SWEEP, faults drawn from each seed, up to 8 nodes, UIDs on (held
@@ -227,6 +229,52 @@ for sab in 3 4; do
 		bad "sabotage $sab is caught (exit $rc)"
 	fi
 done
+# 9. tombstone GC (crdt mm_gc_horizon_ms, as node/daemon.c gc_cb runs it): tombstones
+#    wait for every peer to have been in sync (and stayed up until the next GC) since.
+#    a. a sweep with GC on (push on, no partitions: what the GC assumes) holds every
+#       invariant, and the GC really drops tombstones
+"$SIM" --sweep "$GC_SWEEP" --seed 1 --gc-grace-ms 4000 --gc-max-ms 120000 --json >"$TMP/gc" 2>&1
+if /usr/bin/python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+bad = [r["seed"] for r in d["sweep"] if not r["converged"] or r["violations"]]
+print("failing seeds:", " ".join(map(str, bad)))
+assert d["failed"] == 0 and not bad
+assert sum(r["gc_dropped"] for r in d["sweep"]) > 100, "the GC dropped almost nothing"
+' "$TMP/gc" >"$TMP/out" 2>&1; then
+	ok "sweep of $GC_SWEEP seeds with tombstone GC"
+else
+	bad "sweep of $GC_SWEEP seeds with tombstone GC ($(head -n 1 "$TMP/out"))"
+fi
+#    b. nodes down for longer than the grace period (crashes of 15 s on average, grace
+#       4 s): no expunged message comes back; with --gc-no-wait (the old rule, now -
+#       grace only) they do, which shows the check can fail
+GC_CRASH="--nodes 4 --gc-grace-ms 4000 --gc-max-ms 120000 --crashes 0.05 --down-ms 15000 --skew-ms 200 --phase-ms 90000"
+gc_fail=""
+gc_dropped=0
+for s in $(seq 1 "$GC_CRASH_SEEDS"); do
+	# shellcheck disable=SC2086
+	if ! "$SIM" $GC_CRASH --seed "$s" >"$TMP/out" 2>&1; then
+		gc_fail="$gc_fail $s"
+		cp "$TMP/out" "$TMP/gcfail"
+	fi
+	gc_dropped=$((gc_dropped + $(sed -n 's/.*gc: \([0-9]*\) tombstones.*/\1/p' "$TMP/out")))
+done
+if [ -z "$gc_fail" ] && [ "$gc_dropped" -gt 1000 ]; then
+	ok "nodes down longer than the grace period bring nothing back ($GC_CRASH_SEEDS seeds, $gc_dropped tombstones dropped)"
+else
+	[ -f "$TMP/gcfail" ] && cp "$TMP/gcfail" "$TMP/out"
+	bad "nodes down longer than the grace period bring nothing back (failing seeds:$gc_fail; $gc_dropped dropped)"
+fi
+# shellcheck disable=SC2086
+"$SIM" $GC_CRASH --seed 1 --gc-no-wait >"$TMP/out" 2>&1
+rc=$?
+if [ $rc -eq 1 ] && grep -q "expunged message .* reappeared" "$TMP/out"; then
+	ok "--gc-no-wait (grace only): an expunged message reappears, and is caught"
+else
+	bad "--gc-no-wait (grace only): an expunged message reappears, and is caught (exit $rc)"
+fi
+
 # bad usage
 "$SIM" --nodes banana >"$TMP/out" 2>&1
 if [ $? -eq 2 ]; then ok "bad option: exit 2"; else bad "bad option: exit 2"; fi

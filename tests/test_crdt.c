@@ -540,21 +540,21 @@ static void test_gc_horizon(void **state)
 	(void)state;
 	const uint64_t day = 86400000ULL, hour = MM_GC_SYNC_MARGIN_MS;
 	const uint64_t now = 1000 * day, grace = 30 * day, max = 180 * day;
-	assert_true(mm_gc_horizon_ms(now, grace, max, NULL, 0) == now - grace);
-	assert_true(mm_gc_horizon_ms(grace, grace, max, NULL, 0) == 0); /* nothing old enough yet */
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, NULL, 0) == now - grace);
+	assert_true(mm_gc_horizon_ms(grace, grace, max, hour, NULL, 0) == 0); /* nothing old enough yet */
 	uint64_t peers[3] = {now - 1000, 0, now - 5 * day};
-	assert_true(mm_gc_horizon_ms(now, grace, max, peers, 3) == now - grace); /* all recent or never */
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - grace); /* recent, or not waited for */
 	peers[2] = now - 40 * day; /* away 40 days: its tombstones wait */
-	assert_true(mm_gc_horizon_ms(now, grace, max, peers, 3) == now - 40 * day - hour);
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - 40 * day - hour);
 	peers[1] = now - 100 * day; /* the oldest one sets it */
-	assert_true(mm_gc_horizon_ms(now, grace, max, peers, 3) == now - 100 * day - hour);
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - 100 * day - hour);
 	peers[1] = now - 180 * day; /* away gc_max or longer: no longer waited for */
-	assert_true(mm_gc_horizon_ms(now, grace, max, peers, 3) == now - 40 * day - hour);
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - 40 * day - hour);
 	peers[1] = now - 180 * day + 1;
-	assert_true(mm_gc_horizon_ms(now, grace, max, peers, 3) == now - 180 * day + 1 - hour);
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - 180 * day + 1 - hour);
 	/* in sync less than the margin after the start of time: nothing goes yet */
 	uint64_t early[1] = {hour / 2};
-	assert_true(mm_gc_horizon_ms(2 * hour, hour, 10 * hour, early, 1) == 0);
+	assert_true(mm_gc_horizon_ms(2 * hour, hour, 10 * hour, hour, early, 1) == 0);
 }
 
 static void test_gc(void **state)
