@@ -248,6 +248,7 @@ struct folder {
 	 * pass drops (uid_drop_gone) */
 	char **gone;
 	size_t n_gone, cap_gone;
+	size_t gone_trigger; /* n_gone that asks for a pass of its own (folder_note_gone) */
 };
 
 struct user {
@@ -1051,8 +1052,12 @@ fail:
  * UID pass reads the whole list.  So a file this store saw leave is noted, and the next
  * pass drops its entry.  Only files seen leaving: an entry whose file the index does
  * not know may name a delivery not scanned yet.  Past GONE_MAX names a folder's
- * entries stay for Dovecot to drop (memory stays bounded in a mass expunge). */
+ * entries stay for Dovecot to drop (memory stays bounded in a mass expunge).
+ * A delivery into the folder runs a pass anyway; the expunges alone ask for one once
+ * they are an eighth of the list (as Dovecot, which rewrites it when a quarter is
+ * gone): one expunge in a folder of a million does not rewrite 60 MB. */
 #define GONE_MAX 100000
+#define GONE_LINE_BYTES 64 /* about one dovecot-uidlist line */
 
 static void folder_gone_clear(struct folder *fo)
 {
@@ -1075,10 +1080,18 @@ static void folder_note_gone(struct mm_store *s, struct folder *fo, const char *
 		fo->gone = nv;
 		fo->cap_gone = nc;
 	}
-	if ((fo->gone[fo->n_gone] = strdup(base))) {
-		fo->n_gone++;
-		fo->uid_check = true;
+	if (!(fo->gone[fo->n_gone] = strdup(base)))
+		return;
+	if (fo->n_gone++ == 0) {
+		char p[PATHBUF];
+		struct stat st;
+		size_t lines = snprintf(p, sizeof p, "%s/dovecot-uidlist", fo->dir) < (int)sizeof p && stat(p, &st) == 0
+		                       ? (size_t)st.st_size / GONE_LINE_BYTES
+		                       : 0;
+		fo->gone_trigger = lines / 8 ? lines / 8 : 1;
 	}
+	if (fo->n_gone >= fo->gone_trigger)
+		fo->uid_check = true;
 }
 
 static void fent_remove(struct mm_store *s, struct fent *fe)

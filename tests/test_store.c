@@ -1890,6 +1890,56 @@ static void test_uidlist_drops_gone_entries(void **state)
 	node_close(&b);
 }
 
+/* Expunges alone rewrite a big folder's dovecot-uidlist only once they are an eighth
+ * of it (a single expunge in a folder of a million would rewrite it whole); a pass
+ * that runs anyway (here: a delivery) drops what is noted at once. */
+static void test_uidlist_gone_batched(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, true);
+	mm_store_set_uid_authority(a.s, true);
+	char base[128], body[128];
+	for (int i = 0; i < 64; i++) { /* names of about Dovecot's length: 64 lines of ~70 bytes */
+		snprintf(base, sizeof base, "1700000000.M%06dP12345.mx-long-host-name.example.org,S=%d", i, 30 + i / 10);
+		snprintf(body, sizeof body, "Subject: %d\r\n\r\nb %d\r\n", i, i);
+		deliver(&a, "INBOX", base, body, 1600000000 + i);
+	}
+	assert_true(scan(&a, NULL) >= 64);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	uint32_t uids[8];
+	for (int i = 0; i < 8; i++) {
+		snprintf(base, sizeof base, "1700000000.M%06dP", i);
+		const char *f = find(&a, "INBOX", base);
+		assert_non_null(f);
+		const char *slash = strrchr(f, '/');
+		assert_non_null(slash);
+		uids[i] = listed_uid(&a, slash + 1);
+		assert_true(uids[i] != 0);
+		assert_int_equal(unlink(f), 0);
+		assert_int_equal(scan(&a, NULL), 1);
+		assert_int_equal(mm_store_commit(a.s), 0);
+		if (i < 6) /* not yet an eighth (the trigger counts ~64-byte lines: 8 here) */
+			assert_true(uid_in_list(&a, uids[i]));
+	}
+	for (int i = 0; i < 8; i++)
+		assert_false(uid_in_list(&a, uids[i])); /* the eighth expunge asked for the pass */
+	/* one more expunge: noted; then a delivery's pass drops it */
+	snprintf(base, sizeof base, "1700000000.M%06dP", 8);
+	const char *f = find(&a, "INBOX", base);
+	assert_non_null(f);
+	uint32_t u8 = listed_uid(&a, strrchr(f, '/') + 1);
+	assert_int_equal(unlink(f), 0);
+	assert_int_equal(scan(&a, NULL), 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_true(uid_in_list(&a, u8));
+	deliver(&a, "INBOX", "1700000001.M999999P1.mx", "Subject: new\r\n\r\nnew\r\n", 1600001000);
+	assert_true(scan(&a, NULL) >= 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_false(uid_in_list(&a, u8));
+	node_close(&a);
+}
+
 /* imap_uids: a start reads a folder's dovecot-uidlist only when it changed since the
  * last completed UID pass, or when a pass was due as the node stopped (a million-line
  * uidlist was most of a restart's time); the record of the pass is in the database. */
@@ -2494,6 +2544,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_first_uid_from_origin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_skips_unchanged_uidlist, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_drops_gone_entries, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_uidlist_gone_batched, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_commits_in_chunks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refile_lost_by_crash, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_index_converted, setup, teardown),
