@@ -240,7 +240,9 @@ d = json.load(open(sys.argv[1]))
 bad = [r["seed"] for r in d["sweep"] if not r["converged"] or r["violations"]]
 print("failing seeds:", " ".join(map(str, bad)))
 assert d["failed"] == 0 and not bad
-assert sum(r["gc_dropped"] for r in d["sweep"]) > 100, "the GC dropped almost nothing"
+n = sum(1 for r in d["sweep"] if r["gc_dropped"] > 0)
+print("seeds where the GC dropped tombstones:", n)
+assert n * 20 >= d["seeds"], "the GC dropped almost nothing"
 ' "$TMP/gc" >"$TMP/out" 2>&1; then
 	ok "sweep of $GC_SWEEP seeds with tombstone GC"
 else
@@ -260,7 +262,7 @@ for s in $(seq 1 "$GC_CRASH_SEEDS"); do
 	fi
 	gc_dropped=$((gc_dropped + $(sed -n 's/.*gc: \([0-9]*\) tombstones.*/\1/p' "$TMP/out")))
 done
-if [ -z "$gc_fail" ] && [ "$gc_dropped" -gt 1000 ]; then
+if [ -z "$gc_fail" ] && [ "$gc_dropped" -ge $((GC_CRASH_SEEDS * 20)) ]; then
 	ok "nodes down longer than the grace period bring nothing back ($GC_CRASH_SEEDS seeds, $gc_dropped tombstones dropped)"
 else
 	[ -f "$TMP/gcfail" ] && cp "$TMP/gcfail" "$TMP/out"
