@@ -3952,8 +3952,6 @@ struct refile {
 	char name[MM_MD_NAME_MAX + 1];
 };
 
-/* Brings one folder's dovecot-uidlist in line with the CRDT.  Returns 0, or -EAGAIN
- * when the lock stays busy (uid_check stays set: retried at the next pass). */
 /* Drops from ul the entries of the files noted gone (folder_note_gone), except one
  * whose name a file of the index carries again (listed under it[].have).  Returns how
  * many it dropped, or -ENOMEM (nothing dropped). */
@@ -3983,6 +3981,8 @@ static ssize_t uid_drop_gone(const struct folder *fo, struct mm_md_uidlist *ul, 
 	return (ssize_t)n;
 }
 
+/* Brings one folder's dovecot-uidlist in line with the CRDT.  Returns 0, or -EAGAIN
+ * when the lock stays busy (uid_check stays set: retried at the next pass). */
 static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *mu, struct folder *fo)
 {
 	fo->uid_settled = false;
