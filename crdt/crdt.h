@@ -306,6 +306,26 @@ int mm_user_gc(struct mm_user *u, mm_hlc horizon, mm_effect_fn *eff, void *arg, 
 uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, uint64_t margin_ms,
                           const uint64_t *peer_synced_ms, size_t n);
 
+/* What a node's GC knows of one peer.  synced_ms and known_ms are durable (the caller
+ * stores them); the sample is memory.  "In sync" is a DIGEST that showed equal roots
+ * (proto mm_sync_stats.last_equal_ms): the peer then held every record we held.  It
+ * counts only once the peer stayed connected until the next GC: one that crashed before
+ * committing would come back without those records, and a push of its old copy may
+ * still be in a stream behind the DIGEST. */
+struct mm_gc_peer {
+	uint64_t synced_ms;  /* last in sync and then connected until the next GC (0 = never) */
+	uint64_t known_ms;   /* when this node first had the peer in its peers file */
+	uint64_t sample_ms;  /* last_equal_ms at the previous GC ... */
+	uint64_t sample_conn; /* ... the connection's incarnation then ... */
+	bool sample_up;      /* ... and whether it was connected then */
+};
+
+/* One GC's look at a peer: confirms the previous sample when the same connection (conn:
+ * any number that changes when the peer reconnects) stayed up since, takes a new one,
+ * and returns what the GC waits for (mm_gc_horizon_ms's peer_synced_ms): synced_ms, or
+ * known_ms for a peer never in sync. */
+uint64_t mm_gc_peer_tick(struct mm_gc_peer *g, uint64_t last_equal_ms, uint64_t conn, bool up);
+
 /* ---- whole state: all users -------------------------------------------------- */
 
 struct mm_state;

@@ -1818,3 +1818,13 @@ uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, u
 	}
 	return h;
 }
+
+uint64_t mm_gc_peer_tick(struct mm_gc_peer *g, uint64_t last_equal_ms, uint64_t conn, bool up)
+{
+	if (g->sample_up && up && conn == g->sample_conn && g->sample_ms > g->synced_ms)
+		g->synced_ms = g->sample_ms;
+	g->sample_ms = last_equal_ms;
+	g->sample_conn = conn;
+	g->sample_up = up;
+	return g->synced_ms ? g->synced_ms : g->known_ms;
+}

@@ -220,8 +220,7 @@ uint64_t mm_peer_synced_ms(const struct mm_dpeer *p)
 static void peer_key(const struct mm_dpeer *p, const char *what, char key[PEER_KEY_MAX])
 {
 	size_t n = (size_t)snprintf(key, PEER_KEY_MAX, "%s:", what);
-	for (int i = 0; i < 32 && n + 2 < PEER_KEY_MAX; i++, n += 2)
-		snprintf(key + n, 3, "%02x", p->conf->pub[i]);
+	sodium_bin2hex(key + n, PEER_KEY_MAX - n, p->conf->pub, sizeof p->conf->pub);
 }
 
 static void peer_time_load(struct mm_daemon *d, struct mm_dpeer *p, const char *what, uint64_t *v_r)
@@ -242,14 +241,14 @@ static void peers_synced_load(struct mm_daemon *d)
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
 		peer_time_load(d, p, "seen", &p->seen_ms);
-		peer_time_load(d, p, "synced", &p->synced_ms);
-		peer_time_load(d, p, "known", &p->known_ms);
+		peer_time_load(d, p, "synced", &p->gc.synced_ms);
+		peer_time_load(d, p, "known", &p->gc.known_ms);
 		p->saved_seen_ms = p->seen_ms;
-		p->saved_synced_ms = p->synced_ms;
-		if (!p->known_ms) {
+		p->saved_synced_ms = p->gc.synced_ms;
+		if (!p->gc.known_ms) {
 			char key[PEER_KEY_MAX];
 			peer_key(p, "known", key);
-			p->known_ms = now;
+			p->gc.known_ms = now;
 			(void)mm_store_meta_set(d->store, key, now); /* (written by the first scan's commit) */
 		}
 	}
@@ -267,19 +266,16 @@ static void peers_synced_save(struct mm_daemon *d)
 		if (seen > p->saved_seen_ms && mm_store_meta_set(d->store, key, seen) == 0)
 			p->saved_seen_ms = seen;
 		peer_key(p, "synced", key);
-		if (p->synced_ms > p->saved_synced_ms && mm_store_meta_set(d->store, key, p->synced_ms) == 0)
-			p->saved_synced_ms = p->synced_ms;
+		if (p->gc.synced_ms > p->saved_synced_ms && mm_store_meta_set(d->store, key, p->gc.synced_ms) == 0)
+			p->saved_synced_ms = p->gc.synced_ms;
 	}
 }
 
 /* Tombstones go once they are gc_grace old and every peer has been in sync since
- * (mm_gc_horizon_ms): a peer that comes back after a long absence then still finds
- * the tombstones of what was expunged meanwhile, instead of bringing those messages
- * back on every node.  A peer not in sync for gc_max is no longer waited for.
- * "In sync" is a DIGEST that showed equal roots: the peer then held every record this
- * node held.  It counts once the peer stayed connected until the next GC, an hour
- * later: one that crashed before committing them would come back without them, and a
- * push of its old copy may still have been on its way (the simulator found both). */
+ * (mm_gc_horizon_ms, mm_gc_peer_tick: equal roots that the peer kept, connected until
+ * this hourly GC): a peer that comes back after a long absence then still finds the
+ * tombstones of what was expunged meanwhile, instead of bringing those messages back
+ * on every node.  A peer not in sync for gc_max is no longer waited for. */
 static void gc_cb(uv_timer_t *t)
 {
 	struct mm_daemon *d = t->data;
@@ -290,13 +286,8 @@ static void gc_cb(uv_timer_t *t)
 	const struct mm_dpeer *oldest = NULL;
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
-		bool up = p->state == MM_PEER_ESTABLISHED;
-		if (p->gc_sample_up && up && p->disconnects == p->gc_sample_disc && p->gc_sample_ms > p->synced_ms)
-			p->synced_ms = p->gc_sample_ms;
-		p->gc_sample_ms = mm_sync_stats(p->sync)->last_equal_ms;
-		p->gc_sample_disc = p->disconnects;
-		p->gc_sample_up = up;
-		synced[i] = p->synced_ms ? p->synced_ms : p->known_ms;
+		synced[i] = mm_gc_peer_tick(&p->gc, mm_sync_stats(p->sync)->last_equal_ms, p->disconnects,
+		                            p->state == MM_PEER_ESTABLISHED);
 		bool waited = synced[i] && (now <= d->cfg.gc_max_ms || synced[i] > now - d->cfg.gc_max_ms);
 		if (waited && (!oldest || synced[i] < synced[oldest - d->peers]))
 			oldest = p;

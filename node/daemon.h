@@ -54,15 +54,8 @@ struct mm_dpeer {
 	uint64_t knock_ts;                 /* newest knock timestamp taken from it */
 	uint64_t knock_sent_ms;            /* when we last knocked on it */
 	/* The tombstone GC's view of the peer (daemon.c gc_cb), kept in the state database */
+	struct mm_gc_peer gc;              /* what the GC waits for (crdt.h) */
 	uint64_t seen_ms;                  /* last in sync before this run (status; 0 = never) */
-	uint64_t synced_ms;                /* last in sync and then connected for a whole GC
-	                                    * interval, so it committed what it held: what the
-	                                    * GC waits for (0 = never) */
-	uint64_t gc_sample_ms;             /* its last in-sync time at the previous GC ... */
-	uint64_t gc_sample_disc;           /* ... its disconnect count then ... */
-	bool gc_sample_up;                 /* ... and whether it was connected then */
-	uint64_t known_ms;                 /* when this node first had it in its peers file
-	                                    * (the GC waits from then for one never in sync) */
 	uint64_t saved_seen_ms, saved_synced_ms; /* the values last handed to the database */
 };
 

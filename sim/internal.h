@@ -80,15 +80,10 @@ struct sim_peer {
 	/* responder memory (node/peer.c's mm_dpeer.last_ts): newest handshake timestamp
 	 * accepted from this peer; in memory only, so a crash forgets it */
 	uint8_t last_ts[MM_CH_TAI64N_LEN];
-	/* The tombstone GC's view of this peer, as node/daemon.c gc_cb: survives a crash
-	 * (the daemon keeps it in the state database) */
-	uint64_t synced_ms;    /* last in sync and then up until the next GC: it committed */
-	uint64_t known_ms;     /* the owner's first start (the daemon: when the peer first
-	                        * was in its peers file): the GC waits from then */
-	/* at the owner's previous GC (lost in a crash, as the daemon's memory) */
-	uint64_t gc_sample_ms; /* the session's last_equal_ms */
-	uint32_t gc_sample_epoch;
-	bool gc_sample_up;
+	/* The tombstone GC's view of this peer (crdt.h), as node/daemon.c gc_cb: synced_ms
+	 * and known_ms (the owner's first start) survive a crash, as in the daemon's state
+	 * database; the sample does not */
+	struct mm_gc_peer gc;
 };
 
 /* Mailbox view entry, maintained from the effect callbacks only. */

@@ -396,23 +396,17 @@ void sim_node_gc(struct sim_node *n)
 	struct sim *s = n->sim;
 	const struct sim_config *c = &s->cfg;
 	uint64_t now = sim_node_now(n);
-	/* as node/daemon.c gc_cb: an in-sync time counts once the peer stayed connected
-	 * until the next GC (it committed what it held; one that crashed in between comes
-	 * back without it), and here once it is a commit interval plus a stream timeout
-	 * old (a DIGEST datagram can overtake a backlog of stream messages holding the
-	 * peer's old copy; the daemon's GC interval, an hour, covers that) */
+	/* as node/daemon.c gc_cb (mm_gc_peer_tick: equal roots the peer kept), and here also
+	 * a commit interval plus a stream timeout old: a DIGEST datagram can overtake a
+	 * backlog of stream messages holding the peer's old copy, which the daemon's GC
+	 * interval, an hour, covers and the simulator's, commit-ms, does not */
 	uint64_t synced[n->npeers ? n->npeers : 1];
 	uint64_t lag = c->commit_ms + c->stream_timeout_ms;
 	uint64_t settled = now > lag ? now - lag : 0;
 	for (uint32_t i = 0; i < n->npeers; i++) {
 		struct sim_peer *p = &n->peers[i];
-		bool up = p->up && p->sync;
-		if (p->gc_sample_up && up && p->epoch == p->gc_sample_epoch && p->gc_sample_ms > p->synced_ms)
-			p->synced_ms = p->gc_sample_ms;
-		p->gc_sample_ms = p->sync ? mm_sync_stats(p->sync)->last_equal_ms : 0;
-		p->gc_sample_epoch = p->epoch;
-		p->gc_sample_up = up;
-		uint64_t seen = p->synced_ms ? p->synced_ms : p->known_ms;
+		uint64_t seen = mm_gc_peer_tick(&p->gc, p->sync ? mm_sync_stats(p->sync)->last_equal_ms : 0, p->epoch,
+		                                p->up && p->sync);
 		synced[i] = seen < settled ? seen : settled;
 	}
 	uint64_t h = c->gc_no_wait ? (now > c->gc_grace_ms ? now - c->gc_grace_ms : 0)
@@ -543,9 +537,9 @@ int sim_node_start(struct sim *s, struct sim_node *n)
 		rc = make_session(s, n, &n->peers[i]);
 		if (rc < 0)
 			return rc;
-		n->peers[i].gc_sample_up = false; /* the daemon's memory */
-		if (!n->peers[i].known_ms)
-			n->peers[i].known_ms = sim_node_now(n);
+		n->peers[i].gc.sample_up = false; /* the daemon's memory */
+		if (!n->peers[i].gc.known_ms)
+			n->peers[i].gc.known_ms = sim_node_now(n);
 	}
 	/* bodies the durable state needs but the store lacks (their record was committed,
 	 * the body had not arrived yet): the scheduler fetches them once peers connect */

@@ -555,6 +555,17 @@ static void test_gc_horizon(void **state)
 	/* in sync less than the margin after the start of time: nothing goes yet */
 	uint64_t early[1] = {hour / 2};
 	assert_true(mm_gc_horizon_ms(2 * hour, hour, 10 * hour, hour, early, 1) == 0);
+
+	/* a peer's in-sync time counts once it stayed connected until the next GC */
+	struct mm_gc_peer g = {.known_ms = 50};
+	assert_true(mm_gc_peer_tick(&g, 0, 1, true) == 50);     /* never in sync: since known */
+	assert_true(mm_gc_peer_tick(&g, 100, 1, true) == 50);   /* sampled, not yet kept */
+	assert_true(mm_gc_peer_tick(&g, 200, 1, true) == 100);  /* same connection since: kept */
+	assert_true(mm_gc_peer_tick(&g, 300, 2, true) == 100);  /* reconnected: 200 not kept */
+	assert_true(mm_gc_peer_tick(&g, 300, 2, false) == 100); /* 300 sampled, but down now */
+	assert_true(mm_gc_peer_tick(&g, 400, 2, true) == 100);  /* down at the sample: not kept */
+	assert_true(mm_gc_peer_tick(&g, 400, 2, true) == 400);
+	assert_true(mm_gc_peer_tick(&g, 350, 2, true) == 400);  /* never goes back */
 }
 
 static void test_gc(void **state)
