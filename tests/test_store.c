@@ -1823,6 +1823,20 @@ static bool uid_in_list(const struct node *n, uint32_t uid)
 	return inbox_listing(n, NULL, uid) == uid;
 }
 
+/* Removes (as a user's rm would) the INBOX file whose name starts with prefix, scans and
+ * commits; returns the UID dovecot-uidlist listed it under. */
+static uint32_t remove_listed(struct node *n, const char *prefix)
+{
+	const char *f = find(n, "INBOX", prefix);
+	assert_non_null(f);
+	uint32_t uid = listed_uid(n, strrchr(f, '/') + 1);
+	assert_true(uid != 0);
+	assert_int_equal(unlink(f), 0);
+	assert_int_equal(scan(n, NULL), 1);
+	assert_int_equal(mm_store_commit(n->s), 0);
+	return uid;
+}
+
 /* Entries of files that leave a folder here are dropped from its dovecot-uidlist by
  * the next UID pass: Dovecot drops them only when a client opens the folder, and on a
  * node where none does (a standby) they would stay for ever, each pass reading them.
@@ -1880,9 +1894,7 @@ static void test_uidlist_drops_gone_entries(void **state)
 	node_open_cfg(&a, "a", 1, true);
 	mm_store_set_uid_authority(a.s, true);
 	assert_int_equal(scan(&a, NULL), 0);
-	assert_int_equal(unlink(find(&a, "INBOX", "m1")), 0);
-	assert_int_equal(scan(&a, NULL), 1);
-	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_int_equal(remove_listed(&a, "m1"), u1);
 	assert_false(uid_in_list(&a, u1));
 	assert_true(uid_in_list(&a, u3) && uid_in_list(&a, u3 + 10));
 	mm_delta_free(&d);
@@ -1910,15 +1922,7 @@ static void test_uidlist_gone_batched(void **state)
 	uint32_t uids[8];
 	for (int i = 0; i < 8; i++) {
 		snprintf(base, sizeof base, "1700000000.M%06dP", i);
-		const char *f = find(&a, "INBOX", base);
-		assert_non_null(f);
-		const char *slash = strrchr(f, '/');
-		assert_non_null(slash);
-		uids[i] = listed_uid(&a, slash + 1);
-		assert_true(uids[i] != 0);
-		assert_int_equal(unlink(f), 0);
-		assert_int_equal(scan(&a, NULL), 1);
-		assert_int_equal(mm_store_commit(a.s), 0);
+		uids[i] = remove_listed(&a, base);
 		if (i < 6) /* not yet an eighth (the trigger counts ~64-byte lines: 8 here) */
 			assert_true(uid_in_list(&a, uids[i]));
 	}
@@ -1926,12 +1930,7 @@ static void test_uidlist_gone_batched(void **state)
 		assert_false(uid_in_list(&a, uids[i])); /* the eighth expunge asked for the pass */
 	/* one more expunge: noted; then a delivery's pass drops it */
 	snprintf(base, sizeof base, "1700000000.M%06dP", 8);
-	const char *f = find(&a, "INBOX", base);
-	assert_non_null(f);
-	uint32_t u8 = listed_uid(&a, strrchr(f, '/') + 1);
-	assert_int_equal(unlink(f), 0);
-	assert_int_equal(scan(&a, NULL), 1);
-	assert_int_equal(mm_store_commit(a.s), 0);
+	uint32_t u8 = remove_listed(&a, base);
 	assert_true(uid_in_list(&a, u8));
 	deliver(&a, "INBOX", "1700000001.M999999P1.mx", "Subject: new\r\n\r\nnew\r\n", 1600001000);
 	assert_true(scan(&a, NULL) >= 1);
