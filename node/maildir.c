@@ -762,6 +762,20 @@ int mm_md_unlink(const char *folder_dir, const char *sub, const char *name)
 	return r;
 }
 
+int mm_md_unlink_keep(const char *folder_dir, const char *sub, const char *name, const char *keep)
+{
+	char a[PATHBUF];
+	if (path3(a, sizeof a, folder_dir, sub, name) < 0)
+		return -ENAMETOOLONG;
+	int lk = mm_md_uidlist_lock(folder_dir, 2000);
+	int r = rename(a, keep) == 0 ? 1 : -errno;
+	if (r < 0 && (r != -ENOENT || access(a, F_OK) == 0)) /* ENOENT: keep's directory */
+		r = unlink(a) < 0 ? -errno : 0;
+	if (lk == 0)
+		mm_md_uidlist_unlock(folder_dir);
+	return r;
+}
+
 /* ---- folders --------------------------------------------------------------------- */
 
 int mm_md_folder_path(char *buf, size_t buflen, const char *maildir, const char *folder)

@@ -223,6 +223,13 @@ int mm_md_rename(const char *folder_dir, const char *from_sub, const char *from,
  * or negative errno. */
 int mm_md_unlink(const char *folder_dir, const char *sub, const char *name);
 
+/* Takes <sub>/<name> out of the folder as mm_md_unlink does, but by renaming it to the
+ * path `keep` (on the same filesystem), so its bytes stay readable there for a while.
+ * Where that rename cannot be made (another filesystem, keep's directory missing), the
+ * file is unlinked.  1 when kept at `keep`, 0 when unlinked, -ENOENT if the file is
+ * gone, or negative errno. */
+int mm_md_unlink_keep(const char *folder_dir, const char *sub, const char *name, const char *keep);
+
 /* ---- folders -------------------------------------------------------------------- */
 
 /* Directory of `folder` inside a user's Maildir: the Maildir itself for "INBOX",

@@ -20,6 +20,7 @@
 #include "crdt/uid.h"
 
 #include <dirent.h>
+#include <inttypes.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
@@ -344,6 +345,14 @@ struct mm_store {
 	bool lock_waits;             /* a scan left files to Dovecot's uidlist lock (mm_store_take_lock_waits) */
 	uint64_t new_folder_wait_ms; /* mm_store_set_new_folder_wait */
 	struct pending *pending;
+	/* Files of messages expunged by merges since the last commit, kept aside (each
+	 * user's tmp/) rather than unlinked, by (user, body id): a folder renamed
+	 * elsewhere arrives as its messages expunged and the same bytes filed under the
+	 * new name, and the commit's local copies read them here instead of every peer
+	 * sending the folder again.  Removed at the end of each commit. */
+	struct hmap spares;
+	struct spare *spare_list;
+	uint64_t spare_seq;
 	uint64_t hashed;
 	uint64_t uidlists_read;      /* mm_store_uidlists_read */
 	size_t unsaved_new;          /* files indexed by scans since the last commit_batch */
@@ -359,6 +368,11 @@ struct mm_store {
 	bool trust_dirs;             /* first scan after open: skip folders whose dir_sig held */
 	bool trim_due;               /* big scratch was freed: give the pages back (trim_heap) */
 	uint64_t max_skew_ms;
+};
+
+struct spare {
+	struct spare *next;
+	char path[];
 };
 
 struct mm_body_writer {
@@ -1344,6 +1358,70 @@ static struct pending *add_pending(struct mm_store *s, const char *user, const u
 	return NULL;
 }
 
+/* ---- spare files (struct mm_store.spares) ------------------------------------------------ */
+
+#define SPARE_PREFIX "mm-spare."
+
+/* Notes the file of an expunged message kept at `path`.  0 (the file is unlinked at
+ * once when it cannot be noted). */
+static int spare_add(struct mm_store *s, const char *user, const uint8_t body[MM_ID_LEN], const char *path)
+{
+	size_t pl = strlen(path) + 1;
+	struct spare *sp = malloc(sizeof(*sp) + pl);
+	char k[KBUF];
+	if (!sp || hm_put(&s->spares, k, k_ub(k, user, body, MM_ID_LEN), sp) < 0) {
+		free(sp);
+		unlink(path);
+		return 0;
+	}
+	memcpy(sp->path, path, pl);
+	sp->next = s->spare_list;
+	s->spare_list = sp;
+	return 0;
+}
+
+/* Removes every spare file (the commit's local copies are made). */
+static void spares_drop(struct mm_store *s)
+{
+	for (struct spare *sp = s->spare_list, *nx; sp; sp = nx) {
+		nx = sp->next;
+		if (unlink(sp->path) < 0 && errno != ENOENT)
+			logmsg(s, MM_STORE_LOG_WARNING, "cannot remove %s: %s", sp->path, strerror(errno));
+		free(sp);
+	}
+	s->spare_list = NULL;
+	hm_clear(&s->spares);
+}
+
+/* Takes an expunged message's file out of its folder: kept at `keep` (1) when given
+ * and possible, else unlinked (0); -ENOENT if it is not where the index says. */
+static int expunged_file_remove(struct mm_store *s, struct fent *fe, const char *keep)
+{
+	char nb[MM_MD_NAME_MAX + 1];
+	const char *sub = fe->in_cur ? "cur" : "new";
+	return keep ? mm_md_unlink_keep(fe->fo->dir, sub, fent_name(s, fe, nb), keep)
+	            : mm_md_unlink(fe->fo->dir, sub, fent_name(s, fe, nb));
+}
+
+/* Spare files a crash left in a user's tmp/. */
+static void spares_recover(const struct user *u)
+{
+	char dir[PATHBUF];
+	if (snprintf(dir, sizeof dir, "%s/tmp", u->path) >= (int)sizeof dir)
+		return;
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		char p[PATHBUF];
+		if (!strncmp(de->d_name, SPARE_PREFIX, strlen(SPARE_PREFIX)) &&
+		    snprintf(p, sizeof p, "%s/%s", dir, de->d_name) < (int)sizeof p)
+			unlink(p);
+	}
+	closedir(d);
+}
+
 /* ---- effects --------------------------------------------------------------------------- */
 
 /* Effects of our own local changes: only bookkeeping (the disk already shows them). */
@@ -1397,10 +1475,15 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		set_missing(s, user, rec->key, NULL, NULL, false);
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
-			char nb[MM_MD_NAME_MAX + 1];
-			int r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, nb));
+			char keep[PATHBUF];
+			bool spare = rec->type == MM_REC_MESSAGE &&
+			             snprintf(keep, sizeof keep, "%s/tmp/" SPARE_PREFIX "%ld.%" PRIu64, u->path, (long)getpid(),
+			                      ++s->spare_seq) < (int)sizeof keep;
+			int r = expunged_file_remove(s, fe, spare ? keep : NULL);
 			if (r == -ENOENT && fent_relocate(s, fe) == 0)
-				r = mm_md_unlink(fe->fo->dir, fe->in_cur ? "cur" : "new", fent_name(s, fe, nb));
+				r = expunged_file_remove(s, fe, spare ? keep : NULL);
+			if (r == 1)
+				r = spare_add(s, user, rec->msg.body, keep);
 			if (r < 0 && r != -ENOENT) {
 				char pth[PATHBUF];
 				fent_path(s, fe, pth, sizeof pth);
@@ -2261,11 +2344,16 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		 * it would bring a deleted folder back everywhere).  One holding messages:
 		 * scan_files.  A folder deleted elsewhere and kept here because it is not
 		 * empty (a file in tmp/): not made again, its removal is retried (a message
-		 * file found in it is a delivery, which makes the folder visible again). */
+		 * file found in it is a delivery, which makes the folder visible again).
+		 * Nor one deleted elsewhere whose directory the next commit removes
+		 * (fo->check): the merge unlinked its files at once, and their watch events
+		 * bring this scan before that commit, which once took the emptied directory
+		 * for a folder made here and brought a folder deleted or renamed over IMAP
+		 * back, empty, on every node. */
 		bool visible = mm_user_folder_visible(mu, name);
 		if (!visible && strcmp(name, "INBOX") && folder_half(fo) == 2)
 			return 0;
-		bool kept = !visible && fo->remove_failed && fo->on_disk;
+		bool kept = !visible && (fo->remove_failed || fo->check) && fo->on_disk;
 		if (visible)
 			fo->remove_failed = false;
 		if (kept)
@@ -3635,18 +3723,25 @@ static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM
 	if (!r || r->type != MM_REC_MESSAGE || fent_by_key(s, user, key))
 		return 0;
 	struct fent *src = fent_by_body(s, user, r->msg.body);
-	if (!src)
-		return 0;
 	char sp[PATHBUF];
-	if (fent_path(s, src, sp, sizeof sp) < 0)
-		return 0;
+	if (src) {
+		if (fent_path(s, src, sp, sizeof sp) < 0)
+			return 0;
+	} else {
+		/* the file of a message expunged by this commit's merges (a folder renamed
+		 * elsewhere: the same bytes under the new name) */
+		char k[KBUF];
+		struct spare *spf = hm_get(&s->spares, k, k_ub(k, user, r->msg.body, MM_ID_LEN));
+		if (!spf || snprintf(sp, sizeof sp, "%s", spf->path) >= (int)sizeof sp)
+			return 0;
+	}
 	struct mm_body_writer *w;
 	int rr = mm_store_body_begin(s, user, key, &w);
 	if (rr < 0)
 		return rr;
 	int fd = open(sp, O_RDONLY | O_CLOEXEC);
 	int e = fd < 0 ? errno : 0;
-	if (e == ENOENT && fent_relocate(s, src) == 0 && fent_path(s, src, sp, sizeof sp) == 0) {
+	if (e == ENOENT && src && fent_relocate(s, src) == 0 && fent_path(s, src, sp, sizeof sp) == 0) {
 		fd = open(sp, O_RDONLY | O_CLOEXEC); /* renamed here (a flag change not scanned yet) */
 		e = fd < 0 ? errno : 0;
 	}
@@ -5113,6 +5208,7 @@ int mm_store_commit(struct mm_store *s)
 	}
 	if (r < 0 && s->staged)
 		drop_list(unstage_all(s));
+	spares_drop(s);
 	if (r == 0 && s->n_held) {
 		s->in_commit = false; /* placing may list UIDs; the records are durable */
 		release_held(s);
@@ -5333,10 +5429,12 @@ static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct fold
 static void recover_tmp(struct mm_store *s)
 {
 	size_t got = 0;
-	for (struct user *u = s->users; u; u = u->next)
+	for (struct user *u = s->users; u; u = u->next) {
+		spares_recover(u);
 		for (struct folder *fo = u->folders; fo; fo = fo->unext)
 			if (fo->miss_n)
 				got += recover_folder_tmp(s, u, fo);
+	}
 	if (got)
 		logmsg(s, MM_STORE_LOG_INFO, "%zu bodies recovered from tmp/ (left by the last run), not fetched again",
 		       got);
@@ -5497,6 +5595,7 @@ void mm_store_free(struct mm_store **sp)
 		return;
 	struct mm_store *s = *sp;
 	free(s->meta);
+	spares_drop(s); /* merged, not committed: the next start rescans those folders */
 	drop_list(unstage_all(s)); /* before the folders their writers point to */
 	for (struct user *u = s->users, *un; u; u = un) {
 		un = u->next;

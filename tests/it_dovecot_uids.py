@@ -12,6 +12,10 @@ of a folder on each node; the maps must agree:
 3. CREATE and COPY into a new folder over IMAP on node 2;
 4. node 3's daemon restarts; then a delivery on node 3;
 5. node 4 joins empty (daemon and Dovecot started now) and shows the same maps;
+6. two messages expunged on node 1 leave the other nodes' dovecot-uidlist too;
+7. RENAME of a folder on node 2: the new name with the same UIDs everywhere, the old
+   name gone everywhere (it once came back empty);
+8. DELETE of a folder holding messages on node 3: gone everywhere;
 and no Dovecot log holds an error, warning or panic (no uidlist or index complaint).
 Dovecot and the daemons are stopped and the temp dir removed always.  Prints
 `N passed, N failed`."""
@@ -116,6 +120,22 @@ def wait_folder(nodes, folder, n, timeout=60):
             return True
         time.sleep(0.1)
     return False
+
+
+def wait_lists(dcs, absent, timeout=30):
+    """The folder names each Dovecot lists, once they agree and `absent` is not among
+    them (or at the timeout)."""
+    deadline = time.time() + timeout * mmtest.SLOW
+    while True:
+        names = []
+        for dc in dcs:
+            m = dc.imap()
+            typ, data = m.list()
+            m.logout()
+            names.append(sorted(x.decode().rsplit(" ", 1)[1].strip('"') for x in data or []))
+        if all(x == names[0] for x in names) and absent not in names[0] or time.time() > deadline:
+            return names
+        time.sleep(0.25)
 
 
 def show(maps):
@@ -223,6 +243,58 @@ def uid_test(t, cl, dcs):
     maps, ok = wait_maps(dcs, "Archive", 2)
     t.check(ok, "6. ... and every node's Dovecot then shows the same 2 messages under the same UIDs (%s)"
             % show(maps))
+
+    # 7. RENAME Work -> Projects on node 2 (a user renaming a folder in a mail client):
+    # every node shows Projects with the messages Work held, Work is gone everywhere,
+    # and the other nodes file them from the bytes they hold (no body sent again)
+    def bodies_in():
+        sts = [n.status(quiet=True) or {} for n in cl.nodes]
+        return [sum(p.get("bodies_in", 0) for p in st.get("peers", [])) for st in sts]
+    got_before = bodies_in()
+    m = d2.imap()
+    m.select("Work")
+    typ, data = m.uid("SEARCH", None, "ALL")
+    m.uid("STORE", data[0].split()[0].decode() if typ == "OK" and data[0] else "1", "+FLAGS", "(\\Flagged)")
+    m.close()
+    typ_r, _ = m.rename("Work", "Projects")
+    m.logout()
+    before = uid_map(d2, "Projects")
+    t.check(typ_r == "OK" and before and len(before[1]) == 3,
+            "7. RENAME Work Projects on node 2 succeeds; node 2 shows its 3 messages there (%s)" % (before,))
+    maps, ok = wait_maps(dcs, "Projects", 3)
+    t.check(ok, "7. every node shows Projects with the same 3 messages under the same UIDs (%s)" % show(maps))
+    t.check(ok and maps[0] == before, "7. ... the UIDVALIDITY and UIDs node 2's Dovecot kept (%s; node 2 %s)"
+            % (show(maps), before))
+    names = wait_lists(dcs, "Work")
+    t.check(all(x == names[0] for x in names) and "Work" not in names[0] and "Projects" in names[0],
+            "7. ... every node lists the same folders, Projects and not Work (%s)" % names)
+    time.sleep(1)
+    left = [n.i for n in cl.nodes if os.path.exists(n.maildir(MMUSER, "Work"))]
+    t.check(not left, "7. ... and no node has Work's directory a second later (nodes %s)" % left)
+    got = bodies_in()
+    t.check(got == got_before, "7. ... no node was sent a body for it (bodies received: before %s, after %s)"
+            % (got_before, got))
+    flagged = []
+    for dc in dcs:
+        mm = dc.imap()
+        mm.select("Projects", readonly=True)
+        typ, data = mm.uid("SEARCH", None, "FLAGGED")
+        mm.logout()
+        flagged.append(data[0].split() if typ == "OK" else None)
+    t.check(all(x == flagged[0] for x in flagged) and flagged[0] and len(flagged[0]) == 1,
+            "7. ... and the message flagged before the rename is flagged on every node, under one UID (%s)"
+            % flagged)
+
+    # 8. DELETE Archive (2 messages) on node 3: gone from every node, and stays gone
+    m = d3.imap()
+    typ_d, _ = m.delete("Archive")
+    m.logout()
+    names = wait_lists(dcs, "Archive")
+    t.check(typ_d == "OK" and all(x == names[0] for x in names) and "Archive" not in names[0],
+            "8. DELETE Archive on node 3: every node lists the same folders, without Archive (%s)" % names)
+    time.sleep(1)
+    left = [n.i for n in cl.nodes if os.path.exists(n.maildir(MMUSER, "Archive"))]
+    t.check(not left, "8. ... and no node has its directory a second later (nodes %s)" % left)
 
     for dc in dcs:
         problems = dc.log_problems()

@@ -399,6 +399,29 @@ static void test_uidlist_index(void **state)
 	mm_md_uidlist_clear(&ul);
 }
 
+/* mm_md_unlink_keep: the file leaves the folder, kept at the path given; unlinked when
+ * that path cannot be had; -ENOENT when the file is gone. */
+static void test_unlink_keep(void **state)
+{
+	(void)state;
+	char md[512], p[700], keep[700], nokeep[700];
+	snprintf(md, sizeof md, "%s/dom/user", tmpdir);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(md, "INBOX", &o), 0);
+	snprintf(p, sizeof p, "%s/cur/1700000000.M1P1.mx:2,S", md);
+	write_file(p, "Subject: a\r\n\r\nbody\r\n");
+	snprintf(keep, sizeof keep, "%s/tmp/mm-spare.1.1", md);
+	assert_int_equal(mm_md_unlink_keep(md, "cur", "1700000000.M1P1.mx:2,S", keep), 1);
+	assert_int_equal(access(p, F_OK), -1);
+	assert_string_equal(slurp(keep), "Subject: a\r\n\r\nbody\r\n");
+	write_file(p, "Subject: b\r\n\r\nbody\r\n");
+	snprintf(nokeep, sizeof nokeep, "%s/no-such-dir/x", md);
+	assert_int_equal(mm_md_unlink_keep(md, "cur", "1700000000.M1P1.mx:2,S", nokeep), 0);
+	assert_int_equal(access(p, F_OK), -1);
+	assert_int_equal(mm_md_unlink_keep(md, "cur", "1700000000.M1P1.mx:2,S", keep), -ENOENT);
+	assert_int_equal(access(keep, F_OK), 0); /* what was kept stays */
+}
+
 static void test_folders(void **state)
 {
 	(void)state;
@@ -606,6 +629,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_uidlist_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deliver_mtime, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_folders, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unlink_keep, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_subscriptions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mailloc, setup, teardown),
 	};

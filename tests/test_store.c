@@ -2400,6 +2400,76 @@ static void test_local_last_expunge_removes_folder(void **state)
 	node_close(&b);
 }
 
+/* A folder renamed on A (Dovecot renames .W to .P): B merges the delta, which moves
+ * the messages to P and deletes W.  The merge takes W's files out at once; their watch
+ * events bring a scan of W (and a full one) before the commit that removes W's
+ * directory.  Those scans must not take the emptied directory for a folder made on
+ * B: that brought W back, empty, on every node.  And B files the messages under P
+ * from the bytes it had, not from A (they were fetched again). */
+static void test_remote_rename_scan_before_commit(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	char md[600], wa[600], pa[600], wb[600], pb[600];
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	deliver(&a, "INBOX", "1700000000.M0P1.mx", "Subject: zero\r\n\r\nbody\r\n", 1600000000);
+	snprintf(md, sizeof md, "%s/ex.org/alice", a.root);
+	assert_int_equal(mm_md_folder_create(md, "W", &o), 0);
+	deliver(&a, "W", "1700000001.M1P1.mx", "Subject: one\r\n\r\nbody one\r\n", 1600000001);
+	deliver(&a, "W", "1700000002.M2P1.mx", "Subject: two\r\n\r\nbody two\r\n", 1600000002);
+	assert_true(scan(&a, d) >= 4);
+	sync_to(&a, &b, d);
+	udir(&a, "W", wa, sizeof wa);
+	udir(&a, "P", pa, sizeof pa);
+	udir(&b, "W", wb, sizeof wb);
+	udir(&b, "P", pb, sizeof pb);
+	assert_int_equal(count_files(&b, "W", "new") + count_files(&b, "W", "cur"), 2);
+	assert_int_equal(rename(wa, pa), 0);
+	mm_delta_clear(d);
+	assert_true(scan(&a, d) >= 3);
+	struct mm_user *ub = mm_state_user(b.st, "ex.org/alice", false);
+	assert_true(mm_store_merge_delta(b.s, d) > 0);
+	assert_false(mm_user_folder_visible(ub, "W"));
+	assert_true(mm_md_is_maildir(wb)); /* removed at the commit */
+	b.now += 1000;
+	struct mm_delta *db = mm_delta_new();
+	assert_true(mm_store_scan_folder(b.s, "ex.org/alice", "W", b.now, db) >= 0);
+	assert_true(mm_store_scan(b.s, b.now, db) >= 0);
+	assert_false(mm_user_folder_visible(ub, "W"));
+	assert_int_equal(mm_delta_count(db), 0); /* nothing to ship: no folder made here */
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_false(mm_md_is_maildir(wb));
+	/* the commit copied W's files to P from where the merge kept them: nothing is
+	 * missing, nothing is left in tmp/ */
+	struct xfer x = {&a, &b, 0, 0};
+	assert_int_equal(mm_store_missing(b.s, fetch_cb, &x), 0);
+	assert_int_equal(x.n, 0);
+	assert_int_equal(count_files(&b, "P", "new") + count_files(&b, "P", "cur"), 2);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	assert_int_equal(scan(&b, db), 0);
+	assert_false(mm_user_folder_visible(ub, "W"));
+	assert_true(mm_user_folder_visible(ub, "P"));
+	/* one a crash left behind goes at the next start; Dovecot's file stays */
+	char sp[700];
+	snprintf(sp, sizeof sp, "%s/ex.org/alice/tmp/mm-spare.1.1", b.root);
+	FILE *f = fopen(sp, "w");
+	assert_non_null(f);
+	fclose(f);
+	snprintf(sp, sizeof sp, "%s/ex.org/alice/tmp/1700000009.M9P9.mx", b.root);
+	assert_non_null(f = fopen(sp, "w"));
+	fclose(f);
+	node_close(&b);
+	node_open(&b, "b", 2);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 1);
+	mm_delta_free(&d);
+	mm_delta_free(&db);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* Merges into a's state a remote change setting `flag` on message `key`, stamped
  * dt ms after a's clock (a newer change than any made here). */
 static void remote_flag(struct node *a, const uint8_t key[MM_KEY_LEN], int flag, uint64_t dt)
@@ -2552,6 +2622,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_half_maildir_restored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_source_renamed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_last_expunge_removes_folder, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_remote_rename_scan_before_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_flag_kept_over_two_remote, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
