@@ -1628,6 +1628,11 @@ struct dentry {
 	bool in_cur;
 };
 
+static int dentry_name_cmp(const void *a, const void *b)
+{
+	return strcmp((*(struct dentry *const *)a)->name, (*(struct dentry *const *)b)->name);
+}
+
 struct dlist {
 	struct dentry *v;
 	size_t n, cap;
@@ -1937,6 +1942,70 @@ static bool refile_adopt(struct mm_store *s, struct fent *old, const struct stat
 	return true;
 }
 
+/* The creation stamp of a message file found here (not one this store wrote), derived
+ * from what every copy of that message carries, so that nodes which already hold the
+ * same mail when mailmesh first runs (a server seeded with rsync or cp -a, replicas
+ * Dovecot's dsync kept, a node whose state database was wiped) index it as one
+ * message, instead of each minting its own and every node getting every message
+ * twice.  The identity is the user, the folder, the bytes and the file's mtime (the
+ * INTERNALDATE: rsync -a, cp -a and dsync keep it; file names and UIDs may differ,
+ * and whether a UID was listed yet depends on timing).  The time of the stamp is that
+ * mtime.  False when the mtime is not in the past (a stamp from the future would
+ * outrank later changes).  `copy` numbers the files with those bytes and that mtime in
+ * the folder (Dovecot keeps both: so does mailmesh; adopt_identity).  A message
+ * expunged before gets no derived identity again: a file restored from a backup is
+ * mail again, a new instance. */
+static bool adopt_stamp(const char *user, const char *folder, const uint8_t body[MM_ID_LEN], int64_t mtime,
+                        uint64_t copy, mm_hlc *st_r)
+{
+	if (mtime <= 0 || (uint64_t)mtime >= wall_ms() / 1000)
+		return false;
+	crypto_generichash_state h;
+	crypto_generichash_init(&h, NULL, 0, 8);
+	crypto_generichash_update(&h, (const uint8_t *)"mm-adopt", 8);
+	crypto_generichash_update(&h, (const uint8_t *)user, strlen(user) + 1);
+	crypto_generichash_update(&h, (const uint8_t *)folder, strlen(folder) + 1);
+	crypto_generichash_update(&h, body, MM_ID_LEN);
+	uint8_t c = (uint8_t)copy;
+	if (copy)
+		crypto_generichash_update(&h, &c, 1);
+	uint8_t out[8];
+	crypto_generichash_final(&h, out, sizeof out);
+	uint64_t node = 0;
+	for (int i = 0; i < 8; i++)
+		node = node << 8 | out[i];
+	st_r->t = ((uint64_t)mtime * 1000) << MM_HLC_LOGICAL_BITS;
+	st_r->node = node ? node : 1;
+	return true;
+}
+
+/* Most files with the same bytes and mtime in one folder that get derived identities
+ * (the n-th such file is the n-th copy on every node); more are new instances. */
+#define ADOPT_COPIES 16
+
+/* The identity of a new file here (adopt_stamp): the first of its copies' identities
+ * whose key no file here has yet.  0: created_r is the stamp to record it under (a
+ * new message); 1: key_r names a message a peer sent already, without a file here
+ * yet: this file is it; -1: none (an identity expunged before, or no derived stamp):
+ * the caller stamps a new instance now. */
+static int adopt_identity(struct mm_store *s, struct mm_user *mu, struct folder *fo, const uint8_t body[MM_ID_LEN],
+                          int64_t mtime, mm_hlc *created_r, uint8_t key_r[MM_KEY_LEN])
+{
+	for (uint64_t copy = 0; copy < ADOPT_COPIES; copy++) {
+		if (!adopt_stamp(fo->u->name, fo->name, body, mtime, copy, created_r))
+			return -1;
+		mm_key_message(created_r, key_r);
+		const struct mm_rec *rec = mm_user_get(mu, key_r);
+		if (!rec)
+			return 0;
+		if (rec->type != MM_REC_MESSAGE || strcmp(rec->msg.folder, fo->name) || memcmp(rec->msg.body, body, MM_ID_LEN))
+			return -1;
+		if (!fent_by_key(s, fo->u->name, key_r))
+			return 1;
+	}
+	return -1;
+}
+
 static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 {
 	struct dlist l = {0};
@@ -1986,144 +2055,176 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 	struct assign as = {0};
 	bool lock_left = false;
 	char k[KBUF], path[PATHBUF];
-	for (size_t i = 0; i < l.n; i++) {
-		const char *name = l.v[i].name;
-		bool in_cur = l.v[i].in_cur;
-		snprintf(path, sizeof path, "%s/%s/%s", fo->dir, in_cur ? "cur" : "new", name);
-		struct mm_md_name n;
-		if (mm_md_name_parse(name, &n) < 0) {
-			logmsg(s, MM_STORE_LOG_WARNING, "skipping %s: not a Maildir message name", path);
-			continue;
-		}
-		char base[MM_MD_NAME_MAX + 1];
-		memcpy(base, n.base, n.base_len);
-		base[n.base_len] = 0;
-		size_t kl = k_ufb(k, fo->u->name, fo->name, base);
-		struct fent *fe = fx_get(&s->by_base, k, kl);
-		if (fe) {
-			fe->seen = true;
-			/* letters too: fent_relocate() may already know the new name of a file
-			 * renamed here, but not what the rename changed */
-			char nb[MM_MD_NAME_MAX + 1];
-			if (strcmp(fent_name(s, fe, nb), name) || fe->in_cur != in_cur || fe->letters != n.letters) {
-				uint64_t oldl = fe->letters;
-				if (fent_set_name(s, fe, name) < 0)
-					continue;
-				fe->in_cur = in_cur;
-				fe->letters = n.letters;
-				mark_file(s, fo, base);
-				uint64_t un = local_letters(s, mu, fe, oldl, n.letters, &kw_loaded);
-				fe->letters = (n.letters & ~un) | (oldl & un);
-				/* Remote changes that arrived meanwhile were not written to this
-				 * file (see sync_file_flags): write the merged result now. */
-				const struct mm_rec *cur = mm_user_get(mu, fe->key);
-				if (cur && cur->type == MM_REC_MESSAGE)
-					sync_file_flags(s, fe, cur); /* keeps unnamed letters as they are */
+	/* Files the index knows first, in directory order; then the others in name order,
+	 * so that copies of one message (adopt_identity) are numbered alike on every node
+	 * that holds the same names (directory order differs between two directories). */
+	struct dentry **fresh = NULL;
+	size_t n_fresh = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		if (pass && n_fresh > 1)
+			qsort(fresh, n_fresh, sizeof(*fresh), dentry_name_cmp);
+		for (size_t i = 0; i < (pass ? n_fresh : l.n); i++) {
+			const char *name = pass ? fresh[i]->name : l.v[i].name;
+			bool in_cur = pass ? fresh[i]->in_cur : l.v[i].in_cur;
+			snprintf(path, sizeof path, "%s/%s/%s", fo->dir, in_cur ? "cur" : "new", name);
+			struct mm_md_name n;
+			if (mm_md_name_parse(name, &n) < 0) {
+				logmsg(s, MM_STORE_LOG_WARNING, "skipping %s: not a Maildir message name", path);
+				continue;
 			}
-			continue;
-		}
-		/* a file this store wrote, whose index entry a crash lost? */
-		uint8_t key[MM_KEY_LEN];
-		struct fent *old = NULL;
-		if (base_key(base, key) && (!(old = fent_by_key(s, fo->u->name, key)) || old->fo == fo)) {
-			const struct mm_rec *rec = mm_user_get(mu, key);
-			if (rec && rec->type == MM_REC_MESSAGE && !strcmp(rec->msg.folder, fo->name)) {
-				struct stat st;
-				if (stat(path, &st) < 0)
+			char base[MM_MD_NAME_MAX + 1];
+			memcpy(base, n.base, n.base_len);
+			base[n.base_len] = 0;
+			size_t kl = k_ufb(k, fo->u->name, fo->name, base);
+			struct fent *fe = fx_get(&s->by_base, k, kl);
+			if (fe) {
+				fe->seen = true;
+				/* letters too: fent_relocate() may already know the new name of a file
+				 * renamed here, but not what the rename changed */
+				char nb[MM_MD_NAME_MAX + 1];
+				if (strcmp(fent_name(s, fe, nb), name) || fe->in_cur != in_cur || fe->letters != n.letters) {
+					uint64_t oldl = fe->letters;
+					if (fent_set_name(s, fe, name) < 0)
+						continue;
+					fe->in_cur = in_cur;
+					fe->letters = n.letters;
+					mark_file(s, fo, base);
+					uint64_t un = local_letters(s, mu, fe, oldl, n.letters, &kw_loaded);
+					fe->letters = (n.letters & ~un) | (oldl & un);
+					/* Remote changes that arrived meanwhile were not written to this
+					 * file (see sync_file_flags): write the merged result now. */
+					const struct mm_rec *cur = mm_user_get(mu, fe->key);
+					if (cur && cur->type == MM_REC_MESSAGE)
+						sync_file_flags(s, fe, cur); /* keeps unnamed letters as they are */
+				}
+				continue;
+			}
+			if (!pass) {
+				if (!fresh && !(fresh = malloc(l.n * sizeof(*fresh)))) {
+					dlist_free(&l);
+					return -ENOMEM;
+				}
+				fresh[n_fresh++] = &l.v[i];
+				continue;
+			}
+			/* a file this store wrote, whose index entry a crash lost? */
+			uint8_t key[MM_KEY_LEN];
+			struct fent *old = NULL;
+			if (base_key(base, key) && (!(old = fent_by_key(s, fo->u->name, key)) || old->fo == fo)) {
+				const struct mm_rec *rec = mm_user_get(mu, key);
+				if (rec && rec->type == MM_REC_MESSAGE && !strcmp(rec->msg.folder, fo->name)) {
+					struct stat st;
+					if (stat(path, &st) < 0)
+						continue;
+					if (old && !refile_adopt(s, old, &st))
+						continue; /* two different files name one message: leave this one */
+					fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, n.letters);
+					if (fe) {
+						set_missing(s, fo->u->name, key, NULL, NULL, false);
+						sync_file_flags(s, fe, rec);
+					}
 					continue;
-				if (old && !refile_adopt(s, old, &st))
-					continue; /* two different files name one message: leave this one */
-				fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, n.letters);
-				if (fe) {
+				}
+				if (!old && rec && rec->type == MM_REC_EXPUNGED) {
+					/* ours, for a message expunged before the crash: finish the expunge */
+					mm_md_unlink(fo->dir, in_cur ? "cur" : "new", name);
+					logmsg(s, MM_STORE_LOG_INFO, "removed %s: its message was expunged", path);
+					continue;
+				}
+			}
+			/* a new local delivery */
+			uint32_t uid = 0;
+			if (s->imap_uids) {
+				if (!um.loaded) {
+					um.loaded = true;
+					mm_md_uidlist_read(fo->dir, uid_cb, &um);
+				}
+				uid = (uint32_t)(uintptr_t)hm_get(&um.m, base, strlen(base));
+				if (!uid && (assign_begin(s, mu, fo, &as), as.busy)) {
+					lock_left = true; /* Dovecot is listing it: see LOCK_DEFER_MS */
+					continue;
+				}
+			}
+			uint8_t body[MM_ID_LEN];
+			uint64_t size = 0;
+			int64_t mtime = 0;
+			r = hash_file(s, path, body, &size, &mtime);
+			if (r < 0) {
+				if (r != -ENOENT) /* vanished meanwhile: the next scan settles it */
+					logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s: %s (will retry)", path, strerror(-r));
+				continue;
+			}
+			const char *kws[26];
+			size_t nkw = 0;
+			uint64_t unnamed = 0;
+			if (n.letters & MM_MD_KW_MASK) {
+				if (!kw_loaded) {
+					folder_kw_read(s, fo);
+					kw_loaded = true;
+				}
+				for (int j = 0; j < 26; j++) {
+					if ((n.letters & MM_MD_KWBIT(j)) && !fo->kw.names[j])
+						unnamed |= MM_MD_KWBIT(j); /* named in a moment: next scan */
+					if ((n.letters & MM_MD_KWBIT(j)) && fo->kw.names[j]) {
+						/* sorted insert: the CRDT wants keywords sorted and unique */
+						size_t at = nkw;
+						while (at > 0 && strcmp(kws[at - 1], fo->kw.names[j]) > 0) {
+							kws[at] = kws[at - 1];
+							at--;
+						}
+						kws[at] = fo->kw.names[j];
+						nkw++;
+					}
+				}
+			}
+			mm_hlc created;
+			int adopt = adopt_identity(s, mu, fo, body, mtime, &created, key);
+			if (adopt > 0) {
+				/* the same message, come from a peer before this scan: this is its file */
+				const struct mm_rec *rec = mm_user_get(mu, key);
+				if ((fe = fent_add(s, fo, base, name, in_cur, key, body, n.letters & ~unnamed))) {
 					set_missing(s, fo->u->name, key, NULL, NULL, false);
 					sync_file_flags(s, fe, rec);
 				}
 				continue;
 			}
-			if (!old && rec && rec->type == MM_REC_EXPUNGED) {
-				/* ours, for a message expunged before the crash: finish the expunge */
-				mm_md_unlink(fo->dir, in_cur ? "cur" : "new", name);
-				logmsg(s, MM_STORE_LOG_INFO, "removed %s: its message was expunged", path);
+			if (adopt < 0)
+				created = tick(s);
+			if (s->imap_uids) {
+				if (!uid) /* not listed by Dovecot: this node (the record's creator) lists it */
+					uid = assign_uid(s, mu, fo, &as, base, name);
+				if (!uid)
+					fo->uid_check = true; /* listed by the next uid_pass */
+			}
+			uint8_t nkey[MM_KEY_LEN];
+			r = mm_user_deliver(mu, fo->name, body, size, mtime, mm_md_letters_to_flags(n.letters),
+			                    kws, nkw, uid, created, nkey, local_effect, s, s->out);
+			if (r < 0) {
+				logmsg(s, MM_STORE_LOG_ERR, "cannot record delivery of %s: %s", path, strerror(-r));
 				continue;
 			}
-		}
-		/* a new local delivery */
-		uint32_t uid = 0;
-		if (s->imap_uids) {
-			if (!um.loaded) {
-				um.loaded = true;
-				mm_md_uidlist_read(fo->dir, uid_cb, &um);
+			s->changes++;
+			if (!fent_add(s, fo, base, name, in_cur, nkey, body, n.letters & ~unnamed)) {
+				free(fresh);
+				dlist_free(&l);
+				hm_clear(&um.m);
+				assign_done(s, fo, &as);
+				return -ENOMEM;
 			}
-			uid = (uint32_t)(uintptr_t)hm_get(&um.m, base, strlen(base));
-			if (!uid && (assign_begin(s, mu, fo, &as), as.busy)) {
-				lock_left = true; /* Dovecot is listing it: see LOCK_DEFER_MS */
-				continue;
-			}
-		}
-		uint8_t body[MM_ID_LEN];
-		uint64_t size = 0;
-		int64_t mtime = 0;
-		r = hash_file(s, path, body, &size, &mtime);
-		if (r < 0) {
-			if (r != -ENOENT) /* vanished meanwhile: the next scan settles it */
-				logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s: %s (will retry)", path, strerror(-r));
-			continue;
-		}
-		const char *kws[26];
-		size_t nkw = 0;
-		uint64_t unnamed = 0;
-		if (n.letters & MM_MD_KW_MASK) {
-			if (!kw_loaded) {
-				folder_kw_read(s, fo);
-				kw_loaded = true;
-			}
-			for (int j = 0; j < 26; j++) {
-				if ((n.letters & MM_MD_KWBIT(j)) && !fo->kw.names[j])
-					unnamed |= MM_MD_KWBIT(j); /* named in a moment: next scan */
-				if ((n.letters & MM_MD_KWBIT(j)) && fo->kw.names[j]) {
-					/* sorted insert: the CRDT wants keywords sorted and unique */
-					size_t at = nkw;
-					while (at > 0 && strcmp(kws[at - 1], fo->kw.names[j]) > 0) {
-						kws[at] = kws[at - 1];
-						at--;
-					}
-					kws[at] = fo->kw.names[j];
-					nkw++;
+			if (++s->unsaved_new >= s->scan_commit_files && !s->in_commit) {
+				/* A first scan of a big Maildir: make what is indexed so far durable
+				 * now, so the dirty maps and LMDB's write transaction stay small (a
+				 * million files in one commit peaked at 1.4 GB).  The folder's UID pass
+				 * is still to come: its database entry must say a pass is due. */
+				fo->uid_check = s->imap_uids;
+				if (commit_batch(s) == 0) {
+					note_scratch(s, SCAN_COMMIT_FILES);
+					trim_heap(s);
 				}
 			}
 		}
-		if (s->imap_uids) {
-			if (!uid) /* not listed by Dovecot: this node (the record's creator) lists it */
-				uid = assign_uid(s, mu, fo, &as, base, name);
-			if (!uid)
-				fo->uid_check = true; /* listed by the next uid_pass */
-		}
-		uint8_t nkey[MM_KEY_LEN];
-		r = mm_user_deliver(mu, fo->name, body, size, mtime, mm_md_letters_to_flags(n.letters),
-		                    kws, nkw, uid, tick(s), nkey, local_effect, s, s->out);
-		if (r < 0) {
-			logmsg(s, MM_STORE_LOG_ERR, "cannot record delivery of %s: %s", path, strerror(-r));
-			continue;
-		}
-		s->changes++;
-		if (!fent_add(s, fo, base, name, in_cur, nkey, body, n.letters & ~unnamed)) {
-			dlist_free(&l);
-			hm_clear(&um.m);
-			assign_done(s, fo, &as);
-			return -ENOMEM;
-		}
-		if (++s->unsaved_new >= s->scan_commit_files && !s->in_commit) {
-			/* A first scan of a big Maildir: make what is indexed so far durable
-			 * now, so the dirty maps and LMDB's write transaction stay small (a
-			 * million files in one commit peaked at 1.4 GB).  The folder's UID pass
-			 * is still to come: its database entry must say a pass is due. */
-			fo->uid_check = s->imap_uids;
-			if (commit_batch(s) == 0) {
-				note_scratch(s, SCAN_COMMIT_FILES);
-				trim_heap(s);
-			}
-		}
 	}
+	free(fresh);
 	hm_clear(&um.m);
 	assign_done(s, fo, &as);
 	if (!lock_left)

@@ -1457,14 +1457,6 @@ static void test_restart_skips_unchanged_folders(void **state)
 
 /* ---- the file index under many insertions and removals ---------------------------- */
 
-static int body_of_cb(void *arg, const struct mm_rec *r)
-{
-	uint8_t (*ids)[MM_ID_LEN] = arg;
-	if (r->type == MM_REC_MESSAGE && r->msg.size == 7) /* the "same 7" bodies */
-		memcpy(ids[0], r->msg.body, MM_ID_LEN);
-	return 0;
-}
-
 /* 3,000 files, a third removed, some renamed, bodies shared by several files: every
  * remaining file must still be found by its name (no file taken for a new delivery,
  * nothing re-read), by its key (expunge) and by its body (have_id) while the index
@@ -1491,8 +1483,7 @@ static void test_many_files_index(void **state)
 	assert_true(scan(&a, NULL) >= N);
 	assert_int_equal(mm_store_files_hashed(a.s), N);
 	uint8_t same[1][MM_ID_LEN];
-	struct mm_user *mu = mm_state_user(a.st, "ex.org/alice", false);
-	assert_int_equal(mm_user_foreach(mu, NULL, 0, body_of_cb, same), 0);
+	mm_body_id("same 7\n", 7, same[0]); /* ("first\r\n" is 7 bytes too) */
 	/* a third of the files go, among them most holders of the shared body */
 	int gone = 0;
 	for (int i = 1; i < N; i += 3) {
@@ -2507,6 +2498,125 @@ static void test_remote_rename_scan_before_commit(void **state)
 	node_close(&b);
 }
 
+/* Two servers that already hold the same mail when mailmesh first runs on them: one
+ * seeded from the other with cp -a (the same file names), or kept by Dovecot's dsync
+ * (other file names, the same UIDs, with imap_uids).  Each indexes its own files;
+ * they must agree on every message (same records, same roots), so a sync moves no
+ * body and makes no duplicate.  A file restored from a backup after its message was
+ * expunged is a new message, not expunged again. */
+static void adopt_pair(bool imap_uids, bool renamed)
+{
+	struct node a = {0}, b = {0};
+	node_open_cfg(&a, "a", 1, imap_uids);
+	node_open_cfg(&b, "b", 2, imap_uids);
+	/* INBOX: one, two, and one again with the same mtime (an APPEND made twice:
+	 * Dovecot shows two messages, so must every node); Work: a copy of one */
+	const char *one = "Subject: one\r\n\r\nbody one\r\n", *two = "Subject: two\r\n\r\nbody two\r\n";
+	const char *bodies[4] = {one, two, one, one};
+	const char *folders[4] = {"INBOX", "INBOX", "Work", "INBOX"};
+	const int64_t mtimes[4] = {1600000000, 1600000001, 1600000002, 1600000000};
+	char base[64], md[600], uidl[1024];
+	int ul = snprintf(uidl, sizeof uidl, "3 V1600000000 N5\n");
+	for (int i = 0; i < 4; i++) {
+		snprintf(base, sizeof base, "16000000%02d.M%dP1.mx", i, i);
+		deliver(&a, folders[i], base, bodies[i], mtimes[i]);
+		if (i != 2)
+			ul += snprintf(uidl + ul, sizeof uidl - (size_t)ul, "%d :%s\n", i + 1, base);
+	}
+	rename_to(find(&a, "INBOX", "1600000001.M1P1"), "S");
+	char cmd[1500];
+	snprintf(cmd, sizeof cmd, "mkdir -p '%s/ex.org' && cp -a '%s/ex.org/alice' '%s/ex.org/'", b.root, a.root, b.root);
+	assert_int_equal(system(cmd), 0);
+	if (renamed) { /* what dsync makes: its own names, the UIDs kept */
+		for (int i = 0; i < 4; i += 1 + (i == 1)) {
+			snprintf(base, sizeof base, "16000000%02d.M%dP1.mx", i, i);
+			const char *f = find(&b, "INBOX", base);
+			assert_non_null(f);
+			char to[1300];
+			snprintf(to, sizeof to, "%s", f);
+			char *m = strstr(to, ".M");
+			memcpy(m, ".Q", 2); /* another name, same length */
+			assert_int_equal(rename(f, to), 0);
+		}
+	}
+	if (imap_uids) {
+		FILE *f;
+		udir(&a, "INBOX", md, sizeof md);
+		strcat(md, "/dovecot-uidlist");
+		assert_non_null(f = fopen(md, "w"));
+		fputs(uidl, f);
+		fclose(f);
+		udir(&b, "INBOX", md, sizeof md);
+		strcat(md, "/dovecot-uidlist");
+		assert_non_null(f = fopen(md, "w"));
+		if (renamed)
+			for (char *q = uidl; (q = strstr(q, ".M")); q += 2)
+				memcpy(q, ".Q", 2);
+		fputs(uidl, f);
+		fclose(f);
+	}
+	struct mm_delta *da = mm_delta_new(), *db = mm_delta_new();
+	assert_true(scan(&a, da) >= 4);
+	assert_true(scan(&b, db) >= 4);
+	uint8_t ra[MM_HASH_LEN], rb[MM_HASH_LEN];
+	struct mm_user *ua = mm_state_user(a.st, "ex.org/alice", false);
+	struct mm_user *ub = mm_state_user(b.st, "ex.org/alice", false);
+	/* the messages agree already; the folders' exists stamps are each node's own */
+	sync_to(&a, &b, da);
+	struct xfer x = {&b, &a, 0, 0};
+	assert_true(mm_store_merge_delta(a.s, db) >= 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_int_equal(mm_store_missing(a.s, fetch_cb, &x), 0);
+	assert_int_equal(x.n, 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	mm_user_root(ua, ra);
+	mm_user_root(ub, rb);
+	assert_memory_equal(ra, rb, MM_HASH_LEN);
+	for (int i = 0; i < 2; i++) {
+		struct node *n = i ? &b : &a;
+		assert_int_equal(count_files(n, "INBOX", "new") + count_files(n, "INBOX", "cur"), 3);
+		assert_int_equal(count_files(n, "Work", "new") + count_files(n, "Work", "cur"), 1);
+	}
+	/* expunged on a, then the file restored from a backup */
+	snprintf(md, sizeof md, "%s", find(&a, "Work", "1600000002.M2P1"));
+	char keep[700];
+	snprintf(keep, sizeof keep, "%s/backup", a.root);
+	assert_int_equal(link(md, keep), 0);
+	assert_int_equal(unlink(md), 0);
+	mm_delta_clear(da);
+	assert_int_equal(scan(&a, da), 1);
+	sync_to(&a, &b, da);
+	assert_int_equal(count_files(&b, "Work", "new") + count_files(&b, "Work", "cur"), 0);
+	assert_int_equal(rename(keep, md), 0);
+	mm_delta_clear(da);
+	assert_int_equal(scan(&a, da), 1);
+	sync_to(&a, &b, da);
+	assert_int_equal(count_files(&a, "Work", "new") + count_files(&a, "Work", "cur"), 1);
+	assert_int_equal(count_files(&b, "Work", "new") + count_files(&b, "Work", "cur"), 1);
+	mm_delta_free(&da);
+	mm_delta_free(&db);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_adopt_seeded_copy(void **state)
+{
+	(void)state;
+	adopt_pair(false, false);
+}
+
+static void test_adopt_seeded_copy_uids(void **state)
+{
+	(void)state;
+	adopt_pair(true, false);
+}
+
+static void test_adopt_dsync_replica(void **state)
+{
+	(void)state;
+	adopt_pair(true, true);
+}
+
 /* Merges into a's state a remote change setting `flag` on message `key`, stamped
  * dt ms after a's clock (a newer change than any made here). */
 static void remote_flag(struct node *a, const uint8_t key[MM_KEY_LEN], int flag, uint64_t dt)
@@ -2660,6 +2770,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_copy_source_renamed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_last_expunge_removes_folder, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_remote_rename_scan_before_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_adopt_seeded_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_adopt_seeded_copy_uids, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_adopt_dsync_replica, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flags_changed_while_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_flag_kept_over_two_remote, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
