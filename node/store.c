@@ -1944,21 +1944,22 @@ static bool refile_adopt(struct mm_store *s, struct fent *old, const struct stat
 
 /* The creation stamp of a message file found here (not one this store wrote), derived
  * from what every copy of that message carries, so that nodes which already hold the
- * same mail when mailmesh first runs (a server seeded with rsync or cp -a, replicas
- * Dovecot's dsync kept, a node whose state database was wiped) index it as one
- * message, instead of each minting its own and every node getting every message
- * twice.  The identity is the user, the folder, the bytes and the file's mtime (the
- * INTERNALDATE: rsync -a, cp -a and dsync keep it; file names and UIDs may differ,
- * and whether a UID was listed yet depends on timing).  The time of the stamp is that
- * mtime.  False when the mtime is not in the past (a stamp from the future would
- * outrank later changes).  `copy` numbers the files with those bytes and that mtime in
+ * same mail when mailmesh first runs (a server seeded with rsync or cp -a, from a node
+ * that ran mailmesh for months or not at all; replicas Dovecot's dsync kept; a node
+ * whose state database was wiped) index it as one message, instead of each minting
+ * its own and every node getting every message twice.  The identity is the user, the
+ * folder, the bytes and the file's mtime (the INTERNALDATE: rsync -a, cp -a and dsync
+ * keep it; file names and UIDs may differ, and whether a UID was listed yet depends on
+ * timing).  The time of the stamp is that mtime, so a live delivery's stamp is at most
+ * a second old.  False when the mtime is in the future (its stamp would outrank later
+ * changes).  `copy` numbers the files with those bytes and that mtime in
  * the folder (Dovecot keeps both: so does mailmesh; adopt_identity).  A message
  * expunged before gets no derived identity again: a file restored from a backup is
  * mail again, a new instance. */
 static bool adopt_stamp(const char *user, const char *folder, const uint8_t body[MM_ID_LEN], int64_t mtime,
                         uint64_t copy, mm_hlc *st_r)
 {
-	if (mtime <= 0 || (uint64_t)mtime >= wall_ms() / 1000)
+	if (mtime <= 0 || (uint64_t)mtime * 1000 > wall_ms())
 		return false;
 	crypto_generichash_state h;
 	crypto_generichash_init(&h, NULL, 0, 8);

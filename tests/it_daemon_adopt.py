@@ -8,8 +8,8 @@ first sync moves no body and duplicates nothing.  Real daemons on loopback, port
 22130-22139, `imap_uids = yes`.
 
 node1 holds N_MSGS messages (two users, two folders, flags and keywords, a message
-APPENDed twice with one INTERNALDATE), numbered by its daemon (dovecot-uidlist) and
-then stopped.  node2 gets a `cp -a` of its Maildirs, node3 the same files under other
+APPENDed twice with one INTERNALDATE), numbered by its daemon (dovecot-uidlist), takes
+LIVE_MSGS deliveries while it runs, and is stopped.  node2 gets a `cp -a` of its Maildirs, node3 the same files under other
 names with their dovecot-uidlist rewritten to match (what dsync makes).  All three start
 with empty states: they must converge with every node holding exactly node1's mail (each
 message as often as it was there, flags, keywords, mtimes), the same roots and UIDs,
@@ -27,6 +27,7 @@ import mmtest  # noqa: E402
 USERS = ["example.org/alice", "example.net/bob"]
 FOLDERS = ["INBOX", "Archive"]
 N_MSGS = int(os.environ.get("MM_ADOPT_MSGS", "400"))
+LIVE_MSGS = 30
 
 
 def populate(node, rnd):
@@ -87,6 +88,13 @@ def adopt_test(t, cl):
     n1.start()
     ok = all(mmtest.wait_uidlist([n1], u, f) for u in USERS for f in FOLDERS)
     t.check(ok, "node1 numbers its mail (dovecot-uidlist in every folder)")
+    # and takes deliveries while it runs, each indexed within milliseconds (in the
+    # second of its mtime: those once got stamps of their own, duplicated on a copy)
+    rnd = random.Random(7)
+    for i in range(LIVE_MSGS):
+        n1.deliver(rnd.choice(USERS), mmtest.message(N_MSGS + i, size=rnd.randrange(500, 3000), rnd=rnd),
+                   rnd.choice(FOLDERS))
+        time.sleep(0.01)
     cl.wait_settled(nodes=[n1], timeout=60)
     t.check(n1.stop() == 0, "node1 stops cleanly")
     want = n1.content()
