@@ -1950,12 +1950,15 @@ static bool refile_adopt(struct mm_store *s, struct fent *old, const struct stat
  * its own and every node getting every message twice.  The identity is the user, the
  * folder, the bytes and the file's mtime (the INTERNALDATE: rsync -a, cp -a and dsync
  * keep it; file names and UIDs may differ, and whether a UID was listed yet depends on
- * timing).  The time of the stamp is that mtime, so a live delivery's stamp is at most
- * a second old.  False when the mtime is in the future (its stamp would outrank later
- * changes).  `copy` numbers the files with those bytes and that mtime in
+ * timing).  The stamp falls in the second before that mtime, so a live delivery's is
+ * at most two seconds old.  False when the mtime is in the future (its stamp would
+ * outrank later changes).  `copy` numbers the files with those bytes and that mtime in
  * the folder (Dovecot keeps both: so does mailmesh; adopt_identity).  A message
  * expunged before gets no derived identity again: a file restored from a backup is
  * mail again, a new instance. */
+#define ADOPT_NODE 0x6d6d61646f707400ULL /* "mmadopt": the node part of derived stamps */
+#define ADOPT_NODES 16
+
 static bool adopt_stamp(const char *user, const char *folder, const uint8_t body[MM_ID_LEN], int64_t mtime,
                         uint64_t copy, mm_hlc *st_r)
 {
@@ -1972,11 +1975,18 @@ static bool adopt_stamp(const char *user, const char *folder, const uint8_t body
 		crypto_generichash_update(&h, &c, 1);
 	uint8_t out[8];
 	crypto_generichash_final(&h, out, sizeof out);
-	uint64_t node = 0;
+	uint64_t v = 0;
 	for (int i = 0; i < 8; i++)
-		node = node << 8 | out[i];
-	st_r->t = ((uint64_t)mtime * 1000) << MM_HLC_LOGICAL_BITS;
-	st_r->node = node ? node : 1;
+		v = v << 8 | out[i];
+	/* The hash goes into the stamp's millisecond (in the second before the mtime:
+	 * never later than now), its logical counter and one of ADOPT_NODES node ids:
+	 * 30 bits, so two messages of a user with the same mtime second rarely meet
+	 * (adopt_identity gives the second a new instance when they do).  Few node ids:
+	 * each user's state interns the node ids of its stamps (crdt/user.c), and one id
+	 * per message cost 30-50 bytes a message (item 6 of make bench). */
+	uint64_t ms = (uint64_t)mtime * 1000 - 1 - (v & 0x3ff) % 1000;
+	st_r->t = ms << MM_HLC_LOGICAL_BITS | (v >> 10 & 0xffff);
+	st_r->node = ADOPT_NODE | (v >> 26 & (ADOPT_NODES - 1));
 	return true;
 }
 
