@@ -1962,7 +1962,7 @@ static bool refile_adopt(struct mm_store *s, struct fent *old, const struct stat
 static bool adopt_stamp(const char *user, const char *folder, const uint8_t body[MM_ID_LEN], int64_t mtime,
                         uint64_t copy, mm_hlc *st_r)
 {
-	if (mtime <= 0 || (uint64_t)mtime * 1000 > wall_ms())
+	if (mtime < 2 || (uint64_t)mtime * 1000 > wall_ms()) /* (a stamp of 0 means none) */
 		return false;
 	crypto_generichash_state h;
 	crypto_generichash_init(&h, NULL, 0, 8);
@@ -1988,6 +1988,16 @@ static bool adopt_stamp(const char *user, const char *folder, const uint8_t body
 	st_r->t = ms << MM_HLC_LOGICAL_BITS | (v >> 10 & 0xffff);
 	st_r->node = ADOPT_NODE | (v >> 26 & (ADOPT_NODES - 1));
 	return true;
+}
+
+/* The index entry of fo's file with the parsed name n (its base into base_r), or NULL. */
+static struct fent *fent_by_name(struct mm_store *s, struct folder *fo, const struct mm_md_name *n,
+                                 char base_r[MM_MD_NAME_MAX + 1])
+{
+	char k[KBUF];
+	memcpy(base_r, n->base, n->base_len);
+	base_r[n->base_len] = 0;
+	return fx_get(&s->by_base, k, k_ufb(k, fo->u->name, fo->name, base_r));
 }
 
 /* Most files with the same bytes and mtime in one folder that get derived identities
@@ -2065,7 +2075,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 	struct uidmap um = {{0}, false};
 	struct assign as = {0};
 	bool lock_left = false;
-	char k[KBUF], path[PATHBUF];
+	char path[PATHBUF];
 	/* Files the index knows first, in directory order; then the others in name order,
 	 * so that copies of one message (adopt_identity) are numbered alike on every node
 	 * that holds the same names (directory order differs between two directories). */
@@ -2079,15 +2089,12 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			bool in_cur = pass ? fresh[i]->in_cur : l.v[i].in_cur;
 			snprintf(path, sizeof path, "%s/%s/%s", fo->dir, in_cur ? "cur" : "new", name);
 			struct mm_md_name n;
+			char base[MM_MD_NAME_MAX + 1];
 			if (mm_md_name_parse(name, &n) < 0) {
 				logmsg(s, MM_STORE_LOG_WARNING, "skipping %s: not a Maildir message name", path);
 				continue;
 			}
-			char base[MM_MD_NAME_MAX + 1];
-			memcpy(base, n.base, n.base_len);
-			base[n.base_len] = 0;
-			size_t kl = k_ufb(k, fo->u->name, fo->name, base);
-			struct fent *fe = fx_get(&s->by_base, k, kl);
+			struct fent *fe = fent_by_name(s, fo, &n, base);
 			if (fe) {
 				fe->seen = true;
 				/* letters too: fent_relocate() may already know the new name of a file
@@ -2256,13 +2263,10 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 		}
 		for (size_t i = 0; i < l2.n; i++) {
 			struct mm_md_name n;
+			char base[MM_MD_NAME_MAX + 1];
 			if (mm_md_name_parse(l2.v[i].name, &n) < 0)
 				continue;
-			char base[MM_MD_NAME_MAX + 1];
-			memcpy(base, n.base, n.base_len);
-			base[n.base_len] = 0;
-			size_t kl = k_ufb(k, fo->u->name, fo->name, base);
-			struct fent *fe = fx_get(&s->by_base, k, kl);
+			struct fent *fe = fent_by_name(s, fo, &n, base);
 			if (fe)
 				fe->seen = true; /* moved meanwhile: the next scan reads its flags */
 		}
