@@ -1476,9 +1476,8 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
 			char keep[PATHBUF];
-			bool spare = rec->type == MM_REC_MESSAGE &&
-			             snprintf(keep, sizeof keep, "%s/tmp/" SPARE_PREFIX "%ld.%" PRIu64, u->path, (long)getpid(),
-			                      ++s->spare_seq) < (int)sizeof keep;
+			bool spare = snprintf(keep, sizeof keep, "%s/tmp/" SPARE_PREFIX "%ld.%" PRIu64, u->path,
+			                      (long)getpid(), ++s->spare_seq) < (int)sizeof keep;
 			int r = expunged_file_remove(s, fe, spare ? keep : NULL);
 			if (r == -ENOENT && fent_relocate(s, fe) == 0)
 				r = expunged_file_remove(s, fe, spare ? keep : NULL);
@@ -2080,7 +2079,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 	 * so that copies of one message (adopt_identity) are numbered alike on every node
 	 * that holds the same names (directory order differs between two directories). */
 	struct dentry **fresh = NULL;
-	size_t n_fresh = 0;
+	size_t n_fresh = 0, cap_fresh = 0;
 	for (int pass = 0; pass < 2; pass++) {
 		if (pass && n_fresh > 1)
 			qsort(fresh, n_fresh, sizeof(*fresh), dentry_name_cmp);
@@ -2118,9 +2117,16 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				continue;
 			}
 			if (!pass) {
-				if (!fresh && !(fresh = malloc(l.n * sizeof(*fresh)))) {
-					dlist_free(&l);
-					return -ENOMEM;
+				if (n_fresh == cap_fresh) { /* usually a few: not one slot per file */
+					size_t nc = cap_fresh ? cap_fresh * 2 : 64;
+					struct dentry **nv = realloc(fresh, nc * sizeof(*nv));
+					if (!nv) {
+						free(fresh);
+						dlist_free(&l);
+						return -ENOMEM;
+					}
+					fresh = nv;
+					cap_fresh = nc;
 				}
 				fresh[n_fresh++] = &l.v[i];
 				continue;

@@ -246,7 +246,10 @@ def uid_test(t, cl, dcs):
 
     # 7. RENAME Work -> Projects on node 2 (a user renaming a folder in a mail client):
     # every node shows Projects with the messages Work held, Work is gone everywhere,
-    # and the other nodes file them from the bytes they hold (no body sent again)
+    # and the other nodes file them from the bytes they hold (no body sent again).
+    # Whether node 2's scan records the rename as moves or as expunges + new messages
+    # depends on event timing; test_store test_remote_rename_scan_before_commit pins
+    # the second way, which once fetched every message again.
     def bodies_in():
         sts = [n.status(quiet=True) or {} for n in cl.nodes]
         return [sum(p.get("bodies_in", 0) for p in st.get("peers", [])) for st in sts]
