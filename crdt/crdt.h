@@ -303,10 +303,18 @@ int mm_user_gc(struct mm_user *u, mm_hlc horizon, mm_effect_fn *eff, void *arg, 
  * on its way between two other nodes at that moment, and clock skew: the daemon uses
  * MM_GC_SYNC_MARGIN_MS. */
 #define MM_GC_SYNC_MARGIN_MS 3600000ULL
+/* That alone is this node's own *bound*, which it sends its peers (peer_bound_ms =
+ * NULL).  The horizon it may raise is also no later than the bound each peer last
+ * sent (peer_bound_ms[i], 0 = none received: that peer is then waited for by the rule
+ * above only), except a peer not waited for: the horizon is a max-register that every
+ * node adopts, so it must be safe by every node's view of every other, not only by
+ * this node's.  Without that, a node that last synced with the absent one lets the
+ * horizon pass a tombstone another node made while cut off from both (docs/design.md,
+ * "Tombstone GC"). */
 uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, uint64_t margin_ms,
-                          const uint64_t *peer_synced_ms, size_t n);
+                          const uint64_t *peer_synced_ms, const uint64_t *peer_bound_ms, size_t n);
 
-/* What a node's GC knows of one peer.  synced_ms and known_ms are durable (the caller
+/* What a node's GC knows of one peer.  synced_ms, known_ms and bound_ms are durable (the caller
  * stores them); the sample is memory.  "In sync" is a DIGEST that showed equal roots
  * (proto mm_sync_stats.last_equal_ms): the peer then held every record we held.  It
  * counts only once the peer stayed connected until the next GC: one that crashed before
@@ -315,6 +323,7 @@ uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, u
 struct mm_gc_peer {
 	uint64_t synced_ms;  /* last in sync and then connected until the next GC (0 = never) */
 	uint64_t known_ms;   /* when this node first had the peer in its peers file */
+	uint64_t bound_ms;   /* the GC bound the peer last sent (0 = none yet) */
 	uint64_t sample_ms;  /* last_equal_ms at the previous GC ... */
 	uint64_t sample_conn; /* ... the connection's incarnation then ... */
 	bool sample_up;      /* ... and whether it was connected then */

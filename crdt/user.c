@@ -1802,7 +1802,7 @@ int mm_user_folder_renew(struct mm_user *u, const char *name, mm_hlc stamp, uint
 }
 
 uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, uint64_t margin_ms,
-                          const uint64_t *peer_synced_ms, size_t n)
+                          const uint64_t *peer_synced_ms, const uint64_t *peer_bound_ms, size_t n)
 {
 	if (now_ms <= grace_ms)
 		return 0;
@@ -1815,6 +1815,8 @@ uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, u
 		uint64_t bound = e > margin_ms ? e - margin_ms : 0;
 		if (bound < h)
 			h = bound;
+		if (peer_bound_ms && peer_bound_ms[i] && peer_bound_ms[i] < h)
+			h = peer_bound_ms[i];
 	}
 	return h;
 }

@@ -214,7 +214,7 @@ uint64_t mm_peer_synced_ms(const struct mm_dpeer *p)
 	return now > p->seen_ms ? now : p->seen_ms;
 }
 
-/* The state database's keys of a peer's times: "seen:", "synced:" or "known:" and its
+/* The state database's keys of a peer's times: "seen:", "synced:", "known:" or "bound:" and its
  * public key, so renaming it in the peers file keeps them. */
 #define PEER_KEY_MAX (8 + 64 + 1)
 static void peer_key(const struct mm_dpeer *p, const char *what, char key[PEER_KEY_MAX])
@@ -243,8 +243,10 @@ static void peers_synced_load(struct mm_daemon *d)
 		peer_time_load(d, p, "seen", &p->seen_ms);
 		peer_time_load(d, p, "synced", &p->gc.synced_ms);
 		peer_time_load(d, p, "known", &p->gc.known_ms);
+		peer_time_load(d, p, "bound", &p->gc.bound_ms);
 		p->saved_seen_ms = p->seen_ms;
 		p->saved_synced_ms = p->gc.synced_ms;
+		p->saved_bound_ms = p->gc.bound_ms;
 		if (!p->gc.known_ms) {
 			char key[PEER_KEY_MAX];
 			peer_key(p, "known", key);
@@ -268,6 +270,11 @@ static void peers_synced_save(struct mm_daemon *d)
 		peer_key(p, "synced", key);
 		if (p->gc.synced_ms > p->saved_synced_ms && mm_store_meta_set(d->store, key, p->gc.synced_ms) == 0)
 			p->saved_synced_ms = p->gc.synced_ms;
+		if (mm_sync_stats(p->sync)->peer_gc_bound_ms)
+			p->gc.bound_ms = mm_sync_stats(p->sync)->peer_gc_bound_ms;
+		peer_key(p, "bound", key); /* (the latest, even if lower: a lower one is safe) */
+		if (p->gc.bound_ms != p->saved_bound_ms && mm_store_meta_set(d->store, key, p->gc.bound_ms) == 0)
+			p->saved_bound_ms = p->gc.bound_ms;
 	}
 }
 
@@ -280,29 +287,46 @@ static void gc_cb(uv_timer_t *t)
 {
 	struct mm_daemon *d = t->data;
 	uint64_t now = mm_daemon_now();
-	uint64_t *synced = calloc(d->n_peers ? d->n_peers : 1, sizeof(*synced));
+	size_t n = d->n_peers ? d->n_peers : 1;
+	uint64_t *synced = calloc(2 * n, sizeof(*synced)), *bounds = synced + n;
 	if (!synced)
 		return;
-	const struct mm_dpeer *oldest = NULL;
+	const struct mm_dpeer *oldest = NULL, *lowest = NULL;
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
 		synced[i] = mm_gc_peer_tick(&p->gc, mm_sync_stats(p->sync)->last_equal_ms, p->disconnects,
 		                            p->state == MM_PEER_ESTABLISHED);
+	}
+	peers_synced_save(d); /* (also takes the bounds the peers sent) */
+	for (size_t i = 0; i < d->n_peers; i++) {
+		struct mm_dpeer *p = &d->peers[i];
+		bounds[i] = p->gc.bound_ms;
 		bool waited = synced[i] && (now <= d->cfg.gc_max_ms || synced[i] > now - d->cfg.gc_max_ms);
 		if (waited && (!oldest || synced[i] < synced[oldest - d->peers]))
 			oldest = p;
+		if (waited && bounds[i] && (!lowest || bounds[i] < bounds[lowest - d->peers]))
+			lowest = p;
 	}
-	peers_synced_save(d);
+	/* this node's own bound goes to every peer (their GC waits for it too); the
+	 * horizon also waits for each peer's */
+	uint64_t own = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, MM_GC_SYNC_MARGIN_MS, synced,
+	                                NULL, d->n_peers);
+	for (size_t i = 0; i < d->n_peers; i++)
+		mm_sync_gc_bound_set(d->peers[i].sync, own);
 	uint64_t h = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, MM_GC_SYNC_MARGIN_MS, synced,
-	                              d->n_peers);
+	                              bounds, d->n_peers);
 	free(synced);
-	if (now > d->cfg.gc_grace_ms && h < now - d->cfg.gc_grace_ms && oldest) {
+	if (now > d->cfg.gc_grace_ms && own < now - d->cfg.gc_grace_ms && oldest) {
 		uint64_t last = mm_peer_synced_ms(oldest);
 		char ago[48] = "never";
 		if (last)
 			snprintf(ago, sizeof ago, "%llu s ago", (unsigned long long)((now - last) / 1000));
 		mm_log(MM_LOG_INFO, "tombstone gc waits for peer %s, last in sync %s (tombstones are kept for it up "
 		       "to gc_max, %llu s)", oldest->conf->name, ago, (unsigned long long)(d->cfg.gc_max_ms / 1000));
+	} else if (h < own && lowest) {
+		uint64_t since = h + MM_GC_SYNC_MARGIN_MS; /* the peer's bound is a sync time - the margin */
+		mm_log(MM_LOG_INFO, "tombstone gc waits for peer %s: one of its peers has not been in sync with it for "
+		       "%llu s", lowest->conf->name, (unsigned long long)(now > since ? (now - since) / 1000 : 0));
 	}
 	h = h / GC_QUANTUM_MS * GC_QUANTUM_MS;
 	struct gc_walk w = {d, {h << MM_HLC_LOGICAL_BITS, 0}, h ? mm_delta_new() : NULL, 0};

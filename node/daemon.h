@@ -56,7 +56,7 @@ struct mm_dpeer {
 	/* The tombstone GC's view of the peer (daemon.c gc_cb), kept in the state database */
 	struct mm_gc_peer gc;              /* what the GC waits for (crdt.h) */
 	uint64_t seen_ms;                  /* last in sync before this run (status; 0 = never) */
-	uint64_t saved_seen_ms, saved_synced_ms; /* the values last handed to the database */
+	uint64_t saved_seen_ms, saved_synced_ms, saved_bound_ms; /* the values last handed to the database */
 };
 
 struct mm_daemon {

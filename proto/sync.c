@@ -120,6 +120,9 @@ struct mm_sync {
 	size_t chunk_cap;
 	uint64_t digest_seq;
 	uint64_t lead_sent;     /* when a DIGEST last carried the lead view (0 = never) */
+	uint64_t gc_bound;      /* this node's GC bound, for the peer (0 = none yet) */
+	uint64_t gc_bound_sent; /* the bound the last DIGEST that carried one carried ... */
+	uint64_t gc_bound_at;   /* ... and when (0 = never) */
 	uint64_t round_ctr;
 	uint64_t req_ctr;
 	struct {
@@ -1628,6 +1631,26 @@ static void lead_fields(struct mm_sync *s, uint64_t *id_r, uint64_t *beat_r)
 	s->lead_sent = s->now ? s->now : 1;
 }
 
+/* The GC bound for a DIGEST to this peer: when it changed since the last one that
+ * carried it, else once per MM_SYNC_GC_BOUND_EVERY_MS (a datagram may be lost; the
+ * bound changes once per GC, hourly in the daemon); 0 = none this time. */
+#define MM_SYNC_GC_BOUND_EVERY_MS 60000
+
+static uint64_t gc_bound_field(struct mm_sync *s)
+{
+	if (!s->gc_bound || (s->gc_bound == s->gc_bound_sent && s->gc_bound_at && s->now >= s->gc_bound_at &&
+	                     s->now - s->gc_bound_at < MM_SYNC_GC_BOUND_EVERY_MS))
+		return 0;
+	s->gc_bound_sent = s->gc_bound;
+	s->gc_bound_at = s->now ? s->now : 1;
+	return s->gc_bound;
+}
+
+void mm_sync_gc_bound_set(struct mm_sync *s, uint64_t bound_ms)
+{
+	s->gc_bound = bound_ms;
+}
+
 int mm_sync_gossip(struct mm_sync *s, uint64_t now_ms)
 {
 	uint8_t root[MM_HASH_LEN];
@@ -1636,7 +1659,7 @@ int mm_sync_gossip(struct mm_sync *s, uint64_t now_ms)
 	uint64_t lid, lbeat;
 	lead_fields(s, &lid, &lbeat);
 	int rc = mm_wire_enc_digest(&s->out, ++s->digest_seq, false, root,
-	                            mm_state_user_count(s->cfg.state), lid, lbeat);
+	                            mm_state_user_count(s->cfg.state), lid, lbeat, gc_bound_field(s));
 	if (rc < 0) {
 		s->out.size = 0;
 		return rc;
@@ -1687,11 +1710,13 @@ static int handle_digest(struct mm_sync *s, const struct mm_wire_msg *m)
 	bool eq = !memcmp(root, m->digest.root, MM_HASH_LEN);
 	if (s->cfg.lead)
 		mm_lead_observe(s->cfg.lead, m->digest.lead_id, m->digest.lead_beat, s->now);
+	if (m->digest.gc_bound)
+		s->st.peer_gc_bound_ms = m->digest.gc_bound;
 	if (!m->digest.reply) {
 		uint64_t lid, lbeat;
 		lead_fields(s, &lid, &lbeat);
 		int rc = mm_wire_enc_digest(&s->out, m->digest.seq, true, root,
-		                            mm_state_user_count(s->cfg.state), lid, lbeat);
+		                            mm_state_user_count(s->cfg.state), lid, lbeat, gc_bound_field(s));
 		if (rc < 0) {
 			s->out.size = 0;
 			return rc;

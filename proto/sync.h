@@ -152,6 +152,8 @@ struct mm_sync_stats {
 	bool roots_equal;                      /* at the last DIGEST exchange */
 	uint8_t peer_root[MM_HASH_LEN];        /* root in the peer's last DIGEST */
 	uint64_t peer_users;                   /* user count in the peer's last DIGEST */
+	uint64_t peer_gc_bound_ms;             /* the GC bound the peer last sent (its
+	                                        * DIGESTs carry it now and then), 0 = none */
 	/* the last completed round */
 	uint64_t last_differences;             /* leaves found different (both sides' view
 	                                        * of this side: records sent + requested) */
@@ -225,6 +227,12 @@ bool mm_sync_idle(const struct mm_sync *s);
  * round; the driver may log it and keep or reset the stream. */
 int mm_sync_recv(struct mm_sync *s, enum mm_chan chan, const uint8_t *msg, size_t len,
                  uint64_t now_ms);
+
+/* This node's own tombstone GC bound (crdt mm_gc_bound_ms), for the peer: DIGESTs
+ * carry it when it changed and once a minute otherwise, and the peer's shows in
+ * stats.peer_gc_bound_ms.  A node's GC waits for every peer's bound as well as its
+ * own (docs/design.md, "Tombstone GC").  0 = none to send. */
+void mm_sync_gc_bound_set(struct mm_sync *s, uint64_t bound_ms);
 
 /* Sends a DIGEST request datagram (the driver or mm_gossip_tick picks the peer).
  * Returns 0 or negative errno from encoding/sending. */

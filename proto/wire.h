@@ -30,7 +30,8 @@
 #define MM_WIRE_MAX_RECS 4096      /* records per RECORDS message */
 
 enum mm_msg_type {
-	MM_MSG_DIGEST = 1,    /* datagram: [v, t, seq, reply, root(bin32), n_users] */
+	MM_MSG_DIGEST = 1,    /* datagram: [v, t, seq, reply, root(bin32), n_users
+	                       * (, lead_id, lead_beat (, gc_bound))] */
 	MM_MSG_START = 2,     /* [v, t, round, nonce(bin16), summary(bin)] */
 	MM_MSG_DESCENT = 3,   /* [v, t, round, more(bool), [elem...]] elem = uint16 | bin */
 	MM_MSG_END = 4,       /* [v, t, round] */
@@ -71,6 +72,9 @@ struct mm_wire_msg {
 			/* the lowest live node the sender knows and its heartbeat
 			 * (proto/lead.h); both 0 when the sender sent none */
 			uint64_t lead_id, lead_beat;
+			/* the sender's own tombstone GC bound (wall ms, crdt
+			 * mm_gc_horizon_ms without peer bounds), 0 when it sent none */
+			uint64_t gc_bound;
 		} digest;
 		struct {
 			uint64_t round;
@@ -125,10 +129,11 @@ int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *msg_r, st
 /* Encoders: append one whole message to sb (which the caller may reuse after clearing
  * sb->size).  Return 0, -EINVAL (bad argument: name too long, bad record), -ENOMEM.
  * They do not check MM_WIRE_MAX; callers size their batches (mm_wire_rec_size). */
-/* DIGEST: lead_id and lead_beat both 0 = the short form without them. */
+/* DIGEST: lead_id, lead_beat and gc_bound all 0 = the short form without them;
+ * gc_bound 0 = the form without it. */
 int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
                        const uint8_t root[MM_HASH_LEN], uint64_t n_users, uint64_t lead_id,
-                       uint64_t lead_beat);
+                       uint64_t lead_beat, uint64_t gc_bound);
 int mm_wire_enc_start(msgpack_sbuffer *sb, uint64_t round, const uint8_t nonce[MM_WIRE_NONCE_LEN],
                       const uint8_t *summary, size_t summary_len);
 /* DESCENT is built incrementally: begin (n elements announced), then exactly n

@@ -140,7 +140,7 @@ void sim_print_human(FILE *f, const struct sim_config *c, const struct sim_resul
 		fprintf(f, "  gc: %llu tombstones dropped (grace %llu ms, max %llu ms, margin %llu ms%s)\n",
 		        (unsigned long long)r->gc_dropped, (unsigned long long)c->gc_grace_ms,
 		        (unsigned long long)c->gc_max_ms, (unsigned long long)c->gc_margin_ms,
-		        c->gc_no_wait ? ", not waiting for peers" : "");
+		        c->gc_no_wait ? ", not waiting for peers" : c->gc_no_bounds ? ", not waiting for peers' bounds" : "");
 	fprintf(f, "  simulated time: %llu ms\n", (unsigned long long)r->sim_time_ms);
 	if (!r->n_violations) {
 		fprintf(f, "  invariants: all held\n");

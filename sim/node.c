@@ -400,7 +400,7 @@ void sim_node_gc(struct sim_node *n)
 	 * a commit interval plus a stream timeout old: a DIGEST datagram can overtake a
 	 * backlog of stream messages holding the peer's old copy, which the daemon's GC
 	 * interval, an hour, covers and the simulator's, commit-ms, does not */
-	uint64_t synced[n->npeers ? n->npeers : 1];
+	uint64_t synced[n->npeers ? n->npeers : 1], bounds[n->npeers ? n->npeers : 1];
 	uint64_t lag = c->commit_ms + c->stream_timeout_ms;
 	uint64_t settled = now > lag ? now - lag : 0;
 	for (uint32_t i = 0; i < n->npeers; i++) {
@@ -408,10 +408,19 @@ void sim_node_gc(struct sim_node *n)
 		uint64_t seen = mm_gc_peer_tick(&p->gc, p->sync ? mm_sync_stats(p->sync)->last_equal_ms : 0, p->epoch,
 		                                p->up && p->sync);
 		synced[i] = seen < settled ? seen : settled;
+		if (p->sync && mm_sync_stats(p->sync)->peer_gc_bound_ms)
+			p->gc.bound_ms = mm_sync_stats(p->sync)->peer_gc_bound_ms;
+		bounds[i] = p->gc.bound_ms;
 	}
+	/* as the daemon: the own bound goes to every peer, the horizon waits for theirs */
+	uint64_t own = mm_gc_horizon_ms(now, c->gc_grace_ms, c->gc_max_ms, c->gc_margin_ms, synced, NULL, n->npeers);
+	for (uint32_t i = 0; i < n->npeers; i++)
+		if (n->peers[i].sync)
+			mm_sync_gc_bound_set(n->peers[i].sync, own);
 	uint64_t h = c->gc_no_wait ? (now > c->gc_grace_ms ? now - c->gc_grace_ms : 0)
-	                           : mm_gc_horizon_ms(now, c->gc_grace_ms, c->gc_max_ms, c->gc_margin_ms, synced,
-	                                              n->npeers);
+	           : c->gc_no_bounds ? own
+	                             : mm_gc_horizon_ms(now, c->gc_grace_ms, c->gc_max_ms, c->gc_margin_ms, synced,
+	                                                bounds, n->npeers);
 	if (c->gc_margin_ms)
 		h = h / c->gc_margin_ms * c->gc_margin_ms;
 	if (!h)

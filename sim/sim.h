@@ -140,6 +140,8 @@ struct sim_config {
 	                           * in memory then), clock skew and transit */
 	bool gc_no_wait;          /* the old rule, now - gc_grace only (to show what the
 	                           * peers' wait prevents: resurrections) */
+	bool gc_no_bounds;        /* the rule before the peers' bounds: this node's own view
+	                           * only (to show what they prevent under partitions) */
 	unsigned sabotage;        /* self-test of the checker: 1 corrupts a stored body,
 	                           * 2 hides a flag effect from a node's view (at healing),
 	                           * 3 the last node never raises a UID need,

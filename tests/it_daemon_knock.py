@@ -81,6 +81,13 @@ def knock_test(t):
         ago = peers[0].get("last_sync_ms_ago", -1) if peers else -1
         t.check(0 <= ago < 120000 * mmtest.SLOW and not peers[0].get("connected"),
                 "restarted alone, the node knows when its absent peer was last in sync (%s ms ago)" % ago)
+        # ... and the GC bound that peer sent (its digests carry it): its default
+        # gc_grace, 30 days, all its peers being in sync
+        month = 30 * 86400 * 1000
+        bound_ago = peers[0].get("gc_bound_ms_ago", -1) if peers else -1
+        t.check(month <= bound_ago < month + 600000 * mmtest.SLOW,
+                "restarted alone, it still has the GC bound its absent peer sent (%s ms ago, 30 days = %d)"
+                % (bound_ago, month))
         deadline = time.monotonic() + 10 * mmtest.SLOW
         while time.monotonic() < deadline and "tombstone gc waits for peer" not in dialer.log_text():
             time.sleep(0.05)

@@ -231,8 +231,8 @@ for sab in 3 4; do
 done
 # 9. tombstone GC (crdt mm_gc_horizon_ms, as node/daemon.c gc_cb runs it): tombstones
 #    wait for every peer to have been in sync (and stayed up until the next GC) since.
-#    a. a sweep with GC on (push on, no partitions: what the GC assumes) holds every
-#       invariant, and the GC really drops tombstones
+#    a. a sweep with GC on (push on, clocks skewed less than the margin: what the GC
+#       assumes; partitions on) holds every invariant, and the GC really drops tombstones
 "$SIM" --sweep "$GC_SWEEP" --seed 1 --gc-grace-ms 4000 --gc-max-ms 120000 --json >"$TMP/gc" 2>&1
 if /usr/bin/python3 -c '
 import json, sys
@@ -242,40 +242,64 @@ print("failing seeds:", " ".join(map(str, bad)))
 assert d["failed"] == 0 and not bad
 n = sum(1 for r in d["sweep"] if r["gc_dropped"] > 0)
 print("seeds where the GC dropped tombstones:", n)
-assert n * 20 >= d["seeds"], "the GC dropped almost nothing"
+# a sweep phase lasts 10-40 s and a tombstone goes only once every node has been in
+# sync with every other since (grace 4 s, plus the sync lag): few seeds get there (6
+# of 300); b. and c. check the counts
+assert n >= 1, "the GC dropped nothing"
 ' "$TMP/gc" >"$TMP/out" 2>&1; then
 	ok "sweep of $GC_SWEEP seeds with tombstone GC"
 else
 	bad "sweep of $GC_SWEEP seeds with tombstone GC ($(head -n 1 "$TMP/out"))"
 fi
+# Runs seeds 1..GC_CRASH_SEEDS of a GC scenario ($2: its options); every one must hold
+# every invariant and all together drop at least $3 tombstones a seed.  $1 names it.
+gc_scenario() {
+	gc_fail=""
+	gc_dropped=0
+	rm -f "$TMP/gcfail"
+	for s in $(seq 1 "$GC_CRASH_SEEDS"); do
+		# shellcheck disable=SC2086
+		if ! "$SIM" $2 --seed "$s" >"$TMP/out" 2>&1; then
+			gc_fail="$gc_fail $s"
+			cp "$TMP/out" "$TMP/gcfail"
+		fi
+		gc_dropped=$((gc_dropped + $(sed -n 's/.*gc: \([0-9]*\) tombstones.*/\1/p' "$TMP/out")))
+	done
+	if [ -z "$gc_fail" ] && [ "$gc_dropped" -ge $((GC_CRASH_SEEDS * $3)) ]; then
+		ok "$1 bring nothing back ($GC_CRASH_SEEDS seeds, $gc_dropped tombstones dropped)"
+	else
+		[ -f "$TMP/gcfail" ] && cp "$TMP/gcfail" "$TMP/out"
+		bad "$1 bring nothing back (failing seeds:$gc_fail; $gc_dropped dropped)"
+	fi
+}
+
+# The same scenario ($2) with a weaker rule ($3) on seed $4 must bring an expunged
+# message back, and the check must catch it.  $1 says what.
+gc_caught() {
+	# shellcheck disable=SC2086
+	"$SIM" $2 --seed "$4" "$3" >"$TMP/out" 2>&1
+	rc=$?
+	if [ $rc -eq 1 ] && grep -q "expunged message .* reappeared" "$TMP/out"; then
+		ok "$1: an expunged message reappears, and is caught"
+	else
+		bad "$1: an expunged message reappears, and is caught (exit $rc)"
+	fi
+}
+
 #    b. nodes down for longer than the grace period (crashes of 15 s on average, grace
 #       4 s): no expunged message comes back; with --gc-no-wait (the old rule, now -
 #       grace only) they do, which shows the check can fail
 GC_CRASH="--nodes 4 --gc-grace-ms 4000 --gc-max-ms 120000 --crashes 0.05 --down-ms 15000 --skew-ms 200 --phase-ms 90000"
-gc_fail=""
-gc_dropped=0
-for s in $(seq 1 "$GC_CRASH_SEEDS"); do
-	# shellcheck disable=SC2086
-	if ! "$SIM" $GC_CRASH --seed "$s" >"$TMP/out" 2>&1; then
-		gc_fail="$gc_fail $s"
-		cp "$TMP/out" "$TMP/gcfail"
-	fi
-	gc_dropped=$((gc_dropped + $(sed -n 's/.*gc: \([0-9]*\) tombstones.*/\1/p' "$TMP/out")))
-done
-if [ -z "$gc_fail" ] && [ "$gc_dropped" -ge $((GC_CRASH_SEEDS * 20)) ]; then
-	ok "nodes down longer than the grace period bring nothing back ($GC_CRASH_SEEDS seeds, $gc_dropped tombstones dropped)"
-else
-	[ -f "$TMP/gcfail" ] && cp "$TMP/gcfail" "$TMP/out"
-	bad "nodes down longer than the grace period bring nothing back (failing seeds:$gc_fail; $gc_dropped dropped)"
-fi
-# shellcheck disable=SC2086
-"$SIM" $GC_CRASH --seed 1 --gc-no-wait >"$TMP/out" 2>&1
-rc=$?
-if [ $rc -eq 1 ] && grep -q "expunged message .* reappeared" "$TMP/out"; then
-	ok "--gc-no-wait (grace only): an expunged message reappears, and is caught"
-else
-	bad "--gc-no-wait (grace only): an expunged message reappears, and is caught (exit $rc)"
-fi
+gc_scenario "nodes down longer than the grace period" "$GC_CRASH" 20
+gc_caught "--gc-no-wait (grace only)" "$GC_CRASH" --gc-no-wait 1
+
+#    c. partitions of up to 80 s that also split the nodes that stay up, with crashes
+#       (docs/design.md, "Tombstone GC"): no expunged message comes back, because each
+#       node's horizon also waits for the bound every peer sends; with --gc-no-bounds
+#       (each node's own view only) seed 2 brings one back (46 of 300 seeds do)
+GC_PART="--nodes 4 --gc-grace-ms 4000 --gc-max-ms 240000 --crashes 0.05 --down-ms 15000 --skew-ms 200 --partitions 0.05 --partition-ms 40000 --oneway 0.3 --phase-ms 120000"
+gc_scenario "partitions among the nodes that stay up" "$GC_PART" 2
+gc_caught "--gc-no-bounds (own view only) after a split" "$GC_PART" --gc-no-bounds 2
 
 # bad usage
 "$SIM" --nodes banana >"$TMP/out" 2>&1

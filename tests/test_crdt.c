@@ -540,21 +540,38 @@ static void test_gc_horizon(void **state)
 	(void)state;
 	const uint64_t day = 86400000ULL, hour = MM_GC_SYNC_MARGIN_MS;
 	const uint64_t now = 1000 * day, grace = 30 * day, max = 180 * day;
-	assert_true(mm_gc_horizon_ms(now, grace, max, hour, NULL, 0) == now - grace);
-	assert_true(mm_gc_horizon_ms(grace, grace, max, hour, NULL, 0) == 0); /* nothing old enough yet */
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, NULL, NULL, 0) == now - grace);
+	assert_true(mm_gc_horizon_ms(grace, grace, max, hour, NULL, NULL, 0) == 0); /* nothing old enough yet */
 	uint64_t peers[3] = {now - 1000, 0, now - 5 * day};
-	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - grace); /* recent, or not waited for */
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, NULL, 3) == now - grace); /* recent, or not waited for */
 	peers[2] = now - 40 * day; /* away 40 days: its tombstones wait */
-	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - 40 * day - hour);
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, NULL, 3) == now - 40 * day - hour);
 	peers[1] = now - 100 * day; /* the oldest one sets it */
-	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - 100 * day - hour);
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, NULL, 3) == now - 100 * day - hour);
 	peers[1] = now - 180 * day; /* away gc_max or longer: no longer waited for */
-	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - 40 * day - hour);
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, NULL, 3) == now - 40 * day - hour);
 	peers[1] = now - 180 * day + 1;
-	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, 3) == now - 180 * day + 1 - hour);
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, peers, NULL, 3) == now - 180 * day + 1 - hour);
 	/* in sync less than the margin after the start of time: nothing goes yet */
 	uint64_t early[1] = {hour / 2};
-	assert_true(mm_gc_horizon_ms(2 * hour, hour, 10 * hour, hour, early, 1) == 0);
+	assert_true(mm_gc_horizon_ms(2 * hour, hour, 10 * hour, hour, early, NULL, 1) == 0);
+
+	/* the bounds peers sent: the horizon is no later than any of them (every node's
+	 * view of every other), 0 = none received, and a peer not waited for is not */
+	uint64_t sy[3] = {now - 1000, now - 2000, now - 3000};
+	uint64_t bd[3] = {0, 0, 0};
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - grace);
+	bd[1] = now - 50 * day; /* peer 1 waits for a node it last saw 50 days ago */
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - 50 * day);
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, NULL, 3) == now - grace); /* own bound */
+	bd[0] = now - 60 * day;
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - 60 * day);
+	bd[0] = now - 10 * day; /* later than now - grace: grace rules */
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - 50 * day);
+	sy[1] = now - 180 * day; /* peer 1 away gc_max: neither its time nor its bound count */
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - grace);
+	sy[1] = now - 170 * day; /* away 170 days: its own time is the earlier limit */
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - 170 * day - hour);
 
 	/* a peer's in-sync time counts once it stayed connected until the next GC */
 	struct mm_gc_peer g = {.known_ms = 50};

@@ -868,6 +868,51 @@ static void test_unknown_version(void **state)
 	net_free(&net);
 }
 
+/* ---- the tombstone GC's bound --------------------------------------------------- */
+
+/* Each side's GC bound reaches the other in the DIGEST exchange (request and reply),
+ * again at once when it changes, and otherwise only once a minute. */
+static void test_gc_bound(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 2, 0);
+	struct mm_sync *a = net.nodes[0].sess[1], *b = net.nodes[1].sess[0];
+	net.now = 1000;
+	assert_int_equal(mm_sync_gossip(a, net.now), 0); /* none set yet: none sent */
+	net_run(&net);
+	uint64_t plain = net.bytes_by_type[MM_MSG_DIGEST];
+	assert_int_equal(mm_sync_stats(b)->peer_gc_bound_ms, 0);
+	mm_sync_gc_bound_set(a, 1700000000000ull);
+	mm_sync_gc_bound_set(b, 1690000000000ull);
+	assert_int_equal(mm_sync_gossip(a, net.now), 0);
+	net_run(&net);
+	uint64_t with = net.bytes_by_type[MM_MSG_DIGEST] - plain;
+	assert_int_equal(mm_sync_stats(b)->peer_gc_bound_ms, 1700000000000ull);
+	assert_int_equal(mm_sync_stats(a)->peer_gc_bound_ms, 1690000000000ull);
+	assert_true(with > plain);
+	/* unchanged and sent a moment ago: the exchange is as short as without */
+	uint64_t before = net.bytes_by_type[MM_MSG_DIGEST];
+	net.now += 59000;
+	assert_int_equal(mm_sync_gossip(a, net.now), 0);
+	net_run(&net);
+	assert_int_equal(net.bytes_by_type[MM_MSG_DIGEST] - before, plain);
+	/* changed: sent at once (the reply does not carry b's, unchanged) */
+	mm_sync_gc_bound_set(a, 1700000001000ull);
+	assert_int_equal(mm_sync_gossip(a, net.now), 0);
+	net_run(&net);
+	assert_int_equal(mm_sync_stats(b)->peer_gc_bound_ms, 1700000001000ull);
+	assert_true(mm_sync_stats(a)->peer_gc_bound_ms == 1690000000000ull);
+	/* a minute after each was last sent: both again */
+	before = net.bytes_by_type[MM_MSG_DIGEST];
+	net.now += 60000;
+	assert_int_equal(mm_sync_gossip(a, net.now), 0);
+	net_run(&net);
+	assert_int_equal(net.bytes_by_type[MM_MSG_DIGEST] - before, with);
+	net_free(&net);
+}
+
 /* ---- reconciliation cost ---------------------------------------------------------- */
 
 static int copy_cb(void *arg, const struct mm_rec *r)
@@ -976,6 +1021,7 @@ int main(void)
 		cmocka_unit_test(test_join_from_several),
 		cmocka_unit_test(test_fetch_uid_order),
 		cmocka_unit_test(test_unknown_version),
+		cmocka_unit_test(test_gc_bound),
 		cmocka_unit_test(test_corrupt_body),
 		cmocka_unit_test(test_two_nodes),
 		cmocka_unit_test(test_three_nodes_faults),
