@@ -324,9 +324,9 @@ static void gc_cb(uv_timer_t *t)
 		mm_log(MM_LOG_INFO, "tombstone gc waits for peer %s, last in sync %s (tombstones are kept for it up "
 		       "to gc_max, %llu s)", oldest->conf->name, ago, (unsigned long long)(d->cfg.gc_max_ms / 1000));
 	} else if (h < own && lowest) {
-		uint64_t since = h + MM_GC_SYNC_MARGIN_MS; /* the peer's bound is a sync time - the margin */
-		mm_log(MM_LOG_INFO, "tombstone gc waits for peer %s: one of its peers has not been in sync with it for "
-		       "%llu s", lowest->conf->name, (unsigned long long)(now > since ? (now - since) / 1000 : 0));
+		mm_log(MM_LOG_INFO, "tombstone gc waits for peer %s, whose own bound is %llu s ago (its gc_grace, or one "
+		       "of its peers not in sync with it since)", lowest->conf->name,
+		       (unsigned long long)(now > h ? (now - h) / 1000 : 0));
 	}
 	h = h / GC_QUANTUM_MS * GC_QUANTUM_MS;
 	struct gc_walk w = {d, {h << MM_HLC_LOGICAL_BITS, 0}, h ? mm_delta_new() : NULL, 0};
