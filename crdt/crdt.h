@@ -305,10 +305,10 @@ int mm_user_gc(struct mm_user *u, mm_hlc horizon, mm_effect_fn *eff, void *arg, 
 #define MM_GC_SYNC_MARGIN_MS 3600000ULL
 /* That alone is this node's own *bound*, which it sends its peers (peer_bound_ms =
  * NULL).  The horizon it may raise is also no later than the bound each peer last
- * sent (peer_bound_ms[i], 0 = none received: that peer is then waited for by the rule
- * above only), except a peer not waited for: the horizon is a max-register that every
- * node adopts, so it must be safe by every node's view of every other, not only by
- * this node's.  Without that, a node that last synced with the absent one lets the
+ * sent (peer_bound_ms[i]; 0 = none received yet, which allows no GC at all), except a
+ * peer not waited for (away max_ms): the horizon is a max-register that every node
+ * adopts, so it must be safe by every node's view of every other, not only by this
+ * node's.  Without that, a node that last synced with the absent one lets the
  * horizon pass a tombstone another node made while cut off from both (docs/design.md,
  * "Tombstone GC"). */
 uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, uint64_t margin_ms,

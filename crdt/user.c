@@ -1815,8 +1815,8 @@ uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, u
 		uint64_t bound = e > margin_ms ? e - margin_ms : 0;
 		if (bound < h)
 			h = bound;
-		if (peer_bound_ms && peer_bound_ms[i] && peer_bound_ms[i] < h)
-			h = peer_bound_ms[i];
+		if (peer_bound_ms && peer_bound_ms[i] < h)
+			h = peer_bound_ms[i]; /* (none received yet: 0, no GC until it comes) */
 	}
 	return h;
 }

@@ -232,7 +232,10 @@ done
 # 9. tombstone GC (crdt mm_gc_horizon_ms, as node/daemon.c gc_cb runs it): tombstones
 #    wait for every peer to have been in sync (and stayed up until the next GC) since.
 #    a. a sweep with GC on (push on, clocks skewed less than the margin: what the GC
-#       assumes; partitions on) holds every invariant, and the GC really drops tombstones
+#       assumes; partitions on) holds every invariant.  A sweep's phase lasts 10-40 s,
+#       and a tombstone goes only once every node has been in sync with every other
+#       since (grace 4 s, plus the sync lag and the bounds' travel): a few seeds of 300
+#       get there, so b. and c. check that the GC drops tombstones
 "$SIM" --sweep "$GC_SWEEP" --seed 1 --gc-grace-ms 4000 --gc-max-ms 120000 --json >"$TMP/gc" 2>&1
 if /usr/bin/python3 -c '
 import json, sys
@@ -240,14 +243,9 @@ d = json.load(open(sys.argv[1]))
 bad = [r["seed"] for r in d["sweep"] if not r["converged"] or r["violations"]]
 print("failing seeds:", " ".join(map(str, bad)))
 assert d["failed"] == 0 and not bad
-n = sum(1 for r in d["sweep"] if r["gc_dropped"] > 0)
-print("seeds where the GC dropped tombstones:", n)
-# a sweep phase lasts 10-40 s and a tombstone goes only once every node has been in
-# sync with every other since (grace 4 s, plus the sync lag): few seeds get there (6
-# of 300); b. and c. check the counts
-assert n >= 1, "the GC dropped nothing"
+print(sum(r["gc_dropped"] for r in d["sweep"]), "tombstones dropped")
 ' "$TMP/gc" >"$TMP/out" 2>&1; then
-	ok "sweep of $GC_SWEEP seeds with tombstone GC"
+	ok "sweep of $GC_SWEEP seeds with tombstone GC ($(tail -n 1 "$TMP/out"))"
 else
 	bad "sweep of $GC_SWEEP seeds with tombstone GC ($(head -n 1 "$TMP/out"))"
 fi

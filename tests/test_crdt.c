@@ -557,9 +557,12 @@ static void test_gc_horizon(void **state)
 	assert_true(mm_gc_horizon_ms(2 * hour, hour, 10 * hour, hour, early, NULL, 1) == 0);
 
 	/* the bounds peers sent: the horizon is no later than any of them (every node's
-	 * view of every other), 0 = none received, and a peer not waited for is not */
+	 * view of every other); none received from a peer yet: no GC; a peer not waited
+	 * for is not */
 	uint64_t sy[3] = {now - 1000, now - 2000, now - 3000};
-	uint64_t bd[3] = {0, 0, 0};
+	uint64_t bd[3] = {0, now - grace, now - grace};
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == 0);
+	bd[0] = now - grace;
 	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - grace);
 	bd[1] = now - 50 * day; /* peer 1 waits for a node it last saw 50 days ago */
 	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - 50 * day);
@@ -570,6 +573,9 @@ static void test_gc_horizon(void **state)
 	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - 50 * day);
 	sy[1] = now - 180 * day; /* peer 1 away gc_max: neither its time nor its bound count */
 	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - grace);
+	bd[1] = 0; /* (nor its lack of one) */
+	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - grace);
+	bd[1] = now - 50 * day;
 	sy[1] = now - 170 * day; /* away 170 days: its own time is the earlier limit */
 	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - 170 * day - hour);
 
