@@ -323,7 +323,8 @@ uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, u
 struct mm_gc_peer {
 	uint64_t synced_ms;  /* last in sync and then connected until the next GC (0 = never) */
 	uint64_t known_ms;   /* when this node first had the peer in its peers file */
-	uint64_t bound_ms;   /* the GC bound the peer last sent (0 = none yet) */
+	uint64_t bound_ms;   /* the GC bound the peer last sent (0 = none yet) ... */
+	uint64_t members;    /* ... and the members hash sent with it */
 	uint64_t sample_ms;  /* last_equal_ms at the previous GC ... */
 	uint64_t sample_conn; /* ... the connection's incarnation then ... */
 	bool sample_up;      /* ... and whether it was connected then */
@@ -334,6 +335,17 @@ struct mm_gc_peer {
  * and returns what the GC waits for (mm_gc_horizon_ms's peer_synced_ms): synced_ms, or
  * known_ms for a peer never in sync. */
 uint64_t mm_gc_peer_tick(struct mm_gc_peer *g, uint64_t last_equal_ms, uint64_t conn, bool up);
+
+/* A hash of the nodes a node's GC counts: itself and its peers (node ids; sorted here,
+ * in place).  Never 0.  Each node's bound speaks for its own peers only, so the rule
+ * above needs every node to count the same nodes (every node a peer of every other):
+ * a peer whose hash differs from ours gives no bound (mm_gc_peer_bound), and there is
+ * no GC until the peers files agree. */
+uint64_t mm_gc_members_hash(uint64_t *ids, size_t n);
+
+/* The bound to pass for a peer (mm_gc_horizon_ms's peer_bound_ms[i]): the one it last
+ * sent if it counts the same nodes (members = ours), else 0 (none: no GC). */
+uint64_t mm_gc_peer_bound(const struct mm_gc_peer *g, uint64_t members);
 
 /* ---- whole state: all users -------------------------------------------------- */
 

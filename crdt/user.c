@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sodium.h>
 
 #define MAXB 5          /* deepest bucket level: 16^5 buckets */
 #define GROW_AT 32      /* grow B when the average bucket holds more records */
@@ -1819,6 +1820,38 @@ uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, u
 			h = peer_bound_ms[i]; /* (none received yet: 0, no GC until it comes) */
 	}
 	return h;
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+uint64_t mm_gc_members_hash(uint64_t *ids, size_t n)
+{
+	if (n > 1)
+		qsort(ids, n, sizeof *ids, id_cmp);
+	crypto_generichash_state h;
+	crypto_generichash_init(&h, NULL, 0, 8);
+	crypto_generichash_update(&h, (const uint8_t *)"mm-gc-members", 13);
+	for (size_t i = 0; i < n; i++) {
+		uint8_t be[8];
+		for (int k = 0; k < 8; k++)
+			be[k] = (uint8_t)(ids[i] >> (56 - 8 * k));
+		crypto_generichash_update(&h, be, sizeof be);
+	}
+	uint8_t out[8];
+	crypto_generichash_final(&h, out, sizeof out);
+	uint64_t v = 0;
+	for (int k = 0; k < 8; k++)
+		v = v << 8 | out[k];
+	return v ? v : 1;
+}
+
+uint64_t mm_gc_peer_bound(const struct mm_gc_peer *g, uint64_t members)
+{
+	return g->members == members ? g->bound_ms : 0;
 }
 
 uint64_t mm_gc_peer_tick(struct mm_gc_peer *g, uint64_t last_equal_ms, uint64_t conn, bool up)

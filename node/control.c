@@ -176,6 +176,7 @@ static void render(struct ctl_client *c, bool json)
 		long long ago = synced ? (long long)(now - synced) : -1;
 		bool in_sync = st->roots_equal && !memcmp(st->peer_root, root, MM_HASH_LEN);
 		uint64_t bound = st->peer_gc_bound_ms ? st->peer_gc_bound_ms : p->gc.bound_ms;
+		uint64_t members = st->peer_gc_bound_ms ? st->peer_gc_members : p->gc.members;
 		long long bound_ago = !bound ? -1 : bound < now ? (long long)(now - bound) : 0;
 		if (json) {
 			out_printf(c, "%s{\"name\":", i ? "," : "");
@@ -187,7 +188,7 @@ static void render(struct ctl_client *c, bool json)
 			           "\"behind_records\":%llu,\"behind_bytes\":%llu,"
 			           "\"records_in\":%llu,\"records_out\":%llu,\"bodies_in\":%llu,\"bodies_out\":%llu,"
 			           "\"bytes_in\":%llu,\"bytes_out\":%llu,\"rounds\":%llu,\"connects\":%llu,"
-			           "\"gc_bound_ms_ago\":%lld}",
+			           "\"gc_bound_ms_ago\":%lld,\"gc_same_peers\":%s}",
 			           p->conf->port, peer_state_name(p->state),
 			           p->state == MM_PEER_ESTABLISHED ? "true" : "false", in_sync ? "true" : "false",
 			           ago, ph, (unsigned long long)st->last_differences,
@@ -196,7 +197,8 @@ static void render(struct ctl_client *c, bool json)
 			           (unsigned long long)st->records_in, (unsigned long long)st->records_out,
 			           (unsigned long long)st->bodies_in, (unsigned long long)st->bodies_out,
 			           (unsigned long long)st->bytes_in, (unsigned long long)st->bytes_out,
-			           (unsigned long long)st->rounds_done, (unsigned long long)p->connects, bound_ago);
+			           (unsigned long long)st->rounds_done, (unsigned long long)p->connects, bound_ago,
+			           bound && members == d->gc_members ? "true" : "false");
 		} else {
 			char agos[32] = "never";
 			if (ago >= 0)

@@ -214,9 +214,9 @@ uint64_t mm_peer_synced_ms(const struct mm_dpeer *p)
 	return now > p->seen_ms ? now : p->seen_ms;
 }
 
-/* The state database's keys of a peer's times: "seen:", "synced:", "known:" or "bound:" and its
+/* The state database's keys of a peer's times: "seen:", "synced:", "known:", "bound:" or "members:" and its
  * public key, so renaming it in the peers file keeps them. */
-#define PEER_KEY_MAX (8 + 64 + 1)
+#define PEER_KEY_MAX (8 + 64 + 1) /* (the longest word has 7 letters and its colon) */
 static void peer_key(const struct mm_dpeer *p, const char *what, char key[PEER_KEY_MAX])
 {
 	size_t n = (size_t)snprintf(key, PEER_KEY_MAX, "%s:", what);
@@ -238,15 +238,25 @@ static void peer_time_load(struct mm_daemon *d, struct mm_dpeer *p, const char *
 static void peers_synced_load(struct mm_daemon *d)
 {
 	uint64_t now = mm_daemon_now();
+	uint64_t *ids = calloc(d->n_peers + 1, sizeof(*ids));
+	if (ids) {
+		ids[0] = d->cfg.node_id;
+		for (size_t i = 0; i < d->n_peers; i++)
+			ids[i + 1] = d->peers[i].conf->node_id;
+		d->gc_members = mm_gc_members_hash(ids, d->n_peers + 1);
+		free(ids);
+	} /* (else 0, which no peer sends: no GC) */
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
 		peer_time_load(d, p, "seen", &p->seen_ms);
 		peer_time_load(d, p, "synced", &p->gc.synced_ms);
 		peer_time_load(d, p, "known", &p->gc.known_ms);
 		peer_time_load(d, p, "bound", &p->gc.bound_ms);
+		peer_time_load(d, p, "members", &p->gc.members);
 		p->saved_seen_ms = p->seen_ms;
 		p->saved_synced_ms = p->gc.synced_ms;
 		p->saved_bound_ms = p->gc.bound_ms;
+		p->saved_members = p->gc.members;
 		if (!p->gc.known_ms) {
 			char key[PEER_KEY_MAX];
 			peer_key(p, "known", key);
@@ -270,11 +280,16 @@ static void peers_synced_save(struct mm_daemon *d)
 		peer_key(p, "synced", key);
 		if (p->gc.synced_ms > p->saved_synced_ms && mm_store_meta_set(d->store, key, p->gc.synced_ms) == 0)
 			p->saved_synced_ms = p->gc.synced_ms;
-		if (mm_sync_stats(p->sync)->peer_gc_bound_ms)
+		if (mm_sync_stats(p->sync)->peer_gc_bound_ms) {
 			p->gc.bound_ms = mm_sync_stats(p->sync)->peer_gc_bound_ms;
+			p->gc.members = mm_sync_stats(p->sync)->peer_gc_members;
+		}
 		peer_key(p, "bound", key); /* (the latest, even if lower: a lower one is safe) */
 		if (p->gc.bound_ms != p->saved_bound_ms && mm_store_meta_set(d->store, key, p->gc.bound_ms) == 0)
 			p->saved_bound_ms = p->gc.bound_ms;
+		peer_key(p, "members", key);
+		if (p->gc.members != p->saved_members && mm_store_meta_set(d->store, key, p->gc.members) == 0)
+			p->saved_members = p->gc.members;
 	}
 }
 
@@ -291,7 +306,7 @@ static void gc_cb(uv_timer_t *t)
 	uint64_t *synced = calloc(2 * n, sizeof(*synced)), *bounds = synced + n;
 	if (!synced)
 		return;
-	const struct mm_dpeer *oldest = NULL, *lowest = NULL;
+	const struct mm_dpeer *oldest = NULL, *lowest = NULL, *silent = NULL;
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
 		synced[i] = mm_gc_peer_tick(&p->gc, mm_sync_stats(p->sync)->last_equal_ms, p->disconnects,
@@ -300,10 +315,12 @@ static void gc_cb(uv_timer_t *t)
 	peers_synced_save(d); /* (also takes the bounds the peers sent) */
 	for (size_t i = 0; i < d->n_peers; i++) {
 		struct mm_dpeer *p = &d->peers[i];
-		bounds[i] = p->gc.bound_ms;
+		bounds[i] = mm_gc_peer_bound(&p->gc, d->gc_members);
 		bool waited = synced[i] && (now <= d->cfg.gc_max_ms || synced[i] > now - d->cfg.gc_max_ms);
 		if (waited && (!oldest || synced[i] < synced[oldest - d->peers]))
 			oldest = p;
+		if (waited && !bounds[i] && !silent)
+			silent = p;
 		if (waited && bounds[i] && (!lowest || bounds[i] < bounds[lowest - d->peers]))
 			lowest = p;
 	}
@@ -312,11 +329,16 @@ static void gc_cb(uv_timer_t *t)
 	uint64_t own = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, MM_GC_SYNC_MARGIN_MS, synced,
 	                                NULL, d->n_peers);
 	for (size_t i = 0; i < d->n_peers; i++)
-		mm_sync_gc_bound_set(d->peers[i].sync, own);
+		mm_sync_gc_bound_set(d->peers[i].sync, own, d->gc_members);
 	uint64_t h = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, MM_GC_SYNC_MARGIN_MS, synced,
 	                              bounds, d->n_peers);
 	free(synced);
-	if (now > d->cfg.gc_grace_ms && own < now - d->cfg.gc_grace_ms && oldest) {
+	if (silent && silent->gc.bound_ms) {
+		mm_log(MM_LOG_WARN, "tombstone gc: peer %s counts other nodes than this one (the peers files differ); "
+		       "no tombstone is dropped until every node lists every other", silent->conf->name);
+	} else if (silent) {
+		mm_log(MM_LOG_INFO, "tombstone gc waits for peer %s, which has sent no gc bound yet", silent->conf->name);
+	} else if (now > d->cfg.gc_grace_ms && own < now - d->cfg.gc_grace_ms && oldest) {
 		uint64_t last = mm_peer_synced_ms(oldest);
 		char ago[48] = "never";
 		if (last)

@@ -56,7 +56,8 @@ struct mm_dpeer {
 	/* The tombstone GC's view of the peer (daemon.c gc_cb), kept in the state database */
 	struct mm_gc_peer gc;              /* what the GC waits for (crdt.h) */
 	uint64_t seen_ms;                  /* last in sync before this run (status; 0 = never) */
-	uint64_t saved_seen_ms, saved_synced_ms, saved_bound_ms; /* the values last handed to the database */
+	uint64_t saved_seen_ms, saved_synced_ms, saved_bound_ms, saved_members; /* the values last handed to
+	                                                                         * the database */
 };
 
 struct mm_daemon {
@@ -70,6 +71,7 @@ struct mm_daemon {
 	struct mm_lead *lead;       /* who is the UID authority (proto/lead.h) */
 	struct mm_dpeer *peers;            /* every peer of the peers file but us */
 	size_t n_peers;
+	uint64_t gc_members;               /* crdt mm_gc_members_hash of us and our peers */
 
 	uv_tcp_t listener;
 	uv_udp_t udp;

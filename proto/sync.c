@@ -121,6 +121,7 @@ struct mm_sync {
 	uint64_t digest_seq;
 	uint64_t lead_sent;     /* when a DIGEST last carried the lead view (0 = never) */
 	uint64_t gc_bound;      /* this node's GC bound, for the peer (0 = none yet) */
+	uint64_t gc_members;    /* ... and the hash of the nodes it counts */
 	uint64_t gc_bound_sent; /* the bound the last DIGEST that carried one carried ... */
 	uint64_t gc_bound_at;   /* ... and when (0 = never) */
 	uint64_t round_ctr;
@@ -1646,9 +1647,20 @@ static uint64_t gc_bound_field(struct mm_sync *s)
 	return s->gc_bound;
 }
 
-void mm_sync_gc_bound_set(struct mm_sync *s, uint64_t bound_ms)
+/* A DIGEST that carried the bound was not sent: the next one carries it again. */
+static int gc_bound_unsent(struct mm_sync *s, uint64_t bound, int rc)
+{
+	if (rc < 0 && bound)
+		s->gc_bound_at = 0;
+	return rc;
+}
+
+void mm_sync_gc_bound_set(struct mm_sync *s, uint64_t bound_ms, uint64_t members)
 {
 	s->gc_bound = bound_ms;
+	if (members != s->gc_members)
+		s->gc_bound_at = 0; /* (sent at once) */
+	s->gc_members = members;
 }
 
 int mm_sync_gossip(struct mm_sync *s, uint64_t now_ms)
@@ -1656,15 +1668,16 @@ int mm_sync_gossip(struct mm_sync *s, uint64_t now_ms)
 	uint8_t root[MM_HASH_LEN];
 	s->now = now_ms;
 	mm_state_root(s->cfg.state, root);
-	uint64_t lid, lbeat;
+	uint64_t lid, lbeat, bound;
 	lead_fields(s, &lid, &lbeat);
+	bound = gc_bound_field(s);
 	int rc = mm_wire_enc_digest(&s->out, ++s->digest_seq, false, root,
-	                            mm_state_user_count(s->cfg.state), lid, lbeat, gc_bound_field(s));
+	                            mm_state_user_count(s->cfg.state), lid, lbeat, bound, s->gc_members);
 	if (rc < 0) {
 		s->out.size = 0;
-		return rc;
+		return gc_bound_unsent(s, bound, rc);
 	}
-	return send_out(s, MM_CHAN_DATAGRAM);
+	return gc_bound_unsent(s, bound, send_out(s, MM_CHAN_DATAGRAM));
 }
 
 int mm_sync_push(struct mm_sync *s, const struct mm_delta *d, uint64_t now_ms)
@@ -1710,18 +1723,21 @@ static int handle_digest(struct mm_sync *s, const struct mm_wire_msg *m)
 	bool eq = !memcmp(root, m->digest.root, MM_HASH_LEN);
 	if (s->cfg.lead)
 		mm_lead_observe(s->cfg.lead, m->digest.lead_id, m->digest.lead_beat, s->now);
-	if (m->digest.gc_bound)
+	if (m->digest.gc_bound) {
 		s->st.peer_gc_bound_ms = m->digest.gc_bound;
+		s->st.peer_gc_members = m->digest.gc_members;
+	}
 	if (!m->digest.reply) {
-		uint64_t lid, lbeat;
+		uint64_t lid, lbeat, bound;
 		lead_fields(s, &lid, &lbeat);
+		bound = gc_bound_field(s);
 		int rc = mm_wire_enc_digest(&s->out, m->digest.seq, true, root,
-		                            mm_state_user_count(s->cfg.state), lid, lbeat, gc_bound_field(s));
+		                            mm_state_user_count(s->cfg.state), lid, lbeat, bound, s->gc_members);
 		if (rc < 0) {
 			s->out.size = 0;
-			return rc;
+			return gc_bound_unsent(s, bound, rc);
 		}
-		send_out(s, MM_CHAN_DATAGRAM);
+		gc_bound_unsent(s, bound, send_out(s, MM_CHAN_DATAGRAM));
 	} else if (m->digest.seq != s->digest_seq) {
 		return 0; /* an old or duplicated answer */
 	}

@@ -154,6 +154,7 @@ struct mm_sync_stats {
 	uint64_t peer_users;                   /* user count in the peer's last DIGEST */
 	uint64_t peer_gc_bound_ms;             /* the GC bound the peer last sent (its
 	                                        * DIGESTs carry it now and then), 0 = none */
+	uint64_t peer_gc_members;              /* the members hash sent with it */
 	/* the last completed round */
 	uint64_t last_differences;             /* leaves found different (both sides' view
 	                                        * of this side: records sent + requested) */
@@ -228,11 +229,12 @@ bool mm_sync_idle(const struct mm_sync *s);
 int mm_sync_recv(struct mm_sync *s, enum mm_chan chan, const uint8_t *msg, size_t len,
                  uint64_t now_ms);
 
-/* This node's own tombstone GC bound (crdt mm_gc_bound_ms), for the peer: DIGESTs
- * carry it when it changed and once a minute otherwise, and the peer's shows in
- * stats.peer_gc_bound_ms.  A node's GC waits for every peer's bound as well as its
- * own (docs/design.md, "Tombstone GC").  0 = none to send. */
-void mm_sync_gc_bound_set(struct mm_sync *s, uint64_t bound_ms);
+/* This node's own tombstone GC bound (crdt mm_gc_horizon_ms without peer bounds) and
+ * the hash of the nodes it counts (crdt mm_gc_members_hash), for the peer: DIGESTs
+ * carry them when they changed and once a minute otherwise, and the peer's show in
+ * stats.peer_gc_bound_ms and peer_gc_members.  A node's GC waits for every peer's
+ * bound as well as its own (docs/design.md, "Tombstone GC").  bound 0 = none to send. */
+void mm_sync_gc_bound_set(struct mm_sync *s, uint64_t bound_ms, uint64_t members);
 
 /* Sends a DIGEST request datagram (the driver or mm_gossip_tick picks the peer).
  * Returns 0 or negative errno from encoding/sending. */

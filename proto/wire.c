@@ -273,17 +273,17 @@ int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *m, struct
 		return rc;
 	switch (m->type) {
 	case MM_MSG_DIGEST:
-		/* 6 elements: a sender without the lead fields (they came later); 9: with
+		/* 6 elements: a sender without the lead fields (they came later); 10: with
 		 * the GC bound */
-		m->digest.lead_id = m->digest.lead_beat = m->digest.gc_bound = 0;
-		if ((n != 6 && n != 8 && n != 9) || rd_u64(&r, &m->digest.seq) < 0 ||
+		m->digest.lead_id = m->digest.lead_beat = m->digest.gc_bound = m->digest.gc_members = 0;
+		if ((n != 6 && n != 8 && n != 10) || rd_u64(&r, &m->digest.seq) < 0 ||
 		    rd_bool(&r, &m->digest.reply) < 0 ||
 		    rd_bin_exact(&r, MM_HASH_LEN, &m->digest.root) < 0 ||
 		    rd_u64(&r, &m->digest.n_users) < 0)
 			return -EBADMSG;
 		if (n >= 8 && (rd_u64(&r, &m->digest.lead_id) < 0 || rd_u64(&r, &m->digest.lead_beat) < 0))
 			return -EBADMSG;
-		if (n == 9 && rd_u64(&r, &m->digest.gc_bound) < 0)
+		if (n == 10 && (rd_u64(&r, &m->digest.gc_bound) < 0 || rd_u64(&r, &m->digest.gc_members) < 0))
 			return -EBADMSG;
 		break;
 	case MM_MSG_START:
@@ -414,12 +414,12 @@ static int pk_name(msgpack_packer *pk, const char *s)
 
 int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
                        const uint8_t root[MM_HASH_LEN], uint64_t n_users, uint64_t lead_id,
-                       uint64_t lead_beat, uint64_t gc_bound)
+                       uint64_t lead_beat, uint64_t gc_bound, uint64_t gc_members)
 {
 	PACKER(sb);
 	/* none: the 6-element form, 18 bytes less; the bound needs the lead fields */
 	bool lead = lead_id || lead_beat || gc_bound;
-	TRY(enc_head(pk, gc_bound ? 9 : lead ? 8 : 6, MM_MSG_DIGEST));
+	TRY(enc_head(pk, gc_bound ? 10 : lead ? 8 : 6, MM_MSG_DIGEST));
 	PK(msgpack_pack_uint64(pk, seq));
 	PK(reply ? msgpack_pack_true(pk) : msgpack_pack_false(pk));
 	TRY(pk_bin(pk, root, MM_HASH_LEN));
@@ -428,8 +428,10 @@ int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
 		PK(msgpack_pack_uint64(pk, lead_id));
 		PK(msgpack_pack_uint64(pk, lead_beat));
 	}
-	if (gc_bound)
+	if (gc_bound) {
 		PK(msgpack_pack_uint64(pk, gc_bound));
+		PK(msgpack_pack_uint64(pk, gc_members));
+	}
 	return 0;
 }
 

@@ -31,7 +31,7 @@
 
 enum mm_msg_type {
 	MM_MSG_DIGEST = 1,    /* datagram: [v, t, seq, reply, root(bin32), n_users
-	                       * (, lead_id, lead_beat (, gc_bound))] */
+	                       * (, lead_id, lead_beat (, gc_bound, gc_members))] */
 	MM_MSG_START = 2,     /* [v, t, round, nonce(bin16), summary(bin)] */
 	MM_MSG_DESCENT = 3,   /* [v, t, round, more(bool), [elem...]] elem = uint16 | bin */
 	MM_MSG_END = 4,       /* [v, t, round] */
@@ -73,8 +73,9 @@ struct mm_wire_msg {
 			 * (proto/lead.h); both 0 when the sender sent none */
 			uint64_t lead_id, lead_beat;
 			/* the sender's own tombstone GC bound (wall ms, crdt
-			 * mm_gc_horizon_ms without peer bounds), 0 when it sent none */
-			uint64_t gc_bound;
+			 * mm_gc_horizon_ms without peer bounds) and a hash of the nodes
+			 * it counts (itself and its peers); both 0 when it sent none */
+			uint64_t gc_bound, gc_members;
 		} digest;
 		struct {
 			uint64_t round;
@@ -130,10 +131,10 @@ int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *msg_r, st
  * sb->size).  Return 0, -EINVAL (bad argument: name too long, bad record), -ENOMEM.
  * They do not check MM_WIRE_MAX; callers size their batches (mm_wire_rec_size). */
 /* DIGEST: lead_id, lead_beat and gc_bound all 0 = the short form without them;
- * gc_bound 0 = the form without it. */
+ * gc_bound 0 = the form without it and gc_members. */
 int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
                        const uint8_t root[MM_HASH_LEN], uint64_t n_users, uint64_t lead_id,
-                       uint64_t lead_beat, uint64_t gc_bound);
+                       uint64_t lead_beat, uint64_t gc_bound, uint64_t gc_members);
 int mm_wire_enc_start(msgpack_sbuffer *sb, uint64_t round, const uint8_t nonce[MM_WIRE_NONCE_LEN],
                       const uint8_t *summary, size_t summary_len);
 /* DESCENT is built incrementally: begin (n elements announced), then exactly n

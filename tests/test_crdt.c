@@ -579,6 +579,15 @@ static void test_gc_horizon(void **state)
 	sy[1] = now - 170 * day; /* away 170 days: its own time is the earlier limit */
 	assert_true(mm_gc_horizon_ms(now, grace, max, hour, sy, bd, 3) == now - 170 * day - hour);
 
+	/* the nodes a GC counts: the same set in any order hashes alike, another set
+	 * not; a peer's bound counts only with our hash */
+	uint64_t m1[3] = {7, 3, 5}, m2[3] = {5, 7, 3}, m3[2] = {3, 5};
+	uint64_t h1 = mm_gc_members_hash(m1, 3), h2 = mm_gc_members_hash(m2, 3), h3 = mm_gc_members_hash(m3, 2);
+	assert_true(h1 == h2 && h1 != h3 && h1 && h3);
+	struct mm_gc_peer gp = {.bound_ms = 1234, .members = h1};
+	assert_true(mm_gc_peer_bound(&gp, h1) == 1234);
+	assert_true(mm_gc_peer_bound(&gp, h3) == 0);
+
 	/* a peer's in-sync time counts once it stayed connected until the next GC */
 	struct mm_gc_peer g = {.known_ms = 50};
 	assert_true(mm_gc_peer_tick(&g, 0, 1, true) == 50);     /* never in sync: since known */

@@ -245,7 +245,7 @@ static void test_digest_without_lead(void **state)
 	assert_int_equal(m.digest.lead_id, 0);
 	assert_int_equal(m.digest.lead_beat, 0);
 	assert_int_equal(m.digest.gc_bound, 0);
-	/* 8 elements carry them, 9 also the GC bound; 7 or 10 is malformed */
+	/* 8 elements carry them, 10 also the GC bound and members; 7 or 9 is malformed */
 	sb.size = 0;
 	pack_digest(&pk, 8);
 	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
@@ -253,25 +253,29 @@ static void test_digest_without_lead(void **state)
 	assert_int_equal(m.digest.lead_beat, 7);
 	assert_int_equal(m.digest.gc_bound, 0);
 	sb.size = 0;
-	pack_digest(&pk, 9);
+	pack_digest(&pk, 10);
 	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
 	assert_int_equal(m.digest.lead_beat, 7);
 	assert_int_equal(m.digest.gc_bound, 8);
+	assert_int_equal(m.digest.gc_members, 9);
 	sb.size = 0;
 	pack_digest(&pk, 7);
 	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), -EBADMSG);
 	sb.size = 0;
-	pack_digest(&pk, 10);
+	pack_digest(&pk, 9);
+	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), -EBADMSG);
+	sb.size = 0;
+	pack_digest(&pk, 11);
 	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), -EBADMSG);
 	/* the encoder writes the short form when it has no view to send */
 	sb.size = 0;
 	uint8_t root[MM_HASH_LEN] = { 0 };
-	assert_int_equal(mm_wire_enc_digest(&sb, 3, true, root, 1, 0, 0, 0), 0);
+	assert_int_equal(mm_wire_enc_digest(&sb, 3, true, root, 1, 0, 0, 0, 0), 0);
 	size_t short_len = sb.size;
 	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
 	assert_int_equal(m.digest.lead_id, 0);
 	sb.size = 0;
-	assert_int_equal(mm_wire_enc_digest(&sb, 3, true, root, 1, 0x1234567890abcdefull, 1700000000000ull, 0), 0);
+	assert_int_equal(mm_wire_enc_digest(&sb, 3, true, root, 1, 0x1234567890abcdefull, 1700000000000ull, 0, 0), 0);
 	assert_true(sb.size > short_len);
 	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
 	assert_int_equal(m.digest.lead_id, 0x1234567890abcdefull);
@@ -279,11 +283,12 @@ static void test_digest_without_lead(void **state)
 	assert_int_equal(m.digest.gc_bound, 0);
 	/* a GC bound without a lead view: the lead fields go as 0 (none) */
 	sb.size = 0;
-	assert_int_equal(mm_wire_enc_digest(&sb, 3, true, root, 1, 0, 0, 1690000000000ull), 0);
+	assert_int_equal(mm_wire_enc_digest(&sb, 3, true, root, 1, 0, 0, 1690000000000ull, 77), 0);
 	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
 	assert_int_equal(m.digest.lead_id, 0);
 	assert_int_equal(m.digest.lead_beat, 0);
 	assert_int_equal(m.digest.gc_bound, 1690000000000ull);
+	assert_int_equal(m.digest.gc_members, 77);
 	mm_arena_free(&a);
 	msgpack_sbuffer_destroy(&sb);
 }

@@ -870,8 +870,9 @@ static void test_unknown_version(void **state)
 
 /* ---- the tombstone GC's bound --------------------------------------------------- */
 
-/* Each side's GC bound reaches the other in the DIGEST exchange (request and reply),
- * again at once when it changes, and otherwise only once a minute. */
+/* Each side's GC bound (and members hash) reaches the other in the DIGEST exchange
+ * (request and reply), again at once when either changes, and otherwise only once a
+ * minute. */
 static void test_gc_bound(void **state)
 {
 	(void)state;
@@ -884,32 +885,43 @@ static void test_gc_bound(void **state)
 	net_run(&net);
 	uint64_t plain = net.bytes_by_type[MM_MSG_DIGEST];
 	assert_int_equal(mm_sync_stats(b)->peer_gc_bound_ms, 0);
-	mm_sync_gc_bound_set(a, 1700000000000ull);
-	mm_sync_gc_bound_set(b, 1690000000000ull);
+	mm_sync_gc_bound_set(a, 1700000000000ull, 42);
+	mm_sync_gc_bound_set(b, 1690000000000ull, 42);
 	assert_int_equal(mm_sync_gossip(a, net.now), 0);
 	net_run(&net);
 	uint64_t with = net.bytes_by_type[MM_MSG_DIGEST] - plain;
 	assert_int_equal(mm_sync_stats(b)->peer_gc_bound_ms, 1700000000000ull);
+	assert_int_equal(mm_sync_stats(b)->peer_gc_members, 42);
 	assert_int_equal(mm_sync_stats(a)->peer_gc_bound_ms, 1690000000000ull);
 	assert_true(with > plain);
+	uint64_t one = (with - plain) / 2; /* what one DIGEST's bound and members add */
+	assert_true(one > 0);
 	/* unchanged and sent a moment ago: the exchange is as short as without */
 	uint64_t before = net.bytes_by_type[MM_MSG_DIGEST];
 	net.now += 59000;
 	assert_int_equal(mm_sync_gossip(a, net.now), 0);
 	net_run(&net);
 	assert_int_equal(net.bytes_by_type[MM_MSG_DIGEST] - before, plain);
-	/* changed: sent at once (the reply does not carry b's, unchanged) */
-	mm_sync_gc_bound_set(a, 1700000001000ull);
+	/* a's changed: sent at once; b's reply, unchanged, does not carry its own */
+	before = net.bytes_by_type[MM_MSG_DIGEST];
+	mm_sync_gc_bound_set(a, 1700000001000ull, 42);
 	assert_int_equal(mm_sync_gossip(a, net.now), 0);
 	net_run(&net);
 	assert_int_equal(mm_sync_stats(b)->peer_gc_bound_ms, 1700000001000ull);
-	assert_true(mm_sync_stats(a)->peer_gc_bound_ms == 1690000000000ull);
-	/* a minute after each was last sent: both again */
+	assert_int_equal(net.bytes_by_type[MM_MSG_DIGEST] - before, plain + one);
+	/* b's members changed (its peers file did), its bound not: sent at once */
+	before = net.bytes_by_type[MM_MSG_DIGEST];
+	mm_sync_gc_bound_set(b, 1690000000000ull, 43);
+	assert_int_equal(mm_sync_gossip(a, net.now), 0);
+	net_run(&net);
+	assert_int_equal(mm_sync_stats(a)->peer_gc_members, 43);
+	assert_int_equal(net.bytes_by_type[MM_MSG_DIGEST] - before, plain + one);
+	/* a minute after a's was last sent: a's again */
 	before = net.bytes_by_type[MM_MSG_DIGEST];
 	net.now += 60000;
 	assert_int_equal(mm_sync_gossip(a, net.now), 0);
 	net_run(&net);
-	assert_int_equal(net.bytes_by_type[MM_MSG_DIGEST] - before, with);
+	assert_int_equal(net.bytes_by_type[MM_MSG_DIGEST] - before, plain + 2 * one);
 	net_free(&net);
 }
 

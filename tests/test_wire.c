@@ -49,7 +49,7 @@ static size_t make_samples(struct sample *s)
 	struct mm_kwreg kws[2] = { { "$Junk", { 1, { 5 << 16, 7 } } }, { "work", { 0, { 6 << 16, 8 } } } };
 	for (size_t i = 0; i < 9; i++)
 		msgpack_sbuffer_init(&s[i].sb);
-	assert_int_equal(mm_wire_enc_digest(&s[n].sb, 77, true, root, 3, 5, 1234567, 0), 0);
+	assert_int_equal(mm_wire_enc_digest(&s[n].sb, 77, true, root, 3, 5, 1234567, 0, 0), 0);
 	s[n++].type = MM_MSG_DIGEST;
 	assert_int_equal(mm_wire_enc_start(&s[n].sb, 1234567, nonce, summary, sizeof summary), 0);
 	s[n++].type = MM_MSG_START;
