@@ -133,7 +133,6 @@ struct sim_node {
 	struct mm_lead *lead;   /* UID-authority election (proto/lead.h) */
 	struct sim_peer *peers;
 	uint32_t npeers, cap_peers;
-	uint64_t gc_members;   /* crdt mm_gc_members_hash of it and its peers (sim_node_gc) */
 	/* durable snapshot (last commit) */
 	uint8_t *snap;
 	size_t snap_len, snap_cap;

@@ -405,7 +405,7 @@ void sim_node_gc(struct sim_node *n)
 	ids[0] = n->id;
 	for (uint32_t i = 0; i < n->npeers; i++)
 		ids[i + 1] = s->nodes[n->peers[i].idx].id;
-	n->gc_members = mm_gc_members_hash(ids, n->npeers + 1);
+	uint64_t members = mm_gc_members_hash(ids, n->npeers + 1);
 	uint64_t lag = c->commit_ms + c->stream_timeout_ms;
 	uint64_t settled = now > lag ? now - lag : 0;
 	for (uint32_t i = 0; i < n->npeers; i++) {
@@ -417,13 +417,13 @@ void sim_node_gc(struct sim_node *n)
 			p->gc.bound_ms = mm_sync_stats(p->sync)->peer_gc_bound_ms;
 			p->gc.members = mm_sync_stats(p->sync)->peer_gc_members;
 		}
-		bounds[i] = mm_gc_peer_bound(&p->gc, n->gc_members);
+		bounds[i] = mm_gc_peer_bound(&p->gc, members);
 	}
 	/* as the daemon: the own bound goes to every peer, the horizon waits for theirs */
 	uint64_t own = mm_gc_horizon_ms(now, c->gc_grace_ms, c->gc_max_ms, c->gc_margin_ms, synced, NULL, n->npeers);
 	for (uint32_t i = 0; i < n->npeers; i++)
 		if (n->peers[i].sync)
-			mm_sync_gc_bound_set(n->peers[i].sync, own, n->gc_members);
+			mm_sync_gc_bound_set(n->peers[i].sync, own, members);
 	uint64_t h = c->gc_no_wait ? (now > c->gc_grace_ms ? now - c->gc_grace_ms : 0)
 	           : c->gc_no_bounds ? own
 	                             : mm_gc_horizon_ms(now, c->gc_grace_ms, c->gc_max_ms, c->gc_margin_ms, synced,

@@ -227,6 +227,16 @@ static void pack_digest(msgpack_packer *pk, unsigned n)
 		msgpack_pack_uint64(pk, i);
 }
 
+/* Packs a DIGEST of n elements into the emptied sb and decodes it: mm_wire_decode's
+ * return value. */
+static int decode_packed(msgpack_sbuffer *sb, msgpack_packer *pk, unsigned n, struct mm_wire_msg *m,
+                         struct mm_arena *a)
+{
+	sb->size = 0;
+	pack_digest(pk, n);
+	return mm_wire_decode((const uint8_t *)sb->data, sb->size, m, a);
+}
+
 /* A DIGEST from a sender without the lead fields still decodes (lead 0). */
 static void test_digest_without_lead(void **state)
 {
@@ -235,38 +245,27 @@ static void test_digest_without_lead(void **state)
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer pk;
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	pack_digest(&pk, 6);
 	struct mm_wire_msg m;
 	struct mm_arena a;
 	mm_arena_init(&a);
-	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
+	assert_int_equal(decode_packed(&sb, &pk, 6, &m, &a), 0);
 	assert_int_equal(m.type, MM_MSG_DIGEST);
 	assert_int_equal(m.digest.seq, 9);
 	assert_int_equal(m.digest.lead_id, 0);
 	assert_int_equal(m.digest.lead_beat, 0);
 	assert_int_equal(m.digest.gc_bound, 0);
 	/* 8 elements carry them, 10 also the GC bound and members; 7 or 9 is malformed */
-	sb.size = 0;
-	pack_digest(&pk, 8);
-	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
+	assert_int_equal(decode_packed(&sb, &pk, 8, &m, &a), 0);
 	assert_int_equal(m.digest.lead_id, 6);
 	assert_int_equal(m.digest.lead_beat, 7);
 	assert_int_equal(m.digest.gc_bound, 0);
-	sb.size = 0;
-	pack_digest(&pk, 10);
-	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), 0);
+	assert_int_equal(decode_packed(&sb, &pk, 10, &m, &a), 0);
 	assert_int_equal(m.digest.lead_beat, 7);
 	assert_int_equal(m.digest.gc_bound, 8);
 	assert_int_equal(m.digest.gc_members, 9);
-	sb.size = 0;
-	pack_digest(&pk, 7);
-	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), -EBADMSG);
-	sb.size = 0;
-	pack_digest(&pk, 9);
-	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), -EBADMSG);
-	sb.size = 0;
-	pack_digest(&pk, 11);
-	assert_int_equal(mm_wire_decode((const uint8_t *)sb.data, sb.size, &m, &a), -EBADMSG);
+	assert_int_equal(decode_packed(&sb, &pk, 7, &m, &a), -EBADMSG);
+	assert_int_equal(decode_packed(&sb, &pk, 9, &m, &a), -EBADMSG);
+	assert_int_equal(decode_packed(&sb, &pk, 11, &m, &a), -EBADMSG);
 	/* the encoder writes the short form when it has no view to send */
 	sb.size = 0;
 	uint8_t root[MM_HASH_LEN] = { 0 };

@@ -670,6 +670,19 @@ static void three_messages(struct node *a, struct mm_delta *d)
 	assert_true(scan(a, d) >= 3); /* and the folder */
 }
 
+/* Nodes a and b opened, three messages delivered on a and their records merged into b
+ * but not committed (as a batch of a sync has them before its flush); returns the
+ * delta (the caller frees it). */
+static struct mm_delta *three_merged(struct node *a, struct node *b)
+{
+	node_open(a, "a", 1);
+	node_open(b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	three_messages(a, d);
+	assert_true(mm_store_merge_delta(b->s, d) >= 0);
+	return d;
+}
+
 /* Staged bodies are invisible and not missing until the flush, which commits their
  * records first (they were merged, not committed) and places them all; a kill -9
  * after the flush but before the file index is committed loses nothing and
@@ -678,11 +691,7 @@ static void test_stage_flush(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	node_open(&a, "a", 1);
-	node_open(&b, "b", 2);
-	struct mm_delta *d = mm_delta_new();
-	three_messages(&a, d);
-	assert_true(mm_store_merge_delta(b.s, d) >= 0); /* not committed */
+	struct mm_delta *d = three_merged(&a, &b); /* not committed */
 	uint8_t kb[MM_KEY_LEN + MM_ID_LEN];
 	assert_int_equal(mm_store_missing(b.s, first_key_cb, kb), 1);
 	struct xfer x = {&a, &b, 0, 0};
@@ -732,11 +741,7 @@ static void test_flags_changed_while_down(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	node_open(&a, "a", 1);
-	node_open(&b, "b", 2);
-	struct mm_delta *d = mm_delta_new();
-	three_messages(&a, d);
-	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	struct mm_delta *d = three_merged(&a, &b);
 	struct xfer x = {&a, &b, 0, 0};
 	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
 	assert_int_equal(mm_store_flush(b.s), 0);
@@ -1264,11 +1269,7 @@ static void test_crash_between_commit_and_rename(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	node_open(&a, "a", 1);
-	node_open(&b, "b", 2);
-	struct mm_delta *d = mm_delta_new();
-	three_messages(&a, d);
-	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	struct mm_delta *d = three_merged(&a, &b);
 	assert_int_equal(mm_store_commit(b.s), 0); /* the batch's LMDB commit */
 	uint8_t r1[MM_HASH_LEN], r2[MM_HASH_LEN];
 	mm_state_root(b.st, r1);
