@@ -1135,6 +1135,18 @@ def item_size(top):
 
 # ---- machine, table, results file ----------------------------------------------------------------
 
+def tree_rev():
+    """The commit the binaries were built from: taken when the run starts (run.sh built
+    them just before), since the tree may be edited while a run goes."""
+    rev = os.environ.get("BENCH_COMMIT") or run(["git", "-C", TOP, "rev-parse", "--short", "HEAD"]).stdout.strip()
+    if not os.environ.get("BENCH_COMMIT") and run(["git", "-C", TOP, "status", "--porcelain", "--untracked-files=no"]).stdout.strip():
+        rev += " with uncommitted changes"   # the figures are not that commit's alone
+    return rev
+
+
+START_REV = None
+
+
 def machine():
     cpu = "?"
     try:
@@ -1151,9 +1163,7 @@ def machine():
             if line.startswith("MemTotal"):
                 mem = "%.1f GiB" % (int(line.split()[1]) / 1048576)
     dv = run(["dovecot", "--version"]).stdout.strip()
-    rev = os.environ.get("BENCH_COMMIT") or run(["git", "-C", TOP, "rev-parse", "--short", "HEAD"]).stdout.strip()
-    if not os.environ.get("BENCH_COMMIT") and run(["git", "-C", TOP, "status", "--porcelain", "--untracked-files=no"]).stdout.strip():
-        rev += " with uncommitted changes"   # the figures are not that commit's alone
+    rev = START_REV or tree_rev()
     return [("date (UTC)", datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M:%S")),
             ("nproc", str(os.cpu_count())), ("CPU", cpu), ("memory", mem),
             ("kernel", platform.release()), ("Dovecot", dv), ("mailmesh commit", rev),
@@ -1168,6 +1178,8 @@ def table_md():
 
 
 def main():
+    global START_REV
+    START_REV = tree_rev()
     for f in (MM, MKMAIL, RECON):
         if not os.access(f, os.X_OK):
             print("bench: %s is missing (bench/run.sh builds it)" % f, file=sys.stderr)
