@@ -109,14 +109,16 @@ demo: check-deps all
 bench: check-deps all
 	$(Q)BUILD=$(BUILD) sh bench/run.sh
 
-# libFuzzer targets: clang, ASan+UBSan, linked with the pure code only (no node/).
+# libFuzzer targets: clang, ASan+UBSan, linked with the pure code only, plus node/'s
+# plain-POSIX Maildir code for fuzz_maildir (nothing of libuv or LMDB).
 FUZZ_CC ?= clang
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(shell pkg-config --cflags libsodium msgpack) -fsanitize=fuzzer,address,undefined
+FUZZ_NODE_SRC := node/maildir.c
 fuzz: $(FUZZERS)
-build/fuzz/%: fuzz/%.c $(CORE_SRC) $(wildcard crdt/*.h proto/*.h)
+build/fuzz/%: fuzz/%.c $(CORE_SRC) $(FUZZ_NODE_SRC) $(wildcard crdt/*.h proto/*.h node/maildir.h)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
-	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRC) $(shell pkg-config --libs libsodium msgpack)
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRC) $(FUZZ_NODE_SRC) $(shell pkg-config --libs libsodium msgpack)
 
 # Short fuzz runs on the kept seed corpora (CI): FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 20

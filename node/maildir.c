@@ -50,11 +50,22 @@ static int parse_num(const char *p, const char *end, uint64_t *v_r)
 	return (int)(p - s);
 }
 
+/* A control character (a line break above all) in a name would not survive a line of
+ * dovecot-uidlist: the name read back would differ, and the file would get a new UID
+ * on every pass.  Dovecot never makes such names. */
+static bool has_ctl(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < ' ' || *s == 0x7f)
+			return true;
+	return false;
+}
+
 int mm_md_name_parse(const char *name, struct mm_md_name *n_r)
 {
 	memset(n_r, 0, sizeof(*n_r));
 	size_t len = strlen(name);
-	if (len == 0 || len > MM_MD_NAME_MAX || name[0] == '.' || strchr(name, '/'))
+	if (len == 0 || len > MM_MD_NAME_MAX || name[0] == '.' || strchr(name, '/') || has_ctl(name))
 		return -EINVAL;
 	const char *colon = strchr(name, ':');
 	const char *bend = colon ? colon : name + len;
@@ -318,16 +329,11 @@ static bool kw_name_ok(const char *s, size_t len)
 	return true;
 }
 
-int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw)
+int mm_md_keywords_parse(char *text, struct mm_md_keywords *kw)
 {
 	memset(kw, 0, sizeof(*kw));
-	char *d;
-	size_t len;
-	int r = read_file_in(folder_dir, "dovecot-keywords", &d, &len);
-	if (r <= 0)
-		return r;
 	char *save = NULL;
-	for (char *line = strtok_r(d, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *sp = strchr(line, ' ');
 		if (!sp)
 			continue;
@@ -343,13 +349,23 @@ int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw)
 		if (!kw_name_ok(name, nl) || kw->names[idx])
 			continue;
 		kw->names[idx] = strndup(name, nl);
-		if (!kw->names[idx]) {
-			free(d);
+		if (!kw->names[idx])
 			return -ENOMEM;
-		}
 	}
-	free(d);
 	return 0;
+}
+
+int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw)
+{
+	memset(kw, 0, sizeof(*kw));
+	char *d;
+	size_t len;
+	int r = read_file_in(folder_dir, "dovecot-keywords", &d, &len);
+	if (r <= 0)
+		return r;
+	r = mm_md_keywords_parse(d, kw);
+	free(d);
+	return r;
 }
 
 int mm_md_keywords_find(const struct mm_md_keywords *kw, const char *name)
@@ -434,19 +450,14 @@ out:
 
 /* ---- dovecot-uidlist ------------------------------------------------------------ */
 
-int mm_md_uidlist_read(const char *folder_dir,
-                       int (*cb)(void *arg, uint32_t uid, const char *base, size_t base_len),
-                       void *arg)
+int mm_md_uidlist_parse_each(char *text,
+                             int (*cb)(void *arg, uint32_t uid, const char *base, size_t base_len),
+                             void *arg)
 {
-	char *d;
-	size_t len;
-	int r = read_file_in(folder_dir, "dovecot-uidlist", &d, &len);
-	if (r <= 0)
-		return r;
 	char *save = NULL;
 	bool first = true;
-	r = 0;
-	for (char *line = strtok_r(d, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+	int r = 0;
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		if (first) { /* header: "3 V<uidvalidity> N<next> G<guid>" */
 			first = false;
 			continue;
@@ -454,7 +465,7 @@ int mm_md_uidlist_read(const char *folder_dir,
 		char *end;
 		errno = 0;
 		unsigned long uid = strtoul(line, &end, 10);
-		if (end == line || errno || uid == 0 || uid > UINT32_MAX)
+		if (end == line || *end != ' ' || errno || uid == 0 || uid > UINT32_MAX)
 			continue;
 		char *fn = strstr(end, " :");
 		if (!fn)
@@ -467,6 +478,19 @@ int mm_md_uidlist_read(const char *folder_dir,
 		if (r)
 			break;
 	}
+	return r;
+}
+
+int mm_md_uidlist_read(const char *folder_dir,
+                       int (*cb)(void *arg, uint32_t uid, const char *base, size_t base_len),
+                       void *arg)
+{
+	char *d;
+	size_t len;
+	int r = read_file_in(folder_dir, "dovecot-uidlist", &d, &len);
+	if (r <= 0)
+		return r;
+	r = mm_md_uidlist_parse_each(d, cb, arg);
 	free(d);
 	return r;
 }
@@ -1043,17 +1067,12 @@ int mm_md_folder_list(const char *maildir, int (*cb)(void *arg, const char *fold
 
 /* ---- subscriptions -------------------------------------------------------------- */
 
-int mm_md_subs_read(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg)
+int mm_md_subs_parse(char *text, int (*cb)(void *arg, const char *folder), void *arg)
 {
-	char *d;
-	size_t len;
-	int r = read_file_in(maildir, "subscriptions", &d, &len);
-	if (r <= 0)
-		return r;
 	char *save = NULL;
 	bool first = true, v2 = false;
-	r = 0;
-	for (char *line = strtok_r(d, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+	int r = 0;
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		if (first) {
 			first = false;
 			if (strncmp(line, "V\t", 2) == 0) {
@@ -1074,6 +1093,17 @@ int mm_md_subs_read(const char *maildir, int (*cb)(void *arg, const char *folder
 		if (r)
 			break;
 	}
+	return r;
+}
+
+int mm_md_subs_read(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg)
+{
+	char *d;
+	size_t len;
+	int r = read_file_in(maildir, "subscriptions", &d, &len);
+	if (r <= 0)
+		return r;
+	r = mm_md_subs_parse(d, cb, arg);
 	free(d);
 	return r;
 }
@@ -1238,18 +1268,14 @@ static int uid_push(struct mm_md_uidlist *ul, uint32_t uid, const char *ext, siz
 	return 0;
 }
 
-int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul)
+int mm_md_uidlist_parse(char *text, struct mm_md_uidlist *ul)
 {
 	memset(ul, 0, sizeof(*ul));
 	ul->next_uid = 1;
-	char *d;
-	size_t len;
-	int r = read_file_in(folder_dir, "dovecot-uidlist", &d, &len);
-	if (r <= 0)
-		return r;
 	ul->exists = true;
+	int r;
 	char *save = NULL;
-	char *line = strtok_r(d, "\n", &save);
+	char *line = strtok_r(text, "\n", &save);
 	bool bad = false;
 	if (!line || strncmp(line, "3 ", 2) != 0) {
 		bad = true;
@@ -1282,10 +1308,8 @@ int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul)
 				rl += fl;
 			}
 		}
-		if (!(ul->hdr_rest = strdup(rest))) {
-			free(d);
+		if (!(ul->hdr_rest = strdup(rest)))
 			return -ENOMEM;
-		}
 	}
 	uint32_t prev = 0;
 	for (line = bad ? NULL : strtok_r(NULL, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -1293,7 +1317,9 @@ int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul)
 		errno = 0;
 		unsigned long uid = strtoul(line, &end, 10);
 		char *fn = strstr(end, " :");
-		if (end == line || errno || uid == 0 || uid > UINT32_MAX || !fn || uid <= prev) {
+		/* "<uid>[ <ext>] :<name>": a record without the space after its UID ("5:x :y")
+		 * is damaged, and would not be written back as it was read */
+		if (end == line || *end != ' ' || errno || uid == 0 || uid > UINT32_MAX || !fn || uid <= prev) {
 			bad = true;
 			continue;
 		}
@@ -1303,15 +1329,26 @@ int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul)
 			ext++;
 		size_t el = fn > ext ? (size_t)(fn - ext) : 0;
 		size_t nl = strcspn(fn + 2, "\r");
-		if ((r = uid_push(ul, (uint32_t)uid, ext, el, fn + 2, nl)) < 0) {
-			free(d);
+		if ((r = uid_push(ul, (uint32_t)uid, ext, el, fn + 2, nl)) < 0)
 			return r;
-		}
 		if (uid >= ul->next_uid)
 			ul->next_uid = (uint32_t)uid + 1 ? (uint32_t)uid + 1 : UINT32_MAX;
 	}
-	free(d);
 	return bad ? -EBADMSG : 0;
+}
+
+int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul)
+{
+	memset(ul, 0, sizeof(*ul));
+	ul->next_uid = 1;
+	char *d;
+	size_t len;
+	int r = read_file_in(folder_dir, "dovecot-uidlist", &d, &len);
+	if (r <= 0)
+		return r;
+	r = mm_md_uidlist_parse(d, ul);
+	free(d);
+	return r;
 }
 
 uint32_t mm_md_uidlist_find(const struct mm_md_uidlist *ul, const char *base, size_t base_len)
@@ -1341,7 +1378,7 @@ ssize_t mm_md_uidlist_index(const struct mm_md_uidlist *ul, uint32_t uid)
 
 int mm_md_uidlist_add(struct mm_md_uidlist *ul, uint32_t uid, const char *name)
 {
-	if (!uid || !name[0] || strchr(name, '\n'))
+	if (!uid || !name[0] || has_ctl(name))
 		return -EINVAL;
 	if (mm_md_uidlist_index(ul, uid) >= 0)
 		return -EEXIST;
@@ -1405,8 +1442,10 @@ size_t mm_md_uidlist_remove_many(struct mm_md_uidlist *ul, const uint32_t *uids,
 	return removed;
 }
 
-int mm_md_uidlist_save(const char *folder_dir, const struct mm_md_uidlist *ul)
+int mm_md_uidlist_format(const struct mm_md_uidlist *ul, char **text_r, size_t *len_r)
 {
+	*text_r = NULL;
+	*len_r = 0;
 	if (!ul->uidvalidity)
 		return -EINVAL;
 	size_t cap = 128 + (ul->hdr_rest ? strlen(ul->hdr_rest) : 0), len = 0;
@@ -1420,8 +1459,20 @@ int mm_md_uidlist_save(const char *folder_dir, const struct mm_md_uidlist *ul)
 	for (size_t i = 0; i < ul->n; i++)
 		len += (size_t)snprintf(buf + len, cap - len, "%u%s%s :%s\n", ul->v[i].uid,
 		                        ul->v[i].ext[0] ? " " : "", ul->v[i].ext, ul->v[i].name);
+	*text_r = buf;
+	*len_r = len;
+	return 0;
+}
+
+int mm_md_uidlist_save(const char *folder_dir, const struct mm_md_uidlist *ul)
+{
+	char *buf;
+	size_t len;
+	int r = mm_md_uidlist_format(ul, &buf, &len);
+	if (r < 0)
+		return r;
 	struct mm_md_owner o;
-	int r = mm_md_owner_of(folder_dir, &o);
+	r = mm_md_owner_of(folder_dir, &o);
 	r = replace_file(folder_dir, "dovecot-uidlist.mailmesh", "dovecot-uidlist", buf, len, r == 0 ? &o : NULL);
 	if (r == -EEXIST) { /* a temp file left by a crash of ours (we hold the lock) */
 		char tp[PATHBUF];

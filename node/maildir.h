@@ -42,8 +42,9 @@ struct mm_md_name {
 };
 
 /* Parses a file name found in new/ or cur/.  Returns 0, or -EINVAL for a name that is
- * not a message file: empty, starting with '.', containing '/', longer than
- * MM_MD_NAME_MAX, an info part other than "2,<letters>", or letters outside [A-Za-z]. */
+ * not a message file: empty, starting with '.', containing '/' or a control character
+ * (below ' ', or DEL), longer than MM_MD_NAME_MAX, an info part other than
+ * "2,<letters>", or letters outside [A-Za-z]. */
 int mm_md_name_parse(const char *name, struct mm_md_name *n_r);
 
 /* Writes `base` + (letters ? ":2," + letters in ASCII order : "") into buf (NUL
@@ -72,6 +73,9 @@ struct mm_md_keywords {
  * or another negative errno when the file exists but cannot be read.  The table must
  * be released with mm_md_keywords_clear() (also after an error). */
 int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw);
+/* The same for the file's text (NUL-terminated, cut into lines in place; the parsers
+ * below work on text alike, so that libFuzzer can feed them any bytes: fuzz_maildir). */
+int mm_md_keywords_parse(char *text, struct mm_md_keywords *kw);
 void mm_md_keywords_clear(struct mm_md_keywords *kw);
 
 /* Index (0..25) of `name` in the table, or -1. */
@@ -97,6 +101,10 @@ int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const 
 int mm_md_uidlist_read(const char *folder_dir,
                        int (*cb)(void *arg, uint32_t uid, const char *base, size_t base_len),
                        void *arg);
+/* The same for the file's text (NUL-terminated, changed in place). */
+int mm_md_uidlist_parse_each(char *text,
+                             int (*cb)(void *arg, uint32_t uid, const char *base, size_t base_len),
+                             void *arg);
 
 /* dovecot-uidlist.lock: Dovecot's dotlock (O_EXCL create), waiting up to
  * timeout_ms and breaking a lock older than 120 s (Dovecot's own stale limit).
@@ -133,6 +141,8 @@ struct mm_md_uidlist {
  * header or the records are not in ascending UID order (a damaged file; ul then
  * holds what could be read), -ENOMEM, or another negative errno. */
 int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul);
+/* The same for the file's text (NUL-terminated, changed in place): exists = true. */
+int mm_md_uidlist_parse(char *text, struct mm_md_uidlist *ul);
 void mm_md_uidlist_clear(struct mm_md_uidlist *ul);
 
 /* UID listed for file base `base` (base_len bytes, no ":2," part), or 0. */
@@ -142,8 +152,9 @@ uint32_t mm_md_uidlist_find(const struct mm_md_uidlist *ul, const char *base, si
 ssize_t mm_md_uidlist_index(const struct mm_md_uidlist *ul, uint32_t uid);
 
 /* Adds record (uid, name) in UID order and raises next_uid to uid + 1 if below.
- * Returns 0, -EEXIST if uid is listed already (nothing changed), -EINVAL for uid 0
- * or a name with '\n' or a name whose base is listed already, -ENOMEM. */
+ * Returns 0, -EEXIST if uid is listed already (nothing changed), -EINVAL for uid 0,
+ * an empty name, a name with a control character (it would not read back the same),
+ * or a name whose base is listed already, -ENOMEM. */
 int mm_md_uidlist_add(struct mm_md_uidlist *ul, uint32_t uid, const char *name);
 
 /* Removes the record with this UID (no-op when absent).  next_uid is never lowered:
@@ -159,6 +170,10 @@ size_t mm_md_uidlist_remove_many(struct mm_md_uidlist *ul, const uint32_t *uids,
  * held by the caller), owner/mode of folder_dir minus x bits.  uidvalidity must be
  * set (else -EINVAL).  0 or negative errno. */
 int mm_md_uidlist_save(const char *folder_dir, const struct mm_md_uidlist *ul);
+/* The text mm_md_uidlist_save writes: *text_r (caller frees) of *len_r bytes, NUL
+ * terminated.  Returns 0, -EINVAL without a uidvalidity, or -ENOMEM.  Parsing it gives
+ * the same list back (fuzz_maildir checks that). */
+int mm_md_uidlist_format(const struct mm_md_uidlist *ul, char **text_r, size_t *len_r);
 
 /* ---- files ---------------------------------------------------------------------- */
 
@@ -280,6 +295,8 @@ int mm_md_folder_list(const char *maildir, int (*cb)(void *arg, const char *fold
  * (hierarchy joined with '.').  Missing file: 0 with no call.  0, cb's value, or
  * negative errno. */
 int mm_md_subs_read(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg);
+/* The same for the file's text (NUL-terminated, changed in place). */
+int mm_md_subs_parse(char *text, int (*cb)(void *arg, const char *folder), void *arg);
 
 /* Writes the subscriptions file (Dovecot 2.3 format) atomically (temp + fsync + rename)
  * with the `n` names given, owner o.  0 or negative errno. */

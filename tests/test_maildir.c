@@ -118,6 +118,12 @@ static void test_name_odd(void **state)
 	assert_int_equal(mm_md_name_parse("abc:1,S", &n), -EINVAL);
 	assert_int_equal(mm_md_name_parse("abc:2,S1", &n), -EINVAL);
 	assert_int_equal(mm_md_name_parse("abc:2,S:", &n), -EINVAL);
+	/* a control character would not read back the same from dovecot-uidlist (the
+	 * line would end at a '\n', a '\r' is taken for a CRLF): such a file got a new UID
+	 * on every pass (found by fuzz_maildir) */
+	assert_int_equal(mm_md_name_parse("abc\r", &n), -EINVAL);
+	assert_int_equal(mm_md_name_parse("1700000000.M1P2.ho\tst,S=5:2,S", &n), -EINVAL);
+	assert_int_equal(mm_md_name_parse("abc\x7f:2,S", &n), -EINVAL);
 	char big[400];
 	memset(big, 'x', sizeof big - 1);
 	big[sizeof big - 1] = 0;
@@ -396,7 +402,61 @@ static void test_uidlist_index(void **state)
 	snprintf(name, sizeof name, "%u.M%uP1.host", 1700000000u + 4, 4u);
 	assert_int_equal(mm_md_uidlist_find(&ul, name, strlen(name)), 0);
 	assert_int_equal(mm_md_uidlist_remove_many(&ul, drop, 0), 0);
+	/* names that would not read back the same are refused; nothing changes */
+	next = ul.next_uid;
+	assert_int_equal(mm_md_uidlist_add(&ul, next, "1700000000.M9P9.host\r"), -EINVAL);
+	assert_int_equal(mm_md_uidlist_add(&ul, next, "1700000000.M9P9.\nhost"), -EINVAL);
+	assert_int_equal(mm_md_uidlist_add(&ul, next, ""), -EINVAL);
+	assert_int_equal(ul.n, 1496);
+	assert_int_equal(ul.next_uid, next);
 	mm_md_uidlist_clear(&ul);
+}
+
+/* The text parsers behind the loads (fuzz_maildir feeds them any bytes): a damaged
+ * dovecot-uidlist is told apart, and a good one formats back to the same text. */
+static void test_uidlist_text(void **state)
+{
+	(void)state;
+	struct mm_md_uidlist ul;
+	char good[] = "3 V7 N10 Gabc\n1 W5 :a,S=5:2,S\n3 :b :c\n";
+	assert_int_equal(mm_md_uidlist_parse(good, &ul), 0);
+	assert_true(ul.exists);
+	assert_int_equal(ul.uidvalidity, 7);
+	assert_int_equal(ul.next_uid, 10);
+	assert_string_equal(ul.hdr_rest, "Gabc");
+	assert_int_equal(ul.n, 2);
+	assert_string_equal(ul.v[0].ext, "W5");
+	assert_string_equal(ul.v[0].name, "a,S=5:2,S");
+	assert_int_equal(ul.v[0].base_len, 5);
+	assert_string_equal(ul.v[1].ext, "");
+	assert_string_equal(ul.v[1].name, "b :c");
+	char *text;
+	size_t len;
+	assert_int_equal(mm_md_uidlist_format(&ul, &text, &len), 0);
+	assert_string_equal(text, "3 V7 N10 Gabc\n1 W5 :a,S=5:2,S\n3 :b :c\n");
+	assert_int_equal(len, strlen(text));
+	free(text);
+	mm_md_uidlist_clear(&ul);
+
+	const char *damaged[] = {
+		"3 V7 N10\n3 :b\n1 :a\n", /* out of UID order */
+		"3 V7 N10\n5:x :y\n",     /* no space after the UID: it read back as "x :y" */
+		"3 V7 N10\n0 :a\n",       /* UID 0 */
+		"3 V7 N10\n4294967296 :a\n",
+		"3 V7 N10\nfive :a\n",
+		"3 V7 N10\n5 a\n",        /* no " :" before the name */
+		"2 V7 N10\n1 :a\n",       /* another version */
+		"3 Vx N10\n1 :a\n",
+	};
+	for (size_t i = 0; i < sizeof damaged / sizeof damaged[0]; i++) {
+		char *t = strdup(damaged[i]);
+		assert_non_null(t);
+		assert_int_equal(mm_md_uidlist_parse(t, &ul), -EBADMSG);
+		mm_md_uidlist_clear(&ul);
+		free(t);
+	}
+	assert_int_equal(mm_md_uidlist_format(&ul, &text, &len), -EINVAL); /* no UIDVALIDITY */
+	assert_null(text);
 }
 
 /* mm_md_unlink_keep: the file leaves the folder, kept at the path given; unlinked when
@@ -627,6 +687,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_keywords, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_index, setup, teardown),
+		cmocka_unit_test(test_uidlist_text),
 		cmocka_unit_test_setup_teardown(test_deliver_mtime, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_folders, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unlink_keep, setup, teardown),
