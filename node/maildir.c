@@ -169,9 +169,17 @@ static int read_all(const char *path, char **data_r, size_t *len_r)
 {
 	*data_r = NULL;
 	*len_r = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO in the place of a Dovecot file must not hold the open (and
+	 * the daemon) until a writer comes; only a regular file is read */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
+	struct stat st;
+	int e = fstat(fd, &st) < 0 ? -errno : !S_ISREG(st.st_mode) ? -EINVAL : 0;
+	if (e) {
+		close(fd);
+		return e;
+	}
 	size_t cap = 4096, len = 0;
 	char *d = malloc(cap + 1);
 	if (!d) {
@@ -503,7 +511,7 @@ int mm_md_uidlist_read(const char *folder_dir,
 static bool lock_holder_dead(const char *path, const struct stat *st)
 {
 	char buf[128], host[128];
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK); /* a FIFO: no wait */
 	if (fd < 0)
 		return false;
 	ssize_t n = read(fd, buf, sizeof buf - 1);

@@ -447,6 +447,17 @@ static void logmsg(struct mm_store *s, int level, const char *fmt, ...)
 		s->log(s->log_arg, level, "%s", msg);
 }
 
+/* What a failed read of a Maildir file tells the admin: open_message's and
+ * mm_md_*_read's refusals in words, other errors as strerror. */
+static const char *read_err(int r)
+{
+	if (r == -EINVAL)
+		return "not a regular file (a FIFO, device or directory): skipped";
+	if (r == -ELOOP)
+		return "a symbolic link, not followed: skipped";
+	return strerror(-r);
+}
+
 static size_t k_uf(char *buf, const char *user, const char *folder)
 {
 	size_t ul = strlen(user), fl = strlen(folder);
@@ -1203,7 +1214,7 @@ static void folder_kw_read(struct mm_store *s, struct folder *fo)
 	mm_md_keywords_clear(&fo->kw);
 	int rr = mm_md_keywords_read(fo->dir, &fo->kw);
 	if (rr < 0)
-		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-keywords: %s", fo->dir, strerror(-rr));
+		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-keywords: %s", fo->dir, read_err(rr));
 }
 
 /* Letters a file should carry for record r: system flags and keyword letters from the
@@ -1694,19 +1705,36 @@ static int read_folder(const char *dir, struct dlist *l)
 	return gone == 2 ? -ENOENT : gone;
 }
 
+/* Opens a message file for reading: the descriptor, or -ELOOP for a symbolic link
+ * (never followed out of the Maildir), -EINVAL for anything but a regular file, or
+ * another negative errno.  O_NONBLOCK: a FIFO put where mail is would otherwise hold
+ * the open until some writer came, and the daemon with it; on a regular file it
+ * changes nothing.  *st_r is the file's status. */
+static int open_message(const char *path, struct stat *st_r)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return -errno;
+	int e = 0;
+	if (fstat(fd, st_r) < 0)
+		e = -errno;
+	else if (!S_ISREG(st_r->st_mode))
+		e = -EINVAL;
+	if (e) {
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
 /* Hashes a file: body id, size, mtime.  0 or negative errno. */
 static int hash_file(struct mm_store *s, const char *path, uint8_t body[MM_ID_LEN],
                      uint64_t *size_r, int64_t *mtime_r)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		return -errno;
 	struct stat st;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		int e = S_ISREG(st.st_mode) ? -errno : -EINVAL;
-		close(fd);
-		return e;
-	}
+	int fd = open_message(path, &st);
+	if (fd < 0)
+		return fd;
 	crypto_generichash_state h;
 	crypto_generichash_init(&h, NULL, 0, MM_ID_LEN);
 	static __thread unsigned char buf[65536];
@@ -2175,7 +2203,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			r = hash_file(s, path, body, &size, &mtime);
 			if (r < 0) {
 				if (r != -ENOENT) /* vanished meanwhile: the next scan settles it */
-					logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s: %s (will retry)", path, strerror(-r));
+					logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s: %s (will retry)", path, read_err(r));
 				continue;
 			}
 			const char *kws[26];
@@ -2579,7 +2607,7 @@ static void scan_subscriptions(struct mm_store *s, struct user *u, struct mm_use
 	struct namelist subs = {0};
 	int r = mm_md_subs_read(u->path, namelist_add, &subs);
 	if (r < 0) {
-		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/subscriptions: %s", u->path, strerror(-r));
+		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/subscriptions: %s", u->path, read_err(r));
 		namelist_free(&subs);
 		return;
 	}
@@ -2747,20 +2775,15 @@ int mm_store_body_open(struct mm_store *s, const char *user, const uint8_t key[M
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (fent_path(s, fe, p, sizeof p) < 0)
 			return -ENAMETOOLONG;
-		int fd = open(p, O_RDONLY | O_CLOEXEC);
+		struct stat st;
+		int fd = open_message(p, &st);
 		if (fd >= 0) {
-			struct stat st;
-			if (fstat(fd, &st) < 0) {
-				int e = -errno;
-				close(fd);
-				return e;
-			}
 			*fd_r = fd;
 			*size_r = (uint64_t)st.st_size;
 			return 0;
 		}
-		if (errno != ENOENT || attempt || fent_relocate(s, fe) < 0)
-			return -errno ? -errno : -ENOENT;
+		if (fd != -ENOENT || attempt || fent_relocate(s, fe) < 0)
+			return fd;
 	}
 	return -ENOENT;
 }
@@ -3861,11 +3884,12 @@ static int copy_local(struct mm_store *s, const char *user, const uint8_t key[MM
 	int rr = mm_store_body_begin(s, user, key, &w);
 	if (rr < 0)
 		return rr;
-	int fd = open(sp, O_RDONLY | O_CLOEXEC);
-	int e = fd < 0 ? errno : 0;
+	struct stat sst;
+	int fd = open_message(sp, &sst);
+	int e = fd < 0 ? -fd : 0;
 	if (e == ENOENT && src && fent_relocate(s, src) == 0 && fent_path(s, src, sp, sizeof sp) == 0) {
-		fd = open(sp, O_RDONLY | O_CLOEXEC); /* renamed here (a flag change not scanned yet) */
-		e = fd < 0 ? errno : 0;
+		fd = open_message(sp, &sst); /* renamed here (a flag change not scanned yet) */
+		e = fd < 0 ? -fd : 0;
 	}
 	if (fd < 0) {
 		mm_store_body_abort(&w);
@@ -4239,7 +4263,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	} else if (r < 0) {
 		mm_md_uidlist_clear(&ul);
 		mm_md_uidlist_unlock(fo->dir);
-		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-uidlist: %s", fo->dir, strerror(-r));
+		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/dovecot-uidlist: %s", fo->dir, read_err(r));
 		return r;
 	}
 	if (renew) {
@@ -5488,7 +5512,7 @@ static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct fold
 			continue;
 		}
 		uint64_t size = r->msg.size;
-		int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+		int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 		struct stat st;
 		if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != size) {
 			if (fd >= 0)

@@ -1668,6 +1668,63 @@ static void test_odd_names(void **state)
 	node_close(&a);
 }
 
+/* What a Maildir may hold besides mail, made by hand or by a user with a shell: the
+ * scan must neither block (a FIFO opened for reading waits for a writer for ever: the
+ * whole daemon stopped), nor follow a link out of the Maildir, nor list a name that
+ * would not read back the same from dovecot-uidlist; the mail beside them is indexed
+ * as always.  SIGALRM ends the test if anything blocks. */
+static void test_hostile_maildir(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, true);
+	mm_store_set_uid_authority(a.s, true);
+	deliver(&a, "INBOX", "good1", "Subject: 1\r\n\r\nbody 1\r\n", 1600000000);
+	char d[600], md[600], p[800], t[800];
+	udir(&a, "INBOX", d, sizeof d);
+	snprintf(md, sizeof md, "%s/ex.org/alice", a.root);
+	static const char *const odd[] = {"fifo1.M1P1.host:2,S", "link1.M1P1.host:2,S",
+	                                  "dir1.M1P1.host:2,S", "cr1.M1P1.host\r", "lf1.M1P1\n.host:2,S"};
+	snprintf(p, sizeof p, "%s/cur/%s", d, odd[0]);
+	assert_int_equal(mkfifo(p, 0600), 0);
+	snprintf(p, sizeof p, "%s/cur/%s", d, odd[1]);
+	snprintf(t, sizeof t, "%s/a/secret", top); /* out of the Maildir */
+	FILE *sf = fopen(t, "w");
+	assert_non_null(sf);
+	fputs("Subject: not mail\r\n\r\nsecret\r\n", sf);
+	fclose(sf);
+	assert_int_equal(symlink(t, p), 0);
+	snprintf(p, sizeof p, "%s/cur/%s", d, odd[2]);
+	assert_int_equal(mkdir(p, 0700), 0);
+	for (int i = 3; i < 5; i++) {
+		snprintf(p, sizeof p, "%s/cur/%s", d, odd[i]);
+		FILE *f = fopen(p, "w");
+		assert_non_null(f);
+		fputs("Subject: odd\r\n\r\nodd\r\n", f);
+		fclose(f);
+	}
+	/* Dovecot's own files, as FIFOs */
+	snprintf(p, sizeof p, "%s/subscriptions", md);
+	assert_int_equal(mkfifo(p, 0600), 0);
+	snprintf(p, sizeof p, "%s/dovecot-keywords", d);
+	assert_int_equal(mkfifo(p, 0600), 0);
+
+	alarm(60);
+	assert_true(scan(&a, NULL) >= 1);
+	assert_true(listed_uid(&a, "good1") > 0);
+	for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++)
+		assert_int_equal(listed_uid(&a, odd[i]), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 1);
+	/* a flag change on the good message still goes through */
+	const char *g = find(&a, "INBOX", "good1");
+	assert_non_null(g);
+	rename_to(g, "S");
+	assert_int_equal(scan(&a, NULL), 1);
+	assert_int_equal(scan(&a, NULL), 0);
+	alarm(0);
+	node_close(&a);
+}
+
 /* Becoming the UID authority re-checks only folders whose last pass left something
  * for an authority: here a replica's need above a message's UID, which a
  * non-authority keeps showing and the authority must move. */
@@ -2756,6 +2813,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_many_files_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_named_late, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_odd_names, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_hostile_maildir, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_authority_recheck, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_catching_up_raises_no_needs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_first_uid_from_origin, setup, teardown),
