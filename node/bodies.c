@@ -207,6 +207,41 @@ static void place_work(uv_work_t *req)
 	mm_store_place_run(p->job);
 }
 
+/* The store could not keep what was fetched (placing or committing failed: a full
+ * disk, most likely).  What it dropped is wanted again at once, so fetching pauses:
+ * 1 s after the first failure, twice as long after each failure once fetching
+ * resumed, up to STORE_BACKOFF_MAX_MS; bodies placed again end the pauses.  Without
+ * them a node whose state database could not grow fetched the same bodies 760 times
+ * a second and threw them away (it_daemon_diskfull), its peer sending them as fast. */
+#define STORE_BACKOFF_MAX_MS 30000
+
+void mm_bodies_store_failed(struct mm_daemon *d, int err)
+{
+	uint64_t now = mm_daemon_now();
+	if (now < d->store_hold_until)
+		return; /* a failure of what came before the pause (a commit retried each second) */
+	uint64_t was = d->store_backoff_ms;
+	d->store_backoff_ms = was ? was * 2 : 1000;
+	if (d->store_backoff_ms > STORE_BACKOFF_MAX_MS)
+		d->store_backoff_ms = STORE_BACKOFF_MAX_MS;
+	d->store_hold_until = now + d->store_backoff_ms;
+	mm_fetch_hold(d->fetch, d->store_hold_until);
+	if (d->store_backoff_ms != was) /* at its longest: the failures' own lines say enough */
+		mm_log(MM_LOG_WARN, "fetching bodies paused for %llu s: the store cannot keep them (%s)%s",
+		       (unsigned long long)(d->store_backoff_ms / 1000), strerror(-err),
+		       err == -ENOSPC ? "; free some space on the disk of the Maildirs or of state_dir" : "");
+}
+
+static void store_kept(struct mm_daemon *d)
+{
+	if (!d->store_backoff_ms)
+		return;
+	d->store_backoff_ms = 0;
+	d->store_hold_until = 0;
+	mm_fetch_hold(d->fetch, 0);
+	mm_log(MM_LOG_INFO, "fetching bodies again: the store keeps them");
+}
+
 static void place_done(uv_work_t *req, int status)
 {
 	(void)status; /* never cancelled: the work always ran */
@@ -214,8 +249,13 @@ static void place_done(uv_work_t *req, int status)
 	struct mm_daemon *d = p->d;
 	int r = mm_store_place_end(d->store, &p->job);
 	free(p);
-	if (r < 0)
+	if (r < 0) {
 		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)", strerror(-r));
+		if (!d->stopping)
+			mm_bodies_store_failed(d, r);
+	} else if (r > 0) {
+		store_kept(d);
+	}
 	if (d->stopping) {
 		/* the shutdown's final commit came first: the placed files' index entries */
 		if (mm_store_commit(d->store) < 0)
@@ -296,9 +336,11 @@ static bool place_async(struct mm_daemon *d)
 	int r = mm_store_place_begin(d->store, &p->job);
 	if (r <= 0) {
 		free(p);
-		if (r < 0)
+		if (r < 0) {
 			mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)",
 			       strerror(-r));
+			mm_bodies_store_failed(d, r);
+		}
 		return false;
 	}
 	p->d = d;
@@ -335,9 +377,13 @@ void mm_bodies_flush(struct mm_daemon *d)
 		return; /* (held bodies whose time has come: after it) */
 	int r = mm_store_flush(d->store);
 	mm_watch_lock_waits(d); /* its commit (records first) may have left a UID pass to a lock */
-	if (r < 0)
+	if (r < 0) {
 		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)",
 		       strerror(-r));
+		mm_bodies_store_failed(d, r);
+	} else if (r > 0) {
+		store_kept(d);
+	}
 	mm_bodies_catchup_note(d);
 	/* the placed files' index entries; nothing to commit while the staged bodies
 	 * gather (a commit per loop turn of a stream, asked for here, blocked the loop

@@ -67,6 +67,7 @@ static void commit_cb(uv_timer_t *t)
 	if (r < 0) {
 		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s; retrying in 1 s",
 		       d->cfg.state_dir, strerror(-r));
+		mm_bodies_store_failed(d, r); /* what it would fetch could not be kept either */
 		d->commit_pending = true;
 		uv_timer_start(&d->commit_timer, commit_cb, 1000, 0);
 		return;

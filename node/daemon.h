@@ -106,6 +106,9 @@ struct mm_daemon {
 	uint64_t missing_check_ms;         /* last time missing bodies were re-wanted */
 	uint64_t catchup_since_ms;         /* catching up since (bodies.c), 0 = not */
 	uint64_t catchup_done0;            /* fetches done by then */
+	uint64_t store_backoff_ms;         /* fetch hold after the store failed to keep bodies
+	                                    * (bodies.c, mm_bodies_store_failed), 0 = none */
+	uint64_t store_hold_until;         /* and when that hold ends */
 	uint64_t local_changes, remote_changes;
 };
 
@@ -137,6 +140,7 @@ void mm_bodies_ops(struct mm_daemon *d, struct mm_body_ops *ops_r);
 void mm_bodies_flush(struct mm_daemon *d);     /* places staged bodies (each loop turn) */
 void mm_bodies_commit_check(struct mm_daemon *d); /* commits placed files' index once bodies stop */
 void mm_bodies_catchup_note(struct mm_daemon *d); /* logs the start and end of a catch-up */
+void mm_bodies_store_failed(struct mm_daemon *d, int err); /* holds fetches, backing off */
 
 /* control.c */
 int mm_control_start(struct mm_daemon *d);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 
 static const char *const table_names[MM_DB_TABLES] = {"recs", "files", "folders", "meta", "fidx"};
@@ -36,6 +37,10 @@ struct mm_statedb {
  * behind).  After a batch of this many puts and deletes, the environment is closed and
  * opened again, which frees them. */
 #define REOPEN_OPS 8192
+
+/* A filesystem with less free space than this for its users is full for a commit
+ * (a batch writes a few dozen pages at least). */
+#define FULL_BYTES (1u << 20)
 
 static int lmdb_err(int rc)
 {
@@ -349,6 +354,11 @@ int mm_statedb_commit(struct mm_statedb *db)
 	if (db->batch_ops >= REOPEN_OPS)
 		env_reopen(db); /* no read is in progress: they copy out or call back */
 	db->batch_ops = 0;
+	/* LMDB reports a write cut short as EIO, and that is how a full disk shows: the
+	 * pages written up to the last free block.  Say so when the filesystem is full. */
+	struct statvfs fs;
+	if (rc == EIO && statvfs(db->path, &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < FULL_BYTES)
+		return -ENOSPC;
 	return lmdb_err(rc);
 }
 

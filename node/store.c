@@ -3797,9 +3797,13 @@ int mm_store_place_begin(struct mm_store *s, struct mm_store_place **job_r)
 	/* the records first (a commit places nothing while s->placing: what it makes,
 	 * local copies, is staged and joins this job) */
 	s->placing = true;
-	for (struct mm_body_writer *w = s->staged; w && r == 0; w = w->snext)
-		if (rec_dirty(s, w->user, w->key))
+	for (struct mm_body_writer *w = s->staged; w; w = w->snext)
+		if (rec_dirty(s, w->user, w->key)) {
+			/* one commit writes every record; a failed one has freed the staged
+			 * writers, w among them (a full disk: it_daemon_diskfull under ASan) */
 			r = mm_store_commit(s);
+			break;
+		}
 	s->placing = false;
 	if (r < 0) {
 		if (s->staged)

@@ -60,6 +60,7 @@ struct mm_fetch {
 	uint64_t seq;
 	struct mm_fetch_stats st;
 	unsigned batch;   /* mm_fetch_batch_begin depth: no fetch starts while > 0 */
+	uint64_t hold_until; /* mm_fetch_hold: no fetch starts before this */
 	bool filling;
 };
 
@@ -385,7 +386,7 @@ static int try_start(struct mm_fetch *f, struct want *w, uint64_t now)
 
 static int fill(struct mm_fetch *f, uint64_t now)
 {
-	if (f->filling || f->batch)
+	if (f->filling || f->batch || now < f->hold_until)
 		return 0;
 	f->filling = true;
 	q_wake(f, now);
@@ -574,6 +575,11 @@ void mm_fetch_batch_end(struct mm_fetch *f, uint64_t now_ms)
 int mm_fetch_tick(struct mm_fetch *f, uint64_t now_ms)
 {
 	return fill(f, now_ms);
+}
+
+void mm_fetch_hold(struct mm_fetch *f, uint64_t until_ms)
+{
+	f->hold_until = until_ms;
 }
 
 bool mm_fetch_wanted(const struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_LEN])

@@ -759,6 +759,30 @@ static void test_join_from_several(void **state)
 	net_free(&net);
 }
 
+/* n bodies of `size` random bytes on node 0, delivered there under uid_of[k], with
+ * their records (not their bodies) merged into node 1; ids_r[k] their ids. */
+static void bodies_on_a(struct net *net, size_t n, size_t size, const uint32_t *uid_of,
+                        uint8_t (*ids_r)[MM_ID_LEN])
+{
+	struct node *a = &net->nodes[0], *b = &net->nodes[1];
+	struct mm_delta *d = mm_delta_new();
+	uint8_t *data = malloc(size);
+	assert_non_null(data);
+	for (size_t k = 0; k < n; k++) {
+		for (size_t i = 0; i < size; i++)
+			data[i] = (uint8_t)rnd();
+		uint8_t key[MM_KEY_LEN];
+		mm_body_id(data, size, ids_r[k]);
+		body_put(a, "ex.com/alice", ids_r[k], data, size);
+		mm_hlc stamp = mm_clock_tick(&a->clk, net->now);
+		assert_int_equal(mm_user_deliver(mm_state_user(a->st, "ex.com/alice", true), "INBOX", ids_r[k], size,
+		                                 1700000000, 0, NULL, 0, uid_of[k], stamp, key, NULL, NULL, d), 1);
+	}
+	free(data);
+	assert_true(mm_delta_apply(d, b->st, NULL, NULL) > 0);
+	mm_delta_free(&d);
+}
+
 /* Bodies are asked for in the order of their UIDs, not in the order they were wanted
  * (records come in key order), so that a replica's store can place them as they
  * come.  b knows every record (as after a round, or a restart that finds them
@@ -770,7 +794,6 @@ static void test_fetch_uid_order(void **state)
 	seed();
 	net_init(&net, 2, 1000); /* 8000-byte bodies: none inline, all fetched */
 	struct node *a = &net.nodes[0], *b = &net.nodes[1];
-	struct mm_delta *d = mm_delta_new();
 	enum { N = 300, SIZE = 8000 };
 	uint32_t uid_of[N];
 	uint8_t ids[N][MM_ID_LEN];
@@ -782,20 +805,7 @@ static void test_fetch_uid_order(void **state)
 		uid_of[k] = uid_of[j];
 		uid_of[j] = t;
 	}
-	uint8_t *data = malloc(SIZE);
-	for (size_t k = 0; k < N; k++) {
-		for (size_t i = 0; i < SIZE; i++)
-			data[i] = (uint8_t)rnd();
-		uint8_t key[MM_KEY_LEN];
-		mm_body_id(data, SIZE, ids[k]);
-		body_put(a, "ex.com/alice", ids[k], data, SIZE);
-		mm_hlc stamp = mm_clock_tick(&a->clk, net.now);
-		assert_int_equal(mm_user_deliver(mm_state_user(a->st, "ex.com/alice", true), "INBOX", ids[k], SIZE,
-		                                 1700000000, 0, NULL, 0, uid_of[k], stamp, key, NULL, NULL, d), 1);
-	}
-	free(data);
-	assert_true(mm_delta_apply(d, b->st, NULL, NULL) > 0);
-	mm_delta_free(&d);
+	bodies_on_a(&net, N, SIZE, uid_of, ids);
 	mm_fetch_batch_begin(b->fetch);
 	for (size_t k = 0; k < N; k++)
 		assert_int_equal(mm_fetch_want(b->fetch, "ex.com/alice", ids[k], SIZE, uid_of[k], NULL, net.now), 1);
@@ -822,6 +832,42 @@ static void test_fetch_uid_order(void **state)
 		last = uid_of[k];
 	}
 	free(log);
+	net_free(&net);
+}
+
+/* mm_fetch_hold: while a driver's store cannot keep bodies (its disk is full), no
+ * fetch starts, however many are wanted and however often it ticks; the first tick at
+ * the hold's end starts them, and they all arrive. */
+static void test_fetch_hold(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 2, 1000); /* 8000-byte bodies: none inline, all fetched */
+	struct node *a = &net.nodes[0], *b = &net.nodes[1];
+	enum { N = 40, SIZE = 8000 };
+	uint32_t uid_of[N];
+	uint8_t ids[N][MM_ID_LEN];
+	for (size_t k = 0; k < N; k++)
+		uid_of[k] = (uint32_t)k + 1;
+	bodies_on_a(&net, N, SIZE, uid_of, ids);
+	uint64_t until = net.now + 5000;
+	mm_fetch_hold(b->fetch, until);
+	for (size_t k = 0; k < N; k++)
+		assert_int_equal(mm_fetch_want(b->fetch, "ex.com/alice", ids[k], SIZE, uid_of[k], NULL, net.now), 1);
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(b->fetch, &fs);
+	assert_int_equal(fs.inflight, 0);
+	assert_int_equal(fs.wanted, N);
+	assert_int_equal(mm_fetch_tick(b->fetch, until - 1), 0);
+	mm_fetch_get_stats(b->fetch, &fs);
+	assert_int_equal(fs.inflight, 0);
+	net.now = until;
+	assert_true(mm_fetch_tick(b->fetch, until) > 0);
+	run_until_converged(&net, 200);
+	check_same(b, a);
+	mm_fetch_get_stats(b->fetch, &fs);
+	assert_int_equal(fs.wanted, 0);
 	net_free(&net);
 }
 
@@ -1032,6 +1078,7 @@ int main(void)
 		cmocka_unit_test(test_delta_fresh),
 		cmocka_unit_test(test_join_from_several),
 		cmocka_unit_test(test_fetch_uid_order),
+		cmocka_unit_test(test_fetch_hold),
 		cmocka_unit_test(test_unknown_version),
 		cmocka_unit_test(test_gc_bound),
 		cmocka_unit_test(test_corrupt_body),
