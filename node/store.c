@@ -297,6 +297,12 @@ struct fxmap {
 	bool untagged;
 };
 
+/* The layout of state.mdb this code reads and writes, kept under meta key "format".
+ * A database without the key is of this layout (written before the key was), or new.
+ * A later layout gets a higher number, and this code refuses it: what it would read
+ * from it could be wrong, and what it wrote back would damage it. */
+#define STATE_FORMAT 1
+
 /* A value of the daemon's own waiting for the next commit (mm_store_meta_set). */
 struct meta_kv {
 	char key[MM_STORE_META_KEY_MAX + 3]; /* "d:" + key */
@@ -305,6 +311,7 @@ struct meta_kv {
 
 struct mm_store {
 	bool imap_uids;              /* cfg.imap_uids */
+	bool format_saved;           /* meta "format" = STATE_FORMAT is in state.mdb */
 	struct meta_kv *meta;        /* staged by mm_store_meta_set */
 	size_t n_meta, cap_meta;
 	bool uid_authority;          /* mm_store_set_uid_authority */
@@ -5183,6 +5190,10 @@ static int commit_batch(struct mm_store *s)
 			c[i] = (uint8_t)(s->clock->last >> (56 - 8 * i));
 		r = mm_statedb_put(s->db, MM_DB_META, "clock", 5, c, 8);
 	}
+	if (r == 0 && !s->format_saved) {
+		uint8_t c[8] = {0, 0, 0, 0, 0, 0, 0, STATE_FORMAT};
+		r = mm_statedb_put(s->db, MM_DB_META, "format", 6, c, 8);
+	}
 	for (size_t i = 0; r == 0 && i < s->n_meta; i++) {
 		uint8_t c[8];
 		for (int j = 0; j < 8; j++)
@@ -5196,6 +5207,7 @@ static int commit_batch(struct mm_store *s)
 		mm_statedb_abort(s->db);
 	if (r == 0) {
 		s->n_meta = 0;
+		s->format_saved = true;
 		/* only what was written: effects may not add during a commit, but be exact */
 		for (size_t i = 0; i < recs.n; i++)
 			hm_del(&s->dirty_recs, recs.v[i]->k, recs.v[i]->kl);
@@ -5590,6 +5602,35 @@ static void recover_tmp(struct mm_store *s)
 		       got);
 }
 
+static int state_format_check(struct mm_store *s, const char *state_dir, char *err, size_t errlen)
+{
+	uint8_t v[8];
+	int n = mm_statedb_get(s->db, MM_DB_META, "format", 6, v, sizeof v);
+	uint64_t format = 0;
+	if (n == 8)
+		for (int i = 0; i < 8; i++)
+			format = format << 8 | v[i];
+	if (n < 0 && n != -ENOENT) {
+		snprintf(err, errlen, "cannot read %s/state.mdb: %s", state_dir, strerror(-n));
+		return n;
+	}
+	if (n >= 0 && n != 8) {
+		snprintf(err, errlen, "%s/state.mdb: its format entry is damaged (%d bytes): move the "
+		         "state directory away to have this node rebuild it from its Maildirs and peers",
+		         state_dir, n);
+		return -EBADMSG;
+	}
+	if (format > STATE_FORMAT) {
+		snprintf(err, errlen, "%s/state.mdb was written by a newer mailmesh (state format %llu; this "
+		         "one reads format %d): run that version again, or move the state directory away "
+		         "to have this node rebuild it from its Maildirs and peers",
+		         state_dir, (unsigned long long)format, STATE_FORMAT);
+		return -EPROTONOSUPPORT;
+	}
+	s->format_saved = format == STATE_FORMAT;
+	return 0;
+}
+
 int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
                   struct mm_state *state, struct mm_clock *clock, char *err, size_t errlen)
 {
@@ -5632,6 +5673,10 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	if (r == 0)
 		r = mm_statedb_open(&s->db, cfg->state_dir, 0, err, errlen);
 	if (r < 0) {
+		mm_store_free(&s);
+		return r;
+	}
+	if ((r = state_format_check(s, cfg->state_dir, err, errlen)) < 0) {
 		mm_store_free(&s);
 		return r;
 	}

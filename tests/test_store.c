@@ -2273,6 +2273,65 @@ static void test_file_index_converted(void **state)
 	free(c);
 }
 
+/* Puts meta "format" = the given bytes into a's closed state database. */
+static void put_format(const struct node *a, const uint8_t *v, size_t vl)
+{
+	struct mm_statedb *db;
+	char err[256];
+	assert_int_equal(mm_statedb_open(&db, a->sdir, 0, err, sizeof err), 0);
+	assert_int_equal(mm_statedb_begin(db), 0);
+	assert_int_equal(mm_statedb_put(db, MM_DB_META, "format", 6, v, vl), 0);
+	assert_int_equal(mm_statedb_commit(db), 0);
+	mm_statedb_free(&db);
+}
+
+/* state.mdb says which layout it has: the first commit writes it, and a database of a
+ * later layout (a newer mailmesh ran, then this one again) or with a damaged entry is
+ * refused with an error naming it and what to do, and is left as it was. */
+static void test_state_format(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open(&a, "a", 1);
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: 1\r\n\r\none\r\n", 1600000000);
+	assert_true(scan(&a, NULL) >= 1);
+	node_close(&a);
+	struct mm_statedb *db;
+	char err[512];
+	uint8_t v[16];
+	assert_int_equal(mm_statedb_open(&db, a.sdir, 0, err, sizeof err), 0);
+	assert_int_equal(mm_statedb_get(db, MM_DB_META, "format", 6, v, sizeof v), 8);
+	mm_statedb_free(&db);
+	static const uint8_t one[8] = {0, 0, 0, 0, 0, 0, 0, 1}, later[8] = {0, 0, 0, 0, 0, 0, 0, 99};
+	assert_memory_equal(v, one, 8);
+
+	put_format(&a, later, sizeof later);
+	struct mm_state *st = mm_state_new();
+	struct mm_clock clock;
+	mm_clock_init(&clock, 1, 0);
+	struct mm_store_config cfg = {.mail_location = a.loc, .state_dir = a.sdir};
+	struct mm_store *s = NULL;
+	assert_int_equal(mm_store_open(&s, &cfg, st, &clock, err, sizeof err), -EPROTONOSUPPORT);
+	assert_null(s);
+	assert_non_null(strstr(err, "state.mdb was written by a newer mailmesh (state format 99;"));
+	assert_non_null(strstr(err, "move the state directory away"));
+	static const uint8_t damaged[3] = {0, 0, 1};
+	put_format(&a, damaged, sizeof damaged);
+	assert_int_equal(mm_store_open(&s, &cfg, st, &clock, err, sizeof err), -EBADMSG);
+	assert_non_null(strstr(err, "format entry is damaged"));
+	mm_state_free(&st);
+
+	/* refused, not changed: with the entry back, everything is there */
+	put_format(&a, one, sizeof one);
+	node_open(&a, "a", 1);
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(mm_store_files_hashed(a.s), 0);
+	struct mm_delta *full = full_delta(&a);
+	assert_true(mm_delta_count(full) >= 1);
+	mm_delta_free(&full);
+	node_close(&a);
+}
+
 /* The file index in memory stays within file_cache: dropped after a commit, and after
  * a scan or a body lookup that changed nothing (no commit follows those). */
 static void test_file_cache_bounded(void **state)
@@ -2814,6 +2873,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_keyword_named_late, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_odd_names, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_hostile_maildir, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_state_format, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_authority_recheck, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_catching_up_raises_no_needs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_first_uid_from_origin, setup, teardown),
