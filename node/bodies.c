@@ -207,39 +207,53 @@ static void place_work(uv_work_t *req)
 	mm_store_place_run(p->job);
 }
 
-/* The store could not keep what was fetched (placing or committing failed: a full
- * disk, most likely).  What it dropped is wanted again at once, so fetching pauses:
+/* The store could not keep what was fetched (its state database could not commit, or
+ * a disk is full).  What it dropped is wanted again at once, so fetching pauses:
  * 1 s after the first failure, twice as long after each failure once fetching
- * resumed, up to STORE_BACKOFF_MAX_MS; bodies placed again end the pauses.  Without
- * them a node whose state database could not grow fetched the same bodies 760 times
- * a second and threw them away (it_daemon_diskfull), its peer sending them as fast. */
+ * resumed, up to STORE_BACKOFF_MAX_MS.  Bodies placed, or a commit once a pause is
+ * over, end the pauses (mm_bodies_store_kept).  Without them a node whose state
+ * database could not grow fetched the same bodies 760 times a second and threw them
+ * away (it_daemon_diskfull), its peer sending them as fast. */
 #define STORE_BACKOFF_MAX_MS 30000
 
 void mm_bodies_store_failed(struct mm_daemon *d, int err)
 {
 	uint64_t now = mm_daemon_now();
-	if (now < d->store_hold_until)
+	if (now < d->store_hold_until && now + STORE_BACKOFF_MAX_MS >= d->store_hold_until)
 		return; /* a failure of what came before the pause (a commit retried each second) */
 	uint64_t was = d->store_backoff_ms;
 	d->store_backoff_ms = was ? was * 2 : 1000;
 	if (d->store_backoff_ms > STORE_BACKOFF_MAX_MS)
 		d->store_backoff_ms = STORE_BACKOFF_MAX_MS;
 	d->store_hold_until = now + d->store_backoff_ms;
-	mm_fetch_hold(d->fetch, d->store_hold_until);
+	mm_fetch_hold(d->fetch, now, d->store_hold_until);
 	if (d->store_backoff_ms != was) /* at its longest: the failures' own lines say enough */
 		mm_log(MM_LOG_WARN, "fetching bodies paused for %llu s: the store cannot keep them (%s)%s",
 		       (unsigned long long)(d->store_backoff_ms / 1000), strerror(-err),
-		       err == -ENOSPC ? "; free some space on the disk of the Maildirs or of state_dir" : "");
+		       err == -ENOSPC || err == -EDQUOT
+		       ? "; is the disk (or quota) of the Maildirs or of state_dir full?" : "");
 }
 
-static void store_kept(struct mm_daemon *d)
+void mm_bodies_store_kept(struct mm_daemon *d, bool commit_only)
 {
 	if (!d->store_backoff_ms)
 		return;
+	/* a commit alone says the store works again only once a pause is over: during
+	 * one, a small commit may still fit where a batch of bodies did not */
+	if (commit_only && mm_daemon_now() < d->store_hold_until)
+		return;
 	d->store_backoff_ms = 0;
 	d->store_hold_until = 0;
-	mm_fetch_hold(d->fetch, 0);
+	mm_fetch_hold(d->fetch, 0, 0);
 	mm_log(MM_LOG_INFO, "fetching bodies again: the store keeps them");
+}
+
+/* Errors of placing that mean the store cannot keep anything now; others (a folder
+ * removed meanwhile, one user's Maildir not writable) concern some bodies only, which
+ * the fetch scheduler's own backoff retries: they must not slow everyone's. */
+static bool store_cannot_keep(int r)
+{
+	return r == -ENOSPC || r == -EDQUOT || r == -EIO || r == -EROFS || r == -ENOMEM;
 }
 
 static void place_done(uv_work_t *req, int status)
@@ -251,10 +265,10 @@ static void place_done(uv_work_t *req, int status)
 	free(p);
 	if (r < 0) {
 		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)", strerror(-r));
-		if (!d->stopping)
+		if (!d->stopping && store_cannot_keep(r))
 			mm_bodies_store_failed(d, r);
 	} else if (r > 0) {
-		store_kept(d);
+		mm_bodies_store_kept(d, false);
 	}
 	if (d->stopping) {
 		/* the shutdown's final commit came first: the placed files' index entries */
@@ -339,7 +353,8 @@ static bool place_async(struct mm_daemon *d)
 		if (r < 0) {
 			mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)",
 			       strerror(-r));
-			mm_bodies_store_failed(d, r);
+			if (store_cannot_keep(r))
+				mm_bodies_store_failed(d, r);
 		}
 		return false;
 	}
@@ -375,14 +390,16 @@ void mm_bodies_flush(struct mm_daemon *d)
 	 * each: p50/p99 5.0/6.8 ms so, 5.4/7.2 ms through the pool). */
 	if (staged && !gather && !d->stopping && (stream || staged >= PLACE_ASYNC_MIN) && place_async(d))
 		return; /* (held bodies whose time has come: after it) */
+	size_t before = mm_store_staged_count(d->store);
 	int r = mm_store_flush(d->store);
 	mm_watch_lock_waits(d); /* its commit (records first) may have left a UID pass to a lock */
 	if (r < 0) {
 		mm_log(MM_LOG_ERROR, "cannot place received bodies: %s (they will be fetched again)",
 		       strerror(-r));
-		mm_bodies_store_failed(d, r);
-	} else if (r > 0) {
-		store_kept(d);
+		if (store_cannot_keep(r))
+			mm_bodies_store_failed(d, r);
+	} else if (mm_store_staged_count(d->store) < before) {
+		mm_bodies_store_kept(d, false);
 	}
 	mm_bodies_catchup_note(d);
 	/* the placed files' index entries; nothing to commit while the staged bodies

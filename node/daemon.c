@@ -72,6 +72,7 @@ static void commit_cb(uv_timer_t *t)
 		uv_timer_start(&d->commit_timer, commit_cb, 1000, 0);
 		return;
 	}
+	mm_bodies_store_kept(d, true); /* a full disk that had paused fetching has room again */
 	/* UID moves and needs the commit made: peers should not wait for anti-entropy */
 	mm_daemon_push(d, mm_store_commit_delta(d->store));
 	mm_bodies_catchup_note(d); /* records a round brought are committed first */

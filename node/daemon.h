@@ -141,6 +141,7 @@ void mm_bodies_flush(struct mm_daemon *d);     /* places staged bodies (each loo
 void mm_bodies_commit_check(struct mm_daemon *d); /* commits placed files' index once bodies stop */
 void mm_bodies_catchup_note(struct mm_daemon *d); /* logs the start and end of a catch-up */
 void mm_bodies_store_failed(struct mm_daemon *d, int err); /* holds fetches, backing off */
+void mm_bodies_store_kept(struct mm_daemon *d, bool commit_only); /* ends that */
 
 /* control.c */
 int mm_control_start(struct mm_daemon *d);

@@ -52,7 +52,9 @@ static int parse_num(const char *p, const char *end, uint64_t *v_r)
 
 /* A control character (a line break above all) in a name would not survive a line of
  * dovecot-uidlist: the name read back would differ, and the file would get a new UID
- * on every pass.  Dovecot never makes such names. */
+ * on every pass.  Dovecot never makes such names.  mm_md_name_parse still takes them:
+ * a file so named is mail, and refusing it in the scan would expunge, on every node,
+ * a message indexed before; only listing it is refused. */
 static bool has_ctl(const char *s)
 {
 	for (; *s; s++)
@@ -65,7 +67,7 @@ int mm_md_name_parse(const char *name, struct mm_md_name *n_r)
 {
 	memset(n_r, 0, sizeof(*n_r));
 	size_t len = strlen(name);
-	if (len == 0 || len > MM_MD_NAME_MAX || name[0] == '.' || strchr(name, '/') || has_ctl(name))
+	if (len == 0 || len > MM_MD_NAME_MAX || name[0] == '.' || strchr(name, '/'))
 		return -EINVAL;
 	const char *colon = strchr(name, ':');
 	const char *bend = colon ? colon : name + len;
@@ -257,7 +259,7 @@ static int write_all(int fd, const void *data, size_t len)
  * closes it.  0 or negative errno. */
 static int sync_path(const char *path, int flags, int (*sync)(int))
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | flags);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | flags); /* a FIFO: no wait */
 	if (fd < 0)
 		return -errno;
 	int r = sync(fd) < 0 ? -errno : 0;
@@ -941,7 +943,9 @@ int mm_md_folder_create_listed(const char *maildir, const char *folder, const st
 	if (strcmp(folder, "INBOX") != 0) {
 		if (path2(p, sizeof p, fd_, "maildirfolder") < 0)
 			return -ENAMETOOLONG;
-		int f = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, o ? o->file_mode : 0600);
+		/* O_NONBLOCK | O_NOFOLLOW: a FIFO or a link in its place is not waited on or
+		 * followed (open then fails, and the marker is only a hint to Dovecot) */
+		int f = open(p, O_WRONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW, o ? o->file_mode : 0600);
 		if (f < 0)
 			return -errno;
 		apply_owner(f, o, false);

@@ -42,9 +42,8 @@ struct mm_md_name {
 };
 
 /* Parses a file name found in new/ or cur/.  Returns 0, or -EINVAL for a name that is
- * not a message file: empty, starting with '.', containing '/' or a control character
- * (below ' ', or DEL), longer than MM_MD_NAME_MAX, an info part other than
- * "2,<letters>", or letters outside [A-Za-z]. */
+ * not a message file: empty, starting with '.', containing '/', longer than
+ * MM_MD_NAME_MAX, an info part other than "2,<letters>", or letters outside [A-Za-z]. */
 int mm_md_name_parse(const char *name, struct mm_md_name *n_r);
 
 /* Writes `base` + (letters ? ":2," + letters in ASCII order : "") into buf (NUL
@@ -137,9 +136,12 @@ struct mm_md_uidlist {
 
 /* Loads <folder_dir>/dovecot-uidlist into ul (initialised here; release with
  * mm_md_uidlist_clear, also after an error).  A missing file gives an empty list with
- * exists = false, next_uid 1.  Returns 0, -EBADMSG when the header is not a version 3
- * header or the records are not in ascending UID order (a damaged file; ul then
- * holds what could be read), -ENOMEM, or another negative errno. */
+ * exists = false, next_uid 1.  Returns 0, -EBADMSG for a damaged file (ul then holds
+ * the records that could be read): a header that is not a version 3 one or whose V or
+ * N is not a number, or a record that is not "<uid>[ <ext>] :<name>" with a UID from
+ * 1 to 2^32-1 (a space right after the UID, " :" before the name), or that is not
+ * above the one before; -ENOMEM, or another negative errno.  The store gives a folder
+ * whose dovecot-uidlist is damaged a new UIDVALIDITY on every node. */
 int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul);
 /* The same for the file's text (NUL-terminated, changed in place): exists = true. */
 int mm_md_uidlist_parse(char *text, struct mm_md_uidlist *ul);

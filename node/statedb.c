@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 #include <sys/sysmacros.h>
 
 static const char *const table_names[MM_DB_TABLES] = {"recs", "files", "folders", "meta", "fidx"};
@@ -29,6 +30,7 @@ struct mm_statedb {
 	size_t batch_ops; /* puts and deletes in the open batch */
 	uint64_t commits; /* batches committed since open (mm_statedb_commits) */
 	uint64_t map_bytes;
+	uint64_t format;  /* meta "format" when opened (0: none) */
 	char path[4096];
 };
 
@@ -55,6 +57,31 @@ static int lmdb_err(int rc)
 	return -EIO;
 }
 
+/* The layout number under meta "format" (8 bytes, big-endian): 0 when there is none
+ * (a new database, or one written before the key was), or -EBADMSG.  Read-only: a
+ * database of a later layout must be refused before anything is created in it. */
+static int64_t format_read(MDB_env *env)
+{
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) != 0)
+		return 0; /* the table creation below reports what is wrong */
+	int64_t r = 0;
+	MDB_val key = {6, (void *)"format"}, val;
+	if (mdb_dbi_open(txn, table_names[MM_DB_META], 0, &dbi) == 0 && mdb_get(txn, dbi, &key, &val) == 0) {
+		if (val.mv_size != 8) {
+			r = -EBADMSG;
+		} else {
+			uint64_t f = 0;
+			for (int i = 0; i < 8; i++)
+				f = f << 8 | ((const uint8_t *)val.mv_data)[i];
+			r = f > INT64_MAX ? INT64_MAX : (int64_t)f;
+		}
+	}
+	mdb_txn_abort(txn);
+	return r;
+}
+
 /* Opens db->env on db->path with its tables; on failure db->env is NULL and err says
  * why. */
 static int env_open(struct mm_statedb *db, char *err, size_t errlen)
@@ -74,6 +101,21 @@ static int env_open(struct mm_statedb *db, char *err, size_t errlen)
 		db->env = NULL;
 		return lmdb_err(rc) ? lmdb_err(rc) : -EIO;
 	}
+	int64_t format = format_read(db->env);
+	if (format < 0 || format > MM_STATEDB_FORMAT) {
+		if (format < 0)
+			snprintf(err, errlen, "%s: its format entry is damaged: move the state directory "
+			         "away to have this node rebuild it from its Maildirs and peers", db->path);
+		else
+			snprintf(err, errlen, "%s was written by a newer mailmesh (state format %lld; this one "
+			         "reads format %d): run that version again, or move the state directory away "
+			         "to have this node rebuild it from its Maildirs and peers",
+			         db->path, (long long)format, MM_STATEDB_FORMAT);
+		mdb_env_close(db->env);
+		db->env = NULL;
+		return format < 0 ? -EBADMSG : -EPROTONOSUPPORT;
+	}
+	db->format = (uint64_t)format;
 	MDB_txn *txn;
 	rc = mdb_txn_begin(db->env, NULL, 0, &txn);
 	for (int i = 0; rc == 0 && i < MM_DB_TABLES; i++)
@@ -357,9 +399,15 @@ int mm_statedb_commit(struct mm_statedb *db)
 	/* LMDB reports a write cut short as EIO, and that is how a full disk shows: the
 	 * pages written up to the last free block.  Say so when the filesystem is full. */
 	struct statvfs fs;
-	if (rc == EIO && statvfs(db->path, &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < FULL_BYTES)
-		return -ENOSPC;
+	if (rc == EIO && statvfs(db->path, &fs) == 0 &&
+	    (uint64_t)(geteuid() == 0 ? fs.f_bfree : fs.f_bavail) * fs.f_frsize < FULL_BYTES)
+		return -ENOSPC; /* (root may write into the blocks reserved for it) */
 	return lmdb_err(rc);
+}
+
+uint64_t mm_statedb_format(const struct mm_statedb *db)
+{
+	return db->format;
 }
 
 uint64_t mm_statedb_commits(const struct mm_statedb *db)

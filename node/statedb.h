@@ -22,7 +22,7 @@ enum mm_statedb_table {
 	MM_DB_FILES,      /* message file index as written before the key-ordered one
 	                   * below: read once to convert it, then empty */
 	MM_DB_FOLDERS,    /* folder index (on disk / subscribed as last seen) */
-	MM_DB_META,       /* "clock", "version" */
+	MM_DB_META,       /* "clock", "format", and the daemon's own ("d:...") */
 	MM_DB_FIDX,       /* message file index, keyed so a folder's files, a message's
 	                   * file and a body's files are key ranges (node/store.c) */
 	MM_DB_TABLES
@@ -30,13 +30,23 @@ enum mm_statedb_table {
 
 struct mm_statedb;
 
+/* The layout of state.mdb this code reads and writes.  The store writes it under
+ * meta "format" (8 bytes, big-endian) with its first commit; a later layout gets a
+ * higher number, which this code refuses. */
+#define MM_STATEDB_FORMAT 1
+
 /* Opens or creates <state_dir>/state.mdb (state_dir is created with mode 0700 if
  * missing).  map_bytes is the most the database may grow to (0 = 16 GiB; the file is
  * sparse).  Returns 0, or a negative errno with a message in err that names the path
- * and what to do. */
+ * and what to do: -EPROTONOSUPPORT for a database whose meta "format" is above
+ * MM_STATEDB_FORMAT, -EBADMSG for a damaged one, checked before anything is written
+ * to it. */
 int mm_statedb_open(struct mm_statedb **db_r, const char *state_dir, uint64_t map_bytes,
                     char *err, size_t errlen);
 void mm_statedb_free(struct mm_statedb **dbp); /* NULLs *dbp; aborts an open batch */
+
+/* Meta "format" as it was when the database was opened; 0 when it had none. */
+uint64_t mm_statedb_format(const struct mm_statedb *db);
 
 /* Calls cb for every entry of a table in key order (data valid during the call).
  * Stops and returns cb's non-zero value; 0 at the end; negative errno on a read error. */

@@ -297,12 +297,6 @@ struct fxmap {
 	bool untagged;
 };
 
-/* The layout of state.mdb this code reads and writes, kept under meta key "format".
- * A database without the key is of this layout (written before the key was), or new.
- * A later layout gets a higher number, and this code refuses it: what it would read
- * from it could be wrong, and what it wrote back would damage it. */
-#define STATE_FORMAT 1
-
 /* A value of the daemon's own waiting for the next commit (mm_store_meta_set). */
 struct meta_kv {
 	char key[MM_STORE_META_KEY_MAX + 3]; /* "d:" + key */
@@ -311,7 +305,7 @@ struct meta_kv {
 
 struct mm_store {
 	bool imap_uids;              /* cfg.imap_uids */
-	bool format_saved;           /* meta "format" = STATE_FORMAT is in state.mdb */
+	bool format_saved;           /* meta "format" = MM_STATEDB_FORMAT is in state.mdb */
 	struct meta_kv *meta;        /* staged by mm_store_meta_set */
 	size_t n_meta, cap_meta;
 	bool uid_authority;          /* mm_store_set_uid_authority */
@@ -5191,7 +5185,7 @@ static int commit_batch(struct mm_store *s)
 		r = mm_statedb_put(s->db, MM_DB_META, "clock", 5, c, 8);
 	}
 	if (r == 0 && !s->format_saved) {
-		uint8_t c[8] = {0, 0, 0, 0, 0, 0, 0, STATE_FORMAT};
+		uint8_t c[8] = {0, 0, 0, 0, 0, 0, 0, MM_STATEDB_FORMAT};
 		r = mm_statedb_put(s->db, MM_DB_META, "format", 6, c, 8);
 	}
 	for (size_t i = 0; r == 0 && i < s->n_meta; i++) {
@@ -5602,35 +5596,6 @@ static void recover_tmp(struct mm_store *s)
 		       got);
 }
 
-static int state_format_check(struct mm_store *s, const char *state_dir, char *err, size_t errlen)
-{
-	uint8_t v[8];
-	int n = mm_statedb_get(s->db, MM_DB_META, "format", 6, v, sizeof v);
-	uint64_t format = 0;
-	if (n == 8)
-		for (int i = 0; i < 8; i++)
-			format = format << 8 | v[i];
-	if (n < 0 && n != -ENOENT) {
-		snprintf(err, errlen, "cannot read %s/state.mdb: %s", state_dir, strerror(-n));
-		return n;
-	}
-	if (n >= 0 && n != 8) {
-		snprintf(err, errlen, "%s/state.mdb: its format entry is damaged (%d bytes): move the "
-		         "state directory away to have this node rebuild it from its Maildirs and peers",
-		         state_dir, n);
-		return -EBADMSG;
-	}
-	if (format > STATE_FORMAT) {
-		snprintf(err, errlen, "%s/state.mdb was written by a newer mailmesh (state format %llu; this "
-		         "one reads format %d): run that version again, or move the state directory away "
-		         "to have this node rebuild it from its Maildirs and peers",
-		         state_dir, (unsigned long long)format, STATE_FORMAT);
-		return -EPROTONOSUPPORT;
-	}
-	s->format_saved = format == STATE_FORMAT;
-	return 0;
-}
-
 int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
                   struct mm_state *state, struct mm_clock *clock, char *err, size_t errlen)
 {
@@ -5676,10 +5641,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		mm_store_free(&s);
 		return r;
 	}
-	if ((r = state_format_check(s, cfg->state_dir, err, errlen)) < 0) {
-		mm_store_free(&s);
-		return r;
-	}
+	s->format_saved = mm_statedb_format(s->db) == MM_STATEDB_FORMAT;
 	struct load_ctx c = {s, {0}, 0};
 	mm_arena_init(&c.arena);
 	s->loading = true;

@@ -135,7 +135,9 @@ void mm_store_set_catching_up(struct mm_store *s, bool catching_up);
 int mm_store_mark(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN]);
 
 /* Opens the file holding the body of message `key` for reading: *fd_r (caller
- * closes) and *size_r.  -ENOENT if this node has no file for it. */
+ * closes; opened O_NONBLOCK, which changes nothing for a regular file) and *size_r.
+ * -ENOENT if this node has no file for it, -ELOOP if a symbolic link is in its
+ * place, -EINVAL if something else than a regular file is, or another negative errno. */
 int mm_store_body_open(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
                        int *fd_r, uint64_t *size_r);
 

@@ -60,7 +60,7 @@ struct mm_fetch {
 	uint64_t seq;
 	struct mm_fetch_stats st;
 	unsigned batch;   /* mm_fetch_batch_begin depth: no fetch starts while > 0 */
-	uint64_t hold_until; /* mm_fetch_hold: no fetch starts before this */
+	uint64_t hold_from, hold_until; /* mm_fetch_hold: no fetch starts in between */
 	bool filling;
 };
 
@@ -386,7 +386,7 @@ static int try_start(struct mm_fetch *f, struct want *w, uint64_t now)
 
 static int fill(struct mm_fetch *f, uint64_t now)
 {
-	if (f->filling || f->batch || now < f->hold_until)
+	if (f->filling || f->batch || (now < f->hold_until && now >= f->hold_from))
 		return 0;
 	f->filling = true;
 	q_wake(f, now);
@@ -577,8 +577,9 @@ int mm_fetch_tick(struct mm_fetch *f, uint64_t now_ms)
 	return fill(f, now_ms);
 }
 
-void mm_fetch_hold(struct mm_fetch *f, uint64_t until_ms)
+void mm_fetch_hold(struct mm_fetch *f, uint64_t now_ms, uint64_t until_ms)
 {
+	f->hold_from = now_ms;
 	f->hold_until = until_ms;
 }
 

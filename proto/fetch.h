@@ -92,12 +92,13 @@ void mm_fetch_have(struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_
  * number of fetches started. */
 int mm_fetch_tick(struct mm_fetch *f, uint64_t now_ms);
 
-/* Starts no fetch before until_ms (0: from now on again); fetches in flight go on.
- * For a driver whose store cannot keep what arrives (its state database's disk is
- * full, say): without it, every body that could not be placed was asked for again at
- * once, and the two nodes passed the same bodies back and forth as fast as they could.
- * The first mm_fetch_tick at or after until_ms starts fetching again. */
-void mm_fetch_hold(struct mm_fetch *f, uint64_t until_ms);
+/* Starts no fetch from now_ms until until_ms (until_ms 0: from now on again); fetches
+ * in flight go on.  For a driver whose store cannot keep what arrives (its state
+ * database's disk is full, say): without it, every body that could not be placed was
+ * asked for again at once, and the two nodes passed the same bodies back and forth as
+ * fast as they could.  The first mm_fetch_tick at or after until_ms starts fetching
+ * again, and so does one before now_ms (a clock stepped back must not stretch it). */
+void mm_fetch_hold(struct mm_fetch *f, uint64_t now_ms, uint64_t until_ms);
 
 /* Is body (user, id) wanted? */
 bool mm_fetch_wanted(const struct mm_fetch *f, const char *user, const uint8_t id[MM_ID_LEN]);

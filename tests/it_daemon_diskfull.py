@@ -88,11 +88,11 @@ def diskfull_test(t, seed, where, port):
         else:
             mnt, size = os.path.join(dst.dir, "state-small"), "160k"
             os.makedirs(mnt)
+        mounted = mnt   # before the mount: a SIGTERM right after it must still unmount
         r = mmtest.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "mm-diskfull", mnt])
         if not t.check(r.returncode == 0, "a %s tmpfs for node 2's %s is mounted (%s)" %
                        (size, where, r.stderr.strip() or "ok")):
             return
-        mounted = mnt
         if where == "state":
             old_state = os.path.join(dst.dir, "state")
             for f in os.listdir(old_state):
@@ -163,7 +163,8 @@ def diskfull_test(t, seed, where, port):
         failed = t.failed > 0
         for node in cl.nodes:
             node.stop(mmtest.signal.SIGKILL)
-        if mounted:
+        if mounted and os.path.ismount(mounted):
+            # (MM_KEEP=1 keeps the directories, not what was on the tmpfs)
             r = mmtest.run(["umount", mounted])
             if r.returncode != 0:
                 subprocess.run(["umount", "-l", mounted])

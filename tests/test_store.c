@@ -17,6 +17,7 @@
 #include "node/statedb.h"
 
 #include <dirent.h>
+#include <lmdb.h>
 #include <sodium.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1670,9 +1671,9 @@ static void test_odd_names(void **state)
 
 /* What a Maildir may hold besides mail, made by hand or by a user with a shell: the
  * scan must neither block (a FIFO opened for reading waits for a writer for ever: the
- * whole daemon stopped), nor follow a link out of the Maildir, nor list a name that
- * would not read back the same from dovecot-uidlist; the mail beside them is indexed
- * as always.  SIGALRM ends the test if anything blocks. */
+ * whole daemon stopped), nor follow a link out of the Maildir, nor list in
+ * dovecot-uidlist a name that would not read back the same; the mail beside them is
+ * indexed as always.  SIGALRM ends the test if anything blocks. */
 static void test_hostile_maildir(void **state)
 {
 	(void)state;
@@ -1714,7 +1715,9 @@ static void test_hostile_maildir(void **state)
 	assert_true(listed_uid(&a, "good1") > 0);
 	for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++)
 		assert_int_equal(listed_uid(&a, odd[i]), 0);
-	assert_int_equal(mm_store_files_hashed(a.s), 1);
+	/* the links, the FIFO and the directory are skipped; the names with a control
+	 * character are mail (indexed, as before) that is never listed under its name */
+	assert_int_equal(mm_store_files_hashed(a.s), 3);
 	/* a flag change on the good message still goes through */
 	const char *g = find(&a, "INBOX", "good1");
 	assert_non_null(g);
@@ -2273,21 +2276,42 @@ static void test_file_index_converted(void **state)
 	free(c);
 }
 
-/* Puts meta "format" = the given bytes into a's closed state database. */
-static void put_format(const struct node *a, const uint8_t *v, size_t vl)
+/* Puts meta "format" = the given bytes into a's closed state database, through LMDB
+ * itself (mm_statedb_open refuses a later format); drop_table: also removes that
+ * table, as a later layout might have.  Returns whether the table `probe` exists
+ * afterwards (NULL: not asked). */
+static bool put_format(const struct node *a, const uint8_t *v, size_t vl, const char *drop_table,
+                       const char *probe)
 {
-	struct mm_statedb *db;
-	char err[256];
-	assert_int_equal(mm_statedb_open(&db, a->sdir, 0, err, sizeof err), 0);
-	assert_int_equal(mm_statedb_begin(db), 0);
-	assert_int_equal(mm_statedb_put(db, MM_DB_META, "format", 6, v, vl), 0);
-	assert_int_equal(mm_statedb_commit(db), 0);
-	mm_statedb_free(&db);
+	char path[400];
+	snprintf(path, sizeof path, "%s/state.mdb", a->sdir);
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, (size_t)1 << 30), 0);
+	assert_int_equal(mdb_env_open(env, path, MDB_NOSUBDIR, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	if (v) {
+		assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+		MDB_val k = {6, (void *)"format"}, val = {vl, (void *)v};
+		assert_int_equal(mdb_put(txn, dbi, &k, &val, 0), 0);
+	}
+	if (drop_table) {
+		assert_int_equal(mdb_dbi_open(txn, drop_table, 0, &dbi), 0);
+		assert_int_equal(mdb_drop(txn, dbi, 1), 0);
+	}
+	bool exists = probe && mdb_dbi_open(txn, probe, 0, &dbi) == 0;
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	return exists;
 }
 
 /* state.mdb says which layout it has: the first commit writes it, and a database of a
  * later layout (a newer mailmesh ran, then this one again) or with a damaged entry is
- * refused with an error naming it and what to do, and is left as it was. */
+ * refused with an error naming it and what to do, before anything is written to it
+ * (a table the later layout dropped is not made again). */
 static void test_state_format(void **state)
 {
 	(void)state;
@@ -2300,12 +2324,13 @@ static void test_state_format(void **state)
 	char err[512];
 	uint8_t v[16];
 	assert_int_equal(mm_statedb_open(&db, a.sdir, 0, err, sizeof err), 0);
+	assert_int_equal(mm_statedb_format(db), MM_STATEDB_FORMAT);
 	assert_int_equal(mm_statedb_get(db, MM_DB_META, "format", 6, v, sizeof v), 8);
 	mm_statedb_free(&db);
 	static const uint8_t one[8] = {0, 0, 0, 0, 0, 0, 0, 1}, later[8] = {0, 0, 0, 0, 0, 0, 0, 99};
 	assert_memory_equal(v, one, 8);
 
-	put_format(&a, later, sizeof later);
+	put_format(&a, later, sizeof later, NULL, NULL);
 	struct mm_state *st = mm_state_new();
 	struct mm_clock clock;
 	mm_clock_init(&clock, 1, 0);
@@ -2316,13 +2341,12 @@ static void test_state_format(void **state)
 	assert_non_null(strstr(err, "state.mdb was written by a newer mailmesh (state format 99;"));
 	assert_non_null(strstr(err, "move the state directory away"));
 	static const uint8_t damaged[3] = {0, 0, 1};
-	put_format(&a, damaged, sizeof damaged);
+	put_format(&a, damaged, sizeof damaged, NULL, NULL);
 	assert_int_equal(mm_store_open(&s, &cfg, st, &clock, err, sizeof err), -EBADMSG);
 	assert_non_null(strstr(err, "format entry is damaged"));
-	mm_state_free(&st);
 
 	/* refused, not changed: with the entry back, everything is there */
-	put_format(&a, one, sizeof one);
+	put_format(&a, one, sizeof one, NULL, NULL);
 	node_open(&a, "a", 1);
 	assert_int_equal(scan(&a, NULL), 0);
 	assert_int_equal(mm_store_files_hashed(a.s), 0);
@@ -2330,6 +2354,12 @@ static void test_state_format(void **state)
 	assert_true(mm_delta_count(full) >= 1);
 	mm_delta_free(&full);
 	node_close(&a);
+
+	/* a later layout without one of this one's tables: refused, and not made again */
+	assert_false(put_format(&a, later, sizeof later, "folders", "folders"));
+	assert_int_equal(mm_store_open(&s, &cfg, st, &clock, err, sizeof err), -EPROTONOSUPPORT);
+	assert_false(put_format(&a, NULL, 0, NULL, "folders"));
+	mm_state_free(&st);
 }
 
 /* The file index in memory stays within file_cache: dropped after a commit, and after

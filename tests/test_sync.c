@@ -837,10 +837,10 @@ static void test_fetch_uid_order(void **state)
 
 /* mm_fetch_hold: while a driver's store cannot keep bodies (its disk is full), no
  * fetch starts, however many are wanted and however often it ticks; the first tick at
- * the hold's end starts them, and they all arrive. */
-static void test_fetch_hold(void **state)
+ * the hold's end (or, stepped_back, with the clock stepped back before its start)
+ * starts them, and they all arrive. */
+static void fetch_hold_case(bool stepped_back)
 {
-	(void)state;
 	struct net net;
 	seed();
 	net_init(&net, 2, 1000); /* 8000-byte bodies: none inline, all fetched */
@@ -852,7 +852,7 @@ static void test_fetch_hold(void **state)
 		uid_of[k] = (uint32_t)k + 1;
 	bodies_on_a(&net, N, SIZE, uid_of, ids);
 	uint64_t until = net.now + 5000;
-	mm_fetch_hold(b->fetch, until);
+	mm_fetch_hold(b->fetch, net.now, until);
 	for (size_t k = 0; k < N; k++)
 		assert_int_equal(mm_fetch_want(b->fetch, "ex.com/alice", ids[k], SIZE, uid_of[k], NULL, net.now), 1);
 	struct mm_fetch_stats fs;
@@ -862,13 +862,23 @@ static void test_fetch_hold(void **state)
 	assert_int_equal(mm_fetch_tick(b->fetch, until - 1), 0);
 	mm_fetch_get_stats(b->fetch, &fs);
 	assert_int_equal(fs.inflight, 0);
-	net.now = until;
-	assert_true(mm_fetch_tick(b->fetch, until) > 0);
+	if (stepped_back)
+		net.now -= 1;
+	else
+		net.now = until;
+	assert_true(mm_fetch_tick(b->fetch, net.now) > 0);
 	run_until_converged(&net, 200);
 	check_same(b, a);
 	mm_fetch_get_stats(b->fetch, &fs);
 	assert_int_equal(fs.wanted, 0);
 	net_free(&net);
+}
+
+static void test_fetch_hold(void **state)
+{
+	(void)state;
+	fetch_hold_case(false);
+	fetch_hold_case(true);
 }
 
 /* A message of an unknown version is rejected with -EPROTONOSUPPORT and an event. */
