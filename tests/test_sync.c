@@ -783,6 +783,18 @@ static void bodies_on_a(struct net *net, size_t n, size_t size, const uint32_t *
 	mm_delta_free(&d);
 }
 
+/* b wants the n bodies of bodies_on_a; none may start yet (a batch or a hold is open). */
+static void want_none_started(struct node *b, size_t n, size_t size, const uint32_t *uid_of,
+                              uint8_t (*ids)[MM_ID_LEN], uint64_t now)
+{
+	for (size_t k = 0; k < n; k++)
+		assert_int_equal(mm_fetch_want(b->fetch, "ex.com/alice", ids[k], size, uid_of[k], NULL, now), 1);
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(b->fetch, &fs);
+	assert_int_equal(fs.inflight, 0);
+	assert_int_equal(fs.wanted, n);
+}
+
 /* Bodies are asked for in the order of their UIDs, not in the order they were wanted
  * (records come in key order), so that a replica's store can place them as they
  * come.  b knows every record (as after a round, or a restart that finds them
@@ -807,11 +819,8 @@ static void test_fetch_uid_order(void **state)
 	}
 	bodies_on_a(&net, N, SIZE, uid_of, ids);
 	mm_fetch_batch_begin(b->fetch);
-	for (size_t k = 0; k < N; k++)
-		assert_int_equal(mm_fetch_want(b->fetch, "ex.com/alice", ids[k], SIZE, uid_of[k], NULL, net.now), 1);
+	want_none_started(b, N, SIZE, uid_of, ids, net.now); /* only queued until the batch ends */
 	struct mm_fetch_stats fs;
-	mm_fetch_get_stats(b->fetch, &fs);
-	assert_int_equal(fs.inflight, 0); /* only queued until the batch ends */
 	mm_fetch_batch_end(b->fetch, net.now);
 	mm_fetch_get_stats(b->fetch, &fs);
 	assert_true(fs.inflight > 0);
@@ -853,12 +862,8 @@ static void fetch_hold_case(bool stepped_back)
 	bodies_on_a(&net, N, SIZE, uid_of, ids);
 	uint64_t until = net.now + 5000;
 	mm_fetch_hold(b->fetch, net.now, until);
-	for (size_t k = 0; k < N; k++)
-		assert_int_equal(mm_fetch_want(b->fetch, "ex.com/alice", ids[k], SIZE, uid_of[k], NULL, net.now), 1);
+	want_none_started(b, N, SIZE, uid_of, ids, net.now);
 	struct mm_fetch_stats fs;
-	mm_fetch_get_stats(b->fetch, &fs);
-	assert_int_equal(fs.inflight, 0);
-	assert_int_equal(fs.wanted, N);
 	assert_int_equal(mm_fetch_tick(b->fetch, until - 1), 0);
 	mm_fetch_get_stats(b->fetch, &fs);
 	assert_int_equal(fs.inflight, 0);
