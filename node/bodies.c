@@ -226,6 +226,7 @@ void mm_bodies_store_failed(struct mm_daemon *d, int err)
 	if (d->store_backoff_ms > STORE_BACKOFF_MAX_MS)
 		d->store_backoff_ms = STORE_BACKOFF_MAX_MS;
 	d->store_hold_until = now + d->store_backoff_ms;
+	d->store_err = err;
 	mm_fetch_hold(d->fetch, now, d->store_hold_until);
 	if (d->store_backoff_ms != was) /* at its longest: the failures' own lines say enough */
 		mm_log(MM_LOG_WARN, "fetching bodies paused for %llu s: the store cannot keep them (%s)%s",
@@ -244,6 +245,7 @@ void mm_bodies_store_kept(struct mm_daemon *d, bool commit_only)
 		return;
 	d->store_backoff_ms = 0;
 	d->store_hold_until = 0;
+	d->store_err = 0;
 	mm_fetch_hold(d->fetch, 0, 0);
 	mm_log(MM_LOG_INFO, "fetching bodies again: the store keeps them");
 }

@@ -138,6 +138,9 @@ static void render(struct ctl_client *c, bool json)
 	mm_fetch_get_stats(d->fetch, &fs);
 	size_t missing = mm_store_missing_count(d->store);
 	uint64_t commits = mm_store_commits(d->store);
+	/* fetching paused because the store could not keep bodies (bodies.c) */
+	uint64_t paused = d->store_hold_until > now ? d->store_hold_until - now : 0;
+	const char *why = d->store_err ? strerror(-d->store_err) : "";
 
 	if (json) {
 		out_printf(c, "{\"name\":");
@@ -147,12 +150,14 @@ static void render(struct ctl_client *c, bool json)
 		out_printf(c, ",\"port\":%u,\"uptime_ms\":%llu,\"root\":\"%s\",\"users\":%zu,"
 		           "\"missing_bodies\":%zu,\"fetching\":%llu,\"fetching_bytes\":%llu,"
 		           "\"local_changes\":%llu,\"remote_changes\":%llu,\"state_commits\":%llu,"
-		           "\"uid_authority\":%s,\"peers\":[",
+		           "\"uid_authority\":%s,\"fetch_paused_ms\":%llu,\"store_error\":",
 		           d->cfg.listen_port, (unsigned long long)(now - d->started_ms), rh,
 		           mm_state_user_count(d->state), missing, (unsigned long long)fs.wanted,
 		           (unsigned long long)fs.inflight_bytes, (unsigned long long)d->local_changes,
 		           (unsigned long long)d->remote_changes, (unsigned long long)commits,
-		           d->uid_authority ? "true" : "false");
+		           d->uid_authority ? "true" : "false", (unsigned long long)paused);
+		out_json_str(c, why);
+		out_printf(c, ",\"peers\":[");
 	} else {
 		out_printf(c, "node %s (id %016llx) listening on %s:%u, up %llus\n", d->cfg.name,
 		           (unsigned long long)d->cfg.node_id, d->cfg.listen_host, d->cfg.listen_port,
@@ -165,6 +170,11 @@ static void render(struct ctl_client *c, bool json)
 		           (unsigned long long)commits);
 		if (d->uid_authority)
 			out_printf(c, "this node is the IMAP UID authority (it decides UID moves)\n");
+		if (paused)
+			out_printf(c, "fetching bodies paused for %llu s more: the store cannot keep them (%s)\n",
+			           (unsigned long long)(paused + 999) / 1000, why);
+		else if (d->store_err)
+			out_printf(c, "the store could not keep bodies (%s): fetching them again\n", why);
 		out_printf(c, "peers:\n");
 	}
 	for (size_t i = 0; i < d->n_peers; i++) {

@@ -109,6 +109,7 @@ struct mm_daemon {
 	uint64_t store_backoff_ms;         /* fetch hold after the store failed to keep bodies
 	                                    * (bodies.c, mm_bodies_store_failed), 0 = none */
 	uint64_t store_hold_until;         /* and when that hold ends */
+	int store_err;                     /* the failure behind it (status), 0 = none */
 	uint64_t local_changes, remote_changes;
 };
 

@@ -16,7 +16,8 @@ While it is full:
     file cut short by the full disk is ever in new/ or cur/.  (A joining node places
     bodies in UID order, so while an early one cannot be written the later ones wait
     in tmp/: how many show while full is printed, not asserted.)
-  - node 1 is untouched (the same content as before).
+  - node 1 is untouched (the same content as before);
+  - with its state full, its status shows fetching paused, and why.
 Then the tmpfs grows (remount, size=64m), without touching either daemon: node 2 must
 end with exactly node 1's content (every body once, flags, mtimes), the same root, no
 temporary file left in tmp/, and a message delivered on node 2 afterwards reaches node 1.
@@ -139,6 +140,18 @@ def diskfull_test(t, seed, where, port):
         t.check(set(have) <= set(want) and len(set(have)) == len(have),
                 "every file node 2 shows is one of node 1's messages, whole and once (%d files)" % len(have))
         t.check(src.content() == before and src.status(quiet=True) is not None, "node 1 is untouched")
+        if where == "state":
+            # the pause shows in status (the time left of it, and why)
+            deadline = time.time() + 10 * mmtest.SLOW
+            st = {}
+            while time.time() < deadline:
+                st = dst.status(quiet=True) or {}
+                if st.get("fetch_paused_ms", 0) > 0:
+                    break
+                time.sleep(0.1)
+            t.check(st.get("fetch_paused_ms", 0) > 0 and "No space left on device" in st.get("store_error", ""),
+                    "node 2's status shows fetching paused (%s ms more: %r)" %
+                    (st.get("fetch_paused_ms"), st.get("store_error")))
 
         # space again: node 2 completes by itself
         r = mmtest.run(["mount", "-o", "remount,size=64m", mounted])
@@ -150,6 +163,9 @@ def diskfull_test(t, seed, where, port):
         have = sorted(bodies(dst))
         t.check(have == want, "node 2 holds each of node 1's %d messages exactly once (%d files)" % (n_msgs, len(have)))
         t.check(dst.content() == src.content(), "node 2's Maildir equals node 1's (bodies, flags, mtimes)")
+        st = dst.status(quiet=True) or {}
+        t.check(st.get("fetch_paused_ms") == 0 and st.get("store_error") == "",
+                "node 2's status shows no pause once done (%s, %r)" % (st.get("fetch_paused_ms"), st.get("store_error")))
         roots = cl.agreed_roots()
         t.check(len(set(roots)) == 1 and roots[0], "both roots are identical")
         deadline = time.time() + 10 * mmtest.SLOW
