@@ -1709,6 +1709,12 @@ static void test_hostile_maildir(void **state)
 	assert_int_equal(mkfifo(p, 0600), 0);
 	snprintf(p, sizeof p, "%s/dovecot-keywords", d);
 	assert_int_equal(mkfifo(p, 0600), 0);
+	/* and a lock: its holder is read from it (is it a dead process's?) */
+	deliver(&a, "Work", "work1", "Subject: w\r\n\r\nwork\r\n", 1600000001);
+	char wd[600];
+	udir(&a, "Work", wd, sizeof wd);
+	snprintf(p, sizeof p, "%s/dovecot-uidlist.lock", wd);
+	assert_int_equal(mkfifo(p, 0600), 0);
 
 	alarm(60);
 	assert_true(scan(&a, NULL) >= 1);
@@ -1716,7 +1722,8 @@ static void test_hostile_maildir(void **state)
 	for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++)
 		assert_int_equal(listed_uid(&a, odd[i]), 0);
 	/* the links, the FIFO and the directory are skipped; the names with a control
-	 * character are mail (indexed, as before) that is never listed under its name */
+	 * character are mail (indexed, as before) that is never listed under its name;
+	 * Work's message waits, as files do while Dovecot's lock is held */
 	assert_int_equal(mm_store_files_hashed(a.s), 3);
 	/* a flag change on the good message still goes through */
 	const char *g = find(&a, "INBOX", "good1");
