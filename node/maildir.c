@@ -224,16 +224,17 @@ static int read_all(const char *path, char **data_r, size_t *len_r)
 	return 0;
 }
 
-/* Reads dir/name whole: 1 and *data_r (caller frees) when read, 0 when the file does not
- * exist (an absent Dovecot file means "empty"), or a negative errno. */
-static int read_file_in(const char *dir, const char *name, char **data_r, size_t *len_r)
+/* Reads dir/name whole as text (NUL-terminated; the parsers need no length): 1 and
+ * *text_r (caller frees) when read, 0 when the file does not exist (an absent Dovecot
+ * file means "empty"), or a negative errno. */
+static int read_text_in(const char *dir, const char *name, char **text_r)
 {
 	char p[PATHBUF];
-	*data_r = NULL;
-	*len_r = 0;
+	size_t len;
+	*text_r = NULL;
 	if (path2(p, sizeof p, dir, name) < 0)
 		return -ENAMETOOLONG;
-	int r = read_all(p, data_r, len_r);
+	int r = read_all(p, text_r, &len);
 	if (r == -ENOENT)
 		return 0;
 	return r < 0 ? r : 1;
@@ -369,8 +370,7 @@ int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw)
 {
 	memset(kw, 0, sizeof(*kw));
 	char *d;
-	size_t len;
-	int r = read_file_in(folder_dir, "dovecot-keywords", &d, &len);
+	int r = read_text_in(folder_dir, "dovecot-keywords", &d);
 	if (r <= 0)
 		return r;
 	r = mm_md_keywords_parse(d, kw);
@@ -496,8 +496,7 @@ int mm_md_uidlist_read(const char *folder_dir,
                        void *arg)
 {
 	char *d;
-	size_t len;
-	int r = read_file_in(folder_dir, "dovecot-uidlist", &d, &len);
+	int r = read_text_in(folder_dir, "dovecot-uidlist", &d);
 	if (r <= 0)
 		return r;
 	r = mm_md_uidlist_parse_each(d, cb, arg);
@@ -1111,8 +1110,7 @@ int mm_md_subs_parse(char *text, int (*cb)(void *arg, const char *folder), void 
 int mm_md_subs_read(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg)
 {
 	char *d;
-	size_t len;
-	int r = read_file_in(maildir, "subscriptions", &d, &len);
+	int r = read_text_in(maildir, "subscriptions", &d);
 	if (r <= 0)
 		return r;
 	r = mm_md_subs_parse(d, cb, arg);
@@ -1354,8 +1352,7 @@ int mm_md_uidlist_load(const char *folder_dir, struct mm_md_uidlist *ul)
 	memset(ul, 0, sizeof(*ul));
 	ul->next_uid = 1;
 	char *d;
-	size_t len;
-	int r = read_file_in(folder_dir, "dovecot-uidlist", &d, &len);
+	int r = read_text_in(folder_dir, "dovecot-uidlist", &d);
 	if (r <= 0)
 		return r;
 	r = mm_md_uidlist_parse(d, ul);
