@@ -124,6 +124,7 @@ struct mm_sync {
 	uint64_t gc_members;    /* ... and the hash of the nodes it counts */
 	uint64_t gc_bound_sent; /* the bound the last DIGEST that carried one carried ... */
 	uint64_t gc_bound_at;   /* ... and when (0 = never) */
+	bool digest_heard;      /* a DIGEST came from the peer on this connection */
 	uint64_t round_ctr;
 	uint64_t req_ctr;
 	struct {
@@ -1548,6 +1549,10 @@ void mm_sync_connected(struct mm_sync *s, uint64_t now_ms)
 		return;
 	s->connected = true;
 	s->blocked = false;
+	/* the first DIGEST of a connection carries our GC bound: one "sent" while there
+	 * was none went nowhere, and a peer just added to the peers file has none yet */
+	s->gc_bound_at = 0;
+	s->digest_heard = false;
 	if (s->cfg.fetch)
 		mm_fetch_peer_up(s->cfg.fetch, s, now_ms);
 }
@@ -1726,6 +1731,14 @@ static int handle_digest(struct mm_sync *s, const struct mm_wire_msg *m)
 	if (m->digest.gc_bound) {
 		s->st.peer_gc_bound_ms = m->digest.gc_bound;
 		s->st.peer_gc_members = m->digest.gc_members;
+	}
+	if (!s->digest_heard) {
+		/* Our first DIGEST of this connection can reach the peer before its end of
+		 * the channel is up (it is a datagram; the handshake's last message goes by
+		 * TCP) and be dropped there.  The peer's first DIGEST shows that it opens
+		 * ours now: the next one we send carries the bound again. */
+		s->digest_heard = true;
+		s->gc_bound_at = 0;
 	}
 	if (!m->digest.reply) {
 		uint64_t lid, lbeat, bound;
