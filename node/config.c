@@ -682,6 +682,40 @@ out:
 	return rc;
 }
 
+/* Parses the peers file's text and checks this node's line against the config (the
+ * same name for our key, no other key under our name).  0 and the list, or -errno
+ * with err set. */
+static int peers_take(const struct mm_config *cfg, const char *text, size_t len, struct mm_peers **peers_r,
+                      const struct mm_peer **self_r, char *err, size_t errlen)
+{
+	struct mm_peers *peers = NULL;
+	int rc = mm_peers_parse(text, len, cfg->peers_path, &peers, err, errlen);
+	if (rc < 0)
+		return rc;
+	const struct mm_peer *self = mm_peers_find_key(peers, cfg->public_key);
+	if (self != NULL && strcmp(self->name, cfg->name) != 0) {
+		seterr(err, errlen,
+		       "%s:%u: this node's public key is listed as '%s', but %s says name = %s; "
+		       "make the two names the same", cfg->peers_path, self->line, self->name, cfg->path, cfg->name);
+		mm_peers_free(&peers);
+		return -EINVAL;
+	}
+	const struct mm_peer *same = mm_peers_find_name(peers, cfg->name);
+	if (same != NULL && same != self) {
+		char pub[MM_KEY_B64_LEN + 1];
+		mm_key_to_base64(cfg->public_key, pub);
+		seterr(err, errlen,
+		       "%s:%u: peer '%s' has a different public key than this node's private "
+		       "key %s; its public key is %s (`mailmesh pubkey < %s`)",
+		       cfg->peers_path, same->line, same->name, cfg->private_key_path, pub, cfg->private_key_path);
+		mm_peers_free(&peers);
+		return -EINVAL;
+	}
+	*peers_r = peers;
+	*self_r = self;
+	return 0;
+}
+
 int mm_config_load(const char *path, struct mm_config *cfg_r, char *err, size_t errlen)
 {
 	struct parse_ctx c;
@@ -736,37 +770,26 @@ int mm_config_load(const char *path, struct mm_config *cfg_r, char *err, size_t 
 		blame(err, errlen, &c, K_PEERS);
 		goto fail;
 	}
-	rc = mm_peers_parse(text, len, cfg_r->peers_path, &cfg_r->peers, err, errlen);
+	rc = peers_take(cfg_r, text, len, &cfg_r->peers, &cfg_r->self, err, errlen);
 	free(text);
 	if (rc < 0)
 		goto fail;
-
-	cfg_r->self = mm_peers_find_key(cfg_r->peers, cfg_r->public_key);
-	if (cfg_r->self != NULL && strcmp(cfg_r->self->name, cfg_r->name) != 0) {
-		seterr(err, errlen,
-		       "%s:%u: this node's public key is listed as '%s', but %s says name = %s; "
-		       "make the two names the same", cfg_r->peers_path, cfg_r->self->line,
-		       cfg_r->self->name, c.path, cfg_r->name);
-		rc = -EINVAL;
-		goto fail;
-	}
-	{
-		const struct mm_peer *same = mm_peers_find_name(cfg_r->peers, cfg_r->name);
-		if (same != NULL && same != cfg_r->self) {
-			char pub[MM_KEY_B64_LEN + 1];
-			mm_key_to_base64(cfg_r->public_key, pub);
-			seterr(err, errlen,
-			       "%s:%u: peer '%s' has a different public key than this node's private "
-			       "key %s; its public key is %s (`mailmesh pubkey < %s`)",
-			       cfg_r->peers_path, same->line, same->name, cfg_r->private_key_path, pub,
-			       cfg_r->private_key_path);
-			rc = -EINVAL;
-			goto fail;
-		}
-	}
 	return 0;
 fail:
 	mm_config_free(cfg_r);
+	return rc;
+}
+
+int mm_config_peers_load(const struct mm_config *cfg, struct mm_peers **peers_r, const struct mm_peer **self_r,
+                         char *err, size_t errlen)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int rc = read_file(cfg->peers_path, &text, &len, err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = peers_take(cfg, text, len, peers_r, self_r, err, errlen);
+	free(text);
 	return rc;
 }
 

@@ -80,6 +80,14 @@ struct mm_config {
  * files that cannot be read, -ENOMEM. */
 int mm_config_load(const char *path, struct mm_config *cfg_r, char *err, size_t errlen);
 
+/* Reads cfg's peers file again (cfg->peers_path) and makes the same checks as
+ * mm_config_load() against cfg's name and key: what the daemon does on SIGHUP.  On
+ * success returns 0, *peers_r (the caller's, mm_peers_free()) and *self_r (our line in
+ * it, or NULL).  On failure returns a negative errno as mm_config_load() does, writes
+ * err and leaves *peers_r and *self_r unchanged; cfg is never modified. */
+int mm_config_peers_load(const struct mm_config *cfg, struct mm_peers **peers_r, const struct mm_peer **self_r,
+                         char *err, size_t errlen);
+
 /* Parses a config held in memory as if it were the file `path` (which names the file
  * in errors and anchors relative paths; nothing is read from it).  Sets only the
  * config-file keys and defaults: no key, PSK or peers file is read and user/group are

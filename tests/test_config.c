@@ -428,6 +428,60 @@ static void test_load_errors(void **state)
 	assert_non_null(strstr(err, "mailmesh.conf:6: unknown group 'no-such-group-mm'"));
 }
 
+/* The peers file read again on SIGHUP (mm_config_peers_load): the same checks as at
+ * start, and a failure leaves the loaded config and the caller's list alone. */
+static void test_peers_reload(void **state)
+{
+	struct tmp *t = *state;
+	struct mm_config cfg;
+	char err[MM_CONFIG_ERR_MAX], peers[512], path[300];
+	snprintf(peers, sizeof peers, "me 10.0.0.1:4000 %s\n", t->pub_b64);
+	write_file(t->dir, "peers", peers, 0644);
+	write_file(t->dir, "mailmesh.conf",
+	           "name = me\nlisten = 0.0.0.0:4000\nprivate_key = private.key\npeers = peers\n", 0644);
+	assert_int_equal(load(t, &cfg, err, sizeof err), 0);
+	assert_int_equal(cfg.peers->n, 1);
+
+	/* a server added */
+	snprintf(peers, sizeof peers, "me 10.0.0.1:4000 %s\nnew 10.0.0.3:4001 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+	         t->pub_b64);
+	write_file(t->dir, "peers", peers, 0644);
+	struct mm_peers *np = NULL;
+	const struct mm_peer *self = NULL;
+	assert_int_equal(mm_config_peers_load(&cfg, &np, &self, err, sizeof err), 0);
+	assert_int_equal(np->n, 2);
+	assert_non_null(self);
+	assert_string_equal(self->name, "me");
+	assert_string_equal(mm_peers_find_name(np, "new")->host, "10.0.0.3");
+	assert_int_equal(cfg.peers->n, 1); /* (the loaded config is not touched) */
+	mm_peers_free(&np);
+
+	/* a bad line: the error names the file and line, nothing is returned */
+	write_file(t->dir, "peers", "# c\nnew 10.0.0.3:4001 not-a-key\n", 0644);
+	np = (struct mm_peers *)&cfg; /* (must stay as it is) */
+	assert_true(mm_config_peers_load(&cfg, &np, &self, err, sizeof err) < 0);
+	assert_ptr_equal(np, (struct mm_peers *)&cfg);
+	snprintf(path, sizeof path, "%s/peers:2:", t->dir);
+	assert_non_null(strstr(err, path));
+
+	/* our key under another name, and our name with another key */
+	snprintf(peers, sizeof peers, "other 10.0.0.1:4000 %s\n", t->pub_b64);
+	write_file(t->dir, "peers", peers, 0644);
+	assert_int_equal(mm_config_peers_load(&cfg, &np, &self, err, sizeof err), -EINVAL);
+	assert_non_null(strstr(err, "make the two names the same"));
+	write_file(t->dir, "peers", "me 10.0.0.1:4000 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n", 0644);
+	assert_int_equal(mm_config_peers_load(&cfg, &np, &self, err, sizeof err), -EINVAL);
+	assert_non_null(strstr(err, "has a different public key"));
+
+	/* a file that is gone */
+	snprintf(path, sizeof path, "%s/peers", t->dir);
+	unlink(path);
+	assert_int_equal(mm_config_peers_load(&cfg, &np, &self, err, sizeof err), -ENOENT);
+	assert_non_null(strstr(err, path));
+	assert_ptr_equal(np, (struct mm_peers *)&cfg);
+	mm_config_free(&cfg);
+}
+
 static void test_keyfile(void **state)
 {
 	struct tmp *t = *state;
@@ -599,6 +653,7 @@ int main(void)
 		cmocka_unit_test(test_duration_parse),
 		cmocka_unit_test_setup_teardown(test_load_good, setup_tmp, teardown_tmp),
 		cmocka_unit_test_setup_teardown(test_load_errors, setup_tmp, teardown_tmp),
+		cmocka_unit_test_setup_teardown(test_peers_reload, setup_tmp, teardown_tmp),
 		cmocka_unit_test_setup_teardown(test_keyfile, setup_tmp, teardown_tmp),
 		cmocka_unit_test(test_log),
 		cmocka_unit_test(test_examples_parse),
