@@ -157,6 +157,8 @@ static void render(struct ctl_client *c, bool json)
 		           (unsigned long long)d->remote_changes, (unsigned long long)commits,
 		           d->uid_authority ? "true" : "false", (unsigned long long)paused);
 		out_json_str(c, why);
+		out_printf(c, ",\"peers_reloads\":%llu,\"peers_reload_error\":", (unsigned long long)d->reloads);
+		out_json_str(c, d->reload_error);
 		out_printf(c, ",\"peers\":[");
 	} else {
 		out_printf(c, "node %s (id %016llx) listening on %s:%u, up %llus\n", d->cfg.name,
@@ -175,10 +177,13 @@ static void render(struct ctl_client *c, bool json)
 			           (unsigned long long)(paused + 999) / 1000, why);
 		else if (d->store_err)
 			out_printf(c, "the store could not keep bodies (%s): fetching them again\n", why);
+		if (d->reload_error[0])
+			out_printf(c, "the last reload of the peers file failed, the peers before it are kept: %s\n",
+			           d->reload_error);
 		out_printf(c, "peers:\n");
 	}
 	for (size_t i = 0; i < d->n_peers; i++) {
-		struct mm_dpeer *p = &d->peers[i];
+		struct mm_dpeer *p = d->peers[i];
 		const struct mm_sync_stats *st = mm_sync_stats(p->sync);
 		char ph[2 * MM_HASH_LEN + 1];
 		hex(st->peer_root, MM_HASH_LEN, ph);

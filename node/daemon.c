@@ -235,64 +235,76 @@ static void peer_time_load(struct mm_daemon *d, struct mm_dpeer *p, const char *
 		       d->cfg.state_dir, p->conf->name, strerror(-r));
 }
 
-/* A peer never seen in sync may still hold records it had from other nodes, so the
- * GC waits for it from the time this node first had it in its peers file. */
-static void peers_synced_load(struct mm_daemon *d)
+/* The GC's hash of the cluster's members as this node sees them: us and our peers. */
+static void members_update(struct mm_daemon *d)
 {
-	uint64_t now = mm_daemon_now();
 	uint64_t *ids = calloc(d->n_peers + 1, sizeof(*ids));
+	d->gc_members = 0; /* (if short of memory: 0, which no peer sends: no GC) */
 	if (ids) {
 		ids[0] = d->cfg.node_id;
 		for (size_t i = 0; i < d->n_peers; i++)
-			ids[i + 1] = d->peers[i].conf->node_id;
+			ids[i + 1] = d->peers[i]->conf->node_id;
 		d->gc_members = mm_gc_members_hash(ids, d->n_peers + 1);
 		free(ids);
-	} /* (else 0, which no peer sends: no GC) */
-	for (size_t i = 0; i < d->n_peers; i++) {
-		struct mm_dpeer *p = &d->peers[i];
-		peer_time_load(d, p, "seen", &p->seen_ms);
-		peer_time_load(d, p, "synced", &p->gc.synced_ms);
-		peer_time_load(d, p, "known", &p->gc.known_ms);
-		peer_time_load(d, p, "bound", &p->gc.bound_ms);
-		peer_time_load(d, p, "members", &p->gc.members);
-		p->saved_seen_ms = p->seen_ms;
-		p->saved_synced_ms = p->gc.synced_ms;
-		p->saved_bound_ms = p->gc.bound_ms;
-		p->saved_members = p->gc.members;
-		if (!p->gc.known_ms) {
-			char key[PEER_KEY_MAX];
-			peer_key(p, "known", key);
-			p->gc.known_ms = now;
-			(void)mm_store_meta_set(d->store, key, now); /* (written by the first scan's commit) */
-		}
 	}
 }
 
-/* Stages the peers' times that changed for the next commit (hourly and at shutdown:
+/* A peer never seen in sync may still hold records it had from other nodes, so the
+ * GC waits for it from the time this node first had it in its peers file. */
+void mm_daemon_peer_times_load(struct mm_daemon *d, struct mm_dpeer *p)
+{
+	peer_time_load(d, p, "seen", &p->seen_ms);
+	peer_time_load(d, p, "synced", &p->gc.synced_ms);
+	peer_time_load(d, p, "known", &p->gc.known_ms);
+	peer_time_load(d, p, "bound", &p->gc.bound_ms);
+	peer_time_load(d, p, "members", &p->gc.members);
+	p->saved_seen_ms = p->seen_ms;
+	p->saved_synced_ms = p->gc.synced_ms;
+	p->saved_bound_ms = p->gc.bound_ms;
+	p->saved_members = p->gc.members;
+	if (!p->gc.known_ms) {
+		char key[PEER_KEY_MAX];
+		peer_key(p, "known", key);
+		p->gc.known_ms = mm_daemon_now();
+		(void)mm_store_meta_set(d->store, key, p->gc.known_ms); /* (written by the next commit) */
+	}
+}
+
+static void peers_synced_load(struct mm_daemon *d)
+{
+	members_update(d);
+	for (size_t i = 0; i < d->n_peers; i++)
+		mm_daemon_peer_times_load(d, d->peers[i]);
+}
+
+/* Stages the peer's times that changed for the next commit (hourly and at shutdown:
  * after a crash they are at most an hour old, which only makes the GC wait longer). */
+void mm_daemon_peer_times_save(struct mm_daemon *d, struct mm_dpeer *p)
+{
+	char key[PEER_KEY_MAX];
+	uint64_t seen = mm_peer_synced_ms(p);
+	peer_key(p, "seen", key);
+	if (seen > p->saved_seen_ms && mm_store_meta_set(d->store, key, seen) == 0)
+		p->saved_seen_ms = seen;
+	peer_key(p, "synced", key);
+	if (p->gc.synced_ms > p->saved_synced_ms && mm_store_meta_set(d->store, key, p->gc.synced_ms) == 0)
+		p->saved_synced_ms = p->gc.synced_ms;
+	if (mm_sync_stats(p->sync)->peer_gc_bound_ms) {
+		p->gc.bound_ms = mm_sync_stats(p->sync)->peer_gc_bound_ms;
+		p->gc.members = mm_sync_stats(p->sync)->peer_gc_members;
+	}
+	peer_key(p, "bound", key); /* (the latest, even if lower: a lower one is safe) */
+	if (p->gc.bound_ms != p->saved_bound_ms && mm_store_meta_set(d->store, key, p->gc.bound_ms) == 0)
+		p->saved_bound_ms = p->gc.bound_ms;
+	peer_key(p, "members", key);
+	if (p->gc.members != p->saved_members && mm_store_meta_set(d->store, key, p->gc.members) == 0)
+		p->saved_members = p->gc.members;
+}
+
 static void peers_synced_save(struct mm_daemon *d)
 {
-	for (size_t i = 0; i < d->n_peers; i++) {
-		struct mm_dpeer *p = &d->peers[i];
-		char key[PEER_KEY_MAX];
-		uint64_t seen = mm_peer_synced_ms(p);
-		peer_key(p, "seen", key);
-		if (seen > p->saved_seen_ms && mm_store_meta_set(d->store, key, seen) == 0)
-			p->saved_seen_ms = seen;
-		peer_key(p, "synced", key);
-		if (p->gc.synced_ms > p->saved_synced_ms && mm_store_meta_set(d->store, key, p->gc.synced_ms) == 0)
-			p->saved_synced_ms = p->gc.synced_ms;
-		if (mm_sync_stats(p->sync)->peer_gc_bound_ms) {
-			p->gc.bound_ms = mm_sync_stats(p->sync)->peer_gc_bound_ms;
-			p->gc.members = mm_sync_stats(p->sync)->peer_gc_members;
-		}
-		peer_key(p, "bound", key); /* (the latest, even if lower: a lower one is safe) */
-		if (p->gc.bound_ms != p->saved_bound_ms && mm_store_meta_set(d->store, key, p->gc.bound_ms) == 0)
-			p->saved_bound_ms = p->gc.bound_ms;
-		peer_key(p, "members", key);
-		if (p->gc.members != p->saved_members && mm_store_meta_set(d->store, key, p->gc.members) == 0)
-			p->saved_members = p->gc.members;
-	}
+	for (size_t i = 0; i < d->n_peers; i++)
+		mm_daemon_peer_times_save(d, d->peers[i]);
 }
 
 /* Tombstones go once they are gc_grace old and every peer has been in sync since
@@ -309,29 +321,34 @@ static void gc_cb(uv_timer_t *t)
 	if (!synced)
 		return;
 	const struct mm_dpeer *oldest = NULL, *lowest = NULL, *silent = NULL;
+	size_t oldest_i = 0, lowest_i = 0;
 	for (size_t i = 0; i < d->n_peers; i++) {
-		struct mm_dpeer *p = &d->peers[i];
+		struct mm_dpeer *p = d->peers[i];
 		synced[i] = mm_gc_peer_tick(&p->gc, mm_sync_stats(p->sync)->last_equal_ms, p->disconnects,
 		                            p->state == MM_PEER_ESTABLISHED);
 	}
 	peers_synced_save(d); /* (also takes the bounds the peers sent) */
 	for (size_t i = 0; i < d->n_peers; i++) {
-		struct mm_dpeer *p = &d->peers[i];
+		struct mm_dpeer *p = d->peers[i];
 		bounds[i] = mm_gc_peer_bound(&p->gc, d->gc_members);
 		bool waited = synced[i] && (now <= d->cfg.gc_max_ms || synced[i] > now - d->cfg.gc_max_ms);
-		if (waited && (!oldest || synced[i] < synced[oldest - d->peers]))
+		if (waited && (!oldest || synced[i] < synced[oldest_i])) {
 			oldest = p;
+			oldest_i = i;
+		}
 		if (waited && !bounds[i] && !silent)
 			silent = p;
-		if (waited && bounds[i] && (!lowest || bounds[i] < bounds[lowest - d->peers]))
+		if (waited && bounds[i] && (!lowest || bounds[i] < bounds[lowest_i])) {
 			lowest = p;
+			lowest_i = i;
+		}
 	}
 	/* this node's own bound goes to every peer (their GC waits for it too); the
 	 * horizon also waits for each peer's */
 	uint64_t own = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, MM_GC_SYNC_MARGIN_MS, synced,
 	                                NULL, d->n_peers);
 	for (size_t i = 0; i < d->n_peers; i++)
-		mm_sync_gc_bound_set(d->peers[i].sync, own, d->gc_members);
+		mm_sync_gc_bound_set(d->peers[i]->sync, own, d->gc_members);
 	uint64_t h = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, MM_GC_SYNC_MARGIN_MS, synced,
 	                              bounds, d->n_peers);
 	free(synced);
@@ -384,7 +401,7 @@ static void daemon_stop(struct mm_daemon *d, int status)
 	 * the final commit, so nothing half-received becomes visible. */
 	mm_peers_stop(d);
 	for (size_t i = 0; i < d->n_peers; i++)
-		mm_sync_reset(d->peers[i].sync, mm_daemon_now());
+		mm_sync_reset(d->peers[i]->sync, mm_daemon_now());
 	if (d->store)
 		peers_synced_save(d);
 	if (d->store && mm_store_commit(d->store) < 0)
@@ -404,6 +421,7 @@ static void daemon_stop(struct mm_daemon *d, int status)
 	close_if((uv_handle_t *)&d->gather_timer);
 	close_if((uv_handle_t *)&d->sigterm);
 	close_if((uv_handle_t *)&d->sigint);
+	close_if((uv_handle_t *)&d->sighup);
 }
 
 static void signal_cb(uv_signal_t *s, int signum)
@@ -411,6 +429,36 @@ static void signal_cb(uv_signal_t *s, int signum)
 	struct mm_daemon *d = s->data;
 	mm_log(MM_LOG_INFO, "signal %d received", signum);
 	daemon_stop(d, 0);
+}
+
+/* SIGHUP (`systemctl reload mailmesh`): reads the peers file again, so servers can be
+ * added, retired or moved without a restart.  A file that does not load changes
+ * nothing: the error is logged (and shown by `mailmesh status`) and the daemon goes on
+ * with the peers it had.  The rest of mailmesh.conf is read only at start. */
+static void reload_cb(uv_signal_t *s, int signum)
+{
+	(void)signum;
+	struct mm_daemon *d = s->data;
+	if (d->stopping || !d->store)
+		return;
+	char err[MM_CONFIG_ERR_MAX];
+	struct mm_peers *peers = NULL;
+	const struct mm_peer *self = NULL;
+	int r = mm_config_peers_load(&d->cfg, &peers, &self, err, sizeof err);
+	if (r == 0 && (r = mm_peers_reload(d, peers, self)) < 0)
+		snprintf(err, sizeof err, "%s: cannot take the new peers: %s", d->cfg.peers_path, strerror(-r));
+	if (r < 0) {
+		mm_log(MM_LOG_ERROR, "reload: %s; going on with the %zu peers loaded before", err, d->n_peers);
+		snprintf(d->reload_error, sizeof d->reload_error, "%s", err);
+		return;
+	}
+	d->reload_error[0] = '\0';
+	d->reloads++;
+	members_update(d);
+	/* the GC's view of the cluster changed: the peers hear the new members hash and
+	 * bound soon, as after a start, not within the hour */
+	uv_timer_start(&d->gc_timer, gc_cb, 1000, GC_INTERVAL_MS);
+	mm_daemon_commit_soon(d); /* (new peers' "known" times) */
 }
 
 /* ---- privileges ---------------------------------------------------------------- */
@@ -495,16 +543,18 @@ static int daemon_start(struct mm_daemon *d)
 	uv_timer_init(&d->loop, &d->lockwait_timer);
 	uv_signal_init(&d->loop, &d->sigterm);
 	uv_signal_init(&d->loop, &d->sigint);
+	uv_signal_init(&d->loop, &d->sighup);
 	uv_check_init(&d->loop, &d->body_flush);
 	uv_prepare_init(&d->loop, &d->out_flush);
 	uv_timer_init(&d->loop, &d->gather_timer);
-	d->open_handles += 12;
+	d->open_handles += 13;
 	d->body_flush.data = d->out_flush.data = d->gather_timer.data = d;
 	d->settle_timer.data = d->lockwait_timer.data = d;
 	d->gossip_timer.data = d->scan_timer.data = d->rescan_timer.data = d;
-	d->commit_timer.data = d->gc_timer.data = d->sigterm.data = d->sigint.data = d;
+	d->commit_timer.data = d->gc_timer.data = d->sigterm.data = d->sigint.data = d->sighup.data = d;
 	uv_signal_start(&d->sigterm, signal_cb, SIGTERM);
 	uv_signal_start(&d->sigint, signal_cb, SIGINT);
+	uv_signal_start(&d->sighup, reload_cb, SIGHUP);
 	signal(SIGPIPE, SIG_IGN);
 
 	if ((r = prepare_state_dir(d)) < 0)
@@ -560,8 +610,10 @@ static int daemon_start(struct mm_daemon *d)
 static void daemon_free(struct mm_daemon *d)
 {
 	for (size_t i = 0; i < d->n_peers; i++) {
-		mm_gossip_remove(d->gossip, d->peers[i].sync);
-		mm_sync_free(&d->peers[i].sync);
+		mm_gossip_remove(d->gossip, d->peers[i]->sync);
+		mm_sync_free(&d->peers[i]->sync);
+		sodium_memzero(d->peers[i]->knock_key, sizeof d->peers[i]->knock_key);
+		free(d->peers[i]);
 	}
 	free(d->peers);
 	mm_gossip_free(&d->gossip);

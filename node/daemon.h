@@ -58,6 +58,13 @@ struct mm_dpeer {
 	uint64_t seen_ms;                  /* last in sync before this run (status; 0 = never) */
 	uint64_t saved_seen_ms, saved_synced_ms, saved_bound_ms, saved_members; /* the values last handed to
 	                                                                         * the database */
+	/* Taken out of the peers file by a reload (mm_peers_reload): no longer in d->peers,
+	 * freed once its timer is closed and no name lookup for it is under way. */
+	bool removed;
+	bool retry_closed;
+	unsigned resolving;                /* uv_getaddrinfo requests not yet answered */
+	unsigned addr_gen;                 /* counts changes of its address (a lookup of the
+	                                    * old one is then dropped) */
 };
 
 struct mm_daemon {
@@ -69,7 +76,8 @@ struct mm_daemon {
 	struct mm_gossip *gossip;
 	struct mm_fetch *fetch;
 	struct mm_lead *lead;       /* who is the UID authority (proto/lead.h) */
-	struct mm_dpeer *peers;            /* every peer of the peers file but us */
+	struct mm_dpeer **peers;           /* every peer of the peers file but us (each stays
+	                                    * where it is: it holds a timer handle) */
 	size_t n_peers;
 	uint64_t gc_members;               /* crdt mm_gc_members_hash of us and our peers */
 
@@ -92,6 +100,9 @@ struct mm_daemon {
 	uint64_t write_bytes;              /* and their bytes (bodies.c) */
 	int settle_left;
 	uv_signal_t sigterm, sigint;
+	uv_signal_t sighup;                /* reloads the peers file (daemon.c reload_cb) */
+	uint64_t reloads;                  /* peers file reloads taken (status) */
+	char reload_error[512];            /* why the last reload failed, "" = it did not */
 	int open_handles;                  /* handles not yet closed (leak check at exit) */
 
 	struct mm_watch *watches;          /* list of watched directories */
@@ -116,6 +127,12 @@ struct mm_daemon {
 /* Milliseconds since the unix epoch (the HLC's wall clock). */
 uint64_t mm_daemon_now(void);
 
+/* The tombstone GC's times of peer p (daemon.c): loaded from the state database for a
+ * peer new to this run (a reload), and staged for the next commit (before a reload
+ * forgets p). */
+void mm_daemon_peer_times_load(struct mm_daemon *d, struct mm_dpeer *p);
+void mm_daemon_peer_times_save(struct mm_daemon *d, struct mm_dpeer *p);
+
 /* When the peer was last in sync with this node (wall ms, 0 = never), this run or
  * before: what the tombstone GC waits for (daemon.c gc_cb). */
 uint64_t mm_peer_synced_ms(const struct mm_dpeer *p);
@@ -125,6 +142,12 @@ int mm_peers_start(struct mm_daemon *d);       /* listener, UDP socket, sessions
 void mm_peers_stop(struct mm_daemon *d);       /* closes every connection and socket */
 void mm_peers_flush(struct mm_daemon *d);      /* writes each connection's gathered output */
 void mm_peer_dial_all(struct mm_daemon *d);
+/* Takes a new peers file (from mm_config_peers_load(), with our own line self or NULL)
+ * into the running daemon: peers no longer listed are disconnected and forgotten, new
+ * ones are set up and dialled, and a peer whose host or port changed is connected to
+ * again; the others keep their connections.  Takes ownership of peers (the old list
+ * is freed).  Logs what changed; 0, or -ENOMEM with the daemon's peers as before. */
+int mm_peers_reload(struct mm_daemon *d, struct mm_peers *peers, const struct mm_peer *self);
 struct mm_dpeer *mm_peer_by_sync(struct mm_daemon *d, const struct mm_sync *s);
 
 /* watch.c */

@@ -19,6 +19,7 @@
  * and MAC.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sodium.h>
@@ -72,6 +73,7 @@ struct wreq {
 static void conn_close(struct mm_conn *c, int err, const char *why);
 static size_t conn_queued(struct mm_conn *c);
 static void peer_schedule_retry(struct mm_dpeer *p);
+static void peer_free_if_done(struct mm_dpeer *p);
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -97,24 +99,24 @@ static void addr_text(const struct sockaddr *sa, char *out, size_t cap)
 struct mm_dpeer *mm_peer_by_sync(struct mm_daemon *d, const struct mm_sync *s)
 {
 	for (size_t i = 0; i < d->n_peers; i++)
-		if (d->peers[i].sync == s)
-			return &d->peers[i];
+		if (d->peers[i]->sync == s)
+			return d->peers[i];
 	return NULL;
 }
 
 static struct mm_dpeer *peer_by_key(struct mm_daemon *d, const uint8_t pub[32])
 {
 	for (size_t i = 0; i < d->n_peers; i++)
-		if (sodium_memcmp(d->peers[i].conf->pub, pub, 32) == 0)
-			return &d->peers[i];
+		if (sodium_memcmp(d->peers[i]->conf->pub, pub, 32) == 0)
+			return d->peers[i];
 	return NULL;
 }
 
 static struct mm_dpeer *peer_by_node(struct mm_daemon *d, uint64_t node)
 {
 	for (size_t i = 0; i < d->n_peers; i++)
-		if (d->peers[i].conf->node_id == node)
-			return &d->peers[i];
+		if (d->peers[i]->conf->node_id == node)
+			return d->peers[i];
 	return NULL;
 }
 
@@ -461,6 +463,7 @@ struct dial {
 	uv_connect_t conn_req;
 	struct mm_dpeer *p;
 	struct mm_conn *c;
+	unsigned addr_gen;          /* p->addr_gen when the lookup began */
 };
 
 static void connect_cb(uv_connect_t *req, int status)
@@ -497,6 +500,16 @@ static void resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	struct dial *dl = req->data;
 	struct mm_dpeer *p = dl->p;
 	struct mm_daemon *d = p->d;
+	p->resolving--;
+	if (p->removed || dl->addr_gen != p->addr_gen) {
+		/* taken out of the peers file, or given another address, while its host was
+		 * looked up: the answer is for nothing that exists any more */
+		if (res)
+			uv_freeaddrinfo(res);
+		free(dl);
+		peer_free_if_done(p);
+		return;
+	}
 	if (status < 0 || !res || d->stopping) {
 		if (status < 0)
 			mm_log(MM_LOG_WARN, "cannot resolve peer=%s host=%s err=%s", p->conf->name,
@@ -541,6 +554,7 @@ static int peer_resolve(struct mm_dpeer *p)
 	if (!dl)
 		return -ENOMEM;
 	dl->p = p;
+	dl->addr_gen = p->addr_gen;
 	dl->gai.data = dl;
 	char port[8];
 	snprintf(port, sizeof port, "%u", p->conf->port);
@@ -551,8 +565,10 @@ static int peer_resolve(struct mm_dpeer *p)
 	if (r < 0) {
 		free(dl);
 		p->state = MM_PEER_IDLE;
+		return r;
 	}
-	return r;
+	p->resolving++;
+	return 0;
 }
 
 static void retry_cb(uv_timer_t *t)
@@ -566,7 +582,7 @@ static void retry_cb(uv_timer_t *t)
 
 static void peer_schedule_retry(struct mm_dpeer *p)
 {
-	if (!p->dialer && p->udp_addr_ok)
+	if (p->removed || (!p->dialer && p->udp_addr_ok))
 		return;
 	/* Exponential backoff with +-25 % jitter, so restarted clusters don't stampede. */
 	uint32_t base = p->backoff_ms ? p->backoff_ms : BACKOFF_MIN_MS;
@@ -580,7 +596,7 @@ void mm_peer_dial_all(struct mm_daemon *d)
 {
 	uint64_t now = mm_daemon_now();
 	for (size_t i = 0; i < d->n_peers; i++) {
-		struct mm_dpeer *p = &d->peers[i];
+		struct mm_dpeer *p = d->peers[i];
 		if (!p->dialer && !p->conn && now - p->knock_sent_ms >= KNOCK_INTERVAL_MS)
 			peer_knock(p, now);
 		/* A peer waiting out its backoff is left alone: this runs every gossip tick
@@ -732,6 +748,208 @@ static void sync_event(void *arg, struct mm_sync *s, const struct mm_sync_event 
 	}
 }
 
+/* Sets up the peer of peers-file line pc: its retry timer, wake-up key and sync
+ * session, registered with the gossip.  0 and *p_r, or -errno with nothing left. */
+static int peer_new(struct mm_daemon *d, const struct mm_peer *pc, struct mm_dpeer **p_r)
+{
+	struct mm_dpeer *p = calloc(1, sizeof *p);
+	if (!p)
+		return -ENOMEM;
+	p->d = d;
+	p->conf = pc;
+	p->dialer = memcmp(d->cfg.public_key, pc->pub, 32) < 0;
+	p->backoff_ms = BACKOFF_MIN_MS;
+	p->knock_ok = mm_knock_key(d->cfg.private_key, pc->pub, d->cfg.has_psk ? d->cfg.psk : NULL,
+	                           p->knock_key) == 0;
+	struct mm_body_ops bops;
+	mm_bodies_ops(d, &bops);
+	struct mm_sync_config sc = {
+		.state = d->state,
+		.local_node = d->cfg.node_id,
+		.peer_node = pc->node_id,
+		.eff = mm_daemon_effect,
+		.eff_arg = d,
+		.io = {sync_send, p},
+		.body = bops,
+		.fetch = d->fetch,
+		.lead = d->lead,
+		.clock = &d->clock,
+		.max_skew_ms = d->cfg.max_skew_ms,
+		.event = sync_event,
+		.event_arg = d,
+		.relay = mm_gossip_relay,
+		.relay_arg = d->gossip,
+		.user_data = p,
+	};
+	int r = mm_sync_new(&sc, &p->sync);
+	if (r == 0 && (r = mm_gossip_add(d->gossip, p->sync)) < 0)
+		mm_sync_free(&p->sync);
+	if (r < 0) {
+		sodium_memzero(p->knock_key, sizeof p->knock_key);
+		free(p);
+		return r;
+	}
+	uv_timer_init(&d->loop, &p->retry);
+	d->open_handles++;
+	p->retry.data = p;
+	*p_r = p;
+	return 0;
+}
+
+/* A removed peer is freed once nothing refers to it any more: its timer closed and
+ * no name lookup of its host outstanding (uv_getaddrinfo cannot be taken back). */
+static void peer_free_if_done(struct mm_dpeer *p)
+{
+	if (!p->removed || !p->retry_closed || p->resolving)
+		return;
+	sodium_memzero(p->knock_key, sizeof p->knock_key);
+	free(p);
+}
+
+static void peer_retry_closed(uv_handle_t *h)
+{
+	struct mm_dpeer *p = h->data;
+	mm_daemon_handle_closed(h);
+	p->retry_closed = true;
+	peer_free_if_done(p);
+}
+
+/* Closes every connection of p, established or being set up, without a retry. */
+static void peer_disconnect(struct mm_dpeer *p, const char *why)
+{
+	for (struct mm_conn *c = p->d->conns; c; c = c->next)
+		if (c->peer == p && !c->closing)
+			conn_close(c, 0, why);
+	p->state = MM_PEER_IDLE;
+}
+
+/* Takes p out of the running daemon (it left the peers file): its connections close,
+ * its session stops (bodies it was sending are aborted, its fetches go to other
+ * peers) and it is freed once its handles are.  The caller takes it out of d->peers. */
+static void peer_remove(struct mm_dpeer *p)
+{
+	struct mm_daemon *d = p->d;
+	p->removed = true;
+	peer_disconnect(p, "removed from the peers file");
+	for (struct mm_conn *c = d->conns; c; c = c->next)
+		if (c->peer == p)
+			c->peer = NULL; /* (closing: nothing of it runs any more) */
+	mm_gossip_remove(d->gossip, p->sync);
+	mm_sync_reset(p->sync, mm_daemon_now());
+	mm_sync_free(&p->sync);
+	uv_close((uv_handle_t *)&p->retry, peer_retry_closed);
+}
+
+/* Whether two lines of the peers file reach the peer at the same place. */
+static bool peer_same_address(const struct mm_peer *a, const struct mm_peer *b)
+{
+	return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+/* Appends to the reload's log line; what does not fit is left out. */
+static void note_add(char *buf, size_t cap, size_t *len, const char *fmt, ...)
+{
+	if (*len >= cap - 1)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf + *len, cap - *len, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		*len = *len + (size_t)n < cap ? *len + (size_t)n : cap - 1;
+}
+
+int mm_peers_reload(struct mm_daemon *d, struct mm_peers *peers, const struct mm_peer *self)
+{
+	size_t n = peers->n;
+	struct mm_dpeer **v = calloc(n ? n : 1, sizeof *v);
+	bool *kept = calloc(d->n_peers ? d->n_peers : 1, sizeof *kept);
+	struct mm_dpeer **added = calloc(n ? n : 1, sizeof *added);
+	size_t nv = 0, nadded = 0;
+	int r = 0;
+	if (!v || !kept || !added) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	/* first everything that can fail: the new peers' sessions */
+	for (size_t i = 0; i < n; i++) {
+		const struct mm_peer *pc = &peers->v[i];
+		if (sodium_memcmp(pc->pub, d->cfg.public_key, 32) == 0)
+			continue;
+		struct mm_dpeer *old = NULL;
+		for (size_t j = 0; j < d->n_peers && !old; j++)
+			if (sodium_memcmp(d->peers[j]->conf->pub, pc->pub, 32) == 0) {
+				old = d->peers[j];
+				kept[j] = true;
+			}
+		if (old) {
+			v[nv++] = old;
+			continue;
+		}
+		if ((r = peer_new(d, pc, &v[nv])) < 0)
+			goto fail;
+		added[nadded++] = v[nv++];
+	}
+	/* then the changes, which cannot */
+	char what[MM_LOG_LINE_MAX / 2] = "";
+	size_t wl = 0;
+#define NOTE(...) note_add(what, sizeof what, &wl, __VA_ARGS__)
+	for (size_t i = 0; i < d->n_peers; i++) {
+		struct mm_dpeer *p = d->peers[i];
+		if (kept[i])
+			continue;
+		NOTE(" removed=%s", p->conf->name);
+		mm_daemon_peer_times_save(d, p); /* (if it comes back, the GC knows when it was in sync) */
+		peer_remove(p);
+	}
+	for (size_t i = 0; i < nv; i++) {
+		struct mm_dpeer *p = v[i];
+		const struct mm_peer *pc = mm_peers_find_key(peers, p->conf->pub);
+		bool is_new = false;
+		for (size_t k = 0; k < nadded; k++)
+			is_new |= added[k] == p;
+		if (is_new) {
+			NOTE(" added=%s", pc->name);
+			continue;
+		}
+		if (strcmp(pc->name, p->conf->name) != 0)
+			NOTE(" renamed=%s->%s", p->conf->name, pc->name);
+		if (!peer_same_address(pc, p->conf)) {
+			NOTE(" moved=%s", pc->name);
+			peer_disconnect(p, "its address changed in the peers file");
+			p->udp_addr_ok = false;
+			p->addr_gen++;
+			p->backoff_ms = BACKOFF_MIN_MS;
+			uv_timer_stop(&p->retry);
+		}
+		p->conf = pc;
+	}
+#undef NOTE
+	free(d->peers);
+	d->peers = v;
+	d->n_peers = nv;
+	mm_peers_free(&d->cfg.peers);
+	d->cfg.peers = peers;
+	d->cfg.self = self;
+	for (size_t k = 0; k < nadded; k++)
+		mm_daemon_peer_times_load(d, added[k]);
+	mm_log(MM_LOG_INFO, "peers file %s reloaded: %zu peers%s", d->cfg.peers_path, nv, wl ? what : ", no change");
+	free(kept);
+	free(added);
+	mm_peer_dial_all(d);
+	return 0;
+fail:
+	for (size_t k = 0; k < nadded; k++) {
+		added[k]->removed = true;
+		peer_remove(added[k]);
+	}
+	free(v);
+	free(kept);
+	free(added);
+	mm_peers_free(&peers);
+	return r;
+}
+
 /* ---- start and stop ----------------------------------------------------------- */
 
 static int bind_addr(struct mm_daemon *d, struct sockaddr_storage *ss)
@@ -776,43 +994,11 @@ int mm_peers_start(struct mm_daemon *d)
 	d->peers = calloc(n ? n : 1, sizeof *d->peers);
 	if (!d->peers)
 		return -ENOMEM;
-	struct mm_body_ops bops;
-	mm_bodies_ops(d, &bops);
 	for (size_t i = 0; i < n; i++) {
 		const struct mm_peer *pc = &d->cfg.peers->v[i];
 		if (sodium_memcmp(pc->pub, d->cfg.public_key, 32) == 0)
 			continue; /* our own line of the shared peers file */
-		struct mm_dpeer *p = &d->peers[d->n_peers];
-		p->d = d;
-		p->conf = pc;
-		p->dialer = memcmp(d->cfg.public_key, pc->pub, 32) < 0;
-		p->backoff_ms = BACKOFF_MIN_MS;
-		p->knock_ok = mm_knock_key(d->cfg.private_key, pc->pub, d->cfg.has_psk ? d->cfg.psk : NULL,
-		                           p->knock_key) == 0;
-		uv_timer_init(&d->loop, &p->retry);
-		d->open_handles++;
-		p->retry.data = p;
-		struct mm_sync_config sc = {
-			.state = d->state,
-			.local_node = d->cfg.node_id,
-			.peer_node = pc->node_id,
-			.eff = mm_daemon_effect,
-			.eff_arg = d,
-			.io = {sync_send, p},
-			.body = bops,
-			.fetch = d->fetch,
-			.lead = d->lead,
-			.clock = &d->clock,
-			.max_skew_ms = d->cfg.max_skew_ms,
-			.event = sync_event,
-			.event_arg = d,
-			.relay = mm_gossip_relay,
-			.relay_arg = d->gossip,
-			.user_data = p,
-		};
-		if ((r = mm_sync_new(&sc, &p->sync)) < 0)
-			return r;
-		if ((r = mm_gossip_add(d->gossip, p->sync)) < 0)
+		if ((r = peer_new(d, pc, &d->peers[d->n_peers])) < 0)
 			return r;
 		d->n_peers++;
 	}
@@ -827,8 +1013,8 @@ void mm_peers_stop(struct mm_daemon *d)
 	for (struct mm_conn *c = d->conns; c; c = c->next)
 		conn_close(c, 0, "shutting down");
 	for (size_t i = 0; i < d->n_peers; i++) {
-		uv_close((uv_handle_t *)&d->peers[i].retry, mm_daemon_handle_closed);
-		sodium_memzero(d->peers[i].knock_key, sizeof d->peers[i].knock_key);
+		uv_close((uv_handle_t *)&d->peers[i]->retry, mm_daemon_handle_closed);
+		sodium_memzero(d->peers[i]->knock_key, sizeof d->peers[i]->knock_key);
 	}
 	if (d->listener.type == UV_TCP)
 		uv_close((uv_handle_t *)&d->listener, mm_daemon_handle_closed);
