@@ -5735,6 +5735,11 @@ int mm_store_meta_get(struct mm_store *s, const char *key, uint64_t *v_r)
 		return -EINVAL;
 	char k[MM_STORE_META_KEY_MAX + 3];
 	snprintf(k, sizeof k, "d:%s", key);
+	for (size_t i = 0; i < s->n_meta; i++)
+		if (!strcmp(s->meta[i].key, k)) { /* staged: newer than the durable one */
+			*v_r = s->meta[i].v;
+			return 0;
+		}
 	uint8_t c[8];
 	int r = mm_statedb_get(s->db, MM_DB_META, k, strlen(k), c, sizeof c);
 	if (r < 0)

@@ -210,7 +210,8 @@ bool mm_store_own_event(struct mm_store *s, const char *dir, const char *name);
 /* Small values of the daemon's own in the state database (when each peer was last in
  * sync, for the tombstone GC).  mm_store_meta_set stages key = v for the next
  * mm_store_commit (the last value set wins; a failed commit keeps it for the next);
- * mm_store_meta_get reads the durable value (0 in *v_r when absent).  Keys are 1 to
+ * mm_store_meta_get reads the value staged for the next commit if any, else the durable
+ * one (0 in *v_r when absent).  Keys are 1 to
  * MM_STORE_META_KEY_MAX bytes.  Both return 0, -EINVAL (key), -ENOMEM (set), -ENOENT
  * (get: never written), -EBADMSG (get: not a value of this kind) or another negative
  * errno. */

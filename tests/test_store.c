@@ -2887,6 +2887,35 @@ static void test_keyword_add_retried(void **state)
 	node_close(&b);
 }
 
+/* The daemon's small values (peers' GC times): a get sees what was set for the next
+ * commit (a peer removed by a reload and listed again before that commit gets its
+ * times back, not older ones), then the durable value, also after a reopen. */
+static void test_meta_staged(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, false);
+	uint64_t v = 99;
+	assert_int_equal(mm_store_meta_get(a.s, "synced:ab", &v), -ENOENT);
+	assert_int_equal(v, 0);
+	assert_int_equal(mm_store_meta_set(a.s, "synced:ab", 5), 0);
+	assert_int_equal(mm_store_meta_get(a.s, "synced:ab", &v), 0);
+	assert_int_equal(v, 5);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_int_equal(mm_store_meta_get(a.s, "synced:ab", &v), 0);
+	assert_int_equal(v, 5);
+	assert_int_equal(mm_store_meta_set(a.s, "synced:ab", 7), 0);
+	assert_int_equal(mm_store_meta_get(a.s, "synced:ab", &v), 0);
+	assert_int_equal(v, 7);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	node_close(&a);
+	node_open_cfg(&a, "a", 1, false);
+	assert_int_equal(mm_store_meta_get(a.s, "synced:ab", &v), 0);
+	assert_int_equal(v, 7);
+	assert_int_equal(mm_store_meta_get(a.s, "", &v), -EINVAL);
+	node_close(&a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2934,6 +2963,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_add_retried, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_meta_staged, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
