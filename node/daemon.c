@@ -307,6 +307,27 @@ static void peers_synced_save(struct mm_daemon *d)
 		mm_daemon_peer_times_save(d, d->peers[i]);
 }
 
+/* Sends every peer this node's GC bound for its current peers without running the GC:
+ * the times the last GC took (a peer never in sync: since it was first listed), no new
+ * sample, no horizon raised.  For a reload that changed the members. */
+static void gc_bound_send(struct mm_daemon *d)
+{
+	uint64_t now = mm_daemon_now();
+	size_t n = d->n_peers ? d->n_peers : 1;
+	uint64_t *synced = calloc(n, sizeof(*synced));
+	if (!synced)
+		return; /* (the hourly GC sends it) */
+	for (size_t i = 0; i < d->n_peers; i++) {
+		const struct mm_dpeer *p = d->peers[i];
+		synced[i] = p->gc.synced_ms ? p->gc.synced_ms : p->gc.known_ms;
+	}
+	uint64_t own = mm_gc_horizon_ms(now, d->cfg.gc_grace_ms, d->cfg.gc_max_ms, MM_GC_SYNC_MARGIN_MS, synced,
+	                                NULL, d->n_peers);
+	free(synced);
+	for (size_t i = 0; i < d->n_peers; i++)
+		mm_sync_gc_bound_set(d->peers[i]->sync, own, d->gc_members);
+}
+
 /* Tombstones go once they are gc_grace old and every peer has been in sync since
  * (mm_gc_horizon_ms, mm_gc_peer_tick: equal roots that the peer kept, connected until
  * this hourly GC): a peer that comes back after a long absence then still finds the
@@ -445,6 +466,14 @@ static void reload_cb(uv_signal_t *s, int signum)
 	struct mm_peers *peers = NULL;
 	const struct mm_peer *self = NULL;
 	int r = mm_config_peers_load(&d->cfg, &peers, &self, err, sizeof err);
+	if (r == 0 && d->n_peers > 0 && peers->n == (self ? 1u : 0u)) {
+		/* most likely a file cut short; alone, this node's GC would wait for nobody
+		 * and drop tombstones that nodes now away still need */
+		snprintf(err, sizeof err, "%s lists no other node, so every peer would be dropped; to run this node "
+		         "alone, restart it", d->cfg.peers_path);
+		mm_peers_free(&peers);
+		r = -EINVAL;
+	}
 	if (r == 0 && (r = mm_peers_reload(d, peers, self)) < 0)
 		snprintf(err, sizeof err, "%s: cannot take the new peers: %s", d->cfg.peers_path, strerror(-r));
 	if (r < 0) {
@@ -454,11 +483,14 @@ static void reload_cb(uv_signal_t *s, int signum)
 	}
 	d->reload_error[0] = '\0';
 	d->reloads++;
+	uint64_t before = d->gc_members;
 	members_update(d);
-	/* the GC's view of the cluster changed: the peers hear the new members hash and
-	 * bound soon, as after a start, not within the hour */
-	uv_timer_start(&d->gc_timer, gc_cb, 1000, GC_INTERVAL_MS);
-	mm_daemon_commit_soon(d); /* (new peers' "known" times) */
+	/* the GC's view of the cluster changed: the peers hear the new members hash (and
+	 * our bound for it) with the next DIGESTs, not within the hour.  The hourly GC is
+	 * not run early: its "stayed connected until the next GC" needs the hour. */
+	if (d->gc_members != before)
+		gc_bound_send(d);
+	mm_daemon_commit_soon(d); /* (new peers' "known" times, removed peers' last times) */
 }
 
 /* ---- privileges ---------------------------------------------------------------- */
@@ -643,6 +675,10 @@ int mm_cmd_run(int argc, char **argv)
 		fprintf(stderr, "mailmesh: libsodium failed to initialise\n");
 		return 1;
 	}
+	/* a reload asked for while starting (systemctl reload right after start) must not
+	 * kill the daemon, SIGHUP's default: until its handler is in place it is ignored,
+	 * and the peers file read at start is the newest anyway */
+	signal(SIGHUP, SIG_IGN);
 	struct mm_daemon *d = calloc(1, sizeof *d);
 	if (!d)
 		return 1;

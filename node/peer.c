@@ -837,6 +837,7 @@ static void peer_remove(struct mm_dpeer *p)
 	mm_gossip_remove(d->gossip, p->sync);
 	mm_sync_reset(p->sync, mm_daemon_now());
 	mm_sync_free(&p->sync);
+	p->conf = NULL; /* (its line is freed with the old list; nothing reads it now) */
 	uv_close((uv_handle_t *)&p->retry, peer_retry_closed);
 }
 
@@ -890,18 +891,23 @@ int mm_peers_reload(struct mm_daemon *d, struct mm_peers *peers, const struct mm
 			goto fail;
 		added[nadded++] = v[nv++];
 	}
-	/* then the changes, which cannot */
+	/* then the changes, which cannot.  The new list is the daemon's first, so that
+	 * nothing that runs while a removed peer's session stops finds that peer */
 	char what[MM_LOG_LINE_MAX / 2] = "";
 	size_t wl = 0;
-#define NOTE(...) note_add(what, sizeof what, &wl, __VA_ARGS__)
-	for (size_t i = 0; i < d->n_peers; i++) {
-		struct mm_dpeer *p = d->peers[i];
+	struct mm_dpeer **old = d->peers;
+	size_t nold = d->n_peers;
+	d->peers = v;
+	d->n_peers = nv;
+	for (size_t i = 0; i < nold; i++) {
+		struct mm_dpeer *p = old[i];
 		if (kept[i])
 			continue;
-		NOTE(" removed=%s", p->conf->name);
+		note_add(what, sizeof what, &wl, " removed=%s", p->conf->name);
 		mm_daemon_peer_times_save(d, p); /* (if it comes back, the GC knows when it was in sync) */
 		peer_remove(p);
 	}
+	free(old);
 	for (size_t i = 0; i < nv; i++) {
 		struct mm_dpeer *p = v[i];
 		const struct mm_peer *pc = mm_peers_find_key(peers, p->conf->pub);
@@ -909,13 +915,13 @@ int mm_peers_reload(struct mm_daemon *d, struct mm_peers *peers, const struct mm
 		for (size_t k = 0; k < nadded; k++)
 			is_new |= added[k] == p;
 		if (is_new) {
-			NOTE(" added=%s", pc->name);
+			note_add(what, sizeof what, &wl, " added=%s", pc->name);
 			continue;
 		}
 		if (strcmp(pc->name, p->conf->name) != 0)
-			NOTE(" renamed=%s->%s", p->conf->name, pc->name);
+			note_add(what, sizeof what, &wl, " renamed=%s->%s", p->conf->name, pc->name);
 		if (!peer_same_address(pc, p->conf)) {
-			NOTE(" moved=%s", pc->name);
+			note_add(what, sizeof what, &wl, " moved=%s", pc->name);
 			peer_disconnect(p, "its address changed in the peers file");
 			p->udp_addr_ok = false;
 			p->addr_gen++;
@@ -924,15 +930,21 @@ int mm_peers_reload(struct mm_daemon *d, struct mm_peers *peers, const struct mm
 		}
 		p->conf = pc;
 	}
-#undef NOTE
-	free(d->peers);
-	d->peers = v;
-	d->n_peers = nv;
-	mm_peers_free(&d->cfg.peers);
+	mm_peers_free(&d->cfg.peers); /* (no peer still listed points into it) */
 	d->cfg.peers = peers;
 	d->cfg.self = self;
-	for (size_t k = 0; k < nadded; k++)
-		mm_daemon_peer_times_load(d, added[k]);
+	uint64_t now = mm_daemon_now();
+	for (size_t k = 0; k < nadded; k++) {
+		struct mm_dpeer *p = added[k];
+		mm_daemon_peer_times_load(d, p);
+		/* back in the file after a while out of it: nobody waited for it meanwhile */
+		uint64_t last = mm_peer_synced_ms(p);
+		if (last && now > last && now - last > d->cfg.gc_grace_ms)
+			mm_log(MM_LOG_WARN, "peer %s is back in the peers file, last in sync with this node %llu s ago, "
+			       "longer than gc_grace: if it kept its old state it may bring back mail expunged since; "
+			       "rebuild it with an empty state_dir and mail root (docs/operations.md)", p->conf->name,
+			       (unsigned long long)((now - last) / 1000));
+	}
 	mm_log(MM_LOG_INFO, "peers file %s reloaded: %zu peers%s", d->cfg.peers_path, nv, wl ? what : ", no change");
 	free(kept);
 	free(added);
