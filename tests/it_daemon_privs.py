@@ -12,14 +12,18 @@ root without `user` and receives the local changes.  Checks:
 - the control socket is a socket of mode 0600 owned by that user; `mailmesh status` works
   for that user and root, and fails for another unprivileged user (nobody) even though
   the state directory is searchable by all;
-- a change made in node2's Maildir by the mail user reaches node1.
+- a change made in node2's Maildir by the mail user reaches node1;
+- a reload (SIGHUP) of a peers file only root may read is refused with the reason;
+  made readable again, it is taken.
 Prints `N passed, N failed`."""
 import os
 import pwd
 import random
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmtest  # noqa: E402
@@ -138,6 +142,30 @@ def privs_test(t, uid, gid, user):
         os.chmod(tmp, 0o640)
         os.rename(tmp, os.path.join(n2.maildir(ALICE), "new", "1700000000.M1P1.node2"))
         t.check(cl.wait_converged(timeout=60), "a delivery in node2's Maildir reaches node1")
+        # A reload reads the peers file as the mail user (docs/operations.md): one that
+        # only root may read is refused, with the reason, and the peers are kept.
+        peers = os.path.join(cl.dir, "peers")
+        os.chmod(peers, 0o600)
+        n2.proc.send_signal(signal.SIGHUP)
+        err = ""
+        for _ in range(100 * mmtest.SLOW):
+            err = (n2.status(quiet=True) or {}).get("peers_reload_error", "")
+            if err:
+                break
+            time.sleep(0.05)
+        t.check(peers in err and "Permission denied" in err,
+                "a reload of a peers file only root may read is refused with the reason (%r)" % err)
+        os.chmod(peers, 0o644)
+        n2.proc.send_signal(signal.SIGHUP)
+        st = {}
+        for _ in range(100 * mmtest.SLOW):
+            st = n2.status(quiet=True) or {}
+            if st.get("peers_reloads") == 1:
+                break
+            time.sleep(0.05)
+        t.check(st.get("peers_reloads") == 1 and st.get("peers_reload_error") == "" and
+                [p["name"] for p in st.get("peers", [])] == ["node1"],
+                "readable again, it is taken, and node1 is still the peer")
         codes = [n.stop() for n in cl.nodes]
         t.check(codes == [0, 0], "both daemons stop cleanly on SIGTERM (%s)" % codes)
     finally:
