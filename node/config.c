@@ -793,6 +793,63 @@ int mm_config_peers_load(const struct mm_config *cfg, struct mm_peers **peers_r,
 	return rc;
 }
 
+int mm_config_reread(const struct mm_config *cfg, struct mm_config *new_r, char *err, size_t errlen)
+{
+	char *text = NULL;
+	size_t len = 0;
+	memset(new_r, 0, sizeof *new_r);
+	int rc = read_file(cfg->path, &text, &len, err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = mm_config_parse(cfg->path, text, len, new_r, err, errlen);
+	free(text);
+	return rc;
+}
+
+static bool str_differs(const char *a, const char *b)
+{
+	return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+size_t mm_config_restart_keys(const struct mm_config *a, const struct mm_config *b, char *out, size_t cap)
+{
+	const struct {
+		const char *key;
+		bool differs;
+	} k[] = {
+		{"name", str_differs(a->name, b->name)},
+		{"listen", str_differs(a->listen_host, b->listen_host) || a->listen_port != b->listen_port},
+		{"private_key", str_differs(a->private_key_path, b->private_key_path)},
+		{"peers", str_differs(a->peers_path, b->peers_path)},
+		{"mail_location", str_differs(a->mail_location, b->mail_location)},
+		{"state_dir", str_differs(a->state_dir, b->state_dir)},
+		{"gossip_interval", a->gossip_interval_ms != b->gossip_interval_ms},
+		{"control_socket", str_differs(a->control_socket, b->control_socket)},
+		{"user", str_differs(a->user, b->user)},
+		{"group", str_differs(a->group, b->group)},
+		{"cluster_psk", str_differs(a->cluster_psk_path, b->cluster_psk_path)},
+		{"push_fanout", a->push_fanout != b->push_fanout},
+		{"gc_grace", a->gc_grace_ms != b->gc_grace_ms},
+		{"gc_max", a->gc_max_ms != b->gc_max_ms},
+		{"max_skew", a->max_skew_ms != b->max_skew_ms},
+		{"imap_uids", a->imap_uids != b->imap_uids},
+		{"file_cache", a->file_cache != b->file_cache},
+	};
+	size_t n = 0, len = 0;
+	if (cap)
+		out[0] = '\0';
+	for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+		if (!k[i].differs)
+			continue;
+		n++;
+		if (cap && len < cap - 1) {
+			int w = snprintf(out + len, cap - len, "%s%s", len ? ", " : "", k[i].key);
+			len = w < 0 ? len : len + (size_t)w < cap ? len + (size_t)w : cap - 1;
+		}
+	}
+	return n;
+}
+
 void mm_config_free(struct mm_config *cfg)
 {
 	if (cfg == NULL)

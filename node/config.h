@@ -88,6 +88,17 @@ int mm_config_load(const char *path, struct mm_config *cfg_r, char *err, size_t 
 int mm_config_peers_load(const struct mm_config *cfg, struct mm_peers **peers_r, const struct mm_peer **self_r,
                          char *err, size_t errlen);
 
+/* Parses cfg's config file (cfg->path) again into *new_r, settings only, as
+ * mm_config_parse() does (no key, PSK or peers file is read: a daemon that dropped its
+ * privileges may no longer read its private key).  Same returns as mm_config_parse();
+ * *new_r is the caller's to mm_config_free() either way. */
+int mm_config_reread(const struct mm_config *cfg, struct mm_config *new_r, char *err, size_t errlen);
+
+/* The settings that differ between a and b and that a running daemon takes only at a
+ * restart (every key but log_level): how many, and their names, comma-separated, in
+ * out (cap bytes, truncated to fit). */
+size_t mm_config_restart_keys(const struct mm_config *a, const struct mm_config *b, char *out, size_t cap);
+
 /* Parses a config held in memory as if it were the file `path` (which names the file
  * in errors and anchors relative paths; nothing is read from it).  Sets only the
  * config-file keys and defaults: no key, PSK or peers file is read and user/group are

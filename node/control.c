@@ -159,6 +159,8 @@ static void render(struct ctl_client *c, bool json)
 		out_json_str(c, why);
 		out_printf(c, ",\"peers_reloads\":%llu,\"peers_reload_error\":", (unsigned long long)d->reloads);
 		out_json_str(c, d->reload_error);
+		out_printf(c, ",\"config_reload_error\":");
+		out_json_str(c, d->config_reload_error);
 		out_printf(c, ",\"peers\":[");
 	} else {
 		out_printf(c, "node %s (id %016llx) listening on %s:%u, up %llus\n", d->cfg.name,
@@ -177,6 +179,9 @@ static void render(struct ctl_client *c, bool json)
 			           (unsigned long long)(paused + 999) / 1000, why);
 		else if (d->store_err)
 			out_printf(c, "the store could not keep bodies (%s): fetching them again\n", why);
+		if (d->config_reload_error[0])
+			out_printf(c, "the last reload found mailmesh.conf unreadable, its settings are kept: %s\n",
+			           d->config_reload_error);
 		if (d->reload_error[0])
 			out_printf(c, "the last reload of the peers file failed, the peers before it are kept: %s\n",
 			           d->reload_error);

@@ -452,16 +452,45 @@ static void signal_cb(uv_signal_t *s, int signum)
 	daemon_stop(d, 0);
 }
 
-/* SIGHUP (`systemctl reload mailmesh`): reads the peers file again, so servers can be
- * added, retired or moved without a restart.  A file that does not load changes
- * nothing: the error is logged (and shown by `mailmesh status`) and the daemon goes on
- * with the peers it had.  The rest of mailmesh.conf is read only at start. */
+/* mailmesh.conf read again on SIGHUP: log_level is taken at once; any other setting
+ * that changed is named in the log as waiting for a restart.  A file that does not
+ * parse changes nothing (logged, and shown by `mailmesh status`). */
+static void reload_settings(struct mm_daemon *d)
+{
+	char err[MM_CONFIG_ERR_MAX];
+	struct mm_config nc;
+	int r = mm_config_reread(&d->cfg, &nc, err, sizeof err);
+	if (r < 0) {
+		mm_log(MM_LOG_ERROR, "reload: %s; the settings are kept", err);
+		snprintf(d->config_reload_error, sizeof d->config_reload_error, "%s", err);
+		mm_config_free(&nc);
+		return;
+	}
+	d->config_reload_error[0] = '\0';
+	if (nc.log_level != d->cfg.log_level) {
+		mm_log(MM_LOG_INFO, "reload: log_level %s -> %s", mm_log_level_name(d->cfg.log_level),
+		       mm_log_level_name(nc.log_level));
+		d->cfg.log_level = nc.log_level;
+		mm_log_set_level(nc.log_level);
+	}
+	char keys[256];
+	if (mm_config_restart_keys(&d->cfg, &nc, keys, sizeof keys) > 0)
+		mm_log(MM_LOG_WARN, "reload: %s: %s changed; taken at the next restart (a reload takes log_level "
+		       "and the peers file only)", d->cfg.path, keys);
+	mm_config_free(&nc);
+}
+
+/* SIGHUP (`systemctl reload mailmesh`): reads mailmesh.conf's log_level and the peers
+ * file again, so servers can be added, retired or moved without a restart.  A peers
+ * file that does not load changes nothing: the error is logged (and shown by
+ * `mailmesh status`) and the daemon goes on with the peers it had. */
 static void reload_cb(uv_signal_t *s, int signum)
 {
 	(void)signum;
 	struct mm_daemon *d = s->data;
 	if (d->stopping || !d->store)
 		return;
+	reload_settings(d);
 	char err[MM_CONFIG_ERR_MAX];
 	struct mm_peers *peers = NULL;
 	const struct mm_peer *self = NULL;

@@ -103,6 +103,7 @@ struct mm_daemon {
 	uv_signal_t sighup;                /* reloads the peers file (daemon.c reload_cb) */
 	uint64_t reloads;                  /* peers file reloads taken (status) */
 	char reload_error[512];            /* why the last reload failed, "" = it did not */
+	char config_reload_error[512];     /* why mailmesh.conf did not parse at the last reload */
 	int open_handles;                  /* handles not yet closed (leak check at exit) */
 
 	struct mm_watch *watches;          /* list of watched directories */

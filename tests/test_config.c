@@ -473,6 +473,29 @@ static void test_peers_reload(void **state)
 	assert_int_equal(mm_config_peers_load(&cfg, &np, &self, err, sizeof err), -EINVAL);
 	assert_non_null(strstr(err, "has a different public key"));
 
+	/* mailmesh.conf read again: the same settings, then one a restart takes and one a
+	 * reload takes */
+	struct mm_config nc;
+	char keys[128];
+	assert_int_equal(mm_config_reread(&cfg, &nc, err, sizeof err), 0);
+	assert_int_equal(mm_config_restart_keys(&cfg, &nc, keys, sizeof keys), 0);
+	assert_string_equal(keys, "");
+	mm_config_free(&nc);
+	write_file(t->dir, "mailmesh.conf",
+	           "name = me\nlisten = 0.0.0.0:4001\nprivate_key = private.key\npeers = peers\n"
+	           "log_level = debug\ngossip_interval = 1s\n", 0644);
+	assert_int_equal(mm_config_reread(&cfg, &nc, err, sizeof err), 0);
+	assert_int_equal(nc.log_level, MM_LOG_DEBUG);
+	assert_int_equal(mm_config_restart_keys(&cfg, &nc, keys, sizeof keys), 2);
+	assert_string_equal(keys, "listen, gossip_interval");
+	assert_int_equal(mm_config_restart_keys(&cfg, &nc, keys, 10), 2); /* (cut to fit) */
+	assert_string_equal(keys, "listen, g");
+	mm_config_free(&nc);
+	write_file(t->dir, "mailmesh.conf", "name = me\nbogus = 1\n", 0644);
+	assert_int_equal(mm_config_reread(&cfg, &nc, err, sizeof err), -EINVAL);
+	assert_non_null(strstr(err, "mailmesh.conf:2:"));
+	mm_config_free(&nc);
+
 	/* a file that is gone */
 	snprintf(path, sizeof path, "%s/peers", t->dir);
 	unlink(path);
