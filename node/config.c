@@ -7,6 +7,7 @@
  * against each other.
  */
 #include "node/config.h"
+#include "node/mailloc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -216,7 +217,7 @@ static int set_string(struct parse_ctx *c, char **dst, const char *value, bool p
 	return 0;
 }
 
-/* mail_location: "[maildir:]PATH[:OPTIONS]" (Dovecot's syntax; node/mailloc.c ignores
+/* mail_location: "[maildir:]PATH[:OPTIONS]" (Dovecot's syntax; node/mailloc.c checks
  * the options).  PATH may use %d %n %u %% and must name the user; a relative PATH is
  * made absolute against the config file's directory, the rest is kept as written. */
 static void set_mail_location(struct parse_ctx *c, const char *value)
@@ -264,6 +265,15 @@ static void set_mail_location(struct parse_ctx *c, const char *value)
 	}
 	free(pathpart);
 	free(abs);
+	/* the whole template as the store will take it (its options included) */
+	struct mm_mailloc *loc = NULL;
+	char why[512];
+	if (mm_mailloc_new(&loc, out, why, sizeof why) < 0) {
+		line_err(c, -EINVAL, "%s", why);
+		free(out);
+		return;
+	}
+	mm_mailloc_free(&loc);
 	free(c->cfg->mail_location);
 	c->cfg->mail_location = out;
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #define PATHBUF 4096
@@ -53,6 +54,73 @@ void mm_mailloc_free(struct mm_mailloc **locp)
 	*locp = NULL;
 }
 
+/* Dovecot's options after the path.  Those that only move Dovecot's own index or
+ * change how it lists or names folders leave the files mailmesh reads and writes where
+ * it looks for them; the others put INBOX, the folders, dovecot-uidlist,
+ * dovecot-keywords or subscriptions elsewhere, where mailmesh would not see them and
+ * would write its own copies that Dovecot ignores: refused, not ignored. */
+static const char *const opt_ok[] = {"INDEX", "INDEXPVT", "VOLATILEDIR", "LISTINDEX", "ITERINDEX",
+                                     "NO-NOSELECT", "KEEP-NOSELECT", "NO-FS-VALIDATION", "UTF-8",
+                                     "BROKENCHAR", "ALTNOCHECK"};
+static const struct {
+	const char *key;
+	const char *why;
+} opt_bad[] = {
+	{"CONTROL", "moves dovecot-uidlist, dovecot-keywords and subscriptions out of the Maildir"},
+	{"INBOX", "puts INBOX outside the Maildir"},
+	{"SUBSCRIPTIONS", "renames the subscriptions file"},
+	{"DIRNAME", "puts each folder's mail in a subdirectory"},
+	{"FULLDIRNAME", "puts each folder's mail in a subdirectory"},
+	{"MAILBOXDIR", "puts the folders in a subdirectory"},
+	{"ALT", "keeps mail in a second storage"},
+};
+
+static int options_check(const char *o, const char *tmpl, char *err, size_t errlen)
+{
+	while (*o == ':') {
+		o++;
+		size_t n = 0; /* the option ends at a ':' that is not "::" (an escaped colon) */
+		while (o[n] && !(o[n] == ':' && o[n + 1] != ':'))
+			n += o[n] == ':' ? 2 : 1;
+		size_t klen = strcspn(o, "=:");
+		if (klen > n)
+			klen = n;
+		char key[32], msg[256];
+		snprintf(key, sizeof key, "%.*s", (int)(klen < sizeof key ? klen : sizeof key - 1), o);
+		const char *val = klen < n && o[klen] == '=' ? o + klen + 1 : "";
+		size_t vlen = klen < n && o[klen] == '=' ? n - klen - 1 : 0;
+		bool ok = false;
+		for (size_t i = 0; i < sizeof opt_ok / sizeof opt_ok[0]; i++)
+			ok |= klen == strlen(opt_ok[i]) && !strncmp(o, opt_ok[i], klen);
+		if (klen == 6 && !strncmp(o, "LAYOUT", 6)) {
+			ok = vlen == 9 && !strncasecmp(val, "maildir++", 9);
+			if (!ok) {
+				snprintf(msg, sizeof msg, "LAYOUT=%.*s is not supported: mailmesh reads and writes the "
+				         "Maildir++ layout (folders as .Name directories), Dovecot's default; remove the option",
+				         (int)(vlen < 40 ? vlen : 40), val);
+				set_err(err, errlen, msg, tmpl);
+				return -EINVAL;
+			}
+		}
+		for (size_t i = 0; !ok && i < sizeof opt_bad / sizeof opt_bad[0]; i++)
+			if (klen == strlen(opt_bad[i].key) && !strncmp(o, opt_bad[i].key, klen)) {
+				snprintf(msg, sizeof msg, "%s= is not supported: it %s, where mailmesh does not look; "
+				         "remove it (mailmesh follows Dovecot's default there)", key, opt_bad[i].why);
+				set_err(err, errlen, msg, tmpl);
+				return -EINVAL;
+			}
+		if (!ok) {
+			snprintf(msg, sizeof msg, "unknown option '%s' (accepted: INDEX=, INDEXPVT=, VOLATILEDIR=, "
+			         "LISTINDEX=, ITERINDEX, NO-NOSELECT, KEEP-NOSELECT, NO-FS-VALIDATION, UTF-8, "
+			         "BROKENCHAR=, ALTNOCHECK, LAYOUT=maildir++)", key);
+			set_err(err, errlen, msg, tmpl);
+			return -EINVAL;
+		}
+		o += n;
+	}
+	return 0;
+}
+
 int mm_mailloc_new(struct mm_mailloc **loc_r, const char *tmpl, char *err, size_t errlen)
 {
 	*loc_r = NULL;
@@ -68,6 +136,9 @@ int mm_mailloc_new(struct mm_mailloc **loc_r, const char *tmpl, char *err, size_
 		set_err(err, errlen, "the path must be absolute (e.g. maildir:/var/mail/vhosts/%d/%n)", tmpl);
 		return -EINVAL;
 	}
+	int r = options_check(p + plen, tmpl, err, errlen);
+	if (r < 0)
+		return r;
 	struct mm_mailloc *loc = calloc(1, sizeof(*loc));
 	if (!loc)
 		return -ENOMEM;

@@ -5,8 +5,11 @@
  * Template: "[maildir:]<path>[:OPTION=...]" where <path> is absolute and may use %d
  * (domain), %n (local part), %u (n@d, or n without a domain) and %% (a '%').  Each
  * variable must sit inside one path component (e.g. "/var/mail/vhosts/%d/%n" or
- * "/srv/mail/%u/Maildir").  Options after the path are ignored (Dovecot's INDEX=,
- * LAYOUT= ...; only the Maildir++ layout is supported).
+ * "/srv/mail/%u/Maildir").  Dovecot's options after the path are checked: those that
+ * leave INBOX, the folders and the control files in the Maildir++ layout where
+ * mailmesh looks for them (INDEX=, VOLATILEDIR=, LAYOUT=maildir++ ...) are accepted
+ * and otherwise ignored; CONTROL=, INBOX=, LAYOUT=fs and the like, and unknown ones,
+ * are refused.
  *
  * User names are mailmesh's: "domain/user" when the user has a domain, "user" without
  * (the CRDT's state key, crdt.h).  A template that uses %d only finds and expands users
@@ -20,7 +23,8 @@
 struct mm_mailloc;
 
 /* Parses a template.  Returns 0 and *loc_r, -EINVAL (with a message in err) for a
- * template that is not an absolute Maildir path with %n or %u, or -ENOMEM. */
+ * template that is not an absolute Maildir path with %n or %u or that has an option
+ * mailmesh cannot follow, or -ENOMEM. */
 int mm_mailloc_new(struct mm_mailloc **loc_r, const char *tmpl, char *err, size_t errlen);
 void mm_mailloc_free(struct mm_mailloc **locp);
 

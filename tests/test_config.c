@@ -80,7 +80,7 @@ static void test_every_key(void **state)
 		"\tprivate_key = /abs/private.key\n"
 		"peers = ../shared/peers\n"
 		"; inih-style comment\n"
-		"mail_location = maildir:mail/%d/%n/Maildir:LAYOUT=fs\n"
+		"mail_location = maildir:mail/%d/%n/Maildir:INDEX=/var/idx/%u\n"
 		"state_dir = state\n"
 		"gossip_interval = 1500\n"
 		"log_level = DEBUG\n"
@@ -100,7 +100,7 @@ static void test_every_key(void **state)
 	assert_int_equal(cfg.listen_port, 4400);
 	assert_string_equal(cfg.private_key_path, "/abs/private.key");
 	assert_string_equal(cfg.peers_path, "/etc/mm/../shared/peers");
-	assert_string_equal(cfg.mail_location, "maildir:/etc/mm/mail/%d/%n/Maildir:LAYOUT=fs");
+	assert_string_equal(cfg.mail_location, "maildir:/etc/mm/mail/%d/%n/Maildir:INDEX=/var/idx/%u");
 	assert_string_equal(cfg.state_dir, "/etc/mm/state");
 	assert_int_equal(cfg.gossip_interval_ms, 1500);
 	assert_int_equal(cfg.log_level, MM_LOG_DEBUG);
@@ -165,6 +165,7 @@ static void test_errors_name_the_line(void **state)
 		{REQUIRED "mail_location = /var/mail/%h/%n\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable '%h'"},
 		{REQUIRED "mail_location = /var/mail/%n/%\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable"},
 		{REQUIRED "mail_location = maildir:\n", "/etc/mm/mailmesh.conf:5: ", "has no path"},
+		{REQUIRED "mail_location = /var/mail/%d/%n:CONTROL=/var/ctl/%u\n", "/etc/mm/mailmesh.conf:5: ", "CONTROL= is not supported"},
 		{"[main]\n" REQUIRED, "/etc/mm/mailmesh.conf:1: ", "sections like [...] are not used"},
 		{REQUIRED "just words\n", "/etc/mm/mailmesh.conf:5: ", "expected `key = value`"},
 		{REQUIRED "gossip_interval: 5\n", "/etc/mm/mailmesh.conf:5: ", "expected `key = value`"},

@@ -610,6 +610,28 @@ static void test_mailloc(void **state)
 	assert_int_equal(mm_mailloc_new(&loc, "maildir:/var/mail/%d", err, sizeof err), -EINVAL);
 	assert_int_equal(mm_mailloc_new(&loc, "mbox:/var/mail/%n", err, sizeof err), -EINVAL);
 	assert_int_equal(mm_mailloc_new(&loc, "maildir:/var/%x/%n", err, sizeof err), -EINVAL);
+	/* Dovecot's options: those that move what mailmesh reads are refused, by name */
+	static const char *const refused[] = {
+		"maildir:/m/%d/%n:CONTROL=/var/ctl/%u", "maildir:/m/%d/%n:INDEX=/i/%u:LAYOUT=fs",
+		"maildir:/m/%d/%n:INBOX=/var/mail/%u", "maildir:/m/%d/%n:SUBSCRIPTIONS=subs",
+		"maildir:/m/%d/%n:DIRNAME=mail", "maildir:/m/%d/%n:MAILBOXDIR=folders", "maildir:/m/%d/%n:FOO=1",
+		"maildir:/m/%d/%n:INDEX=/i::x:ALT=/alt", "maildir:/m/%d/%n:layout=fs"};
+	static const char *const named[] = {"CONTROL=", "LAYOUT=fs", "INBOX=", "SUBSCRIPTIONS=", "DIRNAME=",
+	                                    "MAILBOXDIR=", "unknown option 'FOO'", "ALT=", "unknown option 'layout'"};
+	for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+		assert_int_equal(mm_mailloc_new(&loc, refused[i], err, sizeof err), -EINVAL);
+		if (!strstr(err, named[i]))
+			fail_msg("%s: %s", refused[i], err);
+	}
+	static const char *const accepted[] = {
+		"maildir:/m/%d/%n:INDEX=/var/idx/%u", "maildir:/m/%d/%n:LAYOUT=maildir++:VOLATILEDIR=/v/%u",
+		"maildir:/m/%d/%n:INDEX=MEMORY:ITERINDEX:NO-NOSELECT:UTF-8", "maildir:/m/%d/%n:INDEX=/a::b:BROKENCHAR=~",
+		"/m/%d/%n:LAYOUT=Maildir++"};
+	for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++) {
+		if (mm_mailloc_new(&loc, accepted[i], err, sizeof err) != 0)
+			fail_msg("%s: %s", accepted[i], err);
+		mm_mailloc_free(&loc);
+	}
 
 	snprintf(t, sizeof t, "maildir:%s/vhosts/%%d/%%n:LAYOUT=maildir++", tmpdir);
 	assert_int_equal(mm_mailloc_new(&loc, t, err, sizeof err), 0);
