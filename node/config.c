@@ -239,13 +239,16 @@ static void set_mail_location(struct parse_ctx *c, const char *value)
 		if (v[i] != '%')
 			continue;
 		i++;
+		if (i + 1 < plen && v[i] == 'L' && (v[i + 1] == 'n' || v[i + 1] == 'u' || v[i + 1] == 'd'))
+			i++; /* %Ln: lowercased, as the directories are (node/mailloc.c) */
 		char ch = i < plen ? v[i] : '\0';
 		if (ch == 'n' || ch == 'u') {
 			user = true;
 		} else if (ch != 'd' && ch != '%') {
 			line_err(c, -EINVAL,
 			         "mail_location: unknown variable '%%%s'; use %%d (domain), %%n (user "
-			         "part), %%u (user@domain) or %%%% for a literal %%", ch ? (char[]){ch, 0} : "");
+			         "part), %%u (user@domain), each also as %%Ld, %%Ln, %%Lu, or %%%% for a literal %%",
+			         ch ? (char[]){ch, 0} : "");
 			return;
 		}
 	}

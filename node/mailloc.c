@@ -172,6 +172,10 @@ int mm_mailloc_new(struct mm_mailloc **loc_r, const char *tmpl, char *err, size_
 					return -EINVAL;
 				}
 				char v = p[++j];
+				/* %L: Dovecot lowercases the value.  The names mailmesh expands come from
+				 * the directories it found, which that made lowercase: the same */
+				if (v == 'L' && j + 1 < i && (p[j + 1] == 'd' || p[j + 1] == 'n' || p[j + 1] == 'u'))
+					v = p[++j];
 				if (v == '%')
 					t.ch = '%';
 				else if (v == 'd')
@@ -181,7 +185,7 @@ int mm_mailloc_new(struct mm_mailloc **loc_r, const char *tmpl, char *err, size_
 				else if (v == 'u')
 					t.var = V_U, has_n = true;
 				else {
-					set_err(err, errlen, "only %d, %n, %u and %% are supported", tmpl);
+					set_err(err, errlen, "only %d, %n, %u (also as %Ld, %Ln, %Lu) and %% are supported", tmpl);
 					mm_mailloc_free(&loc);
 					return -EINVAL;
 				}

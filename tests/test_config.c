@@ -68,6 +68,21 @@ static void test_defaults(void **state)
 	mm_config_free(NULL);
 }
 
+/* Dovecot's lowercasing modifier: the directories are lowercase, so %Ln is %n here. */
+static void test_lowercase_vars(void **state)
+{
+	(void)state;
+	struct mm_config cfg;
+	char err[MM_CONFIG_ERR_MAX];
+	int rc = parse(REQUIRED "mail_location = maildir:/var/vmail/%Ld/%Ln:INDEX=/var/idx/%Lu\n", &cfg, err,
+	               sizeof err);
+	if (rc != 0)
+		print_error("%s\n", err);
+	assert_int_equal(rc, 0);
+	assert_string_equal(cfg.mail_location, "maildir:/var/vmail/%Ld/%Ln:INDEX=/var/idx/%Lu");
+	mm_config_free(&cfg);
+}
+
 static void test_every_key(void **state)
 {
 	(void)state;
@@ -163,6 +178,7 @@ static void test_errors_name_the_line(void **state)
 		{REQUIRED "file_cache = 2000000000\n", "/etc/mm/mailmesh.conf:5: ", "bad file_cache"},
 		{REQUIRED "mail_location = /var/mail/%d\n", "/etc/mm/mailmesh.conf:5: ", "must contain %n or %u"},
 		{REQUIRED "mail_location = /var/mail/%h/%n\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable '%h'"},
+		{REQUIRED "mail_location = /var/mail/%Lh/%n\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable '%L'"},
 		{REQUIRED "mail_location = /var/mail/%n/%\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable"},
 		{REQUIRED "mail_location = maildir:\n", "/etc/mm/mailmesh.conf:5: ", "has no path"},
 		{REQUIRED "mail_location = /var/mail/%d/%n:CONTROL=/var/ctl/%u\n", "/etc/mm/mailmesh.conf:5: ", "CONTROL= is not supported"},
@@ -672,6 +688,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_every_key),
+		cmocka_unit_test(test_lowercase_vars),
 		cmocka_unit_test(test_errors_name_the_line),
 		cmocka_unit_test(test_odd_bytes),
 		cmocka_unit_test(test_duration_parse),

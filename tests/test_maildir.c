@@ -626,14 +626,15 @@ static void test_mailloc(void **state)
 	static const char *const accepted[] = {
 		"maildir:/m/%d/%n:INDEX=/var/idx/%u", "maildir:/m/%d/%n:LAYOUT=maildir++:VOLATILEDIR=/v/%u",
 		"maildir:/m/%d/%n:INDEX=MEMORY:ITERINDEX:NO-NOSELECT:UTF-8", "maildir:/m/%d/%n:INDEX=/a::b:BROKENCHAR=~",
-		"/m/%d/%n:LAYOUT=Maildir++"};
+		"/m/%d/%n:LAYOUT=Maildir++", "maildir:/var/vmail/%Ld/%Ln"};
 	for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++) {
 		if (mm_mailloc_new(&loc, accepted[i], err, sizeof err) != 0)
 			fail_msg("%s: %s", accepted[i], err);
 		mm_mailloc_free(&loc);
 	}
 
-	snprintf(t, sizeof t, "maildir:%s/vhosts/%%d/%%n:LAYOUT=maildir++", tmpdir);
+	assert_int_equal(mm_mailloc_new(&loc, "maildir:/var/%Lx/%n", err, sizeof err), -EINVAL);
+	snprintf(t, sizeof t, "maildir:%s/vhosts/%%Ld/%%Ln:LAYOUT=maildir++", tmpdir);
 	assert_int_equal(mm_mailloc_new(&loc, t, err, sizeof err), 0);
 	assert_true(mm_mailloc_expand(loc, "example.com/alice", buf, sizeof buf) > 0);
 	snprintf(exp, sizeof exp, "%s/vhosts/example.com/alice", tmpdir);
