@@ -261,6 +261,10 @@ struct user {
 	bool owner_known;
 	bool subs_dirty; /* rewrite the subscriptions file at commit */
 	bool gone_logged;
+	/* Maildir++ quota: what this store's own placements and removals changed, not yet
+	 * appended to the user's maildirsize (quota_flush) */
+	int64_t quota_bytes, quota_count;
+	bool quota_queued;
 };
 
 struct pending { /* a remote message to give a body from a local copy at commit */
@@ -305,6 +309,8 @@ struct meta_kv {
 
 struct mm_store {
 	bool imap_uids;              /* cfg.imap_uids */
+	struct user **quota_q;       /* users with a quota change to append (quota_note) */
+	size_t n_quota_q, cap_quota_q;
 	bool format_saved;           /* meta "format" = MM_STATEDB_FORMAT is in state.mdb */
 	struct meta_kv *meta;        /* staged by mm_store_meta_set */
 	size_t n_meta, cap_meta;
@@ -446,6 +452,86 @@ static void logmsg(struct mm_store *s, int level, const char *fmt, ...)
 		hm_put(&s->logged, msg, ml, (void *)1);
 	if (s->log)
 		s->log(s->log_arg, level, "%s", msg);
+}
+
+/* ---- Maildir++ quota ----------------------------------------------------------------- */
+
+/* Dovecot's quota backend "maildir" (and Courier, maildrop, Exim) keeps a user's usage
+ * in <Maildir>/maildirsize: a limits line, then "<bytes> <count>" lines that every
+ * writer appends for the mail it adds (positive) or removes (negative), which readers
+ * sum.  Dovecot does not notice files others add or remove until it recalculates, so
+ * mail that this store places or removes is appended here, as a delivery agent does:
+ * otherwise a replica would count only what was delivered to it.  Only an existing
+ * regular file is appended to (no quota, no file: nothing to do); its limits line is
+ * never touched.  A sum that goes over quota is not trusted by Dovecot while the file
+ * has more than one such line: it recalculates then (quota-maildir.c), so a line too
+ * many only costs a recount. */
+static void quota_note(struct mm_store *s, struct user *u, int64_t bytes, int64_t count)
+{
+	if (!u)
+		return;
+	if (!u->quota_queued) {
+		if (s->n_quota_q == s->cap_quota_q) {
+			size_t nc = s->cap_quota_q ? 2 * s->cap_quota_q : 16;
+			struct user **nq = realloc(s->quota_q, nc * sizeof(*nq));
+			if (!nq)
+				return; /* (the usage is recounted by Dovecot in time) */
+			s->quota_q = nq;
+			s->cap_quota_q = nc;
+		}
+		s->quota_q[s->n_quota_q++] = u;
+		u->quota_queued = true;
+	}
+	u->quota_bytes += bytes;
+	u->quota_count += count;
+}
+
+/* A message file's size as Dovecot's quota counts it: its name's S= if given, else the
+ * file's own; -1 if neither can be had. */
+static int64_t quota_file_size(const char *path)
+{
+	const char *base = strrchr(path, '/');
+	const char *sz = strstr(base ? base : path, ",S=");
+	if (sz) {
+		char *end;
+		errno = 0;
+		unsigned long long v = strtoull(sz + 3, &end, 10);
+		if (end != sz + 3 && errno == 0 && (*end == '\0' || *end == ',' || *end == ':') && v < INT64_MAX)
+			return (int64_t)v;
+	}
+	struct stat st;
+	return lstat(path, &st) == 0 && S_ISREG(st.st_mode) ? (int64_t)st.st_size : -1;
+}
+
+/* Appends each queued user's change to its maildirsize, in one write a user. */
+static void quota_flush(struct mm_store *s)
+{
+	for (size_t i = 0; i < s->n_quota_q; i++) {
+		struct user *u = s->quota_q[i];
+		int64_t bytes = u->quota_bytes, count = u->quota_count;
+		u->quota_bytes = u->quota_count = 0;
+		u->quota_queued = false;
+		if (!bytes && !count)
+			continue;
+		char p[PATHBUF], line[64];
+		if (snprintf(p, sizeof p, "%s/maildirsize", u->path) >= (int)sizeof p)
+			continue;
+		int fd = open(p, O_WRONLY | O_APPEND | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+		if (fd < 0) {
+			if (errno != ENOENT)
+				logmsg(s, MM_STORE_LOG_WARNING, "cannot update quota file %s: %s", p, strerror(errno));
+			continue;
+		}
+		struct stat st;
+		int n = snprintf(line, sizeof line, "%lld %lld\n", (long long)bytes, (long long)count);
+		if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+			logmsg(s, MM_STORE_LOG_WARNING, "cannot update quota file %s: not a regular file", p);
+		else if (write(fd, line, (size_t)n) != n)
+			logmsg(s, MM_STORE_LOG_WARNING, "cannot update quota file %s: %s", p,
+			       errno ? strerror(errno) : "short write");
+		close(fd);
+	}
+	s->n_quota_q = 0;
 }
 
 /* What a failed read of a Maildir file tells the admin: open_message's and
@@ -1490,9 +1576,15 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 			char keep[PATHBUF];
 			bool spare = snprintf(keep, sizeof keep, "%s/tmp/" SPARE_PREFIX "%ld.%" PRIu64, u->path,
 			                      (long)getpid(), ++s->spare_seq) < (int)sizeof keep;
+			char fp[PATHBUF];
+			int64_t fsz = fent_path(s, fe, fp, sizeof fp) == 0 ? quota_file_size(fp) : -1;
 			int r = expunged_file_remove(s, fe, spare ? keep : NULL);
-			if (r == -ENOENT && fent_relocate(s, fe) == 0)
+			if (r == -ENOENT && fent_relocate(s, fe) == 0) {
+				fsz = fent_path(s, fe, fp, sizeof fp) == 0 ? quota_file_size(fp) : -1;
 				r = expunged_file_remove(s, fe, spare ? keep : NULL);
+			}
+			if ((r == 0 || r == 1) && fsz >= 0)
+				quota_note(s, u, -fsz, -1); /* (a spare in tmp/ is out of the quota too) */
 			if (r == 1)
 				r = spare_add(s, user, rec->msg.body, keep);
 			if (r < 0 && r != -ENOENT) {
@@ -2180,7 +2272,9 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				}
 				if (!old && rec && rec->type == MM_REC_EXPUNGED) {
 					/* ours, for a message expunged before the crash: finish the expunge */
-					mm_md_unlink(fo->dir, in_cur ? "cur" : "new", name);
+					int64_t fsz = quota_file_size(path);
+					if (mm_md_unlink(fo->dir, in_cur ? "cur" : "new", name) == 0 && fsz >= 0)
+						quota_note(s, fo->u, -fsz, -1);
 					logmsg(s, MM_STORE_LOG_INFO, "removed %s: its message was expunged", path);
 					continue;
 				}
@@ -3508,6 +3602,7 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 			fo->check = true;
 			continue;
 		}
+		quota_note(s, fo->u, (int64_t)w->n, 1); /* the file stays: it counts */
 		uint8_t body[MM_ID_LEN];
 		memcpy(body, r->msg.body, MM_ID_LEN);
 		set_missing(s, w->user, w->key, NULL, NULL, false);
@@ -3531,6 +3626,7 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 	}
 	j->drop = NULL;
 	place_job_free(jp);
+	quota_flush(s);
 	return placed ? placed : err;
 }
 
@@ -5370,6 +5466,7 @@ int mm_store_commit(struct mm_store *s)
 		release_held(s);
 	}
 	s->in_commit = false;
+	quota_flush(s); /* (expunges merged since the last flush) */
 	if (r == 0)
 		fidx_evict(s);
 	trim_heap(s);
@@ -5756,6 +5853,8 @@ void mm_store_free(struct mm_store **sp)
 	if (!sp || !*sp)
 		return;
 	struct mm_store *s = *sp;
+	quota_flush(s); /* (what was placed or removed since the last commit) */
+	free(s->quota_q);
 	free(s->meta);
 	spares_drop(s); /* merged, not committed: the next start rescans those folders */
 	drop_list(unstage_all(s)); /* before the folders their writers point to */

@@ -9,7 +9,11 @@ mailmesh 22100-22102, Dovecot of node i IMAP 22110+2(i-1), LMTP 22111+2(i-1).
 3. The second message expunged over IMAP on node 1.
 Then every node's IMAP shows the same single message with \\Seen, \\Flagged and $Work
 (both concurrent changes kept), the Maildirs and roots agree, and no Dovecot log holds an
-error, warning or panic.  Dovecot and the daemons are stopped and the temp dir removed
+error, warning or panic.
+4. Maildir++ quota (the Dovecots use quota = maildir): each node's usage was read over
+IMAP (GETQUOTAROOT) after step 1, which makes its maildirsize; after the expunge and
+after one more delivery on node 1, every node reports the same usage as node 1, and
+as many messages as it serves (a replica counts what mailmesh placed and removed).  Dovecot and the daemons are stopped and the temp dir removed
 always.  Prints `N passed, N failed`."""
 import imaplib
 import os
@@ -113,6 +117,32 @@ def seq_of(m, subject):
     return nums[0].decode() if len(nums) == 1 else None
 
 
+# Maildir++ quota, as many Postfix + Dovecot guides set it up: usage in maildirsize
+QUOTA = """
+mail_plugins = $mail_plugins quota
+protocol imap {
+  mail_plugins = $mail_plugins imap_quota
+}
+plugin {
+  quota = maildir:User quota
+  quota_rule = *:storage=100M:messages=1000
+}
+"""
+
+
+def quota_of(dc):
+    """(STORAGE used in KiB, MESSAGE count) of alice's quota root, over IMAP."""
+    m = dc.imap()
+    try:
+        typ, data = m.getquotaroot("INBOX")
+        text = " ".join(x.decode() if isinstance(x, bytes) else str(x) for part in data for x in part)
+        st = re.search(r"STORAGE (\d+) \d+", text)
+        ms = re.search(r"MESSAGE (\d+) \d+", text)
+        return (int(st.group(1)) if st else None, int(ms.group(1)) if ms else None)
+    finally:
+        m.logout()
+
+
 def dovecot_test(t, cl, dcs):
     d1, d2, d3 = dcs
     # 1. deliver through LMTP on node 1, read over IMAP on node 3
@@ -132,6 +162,9 @@ def dovecot_test(t, cl, dcs):
     body = data[0][1] if typ == "OK" and data and isinstance(data[0], tuple) else b""
     t.check(b"the first body, to keep" in body and b"Subject: one" in body,
             "node 3's IMAP returns the message body delivered on node 1")
+    # each Dovecot now counts alice's usage (and writes its maildirsize)
+    q = [quota_of(dc) for dc in dcs]
+    t.check(all(x[1] == 2 for x in q), "every node's quota counts the 2 messages (%s)" % q)
 
     # 2. concurrent flag changes on nodes 2 and 3
     m2, m3 = d2.imap(), d3.imap()
@@ -188,6 +221,16 @@ def dovecot_test(t, cl, dcs):
     for dc in dcs:
         problems = dc.log_problems()
         t.check(not problems, "Dovecot %d's log has no error, warning or panic (%s)" % (dc.i, problems[:5]))
+    # 4. quota: the expunge, then one more delivery, as every node counts them
+    q = [quota_of(dc) for dc in dcs]
+    t.check(q[0][1] == 1 and q[1] == q[0] and q[2] == q[0],
+            "after the expunge every node's quota usage is node 1's: 1 message (%s)" % q)
+    d1.lmtp_deliver("four", "a body delivered once the quota files exist " + "x" * 3000)
+    views = wait_same(dcs, 2)
+    t.check(views is not None, "the last delivery is on every node (%s)" % views)
+    q = [quota_of(dc) for dc in dcs]
+    t.check(q[0][1] == 2 and q[1] == q[0] and q[2] == q[0],
+            "and every node's quota usage is node 1's: 2 messages, the same KiB (%s)" % q)
     owners = set()
     for node in cl.nodes:
         md = node.maildir(MMUSER)
@@ -208,7 +251,7 @@ def main():
         for node in cl.nodes:
             os.chmod(node.dir, 0o755)
             os.chown(node.mail, NOBODY, NOBODY)
-            dcs.append(mmtest.Dovecot(node, imap_port(node.i), lmtp_port(node.i), USER))
+            dcs.append(mmtest.Dovecot(node, imap_port(node.i), lmtp_port(node.i), USER, extra=QUOTA))
         for dc in dcs:
             dc.start()
         cl.start()

@@ -530,9 +530,10 @@ NOBODY = 65534
 
 class Dovecot:
     """A private Dovecot (IMAP + LMTP on loopback, own config/base_dir/log, mail user
-    nobody) serving `node`'s Maildirs; user is the login/recipient (password "pw")."""
+    nobody) serving `node`'s Maildirs; user is the login/recipient (password "pw");
+    `extra` is appended to its config (plugins)."""
 
-    def __init__(self, node, imap_port, lmtp_port, user):
+    def __init__(self, node, imap_port, lmtp_port, user, extra=""):
         self.node = node
         self.imap_port, self.lmtp_port, self.user = imap_port, lmtp_port, user
         self.i = node.i
@@ -541,7 +542,8 @@ class Dovecot:
         os.chown(os.path.join(self.dir, "home"), NOBODY, NOBODY)
         self.conf = os.path.join(self.dir, "dovecot.conf")
         with open(self.conf, "w") as f:
-            f.write(dovecot_conf(self.dir, node.mail, imap_port, lmtp_port, NOBODY, "mm-it-%d-node%d" % (imap_port, self.i)))
+            f.write(dovecot_conf(self.dir, node.mail, imap_port, lmtp_port, NOBODY, "mm-it-%d-node%d" % (imap_port, self.i),
+                                 extra=extra))
         self.pidfile = os.path.join(self.dir, "run", "master.pid")
         self.log = os.path.join(self.dir, "dovecot.log")
 

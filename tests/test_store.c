@@ -2887,6 +2887,87 @@ static void test_keyword_add_retried(void **state)
 	node_close(&b);
 }
 
+/* Sums a maildirsize file's "<bytes> <count>" lines (after its limits line). */
+static void maildirsize_sum(const struct node *n, long long *bytes_r, long long *count_r, int *lines_r,
+                            char *limits, size_t cap)
+{
+	char p[600], line[128];
+	snprintf(p, sizeof p, "%s/ex.org/alice/maildirsize", n->root);
+	FILE *f = fopen(p, "r");
+	assert_non_null(f);
+	*bytes_r = *count_r = 0;
+	*lines_r = 0;
+	assert_non_null(fgets(limits, (int)cap, f));
+	while (fgets(line, sizeof line, f)) {
+		long long b, c;
+		assert_int_equal(sscanf(line, "%lld %lld", &b, &c), 2);
+		*bytes_r += b;
+		*count_r += c;
+		(*lines_r)++;
+	}
+	fclose(f);
+}
+
+/* Maildir++ quota (Dovecot's quota backend "maildir"): mail a replica places or removes
+ * is appended to the user's maildirsize as a delivery agent does, so its usage counts
+ * the replicated mail too; the limits line stays; no file, no quota: none is made. */
+static void test_maildirsize(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	deliver(&a, "INBOX", "first", "Subject: 0\r\n\r\nfirst\r\n", 1600000000);
+	assert_true(scan(&a, d) >= 1);
+	sync_to(&a, &b, d); /* b's Maildir exists now, without a maildirsize */
+	char p[600], limits[64];
+	snprintf(p, sizeof p, "%s/ex.org/alice/maildirsize", b.root);
+	assert_int_equal(access(p, F_OK), -1); /* none made */
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("1000000S,100C\n21 1\n", f); /* as Dovecot writes it: its usage so far */
+	fclose(f);
+
+	mm_delta_clear(d);
+	three_messages(&a, d);
+	sync_to(&a, &b, d);
+	long long bytes, count;
+	int lines;
+	maildirsize_sum(&b, &bytes, &count, &lines, limits, sizeof limits);
+	assert_string_equal(limits, "1000000S,100C\n");
+	long long three = (long long)(strlen("Subject: one\r\n\r\nbody one\r\n") + strlen("Subject: two\r\n\r\nbody two\r\n") +
+	                              strlen("Subject: three\r\n\r\nbody three\r\n"));
+	assert_int_equal(count, 4);
+	assert_int_equal(bytes, 21 + three);
+	assert_true(lines >= 2 && lines <= 4); /* a line per placement (here a body each) */
+
+	/* an expunge on a: removed on b, and counted out */
+	mm_delta_clear(d);
+	assert_int_equal(unlink(find(&a, "INBOX", "1700000001.M1P1.mx")), 0);
+	assert_true(scan(&a, d) >= 1);
+	sync_to(&a, &b, d);
+	assert_null(find(&b, "INBOX", "1600000001."));
+	maildirsize_sum(&b, &bytes, &count, &lines, limits, sizeof limits);
+	assert_int_equal(count, 3);
+	assert_int_equal(bytes, 21 + three - (long long)strlen("Subject: two\r\n\r\nbody two\r\n"));
+	/* what b's files hold */
+	char cmd[800], out[64] = "";
+	snprintf(cmd, sizeof cmd, "cat %s/ex.org/alice/cur/* %s/ex.org/alice/new/* 2>/dev/null | wc -c", b.root, b.root);
+	FILE *pp = popen(cmd, "r");
+	assert_non_null(pp);
+	assert_non_null(fgets(out, sizeof out, pp));
+	pclose(pp);
+	assert_int_equal(atoll(out), bytes);
+
+	/* a's changes of its own mail are Dovecot's to count: a's file stays as it is */
+	snprintf(p, sizeof p, "%s/ex.org/alice/maildirsize", a.root);
+	assert_int_equal(access(p, F_OK), -1);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* The daemon's small values (peers' GC times): a get sees what was set for the next
  * commit (a peer removed by a reload and listed again before that commit gets its
  * times back, not older ones), then the durable value, also after a reopen. */
@@ -2964,6 +3045,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_add_retried, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_meta_staged, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_maildirsize, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
