@@ -180,7 +180,7 @@ static void render(struct ctl_client *c, bool json)
 		else if (d->store_err)
 			out_printf(c, "the store could not keep bodies (%s): fetching them again\n", why);
 		if (d->config_reload_error[0])
-			out_printf(c, "the last reload found mailmesh.conf unreadable, its settings are kept: %s\n",
+			out_printf(c, "at the last reload mailmesh.conf could not be read or parsed, its settings are kept: %s\n",
 			           d->config_reload_error);
 		if (d->reload_error[0])
 			out_printf(c, "the last reload of the peers file failed, the peers before it are kept: %s\n",

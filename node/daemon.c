@@ -468,10 +468,11 @@ static void reload_settings(struct mm_daemon *d)
 	}
 	d->config_reload_error[0] = '\0';
 	if (nc.log_level != d->cfg.log_level) {
-		mm_log(MM_LOG_INFO, "reload: log_level %s -> %s", mm_log_level_name(d->cfg.log_level),
-		       mm_log_level_name(nc.log_level));
+		enum mm_log_level was = d->cfg.log_level;
 		d->cfg.log_level = nc.log_level;
 		mm_log_set_level(nc.log_level);
+		/* (after the change, and as a warning: shown at any level but error) */
+		mm_log(MM_LOG_WARN, "reload: log_level %s -> %s", mm_log_level_name(was), mm_log_level_name(nc.log_level));
 	}
 	char keys[256];
 	if (mm_config_restart_keys(&d->cfg, &nc, keys, sizeof keys) > 0)

@@ -24,6 +24,7 @@ enum { V_D = 1, V_N = 2, V_U = 3 };
 struct tok {
 	int var; /* 0 = literal */
 	char ch;
+	bool lower; /* %Ld, %Ln, %Lu: Dovecot lowercases the value */
 };
 
 struct comp {
@@ -36,7 +37,16 @@ struct mm_mailloc {
 	struct comp comps[MAXCOMP];
 	size_t n;
 	bool uses_d;
+	bool lower; /* a %L variable: user names hold no capital letter */
 };
+
+static bool has_upper(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (s[i] >= 'A' && s[i] <= 'Z')
+			return true;
+	return false;
+}
 
 static void set_err(char *err, size_t errlen, const char *msg, const char *tmpl)
 {
@@ -59,7 +69,7 @@ void mm_mailloc_free(struct mm_mailloc **locp)
  * it looks for them; the others put INBOX, the folders, dovecot-uidlist,
  * dovecot-keywords or subscriptions elsewhere, where mailmesh would not see them and
  * would write its own copies that Dovecot ignores: refused, not ignored. */
-static const char *const opt_ok[] = {"INDEX", "INDEXPVT", "VOLATILEDIR", "LISTINDEX", "ITERINDEX",
+static const char *const opt_ok[] = {"INDEX", "INDEXPVT", "INDEXCACHE", "VOLATILEDIR", "LISTINDEX",
                                      "NO-NOSELECT", "KEEP-NOSELECT", "NO-FS-VALIDATION", "UTF-8",
                                      "BROKENCHAR", "ALTNOCHECK"};
 static const struct {
@@ -73,12 +83,15 @@ static const struct {
 	{"FULLDIRNAME", "puts each folder's mail in a subdirectory"},
 	{"MAILBOXDIR", "puts the folders in a subdirectory"},
 	{"ALT", "keeps mail in a second storage"},
+	{"ITERINDEX", "lists the folders from INDEX=, which has none for the folders mailmesh makes"},
 };
 
 static int options_check(const char *o, const char *tmpl, char *err, size_t errlen)
 {
 	while (*o == ':') {
 		o++;
+		if (!*o)
+			break; /* a trailing ':', which Dovecot ignores too */
 		size_t n = 0; /* the option ends at a ':' that is not "::" (an escaped colon) */
 		while (o[n] && !(o[n] == ':' && o[n + 1] != ':'))
 			n += o[n] == ':' ? 2 : 1;
@@ -110,8 +123,8 @@ static int options_check(const char *o, const char *tmpl, char *err, size_t errl
 				return -EINVAL;
 			}
 		if (!ok) {
-			snprintf(msg, sizeof msg, "unknown option '%s' (accepted: INDEX=, INDEXPVT=, VOLATILEDIR=, "
-			         "LISTINDEX=, ITERINDEX, NO-NOSELECT, KEEP-NOSELECT, NO-FS-VALIDATION, UTF-8, "
+			snprintf(msg, sizeof msg, "unknown option '%s' (accepted: INDEX=, INDEXPVT=, INDEXCACHE=, "
+			         "VOLATILEDIR=, LISTINDEX=, NO-NOSELECT, KEEP-NOSELECT, NO-FS-VALIDATION, UTF-8, "
 			         "BROKENCHAR=, ALTNOCHECK, LAYOUT=maildir++)", key);
 			set_err(err, errlen, msg, tmpl);
 			return -EINVAL;
@@ -164,7 +177,7 @@ int mm_mailloc_new(struct mm_mailloc **loc_r, const char *tmpl, char *err, size_
 			return -ENOMEM;
 		}
 		for (size_t j = s; j < i; j++) {
-			struct tok t = {0, p[j]};
+			struct tok t = {0, p[j], false};
 			if (p[j] == '%') {
 				if (j + 1 >= i) {
 					set_err(err, errlen, "a '%' ends a path component", tmpl);
@@ -172,10 +185,13 @@ int mm_mailloc_new(struct mm_mailloc **loc_r, const char *tmpl, char *err, size_
 					return -EINVAL;
 				}
 				char v = p[++j];
-				/* %L: Dovecot lowercases the value.  The names mailmesh expands come from
-				 * the directories it found, which that made lowercase: the same */
-				if (v == 'L' && j + 1 < i && (p[j + 1] == 'd' || p[j + 1] == 'n' || p[j + 1] == 'u'))
+				/* %L: Dovecot lowercases the value, so its directories have no capital
+				 * letter: the walk takes no name with one, and expand makes none */
+				if (v == 'L' && j + 1 < i && (p[j + 1] == 'd' || p[j + 1] == 'n' || p[j + 1] == 'u')) {
 					v = p[++j];
+					t.lower = true;
+					loc->lower = true;
+				}
 				if (v == '%')
 					t.ch = '%';
 				else if (v == 'd')
@@ -237,6 +253,8 @@ int mm_mailloc_expand(const struct mm_mailloc *loc, const char *user, char *buf,
 		return -EINVAL;
 	if (loc->uses_d && !d)
 		return -EINVAL;
+	if (loc->lower && has_upper(user, strlen(user)))
+		return -EINVAL; /* (Dovecot would look for it in lowercase) */
 	size_t o = 0;
 #define PUT(ptr, len)                                       \
 	do {                                                \
@@ -333,7 +351,8 @@ static bool match(const struct comp *c, size_t ti, const char *name, size_t ni, 
 		return ni < nlen && name[ni] == t->ch && match(c, ti + 1, name, ni + 1, nlen, b);
 	for (size_t l = 1; ni + l <= nlen; l++) {
 		struct bind save = *b;
-		if (bind_var(b, t->var, name + ni, l) && match(c, ti + 1, name, ni + l, nlen, b))
+		if ((!t->lower || !has_upper(name + ni, l)) && bind_var(b, t->var, name + ni, l) &&
+		    match(c, ti + 1, name, ni + l, nlen, b))
 			return true;
 		*b = save;
 	}

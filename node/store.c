@@ -265,6 +265,7 @@ struct user {
 	 * appended to the user's maildirsize (quota_flush) */
 	int64_t quota_bytes, quota_count;
 	bool quota_queued;
+	bool quota_warned; /* its maildirsize could not be appended to (logged once) */
 };
 
 struct pending { /* a remote message to give a body from a local copy at commit */
@@ -503,6 +504,9 @@ static int64_t quota_file_size(const char *path)
 	return lstat(path, &st) == 0 && S_ISREG(st.st_mode) ? (int64_t)st.st_size : -1;
 }
 
+/* Dovecot reads at most this much of maildirsize and recounts a bigger one. */
+#define MAILDIRSIZE_RECOUNT 5120
+
 /* Appends each queued user's change to its maildirsize, in one write a user. */
 static void quota_flush(struct mm_store *s)
 {
@@ -517,19 +521,27 @@ static void quota_flush(struct mm_store *s)
 		if (snprintf(p, sizeof p, "%s/maildirsize", u->path) >= (int)sizeof p)
 			continue;
 		int fd = open(p, O_WRONLY | O_APPEND | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+		const char *why = NULL;
 		if (fd < 0) {
 			if (errno != ENOENT)
-				logmsg(s, MM_STORE_LOG_WARNING, "cannot update quota file %s: %s", p, strerror(errno));
-			continue;
+				why = strerror(errno);
+		} else {
+			struct stat st;
+			int n = snprintf(line, sizeof line, "%lld %lld\n", (long long)bytes, (long long)count);
+			errno = 0;
+			if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+				why = "not a regular file";
+			else if (st.st_size >= MAILDIRSIZE_RECOUNT)
+				; /* Dovecot recounts a file this big anyway: no need to grow it */
+			else if (write(fd, line, (size_t)n) != n)
+				why = errno ? strerror(errno) : "short write";
+			close(fd);
 		}
-		struct stat st;
-		int n = snprintf(line, sizeof line, "%lld %lld\n", (long long)bytes, (long long)count);
-		if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-			logmsg(s, MM_STORE_LOG_WARNING, "cannot update quota file %s: not a regular file", p);
-		else if (write(fd, line, (size_t)n) != n)
-			logmsg(s, MM_STORE_LOG_WARNING, "cannot update quota file %s: %s", p,
-			       errno ? strerror(errno) : "short write");
-		close(fd);
+		if (why && !u->quota_warned) {
+			u->quota_warned = true;
+			logmsg(s, MM_STORE_LOG_WARNING, "cannot update quota file %s: %s (Dovecot's quota may count "
+			       "less than this node holds until it recounts; said once a user)", p, why);
+		}
 	}
 	s->n_quota_q = 0;
 }
@@ -3595,8 +3607,10 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 		struct mm_user *mu = mm_state_user(s->state, w->user, false);
 		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
 		struct fent *fe = fent_by_key(s, w->user, w->key);
-		if (fe && fe->fo == fo && !strcmp(fe->base, w->base))
+		if (fe && fe->fo == fo && !strcmp(fe->base, w->base)) {
+			quota_note(s, fo->u, (int64_t)w->n, 1); /* ours, placed: it counts */
 			continue; /* a scan took it in meanwhile, by its key */
+		}
 		if (!r || r->type != MM_REC_MESSAGE || strcmp(r->msg.folder, fo->name) || fe) {
 			mm_md_unlink(fo->dir, sub, pf->name); /* expunged, moved or placed otherwise meanwhile */
 			fo->check = true;

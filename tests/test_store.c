@@ -2960,6 +2960,24 @@ static void test_maildirsize(void **state)
 	pclose(pp);
 	assert_int_equal(atoll(out), bytes);
 
+	/* a file past what Dovecot reads (5,120 bytes) is recounted by Dovecot: not grown */
+	snprintf(p, sizeof p, "%s/ex.org/alice/maildirsize", b.root);
+	f = fopen(p, "a");
+	assert_non_null(f);
+	for (int i = 0; i < 1300; i++)
+		fputs("0 0\n", f);
+	fclose(f);
+	struct stat st0, st1;
+	assert_int_equal(stat(p, &st0), 0);
+	assert_true(st0.st_size >= 5120);
+	mm_delta_clear(d);
+	deliver(&a, "INBOX", "late", "Subject: late\r\n\r\nlate\r\n", 1600000009);
+	assert_true(scan(&a, d) >= 1);
+	sync_to(&a, &b, d);
+	assert_non_null(find(&b, "INBOX", "1600000009."));
+	assert_int_equal(stat(p, &st1), 0);
+	assert_int_equal(st1.st_size, st0.st_size);
+
 	/* a's changes of its own mail are Dovecot's to count: a's file stays as it is */
 	snprintf(p, sizeof p, "%s/ex.org/alice/maildirsize", a.root);
 	assert_int_equal(access(p, F_OK), -1);
