@@ -2,9 +2,10 @@
  * control.c — the daemon's local control socket and `mailmesh status`.
  *
  * The socket (config `control_socket`, mode 0600, owned by the daemon's user, so only
- * that user and root can reach it) takes one request line, "status" or "status json",
- * and answers with a report, then closes.  The daemon renders both forms so the client
- * stays a few lines of plain POSIX.
+ * that user and root can reach it) takes one request line, "status", "status json" or
+ * "reload", and answers with a report, then closes.  The daemon renders both forms so
+ * the client stays a few lines of plain POSIX.  A reload's answer starts with "ok:" or
+ * "error:", which `mailmesh reload` turns into its exit status.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -124,6 +125,21 @@ static int user_cb(void *arg, struct mm_user *u)
 		out_printf(w->c, "  %-40s records %-8zu root %s\n", mm_user_name(u), mm_user_count(u), rh);
 	}
 	return 0;
+}
+
+/* "reload": as SIGHUP, answered with what came of it. */
+static void reload(struct ctl_client *c)
+{
+	struct mm_daemon *d = c->d;
+	int r = mm_daemon_reload(d);
+	if (r == -EAGAIN)
+		out_printf(c, "error: the daemon is starting or stopping; try again\n");
+	else if (r < 0)
+		out_printf(c, "error: %s; the daemon goes on with the %zu peers it had\n", d->reload_error, d->n_peers);
+	else
+		out_printf(c, "ok: peers file %s taken: %zu peers\n", d->cfg.peers_path, d->n_peers);
+	if (r != -EAGAIN && d->config_reload_error[0])
+		out_printf(c, "warning: mailmesh.conf was not read again: %s\n", d->config_reload_error);
 }
 
 static void render(struct ctl_client *c, bool json)
@@ -291,8 +307,10 @@ static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		render(c, true);
 	else if (!strcmp(c->line, "status"))
 		render(c, false);
+	else if (!strcmp(c->line, "reload"))
+		reload(c);
 	else
-		out_printf(c, "error: unknown request '%s' (expected 'status' or 'status json')\n", c->line);
+		out_printf(c, "error: unknown request '%s' (expected 'status', 'status json' or 'reload')\n", c->line);
 	if (!c->out) {
 		uv_close((uv_handle_t *)&c->h, client_closed);
 		return;
@@ -374,24 +392,11 @@ void mm_control_stop(struct mm_daemon *d)
 
 /* ---- client: mailmesh status -------------------------------------------------- */
 
-int mm_cmd_status(int argc, char **argv)
+/* Sends req to the daemon of config conf and copies its answer to stdout.  Exit
+ * status: 0; 1 if the daemon cannot be reached or, with want_ok, answered other than
+ * "ok:"; 2 for a config that does not parse. */
+static int ctl_talk(const char *conf, const char *req, bool want_ok)
 {
-	const char *conf = NULL;
-	bool json = false;
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "-c") && i + 1 < argc)
-			conf = argv[++i];
-		else if (!strcmp(argv[i], "--json"))
-			json = true;
-		else {
-			fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
-			return 2;
-		}
-	}
-	if (!conf) {
-		fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
-		return 2;
-	}
 	FILE *f = fopen(conf, "r");
 	if (!f) {
 		fprintf(stderr, "mailmesh: cannot read %s: %s\n", conf, strerror(errno));
@@ -444,7 +449,6 @@ int mm_cmd_status(int argc, char **argv)
 		return 1;
 	}
 	mm_config_free(&cfg);
-	const char *req = json ? "status json\n" : "status\n";
 	if (write(fd, req, strlen(req)) < 0) {
 		fprintf(stderr, "mailmesh: cannot talk to the daemon: %s\n", strerror(errno));
 		close(fd);
@@ -452,8 +456,43 @@ int mm_cmd_status(int argc, char **argv)
 	}
 	char buf[65536];
 	ssize_t n;
-	while ((n = read(fd, buf, sizeof buf)) > 0)
+	bool first = true, ok = false;
+	while ((n = read(fd, buf, sizeof buf)) > 0) {
+		if (first)
+			ok = n >= 3 && !memcmp(buf, "ok:", 3);
+		first = false;
 		fwrite(buf, 1, (size_t)n, stdout);
+	}
 	close(fd);
-	return n < 0 ? 1 : 0;
+	return n < 0 || (want_ok && !ok) ? 1 : 0;
+}
+
+int mm_cmd_status(int argc, char **argv)
+{
+	const char *conf = NULL;
+	bool json = false;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+			conf = argv[++i];
+		else if (!strcmp(argv[i], "--json"))
+			json = true;
+		else {
+			fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
+			return 2;
+		}
+	}
+	if (!conf) {
+		fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
+		return 2;
+	}
+	return ctl_talk(conf, json ? "status json\n" : "status\n", false);
+}
+
+int mm_cmd_reload(int argc, char **argv)
+{
+	if (argc != 3 || strcmp(argv[1], "-c")) {
+		fprintf(stderr, "usage: mailmesh reload -c FILE\n");
+		return 2;
+	}
+	return ctl_talk(argv[2], "reload\n", true);
 }

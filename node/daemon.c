@@ -488,9 +488,13 @@ static void reload_settings(struct mm_daemon *d)
 static void reload_cb(uv_signal_t *s, int signum)
 {
 	(void)signum;
-	struct mm_daemon *d = s->data;
+	(void)mm_daemon_reload(s->data);
+}
+
+int mm_daemon_reload(struct mm_daemon *d)
+{
 	if (d->stopping || !d->store)
-		return;
+		return -EAGAIN;
 	reload_settings(d);
 	char err[MM_CONFIG_ERR_MAX];
 	struct mm_peers *peers = NULL;
@@ -509,7 +513,7 @@ static void reload_cb(uv_signal_t *s, int signum)
 	if (r < 0) {
 		mm_log(MM_LOG_ERROR, "reload: %s; going on with the %zu peers loaded before", err, d->n_peers);
 		snprintf(d->reload_error, sizeof d->reload_error, "%s", err);
-		return;
+		return r;
 	}
 	d->reload_error[0] = '\0';
 	d->reloads++;
@@ -521,6 +525,7 @@ static void reload_cb(uv_signal_t *s, int signum)
 	if (d->gc_members != before)
 		gc_bound_send(d);
 	mm_daemon_commit_soon(d); /* (new peers' "known" times, removed peers' last times) */
+	return 0;
 }
 
 /* ---- privileges ---------------------------------------------------------------- */

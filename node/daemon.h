@@ -173,6 +173,12 @@ int mm_control_start(struct mm_daemon *d);
 void mm_control_stop(struct mm_daemon *d);
 
 /* daemon.c */
+/* What SIGHUP does (and the control socket's "reload"): mailmesh.conf's log_level and
+ * the peers file read again (docs/operations.md).  0, or a negative errno when the
+ * peers file was not taken (d->reload_error says why), -EAGAIN while starting or
+ * stopping.  A mailmesh.conf that does not parse is only noted in
+ * d->config_reload_error. */
+int mm_daemon_reload(struct mm_daemon *d);
 void mm_daemon_commit_soon(struct mm_daemon *d);
 void mm_daemon_push(struct mm_daemon *d, const struct mm_delta *delta);
 void mm_daemon_handle_closed(uv_handle_t *h);  /* counts closed handles; frees nothing */

@@ -2,8 +2,8 @@
 # it_cli.sh — the key, config and testnet commands of the real `mailmesh` binary:
 # genkey/pubkey round trip (and RFC 7748's test key), 0600 key files and the refusal to
 # overwrite one, the permission check on load, check-config's exit codes and messages
-# for good and bad configs and peers files, and a testnet whose every node passes
-# check-config.  Nothing listens: ports 24000-24099 only appear in generated configs.
+# for good and bad configs and peers files, a testnet whose every node passes
+# check-config, and `reload`'s usage and its message when no daemon runs.  Nothing listens: ports 24000-24099 only appear in generated configs.
 # Prints `N passed, N failed`.
 set -u
 MAILMESH=${MAILMESH:-build/mailmesh}
@@ -112,6 +112,9 @@ sed "s|^peers = .*|peers = $T/peers.noself|" "$C" >"$T/c6.conf"
 if run 0 "$MAILMESH" check-config -c "$T/c6.conf" && has err "warning: this node's public key" && has out "peers:          1 in"; then ok "own key not listed: warning, exit 0"; else bad "own key not listed: warning, exit 0"; fi
 
 if run 2 "$MAILMESH" check-config -c "$T/missing.conf" && has err "missing.conf: cannot open"; then ok "missing config (exit 2)"; else bad "missing config (exit 2)"; fi
+# reload: usage, and no daemon to ask (the testnet's own control socket is not there)
+if run 2 "$MAILMESH" reload && has err "usage: mailmesh reload -c FILE"; then ok "reload without -c: usage (exit 2)"; else bad "reload without -c: usage (exit 2)"; fi
+if run 1 "$MAILMESH" reload -c "$C" && has err "the daemon is not running"; then ok "reload with no daemon running: says so (exit 1)"; else bad "reload with no daemon running: says so (exit 1)"; fi
 if run 2 "$MAILMESH" check-config && has err "usage"; then ok "check-config without -c: usage (exit 2)"; else bad "check-config without -c: usage (exit 2)"; fi
 
 # Relative paths are relative to the config file, not the working directory.

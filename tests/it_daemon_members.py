@@ -9,9 +9,9 @@ restarted.  Real daemons on loopback, ports 22150-22159.
    node 3 is connected to and gets everything, nothing is lost, the three agree that
    they count the same nodes (`gc_same_peers`, so the tombstone GC may go on), and
    nobody restarted.
-3. A peers file with a bad line, then one listing only node 1: node 1 logs and shows
-   each error (the file and line), keeps its peers, and takes the repaired file at the
-   next SIGHUP.  Then mailmesh.conf: a new log_level is taken at once, and a changed
+3. A peers file with a bad line (SIGHUP), then one listing only node 1 (`mailmesh
+   reload`, which exits 1 with the reason): node 1 logs and shows each error (the file
+   and line), keeps its peers, and takes the repaired file (`mailmesh reload`, exit 0).  Then mailmesh.conf: a new log_level is taken at once, and a changed
    gossip_interval is named in the log as waiting for a restart.
 4. A peer's address changes (a port nobody listens on) and back: node 1 drops and
    re-makes that connection.
@@ -148,14 +148,20 @@ def members_test(t):
                 "node 1 keeps its peers and connections")
         n3.deliver(USER, b"Subject: after a bad reload\r\n\r\nbody\r\n")
         t.check(cl.wait_converged(), "mail still flows (31 messages everywhere)")
-        # a file cut down to this node's own line: every peer would go, refused too
+        # a file cut down to this node's own line: every peer would go, refused too;
+        # `mailmesh reload` (the unit's ExecReload) says so and exits 1
         write_peers(n1, [line["node1"]])
-        hup(n1)
-        t.check(wait_for(lambda: "lists no other node" in (n1.status(quiet=True) or {}).get("peers_reload_error", "")),
-                "a file listing no other node is refused (%r)" % (n1.status(quiet=True) or {}).get("peers_reload_error"))
+        r = mmtest.run([mmtest.MAILMESH, "reload", "-c", n1.conf], timeout=30 * mmtest.SLOW)
+        t.check(r.returncode == 1 and r.stdout.startswith("error: ") and "lists no other node" in r.stdout,
+                "`mailmesh reload` of a file listing no other node fails with the reason (exit %d, %r)"
+                % (r.returncode, r.stdout.strip()))
+        t.check("lists no other node" in (n1.status(quiet=True) or {}).get("peers_reload_error", ""),
+                "status shows it too")
         t.check(peer_names(n1) == ["node2", "node3"], "and node 1 keeps its peers")
         write_peers(n1, [line["node1"], line["node2"], line["node3"]])
-        hup(n1)
+        r = mmtest.run([mmtest.MAILMESH, "reload", "-c", n1.conf], timeout=30 * mmtest.SLOW)
+        t.check(r.returncode == 0 and r.stdout.startswith("ok: ") and "2 peers" in r.stdout,
+                "`mailmesh reload` of the repaired file succeeds (exit %d, %r)" % (r.returncode, r.stdout.strip()))
         t.check(wait_for(lambda: (n1.status(quiet=True) or {}).get("peers_reloads") == 2),
                 "the repaired file is taken")
         t.check((n1.status(quiet=True) or {}).get("peers_reload_error") == "", "and the error is gone")
