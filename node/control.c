@@ -454,17 +454,16 @@ static int ctl_talk(const char *conf, const char *req, bool want_ok)
 		close(fd);
 		return 1;
 	}
-	char buf[65536];
+	char buf[65536], head[4] = "";
+	size_t got = 0; /* the answer's first bytes, however the reads split it */
 	ssize_t n;
-	bool first = true, ok = false;
 	while ((n = read(fd, buf, sizeof buf)) > 0) {
-		if (first)
-			ok = n >= 3 && !memcmp(buf, "ok:", 3);
-		first = false;
+		for (ssize_t i = 0; i < n && got < 3; i++)
+			head[got++] = buf[i];
 		fwrite(buf, 1, (size_t)n, stdout);
 	}
 	close(fd);
-	return n < 0 || (want_ok && !ok) ? 1 : 0;
+	return n < 0 || (want_ok && strcmp(head, "ok:") != 0) ? 1 : 0;
 }
 
 int mm_cmd_status(int argc, char **argv)
