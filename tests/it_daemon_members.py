@@ -20,7 +20,6 @@ restarted.  Real daemons on loopback, ports 22150-22159.
    3, which again agree on their members.
 6. Every daemon stops with status 0 (no libuv handle leaked, no sanitizer report).
 Prints `N passed, N failed`."""
-import base64
 import os
 import signal
 import sys
@@ -31,18 +30,6 @@ import mmtest  # noqa: E402
 
 BASE = 22150
 USER = "example.org/alice"
-
-
-def pub(node):
-    """The node's public key (raw bytes): of two peers, the lower one dials."""
-    r = mmtest.run([mmtest.MAILMESH, "pubkey"], input=open(os.path.join(node.dir, "private.key")).read())
-    return base64.b64decode(r.stdout.strip())
-
-
-def log(node):
-    """The node's whole log (Node.log_text gives only its tail)."""
-    with open(node.log, errors="replace") as f:
-        return f.read()
 
 
 def write_peers(node, lines):
@@ -130,7 +117,7 @@ def members_test(t):
         st1 = n1.status(quiet=True) or {}
         t.check(st1.get("peers_reloads") == 1 and st1.get("peers_reload_error") == "",
                 "node 1's status counts the reload (%s, %r)" % (st1.get("peers_reloads"), st1.get("peers_reload_error")))
-        t.check("reloaded: 2 peers added=node3" in log(n1), "node 1 logs the peer it added")
+        t.check("reloaded: 2 peers added=node3" in n1.log_text(whole=True), "node 1 logs the peer it added")
         if not t.check(wait_for(lambda: all(same_members(n) for n in cl.nodes)),
                        "the three count the same members (gc_same_peers everywhere)"):
             for n in cl.nodes:
@@ -170,13 +157,13 @@ def members_test(t):
         cl.set_conf(n1, "log_level", "info")
         cl.set_conf(n1, "gossip_interval", "300ms")
         hup(n1)
-        t.check(wait_for(lambda: "reload: log_level debug -> info" in log(n1)), "a reload takes log_level")
-        t.check(wait_for(lambda: "gossip_interval changed; taken at the next restart" in log(n1)),
+        t.check(wait_for(lambda: "reload: log_level debug -> info" in n1.log_text(whole=True)), "a reload takes log_level")
+        t.check(wait_for(lambda: "gossip_interval changed; taken at the next restart" in n1.log_text(whole=True)),
                 "and names the setting that waits for a restart")
-        mark = len(log(n1))
+        mark = len(n1.log_text(whole=True))
         n2.deliver(USER, b"Subject: after log_level\r\n\r\nbody\r\n")
         t.check(cl.wait_converged(), "mail still flows (32 messages everywhere)")
-        t.check(" debug " not in log(n1)[mark:], "node 1 logs no debug line any more")
+        t.check(" debug " not in n1.log_text(whole=True)[mark:], "node 1 logs no debug line any more")
 
         # 4. an address change drops and re-makes the connection
         host, port = line["node3"].split()[1].rsplit(":", 1)
@@ -184,13 +171,14 @@ def members_test(t):
         write_peers(n1, [line["node1"], line["node2"], moved])
         hup(n1)
         t.check(wait_for(lambda: 'disconnected peer=node3 reason="its address changed in the peers file"'
-                         in log(n1)), "node 1 drops node 3's connection when its address changes")
+                         in n1.log_text(whole=True)), "node 1 drops node 3's connection when its address changes")
         write_peers(n1, [line["node1"], line["node2"], line["node3"]])
         hup(n1)
         t.check(wait_for(lambda: all_connected(n1, ["node2", "node3"])), "and connects again once it is back")
 
         # 5. node 2 retired
-        refused_before = sum(log(n).count("unknown key refused") for n in (n1, n3) if pub(n2) < pub(n))
+        refused_before = sum(n.log_text(whole=True).count("unknown key refused")
+                             for n in (n1, n3) if n2.public_key() < n.public_key())
         write_peers(n1, [line["node1"], line["node3"]])
         write_peers(n3, [line["node1"], line["node3"]])
         hup(n1)
@@ -205,13 +193,13 @@ def members_test(t):
         time.sleep(1)
         t.check(count(n1) == 33 and count(n3) == 33,
                 "the retired node's new message reached neither (%d, %d; 33 expected)" % (count(n1), count(n3)))
-        t.check('disconnected peer=node2 reason="removed from the peers file"' in log(n1) + log(n3),
+        t.check('disconnected peer=node2 reason="removed from the peers file"' in n1.log_text(whole=True) + n3.log_text(whole=True),
                 "node 2's connection was dropped")
         # node 2 dials the nodes whose key sorts higher (node/peer.c); the others it
         # only knocks on, and a knock from an unlisted node is dropped unanswered
-        dialed = [n for n in (n1, n3) if pub(n2) < pub(n)]
+        dialed = [n for n in (n1, n3) if n2.public_key() < n.public_key()]
         if dialed:
-            t.check(wait_for(lambda: sum(log(n).count("unknown key refused") for n in dialed) > refused_before),
+            t.check(wait_for(lambda: sum(n.log_text(whole=True).count("unknown key refused") for n in dialed) > refused_before),
                     "and node 2 is refused when it dials again (by %s)" % ", ".join("node%d" % n.i for n in dialed))
         else:
             print("info: node 2 dials neither node 1 nor node 3 (its key sorts higher): nothing to refuse")

@@ -6,6 +6,7 @@ unlink), reads back each node's Maildirs as comparable content (bodies by hash, 
 keywords by name, mtimes), and cleans up every process and directory it made, also when
 a test fails.  Tests report `N passed, N failed` through Report.
 """
+import base64
 import hashlib
 import imaplib
 import json
@@ -146,12 +147,19 @@ class Node:
                 dirnames[:] = []
         return n
 
-    def log_text(self):
+    def log_text(self, whole=False):
+        """The log's last 4,000 characters (for a failure report), or all of it."""
         try:
-            with open(self.log) as f:
-                return f.read()[-4000:]
+            with open(self.log, errors="replace") as f:
+                text = f.read()
+            return text if whole else text[-4000:]
         except OSError:
             return ""
+
+    def public_key(self):
+        """The node's public key, raw: of two peers, the lower one dials (node/peer.c)."""
+        r = run([MAILMESH, "pubkey"], input=open(os.path.join(self.dir, "private.key")).read())
+        return base64.b64decode(r.stdout.strip())
 
     def status(self, quiet=False):
         try:
