@@ -492,14 +492,9 @@ static void quota_note(struct mm_store *s, struct user *u, int64_t bytes, int64_
 static int64_t quota_file_size(const char *path)
 {
 	const char *base = strrchr(path, '/');
-	const char *sz = strstr(base ? base : path, ",S=");
-	if (sz) {
-		char *end;
-		errno = 0;
-		unsigned long long v = strtoull(sz + 3, &end, 10);
-		if (end != sz + 3 && errno == 0 && (*end == '\0' || *end == ',' || *end == ':') && v < INT64_MAX)
-			return (int64_t)v;
-	}
+	struct mm_md_name n;
+	if (mm_md_name_parse(base ? base + 1 : path, &n) == 0 && n.has_size && n.size < INT64_MAX)
+		return (int64_t)n.size;
 	struct stat st;
 	return lstat(path, &st) == 0 && S_ISREG(st.st_mode) ? (int64_t)st.st_size : -1;
 }
