@@ -314,6 +314,17 @@ int mm_user_gc(struct mm_user *u, mm_hlc horizon, mm_effect_fn *eff, void *arg, 
 uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, uint64_t margin_ms,
                           const uint64_t *peer_synced_ms, const uint64_t *peer_bound_ms, size_t n);
 
+/* Whether this node's own state is too old to be merged into its peers': it has been
+ * in sync with some of them (last_in_sync_ms[i], wall ms, 0 = never) but with none
+ * since max_ms - margin_ms ago.  Each peer stops waiting for a node max_ms after its
+ * last sync with it (above) and may then drop tombstones of messages this node still
+ * holds: merged, they would come back on every node.  margin_ms covers a peer that
+ * saw the last sync a little earlier than this node did.  A node never in sync with
+ * any peer holds only what it was given or found itself: not stale.  *last_r (may be
+ * NULL) = the latest time in sync, 0 if none. */
+bool mm_gc_stale(uint64_t now_ms, uint64_t max_ms, uint64_t margin_ms, const uint64_t *last_in_sync_ms,
+                 size_t n, uint64_t *last_r);
+
 /* What a node's GC knows of one peer.  synced_ms, known_ms and bound_ms are durable (the caller
  * stores them); the sample is memory.  "In sync" is a DIGEST that showed equal roots
  * (proto mm_sync_stats.last_equal_ms): the peer then held every record we held.  It

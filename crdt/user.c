@@ -1822,6 +1822,19 @@ uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, u
 	return h;
 }
 
+bool mm_gc_stale(uint64_t now_ms, uint64_t max_ms, uint64_t margin_ms, const uint64_t *last_in_sync_ms,
+                 size_t n, uint64_t *last_r)
+{
+	uint64_t last = 0;
+	for (size_t i = 0; i < n; i++)
+		if (last_in_sync_ms[i] > last)
+			last = last_in_sync_ms[i];
+	if (last_r)
+		*last_r = last;
+	uint64_t wait = max_ms > margin_ms ? max_ms - margin_ms : 0;
+	return last != 0 && now_ms >= last && now_ms - last >= wait;
+}
+
 static int id_cmp(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;

@@ -532,6 +532,37 @@ static void test_folder_delete_vs_delivery(void **state)
 
 /* ---- GC ------------------------------------------------------------------------------------------ */
 
+/* A node is stale once it has been in sync with none of its peers for max less the
+ * margin, the time after which they may stop waiting for it; never in sync with any:
+ * it holds nothing they dropped tombstones of; a clock before the last sync: not. */
+static void test_gc_stale(void **state)
+{
+	(void)state;
+	const uint64_t day = 86400000ULL, m = 2 * MM_GC_SYNC_MARGIN_MS;
+	const uint64_t now = 1000 * day, max = 180 * day;
+	uint64_t last = 1;
+	assert_false(mm_gc_stale(now, max, m, NULL, 0, &last));
+	assert_true(last == 0);
+	uint64_t never[2] = {0, 0};
+	assert_false(mm_gc_stale(now, max, m, never, 2, NULL));
+	uint64_t t[3] = {now - 200 * day, 0, now - 190 * day};
+	assert_true(mm_gc_stale(now, max, m, t, 3, &last)); /* both in sync peers long ago */
+	assert_true(last == now - 190 * day);
+	t[1] = now - 10 * day; /* one recent sync is enough: that peer held back its tombstones */
+	assert_false(mm_gc_stale(now, max, m, t, 3, &last));
+	assert_true(last == now - 10 * day);
+	t[1] = 0;
+	t[2] = now - max + m; /* exactly at the limit: stale */
+	assert_true(mm_gc_stale(now, max, m, t, 3, NULL));
+	t[2] = now - max + m + 1; /* a millisecond short of it */
+	assert_false(mm_gc_stale(now, max, m, t, 3, NULL));
+	t[0] = t[2] = now + day; /* a clock that went back: not stale */
+	assert_false(mm_gc_stale(now, max, m, t, 3, NULL));
+	uint64_t one[1] = {now - 6000};
+	assert_true(mm_gc_stale(now, 10000, 5000, one, 1, NULL)); /* (it_daemon_stale's figures) */
+	assert_true(mm_gc_stale(now, 10000, 20000, one, 1, NULL)); /* margin above max: any time out counts */
+}
+
 /* The horizon waits for peers that were in sync before it (a peer away with an old
  * copy of an expunged message finds its tombstone still there when it returns), but
  * not for one never in sync, nor for one away longer than max. */
@@ -1242,6 +1273,7 @@ int main(void)
 		cmocka_unit_test(test_folder_delete_vs_delivery),
 		cmocka_unit_test(test_gc),
 		cmocka_unit_test(test_gc_horizon),
+		cmocka_unit_test(test_gc_stale),
 		cmocka_unit_test(test_merkle),
 		cmocka_unit_test(test_descent),
 		cmocka_unit_test(test_effects),
