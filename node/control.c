@@ -177,7 +177,10 @@ static void render(struct ctl_client *c, bool json)
 		out_json_str(c, d->reload_error);
 		out_printf(c, ",\"config_reload_error\":");
 		out_json_str(c, d->config_reload_error);
-		out_printf(c, ",\"peers\":[");
+		uint64_t last_sync;
+		bool stale = mm_daemon_stale(d, &last_sync);
+		out_printf(c, ",\"stale\":%s,\"accept_stale\":%s,\"peers\":[", stale ? "true" : "false",
+		           d->accept_stale ? "true" : "false");
 	} else {
 		out_printf(c, "node %s (id %016llx) listening on %s:%u, up %llus\n", d->cfg.name,
 		           (unsigned long long)d->cfg.node_id, d->cfg.listen_host, d->cfg.listen_port,
@@ -190,6 +193,11 @@ static void render(struct ctl_client *c, bool json)
 		           (unsigned long long)commits);
 		if (d->uid_authority)
 			out_printf(c, "this node is the IMAP UID authority (it decides UID moves)\n");
+		uint64_t last_sync;
+		if (mm_daemon_stale(d, &last_sync))
+			out_printf(c, "STALE: in sync with no peer for %llu s, longer than gc_max allows (%s); "
+			           "docs/operations.md\n", (unsigned long long)((now - last_sync) / 1000),
+			           d->accept_stale ? "running with --accept-stale" : "it stops at its next hourly check");
 		if (paused)
 			out_printf(c, "fetching bodies paused for %llu s more: the store cannot keep them (%s)\n",
 			           (unsigned long long)(paused + 999) / 1000, why);

@@ -216,6 +216,56 @@ uint64_t mm_peer_synced_ms(const struct mm_dpeer *p)
 	return now > p->seen_ms ? now : p->seen_ms;
 }
 
+static void daemon_stop(struct mm_daemon *d, int status);
+
+/* A node out of sync with every peer for gc_max is stale (docs/design.md, "Tombstone
+ * GC"): the peers stop waiting for it gc_max after their last sync with it, which they
+ * may have seen up to a GC interval (an hour) and a sync margin before this node
+ * last did; so it counts as stale that much earlier, and at most half of gc_max. */
+static uint64_t stale_margin_ms(const struct mm_daemon *d)
+{
+	uint64_t m = GC_INTERVAL_MS + MM_GC_SYNC_MARGIN_MS;
+	return m < d->cfg.gc_max_ms / 2 ? m : d->cfg.gc_max_ms / 2;
+}
+
+bool mm_daemon_stale(struct mm_daemon *d, uint64_t *last_r)
+{
+	*last_r = 0;
+	if (!d->n_peers || !d->state || mm_state_user_count(d->state) == 0)
+		return false; /* (nothing to bring back) */
+	uint64_t *last = calloc(d->n_peers, sizeof(*last));
+	if (!last)
+		return false;
+	for (size_t i = 0; i < d->n_peers; i++) {
+		const struct mm_dpeer *p = d->peers[i];
+		uint64_t t = mm_peer_synced_ms(p);
+		last[i] = p->gc.synced_ms > t ? p->gc.synced_ms : t;
+	}
+	bool stale = mm_gc_stale(mm_daemon_now(), d->cfg.gc_max_ms, stale_margin_ms(d), last, d->n_peers, last_r);
+	free(last);
+	return stale;
+}
+
+/* A duration (ms) in words for the stale messages: "N days" or "N s". */
+static void ago_text(uint64_t ms, char buf[32])
+{
+	if (ms >= 2ULL * 86400000)
+		snprintf(buf, 32, "%llu days", (unsigned long long)(ms / 86400000));
+	else
+		snprintf(buf, 32, "%llu s", (unsigned long long)(ms / 1000));
+}
+
+/* mm_daemon_stale, with how long since the last sync and gc_max in words. */
+static bool stale_texts(struct mm_daemon *d, char ago[32], char max[32])
+{
+	uint64_t last, now = mm_daemon_now();
+	if (!mm_daemon_stale(d, &last))
+		return false;
+	ago_text(now > last ? now - last : 0, ago);
+	ago_text(d->cfg.gc_max_ms, max);
+	return true;
+}
+
 /* The state database's keys of a peer's times: "seen:", "synced:", "known:", "bound:" or "members:" and its
  * public key, so renaming it in the peers file keeps them. */
 #define PEER_KEY_MAX (8 + 64 + 1) /* (the longest word has 7 letters and its colon) */
@@ -337,6 +387,22 @@ static void gc_cb(uv_timer_t *t)
 {
 	struct mm_daemon *d = t->data;
 	uint64_t now = mm_daemon_now();
+	char ago[32], max[32];
+	if (stale_texts(d, ago, max)) {
+		/* Cut off from every peer for that long while running (or the clock jumped
+		 * ahead): as at start, it must not merge what it holds once back in touch. */
+		if (!d->accept_stale) {
+			mm_log(MM_LOG_ERROR, "this node has been in sync with none of its peers for %s, at or past gc_max "
+			       "(%s): they may have dropped the tombstones of mail expunged meanwhile, which it would "
+			       "bring back on every node once in touch again; stopping.  Rebuild it, or take the peers "
+			       "gone for good out of the peers file (docs/operations.md, \"A node away longer than "
+			       "gc_max\")", ago, max);
+			daemon_stop(d, MM_EXIT_STALE);
+			return;
+		}
+		mm_log(MM_LOG_WARN, "in sync with none of its peers for %s, at or past gc_max (%s); running anyway "
+		       "(--accept-stale)", ago, max);
+	}
 	size_t n = d->n_peers ? d->n_peers : 1;
 	uint64_t *synced = calloc(2 * n, sizeof(*synced)), *bounds = synced + n;
 	if (!synced)
@@ -662,6 +728,22 @@ static int daemon_start(struct mm_daemon *d)
 	       changes > 0 ? changes : 0, (unsigned long long)(mm_daemon_now() - t0));
 	if (r < 0)
 		return r;
+	char ago[32], max[32];
+	if (stale_texts(d, ago, max)) {
+		if (!d->accept_stale) {
+			mm_log(MM_LOG_ERROR, "%s: this node was last in sync with a peer %s ago, at or past gc_max (%s): "
+			       "its peers may have dropped the tombstones of mail expunged since, and its copies would "
+			       "bring that mail back on every node.  Rebuild it (stop it, move its state_dir and mail "
+			       "root aside, start it empty: it fetches everything; then deliver again what only it "
+			       "had).  If the peers it was in sync with are gone for good, take them out of the peers "
+			       "file instead; if every node was down as long (none dropped anything), start it once "
+			       "with `mailmesh run --accept-stale` (docs/operations.md, \"A node away longer than "
+			       "gc_max\")", d->cfg.state_dir, ago, max);
+			return -ESTALE;
+		}
+		mm_log(MM_LOG_WARN, "last in sync with a peer %s ago, at or past gc_max (%s); starting anyway "
+		       "(--accept-stale): mail expunged meanwhile may come back", ago, max);
+	}
 	want_all_missing(d);
 	mm_watch_refresh(d);
 
@@ -694,16 +776,19 @@ static void daemon_free(struct mm_daemon *d)
 int mm_cmd_run(int argc, char **argv)
 {
 	const char *conf = NULL;
+	bool accept_stale = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "-c") && i + 1 < argc)
 			conf = argv[++i];
+		else if (!strcmp(argv[i], "--accept-stale"))
+			accept_stale = true;
 		else {
-			fprintf(stderr, "usage: mailmesh run -c FILE\n");
+			fprintf(stderr, "usage: mailmesh run -c FILE [--accept-stale]\n");
 			return 2;
 		}
 	}
 	if (!conf) {
-		fprintf(stderr, "usage: mailmesh run -c FILE\n");
+		fprintf(stderr, "usage: mailmesh run -c FILE [--accept-stale]\n");
 		return 2;
 	}
 	if (sodium_init() < 0) {
@@ -724,10 +809,14 @@ int mm_cmd_run(int argc, char **argv)
 		return 2;
 	}
 	mm_log_set_level(d->cfg.log_level);
+	d->accept_stale = accept_stale;
 	int r = daemon_start(d);
 	if (r < 0) {
-		mm_log(MM_LOG_ERROR, "start-up failed: %s", strerror(-r));
-		daemon_stop(d, 1);
+		if (r == -ESTALE)
+			mm_log(MM_LOG_ERROR, "start-up refused: this node's state is stale (above)");
+		else
+			mm_log(MM_LOG_ERROR, "start-up failed: %s", strerror(-r));
+		daemon_stop(d, r == -ESTALE ? MM_EXIT_STALE : 1);
 	}
 	if (d->lead)
 		mm_lead_start(d->lead, mm_daemon_now()); /* the UID authority grace starts now */

@@ -113,6 +113,7 @@ struct mm_daemon {
 	bool commit_pending;
 	bool stopping;
 	int exit_status;
+	bool accept_stale;                 /* run --accept-stale: run even if mm_daemon_stale */
 	struct mm_conn *conns;             /* every open connection (for shutdown) */
 	uint64_t started_ms;
 	uint64_t missing_check_ms;         /* last time missing bodies were re-wanted */
@@ -137,6 +138,14 @@ void mm_daemon_peer_times_save(struct mm_daemon *d, struct mm_dpeer *p);
 /* When the peer was last in sync with this node (wall ms, 0 = never), this run or
  * before: what the tombstone GC waits for (daemon.c gc_cb). */
 uint64_t mm_peer_synced_ms(const struct mm_dpeer *p);
+
+/* Whether this node's state is too old to merge (crdt mm_gc_stale): it holds users
+ * and has been in sync with none of its peers for gc_max (less a margin), though with
+ * some before.  *last_r = its last time in sync with any (0 = never). */
+bool mm_daemon_stale(struct mm_daemon *d, uint64_t *last_r);
+
+/* `mailmesh run`'s exit status when it refuses to start on a stale state. */
+#define MM_EXIT_STALE 3
 
 /* peer.c */
 int mm_peers_start(struct mm_daemon *d);       /* listener, UDP socket, sessions, dials */

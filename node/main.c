@@ -15,7 +15,7 @@ static const struct {
 	int (*fn)(int argc, char **argv);
 	const char *help;
 } cmds[] = {
-	{"run", mm_cmd_run, "-c FILE              run the replication daemon"},
+	{"run", mm_cmd_run, "-c FILE [--accept-stale]  run the replication daemon"},
 	{"status", mm_cmd_status, "-c FILE [--json]     ask the running daemon how it is doing"},
 	{"reload", mm_cmd_reload, "-c FILE              make the running daemon read its peers file and log_level again"},
 	{"check-config", mm_cmd_check_config, "-c FILE              check a config, its keys and peers, then exit"},

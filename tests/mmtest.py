@@ -83,12 +83,13 @@ class Node:
         self.log = os.path.join(cluster.dir, "node%d.log" % i)
         self.prefix = []   # e.g. ["ip", "netns", "exec", NS]: the daemon's command runs after it
         self.env = None    # environment of the daemon (None: inherit)
+        self.args = []     # more arguments of `mailmesh run` (e.g. --accept-stale)
 
     def start(self):
         assert self.proc is None
         logf = open(self.log, "a")
-        self.proc = subprocess.Popen(self.prefix + [MAILMESH, "run", "-c", self.conf], stdout=logf, stderr=logf,
-                                     env=self.env)
+        self.proc = subprocess.Popen(self.prefix + [MAILMESH, "run", "-c", self.conf] + self.args, stdout=logf,
+                                     stderr=logf, env=self.env)
         logf.close()
         deadline = time.time() + 20 * SLOW
         while time.time() < deadline:
