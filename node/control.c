@@ -2,10 +2,12 @@
  * control.c — the daemon's local control socket and `mailmesh status`.
  *
  * The socket (config `control_socket`, mode 0600, owned by the daemon's user, so only
- * that user and root can reach it) takes one request line, "status", "status json" or
- * "reload", and answers with a report, then closes.  The daemon renders both forms so
- * the client stays a few lines of plain POSIX.  A reload's answer starts with "ok:" or
- * "error:", which `mailmesh reload` turns into its exit status.
+ * that user and root can reach it) takes one request line, "status", "status json",
+ * "reload" or "check LAG_MS", and answers with a report, then closes.  The daemon
+ * renders every form so the client stays a few lines of plain POSIX.  A reload's answer
+ * starts with "ok:" or "error:", which `mailmesh reload` turns into its exit status; a
+ * check's with "OK:", "WARNING:" or "CRITICAL:", which `mailmesh check` turns into a
+ * monitoring plugin's (0, 1, 2; 3 when it cannot tell).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -140,6 +142,58 @@ static void reload(struct ctl_client *c)
 		out_printf(c, "ok: peers file %s taken: %zu peers\n", d->cfg.peers_path, d->n_peers);
 	if (r != -EAGAIN && d->config_reload_error[0])
 		out_printf(c, "warning: mailmesh.conf was not read again: %s\n", d->config_reload_error);
+}
+
+/* "check LAG_MS": one line for monitoring (Nagios/Icinga plugin conventions).  A peer
+ * counts as in sync when its roots equalled ours at most lag_ms ago.  CRITICAL: no
+ * peer in sync (this node's mail is on no other server), a stale state, a store that
+ * cannot keep bodies; WARNING: some peer not in sync, a reload refused; else OK. */
+static void check(struct ctl_client *c, uint64_t lag_ms)
+{
+	struct mm_daemon *d = c->d;
+	uint64_t now = mm_daemon_now();
+	char crit[512] = "", warn[1024] = "";
+	size_t ok = 0;
+	uint64_t newest = 0;
+	for (size_t i = 0; i < d->n_peers; i++) {
+		const struct mm_dpeer *p = d->peers[i];
+		uint64_t last = mm_peer_synced_ms(p);
+		if (last && last + lag_ms >= now) {
+			ok++;
+			newest = last > newest ? last : newest;
+			continue;
+		}
+		size_t wl = strlen(warn);
+		if (last)
+			snprintf(warn + wl, sizeof warn - wl, "%speer %s not in sync for %llu s", wl ? "; " : "",
+			         p->conf->name, (unsigned long long)((now - last) / 1000));
+		else
+			snprintf(warn + wl, sizeof warn - wl, "%speer %s never in sync", wl ? "; " : "", p->conf->name);
+	}
+	uint64_t last_sync;
+	if (mm_daemon_stale(d, &last_sync))
+		snprintf(crit, sizeof crit, "stale: in sync with no peer for %llu s, beyond gc_max (docs/operations.md)",
+		         (unsigned long long)((now - last_sync) / 1000));
+	else if (d->store_err)
+		snprintf(crit, sizeof crit, "the store cannot keep received bodies: %s", strerror(-d->store_err));
+	else if (d->n_peers && !ok)
+		snprintf(crit, sizeof crit, "no peer in sync within %llu s", (unsigned long long)(lag_ms / 1000));
+	if (d->reload_error[0] || d->config_reload_error[0]) {
+		size_t wl = strlen(warn);
+		snprintf(warn + wl, sizeof warn - wl, "%sthe last reload was refused (mailmesh status says why)",
+		         wl ? "; " : "");
+	}
+	size_t missing = mm_store_missing_count(d->store);
+	const char *level = crit[0] ? "CRITICAL" : warn[0] ? "WARNING" : "OK";
+	out_printf(c, "%s: %zu of %zu peers in sync", level, ok, d->n_peers);
+	if (ok)
+		out_printf(c, " (the last %.1f s ago)", (double)(now - newest) / 1000.0);
+	out_printf(c, ", users: %zu, messages missing a body: %zu", mm_state_user_count(d->state), missing);
+	if (crit[0])
+		out_printf(c, "; %s", crit);
+	if (warn[0])
+		out_printf(c, "; %s", warn);
+	out_printf(c, " | peers_in_sync=%zu;;;0;%zu missing_bodies=%zu\n", ok, d->n_peers, missing);
 }
 
 static void render(struct ctl_client *c, bool json)
@@ -317,8 +371,12 @@ static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		render(c, false);
 	else if (!strcmp(c->line, "reload"))
 		reload(c);
+	else if (!strncmp(c->line, "check ", 6) && strspn(c->line + 6, "0123456789") == strlen(c->line + 6) &&
+	         c->line[6] && strlen(c->line + 6) <= 12)
+		check(c, strtoull(c->line + 6, NULL, 10));
 	else
-		out_printf(c, "error: unknown request '%s' (expected 'status', 'status json' or 'reload')\n", c->line);
+		out_printf(c, "error: unknown request '%s' (expected 'status', 'status json', 'reload' or "
+		           "'check LAG_MS')\n", c->line);
 	if (!c->out) {
 		uv_close((uv_handle_t *)&c->h, client_closed);
 		return;
@@ -403,12 +461,39 @@ void mm_control_stop(struct mm_daemon *d)
 /* Sends req to the daemon of config conf and copies its answer to stdout.  Exit
  * status: 0; 1 if the daemon cannot be reached or, with want_ok, answered other than
  * "ok:"; 2 for a config that does not parse. */
-static int ctl_talk(const char *conf, const char *req, bool want_ok)
+/* What a command makes of the daemon's answer. */
+enum ctl_mode {
+	CTL_REPORT, /* status: 0 once it answered */
+	CTL_OK,     /* reload: 0 if the answer starts with "ok:", else 1 */
+	CTL_CHECK,  /* check: OK 0, WARNING 1, CRITICAL 2, anything else (no daemon) 3... */
+};
+
+/* ... except that a daemon not running is CRITICAL for a check: its mail is not
+ * being replicated. */
+static int ctl_fail(enum ctl_mode mode, int rc)
+{
+	return mode == CTL_CHECK ? (rc == 1 ? 2 : 3) : rc;
+}
+
+/* An error of the client's own: on stderr after "mailmesh: ", or for a check on stdout
+ * after "UNKNOWN: " (a monitoring system shows a plugin's stdout). */
+static void ctl_error(enum ctl_mode mode, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void ctl_error(enum ctl_mode mode, const char *fmt, ...)
+{
+	FILE *f = mode == CTL_CHECK ? stdout : stderr;
+	va_list ap;
+	va_start(ap, fmt);
+	fputs(mode == CTL_CHECK ? "UNKNOWN: " : "mailmesh: ", f);
+	vfprintf(f, fmt, ap);
+	va_end(ap);
+}
+
+static int ctl_talk(const char *conf, const char *req, enum ctl_mode mode)
 {
 	FILE *f = fopen(conf, "r");
 	if (!f) {
-		fprintf(stderr, "mailmesh: cannot read %s: %s\n", conf, strerror(errno));
-		return 2;
+		ctl_error(mode, "cannot read %s: %s\n", conf, strerror(errno));
+		return ctl_fail(mode, 2);
 	}
 	char *text = NULL;
 	size_t cap = 0, len = 0;
@@ -418,7 +503,7 @@ static int ctl_talk(const char *conf, const char *req, bool want_ok)
 			if (!p) {
 				free(text);
 				fclose(f);
-				return 1;
+				return ctl_fail(mode, 3);
 			}
 			text = p;
 		}
@@ -433,19 +518,26 @@ static int ctl_talk(const char *conf, const char *req, bool want_ok)
 	int r = mm_config_parse(conf, text ? text : "", len, &cfg, err, sizeof err);
 	free(text);
 	if (r < 0) {
-		fprintf(stderr, "mailmesh: %s\n", err);
-		return 2;
+		ctl_error(mode, "%s\n", err);
+		return ctl_fail(mode, 2);
 	}
 	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	struct sockaddr_un a = {.sun_family = AF_UNIX};
 	if (strlen(cfg.control_socket) >= sizeof a.sun_path) {
-		fprintf(stderr, "mailmesh: %s: control_socket path too long\n", conf);
+		ctl_error(mode, "%s: control_socket path too long\n", conf);
 		mm_config_free(&cfg);
-		return 2;
+		if (fd >= 0)
+			close(fd);
+		return ctl_fail(mode, 2);
 	}
 	strcpy(a.sun_path, cfg.control_socket);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-		if (errno == EACCES || errno == EPERM)
+		bool denied = errno == EACCES || errno == EPERM;
+		if (mode == CTL_CHECK) /* (a monitoring plugin's one line, on stdout) */
+			printf("%s: %s (%s)\n", denied ? "UNKNOWN" : "CRITICAL", denied ? "permission denied on the "
+			       "control socket: run the check as the daemon's user or root" : "the daemon is not running",
+			       cfg.control_socket);
+		else if (denied)
 			fprintf(stderr, "mailmesh: permission denied on %s: the control socket is for the "
 			        "daemon's user and root only; run this as one of them\n", cfg.control_socket);
 		else
@@ -454,24 +546,27 @@ static int ctl_talk(const char *conf, const char *req, bool want_ok)
 		if (fd >= 0)
 			close(fd);
 		mm_config_free(&cfg);
-		return 1;
+		return ctl_fail(mode, denied ? 3 : 1);
 	}
 	mm_config_free(&cfg);
 	if (write(fd, req, strlen(req)) < 0) {
-		fprintf(stderr, "mailmesh: cannot talk to the daemon: %s\n", strerror(errno));
+		ctl_error(mode, "cannot talk to the daemon: %s\n", strerror(errno));
 		close(fd);
-		return 1;
+		return ctl_fail(mode, 3);
 	}
-	char buf[65536], head[4] = "";
+	char buf[65536], head[10] = "";
 	size_t got = 0; /* the answer's first bytes, however the reads split it */
 	ssize_t n;
 	while ((n = read(fd, buf, sizeof buf)) > 0) {
-		for (ssize_t i = 0; i < n && got < 3; i++)
+		for (ssize_t i = 0; i < n && got < sizeof head - 1; i++)
 			head[got++] = buf[i];
 		fwrite(buf, 1, (size_t)n, stdout);
 	}
 	close(fd);
-	return n < 0 || (want_ok && strcmp(head, "ok:") != 0) ? 1 : 0;
+	if (mode == CTL_CHECK)
+		return n < 0 ? 3 : !strncmp(head, "OK:", 3) ? 0 : !strncmp(head, "WARNING:", 8) ? 1
+		       : !strncmp(head, "CRITICAL:", 9) ? 2 : 3;
+	return n < 0 || (mode == CTL_OK && strncmp(head, "ok:", 3) != 0) ? 1 : 0;
 }
 
 int mm_cmd_status(int argc, char **argv)
@@ -492,7 +587,7 @@ int mm_cmd_status(int argc, char **argv)
 		fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
 		return 2;
 	}
-	return ctl_talk(conf, json ? "status json\n" : "status\n", false);
+	return ctl_talk(conf, json ? "status json\n" : "status\n", CTL_REPORT);
 }
 
 int mm_cmd_reload(int argc, char **argv)
@@ -501,5 +596,34 @@ int mm_cmd_reload(int argc, char **argv)
 		fprintf(stderr, "usage: mailmesh reload -c FILE\n");
 		return 2;
 	}
-	return ctl_talk(argv[2], "reload\n", true);
+	return ctl_talk(argv[2], "reload\n", CTL_OK);
+}
+
+int mm_cmd_check(int argc, char **argv)
+{
+	const char *conf = NULL;
+	unsigned long long lag = 300;
+	for (int i = 1; i < argc; i++) {
+		char *end;
+		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+			conf = argv[++i];
+		else if (!strcmp(argv[i], "--max-lag") && i + 1 < argc) {
+			errno = 0;
+			lag = strtoull(argv[++i], &end, 10);
+			if (errno || *end || !*argv[i] || argv[i][0] == '-' || lag == 0 || lag > 100ULL * 365 * 86400) {
+				printf("UNKNOWN: --max-lag takes a number of seconds (1 or more), not '%s'\n", argv[i]);
+				return 3;
+			}
+		} else {
+			conf = NULL;
+			break;
+		}
+	}
+	if (!conf) {
+		printf("UNKNOWN: usage: mailmesh check -c FILE [--max-lag SECONDS]\n");
+		return 3;
+	}
+	char req[48];
+	snprintf(req, sizeof req, "check %llu\n", lag * 1000);
+	return ctl_talk(conf, req, CTL_CHECK);
 }
