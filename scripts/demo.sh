@@ -141,6 +141,12 @@ grep 'reloaded' "$DIR/node1.log" | sed 's/^/     /'
 wait_for 10 sh -c "! '$MM' status -c '$DIR/node4/mailmesh.conf' | grep -q differs" || true
 echo "   node 4's status:"
 "$MM" status -c "$DIR/node4/mailmesh.conf" | sed 's/^/     /'
+echo "   what a monitoring system gets from each (mailmesh check: exit 0 = OK):"
+for n in 1 2 3 4; do # (not i: wait_for counts in it)
+	wait_for 5 "$MM" check -c "$DIR/node$n/mailmesh.conf" --max-lag 5 || true
+	rc=0; line=$("$MM" check -c "$DIR/node$n/mailmesh.conf" --max-lag 5) || rc=$?
+	echo "     node$n (exit $rc): $line"
+done
 
 say "8. Stop the daemons (SIGTERM: clean shutdown)"
 status=0
