@@ -176,7 +176,9 @@ static void check(struct ctl_client *c, uint64_t lag_ms)
 		         (unsigned long long)((now - last_sync) / 1000));
 	else if (d->store_err)
 		snprintf(crit, sizeof crit, "the store cannot keep received bodies: %s", strerror(-d->store_err));
-	else if (d->n_peers && !ok)
+	else if (!d->n_peers)
+		snprintf(crit, sizeof crit, "no peer in the peers file: this node's mail is on no other server");
+	else if (!ok)
 		snprintf(crit, sizeof crit, "no peer in sync within %llu s", (unsigned long long)(lag_ms / 1000));
 	if (d->reload_error[0] || d->config_reload_error[0]) {
 		size_t wl = strlen(warn);
@@ -456,12 +458,9 @@ void mm_control_stop(struct mm_daemon *d)
 	}
 }
 
-/* ---- client: mailmesh status -------------------------------------------------- */
+/* ---- client: mailmesh status, reload, check ------------------------------------ */
 
-/* Sends req to the daemon of config conf and copies its answer to stdout.  Exit
- * status: 0; 1 if the daemon cannot be reached or, with want_ok, answered other than
- * "ok:"; 2 for a config that does not parse. */
-/* What a command makes of the daemon's answer. */
+/* What a command makes of the daemon's answer (ctl_talk's exit status). */
 enum ctl_mode {
 	CTL_REPORT, /* status: 0 once it answered */
 	CTL_OK,     /* reload: 0 if the answer starts with "ok:", else 1 */
@@ -488,6 +487,9 @@ static void ctl_error(enum ctl_mode mode, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* Sends req to the daemon of config conf and copies its answer to stdout.  Exit
+ * status by mode (above); otherwise 1 if the daemon cannot be reached, 2 for a config
+ * that does not parse (a check: CRITICAL 2 and UNKNOWN 3). */
 static int ctl_talk(const char *conf, const char *req, enum ctl_mode mode)
 {
 	FILE *f = fopen(conf, "r");
