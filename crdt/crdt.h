@@ -320,8 +320,10 @@ uint64_t mm_gc_horizon_ms(uint64_t now_ms, uint64_t grace_ms, uint64_t max_ms, u
  * last sync with it (above) and may then drop tombstones of messages this node still
  * holds: merged, they would come back on every node.  margin_ms covers a peer that
  * saw the last sync a little earlier than this node did.  A node never in sync with
- * any peer holds only what it was given or found itself: not stale.  *last_r (may be
- * NULL) = the latest time in sync, 0 if none. */
+ * any peer holds only what it was given or found itself: not stale.  A last sync
+ * later than now_ms (the clock went back) is not stale until now_ms passes it.
+ * margin_ms is meant to be well below max_ms (at or above it, any time out of sync
+ * counts).  *last_r (may be NULL) = the latest time in sync, 0 if none. */
 bool mm_gc_stale(uint64_t now_ms, uint64_t max_ms, uint64_t margin_ms, const uint64_t *last_in_sync_ms,
                  size_t n, uint64_t *last_r);
 

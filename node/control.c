@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -189,7 +190,7 @@ static void check(struct ctl_client *c, uint64_t lag_ms)
 	const char *level = crit[0] ? "CRITICAL" : warn[0] ? "WARNING" : "OK";
 	out_printf(c, "%s: %zu of %zu peers in sync", level, ok, d->n_peers);
 	if (ok)
-		out_printf(c, " (the last %.1f s ago)", (double)(now - newest) / 1000.0);
+		out_printf(c, " (the last %.1f s ago)", now > newest ? (double)(now - newest) / 1000.0 : 0.0);
 	out_printf(c, ", users: %zu, messages missing a body: %zu", mm_state_user_count(d->state), missing);
 	if (crit[0])
 		out_printf(c, "; %s", crit);
@@ -374,7 +375,7 @@ static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	else if (!strcmp(c->line, "reload"))
 		reload(c);
 	else if (!strncmp(c->line, "check ", 6) && strspn(c->line + 6, "0123456789") == strlen(c->line + 6) &&
-	         c->line[6] && strlen(c->line + 6) <= 12)
+	         c->line[6] && strlen(c->line + 6) <= 13) /* (100 years of ms) */
 		check(c, strtoull(c->line + 6, NULL, 10));
 	else
 		out_printf(c, "error: unknown request '%s' (expected 'status', 'status json', 'reload' or "
@@ -464,14 +465,14 @@ void mm_control_stop(struct mm_daemon *d)
 enum ctl_mode {
 	CTL_REPORT, /* status: 0 once it answered */
 	CTL_OK,     /* reload: 0 if the answer starts with "ok:", else 1 */
-	CTL_CHECK,  /* check: OK 0, WARNING 1, CRITICAL 2, anything else (no daemon) 3... */
+	CTL_CHECK,  /* check: the plugin convention, OK 0, WARNING 1, CRITICAL 2, UNKNOWN 3 */
 };
 
-/* ... except that a daemon not running is CRITICAL for a check: its mail is not
- * being replicated. */
+/* A failure of the client's own: for status and reload 1 (runtime) or 2 (usage or
+ * configuration), for a check UNKNOWN (3): the daemon's state is not known. */
 static int ctl_fail(enum ctl_mode mode, int rc)
 {
-	return mode == CTL_CHECK ? (rc == 1 ? 2 : 3) : rc;
+	return mode == CTL_CHECK ? 3 : rc;
 }
 
 /* An error of the client's own: on stderr after "mailmesh: ", or for a check on stdout
@@ -487,10 +488,36 @@ static void ctl_error(enum ctl_mode mode, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Sends req to the daemon of config conf and copies its answer to stdout.  Exit
- * status by mode (above); otherwise 1 if the daemon cannot be reached, 2 for a config
- * that does not parse (a check: CRITICAL 2 and UNKNOWN 3). */
-static int ctl_talk(const char *conf, const char *req, enum ctl_mode mode)
+/* A check's answer: printed if it is one (its first word one of the plugin levels),
+ * and its exit status; anything else (no answer, a daemon too old to know "check")
+ * is UNKNOWN, said as such. */
+static int check_answer(const char *ans, size_t len, int read_err)
+{
+	static const char *const level[] = {"OK: ", "WARNING: ", "CRITICAL: "};
+	for (int i = 0; i < 3 && !read_err; i++)
+		if (len > strlen(level[i]) && !strncmp(ans, level[i], strlen(level[i]))) {
+			fwrite(ans, 1, len, stdout);
+			return i;
+		}
+	const char *nl = memchr(ans, '\n', len);
+	int shown = (int)(nl ? (size_t)(nl - ans) : len < 200 ? len : 200);
+	if (read_err == EAGAIN || read_err == EWOULDBLOCK)
+		printf("UNKNOWN: no answer from the daemon in time (starting, or busy?)\n");
+	else if (read_err)
+		printf("UNKNOWN: reading the daemon's answer: %s\n", strerror(read_err));
+	else if (!len)
+		printf("UNKNOWN: the daemon closed the connection without an answer\n");
+	else
+		printf("UNKNOWN: unexpected answer from the daemon: %.*s\n", shown, ans);
+	return 3;
+}
+
+/* Sends req to the daemon of config conf and copies its answer to stdout (a check's
+ * once whole, see check_answer).  Exit status by mode (above); otherwise 1 if the
+ * daemon cannot be reached, 2 for a config that does not parse; a check says
+ * CRITICAL (2) for a daemon not running and UNKNOWN (3) for the rest.  timeout_s > 0:
+ * at most that long for each of the request and each read of the answer. */
+static int ctl_talk(const char *conf, const char *req, enum ctl_mode mode, unsigned timeout_s)
 {
 	FILE *f = fopen(conf, "r");
 	if (!f) {
@@ -505,7 +532,8 @@ static int ctl_talk(const char *conf, const char *req, enum ctl_mode mode)
 			if (!p) {
 				free(text);
 				fclose(f);
-				return ctl_fail(mode, 3);
+				ctl_error(mode, "out of memory\n");
+				return ctl_fail(mode, 1);
 			}
 			text = p;
 		}
@@ -523,51 +551,66 @@ static int ctl_talk(const char *conf, const char *req, enum ctl_mode mode)
 		ctl_error(mode, "%s\n", err);
 		return ctl_fail(mode, 2);
 	}
-	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	struct sockaddr_un a = {.sun_family = AF_UNIX};
 	if (strlen(cfg.control_socket) >= sizeof a.sun_path) {
 		ctl_error(mode, "%s: control_socket path too long\n", conf);
 		mm_config_free(&cfg);
-		if (fd >= 0)
-			close(fd);
 		return ctl_fail(mode, 2);
 	}
 	strcpy(a.sun_path, cfg.control_socket);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-		bool denied = errno == EACCES || errno == EPERM;
-		if (mode == CTL_CHECK) /* (a monitoring plugin's one line, on stdout) */
-			printf("%s: %s (%s)\n", denied ? "UNKNOWN" : "CRITICAL", denied ? "permission denied on the "
-			       "control socket: run the check as the daemon's user or root" : "the daemon is not running",
-			       cfg.control_socket);
-		else if (denied)
-			fprintf(stderr, "mailmesh: permission denied on %s: the control socket is for the "
-			        "daemon's user and root only; run this as one of them\n", cfg.control_socket);
-		else
-			fprintf(stderr, "mailmesh: the daemon is not running (cannot connect to %s: %s); start "
-			        "it with: mailmesh run -c %s\n", cfg.control_socket, strerror(errno), conf);
-		if (fd >= 0)
-			close(fd);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		ctl_error(mode, "cannot make a socket: %s\n", strerror(errno));
 		mm_config_free(&cfg);
-		return ctl_fail(mode, denied ? 3 : 1);
+		return ctl_fail(mode, 1);
+	}
+	if (timeout_s) {
+		struct timeval tv = {.tv_sec = (time_t)timeout_s};
+		(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+		(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	}
+	if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+		int e = errno;
+		bool denied = e == EACCES || e == EPERM, absent = e == ENOENT || e == ECONNREFUSED;
+		if (mode == CTL_CHECK && absent) /* (a monitoring plugin's one line, on stdout) */
+			printf("CRITICAL: the daemon is not running (%s)\n", cfg.control_socket);
+		else if (denied)
+			ctl_error(mode, "permission denied on %s: the control socket is for the daemon's user and "
+			          "root only; run this as one of them\n", cfg.control_socket);
+		else if (absent)
+			ctl_error(mode, "the daemon is not running (cannot connect to %s: %s); start it with: "
+			          "mailmesh run -c %s\n", cfg.control_socket, strerror(e), conf);
+		else
+			ctl_error(mode, "cannot connect to %s: %s\n", cfg.control_socket, strerror(e));
+		close(fd);
+		mm_config_free(&cfg);
+		return mode == CTL_CHECK && absent ? 2 : ctl_fail(mode, 1);
 	}
 	mm_config_free(&cfg);
 	if (write(fd, req, strlen(req)) < 0) {
 		ctl_error(mode, "cannot talk to the daemon: %s\n", strerror(errno));
 		close(fd);
-		return ctl_fail(mode, 3);
+		return ctl_fail(mode, 1);
 	}
-	char buf[65536], head[10] = "";
-	size_t got = 0; /* the answer's first bytes, however the reads split it */
+	char buf[65536], head[4] = "";
+	size_t got = 0; /* the answer's first bytes (or a check's whole), however the reads split it */
 	ssize_t n;
-	while ((n = read(fd, buf, sizeof buf)) > 0) {
+	while ((n = read(fd, mode == CTL_CHECK ? buf + got : buf, mode == CTL_CHECK ? sizeof buf - 1 - got
+	                                                                            : sizeof buf)) > 0) {
+		if (mode == CTL_CHECK) {
+			got += (size_t)n;
+			if (got == sizeof buf - 1)
+				break; /* (a line for a monitoring system: more is not a check's answer) */
+			continue;
+		}
 		for (ssize_t i = 0; i < n && got < sizeof head - 1; i++)
 			head[got++] = buf[i];
 		fwrite(buf, 1, (size_t)n, stdout);
 	}
+	int read_err = n < 0 ? errno : 0;
 	close(fd);
 	if (mode == CTL_CHECK)
-		return n < 0 ? 3 : !strncmp(head, "OK:", 3) ? 0 : !strncmp(head, "WARNING:", 8) ? 1
-		       : !strncmp(head, "CRITICAL:", 9) ? 2 : 3;
+		return check_answer(buf, got, read_err);
 	return n < 0 || (mode == CTL_OK && strncmp(head, "ok:", 3) != 0) ? 1 : 0;
 }
 
@@ -589,7 +632,7 @@ int mm_cmd_status(int argc, char **argv)
 		fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
 		return 2;
 	}
-	return ctl_talk(conf, json ? "status json\n" : "status\n", CTL_REPORT);
+	return ctl_talk(conf, json ? "status json\n" : "status\n", CTL_REPORT, 0);
 }
 
 int mm_cmd_reload(int argc, char **argv)
@@ -598,22 +641,33 @@ int mm_cmd_reload(int argc, char **argv)
 		fprintf(stderr, "usage: mailmesh reload -c FILE\n");
 		return 2;
 	}
-	return ctl_talk(argv[2], "reload\n", CTL_OK);
+	return ctl_talk(argv[2], "reload\n", CTL_OK, 0);
+}
+
+/* A positive whole number of seconds, at most max; 0 if argument is not one. */
+static unsigned long long seconds_arg(const char *arg, unsigned long long max)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(arg, &end, 10);
+	return errno || *end || !*arg || arg[0] < '0' || arg[0] > '9' || v > max ? 0 : v;
 }
 
 int mm_cmd_check(int argc, char **argv)
 {
 	const char *conf = NULL;
-	unsigned long long lag = 300;
+	unsigned long long lag = 300, timeout = 10;
 	for (int i = 1; i < argc; i++) {
-		char *end;
 		if (!strcmp(argv[i], "-c") && i + 1 < argc)
 			conf = argv[++i];
 		else if (!strcmp(argv[i], "--max-lag") && i + 1 < argc) {
-			errno = 0;
-			lag = strtoull(argv[++i], &end, 10);
-			if (errno || *end || !*argv[i] || argv[i][0] == '-' || lag == 0 || lag > 100ULL * 365 * 86400) {
-				printf("UNKNOWN: --max-lag takes a number of seconds (1 or more), not '%s'\n", argv[i]);
+			if (!(lag = seconds_arg(argv[++i], 100ULL * 365 * 86400))) {
+				printf("UNKNOWN: --max-lag takes a number of seconds (1 to 100 years), not '%s'\n", argv[i]);
+				return 3;
+			}
+		} else if (!strcmp(argv[i], "-t") && i + 1 < argc) {
+			if (!(timeout = seconds_arg(argv[++i], 3600))) {
+				printf("UNKNOWN: -t takes a number of seconds (1 to 3600), not '%s'\n", argv[i]);
 				return 3;
 			}
 		} else {
@@ -622,10 +676,10 @@ int mm_cmd_check(int argc, char **argv)
 		}
 	}
 	if (!conf) {
-		printf("UNKNOWN: usage: mailmesh check -c FILE [--max-lag SECONDS]\n");
+		printf("UNKNOWN: usage: mailmesh check -c FILE [--max-lag SECONDS] [-t SECONDS]\n");
 		return 3;
 	}
 	char req[48];
 	snprintf(req, sizeof req, "check %llu\n", lag * 1000);
-	return ctl_talk(conf, req, CTL_CHECK);
+	return ctl_talk(conf, req, CTL_CHECK, (unsigned)timeout);
 }

@@ -3,15 +3,21 @@
 daemons on loopback, ports 22170-22179.
 
 1. Three nodes in sync: node 1's check says OK, 2 of 2 peers in sync, with perfdata.
-2. Node 3 stopped: past --max-lag 1 node 1's check says WARNING and names node 3.
+2. Node 3 stopped: past --max-lag 1 node 1's check says WARNING and names node 3.  A
+   refused reload of the peers file: WARNING; repaired: OK.  Another user than the
+   daemon's: check UNKNOWN (3), status exit 1.
 3. Node 2 stopped too: CRITICAL, no peer in sync (node 1's mail is on no other server).
 4. Node 2 back: WARNING again (node 3 still away).
 5. Node 1 stopped: CRITICAL, the daemon is not running.
-6. A bad --max-lag, a missing -c, an unreadable config: UNKNOWN (3), on stdout.
+6. Something else on the control socket (a daemon that does not know "check", one that
+   never answers, with -t 1), a bad --max-lag, a missing -c, an unreadable config:
+   UNKNOWN (3), on stdout.
 Prints `N passed, N failed`."""
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +62,37 @@ def check_test(t):
         rc, out, _ = check(n1)
         t.check(rc == 0, "within the default lag (300 s) the same is still OK (%s: %s)" % (rc, out))
 
+        # a peers file with a bad line: the reload is refused, which a check reports
+        peers = os.path.join(cl.dir, "peers")  # (the testnet's one file, read by all)
+        good = open(peers).read()
+        with open(peers, "a") as f:
+            f.write("node9 127.0.0.1:1 not-a-key\n")
+        r = subprocess.run([mmtest.MAILMESH, "reload", "-c", n1.conf], capture_output=True, text=True, timeout=30)
+        rc, out, _ = check(n1)
+        t.check(r.returncode == 1 and rc == 1 and "the last reload was refused" in out,
+                "a refused reload: WARNING, exit 1 (%s: %s)" % (rc, out))
+        with open(peers, "w") as f:
+            f.write(good)
+        r = subprocess.run([mmtest.MAILMESH, "reload", "-c", n1.conf], capture_output=True, text=True, timeout=30)
+        rc, out, _ = check(n1)
+        t.check(r.returncode == 0 and rc == 0, "the file repaired and reloaded: OK again (%s: %s)" % (rc, out))
+
+        # someone not allowed on the control socket: the check cannot tell (UNKNOWN),
+        # and status says so with exit 1
+        for p in (cl.dir, n1.dir):
+            os.chmod(p, 0o755)
+        os.chmod(n1.conf, 0o644)
+
+        def as_nobody():
+            os.setgid(65534)
+            os.setuid(65534)
+        rs = [subprocess.run([mmtest.MAILMESH, cmd, "-c", n1.conf], capture_output=True, text=True, timeout=30,
+                             preexec_fn=as_nobody) for cmd in ("check", "status")]
+        t.check(rs[0].returncode == 3 and rs[0].stdout.startswith("UNKNOWN: permission denied")
+                and rs[1].returncode == 1 and "permission denied" in rs[1].stderr,
+                "as another user: check UNKNOWN, exit 3; status exit 1 (%s: %s; %s: %s)"
+                % (rs[0].returncode, rs[0].stdout.strip(), rs[1].returncode, rs[1].stderr.strip()))
+
         n2.stop()
         rc, out, _ = wait_check(n1, 2, ["--max-lag", "1"])
         t.check(rc == 2 and out.startswith("CRITICAL: 0 of 2 peers in sync") and "no peer in sync within 1 s" in out,
@@ -70,6 +107,36 @@ def check_test(t):
         rc, out, _ = check(n1)
         t.check(code == 0 and rc == 2 and out.startswith("CRITICAL: the daemon is not running"),
                 "node 1 stopped: CRITICAL, exit 2 (%s: %s)" % (rc, out))
+
+        # something else on the control socket: a daemon that does not know "check"
+        # (older), one that never answers
+        sock_path = [l.split("=", 1)[1].strip() for l in open(n1.conf) if l.split("=")[0].strip() == "control_socket"]
+        sock_path = sock_path[0] if sock_path else os.path.join(n1.dir, "state", "control.sock")
+        answers = []
+        for answer in (b"error: unknown request 'check 300000'\n", None):
+            srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if os.path.exists(sock_path):
+                os.unlink(sock_path)
+            srv.bind(sock_path)
+            srv.listen(1)
+
+            def serve(srv=srv, answer=answer):
+                conn, _ = srv.accept()
+                conn.recv(100)
+                if answer:
+                    conn.sendall(answer)
+                else:
+                    time.sleep(3)
+                conn.close()
+            th = threading.Thread(target=serve)
+            th.start()
+            answers.append(check(n1, "-t", "1"))
+            th.join()
+            srv.close()
+            os.unlink(sock_path)
+        t.check(answers[0][0] == 3 and answers[0][1].startswith("UNKNOWN: unexpected answer from the daemon: error:")
+                and answers[1][0] == 3 and answers[1][1].startswith("UNKNOWN: no answer from the daemon in time"),
+                "an answer that is not a check's, and none within -t: UNKNOWN, exit 3 (%s)" % answers)
 
         bad = [check(n1, "--max-lag", "soon"), check(n1, "--max-lag", "0"),
                subprocess.run([mmtest.MAILMESH, "check"], capture_output=True, text=True),
