@@ -148,7 +148,9 @@ static void reload(struct ctl_client *c)
 /* "check LAG_MS": one line for monitoring (Nagios/Icinga plugin conventions).  A peer
  * counts as in sync when its roots equalled ours at most lag_ms ago.  CRITICAL: no
  * peer in sync (this node's mail is on no other server), a stale state, a store that
- * cannot keep bodies; WARNING: some peer not in sync, a reload refused; else OK. */
+ * cannot keep bodies; WARNING: some peer not in sync, messages without their body here
+ * for lag_ms and more (this server's IMAP does not show them), a reload refused; else
+ * OK. */
 static void check(struct ctl_client *c, uint64_t lag_ms)
 {
 	struct mm_daemon *d = c->d;
@@ -181,12 +183,17 @@ static void check(struct ctl_client *c, uint64_t lag_ms)
 		snprintf(crit, sizeof crit, "no peer in the peers file: this node's mail is on no other server");
 	else if (!ok)
 		snprintf(crit, sizeof crit, "no peer in sync within %llu s", (unsigned long long)(lag_ms / 1000));
+	size_t missing = mm_store_missing_count(d->store);
+	if (missing && d->missing_since_ms && d->missing_since_ms + lag_ms <= now) {
+		size_t wl = strlen(warn);
+		snprintf(warn + wl, sizeof warn - wl, "%s%zu messages missing their body here, some for %llu s",
+		         wl ? "; " : "", missing, (unsigned long long)((now - d->missing_since_ms) / 1000));
+	}
 	if (d->reload_error[0] || d->config_reload_error[0]) {
 		size_t wl = strlen(warn);
 		snprintf(warn + wl, sizeof warn - wl, "%sthe last reload was refused (mailmesh status says why)",
 		         wl ? "; " : "");
 	}
-	size_t missing = mm_store_missing_count(d->store);
 	const char *level = crit[0] ? "CRITICAL" : warn[0] ? "WARNING" : "OK";
 	out_printf(c, "%s: %zu of %zu peers in sync", level, ok, d->n_peers);
 	if (ok)

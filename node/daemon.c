@@ -171,6 +171,12 @@ static void gossip_cb(uv_timer_t *t)
 			want_all_missing(d);
 	}
 	mm_fetch_tick(d->fetch, now);
+	/* since when some message has lacked its body here without a break (mailmesh
+	 * check: mail this server's IMAP does not show) */
+	if (!mm_store_missing_count(d->store))
+		d->missing_since_ms = 0;
+	else if (!d->missing_since_ms)
+		d->missing_since_ms = now ? now : 1;
 	mm_bodies_catchup_note(d);
 	mm_bodies_commit_check(d); /* placed files' index entries left by a stream that stopped */
 	mm_peer_dial_all(d);

@@ -117,6 +117,7 @@ struct mm_daemon {
 	struct mm_conn *conns;             /* every open connection (for shutdown) */
 	uint64_t started_ms;
 	uint64_t missing_check_ms;         /* last time missing bodies were re-wanted */
+	uint64_t missing_since_ms;         /* some body missing here since (gossip ticks), 0 = none */
 	uint64_t catchup_since_ms;         /* catching up since (bodies.c), 0 = not */
 	uint64_t catchup_done0;            /* fetches done by then */
 	uint64_t store_backoff_ms;         /* fetch hold after the store failed to keep bodies

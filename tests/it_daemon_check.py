@@ -6,7 +6,10 @@ daemons on loopback, ports 22170-22179.
 2. Node 3 stopped: past --max-lag 1 node 1's check says WARNING and names node 3.  A
    refused reload of the peers file: WARNING; repaired: OK.  Another user than the
    daemon's: check UNKNOWN (3), status exit 1.
-3. Node 2 stopped too: CRITICAL, no peer in sync (node 1's mail is on no other server).
+3. Node 2 stopped while node 1 takes a message, whose file on node 1 is then
+   overwritten in place: back, node 2 rejects the bytes every time, and its check
+   says WARNING, a message missing its body.  Node 2 stopped again: node 1's check
+   is CRITICAL, no peer in sync (node 1's mail is on no other server).
 4. Node 2 back: WARNING again (node 3 still away).
 5. Node 1 stopped: CRITICAL, the daemon is not running.
 6. Something else on the control socket (a daemon that does not know "check", one that
@@ -93,6 +96,28 @@ def check_test(t):
                 "as another user: check UNKNOWN, exit 3; status exit 1 (%s: %s; %s: %s)"
                 % (rs[0].returncode, rs[0].stdout.strip(), rs[1].returncode, rs[1].stderr.strip()))
 
+        # a body no peer can send right: node 2, stopped, misses a message whose file on
+        # node 1 was then overwritten in place (bit rot, a careless script); back, it
+        # rejects those bytes every time, and the message stays away from its IMAP
+        n2.stop()
+        base = n1.deliver(USER, b"From: a@example.org\r\nSubject: big\r\n\r\n" + b"x" * 100000 + b"\r\n")
+        time.sleep(1.0 * mmtest.SLOW)  # (node 1 indexes it: its bytes' id is taken now)
+        path = [os.path.join(n1.maildir(USER), sub, f) for sub, f in n1.files(USER) if f.startswith(base)][0]
+        st = os.stat(path)
+        with open(path, "r+b") as f:
+            f.seek(st.st_size - 1000)
+            f.write(b"y" * 998)
+        os.utime(path, (st.st_atime, st.st_mtime))
+        n2.start()
+        deadline = time.monotonic() + 20 * mmtest.SLOW
+        rc, out, _ = check(n2, "--max-lag", "1")
+        while "missing their body" not in out and time.monotonic() < deadline:
+            time.sleep(0.2)
+            rc, out, _ = check(n2, "--max-lag", "1")
+        t.check(rc == 1 and "1 messages missing their body here" in out and "missing_bodies=1" in out,
+                "node 2 lacking a body no peer sends right: WARNING, exit 1 (%s: %s)" % (rc, out))
+        t.check("body rejected" in n2.log_text(whole=True), "and node 2's log says it rejected those bytes")
+
         n2.stop()
         rc, out, _ = wait_check(n1, 2, ["--max-lag", "1"])
         t.check(rc == 2 and out.startswith("CRITICAL: 0 of 2 peers in sync") and "no peer in sync within 1 s" in out,
@@ -100,7 +125,7 @@ def check_test(t):
 
         n2.start()
         rc, out, _ = wait_check(n1, 1, ["--max-lag", "1"])
-        t.check(rc == 1 and "peer node3" in out and "node2" not in out,
+        t.check(rc == 1 and "peer node3" in out and "node2" not in out and "missing their body" not in out,
                 "node 2 back: WARNING again, for node 3 only (%s: %s)" % (rc, out))
 
         code = n1.stop()
