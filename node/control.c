@@ -151,6 +151,22 @@ static void reload(struct ctl_client *c)
  * cannot keep bodies; WARNING: some peer not in sync, messages without their body here
  * for lag_ms and more (this server's IMAP does not show them), a reload refused; else
  * OK. */
+/* Appends "; "-separated findings to a check's buffer (cut short if it is full: the
+ * level is decided all the same). */
+static void finding_add(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void finding_add(char *buf, size_t cap, const char *fmt, ...)
+{
+	size_t l = strlen(buf);
+	if (l && l + 2 < cap) {
+		memcpy(buf + l, "; ", 3);
+		l += 2;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf + l, cap - l, fmt, ap);
+	va_end(ap);
+}
+
 static void check(struct ctl_client *c, uint64_t lag_ms)
 {
 	struct mm_daemon *d = c->d;
@@ -166,12 +182,11 @@ static void check(struct ctl_client *c, uint64_t lag_ms)
 			newest = last > newest ? last : newest;
 			continue;
 		}
-		size_t wl = strlen(warn);
 		if (last)
-			snprintf(warn + wl, sizeof warn - wl, "%speer %s not in sync for %llu s", wl ? "; " : "",
-			         p->conf->name, (unsigned long long)((now - last) / 1000));
+			finding_add(warn, sizeof warn, "peer %s not in sync for %llu s", p->conf->name,
+			            (unsigned long long)((now - last) / 1000));
 		else
-			snprintf(warn + wl, sizeof warn - wl, "%speer %s never in sync", wl ? "; " : "", p->conf->name);
+			finding_add(warn, sizeof warn, "peer %s never in sync", p->conf->name);
 	}
 	uint64_t last_sync;
 	if (mm_daemon_stale(d, &last_sync))
@@ -184,16 +199,11 @@ static void check(struct ctl_client *c, uint64_t lag_ms)
 	else if (!ok)
 		snprintf(crit, sizeof crit, "no peer in sync within %llu s", (unsigned long long)(lag_ms / 1000));
 	size_t missing = mm_store_missing_count(d->store);
-	if (missing && d->missing_since_ms && d->missing_since_ms + lag_ms <= now) {
-		size_t wl = strlen(warn);
-		snprintf(warn + wl, sizeof warn - wl, "%s%zu messages missing their body here, some for %llu s",
-		         wl ? "; " : "", missing, (unsigned long long)((now - d->missing_since_ms) / 1000));
-	}
-	if (d->reload_error[0] || d->config_reload_error[0]) {
-		size_t wl = strlen(warn);
-		snprintf(warn + wl, sizeof warn - wl, "%sthe last reload was refused (mailmesh status says why)",
-		         wl ? "; " : "");
-	}
+	if (missing && d->missing_since_ms && d->missing_since_ms + lag_ms <= now)
+		finding_add(warn, sizeof warn, "%zu messages missing their body here, some for %llu s", missing,
+		            (unsigned long long)((now - d->missing_since_ms) / 1000));
+	if (d->reload_error[0] || d->config_reload_error[0])
+		finding_add(warn, sizeof warn, "the last reload was refused (mailmesh status says why)");
 	const char *level = crit[0] ? "CRITICAL" : warn[0] ? "WARNING" : "OK";
 	out_printf(c, "%s: %zu of %zu peers in sync", level, ok, d->n_peers);
 	if (ok)
@@ -599,26 +609,27 @@ static int ctl_talk(const char *conf, const char *req, enum ctl_mode mode, unsig
 		close(fd);
 		return ctl_fail(mode, 1);
 	}
+	ssize_t n = 0;
+	if (mode == CTL_CHECK) {
+		/* kept whole, then judged: one line for a monitoring system (what does not
+		 * fit is not a check's answer) */
+		char ans[65536];
+		size_t len = 0;
+		while (len < sizeof ans && (n = read(fd, ans + len, sizeof ans - len)) > 0)
+			len += (size_t)n;
+		int read_err = len < sizeof ans && n < 0 ? errno : 0;
+		close(fd);
+		return check_answer(ans, len, read_err);
+	}
 	char buf[65536], head[4] = "";
-	size_t got = 0; /* the answer's first bytes (or a check's whole), however the reads split it */
-	ssize_t n;
-	while ((n = read(fd, mode == CTL_CHECK ? buf + got : buf, mode == CTL_CHECK ? sizeof buf - 1 - got
-	                                                                            : sizeof buf)) > 0) {
-		if (mode == CTL_CHECK) {
-			got += (size_t)n;
-			if (got == sizeof buf - 1)
-				break; /* (a line for a monitoring system: more is not a check's answer) */
-			continue;
-		}
+	size_t got = 0; /* the answer's first bytes, however the reads split it */
+	while ((n = read(fd, buf, sizeof buf)) > 0) {
 		for (ssize_t i = 0; i < n && got < sizeof head - 1; i++)
 			head[got++] = buf[i];
 		fwrite(buf, 1, (size_t)n, stdout);
 	}
-	int read_err = n < 0 ? errno : 0;
 	close(fd);
-	if (mode == CTL_CHECK)
-		return check_answer(buf, got, read_err);
-	return n < 0 || (mode == CTL_OK && strncmp(head, "ok:", 3) != 0) ? 1 : 0;
+	return n < 0 || (mode == CTL_OK && strcmp(head, "ok:") != 0) ? 1 : 0;
 }
 
 int mm_cmd_status(int argc, char **argv)

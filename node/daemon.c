@@ -239,17 +239,16 @@ bool mm_daemon_stale(struct mm_daemon *d, uint64_t *last_r)
 	*last_r = 0;
 	if (!d->n_peers || !d->state || mm_state_user_count(d->state) == 0)
 		return false; /* (nothing to bring back) */
-	uint64_t *last = calloc(d->n_peers, sizeof(*last));
-	if (!last)
-		return false;
+	uint64_t last = 0; /* (the rule looks at the latest only) */
 	for (size_t i = 0; i < d->n_peers; i++) {
 		const struct mm_dpeer *p = d->peers[i];
 		uint64_t t = mm_peer_synced_ms(p);
-		last[i] = p->gc.synced_ms > t ? p->gc.synced_ms : t;
+		if (p->gc.synced_ms > t)
+			t = p->gc.synced_ms;
+		if (t > last)
+			last = t;
 	}
-	bool stale = mm_gc_stale(mm_daemon_now(), d->cfg.gc_max_ms, stale_margin_ms(d), last, d->n_peers, last_r);
-	free(last);
-	return stale;
+	return mm_gc_stale(mm_daemon_now(), d->cfg.gc_max_ms, stale_margin_ms(d), &last, 1, last_r);
 }
 
 /* A duration (ms) in words for the stale messages: "N days" or "N s". */
