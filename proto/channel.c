@@ -285,7 +285,9 @@ static int on_hello(struct mm_ch *ch, const uint8_t *msg, size_t len, uint64_t n
 	rc = mm_noise_hs_read(&ch->hs, msg, len, ch->rbuf, MM_NOISE_MAX_MSG, &n);
 	if (rc < 0)
 		return rc == -EMSGSIZE ? -EBADMSG : rc;
-	if (n != HELLO_LEN || ch->rbuf[0] != MM_CH_VERSION)
+	/* bytes after the timestamp are a later version's (docs/protocol.md,
+	 * "Compatibility"): ignored */
+	if (n < HELLO_LEN || ch->rbuf[0] != MM_CH_VERSION)
 		return -EPROTO;
 	const uint8_t *rs = mm_noise_hs_remote_static(&ch->hs);
 	memcpy(ch->remote, rs, 32);
@@ -313,7 +315,7 @@ static int on_response(struct mm_ch *ch, const uint8_t *msg, size_t len, uint64_
 	int rc = mm_noise_hs_read(&ch->hs, msg, len, ch->rbuf, MM_NOISE_MAX_MSG, &n);
 	if (rc < 0)
 		return rc == -EMSGSIZE ? -EBADMSG : rc;
-	if (n != 1 || ch->rbuf[0] != MM_CH_VERSION)
+	if (n < 1 || ch->rbuf[0] != MM_CH_VERSION) /* later bytes: as in on_hello */
 		return -EPROTO;
 	(void)now_ms;
 	return establish(ch);

@@ -1879,7 +1879,13 @@ int mm_sync_recv(struct mm_sync *s, enum mm_chan chan, const uint8_t *msg, size_
 		s->st.datagrams_in++;
 	mm_arena_reset(&s->rx);
 	int rc = mm_wire_decode(msg, len, &m, &s->rx);
-	if (rc == 0) {
+	if (rc == -EOPNOTSUPP) {
+		/* A later version's message type: that version sends it only to peers that
+		 * take it, or as something a peer may ignore (docs/protocol.md,
+		 * "Compatibility"), so ignoring it keeps a mixed cluster working. */
+		s->st.unknown_in++;
+		rc = 0;
+	} else if (rc == 0) {
 		if (chan == MM_CHAN_DATAGRAM)
 			rc = m.type == MM_MSG_DIGEST ? handle_digest(s, &m) : -EPROTO;
 		else if (!s->connected)

@@ -141,6 +141,7 @@ struct mm_sync_stats {
 	uint64_t pushes_out, pushes_in;        /* push messages */
 	uint64_t rounds_started, rounds_done, rounds_aborted;
 	uint64_t proto_errors;
+	uint64_t unknown_in;                   /* messages of a later version's type, ignored */
 	uint64_t last_digest_ms;               /* time of the last DIGEST from the peer */
 	uint64_t last_sync_ms;                 /* time roots were last seen equal, or a
 	                                        * round last completed */

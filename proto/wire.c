@@ -5,6 +5,11 @@
  * The decoder reads only the msgpack forms the encoder writes (positive ints, nil,
  * bool, str, bin, array; negative ints for reasons), checks every length against the
  * bytes left before touching or allocating anything, and rejects trailing bytes.
+ * Elements a later version appends to a message's array (or to a record's pair) are
+ * skipped whatever their msgpack type, and a message of a type this version does not
+ * know is reported as such (-EOPNOTSUPP) once its array is found well formed: that is
+ * what lets a cluster be upgraded one node at a time (docs/protocol.md,
+ * "Compatibility").
  */
 #include "proto/wire.h"
 
@@ -179,6 +184,69 @@ static int rd_bin_exact(struct rd *r, size_t want, const uint8_t **p_r)
 	return len == want ? 0 : -EBADMSG;
 }
 
+/* Skips n whole msgpack objects of any type (the fields a later version appended).
+ * Iterative, so nesting costs no stack; every object takes at least one byte, so a
+ * count of objects still to skip above the bytes left is malformed, which also bounds
+ * the count.  0xc1 (never used by msgpack) is malformed. */
+static int rd_skip(struct rd *r, uint64_t n)
+{
+	while (n > 0) {
+		if (n > rd_left(r))
+			return -EBADMSG;
+		uint8_t b = *r->p++;
+		uint64_t len = 0, items = 0, v;
+		unsigned lb = 0; /* bytes of a big-endian length that follows */
+		n--;
+		if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
+			continue;
+		if (b <= 0x8f)
+			items = 2u * (b & 0x0f);         /* fixmap: keys and values */
+		else if (b <= 0x9f)
+			items = b & 0x0f;                /* fixarray */
+		else if (b <= 0xbf)
+			len = b & 0x1f;                  /* fixstr */
+		else {
+			switch (b) {
+			case 0xc4: case 0xd9: lb = 1; break;            /* bin8, str8 */
+			case 0xc5: case 0xda: lb = 2; break;            /* bin16, str16 */
+			case 0xc6: case 0xdb: lb = 4; break;            /* bin32, str32 */
+			case 0xc7: lb = 1; len = 1; break;              /* ext8: + its type */
+			case 0xc8: lb = 2; len = 1; break;              /* ext16 */
+			case 0xc9: lb = 4; len = 1; break;              /* ext32 */
+			case 0xca: len = 4; break;                      /* float32 */
+			case 0xcb: len = 8; break;                      /* float64 */
+			case 0xcc: case 0xd0: len = 1; break;           /* (u)int8 */
+			case 0xcd: case 0xd1: len = 2; break;
+			case 0xce: case 0xd2: len = 4; break;
+			case 0xcf: case 0xd3: len = 8; break;
+			case 0xd4: len = 2; break;                      /* fixext1 + type */
+			case 0xd5: len = 3; break;
+			case 0xd6: len = 5; break;
+			case 0xd7: len = 9; break;
+			case 0xd8: len = 17; break;
+			case 0xdc: case 0xde:                           /* array16, map16 */
+			case 0xdd: case 0xdf:                           /* array32, map32 */
+				if (rd_be(r, b == 0xdc || b == 0xde ? 2 : 4, &v) < 0)
+					return -EBADMSG;
+				items = b >= 0xde ? 2 * v : v;
+				break;
+			default:
+				return -EBADMSG;
+			}
+		}
+		if (lb) {
+			if (rd_be(r, lb, &v) < 0)
+				return -EBADMSG;
+			len += v;
+		}
+		if (len > rd_left(r))
+			return -EBADMSG;
+		r->p += len;
+		n += items;
+	}
+	return 0;
+}
+
 /* A user name: str of 1..MM_NAME_MAX bytes without NUL, copied NUL-terminated. */
 static int rd_name(struct rd *r, struct mm_arena *a, const char **s_r)
 {
@@ -211,10 +279,16 @@ static int dec_header(struct rd *r, struct mm_wire_msg *m, size_t *n_r)
 	m->version = v > 0xffff ? 0xffff : (unsigned)v;
 	if (v != MM_WIRE_VERSION)
 		return -EPROTONOSUPPORT;
-	if (rd_uint_max(r, MM_MSG_TYPE_MAX, &t) < 0 || t == 0)
+	if (rd_u64(r, &t) < 0 || t == 0)
 		return -EBADMSG;
-	m->type = (enum mm_msg_type)t;
 	*n_r = n;
+	if (t > MM_MSG_TYPE_MAX) {
+		/* a later version's message: well formed if its fields are, and then
+		 * nothing more than unknown */
+		m->type = 0;
+		return rd_skip(r, n - 2) < 0 || r->p != r->end ? -EBADMSG : -EOPNOTSUPP;
+	}
+	m->type = (enum mm_msg_type)t;
 	return 0;
 }
 
@@ -241,7 +315,7 @@ static int dec_records(struct rd *r, struct mm_wire_msg *m, struct mm_arena *a)
 		struct mm_wire_rec *w = &m->records.recs[i];
 		size_t k, len;
 		const uint8_t *p;
-		if (rd_array(r, &k) < 0 || k != 2)
+		if (rd_array(r, &k) < 0 || k < 2)
 			return -EBADMSG;
 		if (rd_bin(r, &p, &len) < 0)
 			return -EBADMSG;
@@ -257,6 +331,8 @@ static int dec_records(struct rd *r, struct mm_wire_msg *m, struct mm_arena *a)
 			if (w->rec.type != MM_REC_MESSAGE || w->body_len != w->rec.msg.size)
 				return -EBADMSG;
 		}
+		if (rd_skip(r, k - 2) < 0)
+			return -EBADMSG;
 	}
 	return 0;
 }
@@ -264,7 +340,7 @@ static int dec_records(struct rd *r, struct mm_wire_msg *m, struct mm_arena *a)
 int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *m, struct mm_arena *a)
 {
 	struct rd r = { buf, buf + len };
-	size_t n;
+	size_t n, known = 0;
 	int rc;
 	m->version = 0;
 	if (!buf && len)
@@ -274,27 +350,30 @@ int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *m, struct
 	switch (m->type) {
 	case MM_MSG_DIGEST:
 		/* 6 elements: a sender without the lead fields (they came later); 10: with
-		 * the GC bound */
+		 * the GC bound; more: a later version's fields after those, skipped */
 		m->digest.lead_id = m->digest.lead_beat = m->digest.gc_bound = m->digest.gc_members = 0;
-		if ((n != 6 && n != 8 && n != 10) || rd_u64(&r, &m->digest.seq) < 0 ||
+		if (n < 6 || n == 7 || n == 9 || rd_u64(&r, &m->digest.seq) < 0 ||
 		    rd_bool(&r, &m->digest.reply) < 0 ||
 		    rd_bin_exact(&r, MM_HASH_LEN, &m->digest.root) < 0 ||
 		    rd_u64(&r, &m->digest.n_users) < 0)
 			return -EBADMSG;
 		if (n >= 8 && (rd_u64(&r, &m->digest.lead_id) < 0 || rd_u64(&r, &m->digest.lead_beat) < 0))
 			return -EBADMSG;
-		if (n == 10 && (rd_u64(&r, &m->digest.gc_bound) < 0 || rd_u64(&r, &m->digest.gc_members) < 0))
+		if (n >= 10 && (rd_u64(&r, &m->digest.gc_bound) < 0 || rd_u64(&r, &m->digest.gc_members) < 0))
 			return -EBADMSG;
+		known = n < 10 ? n : 10;
 		break;
 	case MM_MSG_START:
-		if (n != 5 || rd_u64(&r, &m->start.round) < 0 ||
+		known = 5;
+		if (n < known || rd_u64(&r, &m->start.round) < 0 ||
 		    rd_bin_exact(&r, MM_WIRE_NONCE_LEN, &m->start.nonce) < 0 ||
 		    rd_bin(&r, &m->start.summary, &m->start.summary_len) < 0)
 			return -EBADMSG;
 		break;
 	case MM_MSG_DESCENT: {
 		size_t k;
-		if (n != 5 || rd_u64(&r, &m->descent.round) < 0 || rd_bool(&r, &m->descent.more) < 0 ||
+		known = 5;
+		if (n < known || rd_u64(&r, &m->descent.round) < 0 || rd_bool(&r, &m->descent.more) < 0 ||
 		    rd_array(&r, &k) < 0 ||
 		    k > MM_WIRE_MAX_ELEMS)
 			return -EBADMSG;
@@ -326,22 +405,26 @@ int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *m, struct
 		break;
 	}
 	case MM_MSG_END:
-		if (n != 3 || rd_u64(&r, &m->end.round) < 0)
+		known = 3;
+		if (n < known || rd_u64(&r, &m->end.round) < 0)
 			return -EBADMSG;
 		m->end.reason = 0;
 		break;
 	case MM_MSG_ABORT:
-		if (n != 4 || rd_u64(&r, &m->end.round) < 0 || rd_reason(&r, &m->end.reason) < 0)
+		known = 4;
+		if (n < known || rd_u64(&r, &m->end.round) < 0 || rd_reason(&r, &m->end.reason) < 0)
 			return -EBADMSG;
 		break;
 	case MM_MSG_RECORDS:
-		if (n != 5)
+		known = 5;
+		if (n < known)
 			return -EBADMSG;
 		if ((rc = dec_records(&r, m, a)) < 0)
 			return rc;
 		break;
 	case MM_MSG_GET_BODY:
-		if (n != 7 || rd_u64(&r, &m->get_body.req) < 0)
+		known = 7;
+		if (n < known || rd_u64(&r, &m->get_body.req) < 0)
 			return -EBADMSG;
 		if ((rc = rd_name(&r, a, &m->get_body.user)) < 0)
 			return rc;
@@ -350,19 +433,23 @@ int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *m, struct
 			return -EBADMSG;
 		break;
 	case MM_MSG_BODY:
-		if (n != 6 || rd_u64(&r, &m->body.req) < 0 || rd_u64(&r, &m->body.offset) < 0 ||
+		known = 6;
+		if (n < known || rd_u64(&r, &m->body.req) < 0 || rd_u64(&r, &m->body.offset) < 0 ||
 		    rd_u64(&r, &m->body.total) < 0 || rd_bin(&r, &m->body.data, &m->body.len) < 0)
 			return -EBADMSG;
 		if (m->body.offset > m->body.total || m->body.len > m->body.total - m->body.offset)
 			return -EBADMSG;
 		break;
 	case MM_MSG_BODY_ERR:
-		if (n != 4 || rd_u64(&r, &m->body_err.req) < 0 || rd_reason(&r, &m->body_err.reason) < 0)
+		known = 4;
+		if (n < known || rd_u64(&r, &m->body_err.req) < 0 || rd_reason(&r, &m->body_err.reason) < 0)
 			return -EBADMSG;
 		break;
 	default:
 		return -EBADMSG;
 	}
+	if (rd_skip(&r, n - known) < 0)
+		return -EBADMSG;
 	return r.p == r.end ? 0 : -EBADMSG;
 }
 

@@ -120,11 +120,14 @@ struct mm_wire_msg {
 	};
 };
 
-/* Decodes one whole message of len bytes (trailing bytes are an error).  Returns 0,
- * -EPROTONOSUPPORT if the version is not MM_WIRE_VERSION (msg_r->version set),
- * -EBADMSG for anything malformed (wrong types, lengths, counts, invalid record,
- * unknown type), -ENOMEM if the arena cannot allocate.  On error *msg_r is undefined
- * except version. */
+/* Decodes one whole message of len bytes (trailing bytes are an error).  Elements
+ * after the ones this version knows, in the message's array or in a RECORDS entry, are
+ * skipped whatever their (well-formed) msgpack type: later versions append fields
+ * there.  Returns 0, -EPROTONOSUPPORT if the version is not MM_WIRE_VERSION
+ * (msg_r->version set), -EOPNOTSUPP for a well-formed message of a type above
+ * MM_MSG_TYPE_MAX (a later version's; the caller ignores it), -EBADMSG for anything
+ * malformed (wrong types, lengths, too few elements, invalid record, type 0),
+ * -ENOMEM if the arena cannot allocate.  On error *msg_r is undefined except version. */
 int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *msg_r, struct mm_arena *a);
 
 /* Encoders: append one whole message to sb (which the caller may reuse after clearing
@@ -161,7 +164,7 @@ ssize_t mm_wire_rec_size(const struct mm_rec *r, size_t body_len);
 #define MM_WIRE_RECORDS_HDR 32
 
 /* Peeks the type of an encoded message without decoding it (for counters): the type,
- * or -EBADMSG / -EPROTONOSUPPORT. */
+ * or -EBADMSG / -EPROTONOSUPPORT / -EOPNOTSUPP. */
 int mm_wire_peek_type(const uint8_t *buf, size_t len);
 
 #endif

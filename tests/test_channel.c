@@ -460,6 +460,95 @@ static void test_psk_mismatch(void **state)
 	pair_free(&p);
 }
 
+/* A raw Noise end of the channel's protocol, to play a later version. */
+static void raw_init(struct mm_noise_hs *hs, struct pair *p, int initiator)
+{
+	static const uint8_t zero_psk[1][32];
+	uint8_t r[32];
+	det_bytes(r, 32, initiator ? 31 : 32);
+	struct mm_noise_config nc = {
+		.protocol = MM_CH_PROTOCOL,
+		.initiator = initiator,
+		.prologue = (const uint8_t *)MM_CH_PROLOGUE,
+		.prologue_len = sizeof MM_CH_PROLOGUE - 1,
+		.s = initiator ? p->a_priv : p->b_priv,
+		.e = r,
+		.rs = initiator ? p->b_pub : NULL,
+		.psks = zero_psk,
+		.n_psks = 1,
+	};
+	assert_int_equal(mm_noise_hs_init(hs, &nc), 0);
+}
+
+/* A frame of the raw end's next handshake message, payload pl, into e->out. */
+static void raw_write(struct mm_noise_hs *hs, struct end *e, const uint8_t *pl, size_t len)
+{
+	uint8_t f[MM_CH_FRAME_MAX];
+	size_t n;
+	assert_int_equal(mm_noise_hs_write(hs, pl, len, f + 2, MM_NOISE_MAX_MSG, &n), 0);
+	f[0] = (uint8_t)(n >> 8);
+	f[1] = (uint8_t)n;
+	assert_int_equal(buf_put(&e->out, f, n + 2), 0);
+}
+
+/* A later version may send more in its handshake payloads than the version byte (and
+ * message 1's timestamp); this version takes the connection and ignores them
+ * (docs/protocol.md, "Compatibility").  Shorter payloads stay refused. */
+static void test_later_hello(void **state)
+{
+	(void)state;
+	struct pair p;
+	struct mm_noise_hs hs;
+	uint8_t pl[1 + MM_CH_TAI64N_LEN + 40], got[MM_NOISE_MAX_MSG];
+	size_t n;
+
+	/* message 1 from a later initiator */
+	pair_init(&p, 0);
+	raw_init(&hs, &p, 1);
+	pl[0] = MM_CH_VERSION;
+	mm_ch_tai64n(p.now, pl + 1);
+	memset(pl + 1 + MM_CH_TAI64N_LEN, 0xee, 40);
+	raw_write(&hs, &p.a, pl, sizeof pl);
+	assert_int_equal(flow(&p.a, &p.b, 0, p.now), MM_CH_OK);
+	assert_int_equal(mm_ch_state(p.b.ch), MM_CH_ESTABLISHED);
+	assert_int_equal(p.peers.accepted, 1);
+	assert_int_equal(mm_noise_hs_read(&hs, p.b.out.d + 2, p.b.out.len - 2, got, sizeof got, &n), 0);
+	assert_int_equal(n, 1);
+	mm_noise_hs_wipe(&hs);
+	pair_free(&p);
+
+	/* message 1 one byte short of its timestamp: refused */
+	pair_init(&p, 0);
+	raw_init(&hs, &p, 1);
+	raw_write(&hs, &p.a, pl, MM_CH_TAI64N_LEN);
+	assert_true(flow(&p.a, &p.b, 0, p.now) < 0);
+	assert_int_equal(p.peers.accepted, 0);
+	mm_noise_hs_wipe(&hs);
+	pair_free(&p);
+
+	/* message 2 from a later responder: taken; with an empty payload: refused */
+	for (size_t len = 5; ; len = 0) {
+		pair_init(&p, 0);
+		raw_init(&hs, &p, 0);
+		assert_int_equal(mm_ch_start(p.a.ch), 0);
+		assert_int_equal(mm_noise_hs_read(&hs, p.a.out.d + 2, p.a.out.len - 2, got, sizeof got, &n), 0);
+		assert_int_equal(n, 1 + MM_CH_TAI64N_LEN);
+		p.a.out.len = 0;
+		raw_write(&hs, &p.b, pl, len);
+		if (len) {
+			assert_int_equal(flow(&p.b, &p.a, 0, p.now), MM_CH_OK);
+			assert_int_equal(mm_ch_state(p.a.ch), MM_CH_ESTABLISHED);
+		} else {
+			assert_true(flow(&p.b, &p.a, 0, p.now) < 0);
+			assert_int_not_equal(mm_ch_state(p.a.ch), MM_CH_ESTABLISHED);
+		}
+		mm_noise_hs_wipe(&hs);
+		pair_free(&p);
+		if (!len)
+			break;
+	}
+}
+
 static void test_replayed_hello(void **state)
 {
 	(void)state;
@@ -831,6 +920,7 @@ int main(void)
 		cmocka_unit_test(test_api_misuse),
 		cmocka_unit_test(test_unknown_key_refused),
 		cmocka_unit_test(test_psk_mismatch),
+		cmocka_unit_test(test_later_hello),
 		cmocka_unit_test(test_replayed_hello),
 		cmocka_unit_test(test_bitflip_hello),
 		cmocka_unit_test(test_bitflip_response),

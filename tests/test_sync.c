@@ -98,6 +98,7 @@ struct net {
 	uint64_t bytes_by_type[MM_MSG_TYPE_MAX + 1];
 	uint64_t msgs_by_type[MM_MSG_TYPE_MAX + 1];
 	uint64_t resets;
+	unsigned later_mask; /* bit i: node i talks like a later version (net_send) */
 };
 
 static struct body *body_find(struct node *nd, const char *user, const uint8_t *id)
@@ -209,6 +210,70 @@ static int b_have(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
 
 /* ---- network ------------------------------------------------------------------ */
 
+/* What a later version might append to a message: 4 msgpack objects of kinds this
+ * version never sends (a map holding an array, a float, an ext, a str8). */
+static const uint8_t later_fields[] = {
+	0x81, 0xa1, 'k', 0x93, 0x01, 0xff, 0xc0,
+	0xcb, 0x40, 0x09, 0x21, 0xfb, 0x54, 0x44, 0x2d, 0x18,
+	0xc7, 0x02, 0x05, 0xaa, 0xbb,
+	0xd9, 0x03, 'n', 'e', 'w',
+};
+#define LATER_N 4
+
+static void net_queue(struct net *net, struct link *l, enum mm_chan ch, const uint8_t *p, size_t len,
+                      const uint8_t *tail, size_t tail_len)
+{
+	struct msg *m = calloc(1, sizeof *m);
+	assert_non_null(m);
+	m->from = l->from;
+	m->to = l->to;
+	m->ch = ch;
+	m->epoch = net->epoch[l->from][l->to];
+	m->p = malloc(len + tail_len);
+	assert_non_null(m->p);
+	memcpy(m->p, p, len);
+	if (tail_len)
+		memcpy(m->p + len, tail, tail_len);
+	m->len = len + tail_len;
+	if (net->tail)
+		net->tail->next = m;
+	else
+		net->head = m;
+	net->tail = m;
+	net->queued++;
+}
+
+/* A node of net->later_mask sends each message with later_fields appended (its array
+ * rewritten as an array16 of LATER_N more elements) and then a message of a type this
+ * version does not know, as a later version could (docs/protocol.md, "Compatibility"). */
+static void net_queue_later(struct net *net, struct link *l, enum mm_chan ch, const uint8_t *p, size_t len)
+{
+	size_t n, hdr;
+	if ((p[0] & 0xf0) == 0x90) {
+		n = p[0] & 0x0f;
+		hdr = 1;
+	} else {
+		assert_int_equal(p[0], 0xdc);
+		n = (size_t)p[1] << 8 | p[2];
+		hdr = 3;
+	}
+	/* a DIGEST's short forms (6 or 8 elements) must first be padded to 10 */
+	static const uint8_t pad[4] = { 0, 0, 0, 0 };
+	size_t npad = mm_wire_peek_type(p, len) == MM_MSG_DIGEST ? 10 - n : 0;
+	size_t total = n + npad + LATER_N;
+	uint8_t *q = malloc(3 + len - hdr + npad + sizeof later_fields);
+	assert_non_null(q);
+	q[0] = 0xdc;
+	q[1] = (uint8_t)(total >> 8);
+	q[2] = (uint8_t)total;
+	memcpy(q + 3, p + hdr, len - hdr);
+	memcpy(q + 3 + len - hdr, pad, npad);
+	net_queue(net, l, ch, q, 3 + len - hdr + npad, later_fields, sizeof later_fields);
+	free(q);
+	const uint8_t unknown[] = { 0x90 | (2 + LATER_N), MM_WIRE_VERSION, 0xcc, 200 };
+	net_queue(net, l, ch, unknown, sizeof unknown, later_fields, sizeof later_fields);
+}
+
 static int net_send(void *arg, enum mm_chan ch, const uint8_t *p, size_t len)
 {
 	struct link *l = arg;
@@ -225,20 +290,10 @@ static int net_send(void *arg, enum mm_chan ch, const uint8_t *p, size_t len)
 	}
 	int copies = ch == MM_CHAN_DATAGRAM && rn(100) < net->dup_pct ? 2 : 1;
 	for (int c = 0; c < copies; c++) {
-		struct msg *m = calloc(1, sizeof *m);
-		m->from = l->from;
-		m->to = l->to;
-		m->ch = ch;
-		m->epoch = net->epoch[l->from][l->to];
-		m->p = malloc(len);
-		memcpy(m->p, p, len);
-		m->len = len;
-		if (net->tail)
-			net->tail->next = m;
+		if (net->later_mask >> l->from & 1)
+			net_queue_later(net, l, ch, p, len);
 		else
-			net->head = m;
-		net->tail = m;
-		net->queued++;
+			net_queue(net, l, ch, p, len, NULL, 0);
 	}
 	if (ch == MM_CHAN_STREAM && net->block_queue && net->queued > net->block_queue) {
 		l->blocked = true;
@@ -520,11 +575,14 @@ static void seed(void)
 
 /* ---- tests ------------------------------------------------------------------------- */
 
+static unsigned converge_later_mask; /* net.later_mask of the next converge_n */
+
 static void converge_n(int n, unsigned loss, unsigned dup, unsigned resets, unsigned block)
 {
 	struct net net;
 	seed();
 	net_init(&net, n, 0);
+	net.later_mask = converge_later_mask;
 	net.loss_pct = loss;
 	net.dup_pct = dup;
 	net.reset_permille = resets;
@@ -576,6 +634,12 @@ static void converge_n(int n, unsigned loss, unsigned dup, unsigned resets, unsi
 	assert_int_equal(bad, 0);
 	assert_true(done > 0);
 	assert_true(recs > 0);
+	/* every message of a later version's type was counted and ignored */
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < n; j++)
+			if (i != j)
+				assert_true((mm_sync_stats(net.nodes[i].sess[j])->unknown_in > 0) ==
+				            (bool)(net.later_mask >> j & 1));
 	printf("  %d nodes, loss %u%%, dup %u%%, resets %u/1000 (%llu), block %u: %zu records, "
 	       "converged in %d + %d intervals, %llu rounds\n", n, loss, dup, resets,
 	       (unsigned long long)net.resets, block, recs, rounds, rounds2, (unsigned long long)done);
@@ -592,6 +656,17 @@ static void test_three_nodes_faults(void **state)
 {
 	(void)state;
 	converge_n(3, 20, 20, 3, 0);
+}
+
+/* Node 0 talks like a later version: more fields in every message and messages of an
+ * unknown type.  The others ignore what they do not know and converge with it,
+ * under loss, duplicates and resets: a cluster can be upgraded one node at a time. */
+static void test_later_version_peer(void **state)
+{
+	(void)state;
+	converge_later_mask = 1;
+	converge_n(3, 10, 10, 3, 0);
+	converge_later_mask = 0;
 }
 
 static void test_three_nodes_backpressure(void **state)
@@ -1100,6 +1175,7 @@ int main(void)
 		cmocka_unit_test(test_two_nodes),
 		cmocka_unit_test(test_three_nodes_faults),
 		cmocka_unit_test(test_three_nodes_backpressure),
+		cmocka_unit_test(test_later_version_peer),
 		cmocka_unit_test(test_empty_join),
 		cmocka_unit_test(test_reconcile_cost),
 	};

@@ -1,6 +1,7 @@
 /*
- * test_wire.c — proto/wire: every message type round-trips; every truncation, many
- * corruptions and an unknown version are rejected cleanly.
+ * test_wire.c — proto/wire: every message type round-trips, also with fields a later
+ * version may append; every truncation, many corruptions and an unknown version are
+ * rejected cleanly.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -49,7 +50,7 @@ static size_t make_samples(struct sample *s)
 	struct mm_kwreg kws[2] = { { "$Junk", { 1, { 5 << 16, 7 } } }, { "work", { 0, { 6 << 16, 8 } } } };
 	for (size_t i = 0; i < 9; i++)
 		msgpack_sbuffer_init(&s[i].sb);
-	assert_int_equal(mm_wire_enc_digest(&s[n].sb, 77, true, root, 3, 5, 1234567, 0, 0), 0);
+	assert_int_equal(mm_wire_enc_digest(&s[n].sb, 77, true, root, 3, 5, 1234567, 88, 99), 0);
 	s[n++].type = MM_MSG_DIGEST;
 	assert_int_equal(mm_wire_enc_start(&s[n].sb, 1234567, nonce, summary, sizeof summary), 0);
 	s[n++].type = MM_MSG_START;
@@ -88,6 +89,83 @@ static void free_samples(struct sample *s, size_t n)
 		msgpack_sbuffer_destroy(&s[i].sb);
 }
 
+/* Asserts that m is sample sm decoded. */
+static void check_sample(const struct sample *sm, const struct mm_wire_msg *m_)
+{
+	struct mm_wire_msg m = *m_;
+	assert_int_equal(m.type, sm->type);
+	switch (m.type) {
+	case MM_MSG_DIGEST:
+		assert_int_equal(m.digest.seq, 77);
+		assert_true(m.digest.reply);
+		assert_memory_equal(m.digest.root, root, MM_HASH_LEN);
+		assert_int_equal(m.digest.n_users, 3);
+		assert_int_equal(m.digest.lead_id, 5);
+		assert_int_equal(m.digest.lead_beat, 1234567);
+		assert_int_equal(m.digest.gc_bound, 88);
+		assert_int_equal(m.digest.gc_members, 99);
+		assert_true(sm->sb.size < 200); /* the in-sync round costs < 200 bytes */
+		break;
+	case MM_MSG_START:
+		assert_int_equal(m.start.round, 1234567);
+		assert_memory_equal(m.start.nonce, nonce, MM_WIRE_NONCE_LEN);
+		assert_int_equal(m.start.summary_len, sizeof summary);
+		assert_memory_equal(m.start.summary, summary, sizeof summary);
+		break;
+	case MM_MSG_DESCENT:
+		assert_int_equal(m.descent.round, 99);
+		assert_true(m.descent.more);
+		assert_int_equal(m.descent.n, 3);
+		assert_false(m.descent.elems[0].is_bin);
+		assert_int_equal(m.descent.elems[0].bitmap, 0x8001);
+		assert_true(m.descent.elems[1].is_bin);
+		assert_int_equal(m.descent.elems[1].bin_len, sizeof summary);
+		assert_memory_equal(m.descent.elems[1].bin, summary, sizeof summary);
+		assert_int_equal(m.descent.elems[2].bitmap, 3);
+		break;
+	case MM_MSG_END:
+		assert_int_equal(m.end.round, 99);
+		assert_int_equal(m.end.reason, 0);
+		break;
+	case MM_MSG_ABORT:
+		assert_int_equal(m.end.round, 99);
+		assert_int_equal(m.end.reason, -ETIMEDOUT);
+		break;
+	case MM_MSG_RECORDS: {
+		struct mm_kwreg kws[2] = { { "$Junk", { 1, { 5 << 16, 7 } } }, { "work", { 0, { 6 << 16, 8 } } } };
+		struct mm_rec r1 = msg_rec(100, kws, 2);
+		assert_int_equal(m.records.flags, MM_RECORDS_PUSH);
+		assert_string_equal(m.records.user, "example.com/alice");
+		assert_int_equal(m.records.n, 2);
+		assert_true(mm_rec_equal(&m.records.recs[0].rec, &r1));
+		assert_int_equal(m.records.recs[0].body_len, 5);
+		assert_memory_equal(m.records.recs[0].body, body, 5);
+		assert_int_equal(m.records.recs[1].rec.type, MM_REC_FOLDER);
+		assert_string_equal(m.records.recs[1].rec.folder.name, "Archive");
+		assert_null(m.records.recs[1].body);
+		break;
+	}
+	case MM_MSG_GET_BODY:
+		assert_int_equal(m.get_body.req, 5);
+		assert_string_equal(m.get_body.user, "example.com/alice");
+		assert_memory_equal(m.get_body.id, root, MM_ID_LEN);
+		assert_int_equal(m.get_body.offset, 0);
+		assert_int_equal(m.get_body.size, 70000);
+		break;
+	case MM_MSG_BODY:
+		assert_int_equal(m.body.req, 5);
+		assert_int_equal(m.body.offset, 3);
+		assert_int_equal(m.body.total, 8);
+		assert_int_equal(m.body.len, 5);
+		assert_memory_equal(m.body.data, body, 5);
+		break;
+	case MM_MSG_BODY_ERR:
+		assert_int_equal(m.body_err.req, 5);
+		assert_int_equal(m.body_err.reason, -ENOENT);
+		break;
+	}
+}
+
 static void test_roundtrip(void **state)
 {
 	(void)state;
@@ -102,78 +180,25 @@ static void test_roundtrip(void **state)
 		assert_int_equal(m.type, s[i].type);
 		assert_int_equal(m.version, MM_WIRE_VERSION);
 		assert_int_equal(mm_wire_peek_type(p, s[i].sb.size), (int)s[i].type);
-		switch (m.type) {
-		case MM_MSG_DIGEST:
-			assert_int_equal(m.digest.seq, 77);
-			assert_true(m.digest.reply);
-			assert_memory_equal(m.digest.root, root, MM_HASH_LEN);
-			assert_int_equal(m.digest.n_users, 3);
-			assert_int_equal(m.digest.lead_id, 5);
-			assert_int_equal(m.digest.lead_beat, 1234567);
-			assert_true(s[i].sb.size < 200); /* the in-sync round costs < 200 bytes */
-			break;
-		case MM_MSG_START:
-			assert_int_equal(m.start.round, 1234567);
-			assert_memory_equal(m.start.nonce, nonce, MM_WIRE_NONCE_LEN);
-			assert_int_equal(m.start.summary_len, sizeof summary);
-			assert_memory_equal(m.start.summary, summary, sizeof summary);
-			break;
-		case MM_MSG_DESCENT:
-			assert_int_equal(m.descent.round, 99);
-			assert_true(m.descent.more);
-			assert_int_equal(m.descent.n, 3);
-			assert_false(m.descent.elems[0].is_bin);
-			assert_int_equal(m.descent.elems[0].bitmap, 0x8001);
-			assert_true(m.descent.elems[1].is_bin);
-			assert_int_equal(m.descent.elems[1].bin_len, sizeof summary);
-			assert_memory_equal(m.descent.elems[1].bin, summary, sizeof summary);
-			assert_int_equal(m.descent.elems[2].bitmap, 3);
-			break;
-		case MM_MSG_END:
-			assert_int_equal(m.end.round, 99);
-			assert_int_equal(m.end.reason, 0);
-			break;
-		case MM_MSG_ABORT:
-			assert_int_equal(m.end.round, 99);
-			assert_int_equal(m.end.reason, -ETIMEDOUT);
-			break;
-		case MM_MSG_RECORDS: {
-			struct mm_kwreg kws[2] = { { "$Junk", { 1, { 5 << 16, 7 } } }, { "work", { 0, { 6 << 16, 8 } } } };
-			struct mm_rec r1 = msg_rec(100, kws, 2);
-			assert_int_equal(m.records.flags, MM_RECORDS_PUSH);
-			assert_string_equal(m.records.user, "example.com/alice");
-			assert_int_equal(m.records.n, 2);
-			assert_true(mm_rec_equal(&m.records.recs[0].rec, &r1));
-			assert_int_equal(m.records.recs[0].body_len, 5);
-			assert_memory_equal(m.records.recs[0].body, body, 5);
-			assert_int_equal(m.records.recs[1].rec.type, MM_REC_FOLDER);
-			assert_string_equal(m.records.recs[1].rec.folder.name, "Archive");
-			assert_null(m.records.recs[1].body);
-			break;
-		}
-		case MM_MSG_GET_BODY:
-			assert_int_equal(m.get_body.req, 5);
-			assert_string_equal(m.get_body.user, "example.com/alice");
-			assert_memory_equal(m.get_body.id, root, MM_ID_LEN);
-			assert_int_equal(m.get_body.offset, 0);
-			assert_int_equal(m.get_body.size, 70000);
-			break;
-		case MM_MSG_BODY:
-			assert_int_equal(m.body.req, 5);
-			assert_int_equal(m.body.offset, 3);
-			assert_int_equal(m.body.total, 8);
-			assert_int_equal(m.body.len, 5);
-			assert_memory_equal(m.body.data, body, 5);
-			break;
-		case MM_MSG_BODY_ERR:
-			assert_int_equal(m.body_err.req, 5);
-			assert_int_equal(m.body_err.reason, -ENOENT);
-			break;
-		}
+		check_sample(&s[i], &m);
 		mm_arena_reset(&a);
 	}
 	free_samples(s, n);
 	mm_arena_free(&a);
+}
+
+/* Every proper prefix of msg (len bytes) is rejected, each decoded from a fresh heap
+ * copy of exactly its size so ASan sees any over-read. */
+static void truncations_fail(const uint8_t *msg, size_t len, struct mm_arena *a)
+{
+	for (size_t cut = 0; cut < len; cut++) {
+		uint8_t *p = malloc(cut ? cut : 1);
+		memcpy(p, msg, cut);
+		struct mm_wire_msg m;
+		assert_int_equal(mm_wire_decode(p, cut, &m, a), -EBADMSG);
+		free(p);
+		mm_arena_reset(a);
+	}
 }
 
 static void test_truncated_and_trailing(void **state)
@@ -185,15 +210,7 @@ static void test_truncated_and_trailing(void **state)
 	mm_arena_init(&a);
 	for (size_t i = 0; i < n; i++) {
 		size_t len = s[i].sb.size;
-		for (size_t cut = 0; cut < len; cut++) {
-			/* a fresh heap copy of exactly `cut` bytes: ASan sees any over-read */
-			uint8_t *p = malloc(cut ? cut : 1);
-			memcpy(p, s[i].sb.data, cut);
-			struct mm_wire_msg m;
-			assert_int_equal(mm_wire_decode(p, cut, &m, &a), -EBADMSG);
-			free(p);
-			mm_arena_reset(&a);
-		}
+		truncations_fail((const uint8_t *)s[i].sb.data, len, &a);
 		uint8_t *p = malloc(len + 1);
 		memcpy(p, s[i].sb.data, len);
 		p[len] = 0;
@@ -234,7 +251,8 @@ static void test_corrupted(void **state)
 				int rc = mm_wire_decode(p, len, &m, &a);
 				total++;
 				if (rc < 0) {
-					assert_true(rc == -EBADMSG || rc == -EPROTONOSUPPORT || rc == -ENOMEM);
+					assert_true(rc == -EBADMSG || rc == -EPROTONOSUPPORT || rc == -EOPNOTSUPP ||
+					            rc == -ENOMEM);
 					rejected++;
 				} else if (m.type == MM_MSG_BODY) {
 					assert_true(m.body.data >= p && m.body.data + m.body.len <= p + len);
@@ -249,6 +267,121 @@ static void test_corrupted(void **state)
 	}
 	/* most corruptions break the structure; some (a value byte) legitimately decode */
 	assert_true(rejected > total / 3);
+	free_samples(s, n);
+	mm_arena_free(&a);
+}
+
+/* Later versions append fields (docs/protocol.md, "Compatibility"): every message,
+ * and every RECORDS entry, decodes the same with well-formed objects of any msgpack
+ * kind after the fields this version knows, and is rejected if one of them is not
+ * well formed. */
+static const uint8_t extras[] = {
+	0x81, 0xa1, 'k', 0x93, 0x01, 0xff, 0xc0,                 /* {"k": [1, -1, nil]} */
+	0xca, 0x3f, 0x80, 0x00, 0x00,                            /* float32 */
+	0xcb, 0x40, 0x09, 0x21, 0xfb, 0x54, 0x44, 0x2d, 0x18,    /* float64 */
+	0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0,                         /* int64 */
+	0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,    /* uint64 */
+	0xd9, 0x03, 'a', 'b', 'c',                               /* str8 */
+	0xc5, 0x00, 0x02, 0x01, 0x02,                            /* bin16 */
+	0xc7, 0x02, 0x05, 0xaa, 0xbb,                            /* ext8 */
+	0xd6, 0x01, 1, 2, 3, 4,                                  /* fixext4 */
+	0xdc, 0x00, 0x02, 0xc2, 0xc3,                            /* array16 [false, true] */
+	0xdf, 0x00, 0x00, 0x00, 0x01, 0x01, 0x02,                /* map32 {1: 2} */
+	0xc9, 0x00, 0x00, 0x00, 0x01, 0x07, 0x00,                /* ext32 */
+	0xde, 0x00, 0x00,                                        /* map16 {} */
+	0xd8, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, /* fixext16 */
+};
+#define EXTRAS_N 14
+
+/* sm's message with the k objects of x (len bytes) appended to its array */
+static uint8_t *with_extras(const struct sample *sm, const uint8_t *x, size_t xlen, size_t k,
+                            size_t *len_r)
+{
+	const uint8_t *p = (const uint8_t *)sm->sb.data;
+	assert_int_equal(p[0] & 0xf0, 0x90);
+	size_t n = (p[0] & 0x0f) + k;
+	uint8_t *q = malloc(3 + sm->sb.size - 1 + xlen);
+	assert_non_null(q);
+	q[0] = 0xdc;
+	q[1] = (uint8_t)(n >> 8);
+	q[2] = (uint8_t)n;
+	memcpy(q + 3, p + 1, sm->sb.size - 1);
+	memcpy(q + 3 + sm->sb.size - 1, x, xlen);
+	*len_r = 3 + sm->sb.size - 1 + xlen;
+	return q;
+}
+
+static void test_later_fields(void **state)
+{
+	(void)state;
+	struct sample s[9];
+	size_t n = make_samples(s);
+	struct mm_arena a;
+	mm_arena_init(&a);
+	for (size_t i = 0; i < n; i++) {
+		struct mm_wire_msg m;
+		size_t len;
+		uint8_t *q = with_extras(&s[i], extras, sizeof extras, EXTRAS_N, &len);
+		assert_int_equal(mm_wire_decode(q, len, &m, &a), 0);
+		check_sample(&s[i], &m);
+		assert_int_equal(mm_wire_peek_type(q, len), (int)s[i].type);
+		truncations_fail(q, len, &a);
+		free(q);
+		/* one object more announced than there is */
+		q = with_extras(&s[i], extras, sizeof extras, EXTRAS_N + 1, &len);
+		assert_int_equal(mm_wire_decode(q, len, &m, &a), -EBADMSG);
+		free(q);
+		/* 0xc1, never used, and a str8 running past the end */
+		static const uint8_t bad1[] = { 0xc1 }, bad2[] = { 0xd9, 0x05, 'a' };
+		q = with_extras(&s[i], bad1, sizeof bad1, 1, &len);
+		assert_int_equal(mm_wire_decode(q, len, &m, &a), -EBADMSG);
+		free(q);
+		q = with_extras(&s[i], bad2, sizeof bad2, 1, &len);
+		assert_int_equal(mm_wire_decode(q, len, &m, &a), -EBADMSG);
+		free(q);
+		/* an array32 announcing 2^32-1 elements, and 30,000 nested arrays (skipped
+		 * without recursion) */
+		static const uint8_t huge[] = { 0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0 };
+		q = with_extras(&s[i], huge, sizeof huge, 1, &len);
+		assert_int_equal(mm_wire_decode(q, len, &m, &a), -EBADMSG);
+		free(q);
+		uint8_t *deep = malloc(30001);
+		memset(deep, 0x91, 30000);
+		deep[30000] = 0xc0;
+		q = with_extras(&s[i], deep, 30001, 1, &len);
+		assert_int_equal(mm_wire_decode(q, len, &m, &a), 0);
+		check_sample(&s[i], &m);
+		free(q);
+		free(deep);
+		mm_arena_reset(&a);
+	}
+
+	/* a RECORDS entry with more than [record, body] */
+	struct mm_rec r = msg_rec(100, NULL, 0);
+	msgpack_sbuffer one, three;
+	msgpack_sbuffer_init(&one);
+	msgpack_sbuffer_init(&three);
+	assert_int_equal(mm_wire_enc_records_begin(&one, 0, "bob", 1), 0);
+	assert_int_equal(mm_wire_enc_rec(&one, &r, body, 5), 0);
+	assert_int_equal(mm_wire_enc_records_begin(&three, 0, "bob", 1), 0);
+	size_t at = three.size;
+	assert_int_equal(mm_wire_enc_rec(&three, &r, body, 5), 0);
+	assert_int_equal((uint8_t)three.data[at], 0x92);
+	three.data[at] = (char)0x94;
+	msgpack_sbuffer_write(&three, (const char *)extras, 7 + 5); /* the map, the float32 */
+	struct mm_wire_msg m1, m3;
+	assert_int_equal(mm_wire_decode((const uint8_t *)one.data, one.size, &m1, &a), 0);
+	assert_int_equal(mm_wire_decode((const uint8_t *)three.data, three.size, &m3, &a), 0);
+	assert_int_equal(m3.records.n, 1);
+	assert_true(mm_rec_equal(&m1.records.recs[0].rec, &m3.records.recs[0].rec));
+	assert_int_equal(m3.records.recs[0].body_len, 5);
+	assert_memory_equal(m3.records.recs[0].body, body, 5);
+	three.data[at] = (char)0x95; /* one more than there is */
+	assert_int_equal(mm_wire_decode((const uint8_t *)three.data, three.size, &m3, &a), -EBADMSG);
+	three.data[at] = (char)0x91; /* fewer than two */
+	assert_int_equal(mm_wire_decode((const uint8_t *)three.data, three.size, &m3, &a), -EBADMSG);
+	msgpack_sbuffer_destroy(&one);
+	msgpack_sbuffer_destroy(&three);
 	free_samples(s, n);
 	mm_arena_free(&a);
 }
@@ -305,9 +438,21 @@ static void test_bad_fields(void **state)
 	/* a huge array count with nothing behind it */
 	const uint8_t huge[] = { 0x95, 0x01, 0x03, 0x01, 0xc2, 0xdd, 0xff, 0xff, 0xff, 0xff };
 	assert_int_equal(mm_wire_decode(huge, sizeof huge, &m, &a), -EBADMSG);
-	/* unknown type */
+	/* a later version's type: -EOPNOTSUPP when well formed; type 0 is malformed */
 	const uint8_t unk[] = { 0x93, 0x01, 0x0a, 0x00 };
-	assert_int_equal(mm_wire_decode(unk, sizeof unk, &m, &a), -EBADMSG);
+	assert_int_equal(mm_wire_decode(unk, sizeof unk, &m, &a), -EOPNOTSUPP);
+	assert_int_equal(mm_wire_peek_type(unk, sizeof unk), -EOPNOTSUPP);
+	const uint8_t unk_bad[] = { 0x93, 0x01, 0x0a, 0xc1 };
+	assert_int_equal(mm_wire_decode(unk_bad, sizeof unk_bad, &m, &a), -EBADMSG);
+	const uint8_t unk_short[] = { 0x93, 0x01, 0x0a };
+	assert_int_equal(mm_wire_decode(unk_short, sizeof unk_short, &m, &a), -EBADMSG);
+	const uint8_t unk_trail[] = { 0x93, 0x01, 0x0a, 0x00, 0x00 };
+	assert_int_equal(mm_wire_decode(unk_trail, sizeof unk_trail, &m, &a), -EBADMSG);
+	const uint8_t type0[] = { 0x93, 0x01, 0x00, 0x00 };
+	assert_int_equal(mm_wire_decode(type0, sizeof type0, &m, &a), -EBADMSG);
+	/* an END with one element too few */
+	const uint8_t end_short[] = { 0x92, 0x01, 0x04 };
+	assert_int_equal(mm_wire_decode(end_short, sizeof end_short, &m, &a), -EBADMSG);
 	/* a DIGEST on the wrong hash length */
 	const uint8_t dig[] = { 0x96, 0x01, 0x01, 0x01, 0xc3, 0xc4, 0x01, 0x00, 0x00 };
 	assert_int_equal(mm_wire_decode(dig, sizeof dig, &m, &a), -EBADMSG);
@@ -322,6 +467,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip),
 		cmocka_unit_test(test_truncated_and_trailing),
 		cmocka_unit_test(test_corrupted),
+		cmocka_unit_test(test_later_fields),
 		cmocka_unit_test(test_unknown_version),
 		cmocka_unit_test(test_bad_fields),
 	};
