@@ -306,6 +306,7 @@ static void render(struct ctl_client *c, bool json)
 			           "\"behind_records\":%llu,\"behind_bytes\":%llu,"
 			           "\"records_in\":%llu,\"records_out\":%llu,\"bodies_in\":%llu,\"bodies_out\":%llu,"
 			           "\"bytes_in\":%llu,\"bytes_out\":%llu,\"rounds\":%llu,\"connects\":%llu,"
+			           "\"protocol_errors\":%llu,\"later_messages\":%llu,"
 			           "\"gc_bound_ms_ago\":%lld,\"gc_same_peers\":%s}",
 			           p->conf->port, peer_state_name(p->state),
 			           p->state == MM_PEER_ESTABLISHED ? "true" : "false", in_sync ? "true" : "false",
@@ -315,7 +316,8 @@ static void render(struct ctl_client *c, bool json)
 			           (unsigned long long)st->records_in, (unsigned long long)st->records_out,
 			           (unsigned long long)st->bodies_in, (unsigned long long)st->bodies_out,
 			           (unsigned long long)st->bytes_in, (unsigned long long)st->bytes_out,
-			           (unsigned long long)st->rounds_done, (unsigned long long)p->connects, bound_ago,
+			           (unsigned long long)st->rounds_done, (unsigned long long)p->connects,
+			           (unsigned long long)st->proto_errors, (unsigned long long)st->unknown_in, bound_ago,
 			           bound && members == d->gc_members ? "true" : "false");
 		} else {
 			char agos[32] = "never";

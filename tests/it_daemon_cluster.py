@@ -104,6 +104,11 @@ def check_outcome(t, cl, delivered, expunged, label):
     t.check(dups == 0, "%s: no message is duplicated (%d)" % (label, dups))
     roots = cl.agreed_roots()
     t.check(len(set(roots)) == 1 and roots[0], "%s: identical roots %s" % (label, roots[0][:16] if roots[0] else None))
+    # nodes of one version never send what the other cannot take or does not know
+    odd = [(n.i, p["name"], p["protocol_errors"], p["later_messages"])
+           for n in cl.nodes for p in (n.status(quiet=True) or {}).get("peers", [])
+           if p["protocol_errors"] or p["later_messages"]]
+    t.check(not odd, "%s: no protocol error, no message of an unknown type (%s)" % (label, odd))
     return True
 
 
