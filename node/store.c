@@ -235,6 +235,7 @@ struct folder {
 	uint32_t db_uid_next;
 	bool db_uid_settled;
 	uint64_t dir_sig; /* new/ and cur/ (inode, mtime) when the index last matched them, 0 = unknown */
+	uint64_t root_id; /* INBOX: the user's Maildir's dir_identity() when last scanned (0 = unknown) */
 	struct mm_md_keywords kw;
 	uint32_t miss_n;  /* messages of this folder whose body is missing here */
 	uint32_t batch_n; /* place_list's scratch: bodies of this folder in the batch */
@@ -261,6 +262,13 @@ struct user {
 	bool owner_known;
 	bool subs_dirty; /* rewrite the subscriptions file at commit */
 	bool gone_logged;
+	/* Its Maildir was not there at the last look although this node had made or
+	 * found it (user_known): the disk unmounted, or the directory removed.  Nothing
+	 * of the user is scanned, written, renamed or removed until it is back
+	 * (user_present), and then what the index lists and the disk lacks is fetched
+	 * again, never expunged. */
+	bool absent;
+	uint64_t walk_gen; /* the last full scan's walk that found it */
 	/* Maildir++ quota: what this store's own placements and removals changed, not yet
 	 * appended to the user's maildirsize (quota_flush) */
 	int64_t quota_bytes, quota_count;
@@ -374,6 +382,7 @@ struct mm_store {
 	bool materializing;          /* fidx_take: an entry comes from the database */
 	size_t file_cache;           /* mm_store_set_file_cache */
 	bool trust_dirs;             /* first scan after open: skip folders whose dir_sig held */
+	uint64_t walk_gen;           /* full scans run (struct user.walk_gen) */
 	bool trim_due;               /* big scratch was freed: give the pages back (trim_heap) */
 	uint64_t max_skew_ms;
 };
@@ -775,6 +784,46 @@ static void user_owner(struct mm_store *s, struct user *u)
 	u->owner = (struct mm_md_owner){(uid_t)-1, (gid_t)-1, 0700, 0600};
 }
 
+/* Whether this node has had the user's Maildir: it made it, or a scan found it (its
+ * INBOX on disk, a state kept in the database).  Such a Maildir that is not there is
+ * absent, not new: see struct user.absent. */
+static bool user_known(struct mm_store *s, struct user *u)
+{
+	struct folder *inbox = folder_get(s, u, "INBOX", false);
+	return inbox && inbox->on_disk;
+}
+
+/* Notes that a known user's Maildir is not there (logged once, until it is back). */
+static void user_absent(struct mm_store *s, struct user *u)
+{
+	if (u->absent)
+		return;
+	u->absent = true;
+	logmsg(s, MM_STORE_LOG_WARNING,
+	       "Maildir %s of %s is gone: nothing of %s is expunged, here or on the peers, and this "
+	       "node writes nothing for it until the Maildir is back.  If its disk is unmounted, mount "
+	       "it again.  To fetch this user's mail from the peers, make an empty Maildir there "
+	       "(mkdir -p %s/cur %s/new %s/tmp, owned by the mail user) or let Dovecot make one (a "
+	       "login or a delivery)", u->path, u->name, u->name, u->path, u->path, u->path);
+}
+
+/* Identity of a directory: its inode number and birth time (statx), so a Maildir
+ * removed and made again is told apart from the one the index describes, even when
+ * the new directory reuses the inode number.  The inode alone where the filesystem
+ * keeps no birth time; 0 when it cannot be read. */
+static uint64_t dir_identity(const char *path)
+{
+	struct statx sx;
+	if (statx(AT_FDCWD, path, 0, STATX_INO | STATX_BTIME, &sx) < 0 || !(sx.stx_mask & STATX_INO))
+		return 0;
+	uint64_t id = sx.stx_ino;
+	if (sx.stx_mask & STATX_BTIME) {
+		uint64_t b = (uint64_t)sx.stx_btime.tv_sec * 1000000000u + sx.stx_btime.tv_nsec;
+		id ^= b * 0x9e3779b97f4a7c15ull;
+	}
+	return id ? id : 1;
+}
+
 /* Makes sure the folder directory exists (and the user's Maildir). */
 static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct mm_rec *frec);
 
@@ -785,6 +834,14 @@ static int folder_ensure(struct mm_store *s, struct folder *fo, const struct mm_
 {
 	struct user *u = fo->u;
 	bool new_user = !mm_md_is_maildir(u->path);
+	if (new_user && user_known(s, u)) {
+		/* gone, not new: making it again could fill a bare mount point, and the scan
+		 * of it would then take every message for expunged */
+		user_absent(s, u);
+		return -ENOENT;
+	}
+	if (u->absent)
+		return -ENOENT; /* back, but not scanned yet (user_present) */
 	user_owner(s, u);
 	int r;
 	struct mm_md_uidlist ul = {0};
@@ -802,8 +859,9 @@ static int folder_ensure(struct mm_store *s, struct folder *fo, const struct mm_
 	}
 	if (new_user) {
 		struct folder *inbox = folder_get(s, u, "INBOX", true);
-		if (inbox && !inbox->on_disk) {
+		if (inbox) {
 			inbox->on_disk = true;
+			inbox->root_id = dir_identity(u->path); /* (user_present) */
 			mark_folder(s, inbox);
 		}
 		logmsg(s, MM_STORE_LOG_INFO, "created Maildir %s for %s", u->path, u->name);
@@ -1445,6 +1503,10 @@ static void sync_file_flags_at(struct mm_store *s, struct fent *fe, const struct
 			return;
 		}
 	}
+	if (rr == -ENOENT && user_known(s, fe->fo->u) && !mm_md_is_maildir(fe->fo->u->path)) {
+		user_absent(s, fe->fo->u); /* renamed when it is back (user_reconcile) */
+		return;
+	}
 	char p[PATHBUF];
 	fent_path(s, fe, p, sizeof p);
 	logmsg(s, MM_STORE_LOG_WARNING, "cannot rename %s for new flags: %s", p, strerror(-rr));
@@ -1527,6 +1589,91 @@ static void spares_recover(const struct user *u)
 	closedir(d);
 }
 
+/* ---- a user's Maildir gone and back ----------------------------------------------------- */
+
+/* The user's Maildir is back after an absence, or is another directory than the one
+ * the index describes (removed and made again while the daemon was stopped): brings
+ * the index in line with the disk without a single expunge.  A file the index lists
+ * and the disk lacks is not held here any more: its message is missing, and fetched
+ * again from the peers.  A file still there whose message was expunged meanwhile is
+ * removed now (the expunge could not be done while it was away); one whose flags
+ * changed elsewhere meanwhile is renamed now.  Scans that follow find nothing gone. */
+static void user_reconcile(struct mm_store *s, struct user *u, struct mm_user *mu)
+{
+	size_t gone = 0, removed = 0;
+	for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+		if (folder_files(s, fo) < 0)
+			continue; /* (out of memory: the entries stay as they are) */
+		for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
+			nx = fe->fnext;
+			char p[PATHBUF];
+			struct stat st;
+			bool here = fent_path(s, fe, p, sizeof p) == 0 &&
+			            (lstat(p, &st) == 0 || fent_relocate(s, fe) == 0);
+			const struct mm_rec *rec = mm_user_get(mu, fe->key);
+			bool live = rec && rec->type == MM_REC_MESSAGE;
+			if (here && live) {
+				sync_file_flags(s, fe, rec);
+				continue;
+			}
+			if (here) {
+				int64_t fsz = fent_path(s, fe, p, sizeof p) == 0 ? quota_file_size(p) : -1;
+				if (expunged_file_remove(s, fe, NULL) == 0) {
+					removed++;
+					if (fsz >= 0)
+						quota_note(s, u, -fsz, -1);
+				}
+			} else {
+				gone++;
+			}
+			uint8_t key[MM_KEY_LEN];
+			memcpy(key, fe->key, MM_KEY_LEN);
+			folder_note_gone(s, fo, fe->base);
+			fent_remove(s, fe);
+			if (live)
+				set_missing(s, u->name, key, rec->msg.body, rec->msg.folder, true);
+		}
+		if (!mm_md_is_maildir(fo->dir) && strcmp(fo->name, "INBOX") && fo->on_disk) {
+			fo->on_disk = false; /* made again when a body of it is placed */
+			mark_folder(s, fo);
+		}
+		fo->uid_check = s->imap_uids;
+	}
+	logmsg(s, MM_STORE_LOG_INFO,
+	       "Maildir %s of %s is back: %zu messages it lacks are fetched again from the peers, "
+	       "%zu files of messages expunged meanwhile removed", u->path, u->name, gone, removed);
+}
+
+/* Whether the user's Maildir is there for a scan to act on.  A known user's Maildir
+ * that is not there makes the user absent (nothing done: an unmounted disk or an
+ * rm -rf must not expunge everything, here and on every peer).  One that is back, or
+ * is another directory than the index's, is reconciled first (user_reconcile). */
+static bool user_present(struct mm_store *s, struct user *u, struct mm_user *mu)
+{
+	struct folder *inbox = folder_get(s, u, "INBOX", false);
+	bool known = inbox && inbox->on_disk;
+	if (!mm_md_is_maildir(u->path)) {
+		if (known)
+			user_absent(s, u);
+		return false;
+	}
+	uint64_t id = dir_identity(u->path);
+	bool anew = known && inbox->root_id && id && id != inbox->root_id;
+	if (u->absent || anew) {
+		if (anew)
+			logmsg(s, MM_STORE_LOG_WARNING, "Maildir %s of %s is not the directory this node "
+			       "indexed (removed and made again?): what it lacks is fetched again, not expunged",
+			       u->path, u->name);
+		user_reconcile(s, u, mu);
+		u->absent = false;
+	}
+	if (inbox && id && inbox->root_id != id) {
+		inbox->root_id = id;
+		mark_folder(s, inbox);
+	}
+	return true;
+}
+
 /* ---- effects --------------------------------------------------------------------------- */
 
 /* Effects of our own local changes: only bookkeeping (the disk already shows them). */
@@ -1589,6 +1736,13 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 			if (r == -ENOENT && fent_relocate(s, fe) == 0) {
 				fsz = fent_path(s, fe, fp, sizeof fp) == 0 ? quota_file_size(fp) : -1;
 				r = expunged_file_remove(s, fe, spare ? keep : NULL);
+			}
+			if (r == -ENOENT && user_known(s, u) && !mm_md_is_maildir(u->path)) {
+				/* not gone, away: the entry stays, and the file is removed when the
+				 * Maildir is back (user_reconcile); dropped now, the file would be a
+				 * new delivery then and bring the message back everywhere */
+				user_absent(s, u);
+				return;
 			}
 			if ((r == 0 || r == 1) && fsz >= 0)
 				quota_note(s, u, -fsz, -1); /* (a spare in tmp/ is out of the quota too) */
@@ -2646,6 +2800,9 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	if (!fo->on_disk || mm_md_is_maildir(fo->dir) || !strcmp(name, "INBOX"))
 		return 0;
+	struct stat st;
+	if (stat(fo->dir, &st) < 0 && errno != ENOENT && errno != ENOTDIR)
+		return 0; /* cannot be looked at (permissions, I/O): not gone */
 	/* the folder's directory is gone: a local delete */
 	if (folder_files(s, fo) < 0)
 		return 0; /* the next scan tries again */
@@ -2737,6 +2894,8 @@ static int scan_user(struct mm_store *s, struct user *u)
 	struct mm_user *mu = mm_state_user(s->state, u->name, true);
 	if (!mu)
 		return -ENOMEM;
+	if (!user_present(s, u, mu))
+		return 0;
 	if (!u->owner_known && mm_md_owner_of(u->path, &u->owner) == 0)
 		u->owner_known = true;
 	struct namelist disk = {0};
@@ -2763,6 +2922,9 @@ static int scan_user(struct mm_store *s, struct user *u)
 	namelist_free(&disk);
 	if (r >= 0)
 		scan_subscriptions(s, u, mu);
+	struct folder *inbox = folder_get(s, u, "INBOX", false);
+	if (inbox && inbox->on_disk && !inbox->root_id && (inbox->root_id = dir_identity(u->path)))
+		mark_folder(s, inbox); /* a user new here: what user_present compares with */
 	return r < 0 ? r : 0;
 }
 
@@ -2773,6 +2935,7 @@ static int walk_user_cb(void *arg, const char *name, const char *path)
 	struct user *u = user_get(s, name, true);
 	if (!u)
 		return 0;
+	u->walk_gen = s->walk_gen;
 	int r = scan_user(s, u);
 	return r == -ENOMEM ? r : 0;
 }
@@ -2791,7 +2954,12 @@ int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out)
 	s->now_ms = now_ms;
 	s->out = out;
 	s->changes = 0;
+	s->walk_gen++;
 	int r = mm_mailloc_walk(s->loc, walk_user_cb, NULL, walk_odd_cb, s);
+	/* known users the walk did not find: gone (an unmounted disk shows none) */
+	for (struct user *u = s->users; r >= 0 && u; u = u->next)
+		if (u->walk_gen != s->walk_gen && !u->absent && user_known(s, u) && !mm_md_is_maildir(u->path))
+			user_absent(s, u);
 	s->trust_dirs = false; /* only the first scan after open */
 	if (r >= 0)
 		uid_pass(s);
@@ -2815,6 +2983,10 @@ int mm_store_scan_folder(struct mm_store *s, const char *user, const char *folde
 	s->now_ms = now_ms;
 	s->out = out;
 	s->changes = 0;
+	if (!user_present(s, u, mu)) { /* a folder scan must not act on an absent user */
+		s->out = NULL;
+		return 0;
+	}
 	int r = scan_one_folder(s, u, mu, folder, mm_md_is_maildir(dir));
 	if (r >= 0)
 		uid_pass(s);
@@ -4559,8 +4731,8 @@ static void uid_pass(struct mm_store *s)
 		bool any = false;
 		for (struct folder *fo = u->folders; fo; fo = fo->unext)
 			any |= fo->uid_check;
-		if (!any)
-			continue;
+		if (!any || u->absent)
+			continue; /* (an absent user's checks wait for its return) */
 		struct mm_user *mu = mm_state_user(s->state, u->name, false);
 		if (!mu)
 			continue;
@@ -5239,6 +5411,7 @@ static int put_folder(struct mm_store *s, const void *lk, size_t lkl, struct wbu
 	fo->db_uid_settled = fo->uid_settled;
 	wb_u64(wb, fo->db_uid_sig);
 	wb_u64(wb, (uint64_t)fo->db_uid_next | (uint64_t)fo->db_uid_settled << 32);
+	wb_u64(wb, fo->root_id); /* third optional trailer (user_present) */
 	if (wb->oom)
 		return -ENOMEM;
 	return mm_statedb_put(s->db, MM_DB_FOLDERS, k, sizeof k, wb->p, wb->n);
@@ -5538,6 +5711,9 @@ static int load_folder_cb(void *arg, const void *k, size_t kl, const void *v, si
 	uint64_t usig = b.p < b.end ? rb_u64(&b) : 0, unext = b.p < b.end ? rb_u64(&b) : 0;
 	if (b.bad)
 		usig = unext = 0;
+	fo->root_id = b.p < b.end ? rb_u64(&b) : 0;
+	if (b.bad)
+		fo->root_id = 0;
 	fo->uid_sig = fo->db_uid_sig = usig;
 	fo->uid_next = fo->db_uid_next = (uint32_t)unext;
 	fo->uid_settled = fo->db_uid_settled = usig && (unext >> 32 & 1);

@@ -21,7 +21,10 @@
  * Safety: the store never deletes or alters a user file except to mirror a CRDT
  * change (flag rename, expunge unlink, removal of an empty folder).  A user whose
  * whole Maildir disappears is left alone (logged): an unmounted disk must not
- * expunge everything.  Unreadable or odd files are logged once and skipped.
+ * expunge everything; no scan acts on it, no merged change touches it, its Maildir is
+ * not made again, and once it is back what it lacks is fetched again, not expunged
+ * (docs/maildir.md, "A user's Maildir gone").  Unreadable or odd files are logged
+ * once and skipped.
  */
 #ifndef MM_STORE_H
 #define MM_STORE_H

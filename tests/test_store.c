@@ -766,6 +766,187 @@ static void test_flags_changed_while_down(void **state)
 	node_close(&b);
 }
 
+/* ---- a user's Maildir gone and back (store.c user_present) ----------------------- */
+
+static int tomb_cb(void *arg, const struct mm_rec *r)
+{
+	if (r->type == MM_REC_EXPUNGED)
+		(*(int *)arg)++;
+	return 0;
+}
+
+/* Expunge tombstones of alice in n's state. */
+static int tombstones(struct node *n)
+{
+	int c = 0;
+	struct mm_user *u = mm_state_user(n->st, "ex.org/alice", false);
+	if (u)
+		mm_user_foreach(u, NULL, 0, tomb_cb, &c);
+	return c;
+}
+
+static void alice_dir(const struct node *n, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/ex.org/alice", n->root);
+}
+
+/* a holds 2 messages in INBOX and 1 in Archive; b has them all from a. */
+static struct mm_delta *alice_on_two(struct node *a, struct node *b)
+{
+	node_open(a, "a", 1);
+	node_open(b, "b", 2);
+	deliver(a, "INBOX", "1700000000.M1P1.a", "Subject: one\r\n\r\n1\r\n", 1700000000);
+	deliver(a, "INBOX", "1700000001.M1P1.a", "Subject: two\r\n\r\n2\r\n", 1700000001);
+	deliver(a, "Archive", "1700000002.M1P1.a", "Subject: old\r\n\r\n3\r\n", 1700000002);
+	struct mm_delta *d = mm_delta_new();
+	assert_true(scan(a, d) > 0);
+	sync_to(a, b, d);
+	assert_same_listing(a, b);
+	mm_delta_clear(d);
+	return d;
+}
+
+/* Stops b and removes alice's Maildir (its path in dir). */
+static void remove_alice_while_down(struct node *b, char *dir, size_t len)
+{
+	char cmd[1000];
+	alice_dir(b, dir, len);
+	node_close(b);
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* Everything a holds to b, b's changes (db) to a: then both show the same mail. */
+static void exchange_all(struct node *a, struct node *b, struct mm_delta *db)
+{
+	struct mm_delta *all = full_delta(a);
+	sync_to(a, b, all);
+	mm_delta_free(&all);
+	sync_to(b, a, db);
+	assert_same_listing(a, b);
+}
+
+/* What a delivery by Dovecot does to a user without a Maildir: makes one. */
+static void dovecot_makes_alice(struct node *n, const char *base, const char *body)
+{
+	deliver(n, "INBOX", base, body, 1700000100);
+}
+
+/* rm -rf of a user's Maildir while the daemon is stopped: nothing of the user is
+ * expunged, on this node or (through its deltas) on any other, and nothing is made
+ * for it until the Maildir is back; then everything is fetched again.  Before
+ * user_present, the first delivery made the Maildir again and the scan after it took
+ * all the old mail for expunged, on every node. */
+static void test_user_gone_while_down(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char dir[400];
+	remove_alice_while_down(&b, dir, sizeof dir);
+	node_open(&b, "b", 2);
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&b, db), 0);
+	/* a peer's new message: merged, but the Maildir is not made again */
+	deliver(&a, "INBOX", "1700000003.M1P1.a", "Subject: new\r\n\r\n4\r\n", 1700000003);
+	assert_true(scan(&a, d) > 0);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	struct stat st;
+	assert_int_equal(stat(dir, &st), -1);
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "INBOX", b.now, db), 0);
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "Archive", b.now, db), 0);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	assert_int_equal(tombstones(&b), 0);
+	/* Dovecot makes the Maildir again with a delivery: the old mail comes back */
+	dovecot_makes_alice(&b, "1700000100.M1P1.b", "Subject: here\r\n\r\n5\r\n");
+	assert_int_equal(scan(&b, db), 1);
+	assert_int_equal(tombstones(&b), 0);
+	sync_to(&a, &b, d);
+	exchange_all(&a, &b, db);
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 4);
+	assert_int_equal(count_files(&b, "Archive", "new") + count_files(&b, "Archive", "cur"), 1);
+	assert_int_equal(tombstones(&a), 0);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* rm -rf and a new Maildir (Dovecot's, on a delivery) both while the daemon is
+ * stopped: at start the Maildir is another directory than the indexed one, so what
+ * it lacks is fetched again rather than expunged (a user who deleted every message
+ * over IMAP while the daemon was down keeps the same directory: expunged, as ever). */
+static void test_user_made_again_while_down(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char dir[400], cmd[1000];
+	remove_alice_while_down(&b, dir, sizeof dir);
+	dovecot_makes_alice(&b, "1700000100.M1P1.b", "Subject: here\r\n\r\n5\r\n");
+	node_open(&b, "b", 2);
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&b, db), 1); /* the new delivery, and no expunge */
+	assert_int_equal(tombstones(&b), 0);
+	exchange_all(&a, &b, db);
+	assert_int_equal(tombstones(&a), 0);
+	/* the same directory emptied while down: expunges */
+	node_close(&b);
+	snprintf(cmd, sizeof cmd, "rm -f '%s'/.Archive/cur/* '%s'/.Archive/new/*", dir, dir);
+	assert_int_equal(system(cmd), 0);
+	node_open(&b, "b", 2);
+	mm_delta_clear(db);
+	assert_int_equal(scan(&b, db), 1);
+	assert_int_equal(tombstones(&b), 1);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The mail root unmounted under a running node (an empty mount point left): folder
+ * scans and full scans expunge nothing, merged changes make nothing under the mount
+ * point, and when it is mounted again the changes made elsewhere meanwhile are
+ * mirrored: an expunged message's file removed (not taken for a new delivery), new
+ * flags written, a new message fetched. */
+static void test_user_away_and_back(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char away[400], cmd[1500];
+	snprintf(away, sizeof away, "%s.away", b.root);
+	snprintf(cmd, sizeof cmd, "mv '%s' '%s' && mkdir '%s'", b.root, away, b.root);
+	assert_int_equal(system(cmd), 0);
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "Archive", b.now, db), 0);
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "INBOX", b.now, db), 0);
+	/* meanwhile on a: one expunge, one flag change, one delivery */
+	assert_int_equal(unlink(find(&a, "INBOX", "1700000000.M1P1.a")), 0);
+	rename_to(find(&a, "Archive", "1700000002.M1P1.a"), "S");
+	deliver(&a, "INBOX", "1700000003.M1P1.a", "Subject: new\r\n\r\n4\r\n", 1700000003);
+	assert_true(scan(&a, d) >= 3);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	snprintf(cmd, sizeof cmd, "rmdir '%s'", b.root); /* nothing was made there */
+	assert_int_equal(system(cmd), 0);
+	snprintf(cmd, sizeof cmd, "mv '%s' '%s'", away, b.root);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(scan(&b, db), 0);
+	sync_to(&a, &b, d);
+	assert_same_listing(&a, &b);
+	assert_int_equal(tombstones(&b), 1);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* Receives `msg` on n by its id and stages it. */
 static void stage_bytes(struct node *n, const char *msg)
 {
@@ -3058,6 +3239,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_adopt_seeded_copy_uids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_adopt_dsync_replica, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flags_changed_while_down, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_gone_while_down, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_made_again_while_down, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_away_and_back, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_flag_kept_over_two_remote, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
