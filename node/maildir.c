@@ -1064,7 +1064,13 @@ int mm_md_folder_list(const char *maildir, int (*cb)(void *arg, const char *fold
 	char p[PATHBUF];
 	while (!r && (e = readdir(d))) {
 		const char *n = e->d_name;
-		if (n[0] != '.' || !n[1] || !strcmp(n, ".."))
+		if (n[0] != '.' || !n[1] || n[1] == '.')
+			continue;
+		/* Dovecot renames a folder it deletes to ..DOVECOT-TRASHED (.DOVECOT-TRASHED
+		 * before 2.0) and then empties it; a scan meanwhile would take its messages
+		 * for new mail in a new folder, on every node.  Dovecot does not list it
+		 * either; no Maildir++ name starts with the separator. */
+		if (!strcmp(n + 1, "DOVECOT-TRASHED"))
 			continue;
 		if (e->d_type != DT_DIR && e->d_type != DT_UNKNOWN)
 			continue;

@@ -483,7 +483,7 @@ static void test_unlink_keep(void **state)
 static void test_folders(void **state)
 {
 	(void)state;
-	char md[512], p[600];
+	char md[512], p[600], sub_gone[600];
 	snprintf(md, sizeof md, "%s/dom/user", tmpdir);
 	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0750, 0640};
 	assert_int_equal(mm_md_folder_create(md, "Archive.2024", &o), 0);
@@ -501,6 +501,15 @@ static void test_folders(void **state)
 	/* a dot-directory that is not a Maildir is not a folder */
 	snprintf(p, sizeof p, "%s/.notes", md);
 	assert_int_equal(mkdir(p, 0700), 0);
+	/* nor a folder Dovecot is deleting (renamed to ..DOVECOT-TRASHED, or
+	 * .DOVECOT-TRASHED before Dovecot 2.0), whole as it is */
+	assert_int_equal(mm_md_folder_create(md, "DOVECOT-TRASHED", &o), 0);
+	char trashed[600];
+	snprintf(trashed, sizeof trashed, "%s/..DOVECOT-TRASHED", md);
+	assert_int_equal(mm_md_folder_create(md, "Gone", &o), 0);
+	snprintf(sub_gone, sizeof sub_gone, "%s/.Gone", md);
+	assert_int_equal(rename(sub_gone, trashed), 0);
+	snprintf(p, sizeof p, "%s/.notes", md);
 	struct names nm = {0};
 	assert_int_equal(mm_md_folder_list(md, name_cb, &nm), 0);
 	assert_int_equal(nm.n, 3);
