@@ -789,8 +789,11 @@ static void user_owner(struct mm_store *s, struct user *u)
  * absent, not new: see struct user.absent. */
 static bool user_known(struct mm_store *s, struct user *u)
 {
-	struct folder *inbox = folder_get(s, u, "INBOX", false);
-	return inbox && inbox->on_disk;
+	(void)s;
+	for (struct folder *fo = u->folders; fo; fo = fo->unext)
+		if (fo->on_disk)
+			return true;
+	return false;
 }
 
 /* Notes that a known user's Maildir is not there (logged once, until it is back). */
@@ -1587,91 +1590,6 @@ static void spares_recover(const struct user *u)
 			unlink(p);
 	}
 	closedir(d);
-}
-
-/* ---- a user's Maildir gone and back ----------------------------------------------------- */
-
-/* The user's Maildir is back after an absence, or is another directory than the one
- * the index describes (removed and made again while the daemon was stopped): brings
- * the index in line with the disk without a single expunge.  A file the index lists
- * and the disk lacks is not held here any more: its message is missing, and fetched
- * again from the peers.  A file still there whose message was expunged meanwhile is
- * removed now (the expunge could not be done while it was away); one whose flags
- * changed elsewhere meanwhile is renamed now.  Scans that follow find nothing gone. */
-static void user_reconcile(struct mm_store *s, struct user *u, struct mm_user *mu)
-{
-	size_t gone = 0, removed = 0;
-	for (struct folder *fo = u->folders; fo; fo = fo->unext) {
-		if (folder_files(s, fo) < 0)
-			continue; /* (out of memory: the entries stay as they are) */
-		for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
-			nx = fe->fnext;
-			char p[PATHBUF];
-			struct stat st;
-			bool here = fent_path(s, fe, p, sizeof p) == 0 &&
-			            (lstat(p, &st) == 0 || fent_relocate(s, fe) == 0);
-			const struct mm_rec *rec = mm_user_get(mu, fe->key);
-			bool live = rec && rec->type == MM_REC_MESSAGE;
-			if (here && live) {
-				sync_file_flags(s, fe, rec);
-				continue;
-			}
-			if (here) {
-				int64_t fsz = fent_path(s, fe, p, sizeof p) == 0 ? quota_file_size(p) : -1;
-				if (expunged_file_remove(s, fe, NULL) == 0) {
-					removed++;
-					if (fsz >= 0)
-						quota_note(s, u, -fsz, -1);
-				}
-			} else {
-				gone++;
-			}
-			uint8_t key[MM_KEY_LEN];
-			memcpy(key, fe->key, MM_KEY_LEN);
-			folder_note_gone(s, fo, fe->base);
-			fent_remove(s, fe);
-			if (live)
-				set_missing(s, u->name, key, rec->msg.body, rec->msg.folder, true);
-		}
-		if (!mm_md_is_maildir(fo->dir) && strcmp(fo->name, "INBOX") && fo->on_disk) {
-			fo->on_disk = false; /* made again when a body of it is placed */
-			mark_folder(s, fo);
-		}
-		fo->uid_check = s->imap_uids;
-	}
-	logmsg(s, MM_STORE_LOG_INFO,
-	       "Maildir %s of %s is back: %zu messages it lacks are fetched again from the peers, "
-	       "%zu files of messages expunged meanwhile removed", u->path, u->name, gone, removed);
-}
-
-/* Whether the user's Maildir is there for a scan to act on.  A known user's Maildir
- * that is not there makes the user absent (nothing done: an unmounted disk or an
- * rm -rf must not expunge everything, here and on every peer).  One that is back, or
- * is another directory than the index's, is reconciled first (user_reconcile). */
-static bool user_present(struct mm_store *s, struct user *u, struct mm_user *mu)
-{
-	struct folder *inbox = folder_get(s, u, "INBOX", false);
-	bool known = inbox && inbox->on_disk;
-	if (!mm_md_is_maildir(u->path)) {
-		if (known)
-			user_absent(s, u);
-		return false;
-	}
-	uint64_t id = dir_identity(u->path);
-	bool anew = known && inbox->root_id && id && id != inbox->root_id;
-	if (u->absent || anew) {
-		if (anew)
-			logmsg(s, MM_STORE_LOG_WARNING, "Maildir %s of %s is not the directory this node "
-			       "indexed (removed and made again?): what it lacks is fetched again, not expunged",
-			       u->path, u->name);
-		user_reconcile(s, u, mu);
-		u->absent = false;
-	}
-	if (inbox && id && inbox->root_id != id) {
-		inbox->root_id = id;
-		mark_folder(s, inbox);
-	}
-	return true;
 }
 
 /* ---- effects --------------------------------------------------------------------------- */
@@ -2723,6 +2641,142 @@ static int folder_half(const struct folder *fo)
 }
 
 /* One folder of a user: creation, removal, files.  `listed` = the directory exists. */
+/* ---- a user's Maildir gone and back ----------------------------------------------------- */
+
+/* The user's Maildir is back after an absence, or is another directory than the one
+ * the index describes (removed and made again while the daemon was stopped): brings
+ * the index and the disk in line with the CRDT without a single expunge or local
+ * change.  Each folder's directory is read once:
+ * - a file the index lists and the disk lacks is not held here any more: its message
+ *   is missing, and fetched again from the peers (or copied from a file here);
+ * - a file found under another name (other flags: a restored copy) is indexed under
+ *   it, and then renamed to the record's flags, as is one whose flags changed
+ *   elsewhere meanwhile;
+ * - a file whose message was expunged elsewhere meanwhile is removed;
+ * - folders visible in the CRDT are made again where missing (empty ones too), and
+ *   ones deleted elsewhere meanwhile are removed at the commit.
+ * Scans that follow find nothing gone. */
+static void user_reconcile(struct mm_store *s, struct user *u, struct mm_user *mu)
+{
+	size_t gone = 0, removed = 0;
+	for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+		if (folder_files(s, fo) < 0)
+			continue; /* (out of memory: the entries stay as they are) */
+		struct dlist l = {0};
+		int r = read_folder(fo->dir, &l);
+		if (r < 0 && r != -ENOENT) {
+			dlist_free(&l); /* cannot be read: nothing may be concluded */
+			continue;
+		}
+		for (struct fent *fe = fo->files; fe; fe = fe->fnext)
+			fe->seen = false;
+		for (size_t i = 0; i < l.n; i++) {
+			struct mm_md_name n;
+			char base[MM_MD_NAME_MAX + 1], nb[MM_MD_NAME_MAX + 1];
+			struct fent *fe = mm_md_name_parse(l.v[i].name, &n) == 0 ? fent_by_name(s, fo, &n, base) : NULL;
+			if (!fe)
+				continue; /* not indexed: the scan's business (a delivery) */
+			fe->seen = true;
+			if (!strcmp(fent_name(s, fe, nb), l.v[i].name) && fe->in_cur == l.v[i].in_cur)
+				continue;
+			if (fent_set_name(s, fe, l.v[i].name) < 0)
+				continue;
+			fe->in_cur = l.v[i].in_cur;
+			fe->letters = n.letters; /* what the disk shows, not a change made here */
+			mark_file(s, fo, base);
+		}
+		dlist_free(&l);
+		for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
+			nx = fe->fnext;
+			const struct mm_rec *rec = mm_user_get(mu, fe->key);
+			bool live = rec && rec->type == MM_REC_MESSAGE;
+			if (fe->seen && live) {
+				sync_file_flags(s, fe, rec);
+				continue;
+			}
+			if (fe->seen) {
+				char p[PATHBUF];
+				int64_t fsz = fent_path(s, fe, p, sizeof p) == 0 ? quota_file_size(p) : -1;
+				if (expunged_file_remove(s, fe, NULL) == 0) {
+					removed++;
+					if (fsz >= 0)
+						quota_note(s, u, -fsz, -1);
+				}
+			} else {
+				gone++;
+			}
+			uint8_t key[MM_KEY_LEN];
+			memcpy(key, fe->key, MM_KEY_LEN);
+			folder_note_gone(s, fo, fe->base);
+			fent_remove(s, fe);
+			if (live)
+				set_missing(s, u->name, key, rec->msg.body, rec->msg.folder, true);
+		}
+		bool visible = mm_user_folder_visible(mu, fo->name), there = mm_md_is_maildir(fo->dir);
+		if (visible && !there) {
+			uint8_t fk[MM_KEY_LEN];
+			mm_key_folder(fo->name, fk);
+			fo->on_disk = false; /* (folder_ensure makes it whatever it was) */
+			folder_ensure(s, fo, mm_user_get(mu, fk));
+		} else if (!visible && there && strcmp(fo->name, "INBOX")) {
+			fo->on_disk = true; /* deleted elsewhere meanwhile: removed at the commit */
+			fo->check = true;
+			mark_folder(s, fo);
+		} else if (!there && fo->on_disk && strcmp(fo->name, "INBOX")) {
+			fo->on_disk = false;
+			mark_folder(s, fo);
+		}
+		fo->uid_check = s->imap_uids;
+	}
+	/* Messages that came while it was away, and those just found gone: a file here
+	 * may hold their bytes (a COPY elsewhere), copied at the commit; else fetched. */
+	struct keylist kl;
+	if (hm_keys(&s->missing, &kl) == 0) {
+		size_t ul = strlen(u->name);
+		for (size_t i = 0; i < kl.n; i++)
+			if (kl.v[i]->kl == ul + 1 + MM_KEY_LEN && !memcmp(kl.v[i]->k, u->name, ul + 1))
+				add_pending(s, u->name, (const uint8_t *)kl.v[i]->k + ul + 1);
+		keylist_free(&kl);
+	}
+	u->subs_dirty = true; /* its subscriptions file, from the CRDT */
+	logmsg(s, MM_STORE_LOG_INFO,
+	       "Maildir %s of %s is back: %zu messages it lacks are fetched again from the peers, "
+	       "%zu files of messages expunged meanwhile removed", u->path, u->name, gone, removed);
+}
+
+/* Whether the user's Maildir is there for a scan to act on: 0 no, 1 yes, 2 yes and
+ * just reconciled (then its subscriptions file is the CRDT's to write, not a change
+ * to read).  A known user's Maildir that is not there makes the user absent (nothing
+ * done: an unmounted disk or an rm -rf must not expunge everything, here and on every
+ * peer).  One that is back, or is another directory than the index's, is reconciled
+ * first (user_reconcile). */
+static int user_present(struct mm_store *s, struct user *u, struct mm_user *mu)
+{
+	struct folder *inbox = folder_get(s, u, "INBOX", false);
+	if (!mm_md_is_maildir(u->path)) {
+		if (user_known(s, u))
+			user_absent(s, u);
+		return 0;
+	}
+	uint64_t id = dir_identity(u->path);
+	bool anew = inbox && inbox->on_disk && inbox->root_id && id && id != inbox->root_id;
+	int ret = 1;
+	if (u->absent || anew) {
+		if (anew)
+			logmsg(s, MM_STORE_LOG_WARNING, "Maildir %s of %s is not the directory this node "
+			       "indexed (removed and made again?): what it lacks is fetched again, not expunged",
+			       u->path, u->name);
+		u->absent = false; /* (before: folder_ensure writes for present users only) */
+		user_reconcile(s, u, mu);
+		ret = 2;
+	}
+	if (inbox && id && inbox->root_id != id) {
+		inbox->root_id = id;
+		mark_folder(s, inbox);
+	}
+	return ret;
+}
+
 static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *mu, const char *name,
                            bool listed)
 {
@@ -2894,7 +2948,8 @@ static int scan_user(struct mm_store *s, struct user *u)
 	struct mm_user *mu = mm_state_user(s->state, u->name, true);
 	if (!mu)
 		return -ENOMEM;
-	if (!user_present(s, u, mu))
+	int present = user_present(s, u, mu);
+	if (!present)
 		return 0;
 	if (!u->owner_known && mm_md_owner_of(u->path, &u->owner) == 0)
 		u->owner_known = true;
@@ -2920,7 +2975,7 @@ static int scan_user(struct mm_store *s, struct user *u)
 		r = scan_one_folder(s, u, mu, gone.v[i], false);
 	namelist_free(&gone);
 	namelist_free(&disk);
-	if (r >= 0)
+	if (r >= 0 && present == 1)
 		scan_subscriptions(s, u, mu);
 	struct folder *inbox = folder_get(s, u, "INBOX", false);
 	if (inbox && inbox->on_disk && !inbox->root_id && (inbox->root_id = dir_identity(u->path)))
@@ -4248,6 +4303,9 @@ int mm_store_missing(struct mm_store *s,
 		}
 		if (staged_get(s, user, key))
 			continue; /* received, placed at the next flush */
+		struct user *u = user_get(s, user, false);
+		if (u && u->absent)
+			continue; /* nowhere to put it: asked for once the Maildir is back */
 		uint8_t body[MM_ID_LEN];
 		memcpy(body, rec->msg.body, MM_ID_LEN);
 		r = cb(arg, user, key, body, rec->msg.size);
@@ -5529,8 +5587,8 @@ static void mirror_deferred(struct mm_store *s)
 	}
 	for (struct user *u = s->users; u; u = u->next) {
 		struct mm_user *mu = mm_state_user(s->state, u->name, false);
-		if (!mu)
-			continue;
+		if (!mu || u->absent)
+			continue; /* (an absent user's folder checks and subscriptions wait) */
 		for (struct folder *fo = u->folders; fo; fo = fo->unext) {
 			if (fo->kw_retry && folder_files(s, fo) == 0) {
 				/* a keyword add failed: every file gets the letters its record asks

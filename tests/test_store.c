@@ -790,7 +790,31 @@ static void alice_dir(const struct node *n, char *buf, size_t len)
 	snprintf(buf, len, "%s/ex.org/alice", n->root);
 }
 
-/* a holds 2 messages in INBOX and 1 in Archive; b has them all from a. */
+/* Whether n's Maildir of alice has folder fname's directory, and its subscriptions
+ * file names Archive. */
+static bool has_folder_dir(const struct node *n, const char *fname)
+{
+	char p[600];
+	struct stat st;
+	snprintf(p, sizeof p, "%s/ex.org/alice/.%s", n->root, fname);
+	return stat(p, &st) == 0;
+}
+
+static bool archive_subscribed(const struct node *n)
+{
+	char p[600], text[256] = "";
+	snprintf(p, sizeof p, "%s/ex.org/alice/subscriptions", n->root);
+	FILE *f = fopen(p, "r");
+	if (!f)
+		return false;
+	size_t k = fread(text, 1, sizeof text - 1, f);
+	text[k] = 0;
+	fclose(f);
+	return strstr(text, "\nArchive\n") != NULL;
+}
+
+/* a holds 2 messages in INBOX and 1 in Archive (subscribed), and an empty Drafts; b
+ * has them all from a. */
 static struct mm_delta *alice_on_two(struct node *a, struct node *b)
 {
 	node_open(a, "a", 1);
@@ -798,6 +822,12 @@ static struct mm_delta *alice_on_two(struct node *a, struct node *b)
 	deliver(a, "INBOX", "1700000000.M1P1.a", "Subject: one\r\n\r\n1\r\n", 1700000000);
 	deliver(a, "INBOX", "1700000001.M1P1.a", "Subject: two\r\n\r\n2\r\n", 1700000001);
 	deliver(a, "Archive", "1700000002.M1P1.a", "Subject: old\r\n\r\n3\r\n", 1700000002);
+	char md[400];
+	alice_dir(a, md, sizeof md);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(md, "Drafts", &o), 0);
+	const char *const subs[] = {"Archive"};
+	assert_int_equal(mm_md_subs_write(md, subs, 1, &o), 0);
 	struct mm_delta *d = mm_delta_new();
 	assert_true(scan(a, d) > 0);
 	sync_to(a, b, d);
@@ -868,6 +898,10 @@ static void test_user_gone_while_down(void **state)
 	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 4);
 	assert_int_equal(count_files(&b, "Archive", "new") + count_files(&b, "Archive", "cur"), 1);
 	assert_int_equal(tombstones(&a), 0);
+	/* the empty folder made again, the subscriptions kept (not read from the new
+	 * Maildir, which has none: that would unsubscribe everywhere) */
+	assert_true(has_folder_dir(&b, "Drafts"));
+	assert_true(archive_subscribed(&b) && archive_subscribed(&a));
 	mm_delta_free(&db);
 	mm_delta_free(&d);
 	node_close(&a);
@@ -924,7 +958,11 @@ static void test_user_away_and_back(void **state)
 	assert_int_equal(scan(&b, db), 0);
 	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "Archive", b.now, db), 0);
 	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "INBOX", b.now, db), 0);
-	/* meanwhile on a: one expunge, one flag change, one delivery */
+	/* meanwhile on a: an empty folder deleted, a COPY (bytes b holds), one expunge,
+	 * one flag change, one delivery */
+	snprintf(cmd, sizeof cmd, "rm -rf '%s/ex.org/alice/.Drafts' && cp -p '%s' '%s/ex.org/alice/.Archive/new/1700000001.M2P2.a'",
+	         a.root, find(&a, "INBOX", "1700000001.M1P1.a"), a.root);
+	assert_int_equal(system(cmd), 0);
 	assert_int_equal(unlink(find(&a, "INBOX", "1700000000.M1P1.a")), 0);
 	rename_to(find(&a, "Archive", "1700000002.M1P1.a"), "S");
 	deliver(&a, "INBOX", "1700000003.M1P1.a", "Subject: new\r\n\r\n4\r\n", 1700000003);
@@ -938,9 +976,15 @@ static void test_user_away_and_back(void **state)
 	snprintf(cmd, sizeof cmd, "mv '%s' '%s'", away, b.root);
 	assert_int_equal(system(cmd), 0);
 	assert_int_equal(scan(&b, db), 0);
+	/* the copy made from the bytes b holds at that commit; only the new message is
+	 * left to fetch (a daemon asks no peer for bytes it holds) */
+	assert_int_equal(mm_store_missing_count(b.s), 1);
 	sync_to(&a, &b, d);
 	assert_same_listing(&a, &b);
 	assert_int_equal(tombstones(&b), 1);
+	assert_false(has_folder_dir(&b, "Drafts")); /* not made again, nor sent back */
+	assert_int_equal(count_files(&b, "Archive", "new") + count_files(&b, "Archive", "cur"), 2);
+	assert_true(archive_subscribed(&b));
 	mm_delta_free(&db);
 	mm_delta_free(&d);
 	node_close(&a);
