@@ -5624,7 +5624,8 @@ static void mirror_deferred(struct mm_store *s)
 		struct subs_ctx c = {{0}, u, s};
 		if (mm_user_foreach(mu, NULL, 0, subs_rec_cb, &c) == 0 && mm_md_is_maildir(u->path)) {
 			user_owner(s, u);
-			qsort(c.names.v, c.names.n, sizeof(char *), cmp_str); /* stable file content */
+			if (c.names.n > 1)
+				qsort(c.names.v, c.names.n, sizeof(char *), cmp_str); /* stable file content */
 			int r = mm_md_subs_write(u->path, (const char *const *)c.names.v, c.names.n, &u->owner);
 			if (r < 0) {
 				logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/subscriptions: %s", u->path, strerror(-r));
