@@ -784,12 +784,11 @@ static void user_owner(struct mm_store *s, struct user *u)
 	u->owner = (struct mm_md_owner){(uid_t)-1, (gid_t)-1, 0700, 0600};
 }
 
-/* Whether this node has had the user's Maildir: it made it, or a scan found it (its
- * INBOX on disk, a state kept in the database).  Such a Maildir that is not there is
- * absent, not new: see struct user.absent. */
-static bool user_known(struct mm_store *s, struct user *u)
+/* Whether this node has had the user's Maildir: it made it, or a scan found it (a
+ * folder of it on disk, a state kept in the database).  Such a Maildir that is not
+ * there is absent, not new: see struct user.absent. */
+static bool user_known(const struct user *u)
 {
-	(void)s;
 	for (struct folder *fo = u->folders; fo; fo = fo->unext)
 		if (fo->on_disk)
 			return true;
@@ -808,6 +807,16 @@ static void user_absent(struct mm_store *s, struct user *u)
 	       "it again.  To fetch this user's mail from the peers, make an empty Maildir there "
 	       "(mkdir -p %s/cur %s/new %s/tmp, owned by the mail user) or let Dovecot make one (a "
 	       "login or a delivery)", u->path, u->name, u->name, u->path, u->path, u->path);
+}
+
+/* Whether the user is known here and its Maildir is not there now: then it is
+ * absent (user_absent) and nothing may be done for it. */
+static bool user_gone(struct mm_store *s, struct user *u)
+{
+	if (!user_known(u) || mm_md_is_maildir(u->path))
+		return false;
+	user_absent(s, u);
+	return true;
 }
 
 /* Identity of a directory: its inode number and birth time (statx), so a Maildir
@@ -837,12 +846,9 @@ static int folder_ensure(struct mm_store *s, struct folder *fo, const struct mm_
 {
 	struct user *u = fo->u;
 	bool new_user = !mm_md_is_maildir(u->path);
-	if (new_user && user_known(s, u)) {
-		/* gone, not new: making it again could fill a bare mount point, and the scan
-		 * of it would then take every message for expunged */
-		user_absent(s, u);
-		return -ENOENT;
-	}
+	if (new_user && user_gone(s, u))
+		return -ENOENT; /* not new: made again, it could fill a bare mount point, and
+		                 * the scan of it would take every message for expunged */
 	if (u->absent)
 		return -ENOENT; /* back, but not scanned yet (user_present) */
 	user_owner(s, u);
@@ -1506,10 +1512,8 @@ static void sync_file_flags_at(struct mm_store *s, struct fent *fe, const struct
 			return;
 		}
 	}
-	if (rr == -ENOENT && user_known(s, fe->fo->u) && !mm_md_is_maildir(fe->fo->u->path)) {
-		user_absent(s, fe->fo->u); /* renamed when it is back (user_reconcile) */
-		return;
-	}
+	if (rr == -ENOENT && user_gone(s, fe->fo->u))
+		return; /* renamed when it is back (user_reconcile) */
 	char p[PATHBUF];
 	fent_path(s, fe, p, sizeof p);
 	logmsg(s, MM_STORE_LOG_WARNING, "cannot rename %s for new flags: %s", p, strerror(-rr));
@@ -1655,13 +1659,11 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 				fsz = fent_path(s, fe, fp, sizeof fp) == 0 ? quota_file_size(fp) : -1;
 				r = expunged_file_remove(s, fe, spare ? keep : NULL);
 			}
-			if (r == -ENOENT && user_known(s, u) && !mm_md_is_maildir(u->path)) {
-				/* not gone, away: the entry stays, and the file is removed when the
-				 * Maildir is back (user_reconcile); dropped now, the file would be a
-				 * new delivery then and bring the message back everywhere */
-				user_absent(s, u);
-				return;
-			}
+			if (r == -ENOENT && user_gone(s, u))
+				return; /* away, not gone: the entry stays, and the file is removed
+				         * when the Maildir is back (user_reconcile); dropped now, the
+				         * file would be a new delivery then and bring the message
+				         * back everywhere */
 			if ((r == 0 || r == 1) && fsz >= 0)
 				quota_note(s, u, -fsz, -1); /* (a spare in tmp/ is out of the quota too) */
 			if (r == 1)
@@ -2754,7 +2756,7 @@ static int user_present(struct mm_store *s, struct user *u, struct mm_user *mu)
 {
 	struct folder *inbox = folder_get(s, u, "INBOX", false);
 	if (!mm_md_is_maildir(u->path)) {
-		if (user_known(s, u))
+		if (user_known(u))
 			user_absent(s, u);
 		return 0;
 	}
@@ -3013,8 +3015,8 @@ int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out)
 	int r = mm_mailloc_walk(s->loc, walk_user_cb, NULL, walk_odd_cb, s);
 	/* known users the walk did not find: gone (an unmounted disk shows none) */
 	for (struct user *u = s->users; r >= 0 && u; u = u->next)
-		if (u->walk_gen != s->walk_gen && !u->absent && user_known(s, u) && !mm_md_is_maildir(u->path))
-			user_absent(s, u);
+		if (u->walk_gen != s->walk_gen && !u->absent)
+			user_gone(s, u);
 	s->trust_dirs = false; /* only the first scan after open */
 	if (r >= 0)
 		uid_pass(s);
