@@ -15,5 +15,6 @@ int mm_cmd_run(int argc, char **argv);          /* node/daemon.c */
 int mm_cmd_status(int argc, char **argv);       /* node/control.c */
 int mm_cmd_reload(int argc, char **argv);       /* node/control.c */
 int mm_cmd_check(int argc, char **argv);        /* node/control.c */
+int mm_cmd_remove_user(int argc, char **argv);  /* node/control.c */
 
 #endif

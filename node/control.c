@@ -3,11 +3,13 @@
  *
  * The socket (config `control_socket`, mode 0600, owned by the daemon's user, so only
  * that user and root can reach it) takes one request line, "status", "status json",
- * "reload" or "check LAG_MS", and answers with a report, then closes.  The daemon
+ * "reload", "check LAG_MS", "remove-user USER" or "remove-user-preview USER", and
+ * answers with a report, then closes.  The daemon
  * renders every form so the client stays a few lines of plain POSIX.  A reload's answer
  * starts with "ok:" or "error:", which `mailmesh reload` turns into its exit status; a
  * check's with "OK:", "WARNING:" or "CRITICAL:", which `mailmesh check` turns into a
- * monitoring plugin's (0, 1, 2; 3 when it cannot tell).
+ * monitoring plugin's (0, 1, 2; 3 when it cannot tell).  `mailmesh remove-user` asks
+ * for a preview without --yes, and the removal with it.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -32,7 +34,7 @@
 struct ctl_client {
 	uv_pipe_t h;
 	struct mm_daemon *d;
-	char line[64];
+	char line[64 + MM_NAME_MAX]; /* (the longest request: "remove-user-preview USER") */
 	size_t len;
 	char *out;
 	size_t out_len, out_cap;
@@ -345,6 +347,66 @@ static void render(struct ctl_client *c, bool json)
 		out_printf(c, "  ... %zu more users\n", w.n - MAX_USERS_LISTED);
 }
 
+/* "remove-user USER" (apply) or "remove-user-preview USER": a user removed from
+ * the cluster, starting here (store.h mm_store_user_remove), or what that would do. */
+static void remove_user(struct ctl_client *c, const char *user, bool apply)
+{
+	struct mm_daemon *d = c->d;
+	struct mm_store_removal rm = {0};
+	int r = mm_store_user_describe(d->store, user, &rm);
+	if (r == -ENOENT) {
+		out_printf(c, "error: this node's state has no user '%s' (mailmesh status lists them, as "
+		           "DOMAIN/USER or USER as mail_location names them)\n", user);
+		return;
+	}
+	if (r < 0) {
+		out_printf(c, "error: %s\n", strerror(-r));
+		return;
+	}
+	if (!apply) {
+		out_printf(c, "preview: not removed: this would remove %s from every node: %zu message%s in "
+		           "%zu folder%s, and each node's Maildir of it%s.  There is no undo; to do it, add --yes\n",
+		           user, rm.messages, rm.messages == 1 ? "" : "s", rm.folders, rm.folders == 1 ? "" : "s",
+		           rm.absent ? " (absent here now: removed when back)" : "");
+		return;
+	}
+	struct mm_delta *delta = mm_delta_new();
+	if (!delta) {
+		out_printf(c, "error: out of memory; nothing was removed\n");
+		return;
+	}
+	r = mm_store_user_remove(d->store, user, mm_daemon_now(), delta, &rm);
+	if (r < 0) {
+		out_printf(c, "error: %s; what was done is kept, run it again to complete it\n", strerror(-r));
+		if (mm_delta_count(delta))
+			mm_daemon_commit_soon(d);
+		mm_delta_free(&delta);
+		return;
+	}
+	mm_log(MM_LOG_INFO, "user %s removed from the cluster (mailmesh remove-user): %zu message%s in %zu "
+	       "folder%s", user, rm.messages, rm.messages == 1 ? "" : "s", rm.folders, rm.folders == 1 ? "" : "s");
+	int cr = mm_delta_count(delta) ? mm_store_commit(d->store) : 0;
+	if (cr < 0) {
+		/* not durable, so not shipped yet: as for a scan's changes, anti-entropy
+		 * sends them once a commit works */
+		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s; local changes are kept in "
+		       "memory and retried", d->cfg.state_dir, strerror(-cr));
+		mm_daemon_commit_soon(d);
+	} else if (mm_delta_count(delta)) {
+		d->local_changes += (uint64_t)mm_delta_count(delta);
+		mm_daemon_push(d, delta);
+		mm_daemon_push(d, mm_store_commit_delta(d->store));
+	}
+	out_printf(c, "ok: %s removed: %zu message%s in %zu folder%s expunged on every node as they sync "
+	           "(mailmesh status shows when each peer is in sync)%s%s%s\n", user, rm.messages,
+	           rm.messages == 1 ? "" : "s", rm.folders, rm.folders == 1 ? "" : "s",
+	           rm.absent ? "; its Maildir is not here now and is removed when it is back" : "",
+	           cr < 0 ? "; the state database cannot be written now (" : "", cr < 0 ? strerror(-cr) : "");
+	if (cr < 0)
+		out_printf(c, "): retried, and sent to the peers once written\n");
+	mm_delta_free(&delta);
+}
+
 /* ---- server ------------------------------------------------------------------- */
 
 static void client_closed(uv_handle_t *h)
@@ -396,9 +458,13 @@ static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	else if (!strncmp(c->line, "check ", 6) && strspn(c->line + 6, "0123456789") == strlen(c->line + 6) &&
 	         c->line[6] && strlen(c->line + 6) <= 13) /* (100 years of ms) */
 		check(c, strtoull(c->line + 6, NULL, 10));
+	else if (!strncmp(c->line, "remove-user ", 12) && c->line[12])
+		remove_user(c, c->line + 12, true);
+	else if (!strncmp(c->line, "remove-user-preview ", 20) && c->line[20])
+		remove_user(c, c->line + 20, false);
 	else
-		out_printf(c, "error: unknown request '%s' (expected 'status', 'status json', 'reload' or "
-		           "'check LAG_MS')\n", c->line);
+		out_printf(c, "error: unknown request '%s' (expected 'status', 'status json', 'reload', "
+		           "'check LAG_MS' or 'remove-user USER')\n", c->line);
 	if (!c->out) {
 		uv_close((uv_handle_t *)&c->h, client_closed);
 		return;
@@ -662,6 +728,40 @@ int mm_cmd_reload(int argc, char **argv)
 		return 2;
 	}
 	return ctl_talk(argv[2], "reload\n", CTL_OK, 0);
+}
+
+int mm_cmd_remove_user(int argc, char **argv)
+{
+	const char *conf = NULL, *user = NULL;
+	bool yes = false;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+			conf = argv[++i];
+		else if (!strcmp(argv[i], "--yes"))
+			yes = true;
+		else if (!user && argv[i][0] != '-')
+			user = argv[i];
+		else {
+			conf = NULL;
+			break;
+		}
+	}
+	if (!conf || !user) {
+		fprintf(stderr, "usage: mailmesh remove-user -c FILE USER [--yes]\n");
+		return 2;
+	}
+	size_t n = strlen(user);
+	bool ok = n > 0 && n <= MM_NAME_MAX;
+	for (size_t i = 0; i < n && ok; i++)
+		ok = (unsigned char)user[i] > ' ' && user[i] != 0x7f;
+	if (!ok) {
+		fprintf(stderr, "mailmesh: '%s' is not a user name (as mailmesh status lists them: no spaces "
+		        "or control characters, at most %d bytes)\n", user, MM_NAME_MAX);
+		return 2;
+	}
+	char req[64 + MM_NAME_MAX];
+	snprintf(req, sizeof req, "%s %s\n", yes ? "remove-user" : "remove-user-preview", user);
+	return ctl_talk(conf, req, CTL_OK, 0);
 }
 
 /* A positive whole number of seconds, at most max; 0 if argument is not one. */

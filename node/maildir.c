@@ -1001,54 +1001,120 @@ static int dir_is_empty(const char *p)
 	return empty;
 }
 
-int mm_md_folder_remove(const char *maildir, const char *folder)
+static const char *const md_subs[] = {"new", "cur", "tmp"};
+
+/* 0 when a Maildir's new/, cur/ and tmp/ are empty (or missing), -ENOTEMPTY with the
+ * first that is not in *left_r ("new/"; left_r may be NULL), or negative errno. */
+static int subdirs_empty(const char *dir, char *left_r, size_t left_len)
 {
-	if (strcmp(folder, "INBOX") == 0)
-		return -EINVAL;
-	char fdir[PATHBUF], p[PATHBUF];
-	int r = mm_md_folder_path(fdir, sizeof fdir, maildir, folder);
-	if (r < 0)
-		return r;
-	struct stat st;
-	if (stat(fdir, &st) < 0)
-		return errno == ENOENT ? 0 : -errno;
-	static const char *const subs[] = {"new", "cur", "tmp"};
+	char p[PATHBUF];
 	for (int i = 0; i < 3; i++) {
-		if (path2(p, sizeof p, fdir, subs[i]) < 0)
+		if (path2(p, sizeof p, dir, md_subs[i]) < 0)
 			return -ENAMETOOLONG;
-		r = dir_is_empty(p);
+		int r = dir_is_empty(p);
 		if (r < 0)
 			return r;
-		if (r == 0)
+		if (r == 0) {
+			if (left_r && left_len)
+				snprintf(left_r, left_len, "%s/", md_subs[i]);
 			return -ENOTEMPTY;
+		}
 	}
-	/* only Dovecot's own files may remain besides the three directories */
-	DIR *d = opendir(fdir);
+	return 0;
+}
+
+static bool folder_own_file(const char *n)
+{
+	return !strcmp(n, "maildirfolder") || !strncmp(n, "dovecot", 7);
+}
+
+/* What a removed user's Maildir may still hold besides new/, cur/ and tmp/ and be
+ * removed with it: Dovecot's indexes, uidlist, keywords and mailbox log (dovecot*),
+ * the subscriptions file, the Maildir++ quota file. */
+static bool maildir_own_file(const char *n)
+{
+	return folder_own_file(n) || !strcmp(n, "subscriptions") || !strcmp(n, "maildirsize");
+}
+
+/* Removes the Maildir dir if new/, cur/ and tmp/ are empty and every other entry is
+ * one of own(): those first, then the three directories, then dir.  0, -ENOTEMPTY
+ * with the first entry in the way in *left_r (may be NULL; nothing removed), or
+ * negative errno. */
+static int maildir_dir_remove(const char *dir, bool (*own)(const char *), char *left_r, size_t left_len)
+{
+	char p[PATHBUF];
+	int r = subdirs_empty(dir, left_r, left_len);
+	if (r < 0)
+		return r;
+	DIR *d = opendir(dir);
 	if (!d)
 		return -errno;
 	struct dirent *e;
 	while ((e = readdir(d))) {
 		const char *n = e->d_name;
 		if (!strcmp(n, ".") || !strcmp(n, "..") || !strcmp(n, "new") || !strcmp(n, "cur") ||
-		    !strcmp(n, "tmp") || !strcmp(n, "maildirfolder") || !strncmp(n, "dovecot", 7))
+		    !strcmp(n, "tmp") || own(n))
 			continue;
+		if (left_r && left_len)
+			snprintf(left_r, left_len, "%s", n);
 		closedir(d);
 		return -ENOTEMPTY;
 	}
 	rewinddir(d);
 	while ((e = readdir(d))) {
-		const char *n = e->d_name;
-		if (!strcmp(n, "maildirfolder") || !strncmp(n, "dovecot", 7))
-			if (path2(p, sizeof p, fdir, n) >= 0)
-				unlink(p);
+		if (own(e->d_name) && path2(p, sizeof p, dir, e->d_name) >= 0 && unlink(p) < 0 && errno != ENOENT &&
+		    !r)
+			r = -errno; /* (a directory named dovecot-something: rmdir below says so) */
 	}
 	closedir(d);
 	for (int i = 0; i < 3; i++)
-		if (path2(p, sizeof p, fdir, subs[i]) >= 0 && rmdir(p) < 0 && errno != ENOENT)
+		if (path2(p, sizeof p, dir, md_subs[i]) >= 0 && rmdir(p) < 0 && errno != ENOENT)
 			return -errno;
-	if (rmdir(fdir) < 0 && errno != ENOENT)
-		return -errno;
+	if (rmdir(dir) < 0 && errno != ENOENT)
+		return r ? r : -errno;
+	return 0;
+}
+
+int mm_md_folder_remove(const char *maildir, const char *folder)
+{
+	if (strcmp(folder, "INBOX") == 0)
+		return -EINVAL;
+	char fdir[PATHBUF];
+	int r = mm_md_folder_path(fdir, sizeof fdir, maildir, folder);
+	if (r < 0)
+		return r;
+	struct stat st;
+	if (stat(fdir, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	/* only Dovecot's own files may remain besides the three directories */
+	if ((r = maildir_dir_remove(fdir, folder_own_file, NULL, 0)) < 0)
+		return r;
 	fsync_dir(maildir);
+	return 0;
+}
+
+int mm_md_maildir_remove(const char *maildir, char *left_r, size_t left_len)
+{
+	struct stat st;
+	if (left_r && left_len)
+		left_r[0] = '\0';
+	if (lstat(maildir, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISDIR(st.st_mode))
+		return -ENOTDIR;
+	/* a folder, a home directory's own files (Sieve scripts, .dovecot.lda-dupes),
+	 * anything else: not ours to remove, so nothing is */
+	int r = maildir_dir_remove(maildir, maildir_own_file, left_r, left_len);
+	if (r < 0)
+		return r;
+	char parent[PATHBUF];
+	if (snprintf(parent, sizeof parent, "%s", maildir) < (int)sizeof parent) {
+		char *slash = strrchr(parent, '/');
+		if (slash && slash != parent) {
+			*slash = '\0';
+			fsync_dir(parent);
+		}
+	}
 	return 0;
 }
 

@@ -285,6 +285,14 @@ bool mm_md_uidlist_exists(const char *folder_dir);
  * -EINVAL for INBOX, or negative errno. */
 int mm_md_folder_remove(const char *maildir, const char *folder);
 
+/* Removes a user's whole Maildir (a user removed from the cluster) if it holds no
+ * message and no folder: INBOX's new/, cur/ and tmp/ empty, and besides them only the
+ * files Dovecot and mailmesh keep there (dovecot*, subscriptions, maildirsize,
+ * maildirfolder).  Those files go first, then the three directories, then the Maildir.
+ * Returns 0 when removed or already gone, -ENOTEMPTY with *left_r (size left_len, may
+ * be NULL) naming the first entry that keeps it (nothing removed), or negative errno. */
+int mm_md_maildir_remove(const char *maildir, char *left_r, size_t left_len);
+
 /* Lists the folders of a Maildir: "INBOX" when the Maildir itself is one, then every
  * `.Name` sub-directory that is a Maildir, as cb(arg, "Name").  Returns 0, cb's
  * non-zero value, or negative errno if the Maildir cannot be read. */

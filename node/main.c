@@ -19,6 +19,7 @@ static const struct {
 	{"status", mm_cmd_status, "-c FILE [--json]     ask the running daemon how it is doing"},
 	{"reload", mm_cmd_reload, "-c FILE              make the running daemon read its peers file and log_level again"},
 	{"check", mm_cmd_check, "-c FILE [--max-lag S] [-t S]  one line for Nagios/Icinga (exit 0/1/2/3)"},
+	{"remove-user", mm_cmd_remove_user, "-c FILE USER [--yes]  remove a user's mail and Maildir from every node"},
 	{"check-config", mm_cmd_check_config, "-c FILE              check a config, its keys and peers, then exit"},
 	{"genkey", mm_cmd_genkey, "[-o FILE]            print (or write, mode 0600) a new private key"},
 	{"pubkey", mm_cmd_pubkey, "< KEY                print the public key of the private key on stdin"},

@@ -268,6 +268,9 @@ struct user {
 	 * (user_present), and then what the index lists and the disk lacks is fetched
 	 * again, never expunged. */
 	bool absent;
+	/* INBOX is no longer visible (the user was removed from the cluster): the
+	 * commit removes the whole Maildir once every folder is gone (users_retire) */
+	bool retire;
 	uint64_t walk_gen; /* the last full scan's walk that found it */
 	/* Maildir++ quota: what this store's own placements and removals changed, not yet
 	 * appended to the user's maildirsize (quota_flush) */
@@ -787,6 +790,18 @@ static void user_owner(struct mm_store *s, struct user *u)
 /* Whether this node has had the user's Maildir: it made it, or a scan found it (a
  * folder of it on disk, a state kept in the database).  Such a Maildir that is not
  * there is absent, not new: see struct user.absent. */
+/* Whether the user was removed from the cluster (mm_store_user_remove, here or
+ * elsewhere): INBOX deleted by an explicit FOLDER record and holding no live message.
+ * An INBOX merely without a record yet (a user new here, its messages arriving before
+ * the folder's record) is not. */
+static bool user_removed(const struct mm_user *mu)
+{
+	uint8_t key[MM_KEY_LEN];
+	mm_key_folder("INBOX", key);
+	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
+	return r && r->type == MM_REC_FOLDER && !r->folder.exists.value && !mm_user_folder_visible(mu, "INBOX");
+}
+
 static bool user_known(const struct user *u)
 {
 	for (struct folder *fo = u->folders; fo; fo = fo->unext)
@@ -801,6 +816,12 @@ static void user_absent(struct mm_store *s, struct user *u)
 	if (u->absent)
 		return;
 	u->absent = true;
+	struct mm_user *mu = mm_state_user(s->state, u->name, false);
+	if (user_removed(mu)) {
+		logmsg(s, MM_STORE_LOG_INFO, "Maildir %s of %s, a user removed from the cluster, is not here: "
+		       "if it comes back (a disk mounted again), it is removed then", u->path, u->name);
+		return;
+	}
 	logmsg(s, MM_STORE_LOG_WARNING,
 	       "Maildir %s of %s is gone: nothing of %s is expunged, here or on the peers, and this "
 	       "node writes nothing for it until the Maildir is back.  If its disk is unmounted, mount "
@@ -2720,8 +2741,10 @@ static void user_reconcile(struct mm_store *s, struct user *u, struct mm_user *m
 			mm_key_folder(fo->name, fk);
 			fo->on_disk = false; /* (folder_ensure makes it whatever it was) */
 			folder_ensure(s, fo, mm_user_get(mu, fk));
-		} else if (!visible && there && strcmp(fo->name, "INBOX")) {
-			fo->on_disk = true; /* deleted elsewhere meanwhile: removed at the commit */
+		} else if (!visible && there) {
+			/* deleted elsewhere meanwhile (INBOX: the user removed from the cluster):
+			 * removed at the commit */
+			fo->on_disk = true;
 			fo->check = true;
 			mark_folder(s, fo);
 		} else if (!there && fo->on_disk && strcmp(fo->name, "INBOX")) {
@@ -5605,7 +5628,14 @@ static void mirror_deferred(struct mm_store *s)
 			if (!fo->check)
 				continue;
 			fo->check = false;
-			if (!fo->on_disk || !strcmp(fo->name, "INBOX") || mm_user_folder_visible(mu, fo->name))
+			if (!strcmp(fo->name, "INBOX")) {
+				/* the user removed: its Maildir goes after the folders, once the
+				 * commit's spare files are out of its tmp/ */
+				if (fo->on_disk && user_removed(mu))
+					u->retire = true;
+				continue;
+			}
+			if (!fo->on_disk || mm_user_folder_visible(mu, fo->name))
 				continue;
 			int r = mm_md_folder_remove(u->path, fo->name);
 			if (r == 0) {
@@ -5651,6 +5681,151 @@ static void mirror_deferred(struct mm_store *s)
 		}
 		namelist_free(&c.names);
 	}
+}
+
+/* Removes the Maildir of each user whose INBOX is no longer visible (mirror_deferred
+ * set u->retire: the user was removed from the cluster, here or elsewhere) once no
+ * other folder of it is on disk.  A Maildir that still holds something mailmesh does
+ * not own (a delivery in tmp/, a Sieve script in a home directory used as the
+ * Maildir) is kept and logged once; each scan of its INBOX tries again, and a message
+ * delivered into it makes the user visible again.  Returns whether the file index
+ * changed. */
+static bool users_retire(struct mm_store *s)
+{
+	bool changed = false;
+	for (struct user *u = s->users; u; u = u->next) {
+		if (!u->retire)
+			continue;
+		u->retire = false;
+		struct mm_user *mu = mm_state_user(s->state, u->name, false);
+		struct folder *inbox = folder_get(s, u, "INBOX", false);
+		if (!mu || u->absent || !inbox || !inbox->on_disk || !user_removed(mu))
+			continue;
+		const char *kept_by = NULL;
+		for (struct folder *fo = u->folders; fo && !kept_by; fo = fo->unext)
+			if (fo != inbox && fo->on_disk)
+				kept_by = fo->name;
+		char left[256] = "";
+		int r = kept_by ? -ENOTEMPTY : folder_files(s, inbox) < 0 ? -ENOMEM : inbox->files ? -ENOTEMPTY : 0;
+		if (r == 0)
+			r = mm_md_maildir_remove(u->path, left, sizeof left);
+		if (r == 0) {
+			inbox->on_disk = false;
+			inbox->root_id = 0;
+			inbox->remove_failed = false;
+			inbox->dir_sig = 0;
+			inbox->uid_sig = 0;
+			mark_folder(s, inbox);
+			changed = true;
+			logmsg(s, MM_STORE_LOG_INFO, "Maildir %s of %s removed: the user was removed from the cluster",
+			       u->path, u->name);
+			continue;
+		}
+		if (!inbox->remove_failed)
+			logmsg(s, MM_STORE_LOG_WARNING,
+			       "%s was removed from the cluster but its Maildir %s is kept here: %s%s%s%s; remove "
+			       "what is left by hand, or deliver to the user to keep it", u->name, u->path,
+			       kept_by ? "folder " : "", kept_by ? kept_by : left, kept_by || left[0] ? " is left: " : "",
+			       kept_by ? "not removed yet" : strerror(-r));
+		inbox->remove_failed = true;
+	}
+	return changed;
+}
+
+struct remove_ctx {
+	struct namelist names; /* every folder with a record or a live message */
+	size_t messages;
+};
+
+static int remove_rec_cb(void *arg, const struct mm_rec *r)
+{
+	struct remove_ctx *c = arg;
+	const char *name = NULL;
+	if (r->type == MM_REC_FOLDER && (r->folder.exists.value || r->folder.subscribed.value))
+		name = r->folder.name;
+	else if (r->type == MM_REC_MESSAGE) {
+		c->messages++;
+		name = r->msg.folder;
+	}
+	return name && !namelist_has(&c->names, name) ? namelist_add(&c->names, name) : 0;
+}
+
+int mm_store_user_describe(struct mm_store *s, const char *user, struct mm_store_removal *removal_r)
+{
+	struct mm_user *mu = user ? mm_state_user(s->state, user, false) : NULL;
+	if (!mu)
+		return -ENOENT;
+	struct remove_ctx c = {{0}, 0};
+	int r = mm_user_foreach(mu, NULL, 0, remove_rec_cb, &c);
+	struct user *u = user_get(s, user, false);
+	struct mm_store_removal res = {c.messages, c.names.n, u && u->absent};
+	namelist_free(&c.names);
+	if (r < 0)
+		return r;
+	*removal_r = res;
+	return 0;
+}
+
+int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, struct mm_delta *out,
+                         struct mm_store_removal *removal_r)
+{
+	struct mm_store_removal res = {0};
+	struct mm_user *mu = user ? mm_state_user(s->state, user, false) : NULL;
+	if (!mu)
+		return -ENOENT;
+	struct user *u = user_get(s, user, true);
+	if (!u)
+		return -ENOMEM;
+	struct remove_ctx c = {{0}, 0};
+	int r = mm_user_foreach(mu, NULL, 0, remove_rec_cb, &c);
+	if (r < 0) {
+		namelist_free(&c.names);
+		return r;
+	}
+	s->now_ms = now_ms;
+	s->out = out;
+	s->changes = 0;
+	/* INBOX's delete is what says "removed" to every node (user_removed): it needs a
+	 * record to delete, which a user new here may not have yet */
+	if (!namelist_has(&c.names, "INBOX")) {
+		uint8_t key[MM_KEY_LEN];
+		mm_key_folder("INBOX", key);
+		if (!mm_user_get(mu, key) && (r = mm_user_folder_create(mu, "INBOX", tick(s), mm_store_effect, s, out)) < 0) {
+			namelist_free(&c.names);
+			return r;
+		}
+		if ((r = namelist_add(&c.names, "INBOX")) < 0) {
+			namelist_free(&c.names);
+			return r;
+		}
+	}
+	/* Each folder deleted, INBOX too, with its messages, as an IMAP DELETE of every
+	 * folder would: the records every node merges, and mirrors like any other
+	 * (mm_store_effect): files unlinked now, folders and then the Maildir removed at
+	 * the commit.  A message delivered concurrently elsewhere survives, and with it
+	 * its folder and the user. */
+	for (size_t i = 0; i < c.names.n && r >= 0; i++) {
+		r = mm_user_folder_subscribe(mu, c.names.v[i], false, tick(s), mm_store_effect, s, out);
+		if (r > 0)
+			s->changes++;
+		if (r >= 0 || r == -ENOENT)
+			r = mm_user_folder_delete(mu, c.names.v[i], tick(s), mm_store_effect, s, out);
+		if (r > 0) {
+			s->changes++;
+			res.folders++;
+		}
+		if (r == -ENOENT)
+			r = 0;
+	}
+	res.messages = c.messages;
+	res.absent = u->absent || user_gone(s, u);
+	s->out = NULL;
+	namelist_free(&c.names);
+	if (r < 0)
+		return r;
+	if (removal_r)
+		*removal_r = res;
+	return s->changes;
 }
 
 int mm_store_commit(struct mm_store *s)
@@ -5704,6 +5879,8 @@ int mm_store_commit(struct mm_store *s)
 	if (r < 0 && s->staged)
 		drop_list(unstage_all(s));
 	spares_drop(s);
+	if (r == 0 && users_retire(s))
+		r = commit_batch(s); /* (a restart must not take the Maildir for absent) */
 	if (r == 0 && s->n_held) {
 		s->in_commit = false; /* placing may list UIDs; the records are durable */
 		release_held(s);

@@ -315,6 +315,29 @@ int mm_store_missing(struct mm_store *s,
                      void *arg);
 size_t mm_store_missing_count(const struct mm_store *s);
 
+/* Removes a user from the cluster, starting here: every folder the user's state knows,
+ * INBOX included, is unsubscribed and deleted with the messages it holds (stamped by
+ * the clock at now_ms, records appended to out for the peers).  Every node, this one
+ * at the next mm_store_commit, unlinks the files, removes the folders and then the
+ * whole Maildir (mm_md_maildir_remove: kept, and logged, while it holds anything
+ * mailmesh does not own).  A message delivered concurrently on a node that has not
+ * merged the removal yet survives with its folder, and keeps the user.  A Maildir
+ * made later for the same name is a new user: nothing of the old one comes back.
+ * On a node where the user is absent (store.c user_present) the files are removed
+ * when the Maildir is back.  Returns the number of CRDT changes (>= 0) with
+ * *removal_r (may be NULL) filled, -ENOENT if the state has no such user, or negative
+ * errno (-ENOMEM: some of the changes may be made; running it again completes them). */
+struct mm_store_removal {
+	size_t messages; /* live messages expunged */
+	size_t folders;  /* folders deleted */
+	bool absent;     /* the user's Maildir is not here now */
+};
+int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, struct mm_delta *out,
+                         struct mm_store_removal *removal_r);
+/* What mm_store_user_remove would do now (folders: those it would delete), changing
+ * nothing: 0, -ENOENT, or -ENOMEM. */
+int mm_store_user_describe(struct mm_store *s, const char *user, struct mm_store_removal *removal_r);
+
 /* Persists every record changed since the last commit (local and merged), the file
  * and folder index and the clock in one durable LMDB transaction; then does the
  * deferred mirror work (local body copies, removal of folders no longer visible,

@@ -13,8 +13,11 @@ error, warning or panic.
 4. Maildir++ quota (the Dovecots use quota = maildir): each node's usage was read over
 IMAP (GETQUOTAROOT) after step 1, which makes its maildirsize; after the expunge and
 after one more delivery on node 1, every node reports the same usage as node 1, and
-as many messages as it serves (a replica counts what mailmesh placed and removed).  Dovecot and the daemons are stopped and the temp dir removed
-always.  Prints `N passed, N failed`."""
+as many messages as it serves (a replica counts what mailmesh placed and removed).
+5. `mailmesh remove-user` of alice on node 2: her Maildir goes on every node; a new
+alice delivered to by LMTP on node 3 is served by every node's IMAP with just that
+message, under one new UIDVALIDITY, and no Dovecot log holds an error.  Dovecot and
+the daemons are stopped and the temp dir removed always.  Prints `N passed, N failed`."""
 import imaplib
 import os
 import re
@@ -63,6 +66,22 @@ def imap_view(dc):
         return out
     except imaplib.IMAP4.error:
         return {}
+    finally:
+        try:
+            m.logout()
+        except Exception:
+            pass
+
+
+def uidvalidity(dc):
+    """INBOX's UIDVALIDITY as this node's Dovecot serves it, or None."""
+    m = dc.imap()
+    try:
+        typ, data = m.status("INBOX", "(UIDVALIDITY)")
+        found = re.search(rb"UIDVALIDITY (\d+)", data[0]) if typ == "OK" and data and data[0] else None
+        return int(found.group(1)) if found else None
+    except imaplib.IMAP4.error:
+        return None
     finally:
         try:
             m.logout()
@@ -238,6 +257,25 @@ def dovecot_test(t, cl, dcs):
             for f in os.listdir(os.path.join(md, sub)):
                 owners.add(os.stat(os.path.join(md, sub, f)).st_uid)
     t.check(owners == {NOBODY}, "every message file belongs to Dovecot's mail user (%s)" % owners)
+
+    # 5. alice removed from the cluster on node 2, then a new alice by LMTP on node 3
+    uv_old = [uidvalidity(dc) for dc in dcs]
+    r = mmtest.run([mmtest.MAILMESH, "remove-user", "-c", cl.nodes[1].conf, MMUSER, "--yes"])
+    t.check(r.returncode == 0, "mailmesh remove-user on node 2 (%d: %s)" % (r.returncode, r.stdout.strip()))
+    deadline = time.time() + 30 * mmtest.SLOW
+    while time.time() < deadline and any(os.path.exists(n.maildir(MMUSER)) for n in cl.nodes):
+        time.sleep(0.1)
+    t.check(not any(os.path.exists(n.maildir(MMUSER)) for n in cl.nodes), "alice's Maildir is gone on every node")
+    dcs[2].lmtp_deliver("five", "the first message of a new alice")
+    views = wait_same(dcs, 1)
+    t.check(views is not None and views[0] == {"five": frozenset()},
+            "a new alice: every node's IMAP serves just her one message (%s)" % views)
+    uv_new = [uidvalidity(dc) for dc in dcs]
+    t.check(len(set(uv_new)) == 1 and uv_new[0] and uv_new[0] != uv_old[0],
+            "under one new UIDVALIDITY (%s, was %s)" % (uv_new, uv_old))
+    for dc in dcs:
+        problems = dc.log_problems()
+        t.check(not problems, "Dovecot %d's log has no error, warning or panic (%s)" % (dc.i, problems[:5]))
 
 
 def main():

@@ -547,6 +547,46 @@ static void test_folders(void **state)
 	assert_int_equal(mm_md_folder_remove(md, "INBOX"), -EINVAL);
 }
 
+/* A removed user's whole Maildir: refused (nothing removed, the first thing in the
+ * way named) while it holds a message, a folder or a file of its own, removed once
+ * only Dovecot's and mailmesh's files are left. */
+static void test_maildir_remove(void **state)
+{
+	(void)state;
+	char md[512], p[600], left[64];
+	snprintf(md, sizeof md, "%s/user", tmpdir);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(md, "INBOX", &o), 0);
+	assert_int_equal(mm_md_folder_create(md, "Sent", &o), 0);
+	assert_int_equal(mm_md_deliver(md, "a", "x", 1, 5, "new", "a", &o), 0);
+	assert_int_equal(mm_md_maildir_remove(md, left, sizeof left), -ENOTEMPTY);
+	assert_string_equal(left, "new/");
+	assert_int_equal(mm_md_unlink(md, "new", "a"), 0);
+	assert_int_equal(mm_md_maildir_remove(md, left, sizeof left), -ENOTEMPTY);
+	assert_string_equal(left, ".Sent");
+	assert_int_equal(mm_md_folder_remove(md, "Sent"), 0);
+	const char *const own[] = {"dovecot-uidlist", "dovecot.index.log", "dovecot-keywords", "subscriptions",
+	                           "maildirsize"};
+	for (size_t i = 0; i < sizeof own / sizeof *own; i++) {
+		snprintf(p, sizeof p, "%s/%s", md, own[i]);
+		write_file(p, "x");
+	}
+	snprintf(p, sizeof p, "%s/.dovecot.sieve", md);
+	write_file(p, "keep;");
+	assert_int_equal(mm_md_maildir_remove(md, left, sizeof left), -ENOTEMPTY);
+	assert_string_equal(left, ".dovecot.sieve");
+	snprintf(p, sizeof p, "%s/dovecot-uidlist", md);
+	assert_int_equal(access(p, F_OK), 0); /* nothing removed */
+	snprintf(p, sizeof p, "%s/.dovecot.sieve", md);
+	assert_int_equal(unlink(p), 0);
+	assert_int_equal(mm_md_maildir_remove(md, NULL, 0), 0);
+	assert_int_equal(access(md, F_OK), -1);
+	assert_int_equal(mm_md_maildir_remove(md, left, sizeof left), 0); /* gone already */
+	write_file(md, "a file");
+	assert_int_equal(mm_md_maildir_remove(md, left, sizeof left), -ENOTDIR);
+	assert_int_equal(unlink(md), 0);
+}
+
 static void test_subscriptions(void **state)
 {
 	(void)state;
@@ -730,6 +770,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deliver_mtime, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_folders, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unlink_keep, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_maildir_remove, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_subscriptions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mailloc, setup, teardown),
 	};

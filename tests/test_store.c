@@ -815,10 +815,12 @@ static bool archive_subscribed(const struct node *n)
 
 /* a holds 2 messages in INBOX and 1 in Archive (subscribed), and an empty Drafts; b
  * has them all from a. */
+static bool alice_imap_uids; /* alice_on_two's nodes list IMAP UIDs */
+
 static struct mm_delta *alice_on_two(struct node *a, struct node *b)
 {
-	node_open(a, "a", 1);
-	node_open(b, "b", 2);
+	node_open_cfg(a, "a", 1, alice_imap_uids);
+	node_open_cfg(b, "b", 2, alice_imap_uids);
 	deliver(a, "INBOX", "1700000000.M1P1.a", "Subject: one\r\n\r\n1\r\n", 1700000000);
 	deliver(a, "INBOX", "1700000001.M1P1.a", "Subject: two\r\n\r\n2\r\n", 1700000001);
 	deliver(a, "Archive", "1700000002.M1P1.a", "Subject: old\r\n\r\n3\r\n", 1700000002);
@@ -985,6 +987,192 @@ static void test_user_away_and_back(void **state)
 	assert_false(has_folder_dir(&b, "Drafts")); /* not made again, nor sent back */
 	assert_int_equal(count_files(&b, "Archive", "new") + count_files(&b, "Archive", "cur"), 2);
 	assert_true(archive_subscribed(&b));
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+static bool alice_maildir_there(const struct node *n)
+{
+	char p[600];
+	struct stat st;
+	snprintf(p, sizeof p, "%s/ex.org/alice", n->root);
+	return stat(p, &st) == 0;
+}
+
+/* mailmesh remove-user: a removes alice; both Maildirs go, scans bring nothing back,
+ * and a Maildir made later for alice is a new user that gets none of the old mail. */
+static void test_user_removed(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char dir[600];
+	udir(&a, "INBOX", dir, sizeof dir);
+	struct mm_md_uidlist ul;
+	assert_int_equal(mm_md_uidlist_load(dir, &ul), 0);
+	uint32_t old_uv = ul.uidvalidity;
+	assert_int_equal(ul.exists, alice_imap_uids);
+	mm_md_uidlist_clear(&ul);
+	struct mm_store_removal rm = {0};
+	assert_int_equal(mm_store_user_remove(a.s, "ex.org/nobody", a.now, d, &rm), -ENOENT);
+	assert_int_equal(mm_store_user_describe(a.s, "ex.org/alice", &rm), 0);
+	assert_int_equal(rm.messages, 3);
+	assert_int_equal(rm.folders, 3); /* INBOX, Archive, Drafts */
+	assert_int_equal(mm_delta_count(d), 0);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, &rm) > 0);
+	assert_int_equal(rm.messages, 3);
+	assert_false(rm.absent);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_false(alice_maildir_there(&a));
+	sync_to(&a, &b, d);
+	assert_false(alice_maildir_there(&b));
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&a, db), 0);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	/* reopened: the index says the Maildir is gone by design, not absent */
+	node_close(&b);
+	node_open_cfg(&b, "b", 2, alice_imap_uids);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	/* a new alice, on b */
+	dovecot_makes_alice(&b, "1700000200.M1P1.b", "Subject: hello\r\n\r\nnew alice\r\n");
+	assert_int_equal(scan(&b, db), 2); /* INBOX made again, one delivery */
+	sync_to(&b, &a, db);
+	assert_same_listing(&a, &b);
+	assert_int_equal(count_files(&a, "INBOX", "new") + count_files(&a, "INBOX", "cur"), 1);
+	assert_false(has_folder_dir(&a, "Archive"));
+	assert_false(has_folder_dir(&a, "Drafts"));
+	assert_int_equal(mm_store_missing_count(a.s), 0);
+	if (alice_imap_uids) {
+		/* the same new UIDVALIDITY on both, not the old one */
+		uint32_t uv[2];
+		for (int k = 0; k < 2; k++) {
+			udir(k ? &b : &a, "INBOX", dir, sizeof dir);
+			assert_int_equal(mm_md_uidlist_load(dir, &ul), 0);
+			assert_int_equal(ul.n, 1);
+			uv[k] = ul.uidvalidity;
+			mm_md_uidlist_clear(&ul);
+		}
+		assert_int_equal(uv[0], uv[1]);
+		assert_int_not_equal(uv[0], old_uv);
+	}
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The same with IMAP UIDs listed in dovecot-uidlist: the new alice's INBOX gets a new
+ * UIDVALIDITY and none of the old UIDs. */
+static void test_user_removed_uids(void **state)
+{
+	alice_imap_uids = true;
+	test_user_removed(state);
+	alice_imap_uids = false;
+}
+
+/* A delivery on b that b had not sent when a removed alice survives, with INBOX and
+ * the user, on both; the rest is gone. */
+static void test_user_removed_concurrent_delivery(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	struct mm_delta *db = mm_delta_new();
+	deliver(&b, "INBOX", "1700000300.M1P1.b", "Subject: late\r\n\r\nraced the removal\r\n", 1700000300);
+	assert_int_equal(scan(&b, db), 1);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_false(alice_maildir_there(&a));
+	sync_to(&a, &b, d);
+	sync_to(&b, &a, db);
+	assert_true(alice_maildir_there(&a));
+	assert_true(alice_maildir_there(&b));
+	/* (b's subscriptions file was written empty, a's Maildir was made without one) */
+	assert_false(archive_subscribed(&b));
+	assert_int_equal(count_files(&a, "INBOX", "new") + count_files(&a, "INBOX", "cur"), 1);
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 1);
+	assert_false(has_folder_dir(&b, "Archive"));
+	assert_false(has_folder_dir(&a, "Archive"));
+	assert_false(has_folder_dir(&b, "Drafts"));
+	mm_delta_clear(db);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(scan(&a, db), 0);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* Removed while b's copy is away (an unmounted disk): nothing is touched there, and
+ * when the Maildir is back its files and then the Maildir go, with nothing sent
+ * back. */
+static void test_user_removed_while_absent(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char away[400], cmd[1500];
+	snprintf(away, sizeof away, "%s.away", b.root);
+	snprintf(cmd, sizeof cmd, "mv '%s' '%s' && mkdir '%s'", b.root, away, b.root);
+	assert_int_equal(system(cmd), 0);
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&b, db), 0);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	sync_to(&a, &b, d);
+	assert_false(alice_maildir_there(&b)); /* not made again */
+	snprintf(cmd, sizeof cmd, "rmdir '%s' && mv '%s' '%s'", b.root, away, b.root);
+	assert_int_equal(system(cmd), 0);
+	assert_true(alice_maildir_there(&b));
+	assert_int_equal(scan(&b, db), 0);
+	assert_false(alice_maildir_there(&b));
+	assert_int_equal(mm_delta_count(db), 0);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A Maildir holding a file mailmesh does not own (a home directory used as the
+ * Maildir: a Sieve script) is kept, INBOX is not made again by the scans, and it goes
+ * once that file does. */
+static void test_user_removed_kept_while_foreign(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char p[600];
+	snprintf(p, sizeof p, "%s/ex.org/alice/.dovecot.sieve", b.root);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("keep;\n", f);
+	fclose(f);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	sync_to(&a, &b, d);
+	assert_true(alice_maildir_there(&b));
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 0);
+	assert_false(has_folder_dir(&b, "Archive"));
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	assert_true(alice_maildir_there(&b));
+	assert_int_equal(unlink(p), 0);
+	assert_int_equal(scan(&b, db), 0);
+	assert_false(alice_maildir_there(&b));
+	assert_int_equal(mm_delta_count(db), 0);
 	mm_delta_free(&db);
 	mm_delta_free(&d);
 	node_close(&a);
@@ -3286,6 +3474,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_user_gone_while_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_made_again_while_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_away_and_back, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_uids, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_concurrent_delivery, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_while_absent, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_kept_while_foreign, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_flag_kept_over_two_remote, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
