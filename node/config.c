@@ -8,6 +8,7 @@
  */
 #include "node/config.h"
 #include "node/mailloc.h"
+#include "node/maildir.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,13 +35,13 @@
 enum key_id {
 	K_NAME, K_LISTEN, K_PRIVATE_KEY, K_PEERS, K_MAIL_LOCATION, K_STATE_DIR,
 	K_GOSSIP_INTERVAL, K_LOG_LEVEL, K_CONTROL_SOCKET, K_USER, K_GROUP, K_CLUSTER_PSK,
-	K_PUSH_FANOUT, K_GC_GRACE, K_GC_MAX, K_MAX_SKEW, K_IMAP_UIDS, K_FILE_CACHE, K_COUNT
+	K_PUSH_FANOUT, K_GC_GRACE, K_GC_MAX, K_MAX_SKEW, K_IMAP_UIDS, K_FILE_CACHE, K_QUOTA_IGNORE, K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
 	"name", "listen", "private_key", "peers", "mail_location", "state_dir",
 	"gossip_interval", "log_level", "control_socket", "user", "group", "cluster_psk",
-	"push_fanout", "gc_grace", "gc_max", "max_skew", "imap_uids", "file_cache",
+	"push_fanout", "gc_grace", "gc_max", "max_skew", "imap_uids", "file_cache", "quota_ignore",
 };
 
 struct parse_ctx {
@@ -317,8 +318,8 @@ static int handler(void *user, const char *section, const char *name, const char
 		line_err(c, -EINVAL,
 		         "unknown key '%s'; known keys: name, listen, private_key, peers, "
 		         "mail_location, state_dir, gossip_interval, log_level, control_socket, "
-		         "user, group, cluster_psk, push_fanout, gc_grace, gc_max, max_skew, imap_uids, file_cache "
-		         "(see docs/configuration.md)", name);
+		         "user, group, cluster_psk, push_fanout, gc_grace, gc_max, max_skew, imap_uids, file_cache, "
+		         "quota_ignore (see docs/configuration.md)", name);
 		return 0;
 	}
 	if (c->seen[k] != 0) {
@@ -431,6 +432,19 @@ static int handler(void *user, const char *section, const char *name, const char
 			break;
 		}
 		cfg->file_cache = (size_t)v;
+		break;
+	}
+	case K_QUOTA_IGNORE: {
+		char bad[256];
+		int r = mm_md_folder_names_parse(value, NULL, NULL, bad, sizeof bad);
+		if (r < 0) {
+			line_err(c, -EINVAL,
+			         "bad quota_ignore '%s': '%s' is not a folder name; give the folders Dovecot's "
+			         "quota_rule ignores (e.g. Trash:ignore) as their Maildir++ names, separated by "
+			         "commas: quota_ignore = Trash, Junk", value, bad);
+			break;
+		}
+		set_string(c, &cfg->quota_ignore, value, false);
 		break;
 	}
 	case K_COUNT:
@@ -847,6 +861,7 @@ size_t mm_config_restart_keys(const struct mm_config *a, const struct mm_config 
 		{"max_skew", a->max_skew_ms != b->max_skew_ms},
 		{"imap_uids", a->imap_uids != b->imap_uids},
 		{"file_cache", a->file_cache != b->file_cache},
+		{"quota_ignore", str_differs(a->quota_ignore, b->quota_ignore)},
 	};
 	size_t n = 0, len = 0;
 	if (cap)
@@ -878,6 +893,7 @@ void mm_config_free(struct mm_config *cfg)
 	free(cfg->user);
 	free(cfg->group);
 	free(cfg->cluster_psk_path);
+	free(cfg->quota_ignore);
 	mm_peers_free(&cfg->peers);
 	sodium_memzero(cfg, sizeof *cfg); /* wipes private_key and psk too */
 }

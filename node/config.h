@@ -56,6 +56,8 @@ struct mm_config {
 	uint64_t max_skew_ms;  /* clock skew tolerated in remote stamps */
 	bool imap_uids;        /* replicate IMAP UIDs and UIDVALIDITY (default yes) */
 	size_t file_cache;     /* file index entries kept in memory (mm_store_set_file_cache) */
+	char *quota_ignore;    /* folders Dovecot's quota does not count, as written (comma-
+	                        * separated Maildir++ names; NULL = none): mm_store_set_quota_ignore */
 
 	/* loaded from the files above */
 	uint8_t private_key[32];

@@ -712,6 +712,8 @@ static int daemon_start(struct mm_daemon *d)
 	}
 	mm_store_set_log(d->store, store_log, d);
 	mm_store_set_file_cache(d->store, d->cfg.file_cache);
+	if (mm_store_set_quota_ignore(d->store, d->cfg.quota_ignore) < 0) /* (the parser checked the names) */
+		mm_log(MM_LOG_WARN, "out of memory for quota_ignore: those folders count in maildirsize");
 	peers_synced_load(d);
 	/* before the first scan's UID pass: a node back with many bodies missing asks for
 	 * no moves until it has them (uid_authority_update keeps this up to date) */

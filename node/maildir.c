@@ -1118,6 +1118,38 @@ int mm_md_maildir_remove(const char *maildir, char *left_r, size_t left_len)
 	return 0;
 }
 
+int mm_md_folder_names_parse(const char *list, int (*cb)(void *arg, const char *folder), void *arg,
+                             char *bad_r, size_t bad_len)
+{
+	const char *p = list;
+	for (;;) {
+		while (*p == ' ' || *p == '\t')
+			p++;
+		const char *end = strchr(p, ',');
+		size_t n = end ? (size_t)(end - p) : strlen(p);
+		while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+			n--;
+		char name[256], dir[PATHBUF];
+		bool ok = n > 0 && n < sizeof name;
+		if (ok) {
+			memcpy(name, p, n);
+			name[n] = '\0';
+			ok = mm_md_folder_path(dir, sizeof dir, "/m", name) >= 0;
+		}
+		if (!ok) {
+			if (bad_r && bad_len)
+				snprintf(bad_r, bad_len, "%.*s", (int)n, p);
+			return -EINVAL;
+		}
+		int r = cb ? cb(arg, name) : 0;
+		if (r)
+			return r;
+		if (!end)
+			return 0;
+		p = end + 1;
+	}
+}
+
 int mm_md_folder_list(const char *maildir, int (*cb)(void *arg, const char *folder), void *arg)
 {
 	DIR *d = opendir(maildir);

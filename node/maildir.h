@@ -257,6 +257,13 @@ int mm_md_folder_path(char *buf, size_t buflen, const char *maildir, const char 
 /* True when dir holds a cur/ or new/ directory. */
 bool mm_md_is_maildir(const char *dir);
 
+/* Splits a config's list of folder names ("Trash, Junk": separated by commas, spaces
+ * around each name ignored) and calls cb (may be NULL: only checks) for each.  Returns
+ * 0, cb's non-zero value, or -EINVAL with the first name that is not a folder name
+ * (mm_md_folder_path's rules, at most MM_MD_NAME_MAX bytes) in *bad_r (size bad_len). */
+int mm_md_folder_names_parse(const char *list, int (*cb)(void *arg, const char *folder), void *arg,
+                             char *bad_r, size_t bad_len);
+
 /* A folder holding cur/ or new/ but not all of cur/ new/ tmp/ (a delete that raced a
  * delivery, or an rm -rf cut short) gets the missing ones back, with the folder's
  * owner and mode: Dovecot and clients see a folder only when it has cur/.  Returns

@@ -319,6 +319,11 @@ struct meta_kv {
 	uint64_t v;
 };
 
+struct namelist { /* a list of names (folders), small enough to search in turn */
+	char **v;
+	size_t n, cap;
+};
+
 struct mm_store {
 	bool imap_uids;              /* cfg.imap_uids */
 	struct user **quota_q;       /* users with a quota change to append (quota_note) */
@@ -388,6 +393,7 @@ struct mm_store {
 	uint64_t walk_gen;           /* full scans run (struct user.walk_gen) */
 	bool trim_due;               /* big scratch was freed: give the pages back (trim_heap) */
 	uint64_t max_skew_ms;
+	struct namelist quota_ignore; /* mm_store_set_quota_ignore */
 };
 
 struct spare {
@@ -479,9 +485,14 @@ static void logmsg(struct mm_store *s, int level, const char *fmt, ...)
  * never touched.  A sum that goes over quota is not trusted by Dovecot while the file
  * has more than one such line: it recalculates then (quota-maildir.c), so a line too
  * many only costs a recount. */
-static void quota_note(struct mm_store *s, struct user *u, int64_t bytes, int64_t count)
+static bool namelist_has(const struct namelist *l, const char *name);
+
+/* Notes a file placed (count 1) or removed (-1) in folder fo for the user's
+ * maildirsize, unless Dovecot's quota does not count that folder (quota_ignore). */
+static void quota_note(struct mm_store *s, struct folder *fo, int64_t bytes, int64_t count)
 {
-	if (!u)
+	struct user *u = fo ? fo->u : NULL;
+	if (!u || namelist_has(&s->quota_ignore, fo->name))
 		return;
 	if (!u->quota_queued) {
 		if (s->n_quota_q == s->cap_quota_q) {
@@ -1686,7 +1697,7 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 				         * file would be a new delivery then and bring the message
 				         * back everywhere */
 			if ((r == 0 || r == 1) && fsz >= 0)
-				quota_note(s, u, -fsz, -1); /* (a spare in tmp/ is out of the quota too) */
+				quota_note(s, fe->fo, -fsz, -1); /* (a spare in tmp/ is out of the quota too) */
 			if (r == 1)
 				r = spare_add(s, user, rec->msg.body, keep);
 			if (r < 0 && r != -ENOENT) {
@@ -2376,7 +2387,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 					/* ours, for a message expunged before the crash: finish the expunge */
 					int64_t fsz = quota_file_size(path);
 					if (mm_md_unlink(fo->dir, in_cur ? "cur" : "new", name) == 0 && fsz >= 0)
-						quota_note(s, fo->u, -fsz, -1);
+						quota_note(s, fo, -fsz, -1);
 					logmsg(s, MM_STORE_LOG_INFO, "removed %s: its message was expunged", path);
 					continue;
 				}
@@ -2723,7 +2734,7 @@ static void user_reconcile(struct mm_store *s, struct user *u, struct mm_user *m
 				if (expunged_file_remove(s, fe, NULL) == 0) {
 					removed++;
 					if (fsz >= 0)
-						quota_note(s, u, -fsz, -1);
+						quota_note(s, fe->fo, -fsz, -1);
 				}
 			} else {
 				gone++;
@@ -2899,11 +2910,6 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		s->changes++;
 	return 0;
 }
-
-struct namelist {
-	char **v;
-	size_t n, cap;
-};
 
 static int namelist_add(void *arg, const char *name)
 {
@@ -3855,7 +3861,7 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 		const struct mm_rec *r = mu ? mm_user_get(mu, w->key) : NULL;
 		struct fent *fe = fent_by_key(s, w->user, w->key);
 		if (fe && fe->fo == fo && !strcmp(fe->base, w->base)) {
-			quota_note(s, fo->u, (int64_t)w->n, 1); /* ours, placed: it counts */
+			quota_note(s, fo, (int64_t)w->n, 1); /* ours, placed: it counts */
 			continue; /* a scan took it in meanwhile, by its key */
 		}
 		if (!r || r->type != MM_REC_MESSAGE || strcmp(r->msg.folder, fo->name) || fe) {
@@ -3863,7 +3869,7 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 			fo->check = true;
 			continue;
 		}
-		quota_note(s, fo->u, (int64_t)w->n, 1); /* the file stays: it counts */
+		quota_note(s, fo, (int64_t)w->n, 1); /* the file stays: it counts */
 		uint8_t body[MM_ID_LEN];
 		memcpy(body, r->msg.body, MM_ID_LEN);
 		set_missing(s, w->user, w->key, NULL, NULL, false);
@@ -6210,6 +6216,19 @@ void mm_store_set_file_cache(struct mm_store *s, size_t entries)
 	s->file_cache = entries;
 }
 
+int mm_store_set_quota_ignore(struct mm_store *s, const char *list)
+{
+	struct namelist l = {0};
+	int r = list ? mm_md_folder_names_parse(list, namelist_add, &l, NULL, 0) : 0;
+	if (r < 0) {
+		namelist_free(&l);
+		return r;
+	}
+	namelist_free(&s->quota_ignore);
+	s->quota_ignore = l;
+	return 0;
+}
+
 size_t mm_store_files_in_memory(const struct mm_store *s)
 {
 	return s->by_base.n;
@@ -6329,6 +6348,7 @@ void mm_store_free(struct mm_store **sp)
 	mm_statedb_free(&s->db);
 	mm_mailloc_free(&s->loc);
 	mm_delta_free(&s->commit_out);
+	namelist_free(&s->quota_ignore);
 	free(s);
 	*sp = NULL;
 }

@@ -373,6 +373,12 @@ uint64_t mm_store_uidlists_read(const struct mm_store *s);
 #define MM_STORE_FILE_CACHE 200000
 void mm_store_set_file_cache(struct mm_store *s, size_t entries);
 
+/* Folders whose files Dovecot's quota does not count (its quota_rule FOLDER:ignore),
+ * as a config's list (mm_md_folder_names_parse: "Trash, Junk"; NULL = none): the
+ * files mailmesh places in or removes from them are left out of maildirsize.  0 or
+ * -EINVAL (the list kept before stays) / -ENOMEM. */
+int mm_store_set_quota_ignore(struct mm_store *s, const char *list);
+
 /* Number of file index entries in memory now (tests, status). */
 size_t mm_store_files_in_memory(const struct mm_store *s);
 

@@ -54,6 +54,7 @@ static void test_defaults(void **state)
 	assert_null(cfg.cluster_psk_path);
 	assert_int_equal(cfg.push_fanout, 0);
 	assert_int_equal(cfg.file_cache, MM_STORE_FILE_CACHE);
+	assert_null(cfg.quota_ignore);
 	assert_true(cfg.gc_grace_ms == 30ULL * 86400 * 1000);
 	assert_true(cfg.gc_max_ms == 180ULL * 86400 * 1000);
 	assert_true(cfg.max_skew_ms == 60000);
@@ -108,6 +109,7 @@ static void test_every_key(void **state)
 		"gc_max = 2h\n"
 		"max_skew = 250ms\n"
 		"file_cache = 1000000\n"
+		"quota_ignore = Trash, Deleted Items ,Junk\n"
 		"\n";
 	assert_int_equal(parse(text, &cfg, err, sizeof err), 0);
 	assert_string_equal(cfg.name, "mx-2.example");
@@ -129,6 +131,7 @@ static void test_every_key(void **state)
 	assert_true(cfg.gc_max_ms == 2ULL * 3600 * 1000);
 	assert_true(cfg.max_skew_ms == 250);
 	assert_int_equal(cfg.file_cache, 1000000);
+	assert_string_equal(cfg.quota_ignore, "Trash, Deleted Items ,Junk");
 	mm_config_free(&cfg);
 
 	/* control_socket follows state_dir by default; relative config path gets the cwd. */
@@ -175,6 +178,9 @@ static void test_errors_name_the_line(void **state)
 		{REQUIRED "push_fanout = 3x\n", "/etc/mm/mailmesh.conf:5: ", "bad push_fanout"},
 		{REQUIRED "push_fanout = 100000\n", "/etc/mm/mailmesh.conf:5: ", "bad push_fanout"},
 		{REQUIRED "file_cache = lots\n", "/etc/mm/mailmesh.conf:5: ", "bad file_cache 'lots'"},
+		{REQUIRED "quota_ignore = Trash, .Junk\n", "/etc/mm/mailmesh.conf:5: ", "'.Junk' is not a folder name"},
+		{REQUIRED "quota_ignore = Trash,,Junk\n", "/etc/mm/mailmesh.conf:5: ", "'' is not a folder name"},
+		{REQUIRED "quota_ignore = Archive/2024\n", "/etc/mm/mailmesh.conf:5: ", "bad quota_ignore"},
 		{REQUIRED "file_cache = 2000000000\n", "/etc/mm/mailmesh.conf:5: ", "bad file_cache"},
 		{REQUIRED "mail_location = /var/mail/%d\n", "/etc/mm/mailmesh.conf:5: ", "must contain %n or %u"},
 		{REQUIRED "mail_location = /var/mail/%h/%n\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable '%h'"},

@@ -3399,6 +3399,54 @@ static void test_maildirsize(void **state)
 	node_close(&b);
 }
 
+/* quota_ignore = Trash (Dovecot's quota_rule Trash:ignore): what b places in or removes
+ * from Trash is left out of maildirsize, INBOX's still counts. */
+static void test_maildirsize_ignored_folder(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	assert_int_equal(mm_store_set_quota_ignore(b.s, "Junk, Trash"), 0);
+	assert_int_equal(mm_store_set_quota_ignore(b.s, "Trash,,Junk"), -EINVAL); /* (kept as it was) */
+	struct mm_delta *d = mm_delta_new();
+	deliver(&a, "INBOX", "first", "Subject: 0\r\n\r\nfirst\r\n", 1600000000);
+	assert_true(scan(&a, d) >= 1);
+	sync_to(&a, &b, d);
+	char p[600], limits[64];
+	snprintf(p, sizeof p, "%s/ex.org/alice/maildirsize", b.root);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("1000000S,100C\n21 1\n", f);
+	fclose(f);
+	mm_delta_clear(d);
+	const char *in = "Subject: in\r\n\r\ncounted\r\n", *junk = "Subject: junk\r\n\r\nnot counted\r\n";
+	deliver(&a, "INBOX", "1600000001.M1P1.a", in, 1600000001);
+	deliver(&a, "Trash", "1600000002.M1P1.a", junk, 1600000002);
+	deliver(&a, "Trash", "1600000003.M1P1.a", junk, 1600000003);
+	assert_true(scan(&a, d) >= 3);
+	sync_to(&a, &b, d);
+	assert_int_equal(count_files(&b, "Trash", "new") + count_files(&b, "Trash", "cur"), 2);
+	long long bytes, count;
+	int lines;
+	maildirsize_sum(&b, &bytes, &count, &lines, limits, sizeof limits);
+	assert_int_equal(count, 2);
+	assert_int_equal(bytes, 21 + (long long)strlen(in));
+	/* emptied on a: nothing counted out on b */
+	mm_delta_clear(d);
+	assert_int_equal(unlink(find(&a, "Trash", "1600000002.")), 0);
+	assert_int_equal(unlink(find(&a, "Trash", "1600000003.")), 0);
+	assert_true(scan(&a, d) >= 2);
+	sync_to(&a, &b, d);
+	assert_int_equal(count_files(&b, "Trash", "new") + count_files(&b, "Trash", "cur"), 0);
+	maildirsize_sum(&b, &bytes, &count, &lines, limits, sizeof limits);
+	assert_int_equal(count, 2);
+	assert_int_equal(bytes, 21 + (long long)strlen(in));
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* The daemon's small values (peers' GC times): a get sees what was set for the next
  * commit (a peer removed by a reload and listed again before that commit gets its
  * times back, not older ones), then the durable value, also after a reopen. */
@@ -3485,6 +3533,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_keyword_add_retried, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_meta_staged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_maildirsize, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_maildirsize_ignored_folder, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
