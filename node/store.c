@@ -220,6 +220,7 @@ struct folder {
 	bool subscribed; /* listed in the subscriptions file when last looked at */
 	bool check;      /* re-check visibility at commit */
 	bool remove_failed; /* deleted elsewhere, kept here (not empty): its scans retry */
+	bool delivered;     /* the last scan_files indexed a file new here (a delivery) */
 	bool kw_retry;      /* a keyword could not get its letter: files re-synced at commit */
 	uint64_t half_since; /* first scan that found cur/ or new/ missing under messages */
 	size_t half_n;       /* how many files that scan saw */
@@ -811,6 +812,29 @@ static bool user_removed(const struct mm_user *mu)
 	mm_key_folder("INBOX", key);
 	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
 	return r && r->type == MM_REC_FOLDER && !r->folder.exists.value && !mm_user_folder_visible(mu, "INBOX");
+}
+
+static void local_effect(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec);
+
+/* INBOX's record says deleted (a removal) while INBOX holds live mail: mail the
+ * removal did not take.  Who may say the user goes on, with INBOX made again: a
+ * delivery found here by a scan (local = true: new mail for the user, whatever the
+ * removal knew), or the node that made the removal (its stamp's node) for any live
+ * message, since its delete took every message it knew.  Any other node cannot tell
+ * such mail from messages whose tombstones have not reached it yet.  0 or the
+ * number of changes (mm_user_folder_create), negative errno. */
+static int inbox_revive(struct mm_store *s, struct mm_user *mu, bool local, struct mm_delta *out)
+{
+	uint8_t key[MM_KEY_LEN];
+	mm_key_folder("INBOX", key);
+	const struct mm_rec *r = mm_user_get(mu, key);
+	if (!r || r->type != MM_REC_FOLDER || r->folder.exists.value || !mm_user_folder_visible(mu, "INBOX"))
+		return 0;
+	if (!local && r->folder.exists.stamp.node != s->clock->node)
+		return 0;
+	logmsg(s, MM_STORE_LOG_INFO, "%s was removed from the cluster, but mail came for it %s: "
+	       "it goes on, its INBOX made again", mm_user_name(mu), local ? "here" : "that the removal did not take");
+	return mm_user_folder_create(mu, "INBOX", tick(s), local_effect, s, out);
 }
 
 static bool user_known(const struct user *u)
@@ -1664,6 +1688,8 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		if (!fo)
 			return;
 		folder_ensure_recent(s, fo);
+		if (!strcmp(fo->name, "INBOX"))
+			fo->check = true; /* (mail a removal here did not take: inbox_revive) */
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
 			sync_file_flags(s, fe, rec);
@@ -2464,6 +2490,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				continue;
 			}
 			s->changes++;
+			fo->delivered = true;
 			if (!fent_add(s, fo, base, name, in_cur, nkey, body, n.letters & ~unnamed)) {
 				free(fresh);
 				dlist_free(&l);
@@ -2798,12 +2825,22 @@ static int user_present(struct mm_store *s, struct user *u, struct mm_user *mu)
 	bool anew = inbox && inbox->on_disk && inbox->root_id && id && id != inbox->root_id;
 	int ret = 1;
 	if (u->absent || anew) {
-		if (anew)
+		/* a user removed from the cluster while its Maildir was away: the same
+		 * directory back is removed (user_reconcile, then users_retire); another one
+		 * is a new user of that name (its old files, a backup restored, still go) */
+		bool fresh = anew && user_removed(mu);
+		if (anew && !fresh)
 			logmsg(s, MM_STORE_LOG_WARNING, "Maildir %s of %s is not the directory this node "
 			       "indexed (removed and made again?): what it lacks is fetched again, not expunged",
 			       u->path, u->name);
 		u->absent = false; /* (before: folder_ensure writes for present users only) */
 		user_reconcile(s, u, mu);
+		if (fresh) {
+			inbox->on_disk = false; /* a new INBOX for the scan to make */
+			inbox->check = false;
+			inbox->remove_failed = false;
+			mark_folder(s, inbox);
+		}
 		ret = 2;
 	}
 	if (inbox && id && inbox->root_id != id) {
@@ -2849,7 +2886,10 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		bool visible = mm_user_folder_visible(mu, name);
 		if (!visible && strcmp(name, "INBOX") && folder_half(fo) == 2)
 			return 0;
-		bool kept = !visible && (fo->remove_failed || fo->check) && fo->on_disk;
+		/* (INBOX of a removed user: kept until users_retire removes it, also after a
+		 * restart, or the scan would make it again on every node) */
+		bool kept = !visible && fo->on_disk &&
+		            (fo->remove_failed || fo->check || (!strcmp(name, "INBOX") && user_removed(mu)));
 		if (visible)
 			fo->remove_failed = false;
 		if (kept)
@@ -2873,8 +2913,12 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		 * periodic rescan. */
 		uint64_t sig = dir_sig(fo);
 		int r = 0;
+		fo->delivered = false;
 		if (!(s->trust_dirs && sig && sig == fo->dir_sig)) {
 			r = scan_files(s, fo, mu);
+			if (r == 0 && fo->delivered && !strcmp(name, "INBOX") && inbox_revive(s, mu, true, s->out) > 0)
+				s->changes++;
+			fo->delivered = false;
 			if (r == 0 && sig != fo->dir_sig) {
 				fo->dir_sig = sig;
 				mark_folder(s, fo);
@@ -5639,6 +5683,8 @@ static void mirror_deferred(struct mm_store *s)
 				 * commit's spare files are out of its tmp/ */
 				if (fo->on_disk && user_removed(mu))
 					u->retire = true;
+				else
+					inbox_revive(s, mu, false, s->commit_out);
 				continue;
 			}
 			if (!fo->on_disk || mm_user_folder_visible(mu, fo->name))

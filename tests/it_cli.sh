@@ -3,7 +3,7 @@
 # genkey/pubkey round trip (and RFC 7748's test key), 0600 key files and the refusal to
 # overwrite one, the permission check on load, check-config's exit codes and messages
 # for good and bad configs and peers files, a testnet whose every node passes
-# check-config, and `reload`'s usage and its message when no daemon runs.  Nothing listens: ports 24000-24099 only appear in generated configs.
+# check-config, and `reload`'s and `remove-user`'s usage and their message when no daemon runs.  Nothing listens: ports 24000-24099 only appear in generated configs.
 # Prints `N passed, N failed`.
 set -u
 MAILMESH=${MAILMESH:-build/mailmesh}
@@ -115,6 +115,10 @@ if run 2 "$MAILMESH" check-config -c "$T/missing.conf" && has err "missing.conf:
 # reload: usage, and no daemon to ask (the testnet's own control socket is not there)
 if run 2 "$MAILMESH" reload && has err "usage: mailmesh reload -c FILE"; then ok "reload without -c: usage (exit 2)"; else bad "reload without -c: usage (exit 2)"; fi
 if run 1 "$MAILMESH" reload -c "$C" && has err "the daemon is not running"; then ok "reload with no daemon running: says so (exit 1)"; else bad "reload with no daemon running: says so (exit 1)"; fi
+# remove-user: usage, a name that is not one, no daemon to ask
+if run 2 "$MAILMESH" remove-user -c "$C" && has err "usage: mailmesh remove-user -c FILE USER [--yes]"; then ok "remove-user without a user: usage (exit 2)"; else bad "remove-user without a user: usage (exit 2)"; fi
+if run 2 "$MAILMESH" remove-user -c "$C" "example.org/a b" --yes && has err "is not a user name"; then ok "remove-user of a name with a space: refused (exit 2)"; else bad "remove-user of a name with a space: refused (exit 2)"; fi
+if run 1 "$MAILMESH" remove-user -c "$C" example.org/alice --yes && has err "the daemon is not running"; then ok "remove-user with no daemon running: says so (exit 1)"; else bad "remove-user with no daemon running: says so (exit 1)"; fi
 if run 2 "$MAILMESH" check-config && has err "usage"; then ok "check-config without -c: usage (exit 2)"; else bad "check-config without -c: usage (exit 2)"; fi
 
 # Relative paths are relative to the config file, not the working directory.

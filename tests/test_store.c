@@ -1179,6 +1179,128 @@ static void test_user_removed_kept_while_foreign(void **state)
 	node_close(&b);
 }
 
+static bool inbox_visible(const struct node *n)
+{
+	struct mm_user *u = mm_state_user(n->st, "ex.org/alice", false);
+	return u && mm_user_folder_visible(u, "INBOX");
+}
+
+/* Kept (a file mailmesh does not own), then b restarts: its first scan must not make
+ * INBOX again (that would bring alice back on every node), and the Maildir goes once
+ * the file does. */
+static void test_user_removed_kept_then_restart(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char p[600];
+	snprintf(p, sizeof p, "%s/ex.org/alice/.dovecot.sieve", b.root);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("keep;\n", f);
+	fclose(f);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	sync_to(&a, &b, d);
+	assert_true(alice_maildir_there(&b));
+	node_close(&b);
+	node_open_cfg(&b, "b", 2, alice_imap_uids);
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	assert_false(inbox_visible(&b));
+	assert_int_equal(unlink(p), 0);
+	assert_int_equal(scan(&b, db), 0);
+	assert_false(alice_maildir_there(&b));
+	assert_int_equal(mm_delta_count(db), 0);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The survivor of a delivery racing the removal: the node that removed alice makes
+ * INBOX again when it learns of it, so that expunging it later (over IMAP, on b) does
+ * not take the Maildir with it, on either node. */
+static void test_user_removed_survivor_goes_on(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	struct mm_delta *db = mm_delta_new();
+	deliver(&b, "INBOX", "1700000300.M1P1.b", "Subject: late\r\n\r\nraced the removal\r\n", 1700000300);
+	assert_int_equal(scan(&b, db), 1);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	sync_to(&a, &b, d);
+	assert_true(mm_store_merge_delta(a.s, db) >= 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	/* a made INBOX again in that commit, for the daemon to push */
+	assert_int_equal(mm_delta_count(mm_store_commit_delta(a.s)), 1);
+	assert_true(inbox_visible(&a));
+	struct mm_delta *dr = full_delta(&a);
+	sync_to(&a, &b, dr);
+	mm_delta_clear(db);
+	assert_int_equal(unlink(find(&b, "INBOX", "1700000300.")), 0);
+	assert_int_equal(scan(&b, db), 1);
+	sync_to(&b, &a, db);
+	assert_true(alice_maildir_there(&a));
+	assert_true(alice_maildir_there(&b));
+	assert_true(inbox_visible(&a));
+	assert_true(inbox_visible(&b));
+	mm_delta_free(&dr);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* Removed while b's Maildir was away, which never comes back (a disk replaced): the
+ * Maildir Dovecot makes for a new alice at a login is hers, not removed, and her first
+ * delivery there makes her INBOX on every node. */
+static void test_user_removed_away_then_new_user(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char away[400], cmd[1500];
+	snprintf(away, sizeof away, "%s.away", b.root);
+	snprintf(cmd, sizeof cmd, "mv '%s' '%s' && mkdir '%s'", b.root, away, b.root);
+	assert_int_equal(system(cmd), 0);
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&b, db), 0);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	sync_to(&a, &b, d);
+	char md[600], p[700];
+	alice_dir(&b, md, sizeof md);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(md, "INBOX", &o), 0);
+	snprintf(p, sizeof p, "%s/dovecot.index.log", md);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("log", f);
+	fclose(f);
+	assert_int_equal(scan(&b, db), 1); /* INBOX made */
+	assert_true(alice_maildir_there(&b));
+	assert_int_equal(access(p, F_OK), 0);
+	assert_true(inbox_visible(&b));
+	deliver(&b, "INBOX", "1700000400.M1P1.b", "Subject: hi\r\n\r\nnew alice\r\n", 1700000400);
+	assert_int_equal(scan(&b, db), 1);
+	sync_to(&b, &a, db);
+	assert_true(alice_maildir_there(&a));
+	assert_int_equal(count_files(&a, "INBOX", "new") + count_files(&a, "INBOX", "cur"), 1);
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", away);
+	assert_int_equal(system(cmd), 0);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* Receives `msg` on n by its id and stages it. */
 static void stage_bytes(struct node *n, const char *msg)
 {
@@ -3527,6 +3649,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_user_removed_concurrent_delivery, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_while_absent, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_kept_while_foreign, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_kept_then_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_survivor_goes_on, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_away_then_new_user, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_flag_kept_over_two_remote, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
