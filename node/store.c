@@ -5786,7 +5786,10 @@ static bool users_retire(struct mm_store *s)
 
 struct remove_ctx {
 	struct namelist names; /* every folder with a record or a live message */
-	size_t messages;
+	struct hmap seen;      /* the same names, to look up (a user may have many) */
+	uint8_t (*keys)[MM_KEY_LEN]; /* the live messages (want_keys) */
+	size_t messages, cap;
+	bool want_keys;
 };
 
 static int remove_rec_cb(void *arg, const struct mm_rec *r)
@@ -5796,10 +5799,32 @@ static int remove_rec_cb(void *arg, const struct mm_rec *r)
 	if (r->type == MM_REC_FOLDER && (r->folder.exists.value || r->folder.subscribed.value))
 		name = r->folder.name;
 	else if (r->type == MM_REC_MESSAGE) {
+		if (c->want_keys) {
+			if (c->messages == c->cap) {
+				size_t nc = c->cap ? 2 * c->cap : 256;
+				uint8_t(*nk)[MM_KEY_LEN] = realloc(c->keys, nc * sizeof(*nk));
+				if (!nk)
+					return -ENOMEM;
+				c->keys = nk;
+				c->cap = nc;
+			}
+			memcpy(c->keys[c->messages], r->key, MM_KEY_LEN);
+		}
 		c->messages++;
 		name = r->msg.folder;
 	}
-	return name && !namelist_has(&c->names, name) ? namelist_add(&c->names, name) : 0;
+	if (!name || hm_get(&c->seen, name, strlen(name)))
+		return 0;
+	int e = hm_put(&c->seen, name, strlen(name), c);
+	return e < 0 ? e : namelist_add(&c->names, name);
+}
+
+static void remove_ctx_free(struct remove_ctx *c)
+{
+	namelist_free(&c->names);
+	hm_clear(&c->seen);
+	free(c->keys);
+	memset(c, 0, sizeof(*c));
 }
 
 int mm_store_user_describe(struct mm_store *s, const char *user, struct mm_store_removal *removal_r)
@@ -5807,11 +5832,11 @@ int mm_store_user_describe(struct mm_store *s, const char *user, struct mm_store
 	struct mm_user *mu = user ? mm_state_user(s->state, user, false) : NULL;
 	if (!mu)
 		return -ENOENT;
-	struct remove_ctx c = {{0}, 0};
+	struct remove_ctx c = {0};
 	int r = mm_user_foreach(mu, NULL, 0, remove_rec_cb, &c);
 	struct user *u = user_get(s, user, false);
 	struct mm_store_removal res = {c.messages, c.names.n, u && u->absent};
-	namelist_free(&c.names);
+	remove_ctx_free(&c);
 	if (r < 0)
 		return r;
 	*removal_r = res;
@@ -5828,10 +5853,10 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 	struct user *u = user_get(s, user, true);
 	if (!u)
 		return -ENOMEM;
-	struct remove_ctx c = {{0}, 0};
+	struct remove_ctx c = {.want_keys = true};
 	int r = mm_user_foreach(mu, NULL, 0, remove_rec_cb, &c);
 	if (r < 0) {
-		namelist_free(&c.names);
+		remove_ctx_free(&c);
 		return r;
 	}
 	s->now_ms = now_ms;
@@ -5843,11 +5868,11 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 		uint8_t key[MM_KEY_LEN];
 		mm_key_folder("INBOX", key);
 		if (!mm_user_get(mu, key) && (r = mm_user_folder_create(mu, "INBOX", tick(s), mm_store_effect, s, out)) < 0) {
-			namelist_free(&c.names);
+			remove_ctx_free(&c);
 			return r;
 		}
 		if ((r = namelist_add(&c.names, "INBOX")) < 0) {
-			namelist_free(&c.names);
+			remove_ctx_free(&c);
 			return r;
 		}
 	}
@@ -5855,7 +5880,11 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 	 * folder would: the records every node merges, and mirrors like any other
 	 * (mm_store_effect): files unlinked now, folders and then the Maildir removed at
 	 * the commit.  A message delivered concurrently elsewhere survives, and with it
-	 * its folder and the user. */
+	 * its folder and the user.  The messages first, in one pass (a folder's delete
+	 * would walk every record of the user for its own), then the folders. */
+	for (size_t i = 0; i < c.messages && r >= 0; i++)
+		if ((r = mm_user_expunge(mu, c.keys[i], tick(s), mm_store_effect, s, out)) > 0)
+			s->changes++;
 	for (size_t i = 0; i < c.names.n && r >= 0; i++) {
 		r = mm_user_folder_subscribe(mu, c.names.v[i], false, tick(s), mm_store_effect, s, out);
 		if (r > 0)
@@ -5872,7 +5901,7 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 	res.messages = c.messages;
 	res.absent = u->absent || user_gone(s, u);
 	s->out = NULL;
-	namelist_free(&c.names);
+	remove_ctx_free(&c);
 	if (r < 0)
 		return r;
 	if (removal_r)
