@@ -395,6 +395,7 @@ struct mm_store {
 	bool trim_due;               /* big scratch was freed: give the pages back (trim_heap) */
 	uint64_t max_skew_ms;
 	struct namelist quota_ignore; /* mm_store_set_quota_ignore */
+	bool removing; /* mm_store_user_remove runs: expunged files need no spare */
 };
 
 struct spare {
@@ -1708,8 +1709,9 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 		fe = fent_by_key(s, user, rec->key);
 		if (fe) {
 			char keep[PATHBUF];
-			bool spare = snprintf(keep, sizeof keep, "%s/tmp/" SPARE_PREFIX "%ld.%" PRIu64, u->path,
-			                      (long)getpid(), ++s->spare_seq) < (int)sizeof keep;
+			/* (a user removed here: every message goes, none can be copied from) */
+			bool spare = !s->removing && snprintf(keep, sizeof keep, "%s/tmp/" SPARE_PREFIX "%ld.%" PRIu64,
+			                                      u->path, (long)getpid(), ++s->spare_seq) < (int)sizeof keep;
 			char fp[PATHBUF];
 			int64_t fsz = fent_path(s, fe, fp, sizeof fp) == 0 ? quota_file_size(fp) : -1;
 			int r = expunged_file_remove(s, fe, spare ? keep : NULL);
@@ -5882,9 +5884,20 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 	 * the commit.  A message delivered concurrently elsewhere survives, and with it
 	 * its folder and the user.  The messages first, in one pass (a folder's delete
 	 * would walk every record of the user for its own), then the folders. */
+	/* each folder's dovecot-uidlist lock held once for all its unlinks, not taken
+	 * and dropped for each file (the lock is re-entrant in this process) */
+	struct namelist locked = {0};
+	for (struct folder *fo = u->folders; fo && !u->absent; fo = fo->unext)
+		if (fo->on_disk && mm_md_uidlist_lock(fo->dir, 2000) == 0 && namelist_add(&locked, fo->dir) < 0)
+			mm_md_uidlist_unlock(fo->dir);
+	s->removing = true;
 	for (size_t i = 0; i < c.messages && r >= 0; i++)
 		if ((r = mm_user_expunge(mu, c.keys[i], tick(s), mm_store_effect, s, out)) > 0)
 			s->changes++;
+	s->removing = false;
+	for (size_t i = 0; i < locked.n; i++)
+		mm_md_uidlist_unlock(locked.v[i]);
+	namelist_free(&locked);
 	for (size_t i = 0; i < c.names.n && r >= 0; i++) {
 		r = mm_user_folder_subscribe(mu, c.names.v[i], false, tick(s), mm_store_effect, s, out);
 		if (r > 0)
