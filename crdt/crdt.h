@@ -287,6 +287,11 @@ int mm_user_folder_subscribe(struct mm_user *u, const char *name, bool value, mm
 /* A folder is visible when its exists register is set or it holds a live message. */
 bool mm_user_folder_visible(const struct mm_user *u, const char *name);
 
+/* The user was removed from the cluster (`mailmesh remove-user`): INBOX deleted by an
+ * explicit FOLDER record and holding no live message.  An INBOX without a record yet
+ * (a user whose records are still arriving) is not. */
+bool mm_user_removed(const struct mm_user *u);
+
 /* Raises the GC horizon to `horizon` (no-op if not higher) and drops every tombstone
  * stamped before it.  Returns the number of tombstones dropped, or -ENOMEM.
  * Appends the HORIZON record to out when it changed. */

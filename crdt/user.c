@@ -1408,6 +1408,14 @@ bool mm_user_folder_visible(const struct mm_user *u, const char *name)
 	return s && slot_type(s) == MM_REC_FOLDER && (slot_val(s) & 1);
 }
 
+bool mm_user_removed(const struct mm_user *u)
+{
+	uint8_t key[MM_KEY_LEN];
+	mm_key_folder("INBOX", key);
+	const struct slot *s = find(u, key);
+	return s && slot_type(s) == MM_REC_FOLDER && !(slot_val(s) & 1) && !mm_user_folder_visible(u, "INBOX");
+}
+
 /* ---- local changes ----------------------------------------------------------------------- */
 
 /* Ships the record now stored under key. */

@@ -125,9 +125,11 @@ static int user_cb(void *arg, struct mm_user *u)
 	if (w->json) {
 		out_printf(w->c, "%s{\"user\":", w->n > 1 ? "," : "");
 		out_json_str(w->c, mm_user_name(u));
-		out_printf(w->c, ",\"records\":%zu,\"root\":\"%s\"}", mm_user_count(u), rh);
+		out_printf(w->c, ",\"records\":%zu,\"root\":\"%s\",\"removed\":%s}", mm_user_count(u), rh,
+		           mm_user_removed(u) ? "true" : "false");
 	} else {
-		out_printf(w->c, "  %-40s records %-8zu root %s\n", mm_user_name(u), mm_user_count(u), rh);
+		out_printf(w->c, "  %-40s records %-8zu root %s%s\n", mm_user_name(u), mm_user_count(u), rh,
+		           mm_user_removed(u) ? "  (removed)" : "");
 	}
 	return 0;
 }

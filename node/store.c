@@ -809,10 +809,7 @@ static void user_owner(struct mm_store *s, struct user *u)
  * the folder's record) is not. */
 static bool user_removed(const struct mm_user *mu)
 {
-	uint8_t key[MM_KEY_LEN];
-	mm_key_folder("INBOX", key);
-	const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
-	return r && r->type == MM_REC_FOLDER && !r->folder.exists.value && !mm_user_folder_visible(mu, "INBOX");
+	return mu && mm_user_removed(mu);
 }
 
 static void local_effect(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec);

@@ -74,6 +74,10 @@ def remove_test(t):
         t.check(count(n1, BOB) == 2 and count(n2, BOB) == 2, "bob's mail stays")
         t.check("removed from the cluster (mailmesh remove-user)" in n1.log_text(whole=True),
                 "node 1's log says who removed alice")
+        st = n2.status() or {}
+        flags = {u["user"]: u.get("removed") for u in st.get("user_roots", [])}
+        t.check(flags.get(ALICE) is True and flags.get(BOB) is False,
+                "node 2's status shows alice removed, bob not (%s)" % flags)
 
         # 4. node 3 back
         n3.start()

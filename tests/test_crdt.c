@@ -474,6 +474,29 @@ static void test_expunge_wins(void **state)
 
 /* ---- folders ------------------------------------------------------------------------------------ */
 
+/* mm_user_removed: only an INBOX deleted by its own record and empty of live mail. */
+static void test_user_removed(void **state)
+{
+	(void)state;
+	struct mm_user *u = mm_user_new("d/u");
+	uint8_t k[MM_KEY_LEN];
+	assert_false(mm_user_removed(u)); /* nothing at all */
+	assert_int_equal(mm_user_deliver(u, "INBOX", BODY, 1, 1, 0, NULL, 0, 0, H(10, 1), k, NULL, NULL, NULL), 1);
+	assert_int_equal(mm_user_expunge(u, k, H(11, 1), NULL, NULL, NULL), 1);
+	assert_false(mm_user_removed(u)); /* empty, but INBOX exists */
+	assert_int_equal(mm_user_deliver(u, "INBOX", BODY, 1, 1, 0, NULL, 0, 0, H(13, 1), k, NULL, NULL, NULL), 1);
+	assert_int_equal(mm_user_folder_delete(u, "INBOX", H(14, 1), NULL, NULL, NULL), 1);
+	assert_true(mm_user_removed(u));
+	/* a message the delete did not know (a concurrent delivery) keeps the user */
+	assert_int_equal(mm_user_deliver(u, "INBOX", BODY, 1, 1, 0, NULL, 0, 0, H(13, 2), k, NULL, NULL, NULL), 1);
+	assert_false(mm_user_removed(u));
+	assert_int_equal(mm_user_expunge(u, k, H(15, 1), NULL, NULL, NULL), 1);
+	assert_true(mm_user_removed(u));
+	assert_int_equal(mm_user_folder_create(u, "INBOX", H(16, 1), NULL, NULL, NULL), 1);
+	assert_false(mm_user_removed(u));
+	mm_user_free(&u);
+}
+
 static void test_folder_delete_vs_delivery(void **state)
 {
 	(void)state;
@@ -1270,6 +1293,7 @@ int main(void)
 		cmocka_unit_test(test_concurrent_flags),
 		cmocka_unit_test(test_same_flag),
 		cmocka_unit_test(test_expunge_wins),
+		cmocka_unit_test(test_user_removed),
 		cmocka_unit_test(test_folder_delete_vs_delivery),
 		cmocka_unit_test(test_gc),
 		cmocka_unit_test(test_gc_horizon),
