@@ -365,6 +365,11 @@ static void remove_user(struct ctl_client *c, const char *user, bool apply)
 		out_printf(c, "error: %s\n", strerror(-r));
 		return;
 	}
+	struct mm_user *mu = mm_state_user(d->state, user, false);
+	if (mu && mm_user_removed(mu)) {
+		out_printf(c, "error: %s was removed from the cluster already (mailmesh status says removed)\n", user);
+		return;
+	}
 	if (!apply) {
 		out_printf(c, "preview: not removed: this would remove %s from every node: %zu message%s in "
 		           "%zu folder%s, and each node's Maildir of it%s.  There is no undo; to do it, add --yes\n",
@@ -378,6 +383,11 @@ static void remove_user(struct ctl_client *c, const char *user, bool apply)
 		return;
 	}
 	r = mm_store_user_remove(d->store, user, mm_daemon_now(), delta, &rm);
+	if (r == -EALREADY) {
+		out_printf(c, "error: %s was removed from the cluster already (mailmesh status says removed)\n", user);
+		mm_delta_free(&delta);
+		return;
+	}
 	if (r < 0) {
 		out_printf(c, "error: %s; what was done is kept, run it again to complete it\n", strerror(-r));
 		if (mm_delta_count(delta))

@@ -220,7 +220,6 @@ struct folder {
 	bool subscribed; /* listed in the subscriptions file when last looked at */
 	bool check;      /* re-check visibility at commit */
 	bool remove_failed; /* deleted elsewhere, kept here (not empty): its scans retry */
-	bool delivered;     /* the last scan_files indexed a file new here (a delivery) */
 	bool kw_retry;      /* a keyword could not get its letter: files re-synced at commit */
 	uint64_t half_since; /* first scan that found cur/ or new/ missing under messages */
 	size_t half_n;       /* how many files that scan saw */
@@ -263,6 +262,7 @@ struct user {
 	bool owner_known;
 	bool subs_dirty; /* rewrite the subscriptions file at commit */
 	bool gone_logged;
+	bool absent_logged; /* user_absent said so since this process started */
 	/* Its Maildir was not there at the last look although this node had made or
 	 * found it (user_known): the disk unmounted, or the directory removed.  Nothing
 	 * of the user is scanned, written, renamed or removed until it is back
@@ -396,6 +396,10 @@ struct mm_store {
 	uint64_t max_skew_ms;
 	struct namelist quota_ignore; /* mm_store_set_quota_ignore */
 	bool removing; /* mm_store_user_remove runs: expunged files need no spare */
+	/* (user, record key) of files whose message was expunged and whose unlink failed:
+	 * kept indexed (found again, a file would be new mail) and retried by the scans;
+	 * rebuilt at open from index entries whose record is a tombstone */
+	struct hmap dead;
 };
 
 struct spare {
@@ -814,25 +818,28 @@ static bool user_removed(const struct mm_user *mu)
 
 static void local_effect(void *arg, const char *user, enum mm_effect eff, const struct mm_rec *rec);
 
-/* INBOX's record says deleted (a removal) while INBOX holds live mail: mail the
- * removal did not take.  Who may say the user goes on, with INBOX made again: a
- * delivery found here by a scan (local = true: new mail for the user, whatever the
+/* INBOX's record says deleted (a removal) while mail comes for it: mail the removal
+ * did not take.  Who may say the user goes on, with INBOX made again: a scan about to
+ * record a delivery into it here (local = true: new mail for the user, whatever the
  * removal knew), or the node that made the removal (its stamp's node) for any live
- * message, since its delete took every message it knew.  Any other node cannot tell
- * such mail from messages whose tombstones have not reached it yet.  0 or the
- * number of changes (mm_user_folder_create), negative errno. */
+ * message in INBOX, since its delete took every message it knew.  Any other node
+ * cannot tell such mail from messages whose tombstones have not reached it yet.
+ * INBOX keeps the UIDVALIDITY the deleted record carries (the one survivors show
+ * already), so two nodes doing this at once agree.  0 or the number of changes,
+ * negative errno. */
 static int inbox_revive(struct mm_store *s, struct mm_user *mu, bool local, struct mm_delta *out)
 {
 	uint8_t key[MM_KEY_LEN];
 	mm_key_folder("INBOX", key);
 	const struct mm_rec *r = mm_user_get(mu, key);
-	if (!r || r->type != MM_REC_FOLDER || r->folder.exists.value || !mm_user_folder_visible(mu, "INBOX"))
+	if (!r || r->type != MM_REC_FOLDER || r->folder.exists.value)
 		return 0;
-	if (!local && r->folder.exists.stamp.node != s->clock->node)
+	if (!local && (r->folder.exists.stamp.node != s->clock->node || !mm_user_folder_visible(mu, "INBOX")))
 		return 0;
+	uint32_t uv = r->folder.uidvalidity;
 	logmsg(s, MM_STORE_LOG_INFO, "%s was removed from the cluster, but mail came for it %s: "
 	       "it goes on, its INBOX made again", mm_user_name(mu), local ? "here" : "that the removal did not take");
-	return mm_user_folder_create(mu, "INBOX", tick(s), local_effect, s, out);
+	return mm_user_folder_renew(mu, "INBOX", tick(s), uv, local_effect, s, out);
 }
 
 static bool user_known(const struct user *u)
@@ -846,9 +853,17 @@ static bool user_known(const struct user *u)
 /* Notes that a known user's Maildir is not there (logged once, until it is back). */
 static void user_absent(struct mm_store *s, struct user *u)
 {
-	if (u->absent)
+	if (!u->absent) {
+		/* kept in INBOX's folder entry: a restart while it is away must not take
+		 * the Maildir, when back, for one that missed nothing (user_present) */
+		u->absent = true;
+		struct folder *inbox = folder_get(s, u, "INBOX", false);
+		if (inbox)
+			mark_folder(s, inbox);
+	}
+	if (u->absent_logged)
 		return;
-	u->absent = true;
+	u->absent_logged = true;
 	struct mm_user *mu = mm_state_user(s->state, u->name, false);
 	if (user_removed(mu)) {
 		logmsg(s, MM_STORE_LOG_INFO, "Maildir %s of %s, a user removed from the cluster, is not here: "
@@ -1623,6 +1638,18 @@ static void spares_drop(struct mm_store *s)
 
 /* Takes an expunged message's file out of its folder: kept at `keep` (1) when given
  * and possible, else unlinked (0); -ENOENT if it is not where the index says. */
+static void dead_note(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	char k[KBUF];
+	(void)hm_put(&s->dead, k, k_ub(k, user, key, MM_KEY_LEN), s); /* (out of memory: a restart finds it) */
+}
+
+static bool dead_has(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	char k[KBUF];
+	return hm_get(&s->dead, k, k_ub(k, user, key, MM_KEY_LEN)) != NULL;
+}
+
 static int expunged_file_remove(struct mm_store *s, struct fent *fe, const char *keep)
 {
 	char nb[MM_MD_NAME_MAX + 1];
@@ -1728,7 +1755,11 @@ void mm_store_effect(void *store, const char *user, enum mm_effect eff, const st
 			if (r < 0 && r != -ENOENT) {
 				char pth[PATHBUF];
 				fent_path(s, fe, pth, sizeof pth);
-				logmsg(s, MM_STORE_LOG_WARNING, "cannot unlink expunged %s: %s", pth, strerror(-r));
+				logmsg(s, MM_STORE_LOG_WARNING, "cannot unlink expunged %s: %s (retried at the next scan)",
+				       pth, strerror(-r));
+				dead_note(s, user, fe->key); /* indexed still: found again, it would be new mail */
+				fe->fo->check = true;
+				return;
 			}
 			fo = fe->fo;
 			if (r == 0 || r == -ENOENT)
@@ -2353,6 +2384,23 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				continue;
 			}
 			struct fent *fe = fent_by_name(s, fo, &n, base);
+			if (fe && s->dead.n && dead_has(s, fo->u->name, fe->key)) {
+				/* expunged, and its unlink failed: try again */
+				int64_t fsz = quota_file_size(path);
+				int rr = expunged_file_remove(s, fe, NULL);
+				if (rr == 0 || rr == -ENOENT) {
+					if (rr == 0 && fsz >= 0)
+						quota_note(s, fo, -fsz, -1);
+					char k[KBUF];
+					hm_del(&s->dead, k, k_ub(k, fo->u->name, fe->key, MM_KEY_LEN));
+					folder_note_gone(s, fo, fe->base);
+					fent_remove(s, fe);
+					fo->check = true;
+				} else {
+					fe->seen = true;
+				}
+				continue;
+			}
 			if (fe) {
 				fe->seen = true;
 				/* letters too: fent_relocate() may already know the new name of a file
@@ -2482,6 +2530,9 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 					fo->uid_check = true; /* listed by the next uid_pass */
 			}
 			uint8_t nkey[MM_KEY_LEN];
+			/* into the INBOX of a user removed from the cluster: the user goes on */
+			if (!strcmp(fo->name, "INBOX") && inbox_revive(s, mu, true, s->out) > 0)
+				s->changes++;
 			r = mm_user_deliver(mu, fo->name, body, size, mtime, mm_md_letters_to_flags(n.letters),
 			                    kws, nkw, uid, created, nkey, local_effect, s, s->out);
 			if (r < 0) {
@@ -2489,7 +2540,6 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				continue;
 			}
 			s->changes++;
-			fo->delivered = true;
 			if (!fent_add(s, fo, base, name, in_cur, nkey, body, n.letters & ~unnamed)) {
 				free(fresh);
 				dlist_free(&l);
@@ -2757,10 +2807,15 @@ static void user_reconcile(struct mm_store *s, struct user *u, struct mm_user *m
 			if (fe->seen) {
 				char p[PATHBUF];
 				int64_t fsz = fent_path(s, fe, p, sizeof p) == 0 ? quota_file_size(p) : -1;
-				if (expunged_file_remove(s, fe, NULL) == 0) {
+				int rr = expunged_file_remove(s, fe, NULL);
+				if (rr == 0) {
 					removed++;
 					if (fsz >= 0)
 						quota_note(s, fe->fo, -fsz, -1);
+				} else if (rr != -ENOENT) {
+					logmsg(s, MM_STORE_LOG_WARNING, "cannot unlink expunged %s: %s (retried)", p, strerror(-rr));
+					dead_note(s, u->name, fe->key);
+					continue;
 				}
 			} else {
 				gone++;
@@ -2790,6 +2845,11 @@ static void user_reconcile(struct mm_store *s, struct user *u, struct mm_user *m
 		}
 		fo->uid_check = s->imap_uids;
 	}
+	/* a removal that came meanwhile: retired, or revived for mail it did not take
+	 * (mirror_deferred) */
+	struct folder *inbox = folder_get(s, u, "INBOX", false);
+	if (inbox)
+		inbox->check = true;
 	/* Messages that came while it was away, and those just found gone: a file here
 	 * may hold their bytes (a COPY elsewhere), copied at the commit; else fetched. */
 	struct keylist kl;
@@ -2833,6 +2893,9 @@ static int user_present(struct mm_store *s, struct user *u, struct mm_user *mu)
 			       "indexed (removed and made again?): what it lacks is fetched again, not expunged",
 			       u->path, u->name);
 		u->absent = false; /* (before: folder_ensure writes for present users only) */
+		u->absent_logged = false;
+		if (inbox)
+			mark_folder(s, inbox);
 		user_reconcile(s, u, mu);
 		if (fresh) {
 			inbox->on_disk = false; /* a new INBOX for the scan to make */
@@ -2912,12 +2975,8 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		 * periodic rescan. */
 		uint64_t sig = dir_sig(fo);
 		int r = 0;
-		fo->delivered = false;
 		if (!(s->trust_dirs && sig && sig == fo->dir_sig)) {
 			r = scan_files(s, fo, mu);
-			if (r == 0 && fo->delivered && !strcmp(name, "INBOX") && inbox_revive(s, mu, true, s->out) > 0)
-				s->changes++;
-			fo->delivered = false;
 			if (r == 0 && sig != fo->dir_sig) {
 				fo->dir_sig = sig;
 				mark_folder(s, fo);
@@ -5531,7 +5590,8 @@ static int put_folder(struct mm_store *s, const void *lk, size_t lkl, struct wbu
 	if (!fo || (!fo->on_disk && !fo->subscribed))
 		return mm_statedb_del(s->db, MM_DB_FOLDERS, k, sizeof k);
 	wb->n = 0;
-	uint8_t f = (uint8_t)(fo->on_disk | fo->subscribed << 1);
+	/* bit 2: INBOX's entry, the user absent (user_absent; versions before ignore it) */
+	uint8_t f = (uint8_t)(fo->on_disk | fo->subscribed << 1 | (fo->u->absent && !strcmp(fo->name, "INBOX")) << 2);
 	wb_put(wb, &f, 1);
 	wb_str(wb, fo->u->name);
 	wb_str(wb, fo->name);
@@ -5849,6 +5909,8 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 	struct mm_user *mu = user ? mm_state_user(s->state, user, false) : NULL;
 	if (!mu)
 		return -ENOENT;
+	if (mm_user_removed(mu))
+		return -EALREADY; /* (a second removal would only race the first's revives) */
 	struct user *u = user_get(s, user, true);
 	if (!u)
 		return -ENOMEM;
@@ -6034,6 +6096,8 @@ static int load_folder_cb(void *arg, const void *k, size_t kl, const void *v, si
 	}
 	fo->on_disk = f & 1;
 	fo->subscribed = (f & 2) != 0;
+	if ((f & 4) && !strcmp(folder, "INBOX"))
+		u->absent = true; /* (logged again at its first scan) */
 	fo->dir_sig = b.p < b.end ? rb_u64(&b) : 0;
 	if (b.bad)
 		fo->dir_sig = 0;
@@ -6065,13 +6129,18 @@ struct miss_ctx {
 static int miss_rec_cb(void *arg, const struct mm_rec *r)
 {
 	struct miss_ctx *c = arg;
-	if (r->type != MM_REC_MESSAGE)
+	if (r->type != MM_REC_MESSAGE && r->type != MM_REC_EXPUNGED)
 		return 0;
 	while (c->at < c->keys.n && memcmp(c->keys.v[c->at], r->key, MM_KEY_LEN) < 0)
 		c->at++;
 	bool have = c->at < c->keys.n && memcmp(c->keys.v[c->at], r->key, MM_KEY_LEN) == 0;
 	if (!have && c->keys.n) /* in case the two orders ever differ: the one answer that counts */
 		have = bsearch(r->key, c->keys.v, c->keys.n, MM_KEY_LEN, cmp_key16) != NULL;
+	if (r->type == MM_REC_EXPUNGED) {
+		if (have) /* a file of an expunged message still indexed: its unlink failed */
+			dead_note(c->s, c->user, r->key);
+		return 0;
+	}
 	if (!have)
 		set_missing(c->s, c->user, r->key, r->msg.body, r->msg.folder, true);
 	return 0;
@@ -6434,6 +6503,7 @@ void mm_store_free(struct mm_store **sp)
 	mm_mailloc_free(&s->loc);
 	mm_delta_free(&s->commit_out);
 	namelist_free(&s->quota_ignore);
+	hm_clear(&s->dead);
 	free(s);
 	*sp = NULL;
 }

@@ -74,6 +74,9 @@ def remove_test(t):
         t.check(count(n1, BOB) == 2 and count(n2, BOB) == 2, "bob's mail stays")
         t.check("removed from the cluster (mailmesh remove-user)" in n1.log_text(whole=True),
                 "node 1's log says who removed alice")
+        r = mmtest.run([mmtest.MAILMESH, "remove-user", "-c", n2.conf, ALICE, "--yes"])
+        t.check(r.returncode == 1 and "removed from the cluster already" in r.stdout,
+                "remove-user of alice again, on node 2: refused (%d: %s)" % (r.returncode, r.stdout.strip()))
         st = n2.status() or {}
         flags = {u["user"]: u.get("removed") for u in st.get("user_roots", [])}
         t.check(flags.get(ALICE) is True and flags.get(BOB) is False,

@@ -20,6 +20,7 @@
 #include <lmdb.h>
 #include <sodium.h>
 #include <errno.h>
+#include <sys/syscall.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -1296,6 +1297,122 @@ static void test_user_removed_away_then_new_user(void **state)
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", away);
 	assert_int_equal(system(cmd), 0);
 	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* b's Maildir away while a deletes Archive (an IMAP DELETE), and b restarted before the
+ * Maildir is back: b must still know the user was away (its index says so), so the
+ * Maildir back is reconciled and Archive stays deleted, on both. */
+static void test_folder_deleted_while_away_then_restart(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char away[400], cmd[1500];
+	snprintf(away, sizeof away, "%s.away", b.root);
+	snprintf(cmd, sizeof cmd, "mv '%s' '%s' && mkdir '%s'", b.root, away, b.root);
+	assert_int_equal(system(cmd), 0);
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&b, db), 0);
+	snprintf(cmd, sizeof cmd, "rm -rf '%s/ex.org/alice/.Archive'", a.root);
+	assert_int_equal(system(cmd), 0);
+	assert_true(scan(&a, d) > 0);
+	sync_to(&a, &b, d);
+	node_close(&b);
+	snprintf(cmd, sizeof cmd, "rmdir '%s' && mv '%s' '%s'", b.root, away, b.root);
+	assert_int_equal(system(cmd), 0);
+	node_open_cfg(&b, "b", 2, alice_imap_uids);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	assert_false(has_folder_dir(&b, "Archive"));
+	assert_false(has_folder_dir(&a, "Archive"));
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The same for a removal: b restarted while alice's Maildir was away, then it is back:
+ * removed, nothing made again. */
+static void test_user_removed_while_away_then_restart(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	char away[400], cmd[1500];
+	snprintf(away, sizeof away, "%s.away", b.root);
+	snprintf(cmd, sizeof cmd, "mv '%s' '%s' && mkdir '%s'", b.root, away, b.root);
+	assert_int_equal(system(cmd), 0);
+	struct mm_delta *db = mm_delta_new();
+	assert_int_equal(scan(&b, db), 0);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	sync_to(&a, &b, d);
+	node_close(&b);
+	snprintf(cmd, sizeof cmd, "rmdir '%s' && mv '%s' '%s'", b.root, away, b.root);
+	assert_int_equal(system(cmd), 0);
+	node_open_cfg(&b, "b", 2, alice_imap_uids);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	assert_false(alice_maildir_there(&b));
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* unlink(2) and rename(2) of paths holding fail_path fail with EIO (this program's
+ * own: the store is linked in statically). */
+static const char *fail_path;
+int unlink(const char *p)
+{
+	if (fail_path && strstr(p, fail_path)) {
+		errno = EIO;
+		return -1;
+	}
+	return (int)syscall(SYS_unlink, p);
+}
+int rename(const char *a, const char *b)
+{
+	if (fail_path && strstr(a, fail_path)) {
+		errno = EIO;
+		return -1;
+	}
+	return (int)syscall(SYS_rename, a, b);
+}
+
+/* An expunged file that cannot be unlinked (EIO once) stays indexed, so the next scan
+ * does not take it for new mail (which would bring it back, and here undo a
+ * removal): it retries, and then the Maildir goes. */
+static void test_user_removed_unlink_fails(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	a.now += 1000;
+	fail_path = "1700000000.M1P1.a";
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_true(alice_maildir_there(&a)); /* kept: the file is there */
+	sync_to(&a, &b, d);
+	assert_false(alice_maildir_there(&b));
+	struct mm_delta *da = mm_delta_new();
+	assert_int_equal(scan(&a, da), 0); /* fails again */
+	assert_int_equal(mm_delta_count(da), 0);
+	assert_false(inbox_visible(&a));
+	assert_true(alice_maildir_there(&a));
+	/* after a restart too (the index says which file it was) */
+	fail_path = NULL;
+	node_close(&a);
+	node_open_cfg(&a, "a", 1, alice_imap_uids);
+	assert_int_equal(scan(&a, da), 0);
+	assert_int_equal(mm_delta_count(da), 0);
+	assert_false(alice_maildir_there(&a));
+	mm_delta_free(&da);
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
@@ -3652,6 +3769,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_user_removed_kept_then_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_survivor_goes_on, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_away_then_new_user, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_folder_deleted_while_away_then_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_while_away_then_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_unlink_fails, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_flag_kept_over_two_remote, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
