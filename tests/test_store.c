@@ -994,6 +994,22 @@ static void test_user_away_and_back(void **state)
 	node_close(&b);
 }
 
+/* n's mail root "unmounted": moved to <root>.away, an empty directory in its place. */
+static void root_away(struct node *n)
+{
+	char cmd[1500];
+	snprintf(cmd, sizeof cmd, "mv '%s' '%s.away' && mkdir '%s'", n->root, n->root, n->root);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* ... and mounted again. */
+static void root_back(struct node *n)
+{
+	char cmd[1500];
+	snprintf(cmd, sizeof cmd, "rmdir '%s' && mv '%s.away' '%s'", n->root, n->root, n->root);
+	assert_int_equal(system(cmd), 0);
+}
+
 static bool alice_maildir_there(const struct node *n)
 {
 	char p[600];
@@ -1119,10 +1135,7 @@ static void test_user_removed_while_absent(void **state)
 	(void)state;
 	struct node a = {0}, b = {0};
 	struct mm_delta *d = alice_on_two(&a, &b);
-	char away[400], cmd[1500];
-	snprintf(away, sizeof away, "%s.away", b.root);
-	snprintf(cmd, sizeof cmd, "mv '%s' '%s' && mkdir '%s'", b.root, away, b.root);
-	assert_int_equal(system(cmd), 0);
+	root_away(&b);
 	struct mm_delta *db = mm_delta_new();
 	assert_int_equal(scan(&b, db), 0);
 	a.now += 1000;
@@ -1130,8 +1143,7 @@ static void test_user_removed_while_absent(void **state)
 	assert_int_equal(mm_store_commit(a.s), 0);
 	sync_to(&a, &b, d);
 	assert_false(alice_maildir_there(&b)); /* not made again */
-	snprintf(cmd, sizeof cmd, "rmdir '%s' && mv '%s' '%s'", b.root, away, b.root);
-	assert_int_equal(system(cmd), 0);
+	root_back(&b);
 	assert_true(alice_maildir_there(&b));
 	assert_int_equal(scan(&b, db), 0);
 	assert_false(alice_maildir_there(&b));
@@ -1266,10 +1278,7 @@ static void test_user_removed_away_then_new_user(void **state)
 	(void)state;
 	struct node a = {0}, b = {0};
 	struct mm_delta *d = alice_on_two(&a, &b);
-	char away[400], cmd[1500];
-	snprintf(away, sizeof away, "%s.away", b.root);
-	snprintf(cmd, sizeof cmd, "mv '%s' '%s' && mkdir '%s'", b.root, away, b.root);
-	assert_int_equal(system(cmd), 0);
+	root_away(&b);
 	struct mm_delta *db = mm_delta_new();
 	assert_int_equal(scan(&b, db), 0);
 	a.now += 1000;
@@ -1294,7 +1303,8 @@ static void test_user_removed_away_then_new_user(void **state)
 	sync_to(&b, &a, db);
 	assert_true(alice_maildir_there(&a));
 	assert_int_equal(count_files(&a, "INBOX", "new") + count_files(&a, "INBOX", "cur"), 1);
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", away);
+	char cmd[1500];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s.away'", b.root);
 	assert_int_equal(system(cmd), 0);
 	mm_delta_free(&db);
 	mm_delta_free(&d);
@@ -1310,19 +1320,16 @@ static void test_folder_deleted_while_away_then_restart(void **state)
 	(void)state;
 	struct node a = {0}, b = {0};
 	struct mm_delta *d = alice_on_two(&a, &b);
-	char away[400], cmd[1500];
-	snprintf(away, sizeof away, "%s.away", b.root);
-	snprintf(cmd, sizeof cmd, "mv '%s' '%s' && mkdir '%s'", b.root, away, b.root);
-	assert_int_equal(system(cmd), 0);
+	root_away(&b);
 	struct mm_delta *db = mm_delta_new();
 	assert_int_equal(scan(&b, db), 0);
+	char cmd[1500];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s/ex.org/alice/.Archive'", a.root);
 	assert_int_equal(system(cmd), 0);
 	assert_true(scan(&a, d) > 0);
 	sync_to(&a, &b, d);
 	node_close(&b);
-	snprintf(cmd, sizeof cmd, "rmdir '%s' && mv '%s' '%s'", b.root, away, b.root);
-	assert_int_equal(system(cmd), 0);
+	root_back(&b);
 	node_open_cfg(&b, "b", 2, alice_imap_uids);
 	assert_int_equal(scan(&b, db), 0);
 	assert_int_equal(mm_delta_count(db), 0);
@@ -1341,10 +1348,7 @@ static void test_user_removed_while_away_then_restart(void **state)
 	(void)state;
 	struct node a = {0}, b = {0};
 	struct mm_delta *d = alice_on_two(&a, &b);
-	char away[400], cmd[1500];
-	snprintf(away, sizeof away, "%s.away", b.root);
-	snprintf(cmd, sizeof cmd, "mv '%s' '%s' && mkdir '%s'", b.root, away, b.root);
-	assert_int_equal(system(cmd), 0);
+	root_away(&b);
 	struct mm_delta *db = mm_delta_new();
 	assert_int_equal(scan(&b, db), 0);
 	a.now += 1000;
@@ -1352,8 +1356,7 @@ static void test_user_removed_while_away_then_restart(void **state)
 	assert_int_equal(mm_store_commit(a.s), 0);
 	sync_to(&a, &b, d);
 	node_close(&b);
-	snprintf(cmd, sizeof cmd, "rmdir '%s' && mv '%s' '%s'", b.root, away, b.root);
-	assert_int_equal(system(cmd), 0);
+	root_back(&b);
 	node_open_cfg(&b, "b", 2, alice_imap_uids);
 	assert_int_equal(scan(&b, db), 0);
 	assert_int_equal(scan(&b, db), 0);
