@@ -366,7 +366,7 @@ static void remove_user(struct ctl_client *c, const char *user, bool apply)
 		return;
 	}
 	struct mm_user *mu = mm_state_user(d->state, user, false);
-	if (mu && mm_user_removed(mu)) {
+	if (mu && mm_user_removed(mu) && !rm.messages && !rm.folders) {
 		out_printf(c, "error: %s was removed from the cluster already (mailmesh status says removed)\n", user);
 		return;
 	}

@@ -1359,6 +1359,8 @@ static void fent_remove(struct mm_store *s, struct fent *fe)
 	kl = k_ub(k, fo->u->name, fe->key, MM_KEY_LEN);
 	if (fx_get(&s->by_key, k, kl) == fe)
 		fx_del(&s->by_key, k, kl);
+	if (s->dead.n)
+		hm_del(&s->dead, k, kl); /* (the file is out of the index: nothing to retry) */
 	body_unlink(s, fe);
 	if (fe->fprev)
 		fe->fprev->fnext = fe->fnext;
@@ -2384,22 +2386,25 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				continue;
 			}
 			struct fent *fe = fent_by_name(s, fo, &n, base);
-			if (fe && s->dead.n && dead_has(s, fo->u->name, fe->key)) {
-				/* expunged, and its unlink failed: try again */
+			const struct mm_rec *drec;
+			if (fe && s->dead.n && dead_has(s, fo->u->name, fe->key) &&
+			    (!(drec = mm_user_get(mu, fe->key)) || drec->type != MM_REC_MESSAGE)) {
+				/* expunged, and its unlink failed: try again, by the name found now
+				 * (Dovecot may have moved it to cur/ meanwhile) */
+				fe->seen = true;
+				if (fent_set_name(s, fe, name) < 0)
+					continue;
+				fe->in_cur = in_cur;
 				int64_t fsz = quota_file_size(path);
 				int rr = expunged_file_remove(s, fe, NULL);
-				if (rr == 0 || rr == -ENOENT) {
-					if (rr == 0 && fsz >= 0)
+				if (rr == 0) {
+					if (fsz >= 0)
 						quota_note(s, fo, -fsz, -1);
-					char k[KBUF];
-					hm_del(&s->dead, k, k_ub(k, fo->u->name, fe->key, MM_KEY_LEN));
 					folder_note_gone(s, fo, fe->base);
-					fent_remove(s, fe);
+					fent_remove(s, fe); /* (drops it from s->dead) */
 					fo->check = true;
-				} else {
-					fe->seen = true;
 				}
-				continue;
+				continue; /* (gone meanwhile: the next scan finds it renamed, or gone) */
 			}
 			if (fe) {
 				fe->seen = true;
@@ -3146,8 +3151,8 @@ int mm_store_scan(struct mm_store *s, uint64_t now_ms, struct mm_delta *out)
 	int r = mm_mailloc_walk(s->loc, walk_user_cb, NULL, walk_odd_cb, s);
 	/* known users the walk did not find: gone (an unmounted disk shows none) */
 	for (struct user *u = s->users; r >= 0 && u; u = u->next)
-		if (u->walk_gen != s->walk_gen && !u->absent)
-			user_gone(s, u);
+		if (u->walk_gen != s->walk_gen && (!u->absent || !u->absent_logged))
+			user_gone(s, u); /* (absent from the index at a start: said once again) */
 	s->trust_dirs = false; /* only the first scan after open */
 	if (r >= 0)
 		uid_pass(s);
@@ -5753,6 +5758,8 @@ static void mirror_deferred(struct mm_store *s)
 				fo->on_disk = false;
 				fo->remove_failed = false;
 				mark_folder(s, fo);
+				if (user_removed(mu))
+					u->retire = true; /* the last folder that kept a removed user's Maildir? */
 			} else {
 				logmsg(s, MM_STORE_LOG_WARNING, "folder %s was deleted elsewhere but is kept here: %s",
 				       fo->dir, strerror(-r));
@@ -5909,13 +5916,13 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 	struct mm_user *mu = user ? mm_state_user(s->state, user, false) : NULL;
 	if (!mu)
 		return -ENOENT;
-	if (mm_user_removed(mu))
-		return -EALREADY; /* (a second removal would only race the first's revives) */
 	struct user *u = user_get(s, user, true);
 	if (!u)
 		return -ENOMEM;
 	struct remove_ctx c = {.want_keys = true};
 	int r = mm_user_foreach(mu, NULL, 0, remove_rec_cb, &c);
+	if (r >= 0 && mm_user_removed(mu) && !c.messages && !c.names.n)
+		r = -EALREADY; /* nothing left (a second run would only race the first's revives) */
 	if (r < 0) {
 		remove_ctx_free(&c);
 		return r;

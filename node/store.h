@@ -326,7 +326,8 @@ size_t mm_store_missing_count(const struct mm_store *s);
  * On a node where the user is absent (store.c user_present) the files are removed
  * when the Maildir is back.  Returns the number of CRDT changes (>= 0) with
  * *removal_r (may be NULL) filled, -ENOENT if the state has no such user, -EALREADY if
- * it was removed already (crdt mm_user_removed), or negative
+ * it was removed already and nothing of it is left (crdt mm_user_removed, no live
+ * message, no folder), or negative
  * errno (-ENOMEM: some of the changes may be made; running it again completes them). */
 struct mm_store_removal {
 	size_t messages; /* live messages expunged */

@@ -1421,6 +1421,66 @@ static void test_user_removed_unlink_fails(void **state)
 	node_close(&b);
 }
 
+/* A remote expunge whose unlink fails here, then Dovecot renames the file (new/ to
+ * cur/ with \Seen): the retry follows the new name, and the message does not come
+ * back as new mail. */
+static void test_expunged_unlink_fails_then_renamed(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	struct mm_delta *db = mm_delta_new();
+	char cmd[1200];
+	snprintf(cmd, sizeof cmd, "rm %s/ex.org/alice/new/1700000000.*", b.root);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(scan(&b, db), 1);
+	fail_path = "1700000000.M1P1.a";
+	sync_to(&b, &a, db);
+	fail_path = NULL;
+	assert_non_null(find(&a, "INBOX", "1700000000.M1P1.a"));
+	rename_to(find(&a, "INBOX", "1700000000.M1P1.a"), "S");
+	assert_int_equal(scan(&a, d), 0);
+	assert_null(find(&a, "INBOX", "1700000000.M1P1.a"));
+	assert_int_equal(scan(&a, d), 0);
+	assert_int_equal(mm_delta_count(d), 0);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A delivery racing the removal that lands in another folder than INBOX: the user
+ * counts as removed, but that folder keeps the Maildir; remove-user again takes it. */
+static void test_user_removed_survivor_elsewhere(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	struct mm_delta *db = mm_delta_new();
+	deliver(&b, "Archive", "1700000300.M1P1.b", "Subject: late\r\n\r\nfiled by Sieve\r\n", 1700000300);
+	assert_int_equal(scan(&b, db), 1);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	sync_to(&a, &b, d);
+	sync_to(&b, &a, db);
+	assert_true(alice_maildir_there(&a));
+	assert_true(alice_maildir_there(&b));
+	mm_delta_clear(d);
+	a.now += 1000;
+	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	sync_to(&a, &b, d);
+	assert_false(alice_maildir_there(&a));
+	assert_false(alice_maildir_there(&b));
+	mm_delta_clear(d);
+	assert_int_equal(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL), -EALREADY);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* Receives `msg` on n by its id and stages it. */
 static void stage_bytes(struct node *n, const char *msg)
 {
@@ -3775,6 +3835,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_folder_deleted_while_away_then_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_while_away_then_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_unlink_fails, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_expunged_unlink_fails_then_renamed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_removed_survivor_elsewhere, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_flag_kept_over_two_remote, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
