@@ -288,8 +288,9 @@ int mm_user_folder_subscribe(struct mm_user *u, const char *name, bool value, mm
 bool mm_user_folder_visible(const struct mm_user *u, const char *name);
 
 /* The user was removed from the cluster (`mailmesh remove-user`): INBOX deleted by an
- * explicit FOLDER record and holding no live message.  An INBOX without a record yet
- * (a user whose records are still arriving) is not. */
+ * explicit FOLDER record (its exists register written as 0) and holding no live
+ * message.  An INBOX without a record yet (a user whose records are still arriving),
+ * or with a record only a subscription wrote, is not. */
 bool mm_user_removed(const struct mm_user *u);
 
 /* Raises the GC horizon to `horizon` (no-op if not higher) and drops every tombstone

@@ -1408,14 +1408,6 @@ bool mm_user_folder_visible(const struct mm_user *u, const char *name)
 	return s && slot_type(s) == MM_REC_FOLDER && (slot_val(s) & 1);
 }
 
-bool mm_user_removed(const struct mm_user *u)
-{
-	uint8_t key[MM_KEY_LEN];
-	mm_key_folder("INBOX", key);
-	const struct slot *s = find(u, key);
-	return s && slot_type(s) == MM_REC_FOLDER && !(slot_val(s) & 1) && !mm_user_folder_visible(u, "INBOX");
-}
-
 /* ---- local changes ----------------------------------------------------------------------- */
 
 /* Ships the record now stored under key. */
@@ -1471,6 +1463,15 @@ static bool folder_cur(const struct mm_user *u, const char *name, struct mm_rec 
 		return false;
 	mat(u, s, r, NULL);
 	return true;
+}
+
+bool mm_user_removed(const struct mm_user *u)
+{
+	/* exists written as 0 (a delete), not a record made by a subscription alone,
+	 * whose exists register was never written */
+	struct mm_rec r;
+	return folder_cur(u, "INBOX", &r) && !r.folder.exists.value && !stamp_zero(r.folder.exists.stamp) &&
+	       !mm_user_folder_visible(u, "INBOX");
 }
 
 static bool name_ok(const char *s, bool keyword)

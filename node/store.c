@@ -832,8 +832,8 @@ static int inbox_revive(struct mm_store *s, struct mm_user *mu, bool local, stru
 	uint8_t key[MM_KEY_LEN];
 	mm_key_folder("INBOX", key);
 	const struct mm_rec *r = mm_user_get(mu, key);
-	if (!r || r->type != MM_REC_FOLDER || r->folder.exists.value)
-		return 0;
+	if (!r || r->type != MM_REC_FOLDER || r->folder.exists.value || !r->folder.exists.stamp.t)
+		return 0; /* (exists never written: a record a subscription made, not a delete) */
 	if (!local && (r->folder.exists.stamp.node != s->clock->node || !mm_user_folder_visible(mu, "INBOX")))
 		return 0;
 	uint32_t uv = r->folder.uidvalidity;
@@ -5986,6 +5986,11 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 	if (removal_r)
 		*removal_r = res;
 	return s->changes;
+}
+
+bool mm_store_dirty(const struct mm_store *s)
+{
+	return s->dirty_files.n || s->dirty_folders.n || s->dirty_recs.n;
 }
 
 int mm_store_commit(struct mm_store *s)

@@ -349,6 +349,11 @@ int mm_store_user_describe(struct mm_store *s, const char *user, struct mm_store
  * was lost, retry later; staged bodies are dropped and stay missing). */
 int mm_store_commit(struct mm_store *s);
 
+/* True when something changed since the last commit that only a commit makes durable
+ * (records, file or folder index entries): a scan that changed no record may still
+ * have, e.g. a user's Maildir found gone or back, an expunged file finally unlinked. */
+bool mm_store_dirty(const struct mm_store *s);
+
 /* Number of message files read and hashed since open (tests check that a restart
  * does not re-hash). */
 uint64_t mm_store_files_hashed(const struct mm_store *s);

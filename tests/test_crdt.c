@@ -481,6 +481,8 @@ static void test_user_removed(void **state)
 	struct mm_user *u = mm_user_new("d/u");
 	uint8_t k[MM_KEY_LEN];
 	assert_false(mm_user_removed(u)); /* nothing at all */
+	assert_int_equal(mm_user_folder_subscribe(u, "INBOX", true, H(9, 1), NULL, NULL, NULL), 1);
+	assert_false(mm_user_removed(u)); /* a record a subscription made: exists never written */
 	assert_int_equal(mm_user_deliver(u, "INBOX", BODY, 1, 1, 0, NULL, 0, 0, H(10, 1), k, NULL, NULL, NULL), 1);
 	assert_int_equal(mm_user_expunge(u, k, H(11, 1), NULL, NULL, NULL), 1);
 	assert_false(mm_user_removed(u)); /* empty, but INBOX exists */
