@@ -400,6 +400,7 @@ struct mm_store {
 	 * kept indexed (found again, a file would be new mail) and retried by the scans;
 	 * rebuilt at open from index entries whose record is a tombstone */
 	struct hmap dead;
+	bool wants_commit; /* mm_store_wants_commit */
 };
 
 struct spare {
@@ -860,6 +861,7 @@ static void user_absent(struct mm_store *s, struct user *u)
 		struct folder *inbox = folder_get(s, u, "INBOX", false);
 		if (inbox)
 			mark_folder(s, inbox);
+		s->wants_commit = true;
 	}
 	if (u->absent_logged)
 		return;
@@ -2403,6 +2405,7 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 					folder_note_gone(s, fo, fe->base);
 					fent_remove(s, fe); /* (drops it from s->dead) */
 					fo->check = true;
+					s->wants_commit = true;
 				}
 				continue; /* (gone meanwhile: the next scan finds it renamed, or gone) */
 			}
@@ -2901,6 +2904,7 @@ static int user_present(struct mm_store *s, struct user *u, struct mm_user *mu)
 		u->absent_logged = false;
 		if (inbox)
 			mark_folder(s, inbox);
+		s->wants_commit = true;
 		user_reconcile(s, u, mu);
 		if (fresh) {
 			inbox->on_disk = false; /* a new INBOX for the scan to make */
@@ -5988,9 +5992,9 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 	return s->changes;
 }
 
-bool mm_store_dirty(const struct mm_store *s)
+bool mm_store_wants_commit(const struct mm_store *s)
 {
-	return s->dirty_files.n || s->dirty_folders.n || s->dirty_recs.n;
+	return s->wants_commit;
 }
 
 int mm_store_commit(struct mm_store *s)
@@ -5998,6 +6002,7 @@ int mm_store_commit(struct mm_store *s)
 	if (s->in_commit)
 		return 0;
 	s->in_commit = true;
+	s->wants_commit = false;
 	if (s->commit_out)
 		mm_delta_clear(s->commit_out);
 	mirror_deferred(s);

@@ -349,10 +349,10 @@ int mm_store_user_describe(struct mm_store *s, const char *user, struct mm_store
  * was lost, retry later; staged bodies are dropped and stay missing). */
 int mm_store_commit(struct mm_store *s);
 
-/* True when something changed since the last commit that only a commit makes durable
- * (records, file or folder index entries): a scan that changed no record may still
- * have, e.g. a user's Maildir found gone or back, an expunged file finally unlinked. */
-bool mm_store_dirty(const struct mm_store *s);
+/* True when a scan that changed no record still changed what should not wait for the
+ * next commit that a record brings: a user's Maildir found gone or back (the absent
+ * bit), an expunged file finally unlinked.  Cleared by mm_store_commit. */
+bool mm_store_wants_commit(const struct mm_store *s);
 
 /* Number of message files read and hashed since open (tests check that a restart
  * does not re-hash). */

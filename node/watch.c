@@ -319,7 +319,7 @@ void mm_scan_run(struct mm_daemon *d)
 			mm_daemon_push(d, delta);
 			mm_daemon_push(d, mm_store_commit_delta(d->store));
 		}
-	} else if (mm_store_dirty(d->store)) {
+	} else if (mm_store_wants_commit(d->store)) {
 		mm_daemon_commit_soon(d); /* (an index change alone: a user absent or back, a retried unlink) */
 	}
 	mm_delta_free(&delta);
