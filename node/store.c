@@ -6151,13 +6151,13 @@ static int miss_rec_cb(void *arg, const struct mm_rec *r)
 	while (c->at < c->keys.n && memcmp(c->keys.v[c->at], r->key, MM_KEY_LEN) < 0)
 		c->at++;
 	bool have = c->at < c->keys.n && memcmp(c->keys.v[c->at], r->key, MM_KEY_LEN) == 0;
-	if (!have && c->keys.n) /* in case the two orders ever differ: the one answer that counts */
-		have = bsearch(r->key, c->keys.v, c->keys.n, MM_KEY_LEN, cmp_key16) != NULL;
 	if (r->type == MM_REC_EXPUNGED) {
 		if (have) /* a file of an expunged message still indexed: its unlink failed */
 			dead_note(c->s, c->user, r->key);
-		return 0;
+		return 0; /* (no search below for each tombstone: most have no file) */
 	}
+	if (!have && c->keys.n) /* in case the two orders ever differ: the one answer that counts */
+		have = bsearch(r->key, c->keys.v, c->keys.n, MM_KEY_LEN, cmp_key16) != NULL;
 	if (!have)
 		set_missing(c->s, c->user, r->key, r->msg.body, r->msg.folder, true);
 	return 0;
