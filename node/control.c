@@ -361,13 +361,12 @@ static void remove_user(struct ctl_client *c, const char *user, bool apply)
 		           "DOMAIN/USER or USER as mail_location names them)\n", user);
 		return;
 	}
-	if (r < 0) {
-		out_printf(c, "error: %s\n", strerror(-r));
+	if (r == -EALREADY) {
+		out_printf(c, "error: %s was removed from the cluster already (mailmesh status says removed)\n", user);
 		return;
 	}
-	struct mm_user *mu = mm_state_user(d->state, user, false);
-	if (mu && mm_user_removed(mu) && !rm.messages && !rm.folders) {
-		out_printf(c, "error: %s was removed from the cluster already (mailmesh status says removed)\n", user);
+	if (r < 0) {
+		out_printf(c, "error: %s\n", strerror(-r));
 		return;
 	}
 	if (!apply) {
@@ -383,12 +382,7 @@ static void remove_user(struct ctl_client *c, const char *user, bool apply)
 		return;
 	}
 	r = mm_store_user_remove(d->store, user, mm_daemon_now(), delta, &rm);
-	if (r == -EALREADY) {
-		out_printf(c, "error: %s was removed from the cluster already (mailmesh status says removed)\n", user);
-		mm_delta_free(&delta);
-		return;
-	}
-	if (r < 0) {
+	if (r < 0) { /* (not -EALREADY: the description just above said what is left) */
 		out_printf(c, "error: %s; what was done is kept, run it again to complete it\n", strerror(-r));
 		if (mm_delta_count(delta))
 			mm_daemon_commit_soon(d);

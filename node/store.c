@@ -5889,6 +5889,13 @@ static int remove_rec_cb(void *arg, const struct mm_rec *r)
 	return e < 0 ? e : namelist_add(&c->names, name);
 }
 
+/* Removed already, and nothing of the user left: a second run would only race the
+ * first's revives (inbox_revive). */
+static bool removal_done(const struct mm_user *mu, const struct remove_ctx *c)
+{
+	return mm_user_removed(mu) && !c->messages && !c->names.n;
+}
+
 static void remove_ctx_free(struct remove_ctx *c)
 {
 	namelist_free(&c->names);
@@ -5906,6 +5913,8 @@ int mm_store_user_describe(struct mm_store *s, const char *user, struct mm_store
 	int r = mm_user_foreach(mu, NULL, 0, remove_rec_cb, &c);
 	struct user *u = user_get(s, user, false);
 	struct mm_store_removal res = {c.messages, c.names.n, u && u->absent};
+	if (r >= 0 && removal_done(mu, &c))
+		r = -EALREADY;
 	remove_ctx_free(&c);
 	if (r < 0)
 		return r;
@@ -5925,8 +5934,8 @@ int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, 
 		return -ENOMEM;
 	struct remove_ctx c = {.want_keys = true};
 	int r = mm_user_foreach(mu, NULL, 0, remove_rec_cb, &c);
-	if (r >= 0 && mm_user_removed(mu) && !c.messages && !c.names.n)
-		r = -EALREADY; /* nothing left (a second run would only race the first's revives) */
+	if (r >= 0 && removal_done(mu, &c))
+		r = -EALREADY;
 	if (r < 0) {
 		remove_ctx_free(&c);
 		return r;

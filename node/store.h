@@ -337,7 +337,7 @@ struct mm_store_removal {
 int mm_store_user_remove(struct mm_store *s, const char *user, uint64_t now_ms, struct mm_delta *out,
                          struct mm_store_removal *removal_r);
 /* What mm_store_user_remove would do now (folders: those it would delete), changing
- * nothing: 0, -ENOENT, or -ENOMEM. */
+ * nothing: 0, -ENOENT, -EALREADY (as mm_store_user_remove), or -ENOMEM. */
 int mm_store_user_describe(struct mm_store *s, const char *user, struct mm_store_removal *removal_r);
 
 /* Persists every record changed since the last commit (local and merged), the file

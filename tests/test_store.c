@@ -1093,21 +1093,29 @@ static void test_user_removed_uids(void **state)
 	alice_imap_uids = false;
 }
 
+/* a removes alice while b delivers into `folder` (b's scan of it in *db_r, not yet
+ * sent); the removal is merged on b.  Returns a's removal delta. */
+static struct mm_delta *removal_raced(struct node *a, struct node *b, const char *folder, struct mm_delta **db_r)
+{
+	struct mm_delta *d = alice_on_two(a, b);
+	*db_r = mm_delta_new();
+	deliver(b, folder, "1700000300.M1P1.b", "Subject: late\r\n\r\nraced the removal\r\n", 1700000300);
+	assert_int_equal(scan(b, *db_r), 1);
+	a->now += 1000;
+	assert_true(mm_store_user_remove(a->s, "ex.org/alice", a->now, d, NULL) > 0);
+	assert_int_equal(mm_store_commit(a->s), 0);
+	assert_false(alice_maildir_there(a));
+	sync_to(a, b, d);
+	return d;
+}
+
 /* A delivery on b that b had not sent when a removed alice survives, with INBOX and
  * the user, on both; the rest is gone. */
 static void test_user_removed_concurrent_delivery(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	struct mm_delta *d = alice_on_two(&a, &b);
-	struct mm_delta *db = mm_delta_new();
-	deliver(&b, "INBOX", "1700000300.M1P1.b", "Subject: late\r\n\r\nraced the removal\r\n", 1700000300);
-	assert_int_equal(scan(&b, db), 1);
-	a.now += 1000;
-	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
-	assert_int_equal(mm_store_commit(a.s), 0);
-	assert_false(alice_maildir_there(&a));
-	sync_to(&a, &b, d);
+	struct mm_delta *db, *d = removal_raced(&a, &b, "INBOX", &db);
 	sync_to(&b, &a, db);
 	assert_true(alice_maildir_there(&a));
 	assert_true(alice_maildir_there(&b));
@@ -1240,14 +1248,7 @@ static void test_user_removed_survivor_goes_on(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	struct mm_delta *d = alice_on_two(&a, &b);
-	struct mm_delta *db = mm_delta_new();
-	deliver(&b, "INBOX", "1700000300.M1P1.b", "Subject: late\r\n\r\nraced the removal\r\n", 1700000300);
-	assert_int_equal(scan(&b, db), 1);
-	a.now += 1000;
-	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
-	assert_int_equal(mm_store_commit(a.s), 0);
-	sync_to(&a, &b, d);
+	struct mm_delta *db, *d = removal_raced(&a, &b, "INBOX", &db);
 	assert_true(mm_store_merge_delta(a.s, db) >= 0);
 	assert_int_equal(mm_store_commit(a.s), 0);
 	/* a made INBOX again in that commit, for the daemon to push */
@@ -1455,14 +1456,7 @@ static void test_user_removed_survivor_elsewhere(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	struct mm_delta *d = alice_on_two(&a, &b);
-	struct mm_delta *db = mm_delta_new();
-	deliver(&b, "Archive", "1700000300.M1P1.b", "Subject: late\r\n\r\nfiled by Sieve\r\n", 1700000300);
-	assert_int_equal(scan(&b, db), 1);
-	a.now += 1000;
-	assert_true(mm_store_user_remove(a.s, "ex.org/alice", a.now, d, NULL) > 0);
-	assert_int_equal(mm_store_commit(a.s), 0);
-	sync_to(&a, &b, d);
+	struct mm_delta *db, *d = removal_raced(&a, &b, "Archive", &db);
 	sync_to(&b, &a, db);
 	assert_true(alice_maildir_there(&a));
 	assert_true(alice_maildir_there(&b));
