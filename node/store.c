@@ -907,6 +907,24 @@ static uint64_t dir_identity(const char *path)
 	return id ? id : 1;
 }
 
+/* Whether the user's Maildir is still the one the scan began with.  Asked after
+ * reading what says mail is gone (a folder's directory missing, files not listed, no
+ * subscriptions file) and before acting on it: a disk unmounted, or the Maildir moved
+ * away, in the middle of a scan makes everything not read yet look deleted, and the
+ * scan must then expunge nothing (it once deleted a user's Archive on every node).
+ * Asked after the reading, so that what was read was read while the Maildir was
+ * there.  A Maildir not there makes the user absent (user_gone). */
+static bool user_still_here(struct mm_store *s, struct user *u)
+{
+	if (!mm_md_is_maildir(u->path)) {
+		user_gone(s, u);
+		return false;
+	}
+	struct folder *inbox = folder_get(s, u, "INBOX", false);
+	uint64_t id = inbox && inbox->root_id ? dir_identity(u->path) : 0;
+	return !id || id == inbox->root_id; /* (another directory: user_present, next scan) */
+}
+
 /* Makes sure the folder directory exists (and the user's Maildir). */
 static bool uid_header(struct mm_md_uidlist *ul, const char *user, const struct mm_rec *frec);
 
@@ -2597,6 +2615,10 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 				fe->seen = true; /* moved meanwhile: the next scan reads its flags */
 		}
 		dlist_free(&l2);
+		if (!user_still_here(s, fo->u)) {
+			dlist_free(&l);
+			return -ENOENT; /* unmounted during the reading: nothing was expunged */
+		}
 		for (struct fent *fe = fo->files, *nx; fe; fe = nx) {
 			nx = fe->fnext;
 			if (fe->seen)
@@ -3004,6 +3026,8 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	struct stat st;
 	if (stat(fo->dir, &st) < 0 && errno != ENOENT && errno != ENOTDIR)
 		return 0; /* cannot be looked at (permissions, I/O): not gone */
+	if (!user_still_here(s, u))
+		return 0; /* the whole Maildir gone meanwhile (unmounted): not a delete */
 	/* the folder's directory is gone: a local delete */
 	if (folder_files(s, fo) < 0)
 		return 0; /* the next scan tries again */
@@ -3064,6 +3088,14 @@ static void scan_subscriptions(struct mm_store *s, struct user *u, struct mm_use
 	if (r < 0) {
 		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/subscriptions: %s", u->path, read_err(r));
 		namelist_free(&subs);
+		return;
+	}
+	bool unsub = false;
+	for (struct folder *fo = u->folders; fo; fo = fo->unext)
+		if (fo->subscribed && !namelist_has(&subs, fo->name))
+			unsub = true;
+	if (unsub && !user_still_here(s, u)) {
+		namelist_free(&subs); /* read while the Maildir was going away: no file */
 		return;
 	}
 	for (size_t i = 0; i < subs.n; i++) {

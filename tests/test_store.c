@@ -17,6 +17,7 @@
 #include "node/statedb.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <lmdb.h>
 #include <sodium.h>
 #include <errno.h>
@@ -1016,6 +1017,129 @@ static bool alice_maildir_there(const struct node *n)
 	struct stat st;
 	snprintf(p, sizeof p, "%s/ex.org/alice", n->root);
 	return stat(p, &st) == 0;
+}
+
+/* The mail root "unmounted" in the middle of a scan: the store's opendir(3) of a path
+ * holding move_at, the move_nth time, first moves move_node's root away (root_away,
+ * done here with system calls).  This program's own opendir: the store is linked in. */
+static const char *move_at;
+static int move_nth;
+static struct node *move_node;
+DIR *opendir(const char *p)
+{
+	static DIR *(*real)(const char *);
+	if (!real)
+		*(void **)&real = dlsym(RTLD_NEXT, "opendir");
+	if (move_at && strstr(p, move_at) && --move_nth == 0) {
+		char away[400];
+		snprintf(away, sizeof away, "%s.away", move_node->root);
+		move_at = NULL;
+		if (syscall(SYS_rename, move_node->root, away) < 0 || mkdir(move_node->root, 0700) < 0)
+			abort();
+	}
+	return real(p);
+}
+
+static void move_root_at(struct node *n, const char *path_part, int nth)
+{
+	move_node = n;
+	move_nth = nth;
+	move_at = path_part;
+}
+
+/* The mail root goes away after a full scan listed alice's folders, as it reads
+ * Archive: Archive's directory looks deleted, and the subscriptions file gone (which
+ * would unsubscribe Archive).  Nothing is deleted, expunged or unsubscribed, here or
+ * in the delta; mounted again, nothing changed.  Before user_still_here the scan
+ * deleted Archive on every node (it_daemon_absent saw it once under ASan). */
+static void test_unmounted_during_scan(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	struct mm_delta *db = mm_delta_new();
+	move_root_at(&b, "/b/mail/ex.org/alice/.Archive/new", 1);
+	b.now += 1000;
+	int r = mm_store_scan(b.s, b.now, db); /* (without scan(): the same full reading) */
+	assert_null(move_at);
+	assert_true(r >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	assert_int_equal(tombstones(&b), 0);
+	/* a folder scan after it: nothing either (the user is absent now) */
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "Archive", b.now, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	root_back(&b);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	assert_same_listing(&a, &b);
+	assert_true(has_folder_dir(&b, "Archive") && archive_subscribed(&b));
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The same during a folder scan (an inotify event's): the folder's directory looks
+ * deleted once the root has gone between the check of the user and the reading. */
+static void test_unmounted_during_folder_scan(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	struct mm_delta *db = mm_delta_new();
+	move_root_at(&b, "/b/mail/ex.org/alice/.Archive/new", 1);
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "Archive", b.now + 1000, db), 0);
+	assert_null(move_at);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(mm_delta_count(db), 0);
+	assert_int_equal(tombstones(&b), 0);
+	root_back(&b);
+	assert_int_equal(scan(&b, db), 0);
+	assert_same_listing(&a, &b);
+	assert_true(has_folder_dir(&b, "Archive"));
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* The root goes away while a scan reads INBOX a second time (after a file was not
+ * listed: one unlinked here): the second reading lists new/, then finds cur/ gone.
+ * The message in cur/ is not expunged.  The user is absent then, so once the root is
+ * back the unlinked one is fetched again too: a rare race, and nothing is lost. */
+static void test_unmounted_during_second_reading(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	struct mm_delta *db = mm_delta_new();
+	const char *f = find(&b, "INBOX", "17"); /* (b's own names) */
+	assert_true(f && strstr(f, "/new/"));
+	rename_to(f, "S"); /* into cur/ */
+	assert_int_equal(scan(&b, db), 1);
+	sync_to(&b, &a, db);
+	mm_delta_clear(db);
+	assert_true((f = find(&b, "INBOX", "17")) && strstr(f, "/new/"));
+	assert_int_equal(unlink(f), 0);
+	move_root_at(&b, "/b/mail/ex.org/alice/cur", 2); /* the first reading, then the second */
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "INBOX", b.now + 1000, db), 0);
+	assert_null(move_at);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(tombstones(&b), 0);
+	root_back(&b);
+	assert_int_equal(scan(&b, db), 0);
+	assert_int_equal(tombstones(&b), 0);
+	assert_int_equal(count_files(&b, "INBOX", "cur"), 1);
+	/* the user was absent meanwhile: what its Maildir lacks when back is fetched
+	 * again, not expunged (it may be a backup restored), this file too */
+	assert_int_equal(mm_store_missing_count(b.s), 1);
+	sync_to(&a, &b, d);
+	assert_same_listing(&a, &b);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
 }
 
 /* mailmesh remove-user: a removes alice; both Maildirs go, scans bring nothing back,
@@ -3827,6 +3951,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_user_removed_survivor_goes_on, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_away_then_new_user, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_folder_deleted_while_away_then_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unmounted_during_scan, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unmounted_during_folder_scan, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unmounted_during_second_reading, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_while_away_then_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_unlink_fails, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_expunged_unlink_fails_then_renamed, setup, teardown),
