@@ -2964,6 +2964,7 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 				fo->deferred_since = now;
 			return 0;
 		}
+		fo->deferred_since = 0; /* (waited for, or not to wait for: made again later, it waits again) */
 		/* Half a Maildir (cur/ or new/ missing) that holds nothing: a delete cut
 		 * short or running, or a folder being made one directory at a time.  Not a
 		 * folder of the mailbox: left alone until it is whole or gone (made one now,

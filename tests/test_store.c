@@ -1019,6 +1019,71 @@ static bool alice_maildir_there(const struct node *n)
 	return stat(p, &st) == 0;
 }
 
+/* The UIDVALIDITY alice's folder name has in b's state, 0 without a record. */
+static uint32_t folder_uv_of(struct node *n, const char *name)
+{
+	uint8_t key[MM_KEY_LEN];
+	mm_key_folder(name, key);
+	const struct mm_rec *r = mm_user_get(mm_state_user(n->st, "ex.org/alice", false), key);
+	return r && r->type == MM_REC_FOLDER && r->folder.exists.value ? r->folder.uidvalidity : 0;
+}
+
+/* What Dovecot does at an IMAP CREATE of folder name: the directories now, the
+ * dovecot-uidlist (with its own UIDVALIDITY) a moment later. */
+static void dovecot_creates(struct node *n, const char *name)
+{
+	char md[400];
+	alice_dir(n, md, sizeof md);
+	struct mm_md_owner o = {(uid_t)-1, (gid_t)-1, 0700, 0600};
+	assert_int_equal(mm_md_folder_create(md, name, &o), 0);
+}
+
+static void dovecot_numbers(struct node *n, const char *name, uint32_t uv)
+{
+	char p[700];
+	snprintf(p, sizeof p, "%s/ex.org/alice/.%s/dovecot-uidlist", n->root, name);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fprintf(f, "3 V%u N1 G0123456789abcdef0123456789abcdef\n", uv);
+	fclose(f);
+}
+
+/* A folder Dovecot has just made and not numbered yet is left for a moment, so that
+ * its record carries Dovecot's UIDVALIDITY, not one of its own that every client of
+ * this server would see change.  Also when the folder is deleted and made again:
+ * the wait once counted from the first time the name was waited for, so a folder
+ * made again later got a UIDVALIDITY of mailmesh's, and Dovecot logged "UIDVALIDITY
+ * changed" (it_dovecot_cluster saw it once for a user removed and made again). */
+static void test_new_folder_waits_for_dovecot(void **state)
+{
+	(void)state;
+	struct node a = {0};
+	node_open_cfg(&a, "a", 1, true);
+	deliver(&a, "INBOX", "1700000000.M1P1.a", "Subject: one\r\n\r\n1\r\n", 1700000000);
+	struct mm_delta *d = mm_delta_new();
+	assert_true(scan(&a, d) > 0);
+	mm_store_set_new_folder_wait(a.s, 200);
+	for (int round = 0; round < 2; round++) {
+		uint32_t uv = 1790000000u + (uint32_t)round;
+		mm_delta_clear(d);
+		dovecot_creates(&a, "Foo");
+		scan(&a, d);
+		assert_int_equal(folder_uv_of(&a, "Foo"), 0); /* left for Dovecot */
+		dovecot_numbers(&a, "Foo", uv);
+		scan(&a, d);
+		assert_int_equal(folder_uv_of(&a, "Foo"), uv);
+		/* deleted over IMAP, and made again a while later */
+		char cmd[1000];
+		snprintf(cmd, sizeof cmd, "rm -rf '%s/ex.org/alice/.Foo'", a.root);
+		assert_int_equal(system(cmd), 0);
+		scan(&a, d);
+		assert_int_equal(folder_uv_of(&a, "Foo"), 0);
+		usleep(700 * 1000); /* (past three waits) */
+	}
+	mm_delta_free(&d);
+	node_close(&a);
+}
+
 /* The mail root "unmounted" in the middle of a scan: the store's opendir(3) of a path
  * holding move_at, the move_nth time, first moves move_node's root away (root_away,
  * done here with system calls).  This program's own opendir: the store is linked in. */
@@ -3951,6 +4016,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_user_removed_survivor_goes_on, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_removed_away_then_new_user, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_folder_deleted_while_away_then_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_new_folder_waits_for_dovecot, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmounted_during_scan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmounted_during_folder_scan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unmounted_during_second_reading, setup, teardown),
