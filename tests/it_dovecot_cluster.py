@@ -267,6 +267,10 @@ def dovecot_test(t, cl, dcs):
         time.sleep(0.1)
     t.check(not any(os.path.exists(n.maildir(MMUSER)) for n in cl.nodes), "alice's Maildir is gone on every node")
     dcs[2].lmtp_deliver("five", "the first message of a new alice")
+    # (a login on a node without her Maildir yet would make Dovecot create one under its
+    # own UIDVALIDITY, reset once, with a warning: see mmtest.wait_uidlist)
+    t.check(mmtest.wait_uidlist(cl.nodes[:2], MMUSER),
+            "mailmesh makes the new alice's INBOX, numbered, on nodes 1 and 2 before a client reads it there")
     views = wait_same(dcs, 1)
     t.check(views is not None and views[0] == {"five": frozenset()},
             "a new alice: every node's IMAP serves just her one message (%s)" % views)
