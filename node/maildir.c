@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -534,45 +535,74 @@ static bool lock_holder_dead(const char *path, const struct stat *st)
 	return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
 }
 
-/* The locks this process holds.  The daemon is one thread, and a flag rename or a
- * keyword write may come while one of its own passes holds the folder's lock (a UID
- * pass writing flags merged meanwhile, a scan numbering files): that nested take must
- * not wait for itself (2 s a file, then go on unlocked; 5 s and fail for a keyword). */
+/* The locks this process holds, by lock file path.  A flag rename or a keyword write
+ * may come while one of the loop's own passes holds the folder's lock (a UID pass
+ * writing flags merged meanwhile, a scan numbering files): that nested take must not
+ * wait for itself (2 s a file, then go on unlocked; 5 s and fail for a keyword).  A
+ * placement job takes a folder's lock on the loop and drops it on a pool thread (the
+ * store keeps the loop off that folder meanwhile: folder.job_locked), so the table
+ * itself is guarded. */
 #define HELD_LOCKS_MAX 16
 static struct {
-	char dir[PATHBUF];
+	char path[PATHBUF];
 	unsigned depth;
 } held_locks[HELD_LOCKS_MAX];
+static pthread_mutex_t held_mutex = PTHREAD_MUTEX_INITIALIZER;
 
-static int held_lock_find(const char *folder_dir)
+/* (held_mutex held) */
+static int held_lock_find(const char *lock_path)
 {
 	for (int i = 0; i < HELD_LOCKS_MAX; i++)
-		if (held_locks[i].depth && !strcmp(held_locks[i].dir, folder_dir))
+		if (held_locks[i].depth && !strcmp(held_locks[i].path, lock_path))
 			return i;
 	return -1;
 }
 
-static void held_lock_add(const char *folder_dir)
+/* Counts one more take of lock_path if this process holds it: true. */
+static bool held_lock_again(const char *lock_path)
 {
-	for (int i = 0; i < HELD_LOCKS_MAX; i++)
-		if (!held_locks[i].depth && strlen(folder_dir) < PATHBUF) {
-			strcpy(held_locks[i].dir, folder_dir);
-			held_locks[i].depth = 1;
-			return;
-		}
-	/* more than HELD_LOCKS_MAX folders locked at once: this one is not re-entrant */
+	pthread_mutex_lock(&held_mutex);
+	int h = held_lock_find(lock_path);
+	if (h >= 0)
+		held_locks[h].depth++;
+	pthread_mutex_unlock(&held_mutex);
+	return h >= 0;
 }
 
-int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
+static void held_lock_add(const char *lock_path)
+{
+	pthread_mutex_lock(&held_mutex);
+	for (int i = 0; i < HELD_LOCKS_MAX; i++)
+		if (!held_locks[i].depth && strlen(lock_path) < PATHBUF) {
+			strcpy(held_locks[i].path, lock_path);
+			held_locks[i].depth = 1;
+			break;
+		}
+	/* more than HELD_LOCKS_MAX locks held at once: this one is not re-entrant */
+	pthread_mutex_unlock(&held_mutex);
+}
+
+/* Counts one release of lock_path: true when it is to be removed now (the last, or
+ * one this process did not note). */
+static bool held_lock_release(const char *lock_path)
+{
+	pthread_mutex_lock(&held_mutex);
+	int h = held_lock_find(lock_path);
+	bool last = h < 0 || --held_locks[h].depth == 0;
+	if (h >= 0 && last)
+		held_locks[h].path[0] = 0;
+	pthread_mutex_unlock(&held_mutex);
+	return last;
+}
+
+/* Dovecot's dotlock <dir>/<lock_name> (dovecot-uidlist.lock, subscriptions.lock). */
+static int dotlock_take(const char *dir, const char *lock_name, unsigned timeout_ms)
 {
 	char p[PATHBUF];
-	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist.lock") < 0)
+	if (path2(p, sizeof p, dir, lock_name) < 0)
 		return -ENAMETOOLONG;
-	int h = held_lock_find(folder_dir);
-	if (h >= 0) {
-		held_locks[h].depth++;
+	if (held_lock_again(p))
 		return 0;
-	}
 	/* The lock is made complete (owner, mode, contents) under a temporary name and
 	 * then linked into place, which fails if it exists: Dovecot, running as the mail
 	 * user, watches another holder's lock with inotify, and a lock that appeared
@@ -585,7 +615,7 @@ int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 	if (fd < 0)
 		return -errno;
 	struct mm_md_owner o = {0};
-	if (mm_md_owner_of(folder_dir, &o) == 0)
+	if (mm_md_owner_of(dir, &o) == 0)
 		apply_owner(fd, &o, false);
 	char pid[32];
 	int pn = snprintf(pid, sizeof pid, "%ld:mailmesh\n", (long)getpid());
@@ -595,7 +625,7 @@ int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 	for (;;) {
 		if (link(t, p) == 0) {
 			unlink(t);
-			held_lock_add(folder_dir);
+			held_lock_add(p);
 			return 0;
 		}
 		if (errno != EEXIST) {
@@ -618,14 +648,33 @@ int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
 	}
 }
 
+static void dotlock_drop(const char *dir, const char *lock_name)
+{
+	char p[PATHBUF];
+	if (path2(p, sizeof p, dir, lock_name) < 0)
+		return;
+	if (held_lock_release(p)) /* (else an outer take still holds it) */
+		unlink(p);
+}
+
+int mm_md_uidlist_lock(const char *folder_dir, unsigned timeout_ms)
+{
+	return dotlock_take(folder_dir, "dovecot-uidlist.lock", timeout_ms);
+}
+
 void mm_md_uidlist_unlock(const char *folder_dir)
 {
-	int h = held_lock_find(folder_dir);
-	if (h >= 0 && --held_locks[h].depth > 0)
-		return; /* an outer take still holds it */
-	char p[PATHBUF];
-	if (path2(p, sizeof p, folder_dir, "dovecot-uidlist.lock") >= 0)
-		unlink(p);
+	dotlock_drop(folder_dir, "dovecot-uidlist.lock");
+}
+
+int mm_md_subs_lock(const char *maildir, unsigned timeout_ms)
+{
+	return dotlock_take(maildir, "subscriptions.lock", timeout_ms);
+}
+
+void mm_md_subs_unlock(const char *maildir)
+{
+	dotlock_drop(maildir, "subscriptions.lock");
 }
 
 /* ---- files ----------------------------------------------------------------------- */

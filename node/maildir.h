@@ -315,6 +315,15 @@ int mm_md_subs_read(const char *maildir, int (*cb)(void *arg, const char *folder
 /* The same for the file's text (NUL-terminated, changed in place). */
 int mm_md_subs_parse(char *text, int (*cb)(void *arg, const char *folder), void *arg);
 
+/* subscriptions.lock: the dotlock Dovecot takes to rewrite the subscriptions file
+ * (IMAP SUBSCRIBE / UNSUBSCRIBE: it reads the file, writes the new one into the lock,
+ * renames it over).  Held around a read of the file and mm_md_subs_write, so that a
+ * change Dovecot is making is either read first or waits.  The same waits, stale rule
+ * and re-entrancy as mm_md_uidlist_lock: 0, -EAGAIN (timeout), -ENOENT (no Maildir)
+ * or another negative errno. */
+int mm_md_subs_lock(const char *maildir, unsigned timeout_ms);
+void mm_md_subs_unlock(const char *maildir);
+
 /* Writes the subscriptions file (Dovecot 2.3 format) atomically (temp + fsync + rename)
  * with the `n` names given, owner o.  0 or negative errno. */
 int mm_md_subs_write(const char *maildir, const char *const *names, size_t n,
