@@ -243,6 +243,10 @@ struct folder {
 	uint64_t deferred_since; /* first scan that left it for Dovecot to number (0 = none) */
 	uint64_t lockwait_since; /* first scan that left a file to Dovecot's uidlist lock (0 = none) */
 	uint64_t passwait_since; /* first uid_sync_folder left to that lock (0 = none) */
+	bool job_locked; /* its uidlist lock is a placement job's (place_prepare to place_finish):
+	                  * the pool thread writes the list under it, so the loop's scans and
+	                  * passes must find it busy, not take it again (held locks are the
+	                  * process's, re-entrant) */
 	struct mm_body_writer **held; /* imap_uids: bodies waiting for lower UIDs (hold_body) */
 	size_t n_held, cap_held;
 	/* imap_uids: base names of files that left the folder here (expunged: unlinked by
@@ -261,6 +265,7 @@ struct user {
 	struct mm_md_owner owner;
 	bool owner_known;
 	bool subs_dirty; /* rewrite the subscriptions file at commit */
+	bool subs_crdt;  /* ... from the CRDT alone (just reconciled: the file is not current) */
 	bool gone_logged;
 	bool absent_logged; /* user_absent said so since this process started */
 	/* Its Maildir was not there at the last look although this node had made or
@@ -1940,6 +1945,10 @@ static void dlist_free(struct dlist *l)
 	memset(l, 0, sizeof(*l));
 }
 
+/* How long a commit waits for Dovecot's subscriptions.lock (Dovecot holds it for the
+ * moment of a rewrite; a dead holder's lock is broken at once) */
+#define SUBS_LOCK_MS 500
+
 /* Reads new/ then cur/ (that order: a file moving new -> cur meanwhile is seen at
  * least once).  Returns 0, -ENOENT when the folder is gone, other errno when it
  * cannot be read (then nothing may be concluded about missing files). */
@@ -1963,7 +1972,7 @@ static int read_folder(const char *dir, struct dlist *l)
 			return -errno;
 		}
 		struct dirent *e;
-		while ((e = readdir(d))) {
+		while ((errno = 0, e = readdir(d))) {
 			if (e->d_name[0] == '.')
 				continue;
 			if (e->d_type != DT_REG && e->d_type != DT_UNKNOWN)
@@ -1983,6 +1992,11 @@ static int read_folder(const char *dir, struct dlist *l)
 				return -ENOMEM;
 			}
 			l->v[l->n++].in_cur = i == 1;
+		}
+		if (errno) { /* not the end: a listing cut short (EIO) says nothing is gone */
+			int e2 = errno == ENOENT ? EIO : errno;
+			closedir(d);
+			return -e2;
 		}
 		closedir(d);
 	}
@@ -2156,6 +2170,13 @@ struct assign {
 static int lock_or_leave(struct mm_store *s, struct folder *fo, uint64_t *since)
 {
 	uint64_t now = wall_ms();
+	if (fo->job_locked) { /* busy until place_finish (mm_store_place_end): the daemon
+	                       * retries what was left then (mm_watch_lock_waits) */
+		if (!*since)
+			*since = now ? now : 1;
+		s->lock_waits = true;
+		return 1;
+	}
 	bool may_defer = !*since || now - *since < LOCK_DEFER_MS;
 	int r = mm_md_uidlist_lock(fo->dir, may_defer ? 0 : 2000);
 	if (r == -EAGAIN && may_defer) {
@@ -2891,6 +2912,7 @@ static void user_reconcile(struct mm_store *s, struct user *u, struct mm_user *m
 		keylist_free(&kl);
 	}
 	u->subs_dirty = true; /* its subscriptions file, from the CRDT */
+	u->subs_crdt = true;
 	logmsg(s, MM_STORE_LOG_INFO,
 	       "Maildir %s of %s is back: %zu messages it lacks are fetched again from the peers, "
 	       "%zu files of messages expunged meanwhile removed", u->path, u->name, gone, removed);
@@ -3024,9 +3046,16 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	}
 	if (!fo->on_disk || mm_md_is_maildir(fo->dir) || !strcmp(name, "INBOX"))
 		return 0;
-	struct stat st;
-	if (stat(fo->dir, &st) < 0 && errno != ENOENT && errno != ENOTDIR)
-		return 0; /* cannot be looked at (permissions, I/O): not gone */
+	/* cannot be looked at (permissions, I/O), the directory or its cur/ or new/: not
+	 * gone (mm_md_is_maildir says no on any error) */
+	static const char *const parts[3] = {"", "/cur", "/new"};
+	for (int i = 0; i < 3; i++) {
+		char p[PATHBUF];
+		struct stat st;
+		snprintf(p, sizeof p, "%s%s", fo->dir, parts[i]);
+		if (stat(p, &st) < 0 && errno != ENOENT && errno != ENOTDIR)
+			return 0;
+	}
 	if (!user_still_here(s, u))
 		return 0; /* the whole Maildir gone meanwhile (unmounted): not a delete */
 	/* the folder's directory is gone: a local delete */
@@ -3082,14 +3111,15 @@ static bool namelist_has(const struct namelist *l, const char *name)
 	return false;
 }
 
-static void scan_subscriptions(struct mm_store *s, struct user *u, struct mm_user *mu)
+/* Returns 0, or < 0 when the file could not be read (nothing was taken in). */
+static int scan_subscriptions(struct mm_store *s, struct user *u, struct mm_user *mu)
 {
 	struct namelist subs = {0};
 	int r = mm_md_subs_read(u->path, namelist_add, &subs);
 	if (r < 0) {
 		logmsg(s, MM_STORE_LOG_WARNING, "cannot read %s/subscriptions: %s", u->path, read_err(r));
 		namelist_free(&subs);
-		return;
+		return r;
 	}
 	bool unsub = false;
 	for (struct folder *fo = u->folders; fo; fo = fo->unext)
@@ -3097,7 +3127,7 @@ static void scan_subscriptions(struct mm_store *s, struct user *u, struct mm_use
 			unsub = true;
 	if (unsub && !user_still_here(s, u)) {
 		namelist_free(&subs); /* read while the Maildir was going away: no file */
-		return;
+		return -ENOENT;
 	}
 	for (size_t i = 0; i < subs.n; i++) {
 		struct folder *fo = folder_get(s, u, subs.v[i], true);
@@ -3116,6 +3146,7 @@ static void scan_subscriptions(struct mm_store *s, struct user *u, struct mm_use
 				s->changes++;
 		}
 	namelist_free(&subs);
+	return 0;
 }
 
 static int scan_user(struct mm_store *s, struct user *u)
@@ -3880,12 +3911,14 @@ static int place_prepare(struct mm_store *s, struct mm_body_writer *list, bool f
 			pd->save_ul = uid_preinstall_group(mu, fo, v + g, (const char (*)[MM_MD_NAME_MAX + 1])(names + g), e - g,
 			                                   listed + g, &pd->ul);
 			pd->locked = true;
+			fo->job_locked = true;
 			if (j->n == f0) { /* all held: only the header may have changed */
 				if (pd->save_ul && (pd->ul_result = mm_md_uidlist_save(fo->dir, &pd->ul)) < 0)
 					logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", fo->dir,
 					       strerror(-pd->ul_result));
 				mm_md_uidlist_clear(&pd->ul);
 				mm_md_uidlist_unlock(fo->dir);
+				fo->job_locked = false;
 				memset(pd, 0, sizeof(*pd));
 			}
 		}
@@ -3964,6 +3997,8 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 	int placed = 0, err = 0;
 	for (size_t d = 0; d < j->n_dirs; d++) {
 		struct place_dir *pd = &j->dirs[d];
+		if (pd->locked)
+			pd->fo->job_locked = false; /* (released by place_run) */
 		if (pd->ul_result < 0) {
 			logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", pd->fo->dir,
 			       strerror(-pd->ul_result));
@@ -4704,6 +4739,7 @@ static bool uid_relist_unseen(struct mm_store *s, struct folder *fo, struct mm_m
 
 struct refile {
 	struct fent *fe;
+	uint32_t have, target;
 	char base[160];
 	char name[MM_MD_NAME_MAX + 1];
 };
@@ -4895,6 +4931,8 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		if (mm_md_uidlist_add(&ul, target, rf->name) < 0)
 			continue;
 		rf->fe = fe;
+		rf->have = have;
+		rf->target = target;
 		nref++;
 	}
 	free(it);
@@ -4907,6 +4945,7 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		}
 	}
 	/* re-filed messages: new name listed, now link it and drop the old one */
+	bool undone = false;
 	for (size_t i = 0; i < nref; i++) {
 		struct fent *fe = ref[i].fe;
 		const char *sub = fe->in_cur ? "cur" : "new";
@@ -4914,15 +4953,29 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		char nb[MM_MD_NAME_MAX + 1];
 		snprintf(from, sizeof from, "%s/%s/%s", fo->dir, sub, fent_name(s, fe, nb));
 		snprintf(to, sizeof to, "%s/%s/%s", fo->dir, sub, ref[i].name);
-		if (link(from, to) < 0) {
-			/* renamed by a client between the check above and now: next pass */
-			if (errno != ENOENT)
+		bool linked = link(from, to) == 0;
+		int e = linked ? 0 : errno;
+		if (linked && unlink(from) < 0) {
+			/* renamed by a client (a flag change) between the link and the unlink: the
+			 * message would stay under two names, the old base carrying the client's
+			 * change, which the scan took for a new delivery (a duplicate on every
+			 * node): the new name goes again, and the next pass re-files */
+			e = errno;
+			linked = false;
+			unlink(to);
+		}
+		if (!linked) {
+			/* renamed by a client between the check above and now: the old UID stays
+			 * listed (by base, as Dovecot matches it), the next pass re-files */
+			if (e != ENOENT)
 				logmsg(s, MM_STORE_LOG_WARNING, "cannot re-file %s under a new UID: %s", from,
-				       strerror(errno));
+				       strerror(e));
+			mm_md_uidlist_remove(&ul, ref[i].target);
+			if (mm_md_uidlist_add(&ul, ref[i].have, nb) == 0)
+				undone = true;
 			fo->uid_check = true;
 			continue;
 		}
-		unlink(from);
 		uint8_t key[MM_KEY_LEN], body[MM_ID_LEN];
 		memcpy(key, fe->key, MM_KEY_LEN);
 		bool known = fent_body(s->state, fe, body);
@@ -4940,6 +4993,8 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 			sync_file_flags(s, nf, now);
 	}
 	free(ref);
+	if (undone && (r = mm_md_uidlist_save(fo->dir, &ul)) < 0)
+		logmsg(s, MM_STORE_LOG_ERR, "cannot write %s/dovecot-uidlist: %s", fo->dir, strerror(-r));
 	mm_md_uidlist_clear(&ul);
 	if (dropped >= 0 && r >= 0)
 		folder_gone_clear(fo); /* (else the next pass tries again) */
@@ -5807,7 +5862,40 @@ static void mirror_deferred(struct mm_store *s)
 		}
 		if (!u->subs_dirty)
 			continue;
+		/* Dovecot's lock on the file, from the read below to the rename: a SUBSCRIBE
+		 * or UNSUBSCRIBE it makes meanwhile waits for us */
+		int lk = mm_md_is_maildir(u->path) ? mm_md_subs_lock(u->path, SUBS_LOCK_MS) : -ENOENT;
+		if (lk == -EAGAIN) {
+			logmsg(s, MM_STORE_LOG_WARNING, "%s/subscriptions.lock is held by another process: "
+			       "the subscriptions file is written at a later commit", u->path);
+			s->wants_commit = true;
+			continue;
+		}
+		if (!u->subs_crdt) {
+			/* a SUBSCRIBE or UNSUBSCRIBE Dovecot wrote since the last scan: taken in
+			 * first (pushed with this commit's delta), or the file written from the
+			 * CRDT would throw it away on every node */
+			struct mm_delta *o = s->out;
+			if (!s->out)
+				s->out = s->commit_out;
+			int sr = scan_subscriptions(s, u, mu);
+			s->out = o;
+			if (u->absent) {
+				if (lk == 0)
+					mm_md_subs_unlock(u->path);
+				continue; /* (gone meanwhile: written when it is back) */
+			}
+			if (sr < 0) {
+				/* not read (EIO, EACCES): written over, a SUBSCRIBE or UNSUBSCRIBE
+				 * Dovecot made since the last scan would be lost on every node */
+				if (lk == 0)
+					mm_md_subs_unlock(u->path);
+				s->wants_commit = true;
+				continue;
+			}
+		}
 		u->subs_dirty = false;
+		u->subs_crdt = false;
 		struct subs_ctx c = {{0}, u, s};
 		if (mm_user_foreach(mu, NULL, 0, subs_rec_cb, &c) == 0 && mm_md_is_maildir(u->path)) {
 			user_owner(s, u);
@@ -5834,6 +5922,8 @@ static void mirror_deferred(struct mm_store *s)
 				}
 			}
 		}
+		if (lk == 0)
+			mm_md_subs_unlock(u->path);
 		namelist_free(&c.names);
 	}
 }
