@@ -814,9 +814,10 @@ static bool has_folder_dir(const struct node *n, const char *fname)
 	return stat(p, &st) == 0;
 }
 
-static bool archive_subscribed(const struct node *n)
+/* name is a line of alice's subscriptions file on n */
+static bool subs_has(const struct node *n, const char *name)
 {
-	char p[600], text[256] = "";
+	char p[600], text[256] = "", line[80];
 	snprintf(p, sizeof p, "%s/ex.org/alice/subscriptions", n->root);
 	FILE *f = fopen(p, "r");
 	if (!f)
@@ -824,7 +825,8 @@ static bool archive_subscribed(const struct node *n)
 	size_t k = fread(text, 1, sizeof text - 1, f);
 	text[k] = 0;
 	fclose(f);
-	return strstr(text, "\nArchive\n") != NULL;
+	snprintf(line, sizeof line, "\n%s\n", name);
+	return strstr(text, line) != NULL;
 }
 
 /* a holds 2 messages in INBOX and 1 in Archive (subscribed), and an empty Drafts; b
@@ -917,7 +919,7 @@ static void test_user_gone_while_down(void **state)
 	/* the empty folder made again, the subscriptions kept (not read from the new
 	 * Maildir, which has none: that would unsubscribe everywhere) */
 	assert_true(has_folder_dir(&b, "Drafts"));
-	assert_true(archive_subscribed(&b) && archive_subscribed(&a));
+	assert_true(subs_has(&b, "Archive") && subs_has(&a, "Archive"));
 	mm_delta_free(&db);
 	mm_delta_free(&d);
 	node_close(&a);
@@ -1000,7 +1002,7 @@ static void test_user_away_and_back(void **state)
 	assert_int_equal(tombstones(&b), 1);
 	assert_false(has_folder_dir(&b, "Drafts")); /* not made again, nor sent back */
 	assert_int_equal(count_files(&b, "Archive", "new") + count_files(&b, "Archive", "cur"), 2);
-	assert_true(archive_subscribed(&b));
+	assert_true(subs_has(&b, "Archive"));
 	mm_delta_free(&db);
 	mm_delta_free(&d);
 	node_close(&a);
@@ -1153,7 +1155,7 @@ static void test_unmounted_during_scan(void **state)
 	assert_int_equal(scan(&b, db), 0);
 	assert_int_equal(mm_delta_count(db), 0);
 	assert_same_listing(&a, &b);
-	assert_true(has_folder_dir(&b, "Archive") && archive_subscribed(&b));
+	assert_true(has_folder_dir(&b, "Archive") && subs_has(&b, "Archive"));
 	mm_delta_free(&db);
 	mm_delta_free(&d);
 	node_close(&a);
@@ -1312,20 +1314,6 @@ static void test_folder_listing_fails(void **state)
 	mm_delta_free(&d);
 	node_close(&a);
 	node_close(&b);
-}
-
-static bool subs_has(const struct node *n, const char *name)
-{
-	char p[600], text[256] = "", line[80];
-	snprintf(p, sizeof p, "%s/ex.org/alice/subscriptions", n->root);
-	FILE *f = fopen(p, "r");
-	if (!f)
-		return false;
-	size_t k = fread(text, 1, sizeof text - 1, f);
-	text[k] = 0;
-	fclose(f);
-	snprintf(line, sizeof line, "\n%s\n", name);
-	return strstr(text, line) != NULL;
 }
 
 /* Dovecot on b subscribes Drafts (IMAP SUBSCRIBE: subscriptions rewritten, temp file
@@ -1517,7 +1505,7 @@ static void test_user_removed_concurrent_delivery(void **state)
 	assert_true(alice_maildir_there(&a));
 	assert_true(alice_maildir_there(&b));
 	/* (b's subscriptions file was written empty, a's Maildir was made without one) */
-	assert_false(archive_subscribed(&b));
+	assert_false(subs_has(&b, "Archive"));
 	assert_int_equal(count_files(&a, "INBOX", "new") + count_files(&a, "INBOX", "cur"), 1);
 	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 1);
 	assert_false(has_folder_dir(&b, "Archive"));
