@@ -718,8 +718,11 @@ static void sync_event(void *arg, struct mm_sync *s, const struct mm_sync_event 
 		       (unsigned long long)st->last_round_trips);
 		break;
 	case MM_SYNC_EV_ROUND_ABORT:
+		/* -EBUSY: the peer still sends an earlier round's records (a large
+		 * difference behind a full stream); the next digest starts the round */
 		if (ev->err != -ECANCELED)
-			mm_log(MM_LOG_WARN, "sync round abandoned peer=%s err=%s", name, strerror(-ev->err));
+			mm_log(ev->err == -EBUSY ? MM_LOG_DEBUG : MM_LOG_WARN, "sync round abandoned peer=%s err=%s",
+			       name, strerror(-ev->err));
 		break;
 	case MM_SYNC_EV_PROTO_ERROR:
 		mm_log(MM_LOG_WARN, "protocol error peer=%s err=%s%s", name, strerror(-ev->err),
@@ -733,6 +736,19 @@ static void sync_event(void *arg, struct mm_sync *s, const struct mm_sync_event 
 		       ev->err == -EBADMSG ? " (its bytes do not match its id; fetched elsewhere)" : "");
 		break;
 	case MM_SYNC_EV_RECORD_REJECTED:
+		if (ev->err == -ERANGE) {
+			/* a tombstone horizon ahead of our clock: sent again every round until
+			 * our clock passes it, so said once per peer and run */
+			if (p && p->future_horizon_logged)
+				break;
+			if (p)
+				p->future_horizon_logged = true;
+			mm_log(MM_LOG_WARN, "record rejected peer=%s user=%s: its tombstone horizon is ahead of this "
+			       "node's clock (a clock off by more than gc_grace on one of the two nodes); check both "
+			       "nodes' time sync (NTP): the horizon is taken once this clock has passed it",
+			       name, ev->user ? ev->user : "?");
+			break;
+		}
 		mm_log(MM_LOG_WARN, "record rejected peer=%s user=%s err=%s", name, ev->user ? ev->user : "?",
 		       strerror(-ev->err));
 		break;

@@ -43,6 +43,10 @@ _Static_assert(EXPAND_LEN % LEAF_ENTRY != 0, "EXPAND and LEAVES told apart by le
 #define KEYS_JOB_MAX 256        /* above this many records, send a subtree by walking it */
 #define SUBTREE_BATCH 32        /* records emitted per walk step */
 #define RECBUF_LIMIT (MM_WIRE_MAX - MM_WIRE_RECORDS_HDR - MM_NAME_MAX)
+/* GET_BODY requests queued at once (the peer's fetch scheduler keeps at most
+ * max_inflight, 64 by default, out per peer); beyond: BODY_ERR -EBUSY, so a peer
+ * that asks and stops reading cannot make the queue grow without bound. */
+#define BODY_JOBS_MAX 256
 
 enum tree { TREE_USERS = 0, TREE_USER = 1 };
 
@@ -137,11 +141,14 @@ struct mm_sync {
 		/* a DESCENT arriving in parts */
 		struct mm_wire_elem *acc;
 		size_t nacc, cap_acc, acc_bytes;
+		size_t acc_elems_max; /* elements an answer to my summaries can hold */
 		struct mm_arena acca;
 		uint64_t legs, dbytes, rbytes, diffs;
 		uint64_t inline_bytes; /* body bytes sent inline with this round's records */
 	} r;
 	struct job *jobs, *jobs_tail;
+	size_t body_jobs;       /* queued JOB_BODY */
+	size_t round_jobs;      /* queued JOB_KEYS / JOB_SUBTREE / JOB_END */
 	struct breq *breqs;
 	struct mm_delta *relay_delta;
 	bool in_push;
@@ -362,8 +369,17 @@ static struct job *job_new(struct mm_sync *s, enum job_type t, const char *user)
 	return j;
 }
 
+static void job_count(struct mm_sync *s, const struct job *j, int d)
+{
+	if (j->t == JOB_BODY)
+		s->body_jobs += (size_t)d;
+	else
+		s->round_jobs += (size_t)d;
+}
+
 static void job_push(struct mm_sync *s, struct job *j)
 {
+	job_count(s, j, 1);
 	j->next = NULL;
 	if (s->jobs_tail)
 		s->jobs_tail->next = j;
@@ -377,9 +393,32 @@ static void jobs_clear(struct mm_sync *s)
 	while (s->jobs) {
 		struct job *j = s->jobs;
 		s->jobs = j->next;
+		job_count(s, j, -1);
 		job_free(j);
 	}
 	s->jobs_tail = NULL;
+}
+
+/* Drops the queued record streams and END of round `id` (abandoned: the next round
+ * finds what they would have sent).  Not while pump() is stepping a job: then the
+ * stream was reset, and pump() clears every job once the step is over. */
+static void jobs_drop_round(struct mm_sync *s, uint64_t id)
+{
+	if (s->depth_guard)
+		return;
+	struct job **pp = &s->jobs, *last = NULL;
+	while (*pp) {
+		struct job *j = *pp;
+		if (j->t != JOB_BODY && j->round == id) {
+			*pp = j->next;
+			job_count(s, j, -1);
+			job_free(j);
+		} else {
+			last = j;
+			pp = &j->next;
+		}
+	}
+	s->jobs_tail = last;
 }
 
 static int queue_subtree(struct mm_sync *s, const char *user, const uint8_t *prefix, unsigned depth)
@@ -547,6 +586,7 @@ static void pump(struct mm_sync *s)
 			s->jobs = j->next;
 			if (!s->jobs)
 				s->jobs_tail = NULL;
+			job_count(s, j, -1);
 			job_free(j);
 		}
 	}
@@ -621,6 +661,7 @@ static void round_abort(struct mm_sync *s, int why, bool tell_peer)
 	uint64_t id = s->r.id;
 	s->st.rounds_aborted++;
 	round_clear(s);
+	jobs_drop_round(s, id);
 	if (tell_peer && s->connected && mm_wire_enc_abort(&s->out, id, why) == 0)
 		send_out(s, MM_CHAN_STREAM);
 	event(s, MM_SYNC_EV_ROUND_ABORT, why, NULL, NULL, id);
@@ -1158,8 +1199,8 @@ int mm_sync_start(struct mm_sync *s, uint64_t now_ms)
 	s->now = now_ms;
 	if (!s->connected)
 		return -ENOTCONN;
-	if (s->r.st != RS_IDLE)
-		return -EBUSY;
+	if (s->r.st != RS_IDLE || s->round_jobs)
+		return -EBUSY; /* (an earlier round's records still wait for the stream) */
 	uint64_t id = (++s->round_ctr << 1) | (s->cfg.local_node < s->cfg.peer_node ? 1 : 0);
 	round_begin(s, id, true);
 	nonce_for(s, id);
@@ -1300,8 +1341,9 @@ static int handle_body(struct mm_sync *s, const struct mm_wire_msg *m)
 
 static int handle_get_body(struct mm_sync *s, const struct mm_wire_msg *m)
 {
-	if (s->cfg.body.have(s->cfg.body.arg, m->get_body.user, m->get_body.id) != 1) {
-		int rc = mm_wire_enc_body_err(&s->out, m->get_body.req, -ENOENT);
+	bool busy = s->body_jobs >= BODY_JOBS_MAX;
+	if (busy || s->cfg.body.have(s->cfg.body.arg, m->get_body.user, m->get_body.id) != 1) {
+		int rc = mm_wire_enc_body_err(&s->out, m->get_body.req, busy ? -EBUSY : -ENOENT);
 		return rc < 0 ? rc : send_out(s, MM_CHAN_STREAM);
 	}
 	struct job *j = job_new(s, JOB_BODY, m->get_body.user);
@@ -1431,6 +1473,16 @@ static int handle_records_in(struct mm_sync *s, const struct mm_wire_msg *m, boo
 	for (size_t i = 0; i < m->records.n; i++) {
 		const struct mm_wire_rec *w = &m->records.recs[i];
 		s->st.records_in++;
+		if (w->rec.type == MM_REC_HORIZON && MM_HLC_MS(w->rec.horizon.stamp) > s->now) {
+			/* A horizon ahead of our clock (a peer's clock years ahead, a bug):
+			 * taken, it would drop every tombstone here at once and keep every
+			 * expunge made here before it from being stored, so the message comes
+			 * back from any replica that missed the push.  A correct node's
+			 * horizon is gc_grace behind its clock; taken once our clock passes
+			 * it (the next round brings it again). */
+			event(s, MM_SYNC_EV_RECORD_REJECTED, -ERANGE, user, NULL, 0);
+			continue;
+		}
 		if (s->cfg.clock) {
 			mm_hlc st = max_stamp(&w->rec);
 			if (st.t)
@@ -1772,6 +1824,20 @@ static int descent_accumulate(struct mm_sync *s, const struct mm_wire_msg *m)
 {
 	if (s->r.acc_bytes > DESCENT_ACC_MAX || m->descent.n > SIZE_MAX / 2 - s->r.nacc)
 		return -EMSGSIZE;
+	/* Elements count too, not only bin bytes (a part of 64,000 one-byte bitmaps
+	 * held 1.5 MB of them): an answer has one bitmap per summary I sent and at most
+	 * one summary per child or listed user it marks, so more elements than that
+	 * can only be refused later anyway. */
+	if (!s->r.nacc) {
+		size_t max = 0;
+		for (size_t i = 0; i < s->r.p.n; i++) {
+			const struct pend *p = &s->r.p.v[i];
+			max += 1 + (p->kind == 'E' ? MM_FANOUT : p->tree == TREE_USERS ? p->n : 0);
+		}
+		s->r.acc_elems_max = max;
+	}
+	if (m->descent.n > s->r.acc_elems_max - s->r.nacc)
+		return -EMSGSIZE;
 	if (s->r.nacc + m->descent.n > s->r.cap_acc) {
 		size_t cap = (s->r.nacc + m->descent.n) * 2;
 		struct mm_wire_elem *v = realloc(s->r.acc, cap * sizeof *v);
@@ -1807,6 +1873,19 @@ static int handle_stream(struct mm_sync *s, const struct mm_wire_msg *m, size_t 
 			round_abort(s, -ECANCELED, false);
 		} else if (s->r.st != RS_IDLE) {
 			return -EPROTO;
+		}
+		if (s->round_jobs) {
+			/* An earlier round's records still wait behind a blocked stream: a new
+			 * round now would queue its differences again (a peer restarting
+			 * rounds could queue the whole state once per START).  The peer
+			 * retries at its next digest. */
+			rc = mm_wire_enc_abort(&s->out, m->start.round, -EBUSY);
+			if (rc < 0) {
+				s->out.size = 0;
+				return rc;
+			}
+			send_out(s, MM_CHAN_STREAM);
+			return 0;
 		}
 		round_begin(s, m->start.round, false);
 		memcpy(s->r.nonce, m->start.nonce, MM_WIRE_NONCE_LEN);
