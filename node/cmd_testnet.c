@@ -93,6 +93,22 @@ static bool dir_is_empty(const char *path)
 	return empty;
 }
 
+/* The configs name their files by this path: a character that mailmesh.conf reads
+ * otherwise (':' ends mail_location's path, '%' starts a variable of it, '#' and ';'
+ * a comment, a blank at the end is cut) would make configs check-config refuses. */
+static bool config_safe(const char *dir)
+{
+	for (const char *p = dir; *p; p++) {
+		if (strchr(":%#;", *p) != NULL || (unsigned char)*p < 0x20 || *p == 0x7f ||
+		    (p[1] == '\0' && (*p == ' ' || *p == '\t'))) {
+			fprintf(stderr, "mailmesh testnet: %s: the nodes' configs cannot name paths with ':', '%%', "
+			                "'#', ';', control characters or a blank at the end; choose another --dir\n", dir);
+			return false;
+		}
+	}
+	return true;
+}
+
 static int write_text(const char *path, const char *text)
 {
 	FILE *f = fopen(path, "w");
@@ -157,6 +173,8 @@ int mm_cmd_testnet(int argc, char **argv)
 		                "directory or pass --force to write over it\n", dirarg);
 		return 2;
 	}
+	if (!config_safe(dirarg))
+		return 2;
 	r = mkdirs(dirarg, 0755);
 	if (r < 0) {
 		fprintf(stderr, "mailmesh testnet: cannot create %s: %s\n", dirarg, strerror(-r));
@@ -166,6 +184,8 @@ int mm_cmd_testnet(int argc, char **argv)
 		fprintf(stderr, "mailmesh testnet: %s: %s\n", dirarg, strerror(errno));
 		return 1;
 	}
+	if (!config_safe(dir)) /* (the cwd in front of a relative --dir) */
+		return 2;
 	/* The control socket has the tightest length limit of all the paths. */
 	if (strlen(dir) + sizeof("/node1000/state/control.sock") > sizeof(((struct sockaddr_un *)0)->sun_path)) {
 		fprintf(stderr, "mailmesh testnet: %s is too long a path for the nodes' control "

@@ -10,6 +10,7 @@
 #include "node/mailloc.h"
 #include "node/maildir.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -348,6 +349,17 @@ static int handler(void *user, const char *section, const char *name, const char
 			line_err(c, -EINVAL,
 			         "bad listen address '%s': expected HOST:PORT, e.g. 0.0.0.0:4000, "
 			         "[::]:4000 or 192.0.2.1:4000", value);
+			break;
+		}
+		/* The daemon binds this address as it is (node/peer.c bind_addr): a host name,
+		 * which the peers file may use, is refused here with its line rather than at
+		 * start, after check-config said the file was fine. */
+		unsigned char addr[16];
+		if (inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1) {
+			line_err(c, -EINVAL,
+			         "bad listen address '%s': the host must be a numeric IP address, e.g. "
+			         "0.0.0.0:4000, [::]:4000 or this server's own address (a host name is "
+			         "not resolved to bind)", value);
 			break;
 		}
 		if (set_string(c, &cfg->listen_host, host, false) == 0)

@@ -31,8 +31,16 @@
 
 #define MAX_USERS_LISTED 1000
 
+/* A control connection is closed this long after it was accepted, answered or not: a
+ * client that never sends its line (or never reads the answer) must not hold a file
+ * descriptor, nor the daemon's shutdown, for ever. */
+#define CTL_CLIENT_TIMEOUT_MS 30000
+
 struct ctl_client {
 	uv_pipe_t h;
+	uv_timer_t timer;            /* CTL_CLIENT_TIMEOUT_MS */
+	int open;                    /* of h and timer, handles not yet closed */
+	struct ctl_client *next, **prevp; /* in d->ctl_clients while not closing */
 	struct mm_daemon *d;
 	char line[64 + MM_NAME_MAX]; /* (the longest request: "remove-user-preview USER") */
 	size_t len;
@@ -419,15 +427,36 @@ static void client_closed(uv_handle_t *h)
 {
 	struct ctl_client *c = h->data;
 	mm_daemon_handle_closed(h);
+	if (--c->open > 0)
+		return;
 	free(c->out);
 	free(c);
+}
+
+/* Closes both handles of a connection, once (a write cancelled by the close calls
+ * back here again). */
+static void client_close(struct ctl_client *c)
+{
+	if (c->prevp == NULL)
+		return;
+	if (c->next)
+		c->next->prevp = c->prevp;
+	*c->prevp = c->next;
+	c->prevp = NULL;
+	c->next = NULL;
+	uv_close((uv_handle_t *)&c->timer, client_closed);
+	uv_close((uv_handle_t *)&c->h, client_closed);
+}
+
+static void client_timeout(uv_timer_t *t)
+{
+	client_close(t->data);
 }
 
 static void client_written(uv_write_t *req, int status)
 {
 	(void)status;
-	struct ctl_client *c = req->data;
-	uv_close((uv_handle_t *)&c->h, client_closed);
+	client_close(req->data);
 }
 
 static void client_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -442,20 +471,25 @@ static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	(void)buf;
 	struct ctl_client *c = s->data;
 	if (n < 0 || (n == 0 && c->len >= sizeof c->line - 1)) {
-		uv_close((uv_handle_t *)&c->h, client_closed);
+		client_close(c);
 		return;
 	}
+	/* a NUL byte would hide the newline after it from strchr: the request is bad */
+	bool nul = memchr(c->line + c->len, '\0', (size_t)n) != NULL;
 	c->len += (size_t)n;
 	c->line[c->len] = 0;
-	char *nl = strchr(c->line, '\n');
-	if (!nl) {
+	char *nl = nul ? NULL : strchr(c->line, '\n');
+	if (!nl && !nul) {
 		if (c->len >= sizeof c->line - 1)
-			uv_close((uv_handle_t *)&c->h, client_closed);
+			client_close(c);
 		return;
 	}
-	*nl = 0;
+	if (nl)
+		*nl = 0;
 	uv_read_stop(s);
-	if (!strcmp(c->line, "status json"))
+	if (nul)
+		out_printf(c, "error: the request holds a NUL byte; send one line of text, e.g. 'status'\n");
+	else if (!strcmp(c->line, "status json"))
 		render(c, true);
 	else if (!strcmp(c->line, "status"))
 		render(c, false);
@@ -472,13 +506,13 @@ static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		out_printf(c, "error: unknown request '%s' (expected 'status', 'status json', 'reload', "
 		           "'check LAG_MS' or 'remove-user USER')\n", c->line);
 	if (!c->out) {
-		uv_close((uv_handle_t *)&c->h, client_closed);
+		client_close(c);
 		return;
 	}
 	uv_buf_t b = uv_buf_init(c->out, (unsigned)c->out_len);
 	c->wr.data = c;
 	if (uv_write(&c->wr, s, &b, 1, client_written) < 0)
-		uv_close((uv_handle_t *)&c->h, client_closed);
+		client_close(c);
 }
 
 static void on_control(uv_stream_t *server, int status)
@@ -491,11 +525,19 @@ static void on_control(uv_stream_t *server, int status)
 		return;
 	c->d = d;
 	uv_pipe_init(&d->loop, &c->h, 0);
-	d->open_handles++;
-	c->h.data = c;
+	uv_timer_init(&d->loop, &c->timer);
+	d->open_handles += 2;
+	c->open = 2;
+	c->h.data = c->timer.data = c;
+	c->next = d->ctl_clients;
+	if (c->next)
+		c->next->prevp = &c->next;
+	c->prevp = &d->ctl_clients;
+	d->ctl_clients = c;
+	uv_timer_start(&c->timer, client_timeout, CTL_CLIENT_TIMEOUT_MS, 0);
 	if (uv_accept(server, (uv_stream_t *)&c->h) < 0 ||
 	    uv_read_start((uv_stream_t *)&c->h, client_alloc, client_read) < 0)
-		uv_close((uv_handle_t *)&c->h, client_closed);
+		client_close(c);
 }
 
 int mm_control_start(struct mm_daemon *d)
@@ -548,6 +590,10 @@ void mm_control_stop(struct mm_daemon *d)
 		uv_close((uv_handle_t *)&d->control, mm_daemon_handle_closed);
 		unlink(d->cfg.control_socket);
 	}
+	/* a connection left open (a client that sends nothing) would keep the loop, and
+	 * so the daemon, running after SIGTERM */
+	while (d->ctl_clients)
+		client_close(d->ctl_clients);
 }
 
 /* ---- client: mailmesh status, reload, check ------------------------------------ */

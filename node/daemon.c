@@ -8,6 +8,7 @@
  * taking work, aborts bodies being received (nothing half-written becomes visible),
  * commits the state, closes every handle and checks that none leaked.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <grp.h>
 #include <signal.h>
@@ -526,10 +527,11 @@ static void signal_cb(uv_signal_t *s, int signum)
 /* mailmesh.conf read again on SIGHUP: log_level is taken at once; any other setting
  * that changed is named in the log as waiting for a restart.  A file that does not
  * parse changes nothing (logged, and shown by `mailmesh status`). */
-static void reload_settings(struct mm_daemon *d)
+static void reload_settings(struct mm_daemon *d, char *name_r, size_t name_cap)
 {
 	char err[MM_CONFIG_ERR_MAX];
 	struct mm_config nc;
+	name_r[0] = '\0';
 	int r = mm_config_reread(&d->cfg, &nc, err, sizeof err);
 	if (r < 0) {
 		mm_log(MM_LOG_ERROR, "reload: %s; the settings are kept", err);
@@ -545,6 +547,8 @@ static void reload_settings(struct mm_daemon *d)
 		/* (after the change, and as a warning: shown at any level but error) */
 		mm_log(MM_LOG_WARN, "reload: log_level %s -> %s", mm_log_level_name(was), mm_log_level_name(nc.log_level));
 	}
+	if (nc.name && strcmp(nc.name, d->cfg.name) != 0)
+		snprintf(name_r, name_cap, "%s", nc.name); /* (the peers file is checked against the old) */
 	char keys[256];
 	if (mm_config_restart_keys(&d->cfg, &nc, keys, sizeof keys) > 0)
 		mm_log(MM_LOG_WARN, "reload: %s: %s changed; taken at the next restart (a reload takes log_level "
@@ -566,7 +570,8 @@ int mm_daemon_reload(struct mm_daemon *d)
 {
 	if (d->stopping || !d->store)
 		return -EAGAIN;
-	reload_settings(d);
+	char new_name[MM_PEER_NAME_MAX + 1];
+	reload_settings(d, new_name, sizeof new_name);
 	char err[MM_CONFIG_ERR_MAX];
 	struct mm_peers *peers = NULL;
 	const struct mm_peer *self = NULL;
@@ -581,6 +586,13 @@ int mm_daemon_reload(struct mm_daemon *d)
 	}
 	if (r == 0 && (r = mm_peers_reload(d, peers, self)) < 0)
 		snprintf(err, sizeof err, "%s: cannot take the new peers: %s", d->cfg.peers_path, strerror(-r));
+	if (r < 0 && new_name[0]) {
+		/* the error above quotes the name this daemon started with, which the admin
+		 * may just have changed in mailmesh.conf too */
+		size_t l = strlen(err);
+		snprintf(err + l, sizeof err - l, " (this daemon runs as name = %s until it is restarted; mailmesh.conf "
+		         "now says name = %s: restart it to take the new name)", d->cfg.name, new_name);
+	}
 	if (r < 0) {
 		mm_log(MM_LOG_ERROR, "reload: %s; going on with the %zu peers loaded before", err, d->n_peers);
 		snprintf(d->reload_error, sizeof d->reload_error, "%s", err);
@@ -601,6 +613,23 @@ int mm_daemon_reload(struct mm_daemon *d)
 
 /* ---- privileges ---------------------------------------------------------------- */
 
+/* Whether dir holds nothing but what mailmesh puts in a state_dir (or cannot be read:
+ * then the chown below is not the problem).  lost+found: a filesystem of its own
+ * mounted there. */
+static bool state_dir_own(const char *dir)
+{
+	DIR *dp = opendir(dir);
+	if (!dp)
+		return true;
+	bool own = true;
+	struct dirent *e;
+	while (own && (e = readdir(dp)) != NULL)
+		own = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strncmp(e->d_name, "state.mdb", 9) ||
+		      !strcmp(e->d_name, "control.sock") || !strcmp(e->d_name, "lost+found");
+	closedir(dp);
+	return own;
+}
+
 static int prepare_state_dir(struct mm_daemon *d)
 {
 	const char *dir = d->cfg.state_dir;
@@ -608,9 +637,29 @@ static int prepare_state_dir(struct mm_daemon *d)
 		mm_log(MM_LOG_ERROR, "%s: cannot create state_dir %s: %s", d->cfg.path, dir, strerror(errno));
 		return -errno;
 	}
+	struct stat st;
+	/* A state_dir that is some other directory (`state_dir = /var/lib` for
+	 * /var/lib/mailmesh) must not be handed to the mail user as root. */
+	if (d->cfg.drop_privileges && geteuid() == 0 && stat(dir, &st) == 0 &&
+	    (st.st_uid != d->cfg.uid || st.st_gid != d->cfg.gid) && !state_dir_own(dir)) {
+		mm_log(MM_LOG_ERROR, "%s: state_dir %s belongs to uid %u and holds other files than mailmesh's: "
+		       "not giving it to uid %u; set state_dir to a directory of mailmesh's own (e.g. "
+		       "/var/lib/mailmesh), or chown it yourself if it is meant to be", d->cfg.path, dir,
+		       (unsigned)st.st_uid, (unsigned)d->cfg.uid);
+		return -EPERM;
+	}
 	if (d->cfg.drop_privileges && geteuid() == 0 && chown(dir, d->cfg.uid, d->cfg.gid) < 0) {
 		mm_log(MM_LOG_ERROR, "cannot chown %s to uid %u: %s", dir, (unsigned)d->cfg.uid, strerror(errno));
 		return -errno;
+	}
+	/* the database of a start without `user` (as root): the mail user opens it next */
+	for (int i = 0; d->cfg.drop_privileges && geteuid() == 0 && i < 2; i++) {
+		char path[4200];
+		snprintf(path, sizeof path, "%s/%s", dir, i ? "state.mdb-lock" : "state.mdb");
+		if (lchown(path, d->cfg.uid, d->cfg.gid) < 0 && errno != ENOENT) {
+			mm_log(MM_LOG_ERROR, "cannot chown %s to uid %u: %s", path, (unsigned)d->cfg.uid, strerror(errno));
+			return -errno;
+		}
 	}
 	return 0;
 }
@@ -631,7 +680,9 @@ static int drop_privileges(struct mm_daemon *d)
 		       (unsigned)d->cfg.gid, strerror(errno));
 		return -errno;
 	}
-	if (setuid(0) == 0) {
+	/* (`group` alone, or `user = root`, keeps uid 0 by design: only the group changes,
+	 * so regaining root proves nothing there) */
+	if (d->cfg.uid != 0 && setuid(0) == 0) {
 		mm_log(MM_LOG_ERROR, "privileges could be regained after dropping them; refusing to run");
 		return -EPERM;
 	}

@@ -85,6 +85,7 @@ struct mm_daemon {
 	uv_tcp_t listener;
 	uv_udp_t udp;
 	uv_pipe_t control;
+	struct ctl_client *ctl_clients;    /* control connections open (control.c): closed at stop */
 	uv_timer_t gossip_timer;           /* gossip_interval: digest, sync timers, fetches */
 	uv_timer_t scan_timer;             /* coalesces watcher events into rescans */
 	uv_timer_t rescan_timer;           /* periodic full rescan: the safety net */

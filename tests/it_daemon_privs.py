@@ -14,12 +14,15 @@ root without `user` and receives the local changes.  Checks:
   the state directory is searchable by all;
 - a change made in node2's Maildir by the mail user reaches node1;
 - a reload (SIGHUP) of a peers file only root may read is refused with the reason;
-  made readable again, it is taken.
+  made readable again, it is taken;
+- a control client that connects and sends nothing does not hold up the daemon's stop;
+- a `state_dir` holding other files than mailmesh's is refused, not given to the user.
 Prints `N passed, N failed`."""
 import os
 import pwd
 import random
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -166,8 +169,32 @@ def privs_test(t, uid, gid, user):
         t.check(st.get("peers_reloads") == 1 and st.get("peers_reload_error") == "" and
                 [p["name"] for p in st.get("peers", [])] == ["node1"],
                 "readable again, it is taken, and node1 is still the peer")
+        # A control client that connects and sends nothing must not keep the daemon
+        # from stopping (it held the loop until the client went away).
+        idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        idle.connect(sock)
+        t0 = time.monotonic()
         codes = [n.stop() for n in cl.nodes]
-        t.check(codes == [0, 0], "both daemons stop cleanly on SIGTERM (%s)" % codes)
+        took = time.monotonic() - t0
+        idle.close()
+        t.check(codes == [0, 0] and took < 10 * mmtest.SLOW,
+                "both daemons stop cleanly on SIGTERM, with an idle control client connected to node2 "
+                "(%s, %.1f s)" % (codes, took))
+        # A state_dir that is some other directory (a typo: /var/lib for
+        # /var/lib/mailmesh) is not handed to the mail user: refused, left as it was.
+        other = os.path.join(cl.dir, "not-a-state-dir")
+        os.makedirs(os.path.join(other, "something"))
+        cl.set_conf(n2, "state_dir", other)
+        try:
+            r = mmtest.run([mmtest.MAILMESH, "run", "-c", n2.conf], timeout=20 * mmtest.SLOW)
+            rc, out = r.returncode, r.stdout + r.stderr
+        except subprocess.TimeoutExpired:
+            rc, out = "still running", ""
+        st = os.stat(other)
+        t.check(rc == 1 and "holds other files than mailmesh's" in out and other in out and
+                st.st_uid == 0 and st.st_gid == 0,
+                "a state_dir holding other files is refused, not chowned (exit %s, owner %d:%d: %s)"
+                % (rc, st.st_uid, st.st_gid, out.strip()[-300:]))
     finally:
         cl.close(keep_on_failure=t.failed > failed_before and os.environ.get("KEEP") == "1")
 

@@ -163,6 +163,9 @@ static void test_errors_name_the_line(void **state)
 		{"listen = 4000\n", "/etc/mm/mailmesh.conf:1: ", "bad listen address '4000'"},
 		{"listen = ::1:4000\n", "/etc/mm/mailmesh.conf:1: ", "bad listen address '::1:4000'"},
 		{"listen = [::1]:99999\n", "/etc/mm/mailmesh.conf:1: ", "bad listen address"},
+		/* a host name is fine in the peers file, but the daemon cannot bind one */
+		{"listen = localhost:4000\n", "/etc/mm/mailmesh.conf:1: ", "bad listen address 'localhost:4000'"},
+		{"listen = mx1.example.org:4000\n", "/etc/mm/mailmesh.conf:1: ", "numeric IP address"},
 		{REQUIRED "gossip_interval = fast\n", "/etc/mm/mailmesh.conf:5: ", "gossip_interval: bad duration 'fast'"},
 		{REQUIRED "gossip_interval = 0\n", "/etc/mm/mailmesh.conf:5: ", "bad duration"},
 		{REQUIRED "gossip_interval = 2h\n", "/etc/mm/mailmesh.conf:5: ", "bad duration"},
@@ -234,7 +237,7 @@ static void test_odd_bytes(void **state)
 	assert_non_null(strstr(err, "mailmesh.conf:5: line too long"));
 
 	/* No trailing newline is fine. */
-	assert_int_equal(parse("name = n1\nlisten = h:1\nprivate_key = k\npeers = p", &cfg, err, sizeof err), 0);
+	assert_int_equal(parse("name = n1\nlisten = 10.0.0.1:1\nprivate_key = k\npeers = p", &cfg, err, sizeof err), 0);
 	assert_string_equal(cfg.peers_path, "/etc/mm/p");
 	mm_config_free(&cfg);
 }
