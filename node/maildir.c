@@ -89,17 +89,21 @@ int mm_md_name_parse(const char *name, struct mm_md_name *n_r)
 			n_r->vsize = v;
 		}
 	}
-	if (colon) {
-		if (colon[1] != '2' || colon[2] != ',')
-			return -EINVAL;
+	/* The info part as Dovecot reads it (maildir-filename-flags.c,
+	 * maildir_filename_flags_get): from the last ':', flags only after "2,", up to
+	 * another ',' ("another flag separator - we don't know what it's for"), characters
+	 * that are no flag letter ignored.  Any other name is still a message to Dovecot
+	 * (without flags), so it is one here too: refusing it left mail that IMAP shows on
+	 * this server out of every other.  Such a name is not the canonical form of its
+	 * base and letters: the store keeps it whole (odd_names). */
+	const char *info = colon ? strrchr(colon, ':') : NULL;
+	if (info && info[1] == '2' && info[2] == ',') {
 		n_r->has_info = true;
-		for (const char *p = colon + 3; *p; p++) {
+		for (const char *p = info + 3; *p && *p != ','; p++) {
 			if (*p >= 'A' && *p <= 'Z')
 				n_r->letters |= MM_MD_UPPER(*p);
 			else if (*p >= 'a' && *p <= 'z')
 				n_r->letters |= MM_MD_LOWER(*p);
-			else
-				return -EINVAL;
 		}
 	}
 	return 0;
@@ -293,18 +297,29 @@ static void apply_owner(int fd, const struct mm_md_owner *o, bool dir)
 		(void)!fchmod(fd, mode);
 }
 
-/* Writes `data` to <dir>/<tmpname> (O_EXCL), fsyncs, renames it over <dir>/<name>. */
-static int replace_file(const char *dir, const char *tmpname, const char *name,
-                        const void *data, size_t len, const struct mm_md_owner *o)
+/* Writes `data` to <dir>/<tmpname> (O_EXCL), fsyncs, renames it over <dir>/<name>.
+ * With grow_mtime, the new file's mtime is above the replaced file's (see
+ * mm_md_keywords_add). */
+static int replace_file_ex(const char *dir, const char *tmpname, const char *name,
+                           const void *data, size_t len, const struct mm_md_owner *o, bool grow_mtime)
 {
 	char tp[PATHBUF], fp[PATHBUF];
 	if (path2(tp, sizeof tp, dir, tmpname) < 0 || path2(fp, sizeof fp, dir, name) < 0)
 		return -ENAMETOOLONG;
+	struct stat old;
+	bool had_old = grow_mtime && stat(fp, &old) == 0;
 	int fd = open(tp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, o ? o->file_mode : 0600);
 	if (fd < 0)
 		return -errno;
 	apply_owner(fd, o, false);
 	int r = write_all(fd, data, len);
+	struct stat st;
+	if (r == 0 && had_old && fstat(fd, &st) == 0 && st.st_mtime <= old.st_mtime) {
+		/* Dovecot re-reads such a file only when its whole-second mtime changed */
+		struct timespec ts[2] = {{0, UTIME_OMIT}, {old.st_mtime + 1, 0}};
+		if (futimens(fd, ts) < 0)
+			r = -errno;
+	}
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	if (close(fd) < 0 && r == 0)
@@ -317,6 +332,12 @@ static int replace_file(const char *dir, const char *tmpname, const char *name,
 	}
 	fsync_dir(dir);
 	return 0;
+}
+
+static int replace_file(const char *dir, const char *tmpname, const char *name,
+                        const void *data, size_t len, const struct mm_md_owner *o)
+{
+	return replace_file_ex(dir, tmpname, name, data, len, o, false);
 }
 
 /* ---- dovecot-keywords ----------------------------------------------------------- */
@@ -445,8 +466,13 @@ int mm_md_keywords_add(const char *folder_dir, struct mm_md_keywords *kw, const 
 	 * add fail (files kept without their keyword letters for good). */
 	if (path2(lockp, sizeof lockp, folder_dir, "dovecot-keywords.lock") >= 0)
 		unlink(lockp);
-	r = replace_file(folder_dir, "dovecot-keywords.lock", "dovecot-keywords", buf, len,
-	                 ro == 0 ? &o : NULL);
+	/* Dovecot caches the file by its mtime in whole seconds (maildir-keywords.c,
+	 * maildir_keywords_sync) and makes it grow on each write of its own
+	 * (maildir_keywords_write_fd); so must we: a Dovecot process that read the file in
+	 * this second would never see our name, take the letter for a lost one and write
+	 * "unknown-<i>" over it. */
+	r = replace_file_ex(folder_dir, "dovecot-keywords.lock", "dovecot-keywords", buf, len,
+	                    ro == 0 ? &o : NULL, true);
 	free(buf);
 	if (r == 0)
 		r = i;
@@ -466,11 +492,12 @@ int mm_md_uidlist_parse_each(char *text,
                              void *arg)
 {
 	char *save = NULL;
-	bool first = true;
+	bool first = true, v1 = false;
 	int r = 0;
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		if (first) { /* header: "3 V<uidvalidity> N<next> G<guid>" */
+		if (first) { /* header: "3 V<uidvalidity> N<next> G<guid>" (or version 1's) */
 			first = false;
+			v1 = strncmp(line, "1 ", 2) == 0;
 			continue;
 		}
 		char *end;
@@ -478,10 +505,16 @@ int mm_md_uidlist_parse_each(char *text,
 		unsigned long uid = strtoul(line, &end, 10);
 		if (end == line || *end != ' ' || errno || uid == 0 || uid > UINT32_MAX)
 			continue;
-		char *fn = strstr(end, " :");
-		if (!fn)
-			continue;
-		fn += 2;
+		char *fn;
+		if (v1) { /* "<uid> <name>" */
+			for (fn = end; *fn == ' '; fn++)
+				;
+		} else {
+			fn = strstr(end, " :");
+			if (!fn)
+				continue;
+			fn += 2;
+		}
 		size_t bl = strcspn(fn, ":\r");
 		if (bl == 0)
 			continue;
@@ -506,7 +539,7 @@ int mm_md_uidlist_read(const char *folder_dir,
 }
 
 /* A dovecot-uidlist.lock whose holder is gone: it names a process of this host
- * ("PID:mailmesh" is ours, Dovecot writes "PID:HOSTNAME") that no longer exists, as
+ * ("PID:HOSTNAME", written by Dovecot and by us; "PID:mailmesh" by older mailmesh) that no longer exists, as
  * Dovecot's own dotlock code checks; so a lock left by a kill -9 (ours or Dovecot's)
  * does not hold every UID pass for two minutes.  The lock must still be the one that
  * was read (same inode and mtime as `st`), so a lock just retaken is not removed. */
@@ -617,8 +650,18 @@ static int dotlock_take(const char *dir, const char *lock_name, unsigned timeout
 	struct mm_md_owner o = {0};
 	if (mm_md_owner_of(dir, &o) == 0)
 		apply_owner(fd, &o, false);
-	char pid[32];
-	int pn = snprintf(pid, sizeof pid, "%ld:mailmesh\n", (long)getpid());
+	/* "PID:HOSTNAME", as Dovecot writes it: Dovecot takes over at once a lock whose
+	 * process of this host is gone (lib/file-dotlock.c, read_local_pid), but waits
+	 * out the whole stale timeout (120 s) on any other text, so a lock we left when
+	 * killed would hold the folder's IMAP sessions that long.  (lock_holder_dead still
+	 * reads the "PID:mailmesh" of older versions.) */
+	char host[256], pid[320];
+	if (gethostname(host, sizeof host - 1) != 0)
+		snprintf(host, sizeof host, "mailmesh");
+	host[sizeof host - 1] = 0;
+	int pn = snprintf(pid, sizeof pid, "%ld:%s\n", (long)getpid(), host);
+	if (pn < 0 || (size_t)pn >= sizeof pid)
+		pn = snprintf(pid, sizeof pid, "%ld:mailmesh\n", (long)getpid());
 	(void)!write(fd, pid, (size_t)pn);
 	close(fd);
 	unsigned waited = 0;
@@ -1439,8 +1482,28 @@ int mm_md_uidlist_parse(char *text, struct mm_md_uidlist *ul)
 	int r;
 	char *save = NULL;
 	char *line = strtok_r(text, "\n", &save);
-	bool bad = false;
-	if (!line || strncmp(line, "3 ", 2) != 0) {
+	bool bad = false, v1 = false;
+	if (line && strncmp(line, "1 ", 2) == 0) {
+		/* version 1 (Dovecot 1.0, Courier's courierimapuiddb): "1 <uidvalidity>
+		 * <nextuid>", records "<uid> <name>".  Dovecot 2.3 still reads it
+		 * (maildir_uidlist_read_header) and keeps its UIDs; it is written back as
+		 * version 3, as Dovecot does. */
+		unsigned long v, nx;
+		char *end, *end2;
+		errno = 0;
+		v = strtoul(line + 2, &end, 10);
+		nx = end > line + 2 && *end == ' ' ? strtoul(end + 1, &end2, 10) : 0;
+		if (errno || end == line + 2 || *end != ' ' || end2 == end + 1 || !v || !nx || v > UINT32_MAX ||
+		    nx > UINT32_MAX) {
+			bad = true;
+		} else {
+			v1 = true;
+			ul->uidvalidity = (uint32_t)v;
+			ul->next_uid = (uint32_t)nx;
+			if (!(ul->hdr_rest = strdup("")))
+				return -ENOMEM;
+		}
+	} else if (!line || strncmp(line, "3 ", 2) != 0) {
 		bad = true;
 	} else {
 		/* header fields: V<uidvalidity> N<next> and others kept verbatim */
@@ -1479,20 +1542,22 @@ int mm_md_uidlist_parse(char *text, struct mm_md_uidlist *ul)
 		char *end;
 		errno = 0;
 		unsigned long uid = strtoul(line, &end, 10);
-		char *fn = strstr(end, " :");
-		/* "<uid>[ <ext>] :<name>": a record without the space after its UID ("5:x :y")
-		 * is damaged, and would not be written back as it was read */
-		if (end == line || *end != ' ' || errno || uid == 0 || uid > UINT32_MAX || !fn || uid <= prev) {
+		const char *ext = end;
+		while (*ext == ' ')
+			ext++;
+		/* version 3: "<uid>[ <ext>] :<name>"; version 1: "<uid> <name>" */
+		const char *fn = v1 ? NULL : strstr(end, " :");
+		const char *nm = v1 ? (*ext ? ext : NULL) : fn ? fn + 2 : NULL;
+		/* a record without the space after its UID ("5:x :y") is damaged, and would
+		 * not be written back as it was read */
+		if (end == line || *end != ' ' || errno || uid == 0 || uid > UINT32_MAX || !nm || uid <= prev) {
 			bad = true;
 			continue;
 		}
 		prev = (uint32_t)uid;
-		const char *ext = end;
-		while (*ext == ' ')
-			ext++;
-		size_t el = fn > ext ? (size_t)(fn - ext) : 0;
-		size_t nl = strcspn(fn + 2, "\r");
-		if ((r = uid_push(ul, (uint32_t)uid, ext, el, fn + 2, nl)) < 0)
+		size_t el = !v1 && fn > ext ? (size_t)(fn - ext) : 0;
+		size_t nl = strcspn(nm, "\r");
+		if ((r = uid_push(ul, (uint32_t)uid, ext, el, nm, nl)) < 0)
 			return r;
 		if (uid >= ul->next_uid)
 			ul->next_uid = (uint32_t)uid + 1 ? (uint32_t)uid + 1 : UINT32_MAX;

@@ -41,9 +41,12 @@ struct mm_md_name {
 	uint64_t letters;  /* letters after ":2," (see above) */
 };
 
-/* Parses a file name found in new/ or cur/.  Returns 0, or -EINVAL for a name that is
- * not a message file: empty, starting with '.', containing '/', longer than
- * MM_MD_NAME_MAX, an info part other than "2,<letters>", or letters outside [A-Za-z]. */
+/* Parses a file name found in new/ or cur/, as Dovecot does: the base is the name up
+ * to its first ':', the letters are those after the last ':' when it is followed by
+ * "2," (up to a further ',', other characters ignored); a name with another info part
+ * is a message without letters (has_info false).  Returns 0, or -EINVAL for a name
+ * that is not a message file: empty, starting with '.' or ':', containing '/', or
+ * longer than MM_MD_NAME_MAX. */
 int mm_md_name_parse(const char *name, struct mm_md_name *n_r);
 
 /* Writes `base` + (letters ? ":2," + letters in ASCII order : "") into buf (NUL
@@ -137,8 +140,9 @@ struct mm_md_uidlist {
 /* Loads <folder_dir>/dovecot-uidlist into ul (initialised here; release with
  * mm_md_uidlist_clear, also after an error).  A missing file gives an empty list with
  * exists = false, next_uid 1.  Returns 0, -EBADMSG for a damaged file (ul then holds
- * the records that could be read): a header that is not a version 3 one or whose V or
- * N is not a number, or a record that is not "<uid>[ <ext>] :<name>" with a UID from
+ * the records that could be read): a header that is neither a version 3 one (V or N
+ * not a number) nor a version 1 one ("1 <uidvalidity> <nextuid>", records "<uid>
+ * <name>", which Dovecot 2.3 still reads and keeps the UIDs of), or a record that is not "<uid>[ <ext>] :<name>" with a UID from
  * 1 to 2^32-1 (a space right after the UID, " :" before the name), or that is not
  * above the one before; -ENOMEM, or another negative errno.  The store gives a folder
  * whose dovecot-uidlist is damaged a new UIDVALIDITY on every node. */

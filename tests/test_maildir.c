@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static char tmpdir[256];
@@ -115,9 +116,24 @@ static void test_name_odd(void **state)
 	assert_int_equal(mm_md_name_parse(".hidden", &n), -EINVAL);
 	assert_int_equal(mm_md_name_parse("a/b", &n), -EINVAL);
 	assert_int_equal(mm_md_name_parse(":2,S", &n), -EINVAL);
-	assert_int_equal(mm_md_name_parse("abc:1,S", &n), -EINVAL);
-	assert_int_equal(mm_md_name_parse("abc:2,S1", &n), -EINVAL);
-	assert_int_equal(mm_md_name_parse("abc:2,S:", &n), -EINVAL);
+	/* names Dovecot shows as messages (maildir_filename_flags_get: the info after the
+	 * last ':', flags after "2," up to another ',', unknown characters ignored), with
+	 * the flags it shows */
+	assert_int_equal(mm_md_name_parse("abc:1,S", &n), 0);
+	assert_int_equal(n.base_len, 3);
+	assert_false(n.has_info);
+	assert_int_equal(n.letters, 0);
+	assert_int_equal(mm_md_name_parse("abc:2,S1", &n), 0);
+	assert_true(n.has_info);
+	assert_int_equal(n.letters, MM_MD_UPPER('S'));
+	assert_int_equal(mm_md_name_parse("abc:2,S:", &n), 0);
+	assert_int_equal(n.base_len, 3);
+	assert_int_equal(n.letters, 0);
+	assert_int_equal(mm_md_name_parse("abc,S=5:2,FS,Xtra", &n), 0);
+	assert_int_equal(n.base_len, strlen("abc,S=5"));
+	assert_true(n.has_info);
+	assert_int_equal(n.letters, MM_MD_UPPER('F') | MM_MD_UPPER('S'));
+	assert_int_equal(n.size, 5);
 	/* a control character is still a message name (a file indexed so must not be
 	 * taken for gone); mm_md_uidlist_add refuses to list it (test_uidlist_index) */
 	assert_int_equal(mm_md_name_parse("1700000000.M1P2.ho\tst,S=5:2,S", &n), 0);
@@ -248,6 +264,60 @@ static void test_keywords(void **state)
 	assert_int_equal(mm_md_uidlist_lock(tmpdir, 20), -EAGAIN);
 	unlink(lp);
 	mm_md_keywords_clear(&kw);
+}
+
+/* Dovecot caches dovecot-keywords by its whole-second mtime (maildir-keywords.c,
+ * maildir_keywords_sync: "st.st_mtime == mk->synced_mtime -> hasn't changed"), so
+ * every writer must make that mtime grow (maildir_keywords_write_fd: "mtime must grow
+ * every time").  A second add within the second Dovecot read the file in was never
+ * seen by that Dovecot process: it took the new letter for a lost name and wrote
+ * "unknown-N" over ours (checked with Dovecot 2.3.19). */
+static void test_keywords_mtime_grows(void **state)
+{
+	(void)state;
+	char p[512];
+	snprintf(p, sizeof p, "%s/dovecot-keywords", tmpdir);
+	write_file(p, "0 one\n");
+	/* the mtime Dovecot may have read (or set itself, a second ahead when it bumps) */
+	time_t t = time(NULL) + 100;
+	struct timespec ts[2] = {{t, 0}, {t, 0}};
+	assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
+	struct mm_md_keywords kw;
+	assert_int_equal(mm_md_keywords_read(tmpdir, &kw), 0);
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "two", 0), 1);
+	struct stat st;
+	assert_int_equal(stat(p, &st), 0);
+	assert_true(st.st_mtime > t);
+	/* and an add in the same second as the last one grows it again */
+	time_t t2 = st.st_mtime;
+	assert_int_equal(mm_md_keywords_add(tmpdir, &kw, "three", 0), 2);
+	assert_int_equal(stat(p, &st), 0);
+	assert_true(st.st_mtime > t2);
+	mm_md_keywords_clear(&kw);
+}
+
+/* Dovecot judges a dotlock's holder dead at once only when the lock reads
+ * "PID:HOSTNAME" with its own hostname (lib/file-dotlock.c, read_local_pid: "host must
+ * be ours"); any other text is waited on until the lock is stale (120 s for
+ * dovecot-uidlist.lock).  A lock a killed mailmesh left as "PID:mailmesh" held every
+ * IMAP session of that folder for up to two minutes (checked with Dovecot 2.3.19). */
+static void test_lock_names_host(void **state)
+{
+	(void)state;
+	char lp[600], host[256] = "", want[300];
+	assert_int_equal(gethostname(host, sizeof host - 1), 0);
+	snprintf(want, sizeof want, "%ld:%s\n", (long)getpid(), host);
+	assert_int_equal(mm_md_uidlist_lock(tmpdir, 0), 0);
+	snprintf(lp, sizeof lp, "%s/dovecot-uidlist.lock", tmpdir);
+	const char *got = slurp(lp);
+	assert_non_null(got);
+	assert_string_equal(got, want);
+	mm_md_uidlist_unlock(tmpdir);
+	assert_int_equal(mm_md_subs_lock(tmpdir, 0), 0);
+	snprintf(lp, sizeof lp, "%s/subscriptions.lock", tmpdir);
+	assert_non_null(got = slurp(lp));
+	assert_string_equal(got, want);
+	mm_md_subs_unlock(tmpdir);
 }
 
 struct uidl {
@@ -436,7 +506,34 @@ static void test_uidlist_text(void **state)
 	free(text);
 	mm_md_uidlist_clear(&ul);
 
+	/* version 1 ("1 <uidvalidity> <nextuid>", then "<uid> <name>"), which Dovecot 2.3
+	 * still reads (maildir-uidlist.c, maildir_uidlist_read_header "case 1") and keeps
+	 * the UIDs of (checked with 2.3.19: UIDVALIDITY and UIDs as listed); taken for a
+	 * damaged list, it gave the folder a new UIDVALIDITY on every node */
+	char v1[] = "1 1100000000 9\n3 1600000000.M1P1.old:2,S\n7 1600000001.M2P1.old:2,\n";
+	assert_int_equal(mm_md_uidlist_parse(v1, &ul), 0);
+	assert_int_equal(ul.uidvalidity, 1100000000u);
+	assert_int_equal(ul.next_uid, 9);
+	assert_int_equal(ul.n, 2);
+	assert_int_equal(mm_md_uidlist_find(&ul, "1600000000.M1P1.old", 19), 3);
+	assert_int_equal(mm_md_uidlist_find(&ul, "1600000001.M2P1.old", 19), 7);
+	assert_string_equal(ul.v[1].name, "1600000001.M2P1.old:2,");
+	assert_string_equal(ul.v[1].ext, "");
+	assert_int_equal(mm_md_uidlist_format(&ul, &text, &len), 0); /* written back as version 3 */
+	assert_string_equal(text, "3 V1100000000 N9\n3 :1600000000.M1P1.old:2,S\n7 :1600000001.M2P1.old:2,\n");
+	free(text);
+	mm_md_uidlist_clear(&ul);
+	{
+		char v1b[] = "1 1100000000 9\n3 1600000000.M1P1.old:2,S\n7 1600000001.M2P1.old:2,\n";
+		struct uidl u = {0};
+		assert_int_equal(mm_md_uidlist_parse_each(v1b, uid_cb, &u), 0);
+		assert_int_equal(u.n, 2);
+		assert_int_equal(u.uids[1], 7);
+		assert_string_equal(u.bases[1], "1600000001.M2P1.old");
+	}
+
 	const char *damaged[] = {
+		"1 1100000000\n1 a\n",     /* version 1 without its NEXTUID */
 		"3 V7 N10\n3 :b\n1 :a\n", /* out of UID order */
 		"3 V7 N10\n5:x :y\n",     /* no space after the UID: it read back as "x :y" */
 		"3 V7 N10\n0 :a\n",       /* UID 0 */
@@ -764,6 +861,8 @@ int main(void)
 		cmocka_unit_test(test_name_odd),
 		cmocka_unit_test(test_name_format_order),
 		cmocka_unit_test_setup_teardown(test_keywords, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keywords_mtime_grows, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_names_host, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_index, setup, teardown),
 		cmocka_unit_test(test_uidlist_text),
