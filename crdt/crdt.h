@@ -226,7 +226,9 @@ size_t mm_user_count(const struct mm_user *u);
 
 /* Calls cb for every record whose key starts with the `depth` nibbles of `prefix`
  * (high nibble of prefix[0] first; depth 0 = every record), in key order.  Stops and
- * returns cb's value when cb returns non-zero; 0 otherwise. */
+ * returns cb's value when cb returns non-zero; 0 otherwise.  cb must not change u
+ * (no merge into it, not even of a record it already holds): the walk keeps pointers
+ * into u's storage, which a merge may move. */
 int mm_user_foreach(const struct mm_user *u, const uint8_t *prefix, unsigned depth,
                     int (*cb)(void *arg, const struct mm_rec *r), void *arg);
 
