@@ -660,6 +660,7 @@ struct miss {
 	struct folder *fo; /* counted in its miss_n (NULL if the folder is unknown) */
 	uint8_t key[MM_KEY_LEN];
 	uint8_t body[MM_ID_LEN];
+	char *listed; /* the name dovecot-uidlist lists it under, or NULL: see place_finish */
 };
 
 static struct user *user_get(struct mm_store *s, const char *name, bool create);
@@ -699,6 +700,7 @@ static void set_missing(struct mm_store *s, const char *user, const uint8_t key[
 	hm_del(&s->missing, k, kl);
 	if (m->fo)
 		m->fo->miss_n--;
+	free(m->listed);
 	size_t bl = k_ub(kb, user, m->body, MM_ID_LEN);
 	struct miss *h = hm_get(&s->missing_body, kb, bl);
 	if (h == m) {
@@ -2503,7 +2505,15 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 					}
 					continue;
 				}
-				if (!old && rec && rec->type == MM_REC_EXPUNGED) {
+				/* Expunged here, by this node, and in a folder that shows: a file of
+				 * ours moved here from another folder under its name (mv, or
+				 * Dovecot's maildir_copy_preserve_filename), whose source folder a
+				 * scan has just found without it: a move, so a new message here.
+				 * (The crash this removes files for is a placement that raced an
+				 * expunge merged from a peer, or a removal of the user's folder.) */
+				bool moved = !old && rec && rec->type == MM_REC_EXPUNGED &&
+				             rec->tomb.stamp.node == s->clock->node && mm_user_folder_visible(mu, fo->name);
+				if (!old && rec && rec->type == MM_REC_EXPUNGED && !moved) {
 					/* ours, for a message expunged before the crash: finish the expunge */
 					int64_t fsz = quota_file_size(path);
 					if (mm_md_unlink(fo->dir, in_cur ? "cur" : "new", name) == 0 && fsz >= 0)
@@ -3413,7 +3423,12 @@ static int body_begin(struct mm_store *s, const char *user, const uint8_t key[MM
 	w->s = s;
 	w->fo = fo;
 	memcpy(w->key, key, MM_KEY_LEN);
-	make_base(w->base, sizeof w->base, r);
+	char mk[KBUF];
+	struct miss *m = hm_get(&s->missing, mk, k_ub(mk, user, key, MM_KEY_LEN));
+	if (m && m->listed) /* listed under its UID already: that name, or the UID is lost */
+		snprintf(w->base, sizeof w->base, "%s", m->listed);
+	else
+		make_base(w->base, sizeof w->base, r);
 	w->verified = (flags & MM_STORE_BODY_VERIFIED) != 0;
 	if (!w->verified)
 		crypto_generichash_init(&w->h, NULL, 0, MM_ID_LEN);
@@ -4025,6 +4040,16 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 		char sk[KBUF];
 		hm_del(&s->staged_keys, sk, k_ub(sk, w->user, w->key, MM_KEY_LEN));
 		job_drop(j, w);
+		if (pf->result < 0 && pf->listed) {
+			/* listed under its UID, and NEXTUID passed it, but not in place (its
+			 * sync or rename failed: a full disk): the body, fetched again, goes
+			 * under that name, or it could not be shown under its UID here and the
+			 * message would be moved to a new UID on every node */
+			char mk[KBUF];
+			struct miss *m = hm_get(&s->missing, mk, k_ub(mk, w->user, w->key, MM_KEY_LEN));
+			if (m && !m->listed)
+				m->listed = strdup(w->base); /* (no memory: as before, a move) */
+		}
 		if (pf->result < 0 && w->err)
 			continue; /* not synced: not renamed, logged above */
 		w->tmp_gone = true; /* place removes tmp/<base> whatever happens */
@@ -6411,14 +6436,43 @@ static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct fold
 	return got;
 }
 
+/* A missing message of ours that dovecot-uidlist lists already (a placement whose
+ * rename failed, a full disk, before the last stop): its body goes under that name
+ * (place_finish), or NEXTUID has passed its UID here and it would be moved. */
+struct listed_ctx {
+	struct mm_store *s;
+	const char *user;
+};
+
+static int listed_cb(void *arg, uint32_t uid, const char *base, size_t len)
+{
+	struct listed_ctx *c = arg;
+	(void)uid;
+	char b[MM_MD_NAME_MAX + 1], k[KBUF];
+	uint8_t key[MM_KEY_LEN];
+	if (len > MM_MD_NAME_MAX)
+		return 0;
+	memcpy(b, base, len);
+	b[len] = 0;
+	struct miss *m = base_key(b, key) ? hm_get(&c->s->missing, k, k_ub(k, c->user, key, MM_KEY_LEN)) : NULL;
+	if (m && !m->listed)
+		m->listed = strdup(b);
+	return 0;
+}
+
 static void recover_tmp(struct mm_store *s)
 {
 	size_t got = 0;
 	for (struct user *u = s->users; u; u = u->next) {
 		spares_recover(u);
 		for (struct folder *fo = u->folders; fo; fo = fo->unext)
-			if (fo->miss_n)
+			if (fo->miss_n) {
+				if (s->imap_uids) {
+					struct listed_ctx c = {s, u->name};
+					mm_md_uidlist_read(fo->dir, listed_cb, &c);
+				}
 				got += recover_folder_tmp(s, u, fo);
+			}
 	}
 	if (got)
 		logmsg(s, MM_STORE_LOG_INFO, "%zu bodies recovered from tmp/ (left by the last run), not fetched again",
@@ -6639,8 +6693,10 @@ void mm_store_free(struct mm_store **sp)
 	hm_clear(&s->odd_names); /* emptied by fent_free */
 	struct keylist ml;
 	if (hm_keys(&s->missing, &ml) == 0)
-		for (size_t i = 0; i < ml.n; i++)
+		for (size_t i = 0; i < ml.n; i++) {
+			free(((struct miss *)ml.v[i]->val)->listed);
 			free(ml.v[i]->val);
+		}
 	keylist_free(&ml);
 	hm_clear(&s->missing);
 	hm_clear(&s->missing_body);

@@ -4440,9 +4440,196 @@ static void test_subscriptions_unreadable_at_commit(void **state)
 	node_close(&b);
 }
 
+/* renameat2(2) of a file whose destination holds rename_fail_at fails with
+ * rename_errno, rename_fail_n times (a full disk growing new/ or cur/: ENOSPC; this
+ * program's own, the store is linked in). */
+static const char *rename_fail_at;
+static int rename_errno, rename_fail_n;
+
+int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)
+{
+	if (rename_fail_n > 0 && rename_fail_at && strstr(newpath, rename_fail_at)) {
+		rename_fail_n--;
+		errno = rename_errno;
+		return -1;
+	}
+	return (int)syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+/* A batch is listed in dovecot-uidlist before its renames (under the lock).  When the
+ * rename of one of its bodies fails (ENOSPC: new/ cannot grow), its name stays listed
+ * under the message's UID and NEXTUID has passed it; the body is fetched again under
+ * a new name, which cannot be listed under that UID any more: the message was listed
+ * provisionally elsewhere and asked for a move, i.e. renumbered on every node. */
+static void place_rename_fails(bool restart)
+{
+	struct node a = {0}, b = {0};
+	node_open_cfg(&a, "a", 1, true);
+	node_open_cfg(&b, "b", 2, true);
+	struct mm_delta *d = mm_delta_new();
+	small_messages(&a, 3, d);
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	struct wanted wa = {0};
+	assert_int_equal(mm_store_missing(b.s, collect_cb, &wa), 0);
+	assert_int_equal(wa.n, 3);
+	rename_fail_at = "/b/mail/ex.org/alice/new/1600000000.";
+	rename_errno = ENOSPC;
+	rename_fail_n = 1;
+	for (int i = 0; i < 3; i++) {
+		struct mm_body_writer *w = receive_by_id(&a, &b, &wa, i, INTACT, MM_STORE_BODY_VERIFIED);
+		assert_int_equal(mm_store_body_stage(&w), 0);
+	}
+	mm_store_flush(b.s);
+	assert_int_equal(rename_fail_n, 0); /* the first message's rename failed */
+	rename_fail_at = NULL;
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_null(find(&b, "INBOX", "1600000000."));
+	assert_int_equal(mm_store_missing_count(b.s), 1);
+	if (restart) { /* (a kill or a stop before the body came again) */
+		node_close(&b);
+		node_open_cfg(&b, "b", 2, true);
+	}
+	/* space again: the body comes again */
+	struct xfer x = {&a, &b, 0, 0};
+	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
+	assert_int_equal(x.n, 1);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	scan(&b, NULL);
+	scan(&b, NULL);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	const char *p = find(&a, "INBOX", "1700000000.");
+	assert_non_null(p);
+	uint32_t uid_a = listed_uid(&a, strrchr(p, '/') + 1);
+	assert_true(uid_a > 0);
+	p = find(&b, "INBOX", "1600000000.");
+	assert_non_null(p);
+	/* shown under the UID it has on a (and in its record), not moved */
+	assert_int_equal(listed_uid(&b, strrchr(p, '/') + 1), uid_a);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(rec_uid(&b, wa.key[i]), rec_uid(&a, wa.key[i]));
+	/* and nothing listed that is not there */
+	char dir[600];
+	udir(&b, "INBOX", dir, sizeof dir);
+	struct mm_md_uidlist ul;
+	assert_int_equal(mm_md_uidlist_load(dir, &ul), 0);
+	assert_int_equal(ul.n, 3);
+	mm_md_uidlist_clear(&ul);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_place_rename_fails_keeps_uid(void **state)
+{
+	(void)state;
+	place_rename_fails(false);
+}
+
+static void test_place_rename_fails_keeps_uid_restart(void **state)
+{
+	(void)state;
+	place_rename_fails(true);
+}
+
+/* A file this store placed (its name carries its record's key, ".mm_<key>") moved by
+ * hand (or by Dovecot with maildir_copy_preserve_filename) into another folder, under
+ * the same name: a move, i.e. the old message expunged and a new one in the target
+ * (docs/design.md).  When the source folder is scanned first, the key is expunged;
+ * the scan of the target then took the file for "ours, for a message expunged before
+ * the crash" and unlinked it: the moved mail was lost, on every node. */
+static void test_moved_own_file_kept(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = alice_on_two(&a, &b);
+	const char *p = find(&b, "INBOX", "1700000000.");
+	assert_non_null(p);
+	assert_non_null(strstr(p, ".mm_")); /* placed by b's store */
+	char from[1200], to[1200], md[400];
+	snprintf(from, sizeof from, "%s", p);
+	alice_dir(&b, md, sizeof md);
+	snprintf(to, sizeof to, "%s/.Archive/cur/%s", md, strrchr(p, '/') + 1);
+	if (!strchr(strrchr(to, '/'), ':'))
+		strcat(to, ":2,");
+	assert_int_equal(rename(from, to), 0);
+	struct mm_delta *db = mm_delta_new();
+	b.now += 1000;
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "INBOX", b.now, db), 1); /* the expunge */
+	assert_int_equal(mm_store_commit(b.s), 0);
+	b.now += 1000;
+	mm_store_scan_folder(b.s, "ex.org/alice", "Archive", b.now, db);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(access(to, F_OK), 0); /* the moved message is still there */
+	assert_int_equal(count_files(&b, "Archive", "new") + count_files(&b, "Archive", "cur"), 2);
+	/* and it reaches a as a message in Archive */
+	sync_to(&b, &a, db);
+	assert_int_equal(count_files(&a, "Archive", "new") + count_files(&a, "Archive", "cur"), 2);
+	assert_int_equal(count_files(&a, "INBOX", "new") + count_files(&a, "INBOX", "cur"), 1);
+	mm_delta_free(&db);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* kill -9 between a placement's renames (place_run) and place_finish, with an expunge
+ * from a peer merged and committed meanwhile: the file carries the key of a message
+ * expunged before the crash, and no index entry; the rescan finishes the expunge
+ * (test_moved_own_file_kept must not make it keep such files). */
+static void test_crash_placed_then_expunged_remotely(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct wanted wa = {0};
+	struct mm_delta *d = three_wanted(&a, &b, &wa);
+	for (int i = 0; i < 3; i++) {
+		struct mm_body_writer *w = receive_by_id(&a, &b, &wa, i, INTACT, MM_STORE_BODY_VERIFIED);
+		assert_int_equal(mm_store_body_stage(&w), 0);
+	}
+	char dir[600], p[800];
+	udir(&a, "INBOX", dir, sizeof dir);
+	snprintf(p, sizeof p, "%s/new/1700000000.M1P1.mx", dir);
+	assert_int_equal(unlink(p), 0);
+	struct mm_delta *dt = mm_delta_new();
+	assert_int_equal(scan(&a, dt), 1);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct mm_store_place *job = NULL;
+		int bad = mm_store_place_begin(b.s, &job) != 1;
+		mm_store_place_run(job);
+		bad |= (mm_store_merge_delta(b.s, dt) < 0) << 1;
+		bad |= (mm_store_commit(b.s) != 0) << 2;
+		_exit(bad); /* killed before place_end */
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	node_close(&b);
+	assert_non_null(find(&b, "INBOX", "1600000000."));
+	node_open(&b, "b", 2);
+	scan(&b, NULL);
+	assert_null(find(&b, "INBOX", "1600000000.")); /* the expunge finished */
+	assert_non_null(find(&b, "INBOX", "1600000001."));
+	assert_non_null(find(&b, "INBOX", "1600000002."));
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 2);
+	mm_delta_free(&dt);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_place_rename_fails_keeps_uid_restart, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_placed_then_expunged_remotely, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_moved_own_file_kept, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_place_rename_fails_keeps_uid, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_local_changes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_odd_info_names_replicated, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_two_nodes, setup, teardown),
