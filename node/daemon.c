@@ -780,8 +780,19 @@ static int daemon_start(struct mm_daemon *d)
 	 * this scan indexed), and a first scan of a million files would hold a million
 	 * records in it */
 	int changes = r = mm_store_scan(d->store, mm_daemon_now(), NULL);
-	if (r >= 0 && (r = mm_store_commit(d->store)) < 0)
-		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s", d->cfg.state_dir, strerror(-r));
+	if (r >= 0 && (r = mm_store_commit(d->store)) < 0) {
+		if (r == -ENOSPC || r == -EDQUOT) {
+			/* a full state disk (or LMDB map) is waited out as while running: a
+			 * node restarted then must not stay down until the admin frees space */
+			mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s; starting anyway, retrying "
+			       "every second (free space there)", d->cfg.state_dir, strerror(-r));
+			d->commit_pending = true;
+			uv_timer_start(&d->commit_timer, commit_cb, 1000, 0);
+			r = 0;
+		} else {
+			mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s", d->cfg.state_dir, strerror(-r));
+		}
+	}
 	mm_log(MM_LOG_INFO, "store ready users=%zu local_changes=%d scan_ms=%llu", mm_state_user_count(d->state),
 	       changes > 0 ? changes : 0, (unsigned long long)(mm_daemon_now() - t0));
 	if (r < 0)

@@ -17,7 +17,8 @@ While it is full:
     bodies in UID order, so while an early one cannot be written the later ones wait
     in tmp/: how many show while full is printed, not asserted.)
   - node 1 is untouched (the same content as before);
-  - with its state full, its status shows fetching paused, and why.
+  - with its state full, its status shows fetching paused, and why; restarted then,
+    it starts and keeps running (it does not exit for want of space).
 Then the tmpfs grows (remount, size=64m), without touching either daemon: node 2 must
 end with exactly node 1's content (every body once, flags, mtimes), the same root, no
 temporary file left in tmp/, and a message delivered on node 2 afterwards reaches node 1.
@@ -152,6 +153,18 @@ def diskfull_test(t, seed, where, port):
             t.check(st.get("fetch_paused_ms", 0) > 0 and "No space left on device" in st.get("store_error", ""),
                     "node 2's status shows fetching paused (%s ms more: %r)" %
                     (st.get("fetch_paused_ms"), st.get("store_error")))
+            # restarted while its state is full (a reboot, an admin's restart), it
+            # starts and waits for space as a running node does (it used to exit)
+            dst.stop()
+            try:
+                dst.start()
+                started = ""
+            except RuntimeError as e:
+                started = str(e)[-300:]
+            time.sleep(1)
+            t.check(not started and dst.pid() is not None and dst.status(quiet=True) is not None,
+                    "node 2 restarted while its state disk is full keeps running%s" %
+                    (": " + started if started else ""))
 
         # space again: node 2 completes by itself
         r = mmtest.run(["mount", "-o", "remount,size=64m", mounted])
