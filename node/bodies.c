@@ -232,7 +232,9 @@ void mm_bodies_store_failed(struct mm_daemon *d, int err)
 		mm_log(MM_LOG_WARN, "fetching bodies paused for %llu s: the store cannot keep them (%s)%s",
 		       (unsigned long long)(d->store_backoff_ms / 1000), strerror(-err),
 		       err == -ENOSPC || err == -EDQUOT
-		       ? "; is the disk (or quota) of the Maildirs or of state_dir full?" : "");
+		       ? "; is the disk (or quota) of the Maildirs or of state_dir full?"
+		       : err == -EFBIG ? "; the state database has reached state_max_size: raise it in mailmesh.conf "
+		                         "and restart" : "");
 }
 
 void mm_bodies_store_kept(struct mm_daemon *d, bool commit_only)
@@ -255,7 +257,7 @@ void mm_bodies_store_kept(struct mm_daemon *d, bool commit_only)
  * the fetch scheduler's own backoff retries: they must not slow everyone's. */
 static bool store_cannot_keep(int r)
 {
-	return r == -ENOSPC || r == -EDQUOT || r == -EIO || r == -EROFS || r == -ENOMEM;
+	return r == -ENOSPC || r == -EDQUOT || r == -EFBIG || r == -EIO || r == -EROFS || r == -ENOMEM;
 }
 
 static void place_done(uv_work_t *req, int status)

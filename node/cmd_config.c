@@ -54,7 +54,8 @@ int mm_cmd_check_config(int argc, char **argv)
 	else
 		printf("\n");
 	printf("mail_location:  %s\n", cfg.mail_location);
-	printf("state_dir:      %s\n", cfg.state_dir);
+	printf("state_dir:      %s (state.mdb up to %llu MiB)\n", cfg.state_dir,
+	       (unsigned long long)(cfg.state_max_bytes >> 20));
 	printf("control_socket: %s\n", cfg.control_socket);
 	if (cfg.has_psk)
 		printf("cluster_psk:    %s\n", cfg.cluster_psk_path);

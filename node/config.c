@@ -36,13 +36,14 @@
 enum key_id {
 	K_NAME, K_LISTEN, K_PRIVATE_KEY, K_PEERS, K_MAIL_LOCATION, K_STATE_DIR,
 	K_GOSSIP_INTERVAL, K_LOG_LEVEL, K_CONTROL_SOCKET, K_USER, K_GROUP, K_CLUSTER_PSK,
-	K_PUSH_FANOUT, K_GC_GRACE, K_GC_MAX, K_MAX_SKEW, K_IMAP_UIDS, K_FILE_CACHE, K_QUOTA_IGNORE, K_COUNT
+	K_PUSH_FANOUT, K_GC_GRACE, K_GC_MAX, K_MAX_SKEW, K_IMAP_UIDS, K_FILE_CACHE, K_QUOTA_IGNORE, K_STATE_MAX_SIZE, K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
 	"name", "listen", "private_key", "peers", "mail_location", "state_dir",
 	"gossip_interval", "log_level", "control_socket", "user", "group", "cluster_psk",
 	"push_fanout", "gc_grace", "gc_max", "max_skew", "imap_uids", "file_cache", "quota_ignore",
+	"state_max_size",
 };
 
 struct parse_ctx {
@@ -320,7 +321,7 @@ static int handler(void *user, const char *section, const char *name, const char
 		         "unknown key '%s'; known keys: name, listen, private_key, peers, "
 		         "mail_location, state_dir, gossip_interval, log_level, control_socket, "
 		         "user, group, cluster_psk, push_fanout, gc_grace, gc_max, max_skew, imap_uids, file_cache, "
-		         "quota_ignore (see docs/configuration.md)", name);
+		         "quota_ignore, state_max_size (see docs/configuration.md)", name);
 		return 0;
 	}
 	if (c->seen[k] != 0) {
@@ -459,6 +460,30 @@ static int handler(void *user, const char *section, const char *name, const char
 		set_string(c, &cfg->quota_ignore, value, false);
 		break;
 	}
+	case K_STATE_MAX_SIZE: {
+		/* a number with an optional binary unit k, m, g or t (bytes without) */
+		char *end;
+		unsigned long long v;
+		errno = 0;
+		v = strtoull(value, &end, 10);
+		unsigned shift = 0;
+		if (*end && !end[1]) {
+			const char *units = "kmgt", *u = strchr(units, end[0] | 0x20);
+			if (u && *u) {
+				shift = 10 * (unsigned)(u - units + 1);
+				end++;
+			}
+		}
+		if (value[0] < '0' || value[0] > '9' || *end != '\0' || errno != 0 || v > (1ULL << 50) >> shift ||
+		    (v << shift) < (64ULL << 20)) {
+			line_err(c, -EINVAL,
+			         "bad state_max_size '%s': give a size with an optional unit k, m, g or t "
+			         "(powers of 1024), from 64m to 1024t, e.g. 64g (default 16g)", value);
+			break;
+		}
+		cfg->state_max_bytes = v << shift;
+		break;
+	}
 	case K_COUNT:
 		break;
 	}
@@ -527,6 +552,7 @@ static int parse_into(struct parse_ctx *c, const char *path, const char *text, s
 	cfg->max_skew_ms = MM_DEFAULT_MAX_SKEW_MS;
 	cfg->imap_uids = true;
 	cfg->file_cache = MM_STORE_FILE_CACHE;
+	cfg->state_max_bytes = MM_STATE_MAX_BYTES;
 
 	rc = ini_parse_stream(reader, c, handler, c);
 	if (rc < 0) {
@@ -874,6 +900,7 @@ size_t mm_config_restart_keys(const struct mm_config *a, const struct mm_config 
 		{"imap_uids", a->imap_uids != b->imap_uids},
 		{"file_cache", a->file_cache != b->file_cache},
 		{"quota_ignore", str_differs(a->quota_ignore, b->quota_ignore)},
+		{"state_max_size", a->state_max_bytes != b->state_max_bytes},
 	};
 	size_t n = 0, len = 0;
 	if (cap)

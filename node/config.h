@@ -29,6 +29,10 @@
 #define MM_DEFAULT_GC_MAX_MS (180ULL * 24 * 3600 * 1000)
 #define MM_DEFAULT_MAX_SKEW_MS (60ULL * 1000)
 
+/* state_max_size's default: about 12 million messages at the 1.4 KB a message
+ * state.mdb holds (measured with 100,000; docs/configuration.md). */
+#define MM_STATE_MAX_BYTES (16ULL << 30)
+
 struct mm_config {
 	char *path;            /* the config file, absolute */
 
@@ -58,6 +62,7 @@ struct mm_config {
 	size_t file_cache;     /* file index entries kept in memory (mm_store_set_file_cache) */
 	char *quota_ignore;    /* folders Dovecot's quota does not count, as written (comma-
 	                        * separated Maildir++ names; NULL = none): mm_store_set_quota_ignore */
+	uint64_t state_max_bytes; /* the most state.mdb may grow to (LMDB's map size) */
 
 	/* loaded from the files above */
 	uint8_t private_key[32];

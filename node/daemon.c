@@ -59,6 +59,10 @@ void mm_daemon_effect(void *arg, const char *user, enum mm_effect eff, const str
 	mm_daemon_commit_soon(d);
 }
 
+/* -EFBIG from a commit: LMDB's map is full, whatever the disk holds */
+static const char state_full_hint[] = " (the database has reached state_max_size: raise it in mailmesh.conf "
+                                      "and restart; docs/configuration.md)";
+
 static void commit_cb(uv_timer_t *t)
 {
 	struct mm_daemon *d = t->data;
@@ -66,8 +70,8 @@ static void commit_cb(uv_timer_t *t)
 	d->placed_uncommitted = 0;
 	int r = mm_store_commit(d->store);
 	if (r < 0) {
-		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s; retrying in 1 s",
-		       d->cfg.state_dir, strerror(-r));
+		mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s; retrying in 1 s%s",
+		       d->cfg.state_dir, strerror(-r), r == -EFBIG ? state_full_hint : "");
 		mm_bodies_store_failed(d, r); /* what it would fetch could not be kept either */
 		d->commit_pending = true;
 		uv_timer_start(&d->commit_timer, commit_cb, 1000, 0);
@@ -756,7 +760,8 @@ static int daemon_start(struct mm_daemon *d)
 		return r;
 
 	struct mm_store_config sc = {.mail_location = d->cfg.mail_location, .state_dir = d->cfg.state_dir,
-	                             .imap_uids = d->cfg.imap_uids, .log = store_log, .log_arg = d};
+	                             .imap_uids = d->cfg.imap_uids, .max_bytes = d->cfg.state_max_bytes,
+	                             .log = store_log, .log_arg = d};
 	if ((r = mm_store_open(&d->store, &sc, d->state, &d->clock, err, sizeof err)) < 0) {
 		mm_log(MM_LOG_ERROR, "%s", err);
 		return r;
@@ -781,11 +786,12 @@ static int daemon_start(struct mm_daemon *d)
 	 * records in it */
 	int changes = r = mm_store_scan(d->store, mm_daemon_now(), NULL);
 	if (r >= 0 && (r = mm_store_commit(d->store)) < 0) {
-		if (r == -ENOSPC || r == -EDQUOT) {
+		if (r == -ENOSPC || r == -EDQUOT || r == -EFBIG) {
 			/* a full state disk (or LMDB map) is waited out as while running: a
 			 * node restarted then must not stay down until the admin frees space */
 			mm_log(MM_LOG_ERROR, "%s: cannot commit the state database: %s; starting anyway, retrying "
-			       "every second (free space there)", d->cfg.state_dir, strerror(-r));
+			       "every second%s", d->cfg.state_dir, strerror(-r),
+			       r == -EFBIG ? state_full_hint : " (free space there)");
 			d->commit_pending = true;
 			uv_timer_start(&d->commit_timer, commit_cb, 1000, 0);
 			r = 0;

@@ -48,7 +48,9 @@ static int lmdb_err(int rc)
 {
 	if (rc == 0)
 		return 0;
-	if (rc == MDB_MAP_FULL || rc == ENOSPC)
+	if (rc == MDB_MAP_FULL)
+		return -EFBIG; /* state_max_size reached, however much disk is free */
+	if (rc == ENOSPC)
 		return -ENOSPC;
 	if (rc == MDB_NOTFOUND)
 		return -ENOENT;

@@ -77,7 +77,8 @@ int mm_statedb_get(struct mm_statedb *db, enum mm_statedb_table t, const void *k
 
 /* A batch: begin, any number of put/del, then commit (durable, all or nothing) or
  * abort.  put replaces; del of an absent key is not an error.  Each returns 0 or a
- * negative errno (-ENOSPC when the map or disk is full: abort and retry later). */
+ * negative errno (-ENOSPC when the disk is full, -EFBIG when the database has reached
+ * map_bytes: abort and retry later). */
 int mm_statedb_begin(struct mm_statedb *db);
 int mm_statedb_put(struct mm_statedb *db, enum mm_statedb_table t, const void *k, size_t kl,
                    const void *v, size_t vl);

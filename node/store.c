@@ -6519,7 +6519,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	}
 	int r = mm_mailloc_new(&s->loc, cfg->mail_location, err, errlen);
 	if (r == 0)
-		r = mm_statedb_open(&s->db, cfg->state_dir, 0, err, errlen);
+		r = mm_statedb_open(&s->db, cfg->state_dir, cfg->max_bytes, err, errlen);
 	if (r < 0) {
 		mm_store_free(&s);
 		return r;

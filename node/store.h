@@ -47,6 +47,9 @@ struct mm_store_config {
 	 * daemon's default: docs/design.md, "IMAP UIDs").  Off, each node's Dovecot
 	 * numbers the messages it finds, as it does without mailmesh. */
 	bool imap_uids;
+	/* The most state.mdb may grow to (0: 16 GiB); beyond it a commit fails with
+	 * -EFBIG. */
+	uint64_t max_bytes;
 	/* Where mm_store_open logs (NULL: nowhere), e.g. that it converts an old database
 	 * (a long start); mm_store_set_log may change it later. */
 	void (*log)(void *arg, int level, const char *fmt, ...);

@@ -54,6 +54,7 @@ static void test_defaults(void **state)
 	assert_null(cfg.cluster_psk_path);
 	assert_int_equal(cfg.push_fanout, 0);
 	assert_int_equal(cfg.file_cache, MM_STORE_FILE_CACHE);
+	assert_true(cfg.state_max_bytes == 16ULL << 30);
 	assert_null(cfg.quota_ignore);
 	assert_true(cfg.gc_grace_ms == 30ULL * 86400 * 1000);
 	assert_true(cfg.gc_max_ms == 180ULL * 86400 * 1000);
@@ -109,6 +110,7 @@ static void test_every_key(void **state)
 		"gc_max = 2h\n"
 		"max_skew = 250ms\n"
 		"file_cache = 1000000\n"
+		"state_max_size = 64G\n"
 		"quota_ignore = Trash, Deleted Items ,Junk\n"
 		"\n";
 	assert_int_equal(parse(text, &cfg, err, sizeof err), 0);
@@ -131,6 +133,7 @@ static void test_every_key(void **state)
 	assert_true(cfg.gc_max_ms == 2ULL * 3600 * 1000);
 	assert_true(cfg.max_skew_ms == 250);
 	assert_int_equal(cfg.file_cache, 1000000);
+	assert_true(cfg.state_max_bytes == 64ULL << 30);
 	assert_string_equal(cfg.quota_ignore, "Trash, Deleted Items ,Junk");
 	mm_config_free(&cfg);
 
@@ -185,6 +188,11 @@ static void test_errors_name_the_line(void **state)
 		{REQUIRED "quota_ignore = Trash,,Junk\n", "/etc/mm/mailmesh.conf:5: ", "'' is not a folder name"},
 		{REQUIRED "quota_ignore = Archive/2024\n", "/etc/mm/mailmesh.conf:5: ", "bad quota_ignore"},
 		{REQUIRED "file_cache = 2000000000\n", "/etc/mm/mailmesh.conf:5: ", "bad file_cache"},
+		{REQUIRED "state_max_size = 1m\n", "/etc/mm/mailmesh.conf:5: ", "bad state_max_size '1m'"},
+		{REQUIRED "state_max_size = 16gb\n", "/etc/mm/mailmesh.conf:5: ", "bad state_max_size"},
+		{REQUIRED "state_max_size = 2000t\n", "/etc/mm/mailmesh.conf:5: ", "bad state_max_size"},
+		{REQUIRED "state_max_size = 99999999999999999999\n", "/etc/mm/mailmesh.conf:5: ", "bad state_max_size"},
+		{REQUIRED "state_max_size = -1g\n", "/etc/mm/mailmesh.conf:5: ", "bad state_max_size"},
 		{REQUIRED "mail_location = /var/mail/%d\n", "/etc/mm/mailmesh.conf:5: ", "must contain %n or %u"},
 		{REQUIRED "mail_location = /var/mail/%h/%n\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable '%h'"},
 		{REQUIRED "mail_location = /var/mail/%Lh/%n\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable '%L'"},

@@ -177,11 +177,48 @@ static void test_big_batch(void **state)
 	mm_statedb_free(&db);
 }
 
+/* A database that has reached its map size (state_max_size) fails with -EFBIG, not
+ * -ENOSPC: the disk may have room, and the log must say what to raise.  Opened again
+ * with a larger size it takes the writes (LMDB grows the file). */
+static void test_map_full(void **state)
+{
+	(void)state;
+	struct mm_statedb *db;
+	char err[256], k[16], v[1024];
+	memset(v, 'x', sizeof v);
+	assert_int_equal(mm_statedb_open(&db, top, 1u << 20, err, sizeof err), 0);
+	int r = 0;
+	for (int i = 0; i < 4096 && r == 0; i++) {
+		assert_int_equal(mm_statedb_begin(db), 0);
+		snprintf(k, sizeof k, "k%06d", i);
+		r = mm_statedb_put(db, MM_DB_FIDX, k, strlen(k), v, sizeof v);
+		if (r == 0)
+			r = mm_statedb_commit(db);
+		else
+			mm_statedb_abort(db);
+	}
+	assert_int_equal(r, -EFBIG);
+	size_t had = mm_statedb_count(db, MM_DB_FIDX);
+	assert_true(had > 100);
+	mm_statedb_free(&db);
+	assert_int_equal(mm_statedb_open(&db, top, 64u << 20, err, sizeof err), 0);
+	assert_int_equal(mm_statedb_count(db, MM_DB_FIDX), had);
+	for (int i = 0; i < 2048; i++) {
+		assert_int_equal(mm_statedb_begin(db), 0);
+		snprintf(k, sizeof k, "n%06d", i);
+		assert_int_equal(mm_statedb_put(db, MM_DB_FIDX, k, strlen(k), v, sizeof v), 0);
+		assert_int_equal(mm_statedb_commit(db), 0);
+	}
+	assert_int_equal(mm_statedb_count(db, MM_DB_FIDX), had + 2048);
+	mm_statedb_free(&db);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_range, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_big_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_full, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_commit_count, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
