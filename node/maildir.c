@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -402,8 +403,12 @@ int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw)
 
 int mm_md_keywords_find(const struct mm_md_keywords *kw, const char *name)
 {
+	/* Without regard to case, the first line first: Dovecot's keyword names are one
+	 * keyword whatever their case (its index hashes them with strcasecmp), and a
+	 * second line naming one again in another case it takes for a lost name, which
+	 * it writes over as "unknown-N" (checked with Dovecot 2.3.19). */
 	for (int i = 0; i < MM_MD_KEYWORDS_MAX; i++)
-		if (kw->names[i] && strcmp(kw->names[i], name) == 0)
+		if (kw->names[i] && strcasecmp(kw->names[i], name) == 0)
 			return i;
 	return -1;
 }

@@ -80,7 +80,8 @@ int mm_md_keywords_read(const char *folder_dir, struct mm_md_keywords *kw);
 int mm_md_keywords_parse(char *text, struct mm_md_keywords *kw);
 void mm_md_keywords_clear(struct mm_md_keywords *kw);
 
-/* Index (0..25) of `name` in the table, or -1. */
+/* Index (0..25) of `name` in the table, without regard to ASCII case as Dovecot
+ * (the first such line), or -1. */
 int mm_md_keywords_find(const struct mm_md_keywords *kw, const char *name);
 
 /* Makes sure `name` has a letter in <folder_dir>/dovecot-keywords, following Dovecot:

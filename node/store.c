@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
@@ -1500,7 +1501,7 @@ static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const stru
 		bool known = false;
 		if (fo->kw.names[i])
 			for (size_t j = 0; j < r->msg.n_keywords; j++)
-				if (!strcmp(r->msg.keywords[j].name, fo->kw.names[i]))
+				if (!strcasecmp(r->msg.keywords[j].name, fo->kw.names[i]))
 					known = true;
 		if (!known)
 			l |= MM_MD_KWBIT(i);
@@ -1508,14 +1509,19 @@ static uint64_t wanted_letters(struct mm_store *s, struct folder *fo, const stru
 	for (int f = 0; f < MM_FLAG_COUNT; f++)
 		if (r->msg.flags[f].value)
 			l |= MM_MD_UPPER(mm_flag_letters[f]);
+	/* Keywords that differ only in case are one letter (mm_md_keywords_find): it is
+	 * set when any of them is, so removals first (the CRDT may hold "Work" set and
+	 * "work" removed, made on two nodes). */
+	for (size_t j = 0; j < r->msg.n_keywords; j++) {
+		int idx = r->msg.keywords[j].reg.value ? -1 : mm_md_keywords_find(&fo->kw, r->msg.keywords[j].name);
+		if (idx >= 0)
+			l &= ~MM_MD_KWBIT(idx);
+	}
 	for (size_t j = 0; j < r->msg.n_keywords; j++) {
 		const struct mm_kwreg *kw = &r->msg.keywords[j];
-		int idx = mm_md_keywords_find(&fo->kw, kw->name);
-		if (!kw->reg.value) {
-			if (idx >= 0)
-				l &= ~MM_MD_KWBIT(idx);
+		if (!kw->reg.value)
 			continue;
-		}
+		int idx = mm_md_keywords_find(&fo->kw, kw->name);
 		if (idx < 0) {
 			/* not the index of a letter the file carries unnamed (Dovecot may be
 			 * about to name it): that letter would come to mean this keyword */
@@ -2138,6 +2144,22 @@ static uint64_t local_letters(struct mm_store *s, struct mm_user *mu, struct fen
 		                             s, s->out);
 		if (rr > 0)
 			s->changes++;
+		if (newl & bit)
+			continue;
+		/* the letter is every keyword of that name whatever its case (wanted_letters):
+		 * a removal removes them all, or the letter would be written back */
+		for (size_t j = 0; (r = mm_user_get(mu, fe->key)) && r->type == MM_REC_MESSAGE && j < r->msg.n_keywords;
+		     j++) {
+			const struct mm_kwreg *kw = &r->msg.keywords[j];
+			if (kw->reg.value && strcmp(kw->name, name) && !strcasecmp(kw->name, name)) {
+				char other[MM_NAME_MAX + 1];
+				snprintf(other, sizeof other, "%s", kw->name); /* (the record changes under us) */
+				rr = mm_user_set_keyword(mu, fe->key, other, false, tick(s), local_effect, s, s->out);
+				if (rr > 0)
+					s->changes++;
+				j = (size_t)-1; /* again from the start: the record was rewritten */
+			}
+		}
 	}
 	return unapplied;
 }

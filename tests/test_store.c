@@ -4031,6 +4031,68 @@ static void test_keyword_add_retried(void **state)
 	node_close(&b);
 }
 
+/* Keywords that differ only in case: Dovecot's are one keyword (its index compares
+ * names with strcasecmp), and a second line of dovecot-keywords naming one again in
+ * another case it takes for a lost name, written over as "unknown-1" (checked with
+ * Dovecot 2.3.19), which the next scan would have replicated to every node as a new
+ * keyword.  "Work" set on b, where dovecot-keywords says "Work", reaches a, where it
+ * says "work": a uses that letter, adds no line, and a client removing the letter
+ * there removes both spellings (or the letter would be written back). */
+static void test_keyword_case_variants(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct mm_delta *d = mm_delta_new();
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: one\r\n\r\n1\r\n", 1600000000);
+	deliver(&a, "INBOX", "1700000001.M2P1.mx", "Subject: two\r\n\r\n2\r\n", 1600000100);
+	assert_true(scan(&a, d) >= 2);
+	sync_to(&a, &b, d);
+	char ad[600], bd[600], p[700], text[256];
+	udir(&a, "INBOX", ad, sizeof ad);
+	udir(&b, "INBOX", bd, sizeof bd);
+	snprintf(p, sizeof p, "%s/dovecot-keywords", ad);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("0 work\n", f);
+	fclose(f);
+	rename_to(find(&a, "INBOX", "1700000000.M1P1.mx"), "a");
+	assert_int_equal(scan(&a, NULL), 1);
+	snprintf(p, sizeof p, "%s/dovecot-keywords", bd);
+	f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("0 Work\n", f);
+	fclose(f);
+	rename_to(find(&b, "INBOX", "1600000100."), "a");
+	mm_delta_clear(d);
+	assert_int_equal(scan(&b, d), 1);
+	assert_true(mm_store_merge_delta(a.s, d) >= 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_non_null(strstr(find(&a, "INBOX", "1700000001.M2P1.mx"), ":2,a"));
+	snprintf(p, sizeof p, "%s/dovecot-keywords", ad);
+	f = fopen(p, "r");
+	assert_non_null(f);
+	size_t k = fread(text, 1, sizeof text - 1, f);
+	text[k] = 0;
+	fclose(f);
+	assert_string_equal(text, "0 work\n");
+	/* a client on a takes the keyword off: gone in both spellings, not written back */
+	rename_to(find(&a, "INBOX", "1700000001.M2P1.mx"), "");
+	mm_delta_clear(d);
+	assert_true(scan(&a, d) >= 1);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	assert_null(strstr(find(&a, "INBOX", "1700000001.M2P1.mx"), ":2,a"));
+	assert_true(mm_store_merge_delta(b.s, d) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_null(strstr(find(&b, "INBOX", "1600000100."), ":2,a"));
+	assert_int_equal(scan(&a, NULL), 0);
+	assert_int_equal(scan(&b, NULL), 0);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* Sums a maildirsize file's "<bytes> <count>" lines (after its limits line). */
 static void maildirsize_sum(const struct node *n, long long *bytes_r, long long *count_r, int *lines_r,
                             char *limits, size_t cap)
@@ -4699,6 +4761,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unnamed_letter_lets_remote_through, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_add_retried, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keyword_case_variants, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_meta_staged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_maildirsize, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_maildirsize_ignored_folder, setup, teardown),
