@@ -118,6 +118,13 @@ static int want_missing(void *arg, const char *user, const uint8_t key[MM_KEY_LE
 	return 0;
 }
 
+/* The fetch scheduler's cfg.needed. */
+static bool body_needed(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
+{
+	struct mm_daemon *d = arg;
+	return !d->store || mm_store_body_needed_id(d->store, user, id);
+}
+
 /* Hands every missing body to the scheduler, which asks for them in UID order once
  * it knows them all. */
 static void want_all_missing(struct mm_daemon *d)
@@ -720,7 +727,9 @@ static int daemon_start(struct mm_daemon *d)
 		return -ENOMEM;
 	struct mm_gossip_config gc = {.fanout = d->cfg.push_fanout, .push_all_max = d->cfg.push_fanout ? 0 : 1024};
 	randombytes_buf(&gc.seed, sizeof gc.seed);
-	if ((r = mm_gossip_new(&gc, &d->gossip)) < 0 || (r = mm_fetch_new(NULL, &d->fetch)) < 0)
+	/* a body whose message was expunged before it could be fetched is dropped */
+	struct mm_fetch_config fc = { .needed = body_needed, .needed_arg = d };
+	if ((r = mm_gossip_new(&gc, &d->gossip)) < 0 || (r = mm_fetch_new(&fc, &d->fetch)) < 0)
 		return r;
 	struct mm_lead_config lc = { .self = d->cfg.node_id, .expire_ms = mm_lead_expire_for(d->cfg.gossip_interval_ms),
 	                             .grace_ms = UID_AUTHORITY_GRACE_MS };

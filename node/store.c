@@ -3402,6 +3402,21 @@ int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t i
 	return -ENOENT;
 }
 
+bool mm_store_body_needed_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN])
+{
+	if (mm_store_body_have_id(s, user, id))
+		return false;
+	char k[KBUF];
+	size_t kl = k_ub(k, user, id, MM_ID_LEN);
+	struct mm_user *mu = mm_state_user(s->state, user, false);
+	for (struct miss *m = hm_get(&s->missing_body, k, kl); m && mu; m = m->bnext) {
+		const struct mm_rec *r = mm_user_get(mu, m->key);
+		if (r && r->type == MM_REC_MESSAGE && !staged_get(s, user, m->key))
+			return true;
+	}
+	return false;
+}
+
 static void make_base(char *buf, size_t len, const struct mm_rec *r)
 {
 	struct timeval tv;

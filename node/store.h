@@ -298,6 +298,9 @@ void mm_store_set_new_folder_wait(struct mm_store *s, uint64_t wait_ms);
  *   the same bytes get a local copy at the next mm_store_commit.  flags: any of
  *   MM_STORE_BODY_DEFER, MM_STORE_BODY_VERIFIED (below). */
 int mm_store_body_have_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN]);
+/* needed_id: true if some live message of the user lacks this body (none has the
+ * bytes, none is staged): the fetch scheduler's cfg.needed. */
+bool mm_store_body_needed_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN]);
 int mm_store_body_open_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],
                           int *fd_r, uint64_t *size_r);
 int mm_store_body_begin_id(struct mm_store *s, const char *user, const uint8_t id[MM_ID_LEN],

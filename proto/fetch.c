@@ -327,7 +327,8 @@ static bool any_room(const struct mm_fetch *f)
 	return false;
 }
 
-/* Tries to start wanted body w; returns 1 if started. */
+/* Tries to start wanted body w; returns 1 if started, 0 if not, -1 if it was dropped
+ * (freed: no longer needed). */
 static int try_start(struct mm_fetch *f, struct want *w, uint64_t now)
 {
 	if (w->on || w->not_before > now || !f->n_peers)
@@ -337,6 +338,10 @@ static int try_start(struct mm_fetch *f, struct want *w, uint64_t now)
 	for (size_t i = 0; i < f->n_peers; i++)
 		untried += !tried(w, f->peers[i].s);
 	if (!untried) {
+		if (f->cfg.needed && !f->cfg.needed(f->cfg.needed_arg, w->user, w->id)) {
+			want_remove(f, w);
+			return -1;
+		}
 		w->n_tried = 0;
 		w->not_before = now + w->backoff;
 		w->backoff = w->backoff * 2 > f->cfg.backoff_max_ms ? f->cfg.backoff_max_ms : w->backoff * 2;
@@ -399,9 +404,10 @@ static int fill(struct mm_fetch *f, uint64_t now)
 	while (f->qn && ns < FILL_SKIP_MAX && any_room(f)) {
 		struct want *w = f->q[0];
 		q_take(f, w);
-		if (try_start(f, w, now))
+		int rc = try_start(f, w, now);
+		if (rc > 0)
 			started++;
-		else
+		else if (rc == 0)
 			skipped[ns++] = w;
 	}
 	for (size_t i = 0; i < ns; i++)

@@ -36,6 +36,13 @@ struct mm_fetch_config {
 	 * last failure) and is put to wait; may be NULL. */
 	void (*event)(void *arg, const char *user, const uint8_t id[MM_ID_LEN], int err);
 	void *event_arg;
+	/* Does the node still need body (user, id), some live message of its lacking it?
+	 * Asked when every connected peer failed a body, before it waits out a backoff:
+	 * false drops it (its message was expunged before it could be fetched; no peer
+	 * may have it any more, and it was asked for again every backoff for as long as
+	 * the node ran).  NULL: always needed.  Must not call back into the scheduler. */
+	bool (*needed)(void *arg, const char *user, const uint8_t id[MM_ID_LEN]);
+	void *needed_arg;
 };
 
 struct mm_fetch_stats {

@@ -150,6 +150,10 @@ struct mm_sync {
 	size_t body_jobs;       /* queued JOB_BODY */
 	size_t round_jobs;      /* queued JOB_KEYS / JOB_SUBTREE / JOB_END */
 	struct breq *breqs;
+	/* When the peer last answered a GET_BODY of ours (a BODY chunk or a BODY_ERR,
+	 * for any request, even one given up): it answers them one after the other, so
+	 * while it does, the requests queued behind are not stalled (0 = never). */
+	uint64_t body_in_at;
 	struct mm_delta *relay_delta;
 	bool in_push;
 	int depth_guard; /* pump re-entrancy */
@@ -1295,6 +1299,7 @@ static void body_fail(struct mm_sync *s, struct breq *b, int err)
 
 static int handle_body(struct mm_sync *s, const struct mm_wire_msg *m)
 {
+	s->body_in_at = s->now;
 	struct breq *b = s->breqs;
 	while (b && b->req != m->body.req)
 		b = b->next;
@@ -1664,10 +1669,23 @@ void mm_sync_tick(struct mm_sync *s, uint64_t now_ms)
 	s->now = now_ms;
 	if (s->r.st != RS_IDLE && s->r.st != RS_CLOSING && now_ms >= s->r.deadline)
 		round_abort(s, -ETIMEDOUT, true);
-	for (struct breq *b = s->breqs, *next; b; b = next) {
-		next = b->next;
-		if (now_ms >= b->deadline)
-			body_fail(s, b, -ETIMEDOUT);
+	/* A request times out when neither it nor any other request of this session
+	 * progressed for body_timeout_ms: the peer answers GET_BODYs one after the other,
+	 * so the last of a full window waits its turn for as long as the link takes to
+	 * carry the ones before it (64 bodies, up to 32 MiB), which over a slow link is
+	 * longer than the timeout.  Timed out while waiting, they were still sent, and
+	 * each one asked again waited behind those: the link carried bodies nobody waited
+	 * for (test_fetch_slow_peer).  Each failure may start another fetch, whose send may
+	 * reset the stream and free every request: the walk starts over after each one
+	 * (requests started meanwhile have a later deadline). */
+	for (;;) {
+		struct breq *b = s->breqs;
+		while (b && !(now_ms >= b->deadline &&
+		              (now_ms < s->body_in_at || now_ms - s->body_in_at >= s->cfg.body_timeout_ms)))
+			b = b->next;
+		if (!b)
+			break;
+		body_fail(s, b, -ETIMEDOUT);
 	}
 	pump(s);
 }
@@ -1932,6 +1950,7 @@ static int handle_stream(struct mm_sync *s, const struct mm_wire_msg *m, size_t 
 		rc = handle_body(s, m);
 		break;
 	case MM_MSG_BODY_ERR: {
+		s->body_in_at = s->now;
 		struct breq *b = s->breqs;
 		while (b && b->req != m->body_err.req)
 			b = b->next;

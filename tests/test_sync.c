@@ -347,6 +347,31 @@ static void net_run(struct net *net)
 	}
 }
 
+/* The scheduler's cfg.needed: a live message of the user has this body. */
+struct needs_ctx {
+	const uint8_t *id;
+	bool found;
+};
+
+static int needs_cb(void *arg, const struct mm_rec *r)
+{
+	struct needs_ctx *c = arg;
+	if (r->type == MM_REC_MESSAGE && !memcmp(r->msg.body, c->id, MM_ID_LEN))
+		c->found = true;
+	return 0;
+}
+
+static bool node_needs_body(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
+{
+	struct node *nd = arg;
+	struct mm_user *u = mm_state_user(nd->st, user, false);
+	static const uint8_t zero[MM_KEY_LEN];
+	struct needs_ctx c = { id, false };
+	if (u)
+		mm_user_foreach(u, zero, 0, needs_cb, &c);
+	return c.found;
+}
+
 static uint64_t net_round_inline; /* cfg.round_inline_bytes of the next net_init */
 
 static void net_init(struct net *net, int n, unsigned inline_max)
@@ -361,7 +386,8 @@ static void net_init(struct net *net, int n, unsigned inline_max)
 		nd->st = mm_state_new();
 		assert_non_null(nd->st);
 		mm_clock_init(&nd->clk, (uint64_t)i + 1, 0);
-		assert_int_equal(mm_fetch_new(NULL, &nd->fetch), 0);
+		struct mm_fetch_config fc = { .needed = node_needs_body, .needed_arg = nd };
+		assert_int_equal(mm_fetch_new(&fc, &nd->fetch), 0);
 		struct mm_gossip_config gc = { .seed = rnd() };
 		assert_int_equal(mm_gossip_new(&gc, &nd->g), 0);
 		nd->delta = mm_delta_new();
@@ -1161,6 +1187,210 @@ static void test_empty_join(void **state)
 	net_free(&net);
 }
 
+/* ---- review: fetching bodies ----------------------------------------------------- */
+
+/* Delivers queued messages one at a time over a link of `rate` bytes per ms (both
+ * directions share it, as the tests' single queue does), ticking every node's sessions
+ * and scheduler every 200 ms of link time, until `until` or until nothing is wanted. */
+static void net_run_slow(struct net *net, uint64_t rate, uint64_t until)
+{
+	uint64_t next_tick = net->now;
+	for (;;) {
+		if (net->now >= next_tick) {
+			for (int i = 0; i < net->n; i++) {
+				for (int j = 0; j < net->n; j++)
+					if (j != i)
+						mm_sync_tick(net->nodes[i].sess[j], net->now);
+				mm_fetch_tick(net->nodes[i].fetch, net->now);
+			}
+			next_tick = net->now + 200;
+		}
+		struct mm_fetch_stats fs;
+		mm_fetch_get_stats(net->nodes[1].fetch, &fs);
+		if (net->now >= until || (!fs.wanted && !net->head))
+			return;
+		if (!net->head) {
+			net->now = next_tick;
+			continue;
+		}
+		struct msg *m = net->head;
+		net->head = m->next;
+		if (!net->head)
+			net->tail = NULL;
+		net->queued--;
+		net->now += m->len / rate + 1;
+		struct node *to = &net->nodes[m->to];
+		if (m->ch != MM_CHAN_STREAM || m->epoch == net->epoch[m->from][m->to])
+			assert_int_equal(mm_sync_recv(to->sess[m->from], m->ch, m->p, m->len, net->now), 0);
+		free(m->p);
+		free(m);
+	}
+}
+
+/* A slow peer: a joining node pulls 200 bodies of 100 kB over a 200 kB/s link (100 s of
+ * transfer).  The scheduler keeps 64 bodies (6.4 MB, 32 s of link) asked for at once
+ * and the peer answers them one after the other; a body's 30 s timeout runs from the
+ * moment it was asked for, so the last ones of every window time out while they wait
+ * their turn at the peer, which still sends them (nothing cancels a GET_BODY).  Each
+ * one asked again waits behind those stale ones: the link fills with bodies nobody
+ * waits for any more.  They must all arrive within a few times the transfer time. */
+static void test_fetch_slow_peer(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 2, 1000);
+	struct node *a = &net.nodes[0], *b = &net.nodes[1];
+	enum { N = 200, SIZE = 100000 };
+	uint32_t uid_of[N];
+	uint8_t ids[N][MM_ID_LEN];
+	for (size_t k = 0; k < N; k++)
+		uid_of[k] = (uint32_t)k + 1;
+	bodies_on_a(&net, N, SIZE, uid_of, ids);
+	uint64_t t0 = net.now;
+	mm_fetch_batch_begin(b->fetch);
+	want_none_started(b, N, SIZE, uid_of, ids, net.now);
+	mm_fetch_batch_end(b->fetch, net.now);
+	net_run_slow(&net, 200, t0 + 600000); /* 10 minutes for 100 s of transfer */
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(b->fetch, &fs);
+	const struct mm_sync_stats *sa = mm_sync_stats(a->sess[1]);
+	printf("  slow peer: %llu of %d bodies in %llu s, %llu timeouts/failures, %llu body bytes sent "
+	       "(%d needed)\n", (unsigned long long)fs.done, N, (unsigned long long)((net.now - t0) / 1000),
+	       (unsigned long long)fs.failures, (unsigned long long)sa->body_bytes_out, N * SIZE);
+	assert_int_equal(fs.wanted, 0);
+	assert_true(sa->body_bytes_out < 2ull * N * SIZE);
+	net_free(&net);
+}
+
+/* A body wanted for a message that is then expunged everywhere before it could be
+ * fetched: no peer has it any more, and no live message here needs it.  The scheduler
+ * must stop asking for it; it kept it for ever and asked every peer for it again after
+ * each backoff (every 30 s) for as long as the node ran. */
+static void test_fetch_expunged_before_fetch(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 2, 1000); /* an 8000-byte body: not inline, fetched */
+	struct node *a = &net.nodes[0], *b = &net.nodes[1];
+	mm_delta_clear(a->delta);
+	deliver(a, "ex.com/alice", 8000, a->delta);
+	uint8_t key[MM_KEY_LEN], body[MM_ID_LEN];
+	memcpy(key, a->keys[a->n_keys - 1], MM_KEY_LEN);
+	assert_true(mm_user_msg_body(mm_state_user(a->st, "ex.com/alice", false), key, body));
+	assert_true(mm_sync_push(a->sess[1], a->delta, net.now) > 0);
+	/* the push reaches b, whose GET_BODY is on its way to a ... */
+	struct msg *m = net.head;
+	net.head = m->next;
+	if (!net.head)
+		net.tail = NULL;
+	net.queued--;
+	assert_int_equal(mm_sync_recv(b->sess[0], m->ch, m->p, m->len, net.now), 0);
+	free(m->p);
+	free(m);
+	assert_true(mm_fetch_wanted(b->fetch, "ex.com/alice", body));
+	/* ... when the user expunges the message on a: its file is gone with it */
+	mm_delta_clear(a->delta);
+	mm_hlc stamp = mm_clock_tick(&a->clk, net.now);
+	assert_int_equal(mm_user_expunge(mm_state_user(a->st, "ex.com/alice", false), key, stamp, NULL, NULL,
+	                                 a->delta), 1);
+	for (struct body **pp = &a->bodies; *pp; pp = &(*pp)->next)
+		if (!memcmp((*pp)->id, body, MM_ID_LEN)) {
+			struct body *x = *pp;
+			*pp = x->next;
+			free(x->data);
+			free(x);
+			break;
+		}
+	assert_true(mm_sync_push(a->sess[1], a->delta, net.now) > 0);
+	net_run(&net);
+	uint8_t tmp[MM_ID_LEN];
+	assert_false(mm_user_msg_body(mm_state_user(b->st, "ex.com/alice", false), key, tmp));
+	/* an hour of gossip intervals */
+	struct mm_fetch_stats fs0, fs;
+	mm_fetch_get_stats(b->fetch, &fs0);
+	for (int it = 0; it < 3600 * 5; it++) {
+		for (int i = 0; i < net.n; i++) {
+			uint8_t r[8];
+			for (int k = 0; k < 8; k++)
+				r[k] = (uint8_t)rnd();
+			mm_gossip_tick(net.nodes[i].g, net.now, r, sizeof r);
+			mm_fetch_tick(net.nodes[i].fetch, net.now);
+		}
+		net_run(&net);
+		net.now += 200;
+	}
+	mm_fetch_get_stats(b->fetch, &fs);
+	printf("  expunged before fetched: still wanted %llu, %llu failed attempts in an hour\n",
+	       (unsigned long long)fs.wanted, (unsigned long long)(fs.failures - fs0.failures));
+	assert_int_equal(fs.wanted, 0);
+	assert_true(fs.failures - fs0.failures <= 2);
+	net_free(&net);
+}
+
+/* Several bodies time out on one session at the same tick; the first one's failure
+ * starts another fetch on that session, whose send fails (the daemon's transport
+ * returns an error once its connection is closing): the stream is reset and every
+ * other request of the session freed while mm_sync_tick still walks them. */
+static int fail_sends;
+static int failing_send(void *arg, enum mm_chan ch, const uint8_t *p, size_t len)
+{
+	if (fail_sends && ch == MM_CHAN_STREAM)
+		return -EPIPE;
+	return net_send(arg, ch, p, len);
+}
+
+static void test_fetch_timeout_send_fails(void **state)
+{
+	(void)state;
+	struct net net;
+	seed();
+	net_init(&net, 2, 1000);
+	struct node *b = &net.nodes[1];
+	/* b's session to a: a scheduler of 3 in flight at most, a failing transport */
+	mm_sync_free(&b->sess[0]);
+	mm_fetch_free(&b->fetch);
+	struct mm_fetch_config fc = { .max_inflight = 3 };
+	assert_int_equal(mm_fetch_new(&fc, &b->fetch), 0);
+	struct mm_sync_config c = {
+		.state = b->st, .local_node = 2, .peer_node = 1,
+		.io = { failing_send, &net.links[1][0] },
+		.body = { b_read, b_begin, b_write, b_commit, b_abort, b_have, b },
+		.fetch = b->fetch, .clock = &b->clk,
+	};
+	assert_int_equal(mm_sync_new(&c, &b->sess[0]), 0);
+	mm_sync_connected(b->sess[0], net.now);
+	enum { N = 6, SIZE = 8000 };
+	uint32_t uid_of[N];
+	uint8_t ids[N][MM_ID_LEN];
+	for (size_t k = 0; k < N; k++)
+		uid_of[k] = (uint32_t)k + 1;
+	bodies_on_a(&net, N, SIZE, uid_of, ids);
+	for (size_t k = 0; k < N; k++)
+		mm_fetch_want(b->fetch, "ex.com/alice", ids[k], SIZE, uid_of[k], NULL, net.now);
+	struct mm_fetch_stats fs;
+	mm_fetch_get_stats(b->fetch, &fs);
+	assert_int_equal(fs.inflight, 3);
+	/* a never answers (its GET_BODYs are lost); the connection is closing */
+	while (net.head) {
+		struct msg *m = net.head;
+		net.head = m->next;
+		free(m->p);
+		free(m);
+	}
+	net.tail = NULL;
+	net.queued = 0;
+	fail_sends = 1;
+	mm_sync_tick(b->sess[0], net.now + MM_SYNC_BODY_TIMEOUT_MS);
+	fail_sends = 0;
+	assert_false(mm_sync_is_connected(b->sess[0]));
+	mm_fetch_get_stats(b->fetch, &fs);
+	assert_int_equal(fs.inflight, 0);
+	assert_int_equal(fs.wanted, N);
+	net_free(&net);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1169,6 +1399,9 @@ int main(void)
 		cmocka_unit_test(test_join_from_several),
 		cmocka_unit_test(test_fetch_uid_order),
 		cmocka_unit_test(test_fetch_hold),
+		cmocka_unit_test(test_fetch_slow_peer),
+		cmocka_unit_test(test_fetch_expunged_before_fetch),
+		cmocka_unit_test(test_fetch_timeout_send_fails),
 		cmocka_unit_test(test_unknown_version),
 		cmocka_unit_test(test_gc_bound),
 		cmocka_unit_test(test_corrupt_body),
