@@ -2,7 +2,7 @@
  * daemon.h — the running node's objects, shared by the files that make up the daemon:
  *   daemon.c   start-up, privilege drop, timers, signals, local changes -> push
  *   peer.c     TCP connections, the Noise channel, datagrams, the sync io backend
- *   watch.c    uv_fs_event watchers on the Maildirs and the rescans they trigger
+ *   watch.c    inotify watches on the Maildirs and the rescans they trigger
  *   bodies.c   the sync body vtable on top of the Maildir store
  *   control.c  the control socket (`mailmesh status`)
  * Only node/ sees this header; proto/ and crdt/ know nothing of libuv.
@@ -24,7 +24,7 @@ struct mm_gossip;
 struct mm_fetch;
 struct mm_lead;
 struct mm_conn;
-struct mm_watch;
+struct mm_watchset;
 
 /* What a peer's connection slot expects next. */
 enum mm_peer_state {
@@ -108,7 +108,7 @@ struct mm_daemon {
 	char config_reload_error[512];     /* why mailmesh.conf did not parse at the last reload */
 	int open_handles;                  /* handles not yet closed (leak check at exit) */
 
-	struct mm_watch *watches;          /* list of watched directories */
+	struct mm_watchset *ws;            /* the inotify instance and its watched directories (watch.c) */
 	struct mm_dirty *dirty;            /* (user, folder) to rescan, NULL folder = all */
 	bool full_scan_wanted;
 	bool uid_authority;                /* see uid_authority_update (daemon.c) */
@@ -169,6 +169,8 @@ void mm_watch_stop(struct mm_daemon *d);
 void mm_scan_request(struct mm_daemon *d, const char *user, const char *folder);
 void mm_scan_run(struct mm_daemon *d);         /* rescans what is dirty, commits, pushes */
 void mm_scan_forget(struct mm_daemon *d);      /* drops the rescans asked for so far */
+/* Whether a scan of (user, folder) is asked for and not yet run (a full scan counts). */
+bool mm_scan_requested(const struct mm_daemon *d, const char *user, const char *folder);
 void mm_watch_lock_waits(struct mm_daemon *d); /* rescans soon what a scan left to Dovecot's uidlist lock */
 
 /* bodies.c */

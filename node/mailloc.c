@@ -301,6 +301,7 @@ struct walk {
 	int (*dir_cb)(void *, const char *);
 	int (*odd_cb)(void *, const char *);
 	void *arg;
+	int (*pend_cb)(void *, const char *, const char *);
 };
 
 static bool bind_var(struct bind *b, int var, const char *s, size_t len)
@@ -365,8 +366,10 @@ static int walk_level(struct walk *w, size_t ci, char *path, size_t plen, struct
 	if (ci == loc->n) {
 		if (!b->has_n || (loc->uses_d && !b->has_d))
 			return 0;
-		if (!mm_md_is_maildir(path))
-			return w->odd_cb ? w->odd_cb(w->arg, path) : 0;
+		if (!mm_md_is_maildir(path)) {
+			int r = w->pend_cb ? w->pend_cb(w->arg, path, "cur") : 0;
+			return r ? r : w->odd_cb ? w->odd_cb(w->arg, path) : 0;
+		}
 		char user[520];
 		if (b->has_d)
 			snprintf(user, sizeof user, "%s/%s", b->d, b->n);
@@ -384,8 +387,15 @@ static int walk_level(struct walk *w, size_t ci, char *path, size_t plen, struct
 		path[plen + 1 + c->n] = 0;
 		struct stat st;
 		int r = 0;
-		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
 			r = walk_level(w, ci + 1, path, plen + 1 + c->n, b);
+		} else if (w->pend_cb && plen) {
+			/* (e.g. ~/Maildir: a home without one yet, where Dovecot makes it) */
+			char name[PATHBUF];
+			memcpy(name, path + plen + 1, c->n + 1);
+			path[plen] = 0;
+			r = w->pend_cb(w->arg, path, name);
+		}
 		path[plen] = 0;
 		return r;
 	}
@@ -428,7 +438,16 @@ int mm_mailloc_walk(const struct mm_mailloc *loc,
                     int (*dir_cb)(void *arg, const char *path),
                     int (*odd_cb)(void *arg, const char *path), void *arg)
 {
-	struct walk w = {loc, user_cb, dir_cb, odd_cb, arg};
+	return mm_mailloc_walk_watch(loc, user_cb, dir_cb, NULL, odd_cb, arg);
+}
+
+int mm_mailloc_walk_watch(const struct mm_mailloc *loc,
+                          int (*user_cb)(void *arg, const char *user, const char *path),
+                          int (*dir_cb)(void *arg, const char *path),
+                          int (*pend_cb)(void *arg, const char *dir, const char *name),
+                          int (*odd_cb)(void *arg, const char *path), void *arg)
+{
+	struct walk w = {loc, user_cb, dir_cb, odd_cb, arg, pend_cb};
 	char *path = malloc(PATHBUF);
 	if (!path)
 		return -ENOMEM;

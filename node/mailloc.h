@@ -45,4 +45,14 @@ int mm_mailloc_walk(const struct mm_mailloc *loc,
                     int (*dir_cb)(void *arg, const char *path),
                     int (*odd_cb)(void *arg, const char *path), void *arg);
 
+/* The same, and pend_cb(arg, dir, name) (may be NULL) for every place where a Maildir
+ * may yet appear: a directory `dir` that lacks `name`, the next fixed part of the
+ * template (a home without its Maildir yet, for ~/Maildir), and a match that is not a
+ * Maildir yet (dir = that match, name "cur": its cur/ or new/ is awaited). */
+int mm_mailloc_walk_watch(const struct mm_mailloc *loc,
+                          int (*user_cb)(void *arg, const char *user, const char *path),
+                          int (*dir_cb)(void *arg, const char *path),
+                          int (*pend_cb)(void *arg, const char *dir, const char *name),
+                          int (*odd_cb)(void *arg, const char *path), void *arg);
+
 #endif

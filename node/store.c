@@ -3301,12 +3301,18 @@ static int watch_dir_cb(void *arg, const char *path)
 	return w->cb(w->arg, path, NULL, NULL);
 }
 
+static int watch_pend_cb(void *arg, const char *dir, const char *name)
+{
+	struct watch_ctx *w = arg;
+	return w->cb(w->arg, dir, NULL, name);
+}
+
 int mm_store_watch_dirs(struct mm_store *s,
                         int (*cb)(void *arg, const char *path, const char *user, const char *folder),
                         void *arg)
 {
 	struct watch_ctx w = {cb, arg};
-	int r = mm_mailloc_walk(s->loc, NULL, watch_dir_cb, NULL, &w);
+	int r = mm_mailloc_walk_watch(s->loc, NULL, watch_dir_cb, watch_pend_cb, NULL, &w);
 	if (r)
 		return r;
 	char p[PATHBUF];

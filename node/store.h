@@ -94,9 +94,12 @@ int mm_store_scan_folder(struct mm_store *s, const char *user, const char *folde
                          uint64_t now_ms, struct mm_delta *out);
 
 /* Calls cb for every directory to watch: each known folder's new/ and cur/ (user and
- * folder set), each user's Maildir (user set, folder NULL: folders appear there), and
- * the template directories above the users (user and folder NULL: users appear
- * there).  Stops with cb's non-zero value; returns 0 otherwise. */
+ * folder set), each user's Maildir (user set, folder NULL: folders appear there), the
+ * template directories above the users (user and folder NULL: users appear there),
+ * and the directories where a user's Maildir is awaited (user NULL, folder = the name
+ * whose appearance there matters: the next fixed part of mail_location, such as
+ * "Maildir" in a home, or "cur" for a match not yet a Maildir, standing for cur/ or
+ * new/).  Stops with cb's non-zero value; returns 0 otherwise. */
 int mm_store_watch_dirs(struct mm_store *s,
                         int (*cb)(void *arg, const char *path, const char *user, const char *folder),
                         void *arg);
