@@ -653,10 +653,10 @@ static int prepare_state_dir(struct mm_daemon *d)
 	 * /var/lib/mailmesh) must not be handed to the mail user as root. */
 	if (d->cfg.drop_privileges && geteuid() == 0 && stat(dir, &st) == 0 &&
 	    (st.st_uid != d->cfg.uid || st.st_gid != d->cfg.gid) && !state_dir_own(dir)) {
-		mm_log(MM_LOG_ERROR, "%s: state_dir %s belongs to uid %u and holds other files than mailmesh's: "
-		       "not giving it to uid %u; set state_dir to a directory of mailmesh's own (e.g. "
+		mm_log(MM_LOG_ERROR, "%s: state_dir %s belongs to uid %u gid %u and holds other files than mailmesh's: "
+		       "not giving it to uid %u gid %u; set state_dir to a directory of mailmesh's own (e.g. "
 		       "/var/lib/mailmesh), or chown it yourself if it is meant to be", d->cfg.path, dir,
-		       (unsigned)st.st_uid, (unsigned)d->cfg.uid);
+		       (unsigned)st.st_uid, (unsigned)st.st_gid, (unsigned)d->cfg.uid, (unsigned)d->cfg.gid);
 		return -EPERM;
 	}
 	if (d->cfg.drop_privileges && geteuid() == 0 && chown(dir, d->cfg.uid, d->cfg.gid) < 0) {

@@ -6493,7 +6493,10 @@ static int listed_cb(void *arg, uint32_t uid, const char *base, size_t len)
 	(void)uid;
 	char b[MM_MD_NAME_MAX + 1], k[KBUF];
 	uint8_t key[MM_KEY_LEN];
-	if (len > MM_MD_NAME_MAX)
+	/* it becomes tmp/<base> and the file's base (body_begin): one that would not fit
+	 * w->base whole, or that is no file name of a folder, is not taken (as before: a
+	 * move to a new UID) */
+	if (len >= sizeof(((struct mm_body_writer *)0)->base) || memchr(base, '/', len) || base[0] == '.')
 		return 0;
 	memcpy(b, base, len);
 	b[len] = 0;
