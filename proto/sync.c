@@ -583,9 +583,15 @@ static void pump(struct mm_sync *s)
 	s->depth_guard++;
 	while (s->connected && !s->blocked && s->jobs) {
 		struct job *j = s->jobs;
+		bool this_round = j->t != JOB_BODY && s->r.st != RS_IDLE && j->round == s->r.id;
 		int rc = job_step(s, j);
 		if (!s->connected)
 			break; /* reset during the step */
+		/* my records going out are progress too (steps run as the stream drains, so
+		 * a peer that stopped reading does not count): the peer's END or DESCENT
+		 * comes after them on the same stream (test_round_slow_link) */
+		if (rc >= 0 && this_round && s->r.st != RS_IDLE)
+			s->r.deadline = s->now + s->cfg.round_timeout_ms;
 		if (rc != 0) {
 			s->jobs = j->next;
 			if (!s->jobs)
@@ -1459,8 +1465,12 @@ static int handle_records(struct mm_sync *s, const struct mm_wire_msg *m, size_t
 	const char *user = m->records.user;
 	if (push)
 		s->st.pushes_in++;
-	else if (s->r.st != RS_IDLE)
+	else if (s->r.st != RS_IDLE) {
 		s->r.rbytes += len;
+		/* records coming are progress: over a slow link a round's records may take
+		 * longer than round_timeout to cross (test_round_slow_link) */
+		s->r.deadline = s->now + s->cfg.round_timeout_ms;
+	}
 	if (push && s->cfg.relay)
 		mm_delta_clear(s->relay_delta);
 	/* the bodies this message's records want are asked for in their order (UIDs),
