@@ -35,6 +35,9 @@
  * client that never sends its line (or never reads the answer) must not hold a file
  * descriptor, nor the daemon's shutdown, for ever. */
 #define CTL_CLIENT_TIMEOUT_MS 30000
+/* How long `mailmesh status` and `reload` wait for the answer (remove-user waits as
+ * long as the removal takes; check has -t). */
+#define CTL_WAIT_S 60
 
 struct ctl_client {
 	uv_pipe_t h;
@@ -509,6 +512,9 @@ static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		client_close(c);
 		return;
 	}
+	/* the answer gets its own 30 s: a request that took long (remove-user of a big
+	 * user blocks the loop meanwhile) must not have its answer cut by the timer */
+	uv_timer_start(&c->timer, client_timeout, CTL_CLIENT_TIMEOUT_MS, 0);
 	uv_buf_t b = uv_buf_init(c->out, (unsigned)c->out_len);
 	c->wr.data = c;
 	if (uv_write(&c->wr, s, &b, 1, client_written) < 0)
@@ -748,7 +754,15 @@ static int ctl_talk(const char *conf, const char *req, enum ctl_mode mode, unsig
 			head[got++] = buf[i];
 		fwrite(buf, 1, (size_t)n, stdout);
 	}
+	int e = errno;
 	close(fd);
+	if (n < 0) {
+		if (e == EAGAIN || e == EWOULDBLOCK)
+			ctl_error(mode, "no answer from the daemon within %u s: it may be busy or stuck; see its log\n",
+			          timeout_s);
+		else
+			ctl_error(mode, "reading the daemon's answer: %s\n", strerror(e));
+	}
 	return n < 0 || (mode == CTL_OK && strcmp(head, "ok:") != 0) ? 1 : 0;
 }
 
@@ -770,7 +784,7 @@ int mm_cmd_status(int argc, char **argv)
 		fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
 		return 2;
 	}
-	return ctl_talk(conf, json ? "status json\n" : "status\n", CTL_REPORT, 0);
+	return ctl_talk(conf, json ? "status json\n" : "status\n", CTL_REPORT, CTL_WAIT_S);
 }
 
 int mm_cmd_reload(int argc, char **argv)
@@ -779,7 +793,7 @@ int mm_cmd_reload(int argc, char **argv)
 		fprintf(stderr, "usage: mailmesh reload -c FILE\n");
 		return 2;
 	}
-	return ctl_talk(argv[2], "reload\n", CTL_OK, 0);
+	return ctl_talk(argv[2], "reload\n", CTL_OK, CTL_WAIT_S);
 }
 
 int mm_cmd_remove_user(int argc, char **argv)
