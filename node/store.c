@@ -2155,9 +2155,14 @@ static uint64_t local_letters(struct mm_store *s, struct mm_user *mu, struct fen
 				char other[MM_NAME_MAX + 1];
 				snprintf(other, sizeof other, "%s", kw->name); /* (the record changes under us) */
 				rr = mm_user_set_keyword(mu, fe->key, other, false, tick(s), local_effect, s, s->out);
-				if (rr > 0)
+				/* again from the start only if the record was rewritten: a removal
+				 * that loses to a newer set (a peer's clock ahead beyond max_skew,
+				 * which ours does not follow) changes nothing, and would be tried
+				 * again for ever; that spelling stays set, as the CRDT says */
+				if (rr > 0) {
 					s->changes++;
-				j = (size_t)-1; /* again from the start: the record was rewritten */
+					j = (size_t)-1;
+				}
 			}
 		}
 	}
@@ -3311,10 +3316,11 @@ int mm_store_watch_dirs(struct mm_store *s,
                         int (*cb)(void *arg, const char *path, const char *user, const char *folder),
                         void *arg)
 {
+	/* The users' Maildirs and folders first, the places where one is awaited (every
+	 * home without a Maildir, for ~/Maildir) after them: if fs.inotify's watch limit
+	 * is reached, the directories where mail is lose their watches last. */
 	struct watch_ctx w = {cb, arg};
-	int r = mm_mailloc_walk_watch(s->loc, NULL, watch_dir_cb, watch_pend_cb, NULL, &w);
-	if (r)
-		return r;
+	int r;
 	char p[PATHBUF];
 	for (struct user *u = s->users; u; u = u->next) {
 		if (!mm_md_is_maildir(u->path))
@@ -3332,7 +3338,7 @@ int mm_store_watch_dirs(struct mm_store *s,
 				return r;
 		}
 	}
-	return 0;
+	return mm_mailloc_walk_watch(s->loc, NULL, watch_dir_cb, watch_pend_cb, NULL, &w);
 }
 
 /* ---- bodies ------------------------------------------------------------------------------------- */

@@ -99,7 +99,8 @@ int mm_store_scan_folder(struct mm_store *s, const char *user, const char *folde
  * and the directories where a user's Maildir is awaited (user NULL, folder = the name
  * whose appearance there matters: the next fixed part of mail_location, such as
  * "Maildir" in a home, or "cur" for a match not yet a Maildir, standing for cur/ or
- * new/).  Stops with cb's non-zero value; returns 0 otherwise. */
+ * new/), in that order of importance: the folders first.  Stops with cb's non-zero
+ * value; returns 0 otherwise. */
 int mm_store_watch_dirs(struct mm_store *s,
                         int (*cb)(void *arg, const char *path, const char *user, const char *folder),
                         void *arg);

@@ -68,6 +68,8 @@ struct mm_watchset {
 	struct mm_watch *all;
 	size_t n, nb;            /* watches, buckets (a power of two) */
 	struct mm_watch **bypath, **bywd;
+	size_t nospc;            /* watches the last refresh could not add: limit reached */
+	bool nospc_warned;       /* ... said once, until a refresh adds them all */
 };
 
 struct mm_dirty {
@@ -245,6 +247,14 @@ static void watch_start(struct mm_watchset *ws, struct mm_watch *w)
 	int wd = inotify_add_watch(ws->fd, w->path, WATCH_MASK);
 	if (wd < 0) {
 		int e = errno;
+		/* max_user_watches reached: said once, not for each of the (maybe
+		 * thousands of) directories left unwatched */
+		if (e == ENOSPC) {
+			ws->nospc++;
+			if (ws->nospc_warned)
+				w->warned = true;
+			ws->nospc_warned = true;
+		}
 		/* (a directory awaited that is not there, or went: nothing to say) */
 		if (!w->warned && !(e == ENOENT && w->kind == W_PENDING))
 			mm_log(MM_LOG_WARN, "cannot watch %s: %s (changes there are seen by the periodic rescan "
@@ -568,7 +578,10 @@ int mm_watch_refresh(struct mm_daemon *d)
 		return 0;
 	for (struct mm_watch *w = ws->all; w; w = w->next)
 		w->seen = false;
+	ws->nospc = 0;
 	int r = mm_store_watch_dirs(d->store, add_watch, d);
+	if (!ws->nospc)
+		ws->nospc_warned = false;
 	for (struct mm_watch **pp = &ws->all; *pp;) {
 		struct mm_watch *w = *pp;
 		/* a directory in a Maildir that may become a folder (again: a folder's

@@ -53,6 +53,16 @@ for t in "$@"; do
 	# commit: each lookup then goes through the database (MM_DB_FIDX)
 	case "$(basename "$t")" in
 	test_store|test_uid) run_one "$(basename "$t")-file-cache-0" env MM_TEST_FILE_CACHE=0 "$t" ;;
+	# and the watches once more under a small inotify watch limit (a user namespace of
+	# their own: the machine's limit is not touched), where the folders of users with
+	# mail must be watched before the places a Maildir is awaited
+	test_watch)
+		if unshare -Ur true 2>/dev/null; then
+			run_one test_watch-watch-limit unshare -Ur sh -c \
+				'echo 40 > /proc/sys/user/max_inotify_watches && exec "$0"' "$t"
+		else
+			echo "skip  test_watch-watch-limit: no user namespaces here (unshare -Ur failed)"
+		fi ;;
 	esac
 done
 for s in "$TOP"/tests/it_*.sh "$TOP"/tests/it_*.py; do

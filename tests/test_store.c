@@ -24,6 +24,7 @@
 #include <sys/syscall.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -4093,6 +4094,67 @@ static void test_keyword_case_variants(void **state)
 	node_close(&b);
 }
 
+/* The same with b's clock ahead of a's by more than max_skew (a's clock does not
+ * follow it: mm_clock_observe): "Work" set on b wins over any stamp a can make, so
+ * a's removal of that spelling changes nothing; local_letters then started its walk
+ * of the keywords over and over (the daemon hung in the scan).  A removal that
+ * loses to a newer set is the CRDT's answer: the letter comes back on a. */
+static void hang_alarm(int sig)
+{
+	(void)sig;
+	static const char m[] = "test_keyword_case_variant_future_stamp: scan hung (local_letters loop)\n";
+	if (write(2, m, sizeof m - 1) < 0) {}
+	_exit(3);
+}
+
+static void test_keyword_case_variant_future_stamp(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	/* b's clock a day ahead of the wall clock: beyond a's max_skew */
+	b.now = (uint64_t)ts.tv_sec * 1000 + 86400ULL * 1000;
+	struct mm_delta *d = mm_delta_new();
+	deliver(&a, "INBOX", "1700000000.M1P1.mx", "Subject: one\r\n\r\n1\r\n", 1600000000);
+	deliver(&a, "INBOX", "1700000001.M2P1.mx", "Subject: two\r\n\r\n2\r\n", 1600000100);
+	assert_true(scan(&a, d) >= 2);
+	sync_to(&a, &b, d);
+	char ad[600], bd[600], p[700];
+	udir(&a, "INBOX", ad, sizeof ad);
+	udir(&b, "INBOX", bd, sizeof bd);
+	snprintf(p, sizeof p, "%s/dovecot-keywords", ad);
+	FILE *f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("0 work\n", f);
+	fclose(f);
+	rename_to(find(&a, "INBOX", "1700000001.M2P1.mx"), "a"); /* "work" set on a */
+	assert_int_equal(scan(&a, NULL), 1);
+	snprintf(p, sizeof p, "%s/dovecot-keywords", bd);
+	f = fopen(p, "w");
+	assert_non_null(f);
+	fputs("0 Work\n", f);
+	fclose(f);
+	rename_to(find(&b, "INBOX", "1600000100."), "a"); /* "Work" set on b, far ahead */
+	mm_delta_clear(d);
+	assert_int_equal(scan(&b, d), 1);
+	assert_true(mm_store_merge_delta(a.s, d) >= 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	/* a client on a takes the letter off */
+	rename_to(find(&a, "INBOX", "1700000001.M2P1.mx"), "");
+	signal(SIGALRM, hang_alarm);
+	alarm(20);
+	a.now += 1000;
+	assert_true(mm_store_scan(a.s, a.now, NULL) >= 0);
+	alarm(0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* Sums a maildirsize file's "<bytes> <count>" lines (after its limits line). */
 static void maildirsize_sum(const struct node *n, long long *bytes_r, long long *count_r, int *lines_r,
                             char *limits, size_t cap)
@@ -4762,6 +4824,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_uidlist_lock_reentrant, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_add_retried, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keyword_case_variants, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keyword_case_variant_future_stamp, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_meta_staged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_maildirsize, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_maildirsize_ignored_folder, setup, teardown),
