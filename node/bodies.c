@@ -233,8 +233,8 @@ void mm_bodies_store_failed(struct mm_daemon *d, int err)
 		       (unsigned long long)(d->store_backoff_ms / 1000), strerror(-err),
 		       err == -ENOSPC || err == -EDQUOT
 		       ? "; is the disk (or quota) of the Maildirs or of state_dir full?"
-		       : err == -EFBIG ? "; the state database has reached state_max_size: raise it in mailmesh.conf "
-		                         "and restart" : "");
+		       : err == -EFBIG ? "; has the state database reached state_max_size (raise it in mailmesh.conf "
+		                         "and restart), or a file the size limit of the daemon's user?" : "");
 }
 
 void mm_bodies_store_kept(struct mm_daemon *d, bool commit_only)

@@ -291,10 +291,11 @@ static struct mm_watchset *ws_get(struct mm_daemon *d)
 		return NULL;
 	}
 	ws->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (ws->fd < 0 || uv_poll_init(&d->loop, &ws->poll, ws->fd) < 0) {
+	int err = ws->fd < 0 ? -errno : uv_poll_init(&d->loop, &ws->poll, ws->fd);
+	if (err < 0) {
 		if (!warned)
 			mm_log(MM_LOG_WARN, "cannot watch the Maildirs: %s (changes are seen by the periodic "
-			       "rescan; raise fs.inotify.max_user_instances if it is exhausted)", strerror(errno));
+			       "rescan; raise fs.inotify.max_user_instances if it is exhausted)", uv_strerror(err));
 		warned = true;
 		if (ws->fd >= 0)
 			close(ws->fd);
