@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "node/maildir.h"
 
@@ -68,8 +69,9 @@ static void fuzz_keywords(const uint8_t *data, size_t size)
 		check(l > 0 && l <= 255);
 		for (size_t j = 0; j < l; j++)
 			check((unsigned char)k[j] > ' ' && k[j] != 0x7f);
+		/* (names are found without regard to case, the first line first, as Dovecot) */
 		int f = mm_md_keywords_find(&kw, k);
-		check(f >= 0 && f <= i && strcmp(kw.names[f], k) == 0);
+		check(f >= 0 && f <= i && strcasecmp(kw.names[f], k) == 0);
 	}
 	mm_md_keywords_clear(&kw);
 	free(t);
