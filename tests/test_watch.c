@@ -202,6 +202,16 @@ static void deliver_to(const char *maildir, const char *base)
 	assert_int_equal(mm_md_deliver(maildir, base, body, strlen(body), 1700000000, "new", base, &o), 0);
 }
 
+/* Delivers message `base` into the Maildir top/rel and says whether a scan of
+ * (user, folder) was asked for within 5 s (a full scan counts). */
+static bool delivery_seen(struct fix *f, const char *rel, const char *base, const char *user, const char *folder)
+{
+	char p[600];
+	snprintf(p, sizeof p, "%s/%s", top, rel);
+	deliver_to(p, base);
+	return wait_request(f, user, folder, 5000);
+}
+
 static void mv(const char *from_rel, const char *to_rel)
 {
 	char a[600], b[600];
@@ -219,14 +229,9 @@ static void test_watch_delivery(void **state)
 	mkmd("%s/mail/ex.org/alice/.Foo", top);
 	fix_open(&f, "mail/%d/%n");
 	full_scan(&f);
-	char p[600];
-	snprintf(p, sizeof p, "%s/mail/ex.org/alice", top);
-	deliver_to(p, "1.M1.x");
-	assert_true(wait_request(&f, "ex.org/alice", "INBOX", 5000));
+	assert_true(delivery_seen(&f, "mail/ex.org/alice", "1.M1.x", "ex.org/alice", "INBOX"));
 	settle(&f);
-	snprintf(p, sizeof p, "%s/mail/ex.org/alice/.Foo", top);
-	deliver_to(p, "1.M2.x");
-	assert_true(wait_request(&f, "ex.org/alice", "Foo", 5000));
+	assert_true(delivery_seen(&f, "mail/ex.org/alice/.Foo", "1.M2.x", "ex.org/alice", "Foo"));
 	fix_close(&f);
 }
 
@@ -244,10 +249,7 @@ static void test_watch_user_replaced(void **state)
 	mkmd("%s/mail/ex.org/alice", top);
 	assert_true(wait_request(&f, NULL, NULL, 5000)); /* (the domain directory's event) */
 	full_scan(&f);
-	char p[600];
-	snprintf(p, sizeof p, "%s/mail/ex.org/alice", top);
-	deliver_to(p, "1.M1.x");
-	assert_true(wait_request(&f, "ex.org/alice", "INBOX", 5000));
+	assert_true(delivery_seen(&f, "mail/ex.org/alice", "1.M1.x", "ex.org/alice", "INBOX"));
 	fix_close(&f);
 }
 
@@ -269,10 +271,7 @@ static void test_watch_failed_retried(void **state)
 	mv("Foo.away", "mail/ex.org/alice/.Foo");
 	assert_true(wait_request(&f, NULL, NULL, 5000)); /* (the Maildir's event) */
 	full_scan(&f);
-	char p[600];
-	snprintf(p, sizeof p, "%s/mail/ex.org/alice/.Foo", top);
-	deliver_to(p, "1.M1.x");
-	assert_true(wait_request(&f, "ex.org/alice", "Foo", 5000));
+	assert_true(delivery_seen(&f, "mail/ex.org/alice/.Foo", "1.M1.x", "ex.org/alice", "Foo"));
 	fix_close(&f);
 }
 
@@ -357,10 +356,7 @@ static void test_watch_queue_overflow(void **state)
 		assert_int_equal(rename(a, b), 0);
 		assert_int_equal(rename(b, a), 0);
 	}
-	char p[600];
-	snprintf(p, sizeof p, "%s/mail/ex.org/alice", top);
-	deliver_to(p, "1.M1.x");
-	assert_true(wait_request(&f, "ex.org/alice", "INBOX", 5000));
+	assert_true(delivery_seen(&f, "mail/ex.org/alice", "1.M1.x", "ex.org/alice", "INBOX"));
 	fix_close(&f);
 }
 
@@ -389,14 +385,9 @@ static void test_watch_limit_folders_first(void **state)
 	struct fix f;
 	fix_open(&f, "home/%n/Maildir");
 	full_scan(&f);
-	char p[600];
-	snprintf(p, sizeof p, "%s/home/alice/Maildir", top);
-	deliver_to(p, "1.M1.x");
-	assert_true(wait_request(&f, "alice", "INBOX", 5000));
+	assert_true(delivery_seen(&f, "home/alice/Maildir", "1.M1.x", "alice", "INBOX"));
 	settle(&f);
-	snprintf(p, sizeof p, "%s/home/alice/Maildir/.Foo", top);
-	deliver_to(p, "1.M2.x");
-	assert_true(wait_request(&f, "alice", "Foo", 5000));
+	assert_true(delivery_seen(&f, "home/alice/Maildir/.Foo", "1.M2.x", "alice", "Foo"));
 	fix_close(&f);
 }
 
