@@ -192,6 +192,7 @@ static void gossip_cb(uv_timer_t *t)
 	mm_bodies_catchup_note(d);
 	mm_bodies_commit_check(d); /* placed files' index entries left by a stream that stopped */
 	mm_peer_dial_all(d);
+	mm_peers_check_stalled(d, now);
 	uid_authority_update(d, now);
 }
 

@@ -155,6 +155,9 @@ int mm_peers_start(struct mm_daemon *d);       /* listener, UDP socket, sessions
 void mm_peers_stop(struct mm_daemon *d);       /* closes every connection and socket */
 void mm_peers_flush(struct mm_daemon *d);      /* writes each connection's gathered output */
 void mm_peer_dial_all(struct mm_daemon *d);
+/* Closes each connection whose peer has taken none of its waiting output for two
+ * minutes (peer.c, WRITE_STALL_MS); run from the gossip timer. */
+void mm_peers_check_stalled(struct mm_daemon *d, uint64_t now_ms);
 /* Takes a new peers file (from mm_config_peers_load(), with our own line self or NULL)
  * into the running daemon: peers no longer listed are disconnected and forgotten, new
  * ones are set up and dialled, and a peer whose host or port changed is connected to

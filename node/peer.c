@@ -35,6 +35,14 @@
 
 #define WRITE_HWM (4u << 20)   /* above this many queued bytes the session pauses bulk */
 #define WRITE_LWM (1u << 20)   /* ... and resumes below this */
+/* A peer that stops reading (its daemon stopped or wedged, the kernel still ACKing)
+ * would make us hold every push for it, with no end: above WRITE_MAX queued bytes, or
+ * with output waiting and none of it taken by the socket for WRITE_STALL_MS, the
+ * connection is closed.  Nothing is lost: the next connection's anti-entropy round
+ * finds whatever the dropped output carried.  WRITE_MAX leaves room above WRITE_HWM
+ * for the pushes and answers that do not pause (each message <= MM_WIRE_MAX). */
+#define WRITE_MAX (32u << 20)
+#define WRITE_STALL_MS 120000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 10000
 #define KNOCK_INTERVAL_MS 1000 /* an acceptor without its dialer knocks this often */
@@ -54,6 +62,9 @@ struct mm_conn {
 	size_t msg_len;
 	uint8_t *out;               /* sealed bytes not yet handed to libuv (see ch_emit) */
 	size_t out_len, out_cap;
+	uint64_t handed;            /* bytes handed to libuv in all (conn_flush) */
+	uint64_t taken;             /* handed - libuv's queue at the last stall check */
+	uint64_t taken_ms;          /* when that changed, or the queue was empty */
 	struct mm_conn *next;
 	char what[80];              /* "peer NAME" or "incoming HOST:PORT" for logs */
 };
@@ -152,6 +163,7 @@ static int conn_flush(struct mm_conn *c)
 	w->c = c;
 	w->data = c->out;
 	uv_buf_t b = uv_buf_init((char *)c->out, (unsigned)c->out_len);
+	c->handed += c->out_len;
 	c->out = NULL;
 	c->out_len = c->out_cap = 0;
 	int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
@@ -183,7 +195,40 @@ static int ch_emit(void *arg, const uint8_t *bytes, size_t len)
 	}
 	memcpy(c->out + c->out_len, bytes, len);
 	c->out_len += len;
+	if (conn_queued(c) > WRITE_MAX)
+		return -ENOBUFS; /* the caller closes (conn_overfull tells why) */
 	return c->out_len >= OUT_FLUSH ? conn_flush(c) : 0;
+}
+
+/* Logs why a connection whose output the peer does not take is being closed. */
+static void conn_overfull_log(struct mm_conn *c, const char *what)
+{
+	mm_log(MM_LOG_WARN, "%s does not read what we send (%s, %zu bytes waiting): closing the "
+	       "connection; it is dialed again and anti-entropy resends what was dropped. "
+	       "If this repeats, check that the peer's daemon is running and not stuck",
+	       c->peer ? c->peer->conf->name : c->what, what, conn_queued(c));
+}
+
+void mm_peers_check_stalled(struct mm_daemon *d, uint64_t now_ms)
+{
+	for (struct mm_conn *c = d->conns, *next; c; c = next) {
+		next = c->next;
+		if (c->closing)
+			continue;
+		size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+		uint64_t taken = c->handed - q;
+		if (!q || taken != c->taken || !c->taken_ms) {
+			c->taken = taken;
+			c->taken_ms = now_ms;
+			continue;
+		}
+		if (now_ms - c->taken_ms >= WRITE_STALL_MS) {
+			char what[64];
+			snprintf(what, sizeof what, "nothing taken for %u s", WRITE_STALL_MS / 1000);
+			conn_overfull_log(c, what);
+			conn_close(c, UV_ETIMEDOUT, "peer not reading");
+		}
+	}
 }
 
 void mm_peers_flush(struct mm_daemon *d)
@@ -638,7 +683,12 @@ static int sync_send(void *arg, enum mm_chan chan, const uint8_t *msg, size_t le
 	if (r < 0) {
 		/* Closing now would re-enter the session (it is calling us): it treats the
 		 * error as a reset itself, and the close happens on the next loop turn. */
-		conn_close_ex(c, 0, "send failed", false);
+		if (r == -ENOBUFS) {
+			conn_overfull_log(c, "over the limit of queued output");
+			conn_close_ex(c, UV_ENOBUFS, "peer not reading", false);
+		} else {
+			conn_close_ex(c, 0, "send failed", false);
+		}
 		return r;
 	}
 	if (conn_queued(c) > WRITE_HWM) {
