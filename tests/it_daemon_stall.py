@@ -1,5 +1,5 @@
 """it_daemon_stall.py — a peer that stops reading does not make a node hold its output
-without end.  Real daemons on loopback, ports 22200-22209.
+without end.  Real daemons on loopback, ports 22220-22229.
 
 A 2-node cluster; node 2 is stopped with SIGSTOP: its kernel keeps the connection
 up and ACKs what fits in its buffers, but the daemon reads nothing.  Node 1 then has
@@ -16,7 +16,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmtest  # noqa: E402
 
-BASE = 22200
+BASE = 22220
 USER = "example.org/alice"
 COUNT = 1600
 SIZE = 38 * 1024
