@@ -234,8 +234,27 @@ static void set_mail_location(struct parse_ctx *c, const char *value)
 		v += 8;
 	end = strchr(v, ':');
 	plen = end != NULL ? (size_t)(end - v) : strlen(v);
+	/* Another of Dovecot's mail formats would otherwise be taken for a relative path
+	 * ("mdbox") and refused as a template without %n, which hides the reason. */
+	static const char *const formats[] = {"mbox", "mdbox", "sdbox", "dbox", "imapc", "pop3c", "obox", "cydir"};
+	for (size_t i = 0; end != NULL && i < sizeof formats / sizeof formats[0]; i++)
+		if (plen == strlen(formats[i]) && !strncmp(v, formats[i], plen)) {
+			line_err(c, -EINVAL,
+			         "mail_location: '%s' mail is not supported: mailmesh replicates Maildir only "
+			         "(maildir:PATH, or a bare PATH)", formats[i]);
+			return;
+		}
 	if (plen == 0) {
 		line_err(c, -EINVAL, "mail_location has no path; e.g. /var/mail/vhosts/%%d/%%n");
+		return;
+	}
+	/* Dovecot's default, maildir:~/Maildir, would otherwise be read as a relative path
+	 * "~" and refused for its lack of %n: say what to write instead. */
+	if (v[0] == '~') {
+		line_err(c, -EINVAL,
+		         "mail_location: '~' (the user's home, which Dovecot takes from its userdb) cannot "
+		         "be used: mailmesh has no userdb; write the home out with %%d and %%n, e.g. "
+		         "/var/vmail/%%d/%%n/Maildir where Dovecot's home is /var/vmail/%%d/%%n");
 		return;
 	}
 	for (size_t i = 0; i < plen; i++) {

@@ -199,6 +199,13 @@ static void test_errors_name_the_line(void **state)
 		{REQUIRED "mail_location = /var/mail/%n/%\n", "/etc/mm/mailmesh.conf:5: ", "unknown variable"},
 		{REQUIRED "mail_location = maildir:\n", "/etc/mm/mailmesh.conf:5: ", "has no path"},
 		{REQUIRED "mail_location = /var/mail/%d/%n:CONTROL=/var/ctl/%u\n", "/etc/mm/mailmesh.conf:5: ", "CONTROL= is not supported"},
+		/* Dovecot's most common settings, which mailmesh cannot take: said as such, not as
+		 * a template without %n */
+		{REQUIRED "mail_location = maildir:~/Maildir\n", "/etc/mm/mailmesh.conf:5: ", "'~' (the user's home"},
+		{REQUIRED "mail_location = ~/Maildir\n", "/etc/mm/mailmesh.conf:5: ", "write the home out"},
+		{REQUIRED "mail_location = mdbox:/var/vmail/%d/%n\n", "/etc/mm/mailmesh.conf:5: ", "'mdbox' mail is not supported"},
+		{REQUIRED "mail_location = sdbox:~/dbox\n", "/etc/mm/mailmesh.conf:5: ", "'sdbox' mail is not supported"},
+		{REQUIRED "mail_location = mbox:~/mail:INBOX=/var/mail/%u\n", "/etc/mm/mailmesh.conf:5: ", "'mbox' mail is not supported"},
 		{"[main]\n" REQUIRED, "/etc/mm/mailmesh.conf:1: ", "sections like [...] are not used"},
 		{REQUIRED "just words\n", "/etc/mm/mailmesh.conf:5: ", "expected `key = value`"},
 		{REQUIRED "gossip_interval: 5\n", "/etc/mm/mailmesh.conf:5: ", "expected `key = value`"},
