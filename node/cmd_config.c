@@ -31,8 +31,12 @@ int mm_cmd_check_config(int argc, char **argv)
 			path = argv[++i];
 		else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
 			return usage(stdout);
-		else
+		else {
+			fprintf(stderr, "mailmesh check-config: %s '%s'\n",
+			        !strcmp(argv[i], "-c") || !strcmp(argv[i], "--config") ? "a FILE must follow" : "unknown argument",
+			        argv[i]);
 			return usage(stderr);
+		}
 	}
 	if (path == NULL)
 		return usage(stderr);

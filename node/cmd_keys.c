@@ -14,12 +14,12 @@
 #include "node/keyfile.h"
 #include "proto/channel.h"
 
-static int genkey_usage(void)
+static int genkey_usage(FILE *f)
 {
-	fprintf(stderr, "usage: mailmesh genkey [-o FILE [--force]]\n"
-	                "  prints a new private key, or writes it to FILE with mode 0600\n"
-	                "  (an existing FILE is kept unless --force)\n");
-	return 2;
+	fprintf(f, "usage: mailmesh genkey [-o FILE [--force]]\n"
+	           "  prints a new private key, or writes it to FILE with mode 0600\n"
+	           "  (an existing FILE is kept unless --force)\n");
+	return f == stdout ? 0 : 2;
 }
 
 int mm_cmd_genkey(int argc, char **argv)
@@ -37,13 +37,16 @@ int mm_cmd_genkey(int argc, char **argv)
 		else if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--force"))
 			force = true;
 		else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-			genkey_usage();
-			return 0;
-		} else
-			return genkey_usage();
+			return genkey_usage(stdout);
+		} else {
+			fprintf(stderr, "mailmesh genkey: %s '%s'\n",
+			        !strcmp(argv[i], "-o") || !strcmp(argv[i], "--output") ? "a FILE must follow" : "unknown argument",
+			        argv[i]);
+			return genkey_usage(stderr);
+		}
 	}
 	if (force && out == NULL)
-		return genkey_usage();
+		return genkey_usage(stderr);
 	if (sodium_init() < 0) {
 		fprintf(stderr, "mailmesh genkey: libsodium failed to initialise\n");
 		return 1;
@@ -81,9 +84,14 @@ int mm_cmd_pubkey(int argc, char **argv)
 
 	(void)argv;
 	if (argc > 1) {
-		fprintf(stderr, "usage: mailmesh pubkey < PRIVATE_KEY\n"
+		bool help = !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help");
+		/* `mailmesh pubkey private.key` is the usual slip: the key comes on stdin */
+		if (!help)
+			fprintf(stderr, "mailmesh pubkey: takes no argument ('%s'); the private key is read on stdin: "
+			        "mailmesh pubkey < %s\n", argv[1], argv[1][0] == '-' ? "PRIVATE_KEY" : argv[1]);
+		fprintf(help ? stdout : stderr, "usage: mailmesh pubkey < PRIVATE_KEY\n"
 		                "  reads a private key on stdin and prints its public key\n");
-		return !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ? 0 : 2;
+		return help ? 0 : 2;
 	}
 	while (n < sizeof buf) {
 		ssize_t r = read(0, buf + n, sizeof buf - n);

@@ -771,29 +771,30 @@ int mm_cmd_status(int argc, char **argv)
 	const char *conf = NULL;
 	bool json = false;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+		if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
 			conf = argv[++i];
 		else if (!strcmp(argv[i], "--json"))
 			json = true;
-		else {
-			fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
-			return 2;
-		}
+		else
+			return mm_cmd_usage("status", argv[i], "mailmesh status -c FILE [--json]");
 	}
-	if (!conf) {
-		fprintf(stderr, "usage: mailmesh status -c FILE [--json]\n");
-		return 2;
-	}
+	if (!conf)
+		return mm_cmd_usage("status", NULL, "mailmesh status -c FILE [--json]");
 	return ctl_talk(conf, json ? "status json\n" : "status\n", CTL_REPORT, CTL_WAIT_S);
 }
 
 int mm_cmd_reload(int argc, char **argv)
 {
-	if (argc != 3 || strcmp(argv[1], "-c")) {
-		fprintf(stderr, "usage: mailmesh reload -c FILE\n");
-		return 2;
+	const char *conf = NULL;
+	for (int i = 1; i < argc; i++) {
+		if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc && !conf)
+			conf = argv[++i];
+		else
+			return mm_cmd_usage("reload", argv[i], "mailmesh reload -c FILE");
 	}
-	return ctl_talk(argv[2], "reload\n", CTL_OK, CTL_WAIT_S);
+	if (!conf)
+		return mm_cmd_usage("reload", NULL, "mailmesh reload -c FILE");
+	return ctl_talk(conf, "reload\n", CTL_OK, CTL_WAIT_S);
 }
 
 int mm_cmd_remove_user(int argc, char **argv)
@@ -801,21 +802,17 @@ int mm_cmd_remove_user(int argc, char **argv)
 	const char *conf = NULL, *user = NULL;
 	bool yes = false;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+		if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
 			conf = argv[++i];
 		else if (!strcmp(argv[i], "--yes"))
 			yes = true;
 		else if (!user && argv[i][0] != '-')
 			user = argv[i];
-		else {
-			conf = NULL;
-			break;
-		}
+		else
+			return mm_cmd_usage("remove-user", argv[i], "mailmesh remove-user -c FILE USER [--yes]");
 	}
-	if (!conf || !user) {
-		fprintf(stderr, "usage: mailmesh remove-user -c FILE USER [--yes]\n");
-		return 2;
-	}
+	if (!conf || !user)
+		return mm_cmd_usage("remove-user", NULL, "mailmesh remove-user -c FILE USER [--yes]");
 	size_t n = strlen(user);
 	bool ok = n > 0 && n <= MM_NAME_MAX;
 	for (size_t i = 0; i < n && ok; i++)
@@ -844,7 +841,7 @@ int mm_cmd_check(int argc, char **argv)
 	const char *conf = NULL;
 	unsigned long long lag = 300, timeout = 10;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+		if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
 			conf = argv[++i];
 		else if (!strcmp(argv[i], "--max-lag") && i + 1 < argc) {
 			if (!(lag = seconds_arg(argv[++i], 100ULL * 365 * 86400))) {
@@ -857,8 +854,11 @@ int mm_cmd_check(int argc, char **argv)
 				return 3;
 			}
 		} else {
-			conf = NULL;
-			break;
+			/* (a plugin's --help is UNKNOWN too, as the monitoring plugins' are) */
+			bool help = !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
+			printf("UNKNOWN: %s%s%susage: mailmesh check -c FILE [--max-lag SECONDS] [-t SECONDS]\n",
+			       help ? "" : "unknown argument '", help ? "" : argv[i], help ? "" : "'; ");
+			return 3;
 		}
 	}
 	if (!conf) {

@@ -863,19 +863,15 @@ int mm_cmd_run(int argc, char **argv)
 	const char *conf = NULL;
 	bool accept_stale = false;
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+		if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
 			conf = argv[++i];
 		else if (!strcmp(argv[i], "--accept-stale"))
 			accept_stale = true;
-		else {
-			fprintf(stderr, "usage: mailmesh run -c FILE [--accept-stale]\n");
-			return 2;
-		}
+		else
+			return mm_cmd_usage("run", argv[i], "mailmesh run -c FILE [--accept-stale]");
 	}
-	if (!conf) {
-		fprintf(stderr, "usage: mailmesh run -c FILE [--accept-stale]\n");
-		return 2;
-	}
+	if (!conf)
+		return mm_cmd_usage("run", NULL, "mailmesh run -c FILE [--accept-stale]");
 	if (sodium_init() < 0) {
 		fprintf(stderr, "mailmesh: libsodium failed to initialise\n");
 		return 1;

@@ -21,9 +21,9 @@ static const struct {
 	{"check", mm_cmd_check, "-c FILE [--max-lag S] [-t S]  one line for Nagios/Icinga (exit 0/1/2/3)"},
 	{"remove-user", mm_cmd_remove_user, "-c FILE USER [--yes]  remove a user's mail and Maildir from every node"},
 	{"check-config", mm_cmd_check_config, "-c FILE              check a config, its keys and peers, then exit"},
-	{"genkey", mm_cmd_genkey, "[-o FILE]            print (or write, mode 0600) a new private key"},
+	{"genkey", mm_cmd_genkey, "[-o FILE [--force]]  print (or write, mode 0600) a new private key"},
 	{"pubkey", mm_cmd_pubkey, "< KEY                print the public key of the private key on stdin"},
-	{"testnet", mm_cmd_testnet, "--nodes N --dir DIR [--base-port P]  write a local test cluster"},
+	{"testnet", mm_cmd_testnet, "--nodes N --dir DIR [--base-port P] [--force]  write a local test cluster"},
 };
 
 static void usage(FILE *f)
@@ -31,7 +31,8 @@ static void usage(FILE *f)
 	fprintf(f, "usage: mailmesh COMMAND [ARGS]\n\ncommands:\n");
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		fprintf(f, "  %-13s %s\n", cmds[i].name, cmds[i].help);
-	fprintf(f, "\nmailmesh %s — see README.md and docs/ for configuration.\n", MM_VERSION);
+	fprintf(f, "\n`mailmesh COMMAND --help` shows a command's usage.\n"
+	           "mailmesh %s — see README.md and docs/ for configuration.\n", MM_VERSION);
 }
 
 int main(int argc, char **argv)

@@ -3,7 +3,7 @@
 # genkey/pubkey round trip (and RFC 7748's test key), 0600 key files and the refusal to
 # overwrite one, the permission check on load, check-config's exit codes and messages
 # for good and bad configs and peers files, a testnet whose every node passes
-# check-config, and `reload`'s and `remove-user`'s usage and their message when no daemon runs.  Nothing listens: ports 24000-24099 only appear in generated configs.
+# check-config, and `reload`'s and `remove-user`'s usage and their message when no daemon runs.  Every command names an argument it does not take, and prints its usage for --help (exit 0).  Nothing listens: ports 24000-24099 only appear in generated configs.
 # Prints `N passed, N failed`.
 set -u
 MAILMESH=${MAILMESH:-build/mailmesh}
@@ -120,6 +120,20 @@ if run 2 "$MAILMESH" remove-user -c "$C" && has err "usage: mailmesh remove-user
 if run 2 "$MAILMESH" remove-user -c "$C" "example.org/a b" --yes && has err "is not a user name"; then ok "remove-user of a name with a space: refused (exit 2)"; else bad "remove-user of a name with a space: refused (exit 2)"; fi
 if run 1 "$MAILMESH" remove-user -c "$C" example.org/alice --yes && has err "the daemon is not running"; then ok "remove-user with no daemon running: says so (exit 1)"; else bad "remove-user with no daemon running: says so (exit 1)"; fi
 if run 2 "$MAILMESH" check-config && has err "usage"; then ok "check-config without -c: usage (exit 2)"; else bad "check-config without -c: usage (exit 2)"; fi
+# A wrong argument is named, not just answered with the usage; --help is not an error.
+for cmd in run status reload check-config; do
+	if run 2 "$MAILMESH" $cmd -c "$C" --bogus && has err "mailmesh $cmd: unknown argument '--bogus'" && has err "usage: mailmesh $cmd"; then
+		ok "$cmd names an unknown argument (exit 2)"; else bad "$cmd names an unknown argument (exit 2)"; fi
+done
+for cmd in run status reload remove-user check-config genkey pubkey testnet; do
+	if run 0 "$MAILMESH" $cmd --help && has out "usage: mailmesh $cmd"; then
+		ok "$cmd --help: usage on stdout (exit 0)"; else bad "$cmd --help: usage on stdout (exit 0)"; fi
+done
+if run 2 "$MAILMESH" remove-user -c "$C" example.org/alice --force && has err "unknown argument '--force'"; then ok "remove-user names an unknown argument (exit 2)"; else bad "remove-user names an unknown argument (exit 2)"; fi
+if run 3 "$MAILMESH" check -c "$C" --bogus && has out "UNKNOWN: unknown argument '--bogus'"; then ok "check names an unknown argument (UNKNOWN, exit 3)"; else bad "check names an unknown argument (UNKNOWN, exit 3)"; fi
+if run 2 "$MAILMESH" run -c && has err "a FILE must follow '-c'"; then ok "run -c without a file: says so (exit 2)"; else bad "run -c without a file: says so (exit 2)"; fi
+if run 2 "$MAILMESH" pubkey "$T/a.key" && has err "mailmesh pubkey < $T/a.key"; then ok "pubkey FILE: says the key goes on stdin (exit 2)"; else bad "pubkey FILE: says the key goes on stdin (exit 2)"; fi
+if run 1 "$MAILMESH" reload --config "$C" && has err "the daemon is not running"; then ok "reload takes --config as check-config does"; else bad "reload takes --config as check-config does"; fi
 
 # Relative paths are relative to the config file, not the working directory.
 mkdir -p "$T/rel/keys"
