@@ -256,6 +256,7 @@ static void conn_attach(struct mm_conn *c)
 	c->attached = true;
 	p->state = MM_PEER_ESTABLISHED;
 	p->backoff_ms = BACKOFF_MIN_MS;
+	p->handshake_fails = 0;
 	p->connects++;
 	p->connected_since_ms = mm_daemon_now();
 	mm_log(MM_LOG_INFO, "connected peer=%s via=%s", p->conf->name, c->what);
@@ -382,6 +383,18 @@ static void conn_close_ex(struct mm_conn *c, int err, const char *why, bool rese
 		if (!c->d->stopping)
 			peer_schedule_retry(p);
 	} else if (p && p->dialer && p->state != MM_PEER_ESTABLISHED && !p->conn) {
+		/* The peer took the TCP connection and then dropped our handshake: a key in a
+		 * peers file that is not the node's current one (either side's), or cluster_psk
+		 * files that differ.  Neither end says so otherwise (the responder cannot tell
+		 * who sent what it cannot decrypt), so say it here, once per run of failures;
+		 * the second in a row, since one can be a peer that was stopping. */
+		bool hs = p->state == MM_PEER_HANDSHAKE;
+		if (hs && ++p->handshake_fails == 2)
+			mm_log(MM_LOG_WARN, "handshake with peer=%s failed (%s%s%s), again: check that its line "
+			       "(%s:%u) has its current public key (`mailmesh pubkey < private.key` there), that "
+			       "its peers file has this node's, and that both use the same cluster_psk; retrying",
+			       p->conf->name, why, err ? ": " : "", err ? uv_strerror(err) : "",
+			       p->d->cfg.peers_path, p->conf->line);
 		mm_log(MM_LOG_DEBUG, "connection failed peer=%s reason=\"%s%s%s\"", p->conf->name, why,
 		       err ? ": " : "", err ? uv_strerror(err) : "");
 		p->state = MM_PEER_IDLE;
