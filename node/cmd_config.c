@@ -5,6 +5,7 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "node/cmds.h"
 #include "node/config.h"
@@ -66,6 +67,13 @@ int mm_cmd_check_config(int argc, char **argv)
 	if (cfg.drop_privileges)
 		printf("run as:         uid %u gid %u (%s%s%s)\n", (unsigned)cfg.uid, (unsigned)cfg.gid,
 		       cfg.user ? cfg.user : "", cfg.group ? ":" : "", cfg.group ? cfg.group : "");
+	/* Under the systemd unit the daemon starts as root: without `user` it stays root,
+	 * and the Maildirs it makes for users new on this node are root's, which Dovecot
+	 * (running as the mail owner) cannot open. */
+	if (!cfg.drop_privileges && geteuid() == 0)
+		fprintf(stderr, "mailmesh check-config: warning: %s sets no `user`: started as root, the daemon "
+		                "stays root and the Maildirs it creates are root's, which Dovecot cannot read; "
+		                "add `user = vmail` (the owner of the Maildirs)\n", cfg.path);
 	if (cfg.self == NULL)
 		fprintf(stderr, "mailmesh check-config: warning: this node's public key %s is not in "
 		                "%s; the other nodes will refuse it until its line is added there\n",

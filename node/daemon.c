@@ -678,8 +678,14 @@ static int prepare_state_dir(struct mm_daemon *d)
 
 static int drop_privileges(struct mm_daemon *d)
 {
-	if (!d->cfg.drop_privileges)
+	if (!d->cfg.drop_privileges) {
+		/* (as check-config says too) root's Maildirs are unreadable to Dovecot */
+		if (geteuid() == 0)
+			mm_log(MM_LOG_WARN, "%s sets no `user`: running as root, the Maildirs this node creates "
+			       "are root's, which Dovecot cannot read; add `user = vmail` (the owner of the Maildirs)",
+			       d->cfg.path);
 		return 0;
+	}
 	if (geteuid() != 0) {
 		if (geteuid() == d->cfg.uid)
 			return 0;

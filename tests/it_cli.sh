@@ -111,6 +111,12 @@ grep -v '^node1 ' "$D/peers" >"$T/peers.noself"
 sed "s|^peers = .*|peers = $T/peers.noself|" "$C" >"$T/c6.conf"
 if run 0 "$MAILMESH" check-config -c "$T/c6.conf" && has err "warning: this node's public key" && has out "peers:          1 in"; then ok "own key not listed: warning, exit 0"; else bad "own key not listed: warning, exit 0"; fi
 
+# Started as root (the systemd unit) without `user`, the daemon would make root's Maildirs.
+if [ "$(id -u)" -eq 0 ]; then
+	if run 0 "$MAILMESH" check-config -c "$C" && has err "sets no \`user\`" && has err "user = vmail"; then ok "as root without user: warning, exit 0"; else bad "as root without user: warning, exit 0"; fi
+	cp "$C" "$T/c7.conf"; echo "user = root" >>"$T/c7.conf"
+	if run 0 "$MAILMESH" check-config -c "$T/c7.conf" && ! has err "sets no"; then ok "with user: no such warning"; else bad "with user: no such warning"; fi
+fi
 if run 2 "$MAILMESH" check-config -c "$T/missing.conf" && has err "missing.conf: cannot open"; then ok "missing config (exit 2)"; else bad "missing config (exit 2)"; fi
 # reload: usage, and no daemon to ask (the testnet's own control socket is not there)
 if run 2 "$MAILMESH" reload && has err "usage: mailmesh reload -c FILE"; then ok "reload without -c: usage (exit 2)"; else bad "reload without -c: usage (exit 2)"; fi

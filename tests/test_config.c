@@ -688,6 +688,7 @@ static void test_examples_parse(void **state)
 	assert_int_equal(rc, 0);
 	assert_string_equal(cfg.name, "mx1");
 	assert_string_equal(cfg.private_key_path, "/etc/mailmesh/private.key");
+	assert_string_equal(cfg.user, "vmail"); /* root's Maildirs are Dovecot's trouble */
 	assert_string_equal(cfg.mail_location, MM_DEFAULT_MAIL_LOCATION);
 	assert_int_equal(cfg.gossip_interval_ms, MM_DEFAULT_GOSSIP_INTERVAL_MS);
 	assert_true(cfg.gc_grace_ms == MM_DEFAULT_GC_GRACE_MS);
