@@ -78,6 +78,11 @@ int mm_cmd_check_config(int argc, char **argv)
 		fprintf(stderr, "mailmesh check-config: warning: this node's public key %s is not in "
 		                "%s; the other nodes will refuse it until its line is added there\n",
 		        pub, cfg.peers_path);
+	if (mm_config_mail_base_check(&cfg, err, sizeof err) < 0) {
+		fprintf(stderr, "mailmesh check-config: %s\n", err);
+		mm_config_free(&cfg);
+		return 2;
+	}
 	printf("ok\n");
 	mm_config_free(&cfg);
 	return 0;

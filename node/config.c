@@ -301,6 +301,7 @@ static void set_mail_location(struct parse_ctx *c, const char *value)
 	mm_mailloc_free(&loc);
 	free(c->cfg->mail_location);
 	c->cfg->mail_location = out;
+	c->cfg->mail_location_line = c->line;
 }
 
 static void set_duration(struct parse_ctx *c, const char *key, const char *value,
@@ -644,6 +645,43 @@ fail:
 	c->dir = NULL;
 	mm_config_free(cfgp);
 	return rc < 0 ? rc : -EINVAL;
+}
+
+int mm_config_mail_base_check(const struct mm_config *cfg, char *err, size_t errlen)
+{
+	struct mm_mailloc *loc = NULL;
+	char base[PATH_MAX], why[512], where[PATH_MAX + 64];
+	if (cfg->mail_location_line)
+		snprintf(where, sizeof where, "%s:%u: mail_location's", cfg->path, cfg->mail_location_line);
+	else
+		snprintf(where, sizeof where, "%s: mail_location is not set, and its default's", cfg->path);
+	int r = mm_mailloc_new(&loc, cfg->mail_location, why, sizeof why);
+	if (r < 0) {
+		snprintf(err, errlen, "%s value is refused: %s", where, why);
+		return r;
+	}
+	r = mm_mailloc_base(loc, base, sizeof base);
+	mm_mailloc_free(&loc);
+	if (r < 0) {
+		snprintf(err, errlen, "%s path is too long", where);
+		return r;
+	}
+	struct stat st;
+	if (stat(base, &st) < 0) {
+		r = -errno;
+		if (r == -ENOENT)
+			snprintf(err, errlen, "%s base directory %s does not exist: set mail_location as Dovecot's, "
+			         "or create the directory (owned by the mail user) if this server has no mail yet; "
+			         "if it is a mount point, mount its disk", where, base);
+		else
+			snprintf(err, errlen, "%s base directory %s cannot be read: %s", where, base, strerror(-r));
+		return r;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen, "%s base %s is not a directory: set mail_location as Dovecot's", where, base);
+		return -ENOTDIR;
+	}
+	return 0;
 }
 
 int mm_config_parse(const char *path, const char *text, size_t len, struct mm_config *cfg_r,

@@ -44,6 +44,7 @@ struct mm_config {
 	char *peers_path;
 	char *mail_location;   /* template as written ([maildir:]PATH[:OPTIONS], %d %n %u %%),
 	                        * a relative PATH made absolute: give it to mm_mailloc_new() */
+	unsigned mail_location_line; /* its line in the config file, for messages */
 	char *state_dir;
 	uint32_t gossip_interval_ms;
 	enum mm_log_level log_level;
@@ -113,6 +114,14 @@ size_t mm_config_restart_keys(const struct mm_config *a, const struct mm_config 
  * mm_config_load().  For tests and for tools that only need the settings. */
 int mm_config_parse(const char *path, const char *text, size_t len, struct mm_config *cfg_r,
                     char *err, size_t errlen);
+
+/* Checks that mail_location's fixed base (the directories before its first variable:
+ * /var/vmail for /var/vmail/%d/%n) is an existing directory.  A typo there, or a disk
+ * not mounted where the base itself is the mount, would otherwise have the daemon
+ * make a tree of its own that Dovecot never reads and fill it with the peers' mail.
+ * Returns 0, or -ENOENT / -ENOTDIR / another negative errno from stat() with one line
+ * "FILE:LINE: what is wrong and what to do" in err. */
+int mm_config_mail_base_check(const struct mm_config *cfg, char *err, size_t errlen);
 
 /* Frees everything a loaded or parsed config owns, wipes the secrets and zeroes *cfg.
  * NULL-safe; safe on a zeroed struct and to call twice. */

@@ -775,6 +775,11 @@ static int daemon_start(struct mm_daemon *d)
 	if ((r = drop_privileges(d)) < 0)
 		return r;
 
+	/* (as the mail user: what it cannot see, the store could not use either) */
+	if ((r = mm_config_mail_base_check(&d->cfg, err, sizeof err)) < 0) {
+		mm_log(MM_LOG_ERROR, "%s", err);
+		return r;
+	}
 	struct mm_store_config sc = {.mail_location = d->cfg.mail_location, .state_dir = d->cfg.state_dir,
 	                             .imap_uids = d->cfg.imap_uids, .max_bytes = d->cfg.state_max_bytes,
 	                             .log = store_log, .log_arg = d};

@@ -64,6 +64,25 @@ void mm_mailloc_free(struct mm_mailloc **locp)
 	*locp = NULL;
 }
 
+int mm_mailloc_base(const struct mm_mailloc *loc, char *buf, size_t buflen)
+{
+	size_t len = 0;
+	for (size_t i = 0; i < loc->n && !loc->comps[i].has_var; i++) {
+		const struct comp *c = &loc->comps[i];
+		if (len + 1 + c->n + 1 > buflen)
+			return -ENAMETOOLONG;
+		buf[len++] = '/';
+		for (size_t j = 0; j < c->n; j++)
+			buf[len++] = c->toks[j].ch;
+	}
+	if (len + 2 > buflen)
+		return -ENAMETOOLONG;
+	if (!len)
+		buf[len++] = '/';
+	buf[len] = '\0';
+	return (int)len;
+}
+
 /* Dovecot's options after the path.  Those that only move Dovecot's own index or
  * change how it lists or names folders leave the files mailmesh reads and writes where
  * it looks for them; the others put INBOX, the folders, dovecot-uidlist,

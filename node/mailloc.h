@@ -28,6 +28,11 @@ struct mm_mailloc;
 int mm_mailloc_new(struct mm_mailloc **loc_r, const char *tmpl, char *err, size_t errlen);
 void mm_mailloc_free(struct mm_mailloc **locp);
 
+/* The template's fixed base: its leading path components that hold no variable
+ * ("/var/vmail" for /var/vmail/%d/%n, "/" for /%d/%n), into buf.  Returns the length
+ * or -ENAMETOOLONG. */
+int mm_mailloc_base(const struct mm_mailloc *loc, char *buf, size_t buflen);
+
 /* Maildir path of `user` ("domain/user" or "user") into buf.  Returns the length,
  * -EINVAL for a name the template cannot hold (empty parts, '/' or NUL inside a part,
  * "." or "..", missing domain when %d is used), or -ENAMETOOLONG. */

@@ -145,12 +145,41 @@ if run 1 "$MAILMESH" reload --config "$C" && has err "the daemon is not running"
 mkdir -p "$T/rel/keys"
 "$MAILMESH" genkey -o "$T/rel/keys/k"
 printf 'r1 [::1]:24050 %s\n' "$("$MAILMESH" pubkey <"$T/rel/keys/k")" >"$T/rel/peers"
-printf 'name = r1\nlisten = [::1]:24050\nprivate_key = keys/k\npeers = peers\nstate_dir = st\n' >"$T/rel/r.conf"
+printf 'name = r1\nlisten = [::1]:24050\nprivate_key = keys/k\npeers = peers\nstate_dir = st\nmail_location = mail/%%d/%%n\n' >"$T/rel/r.conf"
+mkdir -p "$T/rel/mail"
 if (cd / && run 0 "$MAILMESH" check-config -c "$T/rel/r.conf") && has out "[::1]:24050" &&
-   has out "control_socket: $T/rel/st/control.sock" && has out "(plus this node, line 1)"; then
+   has out "control_socket: $T/rel/st/control.sock" && has out "(plus this node, line 1)" &&
+   has out "mail_location:  $T/rel/mail/%d/%n"; then
 	ok "relative paths follow the config file; IPv6 listen"
 else
 	bad "relative paths follow the config file; IPv6 listen"
+fi
+
+# mail_location's fixed base must exist: a typo (or an unmounted disk whose mount point
+# is the base) would have the daemon make a tree Dovecot never reads and fill it with
+# the peers' mail.  check-config and run both refuse, naming the line.
+printf 'name = r1\nlisten = [::1]:24050\nprivate_key = keys/k\npeers = peers\nstate_dir = st\nmail_location = maildir:%s/rel/vmial/%%d/%%n\n' "$T" >"$T/rel/typo.conf"
+if run 2 "$MAILMESH" check-config -c "$T/rel/typo.conf" &&
+   has err "$T/rel/typo.conf:6: mail_location's base directory $T/rel/vmial does not exist"; then
+	ok "check-config: a mail_location whose base does not exist is refused, naming file and line (exit 2)"
+else
+	bad "check-config: a mail_location whose base does not exist is refused, naming file and line (exit 2)"
+fi
+if run 1 timeout 20 "$MAILMESH" run -c "$T/rel/typo.conf" &&
+   has err "$T/rel/typo.conf:6: mail_location's base directory $T/rel/vmial does not exist" &&
+   [ ! -e "$T/rel/vmial" ]; then
+	ok "run: refuses to start with that mail_location, and makes no directory there"
+else
+	bad "run: refuses to start with that mail_location, and makes no directory there (rc $rc)"
+fi
+printf 'name = r1\nlisten = [::1]:24050\nprivate_key = keys/k\npeers = peers\nstate_dir = st\n' >"$T/rel/default.conf"
+if [ ! -e /var/mail/vhosts ]; then
+	if run 2 "$MAILMESH" check-config -c "$T/rel/default.conf" &&
+	   has err "$T/rel/default.conf: mail_location is not set, and its default's base directory /var/mail/vhosts does not exist"; then
+		ok "check-config: mail_location unset and /var/mail/vhosts missing: says so (exit 2)"
+	else
+		bad "check-config: mail_location unset and /var/mail/vhosts missing: says so (exit 2)"
+	fi
 fi
 
 checks_done
