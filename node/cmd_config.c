@@ -78,6 +78,9 @@ int mm_cmd_check_config(int argc, char **argv)
 		fprintf(stderr, "mailmesh check-config: warning: this node's public key %s is not in "
 		                "%s; the other nodes will refuse it until its line is added there\n",
 		        pub, cfg.peers_path);
+	if (cfg.peers->n - (cfg.self != NULL ? 1 : 0) == 0)
+		fprintf(stderr, "mailmesh check-config: warning: %s lists no other node: this one replicates "
+		                "with nobody until their lines (NAME HOST:PORT PUBLIC_KEY) are added\n", cfg.peers_path);
 	if (mm_config_mail_base_check(&cfg, err, sizeof err) < 0) {
 		fprintf(stderr, "mailmesh check-config: %s\n", err);
 		mm_config_free(&cfg);

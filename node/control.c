@@ -368,6 +368,17 @@ static void remove_user(struct ctl_client *c, const char *user, bool apply)
 	struct mm_store_removal rm = {0};
 	int r = mm_store_user_describe(d->store, user, &rm);
 	if (r == -ENOENT) {
+		/* an address as the admin knows it: the state names users DOMAIN/USER */
+		const char *at = strchr(user, '@');
+		char alt[2 * MM_NAME_MAX + 2];
+		struct mm_store_removal rm2 = {0};
+		if (at && at != user && at[1] && !strchr(user, '/') &&
+		    snprintf(alt, sizeof alt, "%s/%.*s", at + 1, (int)(at - user), user) < (int)sizeof alt &&
+		    (r = mm_store_user_describe(d->store, alt, &rm2)) != -ENOENT && r != -ENOMEM) {
+			out_printf(c, "error: this node's state has no user '%s'; the address's user is %s here "
+			           "(mailmesh remove-user %s)\n", user, alt, alt);
+			return;
+		}
 		out_printf(c, "error: this node's state has no user '%s' (mailmesh status lists them, as "
 		           "DOMAIN/USER or USER as mail_location names them)\n", user);
 		return;

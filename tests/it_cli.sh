@@ -149,7 +149,7 @@ printf 'name = r1\nlisten = [::1]:24050\nprivate_key = keys/k\npeers = peers\nst
 mkdir -p "$T/rel/mail"
 if (cd / && run 0 "$MAILMESH" check-config -c "$T/rel/r.conf") && has out "[::1]:24050" &&
    has out "control_socket: $T/rel/st/control.sock" && has out "(plus this node, line 1)" &&
-   has out "mail_location:  $T/rel/mail/%d/%n"; then
+   has out "mail_location:  $T/rel/mail/%d/%n" && has err "lists no other node"; then
 	ok "relative paths follow the config file; IPv6 listen"
 else
 	bad "relative paths follow the config file; IPv6 listen"

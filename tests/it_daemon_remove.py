@@ -62,6 +62,9 @@ def remove_test(t):
         r = mmtest.run([mmtest.MAILMESH, "remove-user", "-c", n1.conf, "example.org/nobody", "--yes"])
         t.check(r.returncode == 1 and "no user 'example.org/nobody'" in r.stdout,
                 "an unknown user: exit 1, said (%d: %s)" % (r.returncode, r.stdout.strip()))
+        r = mmtest.run([mmtest.MAILMESH, "remove-user", "-c", n1.conf, "alice@example.org", "--yes"])
+        t.check(r.returncode == 1 and "the address's user is example.org/alice here" in r.stdout,
+                "an address: exit 1, names the user as the state does (%d: %s)" % (r.returncode, r.stdout.strip()))
         time.sleep(0.5 * mmtest.SLOW)
         t.check(count(n1, ALICE) == 8 and count(n2, ALICE) == 8, "nothing removed yet")
 
