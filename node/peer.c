@@ -13,6 +13,13 @@
  * backoff of up to BACKOFF_MAX_MS, dials at once.  A restarted acceptor is connected
  * again within a round trip.
  *
+ * Before it is authenticated a connection costs little and not for long: it must
+ * complete its handshake within HANDSHAKE_TIMEOUT_MS (either direction), and at most
+ * PENDING_MAX incoming connections wait for their handshake at once; a new one beyond
+ * that closes the oldest.  Without these, a remote that is no peer could hold any
+ * number of idle connections for ever, until the daemon ran out of descriptors for
+ * its peers and its mail files.
+ *
  * Datagrams: 8-byte big-endian sender node id, then the channel's sealed datagram
  * (counter + ChaChaPoly).  The id only picks the session whose keys open it; nothing
  * is trusted before the AEAD check and the replay window.  A knock has its own shape
@@ -47,9 +54,16 @@
 #define BACKOFF_MAX_MS 10000
 #define KNOCK_INTERVAL_MS 1000 /* an acceptor without its dialer knocks this often */
 #define READ_CHUNK (64 * 1024)
+#define HANDSHAKE_TIMEOUT_MS 10000 /* connect + Noise handshake: one round trip of a WAN */
+#define PENDING_MAX 64         /* incoming connections waiting for their handshake: far
+                                * more than peers start at once; an attacker must open
+                                * new ones faster than peers complete theirs */
 
 struct mm_conn {
 	uv_tcp_t tcp;
+	uv_timer_t timer;           /* handshake deadline; stopped once attached */
+	int open;                   /* handles not yet closed (tcp, timer): freed at 0 */
+	bool incoming;              /* accepted, not dialed */
 	struct mm_daemon *d;
 	struct mm_dpeer *peer;      /* dialer: from the start; acceptor: once message 1 passed */
 	struct mm_ch *ch;
@@ -254,6 +268,7 @@ static void conn_attach(struct mm_conn *c)
 	}
 	p->conn = c;
 	c->attached = true;
+	uv_timer_stop(&c->timer);
 	p->state = MM_PEER_ESTABLISHED;
 	p->backoff_ms = BACKOFF_MIN_MS;
 	p->handshake_fails = 0;
@@ -318,6 +333,14 @@ static void ch_accepted(void *arg, const uint8_t pub[32], const uint8_t ts[MM_CH
 
 /* ---- connections --------------------------------------------------------------- */
 
+static void handshake_timeout_cb(uv_timer_t *t)
+{
+	struct mm_conn *c = t->data;
+	if (!c->attached && !c->closing)
+		conn_close(c, 0, "handshake timed out");
+}
+
+/* A new connection, its handshake deadline running. */
 static struct mm_conn *conn_new(struct mm_daemon *d)
 {
 	struct mm_conn *c = calloc(1, sizeof *c);
@@ -329,11 +352,15 @@ static struct mm_conn *conn_new(struct mm_daemon *d)
 		free(c);
 		return NULL;
 	}
-	d->open_handles++;
+	uv_timer_init(&d->loop, &c->timer);
+	d->open_handles += 2;
+	c->open = 2;
 	c->d = d;
 	c->tcp.data = c;
+	c->timer.data = c;
 	c->next = d->conns;
 	d->conns = c;
+	uv_timer_start(&c->timer, handshake_timeout_cb, HANDSHAKE_TIMEOUT_MS, 0);
 	return c;
 }
 
@@ -341,12 +368,14 @@ static void conn_closed_cb(uv_handle_t *h)
 {
 	struct mm_conn *c = h->data;
 	struct mm_daemon *d = c->d;
+	mm_daemon_handle_closed(h);
+	if (--c->open > 0)
+		return;
 	for (struct mm_conn **pp = &d->conns; *pp; pp = &(*pp)->next)
 		if (*pp == c) {
 			*pp = c->next;
 			break;
 		}
-	mm_daemon_handle_closed(h);
 	mm_ch_free(&c->ch);
 	free(c->in);
 	free(c->msg);
@@ -404,6 +433,7 @@ static void conn_close_ex(struct mm_conn *c, int err, const char *why, bool rese
 		mm_log(MM_LOG_DEBUG, "closed %s reason=\"%s%s%s\"", c->what, why, err ? ": " : "",
 		       err ? uv_strerror(err) : "");
 	}
+	uv_close((uv_handle_t *)&c->timer, conn_closed_cb);
 	uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
 }
 
@@ -489,14 +519,41 @@ static int conn_start_channel(struct mm_conn *c, bool initiator)
 	return 0;
 }
 
+/* Makes room for one more incoming connection waiting for its handshake: at
+ * PENDING_MAX, the oldest of them is closed (a peer completes its handshake within a
+ * round trip; the oldest is the likeliest to be idle). */
+static void pending_make_room(struct mm_daemon *d)
+{
+	static uint64_t warned_ms;
+	struct mm_conn *oldest = NULL;
+	size_t n = 0;
+	/* (d->conns is newest first) */
+	for (struct mm_conn *c = d->conns; c; c = c->next)
+		if (c->incoming && !c->attached && !c->closing) {
+			n++;
+			oldest = c;
+		}
+	if (n < PENDING_MAX)
+		return;
+	uint64_t now = mm_daemon_now();
+	if (now - warned_ms >= 60000) {
+		warned_ms = now;
+		mm_log(MM_LOG_WARN, "%d incoming connections without a handshake: closing the oldest (%s); "
+		       "is something flooding the listen port?", PENDING_MAX, oldest->what);
+	}
+	conn_close(oldest, 0, "too many connections without a handshake");
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
 	struct mm_daemon *d = server->data;
 	if (status < 0 || d->stopping)
 		return;
+	pending_make_room(d);
 	struct mm_conn *c = conn_new(d);
 	if (!c)
 		return;
+	c->incoming = true;
 	if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
 		conn_close(c, 0, "accept failed");
 		return;
