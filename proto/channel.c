@@ -430,6 +430,36 @@ int mm_ch_feed(struct mm_ch *ch, const uint8_t *in, size_t len, size_t *consumed
 	return pos == len ? MM_CH_OK : MM_CH_NEED_MORE;
 }
 
+/* Emits a REKEY frame and switches the sending key. */
+static int send_rekey(struct mm_ch *ch, uint64_t now_ms)
+{
+	uint8_t f[1 + MM_NOISE_TAGLEN + 2];
+	uint8_t t = F_REKEY;
+	size_t n;
+	int rc;
+
+	rc = mm_noise_cipher_encrypt(&ch->tx, NULL, 0, &t, 1, f + 2, sizeof f - 2, &n);
+	if (rc < 0)
+		return fail(ch, rc);
+	f[0] = (uint8_t)(n >> 8);
+	f[1] = (uint8_t)n;
+	rc = ch->cfg.io.emit(ch->cfg.io.arg, f, n + 2);
+	if (rc < 0)
+		return fail(ch, rc);
+	mm_noise_cipher_rekey(&ch->tx);
+	ch->stats.rekeys_sent++;
+	ch->tx_bytes = 0;
+	ch->tx_rekey_ms = now_ms;
+	return 0;
+}
+
+int mm_ch_rekey(struct mm_ch *ch, uint64_t now_ms)
+{
+	if (ch->state != MM_CH_ESTABLISHED)
+		return -ENOTCONN;
+	return send_rekey(ch, now_ms);
+}
+
 /* Encrypts sbuf[2..2+plen) (type byte first) in place and emits it; rekeys first when
  * the budget is spent. */
 static int send_frame(struct mm_ch *ch, size_t plen, size_t data_len, uint64_t now_ms)
@@ -438,20 +468,9 @@ static int send_frame(struct mm_ch *ch, size_t plen, size_t data_len, uint64_t n
 	int rc;
 
 	if (ch->tx_bytes >= ch->cfg.rekey_bytes || now_ms - ch->tx_rekey_ms >= ch->cfg.rekey_ms) {
-		uint8_t f[1 + MM_NOISE_TAGLEN + 2];
-		uint8_t t = F_REKEY;
-		rc = mm_noise_cipher_encrypt(&ch->tx, NULL, 0, &t, 1, f + 2, sizeof f - 2, &n);
+		rc = send_rekey(ch, now_ms);
 		if (rc < 0)
-			return fail(ch, rc);
-		f[0] = (uint8_t)(n >> 8);
-		f[1] = (uint8_t)n;
-		rc = ch->cfg.io.emit(ch->cfg.io.arg, f, n + 2);
-		if (rc < 0)
-			return fail(ch, rc);
-		mm_noise_cipher_rekey(&ch->tx);
-		ch->stats.rekeys_sent++;
-		ch->tx_bytes = 0;
-		ch->tx_rekey_ms = now_ms;
+			return rc;
 	}
 	rc = mm_noise_cipher_encrypt(&ch->tx, NULL, 0, ch->sbuf + 2, plen, ch->sbuf + 2,
 	                             MM_NOISE_MAX_MSG, &n);

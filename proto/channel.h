@@ -201,6 +201,16 @@ int mm_ch_send(struct mm_ch *ch, const uint8_t *msg, size_t len, uint64_t now_ms
 int mm_ch_send_begin(struct mm_ch *ch, uint64_t total);
 int mm_ch_send_chunk(struct mm_ch *ch, const uint8_t *data, size_t len, uint64_t now_ms);
 
+/* Sends a REKEY frame now and switches the sending key (as the budget does).  The
+ * initiator calls it right after the handshake, as key confirmation: in IK a message 1
+ * proves only the static key (or is a replay), and psk2 is first checked by whoever
+ * reads a frame sealed with the final keys, so the responder should not let a new
+ * session replace an older one before an authentic transport frame (or datagram)
+ * arrives; this frame arrives one round trip after message 2.  Nodes that do not know
+ * this just rekey.  Returns 0, -ENOTCONN if not ESTABLISHED, or emit's error (then
+ * FAILED). */
+int mm_ch_rekey(struct mm_ch *ch, uint64_t now_ms);
+
 /* The peer's static public key (known from the start for the initiator, from
  * message 1 for the responder), or NULL.  Borrowed. */
 const uint8_t *mm_ch_remote_key(const struct mm_ch *ch);

@@ -399,6 +399,34 @@ static void test_rekey_by_time(void **state)
 	pair_free(&p);
 }
 
+/* The initiator's key confirmation (mm_ch_rekey right after the handshake): the
+ * responder authenticates a transport frame from the initiator (frames_in), rekeys,
+ * and data goes on both ways; before the handshake it is refused. */
+static void test_key_confirmation(void **state)
+{
+	(void)state;
+	struct pair p;
+	pair_init(&p, 0);
+	assert_int_equal(mm_ch_rekey(p.a.ch, p.now), -ENOTCONN);
+	assert_int_equal(mm_ch_state(p.a.ch), MM_CH_START);
+	handshake(&p);
+	assert_true(mm_ch_stats(p.b.ch)->frames_in == 0);
+	assert_int_equal(mm_ch_rekey(p.a.ch, p.now), 0);
+	assert_int_equal(flow(&p.a, &p.b, 3, p.now), MM_CH_OK);
+	assert_true(mm_ch_stats(p.b.ch)->frames_in == 1);
+	assert_true(mm_ch_stats(p.b.ch)->rekeys_received == 1);
+	assert_true(mm_ch_stats(p.a.ch)->rekeys_sent == 1);
+	assert_int_equal(p.b.n_msgs, 0);
+	assert_int_equal(mm_ch_send(p.a.ch, (const uint8_t *)"after", 5, p.now), 0);
+	assert_int_equal(flow(&p.a, &p.b, 0, p.now), MM_CH_OK);
+	assert_int_equal(p.b.n_msgs, 1);
+	assert_memory_equal(p.b.last.d, "after", 5);
+	assert_int_equal(mm_ch_send(p.b.ch, (const uint8_t *)"back", 4, p.now), 0);
+	assert_int_equal(flow(&p.b, &p.a, 0, p.now), MM_CH_OK);
+	assert_int_equal(p.a.n_msgs, 1);
+	pair_free(&p);
+}
+
 static void test_unknown_key_refused(void **state)
 {
 	(void)state;
@@ -929,6 +957,7 @@ int main(void)
 		cmocka_unit_test(test_datagram_replay_window),
 		cmocka_unit_test(test_datagram_tampered_truncated),
 		cmocka_unit_test(test_rekey_by_time),
+		cmocka_unit_test(test_key_confirmation),
 		cmocka_unit_test(test_stream_50mb),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
