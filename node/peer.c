@@ -6,7 +6,15 @@
  * Who dials: of two peers, the one whose public key sorts lower connects and retries
  * with backoff and jitter; the other only accepts.  So a pair never holds two
  * connections, and a restarted dialer reconnects at once.  A new authenticated
- * connection from a peer replaces an older one (the old one is usually dead).
+ * connection from a peer replaces an older one (the old one is usually dead).  An
+ * incoming one counts as authenticated only once a transport frame or a datagram
+ * sealed with its final keys has come (the dialer sends a REKEY frame right after
+ * the handshake for this, mm_ch_rekey): in Noise IK message 1 proves only that its
+ * sender holds the static key, or replays an old one (the timestamps of message 1
+ * are kept in memory only), and the cluster psk is mixed in after it.  Attached at
+ * message 1, a stolen node key without the psk, or a replayed message 1 after a
+ * restart, replaced the peer's live connection with one nobody could use, and for a
+ * peer we dial kept us from dialing it for as long as the intruder held it open.
  *
  * The acceptor knocks (proto/knock.h) on a dialer it has no connection to, at start
  * and then once every KNOCK_INTERVAL_MS: the dialer, which may be waiting out a
@@ -254,12 +262,21 @@ void mm_peers_flush(struct mm_daemon *d)
 	}
 }
 
-/* The connection is authenticated and carries the channel: make it the peer's. */
+/* The connection is authenticated and carries the channel: make it the peer's.  An
+ * incoming connection only once the dialer has sealed something with the session's
+ * keys (see the top of this file); an outgoing one sends that confirmation here. */
 static void conn_attach(struct mm_conn *c)
 {
 	if (c->attached || c->closing || !c->peer)
 		return;
 	struct mm_dpeer *p = c->peer;
+	if (!c->incoming) {
+		int r = mm_ch_rekey(c->ch, mm_daemon_now());
+		if (r < 0) {
+			conn_close(c, 0, "send failed");
+			return;
+		}
+	}
 	if (p->conn && p->conn != c) {
 		struct mm_conn *old = p->conn;
 		old->attached = false;
@@ -287,6 +304,8 @@ static int ch_deliver(void *arg, const struct mm_ch_chunk *k)
 	if (!c->peer)
 		return -EPROTO;
 	conn_attach(c);
+	if (!c->attached)
+		return -ENOTCONN; /* closing (its confirmation could not be sent) */
 	if (k->total > MM_WIRE_MAX)
 		return -EMSGSIZE;
 	if (k->first)
@@ -486,7 +505,10 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		conn_close(c, 0, "oversized frame");
 		return;
 	}
-	if (!c->attached && mm_ch_state(c->ch) == MM_CH_ESTABLISHED && c->peer)
+	/* (an incoming connection: once a transport frame was authentic, frames_in; a
+	 * frame that carried data attached it already, in ch_deliver) */
+	if (!c->attached && mm_ch_state(c->ch) == MM_CH_ESTABLISHED && c->peer &&
+	    (!c->incoming || mm_ch_stats(c->ch)->frames_in > 0))
 		conn_attach(c);
 }
 
@@ -811,13 +833,29 @@ static void udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct s
 	for (int i = 0; i < 8; i++)
 		id = id << 8 | b[i];
 	struct mm_dpeer *p = peer_by_node(d, id);
-	if (!p || !p->conn || !p->conn->ch || mm_ch_state(p->conn->ch) != MM_CH_ESTABLISHED)
+	if (!p)
 		return;
 	static uint8_t plain[65536];
 	size_t len = 0;
-	if (mm_ch_dgram_open(p->conn->ch, b + 8, (size_t)n - 8, plain, sizeof plain, &len) < 0)
+	int r = -ENOTCONN;
+	if (p->conn && p->conn->ch && mm_ch_state(p->conn->ch) == MM_CH_ESTABLISHED)
+		r = mm_ch_dgram_open(p->conn->ch, b + 8, (size_t)n - 8, plain, sizeof plain, &len);
+	if (r == -EBADMSG || r == -ENOTCONN) {
+		/* sealed with the keys of a newer connection of p whose handshake is done: an
+		 * authentic datagram confirms it as a frame would (a dialer of a version
+		 * without mm_ch_rekey sends a DIGEST at once, and a frame only later) */
+		for (struct mm_conn *c = d->conns; c; c = c->next)
+			if (c->peer == p && c->incoming && !c->attached && !c->closing && c->ch &&
+			    mm_ch_state(c->ch) == MM_CH_ESTABLISHED &&
+			    mm_ch_dgram_open(c->ch, b + 8, (size_t)n - 8, plain, sizeof plain, &len) == 0) {
+				conn_attach(c);
+				r = c->attached ? 0 : -ENOTCONN;
+				break;
+			}
+	}
+	if (r < 0)
 		return; /* counted by the channel */
-	int r = mm_sync_recv(p->sync, MM_CHAN_DATAGRAM, plain, len, mm_daemon_now());
+	r = mm_sync_recv(p->sync, MM_CHAN_DATAGRAM, plain, len, mm_daemon_now());
 	if (r < 0)
 		mm_log(MM_LOG_DEBUG, "rejected datagram peer=%s err=%s", p->conf->name, strerror(-r));
 }

@@ -12,12 +12,24 @@ acceptor below; the dialer is the node whose key sorts lower):
    service) left the daemon unable to accept its peers or open a mail file.
 2. While the cap is full, the dialer is restarted: it is connected again at once (the
    oldest unauthenticated connection makes room for its new one).
+3. The cluster has a psk.  A raw Noise message 1 made with the dialer's real private
+   key but without the psk (a stolen node key), sent to the acceptor and held open:
+   the acceptor keeps its live connection to the dialer.  Before, an incoming
+   connection replaced the peer's at message 1, before anything sealed with the psk
+   had come, so such an intruder (or a message 1 replayed after a restart) cut the
+   pair's connection.
 The cluster still converges afterwards.  Prints `N passed, N failed`."""
 import base64
 import os
 import socket
+import struct
 import sys
 import time
+
+from dissononce.dh.x25519.private import PrivateKey
+from dissononce.dh.x25519.public import PublicKey
+from dissononce.dh.x25519.x25519 import X25519DH
+from dissononce.extras.meta.protocol.factory import NoiseProtocolFactory
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmtest  # noqa: E402
@@ -69,6 +81,66 @@ def wait(cond, timeout):
 def pub(node):
     with open(os.path.join(node.dir, "private.key")) as f:
         return base64.b64decode(mmtest.run([mmtest.MAILMESH, "pubkey"], input=f.read()).stdout.strip())
+
+
+def hello(responder_pub, priv):
+    """A Noise IKpsk2 message 1 as a stream frame (payload version 1 + TAI64N, mailmesh's
+    prologue) from static key priv, made with the zero psk."""
+    np = NoiseProtocolFactory().get_noise_protocol("Noise_IKpsk2_25519_ChaChaPoly_BLAKE2b")
+    hs = np.create_handshakestate()
+    kp = X25519DH().generate_keypair(PrivateKey(priv))
+    hs.initialize(np.pattern, True, b"mailmesh channel v1", s=kp, rs=PublicKey(responder_pub), psks=[bytes(32)])
+    now = time.time()
+    buf = bytearray()
+    hs.write_message(b"\x01" + struct.pack(">QI", (1 << 62) + int(now), int((now % 1) * 1e9)), buf)
+    return len(buf).to_bytes(2, "big") + bytes(buf)
+
+
+def peer_field(node, peer, field):
+    st = node.status(quiet=True) or {}
+    for p in st.get("peers", []):
+        if p.get("name") == peer:
+            return p.get(field)
+    return None
+
+
+def stolen_key_test(t, cl):
+    n1, n2 = cl.nodes[0], cl.nodes[1]
+    if pub(n1) < pub(n2):
+        n1, n2 = n2, n1
+    port = BASE + n1.i - 1
+    name2 = "node%d" % n2.i
+    with open(os.path.join(n2.dir, "private.key")) as f:
+        priv2 = base64.b64decode(f.read().strip())
+    t.check(wait(lambda: connected(n1, name2), 10), "the acceptor is connected to the dialer")
+    connects = peer_field(n1, name2, "connects")
+    replaced = n1.log_text(whole=True).count("replaced by a newer connection")
+    s = dial(port)
+    try:
+        s.sendall(hello(pub(n1), priv2))
+        got = b""
+        deadline = time.time() + 3 * mmtest.SLOW
+        while time.time() < deadline:
+            try:
+                b = s.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                time.sleep(0.1)
+                continue
+            except OSError:
+                break
+            if not b:
+                break
+            got += b
+        t.check(len(got) > 2, "control: message 1 with the dialer's key is answered (%d bytes)" % len(got))
+        t.check(connected(n1, name2) and peer_field(n1, name2, "connects") == connects,
+                "the acceptor keeps its connection to the dialer while the intruder holds its own open "
+                "(connects %s -> %s)" % (connects, peer_field(n1, name2, "connects")))
+        t.check(n1.log_text(whole=True).count("replaced by a newer connection") == replaced,
+                "the acceptor replaced no connection")
+    finally:
+        s.close()
+    t.check(wait(lambda: connected(n1, name2) and connected(n2, "node%d" % n1.i), 10),
+            "the two nodes are still connected")
 
 
 def halfopen_test(t, cl):
@@ -128,11 +200,18 @@ def main():
     cl = mmtest.Cluster(2, BASE, name="halfopen")
     ok = False
     try:
+        psk = os.path.join(cl.dir, "cluster.psk")
+        r = mmtest.run([mmtest.MAILMESH, "genkey", "-o", psk])
+        if r.returncode != 0:
+            raise RuntimeError("genkey: %s" % r.stderr)
+        for n in cl.nodes:
+            cl.set_conf(n, "cluster_psk", psk)
         cl.nodes[0].deliver(USER, mmtest.message(1))
         cl.start()
         if t.check(wait(lambda: connected(cl.nodes[0], "node2"), 20) and cl.wait_converged(timeout=60),
                    "the cluster connects and converges"):
             t.run(halfopen_test, cl)
+            t.run(stolen_key_test, cl)
             codes = [n.stop() for n in cl.nodes]
             t.check(codes == [0] * 2, "both daemons stop cleanly on SIGTERM (%s)" % codes)
         ok = True
