@@ -78,6 +78,7 @@ struct mm_conn {
 	bool attached;              /* peer->conn == this and the session is connected */
 	bool closing;
 	bool paused;                /* told the session the send buffer is full */
+	bool hs_timed_out;          /* closed by the handshake deadline */
 	uint8_t *in;                /* stream bytes not yet consumed by the channel */
 	size_t in_len, in_cap;
 	uint8_t *msg;               /* application message being reassembled */
@@ -355,8 +356,10 @@ static void ch_accepted(void *arg, const uint8_t pub[32], const uint8_t ts[MM_CH
 static void handshake_timeout_cb(uv_timer_t *t)
 {
 	struct mm_conn *c = t->data;
-	if (!c->attached && !c->closing)
+	if (!c->attached && !c->closing) {
+		c->hs_timed_out = true;
 		conn_close(c, 0, "handshake timed out");
+	}
 }
 
 /* A new connection, its handshake deadline running. */
@@ -436,7 +439,7 @@ static void conn_close_ex(struct mm_conn *c, int err, const char *why, bool rese
 		 * files that differ.  Neither end says so otherwise (the responder cannot tell
 		 * who sent what it cannot decrypt), so say it here, once per run of failures;
 		 * the second in a row, since one can be a peer that was stopping. */
-		bool hs = p->state == MM_PEER_HANDSHAKE;
+		bool hs = p->state == MM_PEER_HANDSHAKE && !c->hs_timed_out; /* (no answer: not a refusal) */
 		if (hs && ++p->handshake_fails == 2)
 			mm_log(MM_LOG_WARN, "handshake with peer=%s failed (%s%s%s), again: check that its line "
 			       "(%s:%u) has its current public key (`mailmesh pubkey < private.key` there), that "
