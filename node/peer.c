@@ -493,7 +493,9 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	int r = mm_ch_feed(c->ch, c->in, c->in_len, &used, mm_daemon_now());
 	if (r < 0) {
 		const char *why = r == -EACCES ? "unknown key refused"
-		                : r == -EALREADY ? "replayed or old handshake refused"
+		                : r == -EALREADY ? "replayed or old handshake refused (a replay, or the peer's "
+		                                   "clock went back: it is refused until that clock passes the "
+		                                   "time of its last handshake here, or this node restarts)"
 		                : r == -EBADMSG ? "authentication failed"
 		                : "protocol error";
 		if (r == -EACCES || r == -EALREADY)
