@@ -11,6 +11,9 @@
  * tombstone exactly when someone expunged it; no message nobody delivered; every flag,
  * keyword and folder register holds the value of the latest write in the oracle log
  * (by (t, node)); every body present matches its id.
+ * Then a quiet window (SIM_QUIET_ROUNDS gossip intervals, sim_quiet_check): still
+ * converged and settled, no UID register changed, no body still wanted, and (without
+ * the GC) no record changed and no DIGEST found different roots: no livelock.
  * IMAP UIDs (uid.c, unless --no-uids): converged also means settled: every node lists
  * every live message under the state's UID, with the state's UIDVALIDITY, no need
  * above a UID, no other entries; at the end also no UID twice in a listing and every
@@ -529,4 +532,57 @@ bool sim_uids_settled(struct sim *s, bool violations)
 	}
 #undef UID_BAD
 	return ok;
+}
+
+/* ---- after convergence: nothing more happens ------------------------------------------- */
+
+static uint64_t records_changed(struct sim *s)
+{
+	uint64_t changed = 0;
+	for (unsigned i = 0; i < s->n; i++)
+		for (uint32_t j = 0; j < s->nodes[i].npeers; j++)
+			if (s->nodes[i].peers[j].sync)
+				changed += mm_sync_stats(s->nodes[i].peers[j].sync)->records_changed;
+	return changed;
+}
+
+void sim_quiet_begin(struct sim *s)
+{
+	s->quiet_changed = records_changed(s);
+}
+
+void sim_quiet_rounds(struct sim *s)
+{
+	s->quiet_differs = s->differs;
+}
+
+void sim_quiet_check(struct sim *s)
+{
+	uint64_t since = s->now - s->res->converge_ms;
+	/* (the tombstone GC makes new horizons all the time: roots differ until they
+	 * have travelled) */
+	if (!s->cfg.gc_grace_ms && !sim_converged(s)) {
+		sim_violation(s, "converged, and no longer %llu ms later", (unsigned long long)since);
+		sim_explain_divergence(s);
+		return;
+	}
+	if (!s->cfg.gc_grace_ms && s->cfg.uids && !sim_uids_settled(s, true))
+		return;
+	if (s->cfg.uids && s->uid_last_change > s->res->converge_ms)
+		sim_violation(s, "a UID register changed %llu ms after convergence",
+		              (unsigned long long)(s->uid_last_change - s->res->converge_ms));
+	for (unsigned i = 0; i < s->n; i++) {
+		struct mm_fetch_stats fs;
+		mm_fetch_get_stats(s->nodes[i].fetch, &fs);
+		if (fs.wanted)
+			sim_violation(s, "node %u still wants %llu bodies %llu ms after convergence", i,
+			              (unsigned long long)fs.wanted, (unsigned long long)since);
+	}
+	if (s->cfg.gc_grace_ms)
+		return;
+	uint64_t changed = records_changed(s) - s->quiet_changed, differs = s->differs - s->quiet_differs;
+	if (changed || differs)
+		sim_violation(s, "traffic after convergence: %llu records changed, %llu DIGESTs showed "
+		              "different roots, by %llu ms after it", (unsigned long long)changed,
+		              (unsigned long long)differs, (unsigned long long)since);
 }

@@ -23,6 +23,9 @@
 #define SIM_NFOLDERS 5              /* sim_folders[] */
 #define SIM_UID_ROUNDS 3            /* plan rounds per node and pass (uid.c) */
 #define SIM_UID_DELAY_MS 20         /* effects -> UID pass (daemon's COMMIT_DELAY_MS) */
+#define SIM_QUIET_ROUNDS 10         /* gossip intervals after convergence that
+                                     * must be quiet: no record changes, no DIGEST
+                                     * that finds different roots */
 #define SIM_HOLD_MS 10000           /* a held body waits at most this for progress
                                      * (node/store.c HOLD_MS) */
 
@@ -188,6 +191,11 @@ struct sim {
 	char users[SIM_MAX_USERS][64];
 	unsigned nusers;
 	bool faults_on, workload_on, healed, stop;
+	/* after convergence: a quiet window (SIM_QUIET_ROUNDS gossip intervals) that must
+	 * change nothing, then the run stops (check.c sim_quiet_begin / sim_quiet_check) */
+	uint64_t quiet_until;
+	uint64_t quiet_changed, quiet_differs;
+	uint64_t differs;          /* DIGESTs that showed different roots (all sessions) */
 	struct sim_part parts[SIM_MAX_PARTS];
 	struct mm_delta *delta;    /* scratch for local changes */
 	/* oracle */
@@ -341,6 +349,17 @@ void sim_trace(struct sim *s, const char *fmt, ...) __attribute__((format(printf
 bool sim_converged(struct sim *s);
 void sim_check_final(struct sim *s);
 void sim_explain_divergence(struct sim *s);
+/* Converged: notes the records the sessions changed so far (sim_quiet_check
+ * compares)... */
+void sim_quiet_begin(struct sim *s);
+/* ... and, once the DIGEST answers sent before convergence have landed, the DIGESTs
+ * that showed different roots so far. */
+void sim_quiet_rounds(struct sim *s);
+/* End of the quiet window: still converged, UIDs settled and no UID register changed
+ * since convergence, no body still wanted, and (without the tombstone GC, whose
+ * horizons are new records) no record changed since sim_quiet_begin and no DIGEST
+ * showed different roots since sim_quiet_rounds.  A livelock fails here. */
+void sim_quiet_check(struct sim *s);
 void sim_trace_finish(struct sim *s);
 /* IMAP UIDs settled: every node lists every live message it holds under the state's
  * UID, no need above a UID, no entry for anything else.  violations: report the

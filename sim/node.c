@@ -272,6 +272,9 @@ static void sync_event(void *arg, struct mm_sync *ss, const struct mm_sync_event
 	struct sim_node *n = arg;
 	struct sim *s = n->sim;
 	switch (ev->type) {
+	case MM_SYNC_EV_DIFFERS:
+		s->differs++; /* the quiet window after convergence counts them */
+		return;
 	case MM_SYNC_EV_ROUND_DONE:
 		s->res->rounds_done++;
 		if (s->on_round)

@@ -5,7 +5,8 @@
  * phase 1 (cfg.phase_ms): workload and faults; then heal (partitions end, crashed
  * nodes restart, links reconnect, no more loss) and phase 2: check every quarter
  * gossip interval whether the cluster converged; it must within cfg.bound_ms, after
- * which the final invariants run (check.c).  The first violation stops the run.
+ * which the final invariants run (check.c), and then SIM_QUIET_ROUNDS more intervals
+ * must change nothing (check.c sim_quiet_check).  The first violation stops the run.
  * Effects schedule the UID plans of the folders they touched (uid.c, EV_UIDPASS), as
  * the daemon's deferred mirror work at the commit after a batch of effects.
  */
@@ -349,14 +350,35 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 		sim_schedule(s, s->now + s->cfg.gossip_ms / 4, EV_CHECK, 0, 0, 0);
 		return;
 	case EV_CHECK:
-		if (sim_converged(s) && (!s->cfg.uids || sim_uids_settled(s, false))) {
+		if (s->res->converged && !s->quiet_until) {
+			/* DIGEST answers computed before convergence have landed (they may
+			 * still start a round, which finds nothing): from now on, no round */
+			sim_quiet_rounds(s);
+			s->quiet_until = s->now + SIM_QUIET_ROUNDS * (uint64_t)s->cfg.gossip_ms;
+			sim_schedule(s, s->quiet_until, EV_CHECK, 0, 0, 0);
+		} else if (s->res->converged) {
+			/* the quiet window is over */
+			sim_quiet_check(s);
+			s->stop = true;
+		} else if (sim_converged(s) && (!s->cfg.uids || sim_uids_settled(s, false))) {
 			s->res->converged = true;
 			s->res->converge_ms = s->now;
 			s->res->rounds_to_converge =
 			        (s->now - s->res->heal_ms + s->cfg.gossip_ms - 1) / s->cfg.gossip_ms;
 			sim_trace(s, "t=%llu converged", (unsigned long long)s->now);
 			sim_check_final(s);
-			s->stop = true;
+			/* then nothing must happen any more: no round, no record, no body (a
+			 * livelock would go on), and the cluster stays converged */
+			sim_quiet_begin(s);
+			{
+				/* the latest a datagram sent before healing, or before now, lands */
+				const struct sim_config *c = &s->cfg;
+				uint64_t f = c->slow_factor;
+				uint64_t t = s->res->heal_ms + (c->delay_max_ms + c->tail_ms + c->reorder_ms) * f;
+				if (t < s->now + c->delay_max_ms * f)
+					t = s->now + c->delay_max_ms * f;
+				sim_schedule(s, t + 1, EV_CHECK, 0, 0, 0);
+			}
 		} else if (s->now - s->res->heal_ms >= s->cfg.bound_ms) {
 			sim_explain_divergence(s);
 			s->stop = true;
