@@ -265,6 +265,26 @@ static int body_have(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
 	return u >= 0 && body_get(n, (unsigned)u, id) ? 1 : 0;
 }
 
+/* The fetch scheduler's cfg.needed, as node/daemon.c body_needed (the store's
+ * mm_store_body_needed_id): the body is missing here and a live message of the
+ * user's view has it. */
+static bool body_needed(void *arg, const char *user, const uint8_t id[MM_ID_LEN])
+{
+	struct sim_node *n = arg;
+	int u = sim_user_index(n->sim, user);
+	if (u < 0 || body_get(n, (unsigned)u, id))
+		return false;
+	size_t pos = 0;
+	void *val;
+	const uint8_t *k;
+	while ((k = sim_map_next(&n->view, &pos, &val))) {
+		const struct sim_view *v = val;
+		if (k[0] == u && v->state == VIEW_LIVE && memcmp(v->body, id, MM_ID_LEN) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* ---- session events ----------------------------------------------------------------- */
 
 static void sync_event(void *arg, struct mm_sync *ss, const struct mm_sync_event *ev)
@@ -539,7 +559,10 @@ int sim_node_start(struct sim *s, struct sim_node *n)
 		if (rc < 0)
 			return rc;
 	}
-	rc = mm_fetch_new(NULL, &n->fetch);
+	/* as the daemon: a body no live message needs any more is dropped once every
+	 * peer failed it (else one expunged before it arrived is asked for forever) */
+	struct mm_fetch_config fc = { .needed = body_needed, .needed_arg = n };
+	rc = mm_fetch_new(&fc, &n->fetch);
 	if (rc < 0)
 		return rc;
 	/* as the daemon: the election starts over (nothing of it is durable) */
