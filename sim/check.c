@@ -11,7 +11,8 @@
  * tombstone exactly when someone expunged it; no message nobody delivered; every flag,
  * keyword and folder register holds the value of the latest write in the oracle log
  * (by (t, node)); every body present matches its id.
- * Then a quiet window (SIM_QUIET_ROUNDS gossip intervals, sim_quiet_check): still
+ * Then a quiet window (SIM_QUIET_ROUNDS gossip intervals and SIM_QUIET_FETCH_MS,
+ * sim_quiet_check): still
  * converged and settled, no UID register changed, no body still wanted, and (without
  * the GC) no record changed and no DIGEST found different roots: no livelock.
  * IMAP UIDs (uid.c, unless --no-uids): converged also means settled: every node lists

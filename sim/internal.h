@@ -25,7 +25,10 @@
 #define SIM_UID_DELAY_MS 20         /* effects -> UID pass (daemon's COMMIT_DELAY_MS) */
 #define SIM_QUIET_ROUNDS 10         /* gossip intervals after convergence that
                                      * must be quiet: no record changes, no DIGEST
-                                     * that finds different roots */
+                                     * that finds different roots ... */
+#define SIM_QUIET_FETCH_MS 30000     /* ... plus the fetch scheduler's longest backoff
+                                     * (proto/fetch.h backoff_max_ms default): a body
+                                     * whose message was expunged goes at the next try */
 #define SIM_HOLD_MS 10000           /* a held body waits at most this for progress
                                      * (node/store.c HOLD_MS) */
 
@@ -191,8 +194,9 @@ struct sim {
 	char users[SIM_MAX_USERS][64];
 	unsigned nusers;
 	bool faults_on, workload_on, healed, stop;
-	/* after convergence: a quiet window (SIM_QUIET_ROUNDS gossip intervals) that must
-	 * change nothing, then the run stops (check.c sim_quiet_begin / sim_quiet_check) */
+	/* after convergence: a quiet window (SIM_QUIET_ROUNDS gossip intervals and
+	 * SIM_QUIET_FETCH_MS) that must change nothing, then the run stops (check.c
+	 * sim_quiet_begin / sim_quiet_check) */
 	uint64_t quiet_until;
 	uint64_t quiet_changed, quiet_differs;
 	uint64_t differs;          /* DIGESTs that showed different roots (all sessions) */

@@ -6,7 +6,7 @@
  * nodes restart, links reconnect, no more loss) and phase 2: check every quarter
  * gossip interval whether the cluster converged; it must within cfg.bound_ms, after
  * which the final invariants run (check.c), and then SIM_QUIET_ROUNDS more intervals
- * must change nothing (check.c sim_quiet_check).  The first violation stops the run.
+ * and SIM_QUIET_FETCH_MS must change nothing (check.c sim_quiet_check).  The first violation stops the run.
  * Effects schedule the UID plans of the folders they touched (uid.c, EV_UIDPASS), as
  * the daemon's deferred mirror work at the commit after a batch of effects.
  */
@@ -354,7 +354,8 @@ static void dispatch(struct sim *s, struct sim_ev *ev)
 			/* DIGEST answers computed before convergence have landed (they may
 			 * still start a round, which finds nothing): from now on, no round */
 			sim_quiet_rounds(s);
-			s->quiet_until = s->now + SIM_QUIET_ROUNDS * (uint64_t)s->cfg.gossip_ms;
+			s->quiet_until = s->now + SIM_QUIET_ROUNDS * (uint64_t)s->cfg.gossip_ms +
+			                 SIM_QUIET_FETCH_MS;
 			sim_schedule(s, s->quiet_until, EV_CHECK, 0, 0, 0);
 		} else if (s->res->converged) {
 			/* the quiet window is over */
