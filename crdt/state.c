@@ -204,8 +204,16 @@ int mm_state_merge(struct mm_state *s, const char *user, const struct mm_rec *r,
 {
 	if (!s || !user || !*user || mm_rec_validate(r))
 		return -EINVAL;
+	return mm_state_merge_valid(s, user, r, eff, arg);
+}
+
+int mm_state_merge_valid(struct mm_state *s, const char *user, const struct mm_rec *r,
+                         mm_effect_fn *eff, void *arg)
+{
+	if (!s || !user || !*user || !r)
+		return -EINVAL;
 	struct mm_user *u = mm_state_user(s, user, true);
 	if (!u)
 		return -ENOMEM;
-	return mm_user_merge(u, r, eff, arg);
+	return mm_user_merge_valid(u, r, eff, arg);
 }

@@ -1223,6 +1223,13 @@ int mm_user_merge(struct mm_user *u, const struct mm_rec *r, mm_effect_fn *eff, 
 	return merge_rec(u, r, eff, arg);
 }
 
+int mm_user_merge_valid(struct mm_user *u, const struct mm_rec *r, mm_effect_fn *eff, void *arg)
+{
+	if (!u || !r)
+		return -EINVAL;
+	return merge_rec(u, r, eff, arg);
+}
+
 /* ---- queries ------------------------------------------------------------------------------ */
 
 bool mm_user_msg_body(const struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint8_t body_r[MM_ID_LEN])

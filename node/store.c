@@ -6294,7 +6294,8 @@ static int load_rec_cb(void *arg, const void *k, size_t kl, const void *v, size_
 		c->bad++;
 		return 0;
 	}
-	int rr = mm_state_merge(c->s->state, user, &r, NULL, NULL);
+	/* (mm_rec_decode validated it) */
+	int rr = mm_state_merge_valid(c->s->state, user, &r, NULL, NULL);
 	return rr == -ENOMEM ? rr : 0;
 }
 
