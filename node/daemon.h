@@ -171,6 +171,9 @@ struct mm_dpeer *mm_peer_by_sync(struct mm_daemon *d, const struct mm_sync *s);
 /* watch.c */
 int mm_watch_refresh(struct mm_daemon *d);     /* watches every dir the store lists */
 void mm_watch_stop(struct mm_daemon *d);
+/* Drops every watch and the inotify instance and asks for a full scan, whose refresh
+ * watches everything with a new instance: what an error reading the events does. */
+void mm_watch_restart(struct mm_daemon *d);
 void mm_scan_request(struct mm_daemon *d, const char *user, const char *folder);
 void mm_scan_run(struct mm_daemon *d);         /* rescans what is dirty, commits, pushes */
 void mm_scan_forget(struct mm_daemon *d);      /* drops the rescans asked for so far */

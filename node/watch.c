@@ -398,8 +398,11 @@ static void inotify_cb(uv_poll_t *h, int status, int events)
 	struct mm_watchset *ws = h->data;
 	struct mm_daemon *d = h->loop->data;
 	if (status < 0) {
-		mm_log(MM_LOG_WARN, "reading inotify events: %s (rescanning everything)", uv_strerror(status));
-		mm_scan_request(d, NULL, NULL);
+		/* libuv stopped polling the descriptor: without a new instance nothing would
+		 * be seen until a restart but by the periodic rescan */
+		mm_log(MM_LOG_WARN, "reading inotify events: %s (watching anew, rescanning everything)",
+		       uv_strerror(status));
+		mm_watch_restart(d);
 		return;
 	}
 	char buf[65536] __attribute__((aligned(__alignof__(struct inotify_event))));
@@ -408,6 +411,11 @@ static void inotify_cb(uv_poll_t *h, int status, int events)
 		if (n <= 0) {
 			if (n < 0 && errno == EINTR)
 				continue;
+			if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+				mm_log(MM_LOG_WARN, "reading inotify events: %s (watching anew, rescanning "
+				       "everything)", strerror(errno));
+				mm_watch_restart(d);
+			}
 			return;
 		}
 		for (char *p = buf; p < buf + n;) {
@@ -628,19 +636,32 @@ void mm_scan_forget(struct mm_daemon *d)
 	}
 }
 
-void mm_watch_stop(struct mm_daemon *d)
+/* Drops every watch and closes the inotify instance (its descriptor goes in the
+ * close callback); the next mm_watch_refresh makes a new one. */
+static void ws_drop(struct mm_daemon *d)
 {
 	struct mm_watchset *ws = d->ws;
-	if (ws) {
-		d->ws = NULL;
-		while (ws->all) {
-			struct mm_watch *w = ws->all;
-			ws->all = w->next;
-			w->wd = -1; /* (closing the inotify descriptor drops them all) */
-			watch_free(ws, w);
-		}
-		uv_close((uv_handle_t *)&ws->poll, ws_closed_cb);
+	if (!ws)
+		return;
+	d->ws = NULL;
+	while (ws->all) {
+		struct mm_watch *w = ws->all;
+		ws->all = w->next;
+		w->wd = -1; /* (closing the inotify descriptor drops them all) */
+		watch_free(ws, w);
 	}
+	uv_close((uv_handle_t *)&ws->poll, ws_closed_cb);
+}
+
+void mm_watch_restart(struct mm_daemon *d)
+{
+	ws_drop(d);
+	mm_scan_request(d, NULL, NULL); /* (its refresh watches everything anew) */
+}
+
+void mm_watch_stop(struct mm_daemon *d)
+{
+	ws_drop(d);
 	while (d->dirty) {
 		struct mm_dirty *x = d->dirty;
 		d->dirty = x->next;

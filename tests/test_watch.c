@@ -235,6 +235,29 @@ static void test_watch_delivery(void **state)
 	fix_close(&f);
 }
 
+/* An error reading the inotify events (libuv stops polling the descriptor after
+ * one): the watches and the instance are dropped, a full scan is asked for, and its
+ * refresh watches everything with a new instance.  Before, the daemon logged the
+ * error and saw nothing more but by the periodic rescan until it was restarted. */
+static void test_watch_restart(void **state)
+{
+	(void)state;
+	struct fix f;
+	mkmd("%s/mail/ex.org/alice", top);
+	fix_open(&f, "mail/%d/%n");
+	full_scan(&f);
+	assert_true(delivery_seen(&f, "mail/ex.org/alice", "1.M1.x", "ex.org/alice", "INBOX"));
+	settle(&f);
+	mm_watch_restart(f.d);
+	assert_true(mm_scan_requested(f.d, "ex.org/alice", "INBOX")); /* the full scan */
+	settle(&f);
+	/* nothing watched until the scan's refresh (the old instance is gone) */
+	assert_false(delivery_seen(&f, "mail/ex.org/alice", "1.M2.x", "ex.org/alice", "INBOX"));
+	full_scan(&f);
+	assert_true(delivery_seen(&f, "mail/ex.org/alice", "1.M3.x", "ex.org/alice", "INBOX"));
+	fix_close(&f); /* (and no handle left: the old instance's was closed) */
+}
+
 /* A user's Maildir replaced by another under the same name (moved aside, a backup
  * restored): the watches kept by path watched the old directories, so nothing
  * delivered into the new one raised a scan. */
@@ -434,6 +457,7 @@ int main(void)
 	mm_log_set_level(MM_LOG_ERROR);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_watch_delivery, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_watch_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_user_replaced, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_failed_retried, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_folder_made_in_steps, setup, teardown),
