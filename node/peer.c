@@ -79,6 +79,8 @@ struct mm_conn {
 	bool closing;
 	bool paused;                /* told the session the send buffer is full */
 	bool hs_timed_out;          /* closed by the handshake deadline */
+	uint8_t hs_ts[MM_CH_TAI64N_LEN]; /* incoming: message 1's timestamp, the peer's last
+	                                  * once the connection is confirmed */
 	uint8_t *in;                /* stream bytes not yet consumed by the channel */
 	size_t in_len, in_cap;
 	uint8_t *msg;               /* application message being reassembled */
@@ -287,6 +289,8 @@ static void conn_attach(struct mm_conn *c)
 	p->conn = c;
 	c->attached = true;
 	uv_timer_stop(&c->timer);
+	if (c->incoming && memcmp(c->hs_ts, p->last_ts, MM_CH_TAI64N_LEN) > 0) /* (big-endian) */
+		memcpy(p->last_ts, c->hs_ts, MM_CH_TAI64N_LEN);
 	p->state = MM_PEER_ESTABLISHED;
 	p->backoff_ms = BACKOFF_MIN_MS;
 	p->handshake_fails = 0;
@@ -346,7 +350,11 @@ static void ch_accepted(void *arg, const uint8_t pub[32], const uint8_t ts[MM_CH
 	struct mm_dpeer *p = peer_by_key(c->d, pub);
 	if (!p)
 		return;
-	memcpy(p->last_ts, ts, MM_CH_TAI64N_LEN);
+	/* Remembered as the peer's last timestamp only once the connection is confirmed
+	 * (conn_attach): message 1 proves the static key alone, and a stolen key without
+	 * the cluster psk could otherwise set a timestamp far ahead and so lock the real
+	 * peer out until this daemon restarts. */
+	memcpy(c->hs_ts, ts, MM_CH_TAI64N_LEN);
 	c->peer = p;
 	snprintf(c->what, sizeof c->what, "incoming from %s", p->conf->name);
 }

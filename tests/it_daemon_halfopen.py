@@ -83,14 +83,15 @@ def pub(node):
         return base64.b64decode(mmtest.run([mmtest.MAILMESH, "pubkey"], input=f.read()).stdout.strip())
 
 
-def hello(responder_pub, priv):
+def hello(responder_pub, priv, ahead=0):
     """A Noise IKpsk2 message 1 as a stream frame (payload version 1 + TAI64N, mailmesh's
-    prologue) from static key priv, made with the zero psk."""
+    prologue) from static key priv, made with the zero psk; its timestamp `ahead`
+    seconds in the future."""
     np = NoiseProtocolFactory().get_noise_protocol("Noise_IKpsk2_25519_ChaChaPoly_BLAKE2b")
     hs = np.create_handshakestate()
     kp = X25519DH().generate_keypair(PrivateKey(priv))
     hs.initialize(np.pattern, True, b"mailmesh channel v1", s=kp, rs=PublicKey(responder_pub), psks=[bytes(32)])
-    now = time.time()
+    now = time.time() + ahead
     buf = bytearray()
     hs.write_message(b"\x01" + struct.pack(">QI", (1 << 62) + int(now), int((now % 1) * 1e9)), buf)
     return len(buf).to_bytes(2, "big") + bytes(buf)
@@ -141,6 +142,18 @@ def stolen_key_test(t, cl):
         s.close()
     t.check(wait(lambda: connected(n1, name2) and connected(n2, "node%d" % n1.i), 10),
             "the two nodes are still connected")
+    # The same stolen key, a message 1 dated a day ahead: taken as the peer's last
+    # timestamp at once, it refused every real handshake until the acceptor restarted.
+    s = dial(port)
+    try:
+        s.sendall(hello(pub(n1), priv2, ahead=86400))
+        time.sleep(0.5)
+    finally:
+        s.close()
+    t.check(n2.stop() == 0, "the dialer stops")
+    n2.start()
+    t.check(wait(lambda: connected(n1, name2) and connected(n2, "node%d" % n1.i), 10),
+            "after a stolen-key message 1 dated a day ahead, the restarted dialer is connected again")
 
 
 def halfopen_test(t, cl):
