@@ -51,8 +51,15 @@ def wrongkey_test(t):
         shared = os.path.join(cl.dir, "peers")
         with open(shared) as f:
             text = f.read()
-        other = mmtest.run([mmtest.MAILMESH, "genkey"]).stdout.strip()
-        other_pub = mmtest.run([mmtest.MAILMESH, "pubkey"], input=other + "\n").stdout.strip()
+        # The wrong key must sort above the dialer's, as the real one does: the dialer
+        # decides from the keys it has whether it dials (the lower key dials), and with
+        # a wrong key below its own neither node would dial (the test failed so about
+        # half of its runs).
+        while True:
+            other = mmtest.run([mmtest.MAILMESH, "genkey"]).stdout.strip()
+            other_pub = mmtest.run([mmtest.MAILMESH, "pubkey"], input=other + "\n").stdout.strip()
+            if base64.b64decode(other_pub) > dialer.public_key():
+                break
         own = os.path.join(cl.dir, "peers.dialer")
         with open(own, "w") as f:
             f.write(text.replace(base64.b64encode(dialed.public_key()).decode(), other_pub))
