@@ -52,6 +52,8 @@ struct mm_dpeer {
 	uint8_t knock_key[32];             /* proto/knock.h: this pair's wake-up key */
 	bool knock_ok;                     /* the key could be derived */
 	bool future_horizon_logged;        /* its tombstone horizon ahead of our clock: said once */
+	bool foreign_id_logged;            /* a knock from its address with another id: said
+	                                    * once per connection */
 	unsigned handshake_fails;          /* our dials it answered and then closed before the
 	                                    * handshake completed, since the last connection */
 	uint64_t knock_ts;                 /* newest knock timestamp taken from it */

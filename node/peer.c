@@ -294,6 +294,7 @@ static void conn_attach(struct mm_conn *c)
 	p->state = MM_PEER_ESTABLISHED;
 	p->backoff_ms = BACKOFF_MIN_MS;
 	p->handshake_fails = 0;
+	p->foreign_id_logged = false;
 	p->connects++;
 	p->connected_since_ms = mm_daemon_now();
 	mm_log(MM_LOG_INFO, "connected peer=%s via=%s", p->conf->name, c->what);
@@ -811,11 +812,50 @@ static void udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	*buf = uv_buf_init((char *)slab, sizeof slab);
 }
 
+static bool sockaddr_same(const struct sockaddr *a, const struct sockaddr_storage *b)
+{
+	if (a->sa_family != b->ss_family)
+		return false;
+	if (a->sa_family == AF_INET) {
+		const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+	}
+	if (a->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
+		return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr);
+	}
+	return false;
+}
+
+/* A knock whose node id is no peer's, from the address of a listed peer: the key
+ * that line has is not the one that node runs with, which then never dials us (its
+ * view of which of the two dials may differ from ours) and whose handshakes we could
+ * not have answered.  The only trace of a wrong key on a node that does not dial:
+ * said once per connection.  (Unauthenticated: at worst a forged packet makes this
+ * warning appear once; nothing else follows from it.) */
+static void knock_foreign(struct mm_daemon *d, const struct sockaddr *from)
+{
+	for (size_t i = 0; from && i < d->n_peers; i++) {
+		struct mm_dpeer *p = d->peers[i];
+		if (!p->udp_addr_ok || p->conn || p->foreign_id_logged || !sockaddr_same(from, &p->udp_addr))
+			continue;
+		p->foreign_id_logged = true;
+		mm_log(MM_LOG_WARN, "peer=%s knocks from its address with another key than its line (%s:%u) "
+		       "has: check that line against its current public key (`mailmesh pubkey < "
+		       "private.key` there)", p->conf->name, d->cfg.peers_path, p->conf->line);
+		return;
+	}
+}
+
 /* A knock from an acceptor we dial: dial now instead of at the end of the backoff. */
-static void knock_recv(struct mm_daemon *d, uint64_t id, const uint8_t *b, size_t n)
+static void knock_recv(struct mm_daemon *d, uint64_t id, const uint8_t *b, size_t n, const struct sockaddr *from)
 {
 	struct mm_dpeer *p = peer_by_node(d, id);
-	if (!p || !p->dialer || !p->knock_ok)
+	if (!p) {
+		knock_foreign(d, from);
+		return;
+	}
+	if (!p->dialer || !p->knock_ok)
 		return;
 	uint64_t ts;
 	if (mm_knock_open(p->knock_key, b, n, p->knock_ts, mm_daemon_now(), &ts) < 0)
@@ -833,14 +873,13 @@ static void knock_recv(struct mm_daemon *d, uint64_t id, const uint8_t *b, size_
 static void udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct sockaddr *from,
                      unsigned flags)
 {
-	(void)from;
 	struct mm_daemon *d = u->data;
 	if (n <= 8 || (flags & UV_UDP_PARTIAL) || d->stopping)
 		return;
 	const uint8_t *b = (const uint8_t *)buf->base;
 	uint64_t id = 0;
 	if (mm_knock_is(b, (size_t)n, &id)) {
-		knock_recv(d, id, b, (size_t)n);
+		knock_recv(d, id, b, (size_t)n, from);
 		return;
 	}
 	for (int i = 0; i < 8; i++)

@@ -9,7 +9,10 @@ A 2-node cluster at log_level = info:
    the dialer logs `warn handshake with peer=NODE failed ...` naming that line, and
    the two stay disconnected;
 2. the right key is put back and the dialer reloads: they connect;
-3. the dialer gets a cluster_psk the other lacks (a restart): the same warning.
+3. the dialer gets a cluster_psk the other lacks (a restart): the same warning;
+4. the dialer's line for the other holds a key that sorts below its own: each node
+   then waits to be dialed and no handshake fails; the dialer logs `warn peer=NODE
+   knocks from its address with another key than its line (...)`.
 Prints `N passed, N failed`."""
 import base64
 import os
@@ -91,6 +94,35 @@ def wrongkey_test(t):
         dialer.start()
         t.check(wait_for(lambda: want.search(dialer.log_text(whole=True)[before:]), 10),
                 "a cluster_psk on one side only: the same warning")
+        t.check(not connected(dialer), "and it is not connected")
+        for n in (dialer, dialed):
+            t.check(n.stop() == 0, "node%d stops cleanly" % n.i)
+
+        # A wrong key that sorts below the node's own: then that node waits to be
+        # dialed, and the other, which has the right keys, does too (each decides
+        # from the keys it has), so no handshake ever fails.  The only trace is the
+        # other's knocks, which come from the listed address with an id that line's
+        # key does not give.
+        with open(dialer.conf) as f:
+            conf = [l for l in f if l.split("=")[0].strip() != "cluster_psk"]
+        with open(dialer.conf, "w") as f:
+            f.writelines(conf)
+        while True:
+            low = mmtest.run([mmtest.MAILMESH, "genkey"]).stdout.strip()
+            low_pub = mmtest.run([mmtest.MAILMESH, "pubkey"], input=low + "\n").stdout.strip()
+            if base64.b64decode(low_pub) < dialer.public_key():
+                break
+        own2 = os.path.join(cl.dir, "peers.low")
+        with open(own2, "w") as f:
+            f.write(text.replace(base64.b64encode(dialed.public_key()).decode(), low_pub))
+        cl.set_conf(dialer, "peers", own2)
+        before = len(dialer.log_text(whole=True))
+        dialed.start()
+        dialer.start()
+        knock = re.compile(r" warn peer=node%d knocks from its address with another key than its line \(%s:%d\)"
+                           % (dialed.i, re.escape(own2), line))
+        t.check(wait_for(lambda: knock.search(dialer.log_text(whole=True)[before:]), 10),
+                "a wrong key below the node's own (neither dials): its peer's knocks are reported, naming the line")
         t.check(not connected(dialer), "and it is not connected")
         for n in (dialer, dialed):
             t.check(n.stop() == 0, "node%d stops cleanly" % n.i)
