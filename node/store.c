@@ -239,6 +239,10 @@ struct folder {
 	uint64_t root_id; /* INBOX: the user's Maildir's dir_identity() when last scanned (0 = unknown) */
 	struct mm_md_keywords kw;
 	uint32_t miss_n;  /* messages of this folder whose body is missing here */
+	/* its tmp/ was looked at (or is queued to be, on tmp_queue) for bodies a previous
+	 * run left there (recover_folder_tmp): once per run, when it first misses a body */
+	bool tmp_looked;
+	struct folder *tmp_next; /* on s->tmp_queue */
 	uint32_t batch_n; /* place_list's scratch: bodies of this folder in the batch */
 	bool batch_next;  /* ... and one of them carries the folder's NEXTUID */
 	uint64_t deferred_since; /* first scan that left it for Dovecot to number (0 = none) */
@@ -394,6 +398,9 @@ struct mm_store {
 	bool in_commit;
 	bool placing;                /* a placement job is out (mm_store_place_begin) */
 	bool loading;                /* mm_store_open is reading the database */
+	struct folder *tmp_queue;    /* folders whose tmp/ recover_tmp_queued looks at next */
+	struct timespec opened;      /* CLOCK_REALTIME_COARSE at mm_store_open: a tmp/ file
+	                              * changed since is this run's (recover_folder_tmp) */
 	bool materializing;          /* fidx_take: an entry comes from the database */
 	size_t file_cache;           /* mm_store_set_file_cache */
 	bool trust_dirs;             /* first scan after open: skip folders whose dir_sig held */
@@ -684,8 +691,18 @@ static void set_missing(struct mm_store *s, const char *user, const uint8_t key[
 		memcpy(m->body, body, MM_ID_LEN);
 		struct user *u = folder ? user_get(s, user, true) : NULL;
 		m->fo = u ? folder_get(s, u, folder, true) : NULL;
-		if (m->fo)
+		if (m->fo) {
 			m->fo->miss_n++;
+			if (!m->fo->tmp_looked) {
+				/* a body a previous run left in its tmp/ may be this one: the start
+				 * looked only in folders missing bodies then, and a body staged
+				 * before its record was ever committed (a kill before the flush)
+				 * has a record the restarted node learns only now */
+				m->fo->tmp_looked = true;
+				m->fo->tmp_next = s->tmp_queue;
+				s->tmp_queue = m->fo;
+			}
+		}
 		size_t bl = k_ub(kb, user, body, MM_ID_LEN);
 		m->bnext = hm_get(&s->missing_body, kb, bl);
 		if (hm_put(&s->missing, k, kl, m) < 0 || hm_put(&s->missing_body, kb, bl, m) < 0) {
@@ -2278,6 +2295,7 @@ static void assign_done(struct mm_store *s, struct folder *fo, struct assign *as
 }
 
 static int commit_batch(struct mm_store *s);
+static void recover_tmp_queued(struct mm_store *s, bool running);
 
 /* The scan found, under a new name, a message the index knows as `old` in the same
  * folder: a re-file under a new UID (link, then unlink of the old name) or a rename
@@ -4347,6 +4365,12 @@ int mm_store_body_stage(struct mm_body_writer **wp)
 		return r;
 	char k[KBUF];
 	size_t kl = k_ub(k, w->user, w->key, MM_KEY_LEN);
+	if (staged_get(s, w->user, w->key)) {
+		/* staged already: a body taken back from tmp/ (recover_tmp_queued) while a
+		 * fetch of it was under way; two in the batch would place it twice */
+		writer_free(wp, true);
+		return 0;
+	}
 	if (hm_put(&s->staged_keys, k, kl, w) < 0) {
 		writer_free(wp, true);
 		return -ENOMEM;
@@ -6213,6 +6237,8 @@ int mm_store_commit(struct mm_store *s)
 		mm_delta_clear(s->commit_out);
 	mirror_deferred(s);
 	int r = commit_batch(s);
+	if (r == 0 && s->tmp_queue && !s->loading)
+		recover_tmp_queued(s, true); /* (their records are durable now) */
 	/* Placing a body queues local copies for the other messages with the same bytes
 	 * (a COPY into another folder): their source file exists only now, so go round
 	 * again rather than leave them for a commit that a quiet node may not make soon
@@ -6394,9 +6420,10 @@ static int miss_user_cb(void *arg, struct mm_user *u)
  * it had just arrived (placed at the next flush, in UID order) instead of being
  * fetched again; ours that no longer serve are removed.  Other files (Dovecot's, a
  * folder being assembled) are left alone.  Returns the number of bodies recovered. */
-static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct folder *fo)
+static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct folder *fo, bool running)
 {
-	char dir[PATHBUF];
+	char dir[PATHBUF], mine[32];
+	snprintf(mine, sizeof mine, "P%ld.mm_", (long)getpid());
 	if (snprintf(dir, sizeof dir, "%s/tmp", fo->dir) >= (int)sizeof dir)
 		return 0;
 	DIR *d = opendir(dir);
@@ -6416,6 +6443,17 @@ static size_t recover_folder_tmp(struct mm_store *s, struct user *u, struct fold
 		char path[PATHBUF];
 		if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path)
 			continue;
+		if (running) {
+			/* after the start, tmp/ also holds this run's files: bodies being
+			 * written, staged, held for UID order (also under a name a previous
+			 * run gave, place_finish's listed names).  Only files older than this
+			 * run, not named by this process, are a previous run's. */
+			struct stat ts;
+			if (strstr(de->d_name, mine) || lstat(path, &ts) < 0 ||
+			    ts.st_ctim.tv_sec > s->opened.tv_sec ||
+			    (ts.st_ctim.tv_sec == s->opened.tv_sec && ts.st_ctim.tv_nsec >= s->opened.tv_nsec))
+				continue;
+		}
 		struct mm_user *mu = mm_state_user(s->state, u->name, false);
 		const struct mm_rec *r = mu ? mm_user_get(mu, key) : NULL;
 		char k[KBUF];
@@ -6513,23 +6551,38 @@ static int listed_cb(void *arg, uint32_t uid, const char *base, size_t len)
 	return 0;
 }
 
-static void recover_tmp(struct mm_store *s)
+/* The tmp/ of each folder queued by set_missing since the last call: at the start,
+ * every folder missing bodies; later, a folder that misses a body for the first time
+ * in this run.  That second look is for bodies a run killed before its flush staged
+ * with records it had not committed: the restarted node knows neither record nor
+ * missing body at its start, and without it fetched the body again and left the old
+ * file in tmp/ (Dovecot removes it after 36 hours; found by it_daemon_torture, test_store
+ * test_crash_staged_before_records_durable). */
+static void recover_tmp_queued(struct mm_store *s, bool running)
 {
 	size_t got = 0;
-	for (struct user *u = s->users; u; u = u->next) {
-		spares_recover(u);
-		for (struct folder *fo = u->folders; fo; fo = fo->unext)
-			if (fo->miss_n) {
-				if (s->imap_uids) {
-					struct listed_ctx c = {s, u->name};
-					mm_md_uidlist_read(fo->dir, listed_cb, &c);
-				}
-				got += recover_folder_tmp(s, u, fo);
-			}
+	struct folder *fo;
+	while ((fo = s->tmp_queue) != NULL) {
+		s->tmp_queue = fo->tmp_next;
+		fo->tmp_next = NULL;
+		if (!fo->miss_n)
+			continue; /* placed meanwhile: nothing of a previous run is wanted */
+		if (s->imap_uids && !running) {
+			struct listed_ctx c = {s, fo->u->name};
+			mm_md_uidlist_read(fo->dir, listed_cb, &c);
+		}
+		got += recover_folder_tmp(s, fo->u, fo, running);
 	}
 	if (got)
 		logmsg(s, MM_STORE_LOG_INFO, "%zu bodies recovered from tmp/ (left by the last run), not fetched again",
 		       got);
+}
+
+static void recover_tmp(struct mm_store *s)
+{
+	for (struct user *u = s->users; u; u = u->next)
+		spares_recover(u);
+	recover_tmp_queued(s, false);
 }
 
 int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
@@ -6558,6 +6611,7 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 	s->log_arg = cfg->log_arg;
 	s->max_skew_ms = 10 * 60 * 1000;
 	s->staged_tail = &s->staged;
+	clock_gettime(CLOCK_REALTIME_COARSE, &s->opened);
 	s->trust_dirs = true;
 	s->new_folder_wait_ms = 1000;
 	s->scan_commit_files = SCAN_COMMIT_FILES;
