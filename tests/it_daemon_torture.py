@@ -28,8 +28,12 @@ body, identical Maildirs, quiet for 2 s) each node must hold:
   (checked against every earlier iteration of the run).
 
 Every operation is logged with its time (seconds since the start of the run) in the
-op log; on a failure the log and the nodes' logs are kept (MM_TORTURE_KEEP=DIR, or a
-directory named in the output) so the run can be read back and replayed by seed.
+op log, one JSON line each; on a failure its last 40 lines are printed, and with
+MM_TORTURE_KEEP=DIR the whole op log and the nodes' logs are copied to DIR.  Nothing
+else is left behind (daemons stopped, temp directories removed, also on a failure).
+The workload is drawn from the seed, but what it acts on depends on what the daemons
+did meanwhile (timing): a seed replays the same kind of run, not the same one; the op
+log says what happened, in order, to the millisecond.
 
 Default (CI, `make test`): seed 1, 2 iterations of 6 s, about 35 s in all.  Long runs:
     MM_TORTURE_SEED=7 MM_TORTURE_ITERS=50 MM_TORTURE_SECS=20 \
@@ -42,7 +46,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -386,8 +389,14 @@ class Torture:
     def close(self, failed):
         self.oplog.close()
         keep = os.environ.get("MM_TORTURE_KEEP")
-        if failed:
-            dest = keep or tempfile.mkdtemp(prefix="mailmesh-torture-fail-")
+        if failed and not keep:
+            with open(os.path.join(self.cl.dir, "ops.log")) as f:
+                ops = f.readlines()
+            print("last operations of seed %d (MM_TORTURE_KEEP=DIR keeps the whole op log and the node logs):" %
+                  self.seed)
+            sys.stdout.writelines("  " + line for line in ops[-40:])
+        if failed and keep:
+            dest = keep
             os.makedirs(dest, exist_ok=True)
             shutil.copy(os.path.join(self.cl.dir, "ops.log"), os.path.join(dest, "seed%d-ops.log" % self.seed))
             for n in self.cl.nodes:
