@@ -183,6 +183,7 @@ class Torture:
                 letters ^= {c}
         if with_keyword:
             kw = self.rnd.choice(KEYWORDS)
+            self.clear_dead_lock(node, user, folder)
             letter = node.add_keyword(user, folder, kw)
             kwmap[letter] = kw
             letters ^= {letter}
@@ -207,6 +208,28 @@ class Torture:
             m["flags"].setdefault(k, []).append((now, node.i, v))
         self.log("flags", node=node.i, sha=h, old=name, new=new, changed=changed)
         return node
+
+    def clear_dead_lock(self, node, user, folder):
+        """A dovecot-uidlist.lock a killed daemon left ("PID:HOSTNAME" of a process that
+        is gone) is stale at once for Dovecot (and for mailmesh): removed as Dovecot's
+        dotlock code does (mmtest's add_keyword, standing for Dovecot, only waits)."""
+        lock = os.path.join(node.maildir(user, folder), "dovecot-uidlist.lock")
+        try:
+            with open(lock) as f:
+                pid = int(f.read().split(":")[0])
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass
+            self.log("dead-lock-removed", node=node.i, user=user, folder=folder, pid=pid,
+                     running=node.proc is not None)
+        except OSError:
+            pass
 
     def expunge(self, node):
         p = self.pick_file(node)
