@@ -2546,7 +2546,24 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 					fe = fent_add(s, fo, base, name, in_cur, key, rec->msg.body, n.letters);
 					if (fe) {
 						set_missing(s, fo->u->name, key, NULL, NULL, false);
-						sync_file_flags(s, fe, rec);
+						/* It was placed with the record's letters (what the
+						 * record said at the last commit, which came before
+						 * the placement).  Other letters are a rename made
+						 * here since, by a client while the daemon was down:
+						 * a local change, taken in as for a known file.
+						 * Renaming it back to the record's lost it on every
+						 * node (it_daemon_torture).  (A remote change renamed
+						 * in after the placement and lost with it is taken in
+						 * too: the same values, stamped again.) */
+						uint64_t placed = wanted_letters(s, fo, rec, n.letters & ~MM_MD_KW_MASK);
+						if (placed != n.letters) {
+							mark_file(s, fo, base);
+							uint64_t un = local_letters(s, mu, fe, placed, n.letters, &kw_loaded);
+							fe->letters = (n.letters & ~un) | (placed & un);
+						}
+						rec = mm_user_get(mu, key); /* (local_letters rewrote it) */
+						if (rec && rec->type == MM_REC_MESSAGE)
+							sync_file_flags(s, fe, rec);
 					}
 					continue;
 				}

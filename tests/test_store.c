@@ -831,6 +831,47 @@ static void test_flags_changed_while_down(void **state)
 	node_close(&b);
 }
 
+/* The same kill -9 (bodies placed, their file index not committed), and while the node
+ * is down a client on it (Dovecot still serves the Maildir) flags one of the placed
+ * files.  At the restart the scan links the files by their keys; the one whose letters
+ * are not the record's was renamed by the client since the placement: a local change,
+ * kept and sent to the peers.  It used to be renamed back to the record's letters, the
+ * client's \Seen lost on every node (found by it_daemon_torture). */
+static void test_flags_changed_here_while_down(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = three_merged(&a, &b);
+	struct xfer x = {&a, &b, 0, 0};
+	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
+	node_close(&b); /* kill -9: index not committed */
+	const char *f = find(&b, "INBOX", "1600000001.");
+	assert_non_null(f);
+	rename_to(f, "S");
+	node_open(&b, "b", 2);
+	mm_delta_clear(d);
+	assert_int_equal(scan(&b, d), 1); /* the client's \Seen */
+	f = find(&b, "INBOX", "1600000001.");
+	assert_non_null(f);
+	assert_string_equal(strrchr(f, ':'), ":2,S");
+	assert_true(mm_store_merge_delta(a.s, d) >= 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	f = find(&a, "INBOX", "1700000001.");
+	assert_non_null(f);
+	assert_string_equal(strrchr(f, ':'), ":2,S");
+	assert_same_listing(&a, &b);
+	/* and a restart sees nothing more to do */
+	node_close(&b);
+	node_open(&b, "b", 2);
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_same_listing(&a, &b);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 /* ---- a user's Maildir gone and back (store.c user_present) ----------------------- */
 
 static int tomb_cb(void *arg, const struct mm_rec *r)
@@ -4844,6 +4885,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_adopt_seeded_copy_uids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_adopt_dsync_replica, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flags_changed_while_down, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flags_changed_here_while_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_gone_while_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_made_again_while_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_away_and_back, setup, teardown),
