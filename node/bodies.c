@@ -281,8 +281,11 @@ static void place_done(uv_work_t *req, int status)
 			       "rescan finds the files", d->cfg.state_dir);
 		return;
 	}
-	if (r > 0)
+	if (r > 0) {
+		if (!d->placed_uncommitted)
+			d->placed_since_ms = mm_daemon_now();
 		d->placed_uncommitted += (size_t)r;
+	}
 	/* a UID pass that a commit left to this job's uidlist lock (or to Dovecot's) is
 	 * retried as any pass left to a lock is (mm_store_take_lock_waits) */
 	mm_watch_lock_waits(d);
@@ -292,11 +295,16 @@ static void place_done(uv_work_t *req, int status)
 }
 
 /* While bodies stream in, the placed files' index entries wait for the stream's end
- * (or PLACED_COMMIT_MAX of them): a commit's fdatasync blocks the loop (63 ms over a
- * 5,000-message join, measured), and the index is a cache that the rescan after a
- * crash rebuilds by key.  Local copies of placed bodies and held bodies' release
- * wait with it; records are committed before their bodies are placed, as always. */
+ * (or PLACED_COMMIT_MAX of them, or PLACED_COMMIT_MS after the first): a commit's
+ * fdatasync blocks the loop (63 ms over a 5,000-message join, measured), and the
+ * index is a cache that the rescan after a crash rebuilds by key.  Local copies of
+ * placed bodies and held bodies' release wait with it; records are committed before
+ * their bodies are placed, as always.  The time bound is for what the rescan cannot
+ * tell: a file a client removes after its placement, before a crash that lost the
+ * placement's entry, looks like one whose placement failed, and is fetched again
+ * (docs/maildir.md, Known limits); a long join kept that window open for minutes. */
 #define PLACED_COMMIT_MAX 20000
+#define PLACED_COMMIT_MS 2000
 
 /* Bodies are on their way: being fetched or written out. */
 static bool bodies_coming(struct mm_daemon *d)
@@ -313,7 +321,8 @@ static bool streaming(struct mm_daemon *d)
 
 void mm_bodies_commit_check(struct mm_daemon *d)
 {
-	if (d->placed_uncommitted && (d->placed_uncommitted >= PLACED_COMMIT_MAX || !streaming(d)))
+	if (d->placed_uncommitted && (d->placed_uncommitted >= PLACED_COMMIT_MAX || !streaming(d) ||
+	                              mm_daemon_now() - d->placed_since_ms >= PLACED_COMMIT_MS))
 		mm_daemon_commit_soon(d);
 }
 

@@ -103,6 +103,7 @@ struct mm_daemon {
 	uv_timer_t gather_timer;           /* places gathered bodies when their wait is over */
 	unsigned write_jobs;               /* bodies being written out on the thread pool */
 	size_t placed_uncommitted;         /* files placed whose index entries wait for a commit */
+	uint64_t placed_since_ms;          /* when the first of them was placed */
 	uint64_t write_bytes;              /* and their bytes (bodies.c) */
 	int settle_left;
 	uv_signal_t sigterm, sigint;
