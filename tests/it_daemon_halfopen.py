@@ -65,17 +65,10 @@ def closed_by_peer(s):
 
 
 def connected(node, peer):
-    st = node.status(quiet=True) or {}
-    return any(p.get("name") == peer and p.get("connected") for p in st.get("peers", []))
+    return node.connected(peer)
 
 
-def wait(cond, timeout):
-    deadline = time.time() + timeout * mmtest.SLOW
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return cond()
+wait = mmtest.wait_for
 
 
 def pub(node):

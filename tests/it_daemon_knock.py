@@ -22,8 +22,7 @@ WITHIN = 1.0  # seconds; the knock takes a round trip, the backoff it replaces s
 
 
 def connected(node):
-    st = node.status(quiet=True)
-    return bool(st) and all(p.get("connected") for p in st.get("peers", []))
+    return node.connected()
 
 
 def wait_connected(nodes, timeout):

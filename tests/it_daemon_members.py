@@ -49,13 +49,7 @@ def peer_names(node):
 
 
 def wait_for(what, timeout=15):
-    deadline = time.time() + timeout * mmtest.SLOW
-    while time.time() < deadline:
-        v = what()
-        if v:
-            return v
-        time.sleep(0.1)
-    return what()
+    return mmtest.wait_for(what, timeout, 0.1)
 
 
 def all_connected(node, names):

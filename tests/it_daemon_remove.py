@@ -30,13 +30,7 @@ def count(node, user):
     return len(node.files(user)) + len(node.files(user, "Archive"))
 
 
-def wait_for(cond, timeout=30):
-    deadline = time.time() + timeout * mmtest.SLOW
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return cond()
+wait_for = mmtest.wait_for
 
 
 def remove_test(t):

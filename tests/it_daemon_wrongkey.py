@@ -18,7 +18,6 @@ import base64
 import os
 import re
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmtest  # noqa: E402
@@ -26,18 +25,11 @@ import mmtest  # noqa: E402
 BASE = int(os.environ.get("MM_TEST_BASE_PORT", "22200"))
 
 
-def wait_for(pred, timeout):
-    deadline = time.monotonic() + timeout * mmtest.SLOW
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+wait_for = mmtest.wait_for
 
 
 def connected(node):
-    st = node.status(quiet=True)
-    return bool(st) and all(p.get("connected") for p in st.get("peers", []))
+    return node.connected()
 
 
 def wrongkey_test(t):

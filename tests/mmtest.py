@@ -157,6 +157,17 @@ class Node:
         except OSError:
             return ""
 
+    def connected(self, peer=None):
+        """Whether the daemon answers and shows peer `peer` (a name) connected, or with
+        peer None every peer it has."""
+        st = self.status(quiet=True)
+        if not st:
+            return False
+        ps = st.get("peers", [])
+        if peer is not None:
+            return any(p.get("name") == peer and p.get("connected") for p in ps)
+        return all(p.get("connected") for p in ps)
+
     def public_key(self):
         """The node's public key, raw: of two peers, the lower one dials (node/peer.c)."""
         r = run([MAILMESH, "pubkey"], input=open(os.path.join(self.dir, "private.key")).read())
@@ -605,6 +616,18 @@ class Dovecot:
                % (self.user, subject, subject, os.getpid(), body))
         with smtplib.LMTP("127.0.0.1", self.lmtp_port) as s:
             s.sendmail("bob@example.net", [self.user], msg.encode())
+
+
+def wait_for(cond, timeout=30, step=0.05):
+    """Calls cond() until it returns a true value or timeout seconds (times SLOW) have
+    passed; returns that value, or cond()'s last one."""
+    deadline = time.monotonic() + timeout * SLOW
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    return cond()
 
 
 def wait_port(port):

@@ -2448,6 +2448,23 @@ static void test_place_async_uids(void **state)
 	node_close(&b);
 }
 
+/* A child process stages b's missing bodies (from a) and exits without placing
+ * them: what a kill -9 right after staging leaves (n bodies staged, in tmp/). */
+static void stage_and_die(struct node *a, struct node *b, int n)
+{
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct xfer x = {a, b, 0, 0};
+		int r = mm_store_missing(b->s, stage_cb, &x);
+		_exit(r == 0 && x.n == n && mm_store_staged_count(b->s) == (size_t)n ? 0 : 1);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* kill -9 between the LMDB commit and the renames of a batch: the records are durable,
  * the bodies only in tmp/.  After the restart the messages are missing (fetched again),
  * the tmp/ leftovers are not taken for messages, and once the bodies come again each
@@ -2460,18 +2477,7 @@ static void test_crash_between_commit_and_rename(void **state)
 	assert_int_equal(mm_store_commit(b.s), 0); /* the batch's LMDB commit */
 	uint8_t r1[MM_HASH_LEN], r2[MM_HASH_LEN];
 	mm_state_root(b.st, r1);
-	fflush(NULL);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		/* the process that dies: stages the batch and is gone before placing it */
-		struct xfer x = {&a, &b, 0, 0};
-		int r = mm_store_missing(b.s, stage_cb, &x);
-		_exit(r == 0 && x.n == 3 && mm_store_staged_count(b.s) == 3 ? 0 : 1);
-	}
-	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	stage_and_die(&a, &b, 3); /* stages the batch and is gone before placing it */
 	node_close(&b);
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 3); /* what the crash left */
 	/* beside them: a copy of one of ours cut short by the crash, and Dovecot's own */
@@ -2543,18 +2549,7 @@ static void test_crash_staged_before_records_durable(void **state)
 	(void)state;
 	struct node a = {0}, b = {0};
 	struct mm_delta *d = three_merged(&a, &b); /* merged, not committed */
-	fflush(NULL);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		/* the process that dies: stages the bodies and is gone before any commit */
-		struct xfer x = {&a, &b, 0, 0};
-		int r = mm_store_missing(b.s, stage_cb, &x);
-		_exit(r == 0 && x.n == 3 && mm_store_staged_count(b.s) == 3 ? 0 : 1);
-	}
-	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	stage_and_die(&a, &b, 3); /* stages the bodies and is gone before any commit */
 	node_close(&b); /* (no commit: the parent never made one either) */
 	assert_int_equal(count_files(&b, "INBOX", "tmp"), 3); /* what the crash left */
 	usleep(20000); /* (a restart takes longer than a tick of the files' ctime clock) */
