@@ -798,6 +798,20 @@ static void test_stage_flush(void **state)
 	node_close(&b);
 }
 
+/* Merges three of a's messages into b, places their bodies and "kill -9"s b: its
+ * records are durable (the flush committed them), the placements' file index entries
+ * are not.  Returns the merged delta (the caller's). */
+static struct mm_delta *placed_then_killed(struct node *a, struct node *b)
+{
+	struct mm_delta *d = three_merged(a, b);
+	struct xfer x = {a, b, 0, 0};
+	assert_int_equal(mm_store_missing(b->s, stage_cb, &x), 0);
+	assert_int_equal(mm_store_flush(b->s), 0);
+	assert_int_equal(count_files(b, "INBOX", "new"), 3);
+	node_close(b); /* kill -9: index not committed */
+	return d;
+}
+
 /* A kill -9 after the flush placed three bodies but before their file index was
  * committed; while the node is down two of them get flags elsewhere.  At the restart
  * the scan links the files by their keys, and the merge that follows renames them: no
@@ -807,12 +821,7 @@ static void test_flags_changed_while_down(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	struct mm_delta *d = three_merged(&a, &b);
-	struct xfer x = {&a, &b, 0, 0};
-	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
-	assert_int_equal(mm_store_flush(b.s), 0);
-	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
-	node_close(&b); /* kill -9: index not committed */
+	struct mm_delta *d = placed_then_killed(&a, &b);
 	rename_to(find(&a, "INBOX", "1700000000.M1P1"), "FS");
 	rename_to(find(&a, "INBOX", "1700000001.M1P1"), "S");
 	mm_delta_clear(d);
@@ -841,12 +850,7 @@ static void test_flags_changed_here_while_down(void **state)
 {
 	(void)state;
 	struct node a = {0}, b = {0};
-	struct mm_delta *d = three_merged(&a, &b);
-	struct xfer x = {&a, &b, 0, 0};
-	assert_int_equal(mm_store_missing(b.s, stage_cb, &x), 0);
-	assert_int_equal(mm_store_flush(b.s), 0);
-	assert_int_equal(count_files(&b, "INBOX", "new"), 3);
-	node_close(&b); /* kill -9: index not committed */
+	struct mm_delta *d = placed_then_killed(&a, &b);
 	const char *f = find(&b, "INBOX", "1600000001.");
 	assert_non_null(f);
 	rename_to(f, "S");
