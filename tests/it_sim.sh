@@ -33,7 +33,8 @@ if [ ! -x "$SIM" ]; then
 fi
 
 if [ "${SANITIZE:-0}" = 1 ]; then
-	SWEEP=300; BIG_PHASE=4000; GC_SWEEP=100; GC_CRASH_SEEDS=10
+	# (ASan's part is memory errors in the same code the plain run sweeps wider)
+	SWEEP=120; BIG_PHASE=2000; GC_SWEEP=40; GC_CRASH_SEEDS=6
 else
 	SWEEP=500; BIG_PHASE=20000; GC_SWEEP=300; GC_CRASH_SEEDS=40
 fi
