@@ -89,6 +89,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libmmnode.a $(BUILD)/libmm.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA_LIBS) -lm
 
+# test_wipe looks into every block our code frees (tests/test_wipe.c): its free() goes
+# through __wrap_free first.
+$(BUILD)/tests/test_wipe: ALL_LDFLAGS += -Wl,--wrap=free
+
 # Tools used by test scripts: tests/tool_foo.c -> build/tests/foo
 $(BUILD)/tests/%: $(BUILD)/obj/tests/tool_%.o $(BUILD)/libmmnode.a $(BUILD)/libmm.a
 	@mkdir -p $(dir $@)

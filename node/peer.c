@@ -85,6 +85,7 @@ struct mm_conn {
 	size_t in_len, in_cap;
 	uint8_t *msg;               /* application message being reassembled */
 	size_t msg_len;
+	size_t msg_used;            /* bytes of msg that ever held one: wiped at the end */
 	uint8_t *out;               /* sealed bytes not yet handed to libuv (see ch_emit) */
 	size_t out_len, out_cap;
 	uint64_t handed;            /* bytes handed to libuv in all (conn_flush) */
@@ -326,6 +327,8 @@ static int ch_deliver(void *arg, const struct mm_ch_chunk *k)
 	}
 	memcpy(c->msg + c->msg_len, k->data, k->len);
 	c->msg_len += k->len;
+	if (c->msg_len > c->msg_used)
+		c->msg_used = c->msg_len;
 	if (k->last) {
 		int r = mm_sync_recv(c->peer->sync, MM_CHAN_STREAM, c->msg, c->msg_len, mm_daemon_now());
 		if (r < 0)
@@ -408,7 +411,11 @@ static void conn_closed_cb(uv_handle_t *h)
 			break;
 		}
 	mm_ch_free(&c->ch);
-	free(c->in);
+	free(c->in);  /* (sealed bytes only, as out) */
+	/* the reassembled messages were mail (records, bodies): not handed back to the
+	 * allocator as they are, and only the bytes ever used wiped (most connections
+	 * never reassemble: every message fits one frame) */
+	sodium_memzero(c->msg, c->msg_used);
 	free(c->msg);
 	free(c->out);
 	free(c);
@@ -908,6 +915,8 @@ static void udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct s
 	if (r < 0)
 		return; /* counted by the channel */
 	r = mm_sync_recv(p->sync, MM_CHAN_DATAGRAM, plain, len, mm_daemon_now());
+	/* (a digest: no mail, but decrypted, and a few dozen bytes: not left lying) */
+	sodium_memzero(plain, len);
 	if (r < 0)
 		mm_log(MM_LOG_DEBUG, "rejected datagram peer=%s err=%s", p->conf->name, strerror(-r));
 }

@@ -100,6 +100,7 @@ struct mm_ch {
 	int recv_open;
 	struct mm_ch_stats stats;
 	uint8_t *sbuf; /* send frame: 2 + MM_NOISE_MAX_MSG */
+	size_t sbuf_used; /* bytes of sbuf that ever held plaintext (see mm_ch_free) */
 	uint8_t *rbuf; /* received plaintext: MM_NOISE_MAX_MSG */
 	size_t rbuf_used; /* bytes of rbuf ever written (at most the largest frame fed) */
 };
@@ -174,7 +175,13 @@ void mm_ch_free(struct mm_ch **chp)
 	struct mm_ch *ch = chp ? *chp : NULL;
 	if (!ch)
 		return;
-	free(ch->sbuf);
+	if (ch->sbuf) {
+		/* frames are encrypted in place, but a send that failed before its frame was
+		 * sealed (the rekey frame due before it could not be emitted, the nonce ran
+		 * out) left its plaintext here; as for rbuf, only the bytes ever used */
+		sodium_memzero(ch->sbuf, ch->sbuf_used);
+		free(ch->sbuf);
+	}
 	if (ch->rbuf) {
 		/* only what was written holds secrets: wiping (touching) all 64 KiB of a
 		 * channel that only saw small frames would cost a page fault per 4 KiB */
@@ -525,6 +532,8 @@ int mm_ch_send_chunk(struct mm_ch *ch, const uint8_t *data, size_t len, uint64_t
 		room = PLAIN_MAX - hdr;
 		take = len < room ? len : room;
 		memcpy(p + hdr, data, take);
+		if (2 + hdr + take > ch->sbuf_used)
+			ch->sbuf_used = 2 + hdr + take;
 		rc = send_frame(ch, hdr + take, take, now_ms);
 		if (rc < 0)
 			return rc;
