@@ -614,7 +614,7 @@ int mm_ch_dgram_open(struct mm_ch *ch, const uint8_t *in, size_t len, uint8_t *o
 
 	if (ch->state != MM_CH_ESTABLISHED)
 		return -ENOTCONN;
-	if (len < MM_CH_DGRAM_OVERHEAD || len > 8 + MM_NOISE_MAX_MSG) {
+	if (len < MM_CH_DGRAM_OVERHEAD || len > MM_CH_DGRAM_MAX) {
 		ch->stats.dgram_truncated++;
 		return -EBADMSG;
 	}

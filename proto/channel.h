@@ -88,7 +88,15 @@ uint64_t mm_node_id(const uint8_t pub[32]);
 #define MM_CH_TAI64N_LEN 12
 #define MM_CH_FRAME_MAX (2 + MM_NOISE_MAX_MSG)            /* bytes of one stream frame */
 #define MM_CH_DGRAM_OVERHEAD (8 + MM_NOISE_TAGLEN)         /* counter + tag */
-#define MM_CH_DGRAM_MAX_PLAIN (MM_NOISE_MAX_MSG - MM_NOISE_TAGLEN)
+/* The largest UDP payload over IPv4: 65535 less the IP (20) and UDP (8) headers; IPv6
+ * allows 65527, so this one holds on both.  A datagram on the wire is the sender's
+ * node id (MM_CH_DGRAM_PREFIX bytes, put there by node/peer.c) and then the sealed
+ * datagram, so the channel seals at most MM_CH_DGRAM_MAX bytes.  (It was once the
+ * Noise message limit, 65535 + 8: a datagram no socket could send.) */
+#define MM_CH_UDP_MAX 65507
+#define MM_CH_DGRAM_PREFIX 8
+#define MM_CH_DGRAM_MAX (MM_CH_UDP_MAX - MM_CH_DGRAM_PREFIX)              /* 65499 */
+#define MM_CH_DGRAM_MAX_PLAIN (MM_CH_DGRAM_MAX - MM_CH_DGRAM_OVERHEAD)    /* 65475 */
 #define MM_CH_REKEY_BYTES_DEFAULT (1ULL << 30)
 #define MM_CH_REKEY_MS_DEFAULT 120000ULL
 #define MM_CH_REPLAY_BITS 8192
@@ -220,15 +228,17 @@ const uint8_t *mm_ch_handshake_hash(const struct mm_ch *ch);
 
 const struct mm_ch_stats *mm_ch_stats(const struct mm_ch *ch);
 
-/* Seals one datagram: writes len + MM_CH_DGRAM_OVERHEAD bytes to out (cap bytes).
- * Returns 0 and sets *outlen_r, -ENOTCONN if not ESTABLISHED, -EMSGSIZE if len >
- * MM_CH_DGRAM_MAX_PLAIN or out is too small, -EOVERFLOW if the counter is exhausted. */
+/* Seals one datagram: writes len + MM_CH_DGRAM_OVERHEAD bytes (at most
+ * MM_CH_DGRAM_MAX) to out (cap bytes).  Returns 0 and sets *outlen_r, -ENOTCONN if not
+ * ESTABLISHED, -EMSGSIZE if len > MM_CH_DGRAM_MAX_PLAIN or out is too small (no
+ * counter spent), -EOVERFLOW if the counter is exhausted. */
 int mm_ch_dgram_seal(struct mm_ch *ch, const uint8_t *msg, size_t len, uint8_t *out,
                      size_t cap, size_t *outlen_r);
 
 /* Opens one received datagram into out (cap bytes; len - MM_CH_DGRAM_OVERHEAD
  * needed).  Returns 0 and sets *outlen_r, or drops it, counts it and returns:
- * -EBADMSG truncated (dgram_truncated) or failing authentication (dgram_tampered),
+ * -EBADMSG shorter than MM_CH_DGRAM_OVERHEAD or longer than MM_CH_DGRAM_MAX
+ * (dgram_truncated: no sender of ours makes it) or failing authentication (dgram_tampered),
  * -EALREADY already received (dgram_replayed), -ESTALE older than the window
  * (dgram_too_old), -ENOTCONN if not ESTABLISHED, -EMSGSIZE if out is too small.
  * The window moves only for authentic datagrams; the channel state never changes. */

@@ -268,7 +268,7 @@ int sim_chan_dgram_send(struct sim_peer *p, const uint8_t *msg, size_t len)
 {
 	struct sim_node *a = p->owner;
 	struct sim *s = a->sim;
-	if (!p->ch || !p->attached || len > MM_CH_DGRAM_MAX_PLAIN - 8)
+	if (!p->ch || !p->attached || len > MM_CH_DGRAM_MAX_PLAIN)
 		return 0; /* as the daemon: no connection, no datagram */
 	uint64_t id = a->id;
 	for (int i = 0; i < 8; i++)

@@ -11,6 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cmocka.h>
 #include <sodium.h>
 
@@ -846,6 +851,63 @@ static void test_datagram_tampered_truncated(void **state)
 	pair_free(&p);
 }
 
+/* The largest datagram the channel seals, with the node id the daemon puts before it,
+ * is one UDP can carry over IPv4 (65,507 bytes of payload): sent through a real
+ * loopback socket it arrives whole and opens.  One byte more is refused before
+ * sealing (no counter spent), and the receiver drops anything longer. */
+static void test_datagram_size_limit(void **state)
+{
+	(void)state;
+	struct pair p;
+	size_t max = MM_CH_DGRAM_MAX_PLAIN, len = 0, n = 0;
+	uint8_t *msg = malloc(max + 1), *pkt = malloc(MM_CH_DGRAM_PREFIX + max + 64),
+	        *got = malloc(70000), *pt = malloc(70000);
+	assert_true(msg && pkt && got && pt);
+	det_bytes(msg, max + 1, 9);
+	pair_init(&p, 0);
+	handshake(&p);
+	assert_int_equal(MM_CH_DGRAM_PREFIX + MM_CH_DGRAM_MAX, 65507);
+	assert_int_equal(mm_ch_dgram_seal(p.a.ch, msg, max + 1, pkt + MM_CH_DGRAM_PREFIX,
+	                                  max + 64, &len), -EMSGSIZE);
+	assert_int_equal(mm_ch_dgram_seal(p.a.ch, msg, max, pkt + MM_CH_DGRAM_PREFIX, max + 64, &len), 0);
+	assert_int_equal(len, MM_CH_DGRAM_MAX);
+	memset(pkt, 0x42, MM_CH_DGRAM_PREFIX);
+
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	assert_true(fd >= 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof sa;
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+	ssize_t sent = sendto(fd, pkt, MM_CH_DGRAM_PREFIX + len, 0, (struct sockaddr *)&sa, sizeof sa);
+	assert_int_equal(sent, (ssize_t)(MM_CH_DGRAM_PREFIX + len));
+	ssize_t r = recv(fd, got, 70000, 0);
+	assert_int_equal(r, sent);
+	/* one byte more than UDP carries over IPv4 is refused by the kernel: the limit is
+	 * the real one, not one below it */
+	assert_int_equal(sendto(fd, pkt, 65508, 0, (struct sockaddr *)&sa, sizeof sa), -1);
+	close(fd);
+
+	assert_int_equal(mm_ch_dgram_open(p.b.ch, got + MM_CH_DGRAM_PREFIX, (size_t)r - MM_CH_DGRAM_PREFIX,
+	                                  pt, 70000, &n), 0);
+	assert_int_equal(n, max);
+	assert_memory_equal(pt, msg, max);
+	/* the refused seal spent no counter: the next datagram is counter 1 */
+	assert_int_equal(mm_ch_dgram_seal(p.a.ch, msg, 10, pkt, 64, &len), 0);
+	assert_int_equal(pkt[7], 1);
+	/* longer than any datagram we send: dropped as malformed before any crypto */
+	const struct mm_ch_stats *s = mm_ch_stats(p.b.ch);
+	uint64_t truncated = s->dgram_truncated;
+	memset(got, 0, 70000);
+	assert_int_equal(mm_ch_dgram_open(p.b.ch, got, MM_CH_DGRAM_MAX + 1, pt, 70000, &n), -EBADMSG);
+	assert_int_equal(s->dgram_truncated, truncated + 1);
+	free(msg);
+	free(pkt);
+	free(got);
+	free(pt);
+	pair_free(&p);
+}
+
 static void test_tai64n(void **state)
 {
 	(void)state;
@@ -956,6 +1018,7 @@ int main(void)
 		cmocka_unit_test(test_truncated_stream),
 		cmocka_unit_test(test_datagram_replay_window),
 		cmocka_unit_test(test_datagram_tampered_truncated),
+		cmocka_unit_test(test_datagram_size_limit),
 		cmocka_unit_test(test_rekey_by_time),
 		cmocka_unit_test(test_key_confirmation),
 		cmocka_unit_test(test_stream_50mb),
