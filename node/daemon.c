@@ -284,8 +284,9 @@ static bool stale_texts(struct mm_daemon *d, char ago[32], char max[32])
 	return true;
 }
 
-/* The state database's keys of a peer's times: "seen:", "synced:", "known:", "bound:" or "members:" and its
- * public key, so renaming it in the peers file keeps them. */
+/* The state database's keys of a peer's times: "seen:", "synced:", "known:", "bound:", "members:" or "hs:"
+ * and its public key, so renaming it in the peers file keeps them (and a new key starts
+ * with no handshake timestamp). */
 #define PEER_KEY_MAX (8 + 64 + 1) /* (the longest word has 7 letters and its colon) */
 static void peer_key(const struct mm_dpeer *p, const char *what, char key[PEER_KEY_MAX])
 {
@@ -326,6 +327,24 @@ void mm_daemon_peer_times_load(struct mm_daemon *d, struct mm_dpeer *p)
 	peer_time_load(d, p, "known", &p->gc.known_ms);
 	peer_time_load(d, p, "bound", &p->gc.bound_ms);
 	peer_time_load(d, p, "members", &p->gc.members);
+	/* The newest handshake timestamp taken from it before the restart: a message 1
+	 * recorded earlier is then refused at once, not answered (docs/protocol.md,
+	 * "Handshake").  Unless it is ahead of our clock by more than max_skew: a peer whose
+	 * clock ran ahead and was set back, or a stolen key and psk that dated a
+	 * confirmed handshake far ahead, would otherwise be refused until its clock
+	 * passed that time, and restarting this node, which ended such a lockout before
+	 * the timestamp was kept, would no longer help.  So a kept lockout lasts at most
+	 * max_skew (60 s by default) after a restart. */
+	uint64_t hs_ms = 0;
+	peer_time_load(d, p, "hs", &hs_ms);
+	memset(p->last_ts, 0, sizeof p->last_ts);
+	if (hs_ms && hs_ms <= mm_daemon_now() + d->cfg.max_skew_ms)
+		mm_ch_tai64n(hs_ms, p->last_ts);
+	else if (hs_ms)
+		mm_log(MM_LOG_WARN, "peer %s: its last handshake here is dated %llu s ahead of this node's clock, "
+		       "more than max_skew: not kept (check both nodes' time sync)", p->conf->name,
+		       (unsigned long long)((hs_ms - mm_daemon_now()) / 1000));
+	p->saved_hs_ms = hs_ms;
 	p->saved_seen_ms = p->seen_ms;
 	p->saved_synced_ms = p->gc.synced_ms;
 	p->saved_bound_ms = p->gc.bound_ms;
@@ -367,6 +386,19 @@ void mm_daemon_peer_times_save(struct mm_daemon *d, struct mm_dpeer *p)
 	peer_key(p, "members", key);
 	if (p->gc.members != p->saved_members && mm_store_meta_set(d->store, key, p->gc.members) == 0)
 		p->saved_members = p->gc.members;
+}
+
+void mm_daemon_peer_hs_save(struct mm_daemon *d, struct mm_dpeer *p)
+{
+	uint64_t ms = mm_ch_tai64n_ms(p->last_ts);
+	char key[PEER_KEY_MAX];
+	if (!d->store || ms <= p->saved_hs_ms)
+		return;
+	peer_key(p, "hs", key);
+	if (mm_store_meta_set(d->store, key, ms) == 0) {
+		p->saved_hs_ms = ms;
+		mm_daemon_commit_soon(d); /* (one commit per confirmed incoming connection) */
+	}
 }
 
 static void peers_synced_save(struct mm_daemon *d)

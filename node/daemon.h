@@ -44,7 +44,9 @@ struct mm_dpeer {
 	bool dialer;                       /* we connect to it (our key sorts lower) */
 	uv_timer_t retry;                  /* reconnect with backoff and jitter */
 	uint32_t backoff_ms;
-	uint8_t last_ts[MM_CH_TAI64N_LEN]; /* newest handshake timestamp accepted from it */
+	uint8_t last_ts[MM_CH_TAI64N_LEN]; /* newest handshake timestamp accepted from it
+	                                    * (kept in the state database: "hs:") */
+	uint64_t saved_hs_ms;              /* last_ts as last handed to the database (ms) */
 	struct sockaddr_storage udp_addr;  /* where its datagrams go (resolved) */
 	bool udp_addr_ok;
 	uint64_t connected_since_ms;
@@ -142,6 +144,10 @@ uint64_t mm_daemon_now(void);
  * forgets p). */
 void mm_daemon_peer_times_load(struct mm_daemon *d, struct mm_dpeer *p);
 void mm_daemon_peer_times_save(struct mm_daemon *d, struct mm_dpeer *p);
+/* p->last_ts has a newer handshake timestamp: written to the state database at once
+ * (mm_daemon_commit_soon), so that a message 1 recorded before a restart is refused
+ * after it too (mm_daemon_peer_times_load reads it back). */
+void mm_daemon_peer_hs_save(struct mm_daemon *d, struct mm_dpeer *p);
 
 /* When the peer was last in sync with this node (wall ms, 0 = never), this run or
  * before: what the tombstone GC waits for (daemon.c gc_cb). */

@@ -10,8 +10,9 @@
  * incoming one counts as authenticated only once a transport frame or a datagram
  * sealed with its final keys has come (the dialer sends a REKEY frame right after
  * the handshake for this, mm_ch_rekey): in Noise IK message 1 proves only that its
- * sender holds the static key, or replays an old one (the timestamps of message 1
- * are kept in memory only), and the cluster psk is mixed in after it.  Attached at
+ * sender holds the static key (a replayed one is refused by its timestamp, which the
+ * state database keeps across restarts, but one recorded just before a crash may
+ * pass), and the cluster psk is mixed in after it.  Attached at
  * message 1, a stolen node key without the psk, or a replayed message 1 after a
  * restart, replaced the peer's live connection with one nobody could use, and for a
  * peer we dial kept us from dialing it for as long as the intruder held it open.
@@ -290,8 +291,10 @@ static void conn_attach(struct mm_conn *c)
 	p->conn = c;
 	c->attached = true;
 	uv_timer_stop(&c->timer);
-	if (c->incoming && memcmp(c->hs_ts, p->last_ts, MM_CH_TAI64N_LEN) > 0) /* (big-endian) */
+	if (c->incoming && memcmp(c->hs_ts, p->last_ts, MM_CH_TAI64N_LEN) > 0) { /* (big-endian) */
 		memcpy(p->last_ts, c->hs_ts, MM_CH_TAI64N_LEN);
+		mm_daemon_peer_hs_save(c->d, p);
+	}
 	p->state = MM_PEER_ESTABLISHED;
 	p->backoff_ms = BACKOFF_MIN_MS;
 	p->handshake_fails = 0;

@@ -115,6 +115,23 @@ void mm_ch_tai64n(uint64_t now_ms, uint8_t out_r[MM_CH_TAI64N_LEN])
 		out_r[8 + i] = (uint8_t)(nanos >> (24 - 8 * i));
 }
 
+uint64_t mm_ch_tai64n_ms(const uint8_t ts[MM_CH_TAI64N_LEN])
+{
+	uint64_t secs = 0;
+	uint32_t nanos = 0;
+	for (int i = 0; i < 8; i++)
+		secs = secs << 8 | ts[i];
+	for (int i = 0; i < 4; i++)
+		nanos = nanos << 8 | ts[8 + i];
+	if (secs < (1ULL << 62) || nanos >= 1000000000u)
+		return 0;
+	secs -= 1ULL << 62;
+	uint64_t ms = nanos / 1000000u + (nanos % 1000000u != 0);
+	if (secs > (UINT64_MAX - ms) / 1000)
+		return 0;
+	return secs * 1000 + ms;
+}
+
 int mm_ch_new(struct mm_ch **ch_r, const struct mm_ch_config *cfg)
 {
 	static const uint8_t zero_psk[32];

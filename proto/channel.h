@@ -248,4 +248,10 @@ int mm_ch_dgram_open(struct mm_ch *ch, const uint8_t *in, size_t len, uint8_t *o
 /* TAI64N label (12 bytes) of a time in milliseconds since the unix epoch. */
 void mm_ch_tai64n(uint64_t now_ms, uint8_t out_r[MM_CH_TAI64N_LEN]);
 
+/* The time of a TAI64N label in milliseconds since the unix epoch, rounded up, so that
+ * mm_ch_tai64n() of it is never older than the label (a label of ours, made from
+ * milliseconds, comes back exactly).  0 for a label before the epoch or beyond what 64
+ * bits of milliseconds hold: a caller keeping it then keeps nothing. */
+uint64_t mm_ch_tai64n_ms(const uint8_t ts[MM_CH_TAI64N_LEN]);
+
 #endif

@@ -921,6 +921,28 @@ static void test_tai64n(void **state)
 	assert_true(memcmp(t, u, 12) < 0);
 }
 
+/* TAI64N back to milliseconds (what the daemon keeps of a peer's last handshake):
+ * exact for a label of ours, rounded up otherwise, 0 when out of range. */
+static void test_tai64n_ms(void **state)
+{
+	(void)state;
+	uint8_t ts[MM_CH_TAI64N_LEN];
+	for (uint64_t ms = 0; ms < 4000000000000ULL; ms = ms * 3 + 7) {
+		mm_ch_tai64n(ms, ts);
+		assert_true(mm_ch_tai64n_ms(ts) == ms);
+	}
+	mm_ch_tai64n(1700000000123ULL, ts);
+	ts[11] ^= 1; /* 123 ms and 1 ns (nanos 123000001) */
+	assert_true(mm_ch_tai64n_ms(ts) == 1700000000124ULL);
+	uint8_t back[MM_CH_TAI64N_LEN];
+	mm_ch_tai64n(mm_ch_tai64n_ms(ts), back);
+	assert_true(memcmp(back, ts, sizeof ts) > 0); /* never older than the label */
+	memset(ts, 0, sizeof ts); /* before 1970 */
+	assert_true(mm_ch_tai64n_ms(ts) == 0);
+	memset(ts, 0xff, sizeof ts); /* nanos >= 10^9, and too far ahead */
+	assert_true(mm_ch_tai64n_ms(ts) == 0);
+}
+
 /* RFC 7748 section 6.1: Alice's key pair. */
 static void test_key_public_rfc7748(void **state)
 {
@@ -1006,6 +1028,7 @@ int main(void)
 		cmocka_unit_test(test_key_base64_rejects),
 		cmocka_unit_test(test_node_id),
 		cmocka_unit_test(test_tai64n),
+		cmocka_unit_test(test_tai64n_ms),
 		cmocka_unit_test(test_handshake_and_data),
 		cmocka_unit_test(test_api_misuse),
 		cmocka_unit_test(test_unknown_key_refused),
