@@ -36,8 +36,65 @@ static int target_cmp(const void *a, const void *b)
 	return x->target < y->target ? -1 : x->target > y->target;
 }
 
-void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uint32_t top,
-                 bool authority)
+/* Which re-files wait (mm_uid_plan's `hold`; docs/design.md "IMAP UIDs", "Re-files
+ * wait for lower moves").  The authority moves several messages in one pass to
+ * ascending new UIDs, and every replica that cannot show one asks for a move (a need
+ * above the UID).  Those records reach a replica in hash order, a few per sync round
+ * and from peers that hold only some of them: re-filing a message moved to b2 before
+ * the move of another one to b1 < b2 has arrived takes NEXTUID past b1, so that one
+ * cannot be shown there, its need is raised and the authority moves it again (the
+ * chase: sweep seed 100383 with 9 nodes and no pushes, 13,012 needs and 2,938
+ * re-files for 81 deliveries).  So on a replica, while a message Y of the folder
+ * still waits for a move (its need is above its UID, or this node cannot show its
+ * UID and is about to ask), a re-file of X to a UID at or above Y's need waits:
+ * Y's move lands at or above its need, maybe below X's new UID.  X keeps the UID it
+ * is listed under meanwhile (clients see the old UID a little longer, and no UID
+ * twice), and nothing is added below NEXTUID.  A held X whose own need is above its
+ * UID waits for the move that need asks for instead of being re-filed twice.  Not
+ * held: first listings (the file is in the folder: Dovecot would list it), and
+ * re-files below a number this pass lists a new file at anyway (waiting would only
+ * let that file's entry pass them).  The authority never holds: it moves every
+ * message that waits for a move in the same plan, above all the others.  The caller
+ * bounds the wait (mm_uid_hold_*), so the folder settles as without it. */
+static size_t plan_holds(struct mm_uid_item *items, size_t n, uint32_t next)
+{
+	uint32_t bound = UINT32_MAX; /* lowest need of a message waiting for a move */
+	uint32_t listed_new = 0;     /* highest number a first listing takes here */
+	for (size_t i = 0; i < n; i++) {
+		const struct mm_uid_item *it = &items[i];
+		if (!it->have) {
+			/* a first listing: at its UID if it can take it, else above
+			 * everything (provisional, or no UID yet) */
+			uint32_t at = it->want && it->want >= next ? it->want : UINT32_MAX;
+			if (at > listed_new)
+				listed_new = at;
+		}
+		if (!it->want)
+			continue;
+		uint32_t b = 0;
+		if (it->need > it->want)
+			b = it->need;
+		else if (it->want < next && it->have != it->want)
+			b = next; /* this plan asks for a move to NEXTUID or above */
+		if (b && b < bound)
+			bound = b;
+	}
+	size_t held = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct mm_uid_item *it = &items[i];
+		if (!it->want || !it->have || it->have == it->want || it->want < next || it->want < listed_new)
+			continue;
+		if (it->need > it->want || bound <= it->want) {
+			it->held = true;
+			it->target = it->have;
+			held++;
+		}
+	}
+	return held;
+}
+
+size_t mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uint32_t top,
+                   bool authority, bool hold)
 {
 	uint32_t next = *next_uid_io ? *next_uid_io : 1;
 	/* items may be NULL when n is 0 (a folder with no files): qsort must not see it */
@@ -46,16 +103,18 @@ void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uin
 	for (size_t i = 0; i < n; i++) {
 		struct mm_uid_item *it = &items[i];
 		it->target = it->set_uid = it->set_need = 0;
+		it->held = false;
 		if (it->have > top)
 			top = it->have;
 	}
+	size_t held = hold && !authority ? plan_holds(items, n, next) : 0;
 	/* 1. messages that keep their UID here, or can still take it (ascending, so
 	 *    each new entry is at or above NEXTUID when it is listed); of messages
 	 *    wanting one UID, the one listed under it keeps it */
 	uint32_t prev_kept = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct mm_uid_item *it = &items[i];
-		if (!it->want)
+		if (!it->want || it->held)
 			continue;
 		/* a need above the UID: some replica cannot show it there (another message
 		 * had that number there): the authority moves it, so the contested number
@@ -127,6 +186,25 @@ void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uin
 	if (n > 1)
 		qsort(items, n, sizeof *items, target_cmp);
 	*next_uid_io = next;
+	return held;
+}
+
+bool mm_uid_hold_may(const struct mm_uid_hold *h, uint64_t now_ms)
+{
+	return !h->since_ms || (now_ms >= h->since_ms && now_ms - h->since_ms < MM_UID_HOLD_MS);
+}
+
+uint64_t mm_uid_hold_note(struct mm_uid_hold *h, uint64_t now_ms, size_t held)
+{
+	if (!held) {
+		/* nothing waits (or the wait was over and this plan held nothing): a
+		 * later plan may hold again, for a new period */
+		h->since_ms = 0;
+		return 0;
+	}
+	if (!h->since_ms)
+		h->since_ms = now_ms ? now_ms : 1;
+	return h->since_ms + MM_UID_HOLD_MS;
 }
 
 int mm_user_uid_move(struct mm_user *u, const uint8_t key[MM_KEY_LEN], uint32_t uid, mm_hlc stamp,

@@ -17,6 +17,10 @@
  * proposals stop competing and the folder settles once deliveries stop (two
  * authorities during a partition may disagree; the one left after healing decides).
  *
+ * A replica holds a re-file back while a lower move may still be on its way (records
+ * arrive in hash order, not UID order): see mm_uid_plan's `hold`, bounded in time by
+ * mm_uid_hold_may / mm_uid_hold_note.
+ *
  * Pure logic: the caller (node/store.c for dovecot-uidlist, sim/ for its model of it)
  * reads the listing, calls mm_uid_plan, then writes what it says (set_uid with
  * mm_user_uid_move, set_need with mm_user_uid_need).
@@ -39,6 +43,8 @@ struct mm_uid_item {
 	uint32_t target;    /* out: UID to list it under (never 0) */
 	uint32_t set_uid;   /* out: non-zero: write this as the record's UID */
 	uint32_t set_need;  /* out: non-zero: raise the record's need to this */
+	bool held;          /* out: could be re-filed under want, but waits for a lower
+	                     * move (target == have meanwhile) */
 	void *arg;          /* caller's, untouched */
 };
 
@@ -47,11 +53,38 @@ struct mm_uid_item {
  * lowest UID a new entry may take), updated to the NEXTUID after the plan.  top: the
  * highest UID or need of any live message of the folder in the state (0 if none),
  * files here or not.  authority: this node moves messages whose UID it cannot list.
+ * hold (ignored on the authority): a message already listed here that could be
+ * re-filed under its UID waits, listed where it is (held, target == have, no need
+ * raised), while another message of the folder waits for a move that may land
+ * below that UID (its need is at or below it, above its own UID; or this node cannot
+ * show its UID), or while its own need is above its UID; not when a first listing
+ * in this plan takes a higher number anyway.  The caller passes hold = false once
+ * the folder has waited MM_UID_HOLD_MS (mm_uid_hold_may), so it settles as without.
  * Every item gets a target; items whose target differs from `have` must be listed
  * (have 0) or re-filed (have != 0) under target, in array order, which is ascending
- * target order for the new entries.  Never fails. */
-void mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uint32_t top,
-                 bool authority);
+ * target order for the new entries.  Returns the number of held items.  Never
+ * fails. */
+size_t mm_uid_plan(struct mm_uid_item *items, size_t n, uint32_t *next_uid_io, uint32_t top,
+                   bool authority, bool hold);
+
+/* How long a folder's re-files may wait for lower moves, from the first plan that
+ * held one.  Moves travel by anti-entropy in a few gossip intervals (1 s each by
+ * default), or at once when pushed; the wait only delays what clients would see. */
+#define MM_UID_HOLD_MS 5000
+
+/* One folder's wait on one replica (zeroed: none). */
+struct mm_uid_hold {
+	uint64_t since_ms; /* the first plan that held a re-file (0 = none) */
+};
+
+/* Whether the plan of the folder at now_ms (the caller's clock, ms) may hold: it
+ * has not waited MM_UID_HOLD_MS yet (a clock stepped back ends the wait). */
+bool mm_uid_hold_may(const struct mm_uid_hold *h, uint64_t now_ms);
+
+/* After the plan: `held` is what mm_uid_plan returned.  Returns the time at which
+ * the folder must be planned again, with no hold if it still waits then (0 = none:
+ * nothing held). */
+uint64_t mm_uid_hold_note(struct mm_uid_hold *h, uint64_t now_ms, size_t held);
 
 /* Highest UID or need of a live message of `folder` in u (0 if none). */
 uint32_t mm_user_uid_top(const struct mm_user *u, const char *folder);

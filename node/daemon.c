@@ -196,10 +196,34 @@ static void gossip_cb(uv_timer_t *t)
 	uid_authority_update(d, now);
 }
 
+static void uidhold_cb(uv_timer_t *t)
+{
+	/* (uidhold_armed stays: the same due time is not armed again; the commit's pass
+	 * moves it on) */
+	mm_daemon_commit_soon(t->data); /* its UID pass plans the folders whose wait is over */
+}
+
+/* Re-files waiting for lower UID moves (node/store.c, crdt/uid.h "hold"): a commit
+ * when the first wait ends.  Looked at after every loop turn: any pass may start one. */
+static void uidhold_arm(struct mm_daemon *d)
+{
+	uint64_t due = d->store && !d->stopping ? mm_store_uid_hold_due(d->store) : 0;
+	if (due == d->uidhold_armed)
+		return;
+	d->uidhold_armed = due;
+	if (!due) {
+		uv_timer_stop(&d->uidhold_timer);
+		return;
+	}
+	uint64_t now = mm_daemon_now();
+	uv_timer_start(&d->uidhold_timer, uidhold_cb, due > now ? due - now : 0, 0);
+}
+
 static void body_flush_cb(uv_check_t *c)
 {
 	mm_peers_flush(c->data); /* (requests and answers go out before the placement) */
 	mm_bodies_flush(c->data);
+	uidhold_arm(c->data);
 }
 
 static void out_flush_cb(uv_prepare_t *p)
@@ -556,6 +580,7 @@ static void daemon_stop(struct mm_daemon *d, int status)
 	close_if((uv_handle_t *)&d->body_flush);
 	close_if((uv_handle_t *)&d->out_flush);
 	close_if((uv_handle_t *)&d->gather_timer);
+	close_if((uv_handle_t *)&d->uidhold_timer);
 	close_if((uv_handle_t *)&d->sigterm);
 	close_if((uv_handle_t *)&d->sigint);
 	close_if((uv_handle_t *)&d->sighup);
@@ -788,8 +813,9 @@ static int daemon_start(struct mm_daemon *d)
 	uv_check_init(&d->loop, &d->body_flush);
 	uv_prepare_init(&d->loop, &d->out_flush);
 	uv_timer_init(&d->loop, &d->gather_timer);
-	d->open_handles += 13;
-	d->body_flush.data = d->out_flush.data = d->gather_timer.data = d;
+	uv_timer_init(&d->loop, &d->uidhold_timer);
+	d->open_handles += 14;
+	d->body_flush.data = d->out_flush.data = d->gather_timer.data = d->uidhold_timer.data = d;
 	d->settle_timer.data = d->lockwait_timer.data = d;
 	d->gossip_timer.data = d->scan_timer.data = d->rescan_timer.data = d;
 	d->commit_timer.data = d->gc_timer.data = d->sigterm.data = d->sigint.data = d->sighup.data = d;

@@ -103,6 +103,9 @@ struct mm_daemon {
 	                                    * output, place staged bodies */
 	uv_prepare_t out_flush;            /* before the loop waits: send the gathered output */
 	uv_timer_t gather_timer;           /* places gathered bodies when their wait is over */
+	uv_timer_t uidhold_timer;          /* a commit when re-files stop waiting for lower UID
+	                                    * moves (mm_store_uid_hold_due) */
+	uint64_t uidhold_armed;            /* the due time it was started for (0 = none) */
 	unsigned write_jobs;               /* bodies being written out on the thread pool */
 	size_t placed_uncommitted;         /* files placed whose index entries wait for a commit */
 	uint64_t placed_since_ms;          /* when the first of them was placed */

@@ -230,6 +230,7 @@ struct folder {
 	bool uid_settled; /* its last uid_sync_folder found every message listed under its
 	                   * UID, no need above it: an authority would have done the same */
 	uint32_t uid_next; /* N of dovecot-uidlist when last read (floor for new UIDs) */
+	struct mm_uid_hold uid_hold; /* re-files waiting for lower moves (crdt/uid.h; memory) */
 	/* what the database holds of the three above (folder_uid_dirty): a start skips
 	 * reading a uidlist whose signature is still the one of a completed pass */
 	uint64_t db_uid_sig; /* uid_sig when no check was pending, else 0 */
@@ -375,6 +376,8 @@ struct mm_store {
 	bool gather;              /* mm_store_gather: staged bodies wait for more */
 	size_t n_held;               /* bodies held back in folders' held arrays */
 	uint64_t progress_ms;        /* when a body last arrived (holding waits while they do) */
+	uint64_t uid_hold_due;       /* earliest end of a folder's wait for lower UID moves
+	                              * (wall ms, 0 = none; may be early: see uid_hold_check) */
 	struct mm_delta *commit_out; /* UID changes of the last commit (mm_store_commit_delta) */
 	bool deferred;               /* a scan left a new folder for later (mm_store_take_deferred) */
 	bool lock_waits;             /* a scan left files to Dovecot's uidlist lock (mm_store_take_lock_waits) */
@@ -4979,7 +4982,18 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		settled = false;
 	}
 	uint32_t next = ul.next_uid;
-	mm_uid_plan(it, nit, &next, mm_user_uid_top(mu, fo->name), s->uid_authority);
+	/* a re-file waits while a lower move may still be on its way (crdt/uid.h, "hold"),
+	 * MM_UID_HOLD_MS at most: then the folder is planned with no hold (uid_hold_check) */
+	uint64_t hnow = wall_ms();
+	bool was_waiting = fo->uid_hold.since_ms != 0;
+	size_t held = mm_uid_plan(it, nit, &next, mm_user_uid_top(mu, fo->name), s->uid_authority,
+	                          mm_uid_hold_may(&fo->uid_hold, hnow));
+	uint64_t due = mm_uid_hold_note(&fo->uid_hold, hnow, held);
+	if (due && (!s->uid_hold_due || due < s->uid_hold_due))
+		s->uid_hold_due = due;
+	if (held && !was_waiting)
+		logmsg(s, MM_STORE_LOG_INFO, "%s: %zu re-file%s wait%s for lower UID moves (at most %d s)", fo->dir,
+		       held, held == 1 ? "" : "s", held == 1 ? "s" : "", MM_UID_HOLD_MS / 1000);
 	/* nothing to list, move or ask for, and no need above a UID: the plan of an
 	 * authority (crdt/uid.c) is the same, so becoming one need not re-check */
 	for (size_t i = 0; i < nit && settled; i++)
@@ -5119,6 +5133,35 @@ static int uid_sync_folder(struct mm_store *s, struct user *u, struct mm_user *m
 	return r < 0 ? r : 0;
 }
 
+/* Folders whose re-files waited MM_UID_HOLD_MS for lower moves: planned again, with
+ * no hold (mm_uid_hold_may says no now).  s->uid_hold_due is the earliest end of a
+ * wait when it was set; a wait that ended sooner leaves it early, which costs one
+ * look here. */
+static void uid_hold_check(struct mm_store *s, uint64_t now)
+{
+	/* (a clock stepped back ends the waits rather than stretch them) */
+	if (!s->uid_hold_due || (now < s->uid_hold_due && s->uid_hold_due - now <= MM_UID_HOLD_MS))
+		return;
+	s->uid_hold_due = 0;
+	for (struct user *u = s->users; u; u = u->next)
+		for (struct folder *fo = u->folders; fo; fo = fo->unext) {
+			if (!fo->uid_hold.since_ms)
+				continue;
+			if (!mm_uid_hold_may(&fo->uid_hold, now)) {
+				fo->uid_check = true;
+				continue;
+			}
+			uint64_t due = fo->uid_hold.since_ms + MM_UID_HOLD_MS;
+			if (!s->uid_hold_due || due < s->uid_hold_due)
+				s->uid_hold_due = due;
+		}
+}
+
+uint64_t mm_store_uid_hold_due(const struct mm_store *s)
+{
+	return s->uid_hold_due;
+}
+
 /* Every folder flagged since the last pass: conflicts resolved (the deterministic
  * rule, crdt.h), then dovecot-uidlist synced. */
 static void uid_pass(struct mm_store *s)
@@ -5130,6 +5173,7 @@ static void uid_pass(struct mm_store *s)
 	uint64_t wall = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 	if (wall > s->now_ms)
 		s->now_ms = wall;
+	uid_hold_check(s, wall_ms());
 	for (struct user *u = s->users; u; u = u->next) {
 		bool any = false;
 		for (struct folder *fo = u->folders; fo; fo = fo->unext)

@@ -270,6 +270,12 @@ void mm_store_gather(struct mm_store *s, bool on);
  * while this is non-zero. */
 size_t mm_store_held_count(const struct mm_store *s);
 
+/* imap_uids: when (wall-clock ms, 0 = none) a folder's re-files stop waiting for lower
+ * UID moves (crdt/uid.h mm_uid_plan's hold, MM_UID_HOLD_MS at most): the caller runs
+ * a commit (whose UID pass plans such folders again) at or after that time.  It may
+ * be early (the wait ended sooner): the commit then finds nothing to do. */
+uint64_t mm_store_uid_hold_due(const struct mm_store *s);
+
 /* The records mm_store_commit changed itself (IMAP UID moves and needs), durable once
  * it returned 0: for the caller to push.  Owned by the store, valid until the next
  * commit. */

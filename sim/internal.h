@@ -6,6 +6,7 @@
 #define MM_SIM_INTERNAL_H
 
 #include "proto/channel.h"
+#include "crdt/uid.h"
 #include "proto/lead.h"
 #include "sim/sim.h"
 
@@ -51,7 +52,8 @@ enum sim_ev_type {
 	EV_HOOK,           /* measurement callback */
 	EV_ATTACK,         /* next attacker action (forged / replayed bytes) */
 	EV_UIDPASS,        /* node plans its dirty folders' UIDs (tag = incarnation) */
-	EV_UIDHOLD,        /* held bodies of (user, folder) = slot may time out (tag = incarnation) */
+	EV_UIDHOLD,        /* held bodies or re-files of (user, folder) = slot may time out
+	                    * (tag = incarnation) */
 };
 
 struct sim_ev {
@@ -157,6 +159,9 @@ struct sim_node {
 	/* virtual time a body of (user, folder) was last placed or arrived (0 = never;
 	 * memory only, as node/store.c folder.progress_ms): held bodies wait for it */
 	uint64_t hold_progress[SIM_MAX_USERS][SIM_NFOLDERS];
+	/* re-files waiting for lower moves (crdt/uid.h mm_uid_hold_*; memory only, as
+	 * node/store.c folder.uid_hold) */
+	struct mm_uid_hold refile_hold[SIM_MAX_USERS][SIM_NFOLDERS];
 	uint64_t started;      /* virtual time of the last start (authority grace) */
 	uint8_t priv[32], pub[32]; /* static X25519 key pair (id = mm_node_id(pub)) */
 };
@@ -338,7 +343,8 @@ void sim_uid_delivered(struct sim_node *n, unsigned u, unsigned f, const uint8_t
 void sim_uid_authority(struct sim *s, struct sim_node *n);
 /* EV_UIDPASS: n plans every dirty folder and applies the plans. */
 void sim_uid_pass(struct sim *s, struct sim_node *n);
-/* EV_UIDHOLD: SIM_HOLD_MS after a body of (user u, folder f) arrived at n: the folder
+/* EV_UIDHOLD: SIM_HOLD_MS after a body of (user u, folder f) arrived at n, or
+ * MM_UID_HOLD_MS after a plan first held a re-file there: the folder
  * is planned again, which releases its held bodies if nothing arrived meanwhile. */
 void sim_uid_hold_timeout(struct sim_node *n, unsigned u, unsigned f);
 /* n stops (crash): held bodies and their progress times are forgotten (memory); the

@@ -57,25 +57,27 @@ void sim_print_json(FILE *f, const struct sim_config *c, const struct sim_result
 	fprintf(f, "\"uid_listed\":%llu,\"uid_refiled\":%llu,\"uid_moves\":%llu,\"uid_firsts\":%llu,"
 	           "\"uid_needs\":%llu,\"uid_resets\":%llu,\"uid_conflicts_seen\":%llu,"
 	           "\"uid_settle_rounds\":%llu,\"uid_max_authorities\":%llu,\"uid_authorities\":%u,"
-	           "\"uid_held\":%llu,\"gc_dropped\":%llu,",
+	           "\"uid_held\":%llu,\"uid_refiles_held\":%llu,\"gc_dropped\":%llu,",
 	        (unsigned long long)r->uid_listed, (unsigned long long)r->uid_refiled,
 	        (unsigned long long)r->uid_moves, (unsigned long long)r->uid_firsts,
 	        (unsigned long long)r->uid_needs, (unsigned long long)r->uid_resets,
 	        (unsigned long long)r->uid_conflicts_seen, (unsigned long long)r->uid_settle_rounds,
 	        (unsigned long long)r->uid_max_authorities, r->uid_authorities,
-	        (unsigned long long)r->uid_held, (unsigned long long)r->gc_dropped);
+	        (unsigned long long)r->uid_held, (unsigned long long)r->uid_refiles_held,
+	        (unsigned long long)r->gc_dropped);
 	fprintf(f, "\"config\":{\"push\":%s,\"users\":%u,\"gossip_ms\":%u,\"phase_ms\":%llu,"
 	           "\"ops_per_s\":%g,\"loss\":%g,\"delay_ms\":[%u,%u],\"reorder\":%g,\"dup\":%g,"
 	           "\"resets_per_s\":%g,\"partitions_per_s\":%g,\"crashes_per_s\":%g,"
 	           "\"skew_ms\":%u,\"slow_p\":%g,\"rekey_bytes\":%llu,\"rekey_ms\":%llu,"
 	           "\"attacks_per_s\":%g,\"bound_ms\":%llu,\"uids\":%s,\"uid_grace_ms\":%u,"
-	           "\"uid_push\":%s,\"uid_hold\":%s},",
+	           "\"uid_push\":%s,\"uid_hold\":%s,\"uid_refile_hold\":%s},",
 	        c->push ? "true" : "false", c->users, c->gossip_ms, (unsigned long long)c->phase_ms,
 	        c->ops_per_s, c->loss, c->delay_min_ms, c->delay_max_ms, c->reorder, c->dup,
 	        c->resets_per_s, c->partitions_per_s, c->crashes_per_s, c->skew_ms, c->slow_p,
 	        (unsigned long long)c->rekey_bytes, (unsigned long long)c->rekey_ms, c->attacks_per_s,
 	        (unsigned long long)c->bound_ms, c->uids ? "true" : "false", c->uid_grace_ms,
-	        c->uid_push ? "true" : "false", c->uid_hold ? "true" : "false");
+	        c->uid_push ? "true" : "false", c->uid_hold ? "true" : "false",
+	        c->uid_refile_hold ? "true" : "false");
 	fputs("\"violations\":[", f);
 	for (unsigned i = 0; i < r->n_violations; i++) {
 		if (i)
@@ -127,11 +129,11 @@ void sim_print_human(FILE *f, const struct sim_config *c, const struct sim_resul
 	        (unsigned long long)r->attacks, (unsigned long long)r->handshakes_rejected,
 	        (unsigned long long)r->hs_replays_accepted);
 	if (c->uids)
-		fprintf(f, "  uids: %llu listed, %llu held back, %llu re-filed, %llu moves, %llu first UIDs, %llu needs, "
+		fprintf(f, "  uids: %llu listed, %llu held back, %llu re-filed (%llu waits), %llu moves, %llu first UIDs, %llu needs, "
 		           "%llu listings restarted, %llu UIDs shown for two messages, settled %llu rounds "
 		           "after healing, authorities: at most %llu, %u at the end\n",
 		        (unsigned long long)r->uid_listed, (unsigned long long)r->uid_held,
-		        (unsigned long long)r->uid_refiled,
+		        (unsigned long long)r->uid_refiled, (unsigned long long)r->uid_refiles_held,
 		        (unsigned long long)r->uid_moves, (unsigned long long)r->uid_firsts,
 		        (unsigned long long)r->uid_needs, (unsigned long long)r->uid_resets,
 		        (unsigned long long)r->uid_conflicts_seen, (unsigned long long)r->uid_settle_rounds,

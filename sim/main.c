@@ -50,6 +50,8 @@ static void usage(FILE *f)
 	      "          UID changes to anti-entropy (the daemon pushes them at commit; on)\n"
 	      "          --no-uid-hold: replicas list bodies as they arrive instead of in\n"
 	      "          UID order (the daemon holds those above NEXTUID; on)\n"
+	      "          --no-uid-refile-hold: replicas re-file moved messages at once instead\n"
+	      "          of waiting for lower moves (crdt/uid.h mm_uid_plan's hold; on)\n"
 	      "gc:       --gc-grace-ms MS: tombstone GC at each periodic commit, as the daemon's\n"
 	      "          hourly one (0: off)  --gc-max-ms MS: a peer not in sync this long is not\n"
 	      "          waited for (6 x grace)  --gc-margin-ms MS: kept before a peer's last\n"
@@ -77,7 +79,7 @@ enum {
 	O_TAIL, O_TAILMS, O_REORDER, O_REORDERMS, O_DUP, O_RESETS, O_PARTS, O_PARTMS, O_ONEWAY,
 	O_CRASHES, O_DOWNMS, O_SKEW, O_SLOW, O_SLOWF, O_STREAMTO, O_NOFAULTS, O_BOUND, O_MAXNODES,
 	O_MEASURE, O_TRIALS, O_BASE, O_DIFF, O_SABOTAGE, O_HELP, O_ATTACKS, O_REKEYB, O_REKEYMS,
-	O_UIDS, O_NOUIDS, O_UIDGRACE, O_UIDPUSH, O_NOUIDPUSH, O_UIDHOLD, O_NOUIDHOLD,
+	O_UIDS, O_NOUIDS, O_UIDGRACE, O_UIDPUSH, O_NOUIDPUSH, O_UIDHOLD, O_NOUIDHOLD, O_NOREFILEHOLD,
 	O_GCGRACE, O_GCMAX, O_GCMARGIN, O_GCNOWAIT, O_GCNOBOUNDS,
 };
 
@@ -102,6 +104,7 @@ static const struct option opts[] = {
 	{ "rekey-ms", 1, 0, O_REKEYMS }, { "uids", 0, 0, O_UIDS }, { "no-uids", 0, 0, O_NOUIDS },
 	{ "uid-grace-ms", 1, 0, O_UIDGRACE }, { "uid-push", 0, 0, O_UIDPUSH },
 	{ "no-uid-push", 0, 0, O_NOUIDPUSH }, { "uid-hold", 0, 0, O_UIDHOLD }, { "no-uid-hold", 0, 0, O_NOUIDHOLD },
+	{ "no-uid-refile-hold", 0, 0, O_NOREFILEHOLD },
 	{ "gc-grace-ms", 1, 0, O_GCGRACE }, { "gc-max-ms", 1, 0, O_GCMAX }, { "gc-margin-ms", 1, 0, O_GCMARGIN },
 	{ "gc-no-wait", 0, 0, O_GCNOWAIT },
 	{ "gc-no-bounds", 0, 0, O_GCNOBOUNDS },
@@ -130,6 +133,7 @@ static int sweep(const struct sim_config *base, uint64_t k, unsigned max_nodes, 
 		c.uid_grace_ms = base->uid_grace_ms;
 		c.uid_push = base->uid_push;
 		c.uid_hold = base->uid_hold;
+		c.uid_refile_hold = base->uid_refile_hold;
 		c.sabotage = base->sabotage;
 		c.gc_grace_ms = base->gc_grace_ms;
 		c.gc_max_ms = base->gc_max_ms;
@@ -244,6 +248,7 @@ int main(int argc, char **argv)
 		case O_NOUIDPUSH: c.uid_push = false; break;
 		case O_UIDHOLD: c.uid_hold = true; break;
 		case O_NOUIDHOLD: c.uid_hold = false; break;
+		case O_NOREFILEHOLD: c.uid_refile_hold = false; break;
 		case O_GCGRACE: c.gc_grace_ms = (uint64_t)v; break;
 		case O_GCMAX: c.gc_max_ms = (uint64_t)v; break;
 		case O_GCMARGIN: c.gc_margin_ms = (uint64_t)v; break;

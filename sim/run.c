@@ -57,6 +57,7 @@ void sim_config_defaults(struct sim_config *c)
 	c->uid_grace_ms = 5000; /* node/daemon.c UID_AUTHORITY_GRACE_MS */
 	c->uid_push = true;     /* node/daemon.c commit_cb pushes the commit's UID changes */
 	c->uid_hold = true;     /* node/store.c hold_body */
+	c->uid_refile_hold = true; /* mm_uid_plan's hold, node/store.c uid_sync_folder */
 }
 
 void sim_config_random(struct sim_config *c, uint64_t seed, unsigned max_nodes)

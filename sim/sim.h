@@ -128,6 +128,8 @@ struct sim_config {
 	bool uid_hold;            /* replicas list arriving bodies in UID order, holding
 	                           * back those above NEXTUID while others of the folder
 	                           * are missing (default, node/store.c hold_body) */
+	bool uid_refile_hold;     /* replicas hold re-files while a lower move may still
+	                           * come (default, mm_uid_plan's hold, as node/store.c) */
 	uint32_t uid_grace_ms;    /* a started node is no authority this long while a
 	                           * lower-id peer is configured (daemon: 5000) */
 	/* tombstone GC (crdt mm_gc_horizon_ms, as node/daemon.c gc_cb), at each periodic
@@ -178,6 +180,7 @@ struct sim_result {
 	uint64_t uid_listed;          /* listing entries added (deliveries, replicas) */
 	uint64_t uid_refiled;         /* entries moved to another UID (re-filed) */
 	uint64_t uid_held;            /* bodies held back for lower UIDs (not listed yet) */
+	uint64_t uid_refiles_held;    /* re-files that waited for a lower move (per plan) */
 	uint64_t uid_moves;           /* set_uid by an authority of a message with a UID */
 	uint64_t uid_firsts;          /* set_uid of a message's first UID by a replica */
 	uint64_t uid_needs;           /* needs raised (set_need that grew the register) */

@@ -21,7 +21,11 @@
  * Then it plans the folder's placed messages (uid_sync_folder): it writes the plan's
  * set_uid (mm_user_uid_move, from a fresh HLC tick) and set_need, lists or re-files
  * each message at its target, and pushes the changes at once (node/daemon.c commit_cb;
- * --no-uid-push leaves them to anti-entropy).  The authority is decided as
+ * --no-uid-push leaves them to anti-entropy).  A re-file the plan holds (a lower move
+ * may still be on its way: crdt/uid.h mm_uid_plan's hold) waits at most
+ * MM_UID_HOLD_MS on the node's clock, as node/store.c's uid_hold; an EV_UIDHOLD at
+ * the end of the wait plans the folder again with no hold (--no-uid-refile-hold:
+ * re-filed at once, the daemon before the change).  The authority is decided as
  * node/daemon.c uid_authority_update: the gossiped election of proto/lead.h names
  * this node (its start-up grace over, a peer heard, not catching up).
  *
@@ -388,7 +392,18 @@ static unsigned plan_folder(struct sim_node *n, unsigned u, unsigned f, struct p
 	}
 	place_bodies(n, u, f, b, n_held, n_batch, missing);
 	uint32_t next = l->next;
-	mm_uid_plan(b->it, b->n, &next, mm_user_uid_top(usr, sim_folders[f]), n->uid_auth);
+	/* re-files wait for lower moves, for MM_UID_HOLD_MS at most (on the node's clock,
+	 * as node/store.c; the timer is on the virtual one) */
+	struct mm_uid_hold *hold = &n->refile_hold[u][f];
+	uint64_t node_now = sim_node_now(n);
+	size_t held = mm_uid_plan(b->it, b->n, &next, mm_user_uid_top(usr, sim_folders[f]), n->uid_auth,
+	                          s->cfg.uid_refile_hold && mm_uid_hold_may(hold, node_now));
+	bool waiting = hold->since_ms != 0;
+	uint64_t due = mm_uid_hold_note(hold, node_now, held);
+	s->res->uid_refiles_held += held;
+	if (due && !waiting) /* planned again then, with no hold if it still waits */
+		sim_schedule(s, s->now + (due > node_now ? due - node_now : 0), EV_UIDHOLD, n->idx,
+		             u * SIM_NFOLDERS + f, n->gen);
 	bool saboteur = n->idx == s->n - 1;
 	unsigned changed = 0;
 	for (size_t i = 0; i < b->n; i++) {
@@ -486,6 +501,7 @@ void sim_uid_hold_timeout(struct sim_node *n, unsigned u, unsigned f)
 void sim_uid_stop(struct sim_node *n)
 {
 	memset(n->hold_progress, 0, sizeof n->hold_progress);
+	memset(n->refile_hold, 0, sizeof n->refile_hold);
 	size_t pos = 0;
 	void *val;
 	while (sim_map_next(&n->listed, &pos, &val))

@@ -105,7 +105,7 @@ static void test_plan_rule(void **state)
 	};
 	size_t n = sizeof v / sizeof v[0];
 	uint32_t next = 6;
-	mm_uid_plan(v, n, &next, 7, false);
+	mm_uid_plan(v, n, &next, 7, false, false);
 	for (size_t i = 1; i < n; i++)
 		assert_true(v[i - 1].target < v[i].target); /* ascending, no number twice */
 	assert_int_equal(find_item(v, n, 1)->target, 1);
@@ -131,7 +131,7 @@ static void test_plan_rule(void **state)
 	struct mm_uid_item w[] = { item(1, 1, 0, 1), item(4, 4, 0, 4), item(9, 4, 0, 0), item(3, 3, 12, 0) };
 	n = sizeof w / sizeof w[0];
 	next = 6;
-	mm_uid_plan(w, n, &next, 12, true);
+	mm_uid_plan(w, n, &next, 12, true, false);
 	assert_int_equal(find_item(w, n, 4)->target, 4);
 	assert_int_equal(find_item(w, n, 9)->set_uid, find_item(w, n, 9)->target);
 	assert_int_equal(find_item(w, n, 3)->set_uid, find_item(w, n, 3)->target);
@@ -142,33 +142,33 @@ static void test_plan_rule(void **state)
 	 * retired), a replica keeps showing it until then */
 	struct mm_uid_item x = item(5, 6, 8, 6);
 	next = 7;
-	mm_uid_plan(&x, 1, &next, 8, true);
+	mm_uid_plan(&x, 1, &next, 8, true, false);
 	assert_true(x.target >= 8 && x.set_uid == x.target);
 	x = item(5, 6, 8, 6);
 	next = 7;
-	mm_uid_plan(&x, 1, &next, 8, false);
+	mm_uid_plan(&x, 1, &next, 8, false, false);
 	assert_int_equal(x.target, 6);
 	assert_int_equal(x.set_uid, 0);
 	/* listed provisionally above its UID: kept there and that very number asked for
 	 * (it does not grow with what this node lists meanwhile) */
 	x = item(5, 3, 0, 9);
 	next = 10;
-	mm_uid_plan(&x, 1, &next, 9, false);
+	mm_uid_plan(&x, 1, &next, 9, false, false);
 	assert_int_equal(x.target, 9);
 	assert_int_equal(x.set_need, 9);
 	x = item(5, 3, 9, 9);
 	next = 30;
-	mm_uid_plan(&x, 1, &next, 29, false);
+	mm_uid_plan(&x, 1, &next, 29, false, false);
 	assert_int_equal(x.target, 9);
 	assert_int_equal(x.set_need, 0);
 	/* the authority moves above every UID and need it knows */
 	x = item(5, 3, 9, 0);
 	next = 4;
-	mm_uid_plan(&x, 1, &next, 9, true);
+	mm_uid_plan(&x, 1, &next, 9, true, false);
 	assert_int_equal(x.set_uid, 10);
 	x = item(5, 12, 0, 9); /* moved while this node listed others above 12 */
 	next = 14;
-	mm_uid_plan(&x, 1, &next, 13, false);
+	mm_uid_plan(&x, 1, &next, 13, false, false);
 	assert_int_equal(x.target, 9);
 	assert_int_equal(x.set_need, 14);
 }
@@ -176,6 +176,121 @@ static void test_plan_rule(void **state)
 static int copy_cb(void *arg, const struct mm_rec *r)
 {
 	return mm_user_merge(arg, r, NULL, NULL) < 0;
+}
+
+/* Plans a replica's listing of two messages (have[] indexed like keys), applies it as
+ * srep_plan does; returns how many needs it raised. */
+static unsigned plan2(struct mm_user *u, const uint8_t keys[2][MM_KEY_LEN], uint32_t have[2], uint32_t *next,
+                      bool authority, bool hold, uint64_t *clock)
+{
+	struct mm_uid_item it[2];
+	for (size_t i = 0; i < 2; i++) {
+		const struct mm_rec *rec = mm_user_get(u, keys[i]);
+		it[i] = item(0, rec->msg.uid_value, rec->msg.uid_need, have[i]);
+		memcpy(it[i].key, keys[i], MM_KEY_LEN);
+		it[i].arg = (void *)(uintptr_t)i;
+	}
+	uint32_t n0 = *next;
+	mm_uid_plan(it, 2, next, mm_user_uid_top(u, "INBOX"), authority, hold);
+	unsigned needs = 0;
+	for (size_t i = 0; i < 2; i++) {
+		size_t j = (size_t)(uintptr_t)it[i].arg;
+		if (it[i].set_uid)
+			assert_true(mm_user_uid_move(u, keys[j], it[i].set_uid, (mm_hlc){ ++*clock, 1 }, NULL, NULL,
+			                             NULL) >= 0);
+		if (it[i].set_need && mm_user_uid_need(u, keys[j], it[i].set_need, NULL, NULL, NULL) > 0)
+			needs++;
+		if (it[i].target != have[j]) {
+			assert_true(it[i].target >= n0); /* Dovecot's rule */
+			have[j] = it[i].target;
+			n0 = it[i].target + 1;
+		}
+	}
+	assert_true(have[0] != have[1]);
+	return needs;
+}
+
+/* Sim sweep seed 100383 (9 nodes, no pushes): the authority moves two messages in one
+ * pass, to b1 < b2; a replica gets the move to b2 first (records arrive in hash
+ * order, from peers that hold only some).  Re-filing it at once takes NEXTUID past
+ * b1: the other move cannot be shown there, a need is raised, the authority moves
+ * that message again (and every replica re-files it twice).  With the hold, the
+ * re-file waits until the lower move is there; both are re-filed in order, no need. */
+static void test_plan_holds_refile(void **state)
+{
+	(void)state;
+	for (int hold = 0; hold <= 1; hold++) {
+		struct mm_user *auth = mm_user_new("ex.org/alice"), *rep = mm_user_new("ex.org/alice");
+		uint8_t k[2][MM_KEY_LEN];
+		deliver_uid(auth, "INBOX", 100 << 16, 3, 1, k[0]);
+		uint8_t b1[MM_ID_LEN] = { 2 };
+		assert_int_equal(mm_user_deliver(auth, "INBOX", b1, 10, 1, 0, NULL, 0, 2, (mm_hlc){ 101 << 16, 3 },
+		                                 k[1], NULL, NULL, NULL), 1);
+		/* a third replica showed other messages under 1 and 2: it asks for moves */
+		assert_int_equal(mm_user_uid_need(auth, k[0], 5, NULL, NULL, NULL), 1);
+		assert_int_equal(mm_user_uid_need(auth, k[1], 5, NULL, NULL, NULL), 1);
+		assert_int_equal(mm_user_foreach(auth, NULL, 0, copy_cb, rep), 0);
+		uint64_t clock = 200 << 16;
+		/* the authority lists both under 1, 2 and moves both in one pass */
+		uint32_t ahave[2] = { 1, 2 }, anext = 3;
+		assert_int_equal(plan2(auth, k, ahave, &anext, true, true, &clock), 0);
+		uint32_t w0 = mm_user_get(auth, k[0])->msg.uid_value, w1 = mm_user_get(auth, k[1])->msg.uid_value;
+		assert_true(w0 >= 5 && w1 >= 5 && w0 != w1);
+		int lo = w0 < w1 ? 0 : 1, hi = 1 - lo;
+		/* the replica lists both under 1, 2; the higher move arrives first */
+		uint32_t rhave[2] = { 1, 2 }, rnext = 3;
+		assert_int_equal(mm_user_merge(rep, mm_user_get(auth, k[hi]), NULL, NULL) >= 0, 1);
+		unsigned needs = plan2(rep, k, rhave, &rnext, false, hold, &clock);
+		assert_int_equal(needs, 0);
+		if (hold) {
+			assert_int_equal(rhave[hi], hi + 1); /* waits, under its old UID */
+			assert_int_equal(rnext, 3);
+		} else {
+			assert_int_equal(rhave[hi], w0 > w1 ? w0 : w1);
+		}
+		/* then the lower one */
+		assert_int_equal(mm_user_merge(rep, mm_user_get(auth, k[lo]), NULL, NULL) >= 0, 1);
+		needs = plan2(rep, k, rhave, &rnext, false, hold, &clock);
+		if (hold) {
+			/* both shown under the authority's numbers, nothing asked */
+			assert_int_equal(needs, 0);
+			assert_int_equal(rhave[0], w0);
+			assert_int_equal(rhave[1], w1);
+		} else {
+			/* the rule before the hold: the lower move cannot be shown here */
+			assert_int_equal(needs, 1);
+			assert_int_equal(rhave[lo], lo + 1);
+		}
+		mm_user_free(&auth);
+		mm_user_free(&rep);
+	}
+	/* the authority never holds; a first listing above a waiting re-file releases it
+	 * (the file's entry would pass it anyway); a message whose own need is above
+	 * its UID waits for the move that need asks for */
+	struct mm_uid_item v[] = { item(1, 1, 9, 1), item(2, 8, 0, 2), item(3, 4, 0, 3) };
+	uint32_t next = 4;
+	assert_int_equal(mm_uid_plan(v, 3, &next, 9, true, true), 0);
+	struct mm_uid_item w[] = { item(1, 1, 9, 1), item(2, 12, 0, 2), item(3, 13, 0, 0) };
+	next = 4;
+	assert_int_equal(mm_uid_plan(w, 3, &next, 13, false, true), 0);
+	assert_int_equal(find_item(w, 3, 2)->target, 12);
+	struct mm_uid_item x[] = { item(1, 1, 9, 1), item(2, 12, 0, 2), item(3, 8, 0, 0), item(4, 10, 11, 4) };
+	next = 5;
+	assert_int_equal(mm_uid_plan(x, 4, &next, 12, false, true), 2);
+	assert_true(find_item(x, 4, 2)->held && find_item(x, 4, 2)->target == 2);
+	assert_true(find_item(x, 4, 4)->held && find_item(x, 4, 4)->target == 4);
+	assert_int_equal(find_item(x, 4, 3)->target, 8);
+	assert_int_equal(next, 9);
+	/* the wait is bounded: MM_UID_HOLD_MS from the first plan that held */
+	struct mm_uid_hold h = { 0 };
+	assert_true(mm_uid_hold_may(&h, 1000));
+	assert_int_equal(mm_uid_hold_note(&h, 1000, 2), 1000 + MM_UID_HOLD_MS);
+	assert_int_equal(mm_uid_hold_note(&h, 2000, 1), 1000 + MM_UID_HOLD_MS);
+	assert_true(mm_uid_hold_may(&h, 1000 + MM_UID_HOLD_MS - 1));
+	assert_false(mm_uid_hold_may(&h, 1000 + MM_UID_HOLD_MS));
+	assert_false(mm_uid_hold_may(&h, 999)); /* a clock stepped back ends it */
+	assert_int_equal(mm_uid_hold_note(&h, 1000 + MM_UID_HOLD_MS, 0), 0);
+	assert_true(mm_uid_hold_may(&h, 1000 + MM_UID_HOLD_MS));
 }
 
 /* The need is a max register: merges keep the larger, survives the codec, and
@@ -239,6 +354,7 @@ struct srep {
 	size_t n;
 	uint32_t next;
 	bool changed;
+	struct mm_uid_hold hold; /* re-files waiting for lower moves (mm_uid_hold_*) */
 };
 
 static uint64_t rng_state;
@@ -266,7 +382,7 @@ static int s_coll(void *arg, const struct mm_rec *rec)
 	return 0;
 }
 
-static void srep_plan(struct srep *r, bool authority, uint64_t *clock)
+static void srep_plan(struct srep *r, bool authority, uint64_t *clock, uint64_t now_ms)
 {
 	mm_user_foreach(r->u, NULL, 0, s_coll, r); /* every message has its file here */
 	struct mm_uid_item it[SMAX];
@@ -277,9 +393,13 @@ static void srep_plan(struct srep *r, bool authority, uint64_t *clock)
 		it[i].arg = (void *)(uintptr_t)i;
 	}
 	uint32_t next = r->next;
-	mm_uid_plan(it, r->n, &next, mm_user_uid_top(r->u, "INBOX"), authority);
+	size_t held = mm_uid_plan(it, r->n, &next, mm_user_uid_top(r->u, "INBOX"), authority,
+	                          mm_uid_hold_may(&r->hold, now_ms));
+	if (mm_uid_hold_note(&r->hold, now_ms, held))
+		r->changed = true; /* (it must be planned again: not quiet yet) */
 	for (size_t i = 0; i < r->n; i++) {
 		size_t j = (size_t)(uintptr_t)it[i].arg;
+		assert_true(!it[i].held || (it[i].have && it[i].target == it[i].have && !it[i].set_need));
 		if (it[i].set_uid) {
 			assert_true(authority || !it[i].want);
 			if (mm_user_uid_move(r->u, r->key[j], it[i].set_uid, (mm_hlc){ ++*clock, 1 }, NULL, NULL, NULL) > 0)
@@ -343,7 +463,7 @@ static void test_plan_settles(void **state)
 				s_exchange(&r[i], &r[j]);
 				break;
 			case 3:
-				srep_plan(&r[i], i == 0 || (split && i == 1), &clock);
+				srep_plan(&r[i], i == 0 || (split && i == 1), &clock, 100 * step);
 				break;
 			}
 		}
@@ -369,7 +489,7 @@ static void test_plan_settles(void **state)
 						s_exchange(&r[i], &r[j]);
 			for (int i = 0; i < SR; i++) {
 				r[i].changed = false;
-				srep_plan(&r[i], i == 0, &clock);
+				srep_plan(&r[i], i == 0, &clock, 16000 + 1000 * rounds); /* (a gossip interval each) */
 				changed |= r[i].changed;
 			}
 		}
@@ -1174,6 +1294,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plan_rule),
+		cmocka_unit_test(test_plan_holds_refile),
 		cmocka_unit_test(test_need_register),
 		cmocka_unit_test(test_plan_settles),
 		cmocka_unit_test(test_uid_move_beats_clock_ahead),
