@@ -55,7 +55,7 @@ FUZZERS  := $(FUZZ_SRC:fuzz/%.c=build/fuzz/%)
 BIN := $(BUILD)/mailmesh
 SIM := $(if $(SIM_SRC),$(BUILD)/mailmesh-sim)
 
-.PHONY: all deps test demo bench fuzz fuzz-run install clean check-deps
+.PHONY: all deps test test-programs demo bench fuzz fuzz-run install clean check-deps
 # Keep objects of test programs between runs (make would delete them as intermediates).
 .SECONDARY:
 all: $(BIN) $(SIM)
@@ -104,6 +104,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/tool_%.o $(BUILD)/libmmnode.a $(BUILD)/libm
 test: check-deps all $(TESTS) $(TOOLS)
 	$(Q)BUILD=$(BUILD) SANITIZE=$(SANITIZE) sh tests/run.sh $(TESTS)
 
+# What `make test` runs, built only (CI builds it with -j first: `make test` runs the
+# programs one after the other, and would build them so too)
+test-programs: all $(TESTS) $(TOOLS)
+
 check-deps:
 	$(Q)sh scripts/deps.sh
 
@@ -114,15 +118,23 @@ bench: check-deps all
 	$(Q)BUILD=$(BUILD) sh bench/run.sh
 
 # libFuzzer targets: clang, ASan+UBSan, linked with the pure code only, plus node/'s
-# plain-POSIX Maildir code for fuzz_maildir (nothing of libuv or LMDB).
+# plain-POSIX Maildir code for fuzz_maildir (nothing of libuv or LMDB).  The shared
+# code is compiled once (instrumented, not linked with libFuzzer's main) and each
+# target links it: CI builds all eight.
 FUZZ_CC ?= clang
-FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(shell pkg-config --cflags libsodium msgpack) -fsanitize=fuzzer,address,undefined
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. $(shell pkg-config --cflags libsodium msgpack) -MMD -MP
+FUZZ_FLAGS := $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined
 FUZZ_NODE_SRC := node/maildir.c
+FUZZ_OBJ := $(CORE_SRC:%.c=build/fuzz/obj/%.o) $(FUZZ_NODE_SRC:%.c=build/fuzz/obj/%.o)
 fuzz: $(FUZZERS)
-build/fuzz/%: fuzz/%.c $(CORE_SRC) $(FUZZ_NODE_SRC) $(wildcard crdt/*.h proto/*.h node/maildir.h)
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZCC  $@")
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+build/fuzz/%: fuzz/%.c $(FUZZ_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZ    $@")
-	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRC) $(FUZZ_NODE_SRC) $(shell pkg-config --libs libsodium msgpack)
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_OBJ) $(shell pkg-config --libs libsodium msgpack)
 
 # Short fuzz runs on the kept seed corpora (CI): FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 20
@@ -144,4 +156,4 @@ clean:
 	rm -rf build
 
 # header dependencies of the objects of this BUILD (which may lie outside build/)
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) build/fuzz -name '*.d' 2>/dev/null)
