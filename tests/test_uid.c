@@ -1290,6 +1290,132 @@ static void test_lock_left_to_dovecot(void **state)
 	node_close(&a);
 }
 
+/* ---- re-files wait for lower moves, in the store ------------------------------------- */
+
+/* The record of a's message m<i> (body "m<i>"), for shipping one record at a time. */
+struct pick_ctx {
+	const char *body; /* unused: records carry no body; matched by UID below */
+	uint32_t uid;
+	struct mm_rec rec;
+	bool found;
+};
+
+static int pick_cb(void *arg, const struct mm_rec *r)
+{
+	struct pick_ctx *c = arg;
+	if (r->type == MM_REC_MESSAGE && r->msg.uid_value == c->uid) {
+		c->rec = *r;
+		c->found = true;
+	}
+	return 0;
+}
+
+/* Copy of the record of n's message listed under uid (the test's own, by value). */
+static struct mm_rec rec_of(struct node *n, uint32_t uid)
+{
+	struct pick_ctx c = {NULL, uid, {0}, false};
+	assert_int_equal(mm_user_foreach(mm_state_user(n->st, "ex.org/alice", false), NULL, 0, pick_cb, &c), 0);
+	assert_true(c.found);
+	return c.rec;
+}
+
+/* Merges these records into `to`'s store, as one anti-entropy round that brought
+ * only them, and commits (the commit runs the UID pass). */
+static void ship_recs(struct node *to, const struct mm_rec *recs, size_t n)
+{
+	struct mm_delta *d = mm_delta_new();
+	for (size_t i = 0; i < n; i++)
+		assert_true(mm_delta_add(d, "ex.org/alice", &recs[i]) >= 0);
+	assert_true(mm_store_merge_delta(to->s, d) >= 0);
+	mm_delta_free(&d);
+	assert_int_equal(mm_store_commit(to->s), 0);
+}
+
+/* Need register of b's copy of the message whose key is k. */
+static uint32_t need_of(struct node *n, const uint8_t k[MM_KEY_LEN])
+{
+	const struct mm_rec *r = mm_user_get(mm_state_user(n->st, "ex.org/alice", false), k);
+	assert_non_null(r);
+	return r->msg.uid_need;
+}
+
+/* The authority moves two messages in one pass (a third replica asked for both: their
+ * needs); a replica gets the move of the higher one first.  It keeps that message
+ * where it is listed instead of re-filing it (which would take its NEXTUID past the
+ * lower move and make it ask for that one to be moved again), until the lower move
+ * comes: then both are re-filed in order, and no new need is raised.  When the lower
+ * move does not come, the re-file goes ahead after MM_UID_HOLD_MS (the daemon's
+ * commit at mm_store_uid_hold_due). */
+static void refile_hold(bool lower_comes)
+{
+	struct node a = {0}, b = {0};
+	node_open(&a, "a", 1);
+	node_open(&b, "b", 2);
+	a.dovecot = b.dovecot = true; /* clients may have seen the UIDs: no relist */
+	char ma[4096], mb[4096];
+	deliver_six(&a);
+	converge(&a, &b);
+	dovecot_index(&b, "INBOX"); /* b's Dovecot has opened it (else b relists freely) */
+	uid_map(&b, "INBOX", mb, sizeof mb);
+	assert_non_null(strstr(mb, " 1=m1 2=m2 3=m3 4=m4 5=m5 6=m6"));
+	/* some replica could show neither m1 nor m2 under its UID and asked for 7 */
+	struct mm_rec needs[2] = {rec_of(&a, 1), rec_of(&a, 2)};
+	needs[0].msg.uid_need = needs[1].msg.uid_need = 7;
+	ship_recs(&b, needs, 2);
+	ship_recs(&a, needs, 2); /* the authority moves both, above every UID and need */
+	const struct mm_user *ua = mm_state_user(a.st, "ex.org/alice", false);
+	struct mm_rec m1 = *mm_user_get(ua, needs[0].key), m2 = *mm_user_get(ua, needs[1].key);
+	uint32_t u1 = m1.msg.uid_value, u2 = m2.msg.uid_value;
+	assert_true(u1 >= 7 && u2 == u1 + 1);
+	/* b learns the move of m2 alone: m1 still waits for its move, which may land
+	 * below u2, so m2 stays under 2 */
+	ship_recs(&b, &m2, 1);
+	uid_map(&b, "INBOX", mb, sizeof mb);
+	assert_non_null(strstr(mb, " 1=m1 2=m2 3=m3"));
+	assert_true(mm_store_uid_hold_due(b.s) > 0);
+	if (lower_comes) {
+		ship_recs(&b, &m1, 1);
+	} else {
+		/* the wait is over: the next commit re-files m2 without it */
+		usleep((MM_UID_HOLD_MS + 100) * 1000);
+		assert_int_equal(mm_store_commit(b.s), 0);
+		uid_map(&b, "INBOX", mb, sizeof mb);
+		char at[32];
+		snprintf(at, sizeof at, " %u=m2", u2);
+		assert_non_null(strstr(mb, at));
+		assert_null(strstr(mb, " 2=m2"));
+		ship_recs(&b, &m1, 1);
+	}
+	uid_map(&b, "INBOX", mb, sizeof mb);
+	assert_non_null(strstr(mb, " 3=m3 4=m4 5=m5 6=m6"));
+	if (lower_comes) {
+		/* in order: u1 then u2, nothing asked again */
+		char at[64];
+		snprintf(at, sizeof at, " %u=m1 %u=m2", u1, u2);
+		assert_non_null(strstr(mb, at));
+		assert_int_equal(need_of(&b, m1.key), 7);
+		assert_int_equal(need_of(&b, m2.key), 7);
+	}
+	converge(&a, &b);
+	uid_map(&a, "INBOX", ma, sizeof ma);
+	uid_map(&b, "INBOX", mb, sizeof mb);
+	assert_string_equal(ma, mb);
+	node_close(&a);
+	node_close(&b);
+}
+
+static void test_store_refile_waits(void **state)
+{
+	(void)state;
+	refile_hold(true);
+}
+
+static void test_store_refile_wait_ends(void **state)
+{
+	(void)state;
+	refile_hold(false);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1305,6 +1431,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_join_indexed_moves, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_join_stale_entry, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock_left_to_dovecot, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_store_refile_waits, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_store_refile_wait_ends, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
