@@ -47,6 +47,7 @@
 #include "proto/sync.h"
 #include "proto/fetch.h"
 #include "proto/knock.h"
+#include "proto/link.h"
 #include "proto/wire.h"
 
 #define WRITE_HWM (4u << 20)   /* above this many queued bytes the session pauses bulk */
@@ -84,9 +85,7 @@ struct mm_conn {
 	                                  * once the connection is confirmed */
 	uint8_t *in;                /* stream bytes not yet consumed by the channel */
 	size_t in_len, in_cap;
-	uint8_t *msg;               /* application message being reassembled */
-	size_t msg_len;
-	size_t msg_used;            /* bytes of msg that ever held one: wiped at the end */
+	struct mm_link_rx rx;       /* application message being reassembled (wiped at the end) */
 	uint8_t *out;               /* sealed bytes not yet handed to libuv (see ch_emit) */
 	size_t out_len, out_cap;
 	uint64_t handed;            /* bytes handed to libuv in all (conn_flush) */
@@ -291,10 +290,8 @@ static void conn_attach(struct mm_conn *c)
 	p->conn = c;
 	c->attached = true;
 	uv_timer_stop(&c->timer);
-	if (c->incoming && memcmp(c->hs_ts, p->last_ts, MM_CH_TAI64N_LEN) > 0) { /* (big-endian) */
-		memcpy(p->last_ts, c->hs_ts, MM_CH_TAI64N_LEN);
+	if (c->incoming && mm_link_ts_confirm(p->last_ts, c->hs_ts))
 		mm_daemon_peer_hs_save(c->d, p);
-	}
 	p->state = MM_PEER_ESTABLISHED;
 	p->backoff_ms = BACKOFF_MIN_MS;
 	p->handshake_fails = 0;
@@ -316,28 +313,14 @@ static int ch_deliver(void *arg, const struct mm_ch_chunk *k)
 	conn_attach(c);
 	if (!c->attached)
 		return -ENOTCONN; /* closing (its confirmation could not be sent) */
-	if (k->total > MM_WIRE_MAX)
-		return -EMSGSIZE;
-	if (k->first)
-		c->msg_len = 0;
-	if (k->offset != c->msg_len || k->len > MM_WIRE_MAX - c->msg_len)
-		return -EPROTO;
-	if (k->first && k->last) {
-		int r = mm_sync_recv(c->peer->sync, MM_CHAN_STREAM, k->data, k->len, mm_daemon_now());
-		if (r < 0)
-			mm_log(MM_LOG_WARN, "rejected message peer=%s err=%s", c->peer->conf->name, strerror(-r));
-		return 0;
-	}
-	memcpy(c->msg + c->msg_len, k->data, k->len);
-	c->msg_len += k->len;
-	if (c->msg_len > c->msg_used)
-		c->msg_used = c->msg_len;
-	if (k->last) {
-		int r = mm_sync_recv(c->peer->sync, MM_CHAN_STREAM, c->msg, c->msg_len, mm_daemon_now());
-		if (r < 0)
-			mm_log(MM_LOG_WARN, "rejected message peer=%s err=%s", c->peer->conf->name, strerror(-r));
-		c->msg_len = 0;
-	}
+	const uint8_t *msg;
+	size_t len;
+	int r = mm_link_rx_chunk(&c->rx, k, &msg, &len);
+	if (r <= 0)
+		return r; /* more to come, or an error that fails the channel */
+	r = mm_sync_recv(c->peer->sync, MM_CHAN_STREAM, msg, len, mm_daemon_now());
+	if (r < 0)
+		mm_log(MM_LOG_WARN, "rejected message peer=%s err=%s", c->peer->conf->name, strerror(-r));
 	return 0;
 }
 
@@ -383,9 +366,8 @@ static struct mm_conn *conn_new(struct mm_daemon *d)
 	struct mm_conn *c = calloc(1, sizeof *c);
 	if (!c)
 		return NULL;
-	c->msg = malloc(MM_WIRE_MAX);
-	if (!c->msg || uv_tcp_init(&d->loop, &c->tcp) < 0) {
-		free(c->msg);
+	if (mm_link_rx_init(&c->rx, MM_WIRE_MAX) < 0 || uv_tcp_init(&d->loop, &c->tcp) < 0) {
+		mm_link_rx_release(&c->rx);
 		free(c);
 		return NULL;
 	}
@@ -418,8 +400,7 @@ static void conn_closed_cb(uv_handle_t *h)
 	/* the reassembled messages were mail (records, bodies): not handed back to the
 	 * allocator as they are, and only the bytes ever used wiped (most connections
 	 * never reassemble: every message fits one frame) */
-	sodium_memzero(c->msg, c->msg_used);
-	free(c->msg);
+	mm_link_rx_release(&c->rx);
 	free(c->out);
 	free(c);
 }
@@ -531,8 +512,7 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	}
 	/* (an incoming connection: once a transport frame was authentic, frames_in; a
 	 * frame that carried data attached it already, in ch_deliver) */
-	if (!c->attached && mm_ch_state(c->ch) == MM_CH_ESTABLISHED && c->peer &&
-	    (!c->incoming || mm_ch_stats(c->ch)->frames_in > 0))
+	if (!c->attached && c->peer && mm_link_confirmed(c->ch, c->incoming))
 		conn_attach(c);
 }
 
@@ -780,28 +760,22 @@ static int sync_send(void *arg, enum mm_chan chan, const uint8_t *msg, size_t le
 	if (chan == MM_CHAN_DATAGRAM) {
 		if (!p->udp_addr_ok)
 			return 0;
-		if (len > MM_CH_DGRAM_MAX_PLAIN) {
+		static uint8_t pkt[MM_CH_UDP_MAX];
+		size_t out = 0;
+		int r = mm_link_dgram_seal(c->ch, p->d->cfg.node_id, msg, len, pkt, sizeof pkt, &out);
+		if (r == -EMSGSIZE) {
 			/* (a DIGEST is under 100 bytes: only a bug gets here; said once) */
 			static bool logged;
 			if (!logged)
 				mm_log(MM_LOG_ERROR, "datagram of %zu bytes to peer=%s not sent: over the UDP limit "
 				       "(%d bytes of payload)", len, p->conf->name, MM_CH_DGRAM_MAX_PLAIN);
 			logged = true;
-			return 0;
 		}
-		uint8_t *pkt = malloc(MM_CH_DGRAM_PREFIX + len + MM_CH_DGRAM_OVERHEAD);
-		if (!pkt)
-			return 0;
-		uint64_t id = p->d->cfg.node_id;
-		for (int i = 0; i < MM_CH_DGRAM_PREFIX; i++)
-			pkt[i] = (uint8_t)(id >> (56 - 8 * i));
-		size_t out = 0;
-		if (mm_ch_dgram_seal(c->ch, msg, len, pkt + MM_CH_DGRAM_PREFIX, len + MM_CH_DGRAM_OVERHEAD, &out) == 0) {
-			uv_buf_t b = uv_buf_init((char *)pkt, (unsigned)(MM_CH_DGRAM_PREFIX + out));
+		if (r == 0) {
+			uv_buf_t b = uv_buf_init((char *)pkt, (unsigned)out);
 			/* Datagrams may be lost anyway; a full socket buffer is just loss. */
 			(void)uv_udp_try_send(&p->d->udp, &b, 1, (const struct sockaddr *)&p->udp_addr);
 		}
-		free(pkt);
 		return 0;
 	}
 	int r = mm_ch_send(c->ch, msg, len, mm_daemon_now());
@@ -901,8 +875,8 @@ static void udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct s
 		knock_recv(d, id, b, (size_t)n, from);
 		return;
 	}
-	for (int i = 0; i < 8; i++)
-		id = id << 8 | b[i];
+	if (mm_link_dgram_sender(b, (size_t)n, &id) < 0)
+		return;
 	struct mm_dpeer *p = peer_by_node(d, id);
 	if (!p)
 		return;
@@ -910,7 +884,7 @@ static void udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct s
 	size_t len = 0;
 	int r = -ENOTCONN;
 	if (p->conn && p->conn->ch && mm_ch_state(p->conn->ch) == MM_CH_ESTABLISHED)
-		r = mm_ch_dgram_open(p->conn->ch, b + 8, (size_t)n - 8, plain, sizeof plain, &len);
+		r = mm_link_dgram_open(p->conn->ch, b, (size_t)n, plain, sizeof plain, &len);
 	if (r == -EBADMSG || r == -ENOTCONN) {
 		/* sealed with the keys of a newer connection of p whose handshake is done: an
 		 * authentic datagram confirms it as a frame would (a dialer of a version
@@ -918,7 +892,7 @@ static void udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct s
 		for (struct mm_conn *c = d->conns; c; c = c->next)
 			if (c->peer == p && c->incoming && !c->attached && !c->closing && c->ch &&
 			    mm_ch_state(c->ch) == MM_CH_ESTABLISHED &&
-			    mm_ch_dgram_open(c->ch, b + 8, (size_t)n - 8, plain, sizeof plain, &len) == 0) {
+			    mm_link_dgram_open(c->ch, b, (size_t)n, plain, sizeof plain, &len) == 0) {
 				conn_attach(c);
 				r = c->attached ? 0 : -ENOTCONN;
 				break;
@@ -1004,7 +978,7 @@ static int peer_new(struct mm_daemon *d, const struct mm_peer *pc, struct mm_dpe
 		return -ENOMEM;
 	p->d = d;
 	p->conf = pc;
-	p->dialer = memcmp(d->cfg.public_key, pc->pub, 32) < 0;
+	p->dialer = mm_link_dials(d->cfg.public_key, pc->pub);
 	p->backoff_ms = BACKOFF_MIN_MS;
 	p->knock_ok = mm_knock_key(d->cfg.private_key, pc->pub, d->cfg.has_psk ? d->cfg.psk : NULL,
 	                           p->knock_key) == 0;
