@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/link.h"
 #include "proto/wire.h"
 #include "sim/internal.h"
 
@@ -141,29 +142,12 @@ static int ch_deliver(void *arg, const struct mm_ch_chunk *k)
 	attach(p);
 	if (!p->attached)
 		return -EPROTO;
-	if (k->first && k->last) {
-		recv_msg(p, k->data, k->len);
-		return 0;
-	}
-	if (k->total > MM_WIRE_MAX)
-		return -EMSGSIZE;
-	if (k->first)
-		p->msg_len = 0;
-	if (k->offset != p->msg_len || k->len > k->total - p->msg_len)
-		return -EPROTO;
-	if (p->msg_cap < k->total) {
-		uint8_t *m = realloc(p->msg, k->total);
-		if (!m)
-			return -ENOMEM;
-		p->msg = m;
-		p->msg_cap = k->total;
-	}
-	memcpy(p->msg + p->msg_len, k->data, k->len);
-	p->msg_len += k->len;
-	if (k->last) {
-		p->msg_len = 0;
-		recv_msg(p, p->msg, (size_t)k->total);
-	}
+	const uint8_t *msg;
+	size_t len;
+	int rc = mm_link_rx_chunk(&p->rx, k, &msg, &len);
+	if (rc <= 0)
+		return rc;
+	recv_msg(p, msg, len);
 	return 0;
 }
 
@@ -191,7 +175,7 @@ int sim_chan_open(struct sim *s, struct sim_node *a, uint32_t slot)
 	struct sim_peer *p = &a->peers[slot];
 	struct sim_node *b = &s->nodes[p->idx];
 	struct sim_peer *q = &b->peers[p->back];
-	struct sim_peer *ini = memcmp(a->pub, b->pub, 32) < 0 ? p : q;
+	struct sim_peer *ini = mm_link_dials(a->pub, b->pub) ? p : q;
 	struct sim_peer *resp = ini == p ? q : p;
 	sim_chan_close(s, p);
 	sim_chan_close(s, q);
@@ -210,7 +194,7 @@ void sim_chan_close(struct sim *s, struct sim_peer *p)
 		mm_ch_free(&p->ch);
 	}
 	p->attached = false;
-	p->msg_len = 0;
+	mm_link_rx_reset(&p->rx);
 }
 
 void sim_chan_stream_recv(struct sim *s, struct sim_peer *q, const uint8_t *bytes, size_t len)
@@ -223,7 +207,7 @@ void sim_chan_stream_recv(struct sim *s, struct sim_peer *q, const uint8_t *byte
 	int rc = mm_ch_feed(q->ch, bytes, len, &used, sim_node_now(b));
 	/* a handshake is complete when the initiator has read message 2 */
 	if (!was_established && q->ch && mm_ch_state(q->ch) == MM_CH_ESTABLISHED &&
-	    memcmp(b->pub, s->nodes[q->idx].pub, 32) < 0)
+	    mm_link_dials(b->pub, s->nodes[q->idx].pub))
 		s->res->handshakes++;
 	/* the responder is established by message 1, the initiator by message 2 (when
 	 * data came in the same feed, deliver attached it already) */
@@ -261,40 +245,35 @@ int sim_chan_stream_send(struct sim_peer *p, const uint8_t *msg, size_t len)
 
 /* ---- datagrams ---------------------------------------------------------------------- */
 
-static uint8_t dgram_buf[8 + MM_NOISE_MAX_MSG + MM_CH_DGRAM_OVERHEAD];
+static uint8_t dgram_buf[MM_CH_UDP_MAX];
 static uint8_t dgram_plain[MM_NOISE_MAX_MSG];
 
 int sim_chan_dgram_send(struct sim_peer *p, const uint8_t *msg, size_t len)
 {
 	struct sim_node *a = p->owner;
 	struct sim *s = a->sim;
-	if (!p->ch || !p->attached || len > MM_CH_DGRAM_MAX_PLAIN)
+	if (!p->ch || !p->attached)
 		return 0; /* as the daemon: no connection, no datagram */
-	uint64_t id = a->id;
-	for (int i = 0; i < 8; i++)
-		dgram_buf[i] = (uint8_t)(id >> (56 - 8 * i));
 	size_t out = 0;
-	if (mm_ch_dgram_seal(p->ch, msg, len, dgram_buf + 8, sizeof dgram_buf - 8, &out) < 0)
-		return 0;
+	if (mm_link_dgram_seal(p->ch, a->id, msg, len, dgram_buf, sizeof dgram_buf, &out) < 0)
+		return 0; /* (over the UDP limit: the daemon logs it and sends nothing) */
 	s->res->messages++;
 	s->res->datagrams_sent++;
 	if (s->cfg.attacks_per_s > 0)
-		capture(s->cap_dgram, SIM_CAPTURE, &s->ncap_dgram, p->idx, dgram_buf, 8 + out);
-	return sim_net_dgram(s, a, &s->nodes[p->idx], dgram_buf, 8 + out);
+		capture(s->cap_dgram, SIM_CAPTURE, &s->ncap_dgram, p->idx, dgram_buf, out);
+	return sim_net_dgram(s, a, &s->nodes[p->idx], dgram_buf, out);
 }
 
 void sim_chan_dgram_recv(struct sim *s, struct sim_node *b, const uint8_t *bytes, size_t len)
 {
-	if (!b->alive || len <= 8)
-		return;
 	uint64_t id = 0;
-	for (int i = 0; i < 8; i++)
-		id = id << 8 | bytes[i];
+	if (!b->alive || mm_link_dgram_sender(bytes, len, &id) < 0)
+		return;
 	struct sim_peer *q = peer_by_id(b, id);
 	if (!q || !q->ch || !q->attached)
 		return;
 	size_t n = 0;
-	int rc = mm_ch_dgram_open(q->ch, bytes + 8, len - 8, dgram_plain, sizeof dgram_plain, &n);
+	int rc = mm_link_dgram_open(q->ch, bytes, len, dgram_plain, sizeof dgram_plain, &n);
 	if (rc < 0) {
 		s->res->datagrams_rejected++;
 		if (rc == -EALREADY)

@@ -6,6 +6,7 @@
 #define MM_SIM_INTERNAL_H
 
 #include "proto/channel.h"
+#include "proto/link.h"
 #include "crdt/uid.h"
 #include "proto/lead.h"
 #include "sim/sim.h"
@@ -83,8 +84,7 @@ struct sim_peer {
 	 * it is established (attached). */
 	struct mm_ch *ch;
 	bool attached;
-	uint8_t *msg;          /* application message being reassembled from chunks */
-	size_t msg_len, msg_cap;
+	struct mm_link_rx rx;  /* application message being reassembled (proto/link.h) */
 	/* responder memory (node/peer.c's mm_dpeer.last_ts): newest handshake timestamp
 	 * accepted from this peer; in memory only, so a crash forgets it */
 	uint8_t last_ts[MM_CH_TAI64N_LEN];

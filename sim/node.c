@@ -661,7 +661,7 @@ void sim_node_free(struct sim_node *n)
 	sim_map_free(&n->listed);
 	free(n->snap);
 	for (uint32_t i = 0; i < n->npeers; i++)
-		free(n->peers[i].msg);
+		mm_link_rx_release(&n->peers[i].rx);
 	free(n->peers);
 	n->snap = NULL;
 	n->peers = NULL;
