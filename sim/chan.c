@@ -3,14 +3,18 @@
  * an on-path attacker that throws forged and replayed bytes at it.
  *
  * Each simulated connection carries one mm_ch per end, wired as node/peer.c wires a TCP
- * connection and the UDP socket: the end whose public key sorts lower is the initiator;
- * handshake messages and transport frames travel as stream bytes over the virtual
- * network (so they are delayed, stalled by partitions and lost with a reset); the
- * session is told it is connected only once the channel is established (the responder
- * after message 1, the initiator after message 2); stream messages go through
- * mm_ch_send and come back through the deliver callback (chunks reassembled) into
- * mm_sync_recv; datagrams are "8-byte sender node id + mm_ch_dgram_seal()" and are
- * opened with the channel of the session the id names, so the network's duplicates
+ * connection and the UDP socket, with the same decisions, made by the same functions
+ * (proto/link.h): the end that mm_link_dials() names is the initiator; handshake
+ * messages and transport frames travel as stream bytes over the virtual network (so
+ * they are delayed, stalled by partitions and lost with a reset); the session is told
+ * it is connected only once the channel is confirmed (mm_link_confirmed: the initiator
+ * after message 2, when it sends its confirming REKEY frame; the responder at the
+ * first transport frame, or a datagram opened with the channel's keys), and only then
+ * does the responder's message 1 timestamp become the peer's last (mm_link_ts_confirm);
+ * stream messages go through mm_ch_send and come back through the deliver callback
+ * (mm_link_rx_chunk reassembles them) into mm_sync_recv; datagrams are made by
+ * mm_link_dgram_seal ("8-byte sender node id + sealed datagram") and are opened with
+ * the channel of the session the id names, so the network's duplicates
  * and reorderings, datagrams of an older connection and the attacker's replays and
  * forgeries all meet the replay window and the AEAD check.  Keys, ephemeral keys and
  * the handshake's TAI64N timestamp come from the run's PRNG and the node's virtual
@@ -22,10 +26,13 @@
  * new connection, a well-formed message 1 from a key nobody trusts, garbage on a new
  * connection.  The responder treats the new connection exactly as node/peer.c does; a
  * replay it accepts (possible only when it forgot the timestamp by restarting, or
- * never saw the original) replaces the peer's live connection, as conn_attach() would.
+ * never saw the original) is answered but never confirmed, so it neither replaces the
+ * peer's live connection nor sets the peer's last timestamp.
  *
- * The glue is a second copy of node/peer.c's libuv-free logic (who initiates, attach,
- * reassembly, the datagram header); it is small and kept in step by hand.
+ * What is left here is what only a simulator has: the virtual network's delivery,
+ * the counters and the attacker.  The rules are proto/link.c's, shared with the
+ * daemon, so they cannot drift apart (until 2026-12 this file held a hand-kept copy,
+ * which had drifted: its responder attached, and took the timestamp, at message 1).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -63,11 +70,37 @@ static int ch_lookup(void *arg, const uint8_t pub[32], uint8_t last_ts_r[MM_CH_T
 	return 0;
 }
 
+/* Held with the connection; the peer's last only once it is confirmed (attach), as
+ * node/peer.c ch_accepted. */
 static void ch_accepted(void *arg, const uint8_t pub[32], const uint8_t ts[MM_CH_TAI64N_LEN])
 {
 	struct sim_peer *p = peer_by_key(arg, pub);
 	if (p)
-		memcpy(p->last_ts, ts, MM_CH_TAI64N_LEN);
+		memcpy(p->hs_ts, ts, MM_CH_TAI64N_LEN);
+}
+
+/* An attacker's connection: its message 1 timestamp is held with it, and it is never
+ * confirmed (see attacker_conn). */
+struct pending {
+	struct sim_node *node;
+	uint8_t hs_ts[MM_CH_TAI64N_LEN];
+};
+
+static int ch_lookup_pending(void *arg, const uint8_t pub[32], uint8_t last_ts_r[MM_CH_TAI64N_LEN])
+{
+	return ch_lookup(((struct pending *)arg)->node, pub, last_ts_r);
+}
+
+static void ch_accepted_pending(void *arg, const uint8_t pub[32], const uint8_t ts[MM_CH_TAI64N_LEN])
+{
+	(void)pub;
+	memcpy(((struct pending *)arg)->hs_ts, ts, MM_CH_TAI64N_LEN);
+}
+
+/* Whether this end of the link is the accepting one (the other dials). */
+static bool incoming(const struct sim_peer *p)
+{
+	return !mm_link_dials(p->owner->pub, p->owner->sim->nodes[p->idx].pub);
 }
 
 static void capture(struct sim_capture *ring, unsigned size, unsigned *count, uint32_t to,
@@ -116,7 +149,9 @@ static void recv_msg(struct sim_peer *p, const uint8_t *msg, size_t len)
 	}
 }
 
-/* The channel is established: the session may use the connection (peer.c conn_attach). */
+/* The channel is established and confirmed (proto/link.h): the session may use the
+ * connection (peer.c conn_attach).  The dialer confirms its end with a REKEY frame;
+ * the acceptor takes message 1's timestamp as the peer's last. */
 static void attach(struct sim_peer *p)
 {
 	struct sim_node *n = p->owner;
@@ -128,8 +163,17 @@ static void attach(struct sim_peer *p)
 		sim_violation(s, "node %u: channel to %u authenticated another key", n->idx, p->idx);
 		return;
 	}
-	p->attached = true;
 	uint64_t now = sim_node_now(n);
+	if (!incoming(p)) {
+		int rc = mm_ch_rekey(p->ch, now);
+		if (rc < 0) {
+			sim_violation(s, "node %u: confirmation to %u not sent: %d", n->idx, p->idx, rc);
+			return;
+		}
+	} else {
+		(void)mm_link_ts_confirm(p->last_ts, p->hs_ts);
+	}
+	p->attached = true;
 	mm_sync_reset(p->sync, now);
 	mm_sync_connected(p->sync, now);
 	/* a new connection is a good moment to compare states (as the daemon) */
@@ -209,9 +253,9 @@ void sim_chan_stream_recv(struct sim *s, struct sim_peer *q, const uint8_t *byte
 	if (!was_established && q->ch && mm_ch_state(q->ch) == MM_CH_ESTABLISHED &&
 	    mm_link_dials(b->pub, s->nodes[q->idx].pub))
 		s->res->handshakes++;
-	/* the responder is established by message 1, the initiator by message 2 (when
-	 * data came in the same feed, deliver attached it already) */
-	if (rc == MM_CH_OK && q->ch && !q->attached && mm_ch_state(q->ch) == MM_CH_ESTABLISHED)
+	/* the initiator is confirmed by message 2, the responder by the first transport
+	 * frame (when data came in the same feed, deliver attached it already) */
+	if (rc == MM_CH_OK && q->ch && !q->attached && mm_link_confirmed(q->ch, incoming(q)))
 		attach(q);
 	if (rc == MM_CH_OK)
 		return;
@@ -270,10 +314,23 @@ void sim_chan_dgram_recv(struct sim *s, struct sim_node *b, const uint8_t *bytes
 	if (!b->alive || mm_link_dgram_sender(bytes, len, &id) < 0)
 		return;
 	struct sim_peer *q = peer_by_id(b, id);
-	if (!q || !q->ch || !q->attached)
+	if (!q || !q->ch)
 		return;
 	size_t n = 0;
-	int rc = mm_link_dgram_open(q->ch, bytes, len, dgram_plain, sizeof dgram_plain, &n);
+	int rc;
+	if (!q->attached) {
+		/* an acceptor's established, unconfirmed connection: an authentic datagram
+		 * under its keys confirms it as a frame would (as node/peer.c udp_recv) */
+		if (!incoming(q) || mm_ch_state(q->ch) != MM_CH_ESTABLISHED ||
+		    mm_link_dgram_open(q->ch, bytes, len, dgram_plain, sizeof dgram_plain, &n) < 0)
+			return;
+		attach(q);
+		if (!q->attached)
+			return;
+		rc = 0;
+	} else {
+		rc = mm_link_dgram_open(q->ch, bytes, len, dgram_plain, sizeof dgram_plain, &n);
+	}
 	if (rc < 0) {
 		s->res->datagrams_rejected++;
 		if (rc == -EALREADY)
@@ -323,12 +380,14 @@ static void attacker_conn(struct sim *s, struct sim_node *t, const uint8_t *byte
 	uint8_t eph[32];
 	sim_rng_bytes(&s->rng, eph, sizeof eph);
 	struct mm_ch *ch = NULL;
+	struct pending pend = { .node = t };
+	struct mm_ch_peers peers = { ch_lookup_pending, ch_accepted_pending, &pend };
 	struct mm_ch_config cc = {
 		.initiator = 0,
 		.local_priv = t->priv,
 		.random32 = eph,
 		.now_ms = sim_node_now(t),
-		.peers = { ch_lookup, ch_accepted, t },
+		.peers = peers,
 		.io = { sink_emit, sink_deliver, NULL },
 	};
 	if (mm_ch_new(&ch, &cc) < 0)
@@ -340,14 +399,15 @@ static void attacker_conn(struct sim *s, struct sim_node *t, const uint8_t *byte
 		sim_trace(s, "t=%llu node %u refused %s: %d", (unsigned long long)s->now, t->idx, what, rc);
 	} else if (mm_ch_state(ch) == MM_CH_ESTABLISHED) {
 		/* A replay the responder could not tell from a new connection: it forgot the
-		 * timestamp (restart) or never received the original.  The daemon makes the
-		 * newest authenticated connection the peer's, closing the live one. */
+		 * timestamp (restart) or never received the original.  As the daemon, it
+		 * answers, but the connection is never confirmed (the attacker has no key to
+		 * seal a frame or a datagram with: mm_link_confirmed), so it neither replaces
+		 * the peer's live connection nor becomes its last timestamp; the daemon
+		 * closes it at its handshake deadline. */
 		s->res->hs_replays_accepted++;
 		struct sim_peer *p = peer_by_key(t, mm_ch_remote_key(ch));
-		sim_trace(s, "t=%llu node %u accepted %s from %u", (unsigned long long)s->now, t->idx, what,
-		          p ? p->idx : 0);
-		if (p && p->attached)
-			sim_link_reset(s, t, (uint32_t)(p - t->peers), "replaced by a replayed handshake");
+		sim_trace(s, "t=%llu node %u answered %s from %u (never confirmed)", (unsigned long long)s->now,
+		          t->idx, what, p ? p->idx : 0);
 	}
 	mm_ch_free(&ch);
 }

@@ -85,6 +85,9 @@ struct sim_peer {
 	struct mm_ch *ch;
 	bool attached;
 	struct mm_link_rx rx;  /* application message being reassembled (proto/link.h) */
+	/* responder: message 1's timestamp of the current connection, the peer's last_ts
+	 * once the connection is confirmed (node/peer.c's mm_conn.hs_ts) */
+	uint8_t hs_ts[MM_CH_TAI64N_LEN];
 	/* responder memory (node/peer.c's mm_dpeer.last_ts): newest handshake timestamp
 	 * accepted from this peer; in memory only, so a crash forgets it */
 	uint8_t last_ts[MM_CH_TAI64N_LEN];
