@@ -337,7 +337,9 @@ gc_caught "--gc-no-wait (grace only)" "$GC_CRASH" --gc-no-wait 1
 #       (each node's own view only) seed 6 brings one back (52 of 300 seeds do)
 GC_PART="--nodes 4 --gc-grace-ms 4000 --gc-max-ms 240000 --crashes 0.05 --down-ms 15000 --skew-ms 200 --partitions 0.05 --partition-ms 25000 --oneway 0.3 --phase-ms 120000"
 gc_scenario "partitions among the nodes that stay up" "$GC_PART" 5
-gc_caught "--gc-no-bounds (own view only) after a split" "$GC_PART" --gc-no-bounds 6
+# (seed 6 until the simulator took the daemon's confirmation rule, proto/link.c: its
+#  trajectory changed and it no longer splits that way; seed 2 does)
+gc_caught "--gc-no-bounds (own view only) after a split" "$GC_PART" --gc-no-bounds 2
 #    d. the same in a partial mesh (6 nodes, 2 peers each): a bound speaks only for its
 #       sender's peers, so nodes that count other nodes do no GC at all (crdt
 #       mm_gc_members_hash); with bounds alone seeds 3, 12, 14, 23 and 29 of 40 bring an
