@@ -89,9 +89,9 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/libmmnode.a $(BUILD)/libmm.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA_LIBS) -lm
 
-# test_wipe looks into every block our code frees (tests/test_wipe.c): its free() goes
-# through __wrap_free first.
-$(BUILD)/tests/test_wipe: ALL_LDFLAGS += -Wl,--wrap=free
+# test_wipe looks into every block our code frees or moves (tests/test_wipe.c): its free()
+# and realloc() go through __wrap_free and __wrap_realloc first.
+$(BUILD)/tests/test_wipe: ALL_LDFLAGS += -Wl,--wrap=free -Wl,--wrap=realloc
 
 # Tools used by test scripts: tests/tool_foo.c -> build/tests/foo
 $(BUILD)/tests/%: $(BUILD)/obj/tests/tool_%.o $(BUILD)/libmmnode.a $(BUILD)/libmm.a
