@@ -30,12 +30,27 @@
 struct mm_arena_chunk {
 	struct mm_arena_chunk *next;
 	size_t cap, used;
+	size_t used_max; /* the most bytes handed out before a reset: what is wiped */
 	_Alignas(16) uint8_t data[];
 };
 
 void mm_arena_init(struct mm_arena *a)
 {
 	a->head = NULL;
+	a->wipe = false;
+}
+
+void mm_arena_init_wiped(struct mm_arena *a)
+{
+	a->head = NULL;
+	a->wipe = true;
+}
+
+static void chunk_free(const struct mm_arena *a, struct mm_arena_chunk *c)
+{
+	if (a->wipe)
+		sodium_memzero(c->data, c->used > c->used_max ? c->used : c->used_max);
+	free(c);
 }
 
 void *mm_arena_alloc(struct mm_arena *a, size_t n)
@@ -51,6 +66,7 @@ void *mm_arena_alloc(struct mm_arena *a, size_t n)
 			return NULL;
 		c->cap = cap;
 		c->used = 0;
+		c->used_max = 0;
 		c->next = a->head;
 		a->head = c;
 	}
@@ -68,10 +84,12 @@ void mm_arena_reset(struct mm_arena *a)
 	c = c->next;
 	while (c) {
 		struct mm_arena_chunk *n = c->next;
-		free(c);
+		chunk_free(a, c);
 		c = n;
 	}
 	keep->next = NULL;
+	if (keep->used > keep->used_max)
+		keep->used_max = keep->used;
 	keep->used = 0;
 	a->head = keep;
 }
@@ -81,7 +99,7 @@ void mm_arena_free(struct mm_arena *a)
 	struct mm_arena_chunk *c = a->head;
 	while (c) {
 		struct mm_arena_chunk *n = c->next;
-		free(c);
+		chunk_free(a, c);
 		c = n;
 	}
 	a->head = NULL;

@@ -469,8 +469,15 @@ int mm_delta_apply(const struct mm_delta *d, struct mm_state *s, mm_effect_fn *e
 struct mm_arena_chunk;
 struct mm_arena {
 	struct mm_arena_chunk *head;
+	bool wipe; /* mm_arena_init_wiped */
 };
 void mm_arena_init(struct mm_arena *a);
+/* The same, for an arena that holds what came off the network (proto/sync.c decodes
+ * received records into one: keywords, folder names): the bytes a chunk handed out are
+ * wiped before the chunk is freed (by reset or free; only bytes handed out, so an
+ * arena of small messages costs little).  A reset keeps the first chunk as it is,
+ * live memory of its owner, until it is reused or freed. */
+void mm_arena_init_wiped(struct mm_arena *a);
 /* n bytes aligned to 16, valid until reset/free; NULL on allocation failure. */
 void *mm_arena_alloc(struct mm_arena *a, size_t n);
 /* Releases every allocation (keeps one chunk for reuse). */

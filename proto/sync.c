@@ -118,10 +118,13 @@ struct mm_sync {
 	bool blocked;
 	uint64_t now;
 	struct mm_sync_stats st;
-	msgpack_sbuffer out;    /* message being encoded */
+	/* What holds mail here is wiped before it is freed (docs/protocol.md, "What is
+	 * wiped"): out (struct mm_wbuf), rx (records' keywords and names), chunk. */
+	struct mm_wbuf out;     /* message being encoded */
 	struct mm_arena rx;     /* decoded incoming message */
 	uint8_t *chunk;         /* body chunk / inline body buffer */
 	size_t chunk_cap;
+	size_t chunk_used;      /* the most bytes of chunk handed to body.read: wiped */
 	uint64_t digest_seq;
 	uint64_t lead_sent;     /* when a DIGEST last carried the lead view (0 = never) */
 	uint64_t gc_bound;      /* this node's GC bound, for the peer (0 = none yet) */
@@ -272,7 +275,7 @@ static int send_out(struct mm_sync *s, enum mm_chan chan)
 /* ---- records batches -------------------------------------------------------------- */
 
 struct recbuf {
-	msgpack_sbuffer body;
+	struct mm_wbuf body;
 	size_t n;
 	const char *user;
 	uint32_t flags;
@@ -284,7 +287,7 @@ static int rb_flush(struct mm_sync *s, struct recbuf *rb)
 	if (!rb->n)
 		return 0;
 	int rc = mm_wire_enc_records_begin(&s->out, rb->flags, rb->user, rb->n);
-	if (rc == 0 && msgpack_sbuffer_write(&s->out, rb->body.data, rb->body.size) != 0)
+	if (rc == 0 && mm_wbuf_write(&s->out, rb->body.data, rb->body.size) != 0)
 		rc = -ENOMEM;
 	rb->body.size = 0;
 	size_t n = rb->n;
@@ -308,6 +311,8 @@ static bool read_inline(struct mm_sync *s, const char *user, const struct mm_rec
 	if (s->cfg.body.have(s->cfg.body.arg, user, r->msg.body) != 1)
 		return false;
 	uint64_t got = 0;
+	if (r->msg.size > s->chunk_used)
+		s->chunk_used = (size_t)r->msg.size;
 	while (got < r->msg.size) {
 		ssize_t n = s->cfg.body.read(s->cfg.body.arg, user, r->msg.body, got, s->chunk + got,
 		                             (size_t)(r->msg.size - got));
@@ -483,7 +488,7 @@ static int job_step(struct mm_sync *s, struct job *j)
 {
 	struct recbuf rb = { .user = j->user, .flags = 0 };
 	int rc = 0;
-	msgpack_sbuffer_init(&rb.body);
+	mm_wbuf_init(&rb.body);
 	switch (j->t) {
 	case JOB_END:
 		if (s->r.st == RS_CLOSING && s->r.id == j->round) {
@@ -550,6 +555,8 @@ static int job_step(struct mm_sync *s, struct job *j)
 	case JOB_BODY: {
 		size_t want = j->total - j->off < s->chunk_cap ? (size_t)(j->total - j->off) : s->chunk_cap;
 		ssize_t n = 0;
+		if (want > s->chunk_used)
+			s->chunk_used = want;
 		if (want)
 			n = s->cfg.body.read(s->cfg.body.arg, j->user, j->id, j->off, s->chunk, want);
 		if (n < 0 || (want && n == 0)) {
@@ -572,7 +579,7 @@ static int job_step(struct mm_sync *s, struct job *j)
 		break;
 	}
 	}
-	msgpack_sbuffer_destroy(&rb.body);
+	mm_wbuf_free(&rb.body);
 	return rc;
 }
 
@@ -679,7 +686,7 @@ static void round_abort(struct mm_sync *s, int why, bool tell_peer)
 
 /* DESCENT output being built: elements in parts of at most PART_MAX bytes. */
 struct dout {
-	msgpack_sbuffer el;
+	struct mm_wbuf el;
 	size_t n;
 	size_t summaries;
 	size_t total;
@@ -688,7 +695,7 @@ struct dout {
 static int dout_flush(struct mm_sync *s, struct dout *o, bool more)
 {
 	int rc = mm_wire_enc_descent_begin(&s->out, s->r.id, more, o->n);
-	if (rc == 0 && o->el.size && msgpack_sbuffer_write(&s->out, o->el.data, o->el.size) != 0)
+	if (rc == 0 && o->el.size && mm_wbuf_write(&s->out, o->el.data, o->el.size) != 0)
 		rc = -ENOMEM;
 	o->el.size = 0;
 	o->n = 0;
@@ -1178,7 +1185,7 @@ static int handle_round_msg(struct mm_sync *s, const struct mm_wire_elem *e, siz
 {
 	struct dout o = { .n = 0 };
 	int rc;
-	msgpack_sbuffer_init(&o.el);
+	mm_wbuf_init(&o.el);
 	plist_clear(&s->r.q);
 	if (start_summary) {
 		static const uint8_t zero[MM_KEY_LEN];
@@ -1188,7 +1195,7 @@ static int handle_round_msg(struct mm_sync *s, const struct mm_wire_elem *e, siz
 	}
 	if (rc == 0 && s->connected)
 		rc = finish_message(s, &o);
-	msgpack_sbuffer_destroy(&o.el);
+	mm_wbuf_free(&o.el);
 	return rc;
 }
 
@@ -1216,7 +1223,7 @@ int mm_sync_start(struct mm_sync *s, uint64_t now_ms)
 	nonce_for(s, id);
 	/* my summary of the users root, sent in START */
 	struct dout o = { .n = 0 };
-	msgpack_sbuffer_init(&o.el);
+	mm_wbuf_init(&o.el);
 	static const uint8_t zero[MM_KEY_LEN];
 	int rc = emit_summary(s, &o, TREE_USERS, NULL, zero, 0);
 	if (rc == 0) {
@@ -1233,7 +1240,7 @@ int mm_sync_start(struct mm_sync *s, uint64_t now_ms)
 			rc = send_out(s, MM_CHAN_STREAM);
 		}
 	}
-	msgpack_sbuffer_destroy(&o.el);
+	mm_wbuf_free(&o.el);
 	if (rc < 0 && s->r.st != RS_IDLE)
 		round_abort(s, rc, false);
 	return rc;
@@ -1248,6 +1255,8 @@ static void breq_free(struct mm_sync *s, struct breq *b, int result)
 	b->handle = NULL;
 	if (s->cfg.fetch)
 		mm_fetch_done(s->cfg.fetch, s, b->user, b->id, result, s->now);
+	/* the hash state buffers up to a block (128 bytes) of the body not yet hashed */
+	sodium_memzero(&b->h, sizeof b->h);
 	free(b->user);
 	free(b);
 }
@@ -1560,8 +1569,8 @@ int mm_sync_new(const struct mm_sync_config *cfg, struct mm_sync **s_r)
 	if (!s->cfg.max_skew_ms)
 		s->cfg.max_skew_ms = 60000;
 	s->chunk_cap = MM_SYNC_CHUNK > s->cfg.inline_max ? MM_SYNC_CHUNK : s->cfg.inline_max;
-	msgpack_sbuffer_init(&s->out);
-	mm_arena_init(&s->rx);
+	mm_wbuf_init(&s->out);
+	mm_arena_init_wiped(&s->rx); /* keywords, folder names of received records */
 	mm_arena_init(&s->r.p.a);
 	mm_arena_init(&s->r.q.a);
 	mm_arena_init(&s->r.acca);
@@ -1596,7 +1605,7 @@ void mm_sync_free(struct mm_sync **sp)
 	drop_transfers(s);
 	if (f)
 		mm_fetch_peer_down(f, s, s->now);
-	msgpack_sbuffer_destroy(&s->out);
+	mm_wbuf_free(&s->out);
 	mm_arena_free(&s->rx);
 	mm_arena_free(&s->r.p.a);
 	mm_arena_free(&s->r.q.a);
@@ -1604,6 +1613,8 @@ void mm_sync_free(struct mm_sync **sp)
 	free(s->r.p.v);
 	free(s->r.q.v);
 	free(s->r.acc);
+	if (s->chunk)
+		sodium_memzero(s->chunk, s->chunk_used);
 	free(s->chunk);
 	mm_delta_free(&s->relay_delta);
 	free(s);
@@ -1773,7 +1784,7 @@ int mm_sync_push(struct mm_sync *s, const struct mm_delta *d, uint64_t now_ms)
 	size_t n = mm_delta_count(d);
 	int rc = 0, sent = 0;
 	struct recbuf rb = { .flags = MM_RECORDS_PUSH };
-	msgpack_sbuffer_init(&rb.body);
+	mm_wbuf_init(&rb.body);
 	s->in_push = true;
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		const char *user;
@@ -1792,7 +1803,7 @@ int mm_sync_push(struct mm_sync *s, const struct mm_delta *d, uint64_t now_ms)
 		rc = rb_flush(s, &rb);
 	sent = (int)rb.sent;
 	s->in_push = false;
-	msgpack_sbuffer_destroy(&rb.body);
+	mm_wbuf_free(&rb.body);
 	return rc < 0 ? rc : sent;
 }
 

@@ -14,8 +14,10 @@
 #include "proto/wire.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sodium.h>
 
 /* ---- bounds-checked reader ---------------------------------------------------- */
 
@@ -464,6 +466,58 @@ int mm_wire_peek_type(const uint8_t *buf, size_t len)
 	return rc < 0 ? rc : (int)m.type;
 }
 
+/* ---- output buffer ------------------------------------------------------------- */
+
+#define WBUF_FIRST 8192 /* msgpack-c's sbuffer's first size: the same growth as before */
+
+void mm_wbuf_init(struct mm_wbuf *b)
+{
+	memset(b, 0, sizeof *b);
+}
+
+int mm_wbuf_write(void *arg, const char *p, size_t len)
+{
+	struct mm_wbuf *b = arg;
+	if (!p || !len)
+		return 0;
+	if (b->alloc - b->size < len) {
+		size_t cap = b->alloc ? b->alloc : WBUF_FIRST;
+		while (cap - b->size < len) {
+			if (cap > SIZE_MAX / 2)
+				return -1;
+			cap *= 2;
+		}
+		/* malloc + copy + wipe instead of realloc: realloc would free the old
+		 * block, with the messages it held, as it was */
+		char *d = malloc(cap);
+		if (!d)
+			return -1;
+		if (b->size)
+			memcpy(d, b->data, b->size);
+		if (b->data) {
+			sodium_memzero(b->data, b->used > b->size ? b->used : b->size);
+			free(b->data);
+		}
+		b->data = d;
+		b->alloc = cap;
+		b->used = b->size;
+	}
+	memcpy(b->data + b->size, p, len);
+	b->size += len;
+	if (b->size > b->used)
+		b->used = b->size;
+	return 0;
+}
+
+void mm_wbuf_free(struct mm_wbuf *b)
+{
+	if (b->data) {
+		sodium_memzero(b->data, b->used > b->size ? b->used : b->size);
+		free(b->data);
+	}
+	memset(b, 0, sizeof *b);
+}
+
 /* ---- encoders ----------------------------------------------------------------- */
 
 /* msgpack-c's packer reports allocation failure through the write callback's return. */
@@ -496,10 +550,10 @@ static int pk_name(msgpack_packer *pk, const char *s)
 }
 
 #define PACKER(sb) msgpack_packer pk_; msgpack_packer *pk = &pk_; \
-	msgpack_packer_init(pk, (sb), msgpack_sbuffer_write)
+	msgpack_packer_init(pk, (sb), mm_wbuf_write)
 #define TRY(expr) do { int rc_ = (expr); if (rc_ < 0) return rc_; } while (0)
 
-int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
+int mm_wire_enc_digest(struct mm_wbuf *sb, uint64_t seq, bool reply,
                        const uint8_t root[MM_HASH_LEN], uint64_t n_users, uint64_t lead_id,
                        uint64_t lead_beat, uint64_t gc_bound, uint64_t gc_members)
 {
@@ -522,7 +576,7 @@ int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
 	return 0;
 }
 
-int mm_wire_enc_start(msgpack_sbuffer *sb, uint64_t round, const uint8_t nonce[MM_WIRE_NONCE_LEN],
+int mm_wire_enc_start(struct mm_wbuf *sb, uint64_t round, const uint8_t nonce[MM_WIRE_NONCE_LEN],
                       const uint8_t *summary, size_t summary_len)
 {
 	PACKER(sb);
@@ -533,7 +587,7 @@ int mm_wire_enc_start(msgpack_sbuffer *sb, uint64_t round, const uint8_t nonce[M
 	return 0;
 }
 
-int mm_wire_enc_descent_begin(msgpack_sbuffer *sb, uint64_t round, bool more, size_t n)
+int mm_wire_enc_descent_begin(struct mm_wbuf *sb, uint64_t round, bool more, size_t n)
 {
 	if (n > MM_WIRE_MAX_ELEMS)
 		return -EINVAL;
@@ -545,20 +599,20 @@ int mm_wire_enc_descent_begin(msgpack_sbuffer *sb, uint64_t round, bool more, si
 	return 0;
 }
 
-int mm_wire_enc_elem_bitmap(msgpack_sbuffer *sb, uint16_t bitmap)
+int mm_wire_enc_elem_bitmap(struct mm_wbuf *sb, uint16_t bitmap)
 {
 	PACKER(sb);
 	PK(msgpack_pack_uint16(pk, bitmap));
 	return 0;
 }
 
-int mm_wire_enc_elem_bin(msgpack_sbuffer *sb, const uint8_t *bin, size_t len)
+int mm_wire_enc_elem_bin(struct mm_wbuf *sb, const uint8_t *bin, size_t len)
 {
 	PACKER(sb);
 	return pk_bin(pk, bin, len);
 }
 
-int mm_wire_enc_end(msgpack_sbuffer *sb, uint64_t round)
+int mm_wire_enc_end(struct mm_wbuf *sb, uint64_t round)
 {
 	PACKER(sb);
 	TRY(enc_head(pk, 3, MM_MSG_END));
@@ -566,7 +620,7 @@ int mm_wire_enc_end(msgpack_sbuffer *sb, uint64_t round)
 	return 0;
 }
 
-int mm_wire_enc_abort(msgpack_sbuffer *sb, uint64_t round, int reason)
+int mm_wire_enc_abort(struct mm_wbuf *sb, uint64_t round, int reason)
 {
 	if (reason < -4095 || reason > 4095)
 		return -EINVAL;
@@ -577,7 +631,7 @@ int mm_wire_enc_abort(msgpack_sbuffer *sb, uint64_t round, int reason)
 	return 0;
 }
 
-int mm_wire_enc_records_begin(msgpack_sbuffer *sb, uint32_t flags, const char *user, size_t n)
+int mm_wire_enc_records_begin(struct mm_wbuf *sb, uint32_t flags, const char *user, size_t n)
 {
 	if (n > MM_WIRE_MAX_RECS)
 		return -EINVAL;
@@ -589,7 +643,7 @@ int mm_wire_enc_records_begin(msgpack_sbuffer *sb, uint32_t flags, const char *u
 	return 0;
 }
 
-int mm_wire_enc_rec(msgpack_sbuffer *sb, const struct mm_rec *r, const uint8_t *body, size_t body_len)
+int mm_wire_enc_rec(struct mm_wbuf *sb, const struct mm_rec *r, const uint8_t *body, size_t body_len)
 {
 	uint8_t stack[1024];
 	ssize_t need = mm_rec_encode(r, NULL, 0);
@@ -619,8 +673,12 @@ int mm_wire_enc_rec(msgpack_sbuffer *sb, const struct mm_rec *r, const uint8_t *
 	else if (msgpack_pack_nil(pk) != 0)
 		rc = -ENOMEM;
 out:
-	if (buf != stack)
+	/* the record's encoding holds its keywords and folder name: a heap copy (a
+	 * record of many keywords) is wiped before it goes (the stack one is reused) */
+	if (buf != stack) {
+		sodium_memzero(buf, (size_t)need);
 		free(buf);
+	}
 	return rc;
 }
 
@@ -632,7 +690,7 @@ ssize_t mm_wire_rec_size(const struct mm_rec *r, size_t body_len)
 	return 1 + 5 + need + 5 + (ssize_t)body_len;
 }
 
-int mm_wire_enc_get_body(msgpack_sbuffer *sb, uint64_t req, const char *user,
+int mm_wire_enc_get_body(struct mm_wbuf *sb, uint64_t req, const char *user,
                          const uint8_t id[MM_ID_LEN], uint64_t offset, uint64_t size)
 {
 	if (offset > size)
@@ -647,7 +705,7 @@ int mm_wire_enc_get_body(msgpack_sbuffer *sb, uint64_t req, const char *user,
 	return 0;
 }
 
-int mm_wire_enc_body(msgpack_sbuffer *sb, uint64_t req, uint64_t offset, uint64_t total,
+int mm_wire_enc_body(struct mm_wbuf *sb, uint64_t req, uint64_t offset, uint64_t total,
                      const uint8_t *data, size_t len)
 {
 	if (offset > total || len > total - offset)
@@ -661,7 +719,7 @@ int mm_wire_enc_body(msgpack_sbuffer *sb, uint64_t req, uint64_t offset, uint64_
 	return 0;
 }
 
-int mm_wire_enc_body_err(msgpack_sbuffer *sb, uint64_t req, int reason)
+int mm_wire_enc_body_err(struct mm_wbuf *sb, uint64_t req, int reason)
 {
 	if (reason < -4095 || reason > 4095)
 		return -EINVAL;

@@ -2,7 +2,7 @@
  * wire.h — encoding and decoding of every replication message (msgpack).
  *
  * Every message is one msgpack array [version, type, ...fields] (docs/protocol.md,
- * "Wire messages and sync", lists them).  Encoders append to a msgpack_sbuffer with
+ * "Wire messages and sync", lists them).  Encoders append to a struct mm_wbuf with
  * msgpack-c's packer.  The decoder does not use msgpack-c's allocating unpacker: it
  * walks the bytes with bounds-checked (cursor, end) helpers, checks every type and
  * length, caps every count by the bytes left, and never allocates from a length read
@@ -130,32 +130,54 @@ struct mm_wire_msg {
  * -ENOMEM if the arena cannot allocate.  On error *msg_r is undefined except version. */
 int mm_wire_decode(const uint8_t *buf, size_t len, struct mm_wire_msg *msg_r, struct mm_arena *a);
 
+/* The encoders' output buffer.  Messages carry mail (records with their keywords,
+ * inline bodies, BODY chunks), and a daemon runs for months: a freed block that still
+ * held them could turn up in a core dump or a heap disclosure.  So, unlike msgpack-c's
+ * sbuffer (whose realloc frees the old block as it was), a growing mm_wbuf wipes the
+ * old block before freeing it, and mm_wbuf_free wipes it too.  Only bytes ever used
+ * are wiped (`used`, the most the block has held), so a buffer reused for messages
+ * of a few hundred bytes costs a few hundred bytes of wiping when it goes.  The
+ * caller reuses it by setting size = 0: the last message stays in it, live memory of
+ * its owner, until overwritten or freed. */
+struct mm_wbuf {
+	char *data;
+	size_t size;  /* bytes written since the caller last set size = 0 */
+	size_t alloc; /* bytes of data */
+	size_t used;  /* the most bytes data has held: what is wiped */
+};
+void mm_wbuf_init(struct mm_wbuf *b);
+/* Appends len bytes; 0 or -1 (out of memory).  The signature of msgpack-c's
+ * msgpack_packer_write, so a packer writes through it (b is a struct mm_wbuf). */
+int mm_wbuf_write(void *b, const char *p, size_t len);
+/* Wipes the bytes used and frees; b may be initialised again. */
+void mm_wbuf_free(struct mm_wbuf *b);
+
 /* Encoders: append one whole message to sb (which the caller may reuse after clearing
  * sb->size).  Return 0, -EINVAL (bad argument: name too long, bad record), -ENOMEM.
  * They do not check MM_WIRE_MAX; callers size their batches (mm_wire_rec_size). */
 /* DIGEST: lead_id, lead_beat and gc_bound all 0 = the short form without them;
  * gc_bound 0 = the form without it and gc_members. */
-int mm_wire_enc_digest(msgpack_sbuffer *sb, uint64_t seq, bool reply,
+int mm_wire_enc_digest(struct mm_wbuf *sb, uint64_t seq, bool reply,
                        const uint8_t root[MM_HASH_LEN], uint64_t n_users, uint64_t lead_id,
                        uint64_t lead_beat, uint64_t gc_bound, uint64_t gc_members);
-int mm_wire_enc_start(msgpack_sbuffer *sb, uint64_t round, const uint8_t nonce[MM_WIRE_NONCE_LEN],
+int mm_wire_enc_start(struct mm_wbuf *sb, uint64_t round, const uint8_t nonce[MM_WIRE_NONCE_LEN],
                       const uint8_t *summary, size_t summary_len);
 /* DESCENT is built incrementally: begin (n elements announced), then exactly n
  * elem_bitmap/elem_bin calls.  A long DESCENT is split into parts: more = true on
  * every part but the last. */
-int mm_wire_enc_descent_begin(msgpack_sbuffer *sb, uint64_t round, bool more, size_t n);
-int mm_wire_enc_elem_bitmap(msgpack_sbuffer *sb, uint16_t bitmap);
-int mm_wire_enc_elem_bin(msgpack_sbuffer *sb, const uint8_t *bin, size_t len);
-int mm_wire_enc_end(msgpack_sbuffer *sb, uint64_t round);
-int mm_wire_enc_abort(msgpack_sbuffer *sb, uint64_t round, int reason);
+int mm_wire_enc_descent_begin(struct mm_wbuf *sb, uint64_t round, bool more, size_t n);
+int mm_wire_enc_elem_bitmap(struct mm_wbuf *sb, uint16_t bitmap);
+int mm_wire_enc_elem_bin(struct mm_wbuf *sb, const uint8_t *bin, size_t len);
+int mm_wire_enc_end(struct mm_wbuf *sb, uint64_t round);
+int mm_wire_enc_abort(struct mm_wbuf *sb, uint64_t round, int reason);
 /* RECORDS likewise: begin with the count, then n mm_wire_enc_rec calls. */
-int mm_wire_enc_records_begin(msgpack_sbuffer *sb, uint32_t flags, const char *user, size_t n);
-int mm_wire_enc_rec(msgpack_sbuffer *sb, const struct mm_rec *r, const uint8_t *body, size_t body_len);
-int mm_wire_enc_get_body(msgpack_sbuffer *sb, uint64_t req, const char *user,
+int mm_wire_enc_records_begin(struct mm_wbuf *sb, uint32_t flags, const char *user, size_t n);
+int mm_wire_enc_rec(struct mm_wbuf *sb, const struct mm_rec *r, const uint8_t *body, size_t body_len);
+int mm_wire_enc_get_body(struct mm_wbuf *sb, uint64_t req, const char *user,
                          const uint8_t id[MM_ID_LEN], uint64_t offset, uint64_t size);
-int mm_wire_enc_body(msgpack_sbuffer *sb, uint64_t req, uint64_t offset, uint64_t total,
+int mm_wire_enc_body(struct mm_wbuf *sb, uint64_t req, uint64_t offset, uint64_t total,
                      const uint8_t *data, size_t len);
-int mm_wire_enc_body_err(msgpack_sbuffer *sb, uint64_t req, int reason);
+int mm_wire_enc_body_err(struct mm_wbuf *sb, uint64_t req, int reason);
 
 /* Upper bound of the bytes mm_wire_enc_rec adds for r with a body of body_len bytes
  * (negative errno if r cannot be encoded); the RECORDS header takes at most

@@ -229,7 +229,7 @@ static void pack_digest(msgpack_packer *pk, unsigned n)
 
 /* Packs a DIGEST of n elements into the emptied sb and decodes it: mm_wire_decode's
  * return value. */
-static int decode_packed(msgpack_sbuffer *sb, msgpack_packer *pk, unsigned n, struct mm_wire_msg *m,
+static int decode_packed(struct mm_wbuf *sb, msgpack_packer *pk, unsigned n, struct mm_wire_msg *m,
                          struct mm_arena *a)
 {
 	sb->size = 0;
@@ -241,10 +241,10 @@ static int decode_packed(msgpack_sbuffer *sb, msgpack_packer *pk, unsigned n, st
 static void test_digest_without_lead(void **state)
 {
 	(void)state;
-	msgpack_sbuffer sb;
-	msgpack_sbuffer_init(&sb);
+	struct mm_wbuf sb;
+	mm_wbuf_init(&sb);
 	msgpack_packer pk;
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_packer_init(&pk, &sb, mm_wbuf_write);
 	struct mm_wire_msg m;
 	struct mm_arena a;
 	mm_arena_init(&a);
@@ -292,7 +292,7 @@ static void test_digest_without_lead(void **state)
 	assert_int_equal(m.digest.gc_bound, 1690000000000ull);
 	assert_int_equal(m.digest.gc_members, 77);
 	mm_arena_free(&a);
-	msgpack_sbuffer_destroy(&sb);
+	mm_wbuf_free(&sb);
 }
 
 int main(void)

@@ -1013,8 +1013,8 @@ static void test_unknown_version(void **state)
 	};
 	assert_int_equal(mm_sync_new(&c, &s), 0);
 	mm_sync_connected(s, 0);
-	msgpack_sbuffer sb;
-	msgpack_sbuffer_init(&sb);
+	struct mm_wbuf sb;
+	mm_wbuf_init(&sb);
 	assert_int_equal(mm_wire_enc_end(&sb, 1), 0);
 	((uint8_t *)sb.data)[1] = 7;
 	ev_version = 0;
@@ -1024,7 +1024,7 @@ static void test_unknown_version(void **state)
 	const uint8_t junk[] = { 0x93, 0x01, 0x03 };
 	assert_int_equal(mm_sync_recv(s, MM_CHAN_STREAM, junk, sizeof junk, 0), -EBADMSG);
 	assert_int_equal(mm_sync_stats(s)->proto_errors, 2);
-	msgpack_sbuffer_destroy(&sb);
+	mm_wbuf_free(&sb);
 	mm_sync_free(&s);
 	mm_state_free(&st);
 	net_free(&net);

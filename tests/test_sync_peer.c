@@ -98,7 +98,7 @@ struct victim {
 	struct mm_clock clk;
 	struct mm_sync *s;
 	struct out o;
-	msgpack_sbuffer sb;
+	struct mm_wbuf sb;
 };
 
 #define NOW 1800000000000ull /* wall ms of the tests (2027) */
@@ -128,7 +128,7 @@ static void victim_init(struct victim *v, size_t users, size_t msgs_each)
 	};
 	assert_int_equal(mm_sync_new(&c, &v->s), 0);
 	mm_sync_connected(v->s, NOW);
-	msgpack_sbuffer_init(&v->sb);
+	mm_wbuf_init(&v->sb);
 }
 
 static void victim_free(struct victim *v)
@@ -136,7 +136,7 @@ static void victim_free(struct victim *v)
 	mm_sync_free(&v->s);
 	mm_state_free(&v->st);
 	mm_arena_free(&v->o.a);
-	msgpack_sbuffer_destroy(&v->sb);
+	mm_wbuf_free(&v->sb);
 }
 
 /* Feeds v->sb as one stream message and clears it. */

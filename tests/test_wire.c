@@ -35,7 +35,7 @@ static struct mm_rec msg_rec(uint64_t t, struct mm_kwreg *kws, size_t nkw)
 
 /* Every encoded test message, with a checker for its decoded form. */
 struct sample {
-	msgpack_sbuffer sb;
+	struct mm_wbuf sb;
 	enum mm_msg_type type;
 };
 
@@ -49,7 +49,7 @@ static size_t make_samples(struct sample *s)
 	size_t n = 0;
 	struct mm_kwreg kws[2] = { { "$Junk", { 1, { 5 << 16, 7 } } }, { "work", { 0, { 6 << 16, 8 } } } };
 	for (size_t i = 0; i < 9; i++)
-		msgpack_sbuffer_init(&s[i].sb);
+		mm_wbuf_init(&s[i].sb);
 	assert_int_equal(mm_wire_enc_digest(&s[n].sb, 77, true, root, 3, 5, 1234567, 88, 99), 0);
 	s[n++].type = MM_MSG_DIGEST;
 	assert_int_equal(mm_wire_enc_start(&s[n].sb, 1234567, nonce, summary, sizeof summary), 0);
@@ -86,7 +86,7 @@ static size_t make_samples(struct sample *s)
 static void free_samples(struct sample *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		msgpack_sbuffer_destroy(&s[i].sb);
+		mm_wbuf_free(&s[i].sb);
 }
 
 /* Asserts that m is sample sm decoded. */
@@ -358,9 +358,9 @@ static void test_later_fields(void **state)
 
 	/* a RECORDS entry with more than [record, body] */
 	struct mm_rec r = msg_rec(100, NULL, 0);
-	msgpack_sbuffer one, three;
-	msgpack_sbuffer_init(&one);
-	msgpack_sbuffer_init(&three);
+	struct mm_wbuf one, three;
+	mm_wbuf_init(&one);
+	mm_wbuf_init(&three);
 	assert_int_equal(mm_wire_enc_records_begin(&one, 0, "bob", 1), 0);
 	assert_int_equal(mm_wire_enc_rec(&one, &r, body, 5), 0);
 	assert_int_equal(mm_wire_enc_records_begin(&three, 0, "bob", 1), 0);
@@ -368,7 +368,7 @@ static void test_later_fields(void **state)
 	assert_int_equal(mm_wire_enc_rec(&three, &r, body, 5), 0);
 	assert_int_equal((uint8_t)three.data[at], 0x92);
 	three.data[at] = (char)0x94;
-	msgpack_sbuffer_write(&three, (const char *)extras, 7 + 5); /* the map, the float32 */
+	mm_wbuf_write(&three, (const char *)extras, 7 + 5); /* the map, the float32 */
 	struct mm_wire_msg m1, m3;
 	assert_int_equal(mm_wire_decode((const uint8_t *)one.data, one.size, &m1, &a), 0);
 	assert_int_equal(mm_wire_decode((const uint8_t *)three.data, three.size, &m3, &a), 0);
@@ -380,10 +380,43 @@ static void test_later_fields(void **state)
 	assert_int_equal(mm_wire_decode((const uint8_t *)three.data, three.size, &m3, &a), -EBADMSG);
 	three.data[at] = (char)0x91; /* fewer than two */
 	assert_int_equal(mm_wire_decode((const uint8_t *)three.data, three.size, &m3, &a), -EBADMSG);
-	msgpack_sbuffer_destroy(&one);
-	msgpack_sbuffer_destroy(&three);
+	mm_wbuf_free(&one);
+	mm_wbuf_free(&three);
 	free_samples(s, n);
 	mm_arena_free(&a);
+}
+
+/* The encoders' buffer keeps what was written across its growth (it copies and wipes
+ * instead of realloc; tests/test_wipe.c checks the wiping), and is reusable. */
+static void test_wbuf(void **state)
+{
+	(void)state;
+	struct mm_wbuf b;
+	mm_wbuf_init(&b);
+	static char src[200000];
+	for (size_t i = 0; i < sizeof src; i++)
+		src[i] = (char)(i * 131 + (i >> 9));
+	size_t off = 0;
+	for (size_t step = 1; off < sizeof src; step = step * 3 + 1) {
+		size_t n = step < sizeof src - off ? step : sizeof src - off;
+		assert_int_equal(mm_wbuf_write(&b, src + off, n), 0);
+		off += n;
+		assert_int_equal(b.size, off);
+		assert_true(b.alloc >= b.size && b.used >= b.size);
+		assert_memory_equal(b.data, src, off);
+	}
+	assert_int_equal(mm_wbuf_write(&b, NULL, 0), 0);
+	assert_int_equal(b.size, sizeof src);
+	size_t alloc = b.alloc;
+	b.size = 0; /* reused: no new block, the most used remembered */
+	assert_int_equal(mm_wbuf_write(&b, "abc", 3), 0);
+	assert_int_equal(b.alloc, alloc);
+	assert_int_equal(b.used, sizeof src);
+	assert_memory_equal(b.data, "abc", 3);
+	mm_wbuf_free(&b);
+	assert_null(b.data);
+	assert_int_equal(b.size + b.alloc + b.used, 0);
+	mm_wbuf_free(&b); /* twice: nothing */
 }
 
 static void test_unknown_version(void **state)
@@ -413,8 +446,8 @@ static void test_bad_fields(void **state)
 	struct mm_arena a;
 	mm_arena_init(&a);
 	struct mm_wire_msg m;
-	msgpack_sbuffer sb;
-	msgpack_sbuffer_init(&sb);
+	struct mm_wbuf sb;
+	mm_wbuf_init(&sb);
 	/* a name over MM_NAME_MAX cannot be encoded */
 	char longname[MM_NAME_MAX + 2];
 	memset(longname, 'x', sizeof longname - 1);
@@ -457,7 +490,7 @@ static void test_bad_fields(void **state)
 	const uint8_t dig[] = { 0x96, 0x01, 0x01, 0x01, 0xc3, 0xc4, 0x01, 0x00, 0x00 };
 	assert_int_equal(mm_wire_decode(dig, sizeof dig, &m, &a), -EBADMSG);
 	assert_int_equal(mm_wire_decode(NULL, 0, &m, &a), -EBADMSG);
-	msgpack_sbuffer_destroy(&sb);
+	mm_wbuf_free(&sb);
 	mm_arena_free(&a);
 }
 
@@ -468,6 +501,7 @@ int main(void)
 		cmocka_unit_test(test_truncated_and_trailing),
 		cmocka_unit_test(test_corrupted),
 		cmocka_unit_test(test_later_fields),
+		cmocka_unit_test(test_wbuf),
 		cmocka_unit_test(test_unknown_version),
 		cmocka_unit_test(test_bad_fields),
 	};
