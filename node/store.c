@@ -3569,6 +3569,17 @@ int mm_store_body_write(struct mm_body_writer *w, const void *data, size_t len)
 	return 0;
 }
 
+/* A deferred writer's buffer holds a whole body as it came off the network: wiped
+ * before it goes back to the allocator, as the transport's buffers are (only the bytes
+ * written; w->n may pass cap, and then nothing past cap was copied). */
+static void writer_buf_free(struct mm_body_writer *w)
+{
+	if (w->buf)
+		sodium_memzero(w->buf, (size_t)(w->n < w->cap ? w->n : w->cap));
+	free(w->buf);
+	w->buf = NULL;
+}
+
 static void writer_free(struct mm_body_writer **wp, bool unlink_tmp)
 {
 	struct mm_body_writer *w = *wp;
@@ -3580,7 +3591,7 @@ static void writer_free(struct mm_body_writer **wp, bool unlink_tmp)
 		unlink(p);
 	}
 	free(w->user);
-	free(w->buf);
+	writer_buf_free(w);
 	free(w->dir);
 	sodium_memzero(&w->h, sizeof w->h);
 	free(w);
@@ -4343,8 +4354,7 @@ int mm_store_body_write_out(struct mm_body_writer *w)
 		if (r == 0)
 			r = sr;
 	}
-	free(w->buf);
-	w->buf = NULL;
+	writer_buf_free(w);
 	return w->err = r;
 }
 
