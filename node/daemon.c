@@ -29,6 +29,7 @@
 #include "proto/fetch.h"
 #include "proto/gossip.h"
 #include "proto/lead.h"
+#include "proto/link.h"
 #include "proto/sync.h"
 
 #define COMMIT_DELAY_MS 20          /* merged remote changes are committed in batches */
@@ -353,18 +354,12 @@ void mm_daemon_peer_times_load(struct mm_daemon *d, struct mm_dpeer *p)
 	peer_time_load(d, p, "members", &p->gc.members);
 	/* The newest handshake timestamp taken from it before the restart: a message 1
 	 * recorded earlier is then refused at once, not answered (docs/protocol.md,
-	 * "Handshake").  Unless it is ahead of our clock by more than max_skew: a peer whose
-	 * clock ran ahead and was set back, or a stolen key and psk that dated a
-	 * confirmed handshake far ahead, would otherwise be refused until its clock
-	 * passed that time, and restarting this node, which ended such a lockout before
-	 * the timestamp was kept, would no longer help.  So a kept lockout lasts at most
-	 * max_skew (60 s by default) after a restart. */
+	 * "Handshake"); one more than max_skew ahead of our clock is dropped, so a kept
+	 * lockout lasts at most max_skew after a restart (proto/link.h
+	 * mm_link_ts_restore, which the simulator calls too). */
 	uint64_t hs_ms = 0;
 	peer_time_load(d, p, "hs", &hs_ms);
-	memset(p->last_ts, 0, sizeof p->last_ts);
-	if (hs_ms && hs_ms <= mm_daemon_now() + d->cfg.max_skew_ms)
-		mm_ch_tai64n(hs_ms, p->last_ts);
-	else if (hs_ms)
+	if (mm_link_ts_restore(p->last_ts, hs_ms, mm_daemon_now(), d->cfg.max_skew_ms) < 0)
 		mm_log(MM_LOG_WARN, "peer %s: its last handshake here is dated %llu s ahead of this node's clock, "
 		       "more than max_skew: not kept (check both nodes' time sync)", p->conf->name,
 		       (unsigned long long)((hs_ms - mm_daemon_now()) / 1000));

@@ -177,3 +177,16 @@ bool mm_link_ts_confirm(uint8_t last_ts[MM_CH_TAI64N_LEN], const uint8_t hs_ts[M
 	memcpy(last_ts, hs_ts, MM_CH_TAI64N_LEN);
 	return true;
 }
+
+int mm_link_ts_restore(uint8_t last_ts[MM_CH_TAI64N_LEN], uint64_t saved_ms, uint64_t now_ms,
+                       uint64_t max_skew_ms)
+{
+	memset(last_ts, 0, MM_CH_TAI64N_LEN);
+	if (!saved_ms)
+		return 0;
+	uint64_t bound = max_skew_ms > UINT64_MAX - now_ms ? UINT64_MAX : now_ms + max_skew_ms;
+	if (saved_ms > bound)
+		return -ERANGE;
+	mm_ch_tai64n(saved_ms, last_ts);
+	return 0;
+}

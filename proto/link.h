@@ -113,4 +113,15 @@ bool mm_link_confirmed(const struct mm_ch *ch, bool incoming);
  * database), false otherwise. */
 bool mm_link_ts_confirm(uint8_t last_ts[MM_CH_TAI64N_LEN], const uint8_t hs_ts[MM_CH_TAI64N_LEN]);
 
+/* At start: the peer's newest confirmed handshake timestamp kept from before the
+ * restart (saved_ms, wall-clock ms as mm_ch_tai64n_ms gives it; 0 = none) becomes
+ * last_ts, so a message 1 recorded earlier is refused at once.  Unless it is more
+ * than max_skew_ms ahead of now_ms: a peer whose clock ran ahead and was set back, or
+ * a stolen key and psk that dated a confirmed handshake far ahead, would otherwise be
+ * refused until its clock passed that time, and a restart of this node, which ends
+ * such a lockout, would no longer help.  Returns 0 (last_ts set, or zeroed when
+ * there is none) or -ERANGE (dropped: last_ts zeroed; the caller says so). */
+int mm_link_ts_restore(uint8_t last_ts[MM_CH_TAI64N_LEN], uint64_t saved_ms, uint64_t now_ms,
+                       uint64_t max_skew_ms);
+
 #endif

@@ -25,8 +25,9 @@
  * a peer's id, a replay of a recorded datagram, a replay of a recorded message 1 on a
  * new connection, a well-formed message 1 from a key nobody trusts, garbage on a new
  * connection.  The responder treats the new connection exactly as node/peer.c does; a
- * replay it accepts (possible only when it forgot the timestamp by restarting, or
- * never saw the original) is answered but never confirmed, so it neither replaces the
+ * replay it accepts (possible only when it never saw the original: timestamps are kept
+ * across a crash as in the daemon's state database, sim/node.c) is answered but never
+ * confirmed, so it neither replaces the
  * peer's live connection nor sets the peer's last timestamp.
  *
  * What is left here is what only a simulator has: the virtual network's delivery,
@@ -171,7 +172,8 @@ static void attach(struct sim_peer *p)
 			return;
 		}
 	} else {
-		(void)mm_link_ts_confirm(p->last_ts, p->hs_ts);
+		if (mm_link_ts_confirm(p->last_ts, p->hs_ts)) /* kept, as node/daemon.c does */
+			p->saved_hs_ms = mm_ch_tai64n_ms(p->last_ts);
 	}
 	p->attached = true;
 	mm_sync_reset(p->sync, now);

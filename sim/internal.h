@@ -21,6 +21,7 @@
 #define SIM_RECONNECT_MAX_MS 2500
 #define SIM_BODY_MAX (64u << 20)
 #define SIM_CAPTURE 64              /* datagrams the attacker remembers to replay */
+#define SIM_MAX_SKEW_MS 60000       /* the daemon's default max_skew (node/config.h) */
 #define SIM_CAPTURE_HS 16           /* handshake messages 1 it remembers */
 #define SIM_NFOLDERS 5              /* sim_folders[] */
 #define SIM_UID_ROUNDS 3            /* plan rounds per node and pass (uid.c) */
@@ -89,8 +90,11 @@ struct sim_peer {
 	 * once the connection is confirmed (node/peer.c's mm_conn.hs_ts) */
 	uint8_t hs_ts[MM_CH_TAI64N_LEN];
 	/* responder memory (node/peer.c's mm_dpeer.last_ts): newest handshake timestamp
-	 * accepted from this peer; in memory only, so a crash forgets it */
+	 * accepted from this peer; kept as the daemon's state database keeps it
+	 * (saved_hs_ms, written at confirmation) and restored at start by the daemon's
+	 * rule, proto/link.h mm_link_ts_restore */
 	uint8_t last_ts[MM_CH_TAI64N_LEN];
+	uint64_t saved_hs_ms;
 	/* The tombstone GC's view of this peer (crdt.h), as node/daemon.c gc_cb: synced_ms
 	 * and known_ms (the owner's first start) survive a crash, as in the daemon's state
 	 * database; the sample does not */

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/link.h"
 #include "sim/internal.h"
 
 uint64_t sim_node_now(const struct sim_node *n)
@@ -551,6 +552,11 @@ int sim_node_start(struct sim *s, struct sim_node *n)
 	mm_clock_init(&n->clock, n->id, n->has_snap ? n->snap_clock : 0);
 	sim_map_clear(&n->view);
 	n->alive = true;
+	/* each peer's last handshake timestamp, from the state database, by the daemon's
+	 * rule (one more than max_skew ahead of this node's clock is dropped) */
+	for (uint32_t i = 0; i < n->npeers; i++)
+		(void)mm_link_ts_restore(n->peers[i].last_ts, n->peers[i].saved_hs_ms, sim_node_now(n),
+		                         SIM_MAX_SKEW_MS);
 	/* the daemon's memory: not the authority until its grace is over */
 	n->uid_auth = false;
 	n->started = s->now;
@@ -642,7 +648,7 @@ void sim_node_crash(struct sim *s, struct sim_node *n)
 	n->alive = false;
 	for (uint32_t i = 0; i < n->npeers; i++) {
 		sim_link_reset(s, n, i, "crash");
-		/* the daemon keeps handshake timestamps in memory only */
+		/* the memory goes; the state database's copy (saved_hs_ms) is read at start */
 		memset(n->peers[i].last_ts, 0, MM_CH_TAI64N_LEN);
 	}
 	node_stop(n);

@@ -327,6 +327,32 @@ static void test_ts_confirm(void **state)
 	assert_memory_equal(last, t2, sizeof last);
 }
 
+/* At start: a kept timestamp comes back unless it is more than max_skew ahead. */
+static void test_ts_restore(void **state)
+{
+	(void)state;
+	uint8_t last[MM_CH_TAI64N_LEN], want[MM_CH_TAI64N_LEN], zero[MM_CH_TAI64N_LEN] = {0};
+	uint64_t now = 1700000000000ULL, skew = 60000;
+	memset(last, 0xaa, sizeof last);
+	assert_int_equal(mm_link_ts_restore(last, 0, now, skew), 0); /* none kept */
+	assert_memory_equal(last, zero, sizeof last);
+	mm_ch_tai64n(now - 5000, want);
+	assert_int_equal(mm_link_ts_restore(last, now - 5000, now, skew), 0);
+	assert_memory_equal(last, want, sizeof last);
+	/* a message 1 recorded before it is refused after the restart: older */
+	uint8_t old[MM_CH_TAI64N_LEN];
+	mm_ch_tai64n(now - 6000, old);
+	assert_false(mm_link_ts_confirm(last, old));
+	mm_ch_tai64n(now + skew, want); /* at the bound: kept */
+	assert_int_equal(mm_link_ts_restore(last, now + skew, now, skew), 0);
+	assert_memory_equal(last, want, sizeof last);
+	/* past it (a clock set back, or dated ahead by a stolen key): dropped */
+	assert_int_equal(mm_link_ts_restore(last, now + skew + 1, now, skew), -ERANGE);
+	assert_memory_equal(last, zero, sizeof last);
+	/* no overflow with a huge max_skew */
+	assert_int_equal(mm_link_ts_restore(last, UINT64_MAX - 1, now, UINT64_MAX), 0);
+}
+
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -339,6 +365,7 @@ int main(void)
 		cmocka_unit_test(test_rx_hostile),
 		cmocka_unit_test(test_confirmed),
 		cmocka_unit_test(test_ts_confirm),
+		cmocka_unit_test(test_ts_restore),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
