@@ -16,101 +16,7 @@
 
 #include "proto/link.h"
 #include "proto/wire.h"
-
-/* ---- a channel pair in memory ------------------------------------------------------ */
-
-struct end {
-	struct mm_ch *ch;
-	uint8_t out[4096];
-	size_t out_len;
-	int chunks;
-};
-
-static int emit_cb(void *arg, const uint8_t *b, size_t n)
-{
-	struct end *e = arg;
-	if (n > sizeof e->out - e->out_len)
-		return -ENOBUFS;
-	memcpy(e->out + e->out_len, b, n);
-	e->out_len += n;
-	return 0;
-}
-
-static int deliver_cb(void *arg, const struct mm_ch_chunk *c)
-{
-	(void)c;
-	((struct end *)arg)->chunks++;
-	return 0;
-}
-
-static uint8_t a_pub[32];
-
-static int lookup_cb(void *arg, const uint8_t pub[32], uint8_t last_r[MM_CH_TAI64N_LEN])
-{
-	(void)arg;
-	if (memcmp(pub, a_pub, 32) != 0)
-		return -ENOENT;
-	memset(last_r, 0, MM_CH_TAI64N_LEN);
-	return 0;
-}
-
-static void accepted_cb(void *arg, const uint8_t pub[32], const uint8_t ts[MM_CH_TAI64N_LEN])
-{
-	(void)arg;
-	(void)pub;
-	(void)ts;
-}
-
-struct pair {
-	struct end a, b; /* a dials (initiator), b answers */
-};
-
-/* Moves what `from` emitted into `to`'s channel. */
-static void pass(struct end *from, struct end *to)
-{
-	size_t used = 0;
-	assert_int_equal(mm_ch_feed(to->ch, from->out, from->out_len, &used, 1000), MM_CH_OK);
-	assert_int_equal(used, from->out_len);
-	from->out_len = 0;
-}
-
-/* Sets up both ends and runs the handshake (messages 1 and 2) only. */
-static void pair_setup(struct pair *p)
-{
-	uint8_t a_priv[32], b_priv[32], b_pub[32], ra[32], rb[32];
-	memset(p, 0, sizeof *p);
-	for (int i = 0; i < 32; i++) {
-		a_priv[i] = (uint8_t)(i + 1);
-		b_priv[i] = (uint8_t)(i + 101);
-		ra[i] = (uint8_t)(i + 7);
-		rb[i] = (uint8_t)(i + 9);
-	}
-	mm_key_generate(a_priv, a_priv);
-	mm_key_generate(b_priv, b_priv);
-	assert_int_equal(mm_key_public(a_priv, a_pub), 0);
-	assert_int_equal(mm_key_public(b_priv, b_pub), 0);
-	struct mm_ch_config ca = {
-		.initiator = 1, .local_priv = a_priv, .remote_pub = b_pub, .random32 = ra,
-		.now_ms = 1000, .io = { emit_cb, deliver_cb, &p->a },
-	};
-	struct mm_ch_config cb = {
-		.initiator = 0, .local_priv = b_priv, .random32 = rb, .now_ms = 1000,
-		.peers = { lookup_cb, accepted_cb, NULL }, .io = { emit_cb, deliver_cb, &p->b },
-	};
-	assert_int_equal(mm_ch_new(&p->a.ch, &ca), 0);
-	assert_int_equal(mm_ch_new(&p->b.ch, &cb), 0);
-	assert_int_equal(mm_ch_start(p->a.ch), 0);
-	pass(&p->a, &p->b); /* message 1 */
-	pass(&p->b, &p->a); /* message 2 */
-	assert_int_equal(mm_ch_state(p->a.ch), MM_CH_ESTABLISHED);
-	assert_int_equal(mm_ch_state(p->b.ch), MM_CH_ESTABLISHED);
-}
-
-static void pair_free(struct pair *p)
-{
-	mm_ch_free(&p->a.ch);
-	mm_ch_free(&p->b.ch);
-}
+#include "tests/ch_pair.h"
 
 /* ---- who dials ---------------------------------------------------------------------- */
 
@@ -130,8 +36,9 @@ static void test_dials(void **state)
 static void test_dgram_round_trip(void **state)
 {
 	(void)state;
-	struct pair p;
-	pair_setup(&p);
+	struct chp_pair p;
+	chp_init(&p, 1000, 0);
+	chp_handshake(&p, 1000);
 	static uint8_t pkt[MM_CH_UDP_MAX], plain[MM_CH_UDP_MAX];
 	const uint8_t msg[] = "digest";
 	size_t n = 0, m = 0;
@@ -155,14 +62,15 @@ static void test_dgram_round_trip(void **state)
 	assert_int_equal(mm_link_dgram_sender(pkt, MM_CH_DGRAM_PREFIX, &id), -EBADMSG);
 	assert_int_equal(mm_link_dgram_sender(pkt, 3, &id), -EBADMSG);
 	assert_int_equal(mm_link_dgram_open(p.b.ch, pkt, MM_CH_DGRAM_PREFIX, plain, sizeof plain, &m), -EBADMSG);
-	pair_free(&p);
+	chp_free(&p);
 }
 
 static void test_dgram_limits(void **state)
 {
 	(void)state;
-	struct pair p;
-	pair_setup(&p);
+	struct chp_pair p;
+	chp_init(&p, 1000, 0);
+	chp_handshake(&p, 1000);
 	static uint8_t msg[MM_CH_DGRAM_MAX_PLAIN + 1], pkt[MM_CH_UDP_MAX + 64], plain[MM_CH_UDP_MAX];
 	size_t n = 0, m = 0;
 	/* one byte over the payload limit: refused, no counter spent */
@@ -178,7 +86,7 @@ static void test_dgram_limits(void **state)
 	                 -EMSGSIZE);
 	/* a channel not established yet */
 	assert_int_equal(mm_link_dgram_seal(NULL, 9, msg, 10, pkt, sizeof pkt, &n), -EINVAL);
-	pair_free(&p);
+	chp_free(&p);
 }
 
 /* ---- reassembly ---------------------------------------------------------------------- */
@@ -296,8 +204,9 @@ static void test_rx_hostile(void **state)
 static void test_confirmed(void **state)
 {
 	(void)state;
-	struct pair p;
-	pair_setup(&p);
+	struct chp_pair p;
+	chp_init(&p, 1000, 0);
+	chp_handshake(&p, 1000);
 	/* the dialer knows after message 2; the acceptor only has message 1, which a
 	 * stolen key or a replay could have made */
 	assert_true(mm_link_confirmed(p.a.ch, false));
@@ -305,11 +214,11 @@ static void test_confirmed(void **state)
 	assert_true(mm_link_confirmed(p.b.ch, false)); /* (as an outgoing one it would be) */
 	/* the dialer's REKEY frame, sealed with the final keys, confirms it */
 	assert_int_equal(mm_ch_rekey(p.a.ch, 2000), 0);
-	pass(&p.a, &p.b);
+	chp_flow(&p.a, &p.b, 2000);
 	assert_int_equal(p.b.chunks, 0);
 	assert_true(mm_link_confirmed(p.b.ch, true));
 	assert_false(mm_link_confirmed(NULL, false));
-	pair_free(&p);
+	chp_free(&p);
 }
 
 static void test_ts_confirm(void **state)

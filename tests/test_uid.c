@@ -946,6 +946,19 @@ static void uid_map_(const struct node *n, const char *folder, char *out, size_t
 	mm_md_uidlist_clear(&ul);
 }
 
+/* Both converge, and list the folder alike: ma and mb get the two listings. */
+#define agree(a, b, f, ma, mb) agree_at(a, b, f, ma, mb, sizeof(ma), __LINE__)
+static void agree_at(struct node *a, struct node *b, const char *folder, char *ma, char *mb, size_t len,
+                     int line)
+{
+	converge_at(a, b, line);
+	uid_map_line = line;
+	uid_map_(a, folder, ma, len);
+	uid_map_line = line;
+	uid_map_(b, folder, mb, len);
+	assert_string_equal(ma, mb);
+}
+
 static void test_stores_agree(void **state)
 {
 	(void)state;
@@ -959,10 +972,7 @@ static void test_stores_agree(void **state)
 	deliver(&a, "INBOX", "1700000000.M1P1.mx", "one");
 	deliver(&a, "INBOX", "1700000000.M2P1.mx", "two");
 	scan(&a, NULL);
-	converge(&a, &b);
-	uid_map(&a, "INBOX", ma, sizeof ma);
-	uid_map(&b, "INBOX", mb, sizeof mb);
-	assert_string_equal(ma, mb);
+	agree(&a, &b, "INBOX", ma, mb);
 	if (!strstr(ma, " 1=one 2=two") && !strstr(ma, " 1=two 2=one"))
 		fail_msg("map %s", ma);
 	uint8_t fk[MM_KEY_LEN];
@@ -983,10 +993,7 @@ static void test_stores_agree(void **state)
 	mm_md_uidlist_clear(&ul);
 	mm_md_uidlist_unlock(d);
 	scan(&a, NULL);
-	converge(&a, &b);
-	uid_map(&a, "INBOX", ma, sizeof ma);
-	uid_map(&b, "INBOX", mb, sizeof mb);
-	assert_string_equal(ma, mb);
+	agree(&a, &b, "INBOX", ma, mb);
 	assert_non_null(strstr(ma, " 5=three"));
 
 	/* concurrent deliveries took the same UID (6) on both nodes: b cannot show a's
@@ -1000,10 +1007,7 @@ static void test_stores_agree(void **state)
 	uid_map(&b, "INBOX", mb, sizeof mb);
 	assert_non_null(strstr(ma, " 6=four-a"));
 	assert_non_null(strstr(mb, " 6=four-b"));
-	converge(&a, &b);
-	uid_map(&a, "INBOX", ma, sizeof ma);
-	uid_map(&b, "INBOX", mb, sizeof mb);
-	assert_string_equal(ma, mb);
+	agree(&a, &b, "INBOX", ma, mb);
 	assert_null(strstr(ma, " 6="));  /* retired for good */
 	/* both moved above every UID either node had used */
 	const char *fa = strstr(ma, "=four-a"), *fb = strstr(ma, "=four-b");
@@ -1018,10 +1022,7 @@ static void test_stores_agree(void **state)
 	/* a folder created on one node: same UIDVALIDITY and UIDs on the other */
 	deliver(&b, "Work", "1700000003.M1P2.mx", "work");
 	scan(&b, NULL);
-	converge(&a, &b);
-	uid_map(&a, "Work", ma, sizeof ma);
-	uid_map(&b, "Work", mb, sizeof mb);
-	assert_string_equal(ma, mb);
+	agree(&a, &b, "Work", ma, mb);
 
 	/* restart: nothing changes */
 	uid_map(&b, "INBOX", mb, sizeof mb);
@@ -1041,10 +1042,7 @@ static void test_stores_agree(void **state)
 	write_file(p, "this is not a uidlist\n");
 	b.now += 5000000; /* much later, so its new stamp's UIDVALIDITY differs */
 	scan(&b, NULL);
-	converge(&a, &b);
-	uid_map(&a, "Work", ma, sizeof ma);
-	uid_map(&b, "Work", mb, sizeof mb);
-	assert_string_equal(ma, mb);
+	agree(&a, &b, "Work", ma, mb);
 	assert_memory_not_equal(ma, olda, strlen(olda) + 1);
 
 	node_close(&a);
@@ -1125,10 +1123,7 @@ static void join_out_of_order(bool joiner_indexed, bool *moved_r)
 			assert_non_null(strstr(mb, " 4=m4 5=m5 6=m6"));
 		}
 	}
-	converge(&a, &b);
-	uid_map(&a, "INBOX", ma, sizeof ma);
-	uid_map(&b, "INBOX", mb, sizeof mb);
-	assert_string_equal(ma, mb);
+	agree(&a, &b, "INBOX", ma, mb);
 	*moved_r = strcmp(ma, before) != 0;
 	node_close(&a);
 	node_close(&b);
@@ -1396,10 +1391,7 @@ static void refile_hold(bool lower_comes)
 		assert_int_equal(need_of(&b, m1.key), 7);
 		assert_int_equal(need_of(&b, m2.key), 7);
 	}
-	converge(&a, &b);
-	uid_map(&a, "INBOX", ma, sizeof ma);
-	uid_map(&b, "INBOX", mb, sizeof mb);
-	assert_string_equal(ma, mb);
+	agree(&a, &b, "INBOX", ma, mb);
 	node_close(&a);
 	node_close(&b);
 }

@@ -34,6 +34,9 @@
 #include "proto/channel.h"
 #include "proto/fetch.h"
 #include "proto/sync.h"
+#include "tests/ch_pair.h"
+
+#define T0 1700000000000ULL /* the channels' clock (ms) */
 
 /* ---- the free() hook ------------------------------------------------------------ */
 
@@ -92,117 +95,6 @@ static void watch_for(const uint8_t *bytes, size_t len)
 	watch_hits = 0;
 }
 
-/* ---- a channel pair in memory ----------------------------------------------------- */
-
-struct end {
-	struct mm_ch *ch;
-	uint8_t *out;         /* emitted stream bytes (ciphertext only) */
-	size_t out_len, out_cap;
-	int fail_emit;        /* emit fails (a closed socket, a full queue) */
-	int n_msgs;
-};
-
-static int emit_cb(void *arg, const uint8_t *b, size_t n)
-{
-	struct end *e = arg;
-	if (e->fail_emit)
-		return -ENOBUFS;
-	if (e->out_len + n > e->out_cap) {
-		size_t cap = (e->out_len + n) * 2;
-		uint8_t *o = realloc(e->out, cap);
-		if (!o)
-			return -ENOMEM;
-		e->out = o;
-		e->out_cap = cap;
-	}
-	memcpy(e->out + e->out_len, b, n);
-	e->out_len += n;
-	return 0;
-}
-
-static int deliver_cb(void *arg, const struct mm_ch_chunk *c)
-{
-	struct end *e = arg;
-	if (c->last)
-		e->n_msgs++;
-	return 0;
-}
-
-static uint8_t peer_pub[32];
-
-static int lookup_cb(void *arg, const uint8_t pub[32], uint8_t last_r[MM_CH_TAI64N_LEN])
-{
-	(void)arg;
-	if (memcmp(pub, peer_pub, 32) != 0)
-		return -ENOENT;
-	memset(last_r, 0, MM_CH_TAI64N_LEN);
-	return 0;
-}
-
-static void accepted_cb(void *arg, const uint8_t pub[32], const uint8_t ts[MM_CH_TAI64N_LEN])
-{
-	(void)arg;
-	(void)pub;
-	(void)ts;
-}
-
-struct pair {
-	struct end a, b; /* a initiator, b responder */
-	uint8_t a_priv[32], b_priv[32];
-};
-
-static void pair_init(struct pair *p, uint64_t rekey_bytes)
-{
-	uint8_t r[32], b_pub[32];
-	memset(p, 0, sizeof *p);
-	randombytes_buf(r, sizeof r);
-	mm_key_generate(p->a_priv, r);
-	randombytes_buf(r, sizeof r);
-	mm_key_generate(p->b_priv, r);
-	assert_int_equal(mm_key_public(p->a_priv, peer_pub), 0);
-	assert_int_equal(mm_key_public(p->b_priv, b_pub), 0);
-	for (int i = 0; i < 2; i++) {
-		struct end *e = i ? &p->b : &p->a;
-		randombytes_buf(r, sizeof r);
-		struct mm_ch_config cfg = {
-			.initiator = !i,
-			.local_priv = i ? p->b_priv : p->a_priv,
-			.remote_pub = i ? NULL : b_pub,
-			.random32 = r,
-			.now_ms = 1700000000000ULL,
-			.rekey_bytes = rekey_bytes,
-			.peers = { lookup_cb, accepted_cb, NULL },
-			.io = { emit_cb, deliver_cb, e },
-		};
-		assert_int_equal(mm_ch_new(&e->ch, &cfg), 0);
-	}
-	sodium_memzero(r, sizeof r);
-}
-
-static void flow(struct end *from, struct end *to)
-{
-	size_t used = 0;
-	assert_int_equal(mm_ch_feed(to->ch, from->out, from->out_len, &used, 1700000000000ULL), MM_CH_OK);
-	assert_int_equal(used, from->out_len);
-	from->out_len = 0;
-}
-
-static void handshake(struct pair *p)
-{
-	assert_int_equal(mm_ch_start(p->a.ch), 0);
-	flow(&p->a, &p->b);
-	flow(&p->b, &p->a);
-	assert_int_equal(mm_ch_state(p->a.ch), MM_CH_ESTABLISHED);
-	assert_int_equal(mm_ch_state(p->b.ch), MM_CH_ESTABLISHED);
-}
-
-static void end_free(struct end *e)
-{
-	mm_ch_free(&e->ch);
-	free(e->out);
-	e->out = NULL;
-}
-
 /* A message of `len` bytes with the marker at its start, middle and end. */
 static const uint8_t MARKER[] = "MAILMESH-WIPE-MARKER-7d1f";
 /* A keyword that is in no body (test_sync_keyword_wiped looks for the keyword alone) */
@@ -226,17 +118,17 @@ static uint8_t *marked(size_t len)
 static void test_channel_data_wiped(void **state)
 {
 	(void)state;
-	struct pair p;
-	pair_init(&p, 0);
-	handshake(&p);
+	struct chp_pair p;
+	chp_init(&p, T0, 0);
+	chp_handshake(&p, T0);
 	for (size_t len = 100; len <= 150000; len += 149900) {
 		assert_int_equal(mm_ch_send(p.a.ch, marked(len), len, 1700000000000ULL), 0);
-		flow(&p.a, &p.b);
+		chp_flow(&p.a, &p.b, T0);
 	}
 	assert_int_equal(p.b.n_msgs, 2);
 	watch_for(MARKER, sizeof MARKER - 1);
-	end_free(&p.a);
-	end_free(&p.b);
+	chp_end_free(&p.a);
+	chp_end_free(&p.b);
 	assert_int_equal(watch_hits, 0);
 	watch_for(NULL, 0);
 	sodium_memzero(marked(200), 200);
@@ -248,16 +140,16 @@ static void test_channel_data_wiped(void **state)
 static void test_channel_failed_send_wiped(void **state)
 {
 	(void)state;
-	struct pair p;
-	pair_init(&p, 64); /* a rekey before every frame once 64 bytes went */
-	handshake(&p);
+	struct chp_pair p;
+	chp_init(&p, T0, 64); /* a rekey before every frame once 64 bytes went */
+	chp_handshake(&p, T0);
 	assert_int_equal(mm_ch_send(p.a.ch, marked(1000), 1000, 1700000000000ULL), 0);
 	p.a.fail_emit = 1;
 	assert_true(mm_ch_send(p.a.ch, marked(1000), 1000, 1700000000000ULL) < 0);
 	assert_int_equal(mm_ch_state(p.a.ch), MM_CH_FAILED);
 	watch_for(MARKER, sizeof MARKER - 1);
-	end_free(&p.a);
-	end_free(&p.b);
+	chp_end_free(&p.a);
+	chp_end_free(&p.b);
 	assert_int_equal(watch_hits, 0);
 	watch_for(NULL, 0);
 }
@@ -267,11 +159,11 @@ static void test_channel_failed_send_wiped(void **state)
 static void test_channel_keys_wiped(void **state)
 {
 	(void)state;
-	struct pair p;
+	struct chp_pair p;
 	for (int done = 0; done < 2; done++) {
-		pair_init(&p, 0);
+		chp_init(&p, T0, 0);
 		if (done)
-			handshake(&p);
+			chp_handshake(&p, T0);
 		else
 			assert_int_equal(mm_ch_start(p.a.ch), 0);
 		uint8_t keys[2][32];
@@ -279,10 +171,10 @@ static void test_channel_keys_wiped(void **state)
 		memcpy(keys[1], p.b_priv, 32);
 		/* one end at a time, each watched for its own key */
 		watch_for(keys[0], 32);
-		end_free(&p.a);
+		chp_end_free(&p.a);
 		assert_int_equal(watch_hits, 0);
 		watch_for(keys[1], 32);
-		end_free(&p.b);
+		chp_end_free(&p.b);
 		assert_int_equal(watch_hits, 0);
 		watch_for(NULL, 0);
 		sodium_memzero(keys, sizeof keys);
