@@ -400,6 +400,13 @@ struct mm_store {
 	int changes;
 	bool in_commit;
 	bool placing;                /* a placement job is out (mm_store_place_begin) */
+	struct mm_store_place *job;  /* that job (mm_store_place_begin to _end) */
+	uint64_t job_seq;            /* jobs begun: the current one's number */
+	/* Letters of files being placed, written by commits made while their job was
+	 * out (see placing_marks_put): (user, key) -> the job's number, until a commit
+	 * after the job deletes them; and, read at open, those a crash left:
+	 * (user, key) -> malloc'd uint64_t letters, until the rescan takes them. */
+	struct hmap pl_marks, pl_old;
 	bool loading;                /* mm_store_open is reading the database */
 	struct folder *tmp_queue;    /* folders whose tmp/ recover_tmp_queued looks at next */
 	struct timespec opened;      /* CLOCK_REALTIME_COARSE at mm_store_open: a tmp/ file
@@ -2298,6 +2305,8 @@ static void assign_done(struct mm_store *s, struct folder *fo, struct assign *as
 }
 
 static int commit_batch(struct mm_store *s);
+static bool placed_letters_take(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
+                                uint64_t *letters_r);
 static void recover_tmp_queued(struct mm_store *s, bool running);
 
 /* The scan found, under a new name, a message the index knows as `old` in the same
@@ -2558,7 +2567,13 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 						 * node (it_daemon_torture).  (A remote change renamed
 						 * in after the placement and lost with it is taken in
 						 * too: the same values, stamped again.) */
-						uint64_t placed = wanted_letters(s, fo, rec, n.letters & ~MM_MD_KW_MASK);
+						uint64_t placed = wanted_letters(s, fo, rec, n.letters & ~MM_MD_KW_MASK), pl;
+						/* unless a commit made while it was being placed
+						 * changed the record (placing_marks_put): it was
+						 * placed with the letters marked then (and the
+						 * unnamed ones it carries, kept above) */
+						if (placed_letters_take(s, fo->u->name, key, &pl))
+							placed = pl | (placed ^ wanted_letters(s, fo, rec, 0));
 						if (placed != n.letters) {
 							mark_file(s, fo, base);
 							uint64_t un = local_letters(s, mu, fe, placed, n.letters, &kw_loaded);
@@ -3850,6 +3865,7 @@ struct mm_store_place {
 	dev_t fs_dev;
 	size_t live;        /* files to sync on fs_dev */
 	struct mm_body_writer *drop; /* writers to free at the end: not placed, not held */
+	uint64_t seq;       /* mm_store_place_begin's job number (0: placed at once) */
 };
 
 static void place_job_free(struct mm_store_place **jp)
@@ -4004,6 +4020,9 @@ static int place_prepare(struct mm_store *s, struct mm_body_writer *list, bool f
 			if (w->uid >= next)
 				next = w->uid + 1;
 			struct place_file *pf = &j->f[j->n++];
+			/* placed anew: what a crash left of an earlier placement is past */
+			char ok[KBUF];
+			free(hm_del(&s->pl_old, ok, k_ub(ok, w->user, w->key, MM_KEY_LEN)));
 			pf->w = w;
 			pf->fo = fo;
 			pf->sync = sync;
@@ -4489,6 +4508,8 @@ int mm_store_place_begin(struct mm_store *s, struct mm_store_place **job_r)
 		return 0;
 	}
 	s->placing = true;
+	j->seq = ++s->job_seq;
+	s->job = j;
 	*job_r = j;
 	return 1;
 }
@@ -4500,6 +4521,7 @@ void mm_store_place_run(struct mm_store_place *job)
 
 int mm_store_place_end(struct mm_store *s, struct mm_store_place **jobp)
 {
+	s->job = NULL;
 	int r = place_finish(s, jobp);
 	s->placing = false;
 	return r;
@@ -5531,6 +5553,168 @@ out:
 	return r;
 }
 
+/* ---- letters of files being placed (MM_DB_FIDX 'P') ----------------------------------
+ *
+ * A placement job computes each file's letters from the records at place_prepare,
+ * right after the commit that made them durable, and the file's index entry is
+ * written by the first commit after place_finish.  A commit made while the job is out
+ * (every merge from a peer asks for one) may make a record's new flags durable while
+ * its file is placed with the old ones; a kill -9 before the entry's commit then
+ * leaves a file without an entry whose letters differ from the record's, which the
+ * rescan would take for a client's rename made while the daemon was down, and stamp
+ * anew: the old flags would win on every node.  So such a commit also writes, for
+ * each file of the job whose record it writes,
+ *
+ *   'P' uh key  -> letters (8 bytes, big-endian), user
+ *
+ * and the first commit after the job deletes them (the one that writes the files'
+ * entries).  Open reads what a crash left into pl_old and deletes it; the rescan
+ * compares a file it adopts with those letters (placed_letters_take).  No commit
+ * is added: the marks ride on commits made anyway. */
+
+static size_t pmark_key(uint8_t *k, const char *user, const uint8_t key[MM_KEY_LEN])
+{
+	k[0] = 'P';
+	put_be64(k + 1, hm_hash(user, strlen(user)));
+	memcpy(k + 1 + FIDX_HASH_LEN, key, MM_KEY_LEN);
+	return 1 + FIDX_HASH_LEN + MM_KEY_LEN;
+}
+
+/* In commit_batch's transaction: the marks of the job out (s->job) whose records
+ * this commit writes, and the deletion of those of jobs that ended.  (place_run may
+ * be running: only what place_prepare set and place_run does not touch is read.) */
+static int placing_marks_put(struct mm_store *s)
+{
+	int r = 0;
+	uint64_t cur = s->job ? s->job->seq : 0;
+	if (s->pl_marks.n) {
+		struct keylist ks;
+		r = hm_keys(&s->pl_marks, &ks);
+		for (size_t i = 0; r == 0 && i < ks.n; i++) {
+			if ((uintptr_t)ks.v[i]->val == cur)
+				continue;
+			const char *user = (const char *)ks.v[i]->k;
+			size_t ul = strlen(user);
+			uint8_t k[1 + FIDX_HASH_LEN + MM_KEY_LEN];
+			r = mm_statedb_del(s->db, MM_DB_FIDX, k, pmark_key(k, user, ks.v[i]->k + ul + 1));
+			if (r == -ENOENT)
+				r = 0;
+		}
+		keylist_free(&ks);
+	}
+	struct mm_store_place *j = s->job;
+	for (size_t i = 0; r == 0 && j && i < j->n; i++) {
+		struct mm_body_writer *w = j->f[i].w;
+		char dk[KBUF];
+		size_t dkl = k_ub(dk, w->user, w->key, MM_KEY_LEN);
+		if (!hm_get(&s->dirty_recs, dk, dkl))
+			continue; /* durable as it was at place_prepare */
+		size_t ul = strlen(w->user);
+		uint8_t k[1 + FIDX_HASH_LEN + MM_KEY_LEN], v[8 + MM_NAME_MAX * 2 + 2];
+		put_be64(v, j->f[i].letters);
+		memcpy(v + 8, w->user, ul);
+		r = mm_statedb_put(s->db, MM_DB_FIDX, k, pmark_key(k, w->user, w->key), v, 8 + ul);
+		if (r == 0)
+			r = hm_put(&s->pl_marks, dk, dkl, (void *)(uintptr_t)cur);
+	}
+	return r;
+}
+
+/* After commit_batch's transaction is durable: forgets the marks it deleted. */
+static void placing_marks_done(struct mm_store *s)
+{
+	if (!s->pl_marks.n)
+		return;
+	uint64_t cur = s->job ? s->job->seq : 0;
+	struct keylist ks;
+	if (hm_keys(&s->pl_marks, &ks) == 0) /* (no memory: deleted again by the next commit) */
+		for (size_t i = 0; i < ks.n; i++)
+			if ((uintptr_t)ks.v[i]->val != cur)
+				hm_del(&s->pl_marks, ks.v[i]->k, ks.v[i]->kl);
+	keylist_free(&ks);
+}
+
+struct pmark_ctx {
+	struct mm_store *s;
+	struct keylist del; /* database keys to delete */
+	int bad;
+};
+
+static int pmark_load_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct pmark_ctx *c = arg;
+	struct hent *e = malloc(sizeof(*e) + kl);
+	struct hent **nv = realloc(c->del.v, (c->del.n + 1) * sizeof(*nv));
+	if (nv)
+		c->del.v = nv;
+	if (!e || !nv) {
+		free(e);
+		return -ENOMEM;
+	}
+	e->kl = kl;
+	memcpy(e->k, k, kl);
+	c->del.v[c->del.n++] = e;
+	size_t ul = vl >= 8 ? vl - 8 : 0;
+	if (kl != 1 + FIDX_HASH_LEN + MM_KEY_LEN || ul == 0 || ul > MM_NAME_MAX * 2 + 1) {
+		c->bad++;
+		return 0;
+	}
+	char user[MM_NAME_MAX * 2 + 2];
+	memcpy(user, (const uint8_t *)v + 8, ul);
+	user[ul] = 0;
+	if (strlen(user) != ul) {
+		c->bad++;
+		return 0;
+	}
+	uint64_t *l = malloc(sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	*l = 0;
+	for (int i = 0; i < 8; i++)
+		*l = *l << 8 | ((const uint8_t *)v)[i];
+	char mk[KBUF];
+	size_t mkl = k_ub(mk, user, (const uint8_t *)k + 1 + FIDX_HASH_LEN, MM_KEY_LEN);
+	free(hm_del(&c->s->pl_old, mk, mkl));
+	int r = hm_put(&c->s->pl_old, mk, mkl, l);
+	if (r < 0)
+		free(l);
+	return r;
+}
+
+/* At open: the marks a crash left, into pl_old, and out of the database (a file of
+ * theirs is placed anew, or adopted by the rescan, in this run). */
+static int placing_marks_load(struct mm_store *s)
+{
+	struct pmark_ctx c = {.s = s};
+	int r = mm_statedb_range(s->db, MM_DB_FIDX, "P", 1, pmark_load_cb, &c);
+	if (r == 0 && c.del.n) {
+		r = mm_statedb_begin(s->db);
+		for (size_t i = 0; r == 0 && i < c.del.n; i++)
+			r = mm_statedb_del(s->db, MM_DB_FIDX, c.del.v[i]->k, c.del.v[i]->kl);
+		if (r == 0)
+			r = mm_statedb_commit(s->db);
+		else
+			mm_statedb_abort(s->db);
+	}
+	if (c.bad)
+		logmsg(s, MM_STORE_LOG_WARNING, "state.mdb: %d unreadable placement marks skipped", c.bad);
+	keylist_free(&c.del);
+	return r;
+}
+
+/* The letters a crash left for (user, key)'s file (taken: the caller adopts it). */
+static bool placed_letters_take(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
+                                uint64_t *letters_r)
+{
+	char mk[KBUF];
+	uint64_t *l = hm_del(&s->pl_old, mk, k_ub(mk, user, key, MM_KEY_LEN));
+	if (!l)
+		return false;
+	*letters_r = *l;
+	free(l);
+	return true;
+}
+
 /* The entry f (read from the database) in memory, or NULL when memory knows better
  * (see above) or f is not user's (in folder fo, when given). */
 static struct fent *fidx_take(struct mm_store *s, const struct fval *f, const char *user, struct folder *fo)
@@ -5914,6 +6098,8 @@ static int commit_batch(struct mm_store *s)
 		r = put_file(s, files.v[i]->k, files.v[i]->kl, &wb);
 	for (size_t i = 0; r == 0 && i < folders.n; i++)
 		r = put_folder(s, folders.v[i]->k, folders.v[i]->kl, &wb);
+	if (r == 0 && (s->job || s->pl_marks.n))
+		r = placing_marks_put(s);
 	if (r == 0) {
 		uint8_t c[8];
 		for (int i = 0; i < 8; i++)
@@ -5938,6 +6124,7 @@ static int commit_batch(struct mm_store *s)
 	if (r == 0) {
 		s->n_meta = 0;
 		s->format_saved = true;
+		placing_marks_done(s);
 		/* only what was written: effects may not add during a commit, but be exact */
 		for (size_t i = 0; i < recs.n; i++)
 			hm_del(&s->dirty_recs, recs.v[i]->k, recs.v[i]->kl);
@@ -6754,6 +6941,12 @@ int mm_store_open(struct mm_store **sp, const struct mm_store_config *cfg,
 		mm_store_free(&s);
 		return r;
 	}
+	if ((r = placing_marks_load(s)) < 0) {
+		snprintf(err, errlen, "cannot read the placement marks in %s/state.mdb: %s", cfg->state_dir,
+		         strerror(-r));
+		mm_store_free(&s);
+		return r;
+	}
 	recover_tmp(s);
 	note_scratch(s, mm_statedb_count(s->db, MM_DB_RECS)); /* the load's and the missing list's scratch */
 	trim_heap(s);
@@ -6902,6 +7095,13 @@ void mm_store_free(struct mm_store **sp)
 	mm_delta_free(&s->commit_out);
 	namelist_free(&s->quota_ignore);
 	hm_clear(&s->dead);
+	hm_clear(&s->pl_marks);
+	struct keylist pl;
+	if (hm_keys(&s->pl_old, &pl) == 0)
+		for (size_t i = 0; i < pl.n; i++)
+			free(pl.v[i]->val);
+	keylist_free(&pl);
+	hm_clear(&s->pl_old);
 	free(s);
 	*sp = NULL;
 }

@@ -110,7 +110,8 @@ done
 # an integration test once more with daemons that keep no file index entry in memory
 # between uses (file_cache = 0): restarts, UID passes and bodies served with every
 # lookup going through the database.  (it_daemon_crash.py so failed once under ASan,
-# 11 files left with stale flags after the kills: open, see issue 6's note.)  Not
+# 11 files left with stale flags after the kills; most likely the commit made while a
+# placement job was out, fixed with test_store test_crash_placing_flags_merged.)  Not
 # under SANITIZE: ASan's part, the store's database lookups, is test_store's and
 # test_uid's file-cache-0 runs; this one checks the logic, and CI's time is bounded.
 for s in it_dovecot_uids.py; do
