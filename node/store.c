@@ -237,6 +237,7 @@ struct folder {
 	uint32_t db_uid_next;
 	bool db_uid_settled;
 	uint64_t dir_sig; /* new/ and cur/ (inode, mtime) when the index last matched them, 0 = unknown */
+	bool sig_unsure;  /* the last scan left files to a placement job: the index does not match yet */
 	uint64_t root_id; /* INBOX: the user's Maildir's dir_identity() when last scanned (0 = unknown) */
 	struct mm_md_keywords kw;
 	uint32_t miss_n;  /* messages of this folder whose body is missing here */
@@ -2550,6 +2551,16 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			if (base_key(base, key) && (!(old = fent_by_key(s, fo->u->name, key)) || old->fo == fo)) {
 				const struct mm_rec *rec = mm_user_get(mu, key);
 				if (rec && rec->type == MM_REC_MESSAGE && !strcmp(rec->msg.folder, fo->name)) {
+					if (staged_get(s, fo->u->name, key)) {
+						/* a placement job's file, renamed in before its
+						 * place_finish: the job indexes it.  Taken in here,
+						 * its letters (the record's when the job began) were
+						 * compared with the record's now, and a peer's
+						 * change merged meanwhile looked like a client's
+						 * rename of the old letters (it_daemon_crash) */
+						fo->sig_unsure = true;
+						continue;
+					}
 					struct stat st;
 					if (stat(path, &st) < 0)
 						continue;
@@ -3120,7 +3131,10 @@ static int scan_one_folder(struct mm_store *s, struct user *u, struct mm_user *m
 		uint64_t sig = dir_sig(fo);
 		int r = 0;
 		if (!(s->trust_dirs && sig && sig == fo->dir_sig)) {
+			fo->sig_unsure = false;
 			r = scan_files(s, fo, mu);
+			if (fo->sig_unsure)
+				sig = 0; /* (unknown: the job's files are not in the index yet) */
 			if (r == 0 && sig != fo->dir_sig) {
 				fo->dir_sig = sig;
 				mark_folder(s, fo);

@@ -92,9 +92,9 @@ def change_while_down(node, rnd, expected, n_new, n_flag, n_exp, first):
     return expunged
 
 
-def tally(node, expected, expunged):
+def tally(node, expected, expunged, detail=None):
     """(lost, dups, unknown, back, misplaced, wrong_flags) of the node's Maildirs against
-    `expected`."""
+    `expected`; each message with other flags described in `detail` when given."""
     content = node.content()
     seen = {}
     dups = unknown = misplaced = wrong_flags = 0
@@ -112,6 +112,9 @@ def tally(node, expected, expunged):
                 misplaced += 1
             elif (efl, ekw) != (flags, kws):
                 wrong_flags += 1
+                if detail is not None:
+                    detail.append("%s %s/%s: flags %r keywords %r, expected %r %r" % (
+                        h[:16], user, folder, flags, kws, efl, ekw))
     lost = sum(1 for h in expected if h not in seen)
     back = sum(1 for h in expunged if h in seen)
     return lost, dups, unknown, back, misplaced, wrong_flags
@@ -136,6 +139,11 @@ def check_exact(t, node, expected, expunged, label):
               "%d misplaced, %d with other flags" % (label, node.i, looks, first[0], first[1], first[2],
                                                      first[4], first[5]), flush=True)
     lost, dups, unknown, back, misplaced, wrong_flags = r
+    if wrong_flags:
+        detail = []
+        tally(node, expected, expunged, detail)
+        for line in detail[:10]:
+            print("info: %s: node%d %s" % (label, node.i, line), flush=True)
     t.check(lost == 0, "%s: node%d lost nothing (%d of %d missing)" % (label, node.i, lost, len(expected)))
     t.check(dups == 0, "%s: node%d has no duplicate (%d)" % (label, node.i, dups))
     t.check(unknown - back == 0, "%s: node%d has no unknown or half-written message (%d)" % (label, node.i, unknown - back))

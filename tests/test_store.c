@@ -4936,6 +4936,41 @@ static void test_placing_flags_merged_marks_go(void **state)
 	node_close(&b);
 }
 
+/* A scan while a placement job is out, after the job's renames: it finds the job's
+ * files without index entries.  With a peer's flag change merged (and committed)
+ * since the job began, a file's letters are not the record's; the scan took that for
+ * a client's rename and stamped the old letters anew, which then won on every node
+ * (it_daemon_crash, with no kill in that phase).  The job's files are the job's. */
+static void test_scan_during_placing_flags_merged(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct wanted wa = {0};
+	struct mm_delta *d = three_staged(&a, &b, &wa);
+	rename_to(find(&a, "INBOX", "1700000000.M1P1"), "FS");
+	struct mm_delta *dt = mm_delta_new();
+	assert_true(scan(&a, dt) >= 1);
+	struct mm_store_place *job = NULL;
+	assert_int_equal(mm_store_place_begin(b.s, &job), 1);
+	assert_true(mm_store_merge_delta(b.s, dt) >= 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	mm_store_place_run(job); /* the files are in new/ */
+	mm_delta_clear(dt);
+	b.now += 1000;
+	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "INBOX", b.now, dt), 0); /* nothing changed here */
+	assert_int_equal(mm_store_place_end(b.s, &job), 3);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(mm_delta_count(dt), 0);
+	assert_same_listing(&a, &b);
+	mm_delta_clear(dt);
+	assert_int_equal(scan(&b, dt), 0);
+	assert_same_listing(&a, &b);
+	mm_delta_free(&dt);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -4943,6 +4978,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_crash_placed_then_expunged_remotely, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_placing_flags_merged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_placing_flags_merged_marks_go, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_scan_during_placing_flags_merged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_moved_own_file_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_place_rename_fails_keeps_uid, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_local_changes, setup, teardown),
