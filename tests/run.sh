@@ -1,7 +1,8 @@
 #!/bin/sh
-# Runs the whole test suite: every cmocka unit test binary given as argument, then
-# every integration script tests/it_*.sh and tests/it_*.py (in name order).  Prints a
-# line per program and the closing `N passed, N failed`, counting individual cmocka
+# Runs the whole test suite: every cmocka unit test binary given as argument, one
+# after the other, and beside them every integration script tests/it_*.sh and
+# tests/it_*.py (in name order).  Prints a line per program (the unit programs' once
+# they are all done) and the closing `N passed, N failed`, counting individual cmocka
 # tests and the `N passed, N failed` line a script may print itself; a program that
 # exits non-zero without reporting a failure counts as one failure.
 # TESTS_ONLY=pattern runs only the programs whose name contains pattern.
@@ -34,20 +35,38 @@ run_one() {
 	run_tally "$1"
 }
 
-# A program and a second run of it with other settings, side by side: the suite's two
-# longest programs are test_store and its file-cache-0 run, each one process spending
-# most of its time in fsync, and CI has two cores.
-run_pair() {
+# The unit test programs (cmocka) run in a lane of their own, one after the other,
+# beside the integration scripts: those mostly wait on daemons (the suite used 0.8 of
+# CI's two cores), the unit programs mostly on fsync, and neither times the other.
+# The lane writes each name it ran to $LANE (this run's own: a TESTS_ONLY run beside
+# does not touch it); their lines are printed, in order, when both lanes are done.
+unit_exec() {
 	case "$1" in *"${TESTS_ONLY:-}"*) ;; *) return ;; esac
-	name=$1; shift
-	vname=$1; shift
-	run_exec "$vname" env "$@" &
-	vpid=$!
-	shift
-	run_exec "$name" "$@"
-	wait "$vpid"
-	run_tally "$name"
-	run_tally "$vname"
+	run_exec "$@"
+	echo "$1" >>"$LANE"
+}
+
+unit_lane() {
+	for t in "$@"; do
+		unit_exec "$(basename "$t")" "$t"
+		case "$(basename "$t")" in
+		# the store's tests once more with its file index dropped from memory at
+		# every commit: each lookup then goes through the database (MM_DB_FIDX)
+		test_store|test_uid)
+			unit_exec "$(basename "$t")-file-cache-0" env MM_TEST_FILE_CACHE=0 "$t" ;;
+		# and the watches once more under a small inotify watch limit (a user
+		# namespace of their own: the machine's limit is not touched), where the
+		# folders of users with mail must be watched before the places a Maildir is
+		# awaited
+		test_watch)
+			if unshare -Ur true 2>/dev/null; then
+				unit_exec test_watch-watch-limit unshare -Ur sh -c \
+					'echo 40 > /proc/sys/user/max_inotify_watches && exec "$0"' "$t"
+			else
+				echo "test_watch-watch-limit" >>"$LANE.skipped"
+			fi ;;
+		esac
+	done
 }
 
 run_tally() {
@@ -77,29 +96,11 @@ run_tally() {
 	fi
 }
 
-for t in "$@"; do
-	# the store's tests once more with its file index dropped from memory at every
-	# commit: each lookup then goes through the database (MM_DB_FIDX); the two runs
-	# side by side (run_pair)
-	case "$(basename "$t")" in
-	test_store|test_uid)
-		run_pair "$(basename "$t")" "$(basename "$t")-file-cache-0" MM_TEST_FILE_CACHE=0 "$t"
-		continue ;;
-	esac
-	run_one "$(basename "$t")" "$t"
-	case "$(basename "$t")" in
-	# and the watches once more under a small inotify watch limit (a user namespace of
-	# their own: the machine's limit is not touched), where the folders of users with
-	# mail must be watched before the places a Maildir is awaited
-	test_watch)
-		if unshare -Ur true 2>/dev/null; then
-			run_one test_watch-watch-limit unshare -Ur sh -c \
-				'echo 40 > /proc/sys/user/max_inotify_watches && exec "$0"' "$t"
-		else
-			echo "skip  test_watch-watch-limit: no user namespaces here (unshare -Ur failed)"
-		fi ;;
-	esac
-done
+LANE="$LOGDIR/unit-lane.$$"
+rm -f "$LANE" "$LANE.skipped"
+unit_lane "$@" &
+upid=$!
+trap 'pkill -TERM -P "$upid" 2>/dev/null; kill "$upid" 2>/dev/null; exit 130' INT TERM
 for s in "$TOP"/tests/it_*.sh "$TOP"/tests/it_*.py; do
 	[ -e "$s" ] || continue
 	case "$s" in
@@ -119,6 +120,17 @@ for s in it_dovecot_uids.py; do
 	[ "${SANITIZE:-0}" = 1 ] && continue
 	run_one "${s%.py}-file-cache-0.py" env MM_FILE_CACHE=0 /usr/bin/python3 "$TOP/tests/$s"
 done
+wait "$upid"
+trap - INT TERM
+if [ -e "$LANE.skipped" ]; then
+	echo "skip  test_watch-watch-limit: no user namespaces here (unshare -Ur failed)"
+fi
+if [ -e "$LANE" ]; then
+	while read -r name; do
+		run_tally "$name"
+	done <"$LANE"
+fi
+rm -f "$LANE" "$LANE.skipped"
 [ -n "$failures" ] && echo "failed:$failures"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
