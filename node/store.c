@@ -444,6 +444,7 @@ struct mm_body_writer {
 	bool tmp_gone; /* tmp/<base> was linked into place or removed */
 	bool held;     /* in its folder's held array */
 	bool synced;   /* sealed and durable (staged bodies are sealed, closed, not synced) */
+	bool placing;  /* in a placement job, place_prepare to place_finish (store thread only) */
 	/* deferred writers (begun by id with MM_STORE_BODY_DEFER): the body in memory until
 	 * written out */
 	uint8_t *buf;
@@ -2551,7 +2552,8 @@ static int scan_files(struct mm_store *s, struct folder *fo, struct mm_user *mu)
 			if (base_key(base, key) && (!(old = fent_by_key(s, fo->u->name, key)) || old->fo == fo)) {
 				const struct mm_rec *rec = mm_user_get(mu, key);
 				if (rec && rec->type == MM_REC_MESSAGE && !strcmp(rec->msg.folder, fo->name)) {
-					if (staged_get(s, fo->u->name, key)) {
+					struct mm_body_writer *sw = staged_get(s, fo->u->name, key);
+					if (sw && sw->placing) {
 						/* a placement job's file, renamed in before its
 						 * place_finish: the job indexes it.  Taken in here,
 						 * its letters (the record's when the job began) were
@@ -4037,6 +4039,7 @@ static int place_prepare(struct mm_store *s, struct mm_body_writer *list, bool f
 			/* placed anew: what a crash left of an earlier placement is past */
 			char ok[KBUF];
 			free(hm_del(&s->pl_old, ok, k_ub(ok, w->user, w->key, MM_KEY_LEN)));
+			w->placing = true;
 			pf->w = w;
 			pf->fo = fo;
 			pf->sync = sync;
@@ -4170,6 +4173,7 @@ static int place_finish(struct mm_store *s, struct mm_store_place **jp)
 		const char *sub = pf->in_cur ? "cur" : "new";
 		char sk[KBUF];
 		hm_del(&s->staged_keys, sk, k_ub(sk, w->user, w->key, MM_KEY_LEN));
+		w->placing = false;
 		job_drop(j, w);
 		if (pf->result < 0 && pf->listed) {
 			/* listed under its UID, and NEXTUID passed it, but not in place (its

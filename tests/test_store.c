@@ -4971,6 +4971,39 @@ static void test_scan_during_placing_flags_merged(void **state)
 	node_close(&b);
 }
 
+/* A placement by link + unlink (a filesystem without a no-replace rename) cut by a
+ * kill -9 between the two leaves the body under both names, tmp/ and new/, with no
+ * index entry.  The start takes the tmp/ one back (staged); the scan must still take
+ * the new/ one in by key (it is no job's file), and the staged copy then goes. */
+static void test_crash_between_link_and_unlink(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct mm_delta *d = placed_then_killed(&a, &b);
+	const char *f = find(&b, "INBOX", "1600000001.");
+	assert_non_null(f);
+	char from[800], to[1000], dir[600];
+	snprintf(from, sizeof from, "%s", f);
+	udir(&b, "INBOX", dir, sizeof dir);
+	char base[300];
+	snprintf(base, sizeof base, "%s", strrchr(from, '/') + 1);
+	if (strchr(base, ':'))
+		*strchr(base, ':') = 0;
+	snprintf(to, sizeof to, "%s/tmp/%s", dir, base);
+	assert_int_equal(link(from, to), 0);
+	node_open(&b, "b", 2);
+	assert_int_equal(scan(&b, NULL), 0);
+	assert_int_equal(mm_store_flush(b.s), 0);
+	assert_int_equal(mm_store_commit(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 3);
+	assert_int_equal(count_files(&b, "INBOX", "tmp"), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_same_listing(&a, &b);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -4979,6 +5012,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_crash_placing_flags_merged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_placing_flags_merged_marks_go, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_during_placing_flags_merged, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_between_link_and_unlink, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_moved_own_file_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_place_rename_fails_keeps_uid, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_local_changes, setup, teardown),
