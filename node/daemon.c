@@ -147,7 +147,7 @@ static void want_all_missing(struct mm_daemon *d)
 /* Whether the node is catching up: missing more bodies than a live node would. */
 bool mm_daemon_catching_up(const struct mm_daemon *d)
 {
-	return mm_store_missing_count(d->store) > MM_LEAD_CATCHUP_MISSING;
+	return mm_lead_catching_up(mm_store_missing_count(d->store));
 }
 
 static void uid_authority_update(struct mm_daemon *d, uint64_t now)

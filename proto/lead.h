@@ -32,6 +32,13 @@ struct mm_lead;
 #define MM_LEAD_CATCHUP_MISSING 64 /* a node missing more bodies than this is catching up:
                                     * drivers make it not eligible (mm_lead_set_eligible) */
 
+/* Whether a node missing `missing` bodies is catching up (the daemon and the simulator
+ * both ask this, so they cannot drift apart). */
+static inline bool mm_lead_catching_up(size_t missing)
+{
+	return missing > MM_LEAD_CATCHUP_MISSING;
+}
+
 struct mm_lead_config {
 	uint64_t self;          /* this node's id (node ids are unique in the cluster) */
 	uint32_t expire_ms;     /* a lower node whose heartbeat has not risen this long is

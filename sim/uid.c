@@ -244,7 +244,7 @@ void sim_uid_authority(struct sim *s, struct sim_node *n)
 {
 	/* as node/daemon.c: a node catching up neither decides nor asks for moves; when it
 	 * has caught up, every folder is planned again (mm_store_set_catching_up) */
-	bool catching_up = sim_node_missing_bodies(n) > MM_LEAD_CATCHUP_MISSING;
+	bool catching_up = mm_lead_catching_up(sim_node_missing_bodies(n));
 	if (n->catching_up && !catching_up)
 		for (unsigned u = 0; u < s->nusers; u++)
 			mark(n, u, (uint8_t)((1u << SIM_NFOLDERS) - 1));
