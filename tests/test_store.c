@@ -4828,6 +4828,29 @@ static void test_crash_placed_then_expunged_remotely(void **state)
 	node_close(&b);
 }
 
+/* a flags its first message FS (and its second S when `two`): the delta of that. */
+static struct mm_delta *flags_on_a(struct node *a, bool two)
+{
+	rename_to(find(a, "INBOX", "1700000000.M1P1"), "FS");
+	if (two)
+		rename_to(find(a, "INBOX", "1700000001.M1P1"), "S");
+	struct mm_delta *dt = mm_delta_new();
+	assert_true(scan(a, dt) >= (two ? 2 : 1));
+	return dt;
+}
+
+/* b begins placing what it staged, merges and commits dt meanwhile, and runs the
+ * job's file work (its files are in new/): the job, place_end not run. */
+static struct mm_store_place *merged_while_placing(struct node *b, struct mm_delta *dt)
+{
+	struct mm_store_place *job = NULL;
+	assert_int_equal(mm_store_place_begin(b->s, &job), 1);
+	assert_true(mm_store_merge_delta(b->s, dt) >= 0);
+	assert_int_equal(mm_store_commit(b->s), 0);
+	mm_store_place_run(job);
+	return job;
+}
+
 /* kill -9 while a placement job is out, after a flag change from a peer was merged
  * and committed meanwhile: the job places the file with the letters it computed
  * before the merge, and its index entry is never committed.  At the restart the file's
@@ -4860,10 +4883,7 @@ static void test_crash_placing_flags_merged(void **state)
 	struct node a = {0}, b = {0};
 	struct wanted wa = {0};
 	struct mm_delta *d = three_staged(&a, &b, &wa);
-	rename_to(find(&a, "INBOX", "1700000000.M1P1"), "FS");
-	rename_to(find(&a, "INBOX", "1700000001.M1P1"), "S");
-	struct mm_delta *dt = mm_delta_new();
-	assert_true(scan(&a, dt) >= 2);
+	struct mm_delta *dt = flags_on_a(&a, true);
 	fflush(NULL);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
@@ -4915,14 +4935,8 @@ static void test_placing_flags_merged_marks_go(void **state)
 	struct node a = {0}, b = {0};
 	struct wanted wa = {0};
 	struct mm_delta *d = three_staged(&a, &b, &wa);
-	rename_to(find(&a, "INBOX", "1700000000.M1P1"), "FS");
-	struct mm_delta *dt = mm_delta_new();
-	assert_true(scan(&a, dt) >= 1);
-	struct mm_store_place *job = NULL;
-	assert_int_equal(mm_store_place_begin(b.s, &job), 1);
-	assert_true(mm_store_merge_delta(b.s, dt) >= 0);
-	assert_int_equal(mm_store_commit(b.s), 0);
-	mm_store_place_run(job);
+	struct mm_delta *dt = flags_on_a(&a, false);
+	struct mm_store_place *job = merged_while_placing(&b, dt);
 	assert_int_equal(mm_store_place_end(b.s, &job), 3);
 	assert_int_equal(mm_store_commit(b.s), 0);
 	node_close(&b);
@@ -4947,14 +4961,8 @@ static void test_scan_during_placing_flags_merged(void **state)
 	struct node a = {0}, b = {0};
 	struct wanted wa = {0};
 	struct mm_delta *d = three_staged(&a, &b, &wa);
-	rename_to(find(&a, "INBOX", "1700000000.M1P1"), "FS");
-	struct mm_delta *dt = mm_delta_new();
-	assert_true(scan(&a, dt) >= 1);
-	struct mm_store_place *job = NULL;
-	assert_int_equal(mm_store_place_begin(b.s, &job), 1);
-	assert_true(mm_store_merge_delta(b.s, dt) >= 0);
-	assert_int_equal(mm_store_commit(b.s), 0);
-	mm_store_place_run(job); /* the files are in new/ */
+	struct mm_delta *dt = flags_on_a(&a, false);
+	struct mm_store_place *job = merged_while_placing(&b, dt);
 	mm_delta_clear(dt);
 	b.now += 1000;
 	assert_int_equal(mm_store_scan_folder(b.s, "ex.org/alice", "INBOX", b.now, dt), 0); /* nothing changed here */
