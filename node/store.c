@@ -2309,6 +2309,7 @@ static void assign_done(struct mm_store *s, struct folder *fo, struct assign *as
 static int commit_batch(struct mm_store *s);
 static bool placed_letters_take(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
                                 uint64_t *letters_r);
+static void pmark_taken(struct mm_store *s, const char *mk, size_t mkl);
 static void recover_tmp_queued(struct mm_store *s, bool running);
 
 /* The scan found, under a new name, a message the index knows as `old` in the same
@@ -4038,7 +4039,12 @@ static int place_prepare(struct mm_store *s, struct mm_body_writer *list, bool f
 			struct place_file *pf = &j->f[j->n++];
 			/* placed anew: what a crash left of an earlier placement is past */
 			char ok[KBUF];
-			free(hm_del(&s->pl_old, ok, k_ub(ok, w->user, w->key, MM_KEY_LEN)));
+			size_t okl = k_ub(ok, w->user, w->key, MM_KEY_LEN);
+			uint64_t *ol = hm_del(&s->pl_old, ok, okl);
+			if (ol) {
+				free(ol);
+				pmark_taken(s, ok, okl);
+			}
 			w->placing = true;
 			pf->w = w;
 			pf->fo = fo;
@@ -5586,9 +5592,16 @@ out:
  *   'P' uh key  -> letters (8 bytes, big-endian), user
  *
  * and the first commit after the job deletes them (the one that writes the files'
- * entries).  Open reads what a crash left into pl_old and deletes it; the rescan
- * compares a file it adopts with those letters (placed_letters_take).  No commit
- * is added: the marks ride on commits made anyway. */
+ * entries).  Open reads what a crash left into pl_old; the rescan compares a file it
+ * adopts with those letters (placed_letters_take).  A mark stays in the database
+ * until the commit that writes what replaced it (the adopted file's entry, or a
+ * placement anew: pmark_taken), not deleted at open: a second kill -9 before the
+ * start's scan is committed must find it again.  No commit is added: the marks ride
+ * on commits made anyway. */
+
+/* pl_marks value of a crash's mark that was taken (pl_old): deleted at the next commit,
+ * whatever job is out (no job's number) */
+#define PMARK_TAKEN ((void *)UINTPTR_MAX)
 
 static size_t pmark_key(uint8_t *k, const char *user, const uint8_t key[MM_KEY_LEN])
 {
@@ -5658,9 +5671,9 @@ struct pmark_ctx {
 	int bad;
 };
 
-static int pmark_load_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+/* A mark deleted at open: unreadable (bad), or of a message gone. */
+static int pmark_drop(struct pmark_ctx *c, const void *k, size_t kl, bool bad)
 {
-	struct pmark_ctx *c = arg;
 	struct hent *e = malloc(sizeof(*e) + kl);
 	struct hent **nv = realloc(c->del.v, (c->del.n + 1) * sizeof(*nv));
 	if (nv)
@@ -5672,18 +5685,25 @@ static int pmark_load_cb(void *arg, const void *k, size_t kl, const void *v, siz
 	e->kl = kl;
 	memcpy(e->k, k, kl);
 	c->del.v[c->del.n++] = e;
+	c->bad += bad;
+	return 0;
+}
+
+static int pmark_load_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct pmark_ctx *c = arg;
 	size_t ul = vl >= 8 ? vl - 8 : 0;
-	if (kl != 1 + FIDX_HASH_LEN + MM_KEY_LEN || ul == 0 || ul > MM_NAME_MAX * 2 + 1) {
-		c->bad++;
-		return 0;
-	}
+	if (kl != 1 + FIDX_HASH_LEN + MM_KEY_LEN || ul == 0 || ul > MM_NAME_MAX * 2 + 1)
+		return pmark_drop(c, k, kl, true);
 	char user[MM_NAME_MAX * 2 + 2];
 	memcpy(user, (const uint8_t *)v + 8, ul);
 	user[ul] = 0;
-	if (strlen(user) != ul) {
-		c->bad++;
-		return 0;
-	}
+	if (strlen(user) != ul)
+		return pmark_drop(c, k, kl, true);
+	struct mm_user *mu = mm_state_user(c->s->state, user, false);
+	const struct mm_rec *rec = mu ? mm_user_get(mu, (const uint8_t *)k + 1 + FIDX_HASH_LEN) : NULL;
+	if (!rec || rec->type != MM_REC_MESSAGE)
+		return pmark_drop(c, k, kl, false); /* expunged: no file of it is adopted */
 	uint64_t *l = malloc(sizeof(*l));
 	if (!l)
 		return -ENOMEM;
@@ -5699,8 +5719,9 @@ static int pmark_load_cb(void *arg, const void *k, size_t kl, const void *v, siz
 	return r;
 }
 
-/* At open: the marks a crash left, into pl_old, and out of the database (a file of
- * theirs is placed anew, or adopted by the rescan, in this run). */
+/* At open: the marks a crash left, into pl_old (they stay in the database until a
+ * file of theirs is placed anew or adopted by a scan, and that is committed:
+ * pmark_taken). */
 static int placing_marks_load(struct mm_store *s)
 {
 	struct pmark_ctx c = {.s = s};
@@ -5720,16 +5741,26 @@ static int placing_marks_load(struct mm_store *s)
 	return r;
 }
 
+/* A crash's mark (key mk in pl_old) is past: its database entry goes with the next
+ * commit, the one that writes what replaced it.  (No memory: it stays, and is read
+ * again at the next open, where a file of its key has an index entry by then.) */
+static void pmark_taken(struct mm_store *s, const char *mk, size_t mkl)
+{
+	(void)hm_put(&s->pl_marks, mk, mkl, PMARK_TAKEN);
+}
+
 /* The letters a crash left for (user, key)'s file (taken: the caller adopts it). */
 static bool placed_letters_take(struct mm_store *s, const char *user, const uint8_t key[MM_KEY_LEN],
                                 uint64_t *letters_r)
 {
 	char mk[KBUF];
-	uint64_t *l = hm_del(&s->pl_old, mk, k_ub(mk, user, key, MM_KEY_LEN));
+	size_t mkl = k_ub(mk, user, key, MM_KEY_LEN);
+	uint64_t *l = hm_del(&s->pl_old, mk, mkl);
 	if (!l)
 		return false;
 	*letters_r = *l;
 	free(l);
+	pmark_taken(s, mk, mkl);
 	return true;
 }
 

@@ -4917,7 +4917,7 @@ static void test_crash_placing_flags_merged(void **state)
 	assert_string_equal(strrchr(f, ':'), ":2,FS");
 	assert_same_listing(&a, &b);
 	node_close(&b);
-	assert_int_equal(count_marks(&b), 0); /* taken at open */
+	assert_int_equal(count_marks(&b), 0); /* taken by the scan, deleted by its commit */
 	node_open(&b, "b", 2);
 	assert_int_equal(scan(&b, NULL), 0);
 	assert_same_listing(&a, &b);
@@ -5012,6 +5012,119 @@ static void test_crash_between_link_and_unlink(void **state)
 	node_close(&b);
 }
 
+/* The crash of test_crash_placing_flags_merged, then a second kill -9 at the start,
+ * before the rescan that takes the marks in is committed (a start scan of a big
+ * Maildir takes long, or the Maildir is unmounted).  The marks must outlive that
+ * start: open deleted them in a commit of their own, so the next start compared the
+ * file with the record's letters again and the old flags, stamped anew, won on
+ * every node. */
+static void test_crash_placing_flags_merged_twice(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct wanted wa = {0};
+	struct mm_delta *d = three_staged(&a, &b, &wa);
+	rename_to(find(&a, "INBOX", "1700000000.M1P1"), "FS");
+	rename_to(find(&a, "INBOX", "1700000001.M1P1"), "S");
+	struct mm_delta *dt = mm_delta_new();
+	assert_true(scan(&a, dt) >= 2);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct mm_store_place *job = NULL;
+		int bad = mm_store_place_begin(b.s, &job) != 1;
+		bad |= (mm_store_merge_delta(b.s, dt) < 0) << 1; /* while the job is out */
+		bad |= (mm_store_commit(b.s) != 0) << 2;
+		mm_store_place_run(job);
+		_exit(bad); /* killed before place_end */
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	node_close(&b);
+	assert_int_equal(count_marks(&b), 2);
+	/* the start: opened, killed before its scan reached the folder (another user's
+	 * Maildir, say; a scan that took the files in renames them to the record's
+	 * letters, which hides the bug) */
+	node_open(&b, "b", 2);
+	node_close(&b);
+	assert_int_equal(count_marks(&b), 2); /* nothing that took them in is durable */
+	node_open(&b, "b", 2);
+	mm_delta_clear(dt);
+	assert_int_equal(scan(&b, dt), 0); /* nothing changed here */
+	assert_same_listing(&a, &b);
+	assert_true(mm_store_merge_delta(a.s, dt) >= 0);
+	assert_int_equal(mm_store_commit(a.s), 0);
+	const char *f = find(&a, "INBOX", "1700000000.");
+	assert_non_null(f);
+	assert_string_equal(strrchr(f, ':'), ":2,FS");
+	assert_same_listing(&a, &b);
+	node_close(&b);
+	assert_int_equal(count_marks(&b), 0); /* taken, and that commit deleted them */
+	mm_delta_free(&dt);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
+/* A scan while a job is out, its files renamed in, with new/ and cur/ last changed
+ * more than the 2 s dir_sig distrusts: the scan leaves the job's files to the job
+ * and must not record the directories' signature (sig_unsure).  A kill -9 after a
+ * commit, before place_end: the start must read the folder again (not skip it as
+ * unchanged) and take the files in. */
+static void test_crash_scan_during_placing_old_dirs(void **state)
+{
+	(void)state;
+	struct node a = {0}, b = {0};
+	struct wanted wa = {0};
+	struct mm_delta *d = three_staged(&a, &b, &wa);
+	rename_to(find(&a, "INBOX", "1700000000.M1P1"), "FS");
+	struct mm_delta *dt = mm_delta_new();
+	assert_true(scan(&a, dt) >= 1);
+	char dir[600], sub[700];
+	udir(&b, "INBOX", dir, sizeof dir);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct mm_store_place *job = NULL;
+		int bad = mm_store_place_begin(b.s, &job) != 1;
+		bad |= (mm_store_merge_delta(b.s, dt) < 0) << 1;
+		bad |= (mm_store_commit(b.s) != 0) << 2;
+		mm_store_place_run(job); /* the files are in new/ */
+		struct timespec ts[2];
+		clock_gettime(CLOCK_REALTIME, &ts[0]);
+		ts[0].tv_sec -= 10;
+		ts[1] = ts[0];
+		const char *subs[2] = {"new", "cur"};
+		for (int i = 0; i < 2; i++) {
+			snprintf(sub, sizeof sub, "%s/%s", dir, subs[i]);
+			bad |= (utimensat(AT_FDCWD, sub, ts, 0) != 0) << 3;
+		}
+		b.now += 1000;
+		bad |= (mm_store_scan_folder(b.s, "ex.org/alice", "INBOX", b.now, NULL) != 0) << 4;
+		bad |= (mm_store_commit(b.s) != 0) << 5;
+		_exit(bad); /* killed before place_end */
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	node_close(&b);
+	node_open(&b, "b", 2);
+	mm_delta_clear(dt);
+	assert_int_equal(scan(&b, dt), 0);
+	assert_int_equal(mm_store_missing_count(b.s), 0);
+	assert_int_equal(count_files(&b, "INBOX", "new") + count_files(&b, "INBOX", "cur"), 3);
+	assert_same_listing(&a, &b);
+	mm_delta_free(&dt);
+	mm_delta_free(&d);
+	node_close(&a);
+	node_close(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -5021,6 +5134,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_placing_flags_merged_marks_go, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_during_placing_flags_merged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_between_link_and_unlink, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_placing_flags_merged_twice, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crash_scan_during_placing_old_dirs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_moved_own_file_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_place_rename_fails_keeps_uid, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_local_changes, setup, teardown),
