@@ -5707,9 +5707,8 @@ static int pmark_load_cb(void *arg, const void *k, size_t kl, const void *v, siz
 	uint64_t *l = malloc(sizeof(*l));
 	if (!l)
 		return -ENOMEM;
-	*l = 0;
-	for (int i = 0; i < 8; i++)
-		*l = *l << 8 | ((const uint8_t *)v)[i];
+	struct rbuf b = {v, (const uint8_t *)v + 8, false}; /* (vl > 8: checked above) */
+	*l = rb_u64(&b);
 	char mk[KBUF];
 	size_t mkl = k_ub(mk, user, (const uint8_t *)k + 1 + FIDX_HASH_LEN, MM_KEY_LEN);
 	free(hm_del(&c->s->pl_old, mk, mkl));
